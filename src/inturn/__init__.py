@@ -1,0 +1,28 @@
+"""inturn: make processes take turns, first come, first served, and crash-safe."""
+
+from .errors import BackendError, Busy, Cancelled, InturnError, LostTurn, Timeout, UsageError
+from .line import Line, Turn, acquire_async, single_instance, turn
+from .queue import Progress
+from .records import LineStatus, Ticket
+from .store import CancelToken
+
+__all__ = [
+    "BackendError",
+    "Busy",
+    "CancelToken",
+    "Cancelled",
+    "InturnError",
+    "Line",
+    "LineStatus",
+    "LostTurn",
+    "Progress",
+    "Ticket",
+    "Timeout",
+    "Turn",
+    "UsageError",
+    "acquire_async",
+    "single_instance",
+    "turn",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,48 @@
+"""The exceptions inturn raises: one family, so callers can catch ``InturnError``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .records import LineStatus
+
+
+class InturnError(Exception):
+    """Base class of every error inturn raises on purpose."""
+
+
+class UsageError(InturnError, ValueError):
+    """Bad input or a hostile setup: the message names the problem and the fix."""
+
+
+class Busy(InturnError):
+    """The line is full and the caller asked not to wait; ``status`` says who holds it."""
+
+    def __init__(self, message: str, status: LineStatus | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def holders(self) -> tuple[object, ...]:
+        return self.status.holders if self.status is not None else ()
+
+
+class Timeout(InturnError, TimeoutError):
+    """The caller waited in line for as long as it allowed, and left the line."""
+
+    def __init__(self, message: str, status: LineStatus | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Cancelled(InturnError):
+    """The wait was abandoned on request (an ``asyncio`` task was cancelled, say)."""
+
+
+class BackendError(InturnError):
+    """The backend (a folder, a server) cannot be used; the message says why and what to do."""
+
+
+class LostTurn(InturnError):
+    """The connection that held the turn was lost: another holder may now have it."""

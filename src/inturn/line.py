@@ -1,0 +1,244 @@
+"""The Python API: ``Line``, the ``Turn`` it hands out, and ``turn()`` for blocks and decorators."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
+from .backends import open_backend
+from .names import check_name
+from .queue import ProgressCallback, give_back, take_turn
+from .records import LineStatus, Ticket
+from .store import Backend, CancelToken, LineStore, Membership
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Turn:
+    """A held turn. Release it (or leave the ``with`` block) to let the next in line go.
+
+    ``ticket`` is strictly increasing per line, usable as a fencing token. ``abandoned`` is True
+    when the previous holder died holding the turn; ``abandoned_by`` is its record.
+    """
+
+    def __init__(
+        self,
+        line: Line,
+        membership: Membership,
+        abandoned_by: Ticket | None,
+    ) -> None:
+        self.line = line
+        self.name = line.name
+        self.ticket = membership.number
+        self.abandoned = abandoned_by is not None
+        self.abandoned_by = abandoned_by
+        self._membership: Membership | None = membership
+        self._lock = threading.Lock()
+
+    @property
+    def held(self) -> bool:
+        return self._membership is not None
+
+    @property
+    def lost(self) -> bool:
+        """True once a server backend lost the turn (connection dropped); never for local lines."""
+        membership = self._membership
+        return membership is not None and membership.lost
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        if self._membership is not None:
+            self._membership.on_lost(callback)
+
+    @property
+    def membership(self) -> Membership | None:
+        return self._membership
+
+    def release(self) -> None:
+        """Give the turn to the next in line. Safe to call twice."""
+        with self._lock:
+            membership, self._membership = self._membership, None
+        if membership is not None:
+            give_back(self.line.store, membership)
+
+    def __enter__(self) -> Turn:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "held" if self.held else "released"
+        return f"<Turn {self.name!r} ticket={self.ticket} {state} abandoned={self.abandoned}>"
+
+
+class Line:
+    """A named line of processes that take turns, ``slots`` at a time, in arrival order.
+
+    Safe to share between threads: every ``acquire`` takes its own ticket, so two acquires in
+    one process queue like two processes. Turns are not re-entrant.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        slots: int = 1,
+        *,
+        scope: str = "user",
+        directory: str | None = None,
+        backend: str | Backend | None = None,
+    ) -> None:
+        self.name = check_name(name)
+        if not isinstance(slots, int) or slots < 1:
+            raise ValueError(f"slots must be a whole number of at least 1, not {slots!r}")
+        self.slots = slots
+        self.scope = scope
+        self._backend_spec = backend
+        self._directory = directory
+        self._store: LineStore | None = None
+        self._store_lock = threading.Lock()
+
+    @property
+    def store(self) -> LineStore:
+        if self._store is None:
+            with self._store_lock:
+                if self._store is None:
+                    backend = open_backend(
+                        self._backend_spec, scope=self.scope, directory=self._directory
+                    )
+                    self._store = backend.line(self.name)
+        return self._store
+
+    def acquire(
+        self,
+        timeout: float | None = None,
+        blocking: bool = True,
+        *,
+        command: tuple[str, ...] | None = None,
+        on_progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Turn:
+        """Wait in line and return the held ``Turn``.
+
+        Raises ``Busy`` at once when ``blocking=False`` and the line is full, ``Timeout`` after
+        ``timeout`` seconds in line. ``command`` is what ``status`` shows (default ``sys.argv``).
+        """
+        membership, _, dead = take_turn(
+            self.store,
+            slots=self.slots,
+            timeout=timeout,
+            blocking=blocking,
+            command=command,
+            on_progress=on_progress,
+            cancel=cancel,
+        )
+        return Turn(self, membership, dead)
+
+    def status(self) -> LineStatus:
+        """Live holders and waiters, each in arrival order."""
+        return self.store.status()
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+    def __repr__(self) -> str:
+        return f"<Line {self.name!r} slots={self.slots} scope={self.scope}>"
+
+
+class turn:
+    """Take a turn in a line, as a ``with`` / ``async with`` block or as a decorator.
+
+    ``with inturn.turn("nightly") as t:`` waits in line and binds the held ``Turn``.
+    ``@inturn.turn("nightly")`` makes every call of a function (sync or async) wait its turn.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        slots: int = 1,
+        *,
+        timeout: float | None = None,
+        blocking: bool = True,
+        scope: str = "user",
+        directory: str | None = None,
+        backend: str | Backend | None = None,
+    ) -> None:
+        self.line = Line(name, slots, scope=scope, directory=directory, backend=backend)
+        self.timeout = timeout
+        self.blocking = blocking
+        self._local = threading.local()
+
+    def _stack(self) -> list[Turn]:
+        stack: list[Turn] | None = getattr(self._local, "stack", None)
+        if stack is None:
+            stack = self._local.stack = []
+        return stack
+
+    def __enter__(self) -> Turn:
+        held = self.line.acquire(self.timeout, self.blocking)
+        self._stack().append(held)
+        return held
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stack().pop().release()
+
+    async def __aenter__(self) -> Turn:
+        held = await acquire_async(self.line, self.timeout, self.blocking)
+        self._stack().append(held)
+        return held
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._stack().pop().release()
+
+    def __call__(self, func: F) -> F:
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                held = await acquire_async(self.line, self.timeout, self.blocking)
+                try:
+                    return await func(*args, **kwargs)
+                finally:
+                    held.release()
+
+            return cast(F, run_async)
+
+        @functools.wraps(func)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with self.line.acquire(self.timeout, self.blocking):
+                return func(*args, **kwargs)
+
+        return cast(F, run)
+
+
+async def acquire_async(line: Line, timeout: float | None = None, blocking: bool = True) -> Turn:
+    """Wait in line without blocking the event loop; cancelling the task leaves the line."""
+    cancel = CancelToken()
+    future = asyncio.get_running_loop().run_in_executor(
+        None, functools.partial(line.acquire, timeout, blocking, cancel=cancel)
+    )
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        cancel.cancel()
+        try:
+            held = await future  # the thread leaves the line and raises Cancelled
+        except BaseException:
+            raise asyncio.CancelledError() from None
+        held.release()  # it got the turn just as we were cancelled
+        raise
+
+
+def single_instance(name: str, *, scope: str = "user", directory: str | None = None) -> Turn:
+    """Hold ``name`` for the life of this process, or raise ``Busy`` if another instance runs."""
+    return Line(name, scope=scope, directory=directory).acquire(blocking=False)

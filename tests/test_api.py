@@ -1,0 +1,164 @@
+"""The Python API: threads, decorators, asyncio, fork, re-entrance, and any name at all."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import string
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import inturn
+from inturn.names import safe_file_name
+
+
+def test_threads_queue_like_processes_in_arrival_order(lines_dir):
+    line = inturn.Line("threads")
+    holder = line.acquire()
+    order: list[int] = []
+    threads = []
+    for index in range(6):
+        queued = threading.Event()
+
+        def work(index: int = index, queued: threading.Event = queued) -> None:
+            with line.acquire(on_progress=lambda _: queued.set()):
+                order.append(index)
+
+        thread = threading.Thread(target=work)
+        thread.start()
+        queued.wait()  # joined and asleep before the next one starts
+        threads.append(thread)
+    holder.release()
+    for thread in threads:
+        thread.join()
+    assert order == list(range(6))
+
+
+def test_waiting_on_yourself_forever_is_refused(lines_dir):
+    line = inturn.Line("self")
+    with line.acquire(), pytest.raises(inturn.InturnError, match="not re-entrant"):
+        line.acquire()
+    with line.acquire(), pytest.raises(inturn.Timeout):
+        line.acquire(timeout=0.05)  # with a timeout it simply times out
+    assert line.status().holders == ()
+
+
+def test_decorator_runs_calls_one_at_a_time(lines_dir):
+    inside = 0
+    most = 0
+    guard = threading.Lock()
+
+    @inturn.turn("decorated")
+    def job(value: int) -> int:
+        nonlocal inside, most
+        with guard:
+            inside += 1
+            most = max(most, inside)
+        with guard:
+            inside -= 1
+        return value * 2
+
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda v=v: results.append(job(v))) for v in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [v * 2 for v in range(8)] and most == 1
+    assert job.__name__ == "job"
+
+
+def test_async_with_and_cancellation_leave_the_line_clean(lines_dir):
+    async def scenario() -> None:
+        holder = inturn.Line("async").acquire()
+        waiting = asyncio.create_task(waiter())
+        while not inturn.Line("async").status().waiters:
+            await asyncio.sleep(0.01)  # the test's own loop; the waiter itself sleeps in the kernel
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert inturn.Line("async").status().waiters == ()
+        holder.release()
+        async with inturn.turn("async") as held:
+            assert held.held
+
+    async def waiter() -> None:
+        async with inturn.turn("async"):
+            raise AssertionError("should have been cancelled while waiting")
+
+    asyncio.run(scenario())
+
+
+def test_async_decorator(lines_dir):
+    @inturn.turn("adeco")
+    async def job() -> str:
+        return "done"
+
+    assert asyncio.run(job()) == "done"
+
+
+def test_a_forked_child_does_not_keep_or_free_the_parents_turn(lines_dir):
+    held = inturn.Line("fork").acquire()
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its copy of the turn is already closed
+        try:
+            inturn.Line("fork").acquire(blocking=False)
+            verdict = b"free"
+        except inturn.Busy:
+            verdict = b"busy"
+        held.release()  # must not remove the parent's ticket
+        os.write(writer, verdict)
+        os._exit(0)
+    os.close(writer)
+    assert os.read(reader, 10) == b"busy"
+    os.waitpid(pid, 0)
+    assert [t.number for t in inturn.Line("fork").status().holders] == [held.ticket]
+    held.release()
+    assert inturn.Line("fork").status().holders == ()
+
+
+def test_single_instance(lines_dir):
+    first = inturn.single_instance("app")
+    with pytest.raises(inturn.Busy):
+        inturn.single_instance("app")
+    first.release()
+    inturn.single_instance("app").release()
+
+
+def test_bad_arguments_are_named(lines_dir):
+    with pytest.raises(ValueError, match="slots"):
+        inturn.Line("x", slots=0)
+    with pytest.raises(inturn.UsageError, match="empty"):
+        inturn.Line("")
+    with pytest.raises(inturn.UsageError, match="scope"):
+        inturn.Line("x", scope="galaxy").status()
+
+
+@given(st.text(max_size=600))
+def test_any_name_maps_to_one_safe_file_name(name):
+    if not name:
+        return
+    stored = safe_file_name(name)
+    assert "/" not in stored and "\x00" not in stored and stored not in (".", "..")
+    assert stored.isascii() and len(stored.encode()) <= 255
+    assert set(stored) <= set(string.ascii_lowercase + string.digits + "._-~")
+
+
+@given(st.text(min_size=1), st.text(min_size=1))
+def test_different_names_never_share_a_file(first, second):
+    if first != second:
+        assert safe_file_name(first) != safe_file_name(second)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.text(min_size=1, max_size=80))
+def test_any_name_takes_turns_and_reads_back(tmp_path_factory, name):
+    folder = tmp_path_factory.mktemp("names")
+    line = inturn.Line(name, directory=str(folder))
+    with line.acquire() as held:
+        assert [t.number for t in line.status().holders] == [held.ticket]
+    assert inturn.posix.FolderBackend(directory=str(folder)).names() == [name]

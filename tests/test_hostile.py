@@ -1,0 +1,202 @@
+"""Bad input and hostile setups: one clear message, exit 2, nothing lost or followed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+
+import pytest
+
+import inturn
+from inturn.posix import FolderBackend, prepare_root
+from inturn.records import InturnWarning
+
+from conftest import child_env, inturn_cmd
+
+
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        inturn_cmd(*args), capture_output=True, text=True, env=child_env(**env), timeout=60
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("inturn: "), result.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+def test_a_file_where_the_lines_folder_belongs(tmp_path):
+    path = tmp_path / "lines"
+    path.write_text("precious")
+    one_line_error(run_cli("run", "x", "--", "true", INTURN_DIR=str(path)), "not a folder")
+    assert path.read_text() == "precious"
+
+
+def test_a_symlink_where_a_line_folder_belongs_is_refused_not_followed(lines_dir, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    lines_dir.mkdir()
+    (lines_dir / "nightly").symlink_to(elsewhere)
+    one_line_error(run_cli("run", "nightly", "--", "true"), "symbolic link", "remove it")
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_symlink_where_the_counter_belongs_is_refused(lines_dir, tmp_path):
+    target = tmp_path / "victim"
+    target.write_text("keep me")
+    (lines_dir / "nightly").mkdir(parents=True)
+    (lines_dir / "nightly" / ".line").symlink_to(target)
+    one_line_error(run_cli("run", "nightly", "--", "true"), "symbolic link")
+    assert target.read_text() == "keep me"
+
+
+def test_a_symlink_named_like_a_ticket_is_ignored_not_followed(lines_dir, tmp_path):
+    target = tmp_path / "victim"
+    target.write_text("keep me")
+    inturn.Line("odd").acquire().release()
+    (lines_dir / "odd" / "000000000001.ticket").symlink_to(target)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with inturn.turn("odd") as held:
+            assert held.ticket == 2
+        assert inturn.Line("odd").status().holders == ()
+    assert any(issubclass(w.category, InturnWarning) for w in caught)
+    assert target.read_text() == "keep me"
+
+
+def test_a_corrupt_counter_is_rebuilt_above_every_ticket_seen(lines_dir):
+    line = inturn.Line("count")
+    holder = line.acquire()
+    (lines_dir / "count" / ".line").write_bytes(b"\x00garbage")
+    with pytest.warns(InturnWarning, match="corrupt"), pytest.raises(inturn.Busy):
+        line.acquire(blocking=False)
+    holder.release()
+    with inturn.turn("count") as held:
+        assert held.ticket > holder.ticket + 1
+
+
+def test_corrupt_or_truncated_records_are_skipped_with_a_warning(lines_dir):
+    inturn.Line("bad").acquire().release()
+    folder = lines_dir / "bad"
+    (folder / "000000000007.ticket").write_bytes(b"not json at all\n")  # dead and corrupt
+    (folder / "000000000008.ticket").write_bytes(b'{"pid": 12')  # dead, half written
+    with pytest.warns(InturnWarning, match="corrupt"):
+        status = inturn.Line("bad").status()
+    assert status.holders == () and status.waiters == ()
+    with inturn.turn("bad") as held:
+        assert held.ticket == 2  # the counter, not foreign files, gives numbers
+    assert sorted(p.name for p in folder.iterdir()) == [".line", ".name"]
+
+
+def test_a_planted_file_at_the_next_number_is_skipped(lines_dir):
+    inturn.Line("plant").acquire().release()
+    (lines_dir / "plant" / "000000000002.ticket").write_text("")
+    with inturn.turn("plant") as held:
+        assert held.ticket == 3
+
+
+def test_default_folder_must_be_ours_private_and_not_a_link(tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path)
+    with pytest.raises(inturn.BackendError, match="symbolic link"):
+        prepare_root(str(link), "user", explicit=False)
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    with pytest.raises(inturn.BackendError, match="chmod 700"):
+        prepare_root(str(shared), "user", explicit=False)
+    if os.getuid() == 0:
+        foreign = tmp_path / "foreign"
+        foreign.mkdir(mode=0o700)
+        os.chown(foreign, 65534, 65534)
+        with pytest.raises(inturn.BackendError, match="belongs to uid 65534"):
+            prepare_root(str(foreign), "user", explicit=False)
+
+
+def as_nobody() -> None:
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+
+
+def nobody_inturn(*args: str) -> list[str]:
+    """The command line for running inturn as user ``nobody`` (root's Python may be private)."""
+    python = "/usr/bin/python3"
+    probe = subprocess.run(
+        [python, "-c", "import inturn"],
+        env=child_env(),
+        preexec_fn=as_nobody,
+        capture_output=True,
+        cwd="/",
+        check=False,
+    ) if os.path.exists(python) else None  # fmt: skip
+    if probe is None or probe.returncode != 0:
+        pytest.skip("user nobody cannot run a Python that imports this checkout")
+    return [python, "-m", "inturn", *args]
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
+def test_an_unwritable_folder_is_named_with_the_fix():
+    base = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    os.chmod(base, 0o755)
+    folder = os.path.join(base, "locked")
+    os.mkdir(folder, 0o755)
+    result = subprocess.run(
+        nobody_inturn("run", "x", "--", "true"),
+        capture_output=True,
+        text=True,
+        env=child_env(INTURN_DIR=str(folder)),
+        preexec_fn=as_nobody,
+        timeout=60,
+        cwd="/",
+    )
+    subprocess.run(["rm", "-rf", base], check=True)
+    one_line_error(result, "not writable", "INTURN_DIR")
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
+def test_machine_scope_is_shared_between_users():
+    base = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    os.chmod(base, 0o755)
+    root = os.path.join(base, "machine")
+    try:
+        env = child_env(INTURN_DIR=root)
+        with inturn.turn("shared", scope="machine", directory=root):
+            busy = subprocess.run(
+                nobody_inturn("run", "--machine", "--no-wait", "shared", "--", "true"),
+                capture_output=True, text=True, env=env, preexec_fn=as_nobody, cwd="/",
+                timeout=60,
+            )  # fmt: skip
+            assert busy.returncode == 75, busy.stderr
+            assert f"pid {os.getpid()}" in busy.stderr
+        free = subprocess.run(
+            nobody_inturn("run", "--machine", "--no-wait", "shared", "--", "true"),
+            capture_output=True, text=True, env=env, preexec_fn=as_nobody, cwd="/", timeout=60,
+        )  # fmt: skip
+        assert free.returncode == 0, free.stderr
+        assert oct(os.stat(root).st_mode & 0o7777) == "0o1777"
+    finally:
+        subprocess.run(["rm", "-rf", base], check=True)
+
+
+def test_names_are_listed_back_exactly(lines_dir):
+    names = ["nightly", "Nightly", "../../etc/passwd", "a/b", "x" * 300, "名前 with spaces", "\x00"]
+    for name in names:
+        inturn.Line(name).acquire().release()
+    backend = FolderBackend(directory=str(lines_dir))
+    assert backend.names() == sorted(names)
+    assert all("/" not in p.name for p in lines_dir.iterdir())
+    assert {p.parent for p in lines_dir.rglob("*")} <= {lines_dir, *lines_dir.iterdir()}
+
+
+def test_python_dash_m_is_the_same_command(lines_dir):
+    result = subprocess.run(
+        [sys.executable, "-m", "inturn", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and "run" in result.stdout
