@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -203,6 +202,8 @@ def _find(program: str) -> str:
         if os.path.isdir(program) or not os.access(program, os.X_OK):
             raise UsageError(f"command is not executable: {program} (check its permissions)")
         return program
+    import shutil
+
     found = shutil.which(program)
     if found is None:
         raise UsageError(f"command not found: {program} (is it installed and on PATH?)")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import inspect
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -201,6 +199,8 @@ class turn:
         self._stack().pop().release()
 
     def __call__(self, func: F) -> F:
+        import inspect  # only decorators need it; keeps the command's start fast
+
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
@@ -223,6 +223,8 @@ class turn:
 
 async def acquire_async(line: Line, timeout: float | None = None, blocking: bool = True) -> Turn:
     """Wait in line without blocking the event loop; cancelling the task leaves the line."""
+    import asyncio  # imported here: it costs a command-line start tens of milliseconds
+
     cancel = CancelToken()
     future = asyncio.get_running_loop().run_in_executor(
         None, functools.partial(line.acquire, timeout, blocking, cancel=cancel)

@@ -8,7 +8,6 @@ readable slug plus a hash of the exact name, so two different names never share 
 
 from __future__ import annotations
 
-import hashlib
 import re
 
 from .errors import UsageError
@@ -35,6 +34,8 @@ def encode(name: str) -> bytes:
 
 
 def digest(name: str, length: int = 32) -> str:
+    import hashlib  # only names that are not plain need it
+
     return hashlib.sha256(encode(name)).hexdigest()[:length]
 
 

@@ -17,7 +17,6 @@ import fcntl
 import json
 import os
 import stat
-import tempfile
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
@@ -53,7 +52,12 @@ def default_root(scope: str) -> str:
                 return os.path.join(runtime, "inturn")
         except OSError:
             pass
-    return os.path.join(_shared_tmp() or tempfile.gettempdir(), f"inturn-{os.getuid()}")
+    shared = _shared_tmp()
+    if shared is None:
+        import tempfile  # rarely needed: most systems have /dev/shm or XDG_RUNTIME_DIR
+
+        shared = tempfile.gettempdir()
+    return os.path.join(shared, f"inturn-{os.getuid()}")
 
 
 def _shared_tmp() -> str | None:

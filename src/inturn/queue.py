@@ -13,15 +13,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import Busy, InturnError, Timeout
 from .records import LineStatus, Ticket, own_ticket_fields
 from .store import CancelToken, LineStore, Membership
 
 
-@dataclass(frozen=True)
-class Progress:
+class Progress(NamedTuple):
     """Where a waiter stands each time it goes back to sleep."""
 
     ticket: int  # the waiter's own ticket

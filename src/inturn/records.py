@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 SCHEMA_VERSION = 1
 
 
-@dataclass(frozen=True)
-class Ticket:
+class Ticket(NamedTuple):
     """One place in a line: who took it, when, and whether it holds the turn."""
 
     number: int
@@ -27,7 +24,6 @@ class Ticket:
     joined_at: float | None = None
     acquired_at: float | None = None
     slots: int = 1
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def holding(self) -> bool:
@@ -102,8 +98,7 @@ def _span(start: float | None, end: float) -> float | None:
     return None if start is None else round(max(0.0, end - start), 3)
 
 
-@dataclass(frozen=True)
-class LineStatus:
+class LineStatus(NamedTuple):
     """Holders, then waiters, each in ticket (arrival) order."""
 
     name: str
@@ -130,11 +125,17 @@ _USER: str | None = None
 def this_host() -> str:
     global _HOST
     if _HOST is None:
-        _HOST = socket.gethostname()
+        if hasattr(os, "uname"):
+            _HOST = os.uname().nodename  # what gethostname() returns, without importing socket
+        else:
+            import socket
+
+            _HOST = socket.gethostname()
     return _HOST
 
 
 def this_user() -> str:
+    """The login name, as ``getpass.getuser()`` finds it, imported only when first needed."""
     global _USER
     if _USER is None:
         try:

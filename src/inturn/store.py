@@ -20,13 +20,12 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .records import LineStatus, Ticket
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class Snapshot(NamedTuple):
     """What a line holds right now: ticket numbers (live or dead), and abandonment markers."""
 
     tickets: tuple[int, ...]
