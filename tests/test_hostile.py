@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -200,3 +201,20 @@ def test_python_dash_m_is_the_same_command(lines_dir):
         [sys.executable, "-m", "inturn", "--help"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0 and "run" in result.stdout
+
+
+def test_a_corrupt_record_is_one_warning_line_on_the_command_line(lines_dir):
+    inturn.Line("warned").acquire().release()
+    (lines_dir / "warned" / "000000000009.ticket").write_bytes(b"garbage\n")
+    result = run_cli("status", "warned")
+    assert result.returncode == 0
+    assert result.stderr.splitlines() == [
+        f"inturn: warning: ignoring corrupt ticket record {lines_dir}/warned/000000000009.ticket"
+    ]
+
+
+def test_looking_at_a_line_does_not_create_it(lines_dir):
+    result = run_cli("status", "--json", "never-used")
+    assert json.loads(result.stdout)["holders"] == []
+    assert not (lines_dir / "never-used").exists()
+    assert json.loads(run_cli("status", "--json").stdout)["lines"] == []

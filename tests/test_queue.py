@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import random
 import signal
+import time
 from pathlib import Path
+
+import pytest
 
 import inturn
 
@@ -160,3 +163,55 @@ def test_sigkill_storm_never_overlaps_and_serves_survivors_in_order(lines_dir, w
         pass
     folder = lines_dir / "storm"
     assert sorted(p.name for p in folder.iterdir()) == [".line", ".name"]
+
+
+def voluntary_switches_and_cpu(pid: int) -> tuple[int, int]:
+    """Context switches a process's threads made by going to sleep, and its CPU clock ticks."""
+    switches = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for row in (task / "status").read_text().splitlines():
+            if row.startswith("voluntary_ctxt_switches:"):
+                switches += int(row.split()[1])
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return switches, int(fields[11]) + int(fields[12])  # utime + stime
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+@pytest.mark.parametrize("options", [(), ("--timeout", "600")], ids=["forever", "timeout"])
+def test_a_waiter_sleeps_without_waking_up(lines_dir, workers, options):
+    """A poller wakes tens of times a second; a waiter in line must not wake at all."""
+    holder = inturn.Line("idle").acquire()
+    waiter = Worker("idle", *options)
+    workers.append(waiter)
+    waiter.expect("waiting")
+    # These pauses are observation windows, not synchronisation: the first lets the waiter
+    # settle into its sleep, the second is the span in which it must not wake up.
+    time.sleep(0.5)
+    before = voluntary_switches_and_cpu(waiter.pid)
+    time.sleep(1.5)
+    after = voluntary_switches_and_cpu(waiter.pid)
+    assert after[0] - before[0] <= 1, f"woke {after[0] - before[0]} times while waiting"
+    assert after[1] - before[1] <= 1, f"used {after[1] - before[1]} CPU ticks while waiting"
+    holder.release()
+    waiter.acquired()
+    assert waiter.wait() == 0
+
+
+@pytest.mark.parametrize("options", [(), ("--timeout", "600")], ids=["forever", "timeout"])
+def test_ctrl_c_ends_a_wait_and_leaves_the_line(lines_dir, workers, options):
+    holder = inturn.Line("intr").acquire()
+    interrupted = Worker("intr", *options)
+    workers.append(interrupted)
+    interrupted.expect("waiting")
+    behind = Worker("intr", "--hold")
+    workers.append(behind)
+    behind.expect("waiting")
+    interrupted.proc.send_signal(signal.SIGINT)
+    interrupted.expect("interrupted")
+    assert interrupted.wait() == 130
+    assert behind.expect("waiting")[2] == "2"  # moved up behind the holder
+    assert [t.pid for t in inturn.Line("intr").status().waiters] == [behind.pid]
+    holder.release()
+    behind.acquired()
+    behind.send()
+    assert behind.wait() == 0

@@ -16,8 +16,10 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from types import FrameType
+from typing import TextIO
 
 from .errors import Busy, InturnError, Timeout, UsageError
 from .line import Line, Turn
@@ -115,6 +117,7 @@ def _exit_code(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         if args.action == "run":
             return _run(parser, args)
@@ -128,6 +131,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _say(message: str) -> None:
     print(f"inturn: {message}", file=sys.stderr, flush=True)
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Warnings on the command line are one line each, like errors, without source lines."""
+    _say(f"warning: {message}")
 
 
 def _line(args: argparse.Namespace, slots: int = 1) -> Line:

@@ -24,7 +24,7 @@ from contextlib import contextmanager, suppress
 
 from .errors import BackendError, Cancelled, UsageError
 from .names import safe_file_name
-from .records import Ticket, dumps_line, parse_record, warn, warn_once
+from .records import LineStatus, Ticket, dumps_line, parse_record, warn, warn_once
 from .store import Backend, CancelToken, LineStore, Membership, Snapshot
 
 TICKET = ".ticket"
@@ -411,6 +411,12 @@ class FolderLine(LineStore):
 
     def snapshot(self) -> Snapshot:
         return self._scan(self._dir())
+
+    def status(self) -> LineStatus:
+        """Looking at a line that nobody has used yet must not create it."""
+        if self._dir_fd is None and not os.path.lexists(self.folder):
+            return LineStatus(self.name, scope=self.scope, where=self.folder)
+        return super().status()
 
     def _scan(self, dir_fd: int) -> Snapshot:
         tickets: list[int] = []
