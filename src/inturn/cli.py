@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="inturn",
         description="Make processes take turns: wait in line, first come first served.",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"inturn {__version__}")
     commands = parser.add_subparsers(dest="action", metavar="{run,status}")
     commands.required = True
 
