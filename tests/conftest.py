@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -29,6 +32,24 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+# How long a test waits for a report it expects before failing: a hang is a failure, not a
+# stuck run. Generous, because the machine may be busy; a passing test never waits this long.
+REPORT_TIMEOUT = 120.0
+
+
+def read_lines(stream: IO[str]) -> queue.Queue[str]:
+    """Lines of ``stream`` as they come, read by a thread, so a reader can give up waiting."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put("")  # end of stream
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
 class Worker:
     """A ``worker.py`` process; ``expect`` reads its reports in order."""
 
@@ -41,19 +62,33 @@ class Worker:
             env=env or child_env(),
         )
         self.pid = self.proc.pid
+        assert self.proc.stdout is not None
+        self._reports = read_lines(self.proc.stdout)
         self.expect("started")
 
     def expect(self, *kinds: str, skip: tuple[str, ...] = ()) -> list[str]:
         """The next report, which must be one of ``kinds`` (reports in ``skip`` are passed over)."""
-        assert self.proc.stdout is not None
         while True:
-            line = self.proc.stdout.readline()
+            try:
+                line = self._reports.get(timeout=REPORT_TIMEOUT)
+            except queue.Empty:
+                raise AssertionError(
+                    f"no report from worker {self.pid}, expected {kinds}"
+                ) from None
             words = line.split()
             if not (words and words[0] in skip):
                 break
         exit_code = self.proc.poll()
         assert words and words[0] in kinds, f"expected {kinds}, got {line!r} (exit {exit_code})"
         return words
+
+    def remaining(self) -> list[str]:
+        """Every report not read yet, once the worker has exited."""
+        self.proc.wait(REPORT_TIMEOUT)
+        rows = []
+        while (line := self._reports.get(timeout=REPORT_TIMEOUT)) != "":
+            rows.append(line)
+        return rows
 
     def acquired(self) -> list[str]:
         """Wait for the turn; a waiter may go back to sleep a few times first."""

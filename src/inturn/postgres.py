@@ -1,0 +1,867 @@
+"""Lines on a PostgreSQL server, for processes on many hosts (``postgresql://`` backends).
+
+The queue algorithm is ``queue.py``'s; this module supplies its primitives with session-level
+advisory locks (https://www.postgresql.org/docs/current/explicit-locking.html#ADVISORY-LOCKS):
+
+* each ticket has its own connection, whose session holds the ticket's exclusive advisory
+  lock from ``join`` to ``leave``. PostgreSQL releases session locks the moment the session
+  ends, so a holder killed with SIGKILL, or whose backend is ended with
+  ``pg_terminate_backend``, frees its ticket at once;
+* a waiter blocks *inside one statement*, ``pg_advisory_lock_shared`` on the ticket ahead, on
+  its own ticket's connection. The server wakes it when that lock goes: no polling, and no
+  query at all from an idle waiter. A timeout is the server's ``lock_timeout``, set in that
+  same statement; Ctrl-C makes psycopg send a cancel request; a ``CancelToken`` does too;
+* liveness is read from ``pg_locks`` (a granted exclusive lock held by the very backend pid
+  the ticket recorded), never from process ids on the client's host.
+
+Where the statements and the tables are: ``postgres_sql.py``; the URL: ``postgres_address.py``.
+
+Losing the connection (documented in the README): a holder's watchdog thread sends
+``SELECT 1`` every ``PING_INTERVAL`` seconds and gives the server ``PING_TIMEOUT`` seconds to
+answer. A query, not TCP keepalives alone, because keepalives are answered by any proxy or
+load balancer on the way even when nothing reaches the server any more. So a holder knows
+within ``LOST_AFTER`` seconds that its turn may be gone: ``Membership.lost`` turns True and the
+``on_lost`` callbacks run (``inturn run`` then stops its command and exits 76). The server, for
+its part, keeps a silent client's session (and turn) for about 30 s (``tcp_keepalives_*`` and
+``tcp_user_timeout`` set per session), longer than the client needs to notice and stop, so
+the next holder normally starts only after the cut-off one has stopped. A waiter that loses its
+connection reconnects and joins again at the back of the line (its old place died with its
+session), for up to ``RECONNECT_WINDOW`` seconds, then fails with a clear error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import select
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import conninfo as libpq_conninfo
+from psycopg import errors as pg_errors
+from psycopg import pq
+
+from .errors import BackendError, Cancelled, LostTurn, UsageError
+from .names import encode
+from .postgres_address import Address, connect_options, parse
+from .postgres_sql import Statements, fold, missing_grants, sql_identifier
+from .records import Ticket, warn
+from .store import Backend, CancelToken, LineStore, Membership, Snapshot
+
+PING_INTERVAL = 1.0
+PING_TIMEOUT = 3.0
+LOST_AFTER = PING_INTERVAL + PING_TIMEOUT
+RECONNECT_WINDOW = 60.0
+MAX_IDLE = 2  # connections kept open per process for the next ticket or status
+CLIENT_CHECK_MS = 500  # server notices a waiter's vanished client this often (PG >= 14)
+
+# Server-side settings of every inturn session (all settable by any role).
+SERVER_SETTINGS = {
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "4",
+    "tcp_user_timeout": "30000",
+}
+SERVER_SETTINGS_14 = {
+    # While a waiter blocks in the lock manager its backend reads nothing from the client;
+    # this makes it check the socket, so a killed waiter's ticket is freed within 0.5 s.
+    "client_connection_check_interval": str(CLIENT_CHECK_MS),
+    "idle_session_timeout": "0",
+}
+
+Connection = psycopg.Connection[Any]
+T = TypeVar("T")
+
+_backends: weakref.WeakSet[PostgresBackend] = weakref.WeakSet()
+_memberships: weakref.WeakSet[PgMembership] = weakref.WeakSet()
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _reason(exc: BaseException, address: Address) -> str:
+    """The server's or libpq's message on one line, without any password."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = "; ".join(lines[:2]) or type(exc).__name__
+    return address.scrub(text)
+
+
+class _Translate:
+    """Turns psycopg errors into one-line ``BackendError``s naming the fix."""
+
+    def __init__(self, backend: PostgresBackend) -> None:
+        self.backend = backend
+
+    def __call__(self, exc: psycopg.Error) -> BackendError:
+        b = self.backend
+        if isinstance(exc, pg_errors.ReadOnlySqlTransaction):
+            return BackendError(b.read_only_message())
+        if isinstance(exc, pg_errors.InsufficientPrivilege):
+            return BackendError(
+                f"the role may not use inturn's tables at {b.where} ({_reason(exc, b.address)}): "
+                f"ask the owner of schema {b.stmts.schema} for the grants listed in the "
+                "inturn README"
+            )
+        if isinstance(exc, psycopg.OperationalError):
+            return BackendError(f"lost the connection to {b.where}: {_reason(exc, b.address)}")
+        return BackendError(f"PostgreSQL at {b.where} failed: {_reason(exc, b.address)}")
+
+
+# --------------------------------------------------------------------------- backend
+
+
+class PostgresBackend(Backend):
+    """Lines kept in one schema of one PostgreSQL database, shared by every host using it.
+
+    ``scope`` is accepted for symmetry with local backends and changes nothing: every role
+    that connects to the same database and schema shares its lines.
+    """
+
+    def __init__(self, url: str, scope: str = "user") -> None:
+        if scope not in ("user", "machine"):
+            raise UsageError(f"unknown scope {scope!r}: use 'user' or 'machine'")
+        self.scope = "server"
+        self.address = parse(url)
+        self.stmts = Statements(self.address.schema)
+        self.translate = _Translate(self)
+        self._pid = os.getpid()
+        self._idle: list[Connection] = []
+        self._lock = threading.Lock()
+        self._ready = False
+        self._role = ("", "")
+        _backends.add(self)
+        self.give_back(self.connect())  # fail now, with a clear line, if it cannot work
+
+    @property
+    def where(self) -> str:
+        return self.address.where
+
+    def line(self, name: str) -> PostgresLine:
+        return PostgresLine(self, name)
+
+    def names(self) -> list[str]:
+        rows = self.run(lambda conn: conn.execute(self.stmts.names).fetchall())
+        return sorted(bytes(row[0]).decode("utf-8", "surrogatepass") for row in rows)
+
+    # -- connections
+
+    def connect(self) -> Connection:
+        """A new session, set up for inturn, on a server checked to be usable."""
+        address = self.address
+        try:
+            conninfo = libpq_conninfo.make_conninfo(address.conninfo, **connect_options(address))
+            conn = psycopg.connect(conninfo, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise BackendError(
+                f"cannot connect to PostgreSQL at {self.where}: {_reason(exc, address)} "
+                "(check the URL, that the server runs, and the password in PGPASSWORD or "
+                "~/.pgpass)"
+            ) from None
+        except psycopg.Error as exc:
+            raise BackendError(
+                f"cannot use PostgreSQL at {self.where}: {_reason(exc, address)}"
+            ) from None
+        try:
+            self._set_up(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _set_up(self, conn: Connection) -> None:
+        settings = dict(SERVER_SETTINGS)
+        if conn.info.server_version >= 140000:
+            settings.update(SERVER_SETTINGS_14)
+        calls = ", ".join("set_config(%s, %s, false)" for _ in settings)
+        params: list[str] = [item for pair in settings.items() for item in pair]
+        try:
+            row = conn.execute(
+                f"SELECT pg_backend_pid(), {calls}",
+                params,
+            ).fetchone()
+        except psycopg.Error as exc:
+            raise self.translate(exc) from None
+        session_pid = row[0] if row else 0
+        if session_pid != conn.info.backend_pid and not self.address.pooler_session_ok:
+            raise BackendError(
+                f"{self.where} answers through a connection pooler such as PgBouncer (the "
+                f"server session is pid {session_pid}, the connection was told "
+                f"{conn.info.backend_pid}): inturn holds session-level advisory locks, which a "
+                "pool in transaction mode hands to other clients; connect to PostgreSQL "
+                "directly, or add ?inturn_pooler=session if the pool is in session mode"
+            )
+        if not self._ready:
+            self._ensure_schema(conn)
+            self._ready = True
+
+    def _ensure_schema(self, conn: Connection) -> None:
+        """Create what is missing, once, even when many hosts start at the same moment."""
+        stmts = self.stmts
+        try:
+            exists = conn.execute(stmts.existing).fetchone() or ()
+            if not all(exists):
+                with conn.transaction():
+                    conn.execute(stmts.setup_lock)
+                    exists = conn.execute(stmts.existing).fetchone() or ()
+                    # schema, lines, sequence, tickets (+index), abandoned (+index), comment
+                    needed = [0, 1, 2, 3, 3, 4, 4, 0]
+                    for which, statement in zip(needed, stmts.create, strict=True):
+                        if not exists[which]:
+                            conn.execute(statement)
+            row = conn.execute(stmts.privileges).fetchone()
+        except pg_errors.InsufficientPrivilege:
+            raise BackendError(self._cannot_create_message(conn)) from None
+        except psycopg.Error as exc:
+            raise self.translate(exc) from None
+        assert row is not None
+        self._role = (str(row[13]), str(row[14]))
+        if row[11] or row[12]:
+            raise BackendError(self.read_only_message())
+        grants = missing_grants(tuple(row), stmts.schema)
+        if grants:
+            raise BackendError(
+                f"role {sql_identifier(self._role[0])} lacks privileges on inturn's tables at "
+                f"{self.where}: ask the owner of schema {sql_identifier(stmts.schema)} to run "
+                + "; ".join(grants)
+            )
+
+    def _cannot_create_message(self, conn: Connection) -> str:
+        schema = sql_identifier(self.stmts.schema)
+        try:
+            row = conn.execute(
+                "SELECT current_user, current_database(), to_regnamespace(%s) IS NOT NULL",
+                [schema],
+            ).fetchone()
+        except psycopg.Error:
+            row = None
+        user, db, has_schema = (
+            (str(row[0]), str(row[1]), bool(row[2])) if row else ("?", "?", False)
+        )
+        who = sql_identifier(user)
+        if has_schema:
+            return (
+                f"role {who} may not create inturn's tables in schema {schema} at {self.where}: "
+                f"ask its owner to run GRANT CREATE ON SCHEMA {schema} TO {who} (once is enough)"
+            )
+        return (
+            f"role {who} may not create schema {schema} in database {sql_identifier(db)} at "
+            f"{self.where}: ask an owner to run GRANT CREATE ON DATABASE {sql_identifier(db)} "
+            f"TO {who}, or CREATE SCHEMA {schema} AUTHORIZATION {who}"
+        )
+
+    def read_only_message(self) -> str:
+        user = sql_identifier(self._role[0]) if self._role[0] else "the role"
+        return (
+            f"PostgreSQL at {self.where} is read-only (a standby, or "
+            f"default_transaction_read_only is on): use the primary's address, or run "
+            f"ALTER ROLE {user} SET default_transaction_read_only = off"
+        )
+
+    def borrow(self) -> Connection:
+        """An idle session of this process, or a new one."""
+        with self._lock:
+            self._check_fork()
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE:
+                    return conn
+                conn.close()
+        return self.connect()
+
+    def give_back(self, conn: Connection) -> None:
+        """Keep a clean session for later, or close it."""
+        with self._lock:
+            self._check_fork()
+            usable = not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE
+            if usable and len(self._idle) < MAX_IDLE:
+                self._idle.append(conn)
+                return
+        with suppress(Exception):
+            conn.close()
+
+    def run(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` on a borrowed session; once more on a new one if the first broke."""
+        for attempt in (1, 2):
+            conn = self.borrow()
+            try:
+                result = work(conn)
+            except psycopg.OperationalError as exc:
+                conn.close()
+                if attempt == 2 or isinstance(exc, pg_errors.QueryCanceled):
+                    raise self.translate(exc) from None
+                continue
+            except psycopg.Error as exc:
+                self.give_back(conn)
+                raise self.translate(exc) from None
+            except BaseException:
+                conn.close()
+                raise
+            self.give_back(conn)
+            return result
+        raise AssertionError("unreachable")
+
+    def _check_fork(self) -> None:
+        if self._pid != os.getpid():
+            self._forget()
+
+    def _forget(self) -> None:
+        """In a forked child: the parent's sessions are not ours to use or to close."""
+        self._pid = os.getpid()
+        self._idle = []
+
+    def close(self) -> None:
+        with self._lock:
+            self._check_fork()
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            with suppress(Exception):
+                conn.close()
+
+
+# --------------------------------------------------------------------------- tickets
+
+
+class PgMembership(Membership):
+    """Our ticket: its session holds the ticket's lock; a watchdog pings it while we hold."""
+
+    def __init__(self, line: PostgresLine, number: int, conn: Connection, me: Ticket) -> None:
+        self.line = line
+        self.number = number
+        self.conn: Connection | None = conn
+        self.me = me
+        self.pid = os.getpid()
+        self.holding = False
+        self.handed_out = False
+        self._lost = False
+        self._callbacks: list[Callable[[], None]] = []
+        self._state = threading.Lock()
+        self._stop = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        _memberships.add(self)
+
+    @property
+    def lost(self) -> bool:
+        return self._lost
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        with self._state:
+            if not self._lost:
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def inheritable_handles(self) -> list[int]:
+        """The session's socket: a command that inherits it keeps the turn if we die."""
+        conn = self.conn
+        if conn is None or conn.closed:
+            return []
+        self.handed_out = True
+        return [conn.fileno()]
+
+    def start_watchdog(self) -> None:
+        self.holding = True
+        thread = threading.Thread(target=self._watch, daemon=True, name="inturn-pg-watchdog")
+        self._watchdog = thread
+        thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(PING_INTERVAL):
+            conn = self.conn
+            if conn is None or conn.closed:
+                return
+            if not conn.lock.acquire(blocking=False):
+                continue  # the owner is using the session right now: that is proof enough
+            try:
+                alive = self._stop.is_set() or _ping(conn.pgconn, PING_TIMEOUT)
+            finally:
+                conn.lock.release()
+            if not alive:
+                self._declare_lost()
+                return
+
+    def _declare_lost(self) -> None:
+        with self._state:
+            if self._lost or self._stop.is_set():
+                return
+            self._lost = True
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception as exc:  # one failing callback must not silence the others
+                warn(f"an on_lost callback failed: {exc!r}")
+        conn = self.conn
+        if conn is not None:
+            with suppress(Exception):
+                conn.close()
+
+    def stop_watchdog(self) -> None:
+        self._stop.set()
+        thread = self._watchdog
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(PING_TIMEOUT + 1)
+
+    def forget(self) -> None:
+        """In a forked child: the turn stays with the parent; never touch its session."""
+        self.conn = None
+        self._stop.set()
+
+
+def _ping(pgconn: pq.abc.PGconn, timeout: float) -> bool:
+    """``SELECT 1`` with a deadline, at the libpq level (psycopg's calls wait forever)."""
+    deadline = time.monotonic() + timeout
+    try:
+        pgconn.send_query(b"SELECT 1")
+        while pgconn.flush():
+            if not _ready(pgconn.socket, deadline, write=True):
+                return False
+        ok = True
+        while True:
+            pgconn.consume_input()
+            while not pgconn.is_busy():
+                result = pgconn.get_result()
+                if result is None:
+                    return ok
+                ok = ok and result.status == pq.ExecStatus.TUPLES_OK
+            if not _ready(pgconn.socket, deadline):
+                return False
+    except (psycopg.Error, OSError, ValueError):
+        return False
+
+
+def _ready(fd: int, deadline: float, write: bool = False) -> bool:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return False
+    sets: tuple[list[int], list[int]] = ([], [fd]) if write else ([fd], [])
+    readable, writable, _ = select.select(sets[0], sets[1], [], remaining)
+    return bool(readable or writable)
+
+
+def _forked() -> None:
+    for backend in list(_backends):
+        backend._forget()
+    for member in list(_memberships):
+        member.forget()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+class _Canceller:
+    """Sends a cancel request for the statement running on ``conn`` if ``token`` fires.
+
+    The request is sent under a lock that the waiter takes as soon as its statement ends,
+    so a late cancel can never hit the session's next statement.
+    """
+
+    def __init__(self, conn: Connection, token: CancelToken) -> None:
+        self.conn = conn
+        self.token = token
+        self.event = threading.Event()
+        self.lock = threading.Lock()
+        self.finished = False
+        self._linked = token.linked(self.event)
+        self._linked.__enter__()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="inturn-pg-cancel")
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.event.wait()
+        with self.lock:
+            if not self.finished:
+                _cancel(self.conn)
+
+    def finish(self) -> None:
+        with self.lock:
+            self.finished = True
+        self.event.set()
+        self._linked.__exit__(None, None, None)
+
+
+def _cancel(conn: Connection) -> None:
+    """Ask the server to end the statement running on ``conn`` (psycopg >= 3.2's safe way)."""
+    with suppress(Exception):
+        cancel_safe = getattr(conn, "cancel_safe", None)
+        if cancel_safe is not None:
+            cancel_safe(timeout=5.0)
+        else:
+            conn.cancel()
+
+
+class _Watch:
+    """One extra session blocked on one ticket, for waits on several tickets at once."""
+
+    def __init__(self, backend: PostgresBackend, key: int, woken: threading.Event) -> None:
+        self.backend = backend
+        self.conn = backend.borrow()
+        self.key = key
+        self.woken = woken
+        self.lock = threading.Lock()
+        self.done = False
+        self.clean = False
+        self.cancelled = False
+        self.thread = threading.Thread(target=self._run, daemon=True, name="inturn-pg-watch")
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.conn.execute(self.backend.stmts.wait, {"ms": "0", "key": self.key})
+            self.clean = True
+        except psycopg.Error:
+            pass
+        finally:
+            with self.lock:
+                self.done = True
+            self.woken.set()
+
+    def stop(self) -> None:
+        with self.lock:
+            if not self.done:
+                self.cancelled = True
+                _cancel(self.conn)
+        self.thread.join(10)
+        if self.clean and not self.cancelled:
+            self.backend.give_back(self.conn)
+        else:
+            with suppress(Exception):
+                self.conn.close()
+
+
+# --------------------------------------------------------------------------- one line
+
+
+class PostgresLine(LineStore):
+    remote = True
+
+    def __init__(self, backend: PostgresBackend, name: str) -> None:
+        self.backend = backend
+        self.name = name
+        self.scope = backend.scope
+        self.stmts = backend.stmts
+        self._digest = hashlib.sha256(encode(name)).digest()
+        self._line_id: int | None = None
+        self._threads = threading.local()
+
+    @property
+    def where(self) -> str:
+        return self.backend.where
+
+    # -- whose session to use
+
+    def _mine(self) -> list[PgMembership]:
+        members: list[PgMembership] | None = getattr(self._threads, "members", None)
+        if members is None:
+            members = self._threads.members = []
+        return members
+
+    def _current(self) -> PgMembership | None:
+        """The ticket this thread is waiting with (its session runs this thread's queries)."""
+        for member in reversed(self._mine()):
+            if member.conn is not None and not member.conn.closed and member.pid == os.getpid():
+                return member
+        return None
+
+    def _query(self, work: Callable[[Connection], T]) -> T:
+        member = self._current()
+        if member is None:
+            return self.backend.run(work)
+        for attempt in (1, 2, 3):
+            conn = member.conn
+            if conn is None or conn.closed:
+                return self.backend.run(work)
+            try:
+                return work(conn)
+            except pg_errors.QueryCanceled as exc:
+                if attempt == 3:
+                    raise self.backend.translate(exc) from None
+                continue  # a cancel meant for a wait that had just ended: harmless
+            except psycopg.OperationalError as exc:
+                if member.holding:
+                    raise LostTurn(
+                        f"lost the connection holding line {self.name!r} at {self.where}: "
+                        f"{_reason(exc, self.backend.address)}"
+                    ) from None
+                if not self._rejoin(member, None, exc):
+                    raise self.backend.translate(exc) from None
+            except psycopg.Error as exc:
+                raise self.backend.translate(exc) from None
+        raise AssertionError("unreachable")
+
+    def _line(self, conn: Connection) -> int:
+        if self._line_id is None:
+            row = conn.execute(self.stmts.find_line, [self._digest]).fetchone()
+            if row is None:
+                row = conn.execute(
+                    self.stmts.add_line, [self._digest, encode(self.name)]
+                ).fetchone()
+            if row is None:  # another host added it just now
+                row = conn.execute(self.stmts.find_line, [self._digest]).fetchone()
+            assert row is not None
+            self._line_id = int(row[0])
+        return self._line_id
+
+    # -- LineStore
+
+    def join(self, me: Ticket) -> PgMembership:
+        conn = self.backend.borrow()
+        try:
+            number = self._join_on(conn, me)
+        except BaseException as exc:
+            conn.close()  # it may hold a lock taken in a statement that failed
+            if isinstance(exc, psycopg.Error):
+                raise self.backend.translate(exc) from None
+            raise
+        member = PgMembership(self, number, conn, me)
+        self._mine().append(member)
+        self._threads.liveness = None
+        return member
+
+    def _join_on(self, conn: Connection, me: Ticket) -> int:
+        line_id = self._line(conn)
+        record = json.dumps(me.header(), separators=(",", ":"), ensure_ascii=True)
+        params = {"line_id": line_id, "line_key": fold(line_id), "record": record}
+        for _ in range(64):
+            row = conn.execute(self.stmts.join, params).fetchone()
+            if row is not None:
+                return int(row[0])
+            # The ticket's key is held by someone else (another application's lock, or a
+            # ticket 2**32 numbers older): that number is skipped, never shared.
+        raise BackendError(
+            f"every advisory lock key inturn tried at {self.where} was taken by another "
+            "session: is another application using class id "
+            f"{self.stmts.cls} in pg_locks?"
+        )
+
+    def _rejoin(self, member: PgMembership, deadline: float | None, cause: BaseException) -> bool:
+        """Our session died while waiting: its place is gone, so take a new ticket.
+
+        Returns False when ``deadline`` passed first; raises when the server stays away for
+        ``RECONNECT_WINDOW`` seconds.
+        """
+        old, member.conn = member.conn, None
+        if old is not None:
+            with suppress(Exception):
+                old.close()
+        start = time.monotonic()
+        limit = start + RECONNECT_WINDOW
+        if deadline is not None:
+            limit = min(limit, deadline)
+        delay = 0.1
+        last: BaseException = cause
+        while True:
+            try:
+                conn = self.backend.connect()
+                try:
+                    number = self._join_on(conn, member.me)
+                except BaseException:
+                    conn.close()
+                    raise
+                member.conn, member.number = conn, number
+                warn(
+                    f"reconnected to {self.where} after losing the connection "
+                    f"({_reason(cause, self.backend.address)}); back in line {self.name!r} "
+                    f"as ticket {number}"
+                )
+                return True
+            except (psycopg.OperationalError, BackendError) as exc:
+                last = exc
+            if time.monotonic() + delay > limit:
+                if deadline is not None and limit == deadline:
+                    return False
+                raise BackendError(
+                    f"lost the connection to {self.where} while waiting in line "
+                    f"{self.name!r} and could not reconnect for {RECONNECT_WINDOW:g}s: "
+                    f"{_reason(last, self.backend.address)}"
+                )
+            time.sleep(delay)  # waiting for the server to come back, not for the line
+            delay = min(delay * 2, 2.0)
+
+    def snapshot(self) -> Snapshot:
+        """The line, read together with who in it is alive; that liveness answers the
+        ``alive`` call the queue makes next (once). A view a moment old is safe: tickets ahead
+        can only die, never come back, and later joiners are behind us, so at worst we wait on
+        a ticket already gone, and that wait returns at once."""
+
+        def work(conn: Connection) -> Snapshot:
+            rows = conn.execute(self.stmts.snapshot_alive, {"line_id": self._line(conn)})
+            found = rows.fetchall()
+            self._threads.liveness = {int(n): bool(ok) for marker, n, ok in found if not marker}
+            tickets = sorted(int(n) for marker, n, _ in found if not marker)
+            markers = sorted(int(n) for marker, n, _ in found if marker)
+            return Snapshot(tuple(tickets), tuple(markers))
+
+        return self._query(work)
+
+    def alive(self, numbers: Sequence[int]) -> list[bool]:
+        if not numbers:
+            return []
+        wanted = [int(n) for n in numbers]
+        known: dict[int, bool] | None = getattr(self._threads, "liveness", None)
+        self._threads.liveness = None
+        if known is not None and all(n in known for n in wanted):
+            return [known[n] for n in wanted]
+
+        def work(conn: Connection) -> list[bool]:
+            rows = conn.execute(self.stmts.alive, {"numbers": wanted}).fetchall()
+            found = {int(n): bool(ok) for n, ok in rows}
+            return [found.get(n, False) for n in wanted]
+
+        return self._query(work)
+
+    def bury(self, number: int) -> bool:
+        def work(conn: Connection) -> bool:
+            return conn.execute(self.stmts.bury, {"number": number}).fetchone() is not None
+
+        return self._query(work)
+
+    def wait_any(
+        self, numbers: Sequence[int], timeout: float | None, cancel: CancelToken | None
+    ) -> bool:
+        if not numbers:
+            return True
+        member = self._current()
+        if len(numbers) == 1 and member is not None:
+            return self._wait_own(member, numbers[0], timeout, cancel)
+        return self._wait_watches(numbers, timeout, cancel)
+
+    def _wait_own(
+        self,
+        member: PgMembership,
+        number: int,
+        timeout: float | None,
+        cancel: CancelToken | None,
+    ) -> bool:
+        """Block in the server on our own ticket's session: no other connection needed."""
+        conn = member.conn
+        assert conn is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ms = "0" if timeout is None else str(max(1, math.ceil(timeout * 1000)))
+        canceller = _Canceller(conn, cancel) if cancel is not None else None
+        try:
+            conn.execute(self.stmts.wait, {"ms": ms, "key": fold(number)})
+            return True
+        except pg_errors.LockNotAvailable:
+            return False  # lock_timeout: our own timeout ran out
+        except pg_errors.QueryCanceled:
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled(f"stopped waiting for line {self.name!r}") from None
+            return True  # cancelled by someone else (a DBA): look again
+        except psycopg.OperationalError as exc:
+            if canceller is not None:
+                canceller.finish()
+                canceller = None
+            return self._rejoin(member, deadline, exc)
+        except psycopg.Error as exc:
+            raise self.backend.translate(exc) from None
+        finally:
+            if canceller is not None:
+                canceller.finish()
+
+    def _wait_watches(
+        self, numbers: Sequence[int], timeout: float | None, cancel: CancelToken | None
+    ) -> bool:
+        """Several tickets (``slots`` > 1): one extra session blocked on each."""
+        woken = threading.Event()
+        watches: list[_Watch] = []
+        try:
+            for number in numbers:
+                watches.append(_Watch(self.backend, fold(number), woken))
+            if cancel is None:
+                return woken.wait(timeout)
+            with cancel.linked(woken):
+                woken.wait(timeout)
+                if any(w.done for w in watches):
+                    return True
+                if cancel.cancelled:
+                    raise Cancelled(f"stopped waiting for line {self.name!r}")
+                return False
+        finally:
+            for watch in watches:
+                watch.stop()
+
+    def mark_acquired(self, me: Membership, when: float) -> None:
+        assert isinstance(me, PgMembership)
+        conn = me.conn
+        if conn is None or conn.closed:
+            raise LostTurn(f"lost the connection to {self.where} as the turn came")
+        try:
+            row = conn.execute(self.stmts.mark, {"when": when, "number": me.number}).fetchone()
+        except psycopg.OperationalError as exc:
+            raise LostTurn(
+                f"lost the connection to {self.where} as the turn came: "
+                f"{_reason(exc, self.backend.address)}"
+            ) from None
+        except psycopg.Error as exc:
+            raise self.backend.translate(exc) from None
+        if row is None:
+            raise BackendError(
+                f"the session that joined line {self.name!r} is no longer the one answering at "
+                f"{self.where}: a connection pooler in transaction mode (PgBouncer?) is in the "
+                "way; connect to PostgreSQL directly"
+            )
+        me.start_watchdog()
+
+    def claim_abandoned(self) -> Ticket | None:
+        def work(conn: Connection) -> Ticket | None:
+            row = conn.execute(self.stmts.claim, {"line_id": self._line(conn)}).fetchone()
+            return None if row is None else _ticket(row[0], row[1], row[2])
+
+        return self._query(work)
+
+    def leave(self, me: Membership) -> None:
+        assert isinstance(me, PgMembership)
+        me.stop_watchdog()
+        self._threads.liveness = None
+        with suppress(ValueError):
+            self._mine().remove(me)
+        conn, me.conn = me.conn, None
+        if conn is None or me.pid != os.getpid() or conn.closed:
+            return
+        clean = False
+        if conn.info.transaction_status == pq.TransactionStatus.IDLE:
+            try:
+                conn.execute(self.stmts.leave, {"number": me.number})
+                clean = True
+            except psycopg.Error:
+                pass  # closing the session below frees the lock all the same
+        if clean and not me.lost and not me.handed_out:
+            self.backend.give_back(conn)
+        else:
+            with suppress(Exception):
+                conn.close()
+
+    def read(self, numbers: Sequence[int]) -> list[Ticket | None]:
+        if not numbers:
+            return []
+        wanted = [int(n) for n in numbers]
+
+        def work(conn: Connection) -> list[Ticket | None]:
+            rows = conn.execute(self.stmts.read, {"numbers": wanted}).fetchall()
+            found = {int(n): _ticket(n, record, acquired) for n, record, acquired in rows}
+            return [found.get(n) for n in wanted]
+
+        return self._query(work)
+
+
+def _ticket(number: Any, record: Any, acquired_at: Any) -> Ticket:
+    try:
+        header = json.loads(record)
+    except (TypeError, ValueError):
+        header = None
+    if not isinstance(header, dict):
+        warn(f"ignoring a corrupt ticket record (ticket {number})")
+        header = {}
+    acquired = float(acquired_at) if acquired_at is not None else None
+    return Ticket.from_header(int(number), header, acquired)
