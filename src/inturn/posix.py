@@ -275,6 +275,9 @@ class FolderLine(LineStore):
         self._open_lock = threading.Lock()
         self._guard_lock = threading.Lock()
         self._counter: tuple[int, int] | None = None  # (pid, fd) of the open counter file
+        # Tickets this process saw removed (unlinked) while it waited on them: they can only
+        # be gone for good, since numbers are never reused.
+        self._gone: set[int] = set()
 
     @property
     def where(self) -> str:
@@ -410,7 +413,9 @@ class FolderLine(LineStore):
         return PosixMembership(number, fd)
 
     def snapshot(self) -> Snapshot:
-        return self._scan(self._dir())
+        found = self._scan(self._dir())
+        self._gone.intersection_update(found.tickets)  # forget what can no longer be asked
+        return found
 
     def status(self) -> LineStatus:
         """Looking at a line that nobody has used yet must not create it."""
@@ -455,6 +460,9 @@ class FolderLine(LineStore):
     def alive(self, numbers: Sequence[int]) -> list[bool]:
         result = []
         for number in numbers:
+            if number in self._gone:
+                result.append(False)
+                continue
             fd = self._open_ticket(number)
             if fd is None:
                 result.append(False)
@@ -469,6 +477,9 @@ class FolderLine(LineStore):
         return result
 
     def bury(self, number: int) -> bool:
+        if number in self._gone:
+            self._gone.discard(number)  # its file is gone for good: nothing to bury
+            return False
         name = ticket_file(number)
         with self._guard():
             dir_fd = self._dir()
@@ -507,6 +518,8 @@ class FolderLine(LineStore):
                 return True
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH)  # Ctrl-C raises KeyboardInterrupt right here
+                if os.fstat(fd).st_nlink == 0:
+                    self._gone.add(numbers[0])  # removed by its owner: no need to look again
             finally:
                 os.close(fd)
             return True

@@ -72,9 +72,9 @@ def take_turn(
 
 
 def give_back(store: LineStore, me: Membership) -> None:
+    store.leave(me)  # first: the next in line wakes the moment this returns
     with _held_lock:
         _held_by_thread.pop(_key(store, me.number), None)
-    store.leave(me)
 
 
 def _wait_for_front(
@@ -86,11 +86,21 @@ def _wait_for_front(
     on_progress: ProgressCallback | None,
     cancel: CancelToken | None,
 ) -> bool:
-    """Sleep until fewer than ``slots`` live tickets are ahead; True if markers may be waiting."""
+    """Sleep until fewer than ``slots`` live tickets are ahead; True if markers may be waiting.
+
+    Tickets only ever join behind us, so when every ticket ahead was live and watched, the
+    ones ahead after waking are among those: a local store then skips listing the line
+    again (a remote one reads the line and its liveness in one round trip anyway).
+    """
+    only_watched: list[int] | None = None
+    markers = False
     while True:
-        snap = store.snapshot()
-        ahead = [n for n in snap.tickets if n < me.number]
-        markers = bool(snap.abandoned)
+        if only_watched is None:
+            snap = store.snapshot()
+            ahead = [n for n in snap.tickets if n < me.number]
+            markers = bool(snap.abandoned)
+        else:
+            ahead = only_watched
         live = []
         if ahead:
             # Check even when fewer than ``slots`` are present, so that a dead holder ahead of
@@ -114,6 +124,8 @@ def _wait_for_front(
             on_progress(Progress(me.number, len(live) + 1, tuple(live), tuple(watch)))
         if not store.wait_any(watch, remaining, cancel):
             raise Timeout(f"gave up waiting for line {store.name!r}", store.status())
+        everyone_watched = live == ahead == watch and not markers
+        only_watched = watch if everyone_watched and not store.remote else None
 
 
 def _refuse_self_wait(store: LineStore, watch: list[int]) -> None:
