@@ -20,14 +20,21 @@ import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import quote
 
 import pytest
 
-psycopg = pytest.importorskip("psycopg")
+import inturn
 
-from postgres_proxy import Proxy  # noqa: E402
-from postgres_server import (  # noqa: E402
+from conftest import Worker, child_env, inturn_cmd, missing_component
+
+try:
+    import psycopg
+except ImportError:
+    missing_component("psycopg is not installed", "pip install -e '.[postgres]'")
+
+from postgres_server import (
     LOCAL_URL,
     Cluster,
     cluster,
@@ -36,10 +43,7 @@ from postgres_server import (  # noqa: E402
     usable,
     with_schema,
 )
-
-import inturn  # noqa: E402
-
-from conftest import Worker, child_env, inturn_cmd  # noqa: E402
+from tcp_proxy import TcpProxy
 
 # The command run by ``inturn run``: reports what it sees, then holds until told to finish.
 REPORTER = textwrap.dedent(
@@ -56,10 +60,8 @@ REPORTER = textwrap.dedent(
 )
 
 
-def _missing(message: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message + " (set INTURN_TEST_POSTGRES_URL, or install postgresql)")
+def _missing(message: str) -> NoReturn:
+    missing_component(message, "set INTURN_TEST_POSTGRES_URL, or install postgresql")
 
 
 @pytest.fixture(scope="session")
@@ -117,9 +119,9 @@ def pg_url(pg_server: str, schema: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture
-def proxy(pg_server: str) -> Iterator[Proxy]:
+def proxy(pg_server: str) -> Iterator[TcpProxy]:
     parts = _parts(pg_server)
-    made = Proxy(parts.get("host", "127.0.0.1"), int(parts.get("port", "5432")))
+    made = TcpProxy(parts.get("host", "127.0.0.1"), int(parts.get("port", "5432")))
     yield made
     made.close()
 
@@ -327,7 +329,7 @@ def test_a_holder_cut_off_from_the_server_stops_its_command_and_exits_76(
     holder = Run("cut", "--backend", cut)
     try:
         _, ticket, _ = holder.running()
-        proxy.freeze()  # packets still acknowledged, nothing reaches the server any more
+        proxy.blackhole()  # packets still acknowledged, nothing reaches the server any more
         assert holder.next_line() == ["signal", str(signal.SIGTERM)]
         assert holder.proc.wait(60) == 76
         assert holder.proc.stderr is not None
@@ -339,7 +341,7 @@ def test_a_holder_cut_off_from_the_server_stops_its_command_and_exits_76(
     waiter = Worker("cut", "--hold")
     workers.append(waiter)
     waiter.expect("waiting")
-    proxy.drop()
+    proxy.cut()
     _, after, abandoned, _ = waiter.acquired()
     assert abandoned == "1" and int(after) > int(ticket)
     waiter.send()
@@ -356,7 +358,7 @@ def test_a_waiter_whose_connection_drops_reconnects_and_waits_again(
     waiter = Worker("drop", "--hold", env=env)
     workers.append(waiter)
     first = int(waiter.expect("waiting")[1])
-    proxy.drop()
+    proxy.cut()
     again = int(waiter.expect("waiting")[1])  # back in line with a new ticket
     assert again > first
     # The old ticket's server session may linger until the server notices the dropped client

@@ -40,10 +40,12 @@ def test_twenty_five_waiters_are_served_in_arrival_order(lines_dir, workers, tmp
 def test_slots_let_n_hold_at_once_and_keep_order(lines_dir, workers):
     line = inturn.Line("render", slots=2)
     first, second = line.acquire(), line.acquire()
-    queued = [Worker("render", "--slots", "2", "--hold") for _ in range(4)]
-    workers.extend(queued)
-    for w in queued:
+    queued = []
+    for _ in range(4):  # each joins before the next starts, so arrival order is known
+        w = Worker("render", "--slots", "2", "--hold")
+        workers.append(w)
         w.expect("waiting")
+        queued.append(w)
     second.release()  # the younger holder leaves first: the oldest waiter still goes next
     assert queued[0].acquired()[1] == str(second.ticket + 1)
     status = line.status()

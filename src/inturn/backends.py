@@ -21,7 +21,7 @@ def open_backend(
     scheme = address.split(":", 1)[0].lower()
     if scheme in ("postgresql", "postgres"):
         try:
-            from .postgres import PostgresBackend  # type: ignore[import-not-found,unused-ignore]
+            from .postgres import PostgresBackend  # type: ignore[import-not-found,attr-defined,unused-ignore]
         except ImportError as exc:
             raise UsageError(
                 f"the PostgreSQL backend needs psycopg 3 ({exc}): pip install 'inturn[postgres]'"
@@ -29,12 +29,12 @@ def open_backend(
         return PostgresBackend(address, scope=scope)  # type: ignore[no-any-return,unused-ignore]
     if scheme in ("redis", "rediss"):
         try:
-            from .redis import RedisBackend  # type: ignore[import-not-found,unused-ignore]
+            from .redis_backend import RedisBackend
         except ImportError as exc:
             raise UsageError(
                 f"the Redis backend is not available ({exc}): pip install 'inturn[redis]'"
             ) from None
-        return RedisBackend(address, scope=scope)  # type: ignore[no-any-return,unused-ignore]
+        return RedisBackend(address, scope=scope)
     raise UsageError(
         f"unknown backend {scheme!r}: use 'local', a postgresql:// URL or a redis:// URL"
     )
@@ -42,7 +42,7 @@ def open_backend(
 
 def _local(scope: str, directory: str | None) -> Backend:
     if os.name == "nt":
-        from .windows import WindowsBackend  # type: ignore[import-not-found,unused-ignore]
+        from .windows import WindowsBackend  # type: ignore[import-not-found,attr-defined,unused-ignore]
 
         return WindowsBackend(scope=scope, directory=directory)  # type: ignore[no-any-return,unused-ignore]
     from .posix import FolderBackend

@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--backend",
             metavar="URL",
-            help="postgresql://... to take turns across machines (env INTURN_BACKEND)",
+            help="a postgresql:// or redis:// server, to take turns across machines "
+            "(env INTURN_BACKEND)",
         )
 
     run = commands.add_parser(
@@ -249,7 +250,7 @@ def _child_env(held: Turn) -> dict[str, str]:
 
 def _run_holding(held: Turn, executable: str, command: list[str], args: argparse.Namespace) -> int:
     if os.name == "nt":
-        from .windows import run_child  # type: ignore[import-not-found,unused-ignore]
+        from .windows import run_child  # type: ignore[import-not-found,attr-defined,unused-ignore]
 
         return int(run_child(command, _child_env(held), args.close))
 

@@ -210,9 +210,7 @@ class PostgresBackend(Backend):
                 with conn.transaction():
                     conn.execute(stmts.setup_lock)
                     exists = conn.execute(stmts.existing).fetchone() or ()
-                    # schema, lines, sequence, tickets (+index), abandoned (+index), comment
-                    needed = [0, 1, 2, 3, 3, 4, 4, 0]
-                    for which, statement in zip(needed, stmts.create, strict=True):
+                    for which, statement in stmts.create:
                         if not exists[which]:
                             conn.execute(statement)
             row = conn.execute(stmts.privileges).fetchone()
@@ -694,15 +692,23 @@ class PostgresLine(LineStore):
         can only die, never come back, and later joiners are behind us, so at worst we wait on
         a ticket already gone, and that wait returns at once."""
 
+        woke_with: list[tuple[bool, int, bool]] | None = getattr(self._threads, "woke_with", None)
+        if woke_with is not None:  # read by the wait that just ended (``_wait_own``)
+            self._threads.woke_with = None
+            return self._look(woke_with)
+
         def work(conn: Connection) -> Snapshot:
             rows = conn.execute(self.stmts.snapshot_alive, {"line_id": self._line(conn)})
-            found = rows.fetchall()
-            self._threads.liveness = {int(n): bool(ok) for marker, n, ok in found if not marker}
-            tickets = sorted(int(n) for marker, n, _ in found if not marker)
-            markers = sorted(int(n) for marker, n, _ in found if marker)
-            return Snapshot(tuple(tickets), tuple(markers))
+            return self._look(rows.fetchall())
 
         return self._query(work)
+
+    def _look(self, rows: list[tuple[bool, int, bool]]) -> Snapshot:
+        """A snapshot from (marker?, number, alive?) rows; keeps the liveness for ``alive``."""
+        self._threads.liveness = {int(n): bool(ok) for marker, n, ok in rows if not marker}
+        tickets = sorted(int(n) for marker, n, _ in rows if not marker)
+        markers = sorted(int(n) for marker, n, _ in rows if marker)
+        return Snapshot(tuple(tickets), tuple(markers))
 
     def alive(self, numbers: Sequence[int]) -> list[bool]:
         if not numbers:
@@ -743,14 +749,25 @@ class PostgresLine(LineStore):
         timeout: float | None,
         cancel: CancelToken | None,
     ) -> bool:
-        """Block in the server on our own ticket's session: no other connection needed."""
+        """Block in the server on our own ticket's session: no other connection needed.
+
+        The same round trip brings back the line as it is after the wake-up, which the
+        queue's next ``snapshot`` uses instead of asking again.
+        """
         conn = member.conn
         assert conn is not None
         deadline = None if timeout is None else time.monotonic() + timeout
         ms = "0" if timeout is None else str(max(1, math.ceil(timeout * 1000)))
         canceller = _Canceller(conn, cancel) if cancel is not None else None
+        params = {
+            "key": fold(number),
+            "ms": ms,
+            "before": number,
+            "me": member.number,
+            "line_id": self._line(conn),
+        }
         try:
-            conn.execute(self.stmts.wait, {"ms": ms, "key": fold(number)})
+            self._threads.woke_with = conn.execute(self.stmts.wait_then_look, params).fetchall()
             return True
         except pg_errors.LockNotAvailable:
             return False  # lock_timeout: our own timeout ran out

@@ -1,0 +1,877 @@
+"""The Redis backend: lines shared by every client of one Redis server, kept alive by leases.
+
+Redis frees nothing when a client dies, so a ticket's liveness lock is a *lease*: a key set with
+``SET ... PX`` (it vanishes by itself when its time runs out) that a heartbeat thread of the
+owner renews every third of the lease. A ticket whose lease key is gone is dead. The holder
+declares its turn lost before the server could let the lease expire (see ``LeaseKeeper``).
+
+Per line, every key shares one hash tag, ``<prefix>:{<digest of name>}``, so a line lives in one
+Cluster slot; the name itself is stored only as data, never spliced into a command:
+
+* ``...:next``: the ticket counter (``INCR``), the fencing token. A counter that is missing (a
+  new line, or a server that lost its data) starts at the client's clock in milliseconds, so
+  numbers keep increasing across a data loss unless a line took over 1000 tickets a second.
+* ``...:tickets``: a sorted set of live ticket ids scored by number; ``...:abandoned`` the same
+  for abandonment markers.
+* ``...:t:<id>``: a hash with the owner's record (pid, user, host, command, ...).
+* ``...:lease:<id>``: the lease. ``...:gone:<id>``: a stream the ticket's leaver (or burier)
+  appends to, with a short expiry, so that waiters blocked on it wake up.
+* ``<prefix>:lines``: the set of line names, for ``inturn status``.
+
+Ticket ids are random, chosen by the client, so that every key a script touches is passed in
+``KEYS``, as Redis requires of scripts ("all names of keys accessed by a script must be provided
+as input key arguments": redis.io, EVAL). A Lua script runs atomically: no other command runs
+while it does (redis.io, "Scripting with Lua"), which makes join, bury, leave and claim single
+steps.
+
+A waiter blocks in ``XREAD BLOCK <ms> STREAMS gone:<T> ... 0-0 ...``: it returns at once if an
+entry is there and otherwise blocks until one is added or the timeout passes (redis.io, XREAD);
+it consumes nothing, so every waiter of ``T`` wakes, and only those. The block lasts until the
+lease of the ticket watched would expire, so a crashed holder is noticed within one lease.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
+from typing import Any, NamedTuple, NoReturn, cast
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+import redis
+from redis import exceptions as rx
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.connection import parse_url as _parse_url
+from redis.retry import Retry
+
+from .errors import BackendError, Cancelled, LostTurn, UsageError
+from .names import digest
+from .records import LineStatus, Ticket, warn_once
+from .store import Backend, CancelToken, LineStore, Membership, Snapshot
+
+DEFAULT_LEASE = 5.0
+DEFAULT_PREFIX = "inturn"
+MIN_LEASE, MAX_LEASE = 0.1, 3600.0
+RENEW_EVERY = 1 / 3  # of the lease: the heartbeat's period
+GIVE_UP_AT = 3 / 4  # of the lease after the last renewal that surely reached the server
+WAKE_AFTER_EXPIRY_MS = 10  # a waiter looks again this long after a watched lease could expire
+_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
+_OWN_PARAMETERS = ("lease", "prefix")
+
+# --------------------------------------------------------------------------- scripts
+
+_JOIN = """
+local known = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if known then return known end
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[3]) end
+local number = string.format('%.0f', redis.call('INCR', KEYS[1]))
+redis.call('ZADD', KEYS[2], number, ARGV[1])
+redis.call('HSET', KEYS[3], 'number', number, unpack(ARGV, 4))
+redis.call('SET', KEYS[4], '1', 'PX', ARGV[2])
+return number
+"""
+
+_BURY = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+local number = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not number then return -2 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+local marked = 0
+if redis.call('HEXISTS', KEYS[2], 'acquired_at') == 1 then
+  redis.call('ZADD', KEYS[4], number, ARGV[1])
+  marked = 1
+else
+  redis.call('DEL', KEYS[2])
+end
+redis.call('XADD', KEYS[5], 'MAXLEN', '1', '*', 'dead', number)
+redis.call('PEXPIRE', KEYS[5], ARGV[2])
+return marked
+"""
+
+_LEAVE = """
+redis.call('DEL', KEYS[3])
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('DEL', KEYS[2])
+  redis.call('XADD', KEYS[4], 'MAXLEN', '1', '*', 'left', '1')
+  redis.call('PEXPIRE', KEYS[4], ARGV[2])
+end
+return 1
+"""
+
+_MARK = """
+if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[2], 'acquired_at', ARGV[2])
+return 1
+"""
+
+_CLAIM = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return false end
+local record = redis.call('HGETALL', KEYS[2])
+redis.call('DEL', KEYS[2])
+return record
+"""
+
+
+# --------------------------------------------------------------------------- the URL
+
+
+class RedisAddress(NamedTuple):
+    """A ``redis://`` URL split into what redis-py gets and what inturn keeps for itself."""
+
+    options: dict[str, Any]  # connection keyword arguments, password included
+    where: str  # scheme, host, port, database and prefix: never the user or password
+    lease: float  # seconds
+    prefix: str
+
+
+def parse_address(address: str) -> RedisAddress:
+    """Take inturn's own query parameters (``lease``, ``prefix``) out of a Redis URL."""
+    try:
+        parts = urlsplit(address.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise UsageError(
+            f"bad Redis URL ({exc}): use redis://[user:password@]host[:port][/db]"
+        ) from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("redis", "rediss"):
+        raise UsageError(f"not a Redis URL (scheme {scheme!r}): use redis:// or rediss://")
+    lease, prefix, kept = DEFAULT_LEASE, DEFAULT_PREFIX, []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "lease":
+            lease = _lease(value)
+        elif key == "prefix":
+            prefix = _prefix(value)
+        else:
+            kept.append((key, value))
+    host = parts.hostname or "localhost"
+    path = unquote(parts.path).strip("/") or "0"
+    if not path.isdigit():
+        raise UsageError(f"the Redis database in the URL must be a number, not {path!r}")
+    shown_host = f"[{host}]" if ":" in host else host
+    where = f"{scheme}://{shown_host}:{port or 6379}/{int(path)}"
+    if prefix != DEFAULT_PREFIX:
+        where += f"?prefix={prefix}"
+    redis_url = urlunsplit((scheme, parts.netloc, parts.path, urlencode(kept), ""))
+    try:
+        options: dict[str, Any] = cast(Any, _parse_url)(redis_url)
+    except ValueError as exc:
+        raise UsageError(f"bad Redis URL for {where}: {exc}") from None
+    return RedisAddress(options, where, lease, prefix)
+
+
+def _lease(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not MIN_LEASE <= value <= MAX_LEASE:
+        raise UsageError(
+            f"lease={text!r} in the Redis URL: give seconds from {MIN_LEASE:g} to {MAX_LEASE:g}"
+        )
+    return value
+
+
+def _prefix(text: str) -> str:
+    if not _PREFIX.fullmatch(text):
+        raise UsageError(
+            f"prefix={text!r} in the Redis URL: use letters, digits and . _ : - "
+            "(up to 100, starting with a letter or digit)"
+        )
+    return text
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@contextmanager
+def _translated(where: str, prefix: str) -> Iterator[None]:
+    """Turn redis-py's exceptions into one clear ``BackendError`` line (never the password)."""
+    try:
+        yield
+    except rx.AuthenticationError as exc:
+        raise BackendError(
+            f"Redis at {where} refused the login ({exc}): check the user and password in the URL"
+        ) from None
+    except (rx.ConnectionError, rx.TimeoutError) as exc:
+        raise BackendError(
+            f"cannot reach Redis at {where} ({exc}): check that the server runs and the URL"
+        ) from None
+    except rx.ReadOnlyError:
+        raise BackendError(
+            f"the Redis server at {where} is a read-only replica: point the URL at the primary"
+        ) from None
+    except rx.ResponseError as exc:
+        text = str(exc)
+        if "NOPERM" in text or "can't run this command" in text or "no permissions" in text:
+            raise BackendError(
+                f"the Redis user may not do what inturn needs at {where} ({text}): grant it "
+                f"'~{prefix}:* +@read +@write +@scripting' (ACL SETUSER)"
+            ) from None
+        if text.startswith("READONLY"):
+            raise BackendError(
+                f"the Redis server at {where} is a read-only replica: point the URL at the primary"
+            ) from None
+        raise BackendError(f"Redis at {where} refused a command: {text}") from None
+    except rx.RedisError as exc:
+        raise BackendError(f"Redis at {where} failed: {exc}") from None
+
+
+# --------------------------------------------------------------------------- membership
+
+
+class RedisMembership(Membership):
+    """Our ticket: its lease is renewed by the backend's ``LeaseKeeper`` until we leave."""
+
+    def __init__(self, number: int, ticket_id: str, lease_key: str, sent_at: float) -> None:
+        self.number = number
+        self.ticket_id = ticket_id
+        self.lease_key = lease_key
+        self.renewed_at = sent_at  # local monotonic time the last good renewal was sent
+        self.retry_at: float | None = None
+        self.pid = os.getpid()
+        self.left = False
+        self._lost = threading.Event()
+        self._callbacks: list[Callable[[], None]] = []
+        self._wakers: set[threading.Event] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def lost(self) -> bool:
+        return self._lost.is_set()
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            if not self._lost.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    @contextmanager
+    def linked(self, event: threading.Event) -> Iterator[None]:
+        """Set ``event`` if the ticket is lost while the ``with`` block runs (ends a wait)."""
+        with self._lock:
+            self._wakers.add(event)
+            lost = self._lost.is_set()
+        if lost:
+            event.set()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._wakers.discard(event)
+
+    def declare_lost(self) -> None:
+        with self._lock:
+            if self._lost.is_set():
+                return
+            self._lost.set()
+            callbacks, self._callbacks = self._callbacks, []
+            wakers = list(self._wakers)
+        for event in wakers:
+            event.set()
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception as exc:  # one failing callback must not stop the others
+                warn_once(f"an on_lost callback failed: {exc!r}")
+
+
+class LeaseKeeper:
+    """Renews this process's leases, and declares a ticket lost before its lease can expire.
+
+    A renewal (``PEXPIRE``) that succeeds keeps the lease for at least ``lease`` seconds from
+    the moment it was *sent*, so a ticket is safe until then; it answers 0 when the key is
+    gone (redis.io, PEXPIRE), and a lease that expired is never brought back. The keeper gives up at
+    ``GIVE_UP_AT`` of the lease after the last good renewal, by the local monotonic clock, which
+    leaves a quarter of the lease for clock rate differences and for the holder to react. Two
+    threads: one does the network calls (each bounded by a short socket timeout), the other
+    only watches the clock, so a stuck call cannot delay the verdict.
+    """
+
+    def __init__(self, client: redis.Redis, lease: float) -> None:
+        self.client = client
+        self.lease = lease
+        self.lease_ms = max(1, round(lease * 1000))
+        self._members: dict[str, RedisMembership] = {}
+        self._cond = threading.Condition()
+        self._pid = 0
+        self._closed = False
+        _keepers.add(self)
+
+    def forget_after_fork(self) -> None:
+        """In a child made by ``fork()``: the parent's tickets stay with the parent, and a
+        lock that one of the parent's threads held must not stay held here."""
+        self._cond = threading.Condition()
+        self._members = {}
+        self._pid = 0
+
+    def add(self, member: RedisMembership) -> None:
+        with self._cond:
+            if self._pid != os.getpid():  # first use: start the two threads
+                self._pid = os.getpid()
+                for target in (self._renew, self._watch):
+                    name = f"inturn-lease-{target.__name__.strip('_')}"
+                    threading.Thread(target=target, daemon=True, name=name).start()
+            self._members[member.ticket_id] = member
+            self._cond.notify_all()
+
+    def remove(self, member: RedisMembership) -> None:
+        with self._cond:
+            self._members.pop(member.ticket_id, None)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _due(self, member: RedisMembership) -> float:
+        if member.retry_at is not None:
+            return member.retry_at
+        return member.renewed_at + self.lease * RENEW_EVERY
+
+    def _renew(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._closed:
+                        return
+                    now = time.monotonic()
+                    due = [m for m in self._members.values() if self._due(m) <= now]
+                    if due:
+                        break
+                    soonest = min((self._due(m) for m in self._members.values()), default=None)
+                    self._cond.wait(None if soonest is None else soonest - now)
+            sent = time.monotonic()
+            try:
+                with self.client.pipeline(transaction=False) as pipe:
+                    for member in due:
+                        _call(pipe, "PEXPIRE", member.lease_key, self.lease_ms)
+                    results = pipe.execute(raise_on_error=False)
+            except (rx.RedisError, OSError):
+                results = [None] * len(due)
+            gone = []
+            with self._cond:
+                for member, result in zip(due, results, strict=True):
+                    if result == 1 and not member.lost:
+                        member.renewed_at, member.retry_at = sent, None
+                    elif result == 0:  # the lease expired or was removed: the turn is gone
+                        gone.append(member)
+                        self._members.pop(member.ticket_id, None)
+                    else:  # no answer: try again soon, until the watch gives up
+                        member.retry_at = time.monotonic() + self.lease / 12
+                self._cond.notify_all()
+            for member in gone:
+                member.declare_lost()
+
+    def _watch(self) -> None:
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                now = time.monotonic()
+                limit = self.lease * GIVE_UP_AT
+                late = [m for m in self._members.values() if now >= m.renewed_at + limit]
+                for member in late:
+                    self._members.pop(member.ticket_id, None)
+                if not late:
+                    soonest = min(
+                        (m.renewed_at + limit for m in self._members.values()), default=None
+                    )
+                    self._cond.wait(None if soonest is None else soonest - now)
+            for member in late:
+                member.declare_lost()
+
+
+_keepers: weakref.WeakSet[LeaseKeeper] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    for keeper in list(_keepers):
+        keeper.forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+class _Interrupter(threading.Event):
+    """Linked to a ``CancelToken``: shuts the blocked connection's socket so XREAD returns now."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._guard = threading.Lock()
+        self._sock: socket.socket | None = None
+
+    def arm(self, sock: socket.socket | None) -> bool:
+        with self._guard:
+            if self.is_set():
+                return False
+            self._sock = sock
+            return True
+
+    def set(self) -> None:
+        super().set()
+        with self._guard:
+            sock, self._sock = self._sock, None
+        if sock is not None:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def _get_connection(pool: redis.ConnectionPool) -> Any:
+    try:
+        return pool.get_connection()
+    except TypeError:  # redis-py before 5.3 wants a command name
+        return pool.get_connection("XREAD")  # type: ignore[arg-type,unused-ignore]
+
+
+# --------------------------------------------------------------------------- backend
+
+
+class RedisBackend(Backend):
+    """Lines on a Redis server: shared by every client that uses the same server and prefix."""
+
+    def __init__(self, url: str, scope: str = "user") -> None:
+        if scope not in ("user", "machine"):
+            raise UsageError(f"unknown scope {scope!r}: use 'user' or 'machine'")
+        self.scope = "server"  # on a server, every client of the same prefix shares the lines
+        address = parse_address(url)
+        self.address = address
+        self.lease = address.lease
+        self.prefix = address.prefix
+        base: dict[str, Any] = {
+            "socket_timeout": max(5.0, 2 * address.lease),
+            "socket_connect_timeout": 5.0,
+            **address.options,
+            "decode_responses": False,
+            "protocol": 2,
+        }
+        # Retry a dropped connection (a server restart), not a silent one: that is trouble.
+        retry = Retry(
+            ExponentialBackoff(cap=0.5, base=0.05), 2, supported_errors=(rx.ConnectionError,)
+        )
+        self.client = self._client(base, retry)
+        quick = min(2.0, address.lease / 4)
+        self.quick_client = self._client(
+            {**base, "socket_timeout": quick, "socket_connect_timeout": quick},
+            Retry(NoBackoff(), 0),
+        )
+        # Waits block for up to a lease: their socket timeout must be longer than that.
+        grace = max(1.0, address.lease / 2)
+        wait_timeout = max(float(base["socket_timeout"] or 0), address.lease + grace)
+        self.wait_pool = self._pool({**base, "socket_timeout": wait_timeout}, Retry(NoBackoff(), 0))
+        self.keeper = LeaseKeeper(self.quick_client, address.lease)
+        self.scripts = {
+            name: self.client.register_script(source)
+            for name, source in (
+                ("join", _JOIN),
+                ("bury", _BURY),
+                ("leave", _LEAVE),
+                ("mark", _MARK),
+                ("claim", _CLAIM),
+            )
+        }
+
+    def _pool(self, options: dict[str, Any], retry: Retry) -> redis.ConnectionPool:
+        pool = redis.ConnectionPool(**{**options, "retry": retry})
+        try:
+            pool.connection_class(**pool.connection_kwargs)  # an unknown URL parameter fails here
+        except TypeError as exc:
+            raise UsageError(f"bad parameter in the Redis URL for {self.where}: {exc}") from None
+        return pool
+
+    def _client(self, options: dict[str, Any], retry: Retry) -> redis.Redis:
+        return redis.Redis(connection_pool=self._pool(options, retry))
+
+    @property
+    def where(self) -> str:
+        return self.address.where
+
+    def errors(self) -> AbstractContextManager[None]:
+        """Report any Redis failure inside the block as one clear ``BackendError``."""
+        return _translated(self.where, self.prefix)
+
+    def line(self, name: str) -> RedisLine:
+        return RedisLine(self, name)
+
+    def names(self) -> list[str]:
+        with self.errors():
+            members = _call(self.client, "SMEMBERS", f"{self.prefix}:lines")
+        return sorted(_text(m) for m in members)
+
+    def close(self) -> None:
+        self.keeper.close()
+        for pool in (self.client.connection_pool, self.quick_client.connection_pool):
+            pool.disconnect()
+        self.wait_pool.disconnect()
+
+
+def _call(target: Any, *args: object) -> Any:
+    """One raw command on a client or pipeline (redis-py leaves ``execute_command`` untyped)."""
+    return target.execute_command(*args)
+
+
+def _text(raw: bytes | str) -> str:
+    """Text as inturn wrote it (lone surrogates included); garbage from others still reads."""
+    if isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "replace")
+
+
+def _data(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+class RedisLine(LineStore):
+    remote = True
+
+    def __init__(self, backend: RedisBackend, name: str) -> None:
+        self.backend = backend
+        self.name = name
+        self.scope = backend.scope
+        self.lease_ms = max(1, round(backend.lease * 1000))
+        self.gone_ms = max(10_000, 2 * self.lease_ms)  # long enough for a waiter to look
+        tag = f"{backend.prefix}:{{{digest(name)}}}"
+        self.tag = tag
+        self.counter_key = f"{tag}:next"
+        self.tickets_key = f"{tag}:tickets"
+        self.abandoned_key = f"{tag}:abandoned"
+        self.ids: dict[int, str] = {}  # ticket number -> id, as last seen
+        self.pttls: dict[int, tuple[int, float]] = {}  # number -> (ms left, when read)
+        self.listed = False
+        self.joining = threading.local()
+
+    @property
+    def where(self) -> str:
+        return self.backend.where
+
+    def _ticket_key(self, ticket_id: str) -> str:
+        return f"{self.tag}:t:{ticket_id}"
+
+    def _lease_key(self, ticket_id: str) -> str:
+        return f"{self.tag}:lease:{ticket_id}"
+
+    def _gone_key(self, ticket_id: str) -> str:
+        return f"{self.tag}:gone:{ticket_id}"
+
+    def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return self.backend.scripts[script](keys=keys, args=args)
+
+    # -- LineStore
+
+    def join(self, me: Ticket) -> RedisMembership:
+        ticket_id = secrets.token_hex(10)
+        fields: list[object] = ["line", _data(self.name)]
+        for key, value in me.header().items():
+            if value is None:
+                continue
+            if key == "command":
+                fields += [key, json.dumps(value, ensure_ascii=True)]
+            elif isinstance(value, str):
+                fields += [key, _data(value)]
+            else:
+                fields += [key, repr(value)]
+        keys = [
+            self.counter_key,
+            self.tickets_key,
+            self._ticket_key(ticket_id),
+            self._lease_key(ticket_id),
+        ]
+        seed = int(time.time() * 1000)
+        sent = time.monotonic()
+        with self.backend.errors():
+            if not self.listed:
+                _call(self.backend.client, "SADD", f"{self.backend.prefix}:lines", _data(self.name))
+                self.listed = True
+            number = int(self._run("join", keys, [ticket_id, self.lease_ms, seed, *fields]))
+        member = RedisMembership(number, ticket_id, self._lease_key(ticket_id), sent)
+        self.ids[number] = ticket_id
+        self.backend.keeper.add(member)
+        self.joining.member = member
+        return member
+
+    def snapshot(self) -> Snapshot:
+        with self.backend.errors(), self.backend.client.pipeline(transaction=False) as pipe:
+            _call(pipe, "ZRANGE", self.tickets_key, 0, -1, "WITHSCORES")
+            _call(pipe, "ZRANGE", self.abandoned_key, 0, -1, "WITHSCORES")
+            tickets, markers = pipe.execute()
+        live = _scored(tickets)
+        dead = _scored(markers)
+        self.ids = {**dict(live), **dict(dead)}
+        return Snapshot(tuple(n for n, _ in live), tuple(n for n, _ in dead))
+
+    def _id(self, number: int) -> str | None:
+        known = self.ids.get(number)
+        if known is not None:
+            return known
+        with self.backend.errors():
+            found = _call(self.backend.client, "ZRANGEBYSCORE", self.tickets_key, number, number)
+        if not found:
+            return None
+        self.ids[number] = _text(found[0])
+        return self.ids[number]
+
+    def _leases_left(self, numbers: Sequence[int]) -> list[int]:
+        """Milliseconds left on each ticket's lease; -2 where it is gone."""
+        ids = [self._id(n) for n in numbers]
+        asked = [i for i in ids if i is not None]
+        with self.backend.errors(), self.backend.client.pipeline(transaction=False) as pipe:
+            for ticket_id in asked:
+                _call(pipe, "PTTL", self._lease_key(ticket_id))
+            answers = iter(pipe.execute() if asked else [])
+        left = [int(next(answers)) if i is not None else -2 for i in ids]
+        now = time.monotonic()
+        self.pttls = {n: (ms, now) for n, ms in zip(numbers, left, strict=True)}
+        return left
+
+    def alive(self, numbers: Sequence[int]) -> list[bool]:
+        return [ms != -2 for ms in self._leases_left(numbers)]
+
+    def bury(self, number: int) -> bool:
+        ticket_id = self._id(number)
+        if ticket_id is None:
+            return False
+        keys = [
+            self.tickets_key,
+            self._ticket_key(ticket_id),
+            self._lease_key(ticket_id),
+            self.abandoned_key,
+            self._gone_key(ticket_id),
+        ]
+        with self.backend.errors():
+            return int(self._run("bury", keys, [ticket_id, self.gone_ms])) == 1
+
+    def wait_any(
+        self, numbers: Sequence[int], timeout: float | None, cancel: CancelToken | None
+    ) -> bool:
+        try:
+            return self._wait_any(numbers, timeout, cancel)
+        except BackendError:
+            self._check_own_place()  # the clearer story when our own lease is gone too
+            raise
+
+    def _wait_any(
+        self, numbers: Sequence[int], timeout: float | None, cancel: CancelToken | None
+    ) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ids = [self._id(n) for n in numbers]
+        if any(i is None for i in ids):
+            return True
+        left = self._cached_leases(numbers)
+        while True:
+            self._check_own_place()
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled(f"stopped waiting for line {self.name!r}")
+            block = None
+            if deadline is not None:
+                block = math.ceil((deadline - time.monotonic()) * 1000)
+                if block <= 0:
+                    return False
+            if left is None:
+                left = self._leases_left(numbers)
+            if any(ms == -2 for ms in left):
+                return True
+            # Wake just after the first watched lease could expire (-1: no expiry, never ours).
+            expiry = min((ms for ms in left if ms >= 0), default=self.lease_ms)
+            wake = expiry + WAKE_AFTER_EXPIRY_MS
+            block = wake if block is None else min(block, wake)
+            if self._block_on([self._gone_key(cast(str, i)) for i in ids], block, cancel):
+                return True
+            left = None
+
+    def _cached_leases(self, numbers: Sequence[int]) -> list[int] | None:
+        """What ``alive`` just read, aged by the time since, if it read every one of these."""
+        now = time.monotonic()
+        seen = [self.pttls.get(n) for n in numbers]
+        if any(s is None or now - s[1] > 1.0 for s in seen):
+            return None
+        return [
+            ms if ms < 0 else max(0, ms - round((now - at) * 1000))
+            for ms, at in cast(list[tuple[int, float]], seen)
+        ]
+
+    def _interrupted(self) -> NoReturn:
+        self._check_own_place()
+        raise Cancelled(f"stopped waiting for line {self.name!r}")
+
+    def _check_own_place(self) -> None:
+        member: RedisMembership | None = getattr(self.joining, "member", None)
+        if member is not None and member.lost:
+            raise LostTurn(
+                f"lost our place in line {self.name!r}: Redis at {self.where} did not answer "
+                f"within the {self.backend.lease:g}s lease"
+            )
+
+    def _block_on(self, streams: list[str], block_ms: int, cancel: CancelToken | None) -> bool:
+        """``XREAD BLOCK`` on the leavers' streams; True when one of them wrote.
+
+        A cancel, or our own ticket being declared lost, shuts the connection's socket from
+        the other thread, which ends the blocked read at once.
+        """
+        pool = self.backend.wait_pool
+        interrupter = _Interrupter()
+        member: RedisMembership | None = getattr(self.joining, "member", None)
+        with self.backend.errors():
+            connection = _get_connection(pool)
+        try:
+            with ExitStack() as links:
+                if cancel is not None:
+                    links.enter_context(cancel.linked(interrupter))
+                if member is not None:
+                    links.enter_context(member.linked(interrupter))
+                with self.backend.errors():
+                    connection.connect()
+                if not interrupter.arm(getattr(connection, "_sock", None)):
+                    self._interrupted()
+                try:
+                    connection.send_command(
+                        "XREAD", "BLOCK", max(1, block_ms), "STREAMS", *streams,
+                        *["0-0"] * len(streams),
+                    )  # fmt: skip
+                    reply = connection.read_response()
+                except (rx.ConnectionError, rx.TimeoutError, OSError):
+                    if interrupter.is_set():
+                        self._interrupted()
+                    connection.disconnect()
+                    return False  # the caller looks again, through the main connection
+                finally:
+                    interrupter.arm(None)
+        finally:
+            pool.release(connection)
+        return reply is not None
+
+    def mark_acquired(self, me: Membership, when: float) -> None:
+        assert isinstance(me, RedisMembership)
+        self.joining.member = None
+        keys = [self.tickets_key, self._ticket_key(me.ticket_id), self._lease_key(me.ticket_id)]
+        with self.backend.errors():
+            ok = not me.lost and int(self._run("mark", keys, [me.ticket_id, repr(when)])) == 1
+        if not ok or me.lost:
+            me.declare_lost()
+            raise LostTurn(
+                f"lost our place in line {self.name!r}: its lease on Redis at {self.where} "
+                f"expired (the server was out of reach for over {self.backend.lease:g}s)"
+            )
+
+    def claim_abandoned(self) -> Ticket | None:
+        while True:
+            with self.backend.errors():
+                first = _call(self.backend.client, "ZRANGE", self.abandoned_key, 0, 0, "WITHSCORES")
+                if not first:
+                    return None
+                ticket_id, number = _text(first[0]), int(first[1])
+                keys = [self.abandoned_key, self._ticket_key(ticket_id)]
+                record = self._run("claim", keys, [ticket_id])
+            if record is not None:
+                pairs = dict(zip(record[::2], record[1::2], strict=True))
+                return _ticket(number, pairs)
+
+    def leave(self, me: Membership) -> None:
+        assert isinstance(me, RedisMembership)
+        if me.pid != os.getpid() or me.left:
+            return  # a child made by fork(): the ticket stays with the parent
+        me.left = True
+        if getattr(self.joining, "member", None) is me:
+            self.joining.member = None
+        self.backend.keeper.remove(me)
+        keys = [
+            self.tickets_key,
+            self._ticket_key(me.ticket_id),
+            self._lease_key(me.ticket_id),
+            self._gone_key(me.ticket_id),
+        ]
+        # A lost ticket gets one quick try: the server is likely out of reach.
+        client = self.backend.quick_client if me.lost else self.backend.client
+        try:
+            self.backend.scripts["leave"](
+                keys=keys, args=[me.ticket_id, self.gone_ms], client=client
+            )
+        except rx.RedisError as exc:
+            warn_once(
+                f"could not leave line {self.name!r} on Redis at {self.where} ({exc}); "
+                f"the ticket expires within {self.backend.lease:g}s"
+            )
+
+    def status(self) -> LineStatus:
+        """Live holders and waiters; dead tickets are buried when the user may write."""
+        present = self.snapshot().tickets
+        live = []
+        for number, ok in zip(present, self.alive(present), strict=True):
+            if ok:
+                live.append(number)
+            else:
+                with suppress(BackendError):  # a read-only observer leaves them to others
+                    self.bury(number)
+        holders: list[Ticket] = []
+        waiters: list[Ticket] = []
+        for ticket in self.read(live):
+            if ticket is not None:
+                (holders if ticket.holding else waiters).append(ticket)
+        return LineStatus(self.name, tuple(holders), tuple(waiters), self.scope, self.where)
+
+    def read(self, numbers: Sequence[int]) -> list[Ticket | None]:
+        ids = [self._id(n) for n in numbers]
+        asked = [i for i in ids if i is not None]
+        with self.backend.errors(), self.backend.client.pipeline(transaction=False) as pipe:
+            for ticket_id in asked:
+                _call(pipe, "HGETALL", self._ticket_key(ticket_id))
+            answers = iter(pipe.execute() if asked else [])
+        result: list[Ticket | None] = []
+        for number, known in zip(numbers, ids, strict=True):
+            fields = next(answers) if known is not None else None
+            result.append(_ticket(number, _as_dict(fields)) if fields else None)
+        return result
+
+
+def _scored(flat: Sequence[bytes]) -> list[tuple[int, str]]:
+    """``ZRANGE ... WITHSCORES`` as (number, id) pairs, in ticket order."""
+    return [(int(float(flat[i + 1])), _text(flat[i])) for i in range(0, len(flat), 2)]
+
+
+def _as_dict(fields: Any) -> dict[bytes, bytes]:
+    if isinstance(fields, dict):
+        return fields
+    if isinstance(fields, list):
+        return dict(zip(fields[::2], fields[1::2], strict=True))
+    return {}
+
+
+def _ticket(number: int, fields: dict[bytes, bytes]) -> Ticket:
+    """A ticket record from its hash, tolerating missing or mistyped fields."""
+    header: dict[str, Any] = {}
+    for raw_key, raw_value in fields.items():
+        key, value = _text(raw_key), _text(raw_value)
+        try:
+            if key in ("pid", "slots"):
+                header[key] = int(value)
+            elif key == "joined_at":
+                header[key] = float(value)
+            elif key == "command":
+                header[key] = json.loads(value)
+            elif key in ("user", "host", "cwd"):
+                header[key] = value
+        except ValueError:
+            continue
+    acquired_at = None
+    raw_acquired = fields.get(b"acquired_at")
+    if raw_acquired is not None:
+        with suppress(ValueError):
+            acquired_at = float(raw_acquired)
+    return Ticket.from_header(number, header, acquired_at)

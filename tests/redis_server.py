@@ -1,0 +1,119 @@
+"""A Redis server for the tests: the one named by INTURN_TEST_REDIS_URL, the local one on
+127.0.0.1:6379, or a throwaway ``redis-server`` started in a temp folder.
+
+With ``CI=true`` a missing server is a failure; elsewhere the Redis tests skip and say how to
+enable them. Tests never flush a server: each uses its own key prefix and deletes its keys.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+from conftest import missing_component
+
+HOW_TO_ENABLE = (
+    "set INTURN_TEST_REDIS_URL=redis://host:port/db, run a Redis server on 127.0.0.1:6379, "
+    "or install redis-server"
+)
+
+
+def missing(reason: str) -> NoReturn:
+    missing_component(reason, HOW_TO_ENABLE)
+
+
+def require_redis_py() -> None:
+    try:
+        import redis  # noqa: F401 - only checking that the client is installed
+    except ImportError:
+        missing("redis-py is not installed (pip install 'inturn[redis]')")
+
+
+def answers(url: str) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class RedisServer:
+    """A private ``redis-server`` in ``folder``, ready when the constructor returns."""
+
+    def __init__(self, folder: Path, *options: str) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            missing("redis-server is not installed")
+            raise AssertionError("unreachable")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        command += ["--appendonly", "no", "--dir", str(folder), "--logfile", "", *options]
+        self.proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert self.proc.stdout is not None
+        seen = []
+        for row in self.proc.stdout:  # the server says when it listens: no guessing
+            seen.append(row)
+            if "Ready to accept connections" in row:
+                break
+        else:
+            raise AssertionError(f"redis-server did not start: {''.join(seen)}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(30)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def server_url(tmp_folder: Path) -> tuple[str, RedisServer | None]:
+    """Where the tests find Redis, and the server they started (to stop), if any."""
+    named = os.environ.get("INTURN_TEST_REDIS_URL")
+    if named:
+        if not answers(named):
+            missing("INTURN_TEST_REDIS_URL does not answer")
+        return named, None
+    local = "redis://127.0.0.1:6379/0"
+    if answers(local):
+        return local, None
+    server = RedisServer(tmp_folder / f"redis-{uuid.uuid4().hex[:8]}")
+    return server.url, server
+
+
+def with_parameters(url: str, **parameters: object) -> str:
+    """``url`` with inturn's own parameters added to its query."""
+    query = "&".join(f"{key}={value}" for key, value in parameters.items())
+    return f"{url}{'&' if urlsplit(url).query else '?'}{query}"
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    """Remove every key a test made (never FLUSHALL: the server may be shared)."""
+    import redis
+
+    client: Any = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    finally:
+        client.close()

@@ -1,0 +1,110 @@
+"""A TCP forwarder between inturn and a server, which a test can cut or black-hole.
+
+``blackhole()`` makes every byte in either direction vanish, on open connections and on new
+ones alike, as a network that silently drops packets would: clients see no error, only
+silence, and must notice it through their own timeouts; a side that closes its connection is
+not seen closing by the other. ``cut()`` closes every forwarded
+connection, as a network reset or a server killing its clients would; new connections still
+work. ``wait_sent(marker, count)`` lets a test wait until the client has sent something (a
+lease renewal, say) instead of guessing how long that takes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+
+class TcpProxy:
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.blackholed = threading.Event()
+        self.changed = threading.Condition()
+        self.sent: list[bytes] = []  # every chunk forwarded from a client to the server
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        self.opened: list[socket.socket] = []  # closed only by ``close``
+        threading.Thread(target=self._accept, daemon=True, name="tcp-proxy").start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self.changed:
+                self.pairs.append((client, upstream))
+                self.opened += [client, upstream]
+            for source, sink, outgoing in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(
+                    target=self._pump, args=(source, sink, outgoing), daemon=True, name="tcp-pump"
+                ).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, outgoing: bool) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if self.blackholed.is_set():
+                    continue  # dropped, silently
+                sink.sendall(data)
+                if outgoing:
+                    with self.changed:
+                        self.sent.append(data)
+                        self.changed.notify_all()
+        except OSError:
+            pass
+        if self.blackholed.is_set():
+            return  # not even the close gets through a black hole; ``cut`` ends both sides
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def upstream_addresses(self) -> list[str]:
+        """``host:port`` of each connection to the server, as the server sees its clients."""
+        with self.changed:
+            pairs = list(self.pairs)
+        found = []
+        for _, upstream in pairs:
+            with contextlib.suppress(OSError):
+                host, port = upstream.getsockname()[:2]
+                found.append(f"{host}:{port}")
+        return found
+
+    def blackhole(self) -> None:
+        self.blackholed.set()
+
+    def cut(self) -> None:
+        with self.changed:
+            pairs, self.pairs = self.pairs, []
+        for pair in pairs:
+            for sock in pair:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def wait_sent(self, marker: bytes, count: int, timeout: float = 60.0) -> bool:
+        """Wait until ``count`` more client chunks containing ``marker`` reached the server."""
+
+        def seen() -> int:
+            return sum(marker in chunk.upper() for chunk in self.sent)
+
+        with self.changed:
+            target = seen() + count
+            return self.changed.wait_for(lambda: seen() >= target, timeout)
+
+    def close(self) -> None:
+        self.blackholed.set()
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept
+        self.listener.close()
+        self.cut()
+        for sock in self.opened:
+            sock.close()

@@ -1,0 +1,517 @@
+"""The Redis backend across real processes: order, slots, crashes, lost turns, bad setups.
+
+The server comes from ``redis_server.py``; every test gets its own key prefix (a URL
+parameter) and deletes its keys afterwards. Leases are short here so that crash recovery
+takes seconds; the holder in the lost-turn test reaches the server through ``TcpProxy``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+import inturn
+from inturn.errors import UsageError
+
+from conftest import Worker, child_env, inturn_cmd
+from redis_server import (
+    RedisServer,
+    delete_prefix,
+    require_redis_py,
+    server_url,
+    with_parameters,
+)
+from tcp_proxy import TcpProxy
+
+require_redis_py()
+
+TEST_LEASE = 3  # seconds: long enough that a busy test machine never loses a turn by accident
+
+
+@pytest.fixture(scope="session")
+def redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url, started = server_url(tmp_path_factory.mktemp("redis"))
+    yield url
+    if started is not None:
+        started.stop()
+
+
+class Place:
+    """One test's corner of the server: a prefix of its own, and URLs that use it."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.prefix = f"inturn-test-{uuid.uuid4().hex[:12]}"
+
+    def url(self, lease: float = TEST_LEASE, base: str | None = None) -> str:
+        return with_parameters(base or self.base, prefix=self.prefix, lease=lease)
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.base)
+
+    def stored_keys(self) -> list[str]:
+        client = self.client()
+        try:
+            return sorted(k.decode() for k in client.scan_iter(match=f"{self.prefix}:*"))
+        finally:
+            client.close()
+
+
+@pytest.fixture
+def place(redis_base: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Place]:
+    """A private prefix, chosen for this process and its children through INTURN_BACKEND."""
+    here = Place(redis_base)
+    monkeypatch.setenv("INTURN_BACKEND", here.url())
+    monkeypatch.delenv("INTURN_DIR", raising=False)
+    yield here
+    delete_prefix(redis_base, here.prefix)
+
+
+def read_log(path: Path) -> list[list[str]]:
+    return [row.split() for row in path.read_text().splitlines()]
+
+
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        inturn_cmd(*args), capture_output=True, text=True, env=child_env(**env), timeout=120
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> str:
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("inturn: "), result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+# --------------------------------------------------------------------------- order and slots
+
+
+def test_fifteen_processes_are_served_in_arrival_order(place, workers, tmp_path):
+    log = tmp_path / "log"
+    holder = inturn.Line("fifo").acquire()
+    tickets = []
+    for _ in range(15):
+        w = Worker("fifo", "--log", str(log))
+        workers.append(w)
+        tickets.append(int(w.expect("waiting")[1]))  # queued before the next one starts
+    assert tickets == sorted(tickets)
+    assert [t.pid for t in inturn.Line("fifo").status().waiters] == [w.pid for w in workers]
+    holder.release()
+    for w in workers:
+        assert w.wait() == 0
+    rows = read_log(log)
+    assert [int(r[1]) for r in rows if r[0] == "enter"] == tickets
+    assert not [r for r in rows if r[0] == "overlap"]
+    # Nothing of the tickets is left: only the counter, the list of lines, expiring streams.
+    leftovers = [
+        k for k in place.stored_keys() if not k.endswith((":next", ":lines")) and ":gone:" not in k
+    ]
+    assert leftovers == []
+
+
+def test_slots_let_n_hold_at_once_and_keep_order(place, workers):
+    line = inturn.Line("render", slots=2)
+    first, second = line.acquire(), line.acquire()
+    queued = []
+    for _ in range(3):
+        queued.append(Worker("render", "--slots", "2", "--hold"))
+        workers.append(queued[-1])
+        queued[-1].expect("waiting")  # in line before the next one starts
+    second.release()  # the younger holder leaves first: the oldest waiter still goes next
+    assert queued[0].acquired()[1] == str(second.ticket + 1)
+    status = line.status()
+    assert [t.pid for t in status.holders] == [os.getpid(), queued[0].pid]
+    assert [t.pid for t in status.waiters] == [w.pid for w in queued[1:]]
+    first.release()
+    queued[1].acquired()
+    queued[0].send()
+    queued[2].acquired()
+    for w in queued[1:]:
+        w.send()
+    for w in queued:
+        assert w.wait() == 0
+
+
+def test_tickets_keep_increasing_after_the_server_loses_the_line(place):
+    with inturn.turn("fence") as before:
+        pass
+    delete_prefix(place.base, place.prefix)  # as a restart without persistence would
+    with inturn.turn("fence") as after:
+        assert after.ticket > before.ticket
+
+
+# --------------------------------------------------------------------------- crashes
+
+
+def test_a_holder_killed_with_sigkill_is_reported_as_abandoned(place, workers, monkeypatch):
+    monkeypatch.setenv("INTURN_BACKEND", place.url(lease=1))  # recovery within one lease
+    holder = Worker("crash", "--hold")
+    workers.append(holder)
+    holder.expect("acquired")
+    monkeypatch.setenv("INTURN_BACKEND", place.url())
+    waiter = Worker("crash", "--hold")
+    workers.append(waiter)
+    waiter.expect("waiting")
+    holder.proc.send_signal(signal.SIGKILL)
+    _, ticket, abandoned, dead_pid = waiter.acquired()
+    assert abandoned == "1" and dead_pid == str(holder.pid)
+    waiter.send()
+    assert waiter.wait() == 0
+    with inturn.turn("crash") as turn:  # after a clean release nobody is told anything
+        assert not turn.abandoned
+        assert turn.ticket > int(ticket)
+
+
+def test_a_killed_waiter_loses_its_place_and_the_one_behind_moves_up(place, workers, monkeypatch):
+    holder = inturn.Line("gap").acquire()
+    monkeypatch.setenv("INTURN_BACKEND", place.url(lease=1))
+    doomed = Worker("gap")
+    workers.append(doomed)
+    doomed.expect("waiting")
+    monkeypatch.setenv("INTURN_BACKEND", place.url())
+    behind = Worker("gap", "--hold")
+    workers.append(behind)
+    behind.expect("waiting")
+    doomed.proc.send_signal(signal.SIGKILL)
+    doomed.wait()
+    # The one behind wakes once the dead waiter's lease is gone, and waits on the holder.
+    assert behind.expect("waiting")[2] == "2"
+    holder.release()
+    _, _, abandoned, _ = behind.acquired()
+    assert abandoned == "0"  # a dead *waiter* abandons nothing
+    behind.send()
+    assert behind.wait() == 0
+
+
+# The command ``inturn run`` runs in these tests: it reports, then holds until told to finish.
+REPORTER = textwrap.dedent(
+    """
+    import os, signal, sys
+    def on_signal(signum, frame):
+        print("signal", signum, flush=True)
+        sys.exit(7)
+    signal.signal(signal.SIGTERM, on_signal)
+    print("running", os.environ["INTURN_TICKET"], os.environ["INTURN_ABANDONED"], flush=True)
+    line = sys.stdin.readline()
+    sys.exit(int(line) if line.strip() else 0)
+    """
+)
+
+
+def start_run(name: str, url: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        inturn_cmd("run", "--backend", url, name, "--", sys.executable, "-c", REPORTER),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    assert proc.stdout is not None
+    words = proc.stdout.readline().split()
+    assert words[:1] == ["running"], words
+    return proc
+
+
+def through(proxy: TcpProxy, base: str) -> str:
+    """``base`` with its host and port replaced by the proxy's (user, database kept)."""
+    parts = urlsplit(base)
+    user = parts.netloc.rpartition("@")[0]
+    netloc = f"{user}@127.0.0.1:{proxy.port}" if user else f"127.0.0.1:{proxy.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def test_a_holder_cut_off_from_the_server_stops_its_command_and_exits_76(
+    place, workers, redis_base
+):
+    target = urlsplit(redis_base)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
+    try:
+        holder = start_run("cut", place.url(lease=1, base=through(proxy, redis_base)))
+        waiter = Worker("cut", "--hold")
+        workers.append(waiter)
+        waiter.expect("waiting")
+        # The network goes silent, and the server drops the holder's connections.
+        proxy.blackhole()
+        client = place.client()
+        try:
+            for address in proxy.upstream_addresses():
+                client.execute_command("CLIENT", "KILL", "ADDR", address)
+        finally:
+            client.close()
+        assert holder.stdout is not None and holder.stderr is not None
+        assert holder.stdout.readline().split() == ["signal", str(int(signal.SIGTERM))]
+        assert holder.wait(60) == 76
+        assert "lost the turn in line 'cut'" in holder.stderr.read()
+        _, _, abandoned, dead_pid = waiter.acquired()
+        assert abandoned == "1" and dead_pid == str(holder.pid)
+        waiter.send()
+        assert waiter.wait() == 0
+    finally:
+        proxy.close()
+
+
+def test_a_waiter_cut_off_from_the_server_gives_up_its_place_with_one_clear_line(place, redis_base):
+    import pty
+
+    target = urlsplit(redis_base)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
+    terminal, child_side = pty.openpty()
+    try:
+        with inturn.turn("strand"):
+            url = place.url(lease=1, base=through(proxy, redis_base))
+            waiter = subprocess.Popen(
+                inturn_cmd("run", "--backend", url, "strand", "--", "true"),
+                stderr=child_side,
+                env=child_env(),
+            )
+            os.close(child_side)
+            seen = b""
+            while b"waiting for strand" not in seen:  # drawn just before it sleeps in line
+                seen += os.read(terminal, 1024)
+            proxy.blackhole()
+            assert waiter.wait(60) == 2
+            with contextlib.suppress(OSError):  # EIO once the terminal's last writer is gone
+                while chunk := os.read(terminal, 1024):
+                    seen += chunk
+            assert b"lost our place in line 'strand'" in seen, seen
+        assert inturn.Line("strand").status().waiters == ()
+    finally:
+        os.close(terminal)
+        proxy.close()
+
+
+def test_a_dropped_connection_that_comes_back_keeps_the_turn(place, redis_base):
+    target = urlsplit(redis_base)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
+    try:
+        holder = start_run("drop", place.url(lease=2, base=through(proxy, redis_base)))
+        proxy.cut()  # every connection closed, as CLIENT KILL would
+        # Two renewals reached the server through new connections: the first moved the lease.
+        assert proxy.wait_sent(b"PEXPIRE", 2), holder.poll()
+        assert holder.communicate("0\n", timeout=60)[0] == ""
+        assert holder.returncode == 0  # 76 had the turn been given up
+    finally:
+        proxy.close()
+
+
+def test_a_forked_child_neither_keeps_nor_frees_its_parents_turn(place):
+    line = inturn.Line("fork")
+    held = line.acquire()
+    pid = os.fork()
+    if pid == 0:  # the child: the turn is not its own
+        code = 0
+        try:
+            held.release()  # does nothing here
+            line.acquire(blocking=False)
+            code = 3  # it should have been busy
+        except inturn.Busy:
+            pass
+        except BaseException:
+            code = 4
+        os._exit(code)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert [t.pid for t in line.status().holders] == [os.getpid()]
+    held.release()
+    assert line.status().holders == ()
+
+
+# --------------------------------------------------------------------------- waiting ends
+
+
+def test_timeout_and_no_wait_exit_75_naming_the_holder(place):
+    with inturn.turn("busy"):
+        result = run_cli("run", "--no-wait", "busy", "--", "true")
+        assert result.returncode == 75
+        assert f"held by pid {os.getpid()}" in result.stderr
+        result = run_cli("run", "--timeout", "0.3", "busy", "--", "true")
+        assert result.returncode == 75
+        assert "gave up" in result.stderr
+        assert inturn.Line("busy").status().waiters == ()
+    assert run_cli("run", "--no-wait", "busy", "--", "true").returncode == 0
+
+
+def test_ctrl_c_ends_a_wait_and_leaves_the_line(place, workers):
+    holder = inturn.Line("intr").acquire()
+    interrupted = Worker("intr")
+    workers.append(interrupted)
+    interrupted.expect("waiting")
+    behind = Worker("intr", "--hold")
+    workers.append(behind)
+    behind.expect("waiting")
+    interrupted.proc.send_signal(signal.SIGINT)
+    interrupted.expect("interrupted")
+    assert interrupted.wait() == 130
+    assert behind.expect("waiting")[2] == "2"  # woken by the leaver: moved up
+    assert [t.pid for t in inturn.Line("intr").status().waiters] == [behind.pid]
+    holder.release()
+    behind.acquired()
+    behind.send()
+    assert behind.wait() == 0
+
+
+def test_cancelling_an_async_wait_interrupts_the_blocked_read(place, monkeypatch):
+    # With an hour's lease the waiter would block for an hour unless cancelling cuts it short.
+    monkeypatch.setenv("INTURN_BACKEND", place.url(lease=3600))
+    line = inturn.Line("async")
+    holder = line.acquire()
+
+    async def main() -> None:
+        task = asyncio.ensure_future(inturn.acquire_async(line))
+        while not line.status().waiters:  # joined: now blocked in the server
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    finished = threading.Event()
+    thread = threading.Thread(target=lambda: (asyncio.run(main()), finished.set()))
+    thread.start()
+    thread.join(60)  # a hang detector, not a speed test
+    assert finished.is_set()
+    assert line.status().waiters == ()
+    holder.release()
+
+
+# --------------------------------------------------------------------------- status
+
+
+HOSTILE = ["a}{b", "*", "x:y", "{inturn}", "line\nwith newline", "Ünïcödé ☃", "\udcff", "NUL\x00"]
+
+
+def test_status_text_and_json_and_every_line(place, workers):
+    holder = Worker("show", "--hold")
+    workers.append(holder)
+    holder.expect("acquired")
+    waiter = Worker("show", "--hold")
+    workers.append(waiter)
+    waiter.expect("waiting")
+    text = run_cli("status", "show").stdout
+    assert "1 holding, 1 waiting" in text
+    assert text.index(str(holder.pid)) < text.index(str(waiter.pid))
+    data = json.loads(run_cli("status", "--json", "show").stdout)
+    assert data["name"] == "show"
+    assert data["where"] == place.url().split("?")[0] + f"?prefix={place.prefix}"
+    assert [t["pid"] for t in data["holders"]] == [holder.pid]
+    assert [t["pid"] for t in data["waiters"]] == [waiter.pid]
+    assert data["holders"][0]["state"] == "holding"
+    assert data["waiters"][0]["acquired_at"] is None
+    every = json.loads(run_cli("status", "--json").stdout)
+    assert [line["name"] for line in every["lines"]] == ["show"]
+    assert "show" in run_cli("status").stdout
+    holder.send()
+    waiter.acquired()
+    waiter.send()
+    assert "show: free" in run_cli("status", "show").stdout
+
+
+def test_status_of_an_unused_line_creates_nothing(place):
+    assert inturn.Line("never").status().holders == ()
+    assert place.stored_keys() == []
+
+
+def test_hostile_names_are_data_never_keys(place):
+    for name in HOSTILE:
+        with inturn.turn(name) as held:
+            status = inturn.Line(name).status()
+            assert [t.number for t in status.holders] == [held.ticket]
+    from inturn.redis_backend import RedisLine
+
+    store = inturn.Line("x").store
+    assert isinstance(store, RedisLine)
+    assert store.backend.names() == sorted(HOSTILE)
+    assert all(name not in key for key in place.stored_keys() for name in HOSTILE if len(name) > 1)
+    # Names that differ only in case are different lines.
+    with inturn.turn("Case"), inturn.turn("case"):
+        pass
+
+
+# --------------------------------------------------------------------------- bad setups
+
+
+def test_an_unreachable_server_is_one_line_and_exit_2_without_the_password(tmp_path):
+    secret = "s3cr3t-pw"
+    url = f"redis://someone:{secret}@127.0.0.1:1/0"
+    for args in (["run", "x", "--", "true"], ["status"], ["status", "x"]):
+        result = run_cli(*args, INTURN_BACKEND=url)
+        one_line_error(result, "cannot reach Redis at redis://127.0.0.1:1/0")
+        assert secret not in result.stderr + result.stdout
+
+
+def test_a_wrong_password_is_refused_without_printing_it(place):
+    parts = urlsplit(place.base)
+    url = f"redis://nobody-{uuid.uuid4().hex[:6]}:wrong-pw@{parts.netloc.split('@')[-1]}/0"
+    result = run_cli("status", "x", INTURN_BACKEND=url)
+    one_line_error(result, "refused the login")
+    assert "wrong-pw" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("?lease=soon", "lease='soon'"),
+        ("?lease=0", "lease='0'"),
+        ("?prefix=a{b}", "prefix='a{b}'"),
+        ("?frobnicate=1", "bad parameter in the Redis URL"),
+        ("?socket_timeout=x", "bad Redis URL"),
+    ],
+)
+def test_bad_url_parameters_are_one_clear_line(query, message):
+    one_line_error(run_cli("status", "x", INTURN_BACKEND=f"redis://127.0.0.1:1/0{query}"), message)
+
+
+def test_the_url_keeps_inturns_parameters_and_hides_the_password():
+    from inturn.redis_backend import parse_address
+
+    address = parse_address("rediss://me:pw@[::1]:7000/3?lease=2.5&prefix=ops&socket_timeout=9")
+    assert address.where == "rediss://[::1]:7000/3?prefix=ops"
+    assert (address.lease, address.prefix) == (2.5, "ops")
+    assert address.options["password"] == "pw"
+    assert address.options["socket_timeout"] == 9.0
+    assert "lease" not in address.options and "prefix" not in address.options
+    with pytest.raises(UsageError, match="database"):
+        parse_address("redis://host/zero")
+
+
+def test_a_user_without_write_permission_is_told_which_grant_is_missing(tmp_path):
+    server = RedisServer(tmp_path / "acl")
+    try:
+        admin: Any = __import__("redis").Redis.from_url(server.url)
+        admin.execute_command("ACL", "SETUSER", "reader", "on", ">reader-secret", "~*", "+@read")
+        admin.close()
+        url = f"redis://reader:reader-secret@127.0.0.1:{server.port}/0"
+        line = one_line_error(run_cli("run", "x", "--", "true", INTURN_BACKEND=url), "may not")
+        assert "+@write" in line and "reader-secret" not in line
+        assert run_cli("status", INTURN_BACKEND=url).returncode == 0  # reading is allowed
+    finally:
+        server.stop()
+
+
+def test_a_read_only_replica_is_named_as_such(tmp_path):
+    from redis_server import free_port
+
+    server = RedisServer(tmp_path / "replica", "--replicaof", "127.0.0.1", str(free_port()))
+    try:
+        result = run_cli("run", "x", "--", "true", INTURN_BACKEND=server.url)
+        one_line_error(result, "read-only replica", "primary")
+    finally:
+        server.stop()
