@@ -27,7 +27,7 @@ import pytest
 import inturn
 from inturn.errors import UsageError
 
-from conftest import Worker, child_env, inturn_cmd
+from conftest import REPORT_TIMEOUT, Worker, child_env, inturn_cmd, read_lines
 from redis_server import (
     RedisServer,
     delete_prefix,
@@ -230,6 +230,25 @@ def start_run(name: str, url: str) -> subprocess.Popen[str]:
     words = proc.stdout.readline().split()
     assert words[:1] == ["running"], words
     return proc
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_command_dies_with_inturn_since_the_turn_would_end_with_it(place, workers):
+    """The lease is renewed by inturn, not by its command: a dead inturn frees the turn
+    within a lease, so the command must not run on outside it."""
+    url = place.url(lease=1)
+    holder = start_run("orphan", url)
+    assert holder.stdout is not None
+    command_output = read_lines(holder.stdout)  # inturn and its command share this pipe
+    holder.kill()
+    holder.wait()
+    assert command_output.get(timeout=REPORT_TIMEOUT) == ""  # the command is gone too
+    waiter = Worker("orphan", "--hold", env=child_env(INTURN_BACKEND=url))
+    workers.append(waiter)
+    _, _, abandoned, dead_pid = waiter.acquired()
+    assert abandoned == "1" and dead_pid == str(holder.pid)
+    waiter.send()
+    assert waiter.wait() == 0
 
 
 def through(proxy: TcpProxy, base: str) -> str:

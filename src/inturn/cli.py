@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TextIO
 
@@ -256,9 +256,16 @@ def _run_holding(held: Turn, executable: str, command: list[str], args: argparse
 
     membership = held.membership
     handles = [] if args.close or membership is None else membership.inheritable_handles()
+    # A turn the command cannot inherit (a lease that only this process renews) ends when
+    # inturn dies; the command must not run on outside it.
+    bound = None if args.close or handles else _die_with_parent()
     try:
         child = subprocess.Popen(
-            command, executable=executable, env=_child_env(held), pass_fds=handles
+            command,
+            executable=executable,
+            env=_child_env(held),
+            pass_fds=handles,
+            preexec_fn=bound,
         )
     except OSError as exc:
         raise UsageError(f"cannot run {command[0]}: {exc.strerror}") from None
@@ -295,6 +302,32 @@ def _run_holding(held: Turn, executable: str, command: list[str], args: argparse
     if lost:
         return EXIT_LOST
     return code if code >= 0 else 128 - code
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """For the child, between fork and exec: be killed by the kernel when inturn dies.
+
+    Linux's ``PR_SET_PDEATHSIG`` (prctl(2)); elsewhere there is no such request and the
+    README says what that means. The function is looked up here, before the fork, so the
+    child only makes the one call.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+    parent = os.getpid()
+
+    def bind() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # inturn died before the request was made
+            os._exit(EXIT_LOST)
+
+    return bind
 
 
 def _signal(child: subprocess.Popen[bytes], signum: int) -> None:
