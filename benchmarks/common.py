@@ -1,8 +1,9 @@
 """Helpers shared by the benchmarks: statistics, worker processes, /proc probes, Markdown.
 
-Every benchmark module (``run.py``, ``servers.py``) builds on these, so that all figures are
-taken and printed the same way. A worker is a ``worker.py`` process steered through its stdin
-and read through its stdout, one line per step, so the harness always knows where it stands.
+Every benchmark module (``run.py``, ``servers_postgres.py``, ``servers_redis.py``) builds on
+these, so that all figures are taken and printed the same way. A worker is a ``worker.py``
+process steered through its stdin and read through its stdout, one line per step, so the
+harness always knows where it stands.
 """
 
 from __future__ import annotations

@@ -12,11 +12,12 @@ asleep (``/proc/PID/stat`` state and ``wchan``); inturn waiters also report that
 line through ``on_progress``. Before each hand-off or kill the holder keeps the lock for a
 random 0-250 ms more, so that pollers are caught at every point of their retry cycle.
 
-Server backends: when ``benchmarks/servers.py`` exists and its servers answer, its
-``measure() -> str`` (a Markdown section; it may accept ``quick: bool``) is called and the
-section included. Its servers are the ``*_URL`` strings it defines, unless it has an
-``unavailable() -> str | None`` that says why not. When the module is missing, a server does
-not answer, ``measure()`` fails or ``--no-servers`` is given, the section says so.
+Server backends: each module of ``SERVER_SUITES`` (``servers_postgres.py``,
+``servers_redis.py``) has a ``measure() -> str`` (a Markdown section; it may accept
+``quick: bool``) that is called when its servers answer, and the section included. Its
+servers are the ``*_URL`` strings it defines, unless it has an ``unavailable() -> str | None``
+that says why not. When a server does not answer, ``measure()`` fails or ``--no-servers`` is
+given, the section says so.
 """
 
 from __future__ import annotations
@@ -336,8 +337,11 @@ def measure_cli(plan: Plan, folder: str, results: Results) -> None:
 DEFAULT_PORTS = {"postgresql": 5432, "postgres": 5432, "redis": 6379, "rediss": 6379}
 
 
+SERVER_SUITES = ("servers_postgres", "servers_redis")
+
+
 def unreachable_servers(module: object) -> str | None:
-    """Why the servers of ``servers.py`` cannot be used, or None.
+    """Why the servers of a server suite cannot be used, or None.
 
     Its own ``unavailable()`` decides when it has one; otherwise every ``*_URL`` string it
     defines (``PG_URL``, ``REDIS_URL``, ...) must answer on its host and port.
@@ -358,24 +362,26 @@ def unreachable_servers(module: object) -> str | None:
 
 
 def measure_servers(quick: bool, enabled: bool) -> str:
-    """The section of ``servers.py``, or a note saying why it was skipped or failed."""
-    heading = "## Server backends\n\n"
+    """The sections of every server suite, or notes saying why one was skipped or failed."""
+    return "\n\n".join(measure_server_suite(name, quick, enabled) for name in SERVER_SUITES)
+
+
+def measure_server_suite(name: str, quick: bool, enabled: bool) -> str:
+    heading = f"## Server backends (`benchmarks/{name}.py`)\n\n"
     if not enabled:
         return heading + "Skipped: `--no-servers` was given."
-    if not (HERE / "servers.py").exists():
-        return heading + "Skipped: `benchmarks/servers.py` does not exist yet."
     try:
-        servers = importlib.import_module("servers")
-        reason = unreachable_servers(servers)
+        suite = importlib.import_module(name)
+        reason = unreachable_servers(suite)
         if reason:
             return heading + f"Skipped: {reason}."
-        measure: Callable[..., str] = servers.measure
+        measure: Callable[..., str] = suite.measure
         if "quick" in inspect.signature(measure).parameters:
             return measure(quick=quick)
         return measure()
     except Exception as exc:  # the local results stay; the section says what went wrong
         traceback.print_exc()
-        return heading + f"Failed: `servers.measure()` raised {type(exc).__name__}: {exc}"
+        return heading + f"Failed: `{name}.measure()` raised {type(exc).__name__}: {exc}"
 
 
 # --------------------------------------------------------------------------- report

@@ -1,6 +1,6 @@
 """Locks across machines: inturn on PostgreSQL against what teams use today, in one run.
 
-``measure()`` returns a Markdown section; ``python benchmarks/servers.py`` prints it.
+``measure()`` returns a Markdown section; ``python benchmarks/servers_postgres.py`` prints it.
 
 * Hand-off latency: from the holder's release call to the waiter's return from acquire, the
   waiter being another process already blocked. Measured for inturn's PostgreSQL backend, a
@@ -485,10 +485,10 @@ def measure(quick: bool = False) -> str:
     if not handoff_ok and inturn_ratio is not None:
         out += [
             "",
-            "Why: a raw hand-off is one unlock and one wake-up. inturn's waiter, once woken, "
-            "reads the line and records that it holds the turn (two more round trips and a "
-            "commit), because order comes from ticket numbers and status must show the holder; "
-            "the leaver's delete and unlock are one statement.",
+            "Why: a raw hand-off is one unlock and one wake-up. inturn's leaver deletes its "
+            "ticket and unlocks in one statement; its waiter wakes and reads the line in one "
+            "round trip, then records that it holds the turn (one more round trip and a "
+            "commit), because order comes from ticket numbers and status must show the holder.",
         ]
     return "\n".join(out) + "\n"
 
