@@ -252,7 +252,7 @@ def _run_holding(held: Turn, executable: str, command: list[str], args: argparse
     if os.name == "nt":
         from .windows import run_child  # type: ignore[import-not-found,attr-defined,unused-ignore]
 
-        return int(run_child(command, _child_env(held), args.close))
+        return int(run_child(command, _child_env(held), args.close, held.on_lost))
 
     membership = held.membership
     handles = [] if args.close or membership is None else membership.inheritable_handles()

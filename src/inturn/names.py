@@ -15,6 +15,8 @@ from .errors import UsageError
 MAX_NAME_BYTES = 4096
 _PLAIN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _SLUG_UNSAFE = re.compile(r"[^a-z0-9._-]+")
+# Windows reserves these device names, with or without an extension: "nul.txt" is the NUL device.
+_DEVICE = re.compile(r"(con|prn|aux|nul|com[0-9]|lpt[0-9])(\.|$)")
 
 
 def check_name(name: object) -> str:
@@ -45,7 +47,9 @@ def safe_file_name(name: str) -> str:
     ``~`` never appears in a plain name, so the two forms cannot collide.
     """
     check_name(name)
-    if _PLAIN.fullmatch(name) and not name.endswith("."):
+    if _PLAIN.fullmatch(name) and not name.endswith(".") and not _DEVICE.match(name):
         return name
     slug = _SLUG_UNSAFE.sub("_", name.lower()).strip("._")[:40]
+    if _DEVICE.match(slug):
+        slug = f"_{slug}"
     return f"{slug}~{digest(name)}"

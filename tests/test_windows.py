@@ -1,0 +1,524 @@
+"""The Windows backend and ``inturn run`` on real Windows CPython processes, under Wine.
+
+Every Windows process here is a real ``python.exe`` (the official embeddable CPython 3.13) run
+by Wine; they share kernel objects through one wineserver, as processes share them on Windows.
+``tests/windows/wine.py`` provisions Wine and that Python (see its docstring); without them these
+tests skip, saying how to enable them, except with ``CI=true``, where that is a failure.
+
+Ctrl-C: a Windows process that Wine runs without a console gets a console control event
+(``CTRL_C_EVENT``, through ``SetConsoleCtrlHandler`` handlers) when its Linux process receives
+SIGINT, which is what these tests send. ``GenerateConsoleCtrlEvent`` has no console to work on
+under Wine, so the console broadcast that would reach ``inturn run``'s command as well on Windows
+is not exercised here: the tests check that inturn survives it and waits for its command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "windows"))
+
+from wine import Unavailable, Wine, WinProcess, windows_path  # noqa: E402
+
+WORKER = windows_path(HERE / "windows" / "winworker.py")
+
+
+@pytest.fixture(scope="session")
+def wine(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[Wine]:
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if worker_id != "master" else base  # one prefix per run, not per worker
+    try:
+        session = Wine(shared)
+    except Unavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Windows tests cannot run: {exc}")
+        pytest.skip(f"Windows tests skipped: {exc}")
+    yield session
+    session.close()
+
+
+class Win:
+    """One test's private lines folder, and Windows processes that use it."""
+
+    def __init__(self, wine: Wine, folder: Path) -> None:
+        self.wine = wine
+        self.folder = folder
+        self.env = {"INTURN_DIR": windows_path(folder)}
+        self.python = windows_path(wine.python)
+        self.started: list[WinProcess] = []
+
+    def start(self, *args: str, terminal: bool = False) -> WinProcess:
+        process = self.wine.start(*args, env=self.env, terminal=terminal)
+        self.started.append(process)
+        return process
+
+    def worker(self, name: str, *options: str) -> WinProcess:
+        """A ``winworker.py`` on line ``name``, once it has started (``pid`` is its own)."""
+        process = self.start(WORKER, hexname(name), *options)
+        process.pid = int(process.expect("started")[1])
+        return process
+
+    def inturn(self, *args: str, terminal: bool = False) -> WinProcess:
+        """``python.exe -m inturn ARGS``; with ``terminal``, stderr is a terminal (status line)."""
+        return self.start("-m", "inturn", *args, terminal=terminal)
+
+    def run(self, *args: str) -> tuple[int, str, str]:
+        """``python.exe ARGS`` to the end: exit code, stdout, stderr."""
+        return self.start(*args).finish()
+
+    def status(self, name: str) -> dict[str, Any]:
+        """``inturn status --json NAME``, run as a Windows process."""
+        code, out, err = self.run("-m", "inturn", "status", "--json", name)
+        assert code == 0, err
+        document: dict[str, Any] = json.loads(out)
+        return document
+
+    def terminate(self, pid: str | int) -> None:
+        """``TerminateProcess`` from another Windows process (``os.kill`` does that on Windows)."""
+        code, _, err = self.run("-c", f"import os; os.kill({int(pid)}, 9)")
+        assert code == 0, err
+
+
+def hexname(name: str) -> str:
+    return name.encode("utf-8", "surrogatepass").hex()
+
+
+def pids(tickets: list[dict[str, Any]]) -> list[int]:
+    return [ticket["pid"] for ticket in tickets]
+
+
+@pytest.fixture
+def win(wine: Wine, tmp_path: Path) -> Iterator[Win]:
+    state = Win(wine, tmp_path / "lines")
+    yield state
+    for process in state.started:
+        process.kill()
+
+
+# --------------------------------------------------------------------------- the queue
+
+
+def test_waiters_take_turns_first_come_first_served(win: Win) -> None:
+    log = windows_path(win.folder.parent / "turns.log")
+    holder = win.worker("fifo", "--hold", "--log", log)
+    first = int(holder.expect("acquired")[1])
+    waiters = []
+    for _ in range(8):
+        waiter = win.worker("fifo", "--log", log)
+        waiter.expect("waiting")  # in line and asleep before the next one comes
+        waiters.append(waiter)
+    holder.send("release")
+    holder.expect("released")
+    tickets = [int(w.expect("acquired", skip=("waiting",))[1]) for w in waiters]
+    for waiter in waiters:
+        waiter.expect("released")
+    assert tickets == sorted(tickets) and tickets[0] > first
+    rows = (win.folder.parent / "turns.log").read_text().split("\n")[:-1]
+    kinds = [row.split()[0] for row in rows]
+    assert kinds == ["enter", "exit"] * 9  # one at a time, never overlapping
+    order = [int(row.split()[1]) for row in rows if row.startswith("enter")]
+    assert order == [first, *tickets]  # in the order they arrived
+    assert win.status("fifo")["holders"] == []
+
+
+def test_a_holder_that_dies_hands_over_an_abandoned_turn(win: Win) -> None:
+    holder = win.worker("crash", "--hold")
+    holder.expect("acquired")
+    first = win.worker("crash", "--hold")
+    first.expect("waiting")
+    second = win.worker("crash")
+    second.expect("waiting")
+
+    holder.send("exit")  # os._exit while holding
+    _, _, abandoned, dead = first.expect("acquired", skip=("waiting",))
+    assert (abandoned, int(dead)) == ("1", holder.pid)
+    assert holder.wait() == 3
+
+    win.terminate(first.pid)  # TerminateProcess while holding
+    _, _, abandoned, dead = second.expect("acquired", skip=("waiting",))
+    assert (abandoned, int(dead)) == ("1", first.pid)
+    second.expect("released")
+
+    after = win.worker("crash")  # a clean release is not reported as abandoned
+    assert after.expect("acquired")[2:] == ["0", "-"]
+    assert after.finish()[0] == 0
+
+
+def test_a_waiter_that_dies_loses_its_place(win: Win) -> None:
+    holder = win.worker("lost", "--hold")
+    holder.expect("acquired")
+    doomed = win.worker("lost")
+    doomed.expect("waiting")
+    behind = win.worker("lost")
+    behind.expect("waiting")
+    doomed.kill()  # SIGKILL to the Linux process Wine runs it in: gone without a word
+    assert pids(win.status("lost")["waiters"]) == [behind.pid]
+    holder.send("release")
+    assert behind.expect("acquired", skip=("waiting",))[2:] == ["0", "-"]
+
+
+def test_timeouts_and_busy_leave_the_line(win: Win) -> None:
+    holder = win.worker("busy", "--hold")
+    holder.expect("acquired")
+    holder_pid = holder.pid
+    py = win.python
+    timed = win.worker("busy", "--timeout", "0.3")
+    refused = win.worker("busy", "--no-wait")
+    cli_busy = win.inturn("run", "--no-wait", "busy", "--", py, "-c", "pass")
+    cli_code = win.inturn("run", "-n", "-E", "9", "busy", "--", py, "-c", "pass")
+    cli_timeout = win.inturn("run", "--timeout", "0.3", "busy", "--", py, "-c", "pass")
+    timed.expect("timeout", skip=("waiting",))
+    refused.expect("busy")
+    code, _, err = cli_busy.finish()
+    assert code == 75 and f"held by pid {holder_pid}" in err
+    assert cli_code.finish()[0] == 9
+    code, _, err = cli_timeout.finish()
+    assert code == 75 and "gave up" in err
+    assert (timed.wait(), refused.wait()) == (75, 75)
+    status = win.status("busy")
+    assert pids(status["holders"]) == [holder_pid] and status["waiters"] == []
+    holder.send("release")
+    holder.expect("released")
+    assert win.run("-m", "inturn", "run", "--no-wait", "busy", "--", py, "-c", "pass")[0] == 0
+
+
+def test_slots_let_n_hold_at_once(win: Win) -> None:
+    first = win.worker("pair", "--slots", "2", "--hold")
+    second = win.worker("pair", "--slots", "2", "--hold")
+    first.expect("acquired")
+    second.expect("acquired")
+    third = win.worker("pair", "--slots", "2", "--hold")
+    third.expect("waiting")
+    assert win.worker("pair", "--slots", "2", "--no-wait").expect("busy")
+    assert len(win.status("pair")["holders"]) == 2
+    second.send("release")  # either holder leaving lets the next one in
+    assert third.expect("acquired", skip=("waiting",))[2] == "0"
+    first.send("release")
+    third.send("release")
+    third.expect("released")
+
+
+# --------------------------------------------------------------------------- threads, cancel
+
+
+@pytest.mark.parametrize("acquire_in", ["thread", "async"])
+def test_a_turn_outlives_the_thread_that_took_it(win: Win, acquire_in: str) -> None:
+    line = f"owner-{acquire_in}"
+    holder = win.worker(line, "--hold", "--acquire-in", acquire_in)
+    holder.expect("acquired")  # the acquiring thread (or the loop's executor) has ended
+    assert win.worker(line, "--no-wait").expect("busy")
+    waiter = win.worker(line)
+    waiter.expect("waiting")
+    holder.send("release")  # released from another thread than the one that took it
+    holder.expect("released")
+    assert waiter.expect("acquired", skip=("waiting",))[2:] == ["0", "-"]
+
+
+def test_a_cancelled_wait_leaves_the_line(win: Win) -> None:
+    holder = win.worker("cancel", "--hold")
+    holder.expect("acquired")
+    cancelled = win.worker("cancel", "--cancellable")
+    cancelled.expect("waiting")
+    behind = win.worker("cancel")
+    behind.expect("waiting")
+    cancelled.send("cancel")  # sets the kernel event that is part of the wait
+    cancelled.expect("cancelled")
+    assert len(win.status("cancel")["waiters"]) == 1
+    holder.send("release")
+    assert behind.expect("acquired", skip=("waiting",))[2] == "0"
+
+
+def test_ctrl_c_interrupts_a_wait(win: Win) -> None:
+    holder = win.worker("ctrlc", "--hold")
+    holder.expect("acquired")
+    waiter = win.worker("ctrlc")
+    waiter.expect("waiting")
+    cli = win.inturn("run", "ctrlc", "--", win.python, "-c", "pass", terminal=True)
+    cli.queued()  # its status line says it is in line, asleep
+    behind = win.worker("ctrlc")
+    behind.expect("waiting")
+    os.kill(waiter.unix_pid, signal.SIGINT)  # Wine turns it into CTRL_C_EVENT
+    os.kill(cli.unix_pid, signal.SIGINT)
+    waiter.expect("interrupted")
+    assert waiter.wait() == 130
+    assert cli.finish()[0] == 130
+    assert pids(win.status("ctrlc")["waiters"]) == [behind.pid]
+    holder.send("release")
+    assert behind.expect("acquired", skip=("waiting",))[2] == "0"
+
+
+# --------------------------------------------------------------------------- inturn run
+
+
+def test_run_passes_the_exit_code_and_environment(win: Win) -> None:
+    script = (
+        "import os, sys; e = os.environ; "
+        "print('running', e['INTURN_NAME'], e['INTURN_TICKET'], e['INTURN_ABANDONED'], "
+        "os.getppid(), flush=True); sys.exit(int(sys.stdin.readline()))"
+    )
+    run = win.inturn("run", "env", "--", win.python, "-c", script)
+    _, name, ticket, abandoned, _ = run.expect("running")
+    assert (name, abandoned) == ("env", "0") and int(ticket) >= 1
+    status = win.status("env")
+    assert status["holders"][0]["command"][-2:] == ["-c", script]
+    run.send("7")
+    assert run.finish()[0] == 7
+    assert win.status("env")["holders"] == []
+
+
+def test_run_survives_ctrl_c_and_waits_for_its_command(win: Win) -> None:
+    script = (
+        "import sys; print('running', flush=True); line = sys.stdin.readline(); "
+        "print('finishing', flush=True); sys.exit(int(line))"
+    )
+    run = win.inturn("run", "keep", "--", win.python, "-c", script)
+    run.expect("running")
+    os.kill(run.unix_pid, signal.SIGINT)  # inturn gets Ctrl-C; its command did not here
+    assert win.worker("keep", "--no-wait").expect("busy")  # still holding for its command
+    run.send("5")
+    run.expect("finishing")
+    assert run.finish()[0] == 5
+
+
+def test_a_dead_inturn_takes_its_command_along(win: Win) -> None:
+    script = (
+        "import os, time; print('running', os.getpid(), os.getppid(), flush=True); time.sleep(600)"
+    )
+    run = win.inturn("run", "job", "--", win.python, "-c", script)
+    _, _, inturn_pid = run.expect("running")
+    waiter = win.worker("job")
+    waiter.expect("waiting")
+    win.terminate(inturn_pid)  # TerminateProcess on inturn: the job object kills the command
+    _, _, abandoned, dead = waiter.expect("acquired", skip=("waiting",))
+    assert (abandoned, int(dead)) == ("1", int(inturn_pid))
+    # The command shared inturn's stdout: the pipe's end means it is gone too.
+    assert run.output() == []
+
+
+# The command starts a process that outlives it, then exits 4. The leftover waits on a named
+# event (``release``) until the test sets it; the command waits until the leftover is ready.
+LEFTOVER = (
+    "import ctypes, sys; k = ctypes.windll.kernel32; "
+    "release = k.OpenEventW(0x100000, 0, sys.argv[1]); "
+    "ready = k.OpenEventW(0x1F0003, 0, sys.argv[2]); "
+    "k.SetEvent(ready); k.WaitForSingleObject(release, 0xFFFFFFFF)"
+)
+LEAVES_A_PROCESS = (
+    "import ctypes, subprocess, sys; k = ctypes.windll.kernel32; "
+    "release = k.CreateEventW(None, 1, 0, sys.argv[1]); "
+    "ready = k.CreateEventW(None, 1, 0, sys.argv[2]); d = subprocess.DEVNULL; "
+    "subprocess.Popen([sys.executable, '-c', sys.argv[3], *sys.argv[1:3]], "
+    "stdin=d, stdout=d, stderr=d); "
+    "k.WaitForSingleObject(ready, 0xFFFFFFFF); print('spawned', flush=True); sys.exit(4)"
+)
+SET_EVENT = (
+    "import ctypes, sys; k = ctypes.windll.kernel32; h = k.OpenEventW(0x1F0003, 0, sys.argv[1]); "
+    "sys.exit(0 if h and k.SetEvent(h) else 1)"
+)
+
+
+@pytest.mark.parametrize("close", [False, True])
+def test_what_the_command_leaves_running_holds_the_turn_unless_close(win: Win, close: bool) -> None:
+    unique = uuid.uuid4().hex  # events are machine-wide names: unique across xdist workers
+    release, ready = (f"Local\\inturn-test-{unique}-{kind}" for kind in ("go", "up"))
+    options = ["--close"] if close else []
+    line = f"leftover-{close}"
+    run = win.inturn(
+        "run", *options, line, "--", win.python, "-c", LEAVES_A_PROCESS, release, ready, LEFTOVER
+    )
+    run.expect("spawned")
+    if close:
+        # Back at once; what it started runs on, outside the turn. (Only the exit code: under
+        # Wine the leftover also inherits inturn's stderr, so that pipe stays open meanwhile.)
+        assert run.wait() == 4
+        assert win.worker(line, "--no-wait").expect("acquired")
+        assert win.run("-c", SET_EVENT, release)[0] == 0  # it was still there
+    else:
+        assert win.worker(line, "--no-wait").expect("busy")  # the leftover holds the turn
+        assert win.run("-c", SET_EVENT, release)[0] == 0
+        assert run.finish()[0] == 4  # the command's own code, once the leftover ended
+
+
+def test_status_json_lists_holders_then_waiters(win: Win) -> None:
+    holder = win.worker("seen", "--hold")
+    holder.expect("acquired")
+    waiters = []
+    for _ in range(2):
+        waiter = win.worker("seen")
+        waiter.expect("waiting")
+        waiters.append(waiter)
+    status = win.status("seen")
+    assert status["name"] == "seen" and status["scope"] == "user"
+    assert str(status["where"]).startswith(windows_path(win.folder))
+    holders, waiting = status["holders"], status["waiters"]
+    assert [t["state"] for t in holders] == ["holding"]
+    assert [t["state"] for t in waiting] == ["waiting", "waiting"]
+    tickets = [t["ticket"] for t in [*holders, *waiting]]
+    assert tickets == sorted(tickets)
+    assert holders[0]["user"] and holders[0]["host"]
+    code, out, err = win.run("-m", "inturn", "status", "--json")
+    assert code == 0, err
+    overview = json.loads(out)
+    assert [line["name"] for line in overview["lines"]] == ["seen"]
+    code, out, _ = win.run("-m", "inturn", "status", "seen")
+    assert code == 0 and "1 holding, 2 waiting" in out
+
+
+# --------------------------------------------------------------------------- names, scopes
+
+NAMES_SCRIPT = """
+import json, sys, inturn
+from inturn.windows import WindowsBackend
+names = json.loads(bytes.fromhex(sys.argv[1]).decode('utf-8', 'surrogatepass'))
+for name in names:
+    line = inturn.Line(name)
+    with line.acquire(blocking=False) as turn:
+        held = line.status().holders
+        assert [t.number for t in held] == [turn.ticket], (name, held)
+    assert line.status().holders == ()
+with inturn.Line('Upper').acquire(blocking=False), inturn.Line('upper').acquire(blocking=False):
+    pass  # names that differ only in case are different lines
+backend = WindowsBackend()
+assert set(names) <= set(backend.names()), backend.names()
+for scope in ('user', 'machine'):
+    store = WindowsBackend(scope=scope).line('a\\\\b')
+    object_name = store.object_name(1)
+    assert '\\\\' not in object_name.split('\\\\', 1)[1], object_name
+    print(scope, object_name, flush=True)
+with inturn.Line('global', scope='machine').acquire(blocking=False) as turn:
+    print('machine', turn.ticket, flush=True)
+print('ok', len(names), flush=True)
+"""
+
+AWKWARD_NAMES = [
+    "back\\slash",
+    "Global\\evil",
+    "Local\\x",
+    "..\\..\\up",
+    "a/b/../c",
+    "CON",
+    "con",
+    "nul",
+    "nul.txt",
+    "NUL.txt",
+    "com1.log",
+    "lpt9",
+    "trailing dot.",
+    "  spaces  ",
+    'quote"star*colon:pipe|',
+    "emoji 🚦 ünïcödé 名前",
+    "x" * 3000,
+    "\udc80lone surrogate",
+]
+
+
+def test_any_name_maps_to_legal_object_and_file_names(win: Win) -> None:
+    payload = json.dumps(AWKWARD_NAMES).encode().hex()
+    code, out, err = win.run("-c", NAMES_SCRIPT, payload)
+    assert code == 0, err
+    rows = out.splitlines()
+    assert rows[0].startswith("user Local\\inturn.S-1-")
+    assert rows[1].startswith("machine Global\\inturn.machine.")
+    assert rows[-1] == f"ok {len(AWKWARD_NAMES)}"
+    # Across processes: a name with a backslash is one line, distinct from its look-alikes.
+    holder = win.worker("back\\slash", "--hold")
+    holder.expect("acquired")
+    assert win.worker("back\\slash", "--no-wait").expect("busy")
+    other = win.worker("back/slash", "--no-wait")
+    assert other.expect("acquired")[2] == "0"
+
+
+WIDE_SCRIPT = """
+import threading, inturn
+line = inturn.Line('wide', slots=70)
+turns = [line.acquire(blocking=False) for _ in range(70)]
+try:
+    line.acquire(timeout=0.2)
+except inturn.Timeout:
+    print('timeout', flush=True)
+queued, acquired = threading.Event(), []
+def wait():
+    turn = line.acquire(on_progress=lambda progress: queued.set())
+    acquired.append(turn.ticket)
+    turn.release()
+waiter = threading.Thread(target=wait)
+waiter.start()
+queued.wait()
+turns[37].release()
+waiter.join()
+print('acquired', acquired[0], flush=True)
+for turn in turns:
+    turn.release()
+"""
+
+
+def test_a_wait_on_more_tickets_than_one_kernel_wait_holds(win: Win) -> None:
+    """``slots=70``: the 70 tickets ahead are watched by helper threads (64 handles per wait)."""
+    code, out, err = win.run("-c", WIDE_SCRIPT)
+    assert code == 0, err
+    assert out.splitlines() == ["timeout", "acquired 72"]  # 70 holders, the timed-out one, it
+
+
+# Drops SeCreateGlobalPrivilege from this process's token for good (SE_PRIVILEGE_REMOVED), as
+# for an account that never had it, then runs the CLI in-process.
+WITHOUT_GLOBAL_PRIVILEGE = """
+import ctypes, sys
+from ctypes import wintypes as t
+from inturn import windows
+from inturn.cli import main
+advapi32 = ctypes.WinDLL('advapi32', use_last_error=True)
+token = ctypes.c_void_p()
+process = ctypes.c_void_p(windows._GetCurrentProcess())
+assert advapi32.OpenProcessToken(process, 0x28, ctypes.byref(token))
+luid = (t.DWORD * 2)()
+assert advapi32.LookupPrivilegeValueW(None, 'SeCreateGlobalPrivilege', luid)
+removed = (t.DWORD * 4)(1, luid[0], luid[1], 0x4)
+advapi32.AdjustTokenPrivileges.argtypes = [ctypes.c_void_p, t.BOOL, ctypes.c_void_p] + [
+    ctypes.c_void_p] * 3
+assert advapi32.AdjustTokenPrivileges(token, False, removed, 0, None, None)
+assert not windows.has_global_privilege()
+where = ['--machine', '--dir', sys.argv[1]]
+print('status', main(['status', *where, 'shared']), flush=True)
+print('run', main(['run', *where, 'shared', '--', sys.executable, '-c', 'pass']), flush=True)
+"""
+
+
+def test_machine_lines_without_the_privilege_say_so(win: Win) -> None:
+    folder = windows_path(win.folder.parent / "machine")
+    code, out, err = win.run("-c", WITHOUT_GLOBAL_PRIVILEGE, folder)
+    assert code == 0, err
+    assert out.splitlines()[-2:] == ["status 0", "run 2"]  # looking is fine; joining is not
+    assert "SeCreateGlobalPrivilege" in err and len(err.splitlines()) == 1
+    # With the privilege (Wine's default account has it), machine-wide lines work.
+    code, _, err = win.run("-m", "inturn", "run", "--machine", "--dir", folder, "shared", "--",
+                           win.python, "-c", "pass")  # fmt: skip
+    assert code == 0, err
+
+
+def test_type_checks_as_windows_code() -> None:
+    """The Windows module is only type-checked as Windows code: check it so, here too."""
+    mypy = shutil.which("mypy", path=os.path.dirname(sys.executable)) or shutil.which("mypy")
+    if mypy is None:
+        pytest.skip("mypy is not installed (pip install -e '.[test]')")
+    cache = Path.home() / ".cache" / "inturn-tests" / "mypy-win32"
+    result = subprocess.run(
+        [mypy, "--platform", "win32", "--cache-dir", str(cache), "src/inturn/windows.py"],
+        cwd=HERE.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
