@@ -22,10 +22,10 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 
-from .errors import BackendError, Cancelled, UsageError
+from .errors import BackendError, UsageError
 from .names import safe_file_name
 from .records import LineStatus, Ticket, dumps_line, parse_record, warn, warn_once
-from .store import Backend, CancelToken, LineStore, Membership, Snapshot
+from .store import Backend, CancelToken, LineStore, Membership, Snapshot, wait_woken
 
 TICKET = ".ticket"
 MARKER = ".abandoned"
@@ -547,15 +547,9 @@ class FolderLine(LineStore):
                     watches.append(watch)
                     if watch.fired:
                         return True
-            if cancel is None:
-                return woken.wait(timeout)
-            with cancel.linked(woken):
-                woken.wait(timeout)
-                if any(w.fired for w in watches):
-                    return True
-                if cancel.cancelled:
-                    raise Cancelled(f"stopped waiting for line {self.name!r}")
-                return False
+            return wait_woken(
+                woken, timeout, cancel, lambda: any(w.fired for w in watches), self.name
+            )
         finally:
             with _watch_lock:
                 for watch in watches:

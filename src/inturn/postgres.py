@@ -53,7 +53,7 @@ from .names import encode
 from .postgres_address import Address, connect_options, parse
 from .postgres_sql import Statements, fold, missing_grants, sql_identifier
 from .records import Ticket, warn
-from .store import Backend, CancelToken, LineStore, Membership, Snapshot
+from .store import Backend, CancelToken, LineStore, Membership, Snapshot, wait_woken
 
 PING_INTERVAL = 1.0
 PING_TIMEOUT = 3.0
@@ -795,15 +795,9 @@ class PostgresLine(LineStore):
         try:
             for number in numbers:
                 watches.append(_Watch(self.backend, fold(number), woken))
-            if cancel is None:
-                return woken.wait(timeout)
-            with cancel.linked(woken):
-                woken.wait(timeout)
-                if any(w.done for w in watches):
-                    return True
-                if cancel.cancelled:
-                    raise Cancelled(f"stopped waiting for line {self.name!r}")
-                return False
+            return wait_woken(
+                woken, timeout, cancel, lambda: any(w.done for w in watches), self.name
+            )
         finally:
             for watch in watches:
                 watch.stop()

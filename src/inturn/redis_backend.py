@@ -54,7 +54,7 @@ from redis.retry import Retry
 
 from .errors import BackendError, Cancelled, LostTurn, UsageError
 from .names import digest
-from .records import LineStatus, Ticket, warn_once
+from .records import Ticket, warn_once
 from .store import Backend, CancelToken, LineStore, Membership, Snapshot
 
 DEFAULT_LEASE = 5.0
@@ -808,23 +808,6 @@ class RedisLine(LineStore):
                 f"could not leave line {self.name!r} on Redis at {self.where} ({exc}); "
                 f"the ticket expires within {self.backend.lease:g}s"
             )
-
-    def status(self) -> LineStatus:
-        """Live holders and waiters; dead tickets are buried when the user may write."""
-        present = self.snapshot().tickets
-        live = []
-        for number, ok in zip(present, self.alive(present), strict=True):
-            if ok:
-                live.append(number)
-            else:
-                with suppress(BackendError):  # a read-only observer leaves them to others
-                    self.bury(number)
-        holders: list[Ticket] = []
-        waiters: list[Ticket] = []
-        for ticket in self.read(live):
-            if ticket is not None:
-                (holders if ticket.holding else waiters).append(ticket)
-        return LineStatus(self.name, tuple(holders), tuple(waiters), self.scope, self.where)
 
     def read(self, numbers: Sequence[int]) -> list[Ticket | None]:
         ids = [self._id(n) for n in numbers]

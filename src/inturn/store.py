@@ -19,9 +19,10 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import NamedTuple
 
+from .errors import BackendError, Cancelled
 from .records import LineStatus, Ticket
 
 
@@ -58,6 +59,27 @@ class CancelToken:
         finally:
             with self._lock:
                 self._events.discard(event)
+
+
+def wait_woken(
+    woken: threading.Event,
+    timeout: float | None,
+    cancel: CancelToken | None,
+    fired: Callable[[], bool],
+    name: str,
+) -> bool:
+    """Sleep until ``woken`` is set (True) or ``timeout`` runs out (False), for backends whose
+    watchers set ``woken`` from other threads; ``fired()`` says whether one really did, since
+    a cancel sets ``woken`` too, and then ``Cancelled`` is raised."""
+    if cancel is None:
+        return woken.wait(timeout)
+    with cancel.linked(woken):
+        woken.wait(timeout)
+        if fired():
+            return True
+        if cancel.cancelled:
+            raise Cancelled(f"stopped waiting for line {name!r}")
+        return False
 
 
 class Membership(ABC):
@@ -141,14 +163,16 @@ class LineStore(ABC):
         """The records of these tickets (None where gone or unreadable)."""
 
     def status(self) -> LineStatus:
-        """Live holders and waiters in ticket order; buries the dead it finds on the way."""
+        """Live holders and waiters in ticket order; buries the dead it finds on the way
+        (when it may: an observer without write access leaves them to others)."""
         present = self.snapshot().tickets
         live: list[int] = []
         for number, ok in zip(present, self.alive(present), strict=True):
             if ok:
                 live.append(number)
             else:
-                self.bury(number)
+                with suppress(BackendError):
+                    self.bury(number)
         holders: list[Ticket] = []
         waiters: list[Ticket] = []
         for ticket in self.read(live):
