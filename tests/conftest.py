@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import subprocess
 import sys
+import textwrap
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, NoReturn
+from typing import IO, Any, ClassVar, NamedTuple, NoReturn
 
 import pytest
 
@@ -114,6 +117,13 @@ class Worker:
         return self.proc.wait(timeout)
 
 
+@pytest.fixture(autouse=True)
+def _close_runs() -> Iterator[None]:
+    yield
+    while Run.started:
+        Run.started.pop().close()
+
+
 @pytest.fixture
 def workers() -> Iterator[list[Worker]]:
     started: list[Worker] = []
@@ -129,3 +139,216 @@ def workers() -> Iterator[list[Worker]]:
 
 def inturn_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "inturn", *args]
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, **variables: str
+) -> subprocess.CompletedProcess[str]:
+    """``inturn ARGS`` run to its end, output captured (``variables`` join its environment)."""
+    environment = dict(env or child_env())
+    environment.update(variables)
+    return subprocess.run(
+        inturn_cmd(*args), capture_output=True, text=True, env=environment, timeout=120
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> str:
+    """The single ``inturn: ...`` line of an exit 2, which must name each of ``words``."""
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("inturn: "), result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def read_log(path: Path) -> list[list[str]]:
+    """The rows workers appended with ``--log``: ``enter``/``exit``/``overlap`` and details."""
+    return [row.split() for row in path.read_text().splitlines()]
+
+
+# The command ``inturn run`` runs in tests: it reports what it sees, then holds until a line
+# on its stdin gives its exit code (or stdin closes); SIGTERM and SIGHUP make it say so and
+# exit 7.
+REPORTER = textwrap.dedent(
+    """
+    import os, signal, sys
+    def on_signal(signum, frame):
+        print("signal", signum, flush=True)
+        sys.exit(7)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    env = os.environ
+    print("running", os.getpid(), os.getppid(), env["INTURN_NAME"], env["INTURN_TICKET"],
+          env["INTURN_ABANDONED"], flush=True)
+    line = sys.stdin.readline()
+    sys.exit(int(line) if line.strip() else 0)
+    """
+)
+
+
+class Running(NamedTuple):
+    """What the command of ``inturn run`` reported when it started."""
+
+    pid: int
+    ppid: int
+    name: str
+    ticket: int
+    abandoned: bool
+
+
+class Run:
+    """``inturn run [OPTIONS] NAME -- python REPORTER``, steered through pipes.
+
+    With ``terminal=True`` its stderr is a terminal, which gets the live status line drawn
+    just before inturn goes to sleep in line: ``queued()`` reads up to it, so a test knows the
+    order of arrival without guessing. Every run is killed and closed when its test ends.
+    """
+
+    started: ClassVar[list[Run]] = []
+
+    def __init__(
+        self,
+        name: str,
+        *options: str,
+        env: dict[str, str] | None = None,
+        terminal: bool = False,
+    ) -> None:
+        self.terminal: int | None = None
+        child_side: int | None = None
+        if terminal:
+            import pty
+
+            self.terminal, child_side = pty.openpty()
+        self.proc = subprocess.Popen(
+            inturn_cmd("run", *options, name, "--", sys.executable, "-c", REPORTER),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE if child_side is None else child_side,
+            text=True,
+            env=env or child_env(),
+        )
+        if child_side is not None:
+            os.close(child_side)
+        assert self.proc.stdout is not None
+        self._output = read_lines(self.proc.stdout)  # inturn's and its command's
+        Run.started.append(self)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def next_line(self) -> list[str]:
+        """The next line of output, split; ``[]`` once inturn and its command are gone."""
+        try:
+            return self._output.get(timeout=REPORT_TIMEOUT).split()
+        except queue.Empty:
+            raise AssertionError(f"no output from inturn run (pid {self.pid})") from None
+
+    def running(self) -> Running:
+        words = self.next_line()
+        assert words[:1] == ["running"], (words, self.errors() if words == [] else "")
+        pid, ppid, name, ticket, abandoned = words[1:]
+        return Running(int(pid), int(ppid), name, int(ticket), abandoned == "1")
+
+    def queued(self) -> bytes:
+        assert self.terminal is not None
+        seen = b""
+        while b"waiting for" not in seen:
+            chunk = os.read(self.terminal, 1024)
+            assert chunk, seen
+            seen += chunk
+        return seen
+
+    def finish(self, code: int = 0) -> int:
+        """Let the command end with ``code``; inturn's exit code."""
+        assert self.proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            self.proc.stdin.write(f"{code}\n")
+            self.proc.stdin.close()
+        return self.proc.wait(REPORT_TIMEOUT)
+
+    def wait(self, timeout: float = REPORT_TIMEOUT) -> int:
+        return self.proc.wait(timeout)
+
+    def errors(self) -> str:
+        """What inturn wrote on stderr (a pipe), once it has ended."""
+        assert self.proc.stderr is not None
+        self.proc.wait(REPORT_TIMEOUT)
+        return self.proc.stderr.read()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(REPORT_TIMEOUT)
+
+    def close(self) -> None:
+        self.kill()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        if self.terminal is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.terminal)
+
+
+# --------------------------------------------------------------------------- servers
+# The server helpers import their clients (psycopg, redis-py) only when a test needs them, so
+# that a machine without those packages still runs the local tests.
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """The URL of a usable PostgreSQL server (without inturn's parameters)."""
+    try:
+        import postgres_server
+    except ImportError as exc:
+        missing_component(f"psycopg is not installed ({exc})", "pip install -e '.[postgres]'")
+    with postgres_server.test_server() as url:
+        yield url
+
+
+@pytest.fixture
+def schema(pg_server: str) -> Iterator[str]:
+    """A schema of this test's own: its lines meet no other test's."""
+    from postgres_server import drop_schema
+
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    yield name
+    drop_schema(pg_server, name)
+
+
+@pytest.fixture
+def pg_url(pg_server: str, schema: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """This test's own PostgreSQL lines, also for every child process (INTURN_BACKEND)."""
+    from postgres_server import with_schema
+
+    url = with_schema(pg_server, schema)
+    monkeypatch.setenv("INTURN_BACKEND", url)
+    monkeypatch.delenv("INTURN_DIR", raising=False)
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a usable Redis server (without inturn's parameters)."""
+    from redis_server import require_redis_py, server_url
+
+    require_redis_py()
+    url, started = server_url(tmp_path_factory.mktemp("redis"))
+    yield url
+    if started is not None:
+        started.stop()
+
+
+@pytest.fixture
+def place(redis_base: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A key prefix of this test's own, also for every child process (INTURN_BACKEND)."""
+    from redis_server import Place, delete_prefix
+
+    here = Place(redis_base)
+    monkeypatch.setenv("INTURN_BACKEND", here.url())
+    monkeypatch.delenv("INTURN_DIR", raising=False)
+    yield here
+    delete_prefix(redis_base, here.prefix)

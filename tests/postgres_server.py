@@ -18,10 +18,18 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
+from typing import NoReturn
 
 import psycopg
 
+from conftest import missing_component
+
 LOCAL_URL = "postgresql://postgres@127.0.0.1:5432/test"
+HOW_TO_ENABLE = "set INTURN_TEST_POSTGRES_URL, or install postgresql"
+
+
+def missing(reason: str) -> NoReturn:
+    missing_component(reason, HOW_TO_ENABLE)
 
 
 def usable(url: str) -> bool:
@@ -125,9 +133,33 @@ class Cluster:
 
 @contextlib.contextmanager
 def cluster() -> Iterator[Cluster]:
+    if server_bin() is None:
+        missing("no initdb/pg_ctl to make a throwaway cluster")
     made = Cluster()
     try:
         yield made
+    finally:
+        made.stop()
+
+
+@contextlib.contextmanager
+def test_server() -> Iterator[str]:
+    """The URL of the server the tests use, found (or made) as the module docstring says."""
+    url = os.environ.get("INTURN_TEST_POSTGRES_URL")
+    if url:
+        if not usable(url):
+            missing("INTURN_TEST_POSTGRES_URL is set but that server cannot be reached")
+        yield url
+        return
+    if usable(LOCAL_URL):
+        yield LOCAL_URL
+        return
+    try:
+        made = Cluster()
+    except RuntimeError as exc:
+        missing(f"no PostgreSQL server for the tests: {exc}")
+    try:
+        yield made.url
     finally:
         made.stop()
 

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from conftest import missing_component
 
+TEST_LEASE = 3  # seconds: long enough that a busy test machine never loses a turn by accident
 HOW_TO_ENABLE = (
     "set INTURN_TEST_REDIS_URL=redis://host:port/db, run a Redis server on 127.0.0.1:6379, "
     "or install redis-server"
@@ -117,3 +118,26 @@ def delete_prefix(url: str, prefix: str) -> None:
             client.delete(*keys[start : start + 500])
     finally:
         client.close()
+
+
+class Place:
+    """One test's corner of the server: a prefix of its own, and URLs that use it."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.prefix = f"inturn-test-{uuid.uuid4().hex[:12]}"
+
+    def url(self, lease: float = TEST_LEASE, base: str | None = None) -> str:
+        return with_parameters(base or self.base, prefix=self.prefix, lease=lease)
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.base)
+
+    def stored_keys(self) -> list[str]:
+        client = self.client()
+        try:
+            return sorted(k.decode() for k in client.scan_iter(match=f"{self.prefix}:*"))
+        finally:
+            client.close()

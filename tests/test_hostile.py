@@ -15,21 +15,7 @@ import inturn
 from inturn.posix import FolderBackend, prepare_root
 from inturn.records import InturnWarning
 
-from conftest import child_env, inturn_cmd
-
-
-def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        inturn_cmd(*args), capture_output=True, text=True, env=child_env(**env), timeout=60
-    )
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert result.returncode == 2, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("inturn: "), result.stderr
-    for word in words:
-        assert word in lines[0]
+from conftest import child_env, one_line_error, run_cli
 
 
 def test_a_file_where_the_lines_folder_belongs(tmp_path):

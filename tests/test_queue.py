@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import time
@@ -12,122 +11,7 @@ import pytest
 
 import inturn
 
-from conftest import Worker
-
-
-def read_log(path: Path) -> list[list[str]]:
-    return [row.split() for row in path.read_text().splitlines()]
-
-
-def test_twenty_five_waiters_are_served_in_arrival_order(lines_dir, workers, tmp_path):
-    log = tmp_path / "log"
-    holder = inturn.Line("fifo").acquire()
-    tickets = []
-    for _ in range(25):
-        w = Worker("fifo", "--log", str(log))
-        workers.append(w)
-        tickets.append(int(w.expect("waiting")[1]))  # queued before the next one starts
-    assert tickets == sorted(tickets)
-    holder.release()
-    for w in workers:
-        assert w.wait() == 0
-    entered = [int(r[1]) for r in read_log(log) if r[0] == "enter"]
-    assert entered == tickets
-    assert not [r for r in read_log(log) if r[0] == "overlap"]
-    assert list(lines_dir.joinpath("fifo").glob("*.ticket")) == []
-
-
-def test_slots_let_n_hold_at_once_and_keep_order(lines_dir, workers):
-    line = inturn.Line("render", slots=2)
-    first, second = line.acquire(), line.acquire()
-    queued = []
-    for _ in range(4):  # each joins before the next starts, so arrival order is known
-        w = Worker("render", "--slots", "2", "--hold")
-        workers.append(w)
-        w.expect("waiting")
-        queued.append(w)
-    second.release()  # the younger holder leaves first: the oldest waiter still goes next
-    assert queued[0].acquired()[1] == str(second.ticket + 1)
-    status = line.status()
-    assert [t.pid for t in status.holders] == [os.getpid(), queued[0].pid]
-    assert [t.pid for t in status.waiters] == [w.pid for w in queued[1:]]
-    first.release()
-    queued[1].acquired()
-    queued[0].send()
-    queued[2].acquired()
-    for w in queued[1:3]:
-        w.send()
-    queued[3].acquired()
-    queued[3].send()
-    for w in queued:
-        assert w.wait() == 0
-
-
-def test_a_holder_killed_with_sigkill_is_reported_as_abandoned(lines_dir, workers):
-    holder = Worker("crash", "--hold")
-    workers.append(holder)
-    holder.expect("acquired")
-    waiter = Worker("crash", "--hold")
-    workers.append(waiter)
-    waiter.expect("waiting")
-    holder.proc.send_signal(signal.SIGKILL)
-    _, ticket, abandoned, dead_pid = waiter.acquired()
-    assert abandoned == "1" and dead_pid == str(holder.pid)
-    waiter.send()
-    assert waiter.wait() == 0
-    # After a clean release the next holder is not told anything.
-    with inturn.turn("crash") as turn:
-        assert not turn.abandoned
-        assert turn.ticket > int(ticket)
-
-
-def test_a_killed_waiter_loses_its_place_and_the_one_behind_moves_up(lines_dir, workers):
-    holder = inturn.Line("gap").acquire()
-    doomed = Worker("gap")
-    workers.append(doomed)
-    doomed.expect("waiting")
-    behind = Worker("gap", "--hold")
-    workers.append(behind)
-    behind.expect("waiting")
-    doomed.proc.send_signal(signal.SIGKILL)
-    doomed.wait()
-    # The one behind wakes, sees the holder still there and goes back to sleep on it.
-    assert behind.expect("waiting")[2] == "2"
-    holder.release()
-    _, _, abandoned, _ = behind.acquired()
-    assert abandoned == "0"  # a dead *waiter* abandons nothing
-    behind.send()
-    assert behind.wait() == 0
-
-
-def test_timeout_leaves_the_line_and_those_behind_move_up(lines_dir, workers):
-    holder = inturn.Line("slow").acquire()
-    impatient = Worker("slow", "--timeout", "0.3")
-    workers.append(impatient)
-    impatient.expect("waiting")
-    patient = Worker("slow", "--hold")
-    workers.append(patient)
-    patient.expect("waiting")
-    impatient.expect("timeout")
-    assert impatient.wait() == 75
-    assert patient.expect("waiting")[2] == "2"
-    assert [t.pid for t in inturn.Line("slow").status().waiters] == [patient.pid]
-    holder.release()
-    patient.acquired()
-    patient.send()
-    assert patient.wait() == 0
-
-
-def test_no_wait_raises_busy_naming_the_holder(lines_dir):
-    with inturn.turn("solo") as held:
-        try:
-            inturn.Line("solo").acquire(blocking=False)
-        except inturn.Busy as exc:
-            assert f"pid {os.getpid()}" in str(exc)
-            assert exc.status is not None and exc.status.holders[0].number == held.ticket
-        else:
-            raise AssertionError("expected Busy")
-        assert inturn.Line("solo").status().waiters == ()
+from conftest import Worker, read_log
 
 
 def test_sigkill_storm_never_overlaps_and_serves_survivors_in_order(lines_dir, workers, tmp_path):
@@ -197,23 +81,3 @@ def test_a_waiter_sleeps_without_waking_up(lines_dir, workers, options):
     holder.release()
     waiter.acquired()
     assert waiter.wait() == 0
-
-
-@pytest.mark.parametrize("options", [(), ("--timeout", "600")], ids=["forever", "timeout"])
-def test_ctrl_c_ends_a_wait_and_leaves_the_line(lines_dir, workers, options):
-    holder = inturn.Line("intr").acquire()
-    interrupted = Worker("intr", *options)
-    workers.append(interrupted)
-    interrupted.expect("waiting")
-    behind = Worker("intr", "--hold")
-    workers.append(behind)
-    behind.expect("waiting")
-    interrupted.proc.send_signal(signal.SIGINT)
-    interrupted.expect("interrupted")
-    assert interrupted.wait() == 130
-    assert behind.expect("waiting")[2] == "2"  # moved up behind the holder
-    assert [t.pid for t in inturn.Line("intr").status().waiters] == [behind.pid]
-    holder.release()
-    behind.acquired()
-    behind.send()
-    assert behind.wait() == 0

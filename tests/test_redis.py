@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -27,128 +23,18 @@ import pytest
 import inturn
 from inturn.errors import UsageError
 
-from conftest import REPORT_TIMEOUT, Worker, child_env, inturn_cmd, read_lines
+from conftest import Run, Worker, child_env, inturn_cmd, one_line_error, run_cli
 from redis_server import (
     RedisServer,
     delete_prefix,
     require_redis_py,
-    server_url,
-    with_parameters,
 )
 from tcp_proxy import TcpProxy
 
 require_redis_py()
 
-TEST_LEASE = 3  # seconds: long enough that a busy test machine never loses a turn by accident
-
-
-@pytest.fixture(scope="session")
-def redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    url, started = server_url(tmp_path_factory.mktemp("redis"))
-    yield url
-    if started is not None:
-        started.stop()
-
-
-class Place:
-    """One test's corner of the server: a prefix of its own, and URLs that use it."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.prefix = f"inturn-test-{uuid.uuid4().hex[:12]}"
-
-    def url(self, lease: float = TEST_LEASE, base: str | None = None) -> str:
-        return with_parameters(base or self.base, prefix=self.prefix, lease=lease)
-
-    def client(self) -> Any:
-        import redis
-
-        return redis.Redis.from_url(self.base)
-
-    def stored_keys(self) -> list[str]:
-        client = self.client()
-        try:
-            return sorted(k.decode() for k in client.scan_iter(match=f"{self.prefix}:*"))
-        finally:
-            client.close()
-
-
-@pytest.fixture
-def place(redis_base: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Place]:
-    """A private prefix, chosen for this process and its children through INTURN_BACKEND."""
-    here = Place(redis_base)
-    monkeypatch.setenv("INTURN_BACKEND", here.url())
-    monkeypatch.delenv("INTURN_DIR", raising=False)
-    yield here
-    delete_prefix(redis_base, here.prefix)
-
-
-def read_log(path: Path) -> list[list[str]]:
-    return [row.split() for row in path.read_text().splitlines()]
-
-
-def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        inturn_cmd(*args), capture_output=True, text=True, env=child_env(**env), timeout=120
-    )
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> str:
-    assert result.returncode == 2, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("inturn: "), result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
-
 
 # --------------------------------------------------------------------------- order and slots
-
-
-def test_fifteen_processes_are_served_in_arrival_order(place, workers, tmp_path):
-    log = tmp_path / "log"
-    holder = inturn.Line("fifo").acquire()
-    tickets = []
-    for _ in range(15):
-        w = Worker("fifo", "--log", str(log))
-        workers.append(w)
-        tickets.append(int(w.expect("waiting")[1]))  # queued before the next one starts
-    assert tickets == sorted(tickets)
-    assert [t.pid for t in inturn.Line("fifo").status().waiters] == [w.pid for w in workers]
-    holder.release()
-    for w in workers:
-        assert w.wait() == 0
-    rows = read_log(log)
-    assert [int(r[1]) for r in rows if r[0] == "enter"] == tickets
-    assert not [r for r in rows if r[0] == "overlap"]
-    # Nothing of the tickets is left: only the counter, the list of lines, expiring streams.
-    leftovers = [
-        k for k in place.stored_keys() if not k.endswith((":next", ":lines")) and ":gone:" not in k
-    ]
-    assert leftovers == []
-
-
-def test_slots_let_n_hold_at_once_and_keep_order(place, workers):
-    line = inturn.Line("render", slots=2)
-    first, second = line.acquire(), line.acquire()
-    queued = []
-    for _ in range(3):
-        queued.append(Worker("render", "--slots", "2", "--hold"))
-        workers.append(queued[-1])
-        queued[-1].expect("waiting")  # in line before the next one starts
-    second.release()  # the younger holder leaves first: the oldest waiter still goes next
-    assert queued[0].acquired()[1] == str(second.ticket + 1)
-    status = line.status()
-    assert [t.pid for t in status.holders] == [os.getpid(), queued[0].pid]
-    assert [t.pid for t in status.waiters] == [w.pid for w in queued[1:]]
-    first.release()
-    queued[1].acquired()
-    queued[0].send()
-    queued[2].acquired()
-    for w in queued[1:]:
-        w.send()
-    for w in queued:
-        assert w.wait() == 0
 
 
 def test_tickets_keep_increasing_after_the_server_loses_the_line(place):
@@ -162,74 +48,7 @@ def test_tickets_keep_increasing_after_the_server_loses_the_line(place):
 # --------------------------------------------------------------------------- crashes
 
 
-def test_a_holder_killed_with_sigkill_is_reported_as_abandoned(place, workers, monkeypatch):
-    monkeypatch.setenv("INTURN_BACKEND", place.url(lease=1))  # recovery within one lease
-    holder = Worker("crash", "--hold")
-    workers.append(holder)
-    holder.expect("acquired")
-    monkeypatch.setenv("INTURN_BACKEND", place.url())
-    waiter = Worker("crash", "--hold")
-    workers.append(waiter)
-    waiter.expect("waiting")
-    holder.proc.send_signal(signal.SIGKILL)
-    _, ticket, abandoned, dead_pid = waiter.acquired()
-    assert abandoned == "1" and dead_pid == str(holder.pid)
-    waiter.send()
-    assert waiter.wait() == 0
-    with inturn.turn("crash") as turn:  # after a clean release nobody is told anything
-        assert not turn.abandoned
-        assert turn.ticket > int(ticket)
-
-
-def test_a_killed_waiter_loses_its_place_and_the_one_behind_moves_up(place, workers, monkeypatch):
-    holder = inturn.Line("gap").acquire()
-    monkeypatch.setenv("INTURN_BACKEND", place.url(lease=1))
-    doomed = Worker("gap")
-    workers.append(doomed)
-    doomed.expect("waiting")
-    monkeypatch.setenv("INTURN_BACKEND", place.url())
-    behind = Worker("gap", "--hold")
-    workers.append(behind)
-    behind.expect("waiting")
-    doomed.proc.send_signal(signal.SIGKILL)
-    doomed.wait()
-    # The one behind wakes once the dead waiter's lease is gone, and waits on the holder.
-    assert behind.expect("waiting")[2] == "2"
-    holder.release()
-    _, _, abandoned, _ = behind.acquired()
-    assert abandoned == "0"  # a dead *waiter* abandons nothing
-    behind.send()
-    assert behind.wait() == 0
-
-
 # The command ``inturn run`` runs in these tests: it reports, then holds until told to finish.
-REPORTER = textwrap.dedent(
-    """
-    import os, signal, sys
-    def on_signal(signum, frame):
-        print("signal", signum, flush=True)
-        sys.exit(7)
-    signal.signal(signal.SIGTERM, on_signal)
-    print("running", os.environ["INTURN_TICKET"], os.environ["INTURN_ABANDONED"], flush=True)
-    line = sys.stdin.readline()
-    sys.exit(int(line) if line.strip() else 0)
-    """
-)
-
-
-def start_run(name: str, url: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        inturn_cmd("run", "--backend", url, name, "--", sys.executable, "-c", REPORTER),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-    )
-    assert proc.stdout is not None
-    words = proc.stdout.readline().split()
-    assert words[:1] == ["running"], words
-    return proc
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
@@ -237,12 +56,10 @@ def test_the_command_dies_with_inturn_since_the_turn_would_end_with_it(place, wo
     """The lease is renewed by inturn, not by its command: a dead inturn frees the turn
     within a lease, so the command must not run on outside it."""
     url = place.url(lease=1)
-    holder = start_run("orphan", url)
-    assert holder.stdout is not None
-    command_output = read_lines(holder.stdout)  # inturn and its command share this pipe
+    holder = Run("orphan", "--backend", url)
+    holder.running()
     holder.kill()
-    holder.wait()
-    assert command_output.get(timeout=REPORT_TIMEOUT) == ""  # the command is gone too
+    assert holder.next_line() == []  # the command is gone too: nobody holds the pipe
     waiter = Worker("orphan", "--hold", env=child_env(INTURN_BACKEND=url))
     workers.append(waiter)
     _, _, abandoned, dead_pid = waiter.acquired()
@@ -265,7 +82,8 @@ def test_a_holder_cut_off_from_the_server_stops_its_command_and_exits_76(
     target = urlsplit(redis_base)
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
     try:
-        holder = start_run("cut", place.url(lease=1, base=through(proxy, redis_base)))
+        holder = Run("cut", "--backend", place.url(lease=1, base=through(proxy, redis_base)))
+        holder.running()
         waiter = Worker("cut", "--hold")
         workers.append(waiter)
         waiter.expect("waiting")
@@ -277,10 +95,9 @@ def test_a_holder_cut_off_from_the_server_stops_its_command_and_exits_76(
                 client.execute_command("CLIENT", "KILL", "ADDR", address)
         finally:
             client.close()
-        assert holder.stdout is not None and holder.stderr is not None
-        assert holder.stdout.readline().split() == ["signal", str(int(signal.SIGTERM))]
+        assert holder.next_line() == ["signal", str(int(signal.SIGTERM))]
         assert holder.wait(60) == 76
-        assert "lost the turn in line 'cut'" in holder.stderr.read()
+        assert "lost the turn in line 'cut'" in holder.errors()
         _, _, abandoned, dead_pid = waiter.acquired()
         assert abandoned == "1" and dead_pid == str(holder.pid)
         waiter.send()
@@ -323,12 +140,13 @@ def test_a_dropped_connection_that_comes_back_keeps_the_turn(place, redis_base):
     target = urlsplit(redis_base)
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
     try:
-        holder = start_run("drop", place.url(lease=2, base=through(proxy, redis_base)))
+        holder = Run("drop", "--backend", place.url(lease=2, base=through(proxy, redis_base)))
+        holder.running()
         proxy.cut()  # every connection closed, as CLIENT KILL would
         # Two renewals reached the server through new connections: the first moved the lease.
-        assert proxy.wait_sent(b"PEXPIRE", 2), holder.poll()
-        assert holder.communicate("0\n", timeout=60)[0] == ""
-        assert holder.returncode == 0  # 76 had the turn been given up
+        assert proxy.wait_sent(b"PEXPIRE", 2), holder.proc.poll()
+        assert holder.finish(0) == 0  # 76 had the turn been given up
+        assert holder.next_line() == []  # and the command was never told to stop
     finally:
         proxy.close()
 
@@ -355,37 +173,6 @@ def test_a_forked_child_neither_keeps_nor_frees_its_parents_turn(place):
 
 
 # --------------------------------------------------------------------------- waiting ends
-
-
-def test_timeout_and_no_wait_exit_75_naming_the_holder(place):
-    with inturn.turn("busy"):
-        result = run_cli("run", "--no-wait", "busy", "--", "true")
-        assert result.returncode == 75
-        assert f"held by pid {os.getpid()}" in result.stderr
-        result = run_cli("run", "--timeout", "0.3", "busy", "--", "true")
-        assert result.returncode == 75
-        assert "gave up" in result.stderr
-        assert inturn.Line("busy").status().waiters == ()
-    assert run_cli("run", "--no-wait", "busy", "--", "true").returncode == 0
-
-
-def test_ctrl_c_ends_a_wait_and_leaves_the_line(place, workers):
-    holder = inturn.Line("intr").acquire()
-    interrupted = Worker("intr")
-    workers.append(interrupted)
-    interrupted.expect("waiting")
-    behind = Worker("intr", "--hold")
-    workers.append(behind)
-    behind.expect("waiting")
-    interrupted.proc.send_signal(signal.SIGINT)
-    interrupted.expect("interrupted")
-    assert interrupted.wait() == 130
-    assert behind.expect("waiting")[2] == "2"  # woken by the leaver: moved up
-    assert [t.pid for t in inturn.Line("intr").status().waiters] == [behind.pid]
-    holder.release()
-    behind.acquired()
-    behind.send()
-    assert behind.wait() == 0
 
 
 def test_cancelling_an_async_wait_interrupts_the_blocked_read(place, monkeypatch):
@@ -415,32 +202,6 @@ def test_cancelling_an_async_wait_interrupts_the_blocked_read(place, monkeypatch
 
 
 HOSTILE = ["a}{b", "*", "x:y", "{inturn}", "line\nwith newline", "Ünïcödé ☃", "\udcff", "NUL\x00"]
-
-
-def test_status_text_and_json_and_every_line(place, workers):
-    holder = Worker("show", "--hold")
-    workers.append(holder)
-    holder.expect("acquired")
-    waiter = Worker("show", "--hold")
-    workers.append(waiter)
-    waiter.expect("waiting")
-    text = run_cli("status", "show").stdout
-    assert "1 holding, 1 waiting" in text
-    assert text.index(str(holder.pid)) < text.index(str(waiter.pid))
-    data = json.loads(run_cli("status", "--json", "show").stdout)
-    assert data["name"] == "show"
-    assert data["where"] == place.url().split("?")[0] + f"?prefix={place.prefix}"
-    assert [t["pid"] for t in data["holders"]] == [holder.pid]
-    assert [t["pid"] for t in data["waiters"]] == [waiter.pid]
-    assert data["holders"][0]["state"] == "holding"
-    assert data["waiters"][0]["acquired_at"] is None
-    every = json.loads(run_cli("status", "--json").stdout)
-    assert [line["name"] for line in every["lines"]] == ["show"]
-    assert "show" in run_cli("status").stdout
-    holder.send()
-    waiter.acquired()
-    waiter.send()
-    assert "show: free" in run_cli("status", "show").stdout
 
 
 def test_status_of_an_unused_line_creates_nothing(place):

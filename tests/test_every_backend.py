@@ -1,0 +1,309 @@
+"""What every backend promises, proved across real processes on each of them.
+
+The same tests run on the local folder backend, on PostgreSQL and on Redis (``where``): first
+come first served, slots, crashes, timeouts, interruption, status and names. What is peculiar
+to one backend (lost connections, server restarts, leases, grants, hostile folders) is tested
+in its own module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from typing import NamedTuple
+
+import pytest
+
+import inturn
+from inturn.backends import open_backend
+
+from conftest import Worker, child_env, inturn_cmd, read_log, run_cli
+
+
+class Where(NamedTuple):
+    """The backend a test runs on, as every process of the test reaches it."""
+
+    kind: str
+    url: str | None  # INTURN_BACKEND, or None for the local folder (INTURN_DIR)
+    crash_url: str | None  # for processes the test kills: their turn must end quickly
+
+    def crash_env(self) -> dict[str, str]:
+        return child_env(INTURN_BACKEND=self.crash_url) if self.crash_url else child_env()
+
+
+@pytest.fixture(params=["local", "postgresql", "redis"])
+def where(request: pytest.FixtureRequest) -> Where:
+    if request.param == "local":
+        request.getfixturevalue("lines_dir")
+        return Where("local", None, None)
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_url")  # sessions end with their process
+        return Where("postgresql", url, url)
+    place = request.getfixturevalue("place")
+    return Where("redis", place.url(), place.url(lease=1))  # a dead one's lease ends in 1 s
+
+
+# --------------------------------------------------------------------------- order
+
+
+def test_twenty_waiters_are_served_in_arrival_order(where, workers, tmp_path):
+    log = tmp_path / "log"
+    line = inturn.Line("fifo")
+    holder = line.acquire()
+    tickets = []
+    for _ in range(20):
+        w = Worker("fifo", "--log", str(log))
+        workers.append(w)
+        tickets.append(int(w.expect("waiting")[1]))  # in line before the next one starts
+    assert tickets == sorted(tickets)
+    assert [t.pid for t in line.status().waiters] == [w.pid for w in workers]
+    holder.release()
+    for w in workers:
+        assert w.wait() == 0
+    rows = read_log(log)
+    assert [int(r[1]) for r in rows if r[0] == "enter"] == tickets
+    assert not [r for r in rows if r[0] == "overlap"], rows
+    assert line.status().holders == line.status().waiters == ()
+
+
+def test_tickets_are_strictly_increasing_fencing_tokens(where):
+    line = inturn.Line("fence")
+    seen = []
+    for _ in range(5):
+        with line.acquire() as held:
+            seen.append(held.ticket)
+    assert seen == sorted(set(seen))
+
+
+def test_slots_let_n_hold_at_once_and_keep_order(where, workers):
+    line = inturn.Line("render", slots=2)
+    first, second = line.acquire(), line.acquire()
+    queued = []
+    for _ in range(4):
+        w = Worker("render", "--slots", "2", "--hold")
+        workers.append(w)
+        w.expect("waiting")  # in line before the next one starts
+        queued.append(w)
+    second.release()  # the younger holder leaves first: the oldest waiter still goes next
+    assert queued[0].acquired()[1] == str(second.ticket + 1)
+    status = line.status()
+    assert [t.pid for t in status.holders] == [os.getpid(), queued[0].pid]
+    assert [t.pid for t in status.waiters] == [w.pid for w in queued[1:]]
+    first.release()
+    queued[1].acquired()
+    queued[0].send()
+    queued[2].acquired()
+    for w in queued[1:3]:
+        w.send()
+    queued[3].acquired()
+    queued[3].send()
+    for w in queued:
+        assert w.wait() == 0
+
+
+# --------------------------------------------------------------------------- crashes
+
+
+def test_a_holder_killed_with_sigkill_is_reported_as_abandoned(where, workers):
+    holder = Worker("crash", "--hold", env=where.crash_env())
+    workers.append(holder)
+    holder.expect("acquired")
+    waiter = Worker("crash", "--hold")
+    workers.append(waiter)
+    waiter.expect("waiting")
+    holder.proc.send_signal(signal.SIGKILL)
+    _, ticket, abandoned, dead_pid = waiter.acquired()
+    assert abandoned == "1" and dead_pid == str(holder.pid)
+    waiter.send()
+    assert waiter.wait() == 0
+    with inturn.turn("crash") as turn:  # after a clean release nobody is told anything
+        assert not turn.abandoned
+        assert turn.ticket > int(ticket)
+
+
+def test_a_killed_waiter_loses_its_place_and_the_one_behind_moves_up(where, workers):
+    holder = inturn.Line("gap").acquire()
+    doomed = Worker("gap", env=where.crash_env())
+    workers.append(doomed)
+    doomed.expect("waiting")
+    behind = Worker("gap", "--hold")
+    workers.append(behind)
+    behind.expect("waiting")
+    doomed.proc.send_signal(signal.SIGKILL)
+    doomed.wait()
+    # The one behind wakes, finds the holder still there and goes back to sleep on it.
+    assert behind.expect("waiting")[2] == "2"
+    holder.release()
+    _, _, abandoned, _ = behind.acquired()
+    assert abandoned == "0"  # a dead *waiter* abandons nothing
+    behind.send()
+    assert behind.wait() == 0
+
+
+# --------------------------------------------------------------------------- waiting ends
+
+
+def test_timeout_leaves_the_line_and_those_behind_move_up(where, workers):
+    holder = inturn.Line("slow").acquire()
+    impatient = Worker("slow", "--timeout", "0.3")
+    workers.append(impatient)
+    impatient.expect("waiting")
+    patient = Worker("slow", "--hold")
+    workers.append(patient)
+    patient.expect("waiting")
+    impatient.expect("timeout")
+    assert impatient.wait() == 75
+    assert patient.expect("waiting")[2] == "2"
+    assert [t.pid for t in inturn.Line("slow").status().waiters] == [patient.pid]
+    holder.release()
+    patient.acquired()
+    patient.send()
+    assert patient.wait() == 0
+
+
+def test_busy_and_timeout_name_the_holder_and_exit_75(where):
+    line = inturn.Line("busy")
+    with line.acquire(command=("make", "all")) as held:
+        with pytest.raises(inturn.Busy, match=f"pid {os.getpid()}") as busy:
+            line.acquire(blocking=False)
+        assert [t.number for t in busy.value.holders] == [held.ticket]
+        with pytest.raises(inturn.Timeout):
+            line.acquire(timeout=0.2)
+        result = run_cli("run", "--no-wait", "busy", "--", "true")
+        assert result.returncode == 75
+        assert f"held by pid {os.getpid()} (make all)" in result.stderr
+        assert run_cli("run", "-n", "-E", "9", "busy", "--", "true").returncode == 9
+        result = run_cli("run", "--timeout", "0.3", "busy", "--", "true")
+        assert result.returncode == 75 and "gave up" in result.stderr
+        assert line.status().waiters == ()
+    assert run_cli("run", "--no-wait", "busy", "--", "true").returncode == 0
+
+
+@pytest.mark.parametrize("options", [(), ("--timeout", "600")], ids=["forever", "timeout"])
+def test_ctrl_c_ends_a_wait_and_leaves_the_line(where, workers, options):
+    holder = inturn.Line("intr").acquire()
+    interrupted = Worker("intr", *options)
+    workers.append(interrupted)
+    interrupted.expect("waiting")
+    behind = Worker("intr", "--hold")
+    workers.append(behind)
+    behind.expect("waiting")
+    interrupted.proc.send_signal(signal.SIGINT)
+    interrupted.expect("interrupted")
+    assert interrupted.wait() == 130
+    assert behind.expect("waiting")[2] == "2"  # moved up behind the holder
+    assert [t.pid for t in inturn.Line("intr").status().waiters] == [behind.pid]
+    holder.release()
+    behind.acquired()
+    behind.send()
+    assert behind.wait() == 0
+
+
+def test_cancelling_an_async_wait_leaves_the_line(where):
+    line = inturn.Line("async")
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(inturn.acquire_async(line))
+        while not line.status().waiters:
+            await asyncio.sleep(0.01)  # watching for the waiter to appear, not guessing
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with line.acquire():
+        asyncio.run(scenario())
+        assert line.status().waiters == ()
+    with inturn.turn("async"):
+        pass
+
+
+# --------------------------------------------------------------------------- the command
+
+
+COMMAND = textwrap.dedent(
+    """
+    import os, sys
+    env = os.environ
+    print(os.getppid(), env["INTURN_NAME"], env["INTURN_TICKET"], env["INTURN_ABANDONED"])
+    sys.exit(3)
+    """
+)
+
+
+def test_run_gives_the_command_its_turn_and_passes_its_exit_code(where):
+    proc = subprocess.Popen(
+        inturn_cmd("run", "job", "--", sys.executable, "-c", COMMAND),
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 3
+    ppid, name, ticket, abandoned = out.split()
+    assert int(ppid) == proc.pid  # the command is inturn's direct child
+    assert (name, abandoned) == ("job", "0") and int(ticket) >= 1
+    assert inturn.Line("job").status().holders == ()
+
+
+# --------------------------------------------------------------------------- status
+
+
+def test_status_text_and_json_list_holders_then_waiters(where, workers):
+    holder = Worker("show", "--hold")
+    workers.append(holder)
+    holder.expect("acquired")
+    waiter = Worker("show", "--hold")
+    workers.append(waiter)
+    waiter.expect("waiting")
+    text = run_cli("status", "show").stdout
+    assert "show: 1 holding, 1 waiting" in text
+    assert text.index(str(holder.pid)) < text.index(str(waiter.pid))
+    data = json.loads(run_cli("status", "--json", "show").stdout)
+    assert data["name"] == "show"
+    assert data["scope"] == ("user" if where.kind == "local" else "server")
+    assert [t["pid"] for t in data["holders"]] == [holder.pid]
+    assert [t["pid"] for t in data["waiters"]] == [waiter.pid]
+    first = data["holders"][0]
+    assert first["state"] == "holding" and data["waiters"][0]["state"] == "waiting"
+    assert set(first) >= {
+        "ticket", "pid", "user", "host", "command", "cwd", "joined_at", "acquired_at",
+        "waited_seconds", "held_seconds", "slots",
+    }  # fmt: skip
+    assert data["waiters"][0]["acquired_at"] is None
+    assert data["waiters"][0]["held_seconds"] is None
+    every = json.loads(run_cli("status", "--json").stdout)
+    assert [line["name"] for line in every["lines"]] == ["show"]
+    assert "show" in run_cli("status").stdout
+    holder.send()
+    waiter.acquired()
+    waiter.send()
+    assert waiter.wait() == 0
+    assert "show: free" in run_cli("status", "show").stdout
+
+
+HOSTILE = [
+    "../../etc/passwd",
+    "a/b",
+    "'; DROP TABLE tickets; --",
+    "{inturn}*",
+    "Global\\name",
+    "line\nwith newline",
+    "名前 with spaces ☃",
+    "\udcff",
+    "NUL\x00",
+    "x" * 3000,
+    "Nightly",
+    "nightly",
+]
+
+
+def test_hostile_names_are_just_names(where):
+    for name in HOSTILE:
+        with inturn.turn(name) as held:
+            assert [t.number for t in inturn.Line(name).status().holders] == [held.ticket]
+    assert open_backend().names() == sorted(HOSTILE)
