@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 
 from .errors import BackendError, UsageError
-from .names import safe_file_name
+from .names import names_in, safe_file_name
 from .records import LineStatus, Ticket, dumps_line, parse_record, warn, warn_once
 from .store import Backend, CancelToken, LineStore, Membership, Snapshot, wait_woken
 
@@ -152,15 +152,7 @@ class FolderBackend(Backend):
         return FolderLine(self, name)
 
     def names(self) -> list[str]:
-        found = []
-        for entry in sorted(os.listdir(self.root)):
-            path = os.path.join(self.root, entry)
-            if os.path.islink(path) or not os.path.isdir(path):
-                continue
-            name = _read_name(path)
-            if name is not None and safe_file_name(name) == entry:
-                found.append(name)
-        return sorted(found)
+        return names_in(self.root, _read_name)
 
 
 def _read_name(folder: str) -> str | None:

@@ -45,7 +45,7 @@ from ctypes import wintypes
 from typing import Any
 
 from .errors import BackendError, Cancelled, UsageError
-from .names import safe_file_name
+from .names import names_in, safe_file_name
 from .records import LineStatus, Ticket, dumps_line, parse_record, warn, warn_once
 from .store import Backend, CancelToken, LineStore, Membership, Snapshot
 
@@ -451,15 +451,11 @@ class WindowsBackend(Backend):
         return WindowsLine(self, name)
 
     def names(self) -> list[str]:
-        found = []
-        for entry in sorted(os.listdir(self.root)):
-            folder = os.path.join(self.root, entry)
-            if not os.path.isdir(folder):
-                continue
+        def recorded_name(folder: str) -> str | None:
             identity = _read_identity(folder)
-            if identity is not None and safe_file_name(identity[0]) == entry:
-                found.append(identity[0])
-        return sorted(found)
+            return None if identity is None else identity[0]
+
+        return names_in(self.root, recorded_name)
 
 
 def _read_identity(folder: str) -> tuple[str, str] | None:
