@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test from a fresh checkout: creates .venv, installs the package with
 # what the tests need, then lint, types and the test suite (in parallel). Test fixtures
-# install or start the rest themselves (Wine and Windows Python, a PostgreSQL cluster, a
-# Redis server) when the machine lacks them.
+# install or start the rest themselves (Wine and Windows Python, a PostgreSQL cluster,
+# PgBouncer, a Redis server) when the machine lacks them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv

@@ -60,6 +60,33 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def unprivileged_owner(home: str) -> pwd.struct_passwd | None:
+    """Servers refuse to run as root: as root, the user to run them as (owning ``home``)."""
+    if os.geteuid() != 0:
+        return None
+    for user in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            owner = pwd.getpwnam(user)
+            os.chown(home, owner.pw_uid, owner.pw_gid)
+            os.chmod(home, 0o755)
+            return owner
+    raise RuntimeError("servers refuse root and there is no postgres or nobody user")
+
+
+def become(owner: pwd.struct_passwd | None) -> Callable[[], None] | None:
+    """For ``preexec_fn``: switch the child to ``owner`` (None: stay as we are)."""
+    if owner is None:
+        return None
+    uid, gid = owner.pw_uid, owner.pw_gid
+
+    def switch() -> None:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+
+    return switch
+
+
 class Cluster:
     """A PostgreSQL cluster in a temporary folder, on its own port, trust auth."""
 
@@ -71,34 +98,16 @@ class Cluster:
         self.home = tempfile.mkdtemp(prefix="inturn-pg-")
         self.data = os.path.join(self.home, "data")
         self.port = free_port()
-        self.owner: pwd.struct_passwd | None = None
-        if os.geteuid() == 0:
-            for user in ("postgres", "nobody"):
-                with contextlib.suppress(KeyError):
-                    self.owner = pwd.getpwnam(user)
-                    break
-            if self.owner is None:
-                raise RuntimeError("initdb refuses root and there is no postgres or nobody user")
-            os.chown(self.home, self.owner.pw_uid, self.owner.pw_gid)
-            os.chmod(self.home, 0o755)
+        self.owner = unprivileged_owner(self.home)
         self._as_owner("initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync")
         self.start()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _as_owner(self, program: str, *args: str) -> None:
         command = [os.path.join(self.bin, program), *args]
-        prefix: Callable[[], None] | None = None
-        if self.owner is not None:
-            uid, gid = self.owner.pw_uid, self.owner.pw_gid
-
-            def prefix() -> None:
-                os.setgroups([])
-                os.setgid(gid)
-                os.setuid(uid)
-
         result = subprocess.run(
             command,
-            preexec_fn=prefix,
+            preexec_fn=become(self.owner),
             capture_output=True,
             text=True,
             timeout=120,
@@ -172,3 +181,68 @@ def with_schema(url: str, schema: str) -> str:
 def drop_schema(url: str, schema: str) -> None:
     with contextlib.suppress(psycopg.Error), psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def pgbouncer_binary() -> str | None:
+    """PgBouncer, installed from Debian's package when missing and we may (root, CI)."""
+    found = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "pgbouncer"],
+            capture_output=True,
+            timeout=600,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            check=False,
+        )
+        found = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
+    return found
+
+
+class Bouncer:
+    """A private PgBouncer in front of ``url``'s server, pooling in ``mode``, on its own port."""
+
+    def __init__(self, binary: str, url: str, mode: str) -> None:
+        target = psycopg.conninfo.conninfo_to_dict(url)
+        self.home = tempfile.mkdtemp(prefix="inturn-pgbouncer-")
+        self.owner = unprivileged_owner(self.home)
+        self.port = free_port()
+        database = str(target.get("dbname", "postgres"))
+        user = str(target.get("user", "postgres"))
+        backend = f"host={target.get('host', '127.0.0.1')} port={target.get('port', 5432)}"
+        config = os.path.join(self.home, "pgbouncer.ini")
+        with open(config, "w") as out:
+            out.write(
+                f"[databases]\n{database} = {backend} dbname={database} user={user}\n"
+                "[pgbouncer]\n"
+                f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+                f"auth_type = any\npool_mode = {mode}\n"
+                f"logfile = {self.home}/log\npidfile = {self.home}/pid\n"
+            )
+        self.proc = subprocess.Popen(
+            [binary, config],
+            preexec_fn=become(self.owner),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=self.home,
+        )
+        self.url = f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
+        for _ in range(200):  # until it accepts connections, or has died saying why
+            if self.proc.poll() is not None:
+                assert self.proc.stderr is not None
+                raise RuntimeError(f"pgbouncer failed: {self.proc.stderr.read().decode()}")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1),
+            ):
+                return
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(0.05)  # a pause that ends early if it dies
+        raise RuntimeError("pgbouncer did not start listening")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        shutil.rmtree(self.home, ignore_errors=True)

@@ -23,7 +23,15 @@ import pytest
 
 import inturn
 
-from conftest import Run, Worker, child_env, missing_component, read_log, run_cli
+from conftest import (
+    Run,
+    Worker,
+    child_env,
+    missing_component,
+    one_line_error,
+    read_log,
+    run_cli,
+)
 
 try:
     import psycopg
@@ -31,8 +39,10 @@ except ImportError:
     missing_component("psycopg is not installed", "pip install -e '.[postgres]'")
 
 from postgres_server import (
+    Bouncer,
     Cluster,
     cluster,
+    pgbouncer_binary,
     with_schema,
 )
 from tcp_proxy import TcpProxy
@@ -246,6 +256,40 @@ def test_the_password_is_never_shown(pg_server, schema):
 
 
 # --------------------------------------------------------------------------- status
+
+
+@pytest.fixture
+def bouncer(pg_server: str, request: pytest.FixtureRequest) -> Iterator[Bouncer]:
+    """A real PgBouncer in front of the test server, pooling as the test's parameter says."""
+    binary = pgbouncer_binary()
+    if binary is None:
+        missing_component("PgBouncer is not installed", "apt-get install pgbouncer")
+    made = Bouncer(binary, pg_server, request.param)
+    yield made
+    made.stop()
+
+
+@pytest.mark.parametrize("bouncer", ["transaction"], indirect=True)
+def test_a_pooler_in_transaction_mode_is_refused_with_one_clear_line(bouncer, schema):
+    result = run_cli("run", "--backend", with_schema(bouncer.url, schema), "pooled", "--", "true")
+    one_line_error(result, "pooler", "PgBouncer", "connect to PostgreSQL directly")
+
+
+@pytest.mark.parametrize("bouncer", ["session"], indirect=True)
+def test_a_pooler_in_session_mode_works_when_the_url_says_so(bouncer, schema, workers):
+    refused = run_cli("status", "--backend", with_schema(bouncer.url, schema), "pooled")
+    one_line_error(refused, "inturn_pooler=session")
+    url = with_schema(bouncer.url, schema) + "&inturn_pooler=session"
+    line = inturn.Line("pooled", backend=url)
+    holder = line.acquire()
+    waiter = Worker("pooled", "--hold", env=child_env(INTURN_BACKEND=url))
+    workers.append(waiter)
+    waiter.expect("waiting")
+    holder.release()
+    _, ticket, abandoned, _ = waiter.acquired()
+    assert int(ticket) > holder.ticket and abandoned == "0"
+    waiter.send()
+    assert waiter.wait() == 0
 
 
 def test_sessions_are_named_for_dbas(pg_url, pg_server):
