@@ -241,6 +241,12 @@ async def acquire_async(line: Line, timeout: float | None = None, blocking: bool
         raise
 
 
-def single_instance(name: str, *, scope: str = "user", directory: str | None = None) -> Turn:
+def single_instance(
+    name: str,
+    *,
+    scope: str = "user",
+    directory: str | None = None,
+    backend: str | Backend | None = None,
+) -> Turn:
     """Hold ``name`` for the life of this process, or raise ``Busy`` if another instance runs."""
-    return Line(name, scope=scope, directory=directory).acquire(blocking=False)
+    return Line(name, scope=scope, directory=directory, backend=backend).acquire(blocking=False)
