@@ -485,9 +485,9 @@ def measure(quick: bool = False) -> str:
     if not handoff_ok and inturn_ratio is not None:
         out += [
             "",
-            "Why: a raw hand-off is one unlock and one wake-up. inturn's leaver deletes its "
-            "ticket and unlocks in one statement; its waiter wakes and reads the line in one "
-            "round trip, then records that it holds the turn (one more round trip and a "
+            "Why: a raw hand-off is one unlock and one wake-up. inturn's leaver removes its "
+            "ticket, commits and unlocks in one call; its waiter wakes and reads the line in "
+            "one round trip, then records that it holds the turn (one more round trip and a "
             "commit), because order comes from ticket numbers and status must show the holder.",
         ]
     return "\n".join(out) + "\n"

@@ -341,7 +341,12 @@ class PgMembership(Membership):
         self._callbacks: list[Callable[[], None]] = []
         self._state = threading.Lock()
         self._stop = threading.Event()
-        self._watchdog: threading.Thread | None = None
+        self._armed = threading.Event()  # set when the turn comes, or when the ticket leaves
+        # Started now, while waiting, so that the hand-off does not wait for a new thread.
+        self._watchdog = threading.Thread(
+            target=self._watch, daemon=True, name="inturn-pg-watchdog"
+        )
+        self._watchdog.start()
         _memberships.add(self)
 
     @property
@@ -365,11 +370,10 @@ class PgMembership(Membership):
 
     def start_watchdog(self) -> None:
         self.holding = True
-        thread = threading.Thread(target=self._watch, daemon=True, name="inturn-pg-watchdog")
-        self._watchdog = thread
-        thread.start()
+        self._armed.set()
 
     def _watch(self) -> None:
+        self._armed.wait()
         while not self._stop.wait(PING_INTERVAL):
             conn = self.conn
             if conn is None or conn.closed:
@@ -401,15 +405,25 @@ class PgMembership(Membership):
                 conn.close()
 
     def stop_watchdog(self) -> None:
+        """From now on the watchdog leaves the session alone (it checks before each ping)."""
         self._stop.set()
-        thread = self._watchdog
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(PING_TIMEOUT + 1)
+        self._armed.set()
+
+    def join_watchdog(self) -> None:
+        if self._watchdog is not threading.current_thread():
+            self._watchdog.join(PING_TIMEOUT + 1)
 
     def forget(self) -> None:
-        """In a forked child: the turn stays with the parent; never touch its session."""
+        """In a forked child: the turn stays with the parent; never touch its session.
+
+        The watchdog thread was not copied into the child, and the parent's events may have
+        been mid-use when it forked: fresh ones say "stopped" without touching the old.
+        """
         self.conn = None
+        self._stop, self._armed = threading.Event(), threading.Event()
         self._stop.set()
+        self._armed.set()
+        self._watchdog = threading.current_thread()
 
 
 def _ping(pgconn: pq.abc.PGconn, timeout: float) -> bool:
@@ -847,6 +861,7 @@ class PostgresLine(LineStore):
                 clean = True
             except psycopg.Error:
                 pass  # closing the session below frees the lock all the same
+        me.join_watchdog()  # the next in line is already on its way
         if clean and not me.lost and not me.handed_out:
             self.backend.give_back(conn)
         else:

@@ -98,6 +98,8 @@ class Statements:
             )
             + ", EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace s ON s.oid = p.pronamespace"
             " WHERE s.nspname = {n} AND p.proname = 'wait_then_look')"
+            ", EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace s ON s.oid = p.pronamespace"
+            " WHERE s.nspname = {n} AND p.proname = 'leave')"
         ).format(n=sql.Literal(schema))
         self.setup_lock = sql.SQL("SELECT pg_advisory_xact_lock({g}, 0)").format(
             g=sql.Literal(self.guard)
@@ -147,6 +149,7 @@ class Statements:
                 ),
             ),
             (5, _wait_then_look(s, self.cls)),
+            (6, _leave(s)),
             (
                 0,
                 sql.SQL("COMMENT ON SCHEMA {s} IS {c}").format(
@@ -262,13 +265,7 @@ class Statements:
             "  ORDER BY number LIMIT 1 FOR UPDATE SKIP LOCKED)"
             " RETURNING number, record, acquired_at"
         )
-        # Leaving: the row is deleted before the locks go, in one statement. A waiter woken
-        # by the unlock that still sees the row finds it dead, and its ``bury`` then waits for
-        # this statement's commit and finds nothing: no false "abandoned".
-        self.leave = q(
-            "WITH gone AS (DELETE FROM {s}.tickets WHERE number = %(number)s RETURNING 1)"
-            " SELECT pg_advisory_unlock_all() FROM (SELECT count(*) FROM gone) AS done"
-        )
+        self.leave = q("CALL {s}.leave(%(number)s)")
         self.wait_then_look = q(
             "SELECT marker, number, alive FROM {s}.wait_then_look("
             "%(key)s::int4, %(ms)s, %(before)s::bigint, %(me)s::bigint, %(line_id)s::bigint)"
@@ -302,9 +299,10 @@ def _wait_then_look(s: sql.Identifier, cls: int) -> sql.Composed:
     """A waiter's wake-up and its next look at the line, in one round trip.
 
     PL/pgSQL runs each query of a volatile function on a fresh snapshot (READ COMMITTED), so
-    the look is taken after the wait, as a separate query would be. ``FOR UPDATE`` on the
-    ticket waited for lets the leaver's delete commit first (the leaver unlocks inside its
-    deleting statement), so a clean leave is never mistaken for a death. Liveness of the
+    the look is taken after the wait, as a separate query would be. A clean leaver commits the
+    removal of its row before it unlocks (``_leave``); ``FOR UPDATE`` on the ticket waited for
+    lets anyone else's removal of it (a burial under way) commit first too, so the look shows
+    the ticket either alive or gone, with its marker if it died holding. Liveness of the
     tickets ahead is a try of the shared lock: it fails exactly while someone holds the
     ticket's exclusive lock, and costs far less than reading ``pg_locks``.
     """
@@ -331,6 +329,21 @@ def _wait_then_look(s: sql.Identifier, cls: int) -> sql.Composed:
         "   SELECT true, a.number, false FROM {s}.abandoned a WHERE a.line_id = line;"
         " END $body$"
     ).format(s=s, c=sql.Literal(cls), lo=sql.Literal(INT4_MIN), span=sql.Literal(INT4_SPAN))
+
+
+def _leave(s: sql.Identifier) -> sql.Composed:
+    """Leaving, in one round trip: the ticket's row is deleted and committed, then its locks
+    go. So whoever the unlock wakes never sees the row of a ticket that left cleanly (and
+    never takes it for dead), and does not wait for this session's commit either. A procedure,
+    because only a procedure may commit halfway (PostgreSQL 11 and later)."""
+    return sql.SQL(
+        "CREATE OR REPLACE PROCEDURE {s}.leave(ticket bigint) LANGUAGE plpgsql AS $body$"
+        " BEGIN"
+        "  DELETE FROM {s}.tickets WHERE number = ticket;"
+        "  COMMIT;"
+        "  PERFORM pg_advisory_unlock_all();"
+        " END $body$"
+    ).format(s=s)
 
 
 def _quoted(schema: str) -> str:
