@@ -458,8 +458,9 @@ def build_report(plan: Plan, results: Results) -> tuple[list[Section], list[Targ
                 rows,
             ),
             "The holder keeps the lock 0-250 ms after the waiter sleeps. inturn's holder "
-            "removes its ticket before unlocking it, and the woken waiter lists the line's "
-            "folder and records that it holds the turn before returning.",
+            "removes its ticket before unlocking it (two system calls where raw flock makes "
+            "one), and the woken waiter checks that the ticket it waited for is gone and "
+            "records that it holds the turn before returning.",
         )
     )
     handoff = median(results.handoff["inturn"])
