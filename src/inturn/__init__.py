@@ -3,7 +3,7 @@
 from .errors import BackendError, Busy, Cancelled, InturnError, LostTurn, Timeout, UsageError
 from .line import Line, Turn, acquire_async, single_instance, turn
 from .queue import Progress
-from .records import LineStatus, Ticket
+from .records import InturnWarning, LineStatus, Ticket
 from .store import CancelToken
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "CancelToken",
     "Cancelled",
     "InturnError",
+    "InturnWarning",
     "Line",
     "LineStatus",
     "LostTurn",
