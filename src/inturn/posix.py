@@ -23,14 +23,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 
 from .errors import BackendError, UsageError
+from .layout import COUNTER, NAME_FILE, marker_file, next_number, snapshot_of, ticket_file
 from .names import names_in, safe_file_name
-from .records import LineStatus, Ticket, dumps_line, parse_record, warn, warn_once
+from .records import LineStatus, Ticket, dumps_line, parse_record, warn_once
 from .store import Backend, CancelToken, LineStore, Membership, Snapshot, wait_woken
 
-TICKET = ".ticket"
-MARKER = ".abandoned"
-COUNTER = ".line"
-NAME_FILE = ".name"
 SHM = "/dev/shm"
 
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -206,19 +203,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forked)
 
 
-def ticket_file(number: int) -> str:
-    return f"{number:012d}{TICKET}"
-
-
-def marker_file(number: int) -> str:
-    return f"{number:012d}{MARKER}"
-
-
-def _number(entry: str, suffix: str) -> int | None:
-    stem = entry[: -len(suffix)]
-    return int(stem) if stem.isdigit() and stem.isascii() else None
-
-
 # --------------------------------------------------------------------------- waiting
 
 
@@ -368,14 +352,8 @@ class FolderLine(LineStore):
         return fd
 
     def _next_number(self, fd: int, dir_fd: int) -> int:
-        raw = os.pread(fd, 64, 0)
-        text = raw.split(b"\n", 1)[0].strip()
-        if text.isdigit():
-            return int(text)
-        if raw:
-            warn(f"the ticket counter {self.folder}/{COUNTER} was corrupt; rebuilt it")
-        present = self._scan(dir_fd)
-        return max([*present.tickets, *present.abandoned], default=0) + 1
+        where = f"{self.folder}/{COUNTER}"
+        return next_number(os.pread(fd, 64, 0), where, lambda: self._scan(dir_fd))
 
     # -- LineStore
 
@@ -416,20 +394,7 @@ class FolderLine(LineStore):
         return super().status()
 
     def _scan(self, dir_fd: int) -> Snapshot:
-        tickets: list[int] = []
-        markers: list[int] = []
-        for entry in os.listdir(dir_fd):
-            if entry.endswith(TICKET):
-                number = _number(entry, TICKET)
-                if number is not None:
-                    tickets.append(number)
-            elif entry.endswith(MARKER):
-                number = _number(entry, MARKER)
-                if number is not None:
-                    markers.append(number)
-        tickets.sort()
-        markers.sort()
-        return Snapshot(tuple(tickets), tuple(markers))
+        return snapshot_of(os.listdir(dir_fd))
 
     def _open_ticket(self, number: int) -> int | None:
         """Our ticket file, read-only; None when it is gone or is not a file we made."""

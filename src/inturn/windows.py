@@ -45,16 +45,13 @@ from ctypes import wintypes
 from typing import Any
 
 from .errors import BackendError, Cancelled, UsageError
+from .layout import COUNTER, NAME_FILE, marker_file, next_number, snapshot_of, ticket_file
 from .names import names_in, safe_file_name
-from .records import LineStatus, Ticket, dumps_line, parse_record, warn, warn_once
+from .records import LineStatus, Ticket, dumps_line, parse_record, warn_once
 from .store import Backend, CancelToken, LineStore, Membership, Snapshot
 
 assert sys.platform == "win32"  # the rest of this module is Windows code
 
-TICKET = ".ticket"
-MARKER = ".abandoned"
-COUNTER = ".line"
-NAME_FILE = ".name"
 
 # --------------------------------------------------------------------------- Win32 constants
 
@@ -533,19 +530,6 @@ class WindowsMembership(Membership):
         self.closed = False
 
 
-def _ticket_file(number: int) -> str:
-    return f"{number:012d}{TICKET}"
-
-
-def _marker_file(number: int) -> str:
-    return f"{number:012d}{MARKER}"
-
-
-def _number(entry: str, suffix: str) -> int | None:
-    stem = entry[: -len(suffix)]
-    return int(stem) if stem.isdigit() and stem.isascii() else None
-
-
 # --------------------------------------------------------------------------- waiting
 
 
@@ -887,14 +871,7 @@ class WindowsLine(LineStore):
                 f"cannot use {self._path(COUNTER)}: {exc.strerror}; fix the folder's "
                 "permissions, or choose another folder with --dir or INTURN_DIR"
             ) from None
-        raw = os.read(fd, 64)
-        text = raw.split(b"\n", 1)[0].strip()
-        if text.isdigit():
-            return int(text), fd
-        if raw:
-            warn(f"the ticket counter {self._path(COUNTER)} was corrupt; rebuilt it")
-        present = self.snapshot()
-        return max([*present.tickets, *present.abandoned], default=0) + 1, fd
+        return next_number(os.read(fd, 64), self._path(COUNTER), self.snapshot), fd
 
     # -- LineStore
 
@@ -913,7 +890,7 @@ class WindowsLine(LineStore):
                 except BaseException:
                     os.close(fd)
                     with contextlib.suppress(OSError):
-                        os.unlink(self._path(_ticket_file(number)))
+                        os.unlink(self._path(ticket_file(number)))
                     owner.release()
                     raise
             finally:
@@ -945,7 +922,7 @@ class WindowsLine(LineStore):
 
     def _create_ticket(self, number: int) -> int | None:
         """Create our ticket record (the mutex already exists, so whoever sees one sees both)."""
-        path = self._path(_ticket_file(number))
+        path = self._path(ticket_file(number))
         try:
             return _open_shared(path, write=True, disposition=CREATE_NEW)
         except OSError as exc:
@@ -967,18 +944,7 @@ class WindowsLine(LineStore):
 
     def snapshot(self) -> Snapshot:
         self._line_id()
-        tickets: list[int] = []
-        markers: list[int] = []
-        for entry in os.listdir(self.folder):
-            if entry.endswith(TICKET):
-                number = _number(entry, TICKET)
-                if number is not None:
-                    tickets.append(number)
-            elif entry.endswith(MARKER):
-                number = _number(entry, MARKER)
-                if number is not None:
-                    markers.append(number)
-        return Snapshot(tuple(sorted(tickets)), tuple(sorted(markers)))
+        return snapshot_of(os.listdir(self.folder))
 
     def _alive(self, number: int) -> bool:
         """Whether ticket ``number``'s mutex exists and is owned by someone.
@@ -1004,7 +970,7 @@ class WindowsLine(LineStore):
         return [self._alive(number) for number in numbers]
 
     def bury(self, number: int) -> bool:
-        name = _ticket_file(number)
+        name = ticket_file(number)
         with self._guard():
             if self._alive(number):
                 return False
@@ -1014,7 +980,7 @@ class WindowsLine(LineStore):
             record = parse_record(number, data, self._path(name))
             try:
                 if record is not None and record.holding:
-                    os.rename(self._path(name), self._path(_marker_file(number)))
+                    os.rename(self._path(name), self._path(marker_file(number)))
                     return True
                 os.unlink(self._path(name))
             except FileNotFoundError:
@@ -1047,7 +1013,7 @@ class WindowsLine(LineStore):
 
     def claim_abandoned(self) -> Ticket | None:
         for number in self.snapshot().abandoned:
-            path = self._path(_marker_file(number))
+            path = self._path(marker_file(number))
             data = _read_file(path)
             if data is None:
                 continue
@@ -1071,17 +1037,17 @@ class WindowsLine(LineStore):
         # Remove the record first, then free the mutex: a waiter woken by the release must not
         # find the record of a holder that left cleanly and take it for a dead one.
         try:
-            os.unlink(self._path(_ticket_file(me.number)))
+            os.unlink(self._path(ticket_file(me.number)))
         except FileNotFoundError:
             pass
         except OSError as exc:
-            warn_once(f"cannot remove {self._path(_ticket_file(me.number))}: {exc.strerror}")
+            warn_once(f"cannot remove {self._path(ticket_file(me.number))}: {exc.strerror}")
         me.owner.release()
 
     def read(self, numbers: Sequence[int]) -> list[Ticket | None]:
         result: list[Ticket | None] = []
         for number in numbers:
-            path = self._path(_ticket_file(number))
+            path = self._path(ticket_file(number))
             data = _read_file(path)
             result.append(None if data is None else parse_record(number, data, path))
         return result
