@@ -75,6 +75,19 @@ def objid(number: int) -> int:
     return number % INT4_SPAN
 
 
+# The ticket locks held right now, read once per statement (``pg_locks`` is costly to read),
+# and what "alive" means for a ticket row ``t``: the very backend that joined with it still
+# holds its key exclusively. Another session holding the key (a collision) does not count.
+_HELD = (
+    "WITH held AS MATERIALIZED ("
+    "  SELECT objid::bigint AS objid, pid FROM pg_locks"
+    "  WHERE locktype = 'advisory' AND classid = {c}::oid AND objsubid = 2"
+    "    AND mode = 'ExclusiveLock' AND granted"
+    "    AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
+)
+_ALIVE = "EXISTS (SELECT 1 FROM held WHERE held.objid = t.lock_objid AND held.pid = t.backend_pid)"
+
+
 class Statements:
     """Every statement, with the schema's name quoted as an identifier (names of lines are
     always parameters, never part of the text)."""
@@ -223,14 +236,10 @@ class Statements:
         # Alive: the backend recorded at join holds the ticket's key exclusively, right now.
         # ``pg_locks`` is read once (materialized), not once per ticket.
         self.alive = sql.SQL(
-            "WITH held AS MATERIALIZED ("
-            "  SELECT objid::bigint AS objid, pid FROM pg_locks"
-            "  WHERE locktype = 'advisory' AND classid = {c}::oid AND objsubid = 2"
-            "    AND mode = 'ExclusiveLock' AND granted"
-            "    AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
-            " SELECT n.number, EXISTS (SELECT 1 FROM held"
-            "   WHERE held.objid = t.lock_objid AND held.pid = t.backend_pid)"
-            " FROM unnest(%(numbers)s::bigint[]) AS n(number)"
+            _HELD
+            + " SELECT n.number, "
+            + _ALIVE
+            + " FROM unnest(%(numbers)s::bigint[]) AS n(number)"
             " LEFT JOIN {s}.tickets t ON t.number = n.number"
         ).format(s=s, c=sql.Literal(self.cls))
         self.read = q(
@@ -241,14 +250,10 @@ class Statements:
         # never comes back to life (its number is never reused), so a ticket found dead here
         # was dead when looked at. Only one burier gets the row, so only one marker is left.
         self.bury = sql.SQL(
-            "WITH gone AS ("
-            "  DELETE FROM {s}.tickets t WHERE t.number = %(number)s AND NOT EXISTS ("
-            "   SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.classid = {c}::oid"
-            "     AND l.objsubid = 2 AND l.objid::bigint = t.lock_objid"
-            "     AND l.pid = t.backend_pid AND l.mode = 'ExclusiveLock' AND l.granted"
-            "     AND l.database = (SELECT oid FROM pg_database"
-            "                       WHERE datname = current_database()))"
-            "  RETURNING number, line_id, record, acquired_at)"
+            _HELD + ", gone AS ("
+            "  DELETE FROM {s}.tickets t WHERE t.number = %(number)s AND NOT "
+            + _ALIVE
+            + "  RETURNING number, line_id, record, acquired_at)"
             " INSERT INTO {s}.abandoned (number, line_id, record, acquired_at)"
             " SELECT number, line_id, record, acquired_at FROM gone"
             " WHERE acquired_at IS NOT NULL RETURNING number"
@@ -282,14 +287,8 @@ class Statements:
         # The line and who in it is alive, in one statement: ``snapshot`` keeps the liveness
         # for the ``alive`` call that the queue makes right after it.
         self.snapshot_alive = sql.SQL(
-            "WITH held AS MATERIALIZED ("
-            "  SELECT objid::bigint AS objid, pid FROM pg_locks"
-            "  WHERE locktype = 'advisory' AND classid = {c}::oid AND objsubid = 2"
-            "    AND mode = 'ExclusiveLock' AND granted"
-            "    AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
-            " SELECT false, t.number, EXISTS (SELECT 1 FROM held"
-            "   WHERE held.objid = t.lock_objid AND held.pid = t.backend_pid)"
-            " FROM {s}.tickets t WHERE t.line_id = %(line_id)s"
+            _HELD + " SELECT false, t.number, " + _ALIVE + " FROM {s}.tickets t"
+            " WHERE t.line_id = %(line_id)s"
             " UNION ALL"
             " SELECT true, number, false FROM {s}.abandoned WHERE line_id = %(line_id)s"
         ).format(s=s, c=sql.Literal(self.cls))
