@@ -7,8 +7,10 @@ the turn. Numbers are zero-padded so that a listing sorts like the line.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 
+from .errors import UsageError
 from .records import warn
 from .store import Snapshot
 
@@ -16,6 +18,17 @@ TICKET = ".ticket"
 MARKER = ".abandoned"
 COUNTER = ".line"
 NAME_FILE = ".name"
+
+
+def resolve_root(
+    scope: str, directory: str | None, default_root: Callable[[str], str]
+) -> tuple[str, bool]:
+    """The folder of the lines (``directory=``, else ``INTURN_DIR``, else the scope's default),
+    and whether the user named it (a folder the user named is trusted as it is)."""
+    if scope not in ("user", "machine"):
+        raise UsageError(f"unknown scope {scope!r}: use 'user' or 'machine'")
+    explicit = directory or os.environ.get("INTURN_DIR") or None
+    return (os.path.abspath(explicit) if explicit else default_root(scope)), explicit is not None
 
 
 def ticket_file(number: int) -> str:

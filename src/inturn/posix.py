@@ -22,8 +22,16 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 
-from .errors import BackendError, UsageError
-from .layout import COUNTER, NAME_FILE, marker_file, next_number, snapshot_of, ticket_file
+from .errors import BackendError
+from .layout import (
+    COUNTER,
+    NAME_FILE,
+    marker_file,
+    next_number,
+    resolve_root,
+    snapshot_of,
+    ticket_file,
+)
 from .names import names_in, safe_file_name
 from .records import LineStatus, Ticket, dumps_line, parse_record, warn_once
 from .store import Backend, CancelToken, LineStore, Membership, Snapshot, wait_woken
@@ -134,12 +142,9 @@ class FolderBackend(Backend):
     """Lines kept in a folder on this machine."""
 
     def __init__(self, scope: str = "user", directory: str | None = None) -> None:
-        if scope not in ("user", "machine"):
-            raise UsageError(f"unknown scope {scope!r}: use 'user' or 'machine'")
+        self.root, explicit = resolve_root(scope, directory, default_root)
         self.scope = scope
-        explicit = directory or os.environ.get("INTURN_DIR") or None
-        self.root = os.path.abspath(explicit) if explicit else default_root(scope)
-        prepare_root(self.root, scope, explicit is not None)
+        prepare_root(self.root, scope, explicit)
 
     @property
     def where(self) -> str:
