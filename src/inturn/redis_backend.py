@@ -53,7 +53,7 @@ from redis.connection import parse_url as _parse_url
 from redis.retry import Retry
 
 from .errors import BackendError, Cancelled, LostTurn, UsageError
-from .names import digest
+from .names import digest, encode
 from .records import Ticket, warn_once
 from .store import Backend, CancelToken, LineStore, Membership, Snapshot
 
@@ -535,10 +535,6 @@ def _text(raw: bytes | str) -> str:
         return raw.decode("utf-8", "replace")
 
 
-def _data(text: str) -> bytes:
-    return text.encode("utf-8", "surrogatepass")
-
-
 class RedisLine(LineStore):
     remote = True
 
@@ -578,14 +574,14 @@ class RedisLine(LineStore):
 
     def join(self, me: Ticket) -> RedisMembership:
         ticket_id = secrets.token_hex(10)
-        fields: list[object] = ["line", _data(self.name)]
+        fields: list[object] = ["line", encode(self.name)]
         for key, value in me.header().items():
             if value is None:
                 continue
             if key == "command":
                 fields += [key, json.dumps(value, ensure_ascii=True)]
             elif isinstance(value, str):
-                fields += [key, _data(value)]
+                fields += [key, encode(value)]
             else:
                 fields += [key, repr(value)]
         keys = [
@@ -598,7 +594,9 @@ class RedisLine(LineStore):
         sent = time.monotonic()
         with self.backend.errors():
             if not self.listed:
-                _call(self.backend.client, "SADD", f"{self.backend.prefix}:lines", _data(self.name))
+                _call(
+                    self.backend.client, "SADD", f"{self.backend.prefix}:lines", encode(self.name)
+                )
                 self.listed = True
             number = int(self._run("join", keys, [ticket_id, self.lease_ms, seed, *fields]))
         member = RedisMembership(number, ticket_id, self._lease_key(ticket_id), sent)
