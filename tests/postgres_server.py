@@ -22,7 +22,7 @@ from typing import NoReturn
 
 import psycopg
 
-from conftest import missing_component
+from conftest import free_port, missing_component
 
 LOCAL_URL = "postgresql://postgres@127.0.0.1:5432/test"
 HOW_TO_ENABLE = "set INTURN_TEST_POSTGRES_URL, or install postgresql"
@@ -52,12 +52,6 @@ def server_bin() -> str | None:
         if os.access(os.path.join(folder, "pg_ctl"), os.X_OK):
             return folder
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def unprivileged_owner(home: str) -> pwd.struct_passwd | None:

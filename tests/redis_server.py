@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import uuid
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from conftest import missing_component
+from conftest import free_port, missing_component
 
 TEST_LEASE = 3  # seconds: long enough that a busy test machine never loses a turn by accident
 HOW_TO_ENABLE = (
@@ -46,12 +45,6 @@ def answers(url: str) -> bool:
         return False
     finally:
         client.close()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class RedisServer:

@@ -37,6 +37,11 @@ def encode(name: str) -> bytes:
     return name.encode("utf-8", "surrogatepass")
 
 
+def decode(data: bytes) -> str:
+    """A name back from its exact bytes (``encode``'s inverse)."""
+    return data.decode("utf-8", "surrogatepass")
+
+
 def digest(name: str, length: int = 32) -> str:
     import hashlib  # only names that are not plain need it
 

@@ -49,7 +49,7 @@ from psycopg import errors as pg_errors
 from psycopg import pq
 
 from .errors import BackendError, Cancelled, LostTurn, UsageError
-from .names import encode
+from .names import decode, encode
 from .postgres_address import Address, connect_options, parse
 from .postgres_sql import Statements, fold, missing_grants, sql_identifier
 from .records import Ticket, warn
@@ -148,7 +148,7 @@ class PostgresBackend(Backend):
 
     def names(self) -> list[str]:
         rows = self.run(lambda conn: conn.execute(self.stmts.names).fetchall())
-        return sorted(bytes(row[0]).decode("utf-8", "surrogatepass") for row in rows)
+        return sorted(decode(bytes(row[0])) for row in rows)
 
     # -- connections
 

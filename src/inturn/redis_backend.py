@@ -53,7 +53,7 @@ from redis.connection import parse_url as _parse_url
 from redis.retry import Retry
 
 from .errors import BackendError, Cancelled, LostTurn, UsageError
-from .names import digest, encode
+from .names import decode, digest, encode
 from .records import Ticket, warn_once
 from .store import Backend, CancelToken, LineStore, Membership, Snapshot
 
@@ -530,7 +530,7 @@ def _text(raw: bytes | str) -> str:
     if isinstance(raw, str):
         return raw
     try:
-        return raw.decode("utf-8", "surrogatepass")
+        return decode(raw)
     except UnicodeDecodeError:
         return raw.decode("utf-8", "replace")
 
