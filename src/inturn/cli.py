@@ -66,8 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("name", metavar="NAME")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
     run.add_argument("-n", "--no-wait", action="store_true", help="if busy, exit 75 at once")
-    run.add_argument("-w", "--timeout", type=_seconds, metavar="SECONDS", help="give up after")
-    run.add_argument("-s", "--slots", type=_slots, default=1, help="how many hold at once")
+    run.add_argument(
+        "-w",
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="give up after SECONDS in line (exit 75); 0 is one try",
+    )
+    run.add_argument("-s", "--slots", type=_slots, default=1, help="let N hold the line at once")
     run.add_argument(
         "-E",
         "--conflict-exit-code",
