@@ -73,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="give up after SECONDS in line (exit 75); 0 is one try",
     )
-    run.add_argument("-s", "--slots", type=_slots, default=1, help="let N hold the line at once")
+    run.add_argument(
+        "-s", "--slots", type=_slots, default=1, metavar="N", help="let N hold the line at once"
+    )
     run.add_argument(
         "-E",
         "--conflict-exit-code",
