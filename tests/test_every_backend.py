@@ -150,15 +150,18 @@ def test_a_killed_waiter_loses_its_place_and_the_one_behind_moves_up(where, work
 
 def test_timeout_leaves_the_line_and_those_behind_move_up(where, workers):
     holder = inturn.Line("slow").acquire()
-    impatient = Worker("slow", "--timeout", "0.3")
+    impatient = Worker("slow", "--timeout", "1")
     workers.append(impatient)
     impatient.expect("waiting")
     patient = Worker("slow", "--hold")
     workers.append(patient)
-    patient.expect("waiting")
+    first_place = patient.expect("waiting")[2]
     impatient.expect("timeout")
     assert impatient.wait() == 75
-    assert patient.expect("waiting")[2] == "2"
+    if first_place == "3":  # it went to sleep behind the impatient one: woken, it moves up
+        assert patient.expect("waiting")[2] == "2"
+    else:  # on a loaded machine the impatient one may give up before the patient one looks
+        assert first_place == "2"
     assert [t.pid for t in inturn.Line("slow").status().waiters] == [patient.pid]
     holder.release()
     patient.acquired()
