@@ -10,7 +10,7 @@ from typing import Any, TypeVar, cast
 
 from .backends import open_backend
 from .names import check_name
-from .queue import ProgressCallback, give_back, take_turn
+from .queue import HOLDINGS, ProgressCallback, give_back, take_turn
 from .records import LineStatus, Ticket
 from .store import Backend, CancelToken, LineStore, Membership
 
@@ -29,12 +29,14 @@ class Turn:
         line: Line,
         membership: Membership,
         abandoned_by: Ticket | None,
+        owner: object = None,
     ) -> None:
         self.line = line
         self.name = line.name
         self.ticket = membership.number
         self.abandoned = abandoned_by is not None
         self.abandoned_by = abandoned_by
+        self.owner = owner  # who acquired it: a thread, or an asyncio task
         self._membership: Membership | None = membership
         self._lock = threading.Lock()
 
@@ -103,6 +105,7 @@ class Line:
         self._backend_spec = backend
         self._directory = directory
         self._store: LineStore | None = None
+        self._opened: Backend | None = None  # the backend this Line opened, and must close
         self._store_lock = threading.Lock()
 
     @property
@@ -113,6 +116,8 @@ class Line:
                     backend = open_backend(
                         self._backend_spec, scope=self.scope, directory=self._directory
                     )
+                    if backend is not self._backend_spec:
+                        self._opened = backend
                     self._store = backend.line(self.name)
         return self._store
 
@@ -124,13 +129,18 @@ class Line:
         command: tuple[str, ...] | None = None,
         on_progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
+        owner: object = None,
     ) -> Turn:
         """Wait in line and return the held ``Turn``.
 
         Raises ``Busy`` at once when ``blocking=False`` and the line is full, ``Timeout`` after
         ``timeout`` seconds in line. ``command`` is what ``status`` shows (default ``sys.argv``).
+        ``owner`` is who will hold the turn (default: the calling thread); a wait that only
+        that owner's own release could end is refused instead of hanging.
         """
-        membership, _, dead = take_turn(
+        if owner is None:
+            owner = threading.current_thread()
+        held = take_turn(
             self.store,
             slots=self.slots,
             timeout=timeout,
@@ -138,16 +148,30 @@ class Line:
             command=command,
             on_progress=on_progress,
             cancel=cancel,
+            owner=owner,
+            holdings=HOLDINGS,
         )
-        return Turn(self, membership, dead)
+        return Turn(self, held.membership, held.abandoned_by, owner)
 
     def status(self) -> LineStatus:
         """Live holders and waiters, each in arrival order."""
         return self.store.status()
 
     def close(self) -> None:
-        if self._store is not None:
-            self._store.close()
+        """Free what this ``Line`` keeps open (and the backend, if it opened one itself)."""
+        with self._store_lock:
+            store, self._store = self._store, None
+            opened, self._opened = self._opened, None
+        if store is not None:
+            store.close()
+        if opened is not None:
+            opened.close()
+
+    def __enter__(self) -> Line:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"<Line {self.name!r} slots={self.slots} scope={self.scope}>"
@@ -158,6 +182,8 @@ class turn:
 
     ``with inturn.turn("nightly") as t:`` waits in line and binds the held ``Turn``.
     ``@inturn.turn("nightly")`` makes every call of a function (sync or async) wait its turn.
+    One ``turn`` object may be entered by several threads or tasks at once: each leaves with
+    its own ticket.
     """
 
     def __init__(
@@ -174,29 +200,35 @@ class turn:
         self.line = Line(name, slots, scope=scope, directory=directory, backend=backend)
         self.timeout = timeout
         self.blocking = blocking
-        self._local = threading.local()
+        self._held: dict[object, list[Turn]] = {}  # owner (thread or task) -> its turns
+        self._held_lock = threading.Lock()
 
-    def _stack(self) -> list[Turn]:
-        stack: list[Turn] | None = getattr(self._local, "stack", None)
-        if stack is None:
-            stack = self._local.stack = []
-        return stack
+    def _push(self, owner: object, held: Turn) -> Turn:
+        with self._held_lock:
+            self._held.setdefault(owner, []).append(held)
+        return held
+
+    def _pop(self, owner: object) -> Turn:
+        with self._held_lock:
+            stack = self._held[owner]
+            held = stack.pop()
+            if not stack:
+                del self._held[owner]
+        return held
 
     def __enter__(self) -> Turn:
-        held = self.line.acquire(self.timeout, self.blocking)
-        self._stack().append(held)
-        return held
+        owner = threading.current_thread()
+        return self._push(owner, self.line.acquire(self.timeout, self.blocking, owner=owner))
 
     def __exit__(self, *exc_info: object) -> None:
-        self._stack().pop().release()
+        self._pop(threading.current_thread()).release()
 
     async def __aenter__(self) -> Turn:
-        held = await acquire_async(self.line, self.timeout, self.blocking)
-        self._stack().append(held)
-        return held
+        owner = _current_task()
+        return self._push(owner, await acquire_async(self.line, self.timeout, self.blocking))
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self._stack().pop().release()
+        self._pop(_current_task()).release()
 
     def __call__(self, func: F) -> F:
         import inspect  # only decorators need it; keeps the command's start fast
@@ -221,24 +253,70 @@ class turn:
         return cast(F, run)
 
 
+def _current_task() -> object:
+    import asyncio
+
+    task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("async with inturn.turn(...) must run inside an asyncio task")
+    return task
+
+
 async def acquire_async(line: Line, timeout: float | None = None, blocking: bool = True) -> Turn:
-    """Wait in line without blocking the event loop; cancelling the task leaves the line."""
+    """Wait in line without blocking the event loop; cancelling the task leaves the line.
+
+    The wait runs in a thread of its own, not in the loop's executor: no number of waiting
+    tasks can use up threads the program needs (``asyncio.to_thread``, ``run_in_executor``).
+    The turn belongs to the calling task. However often the task is cancelled, and whenever,
+    the thread is told to leave the line and the task waits for it to have done so (a turn
+    that came just then is released), so no turn is ever left behind.
+    """
     import asyncio  # imported here: it costs a command-line start tens of milliseconds
 
+    loop = asyncio.get_running_loop()
+    owner = _current_task()
     cancel = CancelToken()
-    future = asyncio.get_running_loop().run_in_executor(
-        None, functools.partial(line.acquire, timeout, blocking, cancel=cancel)
-    )
+    future: asyncio.Future[Turn] = loop.create_future()
+
+    def settle(result: Turn | None, error: BaseException | None) -> None:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(cast(Turn, result))
+
+    def wait_in_line() -> None:
+        try:
+            held = line.acquire(timeout, blocking, cancel=cancel, owner=owner)
+        except BaseException as exc:  # handed to the task, raised there
+            error: BaseException = exc
+            _call_soon(loop, settle, None, error)
+        else:
+            if not _call_soon(loop, settle, held, None):
+                held.release()  # the loop is gone: nobody will ever take this turn
+
+    threading.Thread(target=wait_in_line, daemon=True, name="inturn-async-wait").start()
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
         cancel.cancel()
-        try:
-            held = await future  # the thread leaves the line and raises Cancelled
-        except BaseException:
-            raise asyncio.CancelledError() from None
-        held.release()  # it got the turn just as we were cancelled
+        while not future.done():
+            try:
+                await asyncio.shield(future)
+            except asyncio.CancelledError:
+                continue  # cancelled again: still wait until the thread has left the line
+            except BaseException:
+                break
+        if future.done() and not future.cancelled() and future.exception() is None:
+            future.result().release()  # it got the turn just as we were cancelled
         raise
+
+
+def _call_soon(loop: Any, function: Callable[..., None], *args: object) -> bool:
+    try:
+        loop.call_soon_threadsafe(function, *args)
+    except RuntimeError:  # the loop was closed meanwhile
+        return False
+    return True
 
 
 def single_instance(

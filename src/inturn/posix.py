@@ -3,11 +3,20 @@
 Each ticket is a file ``<number>.ticket`` whose owner holds ``flock(LOCK_EX)`` on it from joining
 until leaving, so the kernel frees it the instant the owner dies: liveness never comes from a
 pid. A waiter sleeps in ``flock(LOCK_SH)`` on the ticket ahead of it and the kernel wakes it when
-that lock goes. Ticket numbers come from the counter file ``.line``, whose ``flock`` is also the
-short guard under which tickets are created and dead ones removed.
+that lock goes; a leaver empties its file before it unlocks, so the woken waiter tells a clean
+release (an empty file) from a death (a record still there) with one read. Ticket numbers come
+from the counter file ``.line``, whose ``flock`` is also the short guard under which tickets are
+created and dead ones removed; see ``layout.py`` for the rest of the folder.
 
 Every path is opened relative to the line's folder descriptor with ``O_NOFOLLOW``, and files are
 created with ``O_EXCL``, so symlinks or files planted by someone else are refused, never followed.
+
+Machine-wide lines are shared between users who need not trust each other (README, "Machine-wide
+lines"): the folder is sticky like ``/tmp``, so nobody removes or renames another's files;
+tickets are created private and made readable (never writable) by others only once locked,
+whatever the umask, so nobody can open one in time to take its lock first; numbers never go
+below a number present in the folder; the user shown is the file's owner; and waits for the
+guard are bounded for callers that must not hang.
 """
 
 from __future__ import annotations
@@ -18,28 +27,52 @@ import json
 import os
 import stat
 import threading
-import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 
-from .errors import BackendError
+from .errors import BackendError, Cancelled
+from .forks import forget_after_fork
 from .layout import (
     COUNTER,
     NAME_FILE,
+    Entries,
+    counter_file,
     marker_file,
     next_number,
+    read_entries,
     resolve_root,
-    snapshot_of,
     ticket_file,
+    told_file,
 )
 from .names import names_in, safe_file_name
-from .records import LineStatus, Ticket, dumps_line, parse_record, warn_once
-from .store import Backend, CancelToken, LineStore, Membership, Snapshot, wait_woken
+from .records import (
+    MAX_RECORD_BYTES,
+    LineStatus,
+    Ticket,
+    dumps_line,
+    escape_controls,
+    parse_record,
+    this_user,
+    warn_once,
+)
+from .store import (
+    Backend,
+    CancelToken,
+    GuardTaken,
+    LineStore,
+    Membership,
+    Patience,
+    View,
+    Woke,
+    wait_woken,
+)
 
 SHM = "/dev/shm"
 
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _O_NEW = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_OPEN = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 # --------------------------------------------------------------------------- folders
@@ -80,8 +113,14 @@ def _dir_mode(scope: str) -> int:
     return 0o1777 if scope == "machine" else 0o700
 
 
-def _file_mode(scope: str) -> int:
+def _shared_file_mode(scope: str) -> int:
+    """Files every user of the line must write (the counter)."""
     return 0o666 if scope == "machine" else 0o600
+
+
+def _readable_mode(scope: str) -> int:
+    """Files every user of the line must read, and only their owner write."""
+    return 0o644 if scope == "machine" else 0o600
 
 
 def prepare_root(path: str, scope: str, explicit: bool) -> None:
@@ -163,49 +202,88 @@ def _read_name(folder: str) -> str | None:
     except OSError:
         return None
     try:
-        data = json.loads(os.read(fd, 65536).decode())
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = json.loads(_read_all(fd).decode())
         name = data.get("name") if isinstance(data, dict) else None
         return name if isinstance(name, str) else None
-    except (ValueError, UnicodeDecodeError, OSError):
+    except (ValueError, UnicodeDecodeError, RecursionError, OSError):
         return None
     finally:
         os.close(fd)
 
 
+def _read_all(fd: int, limit: int = MAX_RECORD_BYTES) -> bytes:
+    """Up to ``limit`` bytes from the start of ``fd`` (a record can take several reads)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = os.pread(fd, limit - size, size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+_user_names: dict[int, str] = {}
+
+
+def user_name(uid: int) -> str:
+    """The login name of ``uid`` (its number when the system has no name for it)."""
+    if uid == os.getuid():
+        return this_user()
+    name = _user_names.get(uid)
+    if name is None:
+        try:
+            import pwd  # only lines shared with other users need it
+
+            name = pwd.getpwuid(uid).pw_name
+        except (KeyError, ImportError):
+            name = str(uid)
+        _user_names[uid] = name
+    return name
+
+
 # --------------------------------------------------------------------------- tickets
 
 
-_memberships: weakref.WeakSet[PosixMembership] = weakref.WeakSet()
-
-
 class PosixMembership(Membership):
-    """Our ticket file, open and locked. A forked child gets its copy closed (see ``_forked``)."""
+    """Our ticket file, open and locked. A forked child gets its copy closed."""
 
     def __init__(self, number: int, fd: int) -> None:
         self.number = number
         self.fd = fd
         self.pid = os.getpid()
         self.closed = False
-        _memberships.add(self)
+        self._lock = threading.Lock()
+        forget_after_fork(self)
 
     def inheritable_handles(self) -> list[int]:
         return [] if self.closed else [self.fd]
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Close the ticket (freeing its lock once no child holds a copy); False if it was."""
+        with self._lock:
+            if self.closed:
+                return False
+            self.closed = True
+        os.close(self.fd)
+        return True
+
+    def after_fork_in_child(self) -> None:
+        """The turn stays with the parent: drop this copy of its descriptor."""
+        self._lock = threading.Lock()
         if not self.closed:
             self.closed = True
-            os.close(self.fd)
-
-
-def _forked() -> None:
-    """In a child made by ``fork()``: drop the parent's turns; they stay with the parent."""
-    for member in list(_memberships):
-        with suppress(OSError):
-            member.close()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forked)
+            with suppress(OSError):
+                os.close(self.fd)
 
 
 # --------------------------------------------------------------------------- waiting
@@ -216,32 +294,96 @@ class _Watch:
 
     Threads are only used when a wait must be interruptible by a timeout or a cancel; a plain
     wait sleeps in ``flock`` on the caller's own thread. A watch outlives a timed-out wait only
-    until its ticket goes, and there is at most one per ticket.
+    until its ticket goes, and there is at most one per ticket and store.
     """
 
-    def __init__(self, key: tuple[int, int], fd: int) -> None:
+    def __init__(self, table: _Watches, key: tuple[int, int], fd: int) -> None:
+        self.table = table
         self.key = key
         self.fired = False
+        self.clean = False  # the ticket's owner emptied it first: a clean release
         self.subscribers: set[threading.Event] = set()
         thread = threading.Thread(target=self._run, args=(fd,), daemon=True, name="inturn-watch")
         thread.start()
 
     def _run(self, fd: int) -> None:
+        clean = False
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
+            clean = os.pread(fd, 1, 0) == b""
         except OSError:
             pass
         finally:
             os.close(fd)
-            with _watch_lock:
-                self.fired = True
-                _watches.pop(self.key, None)
-                for event in self.subscribers:
-                    event.set()
+            self.table.fired(self, clean)
 
 
-_watches: dict[tuple[int, int], _Watch] = {}
-_watch_lock = threading.Lock()
+class _Watches:
+    """The watches of one store; a forked child starts with none (their threads stay behind)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_key: dict[tuple[int, int], _Watch] = {}
+        forget_after_fork(self)
+
+    def fired(self, watch: _Watch, clean: bool) -> None:
+        with self.lock:
+            watch.fired, watch.clean = True, clean
+            if self.by_key.get(watch.key) is watch:
+                del self.by_key[watch.key]
+            subscribers = list(watch.subscribers)
+        for event in subscribers:
+            event.set()
+
+    def after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()
+        self.by_key = {}
+
+
+class _GuardWait:
+    """``flock(LOCK_EX)`` on the guard in a helper thread, for a caller that may only wait so
+    long (or may be cancelled). If the caller gives up first, the helper unlocks (by closing)
+    as soon as it gets the lock: the descriptor is the helper's alone from then on."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.woken = threading.Event()
+        self.lock = threading.Lock()
+        self.finished = False
+        self.got = False
+        self.abandoned = False
+        threading.Thread(target=self._run, daemon=True, name="inturn-guard").start()
+
+    def _run(self) -> None:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            got = True
+        except OSError:
+            got = False
+        with self.lock:
+            self.finished, self.got = True, got
+            give_up = self.abandoned
+        if give_up:
+            os.close(self.fd)
+        self.woken.set()
+
+    def wait(self, patience: Patience) -> bool:
+        """True once the lock is ours; False when patience ran out (the helper closes)."""
+        remaining = patience.remaining()
+        timeout = None if remaining is None else max(0.0, remaining)
+        if patience.cancel is None:
+            self.woken.wait(timeout)
+        else:
+            with patience.cancel.linked(self.woken):
+                self.woken.wait(timeout)
+        with self.lock:
+            if self.finished and self.got:
+                return True
+            self.abandoned = True
+            finished = self.finished
+        if finished:
+            os.close(self.fd)
+        return False
 
 
 # --------------------------------------------------------------------------- one line
@@ -252,13 +394,10 @@ class FolderLine(LineStore):
         self.name = name
         self.scope = backend.scope
         self.folder = os.path.join(backend.root, safe_file_name(name))
+        self.shown = escape_controls(self.folder)
         self._dir_fd: int | None = None
         self._open_lock = threading.Lock()
-        self._guard_lock = threading.Lock()
-        self._counter: tuple[int, int] | None = None  # (pid, fd) of the open counter file
-        # Tickets this process saw removed (unlinked) while it waited on them: they can only
-        # be gone for good, since numbers are never reused.
-        self._gone: set[int] = set()
+        self._watches = _Watches()
 
     @property
     def where(self) -> str:
@@ -284,113 +423,218 @@ class FolderLine(LineStore):
             pass
         except OSError as exc:
             raise BackendError(
-                f"cannot create the line folder {self.folder}: {exc.strerror}; "
+                f"cannot create the line folder {self.shown}: {exc.strerror}; "
                 "check the permissions of its parent, or use --dir / INTURN_DIR"
             ) from None
         try:
-            fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(self.folder, _O_DIR)
         except OSError as exc:
             what = exc.strerror or "unusable"
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 link = os.path.islink(self.folder)
                 what = "a symbolic link" if link else "not a folder"
             raise BackendError(
-                f"{self.folder} is {what} where inturn keeps line {self.name!r}: remove it"
+                f"{self.shown} is {what} where inturn keeps line {self.name!r}: remove it"
             ) from None
-        info = os.fstat(fd)
-        if created and self.scope == "machine":
-            os.fchmod(fd, 0o777)
-        elif self.scope == "user" and info.st_uid != os.getuid():
+        try:
+            self._check_folder(fd, created)
+            self._ensure_name(fd)
+        except BaseException:
             os.close(fd)
-            raise BackendError(
-                f"the line folder {self.folder} belongs to uid {info.st_uid}, not to you: remove it"
-            )
-        if created:
-            self._write_name(fd)
+            raise
         return fd
 
-    def _write_name(self, dir_fd: int) -> None:
-        try:
-            fd = os.open(NAME_FILE, _O_NEW, _file_mode(self.scope), dir_fd=dir_fd)
-        except FileExistsError:
+    def _check_folder(self, fd: int, created: bool) -> None:
+        info = os.fstat(fd)
+        mine = info.st_uid == os.getuid()
+        if self.scope == "user":
+            if not mine:
+                raise BackendError(
+                    f"the line folder {self.shown} belongs to uid {info.st_uid}, not to you: "
+                    "remove it"
+                )
             return
-        with os.fdopen(fd, "wb") as out:
-            out.write(dumps_line({"name": self.name}))
-        if self.scope == "machine":
+        if info.st_mode & 0o1777 != 0o1777:  # machine scope: sticky and open to all
+            if not (mine or created):
+                raise BackendError(
+                    f"the machine-wide line folder {self.shown} is not sticky and open to "
+                    f"every user (mode {stat.S_IMODE(info.st_mode):o}, owner uid "
+                    f"{info.st_uid}): ask its owner to run 'chmod 1777 {self.shown}'"
+                )
+            os.fchmod(fd, 0o1777)
+
+    def _ensure_name(self, dir_fd: int) -> None:
+        """Publish ``.name`` (the line's exact name) if missing, all at once: a draft is
+        written, then linked into place, so no reader ever finds it half written."""
+        try:
+            os.stat(NAME_FILE, dir_fd=dir_fd, follow_symlinks=False)
+            return
+        except FileNotFoundError:
+            pass
+        draft = f"{NAME_FILE}.{os.getpid()}.{threading.get_native_id()}"
+        with suppress(FileNotFoundError):
+            os.unlink(draft, dir_fd=dir_fd)
+        try:
+            fd = os.open(draft, _O_NEW, 0o600, dir_fd=dir_fd)
+        except OSError as exc:
+            raise BackendError(_unusable(self.shown, NAME_FILE, exc)) from None
+        try:
+            _write_all(fd, dumps_line({"name": self.name}))
+            os.fchmod(fd, _readable_mode(self.scope))
+            os.link(draft, NAME_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        except FileExistsError:
+            pass  # another process published it first
+        except OSError as exc:
+            raise BackendError(_unusable(self.shown, NAME_FILE, exc)) from None
+        finally:
+            os.close(fd)
             with suppress(OSError):
-                os.chmod(NAME_FILE, 0o666, dir_fd=dir_fd, follow_symlinks=False)
+                os.unlink(draft, dir_fd=dir_fd)
 
     @contextmanager
-    def _guard(self) -> Iterator[int]:
+    def _guard(self, patience: Patience) -> Iterator[int]:
         """The short lock under which numbers are taken and dead tickets removed.
 
-        The counter file stays open between calls; a thread lock keeps this process's
-        threads apart, since they share that one open file and ``flock`` would not.
+        Each use opens the counter file anew, so that threads of this process never share
+        the lock (``flock`` belongs to an open file, not a thread). A caller with a deadline
+        or a cancel token waits for it in a helper thread, so that someone who holds the
+        guard for long cannot make it hang; it then gets ``GuardTaken``.
         """
-        with self._guard_lock:
-            fd = self._counter_fd()
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                yield fd
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def _counter_fd(self) -> int:
-        if self._counter is not None and self._counter[0] == os.getpid():
-            return self._counter[1]
-        # First use, or first use in a forked child: the parent's open file is not ours.
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        fd = self._open_guard()
         try:
-            fd = os.open(COUNTER, flags, _file_mode(self.scope), dir_fd=self._dir())
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            remaining = patience.remaining()
+            if remaining is not None and remaining <= 0:
+                raise GuardTaken(
+                    f"its guard {self.shown}/{COUNTER} is held by another process"
+                ) from None
+            if patience.deadline is None and patience.cancel is None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)  # Ctrl-C raises KeyboardInterrupt here
+                except BaseException:
+                    os.close(fd)
+                    raise
+            elif not _GuardWait(fd).wait(patience):
+                if patience.cancel is not None and patience.cancel.cancelled:
+                    raise Cancelled(f"stopped waiting for line {self.name!r}") from None
+                raise GuardTaken(
+                    f"its guard {self.shown}/{COUNTER} is held by another process"
+                ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            yield fd
+        finally:
+            os.close(fd)  # unlocks
+
+    def _open_guard(self) -> int:
+        """``.line``: the guard of a line, and its counter on a per-user line. A machine-wide
+        line's guard may be another user's file; locking needs only reading it."""
+        machine = self.scope == "machine"
+        flags = (os.O_RDONLY if machine else os.O_RDWR) | os.O_CREAT | _O_OPEN
+        try:
+            fd = os.open(COUNTER, flags, 0o600, dir_fd=self._dir())
         except OSError as exc:
-            raise BackendError(_unusable(self.folder, COUNTER, exc)) from None
+            raise BackendError(_unusable(self.shown, COUNTER, exc)) from None
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
-            raise BackendError(f"{self.folder}/{COUNTER} is not a regular file: remove it")
-        if self.scope == "machine" and info.st_uid == os.getuid():
+            raise BackendError(f"{self.shown}/{COUNTER} is not a regular file: remove it")
+        if machine and info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) != 0o644:
             with suppress(OSError):
-                os.fchmod(fd, 0o666)
-        if self._counter is not None and self._counter[0] == os.getpid():
-            os.close(self._counter[1])
-        self._counter = (os.getpid(), fd)
+                os.fchmod(fd, 0o644)
         return fd
 
-    def _next_number(self, fd: int, dir_fd: int) -> int:
-        where = f"{self.folder}/{COUNTER}"
-        return next_number(os.pread(fd, 64, 0), where, lambda: self._scan(dir_fd))
+    def _next_number(self, guard: int, dir_fd: int, entries: Entries) -> int:
+        """Under the guard: the next number. A per-user line keeps it in ``.line``. On a
+        machine-wide line every user writes only a counter of their own, ``.next.<uid>``,
+        and the number is above all of them and above every number in the folder: nobody can
+        turn back the numbers that others were given."""
+        if self.scope != "machine":
+            return next_number(os.pread(guard, 64, 0), f"{self.shown}/{COUNTER}", entries.highest)
+        highest = entries.highest
+        for entry in (COUNTER, *entries.counters):
+            fd = self._open(entry)
+            if fd is None:
+                continue
+            try:
+                text = os.pread(fd, 64, 0).split(b"\n", 1)[0].strip()
+            finally:
+                os.close(fd)
+            if text.isdigit() and len(text) < 19:
+                highest = max(highest, int(text) - 1)
+        return highest + 1
+
+    def _save_number(self, guard: int, dir_fd: int, following: int) -> None:
+        text = f"{following}\n".encode()
+        if self.scope != "machine":
+            os.pwrite(guard, text, 0)
+            return
+        own = counter_file(os.getuid())
+        fd = os.open(own, os.O_WRONLY | os.O_CREAT | _O_OPEN, 0o600, dir_fd=dir_fd)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+                raise BackendError(f"{self.shown}/{own} is not a counter of yours: remove it")
+            if stat.S_IMODE(info.st_mode) != 0o644:
+                os.fchmod(fd, 0o644)
+            os.pwrite(fd, text, 0)
+        finally:
+            os.close(fd)
+
+    def _scan(self) -> Entries:
+        """One listing, through a descriptor of its own: a shared one has one read position,
+        and two threads listing through it at once would each see part of the folder."""
+        fd = os.open(".", _O_DIR, dir_fd=self._dir())
+        try:
+            return read_entries(os.listdir(fd))
+        finally:
+            os.close(fd)
 
     # -- LineStore
 
-    def join(self, me: Ticket) -> PosixMembership:
-        with self._guard() as counter:
+    def join(self, me: Ticket, patience: Patience) -> tuple[PosixMembership, View]:
+        with _os_errors(self), self._guard(patience) as counter:
             dir_fd = self._dir()
-            number = self._next_number(counter, dir_fd)
-            for _ in range(1000):
-                try:
-                    fd = os.open(ticket_file(number), _O_NEW, 0o644, dir_fd=dir_fd)
-                    break
-                except FileExistsError:
-                    number += 1  # a leftover or planted file: never reuse its number
-                except OSError as exc:
-                    raise BackendError(_unusable(self.folder, ticket_file(number), exc)) from None
-            else:
-                raise BackendError(f"{self.folder} is full of foreign files: clean it up")
+            entries = self._scan()
+            number = self._next_number(counter, dir_fd, entries)
+            fd, number = self._create_ticket(dir_fd, number)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                os.write(fd, dumps_line(me.header()))
-                os.pwrite(counter, f"{number + 1}\n".encode(), 0)
+                # Private until locked: nobody else can open it in time to lock it first. A
+                # look by our own user may hold a shared lock for an instant: wait it out.
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                _write_all(fd, dumps_line(me.header()))
+                if self.scope == "machine":
+                    os.fchmod(fd, _readable_mode(self.scope))
+                self._save_number(counter, dir_fd, number + 1)
             except BaseException:
                 with suppress(OSError):
                     os.unlink(ticket_file(number), dir_fd=dir_fd)
                 os.close(fd)
                 raise
-        return PosixMembership(number, fd)
+            for claimed in entries.claimed:  # left by holders who could not remove them
+                with suppress(OSError):
+                    self._tidy_guarded(claimed, dir_fd)
+        ahead = tuple(n for n in entries.tickets if n < number)
+        return PosixMembership(number, fd), View(ahead, entries.markers)
 
-    def snapshot(self) -> Snapshot:
-        found = self._scan(self._dir())
-        self._gone.intersection_update(found.tickets)  # forget what can no longer be asked
-        return found
+    def _create_ticket(self, dir_fd: int, number: int) -> tuple[int, int]:
+        for _ in range(1000):
+            try:
+                return os.open(ticket_file(number), _O_NEW, 0o600, dir_fd=dir_fd), number
+            except FileExistsError:
+                number += 1  # a leftover or planted file: never reuse its number
+        raise BackendError(f"{self.shown} is full of foreign files: clean it up")
+
+    def look(self, me: Membership | None) -> View:
+        with _os_errors(self):
+            entries = self._scan()
+        tickets = entries.tickets
+        if me is not None:
+            tickets = tuple(n for n in tickets if n < me.number)
+        return View(tickets, entries.markers)
 
     def status(self) -> LineStatus:
         """Looking at a line that nobody has used yet must not create it."""
@@ -398,180 +642,291 @@ class FolderLine(LineStore):
             return LineStatus(self.name, scope=self.scope, where=self.folder)
         return super().status()
 
-    def _scan(self, dir_fd: int) -> Snapshot:
-        return snapshot_of(os.listdir(dir_fd))
-
-    def _open_ticket(self, number: int) -> int | None:
-        """Our ticket file, read-only; None when it is gone or is not a file we made."""
-        name = ticket_file(number)
+    def _open(self, entry: str) -> int | None:
+        """One of the line's files, read-only; None when it is gone or is not a file we made."""
         try:
-            fd = os.open(name, _O_READ, dir_fd=self._dir())
+            fd = os.open(entry, _O_READ, dir_fd=self._dir())
         except FileNotFoundError:
             return None
         except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EACCES, errno.EPERM):
-                warn_once(f"ignoring {self.folder}/{name}: not a ticket inturn can use")
+            if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+                warn_once(f"ignoring {self.shown}/{entry}: not a file inturn can use")
                 return None
             raise
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
-            warn_once(f"ignoring {self.folder}/{name}: not a regular file")
+            warn_once(f"ignoring {self.shown}/{entry}: not a regular file")
             return None
         return fd
 
-    def alive(self, numbers: Sequence[int]) -> list[bool]:
+    def alive(self, numbers: Sequence[int], me: Membership | None) -> list[bool]:
         result = []
-        for number in numbers:
-            if number in self._gone:
-                result.append(False)
-                continue
-            fd = self._open_ticket(number)
-            if fd is None:
-                result.append(False)
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                result.append(False)  # nobody holds it exclusively: its owner is gone
-            except BlockingIOError:
-                result.append(True)
-            finally:
-                os.close(fd)
+        with _os_errors(self):
+            for number in numbers:
+                try:
+                    fd = self._open(ticket_file(number))
+                except PermissionError:
+                    result.append(True)  # not readable by us: never take it for dead
+                    continue
+                if fd is None:
+                    result.append(False)
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    result.append(False)  # nobody holds it exclusively: its owner is gone
+                except BlockingIOError:
+                    result.append(True)
+                finally:
+                    os.close(fd)
         return result
 
-    def bury(self, number: int) -> bool:
-        if number in self._gone:
-            self._gone.discard(number)  # its file is gone for good: nothing to bury
-            return False
+    def bury(self, number: int, me: Membership | None, patience: Patience) -> bool:
         name = ticket_file(number)
-        with self._guard():
+        with _os_errors(self), self._guard(patience):
             dir_fd = self._dir()
-            fd = self._open_ticket(number)
-            if fd is None:
-                return False
-            try:
+            fd = self._open(name)
+            if fd is not None:
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return False  # alive after all, or a waiter is just waking on it
-                try:
-                    same = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino
-                except FileNotFoundError:
-                    return False
-                if same != os.fstat(fd).st_ino:
-                    return False
-                record = parse_record(number, os.pread(fd, 65536, 0), f"{self.folder}/{name}")
-                try:
-                    if record is not None and record.holding:
-                        os.rename(name, marker_file(number), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-                        return True
-                    os.unlink(name, dir_fd=dir_fd)
-                except OSError as exc:
-                    warn_once(f"cannot remove dead ticket {self.folder}/{name}: {exc.strerror}")
-                return False
-            finally:
-                os.close(fd)
+                    self._bury_open(number, name, fd, dir_fd)
+                finally:
+                    os.close(fd)
+            return self._unclaimed(number, dir_fd)
 
-    def wait_any(
-        self, numbers: Sequence[int], timeout: float | None, cancel: CancelToken | None
-    ) -> bool:
-        if len(numbers) == 1 and timeout is None and cancel is None:
-            fd = self._open_ticket(numbers[0])
-            if fd is None:
-                return True
+    def _bury_open(self, number: int, name: str, fd: int, dir_fd: int) -> None:
+        """Under the guard: if the ticket is still dead, leave a marker if it was holding,
+        then remove it (when we may: in a sticky folder only its owner can)."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # alive after all (a shared lock of a look or a waiter does not matter)
+        try:
+            same = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino
+        except FileNotFoundError:
+            return
+        info = os.fstat(fd)
+        if same != info.st_ino:
+            return
+        data = _read_all(fd)
+        record = parse_record(number, data, f"{self.shown}/{name}")
+        if data and record is not None and record.holding:
+            self._leave_marker(number, name, data, info.st_uid, dir_fd)
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        except PermissionError:
+            pass  # another user's, in a sticky folder: dead all the same, and marked
+        except OSError as exc:
+            warn_once(f"cannot remove dead ticket {self.shown}/{name}: {exc.strerror}")
+
+    def _leave_marker(self, number: int, name: str, data: bytes, uid: int, dir_fd: int) -> None:
+        marker = marker_file(number)
+        try:
+            os.link(name, marker, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            return
+        except FileExistsError:
+            return
+        except OSError:
+            pass  # not ours to link (protected_hardlinks): write a copy of our own
+        owner = dumps_line({"owner_uid": uid})
+        try:
+            fd = os.open(marker, _O_NEW, 0o600, dir_fd=dir_fd)
+        except FileExistsError:
+            return
+        try:
+            _write_all(fd, data + owner)
+            os.fchmod(fd, _readable_mode(self.scope))
+        finally:
+            os.close(fd)
+
+    def _unclaimed(self, number: int, dir_fd: int) -> bool:
+        for entry, wanted in ((marker_file(number), True), (told_file(number), False)):
             try:
-                fcntl.flock(fd, fcntl.LOCK_SH)  # Ctrl-C raises KeyboardInterrupt right here
-                if os.fstat(fd).st_nlink == 0:
-                    self._gone.add(numbers[0])  # removed by its owner: no need to look again
-            finally:
-                os.close(fd)
-            return True
-        return self._wait_in_threads(numbers, timeout, cancel)
+                os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return not wanted
+        return False
+
+    def wait(
+        self,
+        me: Membership,
+        numbers: Sequence[int],
+        timeout: float | None,
+        cancel: CancelToken | None,
+    ) -> Woke | None:
+        with _os_errors(self):
+            if len(numbers) == 1 and timeout is None and cancel is None:
+                return self._wait_here(numbers[0])
+            return self._wait_in_threads(numbers, timeout, cancel)
+
+    def _open_to_wait(self, number: int) -> int | None:
+        try:
+            return self._open(ticket_file(number))
+        except PermissionError:
+            raise BackendError(
+                f"cannot wait for ticket {number} of line {self.name!r}: "
+                f"{self.shown}/{ticket_file(number)} is not readable by you (made by another "
+                "user with an older inturn?); ask its owner to remove it once it is done"
+            ) from None
+
+    def _wait_here(self, number: int) -> Woke:
+        fd = self._open_to_wait(number)
+        if fd is None:
+            return Woke()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # Ctrl-C raises KeyboardInterrupt right here
+            clean = os.pread(fd, 1, 0) == b""  # emptied by its owner: a clean release
+        finally:
+            os.close(fd)
+        return Woke(left=(number,) if clean else ())
 
     def _wait_in_threads(
         self, numbers: Sequence[int], timeout: float | None, cancel: CancelToken | None
-    ) -> bool:
+    ) -> Woke | None:
         woken = threading.Event()
         watches: list[_Watch] = []
+        table = self._watches
         try:
             for number in numbers:
-                fd = self._open_ticket(number)
+                fd = self._open_to_wait(number)
                 if fd is None:
-                    return True
+                    return Woke()
                 info = os.fstat(fd)
                 key = (info.st_dev, info.st_ino)
-                with _watch_lock:
-                    watch = _watches.get(key)
+                with table.lock:
+                    watch = table.by_key.get(key)
                     if watch is None:
-                        watch = _watches[key] = _Watch(key, fd)
+                        watch = table.by_key[key] = _Watch(table, key, fd)
                     else:
                         os.close(fd)
                     watch.subscribers.add(woken)
                     watches.append(watch)
-                    if watch.fired:
-                        return True
-            return wait_woken(
+            fired = wait_woken(
                 woken, timeout, cancel, lambda: any(w.fired for w in watches), self.name
             )
+            if not fired:
+                return None
+            return Woke(
+                left=tuple(n for n, w in zip(numbers, watches, strict=True) if w.fired and w.clean)
+            )
         finally:
-            with _watch_lock:
+            with table.lock:
                 for watch in watches:
                     watch.subscribers.discard(woken)
 
     def mark_acquired(self, me: Membership, when: float) -> None:
         assert isinstance(me, PosixMembership)
-        os.write(me.fd, b'{"acquired_at":%r}\n' % when)
+        with _os_errors(self):
+            _write_all(me.fd, b'{"acquired_at":%r}\n' % when)
 
-    def claim_abandoned(self) -> Ticket | None:
-        dir_fd = self._dir()
-        for number in self._scan(dir_fd).abandoned:
-            name = marker_file(number)
+    def claim_abandoned(self, me: Membership) -> Ticket | None:
+        with _os_errors(self):
+            dir_fd = self._dir()
+            for number in self._scan().markers:
+                record = self._claim(number, dir_fd)
+                if record is not None:
+                    return record
+        return None
+
+    def _claim(self, number: int, dir_fd: int) -> Ticket | None:
+        marker = marker_file(number)
+        fd = self._open(marker)
+        if fd is None:
+            return None
+        try:
+            data = _read_all(fd)
+            info = os.fstat(fd)
+        finally:
+            os.close(fd)
+        try:
+            told = os.open(told_file(number), _O_NEW, _readable_mode(self.scope), dir_fd=dir_fd)
+        except FileExistsError:
+            return None  # another new holder was told
+        os.close(told)
+        try:
+            still = os.stat(marker, dir_fd=dir_fd, follow_symlinks=False).st_ino == info.st_ino
+        except FileNotFoundError:
+            still = False
+        if not still:  # claimed and tidied away while we read it: not ours to report
+            with suppress(OSError):
+                os.unlink(told_file(number), dir_fd=dir_fd)
+            return None
+        owner = self._dead_owner(number, data, info, dir_fd)
+        record = parse_record(number, data, f"{self.shown}/{marker}", owner)
+        self._tidy(number, dir_fd)
+        return record
+
+    def _dead_owner(self, number: int, data: bytes, info: os.stat_result, dir_fd: int) -> str:
+        """Who the dead holder was, from the file system rather than from what a record says:
+        the owner of its ticket file while that is still there, else of the marker (a second
+        link to it), else the owner that a copy made by another user recorded."""
+        try:
+            ticket = os.stat(ticket_file(number), dir_fd=dir_fd, follow_symlinks=False)
+            return user_name(ticket.st_uid)
+        except OSError:
+            pass
+        last = data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+        if last.startswith(b'{"owner_uid":'):
+            with suppress(ValueError, KeyError, TypeError):
+                return user_name(int(json.loads(last)["owner_uid"]))
+        return user_name(info.st_uid)
+
+    def _tidy(self, number: int, dir_fd: int) -> None:
+        with suppress(OSError, BackendError), self._guard(Patience(0.0)):
+            self._tidy_guarded(number, dir_fd)
+
+    def _tidy_guarded(self, number: int, dir_fd: int) -> None:
+        """Under the guard: remove what we may of a claimed marker's files, in the safe
+        order (dead ticket, marker, claim); what another user owns in a sticky folder stays
+        until they come by. Stops at the first file that must stay."""
+        fd = self._open(ticket_file(number))
+        if fd is not None:
             try:
-                fd = os.open(name, _O_READ, dir_fd=dir_fd)
-            except OSError:
-                continue
-            try:
-                record = parse_record(number, os.read(fd, 65536), f"{self.folder}/{name}")
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # raises if it is alive
             finally:
                 os.close(fd)
-            try:
-                os.unlink(name, dir_fd=dir_fd)
-            except FileNotFoundError:
-                continue  # another new holder claimed it first
-            except OSError as exc:
-                warn_once(f"cannot remove {self.folder}/{name}: {exc.strerror}")
-                continue
-            return record
-        return None
+        for entry in (ticket_file(number), marker_file(number), told_file(number)):
+            with suppress(FileNotFoundError):
+                os.unlink(entry, dir_fd=dir_fd)
 
     def leave(self, me: Membership) -> None:
         assert isinstance(me, PosixMembership)
         if me.closed:
             return
         if me.pid == os.getpid():
-            # Unlink first, then unlock: nobody may see the lock free while the file is ours.
-            with suppress(FileNotFoundError):
-                os.unlink(ticket_file(me.number), dir_fd=self._dir())
+            with _os_errors(self):
+                # Empty it, so a waiter woken by the unlock knows this was a clean release;
+                # unlink before unlocking, so nobody sees the lock free while the file is ours.
+                os.ftruncate(me.fd, 0)
+                with suppress(FileNotFoundError):
+                    os.unlink(ticket_file(me.number), dir_fd=self._dir())
         me.close()
 
-    def read(self, numbers: Sequence[int]) -> list[Ticket | None]:
+    def read(self, numbers: Sequence[int], me: Membership | None = None) -> list[Ticket | None]:
         result: list[Ticket | None] = []
-        for number in numbers:
-            fd = self._open_ticket(number)
-            if fd is None:
-                result.append(None)
-                continue
-            try:
-                data = os.read(fd, 65536)
-            finally:
-                os.close(fd)
-            result.append(parse_record(number, data, f"{self.folder}/{ticket_file(number)}"))
+        with _os_errors(self):
+            for number in numbers:
+                name = ticket_file(number)
+                try:
+                    fd = self._open(name)
+                except PermissionError:
+                    fd = None
+                if fd is None:
+                    result.append(None)
+                    continue
+                try:
+                    data = _read_all(fd)
+                    uid = os.fstat(fd).st_uid
+                finally:
+                    os.close(fd)
+                if not data:  # being created, or a clean leaver on its way out
+                    result.append(None)
+                    continue
+                origin = f"{self.shown}/{name}"
+                result.append(parse_record(number, data, origin, user_name(uid)))
         return result
 
     def close(self) -> None:
-        with self._guard_lock:
-            if self._counter is not None and self._counter[0] == os.getpid():
-                os.close(self._counter[1])
-            self._counter = None
         with self._open_lock:
             if self._dir_fd is not None:
                 os.close(self._dir_fd)
@@ -582,6 +937,30 @@ class FolderLine(LineStore):
             self.close()
 
 
+@contextmanager
+def _os_errors(line: FolderLine) -> Iterator[None]:
+    """An unexpected system error (a full disk, too many open files) is one clear line."""
+    try:
+        yield
+    except (BackendError, Cancelled, KeyboardInterrupt):
+        raise
+    except OSError as exc:
+        raise BackendError(_os_problem(line.shown, exc)) from None
+
+
+def _os_problem(folder: str, exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device of {folder}: free some space and try again"
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return (
+            f"too many open files ({exc.strerror}) while using {folder}: raise the limit "
+            "(ulimit -n) or close some files"
+        )
+    if exc.errno == errno.EROFS:
+        return f"{folder} is on a read-only file system: choose another with --dir or INTURN_DIR"
+    return f"cannot use {folder}: {exc.strerror or exc}"
+
+
 def _unusable(folder: str, entry: str, exc: OSError) -> str:
     if exc.errno == errno.ELOOP:
         return f"{folder}/{entry} is a symbolic link where inturn keeps its own file: remove it"
@@ -590,4 +969,6 @@ def _unusable(folder: str, entry: str, exc: OSError) -> str:
             f"cannot write in {folder} ({exc.strerror}): fix its permissions, "
             "or choose another folder with --dir or INTURN_DIR"
         )
+    if exc.errno in (errno.ENOSPC, errno.EMFILE, errno.ENFILE):
+        return _os_problem(folder, exc)
     return f"cannot use {folder}/{entry}: {exc.strerror}"

@@ -16,17 +16,21 @@ advisory locks (https://www.postgresql.org/docs/current/explicit-locking.html#AD
 
 Where the statements and the tables are: ``postgres_sql.py``; the URL: ``postgres_address.py``.
 
-Losing the connection (documented in the README): a holder's watchdog thread sends
-``SELECT 1`` every ``PING_INTERVAL`` seconds and gives the server ``PING_TIMEOUT`` seconds to
-answer. A query, not TCP keepalives alone, because keepalives are answered by any proxy or
-load balancer on the way even when nothing reaches the server any more. So a holder knows
-within ``LOST_AFTER`` seconds that its turn may be gone: ``Membership.lost`` turns True and the
-``on_lost`` callbacks run (``inturn run`` then stops its command and exits 76). The server, for
-its part, keeps a silent client's session (and turn) for about 30 s (``tcp_keepalives_*`` and
-``tcp_user_timeout`` set per session), longer than the client needs to notice and stop, so
-the next holder normally starts only after the cut-off one has stopped. A waiter that loses its
-connection reconnects and joins again at the back of the line (its old place died with its
-session), for up to ``RECONNECT_WINDOW`` seconds, then fails with a clear error.
+Losing the connection (documented in the README): a holder's watchdog thread sleeps in
+``select`` on the session's socket. A server that ends the session (``pg_terminate_backend``, a
+shutdown or restart) says so and closes it, which the watchdog sees at once; a socket quiet
+for ``PING_INTERVAL`` seconds gets a ``SELECT 1`` that must be answered within ``PING_TIMEOUT``
+seconds (a query, not TCP keepalives alone, because keepalives are answered by any proxy or
+load balancer on the way even when nothing reaches the server any more). So a holder knows
+within milliseconds, or within ``LOST_AFTER`` seconds when the network falls silent, that its
+turn may be gone: ``Membership.lost`` turns True and the ``on_lost`` callbacks run (``inturn
+run`` then stops its command and exits 76). The server, for its part, keeps a silent client's
+session (and turn) for about 30 s (``tcp_keepalives_*`` and ``tcp_user_timeout`` set per
+session), and the next holder after a session that ended without leaving waits the lock delay
+(``?inturn_lock_delay=``, 3 s by default) before it starts, so the cut-off holder has stopped
+first. A waiter that loses its connection reconnects and joins again at the back of the line
+(its old place died with its session), for up to ``RECONNECT_WINDOW`` seconds, then fails with
+a clear error.
 """
 
 from __future__ import annotations
@@ -38,7 +42,6 @@ import os
 import select
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import Any, TypeVar
@@ -49,11 +52,22 @@ from psycopg import errors as pg_errors
 from psycopg import pq
 
 from .errors import BackendError, Cancelled, LostTurn, UsageError
+from .forks import forget_after_fork
 from .names import decode, encode
 from .postgres_address import Address, connect_options, parse
 from .postgres_sql import Statements, fold, missing_grants, sql_identifier
 from .records import Ticket, warn
-from .store import Backend, CancelToken, LineStore, Membership, Snapshot, wait_woken
+from .store import (
+    Backend,
+    CancelToken,
+    LineStore,
+    LostSignal,
+    Membership,
+    Patience,
+    View,
+    Woke,
+    wait_woken,
+)
 
 PING_INTERVAL = 1.0
 PING_TIMEOUT = 3.0
@@ -78,9 +92,6 @@ SERVER_SETTINGS_14 = {
 
 Connection = psycopg.Connection[Any]
 T = TypeVar("T")
-
-_backends: weakref.WeakSet[PostgresBackend] = weakref.WeakSet()
-_memberships: weakref.WeakSet[PgMembership] = weakref.WeakSet()
 
 
 # --------------------------------------------------------------------------- errors
@@ -136,7 +147,7 @@ class PostgresBackend(Backend):
         self._lock = threading.Lock()
         self._ready = False
         self._role = ("", "")
-        _backends.add(self)
+        forget_after_fork(self)
         self.give_back(self.connect())  # fail now, with a clear line, if it cannot work
 
     @property
@@ -307,12 +318,13 @@ class PostgresBackend(Backend):
 
     def _check_fork(self) -> None:
         if self._pid != os.getpid():
-            self._forget()
+            self.after_fork_in_child()
 
-    def _forget(self) -> None:
+    def after_fork_in_child(self) -> None:
         """In a forked child: the parent's sessions are not ours to use or to close."""
         self._pid = os.getpid()
         self._idle = []
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         with self._lock:
@@ -327,7 +339,14 @@ class PostgresBackend(Backend):
 
 
 class PgMembership(Membership):
-    """Our ticket: its session holds the ticket's lock; a watchdog pings it while we hold."""
+    """Our ticket: its session holds the ticket's lock; a watchdog watches it while we hold.
+
+    The watchdog sleeps in ``select`` on the session's socket: a server that ends the session
+    (``pg_terminate_backend``, a shutdown) sends its goodbye and closes, which wakes it at
+    once; when the socket stays quiet for ``PING_INTERVAL`` it sends ``SELECT 1`` and gives
+    the server ``PING_TIMEOUT`` to answer, which bounds how long a silent network goes
+    unnoticed.
+    """
 
     def __init__(self, line: PostgresLine, number: int, conn: Connection, me: Ticket) -> None:
         self.line = line
@@ -337,28 +356,23 @@ class PgMembership(Membership):
         self.pid = os.getpid()
         self.holding = False
         self.handed_out = False
-        self._lost = False
-        self._callbacks: list[Callable[[], None]] = []
-        self._state = threading.Lock()
+        self.signal = LostSignal()
         self._stop = threading.Event()
         self._armed = threading.Event()  # set when the turn comes, or when the ticket leaves
+        self._wake_read, self._wake_write = os.pipe()
         # Started now, while waiting, so that the hand-off does not wait for a new thread.
         self._watchdog = threading.Thread(
             target=self._watch, daemon=True, name="inturn-pg-watchdog"
         )
         self._watchdog.start()
-        _memberships.add(self)
+        forget_after_fork(self)
 
     @property
     def lost(self) -> bool:
-        return self._lost
+        return self.signal.lost
 
     def on_lost(self, callback: Callable[[], None]) -> None:
-        with self._state:
-            if not self._lost:
-                self._callbacks.append(callback)
-                return
-        callback()
+        self.signal.on_lost(callback)
 
     def inheritable_handles(self) -> list[int]:
         """The session's socket: a command that inherits it keeps the turn if we die."""
@@ -373,57 +387,79 @@ class PgMembership(Membership):
         self._armed.set()
 
     def _watch(self) -> None:
-        self._armed.wait()
-        while not self._stop.wait(PING_INTERVAL):
-            conn = self.conn
-            if conn is None or conn.closed:
-                return
-            if not conn.lock.acquire(blocking=False):
-                continue  # the owner is using the session right now: that is proof enough
-            try:
-                alive = self._stop.is_set() or _ping(conn.pgconn, PING_TIMEOUT)
-            finally:
-                conn.lock.release()
-            if not alive:
-                self._declare_lost()
-                return
+        try:
+            self._armed.wait()
+            while not self._stop.is_set():
+                conn = self.conn
+                if conn is None or conn.closed:
+                    return
+                try:
+                    ready, _, _ = select.select(
+                        [conn.pgconn.socket, self._wake_read], [], [], PING_INTERVAL
+                    )
+                except (OSError, ValueError, psycopg.Error):
+                    ready = [-1]
+                if self._stop.is_set():
+                    return
+                if not conn.lock.acquire(blocking=False):
+                    self._stop.wait(0.05)  # the owner is using the session: proof enough
+                    continue
+                try:
+                    if self._stop.is_set():
+                        return
+                    alive = _still_open(conn.pgconn) if ready else _ping(conn.pgconn, PING_TIMEOUT)
+                finally:
+                    conn.lock.release()
+                if not alive:
+                    self._declare_lost()
+                    return
+        finally:
+            for fd in (self._wake_read, self._wake_write):
+                with suppress(OSError):
+                    os.close(fd)
 
     def _declare_lost(self) -> None:
-        with self._state:
-            if self._lost or self._stop.is_set():
-                return
-            self._lost = True
-            callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            try:
-                callback()
-            except Exception as exc:  # one failing callback must not silence the others
-                warn(f"an on_lost callback failed: {exc!r}")
+        if self._stop.is_set():
+            return
+        self.signal.declare()
         conn = self.conn
         if conn is not None:
             with suppress(Exception):
                 conn.close()
 
     def stop_watchdog(self) -> None:
-        """From now on the watchdog leaves the session alone (it checks before each ping)."""
+        """From now on the watchdog leaves the session alone (it checks before each look)."""
         self._stop.set()
         self._armed.set()
+        with suppress(OSError):
+            os.write(self._wake_write, b"x")
 
     def join_watchdog(self) -> None:
         if self._watchdog is not threading.current_thread():
             self._watchdog.join(PING_TIMEOUT + 1)
 
-    def forget(self) -> None:
+    def after_fork_in_child(self) -> None:
         """In a forked child: the turn stays with the parent; never touch its session.
 
         The watchdog thread was not copied into the child, and the parent's events may have
         been mid-use when it forked: fresh ones say "stopped" without touching the old.
         """
         self.conn = None
+        self.signal = LostSignal()
         self._stop, self._armed = threading.Event(), threading.Event()
         self._stop.set()
         self._armed.set()
         self._watchdog = threading.current_thread()
+
+
+def _still_open(pgconn: pq.abc.PGconn) -> bool:
+    """Whether a session whose socket turned readable while idle is still there: a server
+    that ends a session says so and closes the socket."""
+    try:
+        pgconn.consume_input()
+    except (psycopg.Error, OSError):
+        return False
+    return bool(pgconn.status == pq.ConnStatus.OK)
 
 
 def _ping(pgconn: pq.abc.PGconn, timeout: float) -> bool:
@@ -455,17 +491,6 @@ def _ready(fd: int, deadline: float, write: bool = False) -> bool:
     sets: tuple[list[int], list[int]] = ([], [fd]) if write else ([fd], [])
     readable, writable, _ = select.select(sets[0], sets[1], [], remaining)
     return bool(readable or writable)
-
-
-def _forked() -> None:
-    for backend in list(_backends):
-        backend._forget()
-    for member in list(_memberships):
-        member.forget()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forked)
 
 
 # --------------------------------------------------------------------------- waiting
@@ -561,10 +586,10 @@ class PostgresLine(LineStore):
         self.backend = backend
         self.name = name
         self.scope = backend.scope
+        self.lock_delay = backend.address.lock_delay
         self.stmts = backend.stmts
         self._digest = hashlib.sha256(encode(name)).digest()
-        self._line_id: int | None = None
-        self._threads = threading.local()
+        self._line_id: int | None = None  # the line's row, once known (it never changes)
 
     @property
     def where(self) -> str:
@@ -572,21 +597,10 @@ class PostgresLine(LineStore):
 
     # -- whose session to use
 
-    def _mine(self) -> list[PgMembership]:
-        members: list[PgMembership] | None = getattr(self._threads, "members", None)
-        if members is None:
-            members = self._threads.members = []
-        return members
-
-    def _current(self) -> PgMembership | None:
-        """The ticket this thread is waiting with (its session runs this thread's queries)."""
-        for member in reversed(self._mine()):
-            if member.conn is not None and not member.conn.closed and member.pid == os.getpid():
-                return member
-        return None
-
-    def _query(self, work: Callable[[Connection], T]) -> T:
-        member = self._current()
+    def _query(self, me: Membership | None, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` on ``me``'s own session (its ticket's, so that a waiter's queries
+        never need a second connection), or on a borrowed one for an observer."""
+        member = me if isinstance(me, PgMembership) and me.pid == os.getpid() else None
         if member is None:
             return self.backend.run(work)
         for attempt in (1, 2, 3):
@@ -626,7 +640,7 @@ class PostgresLine(LineStore):
 
     # -- LineStore
 
-    def join(self, me: Ticket) -> PgMembership:
+    def join(self, me: Ticket, patience: Patience) -> tuple[PgMembership, View | None]:
         conn = self.backend.borrow()
         try:
             number = self._join_on(conn, me)
@@ -635,10 +649,7 @@ class PostgresLine(LineStore):
             if isinstance(exc, psycopg.Error):
                 raise self.backend.translate(exc) from None
             raise
-        member = PgMembership(self, number, conn, me)
-        self._mine().append(member)
-        self._threads.liveness = None
-        return member
+        return PgMembership(self, number, conn, me), None
 
     def _join_on(self, conn: Connection, me: Ticket) -> int:
         line_id = self._line(conn)
@@ -700,61 +711,50 @@ class PostgresLine(LineStore):
             time.sleep(delay)  # waiting for the server to come back, not for the line
             delay = min(delay * 2, 2.0)
 
-    def snapshot(self) -> Snapshot:
-        """The line, read together with who in it is alive; that liveness answers the
-        ``alive`` call the queue makes next (once). A view a moment old is safe: tickets ahead
-        can only die, never come back, and later joiners are behind us, so at worst we wait on
-        a ticket already gone, and that wait returns at once."""
+    def look(self, me: Membership | None) -> View:
+        """The line, read together with who in it is alive, in one statement. A view a moment
+        old is safe: tickets ahead can only die, never come back, and later joiners are
+        behind us, so at worst we wait on a ticket already gone, and that wait returns at
+        once."""
 
-        woke_with: list[tuple[bool, int, bool]] | None = getattr(self._threads, "woke_with", None)
-        if woke_with is not None:  # read by the wait that just ended (``_wait_own``)
-            self._threads.woke_with = None
-            return self._look(woke_with)
-
-        def work(conn: Connection) -> Snapshot:
+        def work(conn: Connection) -> View:
             rows = conn.execute(self.stmts.snapshot_alive, {"line_id": self._line(conn)})
-            return self._look(rows.fetchall())
+            return _view(rows.fetchall(), me)
 
-        return self._query(work)
+        return self._query(me, work)
 
-    def _look(self, rows: list[tuple[bool, int, bool]]) -> Snapshot:
-        """A snapshot from (marker?, number, alive?) rows; keeps the liveness for ``alive``."""
-        self._threads.liveness = {int(n): bool(ok) for marker, n, ok in rows if not marker}
-        tickets = sorted(int(n) for marker, n, _ in rows if not marker)
-        markers = sorted(int(n) for marker, n, _ in rows if marker)
-        return Snapshot(tuple(tickets), tuple(markers))
-
-    def alive(self, numbers: Sequence[int]) -> list[bool]:
+    def alive(self, numbers: Sequence[int], me: Membership | None) -> list[bool]:
         if not numbers:
             return []
         wanted = [int(n) for n in numbers]
-        known: dict[int, bool] | None = getattr(self._threads, "liveness", None)
-        self._threads.liveness = None
-        if known is not None and all(n in known for n in wanted):
-            return [known[n] for n in wanted]
 
         def work(conn: Connection) -> list[bool]:
             rows = conn.execute(self.stmts.alive, {"numbers": wanted}).fetchall()
             found = {int(n): bool(ok) for n, ok in rows}
             return [found.get(n, False) for n in wanted]
 
-        return self._query(work)
+        return self._query(me, work)
 
-    def bury(self, number: int) -> bool:
+    def bury(self, number: int, me: Membership | None, patience: Patience) -> bool:
         def work(conn: Connection) -> bool:
-            return conn.execute(self.stmts.bury, {"number": number}).fetchone() is not None
+            row = conn.execute(self.stmts.bury, {"number": number}).fetchone()
+            return bool(row and row[0])
 
-        return self._query(work)
+        return self._query(me, work)
 
-    def wait_any(
-        self, numbers: Sequence[int], timeout: float | None, cancel: CancelToken | None
-    ) -> bool:
+    def wait(
+        self,
+        me: Membership,
+        numbers: Sequence[int],
+        timeout: float | None,
+        cancel: CancelToken | None,
+    ) -> Woke | None:
         if not numbers:
-            return True
-        member = self._current()
-        if len(numbers) == 1 and member is not None:
-            return self._wait_own(member, numbers[0], timeout, cancel)
-        return self._wait_watches(numbers, timeout, cancel)
+            return Woke()
+        assert isinstance(me, PgMembership)
+        if len(numbers) == 1 and me.conn is not None and me.pid == os.getpid():
+            return self._wait_own(me, numbers[0], timeout, cancel)
+        return Woke() if self._wait_watches(numbers, timeout, cancel) else None
 
     def _wait_own(
         self,
@@ -762,11 +762,11 @@ class PostgresLine(LineStore):
         number: int,
         timeout: float | None,
         cancel: CancelToken | None,
-    ) -> bool:
+    ) -> Woke | None:
         """Block in the server on our own ticket's session: no other connection needed.
 
         The same round trip brings back the line as it is after the wake-up, which the
-        queue's next ``snapshot`` uses instead of asking again.
+        queue looks at instead of asking again.
         """
         conn = member.conn
         assert conn is not None
@@ -781,19 +781,19 @@ class PostgresLine(LineStore):
             "line_id": self._line(conn),
         }
         try:
-            self._threads.woke_with = conn.execute(self.stmts.wait_then_look, params).fetchall()
-            return True
+            rows = conn.execute(self.stmts.wait_then_look, params).fetchall()
+            return Woke(_view(rows, member))
         except pg_errors.LockNotAvailable:
-            return False  # lock_timeout: our own timeout ran out
+            return None  # lock_timeout: our own timeout ran out
         except pg_errors.QueryCanceled:
             if cancel is not None and cancel.cancelled:
                 raise Cancelled(f"stopped waiting for line {self.name!r}") from None
-            return True  # cancelled by someone else (a DBA): look again
+            return Woke()  # cancelled by someone else (a DBA): look again
         except psycopg.OperationalError as exc:
             if canceller is not None:
                 canceller.finish()
                 canceller = None
-            return self._rejoin(member, deadline, exc)
+            return Woke() if self._rejoin(member, deadline, exc) else None
         except psycopg.Error as exc:
             raise self.backend.translate(exc) from None
         finally:
@@ -838,19 +838,16 @@ class PostgresLine(LineStore):
             )
         me.start_watchdog()
 
-    def claim_abandoned(self) -> Ticket | None:
+    def claim_abandoned(self, me: Membership) -> Ticket | None:
         def work(conn: Connection) -> Ticket | None:
             row = conn.execute(self.stmts.claim, {"line_id": self._line(conn)}).fetchone()
             return None if row is None else _ticket(row[0], row[1], row[2])
 
-        return self._query(work)
+        return self._query(me, work)
 
     def leave(self, me: Membership) -> None:
         assert isinstance(me, PgMembership)
         me.stop_watchdog()
-        self._threads.liveness = None
-        with suppress(ValueError):
-            self._mine().remove(me)
         conn, me.conn = me.conn, None
         if conn is None or me.pid != os.getpid() or conn.closed:
             return
@@ -868,7 +865,7 @@ class PostgresLine(LineStore):
             with suppress(Exception):
                 conn.close()
 
-    def read(self, numbers: Sequence[int]) -> list[Ticket | None]:
+    def read(self, numbers: Sequence[int], me: Membership | None = None) -> list[Ticket | None]:
         if not numbers:
             return []
         wanted = [int(n) for n in numbers]
@@ -878,7 +875,18 @@ class PostgresLine(LineStore):
             found = {int(n): _ticket(n, record, acquired) for n, record, acquired in rows}
             return [found.get(n) for n in wanted]
 
-        return self._query(work)
+        return self._query(me, work)
+
+
+def _view(rows: list[tuple[bool, int, bool]], me: Membership | None) -> View:
+    """A view from (marker?, number, alive?) rows: the tickets ahead of ``me`` (all, for an
+    observer) with their liveness, and the markers."""
+    below = me.number if me is not None else None
+    tickets = sorted(
+        (int(n), bool(ok)) for marker, n, ok in rows if not marker and (below is None or n < below)
+    )
+    markers = tuple(sorted(int(n) for marker, n, _ in rows if marker))
+    return View(tuple(n for n, _ in tickets), markers, tuple(ok for _, ok in tickets))
 
 
 def _ticket(number: Any, record: Any, acquired_at: Any) -> Ticket:

@@ -23,6 +23,7 @@ from urllib.parse import quote, unquote
 from psycopg import conninfo as libpq_conninfo
 from psycopg import errors as pg_errors
 
+from .durations import seconds_parameter
 from .errors import UsageError
 from .postgres_sql import DEFAULT_SCHEMA, check_schema
 from .records import this_host
@@ -30,6 +31,12 @@ from .records import this_host
 # Client side: TCP keepalives notice a vanished server on an idle or blocked connection
 # (libpq ``keepalives_*``), and ``tcp_user_timeout`` bounds how long sent data may stay
 # unacknowledged (libpq >= 12). Together about 11 s for a silent peer.
+# After a turn that ended uncleanly (a holder's session ended without it leaving), the next
+# holder waits this long: a holder cut off from the server stops its command first (it notices
+# at once when the server ends its session, and stops it within ``inturn run --grace``).
+DEFAULT_LOCK_DELAY = 3.0
+MAX_LOCK_DELAY = 3600.0
+
 CLIENT_DEFAULTS = {
     "connect_timeout": "10",
     "keepalives": "1",
@@ -46,6 +53,7 @@ class Address:
     where: str  # for people: no password
     schema: str = DEFAULT_SCHEMA
     pooler_session_ok: bool = False
+    lock_delay: float = DEFAULT_LOCK_DELAY
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
     def scrub(self, text: str) -> str:
@@ -62,6 +70,7 @@ def parse(url: str) -> Address:
     kept: list[str] = []
     schema = DEFAULT_SCHEMA
     pooler_ok = False
+    lock_delay = DEFAULT_LOCK_DELAY
     for item in query.split("&") if query else []:
         key, _, value = item.partition("=")
         key = unquote(key)
@@ -78,9 +87,12 @@ def parse(url: str) -> Address:
                     "(a pool that keeps one server session per client) can work"
                 )
             pooler_ok = True
+        elif key == "inturn_lock_delay":
+            lock_delay = seconds_parameter(value, key, 0, MAX_LOCK_DELAY)
         else:
             raise UsageError(
-                f"unknown URL parameter {key!r}: inturn knows inturn_schema and inturn_pooler"
+                f"unknown URL parameter {key!r}: inturn knows inturn_schema, inturn_pooler "
+                "and inturn_lock_delay"
             )
     conninfo = base + ("?" + "&".join(kept) if kept else "")
     secrets = _secrets(url)
@@ -94,7 +106,7 @@ def parse(url: str) -> Address:
     password = parts.get("password")
     if isinstance(password, str):
         secrets = (*secrets, password)
-    return Address(conninfo, _where(parts, schema), schema, pooler_ok, secrets)
+    return Address(conninfo, _where(parts, schema), schema, pooler_ok, lock_delay, secrets)
 
 
 def connect_options(address: Address) -> dict[str, str]:

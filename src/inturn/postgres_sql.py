@@ -70,11 +70,6 @@ def fold(number: int) -> int:
     return (number - INT4_MIN) % INT4_SPAN + INT4_MIN
 
 
-def objid(number: int) -> int:
-    """How ``pg_locks.objid`` (an unsigned ``oid``) shows the key of ``fold(number)``."""
-    return number % INT4_SPAN
-
-
 # The ticket locks held right now, read once per statement (``pg_locks`` is costly to read),
 # and what "alive" means for a ticket row ``t``: the very backend that joined with it still
 # holds its key exclusively. Another session holding the key (a collision) does not count.
@@ -113,6 +108,8 @@ class Statements:
             " WHERE s.nspname = {n} AND p.proname = 'wait_then_look')"
             ", EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace s ON s.oid = p.pronamespace"
             " WHERE s.nspname = {n} AND p.proname = 'leave')"
+            ", EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace s ON s.oid = p.pronamespace"
+            " WHERE s.nspname = {n} AND p.proname = 'bury')"
         ).format(n=sql.Literal(schema))
         self.setup_lock = sql.SQL("SELECT pg_advisory_xact_lock({g}, 0)").format(
             g=sql.Literal(self.guard)
@@ -163,6 +160,7 @@ class Statements:
             ),
             (5, _wait_then_look(s, self.cls)),
             (6, _leave(s)),
+            (7, _bury(s, self.cls)),
             (
                 0,
                 sql.SQL("COMMENT ON SCHEMA {s} IS {c}").format(
@@ -246,18 +244,7 @@ class Statements:
             "SELECT number, record, acquired_at FROM {s}.tickets"
             " WHERE number = ANY(%(numbers)s::bigint[])"
         )
-        # Burying re-checks death in the same statement that removes the row; a dead ticket
-        # never comes back to life (its number is never reused), so a ticket found dead here
-        # was dead when looked at. Only one burier gets the row, so only one marker is left.
-        self.bury = sql.SQL(
-            _HELD + ", gone AS ("
-            "  DELETE FROM {s}.tickets t WHERE t.number = %(number)s AND NOT "
-            + _ALIVE
-            + "  RETURNING number, line_id, record, acquired_at)"
-            " INSERT INTO {s}.abandoned (number, line_id, record, acquired_at)"
-            " SELECT number, line_id, record, acquired_at FROM gone"
-            " WHERE acquired_at IS NOT NULL RETURNING number"
-        ).format(s=s, c=sql.Literal(self.cls))
+        self.bury = q("SELECT {s}.bury(%(number)s::bigint)")
         # The turn is ours only if this session is the one that joined: behind a pooler in
         # transaction mode another server session may answer, and then no row matches.
         self.mark = q(
@@ -328,6 +315,29 @@ def _wait_then_look(s: sql.Identifier, cls: int) -> sql.Composed:
         "   SELECT true, a.number, false FROM {s}.abandoned a WHERE a.line_id = line;"
         " END $body$"
     ).format(s=s, c=sql.Literal(cls), lo=sql.Literal(INT4_MIN), span=sql.Literal(INT4_SPAN))
+
+
+def _bury(s: sql.Identifier, cls: int) -> sql.Composed:
+    """Burying a ticket found dead, and whether a marker for it now waits to be claimed.
+
+    The removal re-checks death in the statement that deletes the row; a dead ticket never
+    comes back to life (its number is never reused), so a ticket found dead here was dead when
+    looked at, and only one burier gets the row, so only one marker is left. The question that
+    follows is a separate query, on a fresh snapshot: it also sees a marker that a concurrent
+    burier committed while this one waited for the row, so the caller learns of it either way.
+    """
+    return sql.SQL(
+        "CREATE OR REPLACE FUNCTION {s}.bury(ticket bigint) RETURNS boolean"
+        " LANGUAGE plpgsql VOLATILE AS $body$"
+        " BEGIN"
+        "  " + _HELD + ", gone AS ("
+        "   DELETE FROM {s}.tickets t WHERE t.number = ticket AND NOT " + _ALIVE + ""
+        "   RETURNING number, line_id, record, acquired_at)"
+        "  INSERT INTO {s}.abandoned (number, line_id, record, acquired_at)"
+        "  SELECT number, line_id, record, acquired_at FROM gone WHERE acquired_at IS NOT NULL;"
+        "  RETURN EXISTS (SELECT 1 FROM {s}.abandoned a WHERE a.number = ticket);"
+        " END $body$"
+    ).format(s=s, c=sql.Literal(cls))
 
 
 def _leave(s: sql.Identifier) -> sql.Composed:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
 import warnings
 from typing import Any, NamedTuple
 
-SCHEMA_VERSION = 1
+# Bounds on what a ticket records, so that every record fits in what readers read (64 KiB).
+MAX_COMMAND_CHARS = 8192
+MAX_FIELD_CHARS = 4096
+MAX_RECORD_BYTES = 65536
 
 
 class Ticket(NamedTuple):
@@ -37,7 +41,7 @@ class Ticket(NamedTuple):
         cmd = " ".join(self.command)
         if len(cmd) > 60:
             cmd = cmd[:57] + "..."
-        return f"{who} ({cmd})" if cmd else who
+        return escape_controls(f"{who} ({cmd})" if cmd else who)
 
     def to_json(self, now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
@@ -58,13 +62,14 @@ class Ticket(NamedTuple):
         }
 
     def header(self) -> dict[str, Any]:
-        """The fields written when the ticket is taken (acquired_at comes later)."""
+        """The fields written when the ticket is taken (acquired_at comes later), cut to
+        bounds so that a record always fits in what readers read."""
         return {
             "pid": self.pid,
-            "user": self.user,
-            "host": self.host,
-            "command": list(self.command),
-            "cwd": self.cwd,
+            "user": self.user[:MAX_FIELD_CHARS],
+            "host": self.host[:MAX_FIELD_CHARS],
+            "command": capped_command(self.command),
+            "cwd": self.cwd[:MAX_FIELD_CHARS],
             "joined_at": self.joined_at,
             "slots": self.slots,
         }
@@ -73,25 +78,75 @@ class Ticket(NamedTuple):
     def from_header(cls, number: int, header: dict[str, Any], acquired_at: float | None) -> Ticket:
         """Build from stored fields, tolerating missing or mistyped ones."""
 
-        def pick(key: str, kind: type, default: Any) -> Any:
-            value = header.get(key, default)
-            return value if isinstance(value, kind) else default
+        def text(key: str) -> str:
+            value = header.get(key)
+            return value[:MAX_FIELD_CHARS] if isinstance(value, str) else ""
 
         command = header.get("command")
         if not (isinstance(command, list) and all(isinstance(c, str) for c in command)):
             command = []
-        joined = header.get("joined_at")
+        pid = whole_number(header.get("pid"))
+        slots = whole_number(header.get("slots"))
         return cls(
             number=number,
-            pid=pick("pid", int, None),
-            user=pick("user", str, ""),
-            host=pick("host", str, ""),
-            command=tuple(command),
-            cwd=pick("cwd", str, ""),
-            joined_at=float(joined) if isinstance(joined, (int, float)) else None,
-            acquired_at=acquired_at,
-            slots=max(1, pick("slots", int, 1)),
+            pid=pid if pid is not None and pid > 0 else None,
+            user=text("user"),
+            host=text("host"),
+            command=capped_command(command),
+            cwd=text("cwd"),
+            joined_at=timestamp(header.get("joined_at")),
+            acquired_at=timestamp(acquired_at),
+            slots=slots if slots is not None and 0 < slots < 2**31 else 1,
         )
+
+
+def capped_command(command: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The command as recorded: whole arguments while they fit, the last one cut with
+    ``...``; the rest dropped."""
+    kept: list[str] = []
+    budget = MAX_COMMAND_CHARS
+    for argument in command:
+        if len(argument) > budget:
+            kept.append(argument[: max(0, budget - 3)] + "...")
+            break
+        kept.append(argument)
+        budget -= len(argument) + 1
+        if budget <= 0:
+            break
+    return tuple(kept)
+
+
+def timestamp(value: object) -> float | None:
+    """A time read from a record: a finite, non-negative number, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) and 0 <= seconds < 1e11 else None
+
+
+def whole_number(value: object) -> int | None:
+    """A count or a pid read from a record: a plain integer of sane size, else None."""
+    if isinstance(value, bool) or not isinstance(value, int) or abs(value) >= 2**63:
+        return None
+    return value
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with control characters (and lone surrogates from undecodable bytes) shown as
+    escapes, so that nothing read from a record can steer the terminal it is printed on."""
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if char.isprintable() or char == " ":
+            out.append(char)
+        else:
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    return "".join(out)
 
 
 def _span(start: float | None, end: float) -> float | None:
@@ -181,28 +236,43 @@ def warn(message: str) -> None:
     warnings.warn(message, InturnWarning, stacklevel=3)
 
 
-def parse_record(number: int, data: bytes, origin: str) -> Ticket | None:
+def parse_record(number: int, data: bytes, origin: str, owner: str | None = None) -> Ticket | None:
     """A ticket file's records: a header line, then an ``acquired_at`` line once it holds.
 
     An unfinished last line is being written and is skipped; a finished line that is not JSON
-    is corruption, reported once and ignored.
+    is corruption, reported once and ignored. A value that is not a usable time (NaN, an
+    overflow, a string) is reported and dropped, the rest of the record kept; a record that
+    says it holds still holds. ``owner`` is who the file system says wrote the file: it beats
+    what the record claims.
     """
     lines = data.split(b"\n")[:-1]  # the part after the last newline is unfinished
-    if not lines:
-        return Ticket(number)
-    try:
-        header: Any = json.loads(lines[0])
-        acquired: float | None = None
-        for extra in lines[1:]:
-            record = json.loads(extra)
-            value = record.get("acquired_at") if isinstance(record, dict) else None
-            if isinstance(value, (int, float)):
-                acquired = float(value)
-        if not isinstance(header, dict):
-            raise ValueError("header is not an object")
-    except (ValueError, UnicodeDecodeError):
-        warn_once(f"ignoring corrupt ticket record {origin}")
-        return Ticket(number)
+    where = escape_controls(origin)
+    header: Any = {}
+    holding = False
+    acquired: float | None = None
+    for index, raw in enumerate(lines):
+        try:
+            record = json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            record = None
+        if not isinstance(record, dict):
+            warn_once(f"ignoring corrupt ticket record {where}")
+            if index == 0:
+                return Ticket(number, user=owner or "")
+            continue
+        if index == 0:
+            header = record
+        elif "acquired_at" in record:
+            holding = True
+            acquired = timestamp(record["acquired_at"])
+            if acquired is None:
+                warn_once(f"ignoring a bad acquired_at in {where}")
+    if "joined_at" in header and timestamp(header["joined_at"]) is None:
+        warn_once(f"ignoring a bad joined_at in {where}")
+    if holding and acquired is None:
+        acquired = timestamp(header.get("joined_at")) or time.time()
+    if owner is not None:
+        header = {**header, "user": owner}
     return Ticket.from_header(number, header, acquired)
 
 

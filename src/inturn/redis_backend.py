@@ -40,7 +40,6 @@ import secrets
 import socket
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from typing import Any, NamedTuple, NoReturn, cast
@@ -52,19 +51,34 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.connection import parse_url as _parse_url
 from redis.retry import Retry
 
+from .durations import seconds_parameter
 from .errors import BackendError, Cancelled, LostTurn, UsageError
+from .forks import forget_after_fork
 from .names import decode, digest, encode
 from .records import Ticket, warn_once
-from .store import Backend, CancelToken, LineStore, Membership, Snapshot
+from .store import (
+    Backend,
+    CancelToken,
+    LineStore,
+    LostSignal,
+    Membership,
+    Patience,
+    View,
+    Woke,
+)
 
 DEFAULT_LEASE = 5.0
 DEFAULT_PREFIX = "inturn"
 MIN_LEASE, MAX_LEASE = 0.1, 3600.0
 RENEW_EVERY = 1 / 3  # of the lease: the heartbeat's period
-GIVE_UP_AT = 3 / 4  # of the lease after the last renewal that surely reached the server
+GIVE_UP_AT = 1 / 2  # of the lease after the last renewal that surely reached the server
 WAKE_AFTER_EXPIRY_MS = 10  # a waiter looks again this long after a watched lease could expire
 _PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
-_OWN_PARAMETERS = ("lease", "prefix")
+# After a turn that ended uncleanly (a lease ran out), the next holder waits this long: the
+# cut-off holder gave up half a lease after its last renewal and stops its command within
+# ``inturn run --grace``, well before that.
+DEFAULT_LOCK_DELAY = 3.0
+MAX_LOCK_DELAY = 3600.0
 
 # --------------------------------------------------------------------------- scripts
 
@@ -82,7 +96,10 @@ return number
 _BURY = """
 if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
 local number = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not number then return -2 end
+if not number then
+  if redis.call('ZSCORE', KEYS[4], ARGV[1]) then return 1 end
+  return -2
+end
 redis.call('ZREM', KEYS[1], ARGV[1])
 local marked = 0
 if redis.call('HEXISTS', KEYS[2], 'acquired_at') == 1 then
@@ -131,10 +148,12 @@ class RedisAddress(NamedTuple):
     where: str  # scheme, host, port, database and prefix: never the user or password
     lease: float  # seconds
     prefix: str
+    lock_delay: float = DEFAULT_LOCK_DELAY
 
 
 def parse_address(address: str) -> RedisAddress:
-    """Take inturn's own query parameters (``lease``, ``prefix``) out of a Redis URL."""
+    """Take inturn's own query parameters (``lease``, ``prefix``, ``lock_delay``) out of a
+    Redis URL."""
     try:
         parts = urlsplit(address.strip())
         port = parts.port
@@ -146,11 +165,14 @@ def parse_address(address: str) -> RedisAddress:
     if scheme not in ("redis", "rediss"):
         raise UsageError(f"not a Redis URL (scheme {scheme!r}): use redis:// or rediss://")
     lease, prefix, kept = DEFAULT_LEASE, DEFAULT_PREFIX, []
+    lock_delay = DEFAULT_LOCK_DELAY
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key == "lease":
             lease = _lease(value)
         elif key == "prefix":
             prefix = _prefix(value)
+        elif key == "lock_delay":
+            lock_delay = seconds_parameter(value, key, 0, MAX_LOCK_DELAY)
         else:
             kept.append((key, value))
     host = parts.hostname or "localhost"
@@ -166,7 +188,7 @@ def parse_address(address: str) -> RedisAddress:
         options: dict[str, Any] = cast(Any, _parse_url)(redis_url)
     except ValueError as exc:
         raise UsageError(f"bad Redis URL for {where}: {exc}") from None
-    return RedisAddress(options, where, lease, prefix)
+    return RedisAddress(options, where, lease, prefix, lock_delay)
 
 
 def _lease(text: str) -> float:
@@ -240,50 +262,18 @@ class RedisMembership(Membership):
         self.retry_at: float | None = None
         self.pid = os.getpid()
         self.left = False
-        self._lost = threading.Event()
-        self._callbacks: list[Callable[[], None]] = []
-        self._wakers: set[threading.Event] = set()
-        self._lock = threading.Lock()
+        self.holding = False
+        self.signal = LostSignal()
 
     @property
     def lost(self) -> bool:
-        return self._lost.is_set()
+        return self.signal.lost
 
     def on_lost(self, callback: Callable[[], None]) -> None:
-        with self._lock:
-            if not self._lost.is_set():
-                self._callbacks.append(callback)
-                return
-        callback()
-
-    @contextmanager
-    def linked(self, event: threading.Event) -> Iterator[None]:
-        """Set ``event`` if the ticket is lost while the ``with`` block runs (ends a wait)."""
-        with self._lock:
-            self._wakers.add(event)
-            lost = self._lost.is_set()
-        if lost:
-            event.set()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._wakers.discard(event)
+        self.signal.on_lost(callback)
 
     def declare_lost(self) -> None:
-        with self._lock:
-            if self._lost.is_set():
-                return
-            self._lost.set()
-            callbacks, self._callbacks = self._callbacks, []
-            wakers = list(self._wakers)
-        for event in wakers:
-            event.set()
-        for callback in callbacks:
-            try:
-                callback()
-            except Exception as exc:  # one failing callback must not stop the others
-                warn_once(f"an on_lost callback failed: {exc!r}")
+        self.signal.declare()
 
 
 class LeaseKeeper:
@@ -306,9 +296,9 @@ class LeaseKeeper:
         self._cond = threading.Condition()
         self._pid = 0
         self._closed = False
-        _keepers.add(self)
+        forget_after_fork(self)
 
-    def forget_after_fork(self) -> None:
+    def after_fork_in_child(self) -> None:
         """In a child made by ``fork()``: the parent's tickets stay with the parent, and a
         lock that one of the parent's threads held must not stay held here."""
         self._cond = threading.Condition()
@@ -391,18 +381,6 @@ class LeaseKeeper:
                     self._cond.wait(None if soonest is None else soonest - now)
             for member in late:
                 member.declare_lost()
-
-
-_keepers: weakref.WeakSet[LeaseKeeper] = weakref.WeakSet()
-
-
-def _forked() -> None:
-    for keeper in list(_keepers):
-        keeper.forget_after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forked)
 
 
 # --------------------------------------------------------------------------- waiting
@@ -549,10 +527,12 @@ class RedisLine(LineStore):
         self.counter_key = f"{tag}:next"
         self.tickets_key = f"{tag}:tickets"
         self.abandoned_key = f"{tag}:abandoned"
-        self.ids: dict[int, str] = {}  # ticket number -> id, as last seen
-        self.pttls: dict[int, tuple[int, float]] = {}  # number -> (ms left, when read)
-        self.listed = False
-        self.joining = threading.local()
+        self.lock_delay = backend.address.lock_delay
+        # Ticket number -> id, as seen in the line: a fact that never changes once true, so
+        # threads may share it; forgotten once the ticket is gone from the line.
+        self._ids: dict[int, str] = {}
+        self._ids_lock = threading.Lock()
+        self._listed = False
 
     @property
     def where(self) -> str:
@@ -572,7 +552,7 @@ class RedisLine(LineStore):
 
     # -- LineStore
 
-    def join(self, me: Ticket) -> RedisMembership:
+    def join(self, me: Ticket, patience: Patience) -> tuple[RedisMembership, View | None]:
         ticket_id = secrets.token_hex(10)
         fields: list[object] = ["line", encode(self.name)]
         for key, value in me.header().items():
@@ -593,38 +573,49 @@ class RedisLine(LineStore):
         seed = int(time.time() * 1000)
         sent = time.monotonic()
         with self.backend.errors():
-            if not self.listed:
+            if not self._listed:
                 _call(
                     self.backend.client, "SADD", f"{self.backend.prefix}:lines", encode(self.name)
                 )
-                self.listed = True
+                self._listed = True
             number = int(self._run("join", keys, [ticket_id, self.lease_ms, seed, *fields]))
         member = RedisMembership(number, ticket_id, self._lease_key(ticket_id), sent)
-        self.ids[number] = ticket_id
+        self._learn({number: ticket_id})
         self.backend.keeper.add(member)
-        self.joining.member = member
-        return member
+        return member, None
 
-    def snapshot(self) -> Snapshot:
+    def _learn(self, ids: dict[int, str], present: bool = False) -> None:
+        with self._ids_lock:
+            if present:
+                self._ids = dict(ids)
+            else:
+                self._ids.update(ids)
+
+    def look(self, me: Membership | None) -> View:
         with self.backend.errors(), self.backend.client.pipeline(transaction=False) as pipe:
             _call(pipe, "ZRANGE", self.tickets_key, 0, -1, "WITHSCORES")
             _call(pipe, "ZRANGE", self.abandoned_key, 0, -1, "WITHSCORES")
             tickets, markers = pipe.execute()
         live = _scored(tickets)
         dead = _scored(markers)
-        self.ids = {**dict(live), **dict(dead)}
-        return Snapshot(tuple(n for n, _ in live), tuple(n for n, _ in dead))
+        self._learn({**dict(live), **dict(dead)}, present=True)
+        numbers = tuple(n for n, _ in live if me is None or n < me.number)
+        return View(numbers, tuple(n for n, _ in dead))
 
     def _id(self, number: int) -> str | None:
-        known = self.ids.get(number)
+        with self._ids_lock:
+            known = self._ids.get(number)
         if known is not None:
             return known
-        with self.backend.errors():
-            found = _call(self.backend.client, "ZRANGEBYSCORE", self.tickets_key, number, number)
+        with self.backend.errors(), self.backend.client.pipeline(transaction=False) as pipe:
+            for key in (self.tickets_key, self.abandoned_key):
+                _call(pipe, "ZRANGEBYSCORE", key, number, number)
+            found = [ids for ids in pipe.execute() if ids]
         if not found:
             return None
-        self.ids[number] = _text(found[0])
-        return self.ids[number]
+        ticket_id = _text(found[0][0])
+        self._learn({number: ticket_id})
+        return ticket_id
 
     def _leases_left(self, numbers: Sequence[int]) -> list[int]:
         """Milliseconds left on each ticket's lease; -2 where it is gone."""
@@ -634,15 +625,12 @@ class RedisLine(LineStore):
             for ticket_id in asked:
                 _call(pipe, "PTTL", self._lease_key(ticket_id))
             answers = iter(pipe.execute() if asked else [])
-        left = [int(next(answers)) if i is not None else -2 for i in ids]
-        now = time.monotonic()
-        self.pttls = {n: (ms, now) for n, ms in zip(numbers, left, strict=True)}
-        return left
+        return [int(next(answers)) if i is not None else -2 for i in ids]
 
-    def alive(self, numbers: Sequence[int]) -> list[bool]:
+    def alive(self, numbers: Sequence[int], me: Membership | None) -> list[bool]:
         return [ms != -2 for ms in self._leases_left(numbers)]
 
-    def bury(self, number: int) -> bool:
+    def bury(self, number: int, me: Membership | None, patience: Patience) -> bool:
         ticket_id = self._id(number)
         if ticket_id is None:
             return False
@@ -656,25 +644,33 @@ class RedisLine(LineStore):
         with self.backend.errors():
             return int(self._run("bury", keys, [ticket_id, self.gone_ms])) == 1
 
-    def wait_any(
-        self, numbers: Sequence[int], timeout: float | None, cancel: CancelToken | None
-    ) -> bool:
+    def wait(
+        self,
+        me: Membership,
+        numbers: Sequence[int],
+        timeout: float | None,
+        cancel: CancelToken | None,
+    ) -> Woke | None:
+        assert isinstance(me, RedisMembership)
         try:
-            return self._wait_any(numbers, timeout, cancel)
+            return Woke() if self._wait(me, numbers, timeout, cancel) else None
         except BackendError:
-            self._check_own_place()  # the clearer story when our own lease is gone too
+            self._check_own_place(me)  # the clearer story when our own lease is gone too
             raise
 
-    def _wait_any(
-        self, numbers: Sequence[int], timeout: float | None, cancel: CancelToken | None
+    def _wait(
+        self,
+        me: RedisMembership,
+        numbers: Sequence[int],
+        timeout: float | None,
+        cancel: CancelToken | None,
     ) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         ids = [self._id(n) for n in numbers]
         if any(i is None for i in ids):
             return True
-        left = self._cached_leases(numbers)
         while True:
-            self._check_own_place()
+            self._check_own_place(me)
             if cancel is not None and cancel.cancelled:
                 raise Cancelled(f"stopped waiting for line {self.name!r}")
             block = None
@@ -682,42 +678,34 @@ class RedisLine(LineStore):
                 block = math.ceil((deadline - time.monotonic()) * 1000)
                 if block <= 0:
                     return False
-            if left is None:
-                left = self._leases_left(numbers)
+            left = self._leases_left(numbers)
             if any(ms == -2 for ms in left):
                 return True
             # Wake just after the first watched lease could expire (-1: no expiry, never ours).
             expiry = min((ms for ms in left if ms >= 0), default=self.lease_ms)
             wake = expiry + WAKE_AFTER_EXPIRY_MS
             block = wake if block is None else min(block, wake)
-            if self._block_on([self._gone_key(cast(str, i)) for i in ids], block, cancel):
+            if self._block_on(me, [self._gone_key(cast(str, i)) for i in ids], block, cancel):
                 return True
-            left = None
 
-    def _cached_leases(self, numbers: Sequence[int]) -> list[int] | None:
-        """What ``alive`` just read, aged by the time since, if it read every one of these."""
-        now = time.monotonic()
-        seen = [self.pttls.get(n) for n in numbers]
-        if any(s is None or now - s[1] > 1.0 for s in seen):
-            return None
-        return [
-            ms if ms < 0 else max(0, ms - round((now - at) * 1000))
-            for ms, at in cast(list[tuple[int, float]], seen)
-        ]
-
-    def _interrupted(self) -> NoReturn:
-        self._check_own_place()
+    def _interrupted(self, me: RedisMembership) -> NoReturn:
+        self._check_own_place(me)
         raise Cancelled(f"stopped waiting for line {self.name!r}")
 
-    def _check_own_place(self) -> None:
-        member: RedisMembership | None = getattr(self.joining, "member", None)
-        if member is not None and member.lost:
+    def _check_own_place(self, me: RedisMembership) -> None:
+        if me.lost and not me.holding:
             raise LostTurn(
                 f"lost our place in line {self.name!r}: Redis at {self.where} did not answer "
                 f"within the {self.backend.lease:g}s lease"
             )
 
-    def _block_on(self, streams: list[str], block_ms: int, cancel: CancelToken | None) -> bool:
+    def _block_on(
+        self,
+        me: RedisMembership,
+        streams: list[str],
+        block_ms: int,
+        cancel: CancelToken | None,
+    ) -> bool:
         """``XREAD BLOCK`` on the leavers' streams; True when one of them wrote.
 
         A cancel, or our own ticket being declared lost, shuts the connection's socket from
@@ -725,19 +713,17 @@ class RedisLine(LineStore):
         """
         pool = self.backend.wait_pool
         interrupter = _Interrupter()
-        member: RedisMembership | None = getattr(self.joining, "member", None)
         with self.backend.errors():
             connection = _get_connection(pool)
         try:
             with ExitStack() as links:
                 if cancel is not None:
                     links.enter_context(cancel.linked(interrupter))
-                if member is not None:
-                    links.enter_context(member.linked(interrupter))
+                links.enter_context(me.signal.linked(interrupter))
                 with self.backend.errors():
                     connection.connect()
                 if not interrupter.arm(getattr(connection, "_sock", None)):
-                    self._interrupted()
+                    self._interrupted(me)
                 try:
                     connection.send_command(
                         "XREAD", "BLOCK", max(1, block_ms), "STREAMS", *streams,
@@ -746,7 +732,7 @@ class RedisLine(LineStore):
                     reply = connection.read_response()
                 except (rx.ConnectionError, rx.TimeoutError, OSError):
                     if interrupter.is_set():
-                        self._interrupted()
+                        self._interrupted(me)
                     connection.disconnect()
                     return False  # the caller looks again, through the main connection
                 finally:
@@ -757,7 +743,6 @@ class RedisLine(LineStore):
 
     def mark_acquired(self, me: Membership, when: float) -> None:
         assert isinstance(me, RedisMembership)
-        self.joining.member = None
         keys = [self.tickets_key, self._ticket_key(me.ticket_id), self._lease_key(me.ticket_id)]
         with self.backend.errors():
             ok = not me.lost and int(self._run("mark", keys, [me.ticket_id, repr(when)])) == 1
@@ -767,8 +752,9 @@ class RedisLine(LineStore):
                 f"lost our place in line {self.name!r}: its lease on Redis at {self.where} "
                 f"expired (the server was out of reach for over {self.backend.lease:g}s)"
             )
+        me.holding = True
 
-    def claim_abandoned(self) -> Ticket | None:
+    def claim_abandoned(self, me: Membership) -> Ticket | None:
         while True:
             with self.backend.errors():
                 first = _call(self.backend.client, "ZRANGE", self.abandoned_key, 0, 0, "WITHSCORES")
@@ -786,8 +772,6 @@ class RedisLine(LineStore):
         if me.pid != os.getpid() or me.left:
             return  # a child made by fork(): the ticket stays with the parent
         me.left = True
-        if getattr(self.joining, "member", None) is me:
-            self.joining.member = None
         self.backend.keeper.remove(me)
         keys = [
             self.tickets_key,
@@ -807,7 +791,7 @@ class RedisLine(LineStore):
                 f"the ticket expires within {self.backend.lease:g}s"
             )
 
-    def read(self, numbers: Sequence[int]) -> list[Ticket | None]:
+    def read(self, numbers: Sequence[int], me: Membership | None = None) -> list[Ticket | None]:
         ids = [self._id(n) for n in numbers]
         asked = [i for i in ids if i is not None]
         with self.backend.errors(), self.backend.client.pipeline(transaction=False) as pipe:

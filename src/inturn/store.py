@@ -6,59 +6,111 @@ A line is a set of numbered tickets. Each backend keeps, per line:
   (they double as fencing tokens);
 * for each ticket, a record of its owner (``records.Ticket``) and a *liveness lock* that the
   owner holds from ``join`` until ``leave`` and that the operating system or server frees the
-  moment the owner dies (a ``flock``, a named mutex, a session advisory lock);
+  moment the owner dies (a ``flock``, a named mutex, a session advisory lock, a lease);
 * *abandonment markers*: a record that a ticket died while it held the turn, consumed by the
   next holder so that exactly one of them is told.
 
 Everything else (who is ahead, who to wait for, first come first served, slots) is decided in
 ``queue.py`` from these primitives and is the same on every backend.
+
+Whose ticket is asking is always an argument (``me``), never the calling thread: a store is
+shared by every thread of a process, and nothing one caller does (a look, a probe, a status
+display) changes what another decides. What one round trip already learned (liveness read
+with the line, the line read on waking) is returned, not cached.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import NamedTuple
 
 from .errors import BackendError, Cancelled
-from .records import LineStatus, Ticket
+from .records import LineStatus, Ticket, warn
 
 
-class Snapshot(NamedTuple):
-    """What a line holds right now: ticket numbers (live or dead), and abandonment markers."""
+class GuardTaken(BackendError):
+    """A short lock of the backend (a line's guard) stayed taken past the caller's patience:
+    someone holds it for long. The queue turns this into ``Busy`` or ``Timeout``."""
+
+
+class View(NamedTuple):
+    """A look at a line: the tickets present (live or dead) ahead of the one asking, or all of
+    them for an observer, ascending; the abandonment markers nobody has claimed yet; and each
+    ticket's liveness when the same round trip told it (None: ask ``alive``)."""
 
     tickets: tuple[int, ...]
-    abandoned: tuple[int, ...] = ()
+    markers: tuple[int, ...] = ()
+    alive: tuple[bool, ...] | None = None
 
 
-class CancelToken:
-    """Lets another thread (an ``asyncio`` task being cancelled) end a wait at once."""
+class Woke(NamedTuple):
+    """How a wait ended: the line as the same round trip found it on waking (or None), and the
+    watched tickets known to have left cleanly (they need no further look)."""
+
+    view: View | None = None
+    left: tuple[int, ...] = ()
+
+
+class Patience(NamedTuple):
+    """How long a step may wait for a short lock of the backend (a guard another process
+    holds): until ``deadline`` (``time.monotonic()``), for ever when None, and no longer than
+    ``cancel`` allows."""
+
+    deadline: float | None = None
+    cancel: CancelToken | None = None
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+
+class Fanout:
+    """A set of ``threading.Event``s to set all at once when something happens (a cancel, a
+    lost turn), including events linked after it happened."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._events: set[threading.Event] = set()
-        self.cancelled = False
+        self.fired = False
 
-    def cancel(self) -> None:
+    def fire(self) -> bool:
+        """Set every linked event; False if it had fired already."""
         with self._lock:
-            self.cancelled = True
-            for event in self._events:
-                event.set()
+            if self.fired:
+                return False
+            self.fired = True
+            events = list(self._events)
+        for event in events:
+            event.set()
+        return True
 
     @contextmanager
     def linked(self, event: threading.Event) -> Iterator[None]:
-        """Set ``event`` when cancelled, for as long as the ``with`` block runs."""
+        """Set ``event`` when fired, for as long as the ``with`` block runs."""
         with self._lock:
             self._events.add(event)
-            if self.cancelled:
-                event.set()
+            fired = self.fired
+        if fired:
+            event.set()
         try:
             yield
         finally:
             with self._lock:
                 self._events.discard(event)
+
+
+class CancelToken(Fanout):
+    """Lets another thread (an ``asyncio`` task being cancelled, a signal handler) end a wait."""
+
+    @property
+    def cancelled(self) -> bool:
+        return self.fired
+
+    def cancel(self) -> None:
+        self.fire()
 
 
 def wait_woken(
@@ -82,6 +134,50 @@ def wait_woken(
         return False
 
 
+def pause(seconds: float, cancel: CancelToken | None, name: str) -> None:
+    """Sleep ``seconds`` (a lock delay), ending early with ``Cancelled`` if cancelled."""
+    if cancel is None:
+        time.sleep(seconds)
+        return
+    woken = threading.Event()
+    with cancel.linked(woken):
+        woken.wait(seconds)
+    if cancel.cancelled:
+        raise Cancelled(f"stopped waiting for line {name!r}")
+
+
+class LostSignal(Fanout):
+    """The one way a membership reports a lost turn: ``lost``, callbacks run once (from the
+    thread that noticed), and linked events set so that a wait in progress ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+        self._callback_lock = threading.Lock()
+
+    @property
+    def lost(self) -> bool:
+        return self.fired
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        with self._callback_lock:
+            if not self.fired:
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def declare(self) -> None:
+        with self._callback_lock:
+            if not self.fire():
+                return
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception as exc:  # one failing callback must not silence the others
+                warn(f"an on_lost callback failed: {exc!r}")
+
+
 class Membership(ABC):
     """The caller's own ticket: it keeps the liveness lock held until ``LineStore.leave``."""
 
@@ -101,11 +197,14 @@ class Membership(ABC):
 
 
 class LineStore(ABC):
-    """One named line in one backend."""
+    """One named line in one backend, safe to share between any number of threads."""
 
     name: str
     scope: str = "user"
     remote = False  # True when every look costs a server round trip
+    # Seconds the next holder waits after a turn that ended uncleanly, so that a holder cut
+    # off from a server has stopped its work first (0 where death is the only unclean end).
+    lock_delay: float = 0.0
 
     @property
     def where(self) -> str:
@@ -113,34 +212,40 @@ class LineStore(ABC):
         return ""
 
     @abstractmethod
-    def join(self, me: Ticket) -> Membership:
+    def join(self, me: Ticket, patience: Patience) -> tuple[Membership, View | None]:
         """Take the next ticket number, publish ``me`` under it and hold its liveness lock.
 
         Taking the number and publishing it must be one atomic step with respect to other
-        joiners: once ``join`` returns, anyone who joins later sees this ticket in ``snapshot``.
+        joiners: once ``join`` returns, anyone who joins later sees this ticket. Returns the
+        view of the tickets ahead when joining already read it (else None: ``look``).
         """
 
     @abstractmethod
-    def snapshot(self) -> Snapshot:
-        """Every ticket present (including dead ones not yet buried), ascending."""
+    def look(self, me: Membership | None) -> View:
+        """The tickets present ahead of ``me`` (every ticket for an observer), ascending."""
 
     @abstractmethod
-    def alive(self, numbers: Sequence[int]) -> list[bool]:
+    def alive(self, numbers: Sequence[int], me: Membership | None) -> list[bool]:
         """Whether each ticket's owner still holds its liveness lock (asks the kernel/server)."""
 
     @abstractmethod
-    def bury(self, number: int) -> bool:
-        """Remove a ticket found dead; turn it into an abandonment marker if it was holding.
+    def bury(self, number: int, me: Membership | None, patience: Patience) -> bool:
+        """Remove a ticket found dead; leave an abandonment marker if it was holding.
 
         Must re-check death under the backend's own exclusion, so that a live ticket is never
-        removed. Returns True when a marker was left.
+        removed. Returns True when an unclaimed marker for it exists afterwards (whoever made
+        it), so that the caller knows to claim it when its turn comes.
         """
 
     @abstractmethod
-    def wait_any(
-        self, numbers: Sequence[int], timeout: float | None, cancel: CancelToken | None
-    ) -> bool:
-        """Sleep until one of these tickets is gone or dead. False when ``timeout`` ran out.
+    def wait(
+        self,
+        me: Membership,
+        numbers: Sequence[int],
+        timeout: float | None,
+        cancel: CancelToken | None,
+    ) -> Woke | None:
+        """Sleep until one of these tickets is gone or dead; None when ``timeout`` ran out.
 
         No polling: the caller sleeps in the kernel or the server. Raise ``Cancelled`` if
         ``cancel`` gets set; KeyboardInterrupt must get through on the main thread.
@@ -151,7 +256,7 @@ class LineStore(ABC):
         """Record that ``me`` now holds the turn (status shows it; death now means abandoned)."""
 
     @abstractmethod
-    def claim_abandoned(self) -> Ticket | None:
+    def claim_abandoned(self, me: Membership) -> Ticket | None:
         """Consume one abandonment marker atomically; the dead holder's record, or None."""
 
     @abstractmethod
@@ -159,20 +264,24 @@ class LineStore(ABC):
         """Remove the caller's ticket and free its liveness lock (clean release or giving up)."""
 
     @abstractmethod
-    def read(self, numbers: Sequence[int]) -> list[Ticket | None]:
+    def read(self, numbers: Sequence[int], me: Membership | None = None) -> list[Ticket | None]:
         """The records of these tickets (None where gone or unreadable)."""
 
     def status(self) -> LineStatus:
         """Live holders and waiters in ticket order; buries the dead it finds on the way
-        (when it may: an observer without write access leaves them to others)."""
-        present = self.snapshot().tickets
+        (when it may, and briefly: an observer without write access, or one that finds the
+        line's guard taken, leaves them to others)."""
+        view = self.look(None)
+        present = view.tickets
+        liveness = view.alive if view.alive is not None else tuple(self.alive(present, None))
         live: list[int] = []
-        for number, ok in zip(present, self.alive(present), strict=True):
+        patience = Patience(time.monotonic() + OBSERVER_PATIENCE)
+        for number, ok in zip(present, liveness, strict=True):
             if ok:
                 live.append(number)
             else:
                 with suppress(BackendError):
-                    self.bury(number)
+                    self.bury(number, None, patience)
         holders: list[Ticket] = []
         waiters: list[Ticket] = []
         for ticket in self.read(live):
@@ -182,6 +291,12 @@ class LineStore(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free what the store keeps open between calls."""
+
+
+# How long a look from outside (``status``) waits for a guard before it leaves the dead to
+# others, and how long a non-blocking acquire waits for one before it calls the line busy.
+OBSERVER_PATIENCE = 0.2
+BUSY_PATIENCE = 1.0
 
 
 class Backend(ABC):

@@ -31,7 +31,7 @@ class WaitingDisplay:
 
     def update(self, progress: Progress) -> None:
         """Called by the waiter each time it goes back to sleep."""
-        holders = self.line.store.read(progress.ahead[: self.line.slots])
+        holders = self.line.store.read(progress.ahead[: self.line.slots])  # records only
         with self._lock:
             self.ticket = progress.ticket
             self.position = progress.position
@@ -51,7 +51,7 @@ class WaitingDisplay:
         """Re-read who is ahead from the folder; the lock calls stay with the waiter."""
         store = self.line.store
         try:
-            ahead = [n for n in store.snapshot().tickets if n < self.ticket]
+            ahead = [n for n in store.look(None).tickets if n < self.ticket]
             records = [t for t in store.read(ahead) if t is not None]
         except Exception:  # a display must never break the wait
             return

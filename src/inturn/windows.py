@@ -30,6 +30,7 @@ from __future__ import annotations
 import _thread
 import contextlib
 import ctypes
+import hashlib
 import json
 import msvcrt
 import os
@@ -48,15 +49,27 @@ from .errors import BackendError, Cancelled, UsageError
 from .layout import (
     COUNTER,
     NAME_FILE,
+    Entries,
+    counter_file,
     marker_file,
     next_number,
+    read_entries,
     resolve_root,
-    snapshot_of,
     ticket_file,
+    told_file,
 )
 from .names import names_in, safe_file_name
-from .records import LineStatus, Ticket, dumps_line, parse_record, warn_once
-from .store import Backend, CancelToken, LineStore, Membership, Snapshot
+from .records import MAX_RECORD_BYTES, LineStatus, Ticket, dumps_line, parse_record, warn_once
+from .store import (
+    Backend,
+    CancelToken,
+    GuardTaken,
+    LineStore,
+    Membership,
+    Patience,
+    View,
+    Woke,
+)
 
 assert sys.platform == "win32"  # the rest of this module is Windows code
 
@@ -92,6 +105,9 @@ INVALID_HANDLE_VALUE = ctypes.c_void_p(-1).value
 
 CTRL_C_EVENT = 0
 CTRL_BREAK_EVENT = 1
+
+SE_FILE_OBJECT = 1
+OWNER_SECURITY_INFORMATION = 0x1
 
 TOKEN_QUERY = 0x0008
 TOKEN_USER_CLASS = 1
@@ -152,6 +168,8 @@ _AssignProcessToJobObject = _bind(_k, "AssignProcessToJobObject", B, H, H)
 _TerminateJobObject = _bind(_k, "TerminateJobObject", B, H, wintypes.UINT)
 _IsProcessInJob = _bind(_k, "IsProcessInJob", B, H, H, ctypes.POINTER(B))
 _LocalFree = _bind(_k, "LocalFree", H, H)
+_GetSecurityInfo = _bind(_a, "GetSecurityInfo", D, H, ctypes.c_int, D, P, P, P, P, P)
+_LookupAccountSidW = _bind(_a, "LookupAccountSidW", B, W, P, P, P, P, P, P)
 _OpenProcessToken = _bind(_a, "OpenProcessToken", B, H, D, ctypes.POINTER(H))
 _GetTokenInformation = _bind(_a, "GetTokenInformation", B, H, ctypes.c_int, P, D, ctypes.POINTER(D))
 _ConvertSidToStringSidW = _bind(_a, "ConvertSidToStringSidW", B, P, ctypes.POINTER(wintypes.LPWSTR))
@@ -324,10 +342,15 @@ class _Security:
 
 
 # Machine scope: every authenticated user may wait on a ticket (SYNCHRONIZE) and take and give
-# back the guard (plus MUTEX_MODIFY_STATE); files in the shared folders are modifiable by all.
+# back the guard (plus MUTEX_MODIFY_STATE). In the shared folders every authenticated user may
+# list, create files and folders, and read files (0x1200af on folders, FR on files), and has
+# full control of what they created themselves (CREATOR OWNER), but may not change, rename or
+# delete another user's files: like a sticky folder on POSIX.
 _MACHINE_TICKET_SDDL = "D:(A;;GA;;;SY)(A;;GA;;;BA)(A;;GA;;;{sid})(A;;0x100000;;;AU)"
 _MACHINE_GUARD_SDDL = "D:(A;;GA;;;SY)(A;;GA;;;BA)(A;;GA;;;{sid})(A;;0x100001;;;AU)"
-_MACHINE_FOLDER_SDDL = "D:(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)(A;OICI;0x1301bf;;;AU)"
+_MACHINE_FOLDER_SDDL = (
+    "D:(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)(A;CI;0x1200af;;;AU)(A;OIIO;FR;;;AU)(A;OICIIO;FA;;;CO)"
+)
 
 
 # --------------------------------------------------------------------------- files
@@ -355,6 +378,13 @@ def _open_shared(path: str, *, write: bool, disposition: int) -> int:
 
 def _read_file(path: str) -> bytes | None:
     """The first 64 KiB of ``path``; None when it is gone or being deleted."""
+    found = _read_owned(path, owner=False)
+    return None if found is None else found[0]
+
+
+def _read_owned(path: str, owner: bool) -> tuple[bytes, str | None] | None:
+    """The first 64 KiB of ``path`` and (if asked) the name of the file's owner; None when it
+    is gone or being deleted."""
     try:
         fd = _open_shared(path, write=False, disposition=OPEN_EXISTING)
     except OSError as exc:
@@ -362,9 +392,34 @@ def _read_file(path: str) -> bytes | None:
             return None  # gone, or delete-pending (a leaver removed it while someone read it)
         raise
     try:
-        return os.read(fd, 65536)
+        data = b""
+        while len(data) < MAX_RECORD_BYTES:
+            chunk = os.read(fd, MAX_RECORD_BYTES - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data, _owner_name(msvcrt.get_osfhandle(fd)) if owner else None
     finally:
         os.close(fd)
+
+
+def _owner_name(handle: int) -> str | None:
+    """The account that owns an open file (``DOMAIN\\user`` or ``user``), as the system says."""
+    sid = ctypes.c_void_p()
+    descriptor = ctypes.c_void_p()
+    if _GetSecurityInfo(handle, SE_FILE_OBJECT, OWNER_SECURITY_INFORMATION, ctypes.byref(sid),
+                        None, None, None, ctypes.byref(descriptor)) != 0:  # fmt: skip
+        return None
+    try:
+        name = ctypes.create_unicode_buffer(256)
+        domain = ctypes.create_unicode_buffer(256)
+        name_size, domain_size, use = wintypes.DWORD(256), wintypes.DWORD(256), wintypes.DWORD()
+        if not _LookupAccountSidW(None, sid, name, ctypes.byref(name_size), domain,
+                                  ctypes.byref(domain_size), ctypes.byref(use)):  # fmt: skip
+            return None
+        return f"{domain.value}\\{name.value}" if domain.value else name.value
+    finally:
+        _LocalFree(descriptor)
 
 
 def _make_folder(path: str, security: _Security | None) -> bool:
@@ -432,6 +487,8 @@ class WindowsBackend(Backend):
         self.scope = scope
         prepare_root(self.root, scope, explicit)
         self.sid = user_sid()
+        # A number for this user's own counter file on machine-wide lines.
+        self.counter_id = int.from_bytes(hashlib.sha256(self.sid.encode()).digest()[:6], "big")
         if scope == "machine":
             self.namespace = "Global\\inturn.machine"
             self.ticket_security: _Security | None = _Security(
@@ -694,8 +751,9 @@ def _milliseconds(seconds: float) -> int:
 
 def wait_for_mutexes(
     mutexes: Sequence[int], timeout: float | None, cancel: CancelToken | None, line: str
-) -> bool:
-    """Sleep until one of ``mutexes`` can be acquired (its owner left or died); False on timeout.
+) -> tuple[int, bool] | None:
+    """Sleep until one of ``mutexes`` can be acquired (its owner left or died): which one, and
+    whether it was released cleanly (not abandoned by a dead owner); None on timeout.
 
     The mutex won is released at once by this same thread. On the main thread Ctrl-C and
     Ctrl-Break wake the wait through a console control handler and the Python handler runs
@@ -727,12 +785,13 @@ def wait_for_mutexes(
                     if result == WAIT_TIMEOUT and (
                         deadline is None or time.monotonic() >= deadline
                     ):
-                        return False
+                        return None
                     continue
                 if index < len(watched):
                     if fanout is None:
                         _ReleaseMutex(watched[index])
-                    return True
+                        return index, result < WAIT_ABANDONED_0
+                    return 0, False
                 if kernel_cancel is not None and handles[index] == kernel_cancel.handle:
                     raise Cancelled(f"stopped waiting for line {line!r}")
                 if console is not None:
@@ -849,14 +908,19 @@ class WindowsLine(LineStore):
         return f"cannot use the {what} of line {self.name!r}: {ctypes.FormatError(code)}"
 
     @contextlib.contextmanager
-    def _guard(self) -> Iterator[None]:
+    def _guard(self, patience: Patience) -> Iterator[None]:
         """The short lock under which numbers are taken and dead tickets removed.
 
         A holder that died in here leaves the mutex abandoned: the next one takes it over;
-        every step inside is safe to find half done.
+        every step inside is safe to find half done. A caller with a deadline or a cancel
+        token waits no longer than they allow (``GuardTaken``, ``Cancelled``).
         """
         handle = self._guard_mutex()
-        result = _WaitForSingleObject(handle, INFINITE)
+        remaining = patience.remaining()
+        if remaining is None and patience.cancel is None:
+            result = _WaitForSingleObject(handle, INFINITE)
+        else:
+            result = self._wait_guard(handle, remaining, patience.cancel)
         if result not in (WAIT_OBJECT_0, WAIT_ABANDONED_0):
             raise _os_error(f"cannot take the guard of line {self.name!r}")
         try:
@@ -864,43 +928,85 @@ class WindowsLine(LineStore):
         finally:
             _ReleaseMutex(handle)
 
+    def _wait_guard(self, handle: int, remaining: float | None, cancel: CancelToken | None) -> int:
+        wait_ms = INFINITE if remaining is None else _milliseconds(max(0.0, remaining))
+        kernel_cancel = _KernelEvent() if cancel is not None else None
+        try:
+            with contextlib.ExitStack() as stack:
+                handles = [handle]
+                if cancel is not None and kernel_cancel is not None:
+                    stack.enter_context(cancel.linked(kernel_cancel))
+                    handles.append(kernel_cancel.handle)
+                result = _wait_handles(handles, wait_ms)
+        finally:
+            if kernel_cancel is not None:
+                kernel_cancel.close()
+        if result == WAIT_OBJECT_0 + 1:
+            raise Cancelled(f"stopped waiting for line {self.name!r}")
+        if result == WAIT_TIMEOUT:
+            raise GuardTaken(f"its guard (the mutex {self.object_name('guard')}) is held for long")
+        return result
+
     def _path(self, entry: str) -> str:
         return os.path.join(self.folder, entry)
 
-    def _next_number(self) -> tuple[int, int]:
-        """The next ticket number from the counter file, and the counter's descriptor."""
+    def _counter_path(self) -> str:
+        """Where this process keeps the line's counter. Machine-wide, each user writes only a
+        counter of their own (the folder lets nobody change another's files), and numbers
+        go above all of them, so nobody can turn back the numbers others were given."""
+        if self.scope != "machine":
+            return self._path(COUNTER)
+        return self._path(counter_file(self.backend.counter_id))
+
+    def _next_number(self, entries: Entries) -> int:
+        """Under the guard: the next number, above every counter and every number present."""
+        if self.scope != "machine":
+            data = _read_file(self._path(COUNTER)) or b""
+            return next_number(data, self._path(COUNTER), entries.highest)
+        highest = entries.highest
+        for entry in (COUNTER, *entries.counters):
+            text = (_read_file(self._path(entry)) or b"").split(b"\n", 1)[0].strip()
+            if text.isdigit() and len(text) < 19:
+                highest = max(highest, int(text) - 1)
+        return highest + 1
+
+    def _save_number(self, following: int) -> None:
         try:
-            fd = _open_shared(self._path(COUNTER), write=True, disposition=OPEN_ALWAYS)
+            fd = _open_shared(self._counter_path(), write=True, disposition=OPEN_ALWAYS)
         except OSError as exc:
             raise BackendError(
-                f"cannot use {self._path(COUNTER)}: {exc.strerror}; fix the folder's "
+                f"cannot use {self._counter_path()}: {exc.strerror}; fix the folder's "
                 "permissions, or choose another folder with --dir or INTURN_DIR"
             ) from None
-        return next_number(os.read(fd, 64), self._path(COUNTER), self.snapshot), fd
+        try:
+            os.write(fd, f"{following}\n".encode())
+        finally:
+            os.close(fd)
+
+    def _entries(self) -> Entries:
+        self._line_id()
+        return read_entries(os.listdir(self.folder))
 
     # -- LineStore
 
-    def join(self, me: Ticket) -> WindowsMembership:
+    def join(self, me: Ticket, patience: Patience) -> tuple[WindowsMembership, View]:
         if self.scope == "machine" and not has_global_privilege():
             raise BackendError(_PRIVILEGE_MESSAGE)  # looking needs no privilege; joining does
         self._line_id()
-        with self._guard():
-            number, counter = self._next_number()
+        with self._guard(patience):
+            entries = self._entries()
+            owner, fd, number = self._take(self._next_number(entries))
             try:
-                owner, fd, number = self._take(number)
-                try:
-                    os.write(fd, dumps_line(me.header()))
-                    os.lseek(counter, 0, os.SEEK_SET)
-                    os.write(counter, f"{number + 1}\n".encode())
-                except BaseException:
-                    os.close(fd)
-                    with contextlib.suppress(OSError):
-                        os.unlink(self._path(ticket_file(number)))
-                    owner.release()
-                    raise
-            finally:
-                os.close(counter)
-        return WindowsMembership(number, fd, owner)
+                _write_all(fd, dumps_line(me.header()))
+                self._save_number(number + 1)
+            except BaseException:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(self._path(ticket_file(number)))
+                owner.release()
+                raise
+        ahead = tuple(n for n in entries.tickets if n < number)
+        return WindowsMembership(number, fd, owner), View(ahead, entries.markers)
 
     def _take(self, number: int) -> tuple[_Owner, int, int]:
         """Create the mutex and the record of the first free number from ``number`` on.
@@ -915,7 +1021,7 @@ class WindowsLine(LineStore):
                 number += 1
                 continue
             try:
-                fd = self._create_ticket(number)
+                fd = self._create_new(ticket_file(number))
             except BaseException:
                 owner.release()
                 raise
@@ -925,9 +1031,9 @@ class WindowsLine(LineStore):
             number += 1
         raise BackendError(f"{self.folder} is full of foreign files: clean it up")
 
-    def _create_ticket(self, number: int) -> int | None:
-        """Create our ticket record (the mutex already exists, so whoever sees one sees both)."""
-        path = self._path(ticket_file(number))
+    def _create_new(self, entry: str) -> int | None:
+        """Create one of the line's files, which must not exist yet; None if it does."""
+        path = self._path(entry)
         try:
             return _open_shared(path, write=True, disposition=CREATE_NEW)
         except OSError as exc:
@@ -947,9 +1053,12 @@ class WindowsLine(LineStore):
             return LineStatus(self.name, scope=self.scope, where=self.folder)
         return super().status()
 
-    def snapshot(self) -> Snapshot:
-        self._line_id()
-        return snapshot_of(os.listdir(self.folder))
+    def look(self, me: Membership | None) -> View:
+        entries = self._entries()
+        tickets = entries.tickets
+        if me is not None:
+            tickets = tuple(n for n in tickets if n < me.number)
+        return View(tickets, entries.markers)
 
     def _alive(self, number: int) -> bool:
         """Whether ticket ``number``'s mutex exists and is owned by someone.
@@ -971,32 +1080,44 @@ class WindowsLine(LineStore):
         finally:
             _CloseHandle(handle)
 
-    def alive(self, numbers: Sequence[int]) -> list[bool]:
+    def alive(self, numbers: Sequence[int], me: Membership | None) -> list[bool]:
         return [self._alive(number) for number in numbers]
 
-    def bury(self, number: int) -> bool:
+    def bury(self, number: int, me: Membership | None, patience: Patience) -> bool:
         name = ticket_file(number)
-        with self._guard():
-            if self._alive(number):
-                return False
-            data = _read_file(self._path(name))
-            if data is None:
-                return False
-            record = parse_record(number, data, self._path(name))
-            try:
-                if record is not None and record.holding:
-                    os.rename(self._path(name), self._path(marker_file(number)))
-                    return True
-                os.unlink(self._path(name))
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                warn_once(f"cannot remove dead ticket {self._path(name)}: {exc.strerror}")
-            return False
+        with self._guard(patience):
+            data = None if self._alive(number) else _read_file(self._path(name))
+            if data is not None:
+                record = parse_record(number, data, self._path(name))
+                if data and record is not None and record.holding:
+                    self._leave_marker(number, data)
+                try:
+                    os.unlink(self._path(name))
+                except (FileNotFoundError, PermissionError):
+                    pass  # gone, or another user's: dead all the same, and marked
+                except OSError as exc:
+                    warn_once(f"cannot remove dead ticket {self._path(name)}: {exc.strerror}")
+            marker, told = (
+                os.path.lexists(self._path(f(number))) for f in (marker_file, told_file)
+            )
+            return marker and not told
 
-    def wait_any(
-        self, numbers: Sequence[int], timeout: float | None, cancel: CancelToken | None
-    ) -> bool:
+    def _leave_marker(self, number: int, data: bytes) -> None:
+        fd = self._create_new(marker_file(number))
+        if fd is None:
+            return  # someone marked it already
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+
+    def wait(
+        self,
+        me: Membership,
+        numbers: Sequence[int],
+        timeout: float | None,
+        cancel: CancelToken | None,
+    ) -> Woke | None:
         handles: list[int] = []
         try:
             for number in numbers:
@@ -1005,31 +1126,41 @@ class WindowsLine(LineStore):
                     code = _last_error()
                     if code == ERROR_ACCESS_DENIED:
                         raise BackendError(self._object_error(f"ticket {number}", code))
-                    return True  # gone already
+                    return Woke()  # gone already
                 handles.append(handle)
-            return wait_for_mutexes(handles, timeout, cancel, self.name)
+            woke = wait_for_mutexes(handles, timeout, cancel, self.name)
+            if woke is None:
+                return None
+            index, clean = woke
+            return Woke(left=(numbers[index],) if clean else ())
         finally:
             for handle in handles:
                 _CloseHandle(handle)
 
     def mark_acquired(self, me: Membership, when: float) -> None:
         assert isinstance(me, WindowsMembership)
-        os.write(me.fd, b'{"acquired_at":%r}\n' % when)
+        _write_all(me.fd, b'{"acquired_at":%r}\n' % when)
 
-    def claim_abandoned(self) -> Ticket | None:
-        for number in self.snapshot().abandoned:
+    def claim_abandoned(self, me: Membership) -> Ticket | None:
+        for number in self._entries().markers:
             path = self._path(marker_file(number))
             data = _read_file(path)
             if data is None:
                 continue
-            record = parse_record(number, data, path)
-            try:
-                os.unlink(path)
-            except (FileNotFoundError, PermissionError):
-                continue  # another new holder claimed it first (or is deleting it)
-            except OSError as exc:
-                warn_once(f"cannot remove {path}: {exc.strerror}")
+            told = self._create_new(told_file(number))
+            if told is None:
+                continue  # another new holder was told
+            os.close(told)
+            if not os.path.lexists(path):  # claimed and tidied away while we read it
+                with contextlib.suppress(OSError):
+                    os.unlink(self._path(told_file(number)))
                 continue
+            record = parse_record(number, data, path)
+            with contextlib.suppress(OSError, BackendError), self._guard(Patience(0.0)):
+                if not self._alive(number):  # the safe order: ticket, marker, claim
+                    for entry in (ticket_file(number), marker_file(number), told_file(number)):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(self._path(entry))
             return record
         return None
 
@@ -1049,12 +1180,16 @@ class WindowsLine(LineStore):
             warn_once(f"cannot remove {self._path(ticket_file(me.number))}: {exc.strerror}")
         me.owner.release()
 
-    def read(self, numbers: Sequence[int]) -> list[Ticket | None]:
+    def read(self, numbers: Sequence[int], me: Membership | None = None) -> list[Ticket | None]:
         result: list[Ticket | None] = []
         for number in numbers:
             path = self._path(ticket_file(number))
-            data = _read_file(path)
-            result.append(None if data is None else parse_record(number, data, path))
+            found = _read_owned(path, owner=self.scope == "machine")
+            if found is None or not found[0]:
+                result.append(None)
+                continue
+            data, owner = found
+            result.append(parse_record(number, data, path, owner))
         return result
 
     def close(self) -> None:
@@ -1065,6 +1200,12 @@ class WindowsLine(LineStore):
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 # --------------------------------------------------------------------------- inturn run

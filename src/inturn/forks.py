@@ -1,0 +1,34 @@
+"""One registry of what a child made by ``fork()`` must forget.
+
+A forked child starts with copies of the parent's objects but only the forking thread: watch
+threads, lease threads and the parent's turns are not its own, and a lock that another thread
+held at the fork stays held for ever in the child. Every object that keeps such state
+registers here and gets ``after_fork_in_child()`` called in the child, before it runs on.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Protocol
+
+
+class ForkAware(Protocol):
+    def after_fork_in_child(self) -> None: ...
+
+
+_registered: weakref.WeakSet[ForkAware] = weakref.WeakSet()
+
+
+def forget_after_fork(thing: ForkAware) -> None:
+    """Have ``thing.after_fork_in_child()`` called in every child made by ``fork()``."""
+    _registered.add(thing)
+
+
+def _in_child() -> None:
+    for thing in list(_registered):
+        thing.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_in_child)
