@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .records import LineStatus
+    from .records import LineStatus, Ticket
 
 
 class InturnError(Exception):
@@ -24,7 +24,8 @@ class Busy(InturnError):
         self.status = status
 
     @property
-    def holders(self) -> tuple[object, ...]:
+    def holders(self) -> tuple[Ticket, ...]:
+        """Who holds the line (from ``status``)."""
         return self.status.holders if self.status is not None else ()
 
 

@@ -16,8 +16,8 @@ import os
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from .errors import UsageError
 from .records import warn
+from .store import check_scope
 
 TICKET = ".ticket"
 MARKER = ".abandoned"
@@ -33,8 +33,7 @@ def resolve_root(
 ) -> tuple[str, bool]:
     """The folder of the lines (``directory=``, else ``INTURN_DIR``, else the scope's default),
     and whether the user named it (a folder the user named is trusted as it is)."""
-    if scope not in ("user", "machine"):
-        raise UsageError(f"unknown scope {scope!r}: use 'user' or 'machine'")
+    check_scope(scope)
     explicit = directory or os.environ.get("INTURN_DIR") or None
     return (os.path.abspath(explicit) if explicit else default_root(scope)), explicit is not None
 

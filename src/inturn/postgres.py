@@ -50,8 +50,9 @@ import psycopg
 from psycopg import conninfo as libpq_conninfo
 from psycopg import errors as pg_errors
 from psycopg import pq
+from psycopg.rows import dict_row
 
-from .errors import BackendError, Cancelled, LostTurn, UsageError
+from .errors import BackendError, Cancelled, LostTurn
 from .forks import forget_after_fork
 from .names import decode, encode
 from .postgres_address import Address, connect_options, parse
@@ -66,6 +67,7 @@ from .store import (
     Patience,
     View,
     Woke,
+    check_scope,
     wait_woken,
 )
 
@@ -136,8 +138,7 @@ class PostgresBackend(Backend):
     """
 
     def __init__(self, url: str, scope: str = "user") -> None:
-        if scope not in ("user", "machine"):
-            raise UsageError(f"unknown scope {scope!r}: use 'user' or 'machine'")
+        check_scope(scope)
         self.scope = "server"
         self.address = parse(url)
         self.stmts = Statements(self.address.schema)
@@ -224,16 +225,17 @@ class PostgresBackend(Backend):
                     for which, statement in stmts.create:
                         if not exists[which]:
                             conn.execute(statement)
-            row = conn.execute(stmts.privileges).fetchone()
+            with conn.cursor(row_factory=dict_row) as cursor:
+                row = cursor.execute(stmts.privileges).fetchone()
         except pg_errors.InsufficientPrivilege:
             raise BackendError(self._cannot_create_message(conn)) from None
         except psycopg.Error as exc:
             raise self.translate(exc) from None
         assert row is not None
-        self._role = (str(row[13]), str(row[14]))
-        if row[11] or row[12]:
+        self._role = (str(row["role"]), str(row["database"]))
+        if row["in_recovery"] or row["read_only"]:
             raise BackendError(self.read_only_message())
-        grants = missing_grants(tuple(row), stmts.schema)
+        grants = missing_grants(row, stmts.schema)
         if grants:
             raise BackendError(
                 f"role {sql_identifier(self._role[0])} lacks privileges on inturn's tables at "

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 
 from psycopg import sql
 
@@ -188,14 +189,15 @@ class Statements:
         self.privileges = sql.SQL(
             "WITH n AS (SELECT oid FROM pg_namespace WHERE nspname = {n}),"
             " c AS (SELECT c.relname, c.oid FROM pg_class c JOIN n ON c.relnamespace = n.oid)"
-            " SELECT (SELECT has_schema_privilege(oid, 'USAGE') FROM n), "
+            " SELECT (SELECT has_schema_privilege(oid, 'USAGE') FROM n) AS schema_usage, "
             + ", ".join(
                 f"(SELECT has_{kind}_privilege(oid, '{privilege}') FROM c"
-                f" WHERE relname = '{table}')"
+                f" WHERE relname = '{table}') AS {table}_{privilege.lower()}"
                 for table, kind, privilege in checks
             )
-            + ", pg_is_in_recovery(), current_setting('transaction_read_only') = 'on',"
-            " current_user, current_database()"
+            + ", pg_is_in_recovery() AS in_recovery,"
+            " current_setting('transaction_read_only') = 'on' AS read_only,"
+            " current_user AS role, current_database() AS database"
         ).format(n=sql.Literal(schema))
 
         # -- lines
@@ -360,26 +362,23 @@ def _quoted(schema: str) -> str:
     return '"' + schema.replace('"', '""') + '"'
 
 
-def missing_grants(row: tuple[object, ...], schema: str) -> list[str]:
-    """The GRANT statements the current role needs, from the ``privileges`` row."""
-    usage, l_sel, l_ins, q_use, t_sel, t_ins, t_upd, t_del, a_sel, a_ins, a_del = row[:11]
-    user = row[13]
-    who = sql_identifier(str(user))
+def missing_grants(row: Mapping[str, object], schema: str) -> list[str]:
+    """The GRANT statements the current role needs, from the ``privileges`` row (by name)."""
+    who = sql_identifier(str(row["role"]))
     s = sql_identifier(schema)
     grants = []
-    if not usage:
+    if not row["schema_usage"]:
         grants.append(f"GRANT USAGE ON SCHEMA {s} TO {who}")
-    tables = []
-    if not (l_sel and l_ins):
-        tables.append("lines")
-    if not (t_sel and t_ins and t_upd and t_del):
-        tables.append("tickets")
-    if not (a_sel and a_ins and a_del):
-        tables.append("abandoned")
+    needed = {
+        "lines": ("select", "insert"),
+        "tickets": ("select", "insert", "update", "delete"),
+        "abandoned": ("select", "insert", "delete"),
+    }
+    tables = [t for t, rights in needed.items() if not all(row[f"{t}_{r}"] for r in rights)]
     if tables:
         listed = ", ".join(f"{s}.{t}" for t in tables)
         grants.append(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {listed} TO {who}")
-    if not q_use:
+    if not row["ticket_numbers_usage"]:
         grants.append(f"GRANT USAGE ON SEQUENCE {s}.ticket_numbers TO {who}")
     return grants
 

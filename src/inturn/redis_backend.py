@@ -65,6 +65,7 @@ from .store import (
     Patience,
     View,
     Woke,
+    check_scope,
 )
 
 DEFAULT_LEASE = 5.0
@@ -424,8 +425,7 @@ class RedisBackend(Backend):
     """Lines on a Redis server: shared by every client that uses the same server and prefix."""
 
     def __init__(self, url: str, scope: str = "user") -> None:
-        if scope not in ("user", "machine"):
-            raise UsageError(f"unknown scope {scope!r}: use 'user' or 'machine'")
+        check_scope(scope)
         self.scope = "server"  # on a server, every client of the same prefix shares the lines
         address = parse_address(url)
         self.address = address

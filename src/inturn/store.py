@@ -28,8 +28,17 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import NamedTuple
 
-from .errors import BackendError, Cancelled
+from .errors import BackendError, Cancelled, UsageError
 from .records import LineStatus, Ticket, warn
+
+SCOPES = ("user", "machine")
+
+
+def check_scope(scope: str) -> str:
+    """``user`` or ``machine``, or one clear line naming the choice."""
+    if scope not in SCOPES:
+        raise UsageError(f"unknown scope {scope!r}: use 'user' or 'machine'")
+    return scope
 
 
 class GuardTaken(BackendError):

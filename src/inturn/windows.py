@@ -141,41 +141,64 @@ def _bind(dll: ctypes.WinDLL, name: str, restype: Any, *argtypes: Any) -> Any:
 
 
 # Short names for the argument types, so each binding reads like its C prototype.
-H, P, B, D, W = HANDLE, ctypes.c_void_p, wintypes.BOOL, wintypes.DWORD, wintypes.LPCWSTR
-_k, _a = _kernel32, _advapi32
+_H, _P, _BOOL, _DWORD, _WSTR = (
+    HANDLE,
+    ctypes.c_void_p,
+    wintypes.BOOL,
+    wintypes.DWORD,
+    wintypes.LPCWSTR,
+)
 
-_CreateMutexW = _bind(_k, "CreateMutexW", H, P, B, W)
-_OpenMutexW = _bind(_k, "OpenMutexW", H, D, B, W)
-_ReleaseMutex = _bind(_k, "ReleaseMutex", B, H)
-_CloseHandle = _bind(_k, "CloseHandle", B, H)
-_CreateEventW = _bind(_k, "CreateEventW", H, P, B, B, W)
-_SetEvent = _bind(_k, "SetEvent", B, H)
-_ResetEvent = _bind(_k, "ResetEvent", B, H)
-_WaitForSingleObject = _bind(_k, "WaitForSingleObject", D, H, D)
-_WaitForMultipleObjects = _bind(_k, "WaitForMultipleObjects", D, D, ctypes.POINTER(H), B, D)
-_SetConsoleCtrlHandler = _bind(_k, "SetConsoleCtrlHandler", B, _HANDLER_ROUTINE, B)
-_CreateFileW = _bind(_k, "CreateFileW", H, W, D, D, P, D, D, H)
-_CreateDirectoryW = _bind(_k, "CreateDirectoryW", B, W, P)
-_GetCurrentProcess = _bind(_k, "GetCurrentProcess", H)
-_OpenProcess = _bind(_k, "OpenProcess", H, D, B, D)
-_OpenThread = _bind(_k, "OpenThread", H, D, B, D)
-_ResumeThread = _bind(_k, "ResumeThread", D, H)
-_CreateToolhelp32Snapshot = _bind(_k, "CreateToolhelp32Snapshot", H, D, D)
-_CreateJobObjectW = _bind(_k, "CreateJobObjectW", H, P, W)
-_SetInformationJobObject = _bind(_k, "SetInformationJobObject", B, H, ctypes.c_int, P, D)
-_QueryInformationJobObject = _bind(_k, "QueryInformationJobObject", B, H, ctypes.c_int, P, D, P)
-_AssignProcessToJobObject = _bind(_k, "AssignProcessToJobObject", B, H, H)
-_TerminateJobObject = _bind(_k, "TerminateJobObject", B, H, wintypes.UINT)
-_IsProcessInJob = _bind(_k, "IsProcessInJob", B, H, H, ctypes.POINTER(B))
-_LocalFree = _bind(_k, "LocalFree", H, H)
-_GetSecurityInfo = _bind(_a, "GetSecurityInfo", D, H, ctypes.c_int, D, P, P, P, P, P)
-_LookupAccountSidW = _bind(_a, "LookupAccountSidW", B, W, P, P, P, P, P, P)
-_OpenProcessToken = _bind(_a, "OpenProcessToken", B, H, D, ctypes.POINTER(H))
-_GetTokenInformation = _bind(_a, "GetTokenInformation", B, H, ctypes.c_int, P, D, ctypes.POINTER(D))
-_ConvertSidToStringSidW = _bind(_a, "ConvertSidToStringSidW", B, P, ctypes.POINTER(wintypes.LPWSTR))
-_LookupPrivilegeValueW = _bind(_a, "LookupPrivilegeValueW", B, W, W, P)
+_CreateMutexW = _bind(_kernel32, "CreateMutexW", _H, _P, _BOOL, _WSTR)
+_OpenMutexW = _bind(_kernel32, "OpenMutexW", _H, _DWORD, _BOOL, _WSTR)
+_ReleaseMutex = _bind(_kernel32, "ReleaseMutex", _BOOL, _H)
+_CloseHandle = _bind(_kernel32, "CloseHandle", _BOOL, _H)
+_CreateEventW = _bind(_kernel32, "CreateEventW", _H, _P, _BOOL, _BOOL, _WSTR)
+_SetEvent = _bind(_kernel32, "SetEvent", _BOOL, _H)
+_ResetEvent = _bind(_kernel32, "ResetEvent", _BOOL, _H)
+_WaitForSingleObject = _bind(_kernel32, "WaitForSingleObject", _DWORD, _H, _DWORD)
+_WaitForMultipleObjects = _bind(
+    _kernel32, "WaitForMultipleObjects", _DWORD, _DWORD, ctypes.POINTER(_H), _BOOL, _DWORD
+)
+_SetConsoleCtrlHandler = _bind(_kernel32, "SetConsoleCtrlHandler", _BOOL, _HANDLER_ROUTINE, _BOOL)
+_CreateFileW = _bind(_kernel32, "CreateFileW", _H, _WSTR, _DWORD, _DWORD, _P, _DWORD, _DWORD, _H)
+_CreateDirectoryW = _bind(_kernel32, "CreateDirectoryW", _BOOL, _WSTR, _P)
+_GetCurrentProcess = _bind(_kernel32, "GetCurrentProcess", _H)
+_OpenProcess = _bind(_kernel32, "OpenProcess", _H, _DWORD, _BOOL, _DWORD)
+_OpenThread = _bind(_kernel32, "OpenThread", _H, _DWORD, _BOOL, _DWORD)
+_ResumeThread = _bind(_kernel32, "ResumeThread", _DWORD, _H)
+_CreateToolhelp32Snapshot = _bind(_kernel32, "CreateToolhelp32Snapshot", _H, _DWORD, _DWORD)
+_CreateJobObjectW = _bind(_kernel32, "CreateJobObjectW", _H, _P, _WSTR)
+_SetInformationJobObject = _bind(
+    _kernel32, "SetInformationJobObject", _BOOL, _H, ctypes.c_int, _P, _DWORD
+)
+_QueryInformationJobObject = _bind(
+    _kernel32, "QueryInformationJobObject", _BOOL, _H, ctypes.c_int, _P, _DWORD, _P
+)
+_AssignProcessToJobObject = _bind(_kernel32, "AssignProcessToJobObject", _BOOL, _H, _H)
+_TerminateJobObject = _bind(_kernel32, "TerminateJobObject", _BOOL, _H, wintypes.UINT)
+_IsProcessInJob = _bind(_kernel32, "IsProcessInJob", _BOOL, _H, _H, ctypes.POINTER(_BOOL))
+_LocalFree = _bind(_kernel32, "LocalFree", _H, _H)
+_GetSecurityInfo = _bind(
+    _advapi32, "GetSecurityInfo", _DWORD, _H, ctypes.c_int, _DWORD, _P, _P, _P, _P, _P
+)
+_LookupAccountSidW = _bind(_advapi32, "LookupAccountSidW", _BOOL, _WSTR, _P, _P, _P, _P, _P, _P)
+_OpenProcessToken = _bind(_advapi32, "OpenProcessToken", _BOOL, _H, _DWORD, ctypes.POINTER(_H))
+_GetTokenInformation = _bind(
+    _advapi32, "GetTokenInformation", _BOOL, _H, ctypes.c_int, _P, _DWORD, ctypes.POINTER(_DWORD)
+)
+_ConvertSidToStringSidW = _bind(
+    _advapi32, "ConvertSidToStringSidW", _BOOL, _P, ctypes.POINTER(wintypes.LPWSTR)
+)
+_LookupPrivilegeValueW = _bind(_advapi32, "LookupPrivilegeValueW", _BOOL, _WSTR, _WSTR, _P)
 _ConvertSddl = _bind(
-    _a, "ConvertStringSecurityDescriptorToSecurityDescriptorW", B, W, D, ctypes.POINTER(P), P
+    _advapi32,
+    "ConvertStringSecurityDescriptorToSecurityDescriptorW",
+    _BOOL,
+    _WSTR,
+    _DWORD,
+    ctypes.POINTER(_P),
+    _P,
 )
 
 
@@ -199,8 +222,8 @@ class _ThreadEntry(ctypes.Structure):
     ]
 
 
-_Thread32First = _bind(_k, "Thread32First", B, H, ctypes.POINTER(_ThreadEntry))
-_Thread32Next = _bind(_k, "Thread32Next", B, H, ctypes.POINTER(_ThreadEntry))
+_Thread32First = _bind(_kernel32, "Thread32First", _BOOL, _H, ctypes.POINTER(_ThreadEntry))
+_Thread32Next = _bind(_kernel32, "Thread32Next", _BOOL, _H, ctypes.POINTER(_ThreadEntry))
 
 
 class _JobBasicLimits(ctypes.Structure):
