@@ -11,11 +11,14 @@ import sys
 import textwrap
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, ClassVar, NamedTuple, NoReturn
+from typing import IO, TYPE_CHECKING, Any, ClassVar, NamedTuple, NoReturn
 
 import pytest
+
+if TYPE_CHECKING:
+    from users import Users
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
@@ -73,15 +76,28 @@ def read_lines(stream: IO[str]) -> queue.Queue[str]:
 
 
 class Worker:
-    """A ``worker.py`` process; ``expect`` reads its reports in order."""
+    """A ``worker.py`` process; ``expect`` reads its reports in order.
 
-    def __init__(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
+    ``python``, ``preexec_fn`` and ``cwd`` let it run as another user (see ``users.py``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        python: str = sys.executable,
+        preexec_fn: Callable[[], None] | None = None,
+        cwd: str | None = None,
+    ) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "worker.py"), name, *args],
+            [python, str(HERE / "worker.py"), name, *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             env=env or child_env(),
+            preexec_fn=preexec_fn,
+            cwd=cwd,
         )
         self.pid = self.proc.pid
         assert self.proc.stdout is not None
@@ -299,6 +315,54 @@ class Run:
         if self.terminal is not None:
             with contextlib.suppress(OSError):
                 os.close(self.terminal)
+
+
+# --------------------------------------------------------------------------- every backend
+
+
+class Where(NamedTuple):
+    """The backend a test runs on, as every process of the test reaches it."""
+
+    kind: str
+    url: str | None  # INTURN_BACKEND, or None for the local folder (INTURN_DIR)
+    crash_url: str | None  # for processes the test kills: their turn must end quickly
+
+    def crash_env(self) -> dict[str, str]:
+        return child_env(INTURN_BACKEND=self.crash_url) if self.crash_url else child_env()
+
+
+@pytest.fixture(params=["local", "postgresql", "redis"])
+def where(request: pytest.FixtureRequest) -> Where:
+    """Runs a test once on each backend: the local folder, PostgreSQL and Redis."""
+    if request.param == "local":
+        request.getfixturevalue("lines_dir")
+        return Where("local", None, None)
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_url")  # sessions end with their process
+        return Where("postgresql", url, url)
+    place = request.getfixturevalue("place")
+    return Where("redis", place.url(), place.url(lease=1))  # a dead one's lease ends in 1 s
+
+
+# --------------------------------------------------------------------------- other users
+
+
+@pytest.fixture(scope="session")
+def users() -> Users:
+    """Two real users of this machine, ``alice`` and ``mallory`` (created once, as root)."""
+    from users import second_users
+
+    return second_users()
+
+
+@pytest.fixture
+def shared_dir(users: Users) -> Iterator[Path]:
+    """A sticky folder every user may write in (mode 1777), outside root's private tmp_path."""
+    from users import remove_tree, shared_folder
+
+    folder = shared_folder()
+    yield folder
+    remove_tree(folder)
 
 
 # --------------------------------------------------------------------------- servers

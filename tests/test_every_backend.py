@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from typing import NamedTuple
 
 import pytest
 
@@ -23,30 +22,6 @@ import inturn
 from inturn.backends import open_backend
 
 from conftest import Worker, child_env, inturn_cmd, read_log, run_cli
-
-
-class Where(NamedTuple):
-    """The backend a test runs on, as every process of the test reaches it."""
-
-    kind: str
-    url: str | None  # INTURN_BACKEND, or None for the local folder (INTURN_DIR)
-    crash_url: str | None  # for processes the test kills: their turn must end quickly
-
-    def crash_env(self) -> dict[str, str]:
-        return child_env(INTURN_BACKEND=self.crash_url) if self.crash_url else child_env()
-
-
-@pytest.fixture(params=["local", "postgresql", "redis"])
-def where(request: pytest.FixtureRequest) -> Where:
-    if request.param == "local":
-        request.getfixturevalue("lines_dir")
-        return Where("local", None, None)
-    if request.param == "postgresql":
-        url = request.getfixturevalue("pg_url")  # sessions end with their process
-        return Where("postgresql", url, url)
-    place = request.getfixturevalue("place")
-    return Where("redis", place.url(), place.url(lease=1))  # a dead one's lease ends in 1 s
-
 
 # --------------------------------------------------------------------------- order
 

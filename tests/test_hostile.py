@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import warnings
 
 import pytest
@@ -15,7 +14,7 @@ import inturn
 from inturn.posix import FolderBackend, prepare_root
 from inturn.records import InturnWarning
 
-from conftest import child_env, one_line_error, run_cli
+from conftest import one_line_error, run_cli
 
 
 def test_a_file_where_the_lines_folder_belongs(tmp_path):
@@ -106,70 +105,29 @@ def test_default_folder_must_be_ours_private_and_not_a_link(tmp_path):
             prepare_root(str(foreign), "user", explicit=False)
 
 
-def as_nobody() -> None:
-    os.setgroups([])
-    os.setgid(65534)
-    os.setuid(65534)
-
-
-def nobody_inturn(*args: str) -> list[str]:
-    """The command line for running inturn as user ``nobody`` (root's Python may be private)."""
-    python = "/usr/bin/python3"
-    probe = subprocess.run(
-        [python, "-c", "import inturn"],
-        env=child_env(),
-        preexec_fn=as_nobody,
-        capture_output=True,
-        cwd="/",
-        check=False,
-    ) if os.path.exists(python) else None  # fmt: skip
-    if probe is None or probe.returncode != 0:
-        pytest.skip("user nobody cannot run a Python that imports this checkout")
-    return [python, "-m", "inturn", *args]
-
-
-@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
-def test_an_unwritable_folder_is_named_with_the_fix():
-    base = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    os.chmod(base, 0o755)
-    folder = os.path.join(base, "locked")
-    os.mkdir(folder, 0o755)
-    result = subprocess.run(
-        nobody_inturn("run", "x", "--", "true"),
-        capture_output=True,
-        text=True,
-        env=child_env(INTURN_DIR=str(folder)),
-        preexec_fn=as_nobody,
-        timeout=60,
-        cwd="/",
+def test_an_unwritable_folder_is_named_with_the_fix(users, shared_dir):
+    folder = shared_dir / "locked"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)  # root's: alice may look but not write
+    alice = users.alice
+    result = alice.run(
+        alice.inturn("run", "x", "--", "true"), env=alice.env(INTURN_DIR=str(folder))
     )
-    subprocess.run(["rm", "-rf", base], check=True)
     one_line_error(result, "not writable", "INTURN_DIR")
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
-def test_machine_scope_is_shared_between_users():
-    base = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    os.chmod(base, 0o755)
-    root = os.path.join(base, "machine")
-    try:
-        env = child_env(INTURN_DIR=root)
-        with inturn.turn("shared", scope="machine", directory=root):
-            busy = subprocess.run(
-                nobody_inturn("run", "--machine", "--no-wait", "shared", "--", "true"),
-                capture_output=True, text=True, env=env, preexec_fn=as_nobody, cwd="/",
-                timeout=60,
-            )  # fmt: skip
-            assert busy.returncode == 75, busy.stderr
-            assert f"pid {os.getpid()}" in busy.stderr
-        free = subprocess.run(
-            nobody_inturn("run", "--machine", "--no-wait", "shared", "--", "true"),
-            capture_output=True, text=True, env=env, preexec_fn=as_nobody, cwd="/", timeout=60,
-        )  # fmt: skip
-        assert free.returncode == 0, free.stderr
-        assert oct(os.stat(root).st_mode & 0o7777) == "0o1777"
-    finally:
-        subprocess.run(["rm", "-rf", base], check=True)
+def test_machine_scope_is_shared_between_users(users, shared_dir):
+    root = str(shared_dir / "machine")
+    mallory = users.mallory
+    env = mallory.env(INTURN_DIR=root)
+    attempt = mallory.inturn("run", "--machine", "--no-wait", "shared", "--", "true")
+    with inturn.turn("shared", scope="machine", directory=root):
+        busy = mallory.run(attempt, env=env)
+        assert busy.returncode == 75, busy.stderr
+        assert f"pid {os.getpid()}" in busy.stderr
+    free = mallory.run(attempt, env=env)
+    assert free.returncode == 0, free.stderr
+    assert oct(os.stat(root).st_mode & 0o7777) == "0o1777"
 
 
 def test_names_are_listed_back_exactly(lines_dir):

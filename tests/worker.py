@@ -2,7 +2,7 @@
 
 Tests start several of these, read their reports through pipes and steer them with stdin, so
 they never guess with sleeps. Usage: ``python worker.py NAME [--slots N] [--timeout S]
-[--no-wait] [--hold] [--log FILE] [--work SECONDS] [--proc-check]``.
+[--no-wait] [--hold] [--log FILE] [--work SECONDS] [--machine]``.
 """
 
 from __future__ import annotations
@@ -64,8 +64,9 @@ def main() -> int:
     parser.add_argument("--hold", action="store_true", help="hold until a line arrives on stdin")
     parser.add_argument("--log")
     parser.add_argument("--work", type=float, default=0.0)
+    parser.add_argument("--machine", action="store_true", help="the line every user shares")
     args = parser.parse_args()
-    line = inturn.Line(args.name, slots=args.slots)
+    line = inturn.Line(args.name, slots=args.slots, scope="machine" if args.machine else "user")
     say("started", os.getpid())
 
     def progress(p: inturn.Progress) -> None:

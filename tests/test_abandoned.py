@@ -1,0 +1,210 @@
+"""Exactly one holder is told ``abandoned``: the one that took the dead holder's place.
+
+Whatever looks (``inturn status``) and liveness probes happen while a holder dies, the next
+holder is told, with the dead one's record, and nobody after it is. On the local backend a
+look or a probe is a short ``flock(LOCK_SH)`` on the dead ticket; the worst case of one is a
+shared lock taken the moment the holder dies and kept, which the first test makes certain.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import inturn
+
+from conftest import REPORT_TIMEOUT, Worker, child_env
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals and flock")
+
+
+def ticket_path(lines_dir: Path, name: str, number: int) -> Path:
+    return lines_dir / name / f"{number:012d}.ticket"
+
+
+HOLD_SHARED = textwrap.dedent(
+    """
+    import fcntl, os, sys
+    fd = os.open(sys.argv[1], os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # granted the moment the holder's exclusive lock goes
+    print("locked", flush=True)
+    sys.stdin.readline()
+    """
+)
+
+
+def test_a_look_holding_the_dead_ticket_does_not_move_the_notice(lines_dir, workers):
+    holder = Worker("look", "--hold")
+    workers.append(holder)
+    ticket = int(holder.expect("acquired")[1])
+    first = Worker("look", "--hold")
+    workers.append(first)
+    first.expect("waiting")
+    second = Worker("look", "--hold")
+    workers.append(second)
+    second.expect("waiting")
+    # The first waiter is made slow to wake (SIGSTOP), so that the observer certainly holds
+    # its shared lock on the dead ticket before that waiter looks: what a status look or a
+    # probe does when its timing is the worst possible.
+    first.proc.send_signal(signal.SIGSTOP)
+    observer = subprocess.Popen(
+        [sys.executable, "-c", HOLD_SHARED, str(ticket_path(lines_dir, "look", ticket))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        holder.proc.send_signal(signal.SIGKILL)
+        holder.wait()
+        assert observer.stdout is not None
+        assert observer.stdout.readline() == "locked\n"
+        first.proc.send_signal(signal.SIGCONT)
+        _, _, abandoned, dead = first.acquired()
+        assert (abandoned, dead) == ("1", str(holder.pid)), "the next holder was not told"
+        first.send()
+        _, _, abandoned, dead = second.acquired()
+        assert abandoned == "0", f"told the holder after the next one (dead pid {dead})"
+        second.send()
+        assert second.wait() == 0
+    finally:
+        first.proc.send_signal(signal.SIGCONT)
+        observer.kill()
+        observer.wait(REPORT_TIMEOUT)
+        for stream in (observer.stdin, observer.stdout):
+            if stream is not None:
+                stream.close()
+    with inturn.turn("look") as later:  # the look has ended: still nobody else is told
+        assert not later.abandoned, later.abandoned_by
+
+
+# --------------------------------------------------------------------------- looks in a loop
+
+LOOKER = textwrap.dedent(
+    """
+    import contextlib, fcntl, io, os, select, sys
+    kind, name = sys.argv[1], sys.argv[2]
+    looks = 0
+
+    def status():
+        from inturn.cli import main
+        for args in (["status", name], ["status", "--json", name], ["status"]):
+            with contextlib.redirect_stdout(io.StringIO()):
+                main(args)
+
+    def probe():
+        folder = os.path.join(os.environ["INTURN_DIR"], name)
+        try:
+            entries = os.listdir(folder)
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if entry.endswith(".ticket"):
+                try:
+                    fd = os.open(os.path.join(folder, entry), os.O_RDONLY | os.O_NONBLOCK)
+                except OSError:
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    pass
+                finally:
+                    os.close(fd)
+
+    look = status if kind == "status" else probe
+    print("looking", flush=True)
+    while not select.select([sys.stdin], [], [], 0)[0]:
+        look()
+        looks += 1
+    print("looks", looks, flush=True)
+    """
+)
+
+
+@pytest.fixture
+def looker() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        proc.kill()
+        proc.wait(REPORT_TIMEOUT)
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+def start_looking(
+    started: list[subprocess.Popen[str]], kind: str, name: str, env: dict[str, str]
+) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LOOKER, kind, name],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # the warnings of a look at a line in flux
+        text=True,
+        env=env,
+    )
+    started.append(proc)
+    assert proc.stdout is not None and proc.stdout.readline() == "looking\n"
+    return proc
+
+
+def stop_looking(proc: subprocess.Popen[str]) -> int:
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.close()
+    words = proc.stdout.readline().split()
+    assert words[:1] == ["looks"], words
+    proc.wait(REPORT_TIMEOUT)
+    return int(words[1])
+
+
+DEATHS = 4
+
+
+def line_up(name: str, env: dict[str, str], workers: list[Worker]) -> list[Worker]:
+    """A holder and ``DEATHS`` waiters behind it, in that order, each holding once in."""
+    chain: list[Worker] = []
+    for _ in range(DEATHS + 1):
+        w = Worker(name, "--hold", env=env)
+        workers.append(w)
+        w.expect("waiting" if chain else "acquired")
+        chain.append(w)
+    return chain
+
+
+def kill_in_turn(chain: list[Worker]) -> None:
+    """Each holder is SIGKILLed in turn; each next one must be told, with the dead one's pid."""
+    told = []
+    for dead, heir in itertools.pairwise(chain):
+        dead.proc.send_signal(signal.SIGKILL)
+        dead.wait()
+        _, _, abandoned, dead_pid = heir.acquired()
+        told.append((abandoned, dead_pid))
+    chain[-1].send()
+    assert chain[-1].wait() == 0
+    assert told == [("1", str(w.pid)) for w in chain[:-1]]
+
+
+def test_every_death_is_told_once_to_the_next_holder_while_status_looks(where, workers, looker):
+    chain = line_up("deaths", where.crash_env(), workers)
+    proc = start_looking(looker, "status", "deaths", child_env())
+    kill_in_turn(chain)
+    assert stop_looking(proc) > 0
+    with inturn.turn("deaths") as later:
+        assert not later.abandoned, later.abandoned_by
+
+
+def test_every_death_is_told_once_to_the_next_holder_while_probes_run(lines_dir, workers, looker):
+    chain = line_up("probed", child_env(), workers)
+    proc = start_looking(looker, "probe", "probed", child_env())
+    kill_in_turn(chain)
+    assert stop_looking(proc) > 0
+    with inturn.turn("probed") as later:
+        assert not later.abandoned, later.abandoned_by

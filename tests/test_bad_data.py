@@ -1,0 +1,540 @@
+"""Bad data and exhausted limits: one clear line (exit 2), or a warning and a skip.
+
+Each case of the bad-data list gets its own deterministic test: impossible numbers and wrong
+types in a ticket record, foreign files named like abandonment markers, undecodable bytes in
+names and commands under a strict UTF-8 stdout, a command line over 64 KiB, a full file
+system, too many open files, a liveness probe racing a join, and a closed stdout pipe.
+Nothing may crash (no traceback), and nothing may be lost: the line keeps working and stays
+visible in ``inturn status``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import inturn
+
+from conftest import (
+    REPORT_TIMEOUT,
+    REPORTER,
+    Run,
+    Worker,
+    child_env,
+    inturn_cmd,
+    missing_component,
+    one_line_error,
+    read_lines,
+    run_cli,
+)
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX files, signals and limits")
+
+
+def strict_json(text: str) -> Any:
+    """JSON as the standard has it: no NaN or Infinity tokens."""
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"not JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def no_traceback(result: subprocess.CompletedProcess[Any]) -> None:
+    text = (
+        result.stderr if isinstance(result.stderr, str) else result.stderr.decode(errors="replace")
+    )
+    for sign in ("Traceback", "Error:", "Exception ignored"):
+        assert sign not in text, f"a traceback: {text.strip().splitlines()[-1]}"
+
+
+def warnings_only(stderr: str, at_least: int = 1) -> list[str]:
+    """``stderr`` is nothing but ``inturn: warning:`` lines, at least ``at_least`` of them."""
+    lines = stderr.splitlines()
+    assert all(line.startswith("inturn: warning: ") for line in lines), stderr
+    assert len(lines) >= at_least, "no warning about the bad data"
+    return lines
+
+
+def one_line_besides_warnings(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if not line.startswith("inturn: warning: ")]
+    assert len(lines) == 1 and lines[0].startswith("inturn: "), stderr
+    return lines[0]
+
+
+def ticket_path(lines_dir: Path, name: str, number: int) -> Path:
+    return lines_dir / name / f"{number:012d}.ticket"
+
+
+def read_terminal_until(run: Run, wanted: bytes) -> bytes:
+    """What ``run`` drew on its terminal, up to ``wanted``; fails if it ends first."""
+    assert run.terminal is not None
+    seen = b""
+    while wanted not in seen:
+        try:
+            chunk = os.read(run.terminal, 4096)
+        except OSError as exc:  # EIO: the other side is closed, inturn is gone
+            assert exc.errno == errno.EIO, exc
+            chunk = b""
+        assert chunk, f"inturn ended before drawing {wanted!r}: {seen.decode(errors='replace')}"
+        seen += chunk
+    return seen
+
+
+# --------------------------------------------------------------------------- impossible records
+
+HEADER_FIELDS = ("pid", "user", "host", "command", "cwd", "joined_at", "slots")
+
+BAD_RECORDS: dict[str, tuple[dict[str, str], str | None]] = {
+    # name: (header fields to replace, as JSON text; the acquired line's value, or None)
+    "acquired_at NaN": ({}, "NaN"),
+    "acquired_at 1e999": ({}, "1e999"),
+    "acquired_at -1e999": ({}, "-1e999"),
+    "joined_at NaN": ({"joined_at": "NaN"}, "1e9"),
+    "joined_at 1e999, waiting": ({"joined_at": "1e999"}, None),
+    "joined_at -1e999, waiting": ({"joined_at": "-1e999"}, None),
+    "huge pid and slots": ({"pid": str(10**30), "slots": str(10**30)}, "1e9"),
+    "wrong types": (
+        {
+            "pid": '"4242"',
+            "user": "5",
+            "host": "[]",
+            "command": '"rm -rf /"',
+            "cwd": "{}",
+            "joined_at": '"yesterday"',
+            "slots": '"many"',
+        },
+        '"now"',
+    ),
+    "acquired_at a list": ({}, "[1, 2]"),
+}
+
+
+def rewrite_record(path: Path, fields: dict[str, str], acquired: str | None) -> None:
+    """Replace the record in a live ticket file (its owner keeps its lock on the same file)."""
+    header = json.loads(path.read_bytes().split(b"\n", 1)[0])
+    parts = []
+    for key in HEADER_FIELDS:
+        value = fields.get(key, json.dumps(header.get(key)))
+        parts.append(f'"{key}": {value}')
+    text = "{" + ", ".join(parts) + "}\n"
+    if acquired is not None:
+        text += '{"acquired_at": ' + acquired + "}\n"
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture(params=list(BAD_RECORDS), ids=list(BAD_RECORDS))
+def bad_holder(request: pytest.FixtureRequest, lines_dir: Path, workers: list[Worker]) -> int:
+    """A live holder of line ``bad`` whose ticket record was replaced by a bad one."""
+    holder = Worker("bad", "--hold")
+    workers.append(holder)
+    ticket = int(holder.expect("acquired")[1])
+    inturn.Line("other").acquire().release()  # a second line, for the every-line views
+    rewrite_record(ticket_path(lines_dir, "bad", ticket), *BAD_RECORDS[request.param])
+    return ticket
+
+
+def test_a_bad_record_is_shown_with_a_warning_by_every_form_of_status(bad_holder):
+    for args in (("status", "bad"), ("status",)):
+        result = run_cli(*args)
+        no_traceback(result)
+        assert result.returncode == 0, result
+        warnings_only(result.stderr)
+        assert "bad" in result.stdout
+    one = run_cli("status", "--json", "bad")
+    assert one.returncode == 0, one
+    warnings_only(one.stderr)
+    shown = strict_json(one.stdout)
+    assert [t["ticket"] for t in shown["holders"] + shown["waiters"]] == [bad_holder]
+    every = run_cli("status", "--json")
+    assert every.returncode == 0, every
+    warnings_only(every.stderr)
+    lines = {line["name"]: line for line in strict_json(every.stdout)["lines"]}
+    assert sorted(lines) == ["bad", "other"]
+    assert [t["ticket"] for t in lines["bad"]["holders"] + lines["bad"]["waiters"]] == [bad_holder]
+
+
+def test_runs_waiting_behind_a_bad_record_work(bad_holder, workers):
+    for options in (("--no-wait",), ("--timeout", "0.2")):
+        result = run_cli("run", *options, "bad", "--", "true")
+        no_traceback(result)
+        assert result.returncode == 75, result
+        one_line_besides_warnings(result.stderr)
+    waiting = Run("bad", terminal=True)  # with its status line, which shows the holder
+    read_terminal_until(waiting, b"waiting for")
+    (holder,) = workers
+    holder.send()
+    assert waiting.running().abandoned is False
+    assert waiting.finish() == 0
+    assert inturn.Line("bad").status().holders == ()
+
+
+# --------------------------------------------------------------------------- foreign markers
+
+
+def plant_marker(folder: Path, kind: str, tmp_path: Path) -> Path:
+    marker = folder / "000000000005.abandoned"
+    if kind == "directory":
+        marker.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(marker)
+    else:
+        target = tmp_path / "a record"
+        target.write_text('{"pid": 1, "command": ["init"]}\n')
+        marker.symlink_to(target)
+    return marker
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "symlink"])
+def test_a_foreign_file_named_like_a_marker_is_skipped_with_a_warning(lines_dir, tmp_path, kind):
+    inturn.Line("odd").acquire().release()
+    plant_marker(lines_dir / "odd", kind, tmp_path)
+    for _ in range(2):
+        result = run_cli("run", "odd", "--", "sh", "-c", 'echo "$INTURN_ABANDONED"')
+        no_traceback(result)
+        assert result.returncode == 0, result
+        assert result.stdout == "0\n", "a foreign file is not a dead holder's notice"
+        warnings_only(result.stderr)
+    with inturn.turn("odd") as held:
+        assert not held.abandoned
+    if kind == "symlink":
+        assert (tmp_path / "a record").read_text() == '{"pid": 1, "command": ["init"]}\n'
+
+
+# --------------------------------------------------------------------------- undecodable bytes
+
+STRICT_UTF8 = {"PYTHONIOENCODING": "utf-8:strict", "LC_ALL": "C.UTF-8"}
+
+
+def run_bytes(*args: str | bytes) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [*inturn_cmd(), *args],
+        capture_output=True,
+        env=child_env(**STRICT_UTF8),
+        timeout=REPORT_TIMEOUT,
+        check=False,
+    )
+
+
+def test_undecodable_bytes_in_names_and_commands_do_not_break_a_strict_utf8_status(
+    lines_dir, workers
+):
+    named = Worker("\udcff", "--hold")  # argv b"\xff": the name, and so the command too
+    workers.append(named)
+    named.expect("acquired")
+    command = subprocess.Popen(
+        [*inturn_cmd("run", "plain", "--"), sys.executable, "-c", REPORTER, b"\xfe\xff"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_env(),
+    )
+    try:
+        assert command.stdout is not None
+        assert command.stdout.readline().split()[:1] == [b"running"]
+        for args in (("status",), ("status", b"\xff"), ("status", "plain")):
+            result = run_bytes(*args)
+            no_traceback(result)
+            assert result.returncode == 0, result
+            result.stdout.decode("utf-8")  # strict: what was printed is UTF-8
+        every = run_bytes("status", "--json")
+        no_traceback(every)
+        assert every.returncode == 0, every
+        lines = strict_json(every.stdout.decode("utf-8"))["lines"]
+        assert [len(line["holders"]) for line in lines] == [1, 1]
+        for name in (b"\xff", b"plain"):
+            one = run_bytes("status", "--json", name)
+            no_traceback(one)
+            assert one.returncode == 0, one
+            assert len(strict_json(one.stdout.decode("utf-8"))["holders"]) == 1
+        busy = run_bytes("run", "--no-wait", b"\xff", "--", "true")
+        assert busy.returncode == 75, busy
+        assert len(busy.stderr.splitlines()) == 1, busy
+    finally:
+        command.kill()
+        command.communicate(timeout=REPORT_TIMEOUT)
+
+
+# --------------------------------------------------------------------------- a long command
+
+LONG_ARGUMENT = "x" * (70 * 1024)  # one argument over 64 KiB (Linux allows 128 KiB)
+
+
+def test_a_holder_with_a_command_over_64_kib_shows_and_its_death_is_told(lines_dir, workers):
+    holder = subprocess.Popen(
+        [*inturn_cmd("run", "long", "--"), sys.executable, "-c", REPORTER, LONG_ARGUMENT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=child_env(),
+        start_new_session=True,  # inturn and its command are killed together
+    )
+    try:
+        assert holder.stdout is not None
+        output = read_lines(holder.stdout)
+        assert output.get(timeout=REPORT_TIMEOUT).split()[:1] == ["running"]
+        shown = json.loads(run_cli("status", "--json", "long").stdout)
+        assert [(t["pid"], t["state"]) for t in shown["holders"]] == [(holder.pid, "holding")]
+        assert shown["holders"][0]["command"][-1] == LONG_ARGUMENT
+        row = run_cli("status", "long").stdout.splitlines()[2].split()
+        assert row[2:4] == ["holding", str(holder.pid)], row
+        waiter = Worker("long", "--hold")
+        workers.append(waiter)
+        waiter.expect("waiting")
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait(REPORT_TIMEOUT)
+        _, _, abandoned, dead = waiter.acquired()
+        assert (abandoned, dead) == ("1", str(holder.pid))
+        waiter.send()
+        assert waiter.wait() == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(holder.pid, signal.SIGKILL)
+        holder.communicate(timeout=REPORT_TIMEOUT)
+
+
+# --------------------------------------------------------------------------- a full file system
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 16 KiB tmpfs of this test's own (root only), unmounted afterwards."""
+    if os.geteuid() != 0:
+        missing_component("filling a file system needs root, to mount a small one", "run as root")
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16k,mode=0700", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if made.returncode != 0:
+        missing_component(f"cannot mount a tmpfs: {made.stderr.strip()}", "run with CAP_SYS_ADMIN")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], timeout=60, check=False)
+
+
+def fill(mount: Path) -> Path:
+    """Fill the file system to its last byte; the file that did it (remove it to free space)."""
+    filler = mount / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (4096, 1):
+            while True:
+                try:
+                    os.write(fd, b"\0" * size)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC, exc
+                    break
+    finally:
+        os.close(fd)
+    return filler
+
+
+def listed(*names: str) -> None:
+    """Every one of ``names`` is shown by ``inturn status`` (text and JSON)."""
+    every = run_cli("status", "--json")
+    assert every.returncode == 0, every
+    shown = [line["name"] for line in json.loads(every.stdout)["lines"]]
+    assert sorted(shown) == sorted(names), f"hidden from status: {shown}"
+    text = run_cli("status").stdout.splitlines()[1:]
+    assert sorted(row.split()[0] for row in text) == sorted(names), text
+
+
+def test_a_full_file_system_is_one_line_and_leaves_nothing_half_made(tiny_fs, monkeypatch):
+    monkeypatch.setenv("INTURN_DIR", str(tiny_fs / "lines"))
+    result = run_cli("run", "old", "--", "sh", "-c", 'echo "$INTURN_TICKET"')
+    assert result.returncode == 0, result
+    before = int(result.stdout)
+    filler = fill(tiny_fs)
+    for name in ("old", "new"):  # a line used before, and a first join
+        failed = run_cli("run", name, "--", "true")
+        no_traceback(failed)
+        one_line_error(failed)
+        assert not list((tiny_fs / "lines").glob("*/*.ticket")), "a ticket was left behind"
+    looked = run_cli("status")
+    no_traceback(looked)
+    assert looked.returncode == 0, looked
+    filler.unlink()
+    for name in ("old", "new"):
+        again = run_cli("run", name, "--", "sh", "-c", 'echo "$INTURN_TICKET"')
+        assert again.returncode == 0, again
+        if name == "old":
+            assert int(again.stdout) > before
+    listed("old", "new")  # the failed first join did not hide "new" for good
+
+
+# --------------------------------------------------------------------------- too many open files
+
+
+def with_open_files(limit: int) -> Any:
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return lower
+
+
+def run_limited(limit: int, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        inturn_cmd(*args),
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        preexec_fn=with_open_files(limit),
+        timeout=REPORT_TIMEOUT,
+        check=False,
+    )
+
+
+def test_too_many_open_files_is_one_line_and_leaves_nothing_half_made(lines_dir):
+    """From the fewest descriptors with which Python can start inturn at all, upwards."""
+    start = next(n for n in range(3, 64) if run_limited(n, "--version").returncode == 0)
+    outcomes = {}
+    for limit in range(start, start + 8):
+        for args in (("run", "many", "--", "true"), ("status",), ("status", "--json", "many")):
+            result = run_limited(limit, *args)
+            no_traceback(result)
+            if result.returncode != 0:
+                one_line_error(result)
+            outcomes[(limit, args[0])] = result.returncode
+    assert outcomes[(start, "run")] == 2, outcomes  # the limit was really reached
+    assert not list(lines_dir.glob("*/*.ticket")), "a ticket was left behind"
+    assert run_cli("run", "many", "--", "true").returncode == 0
+    listed("many")
+
+
+# --------------------------------------------------------------------------- a probe racing a join
+
+JOINER = textwrap.dedent(
+    """
+    import collections, sys, time, inturn
+    line = inturn.Line("race")
+    line.acquire().release()
+    print("ready", flush=True)
+    deadline = time.monotonic() + float(sys.argv[1])
+    joins, errors = 0, collections.Counter()
+    while time.monotonic() < deadline:
+        try:
+            line.acquire().release()
+            joins += 1
+        except Exception as exc:
+            errors[f"{type(exc).__name__}: {exc}"] += 1
+    print("done", joins, dict(errors), flush=True)
+    """
+)
+
+# Spins on the name of the next ticket and takes LOCK_SH|LOCK_NB on it the instant it exists:
+# what a liveness probe does, timed at the worst moment of a join as often as possible. When
+# it falls behind it catches up from the counter, or from a listing of the folder.
+PROBER = textwrap.dedent(
+    """
+    import fcntl, os, sys, time
+    folder, deadline = sys.argv[1], time.monotonic() + float(sys.argv[2])
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    def newest():
+        try:
+            with open(os.path.join(folder, ".line"), "rb") as counter:
+                text = counter.read().strip()
+            if text.isdigit():
+                return int(text)
+        except OSError:
+            pass
+        stems = [e[:-len(".ticket")] for e in os.listdir(folder) if e.endswith(".ticket")]
+        return max([int(s) for s in stems if s.isdigit()], default=0)
+    number, probes, misses = newest(), 0, 0
+    while time.monotonic() < deadline:
+        try:
+            fd = os.open(f"{number:012d}.ticket", os.O_RDONLY | os.O_NONBLOCK, dir_fd=dir_fd)
+        except FileNotFoundError:
+            misses += 1
+            if misses % 16 == 0:
+                number = max(number, newest())
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass
+        os.close(fd)
+        probes += 1
+        number += 1
+    print("probes", probes, flush=True)
+    """
+)
+
+RACE_SECONDS = 3.0
+
+
+def test_a_liveness_probe_racing_a_join_never_makes_it_raise(lines_dir):
+    joiner = subprocess.Popen(
+        [sys.executable, "-c", JOINER, str(RACE_SECONDS)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    assert joiner.stdout is not None and joiner.stdout.readline() == "ready\n"
+    prober = subprocess.run(
+        [sys.executable, "-c", PROBER, str(lines_dir / "race"), str(RACE_SECONDS)],
+        capture_output=True,
+        text=True,
+        timeout=REPORT_TIMEOUT,
+        check=False,
+    )
+    out, err = joiner.communicate(timeout=REPORT_TIMEOUT)
+    assert prober.returncode == 0, prober
+    assert int(prober.stdout.split()[1]) > 0, "the prober never caught a ticket"
+    assert joiner.returncode == 0, err
+    words = out.split(maxsplit=2)
+    assert words[0] == "done" and int(words[1]) > 0, out
+    assert words[2].strip() == "{}", f"joins raised while probed: {words[2]}"
+
+
+# --------------------------------------------------------------------------- a closed stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("status",), ("status", "--json"), ("status", "shown"), ("status", "--json", "shown")],
+    ids=" ".join,
+)
+def test_status_into_a_closed_pipe_prints_no_traceback(lines_dir, args):
+    """``inturn status | head -1``, with ``head`` gone before inturn writes: certain EPIPE."""
+    for _ in range(3):
+        inturn.Line("shown").acquire().release()
+    with inturn.turn("shown"):
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            result = subprocess.run(
+                inturn_cmd(*args),
+                stdout=write_end,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=child_env(),
+                timeout=REPORT_TIMEOUT,
+                check=False,
+            )
+        finally:
+            os.close(write_end)
+    no_traceback(result)

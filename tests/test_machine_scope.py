@@ -1,0 +1,624 @@
+"""Machine-wide lines between users who do not trust each other (POSIX, as root).
+
+``inturn-alice`` and ``inturn-mallory`` are real users (``users.py``). Alice uses a line as
+anyone would; mallory uses it too, and also does whatever the file permissions let her do to
+it. What she may do: wait, hold as long as she likes, die holding. What she must not be able
+to do: remove or alter alice's ticket, make anyone run inside alice's turn, make ticket
+numbers go backwards, make ``--no-wait`` or a timeout hang, pass her ticket off as alice's,
+or get escape sequences printed raw by ``inturn status``.
+
+Exclusion is checked by an independent observer: the commands write their own enter and exit
+times (``CLOCK_MONOTONIC``, one clock for every process) to a log, compared afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import queue
+import signal
+import subprocess
+import textwrap
+import time
+import unicodedata
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+
+import inturn
+from inturn.names import safe_file_name
+
+from conftest import REPORT_TIMEOUT, read_lines
+from users import User, Users
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX users and file modes")
+
+# The command of every ``inturn run`` here: logs its entry, says so, holds until a line arrives
+# on its stdin (or stdin closes), logs its exit.
+RECORDER = textwrap.dedent(
+    """
+    import os, sys, time
+    def note(kind):
+        fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+        os.write(fd, f"{kind} {os.getpid()} {time.monotonic_ns()}\\n".encode())
+        os.close(fd)
+    note("enter")
+    env = os.environ
+    print("running", os.getpid(), env["INTURN_TICKET"], env["INTURN_ABANDONED"], flush=True)
+    sys.stdin.readline()
+    note("exit")
+    """
+)
+
+
+class Machine(NamedTuple):
+    """A machine-wide lines folder of this test's own, and the observer's log."""
+
+    root: Path  # INTURN_DIR, created by the first user who joins a line
+    log: Path
+    recorder: Path  # RECORDER, as a file: a one-line command in status and notes
+    users: Users
+
+    def env(self, user: User, **extra: str) -> dict[str, str]:
+        return user.env(INTURN_DIR=str(self.root), **extra)
+
+    def folder(self, name: str) -> Path:
+        return self.root / safe_file_name(name)
+
+    def line(self, name: str) -> inturn.Line:
+        """The line as root sees it, for watching who is in it (never for deciding overlap)."""
+        return inturn.Line(name, scope="machine", directory=str(self.root))
+
+    def tickets(self, name: str) -> list[Path]:
+        return sorted(self.folder(name).glob("*.ticket"))
+
+
+class Recorded:
+    """``inturn run --machine [OPTIONS] NAME -- python RECORDER LOG`` as one user.
+
+    It runs in a session of its own, so that ``kill`` reaches inturn and its command at once
+    (the command inherits the turn and would otherwise keep holding it).
+    """
+
+    def __init__(
+        self,
+        machine: Machine,
+        user: User,
+        name: str,
+        *options: str,
+        umask: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        argv = user.inturn(
+            "run",
+            "--machine",
+            *options,
+            name,
+            "--",
+            user.python,
+            str(machine.recorder),
+            str(machine.log),
+        )
+        self.user = user
+        self.proc = user.popen(
+            argv,
+            umask=umask,
+            env=env or machine.env(user),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self._out = read_lines(self.proc.stdout)
+        self._err = read_lines(self.proc.stderr)
+        self.ticket = 0
+        self.abandoned = ""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def has_output(self) -> bool:
+        return self._out.qsize() > 0
+
+    def running(self) -> int:
+        """Wait until the command runs; the pid of the command."""
+        try:
+            line = self._out.get(timeout=REPORT_TIMEOUT)
+        except queue.Empty:
+            raise AssertionError(f"{self.user.name}'s run {self.pid} never ran") from None
+        words = line.split()
+        assert words[:1] == ["running"], (line, self.errors())
+        self.ticket, self.abandoned = int(words[2]), words[3]
+        return int(words[1])
+
+    def finish(self) -> int:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write("\n")
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        return self.proc.wait(REPORT_TIMEOUT)
+
+    def errors(self) -> str:
+        """inturn's stderr, once it has ended."""
+        if self.proc.poll() is None:
+            return "(still running)"
+        rows = []
+        while (row := self._err.get(timeout=REPORT_TIMEOUT)) != "":
+            rows.append(row)
+        return "".join(rows)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(REPORT_TIMEOUT)
+
+    def close(self) -> None:
+        self.kill()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+@pytest.fixture
+def machine(users: Users, shared_dir: Path) -> Iterator[Machine]:
+    log = shared_dir / "log"
+    log.touch()
+    log.chmod(0o666)  # every user's command appends to it
+    recorder = shared_dir / "recorder.py"
+    recorder.write_text(RECORDER)
+    recorder.chmod(0o644)
+    yield Machine(shared_dir / "lines", log, recorder, users)
+
+
+@pytest.fixture
+def runs() -> Iterator[list[Recorded]]:
+    started: list[Recorded] = []
+    yield started
+    for run in started:
+        run.close()
+
+
+def start(runs: list[Recorded], *args: Any, **options: Any) -> Recorded:
+    run = Recorded(*args, **options)
+    runs.append(run)
+    return run
+
+
+def until(condition: Callable[[], bool], what: str) -> None:
+    """Watch for ``condition`` (not a guess at how long it takes); a hang fails the test."""
+    deadline = time.monotonic() + REPORT_TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def in_line_or_running(machine: Machine, name: str, run: Recorded) -> Callable[[], bool]:
+    """True once ``run`` waits in line (as root sees it), or has started its command anyway."""
+
+    def check() -> bool:
+        if run.has_output() or run.proc.poll() is not None:
+            return True
+        return run.pid in [t.pid for t in machine.line(name).status().waiters]
+
+    return check
+
+
+def intervals(log: Path, killed: dict[int, int] | None = None) -> list[tuple[int, int, int]]:
+    """(enter, exit, pid) of every command in the log; a killed one ends when it was killed."""
+    enters: dict[int, int] = {}
+    exits: dict[int, int] = dict(killed or {})
+    for row in log.read_text().splitlines():
+        kind, pid, when = row.split()
+        (enters if kind == "enter" else exits)[int(pid)] = int(when)
+    return sorted((enters[pid], exits.get(pid, 2**63), pid) for pid in enters)
+
+
+def assert_one_at_a_time(log: Path, killed: dict[int, int] | None = None) -> None:
+    spans = intervals(log, killed)
+    for (_, left, first), (entered, _, second) in itertools.pairwise(spans):
+        assert entered > left, f"command {second} ran inside the turn of command {first}: {spans}"
+
+
+def one_shot(machine: Machine, user: User, name: str, *options: str) -> tuple[int, str]:
+    """``inturn run --machine NAME -- sh -c 'echo $INTURN_TICKET $INTURN_ABANDONED'``."""
+    result = user.run(
+        user.inturn(
+            "run", "--machine", *options, name, "--",
+            "sh", "-c", 'echo "$INTURN_TICKET $INTURN_ABANDONED"',
+        ),
+        env=machine.env(user),
+    )  # fmt: skip
+    assert result.returncode == 0, result
+    ticket, abandoned = result.stdout.split()
+    return int(ticket), abandoned
+
+
+def one_line_besides_warnings(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if not line.startswith("inturn: warning: ")]
+    assert len(lines) == 1 and lines[0].startswith("inturn: "), stderr
+    return lines[0]
+
+
+def as_user(user: User, machine: Machine, code: str, *args: str) -> Any:
+    """Run Python ``code`` as ``user``; it prints one JSON document, returned decoded."""
+    result = user.run([user.python, "-c", textwrap.dedent(code), *args], env=machine.env(user))
+    assert result.returncode == 0, result
+    return json.loads(result.stdout)
+
+
+# --------------------------------------------------------------------------- a private umask
+
+
+def test_a_holder_with_umask_077_is_seen_by_another_user(machine, runs):
+    alice, mallory = machine.users
+    holder = start(runs, machine, alice, "umask", umask=0o077)
+    holder.running()
+    waiter = start(runs, machine, mallory, "umask")
+    until(in_line_or_running(machine, "umask", waiter), "mallory's run to wait in line")
+    assert not waiter.has_output(), "mallory's command started inside alice's turn"
+    assert holder.finish() == 0
+    waiter.running()
+    assert waiter.finish() == 0
+    assert_one_at_a_time(machine.log)
+    assert waiter.ticket > holder.ticket and waiter.abandoned == "0"
+
+
+def test_the_folder_is_sticky_and_tickets_readable_by_all_whatever_the_umask(machine, runs):
+    alice, mallory = machine.users
+    holder = start(runs, machine, alice, "modes", umask=0o077)
+    holder.running()
+    folder = machine.folder("modes")
+    (ticket,) = machine.tickets("modes")
+    assert oct(os.stat(machine.root).st_mode & 0o7777) == "0o1777"
+    assert oct(os.stat(folder).st_mode & 0o7777) == "0o1777"
+    assert oct(os.stat(ticket).st_mode & 0o777) == "0o644"
+    before = os.stat(ticket)
+    tried = as_user(
+        mallory,
+        machine,
+        """
+        import json, os, sys
+        ticket, folder, root = sys.argv[1:]
+        def attempt(action):
+            try:
+                action()
+                return "done"
+            except OSError as exc:
+                return type(exc).__name__
+        def write(flags):
+            fd = os.open(ticket, os.O_WRONLY | flags)
+            os.write(fd, b'{"acquired_at":1}\\n')
+            os.close(fd)
+        print(json.dumps({
+            "unlink": attempt(lambda: os.unlink(ticket)),
+            "rename": attempt(lambda: os.rename(ticket, ticket + ".mine")),
+            "append": attempt(lambda: write(os.O_APPEND)),
+            "truncate": attempt(lambda: write(os.O_TRUNC)),
+            "unlink .name": attempt(lambda: os.unlink(os.path.join(folder, ".name"))),
+            "rename the line": attempt(lambda: os.rename(folder, os.path.join(root, "moved"))),
+        }))
+        """,
+        str(ticket), str(folder), str(machine.root),
+    )  # fmt: skip
+    assert tried == dict.fromkeys(tried, "PermissionError"), tried
+    after = os.stat(ticket)
+    assert (after.st_ino, after.st_size) == (before.st_ino, before.st_size)
+    seen = mallory.run(
+        mallory.inturn("status", "--machine", "--json", "modes"), env=machine.env(mallory)
+    )
+    assert [t["pid"] for t in json.loads(seen.stdout)["holders"]] == [holder.pid], seen
+    assert holder.finish() == 0
+
+
+# --------------------------------------------------------------------------- the counter
+
+
+@pytest.mark.parametrize("planted", ["1\n", "0\n", "garbage\n", ""], ids=repr)
+def test_rewriting_the_counter_never_lets_anyone_in_or_numbers_go_back(machine, runs, planted):
+    alice, mallory = machine.users
+    tickets = [one_shot(machine, alice, "count")[0] for _ in range(3)]
+    holder = start(runs, machine, alice, "count")
+    holder.running()
+    tickets.append(holder.ticket)
+    counter = machine.folder("count") / ".line"
+    rewrite = as_user(
+        mallory,
+        machine,
+        """
+        import json, sys
+        try:
+            with open(sys.argv[1], "w") as counter:
+                counter.write(sys.argv[2])
+            print(json.dumps("rewritten"))
+        except OSError as exc:
+            print(json.dumps(type(exc).__name__))
+        """,
+        str(counter), planted,
+    )  # fmt: skip
+    joiner = start(runs, machine, mallory, "count")
+    until(in_line_or_running(machine, "count", joiner), "mallory's run to wait in line")
+    ran_inside = joiner.has_output()
+    try:
+        busy = machine.line("count").acquire(blocking=False)
+    except inturn.Busy:
+        root_got = None
+    else:
+        root_got = busy.ticket
+        busy.release()
+    assert holder.finish() == 0
+    joiner.running()
+    tickets.append(joiner.ticket)
+    assert joiner.finish() == 0
+    tickets.append(one_shot(machine, alice, "count")[0])
+    assert_one_at_a_time(machine.log)
+    assert not ran_inside, f"mallory ({rewrite}) got ticket {joiner.ticket} inside {tickets}"
+    assert root_got is None, f"a joiner got ticket {root_got} while {holder.ticket} held"
+    assert tickets == sorted(set(tickets)), f"tickets went backwards ({rewrite}): {tickets}"
+
+
+# --------------------------------------------------------------------------- the guard lock
+
+SIT_ON_GUARD = textwrap.dedent(
+    """
+    import fcntl, os, sys
+    fd = os.open(sys.argv[1], os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    print("locked", flush=True)
+    sys.stdin.readline()
+    """
+)
+
+API_TRY = textwrap.dedent(
+    """
+    import sys, inturn
+    line = inturn.Line("guard", scope="machine")
+    try:
+        if sys.argv[1] == "blocking=False":
+            line.acquire(blocking=False).release()
+        else:
+            line.acquire(timeout=1).release()
+        print("acquired")
+    except inturn.Busy:
+        print("busy")
+    except inturn.Timeout:
+        print("timeout")
+    """
+)
+
+HANG = 30.0  # seconds: far beyond what any of these takes, so only a hang reaches it
+
+
+@pytest.mark.parametrize(
+    "how", ["--no-wait", "--timeout 1", "blocking=False", "timeout=1"], ids=lambda h: h
+)
+def test_sitting_on_the_guard_lock_makes_nothing_non_blocking_hang(machine, how):
+    alice, mallory = machine.users
+    one_shot(machine, alice, "guard")  # the line and its counter exist
+    sitter = mallory.popen(
+        [mallory.python, "-c", SIT_ON_GUARD, str(machine.folder("guard") / ".line")],
+        env=machine.env(mallory),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert sitter.stdout is not None and sitter.stdout.readline() == "locked\n"
+        if how.startswith("--"):
+            argv = alice.inturn("run", "--machine", *how.split(), "guard", "--", "true")
+        else:
+            argv = [alice.python, "-c", API_TRY, how]
+        began = time.monotonic()
+        try:
+            result = alice.run(argv, env=machine.env(alice), timeout=HANG)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{how} hung while mallory sat on the guard lock")
+        took = time.monotonic() - began
+    finally:
+        sitter.kill()
+        sitter.wait(REPORT_TIMEOUT)
+        assert sitter.stdout is not None
+        sitter.stdout.close()
+        assert sitter.stdin is not None
+        sitter.stdin.close()
+    if how == "--no-wait":
+        assert result.returncode == 75, result
+        assert "busy" in one_line_besides_warnings(result.stderr)
+    elif how == "--timeout 1":
+        assert result.returncode == 75, result
+        one_line_besides_warnings(result.stderr)
+        assert took >= 1.0  # it waited its second, then gave up
+    else:
+        assert result.stdout.split() == ["busy" if how == "blocking=False" else "timeout"], result
+    assert one_shot(machine, alice, "guard")[1] == "0"  # and the line still works
+
+
+# --------------------------------------------------------------------------- who it claims to be
+
+PLANT = textwrap.dedent(
+    """
+    import fcntl, json, os, sys, time
+    folder, number, fields = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+    path = os.path.join(folder, f"{number:012d}.ticket")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    os.fchmod(fd, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    now = time.time()
+    header = {"pid": os.getpid(), "user": "inturn-alice", "host": os.uname().nodename,
+              "command": ["backup"], "cwd": "/", "joined_at": now, "slots": 1}
+    header.update(fields)
+    os.write(fd, (json.dumps(header) + "\\n").encode())
+    os.write(fd, (json.dumps({"acquired_at": now}) + "\\n").encode())
+    print("planted", os.getpid(), flush=True)
+    sys.stdin.readline()
+    """
+)
+
+
+@pytest.fixture
+def plants() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        proc.kill()
+        proc.wait(REPORT_TIMEOUT)
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+def plant(
+    machine: Machine, plants: list[subprocess.Popen[str]], name: str, number: int, **fields: Any
+) -> int:
+    """Mallory writes a live, holding ticket ``number`` by hand; the planter's pid."""
+    mallory = machine.users.mallory
+    proc = mallory.popen(
+        [mallory.python, "-c", PLANT, str(machine.folder(name)), str(number), json.dumps(fields)],
+        env=machine.env(mallory),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    plants.append(proc)
+    assert proc.stdout is not None
+    words = proc.stdout.readline().split()
+    assert words[:1] == ["planted"], words
+    return int(words[1])
+
+
+def statuses(machine: Machine, user: User, name: str) -> dict[str, str]:
+    """Every form of ``inturn status --machine`` as ``user`` sees it: stdout by form."""
+    forms = {
+        "line": ("status", "--machine", name),
+        "line --json": ("status", "--machine", "--json", name),
+        "every line": ("status", "--machine"),
+        "every line --json": ("status", "--machine", "--json"),
+    }
+    seen = {}
+    for form, args in forms.items():
+        result = user.run(user.inturn(*args), env=machine.env(user))
+        assert result.returncode == 0, (form, result)
+        seen[form] = result.stdout
+    return seen
+
+
+def json_holders(seen: dict[str, str]) -> list[list[dict[str, Any]]]:
+    one = json.loads(seen["line --json"])["holders"]
+    every = [line["holders"] for line in json.loads(seen["every line --json"])["lines"]]
+    return [one, *every]
+
+
+@pytest.mark.parametrize("how", ["USER=inturn-alice", "a ticket written by hand"])
+def test_a_ticket_claiming_to_be_another_users_is_shown_as_its_owners(machine, runs, plants, how):
+    alice, mallory = machine.users
+    if how.startswith("USER"):
+        faked = machine.env(mallory, USER=alice.name, LOGNAME=alice.name)
+        holder = start(runs, machine, mallory, "claim", env=faked)
+        holder.running()
+        pid = holder.pid
+    else:
+        for _ in range(3):
+            one_shot(machine, alice, "claim")
+        pid = plant(machine, plants, "claim", 2)
+    seen = statuses(machine, alice, "claim")
+    for holders in json_holders(seen):
+        assert [(t["pid"], t["user"]) for t in holders] == [(pid, mallory.name)], seen
+    row = next(r for r in seen["line"].splitlines() if str(pid) in r)
+    assert mallory.name in row.split(), seen["line"]
+    for form, text in seen.items():
+        assert alice.name not in text, (form, text)
+
+
+# --------------------------------------------------------------------------- escape sequences
+
+EVIL = {
+    "user": "\x1b]0;owned\x07",
+    "host": "host\x1b[2J",
+    "command": ["\x1b[2J\x1b[H", "rm\r-rf", "\x07bell", "csi\x9b31m", "del\x7f"],
+    "cwd": "/tmp/\x1b[31mred",
+}
+
+
+def raw_controls(text: str) -> list[str]:
+    """Control characters in ``text`` other than its line breaks."""
+    return sorted({c for c in text if unicodedata.category(c) == "Cc" and c != "\n"})
+
+
+def shows_escaped(text: str) -> bool:
+    return any(form in text for form in ("\\x1b", "\\033", "\\e", "\\u001b", "^["))
+
+
+def test_control_characters_in_a_record_are_never_printed_raw(machine, plants):
+    alice, mallory = machine.users
+    for _ in range(3):
+        one_shot(machine, alice, "evil")
+    pid = plant(machine, plants, "evil", 2, **EVIL)
+    seen = statuses(machine, alice, "evil")
+    for form in ("line", "every line"):
+        assert raw_controls(seen[form]) == [], (form, seen[form])
+        assert shows_escaped(seen[form]), (form, seen[form])
+    for form in ("line --json", "every line --json"):
+        assert [c for c in seen[form] if c < " " and c != "\n"] == [], (form, seen[form])
+    for holders in json_holders(seen):
+        (record,) = holders
+        assert record["pid"] == pid
+        assert record["user"] == mallory.name  # from the file's owner, not from the record
+        assert (record["host"], record["command"], record["cwd"]) == (
+            EVIL["host"], EVIL["command"], EVIL["cwd"],
+        )  # fmt: skip
+
+
+def test_control_characters_in_a_line_name_are_never_printed_raw(machine, runs):
+    alice, mallory = machine.users
+    name = "evil\x1b[2J\x07\r"
+    holder = start(runs, machine, mallory, name)
+    holder.running()
+    seen = statuses(machine, alice, name)
+    for form in ("line", "every line"):
+        assert raw_controls(seen[form]) == [], (form, seen[form])
+    names = [line["name"] for line in json.loads(seen["every line --json"])["lines"]]
+    assert names == [name] and json.loads(seen["line --json"])["name"] == name
+    assert holder.finish() == 0
+
+
+# --------------------------------------------------------------------------- dying holding
+
+
+@pytest.mark.parametrize("dies", ["alice", "mallory"])
+def test_after_a_user_dies_holding_the_line_works_for_both(machine, runs, dies):
+    alice, mallory = machine.users
+    dead, other = (alice, mallory) if dies == "alice" else (mallory, alice)
+    doomed = start(runs, machine, dead, "death")
+    doomed.running()
+    waiter = start(runs, machine, other, "death")
+    until(in_line_or_running(machine, "death", waiter), f"{other.name}'s run to wait in line")
+    assert not waiter.has_output()
+    command = int(
+        next(r.split()[1] for r in machine.log.read_text().splitlines() if r.startswith("enter"))
+    )
+    killed = {command: time.monotonic_ns()}  # it can do nothing once the signal is sent
+    doomed.kill()  # inturn and its command, together
+    waiter.running()
+    assert waiter.abandoned == "1", waiter.ticket
+    again = start(runs, machine, dead, "death")
+    until(in_line_or_running(machine, "death", again), f"{dead.name}'s new run to wait in line")
+    assert waiter.finish() == 0
+    notes = waiter.errors().splitlines()
+    told = [n for n in notes if "died holding" in n]
+    assert len(told) == 1 and f"pid {doomed.pid}" in told[0], notes
+    again.running()
+    assert again.abandoned == "0"  # told once, to the one that took the dead one's place
+    assert again.finish() == 0
+    assert one_shot(machine, other, "death")[1] == "0"
+    assert one_shot(machine, dead, "death")[1] == "0"
+    assert_one_at_a_time(machine.log, killed)
