@@ -315,13 +315,13 @@ def test_a_holder_with_a_command_over_64_kib_shows_and_its_death_is_told(lines_d
 
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 16 KiB tmpfs of this test's own (root only), unmounted afterwards."""
+    """A small tmpfs of this test's own (root only), unmounted afterwards."""
     if os.geteuid() != 0:
         missing_component("filling a file system needs root, to mount a small one", "run as root")
     mount = tmp_path / "tiny"
     mount.mkdir()
     made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16k,mode=0700", "tmpfs", str(mount)],
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mount)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -10,10 +10,10 @@ import time
 import warnings
 from typing import Any, NamedTuple
 
-# Bounds on what a ticket records, so that every record fits in what readers read (64 KiB).
-MAX_COMMAND_CHARS = 8192
+# Bounds on what a ticket records, so that every record fits in what readers read.
+MAX_COMMAND_CHARS = 256 * 1024  # more than any one argument Linux passes (128 KiB)
 MAX_FIELD_CHARS = 4096
-MAX_RECORD_BYTES = 65536
+MAX_RECORD_BYTES = 4 * 1024 * 1024
 
 
 class Ticket(NamedTuple):
@@ -269,6 +269,10 @@ def parse_record(number: int, data: bytes, origin: str, owner: str | None = None
                 warn_once(f"ignoring a bad acquired_at in {where}")
     if "joined_at" in header and timestamp(header["joined_at"]) is None:
         warn_once(f"ignoring a bad joined_at in {where}")
+    for key, low, high in (("pid", 1, 2**63), ("slots", 1, 2**31)):
+        value = whole_number(header.get(key, low))
+        if value is None or not low <= value < high:
+            warn_once(f"ignoring a bad {key} in {where}")
     if holding and acquired is None:
         acquired = timestamp(header.get("joined_at")) or time.time()
     if owner is not None:
