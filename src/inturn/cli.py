@@ -3,12 +3,14 @@
 Exit codes (documented in the README): the command's own code when it ran; 75 when the line
 was busy (``--no-wait``) or the wait timed out (``--conflict-exit-code`` changes it); 76 when a
 server backend lost the turn while the command ran; 130 when interrupted while waiting (128+N
-for another signal N); 2 for usage errors and unusable setups.
+for another signal N); 141 when the output was closed early (``inturn status | head -1``);
+2 for usage errors, unusable setups and system errors (a full disk, too many open files).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -29,6 +31,7 @@ EXIT_USAGE = 2
 EXIT_CONFLICT = 75
 EXIT_LOST = 76
 EXIT_INTERRUPTED = 130
+EXIT_OUTPUT_CLOSED = 128 + 13  # as a tool killed by SIGPIPE
 DEFAULT_GRACE_SECONDS = 1.0
 
 
@@ -152,10 +155,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except _OutputClosed:
+        return EXIT_OUTPUT_CLOSED
+    except OSError as exc:  # a full disk, too many open files: a system error, not a bug
+        _say(_system_error(exc))
+        return EXIT_USAGE
 
 
 def _say(message: str) -> None:
-    print(f"inturn: {message}", file=sys.stderr, flush=True)
+    with contextlib.suppress(OSError, ValueError):  # else there is nowhere left to say it
+        print(f"inturn: {message}", file=sys.stderr, flush=True)
+
+
+class _OutputClosed(Exception):
+    """Whoever read our stdout stopped reading (``inturn status | head -1``)."""
+
+
+def _emit(text: str) -> None:
+    """Print ``text`` on stdout; a reader gone is ``_OutputClosed``, a full disk one line."""
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _drop_stdout()
+        raise _OutputClosed() from None
+    except OSError as exc:
+        _drop_stdout()
+        raise UsageError(f"cannot write the output: {_system_error(exc)}") from None
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that the exit's flush of what is left fails no more."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 _SYSTEM_ERROR_ADVICE = {
@@ -336,9 +370,9 @@ def _status(args: argparse.Namespace) -> int:
     if args.name is not None:
         status = _line(args).status()
         if args.json:
-            print(json.dumps(status.to_json(now), indent=2, ensure_ascii=False))
+            _emit(json.dumps(status.to_json(now), indent=2, ensure_ascii=False))
         else:
-            print(format_line(status, now))
+            _emit(format_line(status, now))
         return 0
     from .backends import open_backend
 
@@ -348,9 +382,9 @@ def _status(args: argparse.Namespace) -> int:
     statuses = [backend.line(name).status() for name in backend.names()]
     if args.json:
         document = {"where": backend.where, "lines": [s.to_json(now) for s in statuses]}
-        print(json.dumps(document, indent=2, ensure_ascii=False))
+        _emit(json.dumps(document, indent=2, ensure_ascii=False))
         return 0
-    print(format_overview(statuses, backend.where, now))
+    _emit(format_overview(statuses, backend.where, now))
     return 0
 
 
