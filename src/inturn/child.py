@@ -47,11 +47,13 @@ STOP_RECHECK_SECONDS = 0.05
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
-# The sentinel (see ``Sentinel``): reads the command's group, then waits for "done"; end of
-# file without it means inturn died, and the group goes with it. It ignores the signals a
+# The sentinel (see ``Sentinel``): reads the command's group (written by the command itself
+# before it runs), then waits for "done"; end of file without it means inturn died, and the
+# group goes with it. It ignores the signals a
 # terminal or a user would send to a job, since it is part of none.
 SENTINEL_SCRIPT = """trap '' INT TERM HUP QUIT TSTP TTIN TTOU USR1 USR2 ALRM
 read -r group || exit 0
+[ "$group" = done ] && exit 0
 read -r word
 [ "$word" = done ] || kill -s KILL -- "-$group" 2>/dev/null
 """
@@ -210,23 +212,22 @@ class _Supervision:
         handles: list[int],
         bound: bool,
     ) -> None:
+        preexec = None
         if bound:
-            # Started first, so that the only moment inturn can die unnoticed is the instant
-            # between the command's start and the sentinel learning its group.
+            # Started first: the command itself tells it its group, before it runs.
             self.sentinel = Sentinel.start()
+            preexec = _bind_to_inturn(self.sentinel.fileno())
         try:
             self.child = subprocess.Popen(
                 command,
                 executable=executable,
                 env=env,
                 pass_fds=handles,
-                **own_group(_die_with_parent() if bound else None),
+                **own_group(preexec),
             )
         except OSError as exc:
             raise CannotRun(exc) from None
         self.group = self.child.pid
-        if self.sentinel is not None:
-            self.sentinel.watch(self.group)
         self.signals.target = self.group
         while self.signals.pending:  # arrived while the command was being started
             with suppress(OSError):
@@ -491,7 +492,6 @@ class Sentinel:
 
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
-        self.watching = False
 
     @staticmethod
     def start() -> Sentinel:
@@ -507,20 +507,20 @@ class Sentinel:
             raise CannotRun(exc) from None
         return Sentinel(proc)
 
+    def fileno(self) -> int:
+        """Where the command, between fork and exec, writes its group (see ``_bind_to_inturn``)."""
+        assert self.proc.stdin is not None
+        return self.proc.stdin.fileno()
+
     def _send(self, text: str) -> None:
         assert self.proc.stdin is not None
         with suppress(OSError, ValueError):
             self.proc.stdin.write(text.encode())
             self.proc.stdin.flush()
 
-    def watch(self, group: int) -> None:
-        self._send(f"{group}\n")
-        self.watching = True
-
     def dismiss(self) -> None:
         """The command has ended (or was stopped): the sentinel exits without killing."""
-        if self.watching:
-            self._send("done\n")
+        self._send("done\n")
         assert self.proc.stdin is not None
         with suppress(OSError):
             self.proc.stdin.close()
@@ -596,21 +596,24 @@ def _become_subreaper() -> None:
         prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """For the child, between fork and exec: be killed by the kernel when inturn dies.
+def _bind_to_inturn(sentinel: int) -> Callable[[], None]:
+    """For the command, between fork and exec: die with inturn, and tell the sentinel.
 
-    Linux's ``PR_SET_PDEATHSIG`` (prctl(2)); elsewhere there is no such request and the
-    README says what that means. The function is looked up here, before the fork, so the
-    child only makes the one call.
+    ``PR_SET_PDEATHSIG`` (Linux's prctl(2)) has the kernel kill the command the moment inturn
+    dies; elsewhere there is no such request, and the sentinel alone stands guard. The
+    command writes its own process group (its pid) to the sentinel itself, before it runs
+    any of its own code, so there is no moment at which inturn could die leaving a command
+    the sentinel does not know about. Everything is looked up here, before the fork, so the
+    child only makes the calls.
     """
     prctl = _prctl()
-    if prctl is None:
-        return None
     parent = os.getpid()
 
     def bind() -> None:
-        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
         if os.getppid() != parent:  # inturn died before the request was made
             os._exit(76)
+        os.write(sentinel, b"%d\n" % os.getpid())
 
     return bind
