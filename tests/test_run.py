@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import select
 import shlex
 import signal
@@ -17,8 +18,10 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -30,8 +33,11 @@ from conftest import (
     Worker,
     child_env,
     inturn_cmd,
+    one_line_error,
     read_lines,
+    run_cli,
 )
+from tcp_proxy import TcpProxy
 
 LINUX = sys.platform.startswith("linux")
 linux_only = pytest.mark.skipif(not LINUX, reason="reads /proc; subreapers are Linux's")
@@ -139,16 +145,18 @@ def test_sigterm_just_after_the_command_ends_waits_for_the_release(lines_dir):
 FAMILY = """
     import os, signal, sys
     NAMES = ("SIGTERM", "SIGHUP", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM")
+    def say(*words):  # one write per line: two processes share the pipe
+        os.write(1, (" ".join(map(str, words)) + "\\n").encode())
     def report(signum, frame):
-        print("got", signum, os.getpid(), flush=True)
+        say("got", signum, os.getpid())
     for name in NAMES:
         signal.signal(getattr(signal, name), report)
     child = os.fork()
     if child == 0:
-        print("child", os.getpid(), os.getpgrp(), flush=True)
+        say("child", os.getpid(), os.getpgrp())
         while True:
             signal.pause()
-    print("command", os.getpid(), os.getpgrp(), os.getppid(), flush=True)
+    say("command", os.getpid(), os.getpgrp(), os.getppid())
     line = sys.stdin.readline()
     os.kill(child, signal.SIGKILL)
     os.waitpid(child, 0)
@@ -362,9 +370,9 @@ def test_in_a_pipeline_the_pager_keeps_the_terminal_and_inturn_passes_keys_on(
     """``inturn run ... | cat``: inturn and cat share the job's process group, which keeps the
     terminal; Ctrl-Z and Ctrl-C reach the command through inturn."""
     command = script(tmp_path, "piped.py", PIPED)
-    code = tmp_path / "code"
-    inturn_run = inturn_line("pipe", sys.executable, str(command))
-    shell.type(f"{{ {inturn_run}; echo $? > {shlex.quote(str(code))}; }} | cat\n")
+    shell.run("set -o pipefail")  # the job's status: inturn's, as the pager ends with 0
+    pager = "sh -c \"trap '' INT; exec cat\""  # a pager that outlives Ctrl-C, as less does
+    shell.type(inturn_line("pipe", sys.executable, str(command)) + f" | {pager}\n")
     shell.expect(b"ready ")
     pid, parent, _, where = _ready(shell.expect(b"ground\r\n"))
     assert where == "background"
@@ -374,7 +382,293 @@ def test_in_a_pipeline_the_pager_keeps_the_terminal_and_inturn_passes_keys_on(
     assert state(int(pid)) == "T" and state(int(parent)) == "T"
     shell.type("fg\n")
     shell.expect(b"continued")  # by inturn, once bash gave the job the terminal and went on
-    shell.type("\x03")  # Ctrl-C: cat dies of it; inturn passes it on and lives
+    shell.type("\x03")  # Ctrl-C: to inturn (and the pager, which ignores it); passed on
     shell.expect(shell.PROMPT)
-    assert code.read_text() == "41\n"  # the command's own code, once
+    assert b"rc=41" in shell.run("echo rc=$?")  # the command's own code, from inturn
     assert inturn.Line("pipe").status().holders == ()
+
+
+# --------------------------------------------------------------------------- orphans and lost turns
+
+
+def sql(url: str, query: str, *params: object) -> list[tuple[object, ...]]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(query, params or None)
+        return cur.fetchall() if cur.description else []
+
+
+class Losable(NamedTuple):
+    """A server line whose holder a test can make lose its turn."""
+
+    options: list[str]  # for ``inturn run``
+    cut: Callable[[], None]
+
+
+def _through(proxy: TcpProxy, base: str) -> str:
+    parts = urlsplit(base)
+    user = parts.netloc.rpartition("@")[0]
+    netloc = f"{user}@127.0.0.1:{proxy.port}" if user else f"127.0.0.1:{proxy.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@pytest.fixture(params=["postgresql", "redis"])
+def losable(request: pytest.FixtureRequest) -> Iterator[Losable]:
+    """PostgreSQL: the server ends the holder's session. Redis: the network goes silent and
+    the server drops the holder's connections (its lease then runs out)."""
+    if request.param == "postgresql":
+        server = request.getfixturevalue("pg_server")
+        schema = request.getfixturevalue("schema")
+        request.getfixturevalue("pg_url")  # INTURN_BACKEND for inturn
+
+        def terminate() -> None:
+            query = f'SELECT backend_pid FROM "{schema}".tickets WHERE acquired_at > 0'
+            rows = sql(server, query)
+            assert len(rows) == 1, rows
+            assert sql(server, "SELECT pg_terminate_backend(%s)", rows[0][0]) == [(True,)]
+
+        yield Losable([], terminate)
+        return
+    place = request.getfixturevalue("place")
+    base = request.getfixturevalue("redis_base")
+    target = urlsplit(base)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
+
+    def cut_off() -> None:
+        proxy.blackhole()
+        client = place.client()
+        try:
+            for address in proxy.upstream_addresses():
+                client.execute_command("CLIENT", "KILL", "ADDR", address)
+        finally:
+            client.close()
+
+    try:
+        yield Losable(["--backend", place.url(lease=1, base=_through(proxy, base))], cut_off)
+    finally:
+        proxy.close()
+
+
+def _start(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        inturn_cmd("run", *args),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+
+
+@linux_only
+def test_a_lost_turn_stops_the_commands_grandchildren_too(losable, tmp_path):
+    """The command of the issue: its inner ``sh`` must not write after exit 76."""
+    pids, log = fifo(tmp_path / "pids"), tmp_path / "log"
+    inner = f"echo $$ > {shlex.quote(str(pids))}; sleep 20; echo late >> {shlex.quote(str(log))}"
+    proc = _start(*losable.options, "lost", "--", "sh", "-c", f"sh -c {shlex.quote(inner)}")
+    try:
+        grandchild = int(read_fifo(pids))
+        losable.cut()
+        assert proc.wait(REPORT_TIMEOUT) == 76
+        assert dead(grandchild)  # gone before inturn exits: it can write nothing any more
+        assert not log.exists()
+        assert proc.stderr is not None and "lost the turn in line 'lost'" in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# A command that leaves behind what a plain SIGTERM does not stop: a member of its group
+# that ignores SIGTERM, and an orphan in a session of its own that ignores it too.
+STUBBORN = """
+    import shlex, subprocess, sys
+    ignore = "trap '' TERM; "
+    subprocess.Popen(["sh", "-c", ignore + "echo member $$; exec sleep 600"])
+    orphan = "setsid sh -c " + shlex.quote(ignore + "echo orphan $$; exec sleep 600") + " &"
+    subprocess.Popen(["sh", "-c", orphan]).wait()  # its parent is gone: it is inturn's now
+    print("command", flush=True)
+    sys.stdin.readline()
+"""
+
+
+@linux_only
+def test_a_lost_turn_kills_what_ignores_sigterm_and_what_was_orphaned(losable, tmp_path):
+    stubborn = script(tmp_path, "stubborn.py", STUBBORN)
+    proc = _start(*losable.options, "--grace", "0.2", "stub", "--", sys.executable, str(stubborn))
+    seen: dict[str, int] = {}
+    try:
+        assert proc.stdout is not None
+        output = read_lines(proc.stdout)
+        while len(seen) < 3:
+            words = output.get(timeout=REPORT_TIMEOUT).split()
+            seen[words[0]] = int(words[1]) if len(words) > 1 else 0
+        assert os.getpgid(seen["orphan"]) != os.getpgid(seen["member"])  # out of the group
+        losable.cut()
+        assert proc.wait(REPORT_TIMEOUT) == 76
+        assert dead(seen["member"]) and dead(seen["orphan"])
+    finally:
+        proc.kill()
+        proc.wait()
+        for pid in seen.values():
+            with contextlib.suppress(OSError):
+                if pid:
+                    os.kill(pid, signal.SIGKILL)
+
+
+def test_grace_0_kills_the_command_at_once(losable):
+    run = Run("now", "--grace", "0", *losable.options)
+    run.running()
+    losable.cut()
+    assert run.wait() == 76
+    assert run.next_line() == []  # no "signal 15": SIGKILL came first and alone
+
+
+def test_a_stopped_command_still_gets_its_sigterm_when_the_turn_is_lost(losable):
+    run = Run("stopped", *losable.options)
+    command = run.running().pid
+    os.kill(command, signal.SIGSTOP)
+    losable.cut()
+    assert run.next_line() == ["signal", str(int(signal.SIGTERM))]  # continued to get it
+    assert run.wait() == 76
+
+
+ORPHANER = """
+    import os, sys
+    wake_read, wake_write = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        if os.fork() == 0:  # the orphan: speaks once its parent is gone
+            os.close(wake_write)
+            os.read(wake_read, 1)
+            os.write(1, b"orphan %d %d\\n" % (os.getpid(), os.getppid()))
+            os._exit(0)
+        os._exit(0)
+    os.close(wake_read)
+    os.waitpid(middle, 0)
+    os.write(wake_write, b"x")
+    sys.stdin.readline()
+"""
+
+
+@linux_only
+def test_with_a_server_backend_inturn_adopts_and_reaps_what_its_command_orphans(place, tmp_path):
+    orphaner = script(tmp_path, "orphaner.py", ORPHANER)
+    proc = _start("adopt", "--", sys.executable, str(orphaner))
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        kind, orphan, parent = read_lines(proc.stdout).get(timeout=REPORT_TIMEOUT).split()
+        assert kind == "orphan" and int(parent) == proc.pid  # reparented to inturn
+        wait_until_reaped(int(orphan))  # while inturn still runs: no zombie left behind
+        proc.stdin.close()
+        assert proc.wait(REPORT_TIMEOUT) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@linux_only
+def test_a_command_that_cannot_inherit_the_turn_dies_whole_with_inturn(place, tmp_path):
+    """On Redis inturn renews the lease: SIGKILL of inturn ends the turn, so the command's
+    whole group must go too, not only its direct child."""
+    pids, log = fifo(tmp_path / "pids"), tmp_path / "log"
+    inner = f"echo $$ > {shlex.quote(str(pids))}; sleep 20; echo late >> {shlex.quote(str(log))}"
+    proc = _start(
+        "--backend", place.url(lease=1), "tied", "--", "sh", "-c", f"sh -c {shlex.quote(inner)}"
+    )
+    grandchild = int(read_fifo(pids))
+    proc.kill()
+    proc.wait()
+    wait_until_dead(grandchild)  # killed by the sentinel; left alone it would write first
+    assert not log.exists()
+
+
+# --------------------------------------------------------------------------- errors and cost
+
+
+@pytest.mark.parametrize("args", [["status"], ["status", "shown"], ["status", "--json"]])
+def test_output_closed_early_exits_141_without_a_word(lines_dir, args):
+    with inturn.turn("shown"):
+        reader, writer = os.pipe()
+        os.close(reader)  # as ``| head -1`` that has already gone
+        try:
+            result = subprocess.run(
+                inturn_cmd(*args),
+                stdout=writer,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=child_env(),
+                timeout=REPORT_TIMEOUT,
+            )
+        finally:
+            os.close(writer)
+    assert (result.returncode, result.stderr) == (141, "")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_under_the_output_is_one_line_and_exit_2(lines_dir):
+    with inturn.turn("shown"), open("/dev/full", "w") as full:
+        result = subprocess.run(
+            inturn_cmd("status"),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+            timeout=REPORT_TIMEOUT,
+        )
+    one_line_error(result, "No space left on device")
+
+
+def _with_open_files(limit: int, *args: str) -> subprocess.CompletedProcess[str]:
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        preexec_fn=lower,
+        timeout=REPORT_TIMEOUT,
+    )
+
+
+def test_too_few_open_files_is_one_clear_line_at_any_limit(lines_dir):
+    """From the lowest limit at which Python can load inturn at all, to one that is enough."""
+    lowest = next(
+        n for n in range(3, 64) if _with_open_files(n, "-c", "import inturn.cli").returncode == 0
+    )
+    for limit in range(lowest, lowest + 64):
+        result = _with_open_files(limit, "-m", "inturn", "run", "files", "--", "true")
+        if result.returncode == 0:
+            break
+        one_line_error(result)
+    else:
+        pytest.fail("inturn run never succeeded")
+    assert inturn.Line("files").status().holders == ()
+
+
+def test_inturn_run_imports_nothing_it_does_not_need(lines_dir):
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", *inturn_cmd("run", "cost", "--", "true")[1:]],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=REPORT_TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    imported = {
+        row.rsplit("|", 1)[1].strip()
+        for row in result.stderr.splitlines()
+        if row.startswith("import time:")
+    }
+    assert "inturn.child" in imported
+    assert not imported & {"ctypes", "asyncio", "inspect", "psycopg", "redis"}
+
+
+@pytest.mark.parametrize("grace", ["-1", "soon", "inf", "nan"])
+def test_a_bad_grace_is_refused(lines_dir, grace):
+    result = run_cli("run", "--grace", grace, "x", "--", "true")
+    assert result.returncode == 2
+    assert "grace" in result.stderr or "seconds" in result.stderr
+    assert "Traceback" not in result.stderr
