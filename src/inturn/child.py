@@ -28,6 +28,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -192,6 +193,8 @@ class _Supervision:
         self.stop_deadline: float | None = None
         self.kill_deadline: float | None = None
         self.told: set[int] = set()  # children already sent the current stopping signal
+        self._closing = threading.Lock()  # the wakeup pipe is closed under it (``turn_lost``)
+        self._closed = False
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
@@ -239,18 +242,30 @@ class _Supervision:
         if self.terminal is not None and self.group:
             self.terminal.take_back(self.group)
         if self.sentinel is not None:
-            self.sentinel.dismiss()
+            running = self.child is not None and self.code is None
+            if running:  # an error in here: the command must not run on outside its turn
+                self.sentinel.abandon()
+            else:
+                self.sentinel.dismiss()
         signal.set_wakeup_fd(self._previous_wakeup)
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-        os.close(self._wake_read)
-        os.close(self._wake_write)
+        with self._closing:
+            self._closed = True
+            os.close(self._wake_read)
+            os.close(self._wake_write)
 
     def turn_lost(self) -> None:
-        """From the backend's thread: the turn is gone; the main loop stops everything."""
+        """From the backend's thread: the turn is gone; the main loop stops everything.
+
+        It may come after ``close`` (the callback stays registered), when the pipe's
+        descriptor may already belong to something else: never write to it then.
+        """
         self.lost = True
-        with suppress(OSError):
-            os.write(self._wake_write, b"\0")
+        with self._closing:
+            if not self._closed:
+                with suppress(OSError):
+                    os.write(self._wake_write, b"\0")
 
     # ----------------------------------------------------------------- the loop
 
@@ -521,6 +536,10 @@ class Sentinel:
     def dismiss(self) -> None:
         """The command has ended (or was stopped): the sentinel exits without killing."""
         self._send("done\n")
+        self.abandon()
+
+    def abandon(self) -> None:
+        """Close the pipe: without "done" first, the sentinel kills the command's group."""
         assert self.proc.stdin is not None
         with suppress(OSError):
             self.proc.stdin.close()
