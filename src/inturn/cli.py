@@ -249,7 +249,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     signals.install()
     try:
         try:
-            held = _wait_in_line(args, command)
+            held = _wait_in_line(args, command, signals)
         except Interrupted as exc:
             return 128 + exc.signum
         finally:
@@ -268,8 +268,12 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         signals.settle()
 
 
-def _wait_in_line(args: argparse.Namespace, command: list[str]) -> Turn | None:
-    """The held turn, or None (said why) when the line was busy or the wait timed out."""
+def _wait_in_line(args: argparse.Namespace, command: list[str], signals: RunSignals) -> Turn | None:
+    """The held turn, or None (said why) when the line was busy or the wait timed out.
+
+    The moment the turn is ours, signals stop ending the wait: from then on an exception
+    raised by a signal handler could leave the turn held and never released.
+    """
     line = _line(args, args.slots)
     display = None
     if not args.quiet and sys.stderr.isatty():
@@ -277,12 +281,14 @@ def _wait_in_line(args: argparse.Namespace, command: list[str]) -> Turn | None:
 
         display = WaitingDisplay(line, sys.stderr)
     try:
-        return line.acquire(
+        held = line.acquire(
             args.timeout,
             blocking=not args.no_wait,
             command=tuple(command),
             on_progress=display.update if display else None,
         )
+        signals.waiting = False  # before anything else, closing the status line included
+        return held
     except Busy as exc:
         _say(str(exc))
     except Timeout as exc:
