@@ -3,33 +3,36 @@
 Exit codes (documented in the README): the command's own code when it ran; 75 when the line
 was busy (``--no-wait``) or the wait timed out (``--conflict-exit-code`` changes it); 76 when a
 server backend lost the turn while the command ran; 130 when interrupted while waiting (128+N
-for another signal N); 2 for usage errors and unusable setups.
+for another signal N); 141 when the output was closed early (``inturn status | head -1``);
+2 for usage errors, unusable setups and system errors (a full disk, too many open files).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from types import FrameType
-from typing import TextIO
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, TextIO
 
 from .errors import Busy, InturnError, Timeout, UsageError
 from .line import Line, Turn
 from .records import LineStatus, Ticket
 
+if TYPE_CHECKING:
+    from .child import RunSignals
+
 EXIT_USAGE = 2
 EXIT_CONFLICT = 75
 EXIT_LOST = 76
 EXIT_INTERRUPTED = 130
-LOST_GRACE_SECONDS = 10.0
+EXIT_OUTPUT_CLOSED = 128 + 13  # as a tool killed by SIGPIPE
+DEFAULT_GRACE_SECONDS = 1.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,6 +93,15 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not let the command inherit the turn (for commands that leave daemons)",
     )
+    run.add_argument(
+        "-g",
+        "--grace",
+        type=_grace,
+        default=DEFAULT_GRACE_SECONDS,
+        metavar="SECONDS",
+        help="when a server backend loses the turn, SIGTERM the command's processes, then "
+        "SIGKILL them after SECONDS (default 1; 0 is SIGKILL at once)",
+    )
     run.add_argument("-q", "--quiet", action="store_true", help="no status line, no notes")
     where(run)
 
@@ -104,14 +116,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _seconds(text: str) -> float:
+def _seconds(text: str, what: str = "the timeout") -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"the timeout must be 0 or more, not {text}")
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{what} must be 0 or more seconds, not {text}")
     return value
+
+
+def _grace(text: str) -> float:
+    return _seconds(text, "the grace")
 
 
 def _slots(text: str) -> int:
@@ -139,10 +155,64 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except _OutputClosed:
+        return EXIT_OUTPUT_CLOSED
+    except OSError as exc:  # a full disk, too many open files: a system error, not a bug
+        _say(_system_error(exc))
+        return EXIT_USAGE
 
 
 def _say(message: str) -> None:
-    print(f"inturn: {message}", file=sys.stderr, flush=True)
+    with contextlib.suppress(OSError, ValueError):  # else there is nowhere left to say it
+        print(f"inturn: {message}", file=sys.stderr, flush=True)
+
+
+class _OutputClosed(Exception):
+    """Whoever read our stdout stopped reading (``inturn status | head -1``)."""
+
+
+def _emit(text: str) -> None:
+    """Print ``text`` on stdout; a reader gone is ``_OutputClosed``, a full disk one line."""
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _drop_stdout()
+        raise _OutputClosed() from None
+    except OSError as exc:
+        _drop_stdout()
+        raise UsageError(f"cannot write the output: {_system_error(exc)}") from None
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that the exit's flush of what is left fails no more."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+_SYSTEM_ERROR_ADVICE = {
+    getattr(errno, name): advice
+    for name, advice in (
+        ("ENOSPC", "free some space and try again"),
+        ("EDQUOT", "free some space or raise the quota, and try again"),
+        ("EMFILE", "raise the limit of open files, ulimit -n, and try again"),
+        ("ENFILE", "the system has too many open files: try again later"),
+        ("ENOMEM", "the system is out of memory: try again later"),
+        ("EROFS", "the file system is read-only: choose another folder (--dir or INTURN_DIR)"),
+    )
+    if hasattr(errno, name)
+}
+
+
+def _system_error(exc: OSError) -> str:
+    """One line for an ``OSError``: what failed, on what, and what to do."""
+    text = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is not None:
+        text += f": {os.fsdecode(exc.filename)!r}"
+    advice = _SYSTEM_ERROR_ADVICE.get(exc.errno or 0)
+    return f"{text} ({advice})" if advice else text
 
 
 def _show_warning(
@@ -165,14 +235,6 @@ def _line(args: argparse.Namespace, slots: int = 1) -> Line:
 # --------------------------------------------------------------------------- run
 
 
-class _Signalled(BaseException):
-    """SIGTERM or SIGHUP arrived while waiting in line: leave the line, exit 128+N."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     command = list(args.command)
     if command and command[0] == "--":
@@ -180,12 +242,39 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if not command:
         parser.error("no command given: inturn run NAME -- COMMAND [ARG ...]")
     executable = _find(command[0])
+    from .child import Interrupted, RunSignals
+
+    # From here until the turn is released, no signal can kill inturn (see ``RunSignals``).
+    signals = RunSignals()
+    signals.install()
+    try:
+        try:
+            held = _wait_in_line(args, command, signals)
+        except Interrupted as exc:
+            return 128 + exc.signum
+        finally:
+            signals.waiting = False
+        if held is None:
+            return int(args.conflict_exit_code)
+        with held:
+            if signals.pending:  # before the command exists: it is not started at all
+                return 128 + signals.pending[0]
+            if held.abandoned and not args.quiet:
+                dead = held.abandoned_by
+                who = dead.describe() if dead is not None else "the previous holder"
+                _say(f"{who} died holding line {args.name!r}; it is yours now")
+            return _run_holding(held, executable, command, args, signals)
+    finally:
+        signals.settle()
+
+
+def _wait_in_line(args: argparse.Namespace, command: list[str], signals: RunSignals) -> Turn | None:
+    """The held turn, or None (said why) when the line was busy or the wait timed out.
+
+    The moment the turn is ours, signals stop ending the wait: from then on an exception
+    raised by a signal handler could leave the turn held and never released.
+    """
     line = _line(args, args.slots)
-
-    def leave_on(signum: int, frame: FrameType | None) -> None:
-        raise _Signalled(signum)
-
-    previous = {s: signal.signal(s, leave_on) for s in _forwarded_signals() if s != signal.SIGINT}
     display = None
     if not args.quiet and sys.stderr.isatty():
         from .waiting import WaitingDisplay
@@ -198,27 +287,16 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             command=tuple(command),
             on_progress=display.update if display else None,
         )
+        signals.waiting = False  # before anything else, closing the status line included
+        return held
     except Busy as exc:
         _say(str(exc))
-        return int(args.conflict_exit_code)
     except Timeout as exc:
         _say(f"{exc} after {args.timeout:g}s{_held_by(exc.status)}")
-        return int(args.conflict_exit_code)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except _Signalled as exc:
-        return 128 + exc.signum
     finally:
         if display is not None:
             display.close()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    with held:
-        if held.abandoned and not args.quiet:
-            dead = held.abandoned_by
-            who = dead.describe() if dead is not None else "the previous holder"
-            _say(f"{who} died holding line {args.name!r}; it is yours now")
-        return _run_holding(held, executable, command, args)
+    return None
 
 
 def _find(program: str) -> str:
@@ -243,11 +321,6 @@ def _held_by(status: LineStatus | None) -> str:
     return "; held by " + ", ".join(t.describe() for t in status.holders)
 
 
-def _forwarded_signals() -> list[signal.Signals]:
-    names = ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK")
-    return [getattr(signal, n) for n in names if hasattr(signal, n)]
-
-
 def _child_env(held: Turn) -> dict[str, str]:
     env = dict(os.environ)
     env["INTURN_NAME"] = held.name
@@ -256,102 +329,43 @@ def _child_env(held: Turn) -> dict[str, str]:
     return env
 
 
-def _run_holding(held: Turn, executable: str, command: list[str], args: argparse.Namespace) -> int:
+def _run_holding(
+    held: Turn,
+    executable: str,
+    command: list[str],
+    args: argparse.Namespace,
+    signals: RunSignals,
+) -> int:
     if os.name == "nt":
         from .windows import run_child  # type: ignore[import-not-found,attr-defined,unused-ignore]
 
+        signals.restore()  # the console's own handling takes over (see ``run_child``)
         return int(run_child(command, _child_env(held), args.close, held.on_lost))
+
+    from .child import CannotRun, run_command
 
     membership = held.membership
     handles = [] if args.close or membership is None else membership.inheritable_handles()
-    # A turn the command cannot inherit (a lease that only this process renews) ends when
-    # inturn dies; the command must not run on outside it.
-    bound = None if args.close or handles else _die_with_parent()
     try:
-        child = subprocess.Popen(
+        outcome = run_command(
             command,
-            executable=executable,
-            env=_child_env(held),
-            pass_fds=handles,
-            preexec_fn=bound,
+            executable,
+            _child_env(held),
+            handles=handles,
+            # A turn the command cannot inherit (a lease that only this process renews) ends
+            # when inturn dies; the command must not run on outside it.
+            bound=not args.close and not handles,
+            can_be_lost=held.line.store.remote,
+            signals=signals,
+            on_lost=held.on_lost,
+            grace=args.grace,
+            say=_say,
+            lost_message=f"lost the turn in line {held.name!r} (server unreachable); "
+            "stopping the command",
         )
-    except OSError as exc:
-        raise UsageError(f"cannot run {command[0]}: {exc.strerror}") from None
-
-    lost = False
-
-    def stop_child() -> None:
-        nonlocal lost
-        lost = True
-        _say(f"lost the turn in line {held.name!r} (server unreachable); stopping the command")
-        _signal(child, signal.SIGTERM)
-        import threading
-
-        timer = threading.Timer(LOST_GRACE_SECONDS, _signal, (child, signal.SIGKILL))
-        timer.daemon = True
-        timer.start()
-
-    held.on_lost(stop_child)
-    foreground = _in_terminal_foreground()
-
-    def forward(signum: int, frame: FrameType | None) -> None:
-        # Ctrl-C at a terminal already reached the command (same process group): do not
-        # deliver it twice. A SIGINT sent to inturn alone is passed on.
-        if signum == signal.SIGINT and foreground:
-            return
-        _signal(child, signum)
-
-    previous = {s: signal.signal(s, forward) for s in _forwarded_signals()}
-    try:
-        code = child.wait()
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    if lost:
-        return EXIT_LOST
-    return code if code >= 0 else 128 - code
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """For the child, between fork and exec: be killed by the kernel when inturn dies.
-
-    Linux's ``PR_SET_PDEATHSIG`` (prctl(2)); elsewhere there is no such request and the
-    README says what that means. The function is looked up here, before the fork, so the
-    child only makes the one call.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-    parent = os.getpid()
-
-    def bind() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent:  # inturn died before the request was made
-            os._exit(EXIT_LOST)
-
-    return bind
-
-
-def _signal(child: subprocess.Popen[bytes], signum: int) -> None:
-    with contextlib.suppress(OSError):
-        child.send_signal(signum)
-
-
-def _in_terminal_foreground() -> bool:
-    for stream in (sys.stdin, sys.stderr, sys.stdout):
-        try:
-            fd = stream.fileno()
-            if os.isatty(fd):
-                return os.tcgetpgrp(fd) == os.getpgrp()
-        except (AttributeError, OSError, ValueError):
-            continue
-    return False
+    except CannotRun as exc:
+        raise UsageError(f"cannot run {command[0]}: {_system_error(exc.error)}") from None
+    return EXIT_LOST if outcome.lost else outcome.code
 
 
 # --------------------------------------------------------------------------- status
@@ -362,9 +376,9 @@ def _status(args: argparse.Namespace) -> int:
     if args.name is not None:
         status = _line(args).status()
         if args.json:
-            print(json.dumps(status.to_json(now), indent=2, ensure_ascii=False))
+            _emit(json.dumps(status.to_json(now), indent=2, ensure_ascii=False))
         else:
-            print(format_line(status, now))
+            _emit(format_line(status, now))
         return 0
     from .backends import open_backend
 
@@ -374,9 +388,9 @@ def _status(args: argparse.Namespace) -> int:
     statuses = [backend.line(name).status() for name in backend.names()]
     if args.json:
         document = {"where": backend.where, "lines": [s.to_json(now) for s in statuses]}
-        print(json.dumps(document, indent=2, ensure_ascii=False))
+        _emit(json.dumps(document, indent=2, ensure_ascii=False))
         return 0
-    print(format_overview(statuses, backend.where, now))
+    _emit(format_overview(statuses, backend.where, now))
     return 0
 
 

@@ -1,0 +1,638 @@
+"""The command of ``inturn run`` on POSIX, from before it starts until its turn is given back.
+
+Everything here exists so that the command never runs on outside its turn unnoticed, and a
+signal never kills inturn while the command runs:
+
+* ``RunSignals`` is installed before inturn joins the line and kept until the turn has been
+  released. While inturn waits, a signal ends the wait; once the command exists, signals are
+  passed on to the command's process group; in between, and after the command has ended, they
+  are only noted (the turn is released first).
+* The command runs in a process group of its own, so that a signal reaches everything it
+  started and a lost turn can stop all of it. When inturn is in the foreground of its
+  terminal, the terminal's foreground goes to that group while the command runs, as a shell
+  does for a job: Ctrl-C reaches the command once, and a stop of the command (Ctrl-Z) is
+  mirrored on inturn, so that the shell sees the job stopped; ``fg`` continues both.
+* With a server backend on Linux, inturn is a child subreaper (``PR_SET_CHILD_SUBREAPER``):
+  what the command orphans becomes inturn's child, is reaped by it, and is stopped with the
+  command when the turn is lost (SIGTERM, then SIGKILL after ``grace`` seconds).
+* When the command cannot inherit the turn (a Redis lease that only inturn renews), the
+  direct child gets ``PR_SET_PDEATHSIG`` (Linux), and a sentinel ``sh`` kills the command's
+  whole group with SIGKILL if inturn dies without telling it the command has ended.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from types import FrameType
+from typing import Any, NamedTuple
+
+# Signals that would otherwise kill inturn and that people send to stop or steer a job.
+FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGBREAK")
+# Stops that come from a terminal: a stop of the command by one of these is a stop of the job.
+TERMINAL_STOPS = ("SIGTSTP", "SIGTTIN", "SIGTTOU")
+# After SIGKILL, how long to wait for everything to vanish before giving up on stragglers
+# (a process stuck in the kernel, for example on a dead network file system).
+KILL_WAIT_SECONDS = 5.0
+# While stopping after a lost turn, how often to look again at processes whose death no
+# SIGCHLD reports to inturn (members of the group that are not its children).
+STOP_RECHECK_SECONDS = 0.05
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+# The sentinel (see ``Sentinel``): reads the command's group (written by the command itself
+# before it runs), then waits for "done"; end of file without it means inturn died, and the
+# group goes with it. It ignores the signals a
+# terminal or a user would send to a job, since it is part of none.
+SENTINEL_SCRIPT = """trap '' INT TERM HUP QUIT TSTP TTIN TTOU USR1 USR2 ALRM
+read -r group || exit 0
+[ "$group" = done ] && exit 0
+read -r word
+[ "$word" = done ] || kill -s KILL -- "-$group" 2>/dev/null
+"""
+
+
+class Interrupted(BaseException):
+    """A signal arrived while waiting in line: leave the line, exit 128+N."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class RunSignals:
+    """The signal handling of one ``inturn run``, from before the wait to the release.
+
+    ``waiting``: a signal raises ``Interrupted`` (the wait ends and leaves the line). After
+    that a handler never raises: with ``target`` set (the command's process group) it passes
+    the signal on, otherwise it notes it in ``pending``. The queue code leaves the line on
+    any exception, so raising is only safe while waiting; everywhere else a raise could
+    leave a held turn behind unreleased.
+    """
+
+    def __init__(self) -> None:
+        self.waiting = True
+        self.pending: list[int] = []
+        self.target: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for name in FORWARDED:
+            signum = getattr(signal, name, None)
+            if signum is not None:
+                self._previous[signum] = signal.signal(signum, self.handle)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def settle(self) -> None:
+        """The turn is released and inturn only has to exit: ignore these signals from now on.
+
+        A signal at this point must not change the exit code (the command's) nor kill inturn
+        on its way out; restoring the old handlers would let a signal that comes a moment
+        after the release do both.
+        """
+        for signum in self._previous:
+            signal.signal(signum, signal.SIG_IGN)
+        self._previous.clear()
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.waiting:
+            raise Interrupted(signum)
+        target = self.target
+        if target is None:
+            self.pending.append(signum)
+            return
+        with suppress(OSError):
+            os.killpg(target, signum)
+
+
+class Outcome(NamedTuple):
+    """How the command ended: inturn's exit code for it, and whether the turn was lost."""
+
+    code: int
+    lost: bool
+
+
+class CannotRun(Exception):
+    """The command could not be started, or not watched as it must be: ``error`` says why."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error.strerror or str(error))
+        self.error = error
+
+
+def run_command(
+    command: list[str],
+    executable: str,
+    env: dict[str, str],
+    *,
+    handles: list[int],
+    bound: bool,
+    can_be_lost: bool,
+    signals: RunSignals,
+    on_lost: Callable[[Callable[[], None]], None],
+    grace: float,
+    say: Callable[[str], None],
+    lost_message: str,
+) -> Outcome:
+    """Run ``command`` in a process group of its own until it ends; see the module docstring.
+
+    ``handles`` are inherited by the command (the turn itself, when it can be inherited).
+    ``bound``: the turn ends when inturn dies, so the command's group must die with inturn.
+    ``can_be_lost``: a server backend, whose turn may be lost while the command runs (on Linux
+    inturn then becomes a subreaper, at the cost of loading ``ctypes``).
+    """
+    if can_be_lost and sys.platform.startswith("linux"):
+        _become_subreaper()
+    try:
+        run = _Supervision(signals, grace, say, lost_message)
+    except OSError as exc:  # no pipe to wake up with: too many open files
+        raise CannotRun(exc) from None
+    try:
+        run.start(command, executable, env, handles, bound)
+        on_lost(run.turn_lost)
+        return run.wait()
+    finally:
+        run.close()
+
+
+class _Supervision:
+    """The main loop: reaps children, follows stops, stops everything when the turn is lost.
+
+    It sleeps in ``select`` on a pipe that every signal with a Python handler writes to
+    (``signal.set_wakeup_fd``; SIGCHLD gets one for that reason) and that ``turn_lost``
+    writes to from the backend's thread, so no event is missed between a look and the sleep.
+    """
+
+    def __init__(
+        self, signals: RunSignals, grace: float, say: Callable[[str], None], lost_message: str
+    ) -> None:
+        self.signals = signals
+        self.grace = grace
+        self.say = say
+        self.lost_message = lost_message
+        self.child: subprocess.Popen[bytes] | None = None
+        self.group = 0
+        self.group_gone = False
+        self.sentinel: Sentinel | None = None
+        self.terminal = Terminal.find()
+        self.code: int | None = None
+        self.stopped_by: int | None = None
+        self.lost = False
+        self.stop_deadline: float | None = None
+        self.kill_deadline: float | None = None
+        self.told: set[int] = set()  # children already sent the current stopping signal
+        self._closing = threading.Lock()  # the wakeup pipe is closed under it (``turn_lost``)
+        self._closed = False
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self._previous_wakeup = signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
+        self._previous: dict[int, Any] = {
+            signal.SIGCHLD: signal.signal(signal.SIGCHLD, _wake_only),
+            signal.SIGCONT: signal.signal(signal.SIGCONT, _wake_only),
+            signal.SIGTSTP: signal.signal(signal.SIGTSTP, self.signals.handle),
+        }
+
+    # ----------------------------------------------------------------- start and end
+
+    def start(
+        self,
+        command: list[str],
+        executable: str,
+        env: dict[str, str],
+        handles: list[int],
+        bound: bool,
+    ) -> None:
+        preexec = None
+        if bound:
+            # Started first: the command itself tells it its group, before it runs.
+            self.sentinel = Sentinel.start()
+            preexec = _bind_to_inturn(self.sentinel.fileno())
+        try:
+            self.child = subprocess.Popen(
+                command,
+                executable=executable,
+                env=env,
+                pass_fds=handles,
+                **own_group(preexec),
+            )
+        except OSError as exc:
+            raise CannotRun(exc) from None
+        self.group = self.child.pid
+        self.signals.target = self.group
+        while self.signals.pending:  # arrived while the command was being started
+            with suppress(OSError):
+                os.killpg(self.group, self.signals.pending.pop(0))
+        self._hand_terminal_over()
+
+    def close(self) -> None:
+        self.signals.target = None
+        if self.terminal is not None and self.group:
+            self.terminal.take_back(self.group)
+        if self.sentinel is not None:
+            running = self.child is not None and self.code is None
+            if running:  # an error in here: the command must not run on outside its turn
+                self.sentinel.abandon()
+            else:
+                self.sentinel.dismiss()
+        signal.set_wakeup_fd(self._previous_wakeup)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        with self._closing:
+            self._closed = True
+            os.close(self._wake_read)
+            os.close(self._wake_write)
+
+    def turn_lost(self) -> None:
+        """From the backend's thread: the turn is gone; the main loop stops everything.
+
+        It may come after ``close`` (the callback stays registered), when the pipe's
+        descriptor may already belong to something else: never write to it then.
+        """
+        self.lost = True
+        with self._closing:
+            if not self._closed:
+                with suppress(OSError):
+                    os.write(self._wake_write, b"\0")
+
+    # ----------------------------------------------------------------- the loop
+
+    def wait(self) -> Outcome:
+        while True:
+            self._reap()
+            if self.lost and self.stop_deadline is None:
+                self._begin_stopping()
+            if self.stop_deadline is None:
+                if self.code is not None:
+                    return Outcome(self.code, lost=False)
+                if self.stopped_by is not None:
+                    self._follow_stop(self.stopped_by)
+                    self.stopped_by = None
+                    continue
+                self._hand_terminal_over()  # after ``fg`` of a job that ran in the background
+                timeout = None
+            else:
+                timeout = self._keep_stopping()
+                if timeout is None:
+                    return Outcome(self.code if self.code is not None else 0, lost=True)
+            self._sleep(timeout)
+
+    def _sleep(self, timeout: float | None) -> None:
+        with suppress(InterruptedError):
+            select.select([self._wake_read], [], [], timeout)
+        with suppress(BlockingIOError):
+            while os.read(self._wake_read, 512):
+                pass
+
+    def _reap(self) -> None:
+        """Collect every child that ended (the command, the sentinel, orphans) or stopped."""
+        assert self.child is not None
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG | os.WUNTRACED)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid != self.child.pid:
+                sentinel = self.sentinel
+                if sentinel is not None and pid == sentinel.proc.pid and not os.WIFSTOPPED(status):
+                    sentinel.proc.returncode = os.waitstatus_to_exitcode(status)
+                self.told.discard(pid)
+                continue
+            if os.WIFSTOPPED(status):
+                self.stopped_by = os.WSTOPSIG(status)
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            self.child.returncode = code
+            self.code = code if code >= 0 else 128 - code
+            self.signals.target = None  # nobody left to pass signals on to
+            if self.terminal is not None:
+                self.terminal.take_back(self.group)
+
+    # ----------------------------------------------------------------- job control
+
+    def _hand_terminal_over(self) -> None:
+        terminal = self.terminal
+        if terminal is not None and self.code is None and terminal.foreground() == os.getpgrp():
+            terminal.give(self.group)
+
+    def _follow_stop(self, signum: int) -> None:
+        """The command stopped: make the job stop (inturn too), then continue it together."""
+        terminal = self.terminal
+        foreground = terminal.foreground() if terminal is not None else None
+        tty_io = signum in (signal.SIGTTIN, signal.SIGTTOU)
+        if terminal is not None and tty_io and foreground in (self.group, os.getpgrp()):
+            # It touched the terminal before it was handed the foreground (it was started
+            # just before), or while inturn was in the background and has since been
+            # brought back: give it the terminal now and let it go on.
+            terminal.give(self.group)
+            self._continue_group()
+            return
+        from_terminal = signum in [getattr(signal, n) for n in TERMINAL_STOPS]
+        if not from_terminal and foreground != self.group:
+            return  # stopped on purpose by someone (SIGSTOP): not a stop of the job
+        if terminal is not None:
+            terminal.take_back(self.group)
+        _stop_self(signum)
+        # Running again: ``fg`` (the terminal is ours again), ``bg`` (it is not), or the stop
+        # was discarded because nobody can continue this job (an orphaned process group).
+        self._hand_terminal_over()
+        self._continue_group()
+
+    def _continue_group(self) -> None:
+        with suppress(OSError):
+            os.killpg(self.group, signal.SIGCONT)
+
+    # ----------------------------------------------------------------- a lost turn
+
+    def _begin_stopping(self) -> None:
+        self.say(self.lost_message)
+        self.stop_deadline = time.monotonic() + self.grace
+        if self.grace > 0:
+            self._signal_group(signal.SIGTERM)
+            self._signal_orphans(signal.SIGTERM)
+
+    def _keep_stopping(self) -> float | None:
+        """One round of stopping: the seconds until the next, or None once nothing is left."""
+        assert self.stop_deadline is not None
+        if self.code is not None and not self._others() and not self._group_alive():
+            return None
+        now = time.monotonic()
+        if self.kill_deadline is None:
+            if now < self.stop_deadline:
+                self._signal_orphans(signal.SIGTERM)  # the ones reparented since
+                return min(self.stop_deadline - now, STOP_RECHECK_SECONDS)
+            self.kill_deadline = now + KILL_WAIT_SECONDS
+            self.told.clear()
+        if now >= self.kill_deadline:
+            self.say("some processes of the command did not end after SIGKILL")
+            return None
+        # Every round: members of the group that are not our children leave no trace here.
+        self._signal_group(signal.SIGKILL)
+        self._signal_orphans(signal.SIGKILL)
+        return min(self.kill_deadline - now, STOP_RECHECK_SECONDS)
+
+    def _signal_group(self, signum: int) -> None:
+        """``signum`` to the command's group; after SIGTERM, SIGCONT, for stopped members."""
+        if self.group_gone:
+            return
+        for each in (signum,) if signum == signal.SIGKILL else (signum, signal.SIGCONT):
+            try:
+                os.killpg(self.group, each)
+            except ProcessLookupError:
+                self.group_gone = True
+                return
+            except OSError:
+                pass
+
+    def _signal_orphans(self, signum: int) -> None:
+        """``signum`` once to each orphan reparented to inturn (its pid cannot be reused
+        before inturn reaps it, and only this thread reaps)."""
+        for pid in self._others() - self.told:
+            for each in (signum,) if signum == signal.SIGKILL else (signum, signal.SIGCONT):
+                with suppress(OSError):
+                    os.kill(pid, each)
+            self.told.add(pid)
+
+    def _group_alive(self) -> bool:
+        if self.group_gone:
+            return False
+        try:
+            os.killpg(self.group, 0)
+        except ProcessLookupError:
+            self.group_gone = True  # and it can never come back: nobody can join it
+            return False
+        except OSError:
+            pass
+        return True
+
+    def _others(self) -> set[int]:
+        """inturn's children other than the command's and the sentinel: its orphans."""
+        mine = {self.group}
+        if self.sentinel is not None:
+            mine.add(self.sentinel.proc.pid)
+        return children() - mine
+
+
+def _wake_only(signum: int, frame: FrameType | None) -> None:
+    """A Python handler, so that the signal writes to the wakeup pipe; nothing else to do."""
+
+
+def _stop_self(signum: int) -> None:
+    """Stop inturn as the command was stopped, so that the shell sees the whole job stop."""
+    if signum == signal.SIGSTOP:
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return
+    previous = signal.signal(signum, signal.SIG_DFL)
+    try:
+        os.kill(os.getpid(), signum)  # delivered, and so stopping us, before kill returns
+    finally:
+        signal.signal(signum, previous)
+
+
+class Terminal:
+    """inturn's controlling terminal, when the command may be given its foreground."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    @staticmethod
+    def find() -> Terminal | None:
+        """The terminal on stdin, stderr or stdout, unless inturn is part of a pipeline.
+
+        In ``inturn run ... | less`` the shell puts inturn and the pager in one process
+        group: giving the terminal to the command would take it from the pager. Then the
+        command stays in the background and inturn passes on what the terminal sends it.
+        """
+        found = None
+        for fd in (0, 2, 1):
+            with suppress(OSError):
+                if os.isatty(fd):
+                    found = fd
+                    break
+        if found is None:
+            return None
+        for fd in (0, 1):
+            with suppress(OSError):
+                if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                    return None
+        try:
+            os.tcgetpgrp(found)  # fails unless it is our controlling terminal
+        except OSError:
+            return None
+        return Terminal(found)
+
+    def foreground(self) -> int | None:
+        try:
+            return os.tcgetpgrp(self.fd)
+        except OSError:
+            return None
+
+    def give(self, group: int) -> None:
+        """Make ``group`` the terminal's foreground (SIGTTOU ignored: inturn may not be)."""
+        previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        try:
+            with suppress(OSError):
+                os.tcsetpgrp(self.fd, group)
+        finally:
+            signal.signal(signal.SIGTTOU, previous)
+
+    def take_back(self, group: int) -> None:
+        """The foreground back to inturn's group, if ``group`` still has it (never steal it)."""
+        if self.foreground() == group:
+            self.give(os.getpgrp())
+
+
+class Sentinel:
+    """A tiny ``sh`` that kills the command's group with SIGKILL if inturn dies.
+
+    Its stdin is a pipe from inturn, and it holds no other descriptor of ours (stdout and
+    stderr are ``/dev/null``, and no other is inherited), so inturn's death, however it
+    comes, is end of file for it. It has a process group of its own, which neither the
+    terminal nor a signal sent to the job reaches.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+
+    @staticmethod
+    def start() -> Sentinel:
+        try:
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", SENTINEL_SCRIPT],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                **own_group(None),
+            )
+        except OSError as exc:  # without it the command could outlive its turn: do not start
+            raise CannotRun(exc) from None
+        return Sentinel(proc)
+
+    def fileno(self) -> int:
+        """Where the command, between fork and exec, writes its group (see ``_bind_to_inturn``)."""
+        assert self.proc.stdin is not None
+        return self.proc.stdin.fileno()
+
+    def _send(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        with suppress(OSError, ValueError):
+            self.proc.stdin.write(text.encode())
+            self.proc.stdin.flush()
+
+    def dismiss(self) -> None:
+        """The command has ended (or was stopped): the sentinel exits without killing."""
+        self._send("done\n")
+        self.abandon()
+
+    def abandon(self) -> None:
+        """Close the pipe: without "done" first, the sentinel kills the command's group."""
+        assert self.proc.stdin is not None
+        with suppress(OSError):
+            self.proc.stdin.close()
+        if self.proc.returncode is None:
+            self.proc.returncode = 0  # reaped by whoever gets to it; never waited for here
+
+
+def own_group(preexec: Callable[[], None] | None) -> dict[str, Any]:
+    """``Popen`` arguments that start the child in a new process group of its own."""
+    if sys.version_info >= (3, 11):
+        return {"process_group": 0, "preexec_fn": preexec}
+
+    def then(preexec: Callable[[], None] | None = preexec) -> None:
+        os.setpgid(0, 0)
+        if preexec is not None:
+            preexec()
+
+    return {"preexec_fn": then}
+
+
+def children() -> set[int]:
+    """The pids of inturn's own children (on Linux; elsewhere, none are found)."""
+    if not sys.platform.startswith("linux"):
+        return set()
+    found: set[int] = set()
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/children") as listed:
+                found.update(int(pid) for pid in listed.read().split())
+        except FileNotFoundError:
+            return _children_by_scanning()  # a kernel without CONFIG_PROC_CHILDREN
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _children_by_scanning() -> set[int]:
+    me = os.getpid()
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as info:
+                fields = info.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 1 and fields[1] == str(me):
+            found.add(int(entry))
+    return found
+
+
+def _prctl() -> Callable[..., int] | None:
+    """Linux's ``prctl(2)`` through ctypes (loaded only when needed: it costs milliseconds)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        function: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return function
+
+
+def _become_subreaper() -> None:
+    prctl = _prctl()
+    if prctl is not None:
+        prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _bind_to_inturn(sentinel: int) -> Callable[[], None]:
+    """For the command, between fork and exec: die with inturn, and tell the sentinel.
+
+    ``PR_SET_PDEATHSIG`` (Linux's prctl(2)) has the kernel kill the command the moment inturn
+    dies; elsewhere there is no such request, and the sentinel alone stands guard. The
+    command writes its own process group (its pid) to the sentinel itself, before it runs
+    any of its own code, so there is no moment at which inturn could die leaving a command
+    the sentinel does not know about. Everything is looked up here, before the fork, so the
+    child only makes the calls.
+    """
+    prctl = _prctl()
+    parent = os.getpid()
+
+    def bind() -> None:
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # inturn died before the request was made
+            os._exit(76)
+        os.write(sentinel, b"%d\n" % os.getpid())
+
+    return bind

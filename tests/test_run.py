@@ -1,0 +1,674 @@
+"""``inturn run`` and its command: signals, process groups, terminals, orphans, lost turns.
+
+Everything goes through the real console script with real signals. The commands tell the
+test what they are doing through pipes, FIFOs and the terminal; races that once were lost
+(SIGTERM just as the command starts, or just after it ends) are repeated many times, and
+each repetition must come out right.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import select
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+import inturn
+
+from conftest import (
+    REPORT_TIMEOUT,
+    Run,
+    Worker,
+    child_env,
+    inturn_cmd,
+    one_line_error,
+    read_lines,
+    run_cli,
+)
+from tcp_proxy import TcpProxy
+
+LINUX = sys.platform.startswith("linux")
+linux_only = pytest.mark.skipif(not LINUX, reason="reads /proc; subreapers are Linux's")
+TRIES = 25  # repetitions of a race: on main each of these lost it nearly every time
+
+
+def state(pid: int) -> str | None:
+    """The process's state letter (R, S, T, Z...), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as info:
+            return info.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def dead(pid: int) -> bool:
+    return state(pid) in (None, "Z", "X")
+
+
+def wait_until_dead(pid: int) -> None:
+    """Sleep until ``pid`` has exited (a pidfd wakes us), failing after REPORT_TIMEOUT."""
+    try:
+        handle = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        ready, _, _ = select.select([handle], [], [], REPORT_TIMEOUT)
+        assert ready, f"process {pid} is still alive"
+    finally:
+        os.close(handle)
+
+
+def wait_until_reaped(pid: int) -> None:
+    """Wait until ``pid`` is gone even from the process table (its parent reaped it)."""
+    wait_until_dead(pid)
+    deadline = time.monotonic() + REPORT_TIMEOUT
+    while state(pid) is not None:  # a zombie until its parent looks: a bounded wait for that
+        assert time.monotonic() < deadline, f"process {pid} stays a zombie: nobody reaps it"
+        time.sleep(0.01)
+
+
+def fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def read_fifo(path: Path) -> str:
+    """What a command writes into the FIFO ``path`` (blocks until it opens it)."""
+    with open(path) as reader:
+        return reader.read().strip()
+
+
+def script(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+# --------------------------------------------------------------------------- signals
+
+
+def test_sigterm_as_the_command_starts_is_passed_on_and_never_kills_inturn(lines_dir, workers):
+    """The note that the previous holder died is printed just before the command is
+    started, so a SIGTERM sent when it appears lands while the command is being started."""
+    for _ in range(TRIES):
+        holder = Worker("start", "--hold")
+        workers.append(holder)
+        holder.expect("acquired")
+        run = Run("start", terminal=True)
+        assert run.terminal is not None
+        run.queued()
+        holder.proc.kill()
+        seen = b""
+        while b"it is yours now" not in seen:
+            chunk = os.read(run.terminal, 1024)
+            assert chunk, seen
+            seen += chunk
+        run.proc.send_signal(signal.SIGTERM)
+        code = run.wait()
+        # 7: the command's own answer to SIGTERM; 143: it was not started yet, or died of
+        # the SIGTERM before its handler was in place. Never -15: inturn itself killed.
+        assert code in (7, 143), code
+        while run.next_line():  # to the end of its output: no command runs on, orphaned
+            pass
+        with inturn.turn("start") as after:
+            assert not after.abandoned  # the turn was given back, not left to die
+        run.close()
+
+
+def test_sigterm_just_after_the_command_ends_waits_for_the_release(lines_dir):
+    """A helper the command leaves behind signals inturn the moment it reaps the command,
+    between the command's end and the release of the turn."""
+    watcher = 'me=$$; boss=$PPID; (while kill -0 "$me" 2>/dev/null; do :; done; '
+    watcher += 'kill -TERM "$boss") &'
+    command = ["sh", "-c", f"trap 'exit 3' TERM; {watcher} exit 3"]
+    for _ in range(TRIES):
+        result = subprocess.run(
+            inturn_cmd("run", "end", "--", *command), env=child_env(), timeout=REPORT_TIMEOUT
+        )
+        assert result.returncode == 3  # the command's own code; never killed by the SIGTERM
+        with inturn.turn("end") as after:
+            assert not after.abandoned
+
+
+FAMILY = """
+    import os, signal, sys
+    NAMES = ("SIGTERM", "SIGHUP", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM")
+    def say(*words):  # one write per line: two processes share the pipe
+        os.write(1, (" ".join(map(str, words)) + "\\n").encode())
+    def report(signum, frame):
+        say("got", signum, os.getpid())
+    for name in NAMES:
+        signal.signal(getattr(signal, name), report)
+    child = os.fork()
+    if child == 0:
+        say("child", os.getpid(), os.getpgrp())
+        while True:
+            signal.pause()
+    say("command", os.getpid(), os.getpgrp(), os.getppid())
+    line = sys.stdin.readline()
+    os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+    sys.exit(int(line))
+"""
+
+
+def test_signals_sent_to_inturn_reach_the_commands_whole_process_group(lines_dir, tmp_path):
+    family = script(tmp_path, "family.py", FAMILY)
+    proc = subprocess.Popen(
+        inturn_cmd("run", "group", "--", sys.executable, str(family)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        output = read_lines(proc.stdout)
+        seen: dict[str, list[str]] = {}
+        while len(seen) < 2:
+            words = output.get(timeout=REPORT_TIMEOUT).split()
+            seen[words[0]] = words[1:]
+        command, group, parent = (int(w) for w in seen["command"])
+        child = int(seen["child"][0])
+        assert group == command != os.getpgid(proc.pid)  # a group of its own
+        assert parent == proc.pid and int(seen["child"][1]) == group
+        for name in ("SIGTERM", "SIGHUP", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM"):
+            signum = getattr(signal, name)
+            proc.send_signal(signum)
+            got = {tuple(output.get(timeout=REPORT_TIMEOUT).split()) for _ in range(2)}
+            assert got == {("got", str(signum), str(command)), ("got", str(signum), str(child))}
+        proc.stdin.write("5\n")
+        proc.stdin.close()
+        assert proc.wait(REPORT_TIMEOUT) == 5
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("name", ["SIGQUIT", "SIGHUP", "SIGUSR1"])
+def test_any_of_those_signals_while_waiting_leaves_the_line(lines_dir, workers, name):
+    holder = Worker("wait", "--hold")
+    workers.append(holder)
+    holder.expect("acquired")
+    run = Run("wait", terminal=True)
+    run.queued()
+    signum = getattr(signal, name)
+    run.proc.send_signal(signum)
+    assert run.wait() == 128 + signum
+    assert inturn.Line("wait").status().waiters == ()
+    holder.send()
+
+
+# --------------------------------------------------------------------------- terminals
+
+
+class Shell:
+    """An interactive bash on a pseudo-terminal, typed at as a person would."""
+
+    PROMPT = b"PROMPT> "
+
+    def __init__(self) -> None:
+        import pty
+
+        env = child_env(PS1=self.PROMPT.decode(), TERM="dumb", HISTFILE="/dev/null")
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: becomes the shell, on the terminal
+            try:
+                os.execvpe("bash", ["bash", "--norc", "--noprofile", "-i"], env)
+            finally:
+                os._exit(127)
+        self.pending = b""
+        self.expect(self.PROMPT)
+
+    def type(self, text: str) -> None:
+        os.write(self.fd, text.encode())
+
+    def expect(self, marker: bytes) -> bytes:
+        """Everything the terminal shows up to ``marker``; fails after REPORT_TIMEOUT."""
+        deadline = time.monotonic() + REPORT_TIMEOUT
+        while marker not in self.pending:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.fd], [], [], max(0.0, left))
+            assert ready, f"the terminal never showed {marker!r}; it shows {self.pending!r}"
+            try:
+                chunk = os.read(self.fd, 4096)
+            except OSError:
+                chunk = b""
+            assert chunk, f"the terminal closed before {marker!r}; it showed {self.pending!r}"
+            self.pending += chunk
+        end = self.pending.index(marker) + len(marker)
+        shown, self.pending = self.pending[:end], self.pending[end:]
+        return shown
+
+    def run(self, line: str) -> bytes:
+        """Type ``line`` and wait for the next prompt; what it showed."""
+        self.type(line + "\n")
+        return self.expect(self.PROMPT)
+
+    def close(self) -> None:
+        for pid in _session(self.pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+        os.close(self.fd)
+
+
+def _session(sid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with (
+                contextlib.suppress(OSError, IndexError, ValueError),
+                open(f"/proc/{entry}/stat") as info,
+            ):
+                if int(info.read().rsplit(")", 1)[1].split()[4]) == sid:
+                    found.append(int(entry))
+    return found
+
+
+@pytest.fixture
+def shell() -> Iterator[Shell]:
+    import shutil
+
+    if shutil.which("bash") is None or not LINUX:
+        pytest.skip("needs bash and /proc")
+    made = Shell()
+    yield made
+    made.close()
+
+
+def inturn_line(name: str, *command: str) -> str:
+    """The shell line that runs ``command`` through inturn in line ``name``."""
+    return shlex.join([*inturn_cmd("run", name, "--"), *command])
+
+
+# Reports whether it has the terminal, counts SIGINTs, reads a line from the terminal, then
+# exits 40 + the number of SIGINTs it got.
+INTERACTIVE = """
+    import os, signal, sys
+    count = 0
+    def interrupted(signum, frame):
+        global count
+        count += 1
+        print("interrupted", count, flush=True)
+    signal.signal(signal.SIGINT, interrupted)
+    where = "foreground" if os.tcgetpgrp(0) == os.getpgrp() else "background"
+    print("ready", os.getpid(), os.getppid(), os.getpgrp(), where, flush=True)
+    line = sys.stdin.readline().strip()
+    print("read", line, count, flush=True)
+    sys.exit(40 + count)
+"""
+
+
+def _ready(shown: bytes) -> list[str]:
+    return shown.decode().splitlines()[-1].split()
+
+
+def test_ctrl_c_reaches_the_command_once_and_ctrl_z_stops_the_job(lines_dir, tmp_path, shell):
+    command = script(tmp_path, "interactive.py", INTERACTIVE)
+    shell.type(inturn_line("tty", sys.executable, str(command)) + "\n")
+    shell.expect(b"ready ")
+    pid, parent, group, where = _ready(shell.expect(b"ground\r\n"))
+    command_pid, inturn_pid = int(pid), int(parent)
+    assert int(group) == command_pid != os.getpgid(inturn_pid)  # a process group of its own
+    assert where == "foreground"  # ... which holds the terminal while the command runs
+    shell.type("\x03")  # Ctrl-C
+    shell.expect(b"interrupted 1\r\n")
+    assert not dead(inturn_pid)
+    shell.type("\x1a")  # Ctrl-Z
+    shell.expect(b"Stopped")
+    shell.expect(shell.PROMPT)
+    assert state(command_pid) == "T" and state(inturn_pid) == "T"  # the whole job stopped
+    assert len(inturn.Line("tty").status().holders) == 1  # and still holds its turn
+    shell.type("fg\n")
+    shell.expect(str(command).encode())  # bash names the job it continues
+    shell.type("hello\n")  # read by the command: it has the terminal again
+    shell.expect(b"read hello 1\r\n")  # one Ctrl-C, received once
+    shell.expect(shell.PROMPT)
+    assert b"rc=41" in shell.run("echo rc=$?")
+    assert inturn.Line("tty").status().holders == ()
+
+
+def test_a_command_that_sets_the_terminal_at_once_is_never_left_stopped(lines_dir, shell):
+    """It may touch the terminal before inturn hands it the foreground: it is stopped by
+    SIGTTOU for a moment, and must be continued, not left stopped forever."""
+    loop = f"for i in $(seq {TRIES}); do {inturn_line('stty', 'stty', '-echo')} || break; done"
+    shown = shell.run(loop + "; stty echo; echo finished-$((40 + 2))")
+    assert b"finished-42" in shown and b"Stopped" not in shown
+
+
+# For a pipeline: reports where it stands and when it is continued; exits 41 at the first
+# SIGINT.
+PIPED = """
+    import os, signal, sys
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(41))
+    signal.signal(signal.SIGCONT, lambda signum, frame: print("continued", flush=True))
+    where = "foreground" if os.tcgetpgrp(2) == os.getpgrp() else "background"
+    print("ready", os.getpid(), os.getppid(), os.getpgrp(), where, flush=True)
+    while True:
+        signal.pause()
+"""
+
+
+def test_in_a_pipeline_the_pager_keeps_the_terminal_and_inturn_passes_keys_on(
+    lines_dir, tmp_path, shell
+):
+    """``inturn run ... | cat``: inturn and cat share the job's process group, which keeps the
+    terminal; Ctrl-Z and Ctrl-C reach the command through inturn."""
+    command = script(tmp_path, "piped.py", PIPED)
+    shell.run("set -o pipefail")  # the job's status: inturn's, as the pager ends with 0
+    pager = "sh -c \"trap '' INT; exec cat\""  # a pager that outlives Ctrl-C, as less does
+    shell.type(inturn_line("pipe", sys.executable, str(command)) + f" | {pager}\n")
+    shell.expect(b"ready ")
+    pid, parent, _, where = _ready(shell.expect(b"ground\r\n"))
+    assert where == "background"
+    shell.type("\x1a")  # Ctrl-Z: to inturn and cat; inturn stops the command, then itself
+    shell.expect(b"Stopped")
+    shell.expect(shell.PROMPT)
+    assert state(int(pid)) == "T" and state(int(parent)) == "T"
+    shell.type("fg\n")
+    shell.expect(b"continued")  # by inturn, once bash gave the job the terminal and went on
+    shell.type("\x03")  # Ctrl-C: to inturn (and the pager, which ignores it); passed on
+    shell.expect(shell.PROMPT)
+    assert b"rc=41" in shell.run("echo rc=$?")  # the command's own code, from inturn
+    assert inturn.Line("pipe").status().holders == ()
+
+
+# --------------------------------------------------------------------------- orphans and lost turns
+
+
+def sql(url: str, query: str, *params: object) -> list[tuple[object, ...]]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(query, params or None)
+        return cur.fetchall() if cur.description else []
+
+
+class Losable(NamedTuple):
+    """A server line whose holder a test can make lose its turn."""
+
+    options: list[str]  # for ``inturn run``
+    cut: Callable[[], None]
+
+
+def _through(proxy: TcpProxy, base: str) -> str:
+    parts = urlsplit(base)
+    user = parts.netloc.rpartition("@")[0]
+    netloc = f"{user}@127.0.0.1:{proxy.port}" if user else f"127.0.0.1:{proxy.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@pytest.fixture(params=["postgresql", "redis"])
+def losable(request: pytest.FixtureRequest) -> Iterator[Losable]:
+    """PostgreSQL: the server ends the holder's session. Redis: the network goes silent and
+    the server drops the holder's connections (its lease then runs out)."""
+    if request.param == "postgresql":
+        server = request.getfixturevalue("pg_server")
+        schema = request.getfixturevalue("schema")
+        request.getfixturevalue("pg_url")  # INTURN_BACKEND for inturn
+
+        def terminate() -> None:
+            query = f'SELECT backend_pid FROM "{schema}".tickets WHERE acquired_at > 0'
+            rows = sql(server, query)
+            assert len(rows) == 1, rows
+            assert sql(server, "SELECT pg_terminate_backend(%s)", rows[0][0]) == [(True,)]
+
+        yield Losable([], terminate)
+        return
+    place = request.getfixturevalue("place")
+    base = request.getfixturevalue("redis_base")
+    target = urlsplit(base)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
+
+    def cut_off() -> None:
+        proxy.blackhole()
+        client = place.client()
+        try:
+            for address in proxy.upstream_addresses():
+                client.execute_command("CLIENT", "KILL", "ADDR", address)
+        finally:
+            client.close()
+
+    try:
+        yield Losable(["--backend", place.url(lease=1, base=_through(proxy, base))], cut_off)
+    finally:
+        proxy.close()
+
+
+def _start(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        inturn_cmd("run", *args),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+
+
+@linux_only
+def test_a_lost_turn_stops_the_commands_grandchildren_too(losable, tmp_path):
+    """The command of the issue: its inner ``sh`` must not write after exit 76."""
+    pids, log = fifo(tmp_path / "pids"), tmp_path / "log"
+    inner = f"echo $$ > {shlex.quote(str(pids))}; sleep 20; echo late >> {shlex.quote(str(log))}"
+    proc = _start(*losable.options, "lost", "--", "sh", "-c", f"sh -c {shlex.quote(inner)}")
+    try:
+        grandchild = int(read_fifo(pids))
+        losable.cut()
+        assert proc.wait(REPORT_TIMEOUT) == 76
+        assert dead(grandchild)  # gone before inturn exits: it can write nothing any more
+        assert not log.exists()
+        assert proc.stderr is not None and "lost the turn in line 'lost'" in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# A command that leaves behind what a plain SIGTERM does not stop: a member of its group
+# that ignores SIGTERM, and an orphan in a session of its own that ignores it too.
+STUBBORN = """
+    import shlex, subprocess, sys
+    ignore = "trap '' TERM; "
+    subprocess.Popen(["sh", "-c", ignore + "echo member $$; exec sleep 600"])
+    orphan = "setsid sh -c " + shlex.quote(ignore + "echo orphan $$; exec sleep 600") + " &"
+    subprocess.Popen(["sh", "-c", orphan]).wait()  # its parent is gone: it is inturn's now
+    print("command", flush=True)
+    sys.stdin.readline()
+"""
+
+
+@linux_only
+def test_a_lost_turn_kills_what_ignores_sigterm_and_what_was_orphaned(losable, tmp_path):
+    stubborn = script(tmp_path, "stubborn.py", STUBBORN)
+    proc = _start(*losable.options, "--grace", "0.2", "stub", "--", sys.executable, str(stubborn))
+    seen: dict[str, int] = {}
+    try:
+        assert proc.stdout is not None
+        output = read_lines(proc.stdout)
+        while len(seen) < 3:
+            words = output.get(timeout=REPORT_TIMEOUT).split()
+            seen[words[0]] = int(words[1]) if len(words) > 1 else 0
+        assert os.getpgid(seen["orphan"]) != os.getpgid(seen["member"])  # out of the group
+        losable.cut()
+        assert proc.wait(REPORT_TIMEOUT) == 76
+        assert dead(seen["member"]) and dead(seen["orphan"])
+    finally:
+        proc.kill()
+        proc.wait()
+        for pid in seen.values():
+            with contextlib.suppress(OSError):
+                if pid:
+                    os.kill(pid, signal.SIGKILL)
+
+
+def test_grace_0_kills_the_command_at_once(losable):
+    run = Run("now", "--grace", "0", *losable.options)
+    run.running()
+    losable.cut()
+    assert run.wait() == 76
+    assert run.next_line() == []  # no "signal 15": SIGKILL came first and alone
+
+
+def test_a_stopped_command_still_gets_its_sigterm_when_the_turn_is_lost(losable):
+    run = Run("stopped", *losable.options)
+    command = run.running().pid
+    os.kill(command, signal.SIGSTOP)
+    losable.cut()
+    assert run.next_line() == ["signal", str(int(signal.SIGTERM))]  # continued to get it
+    assert run.wait() == 76
+
+
+ORPHANER = """
+    import os, sys
+    wake_read, wake_write = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        if os.fork() == 0:  # the orphan: speaks once its parent is gone
+            os.close(wake_write)
+            os.read(wake_read, 1)
+            os.write(1, b"orphan %d %d\\n" % (os.getpid(), os.getppid()))
+            os._exit(0)
+        os._exit(0)
+    os.close(wake_read)
+    os.waitpid(middle, 0)
+    os.write(wake_write, b"x")
+    sys.stdin.readline()
+"""
+
+
+@linux_only
+def test_with_a_server_backend_inturn_adopts_and_reaps_what_its_command_orphans(place, tmp_path):
+    orphaner = script(tmp_path, "orphaner.py", ORPHANER)
+    proc = _start("adopt", "--", sys.executable, str(orphaner))
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        kind, orphan, parent = read_lines(proc.stdout).get(timeout=REPORT_TIMEOUT).split()
+        assert kind == "orphan" and int(parent) == proc.pid  # reparented to inturn
+        wait_until_reaped(int(orphan))  # while inturn still runs: no zombie left behind
+        proc.stdin.close()
+        assert proc.wait(REPORT_TIMEOUT) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@linux_only
+def test_a_command_that_cannot_inherit_the_turn_dies_whole_with_inturn(place, tmp_path):
+    """On Redis inturn renews the lease: SIGKILL of inturn ends the turn, so the command's
+    whole group must go too, not only its direct child."""
+    pids, log = fifo(tmp_path / "pids"), tmp_path / "log"
+    inner = f"echo $$ > {shlex.quote(str(pids))}; sleep 20; echo late >> {shlex.quote(str(log))}"
+    proc = _start(
+        "--backend", place.url(lease=1), "tied", "--", "sh", "-c", f"sh -c {shlex.quote(inner)}"
+    )
+    grandchild = int(read_fifo(pids))
+    proc.kill()
+    proc.wait()
+    wait_until_dead(grandchild)  # killed by the sentinel; left alone it would write first
+    assert not log.exists()
+
+
+# --------------------------------------------------------------------------- errors and cost
+
+
+@pytest.mark.parametrize("args", [["status"], ["status", "shown"], ["status", "--json"]])
+def test_output_closed_early_exits_141_without_a_word(lines_dir, args):
+    with inturn.turn("shown"):
+        reader, writer = os.pipe()
+        os.close(reader)  # as ``| head -1`` that has already gone
+        try:
+            result = subprocess.run(
+                inturn_cmd(*args),
+                stdout=writer,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=child_env(),
+                timeout=REPORT_TIMEOUT,
+            )
+        finally:
+            os.close(writer)
+    assert (result.returncode, result.stderr) == (141, "")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_under_the_output_is_one_line_and_exit_2(lines_dir):
+    with inturn.turn("shown"), open("/dev/full", "w") as full:
+        result = subprocess.run(
+            inturn_cmd("status"),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+            timeout=REPORT_TIMEOUT,
+        )
+    one_line_error(result, "No space left on device")
+
+
+def _with_open_files(limit: int, *args: str) -> subprocess.CompletedProcess[str]:
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        preexec_fn=lower,
+        timeout=REPORT_TIMEOUT,
+    )
+
+
+def test_too_few_open_files_is_one_clear_line_at_any_limit(lines_dir):
+    """From the lowest limit at which Python can load inturn at all, to one that is enough."""
+    lowest = next(
+        n for n in range(3, 64) if _with_open_files(n, "-c", "import inturn.cli").returncode == 0
+    )
+    for limit in range(lowest, lowest + 64):
+        result = _with_open_files(limit, "-m", "inturn", "run", "files", "--", "true")
+        if result.returncode == 0:
+            break
+        one_line_error(result)
+    else:
+        pytest.fail("inturn run never succeeded")
+    assert inturn.Line("files").status().holders == ()
+
+
+def test_inturn_run_imports_nothing_it_does_not_need(lines_dir):
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", *inturn_cmd("run", "cost", "--", "true")[1:]],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=REPORT_TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    imported = {
+        row.rsplit("|", 1)[1].strip()
+        for row in result.stderr.splitlines()
+        if row.startswith("import time:")
+    }
+    assert "inturn.child" in imported
+    assert not imported & {"ctypes", "asyncio", "inspect", "psycopg", "redis"}
+
+
+@pytest.mark.parametrize("grace", ["-1", "soon", "inf", "nan"])
+def test_a_bad_grace_is_refused(lines_dir, grace):
+    result = run_cli("run", "--grace", grace, "x", "--", "true")
+    assert result.returncode == 2
+    assert "grace" in result.stderr or "seconds" in result.stderr
+    assert "Traceback" not in result.stderr
