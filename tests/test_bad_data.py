@@ -284,12 +284,14 @@ def test_a_holder_with_a_command_over_64_kib_shows_and_its_death_is_told(lines_d
         stderr=subprocess.DEVNULL,
         text=True,
         env=child_env(),
-        start_new_session=True,  # inturn and its command are killed together
+        start_new_session=True,  # inturn is the leader of a group of its own
     )
     try:
         assert holder.stdout is not None
         output = read_lines(holder.stdout)
-        assert output.get(timeout=REPORT_TIMEOUT).split()[:1] == ["running"]
+        started = output.get(timeout=REPORT_TIMEOUT).split()
+        assert started[:1] == ["running"]
+        command = int(started[1])  # the leader of a process group of its own
         shown = json.loads(run_cli("status", "--json", "long").stdout)
         assert [(t["pid"], t["state"]) for t in shown["holders"]] == [(holder.pid, "holding")]
         assert shown["holders"][0]["command"][-1] == LONG_ARGUMENT
@@ -298,7 +300,8 @@ def test_a_holder_with_a_command_over_64_kib_shows_and_its_death_is_told(lines_d
         waiter = Worker("long", "--hold")
         workers.append(waiter)
         waiter.expect("waiting")
-        os.killpg(holder.pid, signal.SIGKILL)
+        for group in (holder.pid, command):  # inturn, then the command that has the turn
+            os.killpg(group, signal.SIGKILL)
         holder.wait(REPORT_TIMEOUT)
         _, _, abandoned, dead = waiter.acquired()
         assert (abandoned, dead) == ("1", str(holder.pid))

@@ -156,10 +156,12 @@ class Recorded:
             rows.append(row)
         return "".join(rows)
 
-    def kill(self) -> None:
-        if self.proc.poll() is None:
+    def kill(self, *groups: int) -> None:
+        """SIGKILL inturn (the leader of its own group), then the other process ``groups``
+        (the command runs in a group of its own)."""
+        for group in (self.proc.pid, *groups):
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                os.killpg(group, signal.SIGKILL)
         self.proc.wait(REPORT_TIMEOUT)
 
     def close(self) -> None:
@@ -607,7 +609,7 @@ def test_after_a_user_dies_holding_the_line_works_for_both(machine, runs, dies):
         next(r.split()[1] for r in machine.log.read_text().splitlines() if r.startswith("enter"))
     )
     killed = {command: time.monotonic_ns()}  # it can do nothing once the signal is sent
-    doomed.kill()  # inturn and its command, together
+    doomed.kill(command)  # inturn, then its command
     waiter.running()
     assert waiter.abandoned == "1", waiter.ticket
     again = start(runs, machine, dead, "death")

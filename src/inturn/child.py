@@ -35,6 +35,8 @@ from contextlib import suppress
 from types import FrameType
 from typing import Any, NamedTuple
 
+from .store import CancelToken
+
 # Signals that would otherwise kill inturn and that people send to stop or steer a job.
 FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGBREAK")
 # Stops that come from a terminal: a stop of the command by one of these is a stop of the job.
@@ -60,27 +62,20 @@ read -r word
 """
 
 
-class Interrupted(BaseException):
-    """A signal arrived while waiting in line: leave the line, exit 128+N."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
 class RunSignals:
     """The signal handling of one ``inturn run``, from before the wait to the release.
 
-    ``waiting``: a signal raises ``Interrupted`` (the wait ends and leaves the line). After
-    that a handler never raises: with ``target`` set (the command's process group) it passes
-    the signal on, otherwise it notes it in ``pending``. The queue code leaves the line on
-    any exception, so raising is only safe while waiting; everywhere else a raise could
-    leave a held turn behind unreleased.
+    A handler never raises, so no signal can leave a turn taken but not released. While
+    ``waiting``, it notes the signal in ``pending`` and cancels ``cancel``, which ends the
+    wait (the queue leaves the line); a turn that came at that very moment is released by
+    the caller, who sees ``pending``. After that, with ``target`` set (the command's process
+    group) it passes the signal on, otherwise it notes it in ``pending``.
     """
 
     def __init__(self) -> None:
         self.waiting = True
         self.pending: list[int] = []
+        self.cancel = CancelToken()
         self.target: int | None = None
         self._previous: dict[int, Any] = {}
 
@@ -108,7 +103,9 @@ class RunSignals:
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         if self.waiting:
-            raise Interrupted(signum)
+            self.pending.append(signum)
+            self.cancel.cancel()
+            return
         target = self.target
         if target is None:
             self.pending.append(signum)

@@ -14,15 +14,16 @@ import contextlib
 import errno
 import json
 import os
+import re
 import sys
 import time
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TextIO
 
-from .errors import Busy, InturnError, Timeout, UsageError
+from .errors import Busy, Cancelled, InturnError, Timeout, UsageError
 from .line import Line, Turn
-from .records import LineStatus, Ticket
+from .records import LineStatus, Ticket, escape_controls
 
 if TYPE_CHECKING:
     from .child import RunSignals
@@ -242,7 +243,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if not command:
         parser.error("no command given: inturn run NAME -- COMMAND [ARG ...]")
     executable = _find(command[0])
-    from .child import Interrupted, RunSignals
+    from .child import RunSignals
 
     # From here until the turn is released, no signal can kill inturn (see ``RunSignals``).
     signals = RunSignals()
@@ -250,8 +251,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         try:
             held = _wait_in_line(args, command, signals)
-        except Interrupted as exc:
-            return 128 + exc.signum
+        except Cancelled:
+            return 128 + signals.pending[0]  # a signal ended the wait; the line is left
         finally:
             signals.waiting = False
         if held is None:
@@ -286,6 +287,7 @@ def _wait_in_line(args: argparse.Namespace, command: list[str], signals: RunSign
             blocking=not args.no_wait,
             command=tuple(command),
             on_progress=display.update if display else None,
+            cancel=signals.cancel,
         )
         signals.waiting = False  # before anything else, closing the status line included
         return held
@@ -376,7 +378,7 @@ def _status(args: argparse.Namespace) -> int:
     if args.name is not None:
         status = _line(args).status()
         if args.json:
-            _emit(json.dumps(status.to_json(now), indent=2, ensure_ascii=False))
+            _emit(_json(status.to_json(now)))
         else:
             _emit(format_line(status, now))
         return 0
@@ -388,10 +390,20 @@ def _status(args: argparse.Namespace) -> int:
     statuses = [backend.line(name).status() for name in backend.names()]
     if args.json:
         document = {"where": backend.where, "lines": [s.to_json(now) for s in statuses]}
-        _emit(json.dumps(document, indent=2, ensure_ascii=False))
+        _emit(_json(document))
         return 0
     _emit(format_overview(statuses, backend.where, now))
     return 0
+
+
+def _json(document: object) -> str:
+    """JSON for people and scripts: readable Unicode, but a lone surrogate (a name or command
+    that was not valid UTF-8) as a ``\\udcXX`` escape, so the output is valid UTF-8 too."""
+    text = json.dumps(document, indent=2, ensure_ascii=False)
+    return _SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def duration(seconds: float | None) -> str:
@@ -407,13 +419,14 @@ def duration(seconds: float | None) -> str:
 
 
 def format_line(status: LineStatus, now: float) -> str:
+    name = escape_controls(status.name)
     if not status.holders and not status.waiters:
-        return f"{status.name}: free (nobody holds or waits)"
+        return f"{name}: free (nobody holds or waits)"
     rows: list[tuple[str, ...]] = [("#", "TICKET", "STATE", "PID", "USER", "HOST", "FOR", "CMD")]
     for place, ticket in enumerate((*status.holders, *status.waiters), start=1):
         rows.append(_row(place, ticket, now))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    lines = [f"{status.name}: {len(status.holders)} holding, {len(status.waiters)} waiting"]
+    lines = [f"{name}: {len(status.holders)} holding, {len(status.waiters)} waiting"]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         lines.append("  " + "  ".join([*cells, row[-1]]).rstrip())
@@ -428,23 +441,23 @@ def _row(place: int, ticket: Ticket, now: float) -> tuple[str, ...]:
         str(ticket.number),
         state,
         str(ticket.pid) if ticket.pid is not None else "?",
-        ticket.user or "?",
-        ticket.host or "?",
+        escape_controls(ticket.user or "?"),
+        escape_controls(ticket.host or "?"),
         duration(None if since is None else now - since),
-        " ".join(ticket.command),
+        escape_controls(" ".join(ticket.command)),
     )
 
 
 def format_overview(statuses: list[LineStatus], where: str, now: float) -> str:
     if not statuses:
-        return f"no lines in {where}"
+        return f"no lines in {escape_controls(where)}"
     rows = [("LINE", "HOLDING", "WAITING", "HELD BY", "FOR")]
     for status in statuses:
         first = status.holders[0] if status.holders else None
         held_for = None if first is None or first.acquired_at is None else now - first.acquired_at
         rows.append(
             (
-                status.name,
+                escape_controls(status.name),
                 str(len(status.holders)),
                 str(len(status.waiters)),
                 first.describe() if first is not None else "-",

@@ -72,12 +72,12 @@ DEFAULT_LEASE = 5.0
 DEFAULT_PREFIX = "inturn"
 MIN_LEASE, MAX_LEASE = 0.1, 3600.0
 RENEW_EVERY = 1 / 3  # of the lease: the heartbeat's period
-GIVE_UP_AT = 1 / 2  # of the lease after the last renewal that surely reached the server
+GIVE_UP_AT = 3 / 4  # of the lease after the last renewal that surely reached the server
 WAKE_AFTER_EXPIRY_MS = 10  # a waiter looks again this long after a watched lease could expire
 _PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
 # After a turn that ended uncleanly (a lease ran out), the next holder waits this long: the
-# cut-off holder gave up half a lease after its last renewal and stops its command within
-# ``inturn run --grace``, well before that.
+# cut-off holder gave up three quarters of a lease after its last renewal, a quarter before
+# the lease ran out, and stops its command within ``inturn run --grace``: well before that.
 DEFAULT_LOCK_DELAY = 3.0
 MAX_LOCK_DELAY = 3600.0
 

@@ -400,14 +400,14 @@ def _open_shared(path: str, *, write: bool, disposition: int) -> int:
 
 
 def _read_file(path: str) -> bytes | None:
-    """The start of ``path`` (as much as a record may hold); None when it is gone or being deleted."""
+    """The start of ``path`` (as much as a record holds); None when it is gone or deleted."""
     found = _read_owned(path, owner=False)
     return None if found is None else found[0]
 
 
 def _read_owned(path: str, owner: bool) -> tuple[bytes, str | None] | None:
-    """The start of ``path`` (as much as a record may hold) and (if asked) the name of the file's owner; None when it
-    is gone or being deleted."""
+    """The start of ``path`` (as much as a record holds) and, if asked, the name of the file's
+    owner; None when it is gone or being deleted."""
     try:
         fd = _open_shared(path, write=False, disposition=OPEN_EXISTING)
     except OSError as exc:
