@@ -11,7 +11,7 @@ import sys
 import textwrap
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, ClassVar, NamedTuple, NoReturn
 
@@ -222,7 +222,7 @@ class Running(NamedTuple):
 
 
 class Run:
-    """``inturn run [OPTIONS] NAME -- python REPORTER``, steered through pipes.
+    """``inturn run [OPTIONS] NAME -- python REPORTER`` (or ``command``), steered through pipes.
 
     With ``terminal=True`` its stderr is a terminal, which gets the live status line drawn
     just before inturn goes to sleep in line: ``queued()`` reads up to it, so a test knows the
@@ -237,6 +237,7 @@ class Run:
         *options: str,
         env: dict[str, str] | None = None,
         terminal: bool = False,
+        command: Sequence[str] | None = None,
     ) -> None:
         self.terminal: int | None = None
         child_side: int | None = None
@@ -245,7 +246,7 @@ class Run:
 
             self.terminal, child_side = pty.openpty()
         self.proc = subprocess.Popen(
-            inturn_cmd("run", *options, name, "--", sys.executable, "-c", REPORTER),
+            inturn_cmd("run", *options, name, "--", *(command or (sys.executable, "-c", REPORTER))),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE if child_side is None else child_side,
