@@ -117,17 +117,23 @@ def read_intervals(path: str | os.PathLike[str]) -> list[Interval]:
 def crowds(intervals: Sequence[Interval], limit: int) -> list[list[Interval]]:
     """Every moment more than ``limit`` were inside: the intervals open at that moment.
 
-    A sweep over entries and exits in time order; at equal times an exit counts first, so
-    intervals that merely touch do not overlap.
+    A sweep over entries and exits in time order. At equal times exits count first, so
+    intervals that merely touch do not overlap; but an interval of no length (a writer
+    killed right after its ``enter`` row) leaves only after its own entry, so it still
+    counts against whoever was inside at that moment.
     """
+    enter, exit_first, exit_last = 1, 0, 2  # the order of events at one moment
     events = sorted(
-        [(i.start, 1, n) for n, i in enumerate(intervals)]
-        + [(i.end, 0, n) for n, i in enumerate(intervals)]
+        [(i.start, enter, n) for n, i in enumerate(intervals)]
+        + [
+            (i.end, exit_first if i.end > i.start else exit_last, n)
+            for n, i in enumerate(intervals)
+        ]
     )
     inside: set[int] = set()
     found = []
-    for _, entering, index in events:
-        if entering:
+    for _, kind, index in events:
+        if kind == enter:
             inside.add(index)
             if len(inside) > limit:
                 found.append([intervals[n] for n in sorted(inside)])
