@@ -39,7 +39,7 @@ from observer import (
 )
 
 # (threads or tasks, turns each) per backend: about the same wall time on each.
-SCALE = {"local": (40, 25), "postgresql": (10, 6), "redis": (12, 8)}
+SCALE = {"local": (40, 25), "postgresql": (10, 6), "redis": (16, 10)}
 WORK = 0.0005  # seconds spent inside each turn: simulated work, so that overlaps have room
 
 slots_1_and_3 = pytest.mark.parametrize("slots", [1, 3], ids=["slots1", "slots3"])
