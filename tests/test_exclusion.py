@@ -258,7 +258,8 @@ def test_one_turn_object_entered_by_several_tasks(where: Where, tmp_path: Path) 
 
 @slots_1_and_3
 def test_inturn_run_waiters_on_a_terminal(where: Where, tmp_path: Path, slots: int) -> None:
-    """Several ``inturn run`` started together, each drawing its live status line."""
+    """Several ``inturn run`` started together, each drawing its live status line (which,
+    on the local backend, re-reads the line once a second beside the waiter)."""
     count = 8 if where.kind == "local" else 5
     log = tmp_path / "log"
     runs = [
@@ -267,7 +268,7 @@ def test_inturn_run_waiters_on_a_terminal(where: Where, tmp_path: Path, slots: i
             "--slots",
             str(slots),
             terminal=True,
-            command=command(log, seconds=0.05),
+            command=command(log, seconds=0.2 if where.kind == "local" else 0.05),
         )
         for _ in range(count)
     ]
@@ -567,3 +568,19 @@ def test_observer_finds_overlaps(tmp_path: Path) -> None:
     assert "d [40 .. 50]" in str(e.value) and "e [45 .. 45]" in str(e.value)
     assert assert_exclusive(log, 2) == intervals
     assert max_inside(intervals) == 2
+
+
+def test_the_recording_command_beats_while_inside(tmp_path: Path) -> None:
+    """The command given to ``inturn run``: enter, beats every few milliseconds, exit."""
+    log = tmp_path / "log"
+    done = subprocess.run(
+        command(log, who="7:me", seconds=0.05), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout == "inside 7:me\n", done
+    rows = [row.split() for row in log.read_text().splitlines()]
+    assert rows[0][:2] == ["enter", "7:me"] and rows[-1][:2] == ["exit", "7:me"]
+    assert len(rows) > 3 and {r[0] for r in rows[1:-1]} == {"beat"}
+    stamps = [int(r[2]) for r in rows]
+    assert stamps == sorted(stamps)
+    (interval,) = read_intervals(log)
+    assert interval.exited and ticket_of(interval.who) == 7

@@ -50,16 +50,22 @@ class Child:
         os.close(writer)
         self._stream = os.fdopen(reader)
         self._reports = read_lines(self._stream)
+        self._last = ""
 
     def next(self) -> str:
-        try:
-            report = self._reports.get(timeout=CHILD_BOUND)
-        except queue.Empty:
-            raise AssertionError(
-                f"child {self.pid} is stuck: no report in {CHILD_BOUND:g}s"
-            ) from None
-        assert not report.startswith("error"), report
-        return report.strip()
+        """The next report that differs from the last one (a waiter that wakes and goes
+        back to sleep in the same place reports the same words again)."""
+        while True:
+            try:
+                report = self._reports.get(timeout=CHILD_BOUND).strip()
+            except queue.Empty:
+                raise AssertionError(
+                    f"child {self.pid} is stuck: no report in {CHILD_BOUND:g}s"
+                ) from None
+            assert not report.startswith("error"), report
+            if report != self._last:
+                self._last = report
+                return report
 
     def wait(self) -> int:
         deadline = time.monotonic() + REPORT_TIMEOUT
