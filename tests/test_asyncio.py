@@ -16,7 +16,7 @@ import contextlib
 import os
 import random
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -24,21 +24,12 @@ import pytest
 
 import inturn
 
-from conftest import REPORT_TIMEOUT, Where
+from conftest import REPORT_TIMEOUT, Where, run_async
 
 # The most threads a default executor has (asyncio: ``min(32, os.cpu_count() + 4)``).
 EXECUTOR_THREADS = min(32, (os.cpu_count() or 1) + 4)
 # A bound that only detects a hang: a thread of a free executor starts in microseconds.
 HANG = 20.0
-
-
-def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """``asyncio.run`` with a bound: a hang fails the test instead of blocking the suite."""
-
-    async def bounded() -> None:
-        await asyncio.wait_for(scenario(), REPORT_TIMEOUT)
-
-    asyncio.run(bounded())
 
 
 async def until(condition: Callable[[], bool], *tasks: asyncio.Task[Any]) -> None:
@@ -94,7 +85,7 @@ def test_a_task_arriving_while_another_task_holds_waits_its_turn(where: Where, e
         assert held.held and held.ticket > first.ticket
         held.release()
 
-    run(scenario)
+    run_async(scenario)
     assert_clean(line)
 
 
@@ -124,7 +115,7 @@ def test_a_task_using_async_with_while_another_holds_waits_its_turn(where: Where
         leave.set()
         await asyncio.gather(first, waiting)
 
-    run(scenario)
+    run_async(scenario)
     assert order == ["first in", "first out", "second in"]
     assert_clean(inturn.Line("arrive-with"))
 
@@ -202,7 +193,7 @@ def test_one_turn_object_entered_by_two_tasks_releases_each_ones_own_ticket(wher
         await b
         assert not turns["b"].held
 
-    run(scenario)
+    run_async(scenario)
     assert_clean(line)
 
 
@@ -236,7 +227,7 @@ def test_more_waiting_tasks_than_executor_threads_cannot_starve_the_holder(where
             f"the waits took every thread of the default executor ({EXECUTOR_THREADS})"
         )
 
-    run(scenario)
+    run_async(scenario)
     assert sorted(served) == list(range(count))
     assert_clean(line)
 
@@ -286,7 +277,7 @@ def test_cancelling_around_the_hand_off_never_leaks_the_turn(where: Where, cance
             )
             line.acquire(blocking=False).release()  # free at once, for anyone
 
-    run(scenario)
+    run_async(scenario)
     assert outcomes["cancelled"] > 0, outcomes
 
 
@@ -326,5 +317,5 @@ def test_cancellation_at_any_moment_leaves_the_line_clean(where: Where):
                 holder.release()
             assert_clean(line, f"try {attempt}")
 
-    run(scenario)
+    run_async(scenario)
     line.acquire(blocking=False).release()

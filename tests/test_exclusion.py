@@ -22,13 +22,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import inturn
 
-from conftest import REPORT_TIMEOUT, Run, Where, child_env, inturn_cmd, read_lines
+from conftest import REPORT_TIMEOUT, Run, Where, child_env, inturn_cmd, read_lines, run_async
 from observer import (
     Recorder,
     assert_exclusive,
@@ -143,15 +142,6 @@ def test_sync_decorator_called_from_many_threads(where: Where, tmp_path: Path, s
 
 
 # --------------------------------------------------------------------------- asyncio
-
-
-def run_async(scenario: Callable[[], Any]) -> None:
-    """``asyncio.run`` with a bound: a hang fails the test instead of blocking the suite."""
-
-    async def bounded() -> None:
-        await asyncio.wait_for(scenario(), REPORT_TIMEOUT)
-
-    asyncio.run(bounded())
 
 
 @slots_1_and_3

@@ -16,7 +16,7 @@ import pytest
 
 import inturn
 
-from conftest import REPORT_TIMEOUT, Where
+from conftest import REPORT_TIMEOUT, Where, run_async
 
 HANG = 20.0  # a bound that only detects a hang: a refusal comes at once
 
@@ -187,6 +187,6 @@ def test_a_task_waiting_for_itself_is_refused(where: Where) -> None:
             raise AssertionError("the task waited for itself instead of being refused")
         task.result()
 
-    asyncio.run(scenario())
+    run_async(scenario)
     assert outcome == ["refused"]
     assert_clean(line)
