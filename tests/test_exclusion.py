@@ -37,7 +37,8 @@ from observer import (
     ticket_of,
 )
 
-# (threads or tasks, turns each) per backend: about the same wall time on each.
+# (threads or tasks, turns each) per backend; fewer on servers, where every turn costs round
+# trips and, on PostgreSQL, a session of its own.
 SCALE = {"local": (40, 25), "postgresql": (10, 6), "redis": (16, 10)}
 WORK = 0.0005  # seconds spent inside each turn: simulated work, so that overlaps have room
 
