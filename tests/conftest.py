@@ -11,9 +11,9 @@ import sys
 import textwrap
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, ClassVar, NamedTuple, NoReturn
+from typing import IO, TYPE_CHECKING, Any, ClassVar, NamedTuple, NoReturn, TypeVar, cast
 
 import pytest
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from users import Users
 
 HERE = Path(__file__).resolve().parent
+T = TypeVar("T")
 SRC = HERE.parent / "src"
 
 
@@ -141,6 +142,37 @@ class Worker:
         return self.proc.wait(timeout)
 
 
+def run_async(scenario: Callable[[], Coroutine[Any, Any, T]], timeout: float = REPORT_TIMEOUT) -> T:
+    """``asyncio.run(scenario())`` on a thread of its own, bounded: a hang fails the test.
+
+    ``asyncio.wait_for`` alone is not enough: once the scenario is cancelled,
+    ``asyncio.run`` still waits, without limit, for the default executor's threads, and a
+    thread stuck in a wait that never ends would block the whole suite.
+    """
+    import asyncio
+
+    outcome: list[tuple[bool, Any]] = []
+
+    def main() -> None:
+        try:
+            outcome.append((True, asyncio.run(asyncio.wait_for(scenario(), timeout))))
+        except BaseException as exc:
+            outcome.append((False, exc))
+
+    loop_thread = threading.Thread(target=main, daemon=True, name="test-event-loop")
+    loop_thread.start()
+    loop_thread.join(timeout + 30)
+    if not outcome:
+        raise AssertionError(
+            f"the event loop did not end {timeout + 30:g}s after the test began: "
+            "a thread it waits for is stuck"
+        )
+    finished, value = outcome[0]
+    if not finished:
+        raise value
+    return cast(T, value)
+
+
 @pytest.fixture(autouse=True)
 def _close_runs() -> Iterator[None]:
     yield
@@ -222,7 +254,7 @@ class Running(NamedTuple):
 
 
 class Run:
-    """``inturn run [OPTIONS] NAME -- python REPORTER``, steered through pipes.
+    """``inturn run [OPTIONS] NAME -- python REPORTER`` (or ``command``), steered through pipes.
 
     With ``terminal=True`` its stderr is a terminal, which gets the live status line drawn
     just before inturn goes to sleep in line: ``queued()`` reads up to it, so a test knows the
@@ -237,6 +269,7 @@ class Run:
         *options: str,
         env: dict[str, str] | None = None,
         terminal: bool = False,
+        command: Sequence[str] | None = None,
     ) -> None:
         self.terminal: int | None = None
         child_side: int | None = None
@@ -245,7 +278,7 @@ class Run:
 
             self.terminal, child_side = pty.openpty()
         self.proc = subprocess.Popen(
-            inturn_cmd("run", *options, name, "--", sys.executable, "-c", REPORTER),
+            inturn_cmd("run", *options, name, "--", *(command or (sys.executable, "-c", REPORTER))),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE if child_side is None else child_side,

@@ -1,0 +1,192 @@
+"""A turn belongs to the acquire that took it, not to a thread id.
+
+It may be handed to another thread and released there. The guard that refuses a wait which
+could only end when the caller itself releases (turns are not re-entrant) still fires for a
+thread, or a task, that really waits for itself with no timeout, and never otherwise. Each
+test runs on the local folder, PostgreSQL and Redis (``where``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+import pytest
+
+import inturn
+
+from conftest import REPORT_TIMEOUT, Where, run_async
+
+HANG = 20.0  # a bound that only detects a hang: a refusal comes at once
+
+
+def in_thread(work: Callable[[], object]) -> object:
+    """Run ``work`` in a new thread to its end; what it returned or raised."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(work())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(REPORT_TIMEOUT)
+    assert not thread.is_alive(), "the thread hung"
+    return outcome[0]
+
+
+def assert_clean(line: inturn.Line) -> None:
+    status = line.status()
+    assert status.holders == () and status.waiters == (), status
+
+
+# --------------------------------------------------------------------------- handing a turn on
+
+
+def test_a_turn_taken_in_one_thread_is_released_in_another(where: Where) -> None:
+    line = inturn.Line("handed")
+    taken = in_thread(line.acquire)  # the thread exits, the turn stays held
+    assert isinstance(taken, inturn.Turn) and taken.held
+    assert [t.number for t in line.status().holders] == [taken.ticket]
+    with pytest.raises(inturn.Busy):
+        line.acquire(blocking=False)
+    taken.release()  # here, in another thread
+    assert_clean(line)
+    # Whoever comes next, in any thread and without a timeout, is served at once.
+    again = in_thread(lambda: line.acquire().release())
+    assert again is None, again
+    with line.acquire():
+        pass
+    assert_clean(line)
+
+
+def test_a_turn_released_by_another_thread_frees_its_taker_to_wait_again(where: Where) -> None:
+    """The taker hands its turn on; once that is released, the taker may wait in line with
+    no timeout like anyone else (behind another holder), and is served."""
+    line = inturn.Line("handed-back")
+    mine = line.acquire()
+    assert in_thread(mine.release) is None
+    other_holds = threading.Event()
+    other_may_leave = threading.Event()
+
+    def other() -> None:
+        with line.acquire():
+            other_holds.set()
+            other_may_leave.wait(REPORT_TIMEOUT)
+
+    holder = threading.Thread(target=other)
+    holder.start()
+    assert other_holds.wait(REPORT_TIMEOUT)
+    queued = threading.Event()
+    waited: list[object] = []
+
+    # This thread, which took ``mine``, waits; the other holder leaves once we are asleep.
+    def leave_when_queued() -> None:
+        queued.wait(REPORT_TIMEOUT)
+        other_may_leave.set()
+
+    releaser = threading.Thread(target=leave_when_queued)
+    releaser.start()
+    try:
+        with line.acquire(on_progress=lambda _: queued.set()) as held:
+            waited.append(held.ticket)
+    finally:
+        other_may_leave.set()
+        holder.join(REPORT_TIMEOUT)
+        releaser.join(REPORT_TIMEOUT)
+    assert waited and queued.is_set()
+    assert_clean(line)
+
+
+def test_slots_held_by_yourself_and_another_thread_is_a_wait_not_a_refusal(where: Where) -> None:
+    """With ``slots=2``, holding one slot while another thread holds the other: a third
+    acquire by this thread waits for the other thread, which will leave."""
+    line = inturn.Line("half-mine", slots=2)
+    mine = line.acquire()
+    other_holds = threading.Event()
+    other_may_leave = threading.Event()
+
+    def other() -> None:
+        with line.acquire():
+            other_holds.set()
+            other_may_leave.wait(REPORT_TIMEOUT)
+
+    holder = threading.Thread(target=other)
+    holder.start()
+    assert other_holds.wait(REPORT_TIMEOUT)
+    try:
+        with line.acquire(on_progress=lambda _: other_may_leave.set()) as second:
+            assert second.held and mine.held
+    finally:
+        other_may_leave.set()
+        holder.join(REPORT_TIMEOUT)
+    mine.release()
+    assert_clean(line)
+
+
+# --------------------------------------------------------------------------- waiting for yourself
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_a_thread_waiting_for_itself_is_refused(where: Where, slots: int) -> None:
+    """In any thread (not only the main one), and when it holds every slot itself."""
+    line = inturn.Line("self", slots)
+
+    def hold_and_wait_again() -> object:
+        held = [line.acquire() for _ in range(slots)]
+        try:
+            with pytest.raises(inturn.InturnError, match="not re-entrant"):
+                line.acquire()
+            with pytest.raises(inturn.Timeout):
+                line.acquire(timeout=0.05)  # with a timeout it simply times out
+            return "refused"
+        finally:
+            for turn in held:
+                turn.release()
+
+    assert in_thread(hold_and_wait_again) == "refused"
+    assert_clean(line)
+
+
+def test_a_decorated_function_calling_itself_is_refused(where: Where) -> None:
+    @inturn.turn("recursive")
+    def job(depth: int) -> int:
+        return depth if depth == 0 else job(depth - 1)
+
+    with pytest.raises(inturn.InturnError, match="not re-entrant"):
+        job(1)
+    assert job(0) == 0
+    assert_clean(inturn.Line("recursive"))
+
+
+def test_a_task_waiting_for_itself_is_refused(where: Where) -> None:
+    """``async with`` nested in one task: the inner wait could only end when this very task
+    leaves the outer block, so it is refused, as in a thread (and never hangs)."""
+    line = inturn.Line("self-task")
+    outer: list[inturn.Turn] = []
+    outcome: list[str] = []
+
+    async def nested() -> None:
+        async with inturn.turn("self-task") as held:
+            outer.append(held)
+            try:
+                async with inturn.turn("self-task"):
+                    outcome.append("entered twice")
+            except inturn.InturnError as exc:
+                outcome.append("refused" if "not re-entrant" in str(exc) else str(exc))
+
+    async def scenario() -> None:
+        task = asyncio.create_task(nested())
+        done, _ = await asyncio.wait({task}, timeout=HANG)
+        if not done:  # it waits for itself: free it, then fail
+            outer[0].release()
+            await asyncio.wait_for(task, REPORT_TIMEOUT)
+            raise AssertionError("the task waited for itself instead of being refused")
+        task.result()
+
+    run_async(scenario)
+    assert outcome == ["refused"]
+    assert_clean(line)
