@@ -76,6 +76,7 @@ PING_TIMEOUT = 3.0
 LOST_AFTER = PING_INTERVAL + PING_TIMEOUT
 RECONNECT_WINDOW = 60.0
 MAX_IDLE = 2  # connections kept open per process for the next ticket or status
+CANCEL_AGAIN_AFTER = 0.2  # a cancel request that came before its statement is sent again
 CLIENT_CHECK_MS = 500  # server notices a waiter's vanished client this often (PG >= 14)
 
 # Server-side settings of every inturn session (all settable by any role).
@@ -502,13 +503,16 @@ class _Canceller:
     """Sends a cancel request for the statement running on ``conn`` if ``token`` fires.
 
     The request is sent under a lock that the waiter takes as soon as its statement ends,
-    so a late cancel can never hit the session's next statement.
+    so no cancel is sent once the session has moved on. A request that reaches the server
+    before the statement does cancels nothing, so it is sent again, every
+    ``CANCEL_AGAIN_AFTER`` seconds, until the statement has ended.
     """
 
     def __init__(self, conn: Connection, token: CancelToken) -> None:
         self.conn = conn
         self.token = token
         self.event = threading.Event()
+        self.ended = threading.Event()
         self.lock = threading.Lock()
         self.finished = False
         self._linked = token.linked(self.event)
@@ -518,13 +522,17 @@ class _Canceller:
 
     def _run(self) -> None:
         self.event.wait()
-        with self.lock:
-            if not self.finished:
+        while True:
+            with self.lock:
+                if self.finished:
+                    return
                 _cancel(self.conn)
+            self.ended.wait(CANCEL_AGAIN_AFTER)
 
     def finish(self) -> None:
         with self.lock:
             self.finished = True
+        self.ended.set()
         self.event.set()
         self._linked.__exit__(None, None, None)
 
