@@ -323,7 +323,8 @@ def idle_load(kind: str, url: str, waiters: int, seconds: float) -> tuple[float,
 
 def measure(quick: bool = False) -> str:
     """Run every measure against one private server; a Markdown section."""
-    from inturn.redis_backend import DEFAULT_LEASE, WAKE_AFTER_EXPIRY_MS
+    from inturn.backends.redis.address import DEFAULT_LEASE
+    from inturn.backends.redis.store import WAKE_AFTER_EXPIRY_MS
 
     rounds = {"inturn": 40, "python-redis-lock": 40, "redis-py": 20}
     trials, seconds, waiters = (3, QUIET_SECONDS, IDLE_WAITERS)

@@ -11,4 +11,5 @@ python3 -m venv .venv
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+.venv/bin/mypy --platform win32
 .venv/bin/python -m pytest -n auto "$@"

@@ -11,9 +11,17 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 
+from inturn.backends.base import (
+    CancelToken,
+    GuardTaken,
+    LineStore,
+    Membership,
+    Patience,
+    View,
+    Woke,
+)
 from inturn.errors import Cancelled
 from inturn.records import Ticket
-from inturn.store import CancelToken, GuardTaken, LineStore, Membership, Patience, View, Woke
 
 
 class World:

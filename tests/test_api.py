@@ -161,4 +161,4 @@ def test_any_name_takes_turns_and_reads_back(tmp_path_factory, name):
     line = inturn.Line(name, directory=str(folder))
     with line.acquire() as held:
         assert [t.number for t in line.status().holders] == [held.ticket]
-    assert inturn.posix.FolderBackend(directory=str(folder)).names() == [name]
+    assert inturn.backends.posix.PosixBackend(directory=str(folder)).names() == [name]

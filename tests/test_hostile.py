@@ -11,7 +11,7 @@ import warnings
 import pytest
 
 import inturn
-from inturn.posix import FolderBackend, prepare_root
+from inturn.backends.posix import PosixBackend, prepare_root
 from inturn.records import InturnWarning
 
 from conftest import one_line_error, run_cli
@@ -134,7 +134,7 @@ def test_names_are_listed_back_exactly(lines_dir):
     names = ["nightly", "Nightly", "../../etc/passwd", "a/b", "x" * 300, "名前 with spaces", "\x00"]
     for name in names:
         inturn.Line(name).acquire().release()
-    backend = FolderBackend(directory=str(lines_dir))
+    backend = PosixBackend(directory=str(lines_dir))
     assert backend.names() == sorted(names)
     assert all("/" not in p.name for p in lines_dir.iterdir())
     assert {p.parent for p in lines_dir.rglob("*")} <= {lines_dir, *lines_dir.iterdir()}

@@ -322,10 +322,10 @@ def test_hostile_names_are_just_names(pg_url):
             status = line.status()
             assert status.name == name and [t.pid for t in status.holders] == [os.getpid()]
             tickets[name] = held.ticket
-    from inturn.postgres import PostgresLine
+    from inturn.backends.postgres import PostgresStore
 
     store = inturn.Line("nightly", backend=pg_url).store
-    assert isinstance(store, PostgresLine)
+    assert isinstance(store, PostgresStore)
     assert store.backend.names() == sorted(HOSTILE)
     result = run_cli("run", "--no-wait", HOSTILE[0], "--", "true")
     assert result.returncode == 0

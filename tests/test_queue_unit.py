@@ -9,9 +9,9 @@ import pytest
 from memory_store import MemoryStore, World
 
 import inturn
+from inturn.backends.base import Patience
 from inturn.queue import Held, Holdings, Progress, give_back, take_turn
 from inturn.records import Ticket
-from inturn.store import Patience
 
 WAIT = 60.0  # how long a test waits for a thread it expects to finish (a hang fails)
 

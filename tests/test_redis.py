@@ -214,10 +214,10 @@ def test_hostile_names_are_data_never_keys(place):
         with inturn.turn(name) as held:
             status = inturn.Line(name).status()
             assert [t.number for t in status.holders] == [held.ticket]
-    from inturn.redis_backend import RedisLine
+    from inturn.backends.redis import RedisStore
 
     store = inturn.Line("x").store
-    assert isinstance(store, RedisLine)
+    assert isinstance(store, RedisStore)
     assert store.backend.names() == sorted(HOSTILE)
     assert all(name not in key for key in place.stored_keys() for name in HOSTILE if len(name) > 1)
     # Names that differ only in case are different lines.
@@ -260,7 +260,7 @@ def test_bad_url_parameters_are_one_clear_line(query, message):
 
 
 def test_the_url_keeps_inturns_parameters_and_hides_the_password():
-    from inturn.redis_backend import parse_address
+    from inturn.backends.redis.address import parse_address
 
     address = parse_address("rediss://me:pw@[::1]:7000/3?lease=2.5&prefix=ops&socket_timeout=9")
     assert address.where == "rediss://[::1]:7000/3?prefix=ops"

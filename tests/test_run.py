@@ -662,7 +662,7 @@ def test_inturn_run_imports_nothing_it_does_not_need(lines_dir):
         for row in result.stderr.splitlines()
         if row.startswith("import time:")
     }
-    assert "inturn.child" in imported
+    assert "inturn.cli.child_posix" in imported
     assert not imported & {"ctypes", "asyncio", "inspect", "psycopg", "redis"}
 
 

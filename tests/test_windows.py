@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -380,7 +378,7 @@ def test_status_json_lists_holders_then_waiters(win: Win) -> None:
 
 NAMES_SCRIPT = """
 import json, sys, inturn
-from inturn.windows import WindowsBackend
+from inturn.backends.windows import WindowsBackend
 names = json.loads(bytes.fromhex(sys.argv[1]).decode('utf-8', 'surrogatepass'))
 for name in names:
     line = inturn.Line(name)
@@ -476,11 +474,11 @@ def test_a_wait_on_more_tickets_than_one_kernel_wait_holds(win: Win) -> None:
 WITHOUT_GLOBAL_PRIVILEGE = """
 import ctypes, sys
 from ctypes import wintypes as t
-from inturn import windows
+from inturn import win32
 from inturn.cli import main
 advapi32 = ctypes.WinDLL('advapi32', use_last_error=True)
 token = ctypes.c_void_p()
-process = ctypes.c_void_p(windows._GetCurrentProcess())
+process = ctypes.c_void_p(win32.GetCurrentProcess())
 assert advapi32.OpenProcessToken(process, 0x28, ctypes.byref(token))
 luid = (t.DWORD * 2)()
 assert advapi32.LookupPrivilegeValueW(None, 'SeCreateGlobalPrivilege', luid)
@@ -488,7 +486,7 @@ removed = (t.DWORD * 4)(1, luid[0], luid[1], 0x4)
 advapi32.AdjustTokenPrivileges.argtypes = [ctypes.c_void_p, t.BOOL, ctypes.c_void_p] + [
     ctypes.c_void_p] * 3
 assert advapi32.AdjustTokenPrivileges(token, False, removed, 0, None, None)
-assert not windows.has_global_privilege()
+assert not win32.has_global_privilege()
 where = ['--machine', '--dir', sys.argv[1]]
 print('status', main(['status', *where, 'shared']), flush=True)
 print('run', main(['run', *where, 'shared', '--', sys.executable, '-c', 'pass']), flush=True)
@@ -505,20 +503,3 @@ def test_machine_lines_without_the_privilege_say_so(win: Win) -> None:
     code, _, err = win.run("-m", "inturn", "run", "--machine", "--dir", folder, "shared", "--",
                            win.python, "-c", "pass")  # fmt: skip
     assert code == 0, err
-
-
-def test_type_checks_as_windows_code() -> None:
-    """The Windows module is only type-checked as Windows code: check it so, here too."""
-    mypy = shutil.which("mypy", path=os.path.dirname(sys.executable)) or shutil.which("mypy")
-    if mypy is None:
-        pytest.skip("mypy is not installed (pip install -e '.[test]')")
-    cache = Path.home() / ".cache" / "inturn-tests" / "mypy-win32"
-    result = subprocess.run(
-        [mypy, "--platform", "win32", "--cache-dir", str(cache), "src/inturn/windows.py"],
-        cwd=HERE.parent,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr

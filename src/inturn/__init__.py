@@ -1,10 +1,10 @@
 """inturn: make processes take turns, first come, first served, and crash-safe."""
 
+from .backends.base import CancelToken
 from .errors import BackendError, Busy, Cancelled, InturnError, LostTurn, Timeout, UsageError
 from .line import Line, Turn, acquire_async, single_instance, turn
 from .queue import Progress
 from .records import InturnWarning, LineStatus, Ticket
-from .store import CancelToken
 
 __all__ = [
     "BackendError",

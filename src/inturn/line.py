@@ -9,10 +9,10 @@ from types import TracebackType
 from typing import Any, TypeVar, cast
 
 from .backends import open_backend
+from .backends.base import Backend, CancelToken, LineStore, Membership
 from .names import check_name
 from .queue import HOLDINGS, ProgressCallback, give_back, take_turn
 from .records import LineStatus, Ticket
-from .store import Backend, CancelToken, LineStore, Membership
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -19,10 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from .errors import Busy, InturnError, Timeout
-from .forks import forget_after_fork
-from .records import Ticket, own_ticket_fields
-from .store import (
+from .backends.base import (
     BUSY_PATIENCE,
     CancelToken,
     GuardTaken,
@@ -32,6 +29,9 @@ from .store import (
     View,
     pause,
 )
+from .errors import Busy, InturnError, Timeout
+from .forks import forget_after_fork
+from .records import Ticket, own_ticket_fields
 
 
 class Progress(NamedTuple):

@@ -16,8 +16,8 @@ import os
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from .records import warn
-from .store import check_scope
+from ..records import warn
+from .base import check_scope
 
 TICKET = ".ticket"
 MARKER = ".abandoned"

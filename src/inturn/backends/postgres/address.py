@@ -23,10 +23,10 @@ from urllib.parse import quote, unquote
 from psycopg import conninfo as libpq_conninfo
 from psycopg import errors as pg_errors
 
-from .durations import seconds_parameter
-from .errors import UsageError
-from .postgres_sql import DEFAULT_SCHEMA, check_schema
-from .records import this_host
+from ...durations import seconds_parameter
+from ...errors import UsageError
+from ...records import this_host
+from .statements import DEFAULT_SCHEMA, check_schema
 
 # Client side: TCP keepalives notice a vanished server on an idle or blocked connection
 # (libpq ``keepalives_*``), and ``tcp_user_timeout`` bounds how long sent data may stay

@@ -26,13 +26,36 @@ import fcntl
 import json
 import os
 import stat
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 
-from .errors import BackendError, Cancelled
-from .forks import forget_after_fork
-from .layout import (
+from ..errors import BackendError, Cancelled
+from ..forks import forget_after_fork
+from ..names import names_in, safe_file_name
+from ..records import (
+    MAX_RECORD_BYTES,
+    LineStatus,
+    Ticket,
+    dumps_line,
+    escape_controls,
+    parse_record,
+    this_user,
+    warn_once,
+)
+from .base import (
+    Backend,
+    CancelToken,
+    GuardTaken,
+    LineStore,
+    Membership,
+    Patience,
+    View,
+    Woke,
+    wait_woken,
+)
+from .folders import (
     COUNTER,
     NAME_FILE,
     Entries,
@@ -44,28 +67,8 @@ from .layout import (
     ticket_file,
     told_file,
 )
-from .names import names_in, safe_file_name
-from .records import (
-    MAX_RECORD_BYTES,
-    LineStatus,
-    Ticket,
-    dumps_line,
-    escape_controls,
-    parse_record,
-    this_user,
-    warn_once,
-)
-from .store import (
-    Backend,
-    CancelToken,
-    GuardTaken,
-    LineStore,
-    Membership,
-    Patience,
-    View,
-    Woke,
-    wait_woken,
-)
+
+assert sys.platform != "win32"  # the rest of this module is POSIX code
 
 SHM = "/dev/shm"
 
@@ -177,7 +180,7 @@ def prepare_root(path: str, scope: str, explicit: bool) -> None:
         )
 
 
-class FolderBackend(Backend):
+class PosixBackend(Backend):
     """Lines kept in a folder on this machine."""
 
     def __init__(self, scope: str = "user", directory: str | None = None) -> None:
@@ -189,8 +192,8 @@ class FolderBackend(Backend):
     def where(self) -> str:
         return self.root
 
-    def line(self, name: str) -> FolderLine:
-        return FolderLine(self, name)
+    def line(self, name: str) -> PosixStore:
+        return PosixStore(self, name)
 
     def names(self) -> list[str]:
         return names_in(self.root, _read_name)
@@ -389,8 +392,8 @@ class _GuardWait:
 # --------------------------------------------------------------------------- one line
 
 
-class FolderLine(LineStore):
-    def __init__(self, backend: FolderBackend, name: str) -> None:
+class PosixStore(LineStore):
+    def __init__(self, backend: PosixBackend, name: str) -> None:
         self.name = name
         self.scope = backend.scope
         self.folder = os.path.join(backend.root, safe_file_name(name))
@@ -938,7 +941,7 @@ class FolderLine(LineStore):
 
 
 @contextmanager
-def _os_errors(line: FolderLine) -> Iterator[None]:
+def _os_errors(line: PosixStore) -> Iterator[None]:
     """An unexpected system error (a full disk, too many open files) is one clear line."""
     try:
         yield

@@ -11,9 +11,9 @@ import threading
 import time
 from typing import TextIO
 
-from .line import Line
-from .queue import Progress
-from .records import Ticket
+from ..line import Line
+from ..queue import Progress
+from ..records import LineStatus, Ticket, escape_controls
 
 
 class WaitingDisplay:
@@ -60,8 +60,6 @@ class WaitingDisplay:
             self.holders = [t for t in records if t.holding] or self.holders
 
     def _draw(self) -> None:
-        from .cli import duration
-
         with self._lock:
             if self._stop.is_set():
                 return
@@ -83,3 +81,67 @@ class WaitingDisplay:
             if self._shown:
                 self.stream.write("\r\x1b[K")
                 self.stream.flush()
+
+
+def duration(seconds: float | None) -> str:
+    """``45s``, ``1m12s``, ``2h03m``: short enough for a status line."""
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def format_line(status: LineStatus, now: float) -> str:
+    name = escape_controls(status.name)
+    if not status.holders and not status.waiters:
+        return f"{name}: free (nobody holds or waits)"
+    rows: list[tuple[str, ...]] = [("#", "TICKET", "STATE", "PID", "USER", "HOST", "FOR", "CMD")]
+    for place, ticket in enumerate((*status.holders, *status.waiters), start=1):
+        rows.append(_row(place, ticket, now))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = [f"{name}: {len(status.holders)} holding, {len(status.waiters)} waiting"]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        lines.append("  " + "  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+def _row(place: int, ticket: Ticket, now: float) -> tuple[str, ...]:
+    state = "holding" if ticket.holding else "waiting"
+    since = ticket.acquired_at if ticket.holding else ticket.joined_at
+    return (
+        str(place),
+        str(ticket.number),
+        state,
+        str(ticket.pid) if ticket.pid is not None else "?",
+        escape_controls(ticket.user or "?"),
+        escape_controls(ticket.host or "?"),
+        duration(None if since is None else now - since),
+        escape_controls(" ".join(ticket.command)),
+    )
+
+
+def format_overview(statuses: list[LineStatus], where: str, now: float) -> str:
+    if not statuses:
+        return f"no lines in {escape_controls(where)}"
+    rows = [("LINE", "HOLDING", "WAITING", "HELD BY", "FOR")]
+    for status in statuses:
+        first = status.holders[0] if status.holders else None
+        held_for = None if first is None or first.acquired_at is None else now - first.acquired_at
+        rows.append(
+            (
+                escape_controls(status.name),
+                str(len(status.holders)),
+                str(len(status.waiters)),
+                first.describe() if first is not None else "-",
+                duration(held_for) if first is not None else "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )

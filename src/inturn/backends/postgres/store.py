@@ -39,7 +39,6 @@ import hashlib
 import json
 import math
 import os
-import select
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -52,17 +51,14 @@ from psycopg import errors as pg_errors
 from psycopg import pq
 from psycopg.rows import dict_row
 
-from .errors import BackendError, Cancelled, LostTurn
-from .forks import forget_after_fork
-from .names import decode, encode
-from .postgres_address import Address, connect_options, parse
-from .postgres_sql import Statements, fold, missing_grants, sql_identifier
-from .records import Ticket, warn
-from .store import (
+from ...errors import BackendError, Cancelled, LostTurn
+from ...forks import forget_after_fork
+from ...names import decode, encode
+from ...records import Ticket, warn
+from ..base import (
     Backend,
     CancelToken,
     LineStore,
-    LostSignal,
     Membership,
     Patience,
     View,
@@ -70,10 +66,10 @@ from .store import (
     check_scope,
     wait_woken,
 )
+from .address import Address, connect_options, parse
+from .membership import Connection, PostgresMembership
+from .statements import Statements, fold, missing_grants, sql_identifier
 
-PING_INTERVAL = 1.0
-PING_TIMEOUT = 3.0
-LOST_AFTER = PING_INTERVAL + PING_TIMEOUT
 RECONNECT_WINDOW = 60.0
 MAX_IDLE = 2  # connections kept open per process for the next ticket or status
 CANCEL_AGAIN_AFTER = 0.2  # a cancel request that came before its statement is sent again
@@ -93,7 +89,6 @@ SERVER_SETTINGS_14 = {
     "idle_session_timeout": "0",
 }
 
-Connection = psycopg.Connection[Any]
 T = TypeVar("T")
 
 
@@ -150,14 +145,14 @@ class PostgresBackend(Backend):
         self._ready = False
         self._role = ("", "")
         forget_after_fork(self)
-        self.give_back(self.connect())  # fail now, with a clear line, if it cannot work
+        self.put_back(self.connect())  # fail now, with a clear line, if it cannot work
 
     @property
     def where(self) -> str:
         return self.address.where
 
-    def line(self, name: str) -> PostgresLine:
-        return PostgresLine(self, name)
+    def line(self, name: str) -> PostgresStore:
+        return PostgresStore(self, name)
 
     def names(self) -> list[str]:
         rows = self.run(lambda conn: conn.execute(self.stmts.names).fetchall())
@@ -287,7 +282,7 @@ class PostgresBackend(Backend):
                 conn.close()
         return self.connect()
 
-    def give_back(self, conn: Connection) -> None:
+    def put_back(self, conn: Connection) -> None:
         """Keep a clean session for later, or close it."""
         with self._lock:
             self._check_fork()
@@ -310,12 +305,12 @@ class PostgresBackend(Backend):
                     raise self.translate(exc) from None
                 continue
             except psycopg.Error as exc:
-                self.give_back(conn)
+                self.put_back(conn)
                 raise self.translate(exc) from None
             except BaseException:
                 conn.close()
                 raise
-            self.give_back(conn)
+            self.put_back(conn)
             return result
         raise AssertionError("unreachable")
 
@@ -336,164 +331,6 @@ class PostgresBackend(Backend):
         for conn in idle:
             with suppress(Exception):
                 conn.close()
-
-
-# --------------------------------------------------------------------------- tickets
-
-
-class PgMembership(Membership):
-    """Our ticket: its session holds the ticket's lock; a watchdog watches it while we hold.
-
-    The watchdog sleeps in ``select`` on the session's socket: a server that ends the session
-    (``pg_terminate_backend``, a shutdown) sends its goodbye and closes, which wakes it at
-    once; when the socket stays quiet for ``PING_INTERVAL`` it sends ``SELECT 1`` and gives
-    the server ``PING_TIMEOUT`` to answer, which bounds how long a silent network goes
-    unnoticed.
-    """
-
-    def __init__(self, line: PostgresLine, number: int, conn: Connection, me: Ticket) -> None:
-        self.line = line
-        self.number = number
-        self.conn: Connection | None = conn
-        self.me = me
-        self.pid = os.getpid()
-        self.holding = False
-        self.handed_out = False
-        self.signal = LostSignal()
-        self._stop = threading.Event()
-        self._armed = threading.Event()  # set when the turn comes, or when the ticket leaves
-        self._wake_read, self._wake_write = os.pipe()
-        # Started now, while waiting, so that the hand-off does not wait for a new thread.
-        self._watchdog = threading.Thread(
-            target=self._watch, daemon=True, name="inturn-pg-watchdog"
-        )
-        self._watchdog.start()
-        forget_after_fork(self)
-
-    @property
-    def lost(self) -> bool:
-        return self.signal.lost
-
-    def on_lost(self, callback: Callable[[], None]) -> None:
-        self.signal.on_lost(callback)
-
-    def inheritable_handles(self) -> list[int]:
-        """The session's socket: a command that inherits it keeps the turn if we die."""
-        conn = self.conn
-        if conn is None or conn.closed:
-            return []
-        self.handed_out = True
-        return [conn.fileno()]
-
-    def start_watchdog(self) -> None:
-        self.holding = True
-        self._armed.set()
-
-    def _watch(self) -> None:
-        try:
-            self._armed.wait()
-            while not self._stop.is_set():
-                conn = self.conn
-                if conn is None or conn.closed:
-                    return
-                try:
-                    ready, _, _ = select.select(
-                        [conn.pgconn.socket, self._wake_read], [], [], PING_INTERVAL
-                    )
-                except (OSError, ValueError, psycopg.Error):
-                    ready = [-1]
-                if self._stop.is_set():
-                    return
-                if not conn.lock.acquire(blocking=False):
-                    self._stop.wait(0.05)  # the owner is using the session: proof enough
-                    continue
-                try:
-                    if self._stop.is_set():
-                        return
-                    alive = _still_open(conn.pgconn) if ready else _ping(conn.pgconn, PING_TIMEOUT)
-                finally:
-                    conn.lock.release()
-                if not alive:
-                    self._declare_lost()
-                    return
-        finally:
-            for fd in (self._wake_read, self._wake_write):
-                with suppress(OSError):
-                    os.close(fd)
-
-    def _declare_lost(self) -> None:
-        if self._stop.is_set():
-            return
-        self.signal.declare()
-        conn = self.conn
-        if conn is not None:
-            with suppress(Exception):
-                conn.close()
-
-    def stop_watchdog(self) -> None:
-        """From now on the watchdog leaves the session alone (it checks before each look)."""
-        self._stop.set()
-        self._armed.set()
-        with suppress(OSError):
-            os.write(self._wake_write, b"x")
-
-    def join_watchdog(self) -> None:
-        if self._watchdog is not threading.current_thread():
-            self._watchdog.join(PING_TIMEOUT + 1)
-
-    def after_fork_in_child(self) -> None:
-        """In a forked child: the turn stays with the parent; never touch its session.
-
-        The watchdog thread was not copied into the child, and the parent's events may have
-        been mid-use when it forked: fresh ones say "stopped" without touching the old.
-        """
-        self.conn = None
-        self.signal = LostSignal()
-        self._stop, self._armed = threading.Event(), threading.Event()
-        self._stop.set()
-        self._armed.set()
-        self._watchdog = threading.current_thread()
-
-
-def _still_open(pgconn: pq.abc.PGconn) -> bool:
-    """Whether a session whose socket turned readable while idle is still there: a server
-    that ends a session says so and closes the socket."""
-    try:
-        pgconn.consume_input()
-    except (psycopg.Error, OSError):
-        return False
-    return bool(pgconn.status == pq.ConnStatus.OK)
-
-
-def _ping(pgconn: pq.abc.PGconn, timeout: float) -> bool:
-    """``SELECT 1`` with a deadline, at the libpq level (psycopg's calls wait forever)."""
-    deadline = time.monotonic() + timeout
-    try:
-        pgconn.send_query(b"SELECT 1")
-        while pgconn.flush():
-            if not _ready(pgconn.socket, deadline, write=True):
-                return False
-        ok = True
-        while True:
-            pgconn.consume_input()
-            while not pgconn.is_busy():
-                result = pgconn.get_result()
-                if result is None:
-                    return ok
-                ok = ok and result.status == pq.ExecStatus.TUPLES_OK
-            if not _ready(pgconn.socket, deadline):
-                return False
-    except (psycopg.Error, OSError, ValueError):
-        return False
-
-
-def _ready(fd: int, deadline: float, write: bool = False) -> bool:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        return False
-    sets: tuple[list[int], list[int]] = ([], [fd]) if write else ([fd], [])
-    readable, writable, _ = select.select(sets[0], sets[1], [], remaining)
-    return bool(readable or writable)
 
 
 # --------------------------------------------------------------------------- waiting
@@ -580,7 +417,7 @@ class _Watch:
                 _cancel(self.conn)
         self.thread.join(10)
         if self.clean and not self.cancelled:
-            self.backend.give_back(self.conn)
+            self.backend.put_back(self.conn)
         else:
             with suppress(Exception):
                 self.conn.close()
@@ -589,7 +426,7 @@ class _Watch:
 # --------------------------------------------------------------------------- one line
 
 
-class PostgresLine(LineStore):
+class PostgresStore(LineStore):
     remote = True
 
     def __init__(self, backend: PostgresBackend, name: str) -> None:
@@ -610,7 +447,7 @@ class PostgresLine(LineStore):
     def _query(self, me: Membership | None, work: Callable[[Connection], T]) -> T:
         """Run ``work`` on ``me``'s own session (its ticket's, so that a waiter's queries
         never need a second connection), or on a borrowed one for an observer."""
-        member = me if isinstance(me, PgMembership) and me.pid == os.getpid() else None
+        member = me if isinstance(me, PostgresMembership) and me.pid == os.getpid() else None
         if member is None:
             return self.backend.run(work)
         for attempt in (1, 2, 3):
@@ -650,7 +487,7 @@ class PostgresLine(LineStore):
 
     # -- LineStore
 
-    def join(self, me: Ticket, patience: Patience) -> tuple[PgMembership, View | None]:
+    def join(self, me: Ticket, patience: Patience) -> tuple[PostgresMembership, View | None]:
         conn = self.backend.borrow()
         try:
             number = self._join_on(conn, me)
@@ -659,7 +496,7 @@ class PostgresLine(LineStore):
             if isinstance(exc, psycopg.Error):
                 raise self.backend.translate(exc) from None
             raise
-        return PgMembership(self, number, conn, me), None
+        return PostgresMembership(number, conn, me), None
 
     def _join_on(self, conn: Connection, me: Ticket) -> int:
         line_id = self._line(conn)
@@ -677,7 +514,9 @@ class PostgresLine(LineStore):
             f"{self.stmts.cls} in pg_locks?"
         )
 
-    def _rejoin(self, member: PgMembership, deadline: float | None, cause: BaseException) -> bool:
+    def _rejoin(
+        self, member: PostgresMembership, deadline: float | None, cause: BaseException
+    ) -> bool:
         """Our session died while waiting: its place is gone, so take a new ticket.
 
         Returns False when ``deadline`` passed first; raises when the server stays away for
@@ -761,14 +600,14 @@ class PostgresLine(LineStore):
     ) -> Woke | None:
         if not numbers:
             return Woke()
-        assert isinstance(me, PgMembership)
+        assert isinstance(me, PostgresMembership)
         if len(numbers) == 1 and me.conn is not None and me.pid == os.getpid():
             return self._wait_own(me, numbers[0], timeout, cancel)
         return Woke() if self._wait_watches(numbers, timeout, cancel) else None
 
     def _wait_own(
         self,
-        member: PgMembership,
+        member: PostgresMembership,
         number: int,
         timeout: float | None,
         cancel: CancelToken | None,
@@ -827,7 +666,7 @@ class PostgresLine(LineStore):
                 watch.stop()
 
     def mark_acquired(self, me: Membership, when: float) -> None:
-        assert isinstance(me, PgMembership)
+        assert isinstance(me, PostgresMembership)
         conn = me.conn
         if conn is None or conn.closed:
             raise LostTurn(f"lost the connection to {self.where} as the turn came")
@@ -856,7 +695,7 @@ class PostgresLine(LineStore):
         return self._query(me, work)
 
     def leave(self, me: Membership) -> None:
-        assert isinstance(me, PgMembership)
+        assert isinstance(me, PostgresMembership)
         me.stop_watchdog()
         conn, me.conn = me.conn, None
         if conn is None or me.pid != os.getpid() or conn.closed:
@@ -870,7 +709,7 @@ class PostgresLine(LineStore):
                 pass  # closing the session below frees the lock all the same
         me.join_watchdog()  # the next in line is already on its way
         if clean and not me.lost and not me.handed_out:
-            self.backend.give_back(conn)
+            self.backend.put_back(conn)
         else:
             with suppress(Exception):
                 conn.close()

@@ -27,7 +27,6 @@ name goes into an object name, so any Unicode name maps to a legal one (no ``\\`
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import ctypes
 import hashlib
@@ -35,18 +34,27 @@ import json
 import msvcrt
 import os
 import secrets
-import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from ctypes import wintypes
-from typing import Any
 
-from .errors import BackendError, Cancelled, UsageError
-from .layout import (
+from .. import win32
+from ..errors import BackendError, Cancelled
+from ..names import names_in, safe_file_name
+from ..records import MAX_RECORD_BYTES, LineStatus, Ticket, dumps_line, parse_record, warn_once
+from .base import (
+    Backend,
+    CancelToken,
+    GuardTaken,
+    LineStore,
+    Membership,
+    Patience,
+    View,
+    Woke,
+)
+from .folders import (
     COUNTER,
     NAME_FILE,
     Entries,
@@ -58,282 +66,8 @@ from .layout import (
     ticket_file,
     told_file,
 )
-from .names import names_in, safe_file_name
-from .records import MAX_RECORD_BYTES, LineStatus, Ticket, dumps_line, parse_record, warn_once
-from .store import (
-    Backend,
-    CancelToken,
-    GuardTaken,
-    LineStore,
-    Membership,
-    Patience,
-    View,
-    Woke,
-)
 
 assert sys.platform == "win32"  # the rest of this module is Windows code
-
-
-# --------------------------------------------------------------------------- Win32 constants
-
-INFINITE = 0xFFFFFFFF
-WAIT_OBJECT_0 = 0x000
-WAIT_ABANDONED_0 = 0x080
-WAIT_TIMEOUT = 0x102
-WAIT_FAILED = 0xFFFFFFFF
-MAXIMUM_WAIT_OBJECTS = 64
-
-ERROR_FILE_NOT_FOUND = 2
-ERROR_PATH_NOT_FOUND = 3
-ERROR_ACCESS_DENIED = 5
-ERROR_INVALID_HANDLE = 6
-ERROR_SHARING_VIOLATION = 32
-ERROR_FILE_EXISTS = 80
-ERROR_ALREADY_EXISTS = 183
-
-SYNCHRONIZE = 0x00100000
-MUTEX_MODIFY_STATE = 0x0001
-GENERIC_READ = 0x80000000
-GENERIC_WRITE = 0x40000000
-FILE_SHARE_ALL = 0x1 | 0x2 | 0x4  # read, write, delete: others may rename or delete our files
-CREATE_NEW = 1
-OPEN_EXISTING = 3
-OPEN_ALWAYS = 4
-FILE_ATTRIBUTE_NORMAL = 0x80
-FILE_ATTRIBUTE_REPARSE_POINT = 0x400
-INVALID_HANDLE_VALUE = ctypes.c_void_p(-1).value
-
-CTRL_C_EVENT = 0
-CTRL_BREAK_EVENT = 1
-
-SE_FILE_OBJECT = 1
-OWNER_SECURITY_INFORMATION = 0x1
-
-TOKEN_QUERY = 0x0008
-TOKEN_USER_CLASS = 1
-TOKEN_PRIVILEGES_CLASS = 3
-
-CREATE_SUSPENDED = 0x00000004
-PROCESS_TERMINATE = 0x0001
-PROCESS_SET_QUOTA = 0x0100
-PROCESS_QUERY_INFORMATION = 0x0400
-PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
-THREAD_SUSPEND_RESUME = 0x0002
-TH32CS_SNAPTHREAD = 0x00000004
-JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE = 0x00002000
-JOB_OBJECT_LIMIT_SILENT_BREAKAWAY_OK = 0x00001000
-JOB_BASIC_PROCESS_ID_LIST = 3
-JOB_EXTENDED_LIMIT_INFORMATION = 9
-
-# --------------------------------------------------------------------------- bindings
-
-_kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
-_advapi32 = ctypes.WinDLL("advapi32", use_last_error=True)
-HANDLE = ctypes.c_void_p
-_HANDLER_ROUTINE = ctypes.WINFUNCTYPE(wintypes.BOOL, wintypes.DWORD)
-
-
-def _bind(dll: ctypes.WinDLL, name: str, restype: Any, *argtypes: Any) -> Any:
-    function = getattr(dll, name)
-    function.restype = restype
-    function.argtypes = argtypes
-    return function
-
-
-# Short names for the argument types, so each binding reads like its C prototype.
-_H, _P, _BOOL, _DWORD, _WSTR = (
-    HANDLE,
-    ctypes.c_void_p,
-    wintypes.BOOL,
-    wintypes.DWORD,
-    wintypes.LPCWSTR,
-)
-
-_CreateMutexW = _bind(_kernel32, "CreateMutexW", _H, _P, _BOOL, _WSTR)
-_OpenMutexW = _bind(_kernel32, "OpenMutexW", _H, _DWORD, _BOOL, _WSTR)
-_ReleaseMutex = _bind(_kernel32, "ReleaseMutex", _BOOL, _H)
-_CloseHandle = _bind(_kernel32, "CloseHandle", _BOOL, _H)
-_CreateEventW = _bind(_kernel32, "CreateEventW", _H, _P, _BOOL, _BOOL, _WSTR)
-_SetEvent = _bind(_kernel32, "SetEvent", _BOOL, _H)
-_ResetEvent = _bind(_kernel32, "ResetEvent", _BOOL, _H)
-_WaitForSingleObject = _bind(_kernel32, "WaitForSingleObject", _DWORD, _H, _DWORD)
-_WaitForMultipleObjects = _bind(
-    _kernel32, "WaitForMultipleObjects", _DWORD, _DWORD, ctypes.POINTER(_H), _BOOL, _DWORD
-)
-_SetConsoleCtrlHandler = _bind(_kernel32, "SetConsoleCtrlHandler", _BOOL, _HANDLER_ROUTINE, _BOOL)
-_CreateFileW = _bind(_kernel32, "CreateFileW", _H, _WSTR, _DWORD, _DWORD, _P, _DWORD, _DWORD, _H)
-_CreateDirectoryW = _bind(_kernel32, "CreateDirectoryW", _BOOL, _WSTR, _P)
-_GetCurrentProcess = _bind(_kernel32, "GetCurrentProcess", _H)
-_OpenProcess = _bind(_kernel32, "OpenProcess", _H, _DWORD, _BOOL, _DWORD)
-_OpenThread = _bind(_kernel32, "OpenThread", _H, _DWORD, _BOOL, _DWORD)
-_ResumeThread = _bind(_kernel32, "ResumeThread", _DWORD, _H)
-_CreateToolhelp32Snapshot = _bind(_kernel32, "CreateToolhelp32Snapshot", _H, _DWORD, _DWORD)
-_CreateJobObjectW = _bind(_kernel32, "CreateJobObjectW", _H, _P, _WSTR)
-_SetInformationJobObject = _bind(
-    _kernel32, "SetInformationJobObject", _BOOL, _H, ctypes.c_int, _P, _DWORD
-)
-_QueryInformationJobObject = _bind(
-    _kernel32, "QueryInformationJobObject", _BOOL, _H, ctypes.c_int, _P, _DWORD, _P
-)
-_AssignProcessToJobObject = _bind(_kernel32, "AssignProcessToJobObject", _BOOL, _H, _H)
-_TerminateJobObject = _bind(_kernel32, "TerminateJobObject", _BOOL, _H, wintypes.UINT)
-_IsProcessInJob = _bind(_kernel32, "IsProcessInJob", _BOOL, _H, _H, ctypes.POINTER(_BOOL))
-_LocalFree = _bind(_kernel32, "LocalFree", _H, _H)
-_GetSecurityInfo = _bind(
-    _advapi32, "GetSecurityInfo", _DWORD, _H, ctypes.c_int, _DWORD, _P, _P, _P, _P, _P
-)
-_LookupAccountSidW = _bind(_advapi32, "LookupAccountSidW", _BOOL, _WSTR, _P, _P, _P, _P, _P, _P)
-_OpenProcessToken = _bind(_advapi32, "OpenProcessToken", _BOOL, _H, _DWORD, ctypes.POINTER(_H))
-_GetTokenInformation = _bind(
-    _advapi32, "GetTokenInformation", _BOOL, _H, ctypes.c_int, _P, _DWORD, ctypes.POINTER(_DWORD)
-)
-_ConvertSidToStringSidW = _bind(
-    _advapi32, "ConvertSidToStringSidW", _BOOL, _P, ctypes.POINTER(wintypes.LPWSTR)
-)
-_LookupPrivilegeValueW = _bind(_advapi32, "LookupPrivilegeValueW", _BOOL, _WSTR, _WSTR, _P)
-_ConvertSddl = _bind(
-    _advapi32,
-    "ConvertStringSecurityDescriptorToSecurityDescriptorW",
-    _BOOL,
-    _WSTR,
-    _DWORD,
-    ctypes.POINTER(_P),
-    _P,
-)
-
-
-class _SecurityAttributes(ctypes.Structure):
-    _fields_ = [
-        ("nLength", wintypes.DWORD),
-        ("lpSecurityDescriptor", ctypes.c_void_p),
-        ("bInheritHandle", wintypes.BOOL),
-    ]
-
-
-class _ThreadEntry(ctypes.Structure):
-    _fields_ = [
-        ("dwSize", wintypes.DWORD),
-        ("cntUsage", wintypes.DWORD),
-        ("th32ThreadID", wintypes.DWORD),
-        ("th32OwnerProcessID", wintypes.DWORD),
-        ("tpBasePri", wintypes.LONG),
-        ("tpDeltaPri", wintypes.LONG),
-        ("dwFlags", wintypes.DWORD),
-    ]
-
-
-_Thread32First = _bind(_kernel32, "Thread32First", _BOOL, _H, ctypes.POINTER(_ThreadEntry))
-_Thread32Next = _bind(_kernel32, "Thread32Next", _BOOL, _H, ctypes.POINTER(_ThreadEntry))
-
-
-class _JobBasicLimits(ctypes.Structure):
-    _fields_ = [
-        ("PerProcessUserTimeLimit", ctypes.c_int64),
-        ("PerJobUserTimeLimit", ctypes.c_int64),
-        ("LimitFlags", wintypes.DWORD),
-        ("MinimumWorkingSetSize", ctypes.c_size_t),
-        ("MaximumWorkingSetSize", ctypes.c_size_t),
-        ("ActiveProcessLimit", wintypes.DWORD),
-        ("Affinity", ctypes.c_size_t),
-        ("PriorityClass", wintypes.DWORD),
-        ("SchedulingClass", wintypes.DWORD),
-    ]
-
-
-class _JobExtendedLimits(ctypes.Structure):
-    _fields_ = [
-        ("BasicLimitInformation", _JobBasicLimits),
-        ("IoInfo", ctypes.c_uint64 * 6),
-        ("ProcessMemoryLimit", ctypes.c_size_t),
-        ("JobMemoryLimit", ctypes.c_size_t),
-        ("PeakProcessMemoryUsed", ctypes.c_size_t),
-        ("PeakJobMemoryUsed", ctypes.c_size_t),
-    ]
-
-
-_JOB_LIST_CAPACITY = 1024
-
-
-class _JobProcessIds(ctypes.Structure):
-    _fields_ = [
-        ("NumberOfAssignedProcesses", wintypes.DWORD),
-        ("NumberOfProcessIdsInList", wintypes.DWORD),
-        ("ProcessIdList", ctypes.c_size_t * _JOB_LIST_CAPACITY),
-    ]
-
-
-def _last_error() -> int:
-    return ctypes.get_last_error()
-
-
-def _os_error(what: str, code: int | None = None) -> OSError:
-    code = _last_error() if code is None else code
-    error = ctypes.WinError(code)
-    error.strerror = f"{what}: {error.strerror}"
-    return error
-
-
-def _close(handle: int | None) -> None:
-    if handle:
-        _CloseHandle(handle)
-
-
-# --------------------------------------------------------------------------- identity
-
-
-def user_sid() -> str:
-    """The calling user's SID (``S-1-5-21-...``), the per-user part of every object name."""
-    token = HANDLE()
-    if not _OpenProcessToken(_GetCurrentProcess(), TOKEN_QUERY, ctypes.byref(token)):
-        raise _os_error("cannot read this process's token")
-    try:
-        size = wintypes.DWORD()
-        _GetTokenInformation(token, TOKEN_USER_CLASS, None, 0, ctypes.byref(size))
-        buffer = ctypes.create_string_buffer(max(size.value, 64))
-        if not _GetTokenInformation(
-            token, TOKEN_USER_CLASS, buffer, len(buffer), ctypes.byref(size)
-        ):
-            raise _os_error("cannot read this process's user")
-        sid = ctypes.c_void_p.from_buffer(buffer).value  # TOKEN_USER starts with a PSID
-        text = wintypes.LPWSTR()
-        if not _ConvertSidToStringSidW(sid, ctypes.byref(text)):
-            raise _os_error("cannot format this process's user SID")
-        try:
-            return str(text.value)
-        finally:
-            _LocalFree(ctypes.cast(text, ctypes.c_void_p))
-    finally:
-        _close(token.value)
-
-
-def has_global_privilege() -> bool:
-    """Whether this process's token holds SeCreateGlobalPrivilege ("Create global objects").
-
-    Without it, a process in a user session cannot create objects in ``Global\\``
-    (learn.microsoft.com: "Kernel object namespaces"); services and administrators have it.
-    """
-    luid = (wintypes.DWORD * 2)()
-    if not _LookupPrivilegeValueW(None, "SeCreateGlobalPrivilege", luid):
-        return False
-    token = HANDLE()
-    if not _OpenProcessToken(_GetCurrentProcess(), TOKEN_QUERY, ctypes.byref(token)):
-        return False
-    try:
-        size = wintypes.DWORD()
-        _GetTokenInformation(token, TOKEN_PRIVILEGES_CLASS, None, 0, ctypes.byref(size))
-        buffer = ctypes.create_string_buffer(max(size.value, 16))
-        if not _GetTokenInformation(
-            token, TOKEN_PRIVILEGES_CLASS, buffer, len(buffer), ctypes.byref(size)
-        ):
-            return False
-        count = wintypes.DWORD.from_buffer(buffer).value
-        for index in range(count):  # LUID_AND_ATTRIBUTES: LowPart, HighPart, Attributes
-            low, high, _ = (wintypes.DWORD * 3).from_buffer(buffer, 4 + 12 * index)
-            if (low, high) == (luid[0], luid[1]):
-                return True
-        return False
-    finally:
-        _close(token.value)
 
 
 _PRIVILEGE_MESSAGE = (
@@ -343,29 +77,8 @@ _PRIVILEGE_MESSAGE = (
 )
 
 
-class _Security:
-    """A ``SECURITY_ATTRIBUTES`` built from SDDL, for objects other users must reach."""
-
-    def __init__(self, sddl: str) -> None:
-        self.descriptor = ctypes.c_void_p()
-        if not _ConvertSddl(sddl, 1, ctypes.byref(self.descriptor), None):
-            raise _os_error("cannot build a security descriptor")
-        self.attributes = _SecurityAttributes(
-            ctypes.sizeof(_SecurityAttributes), self.descriptor, False
-        )
-
-    @property
-    def pointer(self) -> Any:
-        return ctypes.byref(self.attributes)
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            if self.descriptor:
-                _LocalFree(self.descriptor)
-
-
-# Machine scope: every authenticated user may wait on a ticket (SYNCHRONIZE) and take and give
-# back the guard (plus MUTEX_MODIFY_STATE). In the shared folders every authenticated user may
+# Machine scope: every authenticated user may wait on a ticket (win32.SYNCHRONIZE) and take and give
+# back the guard (plus win32.MUTEX_MODIFY_STATE). In the shared folders every authenticated user may
 # list, create files and folders, and read files (0x1200af on folders, FR on files), and has
 # full control of what they created themselves (CREATOR OWNER), but may not change, rename or
 # delete another user's files: like a sticky folder on POSIX.
@@ -386,16 +99,16 @@ def _open_shared(path: str, *, write: bool, disposition: int) -> int:
     with a sharing violation; every file here is opened through this instead. Raises OSError
     carrying the Windows error code in ``winerror``.
     """
-    access = GENERIC_READ | (GENERIC_WRITE if write else 0)
-    handle = _CreateFileW(
-        path, access, FILE_SHARE_ALL, None, disposition, FILE_ATTRIBUTE_NORMAL, None
+    access = win32.GENERIC_READ | (win32.GENERIC_WRITE if write else 0)
+    handle = win32.CreateFileW(
+        path, access, win32.FILE_SHARE_ALL, None, disposition, win32.FILE_ATTRIBUTE_NORMAL, None
     )
-    if handle is None or handle == INVALID_HANDLE_VALUE:
-        raise _os_error(path)
+    if handle is None or handle == win32.INVALID_HANDLE_VALUE:
+        raise win32.os_error(path)
     try:
         return msvcrt.open_osfhandle(handle, os.O_RDWR if write else os.O_RDONLY)
     except BaseException:
-        _close(handle)
+        win32.close(handle)
         raise
 
 
@@ -409,9 +122,13 @@ def _read_owned(path: str, owner: bool) -> tuple[bytes, str | None] | None:
     """The start of ``path`` (as much as a record holds) and, if asked, the name of the file's
     owner; None when it is gone or being deleted."""
     try:
-        fd = _open_shared(path, write=False, disposition=OPEN_EXISTING)
+        fd = _open_shared(path, write=False, disposition=win32.OPEN_EXISTING)
     except OSError as exc:
-        if exc.winerror in (ERROR_FILE_NOT_FOUND, ERROR_PATH_NOT_FOUND, ERROR_ACCESS_DENIED):
+        if exc.winerror in (
+            win32.ERROR_FILE_NOT_FOUND,
+            win32.ERROR_PATH_NOT_FOUND,
+            win32.ERROR_ACCESS_DENIED,
+        ):
             return None  # gone, or delete-pending (a leaver removed it while someone read it)
         raise
     try:
@@ -430,22 +147,26 @@ def _owner_name(handle: int) -> str | None:
     """The account that owns an open file (``DOMAIN\\user`` or ``user``), as the system says."""
     sid = ctypes.c_void_p()
     descriptor = ctypes.c_void_p()
-    if _GetSecurityInfo(handle, SE_FILE_OBJECT, OWNER_SECURITY_INFORMATION, ctypes.byref(sid),
-                        None, None, None, ctypes.byref(descriptor)) != 0:  # fmt: skip
+    which = win32.OWNER_SECURITY_INFORMATION
+    found = win32.GetSecurityInfo(
+        handle, win32.SE_FILE_OBJECT, which, ctypes.byref(sid), None, None, None,
+        ctypes.byref(descriptor),
+    )  # fmt: skip
+    if found != 0:
         return None
     try:
         name = ctypes.create_unicode_buffer(256)
         domain = ctypes.create_unicode_buffer(256)
         name_size, domain_size, use = wintypes.DWORD(256), wintypes.DWORD(256), wintypes.DWORD()
-        if not _LookupAccountSidW(None, sid, name, ctypes.byref(name_size), domain,
+        if not win32.LookupAccountSidW(None, sid, name, ctypes.byref(name_size), domain,
                                   ctypes.byref(domain_size), ctypes.byref(use)):  # fmt: skip
             return None
         return f"{domain.value}\\{name.value}" if domain.value else name.value
     finally:
-        _LocalFree(descriptor)
+        win32.LocalFree(descriptor)
 
 
-def _make_folder(path: str, security: _Security | None) -> bool:
+def _make_folder(path: str, security: win32.Security | None) -> bool:
     """Create ``path`` (with ``security`` if given); False when it already exists."""
     if security is None:
         try:
@@ -453,12 +174,12 @@ def _make_folder(path: str, security: _Security | None) -> bool:
         except FileExistsError:
             return False
         return True
-    if _CreateDirectoryW(path, security.pointer):
+    if win32.CreateDirectoryW(path, security.pointer):
         return True
-    code = _last_error()
-    if code == ERROR_ALREADY_EXISTS:
+    code = win32.last_error()
+    if code == win32.ERROR_ALREADY_EXISTS:
         return False
-    raise _os_error(path, code)
+    raise win32.os_error(path, code)
 
 
 # --------------------------------------------------------------------------- folders
@@ -479,7 +200,7 @@ def default_root(scope: str) -> str:
 
 def prepare_root(path: str, scope: str, explicit: bool) -> None:
     """Create the lines folder if needed and check that it is a usable folder of ours."""
-    security = _Security(_MACHINE_FOLDER_SDDL) if scope == "machine" else None
+    security = win32.Security(_MACHINE_FOLDER_SDDL) if scope == "machine" else None
     try:
         if not os.path.lexists(path):
             parent = os.path.dirname(path)
@@ -493,7 +214,7 @@ def prepare_root(path: str, scope: str, explicit: bool) -> None:
         ) from None
     info = os.lstat(path)
     attributes = getattr(info, "st_file_attributes", 0)
-    if not explicit and attributes & FILE_ATTRIBUTE_REPARSE_POINT:
+    if not explicit and attributes & win32.FILE_ATTRIBUTE_REPARSE_POINT:
         raise BackendError(
             f"{path} is a link or junction, not a folder of inturn's: remove it "
             "(someone may be trying to redirect your lines) or set INTURN_DIR"
@@ -509,18 +230,18 @@ class WindowsBackend(Backend):
         self.root, explicit = resolve_root(scope, directory, default_root)
         self.scope = scope
         prepare_root(self.root, scope, explicit)
-        self.sid = user_sid()
+        self.sid = win32.user_sid()
         # A number for this user's own counter file on machine-wide lines.
         self.counter_id = int.from_bytes(hashlib.sha256(self.sid.encode()).digest()[:6], "big")
         if scope == "machine":
             self.namespace = "Global\\inturn.machine"
-            self.ticket_security: _Security | None = _Security(
+            self.ticket_security: win32.Security | None = win32.Security(
                 _MACHINE_TICKET_SDDL.format(sid=self.sid)
             )
-            self.guard_security: _Security | None = _Security(
+            self.guard_security: win32.Security | None = win32.Security(
                 _MACHINE_GUARD_SDDL.format(sid=self.sid)
             )
-            self.folder_security: _Security | None = _Security(_MACHINE_FOLDER_SDDL)
+            self.folder_security: win32.Security | None = win32.Security(_MACHINE_FOLDER_SDDL)
         else:
             self.namespace = f"Local\\inturn.{self.sid}"
             self.ticket_security = self.guard_security = self.folder_security = None
@@ -529,8 +250,8 @@ class WindowsBackend(Backend):
     def where(self) -> str:
         return self.root
 
-    def line(self, name: str) -> WindowsLine:
-        return WindowsLine(self, name)
+    def line(self, name: str) -> WindowsStore:
+        return WindowsStore(self, name)
 
     def names(self) -> list[str]:
         def recorded_name(folder: str) -> str | None:
@@ -569,7 +290,7 @@ class _Owner:
     abandoned only when the whole process dies.
     """
 
-    def __init__(self, name: str, security: _Security | None) -> None:
+    def __init__(self, name: str, security: win32.Security | None) -> None:
         self.name = name
         self.error = 0
         self._security = security
@@ -581,18 +302,18 @@ class _Owner:
 
     def _run(self) -> None:
         attributes = self._security.pointer if self._security is not None else None
-        handle = _CreateMutexW(attributes, True, self.name)
-        error = _last_error()
-        if not handle or error in (ERROR_ALREADY_EXISTS, ERROR_INVALID_HANDLE):
+        handle = win32.CreateMutexW(attributes, True, self.name)
+        error = win32.last_error()
+        if not handle or error in (win32.ERROR_ALREADY_EXISTS, win32.ERROR_INVALID_HANDLE):
             # Already there (a squatter or a leftover): not ours, and we do not own it.
-            self.error = error or ERROR_ALREADY_EXISTS
-            _close(handle)
+            self.error = error or win32.ERROR_ALREADY_EXISTS
+            win32.close(handle)
             self._ready.set()
             return
         self._ready.set()
         self._done.wait()
-        _ReleaseMutex(handle)
-        _CloseHandle(handle)
+        win32.ReleaseMutex(handle)
+        win32.CloseHandle(handle)
 
     @property
     def created(self) -> bool:
@@ -615,126 +336,6 @@ class WindowsMembership(Membership):
         self.closed = False
 
 
-# --------------------------------------------------------------------------- waiting
-
-
-class _KernelEvent(threading.Event):
-    """A ``threading.Event`` that also sets a Win32 event, so a cancel wakes a kernel wait."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.handle = _CreateEventW(None, True, False, None)
-        if not self.handle:
-            raise _os_error("cannot create an event")
-
-    def set(self) -> None:
-        super().set()
-        _SetEvent(self.handle)
-
-    def close(self) -> None:
-        _close(self.handle)
-        self.handle = None
-
-
-class _ConsoleEvents:
-    """Ctrl-C and Ctrl-Break for a main thread asleep in a kernel wait.
-
-    A console control handler runs on a thread the system creates for it, and handlers run
-    last-registered first (learn.microsoft.com: SetConsoleCtrlHandler, HandlerRoutine). While a
-    wait is armed, ours records the event and sets a kernel event that is part of the wait,
-    and answers TRUE so it is handled once; the waiting thread then raises the Python signal
-    itself, at a point where it owns no mutex. Events for signals Python does not handle
-    (``SIG_DFL``, ``SIG_IGN``) are left to the next handler, as if we were not there.
-
-    In ``child`` mode (``inturn run`` while the command runs) Ctrl-C and Ctrl-Break are
-    swallowed: the command shares our console and process group and gets them itself.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.handle = _CreateEventW(None, True, False, None)
-        self.mode = ""
-        self.pending: signal.Signals | None = None
-        self._callback = _HANDLER_ROUTINE(self._on_event)
-
-    def _on_event(self, event: int) -> int:
-        if event not in (CTRL_C_EVENT, CTRL_BREAK_EVENT):
-            return 0
-        signum = signal.SIGINT if event == CTRL_C_EVENT else signal.SIGBREAK
-        with self._lock:
-            if self.mode == "child":
-                _SetEvent(self.handle)
-                return 1
-            if self.mode != "wait" or not callable(signal.getsignal(signum)):
-                return 0
-            self.pending = signum
-            _SetEvent(self.handle)
-            return 1
-
-    @contextlib.contextmanager
-    def armed(self, mode: str) -> Iterator[int]:
-        """Handle console events as ``mode`` says for the ``with`` block; yields the event."""
-        with self._lock:
-            self.mode = mode
-            self.pending = None
-            _ResetEvent(self.handle)
-        registered = bool(_SetConsoleCtrlHandler(self._callback, True))
-        try:
-            yield self.handle
-        finally:
-            if registered:
-                _SetConsoleCtrlHandler(self._callback, False)
-            with self._lock:
-                self.mode = ""
-                late, self.pending = self.pending, None
-            if late is not None:
-                _run_handler(late)  # it came as the wait ended: not lost, handled here
-
-    def deliver(self) -> None:
-        """Run the Python handler of the recorded signal here (it may raise KeyboardInterrupt)."""
-        with self._lock:
-            signum, self.pending = self.pending, None
-            _ResetEvent(self.handle)
-        if signum is not None:
-            _run_handler(signum)
-
-
-def _run_handler(signum: signal.Signals) -> None:
-    """Run the Python handler of ``signum`` now, in this (main) thread, as if it had arrived."""
-    _thread.interrupt_main(signum)
-    ctypes.pythonapi.PyErr_CheckSignals()  # raises what the handler raises
-
-
-_console: _ConsoleEvents | None = None
-_console_lock = threading.Lock()
-
-
-def _console_events() -> _ConsoleEvents:
-    global _console
-    with _console_lock:
-        if _console is None:
-            _console = _ConsoleEvents()
-        return _console
-
-
-def _wait_handles(handles: Sequence[int], timeout_ms: int) -> int:
-    """``WaitForMultipleObjects`` on up to 64 handles, any one; the raw result."""
-    array = (HANDLE * len(handles))(*handles)
-    result = int(_WaitForMultipleObjects(len(handles), array, False, timeout_ms))
-    if result == WAIT_FAILED:
-        raise _os_error("cannot wait for the line")
-    return result
-
-
-def _signalled_index(result: int, count: int) -> int | None:
-    """Which handle ended the wait: ``WAIT_OBJECT_0 + i`` or ``WAIT_ABANDONED_0 + i``."""
-    if WAIT_OBJECT_0 <= result < WAIT_OBJECT_0 + count:
-        return result - WAIT_OBJECT_0
-    if WAIT_ABANDONED_0 <= result < WAIT_ABANDONED_0 + count:
-        return result - WAIT_ABANDONED_0
-    return None
-
-
 class _Fanout:
     """Watches more mutexes than one wait can hold (63 per helper thread) and sets one event.
 
@@ -743,10 +344,10 @@ class _Fanout:
     """
 
     def __init__(self, mutexes: Sequence[int]) -> None:
-        self.woken = _CreateEventW(None, True, False, None)
-        self.stop = _CreateEventW(None, True, False, None)
+        self.woken = win32.CreateEventW(None, True, False, None)
+        self.stop = win32.CreateEventW(None, True, False, None)
         self.threads = []
-        step = MAXIMUM_WAIT_OBJECTS - 1
+        step = win32.MAXIMUM_WAIT_OBJECTS - 1
         for start in range(0, len(mutexes), step):
             chunk = list(mutexes[start : start + step])
             thread = threading.Thread(target=self._watch, args=(chunk,), daemon=True)
@@ -754,22 +355,18 @@ class _Fanout:
             self.threads.append(thread)
 
     def _watch(self, chunk: list[int]) -> None:
-        result = _wait_handles([*chunk, self.stop], INFINITE)
-        index = _signalled_index(result, len(chunk) + 1)
+        result = win32.wait_handles([*chunk, self.stop], win32.INFINITE)
+        index = win32.signalled_index(result, len(chunk) + 1)
         if index is not None and index < len(chunk):
-            _ReleaseMutex(chunk[index])
-            _SetEvent(self.woken)
+            win32.ReleaseMutex(chunk[index])
+            win32.SetEvent(self.woken)
 
     def close(self) -> None:
-        _SetEvent(self.stop)
+        win32.SetEvent(self.stop)
         for thread in self.threads:
             thread.join()
-        _close(self.woken)
-        _close(self.stop)
-
-
-def _milliseconds(seconds: float) -> int:
-    return max(0, min(INFINITE - 1, int(seconds * 1000 + 0.999)))
+        win32.close(self.woken)
+        win32.close(self.stop)
 
 
 def wait_for_mutexes(
@@ -783,11 +380,11 @@ def wait_for_mutexes(
     here; a cancel sets a kernel event that is part of the same wait.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
-    kernel_cancel = _KernelEvent() if cancel is not None else None
-    fanout = _Fanout(mutexes) if len(mutexes) > MAXIMUM_WAIT_OBJECTS - 2 else None
+    kernel_cancel = win32.KernelEvent() if cancel is not None else None
+    fanout = _Fanout(mutexes) if len(mutexes) > win32.MAXIMUM_WAIT_OBJECTS - 2 else None
     watched = [fanout.woken] if fanout is not None else list(mutexes)
     on_main = threading.current_thread() is threading.main_thread()
-    console = _console_events() if on_main else None
+    console = win32.console_events() if on_main else None
     try:
         with contextlib.ExitStack() as stack:
             extras: list[int] = []
@@ -799,21 +396,21 @@ def wait_for_mutexes(
             handles = [*watched, *extras]
             while True:
                 if deadline is None:
-                    wait_ms = INFINITE
+                    wait_ms = win32.INFINITE
                 else:
-                    wait_ms = _milliseconds(deadline - time.monotonic())
-                result = _wait_handles(handles, wait_ms)
-                index = _signalled_index(result, len(handles))
+                    wait_ms = win32.milliseconds(deadline - time.monotonic())
+                result = win32.wait_handles(handles, wait_ms)
+                index = win32.signalled_index(result, len(handles))
                 if index is None:
-                    if result == WAIT_TIMEOUT and (
+                    if result == win32.WAIT_TIMEOUT and (
                         deadline is None or time.monotonic() >= deadline
                     ):
                         return None
                     continue
                 if index < len(watched):
                     if fanout is None:
-                        _ReleaseMutex(watched[index])
-                        return index, result < WAIT_ABANDONED_0
+                        win32.ReleaseMutex(watched[index])
+                        return index, result < win32.WAIT_ABANDONED_0
                     return 0, False
                 if kernel_cancel is not None and handles[index] == kernel_cancel.handle:
                     raise Cancelled(f"stopped waiting for line {line!r}")
@@ -829,7 +426,7 @@ def wait_for_mutexes(
 # --------------------------------------------------------------------------- one line
 
 
-class WindowsLine(LineStore):
+class WindowsStore(LineStore):
     def __init__(self, backend: WindowsBackend, name: str) -> None:
         self.name = name
         self.scope = backend.scope
@@ -909,24 +506,24 @@ class WindowsLine(LineStore):
         if self._guard_handle is None:
             name = self.object_name("guard")
             security = self.backend.guard_security
-            handle = _OpenMutexW(SYNCHRONIZE | MUTEX_MODIFY_STATE, False, name)
+            handle = win32.OpenMutexW(win32.SYNCHRONIZE | win32.MUTEX_MODIFY_STATE, False, name)
             if not handle:
                 attributes = security.pointer if security is not None else None
-                handle = _CreateMutexW(attributes, False, name)
+                handle = win32.CreateMutexW(attributes, False, name)
             if not handle:
-                raise BackendError(self._object_error("guard", _last_error()))
+                raise BackendError(self._object_error("guard", win32.last_error()))
             with self._open_lock:
                 if self._guard_handle is None:
                     self._guard_handle = handle
                 else:
-                    _close(handle)
+                    win32.close(handle)
         assert self._guard_handle is not None
         return self._guard_handle
 
     def _object_error(self, what: str, code: int) -> str:
-        if code == ERROR_ACCESS_DENIED and self.scope == "machine":
+        if code == win32.ERROR_ACCESS_DENIED and self.scope == "machine":
             return _PRIVILEGE_MESSAGE
-        if code == ERROR_ACCESS_DENIED:
+        if code == win32.ERROR_ACCESS_DENIED:
             return f"access denied to the {what} of line {self.name!r}: someone else created it"
         return f"cannot use the {what} of line {self.name!r}: {ctypes.FormatError(code)}"
 
@@ -941,32 +538,32 @@ class WindowsLine(LineStore):
         handle = self._guard_mutex()
         remaining = patience.remaining()
         if remaining is None and patience.cancel is None:
-            result = _WaitForSingleObject(handle, INFINITE)
+            result = win32.WaitForSingleObject(handle, win32.INFINITE)
         else:
             result = self._wait_guard(handle, remaining, patience.cancel)
-        if result not in (WAIT_OBJECT_0, WAIT_ABANDONED_0):
-            raise _os_error(f"cannot take the guard of line {self.name!r}")
+        if result not in (win32.WAIT_OBJECT_0, win32.WAIT_ABANDONED_0):
+            raise win32.os_error(f"cannot take the guard of line {self.name!r}")
         try:
             yield
         finally:
-            _ReleaseMutex(handle)
+            win32.ReleaseMutex(handle)
 
     def _wait_guard(self, handle: int, remaining: float | None, cancel: CancelToken | None) -> int:
-        wait_ms = INFINITE if remaining is None else _milliseconds(max(0.0, remaining))
-        kernel_cancel = _KernelEvent() if cancel is not None else None
+        wait_ms = win32.INFINITE if remaining is None else win32.milliseconds(max(0.0, remaining))
+        kernel_cancel = win32.KernelEvent() if cancel is not None else None
         try:
             with contextlib.ExitStack() as stack:
                 handles = [handle]
                 if cancel is not None and kernel_cancel is not None:
                     stack.enter_context(cancel.linked(kernel_cancel))
                     handles.append(kernel_cancel.handle)
-                result = _wait_handles(handles, wait_ms)
+                result = win32.wait_handles(handles, wait_ms)
         finally:
             if kernel_cancel is not None:
                 kernel_cancel.close()
-        if result == WAIT_OBJECT_0 + 1:
+        if result == win32.WAIT_OBJECT_0 + 1:
             raise Cancelled(f"stopped waiting for line {self.name!r}")
-        if result == WAIT_TIMEOUT:
+        if result == win32.WAIT_TIMEOUT:
             raise GuardTaken(f"its guard (the mutex {self.object_name('guard')}) is held for long")
         return result
 
@@ -995,7 +592,7 @@ class WindowsLine(LineStore):
 
     def _save_number(self, following: int) -> None:
         try:
-            fd = _open_shared(self._counter_path(), write=True, disposition=OPEN_ALWAYS)
+            fd = _open_shared(self._counter_path(), write=True, disposition=win32.OPEN_ALWAYS)
         except OSError as exc:
             raise BackendError(
                 f"cannot use {self._counter_path()}: {exc.strerror}; fix the folder's "
@@ -1013,7 +610,7 @@ class WindowsLine(LineStore):
     # -- LineStore
 
     def join(self, me: Ticket, patience: Patience) -> tuple[WindowsMembership, View]:
-        if self.scope == "machine" and not has_global_privilege():
+        if self.scope == "machine" and not win32.has_global_privilege():
             raise BackendError(_PRIVILEGE_MESSAGE)  # looking needs no privilege; joining does
         self._line_id()
         with self._guard(patience):
@@ -1039,7 +636,7 @@ class WindowsLine(LineStore):
         for _ in range(1000):
             owner = _Owner(self.object_name(number), self.backend.ticket_security)
             if not owner.created:
-                if owner.error == ERROR_ACCESS_DENIED:
+                if owner.error == win32.ERROR_ACCESS_DENIED:
                     raise BackendError(self._object_error("tickets", owner.error))
                 number += 1
                 continue
@@ -1058,10 +655,10 @@ class WindowsLine(LineStore):
         """Create one of the line's files, which must not exist yet; None if it does."""
         path = self._path(entry)
         try:
-            return _open_shared(path, write=True, disposition=CREATE_NEW)
+            return _open_shared(path, write=True, disposition=win32.CREATE_NEW)
         except OSError as exc:
-            taken = exc.winerror == ERROR_FILE_EXISTS or (
-                exc.winerror == ERROR_ACCESS_DENIED and os.path.lexists(path)
+            taken = exc.winerror == win32.ERROR_FILE_EXISTS or (
+                exc.winerror == win32.ERROR_ACCESS_DENIED and os.path.lexists(path)
             )
             if taken:
                 return None  # a leftover or planted file, or one being deleted
@@ -1090,18 +687,18 @@ class WindowsLine(LineStore):
         released, or abandoned by a dead owner), belongs to a dead ticket. One taken here is
         given back at once.
         """
-        handle = _OpenMutexW(SYNCHRONIZE, False, self.object_name(number))
+        handle = win32.OpenMutexW(win32.SYNCHRONIZE, False, self.object_name(number))
         if not handle:
             # Gone: dead. Access denied: someone else's, and not ours to judge.
-            return _last_error() == ERROR_ACCESS_DENIED
+            return win32.last_error() == win32.ERROR_ACCESS_DENIED
         try:
-            result = _WaitForSingleObject(handle, 0)
-            if result in (WAIT_OBJECT_0, WAIT_ABANDONED_0):
-                _ReleaseMutex(handle)
+            result = win32.WaitForSingleObject(handle, 0)
+            if result in (win32.WAIT_OBJECT_0, win32.WAIT_ABANDONED_0):
+                win32.ReleaseMutex(handle)
                 return False
             return True
         finally:
-            _CloseHandle(handle)
+            win32.CloseHandle(handle)
 
     def alive(self, numbers: Sequence[int], me: Membership | None) -> list[bool]:
         return [self._alive(number) for number in numbers]
@@ -1144,10 +741,10 @@ class WindowsLine(LineStore):
         handles: list[int] = []
         try:
             for number in numbers:
-                handle = _OpenMutexW(SYNCHRONIZE, False, self.object_name(number))
+                handle = win32.OpenMutexW(win32.SYNCHRONIZE, False, self.object_name(number))
                 if not handle:
-                    code = _last_error()
-                    if code == ERROR_ACCESS_DENIED:
+                    code = win32.last_error()
+                    if code == win32.ERROR_ACCESS_DENIED:
                         raise BackendError(self._object_error(f"ticket {number}", code))
                     return Woke()  # gone already
                 handles.append(handle)
@@ -1158,7 +755,7 @@ class WindowsLine(LineStore):
             return Woke(left=(numbers[index],) if clean else ())
         finally:
             for handle in handles:
-                _CloseHandle(handle)
+                win32.CloseHandle(handle)
 
     def mark_acquired(self, me: Membership, when: float) -> None:
         assert isinstance(me, WindowsMembership)
@@ -1218,7 +815,7 @@ class WindowsLine(LineStore):
     def close(self) -> None:
         with self._open_lock:
             handle, self._guard_handle = self._guard_handle, None
-        _close(handle)
+        win32.close(handle)
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
@@ -1229,195 +826,3 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-# --------------------------------------------------------------------------- inturn run
-
-
-class _Job:
-    """A job object that kills every process in it when its last handle closes.
-
-    inturn holds the only handle, so if inturn dies (killed, crashed, console closed) the
-    system kills the command too: the command never runs outside its turn
-    (learn.microsoft.com: JOBOBJECT_BASIC_LIMIT_INFORMATION, JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE).
-    With ``close``, processes the command starts break away silently and may outlive the turn.
-    """
-
-    def __init__(self, close: bool) -> None:
-        self._lock = threading.Lock()  # ``terminate`` may come from another thread
-        self.handle = _CreateJobObjectW(None, None)
-        if not self.handle:
-            raise _os_error("cannot create a job object")
-        limits = _JobExtendedLimits()
-        flags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE
-        if close:
-            flags |= JOB_OBJECT_LIMIT_SILENT_BREAKAWAY_OK
-        limits.BasicLimitInformation.LimitFlags = flags
-        if not _SetInformationJobObject(
-            self.handle, JOB_EXTENDED_LIMIT_INFORMATION, ctypes.byref(limits), ctypes.sizeof(limits)
-        ):
-            code = _last_error()
-            _close(self.handle)
-            raise _os_error("cannot set up a job object", code)
-
-    def adopt(self, pid: int) -> None:
-        """Put the suspended process ``pid`` in the job, then let it run."""
-        process = _OpenProcess(PROCESS_SET_QUOTA | PROCESS_TERMINATE, False, pid)
-        if not process:
-            raise _os_error("cannot open the command's process")
-        try:
-            if not _AssignProcessToJobObject(self.handle, process):
-                raise _os_error("cannot put the command in a job object")
-        finally:
-            _CloseHandle(process)
-        _resume_threads(pid)
-
-    def members(self) -> list[int]:
-        """Handles (to wait on) of the processes still in the job."""
-        listing = _JobProcessIds()
-        if not _QueryInformationJobObject(
-            self.handle,
-            JOB_BASIC_PROCESS_ID_LIST,
-            ctypes.byref(listing),
-            ctypes.sizeof(listing),
-            None,
-        ):
-            return []
-        handles = []
-        for pid in listing.ProcessIdList[: listing.NumberOfProcessIdsInList]:
-            process = _OpenProcess(SYNCHRONIZE | PROCESS_QUERY_INFORMATION, False, pid) or (
-                _OpenProcess(SYNCHRONIZE | PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
-            )
-            if not process:
-                continue  # ended since the listing
-            inside = wintypes.BOOL(True)
-            _IsProcessInJob(process, self.handle, ctypes.byref(inside))  # in doubt, wait for it
-            if inside.value:
-                handles.append(process)
-            else:
-                _CloseHandle(process)  # the pid was reused by a process outside the job
-        return handles
-
-    def wait_empty(self, interrupt: int) -> None:
-        """Hold the turn until every process left in the job has ended.
-
-        Waits on the processes themselves, so no notification can be missed; Ctrl-C or
-        Ctrl-Break (``interrupt``) ends what is left instead.
-        """
-        while True:
-            members = self.members()[: MAXIMUM_WAIT_OBJECTS - 1]
-            if not members:
-                return
-            try:
-                result = _wait_handles([*members, interrupt], INFINITE)
-            finally:
-                for process in members:
-                    _CloseHandle(process)
-            if result == WAIT_OBJECT_0 + len(members):
-                _TerminateJobObject(self.handle, 1)
-                return
-
-    def terminate(self, code: int) -> None:
-        """End every process in the job at once, with exit code ``code``."""
-        with self._lock:
-            if self.handle:
-                _TerminateJobObject(self.handle, code)
-
-    def close(self) -> None:
-        with self._lock:
-            handle, self.handle = self.handle, None
-        _close(handle)
-
-
-def _resume_threads(pid: int) -> None:
-    """Resume the threads of a process created suspended (its only thread, in practice)."""
-    snapshot = _CreateToolhelp32Snapshot(TH32CS_SNAPTHREAD, 0)
-    if snapshot is None or snapshot == INVALID_HANDLE_VALUE:
-        raise _os_error("cannot list the command's threads")
-    try:
-        entry = _ThreadEntry()
-        entry.dwSize = ctypes.sizeof(_ThreadEntry)
-        found = _Thread32First(snapshot, ctypes.byref(entry))
-        while found:
-            if entry.th32OwnerProcessID == pid:
-                thread = _OpenThread(THREAD_SUSPEND_RESUME, False, entry.th32ThreadID)
-                if thread:
-                    _ResumeThread(thread)
-                    _CloseHandle(thread)
-            found = _Thread32Next(snapshot, ctypes.byref(entry))
-    finally:
-        _CloseHandle(snapshot)
-
-
-def run_child(
-    command: list[str],
-    env: dict[str, str],
-    close: bool,
-    on_lost: Callable[[Callable[[], None]], None] | None = None,
-) -> int:
-    """Run ``command`` while this process holds the turn; its exit code.
-
-    A child process cannot own its parent's mutex, so the turn stays with inturn and the command
-    goes in a kill-on-close job: if inturn dies, so does the command, and the next holder is
-    told the turn was abandoned. The command is created suspended and put in the job before it
-    runs a single instruction, so nothing it starts can escape. It shares inturn's console and
-    process group, so it gets Ctrl-C and Ctrl-Break itself; inturn ignores them and waits for it.
-    Without ``close``, whatever the command leaves running still belongs to the turn: inturn
-    holds the turn until those processes end too (Ctrl-C ends them).
-
-    ``on_lost`` (``Turn.on_lost``) is for server backends: if the turn is lost while the command
-    runs, the job is ended at once and the result is 76, as on POSIX.
-    """
-    from .cli import EXIT_LOST
-
-    try:
-        job = _Job(close)
-    except OSError as exc:
-        raise BackendError(f"{exc.strerror}: cannot tie the command to its turn") from None
-    console = _console_events()
-    lost = threading.Event()
-
-    def stop() -> None:
-        lost.set()
-        print(
-            "inturn: lost the turn (server unreachable); stopping the command",
-            file=sys.stderr,
-            flush=True,
-        )
-        job.terminate(EXIT_LOST)
-
-    if on_lost is not None:
-        on_lost(stop)
-    try:
-        with console.armed("child") as interrupt:
-            program = shutil.which(command[0]) or command[0]
-            # argv[0] stays as typed; a batch file is run by path (it has no image of its own).
-            is_image = program.lower().endswith((".exe", ".com"))
-            args = command if is_image else [program, *command[1:]]
-            try:
-                child = subprocess.Popen(
-                    args,
-                    executable=program if is_image else None,
-                    env=env,
-                    creationflags=CREATE_SUSPENDED,
-                )
-            except OSError as exc:
-                raise UsageError(f"cannot run {command[0]}: {exc.strerror}") from None
-            try:
-                job.adopt(child.pid)
-            except BaseException as exc:
-                child.kill()
-                child.wait()
-                if isinstance(exc, OSError):
-                    raise BackendError(
-                        f"{exc.strerror}: cannot tie the command to its turn, so it was not run"
-                    ) from None
-                raise
-            if lost.is_set():
-                job.terminate(EXIT_LOST)  # lost before the command was in the job
-            code = child.wait()
-            if not close and not lost.is_set():
-                job.wait_empty(interrupt)
-        return EXIT_LOST if lost.is_set() else code
-    finally:
-        job.close()

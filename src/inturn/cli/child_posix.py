@@ -3,10 +3,9 @@
 Everything here exists so that the command never runs on outside its turn unnoticed, and a
 signal never kills inturn while the command runs:
 
-* ``RunSignals`` is installed before inturn joins the line and kept until the turn has been
-  released. While inturn waits, a signal ends the wait; once the command exists, signals are
-  passed on to the command's process group; in between, and after the command has ended, they
-  are only noted (the turn is released first).
+* ``RunSignals`` (``signals.py``) is installed before inturn joins the line and kept until the
+  turn has been released; once the command exists, it passes signals on to the command's
+  process group.
 * The command runs in a process group of its own, so that a signal reaches everything it
   started and a lost turn can stop all of it. When inturn is in the foreground of its
   terminal, the terminal's foreground goes to that group while the command runs, as a shell
@@ -35,10 +34,10 @@ from contextlib import suppress
 from types import FrameType
 from typing import Any, NamedTuple
 
-from .store import CancelToken
+from .signals import RunSignals
 
-# Signals that would otherwise kill inturn and that people send to stop or steer a job.
-FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGBREAK")
+assert sys.platform != "win32"  # the rest of this module is POSIX code
+
 # Stops that come from a terminal: a stop of the command by one of these is a stop of the job.
 TERMINAL_STOPS = ("SIGTSTP", "SIGTTIN", "SIGTTOU")
 # After SIGKILL, how long to wait for everything to vanish before giving up on stragglers
@@ -60,58 +59,6 @@ read -r group || exit 0
 read -r word
 [ "$word" = done ] || kill -s KILL -- "-$group" 2>/dev/null
 """
-
-
-class RunSignals:
-    """The signal handling of one ``inturn run``, from before the wait to the release.
-
-    A handler never raises, so no signal can leave a turn taken but not released. While
-    ``waiting``, it notes the signal in ``pending`` and cancels ``cancel``, which ends the
-    wait (the queue leaves the line); a turn that came at that very moment is released by
-    the caller, who sees ``pending``. After that, with ``target`` set (the command's process
-    group) it passes the signal on, otherwise it notes it in ``pending``.
-    """
-
-    def __init__(self) -> None:
-        self.waiting = True
-        self.pending: list[int] = []
-        self.cancel = CancelToken()
-        self.target: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        for name in FORWARDED:
-            signum = getattr(signal, name, None)
-            if signum is not None:
-                self._previous[signum] = signal.signal(signum, self.handle)
-
-    def restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-    def settle(self) -> None:
-        """The turn is released and inturn only has to exit: ignore these signals from now on.
-
-        A signal at this point must not change the exit code (the command's) nor kill inturn
-        on its way out; restoring the old handlers would let a signal that comes a moment
-        after the release do both.
-        """
-        for signum in self._previous:
-            signal.signal(signum, signal.SIG_IGN)
-        self._previous.clear()
-
-    def handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.waiting:
-            self.pending.append(signum)
-            self.cancel.cancel()
-            return
-        target = self.target
-        if target is None:
-            self.pending.append(signum)
-            return
-        with suppress(OSError):
-            os.killpg(target, signum)
 
 
 class Outcome(NamedTuple):

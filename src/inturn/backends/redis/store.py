@@ -35,183 +35,37 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
-from typing import Any, NamedTuple, NoReturn, cast
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from typing import Any, NoReturn, cast
 
 import redis
 from redis import exceptions as rx
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.connection import parse_url as _parse_url
 from redis.retry import Retry
 
-from .durations import seconds_parameter
-from .errors import BackendError, Cancelled, LostTurn, UsageError
-from .forks import forget_after_fork
-from .names import decode, digest, encode
-from .records import Ticket, warn_once
-from .store import (
+from ...errors import BackendError, Cancelled, LostTurn, UsageError
+from ...names import decode, digest, encode
+from ...records import Ticket, warn_once
+from ..base import (
     Backend,
     CancelToken,
     LineStore,
-    LostSignal,
     Membership,
     Patience,
     View,
     Woke,
     check_scope,
 )
+from . import scripts
+from .address import parse_address
+from .membership import LeaseKeeper, RedisMembership, call
 
-DEFAULT_LEASE = 5.0
-DEFAULT_PREFIX = "inturn"
-MIN_LEASE, MAX_LEASE = 0.1, 3600.0
-RENEW_EVERY = 1 / 3  # of the lease: the heartbeat's period
-GIVE_UP_AT = 3 / 4  # of the lease after the last renewal that surely reached the server
 WAKE_AFTER_EXPIRY_MS = 10  # a waiter looks again this long after a watched lease could expire
-_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
-# After a turn that ended uncleanly (a lease ran out), the next holder waits this long: the
-# cut-off holder gave up three quarters of a lease after its last renewal, a quarter before
-# the lease ran out, and stops its command within ``inturn run --grace``: well before that.
-DEFAULT_LOCK_DELAY = 3.0
-MAX_LOCK_DELAY = 3600.0
-
-# --------------------------------------------------------------------------- scripts
-
-_JOIN = """
-local known = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if known then return known end
-if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[3]) end
-local number = string.format('%.0f', redis.call('INCR', KEYS[1]))
-redis.call('ZADD', KEYS[2], number, ARGV[1])
-redis.call('HSET', KEYS[3], 'number', number, unpack(ARGV, 4))
-redis.call('SET', KEYS[4], '1', 'PX', ARGV[2])
-return number
-"""
-
-_BURY = """
-if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
-local number = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not number then
-  if redis.call('ZSCORE', KEYS[4], ARGV[1]) then return 1 end
-  return -2
-end
-redis.call('ZREM', KEYS[1], ARGV[1])
-local marked = 0
-if redis.call('HEXISTS', KEYS[2], 'acquired_at') == 1 then
-  redis.call('ZADD', KEYS[4], number, ARGV[1])
-  marked = 1
-else
-  redis.call('DEL', KEYS[2])
-end
-redis.call('XADD', KEYS[5], 'MAXLEN', '1', '*', 'dead', number)
-redis.call('PEXPIRE', KEYS[5], ARGV[2])
-return marked
-"""
-
-_LEAVE = """
-redis.call('DEL', KEYS[3])
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  redis.call('DEL', KEYS[2])
-  redis.call('XADD', KEYS[4], 'MAXLEN', '1', '*', 'left', '1')
-  redis.call('PEXPIRE', KEYS[4], ARGV[2])
-end
-return 1
-"""
-
-_MARK = """
-if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[2], 'acquired_at', ARGV[2])
-return 1
-"""
-
-_CLAIM = """
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return false end
-local record = redis.call('HGETALL', KEYS[2])
-redis.call('DEL', KEYS[2])
-return record
-"""
-
-
-# --------------------------------------------------------------------------- the URL
-
-
-class RedisAddress(NamedTuple):
-    """A ``redis://`` URL split into what redis-py gets and what inturn keeps for itself."""
-
-    options: dict[str, Any]  # connection keyword arguments, password included
-    where: str  # scheme, host, port, database and prefix: never the user or password
-    lease: float  # seconds
-    prefix: str
-    lock_delay: float = DEFAULT_LOCK_DELAY
-
-
-def parse_address(address: str) -> RedisAddress:
-    """Take inturn's own query parameters (``lease``, ``prefix``, ``lock_delay``) out of a
-    Redis URL."""
-    try:
-        parts = urlsplit(address.strip())
-        port = parts.port
-    except ValueError as exc:
-        raise UsageError(
-            f"bad Redis URL ({exc}): use redis://[user:password@]host[:port][/db]"
-        ) from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("redis", "rediss"):
-        raise UsageError(f"not a Redis URL (scheme {scheme!r}): use redis:// or rediss://")
-    lease, prefix, kept = DEFAULT_LEASE, DEFAULT_PREFIX, []
-    lock_delay = DEFAULT_LOCK_DELAY
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key == "lease":
-            lease = _lease(value)
-        elif key == "prefix":
-            prefix = _prefix(value)
-        elif key == "lock_delay":
-            lock_delay = seconds_parameter(value, key, 0, MAX_LOCK_DELAY)
-        else:
-            kept.append((key, value))
-    host = parts.hostname or "localhost"
-    path = unquote(parts.path).strip("/") or "0"
-    if not path.isdigit():
-        raise UsageError(f"the Redis database in the URL must be a number, not {path!r}")
-    shown_host = f"[{host}]" if ":" in host else host
-    where = f"{scheme}://{shown_host}:{port or 6379}/{int(path)}"
-    if prefix != DEFAULT_PREFIX:
-        where += f"?prefix={prefix}"
-    redis_url = urlunsplit((scheme, parts.netloc, parts.path, urlencode(kept), ""))
-    try:
-        options: dict[str, Any] = cast(Any, _parse_url)(redis_url)
-    except ValueError as exc:
-        raise UsageError(f"bad Redis URL for {where}: {exc}") from None
-    return RedisAddress(options, where, lease, prefix, lock_delay)
-
-
-def _lease(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not MIN_LEASE <= value <= MAX_LEASE:
-        raise UsageError(
-            f"lease={text!r} in the Redis URL: give seconds from {MIN_LEASE:g} to {MAX_LEASE:g}"
-        )
-    return value
-
-
-def _prefix(text: str) -> str:
-    if not _PREFIX.fullmatch(text):
-        raise UsageError(
-            f"prefix={text!r} in the Redis URL: use letters, digits and . _ : - "
-            "(up to 100, starting with a letter or digit)"
-        )
-    return text
-
 
 # --------------------------------------------------------------------------- errors
 
@@ -247,141 +101,6 @@ def _translated(where: str, prefix: str) -> Iterator[None]:
         raise BackendError(f"Redis at {where} refused a command: {text}") from None
     except rx.RedisError as exc:
         raise BackendError(f"Redis at {where} failed: {exc}") from None
-
-
-# --------------------------------------------------------------------------- membership
-
-
-class RedisMembership(Membership):
-    """Our ticket: its lease is renewed by the backend's ``LeaseKeeper`` until we leave."""
-
-    def __init__(self, number: int, ticket_id: str, lease_key: str, sent_at: float) -> None:
-        self.number = number
-        self.ticket_id = ticket_id
-        self.lease_key = lease_key
-        self.renewed_at = sent_at  # local monotonic time the last good renewal was sent
-        self.retry_at: float | None = None
-        self.pid = os.getpid()
-        self.left = False
-        self.holding = False
-        self.signal = LostSignal()
-
-    @property
-    def lost(self) -> bool:
-        return self.signal.lost
-
-    def on_lost(self, callback: Callable[[], None]) -> None:
-        self.signal.on_lost(callback)
-
-    def declare_lost(self) -> None:
-        self.signal.declare()
-
-
-class LeaseKeeper:
-    """Renews this process's leases, and declares a ticket lost before its lease can expire.
-
-    A renewal (``PEXPIRE``) that succeeds keeps the lease for at least ``lease`` seconds from
-    the moment it was *sent*, so a ticket is safe until then; it answers 0 when the key is
-    gone (redis.io, PEXPIRE), and a lease that expired is never brought back. The keeper gives up at
-    ``GIVE_UP_AT`` of the lease after the last good renewal, by the local monotonic clock, which
-    leaves a quarter of the lease for clock rate differences and for the holder to react. Two
-    threads: one does the network calls (each bounded by a short socket timeout), the other
-    only watches the clock, so a stuck call cannot delay the verdict.
-    """
-
-    def __init__(self, client: redis.Redis, lease: float) -> None:
-        self.client = client
-        self.lease = lease
-        self.lease_ms = max(1, round(lease * 1000))
-        self._members: dict[str, RedisMembership] = {}
-        self._cond = threading.Condition()
-        self._pid = 0
-        self._closed = False
-        forget_after_fork(self)
-
-    def after_fork_in_child(self) -> None:
-        """In a child made by ``fork()``: the parent's tickets stay with the parent, and a
-        lock that one of the parent's threads held must not stay held here."""
-        self._cond = threading.Condition()
-        self._members = {}
-        self._pid = 0
-
-    def add(self, member: RedisMembership) -> None:
-        with self._cond:
-            if self._pid != os.getpid():  # first use: start the two threads
-                self._pid = os.getpid()
-                for target in (self._renew, self._watch):
-                    name = f"inturn-lease-{target.__name__.strip('_')}"
-                    threading.Thread(target=target, daemon=True, name=name).start()
-            self._members[member.ticket_id] = member
-            self._cond.notify_all()
-
-    def remove(self, member: RedisMembership) -> None:
-        with self._cond:
-            self._members.pop(member.ticket_id, None)
-            self._cond.notify_all()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    def _due(self, member: RedisMembership) -> float:
-        if member.retry_at is not None:
-            return member.retry_at
-        return member.renewed_at + self.lease * RENEW_EVERY
-
-    def _renew(self) -> None:
-        while True:
-            with self._cond:
-                while True:
-                    if self._closed:
-                        return
-                    now = time.monotonic()
-                    due = [m for m in self._members.values() if self._due(m) <= now]
-                    if due:
-                        break
-                    soonest = min((self._due(m) for m in self._members.values()), default=None)
-                    self._cond.wait(None if soonest is None else soonest - now)
-            sent = time.monotonic()
-            try:
-                with self.client.pipeline(transaction=False) as pipe:
-                    for member in due:
-                        _call(pipe, "PEXPIRE", member.lease_key, self.lease_ms)
-                    results = pipe.execute(raise_on_error=False)
-            except (rx.RedisError, OSError):
-                results = [None] * len(due)
-            gone = []
-            with self._cond:
-                for member, result in zip(due, results, strict=True):
-                    if result == 1 and not member.lost:
-                        member.renewed_at, member.retry_at = sent, None
-                    elif result == 0:  # the lease expired or was removed: the turn is gone
-                        gone.append(member)
-                        self._members.pop(member.ticket_id, None)
-                    else:  # no answer: try again soon, until the watch gives up
-                        member.retry_at = time.monotonic() + self.lease / 12
-                self._cond.notify_all()
-            for member in gone:
-                member.declare_lost()
-
-    def _watch(self) -> None:
-        while True:
-            with self._cond:
-                if self._closed:
-                    return
-                now = time.monotonic()
-                limit = self.lease * GIVE_UP_AT
-                late = [m for m in self._members.values() if now >= m.renewed_at + limit]
-                for member in late:
-                    self._members.pop(member.ticket_id, None)
-                if not late:
-                    soonest = min(
-                        (m.renewed_at + limit for m in self._members.values()), default=None
-                    )
-                    self._cond.wait(None if soonest is None else soonest - now)
-            for member in late:
-                member.declare_lost()
 
 
 # --------------------------------------------------------------------------- waiting
@@ -456,11 +175,11 @@ class RedisBackend(Backend):
         self.scripts = {
             name: self.client.register_script(source)
             for name, source in (
-                ("join", _JOIN),
-                ("bury", _BURY),
-                ("leave", _LEAVE),
-                ("mark", _MARK),
-                ("claim", _CLAIM),
+                ("join", scripts.JOIN),
+                ("bury", scripts.BURY),
+                ("leave", scripts.LEAVE),
+                ("mark", scripts.MARK),
+                ("claim", scripts.CLAIM),
             )
         }
 
@@ -483,12 +202,12 @@ class RedisBackend(Backend):
         """Report any Redis failure inside the block as one clear ``BackendError``."""
         return _translated(self.where, self.prefix)
 
-    def line(self, name: str) -> RedisLine:
-        return RedisLine(self, name)
+    def line(self, name: str) -> RedisStore:
+        return RedisStore(self, name)
 
     def names(self) -> list[str]:
         with self.errors():
-            members = _call(self.client, "SMEMBERS", f"{self.prefix}:lines")
+            members = call(self.client, "SMEMBERS", f"{self.prefix}:lines")
         return sorted(_text(m) for m in members)
 
     def close(self) -> None:
@@ -496,11 +215,6 @@ class RedisBackend(Backend):
         for pool in (self.client.connection_pool, self.quick_client.connection_pool):
             pool.disconnect()
         self.wait_pool.disconnect()
-
-
-def _call(target: Any, *args: object) -> Any:
-    """One raw command on a client or pipeline (redis-py leaves ``execute_command`` untyped)."""
-    return target.execute_command(*args)
 
 
 def _text(raw: bytes | str) -> str:
@@ -513,7 +227,7 @@ def _text(raw: bytes | str) -> str:
         return raw.decode("utf-8", "replace")
 
 
-class RedisLine(LineStore):
+class RedisStore(LineStore):
     remote = True
 
     def __init__(self, backend: RedisBackend, name: str) -> None:
@@ -574,9 +288,7 @@ class RedisLine(LineStore):
         sent = time.monotonic()
         with self.backend.errors():
             if not self._listed:
-                _call(
-                    self.backend.client, "SADD", f"{self.backend.prefix}:lines", encode(self.name)
-                )
+                call(self.backend.client, "SADD", f"{self.backend.prefix}:lines", encode(self.name))
                 self._listed = True
             number = int(self._run("join", keys, [ticket_id, self.lease_ms, seed, *fields]))
         member = RedisMembership(number, ticket_id, self._lease_key(ticket_id), sent)
@@ -593,8 +305,8 @@ class RedisLine(LineStore):
 
     def look(self, me: Membership | None) -> View:
         with self.backend.errors(), self.backend.client.pipeline(transaction=False) as pipe:
-            _call(pipe, "ZRANGE", self.tickets_key, 0, -1, "WITHSCORES")
-            _call(pipe, "ZRANGE", self.abandoned_key, 0, -1, "WITHSCORES")
+            call(pipe, "ZRANGE", self.tickets_key, 0, -1, "WITHSCORES")
+            call(pipe, "ZRANGE", self.abandoned_key, 0, -1, "WITHSCORES")
             tickets, markers = pipe.execute()
         live = _scored(tickets)
         dead = _scored(markers)
@@ -609,7 +321,7 @@ class RedisLine(LineStore):
             return known
         with self.backend.errors(), self.backend.client.pipeline(transaction=False) as pipe:
             for key in (self.tickets_key, self.abandoned_key):
-                _call(pipe, "ZRANGEBYSCORE", key, number, number)
+                call(pipe, "ZRANGEBYSCORE", key, number, number)
             found = [ids for ids in pipe.execute() if ids]
         if not found:
             return None
@@ -623,7 +335,7 @@ class RedisLine(LineStore):
         asked = [i for i in ids if i is not None]
         with self.backend.errors(), self.backend.client.pipeline(transaction=False) as pipe:
             for ticket_id in asked:
-                _call(pipe, "PTTL", self._lease_key(ticket_id))
+                call(pipe, "PTTL", self._lease_key(ticket_id))
             answers = iter(pipe.execute() if asked else [])
         return [int(next(answers)) if i is not None else -2 for i in ids]
 
@@ -757,7 +469,7 @@ class RedisLine(LineStore):
     def claim_abandoned(self, me: Membership) -> Ticket | None:
         while True:
             with self.backend.errors():
-                first = _call(self.backend.client, "ZRANGE", self.abandoned_key, 0, 0, "WITHSCORES")
+                first = call(self.backend.client, "ZRANGE", self.abandoned_key, 0, 0, "WITHSCORES")
                 if not first:
                     return None
                 ticket_id, number = _text(first[0]), int(first[1])
@@ -796,7 +508,7 @@ class RedisLine(LineStore):
         asked = [i for i in ids if i is not None]
         with self.backend.errors(), self.backend.client.pipeline(transaction=False) as pipe:
             for ticket_id in asked:
-                _call(pipe, "HGETALL", self._ticket_key(ticket_id))
+                call(pipe, "HGETALL", self._ticket_key(ticket_id))
             answers = iter(pipe.execute() if asked else [])
         result: list[Ticket | None] = []
         for number, known in zip(numbers, ids, strict=True):

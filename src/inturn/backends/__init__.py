@@ -1,11 +1,16 @@
-"""Choosing where lines live: the local folder backend, or a server named by a URL."""
+"""Where lines live: the local backend of this system, or a server named by a URL.
+
+Each backend supplies only the primitives of ``base.py``; the queue algorithm (``queue.py``,
+above this package) is the same for all. Nothing here imports anything above it.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 
-from .errors import UsageError
-from .store import Backend
+from ..errors import UsageError
+from .base import Backend
 
 
 def open_backend(
@@ -21,15 +26,15 @@ def open_backend(
     scheme = address.split(":", 1)[0].lower()
     if scheme in ("postgresql", "postgres"):
         try:
-            from .postgres import PostgresBackend  # type: ignore[import-not-found,attr-defined,unused-ignore]
+            from .postgres import PostgresBackend
         except ImportError as exc:
             raise UsageError(
                 f"the PostgreSQL backend needs psycopg 3 ({exc}): pip install 'inturn[postgres]'"
             ) from None
-        return PostgresBackend(address, scope=scope)  # type: ignore[no-any-return,unused-ignore]
+        return PostgresBackend(address, scope=scope)
     if scheme in ("redis", "rediss"):
         try:
-            from .redis_backend import RedisBackend
+            from .redis import RedisBackend
         except ImportError as exc:
             raise UsageError(
                 f"the Redis backend is not available ({exc}): pip install 'inturn[redis]'"
@@ -41,10 +46,11 @@ def open_backend(
 
 
 def _local(scope: str, directory: str | None) -> Backend:
-    if os.name == "nt":
-        from .windows import WindowsBackend  # type: ignore[import-not-found,attr-defined,unused-ignore]
+    if sys.platform == "win32":
+        from .windows import WindowsBackend
 
-        return WindowsBackend(scope=scope, directory=directory)  # type: ignore[no-any-return,unused-ignore]
-    from .posix import FolderBackend
+        return WindowsBackend(scope=scope, directory=directory)
+    else:
+        from .posix import PosixBackend
 
-    return FolderBackend(scope=scope, directory=directory)
+        return PosixBackend(scope=scope, directory=directory)

@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import NamedTuple
 
-from .errors import BackendError, Cancelled, UsageError
-from .records import LineStatus, Ticket, warn
+from ..errors import BackendError, Cancelled, UsageError
+from ..records import LineStatus, Ticket, warn
 
 SCOPES = ("user", "machine")
 

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 
 from psycopg import sql
 
-from .errors import UsageError
+from ...errors import UsageError
 
 DEFAULT_SCHEMA = "inturn"
 SCHEMA_VERSION = 1

@@ -1,0 +1,61 @@
+"""The Lua scripts of the Redis backend: joining, burying, leaving, marking and claiming.
+
+Each runs atomically (no other command runs while a script does: redis.io, "Scripting with
+Lua"), and every key it touches is passed in ``KEYS``, as Redis requires of scripts. See
+``store.py`` for the keys.
+"""
+
+JOIN = """
+local known = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if known then return known end
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[3]) end
+local number = string.format('%.0f', redis.call('INCR', KEYS[1]))
+redis.call('ZADD', KEYS[2], number, ARGV[1])
+redis.call('HSET', KEYS[3], 'number', number, unpack(ARGV, 4))
+redis.call('SET', KEYS[4], '1', 'PX', ARGV[2])
+return number
+"""
+
+BURY = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+local number = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not number then
+  if redis.call('ZSCORE', KEYS[4], ARGV[1]) then return 1 end
+  return -2
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
+local marked = 0
+if redis.call('HEXISTS', KEYS[2], 'acquired_at') == 1 then
+  redis.call('ZADD', KEYS[4], number, ARGV[1])
+  marked = 1
+else
+  redis.call('DEL', KEYS[2])
+end
+redis.call('XADD', KEYS[5], 'MAXLEN', '1', '*', 'dead', number)
+redis.call('PEXPIRE', KEYS[5], ARGV[2])
+return marked
+"""
+
+LEAVE = """
+redis.call('DEL', KEYS[3])
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('DEL', KEYS[2])
+  redis.call('XADD', KEYS[4], 'MAXLEN', '1', '*', 'left', '1')
+  redis.call('PEXPIRE', KEYS[4], ARGV[2])
+end
+return 1
+"""
+
+MARK = """
+if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[2], 'acquired_at', ARGV[2])
+return 1
+"""
+
+CLAIM = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return false end
+local record = redis.call('HGETALL', KEYS[2])
+redis.call('DEL', KEYS[2])
+return record
+"""

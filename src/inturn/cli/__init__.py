@@ -1,0 +1,38 @@
+"""The ``inturn`` command: a thin layer over ``inturn.Line`` (``run``, ``status``).
+
+Nothing in the library imports this package; its exit codes are in ``exits.py``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+from ..errors import InturnError
+from .exits import EXIT_INTERRUPTED, EXIT_OUTPUT_CLOSED, EXIT_USAGE
+from .output import OutputClosed, say, show_warning, system_error
+from .parser import build_parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.showwarning = show_warning
+    try:
+        if args.action == "run":
+            from .run import run
+
+            return run(parser, args)
+        from .status import status
+
+        return status(args)
+    except InturnError as exc:
+        say(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except OutputClosed:
+        return EXIT_OUTPUT_CLOSED
+    except OSError as exc:  # a full disk, too many open files: a system error, not a bug
+        say(system_error(exc))
+        return EXIT_USAGE

@@ -1,0 +1,88 @@
+"""What the command says: results on stdout, one ``inturn: ...`` line per error or warning."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import sys
+from typing import TextIO
+
+from ..errors import UsageError
+
+
+def say(message: str) -> None:
+    with contextlib.suppress(OSError, ValueError):  # else there is nowhere left to say it
+        print(f"inturn: {message}", file=sys.stderr, flush=True)
+
+
+class OutputClosed(Exception):
+    """Whoever read our stdout stopped reading (``inturn status | head -1``)."""
+
+
+def emit(text: str) -> None:
+    """Print ``text`` on stdout; a reader gone is ``OutputClosed``, a full disk one line."""
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _drop_stdout()
+        raise OutputClosed() from None
+    except OSError as exc:
+        _drop_stdout()
+        raise UsageError(f"cannot write the output: {system_error(exc)}") from None
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that the exit's flush of what is left fails no more."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+_SYSTEM_ERROR_ADVICE = {
+    getattr(errno, name): advice
+    for name, advice in (
+        ("ENOSPC", "free some space and try again"),
+        ("EDQUOT", "free some space or raise the quota, and try again"),
+        ("EMFILE", "raise the limit of open files, ulimit -n, and try again"),
+        ("ENFILE", "the system has too many open files: try again later"),
+        ("ENOMEM", "the system is out of memory: try again later"),
+        ("EROFS", "the file system is read-only: choose another folder (--dir or INTURN_DIR)"),
+    )
+    if hasattr(errno, name)
+}
+
+
+def system_error(exc: OSError) -> str:
+    """One line for an ``OSError``: what failed, on what, and what to do."""
+    text = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is not None:
+        text += f": {os.fsdecode(exc.filename)!r}"
+    advice = _SYSTEM_ERROR_ADVICE.get(exc.errno or 0)
+    return f"{text} ({advice})" if advice else text
+
+
+def show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Warnings on the command line are one line each, like errors, without source lines."""
+    say(f"warning: {message}")
+
+
+def json_text(document: object) -> str:
+    """JSON for people and scripts: readable Unicode, but a lone surrogate (a name or command
+    that was not valid UTF-8) as a ``\\udcXX`` escape, so the output is valid UTF-8 too."""
+    text = json.dumps(document, indent=2, ensure_ascii=False)
+    return _SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")

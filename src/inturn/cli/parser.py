@@ -1,0 +1,122 @@
+"""The command line the ``inturn`` command understands, and what its options may hold."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..line import Line
+from .exits import EXIT_CONFLICT
+
+DEFAULT_GRACE_SECONDS = 1.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inturn",
+        description="Make processes take turns: wait in line, first come first served.",
+    )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"inturn {__version__}")
+    commands = parser.add_subparsers(dest="action", metavar="{run,status}")
+    commands.required = True
+
+    def where(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--machine",
+            action="store_true",
+            help="use the line shared by every user of this machine (default: yours only)",
+        )
+        sub.add_argument("--dir", metavar="DIR", help="folder where lines live (env INTURN_DIR)")
+        sub.add_argument(
+            "--backend",
+            metavar="URL",
+            help="a postgresql:// or redis:// server, to take turns across machines "
+            "(env INTURN_BACKEND)",
+        )
+
+    run = commands.add_parser(
+        "run",
+        help="wait for a turn in line NAME, run the command, free the turn",
+        description="Wait for a turn in line NAME, run COMMAND while holding it, then free it. "
+        "Exits with the command's exit code.",
+    )
+    run.add_argument("name", metavar="NAME")
+    run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    run.add_argument("-n", "--no-wait", action="store_true", help="if busy, exit 75 at once")
+    run.add_argument(
+        "-w",
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="give up after SECONDS in line (exit 75); 0 is one try",
+    )
+    run.add_argument(
+        "-s", "--slots", type=_slots, default=1, metavar="N", help="let N hold the line at once"
+    )
+    run.add_argument(
+        "-E",
+        "--conflict-exit-code",
+        type=_exit_code,
+        default=EXIT_CONFLICT,
+        metavar="N",
+        help="exit code when busy or timed out (default 75)",
+    )
+    run.add_argument(
+        "-o",
+        "--close",
+        action="store_true",
+        help="do not let the command inherit the turn (for commands that leave daemons)",
+    )
+    run.add_argument(
+        "-g",
+        "--grace",
+        type=_grace,
+        default=DEFAULT_GRACE_SECONDS,
+        metavar="SECONDS",
+        help="when a server backend loses the turn, SIGTERM the command's processes, then "
+        "SIGKILL them after SECONDS (default 1; 0 is SIGKILL at once)",
+    )
+    run.add_argument("-q", "--quiet", action="store_true", help="no status line, no notes")
+    where(run)
+
+    status = commands.add_parser(
+        "status",
+        help="who holds line NAME and who waits (every line if no NAME)",
+        description="Show holders, then waiters in order, of line NAME, or every line.",
+    )
+    status.add_argument("name", nargs="?", metavar="NAME")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    where(status)
+    return parser
+
+
+def _seconds(text: str, what: str = "the timeout") -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{what} must be 0 or more seconds, not {text}")
+    return value
+
+
+def _grace(text: str) -> float:
+    return _seconds(text, "the grace")
+
+
+def _slots(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"slots must be a whole number of at least 1: {text!r}")
+    return int(text)
+
+
+def _exit_code(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 255:
+        raise argparse.ArgumentTypeError(f"an exit code is 0 to 255, not {text!r}")
+    return int(text)
+
+
+def line_from(args: argparse.Namespace, slots: int = 1) -> Line:
+    scope = "machine" if args.machine else "user"
+    return Line(args.name, slots, scope=scope, directory=args.dir, backend=args.backend)

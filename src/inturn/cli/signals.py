@@ -1,0 +1,73 @@
+"""The signals of ``inturn run``, from before it joins the line until its turn is released.
+
+A handler never raises, so no signal can leave a turn taken but not released. While inturn
+waits, a signal ends the wait (through a cancel token: the queue leaves the line); once the
+command exists, signals are passed on to its process group; in between, and after the command
+has ended, they are only noted, and the turn is released first.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from contextlib import suppress
+from types import FrameType
+from typing import Any
+
+from ..backends.base import CancelToken
+
+FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGBREAK")
+
+
+class RunSignals:
+    """The signal handling of one ``inturn run``, from before the wait to the release.
+
+    A handler never raises, so no signal can leave a turn taken but not released. While
+    ``waiting``, it notes the signal in ``pending`` and cancels ``cancel``, which ends the
+    wait (the queue leaves the line); a turn that came at that very moment is released by
+    the caller, who sees ``pending``. After that, with ``target`` set (the command's process
+    group) it passes the signal on, otherwise it notes it in ``pending``.
+    """
+
+    def __init__(self) -> None:
+        self.waiting = True
+        self.pending: list[int] = []
+        self.cancel = CancelToken()
+        self.target: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for name in FORWARDED:
+            signum = getattr(signal, name, None)
+            if signum is not None:
+                self._previous[signum] = signal.signal(signum, self.handle)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def settle(self) -> None:
+        """The turn is released and inturn only has to exit: ignore these signals from now on.
+
+        A signal at this point must not change the exit code (the command's) nor kill inturn
+        on its way out; restoring the old handlers would let a signal that comes a moment
+        after the release do both.
+        """
+        for signum in self._previous:
+            signal.signal(signum, signal.SIG_IGN)
+        self._previous.clear()
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.waiting:
+            self.pending.append(signum)
+            self.cancel.cancel()
+            return
+        target = self.target
+        if target is None:
+            self.pending.append(signum)
+            return
+        if sys.platform != "win32":  # on Windows the console reaches the command itself
+            with suppress(OSError):
+                os.killpg(target, signum)

@@ -1,0 +1,33 @@
+"""``inturn status``: who holds a line and who waits, or every line, as text or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from .display import format_line, format_overview
+from .output import emit, json_text
+from .parser import line_from
+
+
+def status(args: argparse.Namespace) -> int:
+    now = time.time()
+    if args.name is not None:
+        status = line_from(args).status()
+        if args.json:
+            emit(json_text(status.to_json(now)))
+        else:
+            emit(format_line(status, now))
+        return 0
+    from ..backends import open_backend
+
+    backend = open_backend(
+        args.backend, scope="machine" if args.machine else "user", directory=args.dir
+    )
+    statuses = [backend.line(name).status() for name in backend.names()]
+    if args.json:
+        document = {"where": backend.where, "lines": [s.to_json(now) for s in statuses]}
+        emit(json_text(document))
+        return 0
+    emit(format_overview(statuses, backend.where, now))
+    return 0

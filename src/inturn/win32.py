@@ -1,0 +1,426 @@
+"""The Win32 calls inturn makes, through ctypes: constants, bindings, and small helpers.
+
+Shared by the Windows backend (named mutexes, files, console events) and by ``inturn run`` on
+Windows (job objects). Each binding names its argument types, so that it reads like its C
+prototype on learn.microsoft.com.
+"""
+
+from __future__ import annotations
+
+import _thread
+import contextlib
+import ctypes
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from ctypes import wintypes
+from typing import Any
+
+assert sys.platform == "win32"  # the rest of this module is Windows code
+
+# --------------------------------------------------------------------------- Win32 constants
+
+INFINITE = 0xFFFFFFFF
+WAIT_OBJECT_0 = 0x000
+WAIT_ABANDONED_0 = 0x080
+WAIT_TIMEOUT = 0x102
+WAIT_FAILED = 0xFFFFFFFF
+MAXIMUM_WAIT_OBJECTS = 64
+
+ERROR_FILE_NOT_FOUND = 2
+ERROR_PATH_NOT_FOUND = 3
+ERROR_ACCESS_DENIED = 5
+ERROR_INVALID_HANDLE = 6
+ERROR_SHARING_VIOLATION = 32
+ERROR_FILE_EXISTS = 80
+ERROR_ALREADY_EXISTS = 183
+
+SYNCHRONIZE = 0x00100000
+MUTEX_MODIFY_STATE = 0x0001
+GENERIC_READ = 0x80000000
+GENERIC_WRITE = 0x40000000
+FILE_SHARE_ALL = 0x1 | 0x2 | 0x4  # read, write, delete: others may rename or delete our files
+CREATE_NEW = 1
+OPEN_EXISTING = 3
+OPEN_ALWAYS = 4
+FILE_ATTRIBUTE_NORMAL = 0x80
+FILE_ATTRIBUTE_REPARSE_POINT = 0x400
+INVALID_HANDLE_VALUE = ctypes.c_void_p(-1).value
+
+CTRL_C_EVENT = 0
+CTRL_BREAK_EVENT = 1
+
+SE_FILE_OBJECT = 1
+OWNER_SECURITY_INFORMATION = 0x1
+
+TOKEN_QUERY = 0x0008
+TOKEN_USER_CLASS = 1
+TOKEN_PRIVILEGES_CLASS = 3
+
+CREATE_SUSPENDED = 0x00000004
+PROCESS_TERMINATE = 0x0001
+PROCESS_SET_QUOTA = 0x0100
+PROCESS_QUERY_INFORMATION = 0x0400
+PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
+THREAD_SUSPEND_RESUME = 0x0002
+TH32CS_SNAPTHREAD = 0x00000004
+JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE = 0x00002000
+JOB_OBJECT_LIMIT_SILENT_BREAKAWAY_OK = 0x00001000
+JOB_BASIC_PROCESS_ID_LIST = 3
+JOB_EXTENDED_LIMIT_INFORMATION = 9
+
+# --------------------------------------------------------------------------- bindings
+
+kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+advapi32 = ctypes.WinDLL("advapi32", use_last_error=True)
+HANDLE = ctypes.c_void_p
+HANDLER_ROUTINE = ctypes.WINFUNCTYPE(wintypes.BOOL, wintypes.DWORD)
+
+
+def _bind(dll: ctypes.WinDLL, name: str, restype: Any, *argtypes: Any) -> Any:
+    function = getattr(dll, name)
+    function.restype = restype
+    function.argtypes = argtypes
+    return function
+
+
+# Short names for the argument types, so each binding reads like its C prototype.
+_H, _P, _BOOL, _DWORD, _WSTR = (
+    HANDLE,
+    ctypes.c_void_p,
+    wintypes.BOOL,
+    wintypes.DWORD,
+    wintypes.LPCWSTR,
+)
+
+CreateMutexW = _bind(kernel32, "CreateMutexW", _H, _P, _BOOL, _WSTR)
+OpenMutexW = _bind(kernel32, "OpenMutexW", _H, _DWORD, _BOOL, _WSTR)
+ReleaseMutex = _bind(kernel32, "ReleaseMutex", _BOOL, _H)
+CloseHandle = _bind(kernel32, "CloseHandle", _BOOL, _H)
+CreateEventW = _bind(kernel32, "CreateEventW", _H, _P, _BOOL, _BOOL, _WSTR)
+SetEvent = _bind(kernel32, "SetEvent", _BOOL, _H)
+ResetEvent = _bind(kernel32, "ResetEvent", _BOOL, _H)
+WaitForSingleObject = _bind(kernel32, "WaitForSingleObject", _DWORD, _H, _DWORD)
+WaitForMultipleObjects = _bind(
+    kernel32, "WaitForMultipleObjects", _DWORD, _DWORD, ctypes.POINTER(_H), _BOOL, _DWORD
+)
+SetConsoleCtrlHandler = _bind(kernel32, "SetConsoleCtrlHandler", _BOOL, HANDLER_ROUTINE, _BOOL)
+CreateFileW = _bind(kernel32, "CreateFileW", _H, _WSTR, _DWORD, _DWORD, _P, _DWORD, _DWORD, _H)
+CreateDirectoryW = _bind(kernel32, "CreateDirectoryW", _BOOL, _WSTR, _P)
+GetCurrentProcess = _bind(kernel32, "GetCurrentProcess", _H)
+OpenProcess = _bind(kernel32, "OpenProcess", _H, _DWORD, _BOOL, _DWORD)
+OpenThread = _bind(kernel32, "OpenThread", _H, _DWORD, _BOOL, _DWORD)
+ResumeThread = _bind(kernel32, "ResumeThread", _DWORD, _H)
+CreateToolhelp32Snapshot = _bind(kernel32, "CreateToolhelp32Snapshot", _H, _DWORD, _DWORD)
+CreateJobObjectW = _bind(kernel32, "CreateJobObjectW", _H, _P, _WSTR)
+SetInformationJobObject = _bind(
+    kernel32, "SetInformationJobObject", _BOOL, _H, ctypes.c_int, _P, _DWORD
+)
+QueryInformationJobObject = _bind(
+    kernel32, "QueryInformationJobObject", _BOOL, _H, ctypes.c_int, _P, _DWORD, _P
+)
+AssignProcessToJobObject = _bind(kernel32, "AssignProcessToJobObject", _BOOL, _H, _H)
+TerminateJobObject = _bind(kernel32, "TerminateJobObject", _BOOL, _H, wintypes.UINT)
+IsProcessInJob = _bind(kernel32, "IsProcessInJob", _BOOL, _H, _H, ctypes.POINTER(_BOOL))
+LocalFree = _bind(kernel32, "LocalFree", _H, _H)
+GetSecurityInfo = _bind(
+    advapi32, "GetSecurityInfo", _DWORD, _H, ctypes.c_int, _DWORD, _P, _P, _P, _P, _P
+)
+LookupAccountSidW = _bind(advapi32, "LookupAccountSidW", _BOOL, _WSTR, _P, _P, _P, _P, _P, _P)
+OpenProcessToken = _bind(advapi32, "OpenProcessToken", _BOOL, _H, _DWORD, ctypes.POINTER(_H))
+GetTokenInformation = _bind(
+    advapi32, "GetTokenInformation", _BOOL, _H, ctypes.c_int, _P, _DWORD, ctypes.POINTER(_DWORD)
+)
+ConvertSidToStringSidW = _bind(
+    advapi32, "ConvertSidToStringSidW", _BOOL, _P, ctypes.POINTER(wintypes.LPWSTR)
+)
+LookupPrivilegeValueW = _bind(advapi32, "LookupPrivilegeValueW", _BOOL, _WSTR, _WSTR, _P)
+ConvertSddl = _bind(
+    advapi32,
+    "ConvertStringSecurityDescriptorToSecurityDescriptorW",
+    _BOOL,
+    _WSTR,
+    _DWORD,
+    ctypes.POINTER(_P),
+    _P,
+)
+
+
+class SecurityAttributes(ctypes.Structure):
+    _fields_ = [
+        ("nLength", wintypes.DWORD),
+        ("lpSecurityDescriptor", ctypes.c_void_p),
+        ("bInheritHandle", wintypes.BOOL),
+    ]
+
+
+class ThreadEntry(ctypes.Structure):
+    _fields_ = [
+        ("dwSize", wintypes.DWORD),
+        ("cntUsage", wintypes.DWORD),
+        ("th32ThreadID", wintypes.DWORD),
+        ("th32OwnerProcessID", wintypes.DWORD),
+        ("tpBasePri", wintypes.LONG),
+        ("tpDeltaPri", wintypes.LONG),
+        ("dwFlags", wintypes.DWORD),
+    ]
+
+
+Thread32First = _bind(kernel32, "Thread32First", _BOOL, _H, ctypes.POINTER(ThreadEntry))
+Thread32Next = _bind(kernel32, "Thread32Next", _BOOL, _H, ctypes.POINTER(ThreadEntry))
+
+
+class JobBasicLimits(ctypes.Structure):
+    _fields_ = [
+        ("PerProcessUserTimeLimit", ctypes.c_int64),
+        ("PerJobUserTimeLimit", ctypes.c_int64),
+        ("LimitFlags", wintypes.DWORD),
+        ("MinimumWorkingSetSize", ctypes.c_size_t),
+        ("MaximumWorkingSetSize", ctypes.c_size_t),
+        ("ActiveProcessLimit", wintypes.DWORD),
+        ("Affinity", ctypes.c_size_t),
+        ("PriorityClass", wintypes.DWORD),
+        ("SchedulingClass", wintypes.DWORD),
+    ]
+
+
+class JobExtendedLimits(ctypes.Structure):
+    _fields_ = [
+        ("BasicLimitInformation", JobBasicLimits),
+        ("IoInfo", ctypes.c_uint64 * 6),
+        ("ProcessMemoryLimit", ctypes.c_size_t),
+        ("JobMemoryLimit", ctypes.c_size_t),
+        ("PeakProcessMemoryUsed", ctypes.c_size_t),
+        ("PeakJobMemoryUsed", ctypes.c_size_t),
+    ]
+
+
+JOB_LIST_CAPACITY = 1024
+
+
+class JobProcessIds(ctypes.Structure):
+    _fields_ = [
+        ("NumberOfAssignedProcesses", wintypes.DWORD),
+        ("NumberOfProcessIdsInList", wintypes.DWORD),
+        ("ProcessIdList", ctypes.c_size_t * JOB_LIST_CAPACITY),
+    ]
+
+
+def last_error() -> int:
+    return ctypes.get_last_error()
+
+
+def os_error(what: str, code: int | None = None) -> OSError:
+    code = last_error() if code is None else code
+    error = ctypes.WinError(code)
+    error.strerror = f"{what}: {error.strerror}"
+    return error
+
+
+def close(handle: int | None) -> None:
+    if handle:
+        CloseHandle(handle)
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def user_sid() -> str:
+    """The calling user's SID (``S-1-5-21-...``), the per-user part of every object name."""
+    token = HANDLE()
+    if not OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, ctypes.byref(token)):
+        raise os_error("cannot read this process's token")
+    try:
+        size = wintypes.DWORD()
+        GetTokenInformation(token, TOKEN_USER_CLASS, None, 0, ctypes.byref(size))
+        buffer = ctypes.create_string_buffer(max(size.value, 64))
+        if not GetTokenInformation(
+            token, TOKEN_USER_CLASS, buffer, len(buffer), ctypes.byref(size)
+        ):
+            raise os_error("cannot read this process's user")
+        sid = ctypes.c_void_p.from_buffer(buffer).value  # TOKEN_USER starts with a PSID
+        text = wintypes.LPWSTR()
+        if not ConvertSidToStringSidW(sid, ctypes.byref(text)):
+            raise os_error("cannot format this process's user SID")
+        try:
+            return str(text.value)
+        finally:
+            LocalFree(ctypes.cast(text, ctypes.c_void_p))
+    finally:
+        close(token.value)
+
+
+def has_global_privilege() -> bool:
+    """Whether this process's token holds SeCreateGlobalPrivilege ("Create global objects").
+
+    Without it, a process in a user session cannot create objects in ``Global\\``
+    (learn.microsoft.com: "Kernel object namespaces"); services and administrators have it.
+    """
+    luid = (wintypes.DWORD * 2)()
+    if not LookupPrivilegeValueW(None, "SeCreateGlobalPrivilege", luid):
+        return False
+    token = HANDLE()
+    if not OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, ctypes.byref(token)):
+        return False
+    try:
+        size = wintypes.DWORD()
+        GetTokenInformation(token, TOKEN_PRIVILEGES_CLASS, None, 0, ctypes.byref(size))
+        buffer = ctypes.create_string_buffer(max(size.value, 16))
+        if not GetTokenInformation(
+            token, TOKEN_PRIVILEGES_CLASS, buffer, len(buffer), ctypes.byref(size)
+        ):
+            return False
+        count = wintypes.DWORD.from_buffer(buffer).value
+        for index in range(count):  # LUID_AND_ATTRIBUTES: LowPart, HighPart, Attributes
+            low, high, _ = (wintypes.DWORD * 3).from_buffer(buffer, 4 + 12 * index)
+            if (low, high) == (luid[0], luid[1]):
+                return True
+        return False
+    finally:
+        close(token.value)
+
+
+class Security:
+    """A ``SECURITY_ATTRIBUTES`` built from SDDL, for objects other users must reach."""
+
+    def __init__(self, sddl: str) -> None:
+        self.descriptor = ctypes.c_void_p()
+        if not ConvertSddl(sddl, 1, ctypes.byref(self.descriptor), None):
+            raise os_error("cannot build a security descriptor")
+        self.attributes = SecurityAttributes(
+            ctypes.sizeof(SecurityAttributes), self.descriptor, False
+        )
+
+    @property
+    def pointer(self) -> Any:
+        return ctypes.byref(self.attributes)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.descriptor:
+                LocalFree(self.descriptor)
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+class KernelEvent(threading.Event):
+    """A ``threading.Event`` that also sets a Win32 event, so a cancel wakes a kernel wait."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handle = CreateEventW(None, True, False, None)
+        if not self.handle:
+            raise os_error("cannot create an event")
+
+    def set(self) -> None:
+        super().set()
+        SetEvent(self.handle)
+
+    def close(self) -> None:
+        close(self.handle)
+        self.handle = None
+
+
+class ConsoleEvents:
+    """Ctrl-C and Ctrl-Break for a main thread asleep in a kernel wait.
+
+    A console control handler runs on a thread the system creates for it, and handlers run
+    last-registered first (learn.microsoft.com: SetConsoleCtrlHandler, HandlerRoutine). While a
+    wait is armed, ours records the event and sets a kernel event that is part of the wait,
+    and answers TRUE so it is handled once; the waiting thread then raises the Python signal
+    itself, at a point where it owns no mutex. Events for signals Python does not handle
+    (``SIG_DFL``, ``SIG_IGN``) are left to the next handler, as if we were not there.
+
+    In ``child`` mode (``inturn run`` while the command runs) Ctrl-C and Ctrl-Break are
+    swallowed: the command shares our console and process group and gets them itself.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.handle = CreateEventW(None, True, False, None)
+        self.mode = ""
+        self.pending: signal.Signals | None = None
+        self._callback = HANDLER_ROUTINE(self._on_event)
+
+    def _on_event(self, event: int) -> int:
+        if event not in (CTRL_C_EVENT, CTRL_BREAK_EVENT):
+            return 0
+        signum = signal.SIGINT if event == CTRL_C_EVENT else signal.SIGBREAK
+        with self._lock:
+            if self.mode == "child":
+                SetEvent(self.handle)
+                return 1
+            if self.mode != "wait" or not callable(signal.getsignal(signum)):
+                return 0
+            self.pending = signum
+            SetEvent(self.handle)
+            return 1
+
+    @contextlib.contextmanager
+    def armed(self, mode: str) -> Iterator[int]:
+        """Handle console events as ``mode`` says for the ``with`` block; yields the event."""
+        with self._lock:
+            self.mode = mode
+            self.pending = None
+            ResetEvent(self.handle)
+        registered = bool(SetConsoleCtrlHandler(self._callback, True))
+        try:
+            yield self.handle
+        finally:
+            if registered:
+                SetConsoleCtrlHandler(self._callback, False)
+            with self._lock:
+                self.mode = ""
+                late, self.pending = self.pending, None
+            if late is not None:
+                run_handler(late)  # it came as the wait ended: not lost, handled here
+
+    def deliver(self) -> None:
+        """Run the Python handler of the recorded signal here (it may raise KeyboardInterrupt)."""
+        with self._lock:
+            signum, self.pending = self.pending, None
+            ResetEvent(self.handle)
+        if signum is not None:
+            run_handler(signum)
+
+
+def run_handler(signum: signal.Signals) -> None:
+    """Run the Python handler of ``signum`` now, in this (main) thread, as if it had arrived."""
+    _thread.interrupt_main(signum)
+    ctypes.pythonapi.PyErr_CheckSignals()  # raises what the handler raises
+
+
+console: ConsoleEvents | None = None
+console_lock = threading.Lock()
+
+
+def console_events() -> ConsoleEvents:
+    global console
+    with console_lock:
+        if console is None:
+            console = ConsoleEvents()
+        return console
+
+
+def wait_handles(handles: Sequence[int], timeout_ms: int) -> int:
+    """``WaitForMultipleObjects`` on up to 64 handles, any one; the raw result."""
+    array = (HANDLE * len(handles))(*handles)
+    result = int(WaitForMultipleObjects(len(handles), array, False, timeout_ms))
+    if result == WAIT_FAILED:
+        raise os_error("cannot wait for the line")
+    return result
+
+
+def signalled_index(result: int, count: int) -> int | None:
+    """Which handle ended the wait: ``WAIT_OBJECT_0 + i`` or ``WAIT_ABANDONED_0 + i``."""
+    if WAIT_OBJECT_0 <= result < WAIT_OBJECT_0 + count:
+        return result - WAIT_OBJECT_0
+    if WAIT_ABANDONED_0 <= result < WAIT_ABANDONED_0 + count:
+        return result - WAIT_ABANDONED_0
+    return None
+
+
+def milliseconds(seconds: float) -> int:
+    return max(0, min(INFINITE - 1, int(seconds * 1000 + 0.999)))

@@ -1,0 +1,88 @@
+"""The layers of the package, enforced from its imports (every import, lazy ones included).
+
+cli           the command: may import anything below it
+line          the Python API (Line, Turn, turn, single_instance)
+queue         the algorithm, written once
+backends      the primitives (base) and each backend; nothing above them
+core          errors, records, names, durations, forks, win32: nothing but each other
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "src" / "inturn"
+CORE = {"errors", "records", "names", "durations", "forks", "win32"}
+MAY_IMPORT = {
+    "core": {"core"},
+    "backends": {"core", "backends", "backends.base"},
+    "backends.base": {"core"},
+    "queue": {"core", "backends.base"},
+    "line": {"core", "backends", "backends.base", "queue"},
+    "package": {"core", "backends.base", "queue", "line"},  # __init__ and __main__ re-export
+    "cli": {"core", "backends", "backends.base", "queue", "line", "cli", "package"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")[1:]  # without "inturn"
+    if not parts:
+        return "package"
+    if parts[0] == "__main__":
+        return "cli"
+    if parts[0] in CORE:
+        return "core"
+    if parts[:2] == ["backends", "base"]:
+        return "backends.base"
+    return parts[0]
+
+
+def imports_of(path: Path) -> set[str]:
+    """The ``inturn`` modules that ``path`` imports, anywhere in it."""
+    here = module_name(path)
+    package = here if path.name == "__init__.py" else here.rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "inturn")
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join([*base, node.module] if node.module else base)
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != "inturn":
+                continue
+            folder = PACKAGE.parent / Path(*target.split("."))
+            modules = [a.name for a in node.names if (folder / f"{a.name}.py").exists()]
+            found.update(f"{target}.{name}" for name in modules)  # from . import win32
+            if len(modules) < len(node.names):
+                found.add(target)
+    return found
+
+
+def test_every_module_imports_only_what_its_layer_may():
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        here = module_name(path)
+        allowed = MAY_IMPORT[layer(here)]
+        for target in sorted(imports_of(path)):
+            if layer(target) not in allowed:
+                wrong.append(f"{here} ({layer(here)}) imports {target} ({layer(target)})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_nothing_but_the_command_imports_the_command():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        here = module_name(path)
+        if layer(here) != "cli":
+            assert not [t for t in imports_of(path) if t.startswith("inturn.cli")], here
