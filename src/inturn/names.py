@@ -8,9 +8,7 @@ readable slug plus a hash of the exact name, so two different names never share 
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Callable
 
 from .errors import UsageError
 
@@ -46,20 +44,6 @@ def digest(name: str, length: int = 32) -> str:
     import hashlib  # only names that are not plain need it
 
     return hashlib.sha256(encode(name)).hexdigest()[:length]
-
-
-def names_in(root: str, recorded_name: Callable[[str], str | None]) -> list[str]:
-    """The lines kept in ``root``: folders whose recorded name maps back to the folder's own
-    (anything else there, links included, is not one of ours and is passed over)."""
-    found = []
-    for entry in os.listdir(root):
-        folder = os.path.join(root, entry)
-        if os.path.islink(folder) or not os.path.isdir(folder):
-            continue
-        name = recorded_name(folder)
-        if name is not None and safe_file_name(name) == entry:
-            found.append(name)
-    return sorted(found)
 
 
 def safe_file_name(name: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -223,61 +222,12 @@ def _cwd() -> str:
         return ""
 
 
-def dumps_line(data: dict[str, Any]) -> bytes:
-    """One JSON record per line: readers ignore an unfinished last line."""
-    return (json.dumps(data, separators=(",", ":"), ensure_ascii=True) + "\n").encode()
-
-
 class InturnWarning(UserWarning):
     """Something odd was found and skipped (a corrupt record, a foreign file)."""
 
 
 def warn(message: str) -> None:
     warnings.warn(message, InturnWarning, stacklevel=3)
-
-
-def parse_record(number: int, data: bytes, origin: str, owner: str | None = None) -> Ticket | None:
-    """A ticket file's records: a header line, then an ``acquired_at`` line once it holds.
-
-    An unfinished last line is being written and is skipped; a finished line that is not JSON
-    is corruption, reported once and ignored. A value that is not a usable time (NaN, an
-    overflow, a string) is reported and dropped, the rest of the record kept; a record that
-    says it holds still holds. ``owner`` is who the file system says wrote the file: it beats
-    what the record claims.
-    """
-    lines = data.split(b"\n")[:-1]  # the part after the last newline is unfinished
-    where = escape_controls(origin)
-    header: Any = {}
-    holding = False
-    acquired: float | None = None
-    for index, raw in enumerate(lines):
-        try:
-            record = json.loads(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            record = None
-        if not isinstance(record, dict):
-            warn_once(f"ignoring corrupt ticket record {where}")
-            if index == 0:
-                return Ticket(number, user=owner or "")
-            continue
-        if index == 0:
-            header = record
-        elif "acquired_at" in record:
-            holding = True
-            acquired = timestamp(record["acquired_at"])
-            if acquired is None:
-                warn_once(f"ignoring a bad acquired_at in {where}")
-    if "joined_at" in header and timestamp(header["joined_at"]) is None:
-        warn_once(f"ignoring a bad joined_at in {where}")
-    for key, low, high in (("pid", 1, 2**63), ("slots", 1, 2**31)):
-        value = whole_number(header.get(key, low))
-        if value is None or not low <= value < high:
-            warn_once(f"ignoring a bad {key} in {where}")
-    if holding and acquired is None:
-        acquired = timestamp(header.get("joined_at")) or time.time()
-    if owner is not None:
-        header = {**header, "user": owner}
-    return Ticket.from_header(number, header, acquired)
 
 
 _warned: set[str] = set()

@@ -12,12 +12,26 @@ the claim. Numbers are zero-padded so that a listing sorts like the line.
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Callable, Iterable
-from typing import NamedTuple
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, suppress
+from typing import Any, NamedTuple
 
-from ..records import warn
-from .base import check_scope
+from ..errors import BackendError, Cancelled
+from ..names import safe_file_name
+from ..records import (
+    LineStatus,
+    Ticket,
+    escape_controls,
+    timestamp,
+    warn,
+    warn_once,
+    whole_number,
+)
+from .base import Backend, LineStore, Membership, Patience, View, check_scope
 
 TICKET = ".ticket"
 MARKER = ".abandoned"
@@ -101,3 +115,367 @@ def next_number(counter: bytes, where: str, highest: int) -> int:
     if counter:
         warn(f"the ticket counter {where} was corrupt; rebuilt it")
     return highest + 1
+
+
+# --------------------------------------------------------------------------- the record format
+
+
+def dumps_line(data: dict[str, Any]) -> bytes:
+    """One JSON record per line: readers ignore an unfinished last line."""
+    return (json.dumps(data, separators=(",", ":"), ensure_ascii=True) + "\n").encode()
+
+
+def parse_record(number: int, data: bytes, origin: str, owner: str | None = None) -> Ticket | None:
+    """A ticket file's records: a header line, then an ``acquired_at`` line once it holds.
+
+    An unfinished last line is being written and is skipped; a finished line that is not JSON
+    is corruption, reported once and ignored. A value that is not a usable time (NaN, an
+    overflow, a string) is reported and dropped, the rest of the record kept; a record that
+    says it holds still holds. ``owner`` is who the file system says wrote the file: it beats
+    what the record claims.
+    """
+    lines = data.split(b"\n")[:-1]  # the part after the last newline is unfinished
+    where = escape_controls(origin)
+    header: Any = {}
+    holding = False
+    acquired: float | None = None
+    for index, raw in enumerate(lines):
+        try:
+            record = json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            record = None
+        if not isinstance(record, dict):
+            warn_once(f"ignoring corrupt ticket record {where}")
+            if index == 0:
+                return Ticket(number, user=owner or "")
+            continue
+        if index == 0:
+            header = record
+        elif "acquired_at" in record:
+            holding = True
+            acquired = timestamp(record["acquired_at"])
+            if acquired is None:
+                warn_once(f"ignoring a bad acquired_at in {where}")
+    if "joined_at" in header and timestamp(header["joined_at"]) is None:
+        warn_once(f"ignoring a bad joined_at in {where}")
+    for key, low, high in (("pid", 1, 2**63), ("slots", 1, 2**31)):
+        value = whole_number(header.get(key, low))
+        if value is None or not low <= value < high:
+            warn_once(f"ignoring a bad {key} in {where}")
+    if holding and acquired is None:
+        acquired = timestamp(header.get("joined_at")) or time.time()
+    if owner is not None:
+        header = {**header, "user": owner}
+    return Ticket.from_header(number, header, acquired)
+
+
+def names_in(root: str, recorded_name: Callable[[str], str | None]) -> list[str]:
+    """The lines kept in ``root``: folders whose recorded name maps back to the folder's own
+    (anything else there, links included, is not one of ours and is passed over)."""
+    found = []
+    for entry in os.listdir(root):
+        folder = os.path.join(root, entry)
+        if os.path.islink(folder) or not os.path.isdir(folder):
+            continue
+        name = recorded_name(folder)
+        if name is not None and safe_file_name(name) == entry:
+            found.append(name)
+    return sorted(found)
+
+
+# --------------------------------------------------------------------------- what both share
+
+
+class FolderBackend(Backend):
+    """Lines kept in a folder on this machine (each platform says where, and how to check it)."""
+
+    def __init__(self, scope: str = "user", directory: str | None = None) -> None:
+        self.root, explicit = resolve_root(scope, directory, self.default_root)
+        self.scope = scope
+        self.prepare_root(self.root, scope, explicit)
+
+    @staticmethod
+    @abstractmethod
+    def default_root(scope: str) -> str:
+        """Where lines live when neither ``INTURN_DIR`` nor ``directory=`` says."""
+
+    @staticmethod
+    @abstractmethod
+    def prepare_root(path: str, scope: str, explicit: bool) -> None:
+        """Create the lines folder if needed and check that it is safe to use."""
+
+    @staticmethod
+    @abstractmethod
+    def recorded_name(folder: str) -> str | None:
+        """The exact name a line's folder records, or None if it records none usable."""
+
+    @property
+    def where(self) -> str:
+        return self.root
+
+    def names(self) -> list[str]:
+        return names_in(self.root, self.recorded_name)
+
+
+class FolderMembership(Membership):
+    """Our ticket: its record, open for writing, and whatever keeps its liveness lock."""
+
+    fd: int
+
+
+class FolderStore(LineStore):
+    """A line in a folder: what the POSIX and Windows stores share.
+
+    Each platform supplies how to hold, probe and wait on a ticket's liveness lock (``join``,
+    ``_dead``, ``wait``, ``leave``), the guard, and a handful of file operations; the rules for
+    the folder's files (who may remove what, in which order, how a death is reported exactly
+    once) are written here once.
+    """
+
+    name: str
+    scope: str
+    folder: str
+    shown: str  # the folder, with control characters escaped, for messages
+
+    def __init__(self, backend: FolderBackend, name: str) -> None:
+        self.name = name
+        self.scope = backend.scope
+        self.folder = os.path.join(backend.root, safe_file_name(name))
+        self.shown = escape_controls(self.folder)
+
+    @property
+    def where(self) -> str:
+        return self.folder
+
+    # -- what each platform supplies
+
+    @abstractmethod
+    def _opened(self) -> bool:
+        """Whether this store has opened (and so created) the line's folder."""
+
+    @abstractmethod
+    def _entries(self) -> Entries:
+        """One listing of the line's folder (creating the folder if need be)."""
+
+    @abstractmethod
+    def _read(self, entry: str) -> tuple[bytes, str | None] | None:
+        """A file's contents (bounded) and the name of its owner as the system says (None
+        where the record's own claim is to be believed); None if it is gone or not a regular
+        file, with a warning for the latter."""
+
+    @abstractmethod
+    def _create(self, entry: str, data: bytes) -> bool:
+        """Create a file that must not exist yet, readable by every user of the line and
+        writable by its creator only; False if it exists."""
+
+    @abstractmethod
+    def _remove(self, entry: str) -> None:
+        """Remove a file; ``FileNotFoundError`` if gone, ``PermissionError`` if not ours to."""
+
+    @abstractmethod
+    def _exists(self, entry: str) -> bool:
+        """Whether an entry of that name exists (of any kind)."""
+
+    @abstractmethod
+    def _link(self, entry: str, to: str) -> bool:
+        """Give ``entry`` the second name ``to`` without replacing anything; False if not
+        allowed (another user's file) or if ``to`` exists."""
+
+    @abstractmethod
+    def _dead(self, number: int) -> bool:
+        """Whether ticket ``number``'s liveness lock is free (gone counts as dead); under the
+        guard, a ticket found dead stays dead."""
+
+    @abstractmethod
+    def _guard(self, patience: Patience) -> AbstractContextManager[Any]:
+        """The line's short guard lock (``GuardTaken`` once patience runs out)."""
+
+    @abstractmethod
+    def _write_counter(self, entry: str, text: bytes) -> None:
+        """Write a counter file of ours (creating it if missing)."""
+
+    @abstractmethod
+    def _counter_owner(self) -> int:
+        """This user's number for a per-user counter file, ``.next.<number>``."""
+
+    # -- numbers
+
+    def _next_number(self, entries: Entries) -> int:
+        """Under the guard: the next number. A per-user line keeps it in ``.line``. On a
+        machine-wide line every user writes only a counter of their own, ``.next.<n>``, and
+        the number is above all of them and above every number in the folder: nobody can turn
+        back the numbers that others were given."""
+        if self.scope != "machine":
+            found = self._read(COUNTER)
+            where = f"{self.shown}/{COUNTER}"
+            return next_number(found[0] if found else b"", where, entries.highest)
+        highest = entries.highest
+        for entry in (COUNTER, *entries.counters):
+            found = self._read(entry)
+            text = found[0].split(b"\n", 1)[0].strip() if found else b""
+            if text.isdigit() and len(text) < 19:
+                highest = max(highest, int(text) - 1)
+        return highest + 1
+
+    def _save_number(self, following: int) -> None:
+        own = COUNTER if self.scope != "machine" else counter_file(self._counter_owner())
+        self._write_counter(own, f"{following}\n".encode())
+
+    # -- LineStore: reading
+
+    def status(self) -> LineStatus:
+        """Looking at a line that nobody has used yet must not create it."""
+        if not self._opened() and not os.path.lexists(self.folder):
+            return LineStatus(self.name, scope=self.scope, where=self.folder)
+        return super().status()
+
+    def look(self, me: Membership | None) -> View:
+        with os_errors(self.shown):
+            entries = self._entries()
+        tickets = entries.tickets
+        if me is not None:
+            tickets = tuple(n for n in tickets if n < me.number)
+        return View(tickets, entries.markers)
+
+    def alive(self, numbers: Sequence[int], me: Membership | None) -> list[bool]:
+        with os_errors(self.shown):
+            return [not self._dead(number) for number in numbers]
+
+    def read(self, numbers: Sequence[int], me: Membership | None = None) -> list[Ticket | None]:
+        result: list[Ticket | None] = []
+        with os_errors(self.shown):
+            for number in numbers:
+                name = ticket_file(number)
+                found = self._read(name)
+                if not found or not found[0]:  # gone, or being created, or a leaver's last
+                    result.append(None)
+                    continue
+                data, owner = found
+                result.append(parse_record(number, data, f"{self.shown}/{name}", owner))
+        return result
+
+    # -- LineStore: the dead
+
+    def bury(self, number: int, me: Membership | None, patience: Patience) -> bool:
+        with os_errors(self.shown), self._guard(patience):
+            if self._dead(number):
+                self._bury_dead(number)
+            return self._exists(marker_file(number)) and not self._exists(told_file(number))
+
+    def _bury_dead(self, number: int) -> None:
+        """Under the guard, for a ticket found dead: leave a marker if it was holding (a second
+        link to its record, or where the record is another user's, a copy that says whose it
+        was), then remove it if we may (in a sticky folder only its owner can)."""
+        name = ticket_file(number)
+        found = self._read(name)
+        if found is None:
+            return
+        data, owner = found
+        record = parse_record(number, data, f"{self.shown}/{name}")
+        if data and record is not None and record.holding:
+            marker = marker_file(number)
+            if not self._link(name, marker):
+                self._create(marker, data + dumps_line({"owner": owner}))
+        try:
+            self._remove(name)
+        except (FileNotFoundError, PermissionError):
+            pass  # gone, or another user's: dead all the same, and marked
+        except OSError as exc:
+            warn_once(f"cannot remove dead ticket {self.shown}/{name}: {exc.strerror}")
+
+    def mark_acquired(self, me: Membership, when: float) -> None:
+        assert isinstance(me, FolderMembership)
+        with os_errors(self.shown):
+            write_all(me.fd, b'{"acquired_at":%r}\n' % when)
+
+    def claim_abandoned(self, me: Membership) -> Ticket | None:
+        with os_errors(self.shown):
+            for number in self._entries().markers:
+                record = self._claim(number)
+                if record is not None:
+                    return record
+        return None
+
+    def _claim(self, number: int) -> Ticket | None:
+        """Tell ourselves of a marker by creating its claim, which only one can do. A marker
+        is removed only once claimed and once its ticket is gone (and then never comes back),
+        so a marker still there after our claim was made was ours to claim."""
+        marker, told = marker_file(number), told_file(number)
+        found = self._read(marker)
+        if found is None:
+            return None
+        if not self._create(told, b""):
+            return None  # another new holder was told
+        if not self._exists(marker):  # claimed and tidied away while we read it
+            with suppress(OSError):
+                self._remove(told)
+            return None
+        data, owner = found
+        record = parse_record(
+            number, data, f"{self.shown}/{marker}", self._dead_owner(number, data, owner)
+        )
+        with suppress(OSError, BackendError), self._guard(Patience(0.0)):
+            self._tidy(number)
+        return record
+
+    def _dead_owner(self, number: int, data: bytes, marker_owner: str | None) -> str | None:
+        """Who the dead holder was, from the system rather than from what the record says:
+        the owner of its ticket file while that is still there (or of the marker, a second
+        link to it), else the owner recorded in a copy another user made of it."""
+        found = self._read(ticket_file(number))
+        if found is not None and found[1] is not None:
+            return found[1]
+        last = data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+        if last.startswith(b'{"owner":'):
+            with suppress(ValueError, KeyError, TypeError, AttributeError):
+                owner = json.loads(last)["owner"]
+                return owner if isinstance(owner, str) else marker_owner
+        return marker_owner
+
+    def _tidy(self, number: int) -> None:
+        """Under the guard: remove what we may of a claimed marker's files, in the safe order
+        (dead ticket, marker, claim), stopping at the first that must stay: what another user
+        owns in a sticky folder stays until they come by."""
+        if not self._dead(number):
+            return
+        for entry in (ticket_file(number), marker_file(number), told_file(number)):
+            with suppress(FileNotFoundError):
+                self._remove(entry)
+
+    def _tidy_litter(self, entries: Entries) -> None:
+        """Under the guard: claimed markers that their claimers could not remove."""
+        for number in entries.claimed:
+            with suppress(OSError):
+                self._tidy(number)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+@contextmanager
+def os_errors(folder: str) -> Iterator[None]:
+    """An unexpected system error (a full disk, too many open files) is one clear line."""
+    try:
+        yield
+    except (BackendError, Cancelled, KeyboardInterrupt):
+        raise
+    except OSError as exc:
+        raise BackendError(os_problem(folder, exc)) from None
+
+
+def os_problem(folder: str, exc: OSError) -> str:
+    import errno  # only when something went wrong
+
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device of {folder}: free some space and try again"
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return (
+            f"too many open files ({exc.strerror}) while using {folder}: raise the limit "
+            "(ulimit -n) or close some files"
+        )
+    if exc.errno == errno.EROFS:
+        return f"{folder} is on a read-only file system: choose another with --dir or INTURN_DIR"
+    return f"cannot use {folder}: {exc.strerror or exc}"

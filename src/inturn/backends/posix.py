@@ -33,39 +33,21 @@ from contextlib import contextmanager, suppress
 
 from ..errors import BackendError, Cancelled
 from ..forks import forget_after_fork
-from ..names import names_in, safe_file_name
-from ..records import (
-    MAX_RECORD_BYTES,
-    LineStatus,
-    Ticket,
-    dumps_line,
-    escape_controls,
-    parse_record,
-    this_user,
-    warn_once,
-)
-from .base import (
-    Backend,
-    CancelToken,
-    GuardTaken,
-    LineStore,
-    Membership,
-    Patience,
-    View,
-    Woke,
-    wait_woken,
-)
+from ..records import MAX_RECORD_BYTES, Ticket, this_user, warn_once
+from .base import CancelToken, GuardTaken, Membership, Patience, View, Woke, wait_woken
 from .folders import (
     COUNTER,
     NAME_FILE,
     Entries,
-    counter_file,
-    marker_file,
-    next_number,
+    FolderBackend,
+    FolderMembership,
+    FolderStore,
+    dumps_line,
+    os_errors,
+    os_problem,
     read_entries,
-    resolve_root,
     ticket_file,
-    told_file,
+    write_all,
 )
 
 assert sys.platform != "win32"  # the rest of this module is POSIX code
@@ -180,23 +162,18 @@ def prepare_root(path: str, scope: str, explicit: bool) -> None:
         )
 
 
-class PosixBackend(Backend):
+class PosixBackend(FolderBackend):
     """Lines kept in a folder on this machine."""
 
-    def __init__(self, scope: str = "user", directory: str | None = None) -> None:
-        self.root, explicit = resolve_root(scope, directory, default_root)
-        self.scope = scope
-        prepare_root(self.root, scope, explicit)
+    default_root = staticmethod(default_root)
+    prepare_root = staticmethod(prepare_root)
 
-    @property
-    def where(self) -> str:
-        return self.root
+    @staticmethod
+    def recorded_name(folder: str) -> str | None:
+        return _read_name(folder)
 
     def line(self, name: str) -> PosixStore:
         return PosixStore(self, name)
-
-    def names(self) -> list[str]:
-        return names_in(self.root, _read_name)
 
 
 def _read_name(folder: str) -> str | None:
@@ -229,12 +206,6 @@ def _read_all(fd: int, limit: int = MAX_RECORD_BYTES) -> bytes:
     return b"".join(chunks)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 _user_names: dict[int, str] = {}
 
 
@@ -257,7 +228,7 @@ def user_name(uid: int) -> str:
 # --------------------------------------------------------------------------- tickets
 
 
-class PosixMembership(Membership):
+class PosixMembership(FolderMembership):
     """Our ticket file, open and locked. A forked child gets its copy closed."""
 
     def __init__(self, number: int, fd: int) -> None:
@@ -392,19 +363,12 @@ class _GuardWait:
 # --------------------------------------------------------------------------- one line
 
 
-class PosixStore(LineStore):
+class PosixStore(FolderStore):
     def __init__(self, backend: PosixBackend, name: str) -> None:
-        self.name = name
-        self.scope = backend.scope
-        self.folder = os.path.join(backend.root, safe_file_name(name))
-        self.shown = escape_controls(self.folder)
+        super().__init__(backend, name)
         self._dir_fd: int | None = None
         self._open_lock = threading.Lock()
         self._watches = _Watches()
-
-    @property
-    def where(self) -> str:
-        return self.folder
 
     # -- folder and guard
 
@@ -482,7 +446,7 @@ class PosixStore(LineStore):
         except OSError as exc:
             raise BackendError(_unusable(self.shown, NAME_FILE, exc)) from None
         try:
-            _write_all(fd, dumps_line({"name": self.name}))
+            write_all(fd, dumps_line({"name": self.name}))
             os.fchmod(fd, _readable_mode(self.scope))
             os.link(draft, NAME_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
         except FileExistsError:
@@ -550,44 +514,10 @@ class PosixStore(LineStore):
                 os.fchmod(fd, 0o644)
         return fd
 
-    def _next_number(self, guard: int, dir_fd: int, entries: Entries) -> int:
-        """Under the guard: the next number. A per-user line keeps it in ``.line``. On a
-        machine-wide line every user writes only a counter of their own, ``.next.<uid>``,
-        and the number is above all of them and above every number in the folder: nobody can
-        turn back the numbers that others were given."""
-        if self.scope != "machine":
-            return next_number(os.pread(guard, 64, 0), f"{self.shown}/{COUNTER}", entries.highest)
-        highest = entries.highest
-        for entry in (COUNTER, *entries.counters):
-            fd = self._open(entry)
-            if fd is None:
-                continue
-            try:
-                text = os.pread(fd, 64, 0).split(b"\n", 1)[0].strip()
-            finally:
-                os.close(fd)
-            if text.isdigit() and len(text) < 19:
-                highest = max(highest, int(text) - 1)
-        return highest + 1
+    def _opened(self) -> bool:
+        return self._dir_fd is not None
 
-    def _save_number(self, guard: int, dir_fd: int, following: int) -> None:
-        text = f"{following}\n".encode()
-        if self.scope != "machine":
-            os.pwrite(guard, text, 0)
-            return
-        own = counter_file(os.getuid())
-        fd = os.open(own, os.O_WRONLY | os.O_CREAT | _O_OPEN, 0o600, dir_fd=dir_fd)
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
-                raise BackendError(f"{self.shown}/{own} is not a counter of yours: remove it")
-            if stat.S_IMODE(info.st_mode) != 0o644:
-                os.fchmod(fd, 0o644)
-            os.pwrite(fd, text, 0)
-        finally:
-            os.close(fd)
-
-    def _scan(self) -> Entries:
+    def _entries(self) -> Entries:
         """One listing, through a descriptor of its own: a shared one has one read position,
         and two threads listing through it at once would each see part of the folder."""
         fd = os.open(".", _O_DIR, dir_fd=self._dir())
@@ -596,54 +526,7 @@ class PosixStore(LineStore):
         finally:
             os.close(fd)
 
-    # -- LineStore
-
-    def join(self, me: Ticket, patience: Patience) -> tuple[PosixMembership, View]:
-        with _os_errors(self), self._guard(patience) as counter:
-            dir_fd = self._dir()
-            entries = self._scan()
-            number = self._next_number(counter, dir_fd, entries)
-            fd, number = self._create_ticket(dir_fd, number)
-            try:
-                # Private until locked: nobody else can open it in time to lock it first. A
-                # look by our own user may hold a shared lock for an instant: wait it out.
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                _write_all(fd, dumps_line(me.header()))
-                if self.scope == "machine":
-                    os.fchmod(fd, _readable_mode(self.scope))
-                self._save_number(counter, dir_fd, number + 1)
-            except BaseException:
-                with suppress(OSError):
-                    os.unlink(ticket_file(number), dir_fd=dir_fd)
-                os.close(fd)
-                raise
-            for claimed in entries.claimed:  # left by holders who could not remove them
-                with suppress(OSError):
-                    self._tidy_guarded(claimed, dir_fd)
-        ahead = tuple(n for n in entries.tickets if n < number)
-        return PosixMembership(number, fd), View(ahead, entries.markers)
-
-    def _create_ticket(self, dir_fd: int, number: int) -> tuple[int, int]:
-        for _ in range(1000):
-            try:
-                return os.open(ticket_file(number), _O_NEW, 0o600, dir_fd=dir_fd), number
-            except FileExistsError:
-                number += 1  # a leftover or planted file: never reuse its number
-        raise BackendError(f"{self.shown} is full of foreign files: clean it up")
-
-    def look(self, me: Membership | None) -> View:
-        with _os_errors(self):
-            entries = self._scan()
-        tickets = entries.tickets
-        if me is not None:
-            tickets = tuple(n for n in tickets if n < me.number)
-        return View(tickets, entries.markers)
-
-    def status(self) -> LineStatus:
-        """Looking at a line that nobody has used yet must not create it."""
-        if self._dir_fd is None and not os.path.lexists(self.folder):
-            return LineStatus(self.name, scope=self.scope, where=self.folder)
-        return super().status()
+    # -- files
 
     def _open(self, entry: str) -> int | None:
         """One of the line's files, read-only; None when it is gone or is not a file we made."""
@@ -662,93 +545,112 @@ class PosixStore(LineStore):
             return None
         return fd
 
-    def alive(self, numbers: Sequence[int], me: Membership | None) -> list[bool]:
-        result = []
-        with _os_errors(self):
-            for number in numbers:
-                try:
-                    fd = self._open(ticket_file(number))
-                except PermissionError:
-                    result.append(True)  # not readable by us: never take it for dead
-                    continue
-                if fd is None:
-                    result.append(False)
-                    continue
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                    result.append(False)  # nobody holds it exclusively: its owner is gone
-                except BlockingIOError:
-                    result.append(True)
-                finally:
-                    os.close(fd)
-        return result
-
-    def bury(self, number: int, me: Membership | None, patience: Patience) -> bool:
-        name = ticket_file(number)
-        with _os_errors(self), self._guard(patience):
-            dir_fd = self._dir()
-            fd = self._open(name)
-            if fd is not None:
-                try:
-                    self._bury_open(number, name, fd, dir_fd)
-                finally:
-                    os.close(fd)
-            return self._unclaimed(number, dir_fd)
-
-    def _bury_open(self, number: int, name: str, fd: int, dir_fd: int) -> None:
-        """Under the guard: if the ticket is still dead, leave a marker if it was holding,
-        then remove it (when we may: in a sticky folder only its owner can)."""
+    def _read(self, entry: str) -> tuple[bytes, str | None] | None:
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return  # alive after all (a shared lock of a look or a waiter does not matter)
-        try:
-            same = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino
-        except FileNotFoundError:
-            return
-        info = os.fstat(fd)
-        if same != info.st_ino:
-            return
-        data = _read_all(fd)
-        record = parse_record(number, data, f"{self.shown}/{name}")
-        if data and record is not None and record.holding:
-            self._leave_marker(number, name, data, info.st_uid, dir_fd)
-        try:
-            os.unlink(name, dir_fd=dir_fd)
-        except FileNotFoundError:
-            pass
+            fd = self._open(entry)
         except PermissionError:
-            pass  # another user's, in a sticky folder: dead all the same, and marked
-        except OSError as exc:
-            warn_once(f"cannot remove dead ticket {self.shown}/{name}: {exc.strerror}")
-
-    def _leave_marker(self, number: int, name: str, data: bytes, uid: int, dir_fd: int) -> None:
-        marker = marker_file(number)
+            return None
+        if fd is None:
+            return None
         try:
-            os.link(name, marker, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-            return
-        except FileExistsError:
-            return
-        except OSError:
-            pass  # not ours to link (protected_hardlinks): write a copy of our own
-        owner = dumps_line({"owner_uid": uid})
-        try:
-            fd = os.open(marker, _O_NEW, 0o600, dir_fd=dir_fd)
-        except FileExistsError:
-            return
-        try:
-            _write_all(fd, data + owner)
-            os.fchmod(fd, _readable_mode(self.scope))
+            return _read_all(fd), user_name(os.fstat(fd).st_uid)
         finally:
             os.close(fd)
 
-    def _unclaimed(self, number: int, dir_fd: int) -> bool:
-        for entry, wanted in ((marker_file(number), True), (told_file(number), False)):
+    def _create(self, entry: str, data: bytes) -> bool:
+        try:
+            fd = os.open(entry, _O_NEW, 0o600, dir_fd=self._dir())
+        except FileExistsError:
+            return False
+        try:
+            write_all(fd, data)
+            os.fchmod(fd, _readable_mode(self.scope))
+        finally:
+            os.close(fd)
+        return True
+
+    def _remove(self, entry: str) -> None:
+        os.unlink(entry, dir_fd=self._dir())
+
+    def _exists(self, entry: str) -> bool:
+        try:
+            os.stat(entry, dir_fd=self._dir(), follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _link(self, entry: str, to: str) -> bool:
+        dir_fd = self._dir()
+        try:
+            os.link(entry, to, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        except FileExistsError:
+            return True  # marked already
+        except OSError:
+            return False  # not ours to link (fs.protected_hardlinks): the caller copies it
+        return True
+
+    def _dead(self, number: int) -> bool:
+        try:
+            fd = self._open(ticket_file(number))
+        except PermissionError:
+            return False  # not readable by us: never take it for dead
+        if fd is None:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # its owner holds it (a shared lock of a look or a waiter does not count)
+        finally:
+            os.close(fd)
+        return True
+
+    def _write_counter(self, entry: str, text: bytes) -> None:
+        fd = os.open(entry, os.O_WRONLY | os.O_CREAT | _O_OPEN, 0o600, dir_fd=self._dir())
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+                raise BackendError(f"{self.shown}/{entry} is not a counter of yours: remove it")
+            wanted = _shared_file_mode(self.scope) if entry == COUNTER else 0o644
+            if stat.S_IMODE(info.st_mode) != wanted:
+                os.fchmod(fd, wanted)
+            os.pwrite(fd, text, 0)
+        finally:
+            os.close(fd)
+
+    def _counter_owner(self) -> int:
+        return os.getuid()
+
+    # -- LineStore
+
+    def join(self, me: Ticket, patience: Patience) -> tuple[PosixMembership, View]:
+        with os_errors(self.shown), self._guard(patience):
+            dir_fd = self._dir()
+            entries = self._entries()
+            fd, number = self._create_ticket(dir_fd, self._next_number(entries))
             try:
-                os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                return not wanted
-        return False
+                # Private until locked: nobody else can open it in time to lock it first. A
+                # look by our own user may hold a shared lock for an instant: wait it out.
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                write_all(fd, dumps_line(me.header()))
+                if self.scope == "machine":
+                    os.fchmod(fd, _readable_mode(self.scope))
+                self._save_number(number + 1)
+            except BaseException:
+                with suppress(OSError):
+                    os.unlink(ticket_file(number), dir_fd=dir_fd)
+                os.close(fd)
+                raise
+            self._tidy_litter(entries)
+        ahead = tuple(n for n in entries.tickets if n < number)
+        return PosixMembership(number, fd), View(ahead, entries.markers)
+
+    def _create_ticket(self, dir_fd: int, number: int) -> tuple[int, int]:
+        for _ in range(1000):
+            try:
+                return os.open(ticket_file(number), _O_NEW, 0o600, dir_fd=dir_fd), number
+            except FileExistsError:
+                number += 1  # a leftover or planted file: never reuse its number
+        raise BackendError(f"{self.shown} is full of foreign files: clean it up")
 
     def wait(
         self,
@@ -757,7 +659,7 @@ class PosixStore(LineStore):
         timeout: float | None,
         cancel: CancelToken | None,
     ) -> Woke | None:
-        with _os_errors(self):
+        with os_errors(self.shown):
             if len(numbers) == 1 and timeout is None and cancel is None:
                 return self._wait_here(numbers[0])
             return self._wait_in_threads(numbers, timeout, cancel)
@@ -817,117 +719,18 @@ class PosixStore(LineStore):
                 for watch in watches:
                     watch.subscribers.discard(woken)
 
-    def mark_acquired(self, me: Membership, when: float) -> None:
-        assert isinstance(me, PosixMembership)
-        with _os_errors(self):
-            _write_all(me.fd, b'{"acquired_at":%r}\n' % when)
-
-    def claim_abandoned(self, me: Membership) -> Ticket | None:
-        with _os_errors(self):
-            dir_fd = self._dir()
-            for number in self._scan().markers:
-                record = self._claim(number, dir_fd)
-                if record is not None:
-                    return record
-        return None
-
-    def _claim(self, number: int, dir_fd: int) -> Ticket | None:
-        marker = marker_file(number)
-        fd = self._open(marker)
-        if fd is None:
-            return None
-        try:
-            data = _read_all(fd)
-            info = os.fstat(fd)
-        finally:
-            os.close(fd)
-        try:
-            told = os.open(told_file(number), _O_NEW, _readable_mode(self.scope), dir_fd=dir_fd)
-        except FileExistsError:
-            return None  # another new holder was told
-        os.close(told)
-        try:
-            still = os.stat(marker, dir_fd=dir_fd, follow_symlinks=False).st_ino == info.st_ino
-        except FileNotFoundError:
-            still = False
-        if not still:  # claimed and tidied away while we read it: not ours to report
-            with suppress(OSError):
-                os.unlink(told_file(number), dir_fd=dir_fd)
-            return None
-        owner = self._dead_owner(number, data, info, dir_fd)
-        record = parse_record(number, data, f"{self.shown}/{marker}", owner)
-        self._tidy(number, dir_fd)
-        return record
-
-    def _dead_owner(self, number: int, data: bytes, info: os.stat_result, dir_fd: int) -> str:
-        """Who the dead holder was, from the file system rather than from what a record says:
-        the owner of its ticket file while that is still there, else of the marker (a second
-        link to it), else the owner that a copy made by another user recorded."""
-        try:
-            ticket = os.stat(ticket_file(number), dir_fd=dir_fd, follow_symlinks=False)
-            return user_name(ticket.st_uid)
-        except OSError:
-            pass
-        last = data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
-        if last.startswith(b'{"owner_uid":'):
-            with suppress(ValueError, KeyError, TypeError):
-                return user_name(int(json.loads(last)["owner_uid"]))
-        return user_name(info.st_uid)
-
-    def _tidy(self, number: int, dir_fd: int) -> None:
-        with suppress(OSError, BackendError), self._guard(Patience(0.0)):
-            self._tidy_guarded(number, dir_fd)
-
-    def _tidy_guarded(self, number: int, dir_fd: int) -> None:
-        """Under the guard: remove what we may of a claimed marker's files, in the safe
-        order (dead ticket, marker, claim); what another user owns in a sticky folder stays
-        until they come by. Stops at the first file that must stay."""
-        fd = self._open(ticket_file(number))
-        if fd is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # raises if it is alive
-            finally:
-                os.close(fd)
-        for entry in (ticket_file(number), marker_file(number), told_file(number)):
-            with suppress(FileNotFoundError):
-                os.unlink(entry, dir_fd=dir_fd)
-
     def leave(self, me: Membership) -> None:
         assert isinstance(me, PosixMembership)
         if me.closed:
             return
         if me.pid == os.getpid():
-            with _os_errors(self):
+            with os_errors(self.shown):
                 # Empty it, so a waiter woken by the unlock knows this was a clean release;
                 # unlink before unlocking, so nobody sees the lock free while the file is ours.
                 os.ftruncate(me.fd, 0)
                 with suppress(FileNotFoundError):
                     os.unlink(ticket_file(me.number), dir_fd=self._dir())
         me.close()
-
-    def read(self, numbers: Sequence[int], me: Membership | None = None) -> list[Ticket | None]:
-        result: list[Ticket | None] = []
-        with _os_errors(self):
-            for number in numbers:
-                name = ticket_file(number)
-                try:
-                    fd = self._open(name)
-                except PermissionError:
-                    fd = None
-                if fd is None:
-                    result.append(None)
-                    continue
-                try:
-                    data = _read_all(fd)
-                    uid = os.fstat(fd).st_uid
-                finally:
-                    os.close(fd)
-                if not data:  # being created, or a clean leaver on its way out
-                    result.append(None)
-                    continue
-                origin = f"{self.shown}/{name}"
-                result.append(parse_record(number, data, origin, user_name(uid)))
-        return result
 
     def close(self) -> None:
         with self._open_lock:
@@ -940,30 +743,6 @@ class PosixStore(LineStore):
             self.close()
 
 
-@contextmanager
-def _os_errors(line: PosixStore) -> Iterator[None]:
-    """An unexpected system error (a full disk, too many open files) is one clear line."""
-    try:
-        yield
-    except (BackendError, Cancelled, KeyboardInterrupt):
-        raise
-    except OSError as exc:
-        raise BackendError(_os_problem(line.shown, exc)) from None
-
-
-def _os_problem(folder: str, exc: OSError) -> str:
-    if exc.errno == errno.ENOSPC:
-        return f"no space left on the device of {folder}: free some space and try again"
-    if exc.errno in (errno.EMFILE, errno.ENFILE):
-        return (
-            f"too many open files ({exc.strerror}) while using {folder}: raise the limit "
-            "(ulimit -n) or close some files"
-        )
-    if exc.errno == errno.EROFS:
-        return f"{folder} is on a read-only file system: choose another with --dir or INTURN_DIR"
-    return f"cannot use {folder}: {exc.strerror or exc}"
-
-
 def _unusable(folder: str, entry: str, exc: OSError) -> str:
     if exc.errno == errno.ELOOP:
         return f"{folder}/{entry} is a symbolic link where inturn keeps its own file: remove it"
@@ -973,5 +752,5 @@ def _unusable(folder: str, entry: str, exc: OSError) -> str:
             "or choose another folder with --dir or INTURN_DIR"
         )
     if exc.errno in (errno.ENOSPC, errno.EMFILE, errno.ENFILE):
-        return _os_problem(folder, exc)
+        return os_problem(folder, exc)
     return f"cannot use {folder}/{entry}: {exc.strerror}"

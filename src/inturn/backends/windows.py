@@ -42,29 +42,18 @@ from ctypes import wintypes
 
 from .. import win32
 from ..errors import BackendError, Cancelled
-from ..names import names_in, safe_file_name
-from ..records import MAX_RECORD_BYTES, LineStatus, Ticket, dumps_line, parse_record, warn_once
-from .base import (
-    Backend,
-    CancelToken,
-    GuardTaken,
-    LineStore,
-    Membership,
-    Patience,
-    View,
-    Woke,
-)
+from ..records import MAX_RECORD_BYTES, Ticket, warn_once
+from .base import CancelToken, GuardTaken, Membership, Patience, View, Woke
 from .folders import (
-    COUNTER,
     NAME_FILE,
     Entries,
-    counter_file,
-    marker_file,
-    next_number,
+    FolderBackend,
+    FolderMembership,
+    FolderStore,
+    dumps_line,
     read_entries,
-    resolve_root,
     ticket_file,
-    told_file,
+    write_all,
 )
 
 assert sys.platform == "win32"  # the rest of this module is Windows code
@@ -77,8 +66,8 @@ _PRIVILEGE_MESSAGE = (
 )
 
 
-# Machine scope: every authenticated user may wait on a ticket (win32.SYNCHRONIZE) and take and give
-# back the guard (plus win32.MUTEX_MODIFY_STATE). In the shared folders every authenticated user may
+# Machine scope: every authenticated user may wait on a ticket (SYNCHRONIZE) and take and give
+# back the guard (plus MUTEX_MODIFY_STATE). In the shared folders every authenticated user may
 # list, create files and folders, and read files (0x1200af on folders, FR on files), and has
 # full control of what they created themselves (CREATOR OWNER), but may not change, rename or
 # delete another user's files: like a sticky folder on POSIX.
@@ -223,13 +212,14 @@ def prepare_root(path: str, scope: str, explicit: bool) -> None:
         raise BackendError(f"{path} is not a folder: remove it or set INTURN_DIR to another place")
 
 
-class WindowsBackend(Backend):
+class WindowsBackend(FolderBackend):
     """Lines on this Windows machine: named mutexes, and a folder for order and metadata."""
 
+    default_root = staticmethod(default_root)
+    prepare_root = staticmethod(prepare_root)
+
     def __init__(self, scope: str = "user", directory: str | None = None) -> None:
-        self.root, explicit = resolve_root(scope, directory, default_root)
-        self.scope = scope
-        prepare_root(self.root, scope, explicit)
+        super().__init__(scope, directory)
         self.sid = win32.user_sid()
         # A number for this user's own counter file on machine-wide lines.
         self.counter_id = int.from_bytes(hashlib.sha256(self.sid.encode()).digest()[:6], "big")
@@ -246,19 +236,13 @@ class WindowsBackend(Backend):
             self.namespace = f"Local\\inturn.{self.sid}"
             self.ticket_security = self.guard_security = self.folder_security = None
 
-    @property
-    def where(self) -> str:
-        return self.root
-
     def line(self, name: str) -> WindowsStore:
         return WindowsStore(self, name)
 
-    def names(self) -> list[str]:
-        def recorded_name(folder: str) -> str | None:
-            identity = _read_identity(folder)
-            return None if identity is None else identity[0]
-
-        return names_in(self.root, recorded_name)
+    @staticmethod
+    def recorded_name(folder: str) -> str | None:
+        identity = _read_identity(folder)
+        return None if identity is None else identity[0]
 
 
 def _read_identity(folder: str) -> tuple[str, str] | None:
@@ -326,7 +310,7 @@ class _Owner:
             self._thread.join()
 
 
-class WindowsMembership(Membership):
+class WindowsMembership(FolderMembership):
     """Our ticket: its owner thread holds the mutex; ``fd`` is our open ticket record."""
 
     def __init__(self, number: int, fd: int, owner: _Owner) -> None:
@@ -426,21 +410,13 @@ def wait_for_mutexes(
 # --------------------------------------------------------------------------- one line
 
 
-class WindowsStore(LineStore):
+class WindowsStore(FolderStore):
     def __init__(self, backend: WindowsBackend, name: str) -> None:
-        self.name = name
-        self.scope = backend.scope
+        super().__init__(backend, name)
         self.backend = backend
-        self.folder = os.path.join(backend.root, safe_file_name(name))
         self._id: str | None = None
         self._guard_handle: int | None = None
         self._open_lock = threading.Lock()
-
-    @property
-    def where(self) -> str:
-        return self.folder
-
-    # -- folder, identity and guard
 
     def _line_id(self) -> str:
         if self._id is None:
@@ -570,42 +546,62 @@ class WindowsStore(LineStore):
     def _path(self, entry: str) -> str:
         return os.path.join(self.folder, entry)
 
-    def _counter_path(self) -> str:
-        """Where this process keeps the line's counter. Machine-wide, each user writes only a
-        counter of their own (the folder lets nobody change another's files), and numbers
-        go above all of them, so nobody can turn back the numbers others were given."""
-        if self.scope != "machine":
-            return self._path(COUNTER)
-        return self._path(counter_file(self.backend.counter_id))
-
-    def _next_number(self, entries: Entries) -> int:
-        """Under the guard: the next number, above every counter and every number present."""
-        if self.scope != "machine":
-            data = _read_file(self._path(COUNTER)) or b""
-            return next_number(data, self._path(COUNTER), entries.highest)
-        highest = entries.highest
-        for entry in (COUNTER, *entries.counters):
-            text = (_read_file(self._path(entry)) or b"").split(b"\n", 1)[0].strip()
-            if text.isdigit() and len(text) < 19:
-                highest = max(highest, int(text) - 1)
-        return highest + 1
-
-    def _save_number(self, following: int) -> None:
-        try:
-            fd = _open_shared(self._counter_path(), write=True, disposition=win32.OPEN_ALWAYS)
-        except OSError as exc:
-            raise BackendError(
-                f"cannot use {self._counter_path()}: {exc.strerror}; fix the folder's "
-                "permissions, or choose another folder with --dir or INTURN_DIR"
-            ) from None
-        try:
-            os.write(fd, f"{following}\n".encode())
-        finally:
-            os.close(fd)
-
     def _entries(self) -> Entries:
         self._line_id()
         return read_entries(os.listdir(self.folder))
+
+    def _opened(self) -> bool:
+        return self._id is not None
+
+    # -- files
+
+    def _read(self, entry: str) -> tuple[bytes, str | None] | None:
+        return _read_owned(self._path(entry), owner=self.scope == "machine")
+
+    def _create(self, entry: str, data: bytes) -> bool:
+        fd = self._create_new(entry)
+        if fd is None:
+            return False
+        try:
+            write_all(fd, data)
+        finally:
+            os.close(fd)
+        return True
+
+    def _remove(self, entry: str) -> None:
+        os.unlink(self._path(entry))
+
+    def _exists(self, entry: str) -> bool:
+        return os.path.lexists(self._path(entry))
+
+    def _link(self, entry: str, to: str) -> bool:
+        """Renamed rather than linked: a rename never replaces a file on Windows."""
+        try:
+            os.rename(self._path(entry), self._path(to))
+        except FileExistsError:
+            return True  # marked already
+        except OSError:
+            return False  # another user's file: the caller copies it
+        return True
+
+    def _dead(self, number: int) -> bool:
+        return not self._alive(number)
+
+    def _write_counter(self, entry: str, text: bytes) -> None:
+        try:
+            fd = _open_shared(self._path(entry), write=True, disposition=win32.OPEN_ALWAYS)
+        except OSError as exc:
+            raise BackendError(
+                f"cannot use {self._path(entry)}: {exc.strerror}; fix the folder's "
+                "permissions, or choose another folder with --dir or INTURN_DIR"
+            ) from None
+        try:
+            os.write(fd, text)
+        finally:
+            os.close(fd)
+
+    def _counter_owner(self) -> int:
+        return self.backend.counter_id
 
     # -- LineStore
 
@@ -617,7 +613,7 @@ class WindowsStore(LineStore):
             entries = self._entries()
             owner, fd, number = self._take(self._next_number(entries))
             try:
-                _write_all(fd, dumps_line(me.header()))
+                write_all(fd, dumps_line(me.header()))
                 self._save_number(number + 1)
             except BaseException:
                 os.close(fd)
@@ -625,6 +621,7 @@ class WindowsStore(LineStore):
                     os.unlink(self._path(ticket_file(number)))
                 owner.release()
                 raise
+            self._tidy_litter(entries)
         ahead = tuple(n for n in entries.tickets if n < number)
         return WindowsMembership(number, fd, owner), View(ahead, entries.markers)
 
@@ -667,19 +664,6 @@ class WindowsStore(LineStore):
                 "or choose another folder with --dir or INTURN_DIR"
             ) from None
 
-    def status(self) -> LineStatus:
-        """Looking at a line that nobody has used yet must not create it."""
-        if self._id is None and not os.path.lexists(self.folder):
-            return LineStatus(self.name, scope=self.scope, where=self.folder)
-        return super().status()
-
-    def look(self, me: Membership | None) -> View:
-        entries = self._entries()
-        tickets = entries.tickets
-        if me is not None:
-            tickets = tuple(n for n in tickets if n < me.number)
-        return View(tickets, entries.markers)
-
     def _alive(self, number: int) -> bool:
         """Whether ticket ``number``'s mutex exists and is owned by someone.
 
@@ -699,37 +683,6 @@ class WindowsStore(LineStore):
             return True
         finally:
             win32.CloseHandle(handle)
-
-    def alive(self, numbers: Sequence[int], me: Membership | None) -> list[bool]:
-        return [self._alive(number) for number in numbers]
-
-    def bury(self, number: int, me: Membership | None, patience: Patience) -> bool:
-        name = ticket_file(number)
-        with self._guard(patience):
-            data = None if self._alive(number) else _read_file(self._path(name))
-            if data is not None:
-                record = parse_record(number, data, self._path(name))
-                if data and record is not None and record.holding:
-                    self._leave_marker(number, data)
-                try:
-                    os.unlink(self._path(name))
-                except (FileNotFoundError, PermissionError):
-                    pass  # gone, or another user's: dead all the same, and marked
-                except OSError as exc:
-                    warn_once(f"cannot remove dead ticket {self._path(name)}: {exc.strerror}")
-            marker, told = (
-                os.path.lexists(self._path(f(number))) for f in (marker_file, told_file)
-            )
-            return marker and not told
-
-    def _leave_marker(self, number: int, data: bytes) -> None:
-        fd = self._create_new(marker_file(number))
-        if fd is None:
-            return  # someone marked it already
-        try:
-            _write_all(fd, data)
-        finally:
-            os.close(fd)
 
     def wait(
         self,
@@ -757,33 +710,6 @@ class WindowsStore(LineStore):
             for handle in handles:
                 win32.CloseHandle(handle)
 
-    def mark_acquired(self, me: Membership, when: float) -> None:
-        assert isinstance(me, WindowsMembership)
-        _write_all(me.fd, b'{"acquired_at":%r}\n' % when)
-
-    def claim_abandoned(self, me: Membership) -> Ticket | None:
-        for number in self._entries().markers:
-            path = self._path(marker_file(number))
-            data = _read_file(path)
-            if data is None:
-                continue
-            told = self._create_new(told_file(number))
-            if told is None:
-                continue  # another new holder was told
-            os.close(told)
-            if not os.path.lexists(path):  # claimed and tidied away while we read it
-                with contextlib.suppress(OSError):
-                    os.unlink(self._path(told_file(number)))
-                continue
-            record = parse_record(number, data, path)
-            with contextlib.suppress(OSError, BackendError), self._guard(Patience(0.0)):
-                if not self._alive(number):  # the safe order: ticket, marker, claim
-                    for entry in (ticket_file(number), marker_file(number), told_file(number)):
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(self._path(entry))
-            return record
-        return None
-
     def leave(self, me: Membership) -> None:
         assert isinstance(me, WindowsMembership)
         if me.closed:
@@ -800,18 +726,6 @@ class WindowsStore(LineStore):
             warn_once(f"cannot remove {self._path(ticket_file(me.number))}: {exc.strerror}")
         me.owner.release()
 
-    def read(self, numbers: Sequence[int], me: Membership | None = None) -> list[Ticket | None]:
-        result: list[Ticket | None] = []
-        for number in numbers:
-            path = self._path(ticket_file(number))
-            found = _read_owned(path, owner=self.scope == "machine")
-            if found is None or not found[0]:
-                result.append(None)
-                continue
-            data, owner = found
-            result.append(parse_record(number, data, path, owner))
-        return result
-
     def close(self) -> None:
         with self._open_lock:
             handle, self._guard_handle = self._guard_handle, None
@@ -820,9 +734,3 @@ class WindowsStore(LineStore):
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]

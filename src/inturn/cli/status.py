@@ -13,7 +13,8 @@ from .parser import line_from
 def status(args: argparse.Namespace) -> int:
     now = time.time()
     if args.name is not None:
-        status = line_from(args).status()
+        with line_from(args) as line:
+            status = line.status()
         if args.json:
             emit(json_text(status.to_json(now)))
         else:
@@ -24,7 +25,14 @@ def status(args: argparse.Namespace) -> int:
     backend = open_backend(
         args.backend, scope="machine" if args.machine else "user", directory=args.dir
     )
-    statuses = [backend.line(name).status() for name in backend.names()]
+    try:
+        statuses = []
+        for name in backend.names():
+            store = backend.line(name)
+            statuses.append(store.status())
+            store.close()
+    finally:
+        backend.close()
     if args.json:
         document = {"where": backend.where, "lines": [s.to_json(now) for s in statuses]}
         emit(json_text(document))
