@@ -121,10 +121,12 @@ class Cluster:
         log = os.path.join(self.home, "log")
         self._as_owner("pg_ctl", "-D", self.data, "-o", self._options(), "-l", log, "-w", "start")
 
-    def restart(self) -> None:
+    def restart(self, mode: str = "fast") -> None:
+        """``mode``: ``fast`` ends every session and shuts down cleanly; ``immediate`` stops
+        at once, as a crash would, and the server starts with crash recovery."""
         log = os.path.join(self.home, "log")
         self._as_owner(
-            "pg_ctl", "-D", self.data, "-o", self._options(), "-l", log, "-m", "fast", "-w",
+            "pg_ctl", "-D", self.data, "-o", self._options(), "-l", log, "-m", mode, "-w",
             "restart",
         )  # fmt: skip
 

@@ -1,0 +1,547 @@
+"""Faults of the server backends while a turn is held: exclusion seen from the command's side.
+
+Each holder here is an ``inturn run`` whose command is ``sh -c`` wrapping the observer's
+recorder (so the process that writes the heartbeat is inturn's grandchild), and the holder
+that gets cut off ignores SIGTERM, so that only the SIGKILL at the end of ``--grace`` stops
+it: the slowest stop the README allows. Overlap is read only from the heartbeats those
+commands write (``observer.assert_exclusive``), never from inturn's own status. Every test
+prints what it measured (``pytest -rP`` shows it): when the cut-off command last beat, and
+the gap (or overlap) before the next command's first row.
+
+Faults: the server ends the holder's session (``pg_terminate_backend``), a restart of a
+private PostgreSQL cluster (fast, and immediate as a crash), a waiter that comes back from a
+lost session after its holder died, a proxy that stops forwarding without closing, a
+``FLUSHALL`` of a private Redis, and a holder killed outright with the lock delay off.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+import inturn
+
+from conftest import REPORT_TIMEOUT, Run, one_line_error, run_cli
+from observer import Interval, assert_exclusive, command, read_intervals, ticket_of
+from tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"),
+    reason="compares CLOCK_MONOTONIC across processes and reads /proc: Linux's",
+)
+
+DEFAULT_LOCK_DELAY = 3.0  # both backends (README: "Lost turns", "Leases")
+DEFAULT_GRACE = 1.0  # inturn run --grace
+PG_LOST_AFTER = 4.0  # README: within 4 seconds of its server going silent a holder knows
+# Room for a loaded machine on top of a documented bound: it only tells a hang (or a bound
+# missed by whole seconds) from scheduling noise, never how fast anything is.
+MARGIN = 2.0
+SECOND = 1_000_000_000  # nanoseconds
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def recorder(
+    log: Path, *, hold: bool = False, seconds: float = 0.0, stubborn: bool = False
+) -> list[str]:
+    """``sh -c`` that says ``told TICKET ABANDONED`` and runs the recorder as its child.
+
+    The trailing ``echo`` keeps ``sh`` from exec'ing the recorder, so the recorder is a
+    grandchild of inturn. ``stubborn``: ``sh`` ignores SIGTERM and the recorder inherits
+    that, so it beats on until SIGKILL.
+    """
+    inner = shlex.join(command(log, hold=hold, seconds=seconds))
+    trap = "trap '' TERM; " if stubborn else ""
+    return ["sh", "-c", f'{trap}echo "told $INTURN_TICKET $INTURN_ABANDONED"; {inner}; echo done']
+
+
+class Told(NamedTuple):
+    """What a recording command said as it started."""
+
+    ticket: int
+    abandoned: bool
+    who: str  # the recorder's ``TICKET:PID`` in the log
+
+    @property
+    def pid(self) -> int:
+        return int(self.who.split(":")[1])
+
+
+def told(run: Run) -> Told:
+    """The first two lines of a recording command: its ticket, abandoned, and its name."""
+    first = run.next_line()
+    assert first[:1] == ["told"] and len(first) == 3, (first, run.errors() if not first else "")
+    second = run.next_line()
+    assert second[:1] == ["inside"], second
+    return Told(int(first[1]), first[2] == "1", second[1])
+
+
+def until(condition: Callable[[], object], what: str) -> None:
+    """Poll ``condition`` (a state the test cannot be told of) until true; a hang fails."""
+    deadline = time.monotonic() + REPORT_TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, f"still not {what} after {REPORT_TIMEOUT:g}s"
+        time.sleep(0.02)
+
+
+def waiting(name: str, url: str, count: int = 1) -> None:
+    """Until ``count`` tickets wait in line ``name`` (read with the public API)."""
+    line = inturn.Line(name, backend=url)
+    try:
+        until(lambda: len(line.status().waiters) == count, f"{count} waiting in {name!r}")
+    finally:
+        line.close()
+
+
+def dead(pid: int) -> bool:
+    """Gone, or a zombie: it can write nothing any more."""
+    try:
+        with open(f"/proc/{pid}/stat") as info:
+            return info.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def seconds(nanoseconds: int) -> float:
+    return nanoseconds / SECOND
+
+
+def gap(old: Interval, new: Interval) -> float:
+    """Seconds from the old command's last row to the new one's first (< 0: overlap)."""
+    return seconds(new.start - old.end)
+
+
+def by_ticket(intervals: list[Interval]) -> dict[int, Interval]:
+    return {ticket_of(i.who): i for i in intervals}
+
+
+def through(proxy: TcpProxy, url: str) -> str:
+    """``url`` with its host and port replaced by the proxy's (user, path, query kept)."""
+    parts = urlsplit(url)
+    user = parts.netloc.rpartition("@")[0]
+    netloc = f"{user}@127.0.0.1:{proxy.port}" if user else f"127.0.0.1:{proxy.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def proxy_to(url: str) -> TcpProxy:
+    parts = urlsplit(url)
+    return TcpProxy(parts.hostname or "127.0.0.1", parts.port or 0)
+
+
+def sql(url: str, query: str, *params: object) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(query, params or None)
+        return cur.fetchall() if cur.description else []
+
+
+def holder_backend(server: str, schema: str, holder: Run) -> int:
+    """The backend pid of the session holding the turn, checked against its session name."""
+    rows = sql(server, f'SELECT backend_pid FROM "{schema}".tickets WHERE acquired_at > 0')
+    assert len(rows) == 1, rows
+    backend = int(rows[0][0])
+    names = sql(server, "SELECT application_name FROM pg_stat_activity WHERE pid = %s", backend)
+    assert names and str(names[0][0]).startswith(f"inturn pid {holder.pid} "), names
+    return backend
+
+
+def lost(holder: Run) -> int:
+    """The holder's exit, which must be 76 with one line saying why (and perhaps a warning
+    that it could not leave cleanly); the moment the test saw it exit."""
+    code = holder.wait()
+    exited = time.monotonic_ns()
+    said = holder.errors().strip().splitlines()
+    assert code == 76, (code, said)
+    assert said and "lost the turn in line" in said[0], said
+    assert all(row.startswith("inturn: warning: ") for row in said[1:]), said
+    return exited
+
+
+def report(title: str, **measured: float) -> None:
+    shown = ", ".join(f"{key.replace('_', ' ')} {value:+.3f}s" for key, value in measured.items())
+    print(f"{title}: {shown}")
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.mark.parametrize(
+    ("options", "query", "grace", "delay"),
+    [
+        ([], "", DEFAULT_GRACE, DEFAULT_LOCK_DELAY),
+        (["--grace", "0.3"], "&inturn_lock_delay=1", 0.3, 1.0),
+    ],
+    ids=["defaults", "grace-0.3-delay-1"],
+)
+def test_postgres_terminated_session_never_overlaps(
+    pg_url: str,
+    pg_server: str,
+    schema: str,
+    tmp_path: Path,
+    options: list[str],
+    query: str,
+    grace: float,
+    delay: float,
+) -> None:
+    """The server ends the holder's session: it knows at once and stops its command within
+    the grace; the waiter, told abandoned, starts only after the lock delay."""
+    log, url = tmp_path / "log", pg_url + query
+    holder = Run(
+        "term", "--backend", url, *options, command=recorder(log, hold=True, stubborn=True)
+    )
+    old = told(holder)
+    waiter = Run("term", "--backend", url, *options, command=recorder(log, seconds=0.3))
+    waiting("term", url)
+    backend = holder_backend(pg_server, schema, holder)
+    cut = time.monotonic_ns()
+    assert sql(pg_server, "SELECT pg_terminate_backend(%s)", backend) == [(True,)]
+    exited = lost(holder)
+    assert dead(old.pid), "the recorder (inturn's grandchild) outlived inturn's exit 76"
+    new = told(waiter)
+    assert waiter.wait() == 0
+    intervals = by_ticket(read_intervals(log))
+    before, after = intervals[old.ticket], intervals[new.ticket]
+    report(
+        f"postgres terminate (grace {grace:g}, lock delay {delay:g})",
+        last_beat_after_cut=seconds(before.end - cut),
+        next_start_after_cut=seconds(after.start - cut),
+        gap=gap(before, after),
+    )
+    assert_exclusive(log, expected=2)
+    assert (old.abandoned, new.abandoned) == (False, True) and new.ticket > old.ticket
+    assert before.end <= exited
+    assert seconds(before.end - cut) < grace + MARGIN  # noticed at once, then the grace
+    assert seconds(before.end - cut) > grace / 2  # it outlived SIGTERM: the whole grace ran
+    assert seconds(after.start - cut) >= delay  # it found the holder dead after the cut
+
+
+@pytest.fixture
+def private_cluster() -> Iterator[Any]:
+    """A PostgreSQL cluster of this test's own, which it may restart."""
+    from postgres_server import cluster
+
+    with cluster() as made:
+        yield made
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_postgres_restart_never_overlaps(private_cluster: Any, tmp_path: Path, mode: str) -> None:
+    """A restart while one holds and three wait: the holder exits 76, each waiter runs (after
+    reconnecting, with a new ticket) or fails with one line, and nobody overlaps anybody."""
+    from postgres_server import with_schema
+
+    log, url = tmp_path / "log", with_schema(private_cluster.url, "inturn_faults")
+    holder = Run("restart", "--backend", url, command=recorder(log, hold=True, stubborn=True))
+    old = told(holder)
+    waiters = [
+        Run("restart", "--backend", url, command=recorder(log, seconds=0.2)) for _ in range(3)
+    ]
+    waiting("restart", url, 3)
+    restart = time.monotonic_ns()
+    private_cluster.restart(mode)
+    lost(holder)
+    assert dead(old.pid), "the recorder (inturn's grandchild) outlived inturn's exit 76"
+    ran: list[Told] = []
+    failed: list[str] = []
+    for run in waiters:
+        if run.wait() == 0:
+            ran.append(told(run))
+        else:
+            said = [row for row in run.errors().splitlines() if "reconnected to" not in row]
+            assert len(said) == 1 and said[0].startswith("inturn: "), said
+            failed.append(said[0])
+    intervals = by_ticket(read_intervals(log))
+    ran.sort(key=lambda each: intervals[each.ticket].start)
+    print(
+        f"postgres {mode} restart: {len(ran)} of 3 waiters ran, in this order (ticket, told "
+        f"abandoned): {[(each.ticket, each.abandoned) for each in ran]}; failed: {failed}"
+    )
+    measured = {"holder_last_beat_after_restart": seconds(intervals[old.ticket].end - restart)}
+    for each in ran:
+        measured[f"ticket_{each.ticket}_start_after_restart"] = seconds(
+            intervals[each.ticket].start - restart
+        )
+    if ran:
+        measured["gap"] = gap(intervals[old.ticket], intervals[ran[0].ticket])
+    report(f"postgres {mode} restart", **measured)
+    assert_exclusive(log, expected=1 + len(ran))
+    assert all(each.ticket > old.ticket for each in ran)  # fencing tokens survive restarts
+    assert sum(each.abandoned for each in ran) <= 1  # never two told the same death
+    if mode == "fast":  # the tickets survive a clean shutdown: the first in is told
+        assert ran and ran[0].abandoned
+
+
+def test_postgres_stalled_link_never_overlaps(
+    pg_url: str, pg_server: str, schema: str, tmp_path: Path
+) -> None:
+    """The holder's link stops forwarding without closing: its ping goes unanswered, and it
+    exits 76 within about 4 s plus the grace; the server still keeps its session."""
+    log = tmp_path / "log"
+    proxy = proxy_to(pg_server)
+    try:
+        cut_off = through(proxy, pg_url)
+        holder = Run("stall", "--backend", cut_off, command=recorder(log, hold=True, stubborn=True))
+        old = told(holder)
+        waiter = Run("stall", "--backend", pg_url, command=recorder(log, seconds=0.3))
+        waiting("stall", pg_url)
+        session = holder_backend(pg_server, schema, holder)
+        stall = time.monotonic_ns()
+        proxy.blackhole()  # nothing gets through, and nobody hears a close
+        exited = lost(holder)
+        assert dead(old.pid), "the recorder (inturn's grandchild) outlived inturn's exit 76"
+        # The server keeps the silent session, and its turn, until its keepalives give up
+        # (about 30 s); the proxy's own TCP answers those, so end the session as they would.
+        assert sql(pg_server, "SELECT 1 FROM pg_stat_activity WHERE pid = %s", session)
+        assert len(read_intervals(log)) == 1  # so the waiter still waits
+        ended = time.monotonic_ns()
+        proxy.cut()
+        new = told(waiter)
+        assert waiter.wait() == 0
+    finally:
+        proxy.close()
+    intervals = by_ticket(read_intervals(log))
+    before, after = intervals[old.ticket], intervals[new.ticket]
+    report(
+        "postgres stalled link",
+        exit_76_after_stall=seconds(exited - stall),
+        last_beat_after_stall=seconds(before.end - stall),
+        next_start_after_session_end=seconds(after.start - ended),
+        gap=gap(before, after),
+    )
+    assert_exclusive(log, expected=2)
+    assert new.abandoned and new.ticket > old.ticket
+    assert before.end <= exited
+    assert seconds(before.end - stall) < PG_LOST_AFTER + DEFAULT_GRACE + MARGIN
+    assert seconds(after.start - ended) >= DEFAULT_LOCK_DELAY
+
+
+def test_postgres_waiter_back_from_a_lost_session_waits_for_those_now_ahead(
+    pg_url: str, pg_server: str, schema: str, tmp_path: Path
+) -> None:
+    """What a restart does to every session at once, one step at a time: a waiter whose
+    session ended while it was paused, and whose holder died meanwhile, comes back at the
+    end of the line with a new ticket. It must wait for the tickets now ahead of it, not
+    take the turn because the one it used to wait for is gone."""
+    log = tmp_path / "log"
+    holder = Run("rejoin", command=recorder(log, hold=True))
+    first = told(holder)
+    paused = Run("rejoin", command=recorder(log, seconds=0.3))
+    waiting("rejoin", pg_url, 1)
+    second = Run("rejoin", command=recorder(log, hold=True))
+    waiting("rejoin", pg_url, 2)
+    query = f"SELECT backend_pid FROM \"{schema}\".tickets WHERE (record::json->>'pid')::int = %s"
+    os.kill(paused.pid, signal.SIGSTOP)
+    try:
+        (session,) = sql(pg_server, query, paused.pid)
+        assert sql(pg_server, "SELECT pg_terminate_backend(%s)", session[0]) == [(True,)]
+        lost_holder = holder_backend(pg_server, schema, holder)
+        assert sql(pg_server, "SELECT pg_terminate_backend(%s)", lost_holder) == [(True,)]
+        lost(holder)
+        taken = told(second)  # after the lock delay, told abandoned
+    finally:
+        os.kill(paused.pid, signal.SIGCONT)
+    # Until it sleeps in line again (a lock request of its new session waits in the server)
+    # or its command has started beside the second holder's.
+    asleep = (
+        f'SELECT 1 FROM pg_locks l JOIN "{schema}".tickets t ON l.pid = t.backend_pid'
+        " WHERE NOT l.granted AND (t.record::json->>'pid')::int = %s"
+    )
+    until(
+        lambda: sql(pg_server, asleep, paused.pid) or len(read_intervals(log)) > 2,
+        "back asleep in line, or inside",
+    )
+    if len(read_intervals(log)) > 2:
+        assert paused.wait() == 0  # inside already: let its whole stay show in the log
+    assert second.finish() == 0
+    assert paused.wait() == 0
+    back = told(paused)
+    intervals = by_ticket(read_intervals(log))
+    report(
+        "postgres waiter back from a lost session",
+        gap=gap(intervals[taken.ticket], intervals[back.ticket]),
+    )
+    assert_exclusive(log, expected=3)
+    assert taken.abandoned and not back.abandoned
+    assert first.ticket < taken.ticket < back.ticket
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+def test_redis_stalled_link_never_overlaps(place: Any, redis_base: str, tmp_path: Path) -> None:
+    """The holder's link stops forwarding: it gives up three quarters of a lease after its
+    last renewal and stops its command within the grace; the waiter starts only once the
+    lease ran out and the lock delay passed."""
+    lease, log = 2.0, tmp_path / "log"
+    url = place.url(lease=lease)
+    proxy = proxy_to(redis_base)
+    try:
+        cut_off = through(proxy, url)
+        holder = Run("stall", "--backend", cut_off, command=recorder(log, hold=True, stubborn=True))
+        old = told(holder)
+        waiter = Run("stall", "--backend", url, command=recorder(log, seconds=0.3))
+        waiting("stall", url)
+        # Stall just after a renewal reached the server (its answer may never come back).
+        assert proxy.wait_sent(b"PEXPIRE", 1)
+        stall = time.monotonic_ns()
+        proxy.blackhole()
+        exited = lost(holder)
+        assert dead(old.pid), "the recorder (inturn's grandchild) outlived inturn's exit 76"
+        new = told(waiter)
+        assert waiter.wait() == 0
+    finally:
+        proxy.close()
+    intervals = by_ticket(read_intervals(log))
+    before, after = intervals[old.ticket], intervals[new.ticket]
+    report(
+        f"redis stalled link (lease {lease:g})",
+        exit_76_after_stall=seconds(exited - stall),
+        last_beat_after_stall=seconds(before.end - stall),
+        next_start_after_stall=seconds(after.start - stall),
+        gap=gap(before, after),
+    )
+    assert_exclusive(log, expected=2)
+    assert new.abandoned and new.ticket > old.ticket
+    assert before.end <= exited
+    assert seconds(before.end - stall) < lease * 3 / 4 + DEFAULT_GRACE + MARGIN
+    # The lease the last renewal set runs out about a lease after the stall; then the delay.
+    assert seconds(after.start - stall) >= DEFAULT_LOCK_DELAY
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Any]:
+    """A Redis server of this test's own: the shared one is never flushed."""
+    from redis_server import RedisServer, require_redis_py
+
+    require_redis_py()
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+def test_redis_flushall_stops_the_holder_within_its_bound(
+    private_redis: Any, tmp_path: Path
+) -> None:
+    """The README says a FLUSHALL can overlap (the leases vanish at once); what it promises
+    is that the holder learns it at its next renewal, up to a third of a lease later, and
+    stops its command within the grace, and that ticket numbers keep increasing."""
+    from redis_server import Place
+
+    lease, log = 3.0, tmp_path / "log"
+    place = Place(private_redis.url)
+    url = place.url(lease=lease)
+    holder = Run("flush", "--backend", url, command=recorder(log, hold=True, stubborn=True))
+    old = told(holder)
+    waiter = Run("flush", "--backend", url, command=recorder(log, seconds=0.3))
+    waiting("flush", url)
+    client = place.client()
+    try:
+        flushed = time.monotonic_ns()
+        client.flushall()
+    finally:
+        client.close()
+    newcomer = Run("flush", "--backend", url, command=recorder(log, seconds=0.3))
+    exited = lost(holder)
+    assert dead(old.pid), "the recorder (inturn's grandchild) outlived inturn's exit 76"
+    waiter_ran = waiter.wait() == 0
+    if waiter_ran:
+        waiter_said = f"ran as {told(waiter)}"
+    else:
+        said = waiter.errors().strip().splitlines()
+        assert len(said) == 1 and "lost our place in line 'flush'" in said[0], said
+        assert waiter.proc.returncode == 2
+        waiter_said = f"gave up: {said[0]}"
+    assert newcomer.wait() == 0
+    new = told(newcomer)
+    intervals = by_ticket(read_intervals(log))
+    before, after = intervals[old.ticket], intervals[new.ticket]
+    print(f"redis flushall: the waiter {waiter_said}; the newcomer is {new}")
+    report(
+        f"redis flushall (lease {lease:g})",
+        exit_76_after_flush=seconds(exited - flushed),
+        last_beat_after_flush=seconds(before.end - flushed),
+        newcomer_start_after_flush=seconds(after.start - flushed),
+        gap=gap(before, after),
+    )
+    assert new.ticket > old.ticket  # the counter vanished too: tickets still increase
+    assert before.end <= exited
+    bound = lease / 3 + DEFAULT_GRACE + MARGIN  # its next renewal, the grace, some room
+    assert seconds(exited - flushed) < bound
+    assert -gap(before, after) < bound  # whatever overlap there is stays within it
+
+
+# --------------------------------------------------------------------------- no lock delay
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "redis"])
+def test_lock_delay_0_lets_the_next_holder_in_at_once(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
+    """After a holder killed outright, ``--no-wait`` finds the line in its lock delay; with
+    the delay switched off it takes the turn at once and is told it was abandoned."""
+    log = tmp_path / "log"
+    if backend == "postgresql":
+        url = request.getfixturevalue("pg_url")
+        server, schema = request.getfixturevalue("pg_server"), request.getfixturevalue("schema")
+        no_delay = url + "&inturn_lock_delay=0"
+    else:
+        place = request.getfixturevalue("place")
+        url = place.url(lease=1)
+        no_delay = url + "&lock_delay=0"
+    holder = Run("killed", "--backend", url, command=recorder(log, hold=True))
+    old = told(holder)
+    if backend == "postgresql":
+        session = holder_backend(server, schema, holder)
+        group = os.getpgid(old.pid)
+        holder.kill()  # first inturn, so that it cannot leave when its command dies ...
+        os.killpg(group, signal.SIGKILL)  # ... then the command, which inherited the session
+        query = "SELECT 1 FROM pg_stat_activity WHERE pid = %s"
+        until(lambda: not sql(server, query, session), "rid of the killed holder's session")
+    else:
+        holder.kill()  # its sentinel kills the command; the lease runs out within a second
+        client = place.client()
+        try:
+            pattern = f"{place.prefix}:*:lease:*"
+            until(lambda: not list(client.scan_iter(match=pattern)), "rid of the killed lease")
+        finally:
+            client.close()
+    until(lambda: dead(old.pid), "rid of the killed command")
+    delayed = run_cli("run", "--no-wait", "--backend", url, "killed", "--", *recorder(log))
+    assert delayed.returncode == 75 and not delayed.stdout, delayed
+    said = delayed.stderr.strip().splitlines()
+    assert len(said) == 1 and "(lock delay)" in said[0], said
+    taken = run_cli("run", "--no-wait", "--backend", no_delay, "killed", "--", *recorder(log))
+    assert taken.returncode == 0, taken
+    words = taken.stdout.split()
+    assert words[:1] == ["told"] and words[2] == "1", taken.stdout
+    assert int(words[1]) > old.ticket
+    assert_exclusive(log, expected=2)
+
+
+# --------------------------------------------------------------------------- bad values
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("postgresql://127.0.0.1:1/db?inturn_lock_delay=-1", "inturn_lock_delay='-1'"),
+        ("postgresql://127.0.0.1:1/db?inturn_lock_delay=soon", "inturn_lock_delay='soon'"),
+        ("redis://127.0.0.1:1/0?lock_delay=soon", "lock_delay='soon'"),
+        ("redis://127.0.0.1:1/0?lock_delay=-1", "lock_delay='-1'"),
+    ],
+)
+def test_bad_lock_delays_are_one_clear_line_and_exit_2(url: str, words: str) -> None:
+    """Refused before any connection is tried (the server named here does not exist)."""
+    for args in (("run", "--backend", url, "x", "--", "true"), ("status", "--backend", url)):
+        one_line_error(run_cli(*args), words, "duration")
