@@ -207,11 +207,14 @@ class _Waiter:
                 )
             if self.on_progress is not None:
                 self.on_progress(Progress(me.number, len(live) + 1, tuple(live), tuple(watch)))
+            number = me.number
             woke = store.wait(me, watch, remaining, self.patience.cancel)
             if woke is None:
                 raise Timeout(f"gave up waiting for line {store.name!r}", store.status())
             if woke.view is not None:
                 view = woke.view
+            elif me.number != number:  # it took a new place (a lost connection): look again
+                view = None
             elif list(ahead) == live == watch and not pending:
                 view = View(tuple(n for n in watch if n not in woke.left))
             else:
@@ -226,11 +229,15 @@ class _Waiter:
         return remaining
 
     def _lock_delay(self, pending: set[int]) -> bool:
-        """Wait out the lock delay after an unclean end; True if it waited (look again)."""
+        """Wait out the lock delay after an unclean end (or after losing sight of the line);
+        True if it waited (look again)."""
         delay = self.store.lock_delay
-        if delay <= 0 or not pending:
+        since = [self.first_seen[m] for m in pending]
+        if self.me.lost_track_at is not None:
+            since.append(self.me.lost_track_at)
+        if delay <= 0 or not since:
             return False
-        until = max(self.first_seen[m] for m in pending) + delay
+        until = max(since) + delay
         left = until - time.monotonic()
         if left <= 0:
             return False

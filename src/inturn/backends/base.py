@@ -204,6 +204,11 @@ class Membership(ABC):
         """OS handles a child process may inherit to keep the turn held (``inturn run``)."""
         return []
 
+    # When (``time.monotonic()``) this ticket lost sight of the line: a waiter whose server
+    # connection dropped took a new place and cannot know how the turn ahead ended, so the
+    # queue waits the lock delay from then, as after an unclean end.
+    lost_track_at: float | None = None
+
 
 class LineStore(ABC):
     """One named line in one backend, safe to share between any number of threads."""

@@ -541,6 +541,7 @@ class PostgresStore(LineStore):
                     conn.close()
                     raise
                 member.conn, member.number = conn, number
+                member.lost_track_at = start
                 warn(
                     f"reconnected to {self.where} after losing the connection "
                     f"({_reason(cause, self.backend.address)}); back in line {self.name!r} "
