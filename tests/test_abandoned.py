@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -129,15 +128,8 @@ LOOKER = textwrap.dedent(
 
 
 @pytest.fixture
-def looker() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        proc.kill()
-        proc.wait(REPORT_TIMEOUT)
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                stream.close()
+def looker(processes: list[subprocess.Popen[str]]) -> list[subprocess.Popen[str]]:
+    return processes
 
 
 def start_looking(

@@ -468,15 +468,8 @@ PLANT = textwrap.dedent(
 
 
 @pytest.fixture
-def plants() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        proc.kill()
-        proc.wait(REPORT_TIMEOUT)
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                stream.close()
+def plants(processes: list[subprocess.Popen[str]]) -> list[subprocess.Popen[str]]:
+    return processes
 
 
 def plant(
