@@ -6,7 +6,8 @@ pid. A waiter sleeps in ``flock(LOCK_SH)`` on the ticket ahead of it and the ker
 that lock goes; a leaver empties its file before it unlocks, so the woken waiter tells a clean
 release (an empty file) from a death (a record still there) with one read. Ticket numbers come
 from the counter file ``.line``, whose ``flock`` is also the short guard under which tickets are
-created and dead ones removed; see ``layout.py`` for the rest of the folder.
+created and dead ones removed; see ``folders.py`` for the rest of the folder
+and the rules both local backends share.
 
 Every path is opened relative to the line's folder descriptor with ``O_NOFOLLOW``, and files are
 created with ``O_EXCL``, so symlinks or files planted by someone else are refused, never followed.

@@ -14,7 +14,8 @@ advisory locks (https://www.postgresql.org/docs/current/explicit-locking.html#AD
 * liveness is read from ``pg_locks`` (a granted exclusive lock held by the very backend pid
   the ticket recorded), never from process ids on the client's host.
 
-Where the statements and the tables are: ``postgres_sql.py``; the URL: ``postgres_address.py``.
+Where the statements and the tables are: ``statements.py``; the URL: ``address.py``; the
+holder's watchdog: ``membership.py``.
 
 Losing the connection (documented in the README): a holder's watchdog thread sleeps in
 ``select`` on the session's socket. A server that ends the session (``pg_terminate_backend``, a
