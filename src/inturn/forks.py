@@ -18,6 +18,12 @@ class ForkAware(Protocol):
 
 
 _registered: weakref.WeakSet[ForkAware] = weakref.WeakSet()
+_pid = os.getpid()
+
+
+def pid() -> int:
+    """This process's id, without a system call (kept up to date in forked children)."""
+    return _pid
 
 
 def forget_after_fork(thing: ForkAware) -> None:
@@ -26,6 +32,8 @@ def forget_after_fork(thing: ForkAware) -> None:
 
 
 def _in_child() -> None:
+    global _pid
+    _pid = os.getpid()
     for thing in list(_registered):
         thing.after_fork_in_child()
 

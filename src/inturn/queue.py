@@ -120,9 +120,12 @@ def take_turn(
     except GuardTaken as exc:
         raise _impatient(store, blocking, timeout, str(exc)) from None
     try:
-        waiter = _Waiter(store, me, slots, deadline, blocking, patience)
-        waiter.on_progress, waiter.owner, waiter.holdings = on_progress, owner, holdings
-        claim = waiter.wait_for_front(view)
+        if view is not None and not view.tickets and not view.markers:
+            claim = False  # nobody ahead, nothing to claim: the turn is ours at once
+        else:
+            waiter = _Waiter(store, me, slots, deadline, blocking, patience)
+            waiter.on_progress, waiter.owner, waiter.holdings = on_progress, owner, holdings
+            claim = waiter.wait_for_front(view)
         store.mark_acquired(me, time.time())
         dead = store.claim_abandoned(me) if claim else None
     except GuardTaken as exc:
@@ -232,10 +235,12 @@ class _Waiter:
         """Wait out the lock delay after an unclean end (or after losing sight of the line);
         True if it waited (look again)."""
         delay = self.store.lock_delay
+        if delay <= 0:
+            return False
         since = [self.first_seen[m] for m in pending]
         if self.me.lost_track_at is not None:
             since.append(self.me.lost_track_at)
-        if delay <= 0 or not since:
+        if not since:
             return False
         until = max(since) + delay
         left = until - time.monotonic()

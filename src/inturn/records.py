@@ -9,6 +9,8 @@ import time
 import warnings
 from typing import Any, NamedTuple
 
+from . import forks
+
 # Bounds on what a ticket records, so that every record fits in what readers read.
 MAX_COMMAND_CHARS = 256 * 1024  # more than any one argument Linux passes (128 KiB)
 MAX_FIELD_CHARS = 4096
@@ -205,7 +207,7 @@ def own_ticket_fields(command: tuple[str, ...] | None, slots: int) -> Ticket:
     """The caller's identity, stamped on the ticket it is about to take."""
     return Ticket(
         number=0,
-        pid=os.getpid(),
+        pid=forks.pid(),
         user=this_user(),
         host=this_host(),
         command=tuple(sys.argv) if command is None else command,

@@ -16,11 +16,11 @@ import json
 import os
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, suppress
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, suppress
 from typing import Any, NamedTuple
 
-from ..errors import BackendError, Cancelled
+from ..errors import BackendError
 from ..names import safe_file_name
 from ..records import (
     LineStatus,
@@ -39,7 +39,6 @@ TOLD = ".told"
 COUNTER = ".line"
 USER_COUNTER = ".next."  # a machine-wide line's counter of one user: .next.<uid>
 NAME_FILE = ".name"
-_KINDS = (TICKET, MARKER, TOLD)
 
 
 def resolve_root(
@@ -80,24 +79,26 @@ class Entries(NamedTuple):
 
 def read_entries(entries: Iterable[str]) -> Entries:
     """The tickets, markers and claims among a folder's entries; anything else is not ours."""
-    found: dict[str, set[int]] = {kind: set() for kind in _KINDS}
+    tickets: list[int] = []
+    markers: set[int] = set()
+    told: set[int] = set()
     counters = []
     for entry in entries:
-        if entry.startswith(USER_COUNTER):
-            if entry[len(USER_COUNTER) :].isdigit():
+        stem, _, kind = entry.rpartition(".")
+        if not (stem.isdigit() and stem.isascii()):
+            if entry.startswith(USER_COUNTER) and kind.isdigit():
                 counters.append(entry)
             continue
-        for kind in _KINDS:
-            if entry.endswith(kind):
-                stem = entry[: -len(kind)]
-                if stem.isdigit() and stem.isascii():
-                    found[kind].add(int(stem))
-                break
-    told = found[TOLD]
-    markers = found[MARKER]
-    highest = max((max(numbers) for numbers in found.values() if numbers), default=0)
+        if kind == "ticket":
+            tickets.append(int(stem))
+        elif kind == "abandoned":
+            markers.add(int(stem))
+        elif kind == "told":
+            told.add(int(stem))
+    tickets.sort()
+    highest = max(tickets[-1] if tickets else 0, max(markers, default=0), max(told, default=0))
     return Entries(
-        tuple(sorted(found[TICKET])),
+        tuple(tickets),
         tuple(sorted(markers - told)),
         tuple(sorted(markers & told)),
         highest,
@@ -120,9 +121,12 @@ def next_number(counter: bytes, where: str, highest: int) -> int:
 # --------------------------------------------------------------------------- the record format
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
+
+
 def dumps_line(data: dict[str, Any]) -> bytes:
     """One JSON record per line: readers ignore an unfinished last line."""
-    return (json.dumps(data, separators=(",", ":"), ensure_ascii=True) + "\n").encode()
+    return (_ENCODER.encode(data) + "\n").encode()
 
 
 def parse_record(number: int, data: bytes, origin: str, owner: str | None = None) -> Ticket | None:
@@ -291,7 +295,11 @@ class FolderStore(LineStore):
         """The line's short guard lock (``GuardTaken`` once patience runs out)."""
 
     @abstractmethod
-    def _write_counter(self, entry: str, text: bytes) -> None:
+    def _read_counter(self, entry: str, guard: Any) -> bytes:
+        """A counter file's contents (empty if missing); ``guard`` is what ``_guard`` gave."""
+
+    @abstractmethod
+    def _write_counter(self, entry: str, text: bytes, guard: Any) -> None:
         """Write a counter file of ours (creating it if missing)."""
 
     @abstractmethod
@@ -300,26 +308,24 @@ class FolderStore(LineStore):
 
     # -- numbers
 
-    def _next_number(self, entries: Entries) -> int:
+    def _next_number(self, entries: Entries, guard: Any) -> int:
         """Under the guard: the next number. A per-user line keeps it in ``.line``. On a
         machine-wide line every user writes only a counter of their own, ``.next.<n>``, and
         the number is above all of them and above every number in the folder: nobody can turn
         back the numbers that others were given."""
         if self.scope != "machine":
-            found = self._read(COUNTER)
             where = f"{self.shown}/{COUNTER}"
-            return next_number(found[0] if found else b"", where, entries.highest)
+            return next_number(self._read_counter(COUNTER, guard), where, entries.highest)
         highest = entries.highest
         for entry in (COUNTER, *entries.counters):
-            found = self._read(entry)
-            text = found[0].split(b"\n", 1)[0].strip() if found else b""
+            text = self._read_counter(entry, guard).split(b"\n", 1)[0].strip()
             if text.isdigit() and len(text) < 19:
                 highest = max(highest, int(text) - 1)
         return highest + 1
 
-    def _save_number(self, following: int) -> None:
+    def _save_number(self, following: int, guard: Any) -> None:
         own = COUNTER if self.scope != "machine" else counter_file(self._counter_owner())
-        self._write_counter(own, f"{following}\n".encode())
+        self._write_counter(own, f"{following}\n".encode(), guard)
 
     # -- LineStore: reading
 
@@ -450,20 +456,32 @@ class FolderStore(LineStore):
 
 
 def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    written = os.write(fd, data)
+    if written < len(data):  # rare: a signal, a full disk on the way
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view) :]
 
 
-@contextmanager
-def os_errors(folder: str) -> Iterator[None]:
-    """An unexpected system error (a full disk, too many open files) is one clear line."""
-    try:
-        yield
-    except (BackendError, Cancelled, KeyboardInterrupt):
-        raise
-    except OSError as exc:
-        raise BackendError(os_problem(folder, exc)) from None
+class os_errors:
+    """An unexpected system error (a full disk, too many open files) is one clear line.
+
+    A class rather than a generator: it wraps every call on the hot path.
+    """
+
+    __slots__ = ("folder",)
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, trace: object
+    ) -> None:
+        if isinstance(exc, OSError):
+            raise BackendError(os_problem(self.folder, exc)) from None
 
 
 def os_problem(folder: str, exc: OSError) -> str:

@@ -3,11 +3,13 @@
 Each ticket is a file ``<number>.ticket`` whose owner holds ``flock(LOCK_EX)`` on it from joining
 until leaving, so the kernel frees it the instant the owner dies: liveness never comes from a
 pid. A waiter sleeps in ``flock(LOCK_SH)`` on the ticket ahead of it and the kernel wakes it when
-that lock goes; a leaver empties its file before it unlocks, so the woken waiter tells a clean
-release (an empty file) from a death (a record still there) with one read. Ticket numbers come
-from the counter file ``.line``, whose ``flock`` is also the short guard under which tickets are
-created and dead ones removed; see ``folders.py`` for the rest of the folder
-and the rules both local backends share.
+that lock goes; a leaver removes its file before it unlocks, so the woken waiter tells a clean
+release from a death with one ``fstat``: the file it waited on has no name left (a dead
+holder's keeps one: its marker is a second link to it, or it stays where another user's file
+must stay, until a holder has been told). A dead waiter's file is removed too: it abandons
+nothing. Numbers come from the counter file ``.line``, whose ``flock`` is also the short guard
+under which tickets are created and dead ones removed; see ``folders.py`` for the rest of the
+folder and the rules both local backends share.
 
 Every path is opened relative to the line's folder descriptor with ``O_NOFOLLOW``, and files are
 created with ``O_EXCL``, so symlinks or files planted by someone else are refused, never followed.
@@ -32,6 +34,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 
+from .. import forks
 from ..errors import BackendError, Cancelled
 from ..forks import forget_after_fork
 from ..records import MAX_RECORD_BYTES, Ticket, this_user, warn_once
@@ -97,11 +100,6 @@ def _shared_tmp() -> str | None:
 
 def _dir_mode(scope: str) -> int:
     return 0o1777 if scope == "machine" else 0o700
-
-
-def _shared_file_mode(scope: str) -> int:
-    """Files every user of the line must write (the counter)."""
-    return 0o666 if scope == "machine" else 0o600
 
 
 def _readable_mode(scope: str) -> int:
@@ -235,7 +233,7 @@ class PosixMembership(FolderMembership):
     def __init__(self, number: int, fd: int) -> None:
         self.number = number
         self.fd = fd
-        self.pid = os.getpid()
+        self.pid = forks.pid()
         self.closed = False
         self._lock = threading.Lock()
         forget_after_fork(self)
@@ -285,7 +283,7 @@ class _Watch:
         clean = False
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
-            clean = os.pread(fd, 1, 0) == b""
+            clean = os.fstat(fd).st_nlink == 0
         except OSError:
             pass
         finally:
@@ -369,7 +367,23 @@ class PosixStore(FolderStore):
         super().__init__(backend, name)
         self._dir_fd: int | None = None
         self._open_lock = threading.Lock()
+        self._list_lock = threading.Lock()
+        self._guard_lock = threading.Lock()
+        self._kept_guard: tuple[int, int] | None = None  # (pid, fd) of the store's guard file
         self._watches = _Watches()
+        forget_after_fork(self)
+
+    def after_fork_in_child(self) -> None:
+        """Locks another thread held at the fork would stay held in the child for ever, and
+        the folder's descriptor is shared with the parent, read position included: the child
+        opens the folder again for its own listings."""
+        self._open_lock = threading.Lock()
+        self._list_lock = threading.Lock()
+        self._guard_lock = threading.Lock()
+        if self._dir_fd is not None:
+            with suppress(OSError):
+                os.close(self._dir_fd)
+            self._dir_fd = None
 
     # -- folder and guard
 
@@ -439,7 +453,7 @@ class PosixStore(FolderStore):
             return
         except FileNotFoundError:
             pass
-        draft = f"{NAME_FILE}.{os.getpid()}.{threading.get_native_id()}"
+        draft = f"{NAME_FILE}.{forks.pid()}.{threading.get_native_id()}"
         with suppress(FileNotFoundError):
             os.unlink(draft, dir_fd=dir_fd)
         try:
@@ -463,39 +477,66 @@ class PosixStore(FolderStore):
     def _guard(self, patience: Patience) -> Iterator[int]:
         """The short lock under which numbers are taken and dead tickets removed.
 
-        Each use opens the counter file anew, so that threads of this process never share
-        the lock (``flock`` belongs to an open file, not a thread). A caller with a deadline
-        or a cancel token waits for it in a helper thread, so that someone who holds the
-        guard for long cannot make it hang; it then gets ``GuardTaken``.
+        ``flock`` belongs to an open file, not to a thread: the store keeps one open guard
+        file for the thread that finds it free (the common case, without an open or a close),
+        and any other thread of this process opens one of its own, so that threads never
+        share the lock. A caller with a deadline or a cancel token waits for it in a helper
+        thread, so that someone who holds the guard for long cannot make it hang; it then
+        gets ``GuardTaken``.
         """
-        fd = self._open_guard()
+        shared = self._guard_lock.acquire(blocking=False)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            remaining = patience.remaining()
-            if remaining is not None and remaining <= 0:
-                raise GuardTaken(
-                    f"its guard {self.shown}/{COUNTER} is held by another process"
-                ) from None
-            if patience.deadline is None and patience.cancel is None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX)  # Ctrl-C raises KeyboardInterrupt here
-                except BaseException:
-                    os.close(fd)
-                    raise
-            elif not _GuardWait(fd).wait(patience):
-                if patience.cancel is not None and patience.cancel.cancelled:
-                    raise Cancelled(f"stopped waiting for line {self.name!r}") from None
-                raise GuardTaken(
-                    f"its guard {self.shown}/{COUNTER} is held by another process"
-                ) from None
+            fd = self._shared_guard() if shared else self._open_guard()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if shared:  # a wait that may be given up needs an open file of its own
+                    shared = False
+                    self._guard_lock.release()
+                    fd = self._open_guard()
+                self._wait_for_guard(fd, patience)
         except BaseException:
-            os.close(fd)
+            if shared:
+                self._guard_lock.release()
             raise
         try:
             yield fd
         finally:
-            os.close(fd)  # unlocks
+            if shared:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                self._guard_lock.release()
+            else:
+                os.close(fd)  # unlocks
+
+    def _wait_for_guard(self, fd: int, patience: Patience) -> None:
+        """Wait for the guard another process holds, on an open file of our own (``fd``,
+        closed here if the wait fails)."""
+        remaining = patience.remaining()
+        taken = f"its guard {self.shown}/{COUNTER} is held by another process"
+        if remaining is not None and remaining <= 0:
+            os.close(fd)
+            raise GuardTaken(taken)
+        if patience.deadline is None and patience.cancel is None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # Ctrl-C raises KeyboardInterrupt here
+            except BaseException:
+                os.close(fd)
+                raise
+        elif not _GuardWait(fd).wait(patience):  # the helper closes fd
+            if patience.cancel is not None and patience.cancel.cancelled:
+                raise Cancelled(f"stopped waiting for line {self.name!r}")
+            raise GuardTaken(taken)
+
+    def _shared_guard(self) -> int:
+        """The store's own open guard file (opened again in a forked child, whose copy of the
+        parent's would share the parent's lock)."""
+        kept = self._kept_guard
+        if kept is None or kept[0] != forks.pid():
+            fd = self._open_guard()
+            if kept is not None and kept[0] == forks.pid():
+                os.close(kept[1])
+            self._kept_guard = kept = (forks.pid(), fd)
+        return kept[1]
 
     def _open_guard(self) -> int:
         """``.line``: the guard of a line, and its counter on a per-user line. A machine-wide
@@ -519,13 +560,12 @@ class PosixStore(FolderStore):
         return self._dir_fd is not None
 
     def _entries(self) -> Entries:
-        """One listing, through a descriptor of its own: a shared one has one read position,
-        and two threads listing through it at once would each see part of the folder."""
-        fd = os.open(".", _O_DIR, dir_fd=self._dir())
-        try:
-            return read_entries(os.listdir(fd))
-        finally:
-            os.close(fd)
+        """One listing. ``os.listdir`` reads through a copy of the folder's descriptor, which
+        shares one read position with every other copy: two threads listing at once would
+        each see part of the folder, so listings of this store take turns."""
+        dir_fd = self._dir()
+        with self._list_lock:
+            return read_entries(os.listdir(dir_fd))
 
     # -- files
 
@@ -605,15 +645,23 @@ class PosixStore(FolderStore):
             os.close(fd)
         return True
 
-    def _write_counter(self, entry: str, text: bytes) -> None:
+    def _read_counter(self, entry: str, guard: int) -> bytes:
+        if entry == COUNTER:
+            return os.pread(guard, 64, 0)  # the guard file itself
+        found = self._read(entry)
+        return found[0][:64] if found else b""
+
+    def _write_counter(self, entry: str, text: bytes, guard: int) -> None:
+        if entry == COUNTER:  # a per-user line's: the guard file itself
+            os.pwrite(guard, text, 0)
+            return
         fd = os.open(entry, os.O_WRONLY | os.O_CREAT | _O_OPEN, 0o600, dir_fd=self._dir())
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
                 raise BackendError(f"{self.shown}/{entry} is not a counter of yours: remove it")
-            wanted = _shared_file_mode(self.scope) if entry == COUNTER else 0o644
-            if stat.S_IMODE(info.st_mode) != wanted:
-                os.fchmod(fd, wanted)
+            if stat.S_IMODE(info.st_mode) != 0o644:
+                os.fchmod(fd, 0o644)
             os.pwrite(fd, text, 0)
         finally:
             os.close(fd)
@@ -624,10 +672,10 @@ class PosixStore(FolderStore):
     # -- LineStore
 
     def join(self, me: Ticket, patience: Patience) -> tuple[PosixMembership, View]:
-        with os_errors(self.shown), self._guard(patience):
+        with os_errors(self.shown), self._guard(patience) as guard:
             dir_fd = self._dir()
             entries = self._entries()
-            fd, number = self._create_ticket(dir_fd, self._next_number(entries))
+            fd, number = self._create_ticket(dir_fd, self._next_number(entries, guard))
             try:
                 # Private until locked: nobody else can open it in time to lock it first. A
                 # look by our own user may hold a shared lock for an instant: wait it out.
@@ -635,7 +683,7 @@ class PosixStore(FolderStore):
                 write_all(fd, dumps_line(me.header()))
                 if self.scope == "machine":
                     os.fchmod(fd, _readable_mode(self.scope))
-                self._save_number(number + 1)
+                self._save_number(number + 1, guard)
             except BaseException:
                 with suppress(OSError):
                     os.unlink(ticket_file(number), dir_fd=dir_fd)
@@ -681,7 +729,7 @@ class PosixStore(FolderStore):
             return Woke()
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)  # Ctrl-C raises KeyboardInterrupt right here
-            clean = os.pread(fd, 1, 0) == b""  # emptied by its owner: a clean release
+            clean = os.fstat(fd).st_nlink == 0  # removed by its owner: a clean release
         finally:
             os.close(fd)
         return Woke(left=(number,) if clean else ())
@@ -724,16 +772,18 @@ class PosixStore(FolderStore):
         assert isinstance(me, PosixMembership)
         if me.closed:
             return
-        if me.pid == os.getpid():
-            with os_errors(self.shown):
-                # Empty it, so a waiter woken by the unlock knows this was a clean release;
-                # unlink before unlocking, so nobody sees the lock free while the file is ours.
-                os.ftruncate(me.fd, 0)
-                with suppress(FileNotFoundError):
-                    os.unlink(ticket_file(me.number), dir_fd=self._dir())
+        if me.pid == forks.pid():
+            # Unlink before unlocking: nobody may see the lock free while the file is ours,
+            # and a waiter woken by the unlock sees it has no name left (a clean release).
+            with os_errors(self.shown), suppress(FileNotFoundError):
+                os.unlink(ticket_file(me.number), dir_fd=self._dir())
         me.close()
 
     def close(self) -> None:
+        with self._guard_lock:
+            kept, self._kept_guard = self._kept_guard, None
+            if kept is not None and kept[0] == forks.pid():
+                os.close(kept[1])
         with self._open_lock:
             if self._dir_fd is not None:
                 os.close(self._dir_fd)

@@ -587,7 +587,10 @@ class WindowsStore(FolderStore):
     def _dead(self, number: int) -> bool:
         return not self._alive(number)
 
-    def _write_counter(self, entry: str, text: bytes) -> None:
+    def _read_counter(self, entry: str, guard: object) -> bytes:
+        return (_read_file(self._path(entry)) or b"")[:64]
+
+    def _write_counter(self, entry: str, text: bytes, guard: object) -> None:
         try:
             fd = _open_shared(self._path(entry), write=True, disposition=win32.OPEN_ALWAYS)
         except OSError as exc:
@@ -609,12 +612,12 @@ class WindowsStore(FolderStore):
         if self.scope == "machine" and not win32.has_global_privilege():
             raise BackendError(_PRIVILEGE_MESSAGE)  # looking needs no privilege; joining does
         self._line_id()
-        with self._guard(patience):
+        with self._guard(patience) as guard:
             entries = self._entries()
-            owner, fd, number = self._take(self._next_number(entries))
+            owner, fd, number = self._take(self._next_number(entries, guard))
             try:
                 write_all(fd, dumps_line(me.header()))
-                self._save_number(number + 1)
+                self._save_number(number + 1, guard)
             except BaseException:
                 os.close(fd)
                 with contextlib.suppress(OSError):
