@@ -166,7 +166,7 @@ class PostgresBackend(Backend):
         address = self.address
         try:
             conninfo = libpq_conninfo.make_conninfo(address.conninfo, **connect_options(address))
-            conn = psycopg.connect(conninfo, autocommit=True)
+            conn = self._connect_once_more(conninfo)
         except psycopg.OperationalError as exc:
             raise BackendError(
                 f"cannot connect to PostgreSQL at {self.where}: {_reason(exc, address)} "
@@ -183,6 +183,19 @@ class PostgresBackend(Backend):
             conn.close()
             raise
         return conn
+
+    @staticmethod
+    def _connect_once_more(conninfo: str) -> Connection:
+        """``psycopg.connect``, tried again once when a server that answered closed the new
+        connection before it was set up (a busy server may drop one): a server that is not
+        there, or that refuses us, fails at once."""
+        try:
+            return psycopg.connect(conninfo, autocommit=True)
+        except psycopg.OperationalError as exc:
+            if "closed the connection unexpectedly" not in str(exc):
+                raise
+        time.sleep(0.1)  # not waiting for a lock: giving a busy server a moment
+        return psycopg.connect(conninfo, autocommit=True)
 
     def _set_up(self, conn: Connection) -> None:
         settings = dict(SERVER_SETTINGS)
