@@ -20,7 +20,7 @@ from inturn.backends.base import (
     View,
     Woke,
 )
-from inturn.errors import Cancelled
+from inturn.errors import Cancelled, Replaced
 from inturn.records import Ticket
 
 
@@ -33,6 +33,7 @@ class World:
         self.markers: dict[int, Ticket] = {}  # unclaimed
         self.left_cleanly: set[int] = set()
         self.guard_taken = False  # someone outside holds the guard
+        self.replaced: dict[int, int] = {}  # ticket -> the newest_wins ticket that replaced it
 
 
 class Member(Membership):
@@ -58,14 +59,19 @@ class MemoryStore(LineStore):
             w.records[number] = me._replace(number=number)
             w.live.add(number)
             ahead = tuple(n for n in sorted(w.records) if n < number)
-            return Member(number), View(ahead, tuple(sorted(w.markers)))
+            member = Member(number)
+            member.shared = me.shared
+            return member, View(ahead, tuple(sorted(w.markers)), shared=self._shared())
+
+    def _shared(self) -> frozenset[int]:
+        return frozenset(n for n, t in self.world.records.items() if t.shared)
 
     def look(self, me: Membership | None) -> View:
         self.calls["look"] += 1
         w = self.world
         with w.changed:
             tickets = sorted(n for n in w.records if me is None or n < me.number)
-            return View(tuple(tickets), tuple(sorted(w.markers)))
+            return View(tuple(tickets), tuple(sorted(w.markers)), shared=self._shared())
 
     def alive(self, numbers: Sequence[int], me: Membership | None) -> list[bool]:
         self.calls["alive"] += 1
@@ -85,7 +91,7 @@ class MemoryStore(LineStore):
 
     def wait(
         self,
-        me: Membership,
+        me: Membership | None,
         numbers: Sequence[int],
         timeout: float | None,
         cancel: CancelToken | None,
@@ -96,8 +102,8 @@ class MemoryStore(LineStore):
         if cancel is not None:
             with cancel.linked(cancelled):
                 threading.Thread(target=self._relay, args=(cancelled,), daemon=True).start()
-                return self._wait(numbers, timeout, cancelled, cancel)
-        return self._wait(numbers, timeout, cancelled, cancel)
+                return self._wait(me, numbers, timeout, cancelled, cancel)
+        return self._wait(me, numbers, timeout, cancelled, cancel)
 
     def _relay(self, cancelled: threading.Event) -> None:
         cancelled.wait()
@@ -106,6 +112,7 @@ class MemoryStore(LineStore):
 
     def _wait(
         self,
+        me: Membership | None,
         numbers: Sequence[int],
         timeout: float | None,
         cancelled: threading.Event,
@@ -113,11 +120,19 @@ class MemoryStore(LineStore):
     ) -> Woke | None:
         w = self.world
         with w.changed:
+            mine = -1 if me is None else me.number
             done = w.changed.wait_for(
-                lambda: cancelled.is_set() or any(n not in w.live for n in numbers), timeout
+                lambda: (
+                    cancelled.is_set()
+                    or mine in w.replaced
+                    or any(n not in w.live for n in numbers)
+                ),
+                timeout,
             )
             if cancel is not None and cancel.cancelled:
                 raise Cancelled("stopped waiting")
+            if mine in w.replaced:
+                raise Replaced(f"ticket {w.replaced[mine]} replaced this one")
             if not done:
                 return None
             return Woke(left=tuple(n for n in numbers if n in w.left_cleanly))
@@ -129,9 +144,8 @@ class MemoryStore(LineStore):
     def claim_abandoned(self, me: Membership) -> Ticket | None:
         self.calls["claim"] += 1
         with self.world.changed:
-            if not self.world.markers:
-                return None
-            return self.world.markers.pop(min(self.world.markers))
+            ours = [n for n, t in self.world.markers.items() if not (me.shared and t.shared)]
+            return self.world.markers.pop(min(ours)) if ours else None
 
     def leave(self, me: Membership) -> None:
         w = self.world
@@ -141,6 +155,11 @@ class MemoryStore(LineStore):
                 w.live.discard(me.number)
                 w.left_cleanly.add(me.number)
             w.changed.notify_all()
+
+    def replace(self, number: int, me: Membership) -> None:
+        with self.world.changed:
+            self.world.replaced[number] = me.number
+            self.world.changed.notify_all()
 
     def kill(self, number: int) -> None:
         """The owner of ``number`` dies: its lock goes, its record stays until buried."""

@@ -296,7 +296,7 @@ def test_a_holder_with_a_command_over_64_kib_shows_and_its_death_is_told(lines_d
         assert [(t["pid"], t["state"]) for t in shown["holders"]] == [(holder.pid, "holding")]
         assert shown["holders"][0]["command"][-1] == LONG_ARGUMENT
         row = run_cli("status", "long").stdout.splitlines()[2].split()
-        assert row[2:4] == ["holding", str(holder.pid)], row
+        assert (row[2], row[4]) == ("holding", str(holder.pid)), row
         waiter = Worker("long", "--hold")
         workers.append(waiter)
         waiter.expect("waiting")

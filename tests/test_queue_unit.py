@@ -183,3 +183,90 @@ def test_a_cancelled_wait_leaves_the_line():
     waiter.thread.join(WAIT)
     assert isinstance(waiter.error, inturn.Cancelled)
     assert len(world.records) == 1
+
+
+# --------------------------------------------------------------------------- shared turns
+
+
+def test_readers_behind_a_writer_go_in_together_and_a_later_reader_waits_for_a_writer():
+    _, store = line()
+    writer_store = store()
+    writer = take_turn(writer_store)
+    readers = []
+    for _ in range(3):
+        reader = Waiter(store(), shared=True)
+        assert reader.queued.wait(WAIT)
+        readers.append(reader)
+    second_writer = Waiter(store())
+    assert second_writer.queued.wait(WAIT)
+    late_reader = Waiter(store(), shared=True)
+    assert late_reader.queued.wait(WAIT)
+    # Each reader sleeps on the writer ahead of it, the second writer on the last reader.
+    assert {r.store.watched[-1] for r in readers} == {(writer.membership.number,)}
+    assert second_writer.store.watched[-1] == (readers[-1].progress[0].ticket,)
+    assert late_reader.store.watched[-1] == (second_writer.progress[0].ticket,)
+    give_back(writer_store, writer.membership)
+    held = [r.held() for r in readers]  # all three hold at once
+    assert second_writer.thread.is_alive() and late_reader.thread.is_alive()
+    for reader, turn in zip(readers, held, strict=True):
+        give_back(reader.store, turn.membership)
+    give_back(second_writer.store, second_writer.held().membership)
+    late_reader.held()
+
+
+def test_policies_decided_by_arrival_order():
+    _, store = line()
+    holder = take_turn(store())
+    first = Waiter(store(), max_waiting=1)
+    assert first.queued.wait(WAIT)
+    with pytest.raises(inturn.Busy, match="already has 1 waiting"):
+        take_turn(store(), max_waiting=1)
+    with pytest.raises(inturn.UsageError, match=r"slots=1.*not slots=2"):
+        take_turn(store(), slots=2)
+    replaceable = Waiter(store(), newest_wins=True)
+    assert replaceable.queued.wait(WAIT)
+    newest = Waiter(store(), newest_wins=True)
+    assert newest.queued.wait(WAIT)
+    replaceable.thread.join(WAIT)
+    assert isinstance(replaceable.error, inturn.Replaced)
+    assert first.thread.is_alive()  # it did not ask for newest_wins: not replaced
+    give_back(store(), holder.membership)
+    give_back(store(), first.held().membership)
+    newest.held()
+
+
+def test_a_dead_reader_is_told_to_the_next_writer_not_to_a_reader():
+    _, store = line()
+    reader_store = store()
+    dead = take_turn(reader_store, shared=True, command=("reader",))
+    alongside_store = store()
+    alongside = take_turn(alongside_store, shared=True)
+    reader_store.kill(dead.membership.number)
+    third_store = store()
+    third = take_turn(third_store, shared=True)
+    assert third.abandoned_by is None  # readers share the turn: not told
+    writer = Waiter(store())
+    assert writer.queued.wait(WAIT)
+    give_back(alongside_store, alongside.membership)
+    give_back(third_store, third.membership)
+    told = writer.held().abandoned_by
+    assert told is not None and told.command == ("reader",)
+
+
+def test_a_barrier_waits_for_those_in_line_only():
+    from inturn.queue import wait_for_everyone
+
+    _, store = line()
+    first_store = store()
+    first = take_turn(first_store)
+    done = threading.Event()
+    barrier = threading.Thread(target=lambda: (wait_for_everyone(store()), done.set()))
+    barrier.start()
+    later = Waiter(store())  # arrives after the barrier began: not waited for
+    assert later.queued.wait(WAIT)
+    assert not done.is_set()
+    give_back(first_store, first.membership)
+    assert done.wait(WAIT)
+    later.held()
+    with pytest.raises(inturn.Timeout):
+        wait_for_everyone(store(), timeout=0.01)

@@ -1,7 +1,16 @@
 """inturn: make processes take turns, first come, first served, and crash-safe."""
 
 from .backends.base import CancelToken
-from .errors import BackendError, Busy, Cancelled, InturnError, LostTurn, Timeout, UsageError
+from .errors import (
+    BackendError,
+    Busy,
+    Cancelled,
+    InturnError,
+    LostTurn,
+    Replaced,
+    Timeout,
+    UsageError,
+)
 from .line import Line, Turn, acquire_async, single_instance, turn
 from .queue import Progress
 from .records import InturnWarning, LineStatus, Ticket
@@ -17,6 +26,7 @@ __all__ = [
     "LineStatus",
     "LostTurn",
     "Progress",
+    "Replaced",
     "Ticket",
     "Timeout",
     "Turn",

@@ -37,6 +37,11 @@ class Timeout(InturnError, TimeoutError):
         self.status = status
 
 
+class Replaced(InturnError):
+    """A later arrival that asked for ``newest_wins`` took this waiter's place: it left the
+    line without taking a turn."""
+
+
 class Cancelled(InturnError):
     """The wait was abandoned on request (an ``asyncio`` task was cancelled, say)."""
 

@@ -6,12 +6,13 @@ import functools
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, TypedDict, TypeVar, cast
 
 from .backends import open_backend
 from .backends.base import Backend, CancelToken, LineStore, Membership
+from .errors import UsageError
 from .names import check_name
-from .queue import HOLDINGS, ProgressCallback, give_back, take_turn
+from .queue import HOLDINGS, ProgressCallback, give_back, take_turn, wait_for_everyone
 from .records import LineStatus, Ticket
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -130,6 +131,9 @@ class Line:
         on_progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
         owner: object = None,
+        shared: bool = False,
+        max_waiting: int | None = None,
+        newest_wins: bool = False,
     ) -> Turn:
         """Wait in line and return the held ``Turn``.
 
@@ -137,6 +141,11 @@ class Line:
         ``timeout`` seconds in line. ``command`` is what ``status`` shows (default ``sys.argv``).
         ``owner`` is who will hold the turn (default: the calling thread); a wait that only
         that owner's own release could end is refused instead of hanging.
+
+        ``shared=True`` takes a shared turn (a reader: shared turns adjacent in the line run
+        together, never with an exclusive one). ``max_waiting=N`` raises ``Busy`` at once when
+        N tickets already wait ahead. ``newest_wins=True`` replaces the waiters ahead that
+        asked for it too (their ``acquire`` raises ``Replaced``), and may itself be replaced.
         """
         if owner is None:
             owner = threading.current_thread()
@@ -150,8 +159,17 @@ class Line:
             cancel=cancel,
             owner=owner,
             holdings=HOLDINGS,
+            shared=_flag(shared, "shared"),
+            max_waiting=_max_waiting(max_waiting),
+            newest_wins=_flag(newest_wins, "newest_wins"),
         )
         return Turn(self, held.membership, held.abandoned_by, owner)
+
+    def wait(self, timeout: float | None = None, *, cancel: CancelToken | None = None) -> None:
+        """Return once everyone in line now (holding or waiting) has left: a barrier ("let
+        the running deploy finish, then go on"). Takes no turn and blocks no one who comes
+        later; raises ``Timeout`` after ``timeout`` seconds."""
+        wait_for_everyone(self.store, timeout, cancel)
 
     def status(self) -> LineStatus:
         """Live holders and waiters, each in arrival order."""
@@ -177,6 +195,28 @@ class Line:
         return f"<Line {self.name!r} slots={self.slots} scope={self.scope}>"
 
 
+class _How(TypedDict):
+    """How a ``turn`` takes its turns (``Line.acquire``'s keyword arguments)."""
+
+    shared: bool
+    max_waiting: int | None
+    newest_wins: bool
+
+
+def _flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise UsageError(f"{what} must be True or False, not {value!r}")
+    return value
+
+
+def _max_waiting(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"max_waiting must be a whole number of at least 1, not {value!r}")
+    return value
+
+
 class turn:
     """Take a turn in a line, as a ``with`` / ``async with`` block or as a decorator.
 
@@ -196,10 +236,18 @@ class turn:
         scope: str = "user",
         directory: str | None = None,
         backend: str | Backend | None = None,
+        shared: bool = False,
+        max_waiting: int | None = None,
+        newest_wins: bool = False,
     ) -> None:
         self.line = Line(name, slots, scope=scope, directory=directory, backend=backend)
         self.timeout = timeout
         self.blocking = blocking
+        self.how = _How(
+            shared=_flag(shared, "shared"),
+            max_waiting=_max_waiting(max_waiting),
+            newest_wins=_flag(newest_wins, "newest_wins"),
+        )
         self._held: dict[object, list[Turn]] = {}  # owner (thread or task) -> its turns
         self._held_lock = threading.Lock()
 
@@ -218,14 +266,16 @@ class turn:
 
     def __enter__(self) -> Turn:
         owner = threading.current_thread()
-        return self._push(owner, self.line.acquire(self.timeout, self.blocking, owner=owner))
+        held = self.line.acquire(self.timeout, self.blocking, owner=owner, **self.how)
+        return self._push(owner, held)
 
     def __exit__(self, *exc_info: object) -> None:
         self._pop(threading.current_thread()).release()
 
     async def __aenter__(self) -> Turn:
         owner = _current_task()
-        return self._push(owner, await acquire_async(self.line, self.timeout, self.blocking))
+        held = await acquire_async(self.line, self.timeout, self.blocking, **self.how)
+        return self._push(owner, held)
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._pop(_current_task()).release()
@@ -237,7 +287,7 @@ class turn:
 
             @functools.wraps(func)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
-                held = await acquire_async(self.line, self.timeout, self.blocking)
+                held = await acquire_async(self.line, self.timeout, self.blocking, **self.how)
                 try:
                     return await func(*args, **kwargs)
                 finally:
@@ -247,7 +297,7 @@ class turn:
 
         @functools.wraps(func)
         def run(*args: Any, **kwargs: Any) -> Any:
-            with self.line.acquire(self.timeout, self.blocking):
+            with self.line.acquire(self.timeout, self.blocking, **self.how):
                 return func(*args, **kwargs)
 
         return cast(F, run)
@@ -262,7 +312,15 @@ def _current_task() -> object:
     return task
 
 
-async def acquire_async(line: Line, timeout: float | None = None, blocking: bool = True) -> Turn:
+async def acquire_async(
+    line: Line,
+    timeout: float | None = None,
+    blocking: bool = True,
+    *,
+    shared: bool = False,
+    max_waiting: int | None = None,
+    newest_wins: bool = False,
+) -> Turn:
     """Wait in line without blocking the event loop; cancelling the task leaves the line.
 
     The wait runs in a thread of its own, not in the loop's executor: no number of waiting
@@ -286,7 +344,15 @@ async def acquire_async(line: Line, timeout: float | None = None, blocking: bool
 
     def wait_in_line() -> None:
         try:
-            held = line.acquire(timeout, blocking, cancel=cancel, owner=owner)
+            held = line.acquire(
+                timeout,
+                blocking,
+                cancel=cancel,
+                owner=owner,
+                shared=shared,
+                max_waiting=max_waiting,
+                newest_wins=newest_wins,
+            )
         except BaseException as exc:  # handed to the task, raised there
             error: BaseException = exc
             _call_soon(loop, settle, None, error)

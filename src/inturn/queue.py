@@ -1,11 +1,19 @@
 """The queue algorithm, written once for every backend.
 
-A joiner takes the next ticket. It holds the turn when fewer than ``slots`` live tickets are
-ahead of it. Otherwise it sleeps until one of the ``slots`` live tickets *directly* ahead of it
-dies or leaves, then looks again. That wake-up is necessary and sufficient: while those
-``slots`` tickets live, at least ``slots`` are ahead, so nobody wakes for nothing beyond them,
-and with ``slots=1`` only the waiter right behind a leaver wakes. Order is by ticket number, so
-first come, first served holds on every backend by construction.
+A joiner takes the next ticket. An exclusive ticket holds the turn when fewer than ``slots``
+live tickets are ahead of it and none of them is shared; a shared ticket holds it when no live
+exclusive ticket is ahead of it. Otherwise it sleeps until a ticket whose going is necessary for
+its turn dies or leaves, then looks again: for an exclusive ticket, one of the ``slots`` live
+tickets *directly* ahead of it (while those live, at least ``slots`` are ahead), or the nearest
+live shared ticket ahead (every one of them must go); for a shared ticket, the nearest live
+exclusive ticket ahead. So nobody wakes for nothing beyond those, and with ``slots=1`` only the
+waiter right behind a leaver wakes. Order is by ticket number, so first come, first served
+holds on every backend by construction, for readers and writers alike: a reader that arrives
+behind a waiting writer waits behind it.
+
+Policies decided by that same order, right after joining: ``max_waiting`` leaves at once when
+that many tickets ahead are already waiting; ``newest_wins`` replaces the waiters ahead that
+joined with it too (each is woken at once and leaves with ``Replaced``).
 
 After a turn that ended uncleanly (an abandonment marker is waiting), the next holder waits the
 store's *lock delay* before it starts, counted from the moment it first saw the marker, so that
@@ -29,7 +37,7 @@ from .backends.base import (
     View,
     pause,
 )
-from .errors import Busy, InturnError, Timeout
+from .errors import Busy, InturnError, Timeout, UsageError
 from .forks import forget_after_fork
 from .records import Ticket, own_ticket_fields
 
@@ -92,6 +100,15 @@ class Held(NamedTuple):
     abandoned_by: Ticket | None
 
 
+class Request(NamedTuple):
+    """What a caller asks of the line."""
+
+    slots: int = 1
+    shared: bool = False
+    max_waiting: int | None = None  # join only if fewer than this many wait ahead
+    newest_wins: bool = False  # replace the waiters ahead that asked for it too
+
+
 def take_turn(
     store: LineStore,
     *,
@@ -103,27 +120,31 @@ def take_turn(
     cancel: CancelToken | None = None,
     owner: object = None,
     holdings: Holdings = HOLDINGS,
+    shared: bool = False,
+    max_waiting: int | None = None,
+    newest_wins: bool = False,
 ) -> Held:
     """Join ``store``'s line and return once this caller holds the turn.
 
     ``owner`` is who will hold it (default: the calling thread). Any exception (timeout, busy,
-    Ctrl-C, cancel) leaves the line before it propagates.
+    Ctrl-C, cancel, being replaced) leaves the line before it propagates.
     """
     if owner is None:
         owner = threading.current_thread()
+    request = Request(slots, shared, max_waiting, newest_wins)
     start = time.monotonic()
     deadline = None if timeout is None else start + max(0.0, timeout)
     guard_deadline = deadline if blocking else start + BUSY_PATIENCE
     patience = Patience(guard_deadline, cancel)
     try:
-        me, view = store.join(own_ticket_fields(command, slots), patience)
+        me, view = store.join(own_ticket_fields(command, slots, shared, newest_wins), patience)
     except GuardTaken as exc:
         raise _impatient(store, blocking, timeout, str(exc)) from None
     try:
         if view is not None and not view.tickets and not view.markers:
             claim = False  # nobody ahead, nothing to claim: the turn is ours at once
         else:
-            waiter = _Waiter(store, me, slots, deadline, blocking, patience)
+            waiter = _Waiter(store, me, request, deadline, blocking, patience)
             waiter.on_progress, waiter.owner, waiter.holdings = on_progress, owner, holdings
             claim = waiter.wait_for_front(view)
         store.mark_acquired(me, time.time())
@@ -136,6 +157,30 @@ def take_turn(
         raise
     holdings.add(store, me.number, owner)
     return Held(me, dead)
+
+
+def wait_for_everyone(
+    store: LineStore, timeout: float | None = None, cancel: CancelToken | None = None
+) -> None:
+    """Return once every ticket that is in line now (holding or waiting) has left or died.
+
+    A barrier that takes no ticket, so it blocks no one who arrives later: it sleeps on the
+    youngest of them until it goes, then on the youngest left, and so on.
+    """
+    deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+    view = store.look(None)
+    remaining_tickets = list(view.tickets)
+    while remaining_tickets:
+        liveness = view.alive if view.alive is not None else store.alive(remaining_tickets, None)
+        remaining_tickets = [n for n, ok in zip(remaining_tickets, liveness, strict=True) if ok]
+        if not remaining_tickets:
+            return
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise Timeout(f"gave up waiting for line {store.name!r} to empty", store.status())
+        if store.wait(None, remaining_tickets[-1:], remaining, cancel) is None:
+            raise Timeout(f"gave up waiting for line {store.name!r} to empty", store.status())
+        view = View(tuple(remaining_tickets))
 
 
 def give_back(store: LineStore, me: Membership, holdings: Holdings = HOLDINGS) -> None:
@@ -154,27 +199,28 @@ class _Waiter:
         self,
         store: LineStore,
         me: Membership,
-        slots: int,
+        request: Request,
         deadline: float | None,
         blocking: bool,
         patience: Patience,
     ) -> None:
         self.store = store
         self.me = me
-        self.slots = slots
+        self.request = request
         self.deadline = deadline
         self.blocking = blocking
         self.patience = patience
         self.first_seen: dict[int, float] = {}  # unclaimed marker -> when we first saw it
+        self.first_look = True
 
     def wait_for_front(self, view: View | None) -> bool:
-        """Sleep until fewer than ``slots`` live tickets are ahead; True if a marker waits.
+        """Sleep until this ticket may hold the turn; True if a marker waits to be claimed.
 
         Tickets only ever join behind us, so when every ticket ahead was live and watched, the
         ones ahead after waking are among those, less the ones the wait saw leave cleanly:
         the next look is then skipped.
         """
-        store, me, slots = self.store, self.me, self.slots
+        store, me, request = self.store, self.me, self.request
         while True:
             if view is None:
                 view = store.look(me)
@@ -193,15 +239,18 @@ class _Waiter:
                     pending.add(number)
             for marker in pending:
                 self.first_seen.setdefault(marker, now)
-            if len(live) < slots:
+            if self.first_look:
+                self.first_look = False
+                self._apply_policies(live, view.shared)
+            if may_hold(request, live, view.shared):
                 if self._lock_delay(pending):
                     view = None
                     continue
                 return bool(pending)
             if not self.blocking:
-                raise Busy(_full_message(store, me, live, slots), store.status())
+                raise Busy(_full_message(store, me, live, request.slots), store.status())
             remaining = self._remaining()
-            watch = live[-slots:]
+            watch = to_watch(request, live, view.shared)
             if remaining is None and self.holdings.all_owned_by(store, watch, self.owner):
                 raise InturnError(
                     f"this {_kind(self.owner)} already holds line {store.name!r} and would wait "
@@ -219,9 +268,38 @@ class _Waiter:
             elif me.number != number:  # it took a new place (a lost connection): look again
                 view = None
             elif list(ahead) == live == watch and not pending:
-                view = View(tuple(n for n in watch if n not in woke.left))
+                left = set(woke.left)
+                view = View(
+                    tuple(n for n in watch if n not in left),
+                    shared=frozenset(n for n in view.shared if n not in left),
+                )
             else:
                 view = None
+
+    def _apply_policies(self, live: list[int], shared: frozenset[int]) -> None:
+        """Right after joining: the line's slots must be ours; ``max_waiting`` may send us
+        away; ``newest_wins`` replaces the waiters ahead that asked for it too."""
+        store, me, request = self.store, self.me, self.request
+        if not live:
+            return
+        nearest = store.read(live[-1:], me)[0]
+        if nearest is not None and nearest.slots != request.slots:
+            raise UsageError(
+                f"line {store.name!r} is used with slots={nearest.slots} (by "
+                f"{nearest.describe()}), not slots={request.slots}: every user of a line must "
+                "give the same slots"
+            )
+        waiting = [n for n in live if not holds_at(request.slots, live, shared, n)]
+        if request.max_waiting is not None and len(waiting) >= request.max_waiting:
+            raise Busy(
+                f"line {store.name!r} already has {len(waiting)} waiting (max_waiting="
+                f"{request.max_waiting}): not joining",
+                store.status(),
+            )
+        if request.newest_wins and waiting:
+            for number, ticket in zip(waiting, store.read(waiting, me), strict=True):
+                if ticket is not None and ticket.newest_wins:
+                    store.replace(number, me)
 
     def _remaining(self) -> float | None:
         if self.deadline is None:
@@ -259,6 +337,29 @@ class _Waiter:
             raise Timeout(f"gave up waiting for line {name!r}", self.store.status())
         pause(left, self.patience.cancel, name)
         return True
+
+
+def may_hold(request: Request, live: Sequence[int], shared: frozenset[int]) -> bool:
+    """Whether a ticket with these live tickets ahead holds the turn."""
+    if request.shared:
+        return all(n in shared for n in live)
+    return len(live) < request.slots and not any(n in shared for n in live)
+
+
+def holds_at(slots: int, live: Sequence[int], shared: frozenset[int], number: int) -> bool:
+    """Whether live ticket ``number`` holds the turn, by the same rule, from those ahead of it."""
+    ahead = [n for n in live if n < number]
+    return may_hold(Request(slots, number in shared), ahead, shared)
+
+
+def to_watch(request: Request, live: Sequence[int], shared: frozenset[int]) -> list[int]:
+    """The tickets whose going is necessary for this one's turn, to sleep on."""
+    if request.shared:
+        return [n for n in live if n not in shared][-1:]  # the nearest writer ahead
+    readers = [n for n in live if n in shared]
+    if readers:
+        return readers[-1:]  # every reader ahead must go: the nearest one first
+    return list(live[-request.slots :])
 
 
 def _kind(owner: object) -> str:

@@ -29,6 +29,12 @@ class Ticket(NamedTuple):
     joined_at: float | None = None
     acquired_at: float | None = None
     slots: int = 1
+    shared: bool = False  # a shared turn (a reader), else exclusive
+    newest_wins: bool = False  # joined to replace, and be replaced by, later waiters
+
+    @property
+    def mode(self) -> str:
+        return "shared" if self.shared else "exclusive"
 
     @property
     def holding(self) -> bool:
@@ -55,6 +61,7 @@ class Ticket(NamedTuple):
             "host": self.host,
             "command": list(self.command),
             "cwd": self.cwd,
+            "mode": self.mode,
             "slots": self.slots,
             "joined_at": self.joined_at,
             "acquired_at": self.acquired_at,
@@ -73,6 +80,8 @@ class Ticket(NamedTuple):
             "cwd": self.cwd[:MAX_FIELD_CHARS],
             "joined_at": self.joined_at,
             "slots": self.slots,
+            **({"shared": True} if self.shared else {}),
+            **({"newest_wins": True} if self.newest_wins else {}),
         }
 
     @classmethod
@@ -98,6 +107,8 @@ class Ticket(NamedTuple):
             joined_at=timestamp(header.get("joined_at")),
             acquired_at=timestamp(acquired_at),
             slots=slots if slots is not None and 0 < slots < 2**31 else 1,
+            shared=header.get("shared") is True,
+            newest_wins=header.get("newest_wins") is True,
         )
 
 
@@ -203,7 +214,9 @@ def this_user() -> str:
     return _USER
 
 
-def own_ticket_fields(command: tuple[str, ...] | None, slots: int) -> Ticket:
+def own_ticket_fields(
+    command: tuple[str, ...] | None, slots: int, shared: bool = False, newest_wins: bool = False
+) -> Ticket:
     """The caller's identity, stamped on the ticket it is about to take."""
     return Ticket(
         number=0,
@@ -214,6 +227,8 @@ def own_ticket_fields(command: tuple[str, ...] | None, slots: int) -> Ticket:
         cwd=_cwd(),
         joined_at=time.time(),
         slots=slots,
+        shared=shared,
+        newest_wins=newest_wins,
     )
 
 

@@ -38,6 +38,7 @@ ERROR_ALREADY_EXISTS = 183
 
 SYNCHRONIZE = 0x00100000
 MUTEX_MODIFY_STATE = 0x0001
+EVENT_MODIFY_STATE = 0x0002
 GENERIC_READ = 0x80000000
 GENERIC_WRITE = 0x40000000
 FILE_SHARE_ALL = 0x1 | 0x2 | 0x4  # read, write, delete: others may rename or delete our files
@@ -99,6 +100,7 @@ OpenMutexW = _bind(kernel32, "OpenMutexW", _H, _DWORD, _BOOL, _WSTR)
 ReleaseMutex = _bind(kernel32, "ReleaseMutex", _BOOL, _H)
 CloseHandle = _bind(kernel32, "CloseHandle", _BOOL, _H)
 CreateEventW = _bind(kernel32, "CreateEventW", _H, _P, _BOOL, _BOOL, _WSTR)
+OpenEventW = _bind(kernel32, "OpenEventW", _H, _DWORD, _BOOL, _WSTR)
 SetEvent = _bind(kernel32, "SetEvent", _BOOL, _H)
 ResetEvent = _bind(kernel32, "ResetEvent", _BOOL, _H)
 WaitForSingleObject = _bind(kernel32, "WaitForSingleObject", _DWORD, _H, _DWORD)

@@ -48,12 +48,14 @@ class GuardTaken(BackendError):
 
 class View(NamedTuple):
     """A look at a line: the tickets present (live or dead) ahead of the one asking, or all of
-    them for an observer, ascending; the abandonment markers nobody has claimed yet; and each
-    ticket's liveness when the same round trip told it (None: ask ``alive``)."""
+    them for an observer, ascending; the abandonment markers nobody has claimed yet; each
+    ticket's liveness when the same round trip told it (None: ask ``alive``); and which of the
+    tickets are shared turns (readers)."""
 
     tickets: tuple[int, ...]
     markers: tuple[int, ...] = ()
     alive: tuple[bool, ...] | None = None
+    shared: frozenset[int] = frozenset()
 
 
 class Woke(NamedTuple):
@@ -191,6 +193,7 @@ class Membership(ABC):
     """The caller's own ticket: it keeps the liveness lock held until ``LineStore.leave``."""
 
     number: int
+    shared: bool = False  # a shared turn: it claims only the markers of exclusive holders
 
     @property
     def lost(self) -> bool:
@@ -254,7 +257,7 @@ class LineStore(ABC):
     @abstractmethod
     def wait(
         self,
-        me: Membership,
+        me: Membership | None,
         numbers: Sequence[int],
         timeout: float | None,
         cancel: CancelToken | None,
@@ -262,8 +265,15 @@ class LineStore(ABC):
         """Sleep until one of these tickets is gone or dead; None when ``timeout`` ran out.
 
         No polling: the caller sleeps in the kernel or the server. Raise ``Cancelled`` if
-        ``cancel`` gets set; KeyboardInterrupt must get through on the main thread.
+        ``cancel`` gets set, and ``Replaced`` as soon as ``me`` (if it joined with
+        ``newest_wins``) is replaced; KeyboardInterrupt must get through on the main thread.
+        ``me`` is None for a wait that holds no ticket (``Line.wait``).
         """
+
+    @abstractmethod
+    def replace(self, number: int, me: Membership) -> None:
+        """Mark waiting ticket ``number`` (which joined with ``newest_wins``) as replaced by
+        ``me`` and wake it at once: its wait raises ``Replaced`` and it leaves the line."""
 
     @abstractmethod
     def mark_acquired(self, me: Membership, when: float) -> None:

@@ -34,6 +34,8 @@ from ..records import (
 from .base import Backend, LineStore, Membership, Patience, View, check_scope
 
 TICKET = ".ticket"
+SHARED = ".shared"  # the ticket of a shared turn (a reader)
+KICK = ".kick"  # how a later newest_wins arrival wakes a newest_wins waiter to replace it
 MARKER = ".abandoned"
 TOLD = ".told"
 COUNTER = ".line"
@@ -55,6 +57,19 @@ def ticket_file(number: int) -> str:
     return f"{number:012d}{TICKET}"
 
 
+def ticket_files(number: int) -> tuple[str, str]:
+    """The names a ticket can have: exclusive, then shared."""
+    return f"{number:012d}{TICKET}", f"{number:012d}{SHARED}"
+
+
+def own_ticket_file(number: int, shared: bool) -> str:
+    return f"{number:012d}{SHARED if shared else TICKET}"
+
+
+def kick_file(number: int) -> str:
+    return f"{number:012d}{KICK}"
+
+
 def marker_file(number: int) -> str:
     return f"{number:012d}{MARKER}"
 
@@ -71,6 +86,7 @@ class Entries(NamedTuple):
     """A line's folder, read from one listing."""
 
     tickets: tuple[int, ...]  # every ticket file present (live or dead), ascending
+    shared: frozenset[int]  # which of them are shared turns
     markers: tuple[int, ...]  # abandonment markers that nobody has claimed yet
     claimed: tuple[int, ...]  # markers already claimed, left for whoever may remove them
     highest: int  # the highest number any entry carries (0 if none)
@@ -80,6 +96,7 @@ class Entries(NamedTuple):
 def read_entries(entries: Iterable[str]) -> Entries:
     """The tickets, markers and claims among a folder's entries; anything else is not ours."""
     tickets: list[int] = []
+    shared: set[int] = set()
     markers: set[int] = set()
     told: set[int] = set()
     counters = []
@@ -91,6 +108,9 @@ def read_entries(entries: Iterable[str]) -> Entries:
             continue
         if kind == "ticket":
             tickets.append(int(stem))
+        elif kind == "shared":
+            tickets.append(int(stem))
+            shared.add(int(stem))
         elif kind == "abandoned":
             markers.add(int(stem))
         elif kind == "told":
@@ -99,6 +119,7 @@ def read_entries(entries: Iterable[str]) -> Entries:
     highest = max(tickets[-1] if tickets else 0, max(markers, default=0), max(told, default=0))
     return Entries(
         tuple(tickets),
+        frozenset(shared),
         tuple(sorted(markers - told)),
         tuple(sorted(markers & told)),
         highest,
@@ -285,6 +306,11 @@ class FolderStore(LineStore):
         """Give ``entry`` the second name ``to`` without replacing anything; False if not
         allowed (another user's file) or if ``to`` exists."""
 
+    def _ticket_name(self, number: int) -> str:
+        """The name ticket ``number`` has in the folder (exclusive, or shared)."""
+        exclusive, shared = ticket_files(number)
+        return shared if self._exists(shared) and not self._exists(exclusive) else exclusive
+
     @abstractmethod
     def _dead(self, number: int) -> bool:
         """Whether ticket ``number``'s liveness lock is free (gone counts as dead); under the
@@ -341,7 +367,7 @@ class FolderStore(LineStore):
         tickets = entries.tickets
         if me is not None:
             tickets = tuple(n for n in tickets if n < me.number)
-        return View(tickets, entries.markers)
+        return View(tickets, entries.markers, shared=entries.shared)
 
     def alive(self, numbers: Sequence[int], me: Membership | None) -> list[bool]:
         with os_errors(self.shown):
@@ -351,7 +377,7 @@ class FolderStore(LineStore):
         result: list[Ticket | None] = []
         with os_errors(self.shown):
             for number in numbers:
-                name = ticket_file(number)
+                name = self._ticket_name(number)
                 found = self._read(name)
                 if not found or not found[0]:  # gone, or being created, or a leaver's last
                     result.append(None)
@@ -372,7 +398,7 @@ class FolderStore(LineStore):
         """Under the guard, for a ticket found dead: leave a marker if it was holding (a second
         link to its record, or where the record is another user's, a copy that says whose it
         was), then remove it if we may (in a sticky folder only its owner can)."""
-        name = ticket_file(number)
+        name = self._ticket_name(number)
         found = self._read(name)
         if found is None:
             return
@@ -397,19 +423,24 @@ class FolderStore(LineStore):
     def claim_abandoned(self, me: Membership) -> Ticket | None:
         with os_errors(self.shown):
             for number in self._entries().markers:
-                record = self._claim(number)
+                record = self._claim(number, me.shared)
                 if record is not None:
                     return record
         return None
 
-    def _claim(self, number: int) -> Ticket | None:
+    def _claim(self, number: int, shared: bool) -> Ticket | None:
         """Tell ourselves of a marker by creating its claim, which only one can do. A marker
         is removed only once claimed and once its ticket is gone (and then never comes back),
-        so a marker still there after our claim was made was ours to claim."""
+        so a marker still there after our claim was made was ours to claim. A shared turn
+        leaves the marker of a shared one for the next exclusive holder."""
         marker, told = marker_file(number), told_file(number)
         found = self._read(marker)
         if found is None:
             return None
+        if shared:
+            dead = parse_record(number, found[0], f"{self.shown}/{marker}")
+            if dead is None or dead.shared:
+                return None
         if not self._create(told, b""):
             return None  # another new holder was told
         if not self._exists(marker):  # claimed and tidied away while we read it
@@ -428,7 +459,7 @@ class FolderStore(LineStore):
         """Who the dead holder was, from the system rather than from what the record says:
         the owner of its ticket file while that is still there (or of the marker, a second
         link to it), else the owner recorded in a copy another user made of it."""
-        found = self._read(ticket_file(number))
+        found = self._read(self._ticket_name(number))
         if found is not None and found[1] is not None:
             return found[1]
         last = data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
@@ -444,7 +475,7 @@ class FolderStore(LineStore):
         owns in a sticky folder stays until they come by."""
         if not self._dead(number):
             return
-        for entry in (ticket_file(number), marker_file(number), told_file(number)):
+        for entry in (*ticket_files(number), marker_file(number), told_file(number)):
             with suppress(FileNotFoundError):
                 self._remove(entry)
 

@@ -28,14 +28,16 @@ import errno
 import fcntl
 import json
 import os
+import select
 import stat
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 
 from .. import forks
-from ..errors import BackendError, Cancelled
+from ..errors import BackendError, Cancelled, Replaced
 from ..forks import forget_after_fork
 from ..records import MAX_RECORD_BYTES, Ticket, this_user, warn_once
 from .base import CancelToken, GuardTaken, Membership, Patience, View, Woke, wait_woken
@@ -47,10 +49,12 @@ from .folders import (
     FolderMembership,
     FolderStore,
     dumps_line,
+    kick_file,
     os_errors,
     os_problem,
+    own_ticket_file,
     read_entries,
-    ticket_file,
+    ticket_files,
     write_all,
 )
 
@@ -228,11 +232,15 @@ def user_name(uid: int) -> str:
 
 
 class PosixMembership(FolderMembership):
-    """Our ticket file, open and locked. A forked child gets its copy closed."""
+    """Our ticket file, open and locked, and for a ``newest_wins`` ticket the kick FIFO it
+    listens on (open for reading, and for writing too, so that it never reads end-of-file).
+    A forked child gets its copies closed."""
 
-    def __init__(self, number: int, fd: int) -> None:
+    def __init__(self, number: int, fd: int, shared: bool, kick: tuple[int, int] | None) -> None:
         self.number = number
         self.fd = fd
+        self.shared = shared
+        self.kick = kick
         self.pid = forks.pid()
         self.closed = False
         self._lock = threading.Lock()
@@ -241,22 +249,27 @@ class PosixMembership(FolderMembership):
     def inheritable_handles(self) -> list[int]:
         return [] if self.closed else [self.fd]
 
+    def _fds(self) -> tuple[int, ...]:
+        return (self.fd, *(self.kick or ()))
+
     def close(self) -> bool:
         """Close the ticket (freeing its lock once no child holds a copy); False if it was."""
         with self._lock:
             if self.closed:
                 return False
             self.closed = True
-        os.close(self.fd)
+        for fd in self._fds():
+            os.close(fd)
         return True
 
     def after_fork_in_child(self) -> None:
-        """The turn stays with the parent: drop this copy of its descriptor."""
+        """The turn stays with the parent: drop this copy of its descriptors."""
         self._lock = threading.Lock()
         if not self.closed:
             self.closed = True
-            with suppress(OSError):
-                os.close(self.fd)
+            for fd in self._fds():
+                with suppress(OSError):
+                    os.close(fd)
 
 
 # --------------------------------------------------------------------------- waiting
@@ -311,6 +324,37 @@ class _Watches:
     def after_fork_in_child(self) -> None:
         self.lock = threading.Lock()
         self.by_key = {}
+
+
+class _KickWatch:
+    """A thread asleep in ``select`` on a kick FIFO, setting ``woken`` when something arrives;
+    stopped through a pipe of its own."""
+
+    def __init__(self, fd: int, woken: threading.Event) -> None:
+        self.fd = fd
+        self.woken = woken
+        self.kicked = False
+        self._stop_read, self._stop_write = os.pipe()
+        self._thread: threading.Thread | None = None
+        self.rearm()
+
+    def rearm(self) -> None:
+        self.kicked = False
+        self._thread = threading.Thread(target=self._run, daemon=True, name="inturn-kick")
+        self._thread.start()
+
+    def _run(self) -> None:
+        ready, _, _ = select.select([self.fd, self._stop_read], [], [])
+        if self.fd in ready:
+            self.kicked = True
+            self.woken.set()
+
+    def stop(self) -> None:
+        os.write(self._stop_write, b"x")
+        if self._thread is not None:
+            self._thread.join()
+        os.close(self._stop_read)
+        os.close(self._stop_write)
 
 
 class _GuardWait:
@@ -630,9 +674,15 @@ class PosixStore(FolderStore):
             return False  # not ours to link (fs.protected_hardlinks): the caller copies it
         return True
 
+    def _open_ticket(self, number: int) -> int | None:
+        """Ticket ``number``'s file, read-only, under its exclusive or its shared name."""
+        exclusive, shared = ticket_files(number)
+        fd = self._open(exclusive)
+        return fd if fd is not None else self._open(shared)
+
     def _dead(self, number: int) -> bool:
         try:
-            fd = self._open(ticket_file(number))
+            fd = self._open_ticket(number)
         except PermissionError:
             return False  # not readable by us: never take it for dead
         if fd is None:
@@ -675,7 +725,9 @@ class PosixStore(FolderStore):
         with os_errors(self.shown), self._guard(patience) as guard:
             dir_fd = self._dir()
             entries = self._entries()
-            fd, number = self._create_ticket(dir_fd, self._next_number(entries, guard))
+            first = self._next_number(entries, guard)
+            fd, number = self._create_ticket(dir_fd, first, me.shared)
+            kick = None
             try:
                 # Private until locked: nobody else can open it in time to lock it first. A
                 # look by our own user may hold a shared lock for an instant: wait it out.
@@ -683,44 +735,93 @@ class PosixStore(FolderStore):
                 write_all(fd, dumps_line(me.header()))
                 if self.scope == "machine":
                     os.fchmod(fd, _readable_mode(self.scope))
+                if me.newest_wins:  # before anyone can see the ticket: kicks are never lost
+                    kick = self._open_kick(number)
                 self._save_number(number + 1, guard)
             except BaseException:
                 with suppress(OSError):
-                    os.unlink(ticket_file(number), dir_fd=dir_fd)
+                    os.unlink(own_ticket_file(number, me.shared), dir_fd=dir_fd)
                 os.close(fd)
+                for end in kick or ():
+                    os.close(end)
                 raise
             self._tidy_litter(entries)
         ahead = tuple(n for n in entries.tickets if n < number)
-        return PosixMembership(number, fd), View(ahead, entries.markers)
+        membership = PosixMembership(number, fd, me.shared, kick)
+        return membership, View(ahead, entries.markers, shared=entries.shared)
 
-    def _create_ticket(self, dir_fd: int, number: int) -> tuple[int, int]:
+    def _create_ticket(self, dir_fd: int, number: int, shared: bool) -> tuple[int, int]:
         for _ in range(1000):
             try:
-                return os.open(ticket_file(number), _O_NEW, 0o600, dir_fd=dir_fd), number
+                name = own_ticket_file(number, shared)
+                return os.open(name, _O_NEW, 0o600, dir_fd=dir_fd), number
             except FileExistsError:
                 number += 1  # a leftover or planted file: never reuse its number
         raise BackendError(f"{self.shown} is full of foreign files: clean it up")
 
+    def _open_kick(self, number: int) -> tuple[int, int]:
+        """The FIFO through which a later ``newest_wins`` arrival replaces this ticket:
+        writable by every user of the line, read (and held open for writing, so that it never
+        reads end-of-file) by us only."""
+        name = kick_file(number)
+        dir_fd = self._dir()
+        with suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dir_fd)  # a leftover of a number that was never handed out
+        os.mkfifo(name, 0o600, dir_fd=dir_fd)
+        flags = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        reader = os.open(name, os.O_RDONLY | flags, dir_fd=dir_fd)
+        writer = os.open(name, os.O_WRONLY | flags, dir_fd=dir_fd)
+        if self.scope == "machine":
+            os.fchmod(reader, 0o622)
+        return reader, writer
+
+    def replace(self, number: int, me: Membership) -> None:
+        flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            fd = os.open(kick_file(number), flags, dir_fd=self._dir())
+        except OSError:
+            return  # it left (no FIFO, or nobody reading it) or is not a FIFO of ours to write
+        try:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                with suppress(OSError):
+                    os.write(fd, f"{me.number}\n".encode())
+        finally:
+            os.close(fd)
+
+    def _replaced_by(self, me: PosixMembership) -> int | None:
+        """A later, live ticket that kicked us, if any: what arrived on our FIFO is only a
+        claim, so it must name a ticket behind us whose owner still holds it."""
+        assert me.kick is not None
+        data = b""
+        with suppress(BlockingIOError):
+            while chunk := os.read(me.kick[0], 4096):
+                data += chunk
+        for word in data.split():
+            if word.isdigit() and int(word) > me.number and not self._dead(int(word)):
+                return int(word)
+        return None
+
     def wait(
         self,
-        me: Membership,
+        me: Membership | None,
         numbers: Sequence[int],
         timeout: float | None,
         cancel: CancelToken | None,
     ) -> Woke | None:
+        kick = me.kick if isinstance(me, PosixMembership) else None
         with os_errors(self.shown):
-            if len(numbers) == 1 and timeout is None and cancel is None:
+            if len(numbers) == 1 and timeout is None and cancel is None and kick is None:
                 return self._wait_here(numbers[0])
-            return self._wait_in_threads(numbers, timeout, cancel)
+            return self._wait_in_threads(numbers, timeout, cancel, me, kick)
 
     def _open_to_wait(self, number: int) -> int | None:
         try:
-            return self._open(ticket_file(number))
+            return self._open_ticket(number)
         except PermissionError:
             raise BackendError(
                 f"cannot wait for ticket {number} of line {self.name!r}: "
-                f"{self.shown}/{ticket_file(number)} is not readable by you (made by another "
-                "user with an older inturn?); ask its owner to remove it once it is done"
+                f"{self.shown}/{ticket_files(number)[0]} is not readable by you (made by "
+                "another user with an older inturn?); ask its owner to remove it once it is done"
             ) from None
 
     def _wait_here(self, number: int) -> Woke:
@@ -735,11 +836,17 @@ class PosixStore(FolderStore):
         return Woke(left=(number,) if clean else ())
 
     def _wait_in_threads(
-        self, numbers: Sequence[int], timeout: float | None, cancel: CancelToken | None
+        self,
+        numbers: Sequence[int],
+        timeout: float | None,
+        cancel: CancelToken | None,
+        me: Membership | None,
+        kick: tuple[int, int] | None,
     ) -> Woke | None:
         woken = threading.Event()
         watches: list[_Watch] = []
         table = self._watches
+        kicks = _KickWatch(kick[0], woken) if kick is not None else None
         try:
             for number in numbers:
                 fd = self._open_to_wait(number)
@@ -755,15 +862,33 @@ class PosixStore(FolderStore):
                         os.close(fd)
                     watch.subscribers.add(woken)
                     watches.append(watch)
-            fired = wait_woken(
-                woken, timeout, cancel, lambda: any(w.fired for w in watches), self.name
-            )
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                fired = wait_woken(
+                    woken,
+                    None if deadline is None else max(0.0, deadline - time.monotonic()),
+                    cancel,
+                    lambda: any(w.fired for w in watches) or (kicks is not None and kicks.kicked),
+                    self.name,
+                )
+                if kicks is None or not kicks.kicked:
+                    break
+                assert isinstance(me, PosixMembership)
+                by = self._replaced_by(me)
+                if by is not None:
+                    raise Replaced(f"ticket {by} replaced this one in line {self.name!r}")
+                woken.clear()  # a false kick: wait on (a watch that fired meanwhile counts)
+                if any(w.fired for w in watches):
+                    break
+                kicks.rearm()
             if not fired:
                 return None
             return Woke(
                 left=tuple(n for n, w in zip(numbers, watches, strict=True) if w.fired and w.clean)
             )
         finally:
+            if kicks is not None:
+                kicks.stop()
             with table.lock:
                 for watch in watches:
                     watch.subscribers.discard(woken)
@@ -776,7 +901,10 @@ class PosixStore(FolderStore):
             # Unlink before unlocking: nobody may see the lock free while the file is ours,
             # and a waiter woken by the unlock sees it has no name left (a clean release).
             with os_errors(self.shown), suppress(FileNotFoundError):
-                os.unlink(ticket_file(me.number), dir_fd=self._dir())
+                os.unlink(own_ticket_file(me.number, me.shared), dir_fd=self._dir())
+            if me.kick is not None:
+                with suppress(OSError):
+                    os.unlink(kick_file(me.number), dir_fd=self._dir())
         me.close()
 
     def close(self) -> None:

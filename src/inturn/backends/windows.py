@@ -41,7 +41,7 @@ from collections.abc import Iterator, Sequence
 from ctypes import wintypes
 
 from .. import win32
-from ..errors import BackendError, Cancelled
+from ..errors import BackendError, Cancelled, Replaced
 from ..records import MAX_RECORD_BYTES, Ticket, warn_once
 from .base import CancelToken, GuardTaken, Membership, Patience, View, Woke
 from .folders import (
@@ -51,8 +51,9 @@ from .folders import (
     FolderMembership,
     FolderStore,
     dumps_line,
+    kick_file,
+    own_ticket_file,
     read_entries,
-    ticket_file,
     write_all,
 )
 
@@ -73,6 +74,7 @@ _PRIVILEGE_MESSAGE = (
 # delete another user's files: like a sticky folder on POSIX.
 _MACHINE_TICKET_SDDL = "D:(A;;GA;;;SY)(A;;GA;;;BA)(A;;GA;;;{sid})(A;;0x100000;;;AU)"
 _MACHINE_GUARD_SDDL = "D:(A;;GA;;;SY)(A;;GA;;;BA)(A;;GA;;;{sid})(A;;0x100001;;;AU)"
+_MACHINE_KICK_SDDL = "D:(A;;GA;;;SY)(A;;GA;;;BA)(A;;GA;;;{sid})(A;;0x100002;;;AU)"
 _MACHINE_FOLDER_SDDL = (
     "D:(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)(A;CI;0x1200af;;;AU)(A;OIIO;FR;;;AU)(A;OICIIO;FA;;;CO)"
 )
@@ -232,9 +234,13 @@ class WindowsBackend(FolderBackend):
                 _MACHINE_GUARD_SDDL.format(sid=self.sid)
             )
             self.folder_security: win32.Security | None = win32.Security(_MACHINE_FOLDER_SDDL)
+            self.kick_security: win32.Security | None = win32.Security(
+                _MACHINE_KICK_SDDL.format(sid=self.sid)
+            )
         else:
             self.namespace = f"Local\\inturn.{self.sid}"
             self.ticket_security = self.guard_security = self.folder_security = None
+            self.kick_security = None
 
     def line(self, name: str) -> WindowsStore:
         return WindowsStore(self, name)
@@ -311,12 +317,15 @@ class _Owner:
 
 
 class WindowsMembership(FolderMembership):
-    """Our ticket: its owner thread holds the mutex; ``fd`` is our open ticket record."""
+    """Our ticket: its owner thread holds the mutex; ``fd`` is our open ticket record; for a
+    ``newest_wins`` ticket, ``kick`` is the event a later arrival sets to replace it."""
 
-    def __init__(self, number: int, fd: int, owner: _Owner) -> None:
+    def __init__(self, number: int, fd: int, owner: _Owner, shared: bool, kick: int | None) -> None:
         self.number = number
         self.fd = fd
         self.owner = owner
+        self.shared = shared
+        self.kick = kick
         self.closed = False
 
 
@@ -353,11 +362,19 @@ class _Fanout:
         win32.close(self.stop)
 
 
+KICKED = -1  # what ``wait_for_mutexes`` says when the kick event ended the wait
+
+
 def wait_for_mutexes(
-    mutexes: Sequence[int], timeout: float | None, cancel: CancelToken | None, line: str
+    mutexes: Sequence[int],
+    timeout: float | None,
+    cancel: CancelToken | None,
+    line: str,
+    kick: int | None = None,
 ) -> tuple[int, bool] | None:
     """Sleep until one of ``mutexes`` can be acquired (its owner left or died): which one, and
-    whether it was released cleanly (not abandoned by a dead owner); None on timeout.
+    whether it was released cleanly (not abandoned by a dead owner); None on timeout;
+    ``(KICKED, False)`` when the event ``kick`` was set.
 
     The mutex won is released at once by this same thread. On the main thread Ctrl-C and
     Ctrl-Break wake the wait through a console control handler and the Python handler runs
@@ -377,6 +394,8 @@ def wait_for_mutexes(
                 extras.append(kernel_cancel.handle)
             if console is not None:
                 extras.append(stack.enter_context(console.armed("wait")))
+            if kick is not None:
+                extras.append(kick)
             handles = [*watched, *extras]
             while True:
                 if deadline is None:
@@ -398,6 +417,8 @@ def wait_for_mutexes(
                     return 0, False
                 if kernel_cancel is not None and handles[index] == kernel_cancel.handle:
                     raise Cancelled(f"stopped waiting for line {line!r}")
+                if kick is not None and handles[index] == kick:
+                    return KICKED, False
                 if console is not None:
                     console.deliver()  # raises if the handler does; else wait on
     finally:
@@ -614,21 +635,51 @@ class WindowsStore(FolderStore):
         self._line_id()
         with self._guard(patience) as guard:
             entries = self._entries()
-            owner, fd, number = self._take(self._next_number(entries, guard))
+            owner, fd, number = self._take(self._next_number(entries, guard), me.shared)
+            kick = None
             try:
                 write_all(fd, dumps_line(me.header()))
+                if me.newest_wins:  # before anyone can see the ticket: kicks are never lost
+                    kick = self._make_kick(number)
                 self._save_number(number + 1, guard)
             except BaseException:
                 os.close(fd)
                 with contextlib.suppress(OSError):
-                    os.unlink(self._path(ticket_file(number)))
+                    os.unlink(self._path(own_ticket_file(number, me.shared)))
+                win32.close(kick)
                 owner.release()
                 raise
             self._tidy_litter(entries)
         ahead = tuple(n for n in entries.tickets if n < number)
-        return WindowsMembership(number, fd, owner), View(ahead, entries.markers)
+        membership = WindowsMembership(number, fd, owner, me.shared, kick)
+        return membership, View(ahead, entries.markers, shared=entries.shared)
 
-    def _take(self, number: int) -> tuple[_Owner, int, int]:
+    def _make_kick(self, number: int) -> int:
+        """The event a later ``newest_wins`` arrival sets to replace this ticket."""
+        security = self.backend.kick_security
+        attributes = security.pointer if security is not None else None
+        handle = win32.CreateEventW(attributes, True, False, self.object_name(f"{number}.kick"))
+        if not handle:
+            raise BackendError(self._object_error("kick event", win32.last_error()))
+        return int(handle)
+
+    def replace(self, number: int, me: Membership) -> None:
+        self._create(kick_file(number), f"{me.number}\n".encode())  # who: checked by the kicked
+        name = self.object_name(f"{number}.kick")
+        handle = win32.OpenEventW(win32.EVENT_MODIFY_STATE, False, name)
+        if handle:
+            win32.SetEvent(handle)
+            win32.CloseHandle(handle)
+
+    def _replaced_by(self, me: WindowsMembership) -> int | None:
+        """The live, later ticket that kicked us (what the kick file says is only a claim)."""
+        found = _read_file(self._path(kick_file(me.number))) or b""
+        for word in found.split():
+            if word.isdigit() and int(word) > me.number and self._alive(int(word)):
+                return int(word)
+        return None
+
+    def _take(self, number: int, shared: bool) -> tuple[_Owner, int, int]:
         """Create the mutex and the record of the first free number from ``number`` on.
 
         A name or file already there (a squatter, a leftover) is skipped, never reused.
@@ -641,7 +692,7 @@ class WindowsStore(FolderStore):
                 number += 1
                 continue
             try:
-                fd = self._create_new(ticket_file(number))
+                fd = self._create_new(own_ticket_file(number, shared))
             except BaseException:
                 owner.release()
                 raise
@@ -689,11 +740,12 @@ class WindowsStore(FolderStore):
 
     def wait(
         self,
-        me: Membership,
+        me: Membership | None,
         numbers: Sequence[int],
         timeout: float | None,
         cancel: CancelToken | None,
     ) -> Woke | None:
+        kick = me.kick if isinstance(me, WindowsMembership) else None
         handles: list[int] = []
         try:
             for number in numbers:
@@ -704,11 +756,20 @@ class WindowsStore(FolderStore):
                         raise BackendError(self._object_error(f"ticket {number}", code))
                     return Woke()  # gone already
                 handles.append(handle)
-            woke = wait_for_mutexes(handles, timeout, cancel, self.name)
-            if woke is None:
-                return None
-            index, clean = woke
-            return Woke(left=(numbers[index],) if clean else ())
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                woke = wait_for_mutexes(handles, left, cancel, self.name, kick)
+                if woke is None:
+                    return None
+                index, clean = woke
+                if index != KICKED:
+                    return Woke(left=(numbers[index],) if clean else ())
+                assert isinstance(me, WindowsMembership) and kick is not None
+                by = self._replaced_by(me)
+                if by is not None:
+                    raise Replaced(f"ticket {by} replaced this one in line {self.name!r}")
+                win32.ResetEvent(kick)  # a kick without a live ticket behind it: wait on
         finally:
             for handle in handles:
                 win32.CloseHandle(handle)
@@ -721,12 +782,17 @@ class WindowsStore(FolderStore):
         os.close(me.fd)
         # Remove the record first, then free the mutex: a waiter woken by the release must not
         # find the record of a holder that left cleanly and take it for a dead one.
+        path = self._path(own_ticket_file(me.number, me.shared))
         try:
-            os.unlink(self._path(ticket_file(me.number)))
+            os.unlink(path)
         except FileNotFoundError:
             pass
         except OSError as exc:
-            warn_once(f"cannot remove {self._path(ticket_file(me.number))}: {exc.strerror}")
+            warn_once(f"cannot remove {path}: {exc.strerror}")
+        if me.kick is not None:
+            win32.close(me.kick)
+            with contextlib.suppress(OSError):
+                os.unlink(self._path(kick_file(me.number)))
         me.owner.release()
 
     def close(self) -> None:

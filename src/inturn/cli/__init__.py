@@ -1,4 +1,4 @@
-"""The ``inturn`` command: a thin layer over ``inturn.Line`` (``run``, ``status``).
+"""The ``inturn`` command: a thin layer over ``inturn.Line`` (``run``, ``status``, ``wait``).
 
 Nothing in the library imports this package; its exit codes are in ``exits.py``.
 """
@@ -23,6 +23,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .run import run
 
             return run(parser, args)
+        if args.action == "wait":
+            from .wait import wait
+
+            return wait(args)
         from .status import status
 
         return status(args)

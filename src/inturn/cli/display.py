@@ -15,6 +15,8 @@ from ..line import Line
 from ..queue import Progress
 from ..records import LineStatus, Ticket, escape_controls
 
+SHOWN_AHEAD = 64  # records read for the status line: enough to count the readers holding
+
 
 class WaitingDisplay:
     def __init__(self, line: Line, stream: TextIO) -> None:
@@ -31,11 +33,11 @@ class WaitingDisplay:
 
     def update(self, progress: Progress) -> None:
         """Called by the waiter each time it goes back to sleep."""
-        holders = self.line.store.read(progress.ahead[: self.line.slots])  # records only
+        records = self.line.store.read(progress.ahead[:SHOWN_AHEAD])  # records only
         with self._lock:
             self.ticket = progress.ticket
             self.position = progress.position
-            self.holders = [t for t in holders if t is not None]
+            self.holders = [t for t in records if t is not None and t.holding]
         self._draw()
         if self._thread is None:
             self._thread = threading.Thread(target=self._tick, daemon=True, name="inturn-display")
@@ -67,7 +69,10 @@ class WaitingDisplay:
             if self.holders:
                 first = self.holders[0]
                 held = duration(time.time() - first.acquired_at) if first.acquired_at else "?"
-                who = f", held by {first.describe()} for {held}"
+                if first.shared and len(self.holders) > 1:
+                    who = f", held by {len(self.holders)} sharing for {held}"
+                else:
+                    who = f", held by {first.describe()} for {held}"
             else:
                 who = ""
             text = f"waiting for {self.line.name}: #{self.position} in line{who} ({waited})"
@@ -99,7 +104,9 @@ def format_line(status: LineStatus, now: float) -> str:
     name = escape_controls(status.name)
     if not status.holders and not status.waiters:
         return f"{name}: free (nobody holds or waits)"
-    rows: list[tuple[str, ...]] = [("#", "TICKET", "STATE", "PID", "USER", "HOST", "FOR", "CMD")]
+    rows: list[tuple[str, ...]] = [
+        ("#", "TICKET", "STATE", "MODE", "PID", "USER", "HOST", "FOR", "CMD")
+    ]
     for place, ticket in enumerate((*status.holders, *status.waiters), start=1):
         rows.append(_row(place, ticket, now))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
@@ -117,6 +124,7 @@ def _row(place: int, ticket: Ticket, now: float) -> tuple[str, ...]:
         str(place),
         str(ticket.number),
         state,
+        ticket.mode,
         str(ticket.pid) if ticket.pid is not None else "?",
         escape_controls(ticket.user or "?"),
         escape_controls(ticket.host or "?"),

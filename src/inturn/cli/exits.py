@@ -2,9 +2,10 @@
 
 The command's own code when it ran; 75 when the line was busy (``--no-wait``) or the wait timed
 out (``--conflict-exit-code`` changes it); 76 when a server backend lost the turn while the
-command ran; 130 when interrupted while waiting (128+N for another signal N); 141 when the
-output was closed early (``inturn status | head -1``); 2 for usage errors, unusable setups and
-system errors (a full disk, too many open files).
+command ran; 77 when a later ``--newest-wins`` run replaced this one before its turn came
+(the command never started); 130 when interrupted while waiting (128+N for another signal N);
+141 when the output was closed early (``inturn status | head -1``); 2 for usage errors,
+unusable setups and system errors (a full disk, too many open files).
 """
 
 from __future__ import annotations
@@ -12,5 +13,6 @@ from __future__ import annotations
 EXIT_USAGE = 2
 EXIT_CONFLICT = 75
 EXIT_LOST = 76
+EXIT_REPLACED = 77
 EXIT_INTERRUPTED = 130
 EXIT_OUTPUT_CLOSED = 128 + 13  # as a tool killed by SIGPIPE

@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"inturn {__version__}")
-    commands = parser.add_subparsers(dest="action", metavar="{run,status}")
+    commands = parser.add_subparsers(dest="action", metavar="{run,status,wait}")
     commands.required = True
 
     def where(sub: argparse.ArgumentParser) -> None:
@@ -77,6 +77,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="when a server backend loses the turn, SIGTERM the command's processes, then "
         "SIGKILL them after SECONDS (default 1; 0 is SIGKILL at once)",
     )
+    run.add_argument(
+        "--shared",
+        action="store_true",
+        help="take a shared turn (a reader): shared turns next to each other in the line run "
+        "together, never with an exclusive one",
+    )
+    run.add_argument(
+        "--max-waiting",
+        type=_max_waiting,
+        metavar="N",
+        help="if N already wait in line, exit 75 at once (1: a burst of starts collapses "
+        "into one waiting run)",
+    )
+    run.add_argument(
+        "--newest-wins",
+        action="store_true",
+        help="replace the runs already waiting that gave --newest-wins too (they exit 77 "
+        "without running): at most one pending run, the newest",
+    )
     run.add_argument("-q", "--quiet", action="store_true", help="no status line, no notes")
     where(run)
 
@@ -88,6 +107,27 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("name", nargs="?", metavar="NAME")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     where(status)
+
+    wait = commands.add_parser(
+        "wait",
+        help="wait until everyone now in line NAME has finished, without taking a turn",
+        description="Wait until every holder and waiter now in line NAME has finished (a "
+        "barrier: later arrivals are not waited for, and are not held up). Exits 0, or 75 "
+        "when --timeout runs out.",
+    )
+    wait.add_argument("name", metavar="NAME")
+    wait.add_argument(
+        "-w", "--timeout", type=_seconds, metavar="SECONDS", help="give up after SECONDS (exit 75)"
+    )
+    wait.add_argument(
+        "-E",
+        "--conflict-exit-code",
+        type=_exit_code,
+        default=EXIT_CONFLICT,
+        metavar="N",
+        help="exit code when the timeout runs out (default 75)",
+    )
+    where(wait)
     return parser
 
 
@@ -108,6 +148,14 @@ def _grace(text: str) -> float:
 def _slots(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"slots must be a whole number of at least 1: {text!r}")
+    return int(text)
+
+
+def _max_waiting(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(
+            f"--max-waiting takes a whole number of at least 1: {text!r}"
+        )
     return int(text)
 
 

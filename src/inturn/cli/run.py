@@ -6,10 +6,10 @@ import argparse
 import os
 import sys
 
-from ..errors import Busy, Cancelled, Timeout, UsageError
+from ..errors import Busy, Cancelled, Replaced, Timeout, UsageError
 from ..line import Turn
 from ..records import LineStatus
-from .exits import EXIT_LOST
+from .exits import EXIT_LOST, EXIT_REPLACED
 from .output import say, system_error
 from .parser import line_from
 from .signals import RunSignals
@@ -30,6 +30,10 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             held = _wait_in_line(args, command, signals)
         except Cancelled:
             return 128 + signals.pending[0]  # a signal ended the wait; the line is left
+        except Replaced as exc:
+            if not args.quiet:
+                say(f"{exc}: not running the command")
+            return EXIT_REPLACED
         finally:
             signals.waiting = False
         if held is None:
@@ -65,6 +69,9 @@ def _wait_in_line(args: argparse.Namespace, command: list[str], signals: RunSign
             command=tuple(command),
             on_progress=display.update if display else None,
             cancel=signals.cancel,
+            shared=args.shared,
+            max_waiting=args.max_waiting,
+            newest_wins=args.newest_wins,
         )
         signals.waiting = False  # before anything else, closing the status line included
         return held

@@ -45,6 +45,7 @@ class PostgresMembership(Membership):
 
     def __init__(self, number: int, conn: Connection, me: Ticket) -> None:
         self.number = number
+        self.shared = me.shared
         self.conn: Connection | None = conn
         self.me = me
         self.pid = os.getpid()

@@ -33,7 +33,7 @@ from psycopg import sql
 from ...errors import UsageError
 
 DEFAULT_SCHEMA = "inturn"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: shared turns, replaced waiters (newest_wins)
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 INT4_SPAN = 1 << 32
@@ -82,6 +82,8 @@ _HELD = (
     "    AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
 )
 _ALIVE = "EXISTS (SELECT 1 FROM held WHERE held.objid = t.lock_objid AND held.pid = t.backend_pid)"
+# Whether a ticket (or a marker) of table alias ``t`` is a shared turn, from its record.
+_SHARED = "coalesce(({t}.record::jsonb ->> 'shared')::boolean, false)"
 
 
 class Statements:
@@ -103,15 +105,11 @@ class Statements:
             + ", ".join(
                 "EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace"
                 f" WHERE s.nspname = {{n}} AND c.relname = '{table}')"
-                for table in ("lines", "ticket_numbers", "tickets", "abandoned")
+                for table in ("lines", "ticket_numbers", "tickets", "abandoned", "replaced")
             )
-            + ", EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace s ON s.oid = p.pronamespace"
-            " WHERE s.nspname = {n} AND p.proname = 'wait_then_look')"
-            ", EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace s ON s.oid = p.pronamespace"
-            " WHERE s.nspname = {n} AND p.proname = 'leave')"
-            ", EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace s ON s.oid = p.pronamespace"
-            " WHERE s.nspname = {n} AND p.proname = 'bury')"
-        ).format(n=sql.Literal(schema))
+            + ", coalesce((SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace"
+            " WHERE nspname = {n}) = {comment}, false)"
+        ).format(n=sql.Literal(schema), comment=sql.Literal(_comment()))
         self.setup_lock = sql.SQL("SELECT pg_advisory_xact_lock({g}, 0)").format(
             g=sql.Literal(self.guard)
         )
@@ -159,18 +157,19 @@ class Statements:
                     " ON {s}.abandoned (line_id, number)"
                 ),
             ),
-            (5, _wait_then_look(s, self.cls)),
-            (6, _leave(s)),
-            (7, _bury(s, self.cls)),
             (
-                0,
-                sql.SQL("COMMENT ON SCHEMA {s} IS {c}").format(
-                    s=s,
-                    c=sql.Literal(
-                        f"inturn: lines, tickets and abandonment markers (version {SCHEMA_VERSION})"
-                    ),
+                5,
+                q(
+                    "CREATE UNLOGGED TABLE IF NOT EXISTS {s}.replaced ("
+                    " number bigint PRIMARY KEY,"
+                    " by_number bigint NOT NULL)"
                 ),
             ),
+            # The functions and the version: made again whenever the version differs.
+            (6, _wait_and_look(s, self.cls)),
+            (6, _leave(s)),
+            (6, _bury(s, self.cls)),
+            (6, sql.SQL("COMMENT ON SCHEMA {s} IS {c}").format(s=s, c=sql.Literal(_comment()))),
         ]
         # One row of booleans: which privilege the current role lacks (see ``missing_grants``).
         # Looked up by oid: resolving a qualified name would itself fail without USAGE.
@@ -185,6 +184,9 @@ class Statements:
             ("abandoned", "table", "SELECT"),
             ("abandoned", "table", "INSERT"),
             ("abandoned", "table", "DELETE"),
+            ("replaced", "table", "SELECT"),
+            ("replaced", "table", "INSERT"),
+            ("replaced", "table", "DELETE"),
         ]
         self.privileges = sql.SQL(
             "WITH n AS (SELECT oid FROM pg_namespace WHERE nspname = {n}),"
@@ -253,17 +255,27 @@ class Statements:
             "UPDATE {s}.tickets SET acquired_at = %(when)s"
             " WHERE number = %(number)s AND backend_pid = pg_backend_pid() RETURNING number"
         )
+        # A shared turn leaves the marker of a shared holder for the next exclusive one.
         self.claim = q(
             "DELETE FROM {s}.abandoned WHERE number = ("
             "  SELECT number FROM {s}.abandoned WHERE line_id = %(line_id)s"
+            "  AND NOT (%(shared)s AND " + _SHARED.format(t="abandoned") + ")"
             "  ORDER BY number LIMIT 1 FOR UPDATE SKIP LOCKED)"
             " RETURNING number, record, acquired_at"
         )
         self.leave = q("CALL {s}.leave(%(number)s)")
-        self.wait_then_look = q(
-            "SELECT marker, number, alive FROM {s}.wait_then_look("
+        self.wait_and_look = q(
+            "SELECT kind, number, alive, shared FROM {s}.wait_and_look("
             "%(key)s::int4, %(ms)s, %(before)s::bigint, %(me)s::bigint, %(line_id)s::bigint)"
         )
+        # Replacing a newest_wins waiter: record who replaced it, then cancel its wait (it
+        # finds the record whether the cancel came during its wait or just before it).
+        self.replace = q(
+            "WITH mark AS (INSERT INTO {s}.replaced (number, by_number)"
+            "  VALUES (%(number)s, %(by)s) ON CONFLICT (number) DO NOTHING)"
+            " SELECT backend_pid FROM {s}.tickets WHERE number = %(number)s"
+        )
+        self.cancel_backend = sql.SQL("SELECT pg_cancel_backend(%(pid)s)")
         # Waiting: block in the lock manager until the ticket's exclusive lock goes, then let
         # go at once. The timeout is the server's own ``lock_timeout`` (set in the same
         # statement, local to its transaction), so no cancel request can race with it.
@@ -273,17 +285,24 @@ class Statements:
             " pg_advisory_lock_shared({c}, %(key)s::int4),"
             " pg_advisory_unlock_shared({c}, %(key)s::int4)"
         ).format(c=sql.Literal(self.cls))
-        # The line and who in it is alive, in one statement: ``snapshot`` keeps the liveness
-        # for the ``alive`` call that the queue makes right after it.
+        # The line, who in it is alive and which are shared turns, and whether the one asking
+        # was replaced, in one statement.
         self.snapshot_alive = sql.SQL(
-            _HELD + " SELECT false, t.number, " + _ALIVE + " FROM {s}.tickets t"
-            " WHERE t.line_id = %(line_id)s"
+            _HELD + " SELECT 'ticket', t.number, " + _ALIVE + ", " + _SHARED.format(t="t") + ""
+            " FROM {s}.tickets t WHERE t.line_id = %(line_id)s"
             " UNION ALL"
-            " SELECT true, number, false FROM {s}.abandoned WHERE line_id = %(line_id)s"
+            " SELECT 'marker', number, false, false FROM {s}.abandoned"
+            " WHERE line_id = %(line_id)s"
+            " UNION ALL"
+            " SELECT 'replaced', by_number, true, false FROM {s}.replaced WHERE number = %(me)s"
         ).format(s=s, c=sql.Literal(self.cls))
 
 
-def _wait_then_look(s: sql.Identifier, cls: int) -> sql.Composed:
+def _comment() -> str:
+    return f"inturn: lines, tickets and abandonment markers (version {SCHEMA_VERSION})"
+
+
+def _wait_and_look(s: sql.Identifier, cls: int) -> sql.Composed:
     """A waiter's wake-up and its next look at the line, in one round trip.
 
     PL/pgSQL runs each query of a volatile function on a fresh snapshot (READ COMMITTED), so
@@ -292,29 +311,37 @@ def _wait_then_look(s: sql.Identifier, cls: int) -> sql.Composed:
     lets anyone else's removal of it (a burial under way) commit first too, so the look shows
     the ticket either alive or gone, with its marker if it died holding. Liveness of the
     tickets ahead is a try of the shared lock: it fails exactly while someone holds the
-    ticket's exclusive lock, and costs far less than reading ``pg_locks``.
+    ticket's exclusive lock, and costs far less than reading ``pg_locks``. A waiter that was
+    replaced (``newest_wins``) learns it before it sleeps, and on waking.
     """
     key = "((t.number - {lo}) % {span} + {lo})::int4"
     return sql.SQL(
-        "CREATE OR REPLACE FUNCTION {s}.wait_then_look("
+        "CREATE OR REPLACE FUNCTION {s}.wait_and_look("
         " key int4, timeout_ms text, before bigint, me bigint, line bigint)"
-        " RETURNS TABLE (marker boolean, number bigint, alive boolean)"
+        " RETURNS TABLE (kind text, number bigint, alive boolean, shared boolean)"
         " LANGUAGE plpgsql VOLATILE AS $body$"
         " BEGIN"
+        "  RETURN QUERY SELECT 'replaced'::text, r.by_number, true, false"
+        "   FROM {s}.replaced r WHERE r.number = me;"
+        "  IF FOUND THEN RETURN; END IF;"
         "  PERFORM set_config('lock_timeout', timeout_ms, true);"
         "  PERFORM set_config('statement_timeout', '0', true);"
         "  PERFORM pg_advisory_lock_shared({c}, key);"
         "  PERFORM pg_advisory_unlock_shared({c}, key);"
         "  PERFORM 1 FROM {s}.tickets t WHERE t.number = before FOR UPDATE;"
         "  RETURN QUERY"
-        "   SELECT false, t.number, CASE"
+        "   SELECT 'ticket'::text, t.number, CASE"
         "     WHEN t.number >= me THEN true"
         "     WHEN pg_try_advisory_lock_shared({c}, " + key + ")"
         "       THEN NOT pg_advisory_unlock_shared({c}, " + key + ")"
-        "     ELSE true END"
+        "     ELSE true END, " + _SHARED.format(t="t") + ""
         "   FROM {s}.tickets t WHERE t.line_id = line"
         "   UNION ALL"
-        "   SELECT true, a.number, false FROM {s}.abandoned a WHERE a.line_id = line;"
+        "   SELECT 'marker'::text, a.number, false, false FROM {s}.abandoned a"
+        "   WHERE a.line_id = line"
+        "   UNION ALL"
+        "   SELECT 'replaced'::text, r.by_number, true, false FROM {s}.replaced r"
+        "   WHERE r.number = me;"
         " END $body$"
     ).format(s=s, c=sql.Literal(cls), lo=sql.Literal(INT4_MIN), span=sql.Literal(INT4_SPAN))
 
@@ -351,6 +378,7 @@ def _leave(s: sql.Identifier) -> sql.Composed:
         "CREATE OR REPLACE PROCEDURE {s}.leave(ticket bigint) LANGUAGE plpgsql AS $body$"
         " BEGIN"
         "  DELETE FROM {s}.tickets WHERE number = ticket;"
+        "  DELETE FROM {s}.replaced WHERE number = ticket;"
         "  COMMIT;"
         "  PERFORM pg_advisory_unlock_all();"
         " END $body$"
@@ -374,6 +402,7 @@ def missing_grants(row: Mapping[str, object], schema: str) -> list[str]:
         "tickets": ("select", "insert", "update", "delete"),
         "abandoned": ("select", "insert", "delete"),
     }
+    needed["replaced"] = ("select", "insert", "delete")
     tables = [t for t, rights in needed.items() if not all(row[f"{t}_{r}"] for r in rights)]
     if tables:
         listed = ", ".join(f"{s}.{t}" for t in tables)

@@ -52,10 +52,10 @@ from psycopg import errors as pg_errors
 from psycopg import pq
 from psycopg.rows import dict_row
 
-from ...errors import BackendError, Cancelled, LostTurn
+from ...errors import BackendError, Cancelled, LostTurn, Replaced
 from ...forks import forget_after_fork
 from ...names import decode, encode
-from ...records import Ticket, warn
+from ...records import Ticket, warn, warn_once
 from ..base import (
     Backend,
     CancelToken,
@@ -512,6 +512,24 @@ class PostgresStore(LineStore):
             raise
         return PostgresMembership(number, conn, me), None
 
+    def replace(self, number: int, me: Membership) -> None:
+        def work(conn: Connection) -> int | None:
+            row = conn.execute(self.stmts.replace, {"number": number, "by": me.number}).fetchone()
+            return None if row is None else int(row[0])
+
+        pid = self._query(me, work)
+        if pid is None:
+            return  # it left meanwhile
+        try:
+            self.backend.run(
+                lambda conn: conn.execute(self.stmts.cancel_backend, {"pid": pid}).fetchall()
+            )
+        except BackendError as exc:  # another role's session: it learns when it next looks
+            warn_once(
+                f"replaced ticket {number} of line {self.name!r}, but could not wake its "
+                f"session at {self.where} ({exc}); it leaves when it next looks at the line"
+            )
+
     def _join_on(self, conn: Connection, me: Ticket) -> int:
         line_id = self._line(conn)
         record = json.dumps(me.header(), separators=(",", ":"), ensure_ascii=True)
@@ -582,8 +600,9 @@ class PostgresStore(LineStore):
         once."""
 
         def work(conn: Connection) -> View:
-            rows = conn.execute(self.stmts.snapshot_alive, {"line_id": self._line(conn)})
-            return _view(rows.fetchall(), me)
+            params = {"line_id": self._line(conn), "me": -1 if me is None else me.number}
+            rows = conn.execute(self.stmts.snapshot_alive, params)
+            return _view(rows.fetchall(), me, self.name)
 
         return self._query(me, work)
 
@@ -608,15 +627,16 @@ class PostgresStore(LineStore):
 
     def wait(
         self,
-        me: Membership,
+        me: Membership | None,
         numbers: Sequence[int],
         timeout: float | None,
         cancel: CancelToken | None,
     ) -> Woke | None:
         if not numbers:
             return Woke()
-        assert isinstance(me, PostgresMembership)
-        if len(numbers) == 1 and me.conn is not None and me.pid == os.getpid():
+        own = isinstance(me, PostgresMembership) and me.conn is not None and me.pid == os.getpid()
+        if own and len(numbers) == 1:
+            assert isinstance(me, PostgresMembership)
             return self._wait_own(me, numbers[0], timeout, cancel)
         return Woke() if self._wait_watches(numbers, timeout, cancel) else None
 
@@ -645,8 +665,8 @@ class PostgresStore(LineStore):
             "line_id": self._line(conn),
         }
         try:
-            rows = conn.execute(self.stmts.wait_then_look, params).fetchall()
-            return Woke(_view(rows, member))
+            rows = conn.execute(self.stmts.wait_and_look, params).fetchall()
+            return Woke(_view(rows, member, self.name))
         except pg_errors.LockNotAvailable:
             return None  # lock_timeout: our own timeout ran out
         except pg_errors.QueryCanceled:
@@ -704,7 +724,8 @@ class PostgresStore(LineStore):
 
     def claim_abandoned(self, me: Membership) -> Ticket | None:
         def work(conn: Connection) -> Ticket | None:
-            row = conn.execute(self.stmts.claim, {"line_id": self._line(conn)}).fetchone()
+            params = {"line_id": self._line(conn), "shared": me.shared}
+            row = conn.execute(self.stmts.claim, params).fetchone()
             return None if row is None else _ticket(row[0], row[1], row[2])
 
         return self._query(me, work)
@@ -742,15 +763,27 @@ class PostgresStore(LineStore):
         return self._query(me, work)
 
 
-def _view(rows: list[tuple[bool, int, bool]], me: Membership | None) -> View:
-    """A view from (marker?, number, alive?) rows: the tickets ahead of ``me`` (all, for an
-    observer) with their liveness, and the markers."""
+def _view(rows: list[tuple[str, int, bool, bool]], me: Membership | None, name: str) -> View:
+    """A view from (kind, number, alive, shared) rows: the tickets ahead of ``me`` (all, for
+    an observer) with their liveness and modes, and the markers; ``Replaced`` if a row says
+    a later ``newest_wins`` arrival replaced ``me``."""
     below = me.number if me is not None else None
-    tickets = sorted(
-        (int(n), bool(ok)) for marker, n, ok in rows if not marker and (below is None or n < below)
+    tickets = []
+    markers = []
+    for kind, number, ok, shared in rows:
+        if kind == "replaced":
+            raise Replaced(f"ticket {number} replaced this one in line {name!r}")
+        if kind == "marker":
+            markers.append(int(number))
+        elif below is None or number < below:
+            tickets.append((int(number), bool(ok), bool(shared)))
+    tickets.sort()
+    return View(
+        tuple(n for n, _, _ in tickets),
+        tuple(sorted(markers)),
+        tuple(ok for _, ok, _ in tickets),
+        frozenset(n for n, _, shared in tickets if shared),
     )
-    markers = tuple(sorted(int(n) for marker, n, _ in rows if marker))
-    return View(tuple(n for n, _ in tickets), markers, tuple(ok for _, ok in tickets))
 
 
 def _ticket(number: Any, record: Any, acquired_at: Any) -> Ticket:

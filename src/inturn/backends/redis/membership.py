@@ -21,10 +21,20 @@ GIVE_UP_AT = 3 / 4  # of the lease after the last renewal that surely reached th
 class RedisMembership(Membership):
     """Our ticket: its lease is renewed by the backend's ``LeaseKeeper`` until we leave."""
 
-    def __init__(self, number: int, ticket_id: str, lease_key: str, sent_at: float) -> None:
+    def __init__(
+        self,
+        number: int,
+        ticket_id: str,
+        lease_key: str,
+        sent_at: float,
+        shared: bool = False,
+        kick_key: str | None = None,
+    ) -> None:
         self.number = number
         self.ticket_id = ticket_id
         self.lease_key = lease_key
+        self.shared = shared
+        self.kick_key = kick_key  # the stream a newest_wins arrival writes to replace us
         self.renewed_at = sent_at  # local monotonic time the last good renewal was sent
         self.retry_at: float | None = None
         self.pid = os.getpid()

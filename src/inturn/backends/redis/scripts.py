@@ -1,5 +1,6 @@
 """The Lua scripts of the Redis backend: joining, burying, leaving, marking and claiming.
 
+A line's shared turns are also in a set of their ids, so that one look tells modes apart.
 Each runs atomically (no other command runs while a script does: redis.io, "Scripting with
 Lua"), and every key it touches is passed in ``KEYS``, as Redis requires of scripts. See
 ``store.py`` for the keys.
@@ -11,8 +12,9 @@ if known then return known end
 if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[3]) end
 local number = string.format('%.0f', redis.call('INCR', KEYS[1]))
 redis.call('ZADD', KEYS[2], number, ARGV[1])
-redis.call('HSET', KEYS[3], 'number', number, unpack(ARGV, 4))
+redis.call('HSET', KEYS[3], 'number', number, unpack(ARGV, 5))
 redis.call('SET', KEYS[4], '1', 'PX', ARGV[2])
+if ARGV[4] == '1' then redis.call('SADD', KEYS[5], ARGV[1]) end
 return number
 """
 
@@ -24,6 +26,7 @@ if not number then
   return -2
 end
 redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('SREM', KEYS[6], ARGV[1])
 local marked = 0
 if redis.call('HEXISTS', KEYS[2], 'acquired_at') == 1 then
   redis.call('ZADD', KEYS[4], number, ARGV[1])
@@ -37,7 +40,8 @@ return marked
 """
 
 LEAVE = """
-redis.call('DEL', KEYS[3])
+redis.call('DEL', KEYS[3], KEYS[6])
+redis.call('SREM', KEYS[5], ARGV[1])
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
   redis.call('DEL', KEYS[2])
   redis.call('XADD', KEYS[4], 'MAXLEN', '1', '*', 'left', '1')

@@ -48,7 +48,7 @@ from redis import exceptions as rx
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
-from ...errors import BackendError, Cancelled, LostTurn, UsageError
+from ...errors import BackendError, Cancelled, LostTurn, Replaced, UsageError
 from ...names import decode, digest, encode
 from ...records import Ticket, warn_once
 from ..base import (
@@ -240,6 +240,7 @@ class RedisStore(LineStore):
         self.tag = tag
         self.counter_key = f"{tag}:next"
         self.tickets_key = f"{tag}:tickets"
+        self.shared_key = f"{tag}:shared"
         self.abandoned_key = f"{tag}:abandoned"
         self.lock_delay = backend.address.lock_delay
         # Ticket number -> id, as seen in the line: a fact that never changes once true, so
@@ -257,6 +258,9 @@ class RedisStore(LineStore):
 
     def _lease_key(self, ticket_id: str) -> str:
         return f"{self.tag}:lease:{ticket_id}"
+
+    def _kick_key(self, ticket_id: str) -> str:
+        return f"{self.tag}:kick:{ticket_id}"
 
     def _gone_key(self, ticket_id: str) -> str:
         return f"{self.tag}:gone:{ticket_id}"
@@ -283,6 +287,7 @@ class RedisStore(LineStore):
             self.tickets_key,
             self._ticket_key(ticket_id),
             self._lease_key(ticket_id),
+            self.shared_key,
         ]
         seed = int(time.time() * 1000)
         sent = time.monotonic()
@@ -290,8 +295,11 @@ class RedisStore(LineStore):
             if not self._listed:
                 call(self.backend.client, "SADD", f"{self.backend.prefix}:lines", encode(self.name))
                 self._listed = True
-            number = int(self._run("join", keys, [ticket_id, self.lease_ms, seed, *fields]))
-        member = RedisMembership(number, ticket_id, self._lease_key(ticket_id), sent)
+            flag = "1" if me.shared else "0"
+            number = int(self._run("join", keys, [ticket_id, self.lease_ms, seed, flag, *fields]))
+        kick = self._kick_key(ticket_id) if me.newest_wins else None
+        lease = self._lease_key(ticket_id)
+        member = RedisMembership(number, ticket_id, lease, sent, me.shared, kick)
         self._learn({number: ticket_id})
         self.backend.keeper.add(member)
         return member, None
@@ -307,12 +315,15 @@ class RedisStore(LineStore):
         with self.backend.errors(), self.backend.client.pipeline(transaction=False) as pipe:
             call(pipe, "ZRANGE", self.tickets_key, 0, -1, "WITHSCORES")
             call(pipe, "ZRANGE", self.abandoned_key, 0, -1, "WITHSCORES")
-            tickets, markers = pipe.execute()
+            call(pipe, "SMEMBERS", self.shared_key)
+            tickets, markers, shared_ids = pipe.execute()
         live = _scored(tickets)
         dead = _scored(markers)
         self._learn({**dict(live), **dict(dead)}, present=True)
         numbers = tuple(n for n, _ in live if me is None or n < me.number)
-        return View(numbers, tuple(n for n, _ in dead))
+        readers = {_text(i) for i in shared_ids}
+        shared = frozenset(n for n, i in live if i in readers)
+        return View(numbers, tuple(n for n, _ in dead), shared=shared)
 
     def _id(self, number: int) -> str | None:
         with self._ids_lock:
@@ -352,27 +363,39 @@ class RedisStore(LineStore):
             self._lease_key(ticket_id),
             self.abandoned_key,
             self._gone_key(ticket_id),
+            self.shared_key,
         ]
         with self.backend.errors():
             return int(self._run("bury", keys, [ticket_id, self.gone_ms])) == 1
 
+    def replace(self, number: int, me: Membership) -> None:
+        ticket_id = self._id(number)
+        if ticket_id is None:
+            return  # it left meanwhile
+        kick = self._kick_key(ticket_id)
+        with self.backend.errors(), self.backend.client.pipeline(transaction=False) as pipe:
+            call(pipe, "XADD", kick, "MAXLEN", "16", "*", "by", str(me.number))
+            call(pipe, "PEXPIRE", kick, self.gone_ms)
+            pipe.execute()
+
     def wait(
         self,
-        me: Membership,
+        me: Membership | None,
         numbers: Sequence[int],
         timeout: float | None,
         cancel: CancelToken | None,
     ) -> Woke | None:
-        assert isinstance(me, RedisMembership)
+        member = me if isinstance(me, RedisMembership) else None
         try:
-            return Woke() if self._wait(me, numbers, timeout, cancel) else None
+            return Woke() if self._wait(member, numbers, timeout, cancel) else None
         except BackendError:
-            self._check_own_place(me)  # the clearer story when our own lease is gone too
+            if member is not None:
+                self._check_own_place(member)  # the clearer story when our lease is gone too
             raise
 
     def _wait(
         self,
-        me: RedisMembership,
+        me: RedisMembership | None,
         numbers: Sequence[int],
         timeout: float | None,
         cancel: CancelToken | None,
@@ -382,7 +405,8 @@ class RedisStore(LineStore):
         if any(i is None for i in ids):
             return True
         while True:
-            self._check_own_place(me)
+            if me is not None:
+                self._check_own_place(me)
             if cancel is not None and cancel.cancelled:
                 raise Cancelled(f"stopped waiting for line {self.name!r}")
             block = None
@@ -400,8 +424,9 @@ class RedisStore(LineStore):
             if self._block_on(me, [self._gone_key(cast(str, i)) for i in ids], block, cancel):
                 return True
 
-    def _interrupted(self, me: RedisMembership) -> NoReturn:
-        self._check_own_place(me)
+    def _interrupted(self, me: RedisMembership | None) -> NoReturn:
+        if me is not None:
+            self._check_own_place(me)
         raise Cancelled(f"stopped waiting for line {self.name!r}")
 
     def _check_own_place(self, me: RedisMembership) -> None:
@@ -413,7 +438,7 @@ class RedisStore(LineStore):
 
     def _block_on(
         self,
-        me: RedisMembership,
+        me: RedisMembership | None,
         streams: list[str],
         block_ms: int,
         cancel: CancelToken | None,
@@ -421,8 +446,14 @@ class RedisStore(LineStore):
         """``XREAD BLOCK`` on the leavers' streams; True when one of them wrote.
 
         A cancel, or our own ticket being declared lost, shuts the connection's socket from
-        the other thread, which ends the blocked read at once.
+        the other thread, which ends the blocked read at once. A ``newest_wins`` ticket also
+        reads its own kick stream, where a later arrival that replaces it writes: then it
+        raises ``Replaced`` (once it has checked that the one who wrote is a live ticket
+        behind it).
         """
+        kick = me.kick_key if me is not None else None
+        if kick is not None:
+            streams = [*streams, kick]
         pool = self.backend.wait_pool
         interrupter = _Interrupter()
         with self.backend.errors():
@@ -431,7 +462,8 @@ class RedisStore(LineStore):
             with ExitStack() as links:
                 if cancel is not None:
                     links.enter_context(cancel.linked(interrupter))
-                links.enter_context(me.signal.linked(interrupter))
+                if me is not None:
+                    links.enter_context(me.signal.linked(interrupter))
                 with self.backend.errors():
                     connection.connect()
                 if not interrupter.arm(getattr(connection, "_sock", None)):
@@ -451,7 +483,22 @@ class RedisStore(LineStore):
                     interrupter.arm(None)
         finally:
             pool.release(connection)
-        return reply is not None
+        if reply is None:
+            return False
+        if kick is not None and me is not None:
+            self._check_kicks(me, kick, reply)
+        return True
+
+    def _check_kicks(self, me: RedisMembership, kick: str, reply: Any) -> None:
+        """Raise ``Replaced`` if our kick stream names a later ticket that is alive."""
+        for stream, entries in reply:
+            if _text(stream) != kick:
+                continue
+            for _, fields in entries:
+                pairs = _as_dict(fields)
+                by = _text(pairs.get(b"by", b""))
+                if by.isdigit() and int(by) > me.number and self.alive([int(by)], me)[0]:
+                    raise Replaced(f"ticket {by} replaced this one in line {self.name!r}")
 
     def mark_acquired(self, me: Membership, when: float) -> None:
         assert isinstance(me, RedisMembership)
@@ -467,14 +514,22 @@ class RedisStore(LineStore):
         me.holding = True
 
     def claim_abandoned(self, me: Membership) -> Ticket | None:
+        """The first marker we may claim: a shared turn leaves those of shared holders to the
+        next exclusive one."""
+        skip = 0
         while True:
             with self.backend.errors():
-                first = call(self.backend.client, "ZRANGE", self.abandoned_key, 0, 0, "WITHSCORES")
-                if not first:
+                found = call(
+                    self.backend.client, "ZRANGE", self.abandoned_key, skip, skip, "WITHSCORES"
+                )
+                if not found:
                     return None
-                ticket_id, number = _text(first[0]), int(first[1])
-                keys = [self.abandoned_key, self._ticket_key(ticket_id)]
-                record = self._run("claim", keys, [ticket_id])
+                ticket_id, number = _text(found[0]), int(found[1])
+                key = self._ticket_key(ticket_id)
+                if me.shared and _text(call(self.backend.client, "HGET", key, "shared") or b""):
+                    skip += 1
+                    continue
+                record = self._run("claim", [self.abandoned_key, key], [ticket_id])
             if record is not None:
                 pairs = dict(zip(record[::2], record[1::2], strict=True))
                 return _ticket(number, pairs)
@@ -490,6 +545,8 @@ class RedisStore(LineStore):
             self._ticket_key(me.ticket_id),
             self._lease_key(me.ticket_id),
             self._gone_key(me.ticket_id),
+            self.shared_key,
+            me.kick_key or self._kick_key(me.ticket_id),
         ]
         # A lost ticket gets one quick try: the server is likely out of reach.
         client = self.backend.quick_client if me.lost else self.backend.client
@@ -544,6 +601,8 @@ def _ticket(number: int, fields: dict[bytes, bytes]) -> Ticket:
                 header[key] = json.loads(value)
             elif key in ("user", "host", "cwd"):
                 header[key] = value
+            elif key in ("shared", "newest_wins"):
+                header[key] = value == "True"
         except ValueError:
             continue
     acquired_at = None
