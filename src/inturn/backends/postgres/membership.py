@@ -46,6 +46,7 @@ class PostgresMembership(Membership):
     def __init__(self, number: int, conn: Connection, me: Ticket) -> None:
         self.number = number
         self.shared = me.shared
+        self.newest_wins = me.newest_wins
         self.conn: Connection | None = conn
         self.me = me
         self.pid = os.getpid()

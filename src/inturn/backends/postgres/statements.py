@@ -276,6 +276,11 @@ class Statements:
             " SELECT backend_pid FROM {s}.tickets WHERE number = %(number)s"
         )
         self.cancel_backend = sql.SQL("SELECT pg_cancel_backend(%(pid)s)")
+        self.replaced_by = q("SELECT by_number FROM {s}.replaced WHERE number = %(me)s")
+        # Until a replacer's cancel request ends it (a day at most: the wait is then redone).
+        self.sleep_until_replaced = sql.SQL(
+            "SELECT set_config('statement_timeout', '0', true), pg_sleep(86400)"
+        )
         # Waiting: block in the lock manager until the ticket's exclusive lock goes, then let
         # go at once. The timeout is the server's own ``lock_timeout`` (set in the same
         # statement, local to its transaction), so no cancel request can race with it.

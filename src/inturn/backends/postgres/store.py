@@ -437,6 +437,48 @@ class _Watch:
                 self.conn.close()
 
 
+class _ReplacementWatch:
+    """For a ``newest_wins`` ticket that waits on several tickets through extra sessions: its
+    own session sleeps in the server until a replacer's cancel request (or ours, at the end)
+    ends the sleep, then looks whether it was replaced. A sleep in the server, not a poll."""
+
+    def __init__(self, store: PostgresStore, member: PostgresMembership, woken: threading.Event):
+        self.store = store
+        self.member = member
+        self.woken = woken
+        self.lock = threading.Lock()
+        self.done = False
+        self.by: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True, name="inturn-pg-replaced")
+        self.thread.start()
+
+    def _run(self) -> None:
+        conn = self.member.conn
+        assert conn is not None
+        stmts = self.store.stmts
+        try:
+            with suppress(pg_errors.QueryCanceled):
+                row = conn.execute(stmts.replaced_by, {"me": self.member.number}).fetchone()
+                if row is None:
+                    conn.execute(stmts.sleep_until_replaced, {"me": self.member.number})
+            row = conn.execute(stmts.replaced_by, {"me": self.member.number}).fetchone()
+            self.by = None if row is None else int(row[0])
+        except psycopg.Error:
+            pass
+        finally:
+            with self.lock:
+                self.done = True
+            if self.by is not None:
+                self.woken.set()
+
+    def stop(self) -> None:
+        with self.lock:
+            conn = self.member.conn
+            if not self.done and conn is not None:
+                _cancel(conn)
+        self.thread.join(10)
+
+
 # --------------------------------------------------------------------------- one line
 
 
@@ -638,7 +680,8 @@ class PostgresStore(LineStore):
         if own and len(numbers) == 1:
             assert isinstance(me, PostgresMembership)
             return self._wait_own(me, numbers[0], timeout, cancel)
-        return Woke() if self._wait_watches(numbers, timeout, cancel) else None
+        member = me if own and isinstance(me, PostgresMembership) and me.newest_wins else None
+        return Woke() if self._wait_watches(numbers, timeout, cancel, member) else None
 
     def _wait_own(
         self,
@@ -685,20 +728,37 @@ class PostgresStore(LineStore):
                 canceller.finish()
 
     def _wait_watches(
-        self, numbers: Sequence[int], timeout: float | None, cancel: CancelToken | None
+        self,
+        numbers: Sequence[int],
+        timeout: float | None,
+        cancel: CancelToken | None,
+        member: PostgresMembership | None = None,
     ) -> bool:
-        """Several tickets (``slots`` > 1): one extra session blocked on each."""
+        """Several tickets (``slots`` > 1, or a wait that holds no ticket): one extra session
+        blocked on each; a ``newest_wins`` ``member`` also listens for its replacement."""
         woken = threading.Event()
         watches: list[_Watch] = []
+        replacement = None
         try:
+            if member is not None:
+                replacement = _ReplacementWatch(self, member, woken)
             for number in numbers:
                 watches.append(_Watch(self.backend, fold(number), woken))
-            return wait_woken(
-                woken, timeout, cancel, lambda: any(w.done for w in watches), self.name
+            fired = wait_woken(
+                woken,
+                timeout,
+                cancel,
+                lambda: any(w.done for w in watches) or bool(replacement and replacement.by),
+                self.name,
             )
         finally:
             for watch in watches:
                 watch.stop()
+            if replacement is not None:
+                replacement.stop()
+        if replacement is not None and replacement.by is not None:
+            raise Replaced(f"ticket {replacement.by} replaced this one in line {self.name!r}")
+        return fired
 
     def mark_acquired(self, me: Membership, when: float) -> None:
         assert isinstance(me, PostgresMembership)
