@@ -119,7 +119,7 @@ def test_an_unwritable_folder_is_named_with_the_fix(users, shared_dir):
 def test_machine_scope_is_shared_between_users(users, shared_dir):
     root = str(shared_dir / "machine")
     mallory = users.mallory
-    env = mallory.env(INTURN_DIR=root)
+    env = mallory.env(INTURN_MACHINE_DIR=root)
     attempt = mallory.inturn("run", "--machine", "--no-wait", "shared", "--", "true")
     with inturn.turn("shared", scope="machine", directory=root):
         busy = mallory.run(attempt, env=env)

@@ -58,13 +58,13 @@ RECORDER = textwrap.dedent(
 class Machine(NamedTuple):
     """A machine-wide lines folder of this test's own, and the observer's log."""
 
-    root: Path  # INTURN_DIR, created by the first user who joins a line
+    root: Path  # INTURN_MACHINE_DIR, created by the first user who joins a line
     log: Path
     recorder: Path  # RECORDER, as a file: a one-line command in status and notes
     users: Users
 
     def env(self, user: User, **extra: str) -> dict[str, str]:
-        return user.env(INTURN_DIR=str(self.root), **extra)
+        return user.env(INTURN_MACHINE_DIR=str(self.root), **extra)
 
     def folder(self, name: str) -> Path:
         return self.root / safe_file_name(name)

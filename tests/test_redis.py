@@ -251,7 +251,7 @@ def test_a_wrong_password_is_refused_without_printing_it(place):
         ("?lease=soon", "lease='soon'"),
         ("?lease=0", "lease='0'"),
         ("?prefix=a{b}", "prefix='a{b}'"),
-        ("?frobnicate=1", "bad parameter in the Redis URL"),
+        ("?frobnicate=1", "unknown parameter frobnicate in the Redis URL"),
         ("?socket_timeout=x", "bad Redis URL"),
     ],
 )

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
+import os
 import threading
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypedDict, TypeVar, cast
 
-from .backends import open_backend
-from .backends.base import Backend, CancelToken, LineStore, Membership
+from .backends import check_backend, open_backend
+from .backends.base import Backend, CancelToken, LineStore, Membership, check_scope
 from .errors import UsageError
 from .names import check_name
 from .queue import HOLDINGS, ProgressCallback, give_back, take_turn, wait_for_everyone
@@ -38,6 +40,7 @@ class Turn:
         self.abandoned = abandoned_by is not None
         self.abandoned_by = abandoned_by
         self.owner = owner  # who acquired it: a thread, or an asyncio task
+        self.waited = 0.0  # seconds it spent in line
         self._membership: Membership | None = membership
         self._lock = threading.Lock()
 
@@ -99,10 +102,13 @@ class Line:
         backend: str | Backend | None = None,
     ) -> None:
         self.name = check_name(name)
-        if not isinstance(slots, int) or slots < 1:
-            raise ValueError(f"slots must be a whole number of at least 1, not {slots!r}")
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            raise UsageError(f"slots must be a whole number of at least 1, not {slots!r}")
         self.slots = slots
-        self.scope = scope
+        self.scope = check_scope(scope)
+        if directory is not None and not isinstance(directory, (str, os.PathLike)):
+            raise UsageError(f"directory must be a path, not {directory!r}")
+        check_backend(backend)  # a bad URL is refused here, before anyone waits
         self._backend_spec = backend
         self._directory = directory
         self._store: LineStore | None = None
@@ -138,7 +144,8 @@ class Line:
         """Wait in line and return the held ``Turn``.
 
         Raises ``Busy`` at once when ``blocking=False`` and the line is full, ``Timeout`` after
-        ``timeout`` seconds in line. ``command`` is what ``status`` shows (default ``sys.argv``).
+        ``timeout`` seconds in line (None, or a negative number, waits for ever, as in
+        ``threading``; 0 is one try). ``command`` is what ``status`` shows (default ``sys.argv``).
         ``owner`` is who will hold the turn (default: the calling thread); a wait that only
         that owner's own release could end is refused instead of hanging.
 
@@ -149,11 +156,12 @@ class Line:
         """
         if owner is None:
             owner = threading.current_thread()
+        started = time.monotonic()
         held = take_turn(
             self.store,
             slots=self.slots,
-            timeout=timeout,
-            blocking=blocking,
+            timeout=seconds_or_forever(timeout),
+            blocking=_flag(blocking, "blocking"),
             command=command,
             on_progress=on_progress,
             cancel=cancel,
@@ -163,17 +171,31 @@ class Line:
             max_waiting=_max_waiting(max_waiting),
             newest_wins=_flag(newest_wins, "newest_wins"),
         )
-        return Turn(self, held.membership, held.abandoned_by, owner)
+        turn = Turn(self, held.membership, held.abandoned_by, owner)
+        turn.waited = time.monotonic() - started
+        return turn
 
     def wait(self, timeout: float | None = None, *, cancel: CancelToken | None = None) -> None:
         """Return once everyone in line now (holding or waiting) has left: a barrier ("let
         the running deploy finish, then go on"). Takes no turn and blocks no one who comes
-        later; raises ``Timeout`` after ``timeout`` seconds."""
-        wait_for_everyone(self.store, timeout, cancel)
+        later; raises ``Timeout`` after ``timeout`` seconds (None or negative: for ever)."""
+        wait_for_everyone(self.store, seconds_or_forever(timeout), cancel)
 
     def status(self) -> LineStatus:
-        """Live holders and waiters, each in arrival order."""
-        return self.store.status()
+        """Live holders and waiters, each in arrival order. Looking creates nothing: before
+        this ``Line`` has taken a turn, it looks through a backend opened only to read."""
+        if self._store is not None:
+            return self._store.status()
+        backend = open_backend(
+            self._backend_spec, scope=self.scope, directory=self._directory, create=False
+        )
+        store = backend.line(self.name)
+        try:
+            return store.status()
+        finally:
+            store.close()
+            if backend is not self._backend_spec:
+                backend.close()
 
     def close(self) -> None:
         """Free what this ``Line`` keeps open (and the backend, if it opened one itself)."""
@@ -201,6 +223,17 @@ class _How(TypedDict):
     shared: bool
     max_waiting: int | None
     newest_wins: bool
+
+
+def seconds_or_forever(timeout: object) -> float | None:
+    """A timeout as given: a number of seconds; None or a negative number for ever."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise UsageError(f"timeout must be a number of seconds or None, not {timeout!r}")
+    if timeout != timeout:  # NaN
+        raise UsageError("timeout must be a number of seconds or None, not NaN")
+    return None if timeout < 0 or timeout == float("inf") else float(timeout)
 
 
 def _flag(value: object, what: str) -> bool:

@@ -223,7 +223,7 @@ def own_ticket_fields(
         pid=forks.pid(),
         user=this_user(),
         host=this_host(),
-        command=tuple(sys.argv) if command is None else command,
+        command=tuple(getattr(sys, "orig_argv", sys.argv)) if command is None else command,
         cwd=_cwd(),
         joined_at=time.time(),
         slots=slots,

@@ -14,15 +14,23 @@ from .base import Backend
 
 
 def open_backend(
-    backend: str | Backend | None = None, *, scope: str = "user", directory: str | None = None
+    backend: str | Backend | None = None,
+    *,
+    scope: str = "user",
+    directory: str | None = None,
+    create: bool = True,
 ) -> Backend:
-    """``backend`` is a ``Backend``, a URL, ``"local"``, or None for ``INTURN_BACKEND``/local."""
+    """``backend`` is a ``Backend``, a URL, ``"local"``, or None for ``INTURN_BACKEND``/local.
+
+    With ``create=False`` (a look from outside, ``status``), nothing is created: a local
+    folder that does not exist yet simply holds no lines.
+    """
     if isinstance(backend, Backend):
         return backend
     address = backend if backend is not None else os.environ.get("INTURN_BACKEND", "")
     address = address.strip()
     if address in ("", "local"):
-        return _local(scope, directory)
+        return _local(scope, directory, create)
     scheme = address.split(":", 1)[0].lower()
     if scheme in ("postgresql", "postgres"):
         try:
@@ -45,12 +53,45 @@ def open_backend(
     )
 
 
-def _local(scope: str, directory: str | None) -> Backend:
+def check_backend(backend: str | Backend | None) -> None:
+    """Refuse a backend that cannot work (an unknown scheme, a bad URL, a missing client),
+    with one clear line, without connecting to anything."""
+    if backend is None or isinstance(backend, Backend):
+        return
+    if not isinstance(backend, str):
+        raise UsageError(f"backend must be a URL or 'local', not {backend!r}")
+    address = backend.strip()
+    if address in ("", "local"):
+        return
+    scheme = address.split(":", 1)[0].lower()
+    if scheme in ("postgresql", "postgres"):
+        try:
+            from .postgres.address import parse
+        except ImportError as exc:
+            raise UsageError(
+                f"the PostgreSQL backend needs psycopg 3 ({exc}): pip install 'inturn[postgres]'"
+            ) from None
+        parse(address)
+    elif scheme in ("redis", "rediss"):
+        try:
+            from .redis.address import parse_address
+        except ImportError as exc:
+            raise UsageError(
+                f"the Redis backend is not available ({exc}): pip install 'inturn[redis]'"
+            ) from None
+        parse_address(address)
+    else:
+        raise UsageError(
+            f"unknown backend {scheme!r}: use 'local', a postgresql:// URL or a redis:// URL"
+        )
+
+
+def _local(scope: str, directory: str | None, create: bool) -> Backend:
     if sys.platform == "win32":
         from .windows import WindowsBackend
 
-        return WindowsBackend(scope=scope, directory=directory)
+        return WindowsBackend(scope=scope, directory=directory, create=create)
     else:
         from .posix import PosixBackend
 
-        return PosixBackend(scope=scope, directory=directory)
+        return PosixBackend(scope=scope, directory=directory, create=create)

@@ -41,15 +41,20 @@ TOLD = ".told"
 COUNTER = ".line"
 USER_COUNTER = ".next."  # a machine-wide line's counter of one user: .next.<uid>
 NAME_FILE = ".name"
+DIR_VARIABLE = "INTURN_DIR"
+MACHINE_DIR_VARIABLE = "INTURN_MACHINE_DIR"
 
 
 def resolve_root(
     scope: str, directory: str | None, default_root: Callable[[str], str]
 ) -> tuple[str, bool]:
-    """The folder of the lines (``directory=``, else ``INTURN_DIR``, else the scope's default),
+    """The folder of the lines: ``directory=``, else the environment (``INTURN_DIR`` for
+    per-user lines, ``INTURN_MACHINE_DIR`` for machine-wide ones, so that asking for the
+    machine-wide line is never quietly turned into a private one), else the scope's default;
     and whether the user named it (a folder the user named is trusted as it is)."""
     check_scope(scope)
-    explicit = directory or os.environ.get("INTURN_DIR") or None
+    variable = MACHINE_DIR_VARIABLE if scope == "machine" else DIR_VARIABLE
+    explicit = directory or os.environ.get(variable) or None
     return (os.path.abspath(explicit) if explicit else default_root(scope)), explicit is not None
 
 
@@ -214,10 +219,14 @@ def names_in(root: str, recorded_name: Callable[[str], str | None]) -> list[str]
 class FolderBackend(Backend):
     """Lines kept in a folder on this machine (each platform says where, and how to check it)."""
 
-    def __init__(self, scope: str = "user", directory: str | None = None) -> None:
+    def __init__(
+        self, scope: str = "user", directory: str | None = None, create: bool = True
+    ) -> None:
         self.root, explicit = resolve_root(scope, directory, self.default_root)
         self.scope = scope
-        self.prepare_root(self.root, scope, explicit)
+        self.create = create  # False: only looking, so nothing is created or changed
+        if create:
+            self.prepare_root(self.root, scope, explicit)
 
     @staticmethod
     @abstractmethod
@@ -239,6 +248,8 @@ class FolderBackend(Backend):
         return self.root
 
     def names(self) -> list[str]:
+        if not os.path.isdir(self.root):
+            return []  # nothing was ever kept there (looking does not create it)
         return names_in(self.root, self.recorded_name)
 
 
@@ -265,6 +276,7 @@ class FolderStore(LineStore):
     def __init__(self, backend: FolderBackend, name: str) -> None:
         self.name = name
         self.scope = backend.scope
+        self.create = backend.create
         self.folder = os.path.join(backend.root, safe_file_name(name))
         self.shown = escape_controls(self.folder)
 

@@ -115,8 +115,12 @@ def prepare_root(path: str, scope: str, explicit: bool) -> None:
     """Create the lines folder if needed and check that it is safe to use."""
     try:
         if not os.path.lexists(path):
-            if explicit:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
+            parent = os.path.dirname(path)
+            if not os.path.isdir(parent):
+                raise BackendError(
+                    f"cannot create the lines folder {path}: its parent {parent} does not "
+                    "exist (create it first, or check the path)"
+                )
             os.mkdir(path, 0o700)
             os.chmod(path, _dir_mode(scope))
     except FileExistsError:
@@ -443,8 +447,9 @@ class PosixStore(FolderStore):
     def _open_folder(self) -> int:
         created = False
         try:
-            os.mkdir(self.folder, 0o700)
-            created = True
+            if self.create:
+                os.mkdir(self.folder, 0o700)
+                created = True
         except FileExistsError:
             pass
         except OSError as exc:
@@ -463,8 +468,9 @@ class PosixStore(FolderStore):
                 f"{self.shown} is {what} where inturn keeps line {self.name!r}: remove it"
             ) from None
         try:
-            self._check_folder(fd, created)
-            self._ensure_name(fd)
+            if self.create:  # a look from outside changes nothing
+                self._check_folder(fd, created)
+                self._ensure_name(fd)
         except BaseException:
             os.close(fd)
             raise

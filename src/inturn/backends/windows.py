@@ -220,8 +220,10 @@ class WindowsBackend(FolderBackend):
     default_root = staticmethod(default_root)
     prepare_root = staticmethod(prepare_root)
 
-    def __init__(self, scope: str = "user", directory: str | None = None) -> None:
-        super().__init__(scope, directory)
+    def __init__(
+        self, scope: str = "user", directory: str | None = None, create: bool = True
+    ) -> None:
+        super().__init__(scope, directory, create)
         self.sid = win32.user_sid()
         # A number for this user's own counter file on machine-wide lines.
         self.counter_id = int.from_bytes(hashlib.sha256(self.sid.encode()).digest()[:6], "big")
@@ -447,6 +449,9 @@ class WindowsStore(FolderStore):
         return self._id
 
     def _open_folder(self) -> str:
+        if not self.create:  # a look from outside creates nothing
+            identity = _read_identity(self.folder)
+            return identity[1] if identity is not None and identity[0] == self.name else "0"
         try:
             _make_folder(self.folder, self.backend.folder_security)
         except OSError as exc:

@@ -4,13 +4,16 @@ The command's own code when it ran; 75 when the line was busy (``--no-wait``) or
 out (``--conflict-exit-code`` changes it); 76 when a server backend lost the turn while the
 command ran; 77 when a later ``--newest-wins`` run replaced this one before its turn came
 (the command never started); 130 when interrupted while waiting (128+N for another signal N);
-141 when the output was closed early (``inturn status | head -1``); 2 for usage errors,
+126 when the command cannot be run, 127 when it is not found (as shells say); 141 when the
+output was closed early (``inturn status | head -1``); 2 for usage errors,
 unusable setups and system errors (a full disk, too many open files).
 """
 
 from __future__ import annotations
 
 EXIT_USAGE = 2
+EXIT_CANNOT_RUN = 126  # the command exists but cannot be run (as shells say)
+EXIT_NOT_FOUND = 127  # the command was not found (as shells say)
 EXIT_CONFLICT = 75
 EXIT_LOST = 76
 EXIT_REPLACED = 77

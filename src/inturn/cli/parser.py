@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import NamedTuple
 
+from ..durations import parse_duration
+from ..errors import UsageError
 from ..line import Line
 from .exits import EXIT_CONFLICT
 
@@ -43,13 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("name", metavar="NAME")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    run.set_defaults(run_parser=run)
+    run.add_argument(
+        "-c",
+        "--command",
+        dest="command_string",
+        metavar="STRING",
+        help="run STRING with /bin/sh -c instead of -- COMMAND (as flock -c)",
+    )
     run.add_argument("-n", "--no-wait", action="store_true", help="if busy, exit 75 at once")
     run.add_argument(
         "-w",
         "--timeout",
         type=_seconds,
         metavar="SECONDS",
-        help="give up after SECONDS in line (exit 75); 0 is one try",
+        help="give up after that long in line (exit 75): seconds, or 10m, 1h30m; 0 is one try",
     )
     run.add_argument(
         "-s", "--slots", type=_slots, default=1, metavar="N", help="let N hold the line at once"
@@ -96,7 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace the runs already waiting that gave --newest-wins too (they exit 77 "
         "without running): at most one pending run, the newest",
     )
-    run.add_argument("-q", "--quiet", action="store_true", help="no status line, no notes")
+    run.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="say nothing but errors (exit 2, 126, 127): no status line, no notes, and no line "
+        "when busy, timed out or replaced (the exit code says it)",
+    )
+    run.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="say which ticket it got, after how long, and whether the previous holder died "
+        "holding the turn",
+    )
     where(run)
 
     status = commands.add_parser(
@@ -133,9 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _seconds(text: str, what: str = "the timeout") -> float:
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{what} must be 0 or more seconds, not {text}")
     return value
@@ -165,6 +189,25 @@ def _exit_code(text: str) -> int:
     return int(text)
 
 
+class Where(NamedTuple):
+    """Where the command's lines are, from its options and, below them, the environment."""
+
+    scope: str
+    directory: str | None
+    backend: str | None
+
+
+def where_from(args: argparse.Namespace) -> Where:
+    """An option given beats the environment (``--dir`` beats ``INTURN_BACKEND``); options or
+    settings that would choose two places at once are refused with one line."""
+    if args.dir is not None and args.backend is not None:
+        raise UsageError("--dir and --backend name two different places: give one of them")
+    backend = "local" if args.dir is not None else args.backend
+    return Where("machine" if args.machine else "user", args.dir, backend)
+
+
 def line_from(args: argparse.Namespace, slots: int = 1) -> Line:
-    scope = "machine" if args.machine else "user"
-    return Line(args.name, slots, scope=scope, directory=args.dir, backend=args.backend)
+    where = where_from(args)
+    return Line(
+        args.name, slots, scope=where.scope, directory=where.directory, backend=where.backend
+    )

@@ -9,19 +9,20 @@ import sys
 from ..errors import Busy, Cancelled, Replaced, Timeout, UsageError
 from ..line import Turn
 from ..records import LineStatus
-from .exits import EXIT_LOST, EXIT_REPLACED
+from .exits import EXIT_CANNOT_RUN, EXIT_LOST, EXIT_NOT_FOUND, EXIT_REPLACED
 from .output import say, system_error
 from .parser import line_from
 from .signals import RunSignals
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
-    if not command:
-        parser.error("no command given: inturn run NAME -- COMMAND [ARG ...]")
-    executable = _find(command[0])
+    usage = getattr(args, "run_parser", parser)
+    command = _command(usage, args)
+    try:
+        executable = _find(command[0])
+    except NotRunnable as exc:
+        say(str(exc))
+        return exc.code
     # From here until the turn is released, no signal can kill inturn (see ``RunSignals``).
     signals = RunSignals()
     signals.install()
@@ -30,31 +31,63 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             held = _wait_in_line(args, command, signals)
         except Cancelled:
             return 128 + signals.pending[0]  # a signal ended the wait; the line is left
-        except Replaced as exc:
-            if not args.quiet:
-                say(f"{exc}: not running the command")
-            return EXIT_REPLACED
         finally:
             signals.waiting = False
-        if held is None:
-            return int(args.conflict_exit_code)
+        if isinstance(held, int):
+            return held
         with held:
             if signals.pending:  # before the command exists: it is not started at all
                 return 128 + signals.pending[0]
-            if held.abandoned and not args.quiet:
-                dead = held.abandoned_by
-                who = dead.describe() if dead is not None else "the previous holder"
-                say(f"{who} died holding line {args.name!r}; it is yours now")
+            _notes(args, held)
             return _run_holding(held, executable, command, args, signals)
     finally:
         signals.settle()
 
 
-def _wait_in_line(args: argparse.Namespace, command: list[str], signals: RunSignals) -> Turn | None:
-    """The held turn, or None (said why) when the line was busy or the wait timed out.
+def _command(usage: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The command to run: after ``--``, or ``-c STRING`` for ``sh -c`` (as ``flock -c``)."""
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if args.command_string is not None:
+        if command:
+            usage.error("give either -c 'COMMAND STRING' or -- COMMAND [ARG ...], not both")
+        return ["/bin/sh", "-c", args.command_string]
+    if not command:
+        usage.error("no command given: inturn run NAME -- COMMAND [ARG ...] (or -c 'STRING')")
+    if command[0].startswith("-") and command[0] in usage._option_string_actions:
+        usage.error(
+            f"{command[0]} comes after the line's name, where the command belongs: options go "
+            f"before NAME (inturn run {command[0]} {args.name} -- ...)"
+        )
+    return command
+
+
+def _notes(args: argparse.Namespace, held: Turn) -> None:
+    """What inturn says once the turn is ours (nothing with ``--quiet``)."""
+    if args.quiet:
+        return
+    if held.abandoned:
+        dead = held.abandoned_by
+        who = dead.describe() if dead is not None else "the previous holder"
+        say(f"{who} died holding line {args.name!r}; it is yours now")
+    if args.verbose:
+        from .display import duration
+
+        how = "; the previous holder died holding it" if held.abandoned else ""
+        say(
+            f"ticket {held.ticket} of line {args.name!r}, after {duration(held.waited)} in "
+            f"line{how}"
+        )
+
+
+def _wait_in_line(args: argparse.Namespace, command: list[str], signals: RunSignals) -> Turn | int:
+    """The held turn, or the exit code (said why, unless ``--quiet``) when the line was busy,
+    the wait timed out, or a later ``--newest-wins`` run replaced this one.
 
     The moment the turn is ours, signals stop ending the wait: from then on an exception
-    raised by a signal handler could leave the turn held and never released.
+    raised by a signal handler could leave the turn held and never released. The status line
+    is cleared before anything else is said, so that nothing is written onto it.
     """
     line = line_from(args, args.slots)
     display = None
@@ -62,8 +95,10 @@ def _wait_in_line(args: argparse.Namespace, command: list[str], signals: RunSign
         from .display import WaitingDisplay
 
         display = WaitingDisplay(line, sys.stderr)
+    outcome: Turn | int
+    message = ""
     try:
-        held = line.acquire(
+        outcome = line.acquire(
             args.timeout,
             blocking=not args.no_wait,
             command=tuple(command),
@@ -74,30 +109,55 @@ def _wait_in_line(args: argparse.Namespace, command: list[str], signals: RunSign
             newest_wins=args.newest_wins,
         )
         signals.waiting = False  # before anything else, closing the status line included
-        return held
     except Busy as exc:
-        say(str(exc))
+        outcome, message = int(args.conflict_exit_code), str(exc)
     except Timeout as exc:
-        say(f"{exc} after {args.timeout:g}s{_held_by(exc.status)}")
+        outcome = int(args.conflict_exit_code)
+        message = f"{exc} after {duration_text(args.timeout)}{_held_by(exc.status)}"
+    except Replaced as exc:
+        outcome, message = EXIT_REPLACED, f"{exc}: not running the command"
     finally:
         if display is not None:
             display.close()
-    return None
+    if message and not args.quiet:
+        say(message)
+    return outcome
+
+
+def duration_text(seconds: float | None) -> str:
+    from .display import duration
+
+    return duration(seconds)
+
+
+class NotRunnable(Exception):
+    """The command cannot be run; ``code`` is what a shell would exit with (127, 126)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _find(program: str) -> str:
-    """Check the command before waiting in line for it, not after."""
+    """Check the command before waiting in line for it, not after: 127 when it is not found,
+    126 when it is found but cannot be run, as ``env(1)``, ``timeout(1)`` and shells say."""
     if os.sep in program or (os.altsep and os.altsep in program):
         if not os.path.exists(program):
-            raise UsageError(f"command not found: {program}")
-        if os.path.isdir(program) or not os.access(program, os.X_OK):
-            raise UsageError(f"command is not executable: {program} (check its permissions)")
+            raise NotRunnable(f"command not found: {program}", EXIT_NOT_FOUND)
+        if os.path.isdir(program):
+            raise NotRunnable(f"{program} is a folder, not a command", EXIT_CANNOT_RUN)
+        if not os.access(program, os.X_OK):
+            raise NotRunnable(
+                f"command is not executable: {program} (check its permissions)", EXIT_CANNOT_RUN
+            )
         return program
     import shutil
 
     found = shutil.which(program)
     if found is None:
-        raise UsageError(f"command not found: {program} (is it installed and on PATH?)")
+        raise NotRunnable(
+            f"command not found: {program} (is it installed and on PATH?)", EXIT_NOT_FOUND
+        )
     return found
 
 

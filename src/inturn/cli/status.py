@@ -7,7 +7,7 @@ import time
 
 from .display import format_line, format_overview
 from .output import emit, json_text
-from .parser import line_from
+from .parser import line_from, where_from
 
 
 def status(args: argparse.Namespace) -> int:
@@ -22,8 +22,9 @@ def status(args: argparse.Namespace) -> int:
         return 0
     from ..backends import open_backend
 
+    where = where_from(args)
     backend = open_backend(
-        args.backend, scope="machine" if args.machine else "user", directory=args.dir
+        where.backend, scope=where.scope, directory=where.directory, create=False
     )
     try:
         statuses = []

@@ -74,7 +74,29 @@ def parse_address(address: str) -> RedisAddress:
         options: dict[str, Any] = cast(Any, _parse_url)(redis_url)
     except ValueError as exc:
         raise UsageError(f"bad Redis URL for {where}: {exc}") from None
+    unknown = sorted(set(options) - _accepted(options))
+    if unknown:
+        raise UsageError(
+            f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in the "
+            f"Redis URL for {where}: inturn knows lease, prefix and lock_delay, redis-py the "
+            "connection options (socket_timeout, ssl_ca_certs, ...)"
+        )
     return RedisAddress(options, where, lease, prefix, lock_delay)
+
+
+def _accepted(options: dict[str, Any]) -> set[str]:
+    """What redis-py's connection classes take as keyword arguments (and the pool's own)."""
+    import inspect
+
+    from redis import connection
+
+    names = {"connection_class", "max_connections"}
+    kind = options.get("connection_class", connection.Connection)
+    for cls in inspect.getmro(kind):
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            names.update(inspect.signature(init).parameters)
+    return names - {"self", "args", "kwargs"}
 
 
 def _lease(text: str) -> float:
