@@ -247,6 +247,8 @@ class Figures:
     readers_behind: tuple[int, int, int]
     overlaps: int
     together: int
+    told: int  # turns whose waiter said it was in line
+    waited_long: int  # turns that waited over 1 ms
 
 
 def figures(kind: str, runs: list[Run]) -> Figures:
@@ -262,6 +264,8 @@ def figures(kind: str, runs: list[Run]) -> Figures:
         readers_behind=total([overtaken(kind, r, writer=False) for r in runs]),
         overlaps=sum(writer_overlaps(r) for r in runs),
         together=max(most_readers_together(r) for r in runs),
+        told=sum(1 for r in runs for t in r.turns if t.inline),
+        waited_long=sum(1 for r in runs for t in r.turns if t.wait > 1_000_000),
     )
 
 
@@ -371,6 +375,10 @@ def measure_sections(plan: Workload, got: dict[str, Figures]) -> list[Section]:
     for kind, f in got.items():
         pairs, hit, total = f.writer_behind
         r_pairs, r_hit, r_total = f.readers_behind
+        if kind in REPORTS_LINE:
+            since = f"in line ({f.told} turns said so; {f.waited_long} waited over 1 ms)"
+        else:
+            since = "the call"
         rows.append(
             [
                 RW_LABELS[kind],
@@ -378,6 +386,7 @@ def measure_sections(plan: Workload, got: dict[str, Figures]) -> list[Section]:
                 f"{hit} of {total}",
                 str(r_pairs),
                 f"{r_hit} of {r_total}",
+                since,
             ]
         )
     fairness = Section(
@@ -389,6 +398,7 @@ def measure_sections(plan: Workload, got: dict[str, Figures]) -> list[Section]:
                 "writer turns so overtaken",
                 "later writer turns let in before a waiting reader",
                 "reader turns so overtaken",
+                "arrival",
             ],
             rows,
         ),
@@ -396,7 +406,9 @@ def measure_sections(plan: Workload, got: dict[str, Figures]) -> list[Section]:
         "side that asked after it was let in (summed over the runs). inturn's arrival is the "
         "moment its waiter said it was in line (or its grant, when it did not wait): its order "
         "is that of the tickets taken on joining, a few tens of microseconds after the call. "
-        "The others keep no line, so theirs is the call itself.",
+        "The others keep no line, so theirs is the call itself. Without those reports "
+        "(no turn said so though some waited) no inversion of inturn's could be seen, and its "
+        "target says it cannot tell.",
     )
     return [throughput, writer, readers, fairness]
 
@@ -414,8 +426,12 @@ def readers_targets(plan: Workload, got: dict[str, Figures]) -> list[Target]:
         return [Target(f"0 fairness inversions ({who})", "not measured", "0", False)]
     inverted = f.writer_behind[0] + f.readers_behind[0]
     overlaps, together = f.overlaps, f.together
+    if f.waited_long and not f.told:  # no arrival stamps: no inversion could be seen
+        fair = Target(f"0 fairness inversions ({who})", "cannot tell (no arrivals)", "0", False)
+    else:
+        fair = Target(f"0 fairness inversions ({who})", str(inverted), "0", inverted == 0)
     return [
-        Target(f"0 fairness inversions ({who})", str(inverted), "0", inverted == 0),
+        fair,
         Target(
             "Writer never holds beside another turn (observer)", str(overlaps), "0", not overlaps
         ),

@@ -6,6 +6,11 @@ while it is free), ``acquire``, ``release``, ``cycle`` (acquire, report, release
 ``queued`` (inturn only: in line and about to sleep), ``acquired T ABANDONED CPU``,
 ``released T``, ``error MESSAGE``.
 
+``T`` is ``time.monotonic_ns()``, one clock for every process on Linux: the acquire stamp is
+taken as the call returns, the release stamp just before release is called. ``CPU`` is this
+process's own user + system time spent inside acquire (``getrusage``), in nanoseconds.
+``ABANDONED`` is ``1``/``0``, or ``-`` when the library cannot tell.
+
 For the read-mostly benchmark (``readers.py``): ``shared KIND FOLDER`` chooses a reader/writer
 contender (taken once, exclusively, while it is free; reports ``using``), then
 ``rounds MODE COUNT HOLD_MIN HOLD_MAX PAUSE_MIN PAUSE_MAX START SEED`` (``MODE`` is ``read`` or
@@ -13,11 +18,6 @@ contender (taken once, exclusively, while it is free; reports ``using``), then
 and takes ``COUNT`` turns on its own, each after a random pause and held (asleep) for a random
 time, then reports ``rounds`` and one ``REQUEST,INLINE,GRANTED,RELEASED`` group per turn:
 ``INLINE`` is when inturn said the waiter was in line, ``0`` when it was not told.
-
-``T`` is ``time.monotonic_ns()``, one clock for every process on Linux: the acquire stamp is
-taken as the call returns, the release stamp just before release is called. ``CPU`` is this
-process's own user + system time spent inside acquire (``getrusage``), in nanoseconds.
-``ABANDONED`` is ``1``/``0``, or ``-`` when the library cannot tell.
 """
 
 from __future__ import annotations
