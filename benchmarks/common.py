@@ -198,6 +198,10 @@ def wait_asleep(pid: int, timeout: float = 10.0) -> str:
 # --------------------------------------------------------------------------- workers
 
 
+class WorkerFailed(RuntimeError):
+    """The worker reported ``error ...``: it is still in step and can take the next command."""
+
+
 class Worker:
     """A ``worker.py`` process: ``send`` a command, ``expect`` its next report."""
 
@@ -238,7 +242,7 @@ class Worker:
         line, self._buffer = self._buffer.split(b"\n", 1)
         text = line.decode()
         if text.startswith("error "):
-            raise RuntimeError(f"worker {self.pid}: {text[6:]}")
+            raise WorkerFailed(f"worker {self.pid}: {text[6:]}")
         return text
 
     def use(self, kind: str, folder: str) -> None:

@@ -40,6 +40,7 @@ from common import (
     Section,
     Target,
     Worker,
+    WorkerFailed,
     command_env,
     lock_folder,
     machine_summary,
@@ -145,11 +146,19 @@ def run_once(kind: str, folder: str, workers: Sequence[Worker], plan: Workload, 
     # Only a hang is an error: a writer kept waiting by readers still gets in once they are done.
     limit = 60 + plan.rounds * 2.0
     turns = []
+    failed: WorkerFailed | None = None
     for index, worker in enumerate(workers):
         writer = index == len(workers) - 1
-        for group in worker.expect("rounds", timeout=limit):
+        try:
+            groups = worker.expect("rounds", timeout=limit)
+        except WorkerFailed as exc:  # read every other report first, so all stay in step
+            failed = failed or exc
+            continue
+        for group in groups:
             requested, inline, granted, released = map(int, group.split(","))
             turns.append(Stamps(writer, requested, inline, granted, released))
+    if failed is not None:
+        raise failed
     return Run(start, tuple(turns))
 
 
@@ -184,7 +193,14 @@ def measure(
         for kind in order:
             if progress:
                 print(f"  read-mostly: {RW_LABELS[kind]} (run {repeat + 1})", flush=True)
-            results.runs[kind].append(run_once(kind, folder, team, plan, rng.randrange(1 << 30)))
+            try:
+                run = run_once(kind, folder, team, plan, rng.randrange(1 << 30))
+            except WorkerFailed as exc:  # the others can still run; this one is left out
+                ready.remove(kind)
+                del results.runs[kind]
+                results.skipped[kind] = f"failed: {exc}"
+                continue
+            results.runs[kind].append(run)
     return results
 
 
