@@ -16,14 +16,17 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 WORKER = HERE / "worker.py"
+SHM = "/dev/shm"
 
 
 # --------------------------------------------------------------------------- statistics
@@ -73,6 +76,32 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> 
     )
 
 
+@dataclass(frozen=True)
+class Section:
+    """One measure in the report: a title, its table, and a note on how to read it."""
+
+    title: str
+    table: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target of the project: what, inturn's figure, the limit, and whether it was met."""
+
+    what: str
+    figure: str
+    limit: str
+    met: bool
+
+
+def targets_table(targets: Sequence[Target]) -> str:
+    return markdown_table(
+        ["target (medians of this run)", "inturn", "limit", "result"],
+        [[t.what, t.figure, t.limit, "met" if t.met else "**MISSED**"] for t in targets],
+    )
+
+
 # --------------------------------------------------------------------------- the machine
 
 
@@ -119,6 +148,13 @@ def machine_summary(libraries: Sequence[str]) -> list[str]:
     ]
 
 
+def lock_folder() -> str:
+    """A fresh folder for every lock file, on tmpfs (``/dev/shm``) when there is one, which
+    is where inturn keeps lines by default on Linux."""
+    shm = SHM if os.path.isdir(SHM) and os.access(SHM, os.W_OK) else None
+    return tempfile.mkdtemp(prefix="inturn-bench-", dir=shm)
+
+
 def reachable(host: str, port: int, timeout: float = 1.0) -> bool:
     """Whether a TCP server answers at ``host:port`` (for server benchmarks to check first)."""
     try:
@@ -162,6 +198,10 @@ def wait_asleep(pid: int, timeout: float = 10.0) -> str:
 # --------------------------------------------------------------------------- workers
 
 
+class WorkerFailed(RuntimeError):
+    """The worker reported ``error ...``: it is still in step and can take the next command."""
+
+
 class Worker:
     """A ``worker.py`` process: ``send`` a command, ``expect`` its next report."""
 
@@ -202,7 +242,7 @@ class Worker:
         line, self._buffer = self._buffer.split(b"\n", 1)
         text = line.decode()
         if text.startswith("error "):
-            raise RuntimeError(f"worker {self.pid}: {text[6:]}")
+            raise WorkerFailed(f"worker {self.pid}: {text[6:]}")
         return text
 
     def use(self, kind: str, folder: str) -> None:

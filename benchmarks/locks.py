@@ -14,11 +14,18 @@ per acquire and closes it on release, as the libraries themselves do:
 * fasteners: ``InterProcessLock(path).acquire()`` with its defaults: retries after 10 ms,
   20 ms, ... up to 100 ms between tries (``delay=0.01, max_delay=0.1``).
 * inturn: ``inturn.Line(name, directory=folder).acquire()`` and ``Turn.release()``.
+
+The read-mostly benchmark (``readers.py``) has its own reader/writer contenders (``RW_KINDS``):
+raw ``flock(LOCK_SH / LOCK_EX)``, inturn with ``shared=True`` for readers, fasteners'
+``InterProcessReaderWriterLock`` and filelock's ``ReadWriteLock``, each with its defaults.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import importlib.util
+import inspect
 import os
 from collections.abc import Callable
 from typing import Any
@@ -136,3 +143,141 @@ def open_contender(kind: str, folder: str) -> Contender:
 
         return Library(fasteners.InterProcessLock(path))
     raise ValueError(f"unknown contender {kind!r}: use one of {', '.join(KINDS)}")
+
+
+# --------------------------------------------------------------------------- readers and writers
+
+# The read-mostly benchmark (``readers.py``): the baseline first, then inturn, then the peers.
+# ``inturn-exclusive`` (every turn exclusive) is only measured when asked for, for comparison.
+RW_KINDS = ("flock", "inturn", "fasteners", "filelock")
+RW_OPTIONAL = ("inturn-exclusive",)
+RW_LABELS = {
+    "flock": "raw flock",
+    "inturn": "inturn (shared)",
+    "inturn-exclusive": "inturn (all exclusive)",
+    "fasteners": "fasteners",
+    "filelock": "filelock",
+}
+RW_HOW = {
+    "flock": "`open`, `fcntl.flock(fd, LOCK_SH)` or `flock(fd, LOCK_EX)`, `close`",
+    "inturn": "`Line(name, directory=...).acquire(shared=True)` for readers, "
+    "`.acquire()` for the writer, `Turn.release()`",
+    "inturn-exclusive": "`Line(name, directory=...).acquire()` for everyone, `Turn.release()`",
+    "fasteners": "`InterProcessReaderWriterLock(path)`: `with lock.read_lock():` / "
+    "`with lock.write_lock():` (defaults: `fcntl.lockf` with `LOCK_NB`, retried after "
+    "10 ms, 20 ms, ... up to 100 ms)",
+    "filelock": "`ReadWriteLock(path)`: `with lock.read_lock():` / `with lock.write_lock():` "
+    "(defaults: an SQLite database, waiting in SQLite's busy handler, which sleeps and retries)",
+}
+
+
+class SharedContender:
+    """One reader/writer lock: ``acquire(shared=True)`` for a reader, ``False`` for a writer."""
+
+    def acquire(self, shared: bool, on_queued: OnQueued | None = None) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+
+class RawSharedFlock(SharedContender):
+    """The baseline: the kernel's own shared and exclusive ``flock``, which lets a reader in
+    beside other readers even while a writer waits."""
+
+    def __init__(self, folder: str) -> None:
+        self.path = os.path.join(folder, "rw-raw.lock")
+        self.fd = -1
+
+    def acquire(self, shared: bool, on_queued: OnQueued | None = None) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        self.fd = fd
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
+class SharedInturn(SharedContender):
+    """inturn's line; ``all_exclusive`` makes every turn exclusive (the comparison row)."""
+
+    def __init__(self, folder: str, all_exclusive: bool = False) -> None:
+        import inturn
+
+        self.line = inturn.Line("bench-rw", directory=os.path.join(folder, "inturn-rw"))
+        self.all_exclusive = all_exclusive
+        self.turn: Any = None
+
+    def acquire(self, shared: bool, on_queued: OnQueued | None = None) -> None:
+        reported = False
+
+        def progress(_: object) -> None:
+            nonlocal reported
+            if on_queued is not None and not reported:
+                reported = True
+                on_queued()
+
+        if self.all_exclusive:
+            self.turn = self.line.acquire(on_progress=progress)
+        else:
+            acquire: Any = self.line.acquire  # shared= arrives with shared turns
+            self.turn = acquire(shared=shared, on_progress=progress)
+
+    def release(self) -> None:
+        self.turn.release()
+
+
+class SharedLibrary(SharedContender):
+    """A peer whose lock has the context managers ``read_lock()`` and ``write_lock()``, called
+    with their defaults; held open across ``acquire`` and ``release``."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+        self.held = contextlib.ExitStack()
+
+    def acquire(self, shared: bool, on_queued: OnQueued | None = None) -> None:
+        self.held.enter_context(self.lock.read_lock() if shared else self.lock.write_lock())
+
+    def release(self) -> None:
+        self.held.close()
+
+
+def shared_unavailable(kind: str) -> str | None:
+    """Why contender ``kind`` of the read-mostly benchmark cannot be measured here, or None."""
+    if kind == "inturn":
+        import inturn
+
+        if "shared" not in inspect.signature(inturn.Line.acquire).parameters:
+            return f"inturn {inturn.__version__} has no shared turns (`acquire(shared=...)`)"
+    if kind == "filelock":
+        try:
+            import filelock
+        except ImportError:
+            return "filelock is not installed"
+        if not hasattr(filelock, "ReadWriteLock"):
+            return (
+                f"filelock {filelock.__version__} has no `ReadWriteLock` (added in filelock 3.21.0)"
+            )
+    if kind == "fasteners" and importlib.util.find_spec("fasteners") is None:
+        return "fasteners is not installed"
+    return None
+
+
+def open_shared_contender(kind: str, folder: str) -> SharedContender:
+    """The reader/writer contender ``kind`` (of ``RW_KINDS`` or ``RW_OPTIONAL``) in ``folder``."""
+    if kind == "flock":
+        return RawSharedFlock(folder)
+    if kind in ("inturn", "inturn-exclusive"):
+        return SharedInturn(folder, all_exclusive=kind == "inturn-exclusive")
+    if kind == "fasteners":
+        import fasteners  # type: ignore[import-untyped]
+
+        return SharedLibrary(
+            fasteners.InterProcessReaderWriterLock(os.path.join(folder, "fasteners-rw.lock"))
+        )
+    if kind == "filelock":
+        import filelock
+
+        return SharedLibrary(filelock.ReadWriteLock(os.path.join(folder, "filelock-rw.db")))
+    choices = ", ".join((*RW_KINDS, *RW_OPTIONAL))
+    raise ValueError(f"unknown reader/writer contender {kind!r}: use one of {choices}")

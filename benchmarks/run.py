@@ -12,6 +12,12 @@ asleep (``/proc/PID/stat`` state and ``wchan``); inturn waiters also report that
 line through ``on_progress``. Before each hand-off or kill the holder keeps the lock for a
 random 0-250 ms more, so that pollers are caught at every point of their retry cycle.
 
+Read-mostly (``readers.py``, also runnable alone): 8 reader processes and 1 writer process
+take their turns on one lock, readers shared and the writer exclusive, for inturn
+(``shared=True``), fasteners' ``InterProcessReaderWriterLock``, filelock's ``ReadWriteLock``
+(when the installed filelock has it) and raw ``flock(LOCK_SH / LOCK_EX)``: throughput, the
+writer's and the readers' waits, and turns given out of arrival order.
+
 Server backends: each module of ``SERVER_SUITES`` (``servers_postgres.py``,
 ``servers_redis.py``) has a ``measure() -> str`` (a Markdown section; it may accept
 ``quick: bool``) that is called when its servers answer, and the section included. Its
@@ -34,7 +40,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -42,13 +47,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import readers
 from common import (
     HERE,
     ROOT,
+    Section,
+    Target,
     Worker,
     command_env,
     file_system,
     inversions,
+    lock_folder,
     machine_summary,
     markdown_table,
     median,
@@ -57,13 +66,13 @@ from common import (
     ratio,
     reachable,
     start_workers,
+    targets_table,
     us,
     wait_asleep,
 )
 from locks import HOW, KINDS, LABELS, REPORTS_ABANDONED, open_contender
 
 LIBRARIES = ("inturn", "filelock", "portalocker", "fasteners")
-SHM = "/dev/shm"
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,7 @@ class Plan:
     drain_waiters: int
     kills: int  # SIGKILLed holders per contender
     cli_runs: int  # runs of each command
+    read_mostly: readers.Workload  # the readers-and-writer workload (readers.py)
     phase: float = 0.25  # the holder keeps the lock up to this much longer, at random
 
 
@@ -90,6 +100,7 @@ FULL = Plan(
     drain_waiters=100,
     kills=12,
     cli_runs=40,
+    read_mostly=readers.FULL,
 )
 QUICK = Plan(
     cycles=600,
@@ -100,6 +111,7 @@ QUICK = Plan(
     drain_waiters=30,
     kills=3,
     cli_runs=8,
+    read_mostly=readers.QUICK,
 )
 
 
@@ -116,6 +128,7 @@ class Results:
     cli_cpu: dict[str, list[int]] = field(default_factory=dict)
     cli_load: float = 0.0  # load average (1 min) right after the command-start runs
     cli_labels: tuple[str, str] = ("", "")
+    read_mostly: readers.ReadersResults | None = None
 
 
 # --------------------------------------------------------------------------- measures
@@ -387,21 +400,6 @@ def measure_server_suite(name: str, quick: bool, enabled: bool) -> str:
 # --------------------------------------------------------------------------- report
 
 
-@dataclass(frozen=True)
-class Section:
-    title: str
-    table: str
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class Target:
-    what: str
-    figure: str
-    limit: str
-    met: bool
-
-
 def build_report(plan: Plan, results: Results) -> tuple[list[Section], list[Target]]:
     """Titled Markdown tables, one per measure, and the targets with their verdicts."""
     sections: list[Section] = []
@@ -642,14 +640,11 @@ def build_report(plan: Plan, results: Results) -> tuple[list[Section], list[Targ
             extra < 30e6,
         )
     )
+    if results.read_mostly is not None:
+        more_sections, more_targets = readers.build_sections(results.read_mostly)
+        sections += more_sections
+        targets += more_targets
     return sections, targets
-
-
-def targets_table(targets: list[Target]) -> str:
-    return markdown_table(
-        ["target (medians of this run)", "inturn", "limit", "result"],
-        [[t.what, t.figure, t.limit, "met" if t.met else "**MISSED**"] for t in targets],
-    )
 
 
 def write_results(
@@ -711,13 +706,6 @@ def write_results(
 # --------------------------------------------------------------------------- main
 
 
-def lock_folder() -> str:
-    """A fresh folder for every lock file, on tmpfs (``/dev/shm``) when there is one, which
-    is where inturn keeps lines by default on Linux."""
-    shm = SHM if os.path.isdir(SHM) and os.access(SHM, os.W_OK) else None
-    return tempfile.mkdtemp(prefix="inturn-bench-", dir=shm)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="short smoke run; writes nothing")
@@ -751,7 +739,10 @@ def main() -> int:
         step("command start")
         measure_cli(plan, folder, results)
         step(f"starting {plan.drain_waiters + 1} worker processes")
-        pool = start_workers(max(plan.drain_waiters + 1, 2 * len(KINDS)), command_env())
+        pool = start_workers(
+            max(plan.drain_waiters + 1, 2 * len(KINDS), plan.read_mostly.readers + 1),
+            command_env(),
+        )
         step("hand-offs")
         measure_handoffs(plan, folder, pool[:2], rng, results)
         step("waiter CPU")
@@ -760,6 +751,8 @@ def main() -> int:
         measure_queues(plan, folder, pool, rng, results)
         step("crash recovery")
         measure_kills(plan, folder, pool[0], rng, results)
+        step("read-mostly: readers and a writer")
+        results.read_mostly = readers.measure(plan.read_mostly, folder, pool, rng, progress=True)
     finally:
         for worker in pool:
             worker.close()

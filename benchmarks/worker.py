@@ -10,16 +10,25 @@ while it is free), ``acquire``, ``release``, ``cycle`` (acquire, report, release
 taken as the call returns, the release stamp just before release is called. ``CPU`` is this
 process's own user + system time spent inside acquire (``getrusage``), in nanoseconds.
 ``ABANDONED`` is ``1``/``0``, or ``-`` when the library cannot tell.
+
+For the read-mostly benchmark (``readers.py``): ``shared KIND FOLDER`` chooses a reader/writer
+contender (taken once, exclusively, while it is free; reports ``using``), then
+``rounds MODE COUNT HOLD_MIN HOLD_MAX PAUSE_MIN PAUSE_MAX START SEED`` (``MODE`` is ``read`` or
+``write``, times in microseconds, ``START`` a ``monotonic_ns`` stamp) waits until ``START``
+and takes ``COUNT`` turns on its own, each after a random pause and held (asleep) for a random
+time, then reports ``rounds`` and one ``REQUEST,INLINE,GRANTED,RELEASED`` group per turn:
+``INLINE`` is when inturn said the waiter was in line, ``0`` when it was not told.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import resource
 import sys
 import time
 
-from locks import Contender, open_contender
+from locks import Contender, SharedContender, open_contender, open_shared_contender
 
 
 def say(*words: object) -> None:
@@ -47,8 +56,41 @@ def release(lock: Contender) -> None:
     say("released", now)
 
 
+def rounds(lock: SharedContender, words: list[str]) -> None:
+    """Take turns on the reader/writer ``lock`` as ``words`` say; report every turn at the end.
+
+    Nothing is said until the last turn, so the pipe costs nothing while the turns are timed.
+    """
+    mode, count = words[0], int(words[1])
+    hold_min, hold_max, pause_min, pause_max = (int(w) / 1e6 for w in words[2:6])
+    start, rng = int(words[6]), random.Random(int(words[7]))
+    if mode not in ("read", "write"):
+        raise ValueError(f"mode must be read or write, not {mode!r}")
+    shared = mode == "read"
+    clock = time.monotonic_ns
+    turns = []
+    time.sleep(max(0, start - clock()) / 1e9)
+    for _ in range(count):
+        time.sleep(rng.uniform(pause_min, pause_max))
+        inline = 0
+
+        def queued() -> None:
+            nonlocal inline
+            inline = clock()
+
+        requested = clock()
+        lock.acquire(shared, on_queued=queued)
+        granted = clock()
+        time.sleep(rng.uniform(hold_min, hold_max))  # the simulated work
+        released = clock()
+        lock.release()
+        turns.append(f"{requested},{inline},{granted},{released}")
+    say("rounds", *turns)
+
+
 def main() -> int:
     lock: Contender | None = None
+    shared_lock: SharedContender | None = None
     say("ready", os.getpid())
     for command in sys.stdin:
         words = command.split()
@@ -58,6 +100,16 @@ def main() -> int:
                 lock.acquire()  # once while free: first-use costs stay out of the figures
                 lock.release()
                 say("using")
+            elif words[0] == "shared":
+                shared_lock = open_shared_contender(words[1], words[2])
+                shared_lock.acquire(shared=False)  # once while free, as for ``use``
+                shared_lock.release()
+                say("using")
+            elif words[0] == "rounds":
+                if shared_lock is None:
+                    say("error no reader/writer contender: send 'shared KIND FOLDER' first")
+                else:
+                    rounds(shared_lock, words[1:])
             elif words[0] == "quit":
                 return 0
             elif lock is None:
