@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
@@ -61,6 +62,26 @@ def child_env(**extra: str) -> dict[str, str]:
 # How long a test waits for a report it expects before failing: a hang is a failure, not a
 # stuck run. Generous, because the machine may be busy; a passing test never waits this long.
 REPORT_TIMEOUT = 120.0
+
+
+def until(condition: Callable[[], bool], what: str) -> None:
+    """Watch for ``condition`` (not a guess at how long it takes); a hang fails the test."""
+    deadline = time.monotonic() + REPORT_TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def until_held_by(pid: int, name: str, line: Callable[[str], Any] | None = None) -> None:
+    """Wait until line ``name`` shows ``pid`` as a holder: ``inturn run`` notes the command
+    that inherited its turn just after starting it."""
+    import inturn
+
+    open_line = line or inturn.Line
+    until(
+        lambda: pid in [t.pid for t in open_line(name).status().holders],
+        f"line {name!r} to show pid {pid} holding",
+    )
 
 
 def read_lines(stream: IO[str]) -> queue.Queue[str]:

@@ -9,7 +9,7 @@ import pytest
 
 import inturn
 
-from conftest import Run, Worker, run_cli
+from conftest import Run, Worker, run_cli, until_held_by
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -41,7 +41,8 @@ def test_sigterm_is_passed_on_and_inturn_waits_for_the_command(lines_dir):
 
 def test_the_turn_stays_with_the_command_when_inturn_dies(lines_dir, workers):
     run = Run("work")
-    run.running()
+    command = run.running().pid
+    until_held_by(command, "work")  # inturn notes the command that inherited its turn
     run.proc.send_signal(signal.SIGKILL)
     run.proc.wait()
     waiter = Worker("work", "--hold")
@@ -50,7 +51,7 @@ def test_the_turn_stays_with_the_command_when_inturn_dies(lines_dir, workers):
     assert len(inturn.Line("work").status().holders) == 1
     run.finish(0)  # the command finishes; only then does the turn move
     _, _, abandoned, dead_pid = waiter.acquired()
-    assert abandoned == "1" and dead_pid == str(run.proc.pid)
+    assert abandoned == "1" and dead_pid == str(command)  # the command, not the dead inturn
     waiter.send()
 
 

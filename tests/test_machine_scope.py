@@ -32,7 +32,7 @@ import pytest
 import inturn
 from inturn.names import safe_file_name
 
-from conftest import REPORT_TIMEOUT, read_lines
+from conftest import REPORT_TIMEOUT, read_lines, until, until_held_by
 from users import User, Users
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX users and file modes")
@@ -197,14 +197,6 @@ def start(runs: list[Recorded], *args: Any, **options: Any) -> Recorded:
     return run
 
 
-def until(condition: Callable[[], bool], what: str) -> None:
-    """Watch for ``condition`` (not a guess at how long it takes); a hang fails the test."""
-    deadline = time.monotonic() + REPORT_TIMEOUT
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
 def in_line_or_running(machine: Machine, name: str, run: Recorded) -> Callable[[], bool]:
     """True once ``run`` waits in line (as root sees it), or has started its command anyway."""
 
@@ -279,7 +271,8 @@ def test_a_holder_with_umask_077_is_seen_by_another_user(machine, runs):
 def test_the_folder_is_sticky_and_tickets_readable_by_all_whatever_the_umask(machine, runs):
     alice, mallory = machine.users
     holder = start(runs, machine, alice, "modes", umask=0o077)
-    holder.running()
+    command = holder.running()
+    until_held_by(command, "modes", machine.line)  # inturn's last word on its ticket
     folder = machine.folder("modes")
     (ticket,) = machine.tickets("modes")
     assert oct(os.stat(machine.root).st_mode & 0o7777) == "0o1777"
@@ -319,7 +312,7 @@ def test_the_folder_is_sticky_and_tickets_readable_by_all_whatever_the_umask(mac
     seen = mallory.run(
         mallory.inturn("status", "--machine", "--json", "modes"), env=machine.env(mallory)
     )
-    assert [t["pid"] for t in json.loads(seen.stdout)["holders"]] == [holder.pid], seen
+    assert [t["pid"] for t in json.loads(seen.stdout)["holders"]] == [command], seen
     assert holder.finish() == 0
 
 
@@ -519,8 +512,8 @@ def test_a_ticket_claiming_to_be_another_users_is_shown_as_its_owners(machine, r
     if how.startswith("USER"):
         faked = machine.env(mallory, USER=alice.name, LOGNAME=alice.name)
         holder = start(runs, machine, mallory, "claim", env=faked)
-        holder.running()
-        pid = holder.pid
+        pid = holder.running()  # the command holds the turn it inherited
+        until_held_by(pid, "claim", machine.line)
     else:
         for _ in range(3):
             one_shot(machine, alice, "claim")
@@ -594,7 +587,7 @@ def test_after_a_user_dies_holding_the_line_works_for_both(machine, runs, dies):
     alice, mallory = machine.users
     dead, other = (alice, mallory) if dies == "alice" else (mallory, alice)
     doomed = start(runs, machine, dead, "death")
-    doomed.running()
+    until_held_by(doomed.running(), "death", machine.line)
     waiter = start(runs, machine, other, "death")
     until(in_line_or_running(machine, "death", waiter), f"{other.name}'s run to wait in line")
     assert not waiter.has_output()
@@ -610,7 +603,7 @@ def test_after_a_user_dies_holding_the_line_works_for_both(machine, runs, dies):
     assert waiter.finish() == 0
     notes = waiter.errors().splitlines()
     told = [n for n in notes if "died holding" in n]
-    assert len(told) == 1 and f"pid {doomed.pid}" in told[0], notes
+    assert len(told) == 1 and f"pid {command}" in told[0], notes  # the command that held it
     again.running()
     assert again.abandoned == "0"  # told once, to the one that took the dead one's place
     assert again.finish() == 0

@@ -11,7 +11,15 @@ from types import TracebackType
 from typing import Any, TypedDict, TypeVar, cast
 
 from .backends import check_backend, open_backend
-from .backends.base import Backend, CancelToken, LineStore, Membership, check_scope
+from .backends.base import (
+    BUSY_PATIENCE,
+    Backend,
+    CancelToken,
+    LineStore,
+    Membership,
+    Patience,
+    check_scope,
+)
 from .errors import UsageError
 from .names import check_name
 from .queue import HOLDINGS, ProgressCallback, give_back, take_turn, wait_for_everyone
@@ -61,6 +69,13 @@ class Turn:
     @property
     def membership(self) -> Membership | None:
         return self._membership
+
+    def note_runner(self, pid: int) -> None:
+        """Record that process ``pid`` (a command that inherited the turn) now holds it, so
+        that ``status`` and the next holder name it even after this process is gone."""
+        membership = self._membership
+        if membership is not None:
+            self.line.store.note_runner(membership, pid)
 
     def release(self) -> None:
         """Give the turn to the next in line. Safe to call twice."""
@@ -174,6 +189,12 @@ class Line:
         turn = Turn(self, held.membership, held.abandoned_by, owner)
         turn.waited = time.monotonic() - started
         return turn
+
+    def forget(self) -> bool:
+        """Remove the line (its folder, or its name on a server) if nobody holds or waits in
+        it; False if someone does. Safe against someone joining at that moment: they join a
+        new line of the same name. A local line's ticket numbers start again from 1."""
+        return self.store.forget(Patience(time.monotonic() + BUSY_PATIENCE))
 
     def wait(self, timeout: float | None = None, *, cancel: CancelToken | None = None) -> None:
         """Return once everyone in line now (holding or waiting) has left: a barrier ("let

@@ -291,6 +291,15 @@ class LineStore(ABC):
     def read(self, numbers: Sequence[int], me: Membership | None = None) -> list[Ticket | None]:
         """The records of these tickets (None where gone or unreadable)."""
 
+    @abstractmethod
+    def forget(self, patience: Patience) -> bool:
+        """Remove the line if nobody holds or waits in it (False if someone does), safely
+        with respect to someone joining it at that moment (they join the line anew)."""
+
+    def note_runner(self, me: Membership, pid: int) -> None:  # noqa: B027 - optional hook
+        """Record that process ``pid``, which inherited ``me``'s turn, holds it now (where a
+        turn can be inherited at all)."""
+
     def status(self) -> LineStatus:
         """Live holders and waiters in ticket order; buries the dead it finds on the way
         (when it may, and briefly: an observer without write access, or one that finds the

@@ -186,6 +186,8 @@ def parse_record(number: int, data: bytes, origin: str, owner: str | None = None
             acquired = timestamp(record["acquired_at"])
             if acquired is None:
                 warn_once(f"ignoring a bad acquired_at in {where}")
+        elif "pid" in record:  # the command that inherited the turn holds it now
+            header = {**header, "pid": record["pid"]}
     if "joined_at" in header and timestamp(header["joined_at"]) is None:
         warn_once(f"ignoring a bad joined_at in {where}")
     for key, low, high in (("pid", 1, 2**63), ("slots", 1, 2**31)):
@@ -431,6 +433,11 @@ class FolderStore(LineStore):
         assert isinstance(me, FolderMembership)
         with os_errors(self.shown):
             write_all(me.fd, b'{"acquired_at":%r}\n' % when)
+
+    def note_runner(self, me: Membership, pid: int) -> None:
+        assert isinstance(me, FolderMembership)
+        with os_errors(self.shown):
+            write_all(me.fd, b'{"pid":%d}\n' % pid)
 
     def claim_abandoned(self, me: Membership) -> Ticket | None:
         with os_errors(self.shown):

@@ -728,8 +728,29 @@ class PosixStore(FolderStore):
     # -- LineStore
 
     def join(self, me: Ticket, patience: Patience) -> tuple[PosixMembership, View]:
+        for _ in range(10):
+            joined = self._join_here(me, patience)
+            if joined is not None:
+                return joined
+            self._reopen()  # the line was forgotten while we waited for its guard
+        raise BackendError(f"{self.shown} keeps being removed while joining: try again")
+
+    def _reopen(self) -> None:
+        with self._guard_lock:
+            kept, self._kept_guard = self._kept_guard, None
+            if kept is not None and kept[0] == forks.pid():
+                os.close(kept[1])
+        with self._open_lock:
+            if self._dir_fd is not None:
+                os.close(self._dir_fd)
+                self._dir_fd = None
+
+    def _join_here(self, me: Ticket, patience: Patience) -> tuple[PosixMembership, View] | None:
+        """Join, or None if the folder went away (``inturn forget``) before we had its guard."""
         with os_errors(self.shown), self._guard(patience) as guard:
             dir_fd = self._dir()
+            if os.fstat(dir_fd).st_nlink == 0:
+                return None
             entries = self._entries()
             first = self._next_number(entries, guard)
             fd, number = self._create_ticket(dir_fd, first, me.shared)
@@ -755,6 +776,37 @@ class PosixStore(FolderStore):
         ahead = tuple(n for n in entries.tickets if n < number)
         membership = PosixMembership(number, fd, me.shared, kick)
         return membership, View(ahead, entries.markers, shared=entries.shared)
+
+    def forget(self, patience: Patience) -> bool:
+        if not os.path.lexists(self.folder):
+            return True
+        with os_errors(self.shown), self._guard(patience):
+            dir_fd = self._dir()
+            entries = self._entries()
+            for number in entries.tickets:
+                if not self._dead(number):
+                    return False  # someone holds or waits
+                self._bury_dead(number)
+            with self._list_lock:
+                names = os.listdir(dir_fd)
+            for entry in names:  # markers, claims, counters, kicks, the name, the guard
+                try:
+                    os.unlink(entry, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    continue
+                except PermissionError:
+                    raise BackendError(
+                        f"cannot forget line {self.name!r}: {self.shown}/{entry} belongs to "
+                        "another user, who must remove it (or forget the line) first"
+                    ) from None
+            try:
+                os.rmdir(self.folder)
+            except OSError as exc:
+                raise BackendError(
+                    f"cannot remove {self.shown}: {exc.strerror} (opened again just now?)"
+                ) from None
+        self._reopen()
+        return True
 
     def _create_ticket(self, dir_fd: int, number: int, shared: bool) -> tuple[int, int]:
         for _ in range(1000):

@@ -637,27 +637,66 @@ class WindowsStore(FolderStore):
     def join(self, me: Ticket, patience: Patience) -> tuple[WindowsMembership, View]:
         if self.scope == "machine" and not win32.has_global_privilege():
             raise BackendError(_PRIVILEGE_MESSAGE)  # looking needs no privilege; joining does
-        self._line_id()
-        with self._guard(patience) as guard:
-            entries = self._entries()
-            owner, fd, number = self._take(self._next_number(entries, guard), me.shared)
-            kick = None
-            try:
-                write_all(fd, dumps_line(me.header()))
-                if me.newest_wins:  # before anyone can see the ticket: kicks are never lost
-                    kick = self._make_kick(number)
-                self._save_number(number + 1, guard)
-            except BaseException:
-                os.close(fd)
-                with contextlib.suppress(OSError):
-                    os.unlink(self._path(own_ticket_file(number, me.shared)))
-                win32.close(kick)
-                owner.release()
-                raise
-            self._tidy_litter(entries)
+        for _ in range(10):
+            line_id = self._line_id()
+            with self._guard(patience) as guard:
+                identity = _read_identity(self.folder)
+                if identity is not None and identity[1] == line_id:
+                    return self._join_guarded(me, guard)
+            with self._open_lock:  # forgotten while we waited for the guard: open it anew
+                self._id = None
+                handle, self._guard_handle = self._guard_handle, None
+            win32.close(handle)
+        raise BackendError(f"{self.folder} keeps being removed while joining: try again")
+
+    def _join_guarded(self, me: Ticket, guard: object) -> tuple[WindowsMembership, View]:
+        """Under the guard: take the next number and publish our ticket."""
+        entries = self._entries()
+        owner, fd, number = self._take(self._next_number(entries, guard), me.shared)
+        kick = None
+        try:
+            write_all(fd, dumps_line(me.header()))
+            if me.newest_wins:  # before anyone can see the ticket: kicks are never lost
+                kick = self._make_kick(number)
+            self._save_number(number + 1, guard)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(self._path(own_ticket_file(number, me.shared)))
+            win32.close(kick)
+            owner.release()
+            raise
+        self._tidy_litter(entries)
         ahead = tuple(n for n in entries.tickets if n < number)
         membership = WindowsMembership(number, fd, owner, me.shared, kick)
         return membership, View(ahead, entries.markers, shared=entries.shared)
+
+    def forget(self, patience: Patience) -> bool:
+        if not os.path.lexists(self.folder):
+            return True
+        with self._guard(patience):
+            entries = self._entries()
+            for number in entries.tickets:
+                if self._alive(number):
+                    return False  # someone holds or waits
+                self._bury_dead(number)
+            for entry in os.listdir(self.folder):
+                try:
+                    os.unlink(self._path(entry))
+                except FileNotFoundError:
+                    continue
+                except PermissionError:
+                    raise BackendError(
+                        f"cannot forget line {self.name!r}: {self._path(entry)} belongs to "
+                        "another user, who must remove it (or forget the line) first"
+                    ) from None
+            try:
+                os.rmdir(self.folder)
+            except OSError as exc:
+                raise BackendError(f"cannot remove {self.folder}: {exc.strerror}") from None
+        with self._open_lock:
+            self._id = None
+        return True
 
     def _make_kick(self, number: int) -> int:
         """The event a later ``newest_wins`` arrival sets to replace this ticket."""

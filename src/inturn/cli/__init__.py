@@ -27,6 +27,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .wait import wait
 
             return wait(args)
+        if args.action == "forget":
+            from .status import forget
+
+            return forget(args)
         from .status import status
 
         return status(args)

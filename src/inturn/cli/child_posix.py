@@ -89,8 +89,10 @@ def run_command(
     grace: float,
     say: Callable[[str], None],
     lost_message: str,
+    on_started: Callable[[int], None] | None = None,
 ) -> Outcome:
     """Run ``command`` in a process group of its own until it ends; see the module docstring.
+    ``on_started`` learns the command's pid as soon as it runs.
 
     ``handles`` are inherited by the command (the turn itself, when it can be inherited).
     ``bound``: the turn ends when inturn dies, so the command's group must die with inturn.
@@ -106,6 +108,8 @@ def run_command(
     try:
         run.start(command, executable, env, handles, bound)
         on_lost(run.turn_lost)
+        if on_started is not None and run.child is not None:
+            on_started(run.child.pid)
         return run.wait()
     finally:
         run.close()

@@ -7,6 +7,7 @@ calls), so the place shown stays right even when someone further ahead leaves.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import TextIO
@@ -16,6 +17,44 @@ from ..queue import Progress
 from ..records import LineStatus, Ticket, escape_controls
 
 SHOWN_AHEAD = 64  # records read for the status line: enough to count the readers holding
+
+
+def _columns(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or 80
+    except (OSError, ValueError, AttributeError):
+        return 80
+
+
+def width(text: str) -> int:
+    """How many terminal columns ``text`` takes: wide (East Asian) characters two, combining
+    marks none."""
+    if text.isascii():
+        return len(text)
+    import unicodedata
+
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in text
+    )
+
+
+def fit(text: str, columns: int) -> str:
+    """``text`` cut to ``columns`` terminal columns, ending in ``...`` when cut."""
+    if width(text) <= columns:
+        return text
+    kept, used = [], 0
+    for char in text:
+        used += width(char)
+        if used > max(0, columns - 3):
+            break
+        kept.append(char)
+    return "".join(kept) + "..."[: max(0, columns)]
+
+
+def pad(text: str, columns: int) -> str:
+    """``text`` padded with spaces to ``columns`` terminal columns."""
+    return text + " " * max(0, columns - width(text))
 
 
 class WaitingDisplay:
@@ -75,8 +114,10 @@ class WaitingDisplay:
                     who = f", held by {first.describe()} for {held}"
             else:
                 who = ""
-            text = f"waiting for {self.line.name}: #{self.position} in line{who} ({waited})"
-            self.stream.write("\r\x1b[K" + text[:200])
+            name = escape_controls(self.line.name)
+            text = f"waiting for {name}: #{self.position} in line{who}; waiting {waited}"
+            # One row, never wrapped: a wrapped row would stay behind at every redraw.
+            self.stream.write("\r\x1b[K" + fit(text, _columns(self.stream) - 1))
             self.stream.flush()
             self._shown = True
 
@@ -109,10 +150,10 @@ def format_line(status: LineStatus, now: float) -> str:
     ]
     for place, ticket in enumerate((*status.holders, *status.waiters), start=1):
         rows.append(_row(place, ticket, now))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    widths = [max(width(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = [f"{name}: {len(status.holders)} holding, {len(status.waiters)} waiting"]
     for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        cells = [pad(cell, columns) for cell, columns in zip(row, widths, strict=False)]
         lines.append("  " + "  ".join([*cells, row[-1]]).rstrip())
     return "\n".join(lines)
 
@@ -129,8 +170,15 @@ def _row(place: int, ticket: Ticket, now: float) -> tuple[str, ...]:
         escape_controls(ticket.user or "?"),
         escape_controls(ticket.host or "?"),
         duration(None if since is None else now - since),
-        escape_controls(" ".join(ticket.command)),
+        escape_controls(shell_words(ticket.command)),
     )
+
+
+def shell_words(command: tuple[str, ...]) -> str:
+    """A command as one would type it at a shell (quoted where needed)."""
+    import shlex
+
+    return shlex.join(command)
 
 
 def format_overview(statuses: list[LineStatus], where: str, now: float) -> str:
@@ -149,7 +197,7 @@ def format_overview(statuses: list[LineStatus], where: str, now: float) -> str:
                 duration(held_for) if first is not None else "-",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    widths = [max(width(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+        "  ".join(pad(c, w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     )

@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"inturn {__version__}")
-    commands = parser.add_subparsers(dest="action", metavar="{run,status,wait}")
+    commands = parser.add_subparsers(dest="action", metavar="{run,status,wait,forget}")
     commands.required = True
 
     def where(sub: argparse.ArgumentParser) -> None:
@@ -130,7 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("name", nargs="?", metavar="NAME")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--prune",
+        action="store_true",
+        help="first forget every line that nobody holds or waits in (see inturn forget)",
+    )
     where(status)
+
+    forget = commands.add_parser(
+        "forget",
+        help="remove lines that nobody holds or waits in",
+        description="Remove each line NAME if nobody holds or waits in it (its folder, or its "
+        "name on a server); someone joining at that moment joins a new line of that name. "
+        "Exits 0, or 75 if a line is in use (it is left alone).",
+    )
+    forget.add_argument("names", nargs="+", metavar="NAME")
+    where(forget)
 
     wait = commands.add_parser(
         "wait",

@@ -209,6 +209,8 @@ def _run_holding(
                 say=say,
                 lost_message=f"lost the turn in line {held.name!r} (server unreachable); "
                 "stopping the command",
+                # A command that inherits the turn holds it if inturn dies: status then names it.
+                on_started=held.note_runner if handles else None,
             )
         except CannotRun as exc:
             raise UsageError(f"cannot run {command[0]}: {system_error(exc.error)}") from None

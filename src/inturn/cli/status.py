@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import time
 
+from ..backends import open_backend
+from ..line import Line
 from .display import format_line, format_overview
-from .output import emit, json_text
+from .exits import EXIT_CONFLICT
+from .output import emit, json_text, say
 from .parser import line_from, where_from
 
 
@@ -20,13 +23,13 @@ def status(args: argparse.Namespace) -> int:
         else:
             emit(format_line(status, now))
         return 0
-    from ..backends import open_backend
-
     where = where_from(args)
     backend = open_backend(
         where.backend, scope=where.scope, directory=where.directory, create=False
     )
     try:
+        if args.prune:
+            _prune(args)
         statuses = []
         for name in backend.names():
             store = backend.line(name)
@@ -40,3 +43,29 @@ def status(args: argparse.Namespace) -> int:
         return 0
     emit(format_overview(statuses, backend.where, now))
     return 0
+
+
+def _prune(args: argparse.Namespace) -> None:
+    """Forget every line nobody is in (``status --prune``)."""
+    where = where_from(args)
+    with_backend = open_backend(where.backend, scope=where.scope, directory=where.directory)
+    try:
+        for name in with_backend.names():
+            with Line(name, scope=where.scope, backend=with_backend) as line:
+                line.forget()
+    finally:
+        with_backend.close()
+
+
+def forget(args: argparse.Namespace) -> int:
+    """``inturn forget NAME...``: 0 if every line was forgotten, 75 if one is in use."""
+    where = where_from(args)
+    code = 0
+    for name in args.names:
+        with Line(
+            name, scope=where.scope, directory=where.directory, backend=where.backend
+        ) as line:
+            if not line.forget():
+                say(f"line {name!r} is in use (someone holds or waits in it): not forgotten")
+                code = EXIT_CONFLICT
+    return code

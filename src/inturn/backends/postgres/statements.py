@@ -209,6 +209,19 @@ class Statements:
             " ON CONFLICT (digest) DO NOTHING RETURNING id"
         )
         self.names = q("SELECT name FROM {s}.lines ORDER BY id")
+        self.line_exists = q("SELECT 1 FROM {s}.lines WHERE id = %(line_id)s")
+        # Forgetting a line, after its guard is taken (a statement of its own, so that the
+        # next one sees every join that held the guard): only if nobody is in it.
+        self.forget_guard = sql.SQL("SELECT pg_advisory_xact_lock({g}, %(line_key)s)").format(
+            g=sql.Literal(self.guard)
+        )
+        self.forget = q(
+            "WITH gone AS (DELETE FROM {s}.lines l WHERE l.id = %(line_id)s"
+            "  AND NOT EXISTS (SELECT 1 FROM {s}.tickets t WHERE t.line_id = l.id)"
+            "  RETURNING l.id),"
+            " markers AS (DELETE FROM {s}.abandoned a USING gone WHERE a.line_id = gone.id)"
+            " SELECT count(*) FROM gone"
+        )
 
         # -- tickets. Joining is one statement, hence one transaction: the per-line guard is
         # taken first (the CTE chain forces the order), the ticket's session lock is taken
@@ -219,8 +232,11 @@ class Statements:
             "WITH guard AS MATERIALIZED ("
             "  SELECT pg_advisory_xact_lock({g}, %(line_key)s),"
             "         set_config('synchronous_commit', 'on', true)),"
+            # The line must still be there (not forgotten while we waited for its guard).
+            " line AS MATERIALIZED ("
+            "  SELECT l.id FROM guard, {s}.lines l WHERE l.id = %(line_id)s FOR SHARE OF l),"
             " numbered AS MATERIALIZED ("
-            "  SELECT nextval({seq}) AS number FROM guard),"
+            "  SELECT nextval({seq}) AS number FROM line),"
             " locked AS MATERIALIZED ("
             "  SELECT number, pg_try_advisory_lock({c},"
             "         ((number - {lo}) %% {span} + {lo})::int4) AS ok FROM numbered)"
@@ -276,6 +292,11 @@ class Statements:
             " SELECT backend_pid FROM {s}.tickets WHERE number = %(number)s"
         )
         self.cancel_backend = sql.SQL("SELECT pg_cancel_backend(%(pid)s)")
+        self.note_pid = q(
+            "UPDATE {s}.tickets SET record ="
+            " jsonb_set(record::jsonb, '{{pid}}', to_jsonb(%(pid)s::int))::text"
+            " WHERE number = %(number)s"
+        )
         self.replaced_by = q("SELECT by_number FROM {s}.replaced WHERE number = %(me)s")
         # Until a replacer's cancel request ends it (a day at most: the wait is then redone).
         self.sleep_until_replaced = sql.SQL(

@@ -573,13 +573,16 @@ class PostgresStore(LineStore):
             )
 
     def _join_on(self, conn: Connection, me: Ticket) -> int:
-        line_id = self._line(conn)
         record = json.dumps(me.header(), separators=(",", ":"), ensure_ascii=True)
-        params = {"line_id": line_id, "line_key": fold(line_id), "record": record}
         for _ in range(64):
+            line_id = self._line(conn)
+            params = {"line_id": line_id, "line_key": fold(line_id), "record": record}
             row = conn.execute(self.stmts.join, params).fetchone()
             if row is not None:
                 return int(row[0])
+            if conn.execute(self.stmts.line_exists, {"line_id": line_id}).fetchone() is None:
+                self._line_id = None  # forgotten meanwhile: the line is made anew
+                continue
             # The ticket's key is held by someone else (another application's lock, or a
             # ticket 2**32 numbers older): that number is skipped, never shared.
         raise BackendError(
@@ -781,6 +784,34 @@ class PostgresStore(LineStore):
                 "way; connect to PostgreSQL directly"
             )
         me.start_watchdog()
+
+    def forget(self, patience: Patience) -> bool:
+        def work(conn: Connection) -> bool:
+            row = conn.execute(self.stmts.find_line, [self._digest]).fetchone()
+            if row is None:
+                return True  # never used
+            line_id = int(row[0])
+            for number, ok in zip(*self._tickets_of(conn, line_id), strict=True):
+                if not ok:
+                    conn.execute(self.stmts.bury, {"number": number})
+            with conn.transaction():
+                conn.execute(self.stmts.forget_guard, {"line_key": fold(line_id)})
+                gone = conn.execute(self.stmts.forget, {"line_id": line_id}).fetchone()
+            self._line_id = None
+            return bool(gone and gone[0])
+
+        return self._query(None, work)
+
+    def _tickets_of(self, conn: Connection, line_id: int) -> tuple[list[int], list[bool]]:
+        rows = conn.execute(self.stmts.snapshot_alive, {"line_id": line_id, "me": -1}).fetchall()
+        tickets = [(int(n), bool(ok)) for kind, n, ok, _ in rows if kind == "ticket"]
+        return [n for n, _ in tickets], [ok for _, ok in tickets]
+
+    def note_runner(self, me: Membership, pid: int) -> None:
+        def work(conn: Connection) -> None:
+            conn.execute(self.stmts.note_pid, {"number": me.number, "pid": pid})
+
+        self._query(me, work)
 
     def claim_abandoned(self, me: Membership) -> Ticket | None:
         def work(conn: Connection) -> Ticket | None:

@@ -63,3 +63,11 @@ local record = redis.call('HGETALL', KEYS[2])
 redis.call('DEL', KEYS[2])
 return record
 """
+
+FORGET = """
+if redis.call('ZCARD', KEYS[1]) > 0 then return 0 end
+redis.call('SREM', KEYS[3], ARGV[1])
+for index = 4, #KEYS do redis.call('DEL', KEYS[index]) end
+redis.call('DEL', KEYS[2])
+return 1
+"""

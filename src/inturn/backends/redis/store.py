@@ -180,6 +180,7 @@ class RedisBackend(Backend):
                 ("leave", scripts.LEAVE),
                 ("mark", scripts.MARK),
                 ("claim", scripts.CLAIM),
+                ("forget", scripts.FORGET),
             )
         }
 
@@ -247,7 +248,6 @@ class RedisStore(LineStore):
         # threads may share it; forgotten once the ticket is gone from the line.
         self._ids: dict[int, str] = {}
         self._ids_lock = threading.Lock()
-        self._listed = False
 
     @property
     def where(self) -> str:
@@ -272,7 +272,7 @@ class RedisStore(LineStore):
 
     def join(self, me: Ticket, patience: Patience) -> tuple[RedisMembership, View | None]:
         ticket_id = secrets.token_hex(10)
-        fields: list[object] = ["line", encode(self.name)]
+        fields: list[bytes | str] = ["line", encode(self.name)]
         for key, value in me.header().items():
             if value is None:
                 continue
@@ -291,12 +291,13 @@ class RedisStore(LineStore):
         ]
         seed = int(time.time() * 1000)
         sent = time.monotonic()
-        with self.backend.errors():
-            if not self._listed:
-                call(self.backend.client, "SADD", f"{self.backend.prefix}:lines", encode(self.name))
-                self._listed = True
-            flag = "1" if me.shared else "0"
-            number = int(self._run("join", keys, [ticket_id, self.lease_ms, seed, flag, *fields]))
+        flag = "1" if me.shared else "0"
+        with self.backend.errors(), self.backend.client.pipeline(transaction=False) as pipe:
+            # Listed at every join, in the same round trip: a forgotten line comes back.
+            call(pipe, "SADD", f"{self.backend.prefix}:lines", encode(self.name))
+            args: list[bytes | str | int] = [ticket_id, self.lease_ms, seed, flag, *fields]
+            self.backend.scripts["join"](keys=keys, args=args, client=pipe)
+            number = int(pipe.execute()[1])
         kick = self._kick_key(ticket_id) if me.newest_wins else None
         lease = self._lease_key(ticket_id)
         member = RedisMembership(number, ticket_id, lease, sent, me.shared, kick)
@@ -367,6 +368,17 @@ class RedisStore(LineStore):
         ]
         with self.backend.errors():
             return int(self._run("bury", keys, [ticket_id, self.gone_ms])) == 1
+
+    def forget(self, patience: Patience) -> bool:
+        view = self.look(None)
+        for number, ok in zip(view.tickets, self.alive(view.tickets, None), strict=True):
+            if not ok:
+                self.bury(number, None, patience)
+        with self.backend.errors():
+            found = call(self.backend.client, "ZRANGE", self.abandoned_key, 0, -1)
+            records = [self._ticket_key(_text(i)) for i in found]
+            keys = [self.tickets_key, self.abandoned_key, f"{self.backend.prefix}:lines", *records]
+            return bool(self._run("forget", keys, [encode(self.name)]))
 
     def replace(self, number: int, me: Membership) -> None:
         ticket_id = self._id(number)
