@@ -374,6 +374,75 @@ def test_status_json_lists_holders_then_waiters(win: Win) -> None:
     assert code == 0 and "1 holding, 2 waiting" in out
 
 
+# --------------------------------------------------------------------------- shared turns
+
+
+def stays(log: Path) -> list[tuple[str, int]]:
+    """The log's rows in the order they were written: (``enter``/``exit``, ticket). Each row
+    is written while its writer holds, so the order of rows is the order of events."""
+    return [(row.split()[0], int(row.split()[1])) for row in log.read_text().splitlines()]
+
+
+def test_readers_hold_together_and_a_writer_alone_in_arrival_order(win: Win) -> None:
+    """Two readers hold at once; a writer behind them waits, and so does a reader that
+    arrives after the waiting writer: it gets in only once the writer has left."""
+    path = win.folder.parent / "shared.log"
+    log = windows_path(path)
+    readers = [win.worker("rw", "--shared", "--hold", "--log", log) for _ in range(2)]
+    tickets = [int(reader.expect("acquired")[1]) for reader in readers]  # both hold: together
+    writer = win.worker("rw", "--hold", "--log", log)
+    tickets.append(int(writer.expect("waiting")[1]))
+    late = win.worker("rw", "--shared", "--hold", "--log", log)
+    tickets.append(int(late.expect("waiting")[1]))
+    status = win.status("rw")
+    assert [t["mode"] for t in status["holders"]] == ["shared", "shared"]
+    assert [t["mode"] for t in status["waiters"]] == ["exclusive", "shared"]
+    for reader in readers:
+        reader.send("release")
+        reader.expect("released")
+    writer.expect("acquired", skip=("waiting",))
+    writer.send("release")
+    writer.expect("released")
+    late.expect("acquired", skip=("waiting",))
+    late.send("release")
+    late.expect("released")
+    first, second, writer_ticket, late_ticket = tickets
+    assert stays(path) == [
+        ("enter", first), ("enter", second), ("exit", first), ("exit", second),
+        ("enter", writer_ticket), ("exit", writer_ticket),
+        ("enter", late_ticket), ("exit", late_ticket),
+    ]  # fmt: skip
+
+
+def test_a_replaced_waiter_is_woken_at_once(win: Win) -> None:
+    """``newest_wins``: each newcomer replaces the older such waiter while the holder still
+    holds (a worker, then ``inturn run --newest-wins``, which exits 77 without running its
+    command); a plain waiter is left alone."""
+    holder = win.worker("newest", "--hold")
+    holder.expect("acquired")
+    older = win.worker("newest", "--newest-wins")
+    older.expect("waiting")
+    plain = win.worker("newest")
+    plain.expect("waiting")
+    cli = win.inturn("run", "--newest-wins", "newest", "--", win.python, "-c", "print('ran')",
+                     terminal=True)  # fmt: skip
+    cli.queued()
+    older.expect("replaced", skip=("waiting",))
+    assert older.wait() == 77
+    newest = win.worker("newest", "--newest-wins")
+    newest.expect("waiting")
+    code, out, err = cli.finish()  # replaced while the holder still holds
+    assert code == 77 and "ran" not in out, (code, out, err)
+    status = win.status("newest")
+    assert pids(status["holders"]) == [holder.pid]
+    assert pids(status["waiters"]) == [plain.pid, newest.pid]
+    holder.send("release")
+    assert plain.expect("acquired", skip=("waiting",))[2] == "0"
+    plain.expect("released")
+    newest.expect("acquired", skip=("waiting",))
+    newest.expect("released")
+
+
 # --------------------------------------------------------------------------- names, scopes
 
 NAMES_SCRIPT = """

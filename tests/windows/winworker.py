@@ -1,10 +1,12 @@
 """A Windows process that takes a turn and reports each step on stdout (runs under Wine).
 
 Usage: ``python.exe winworker.py NAME_HEX [--slots N] [--timeout S] [--no-wait] [--hold]
-[--log FILE] [--acquire-in main|thread|async] [--cancellable]``. The line name comes hex-encoded
-(UTF-8) so that any name survives the trip through a command line. Reports: ``started PID``,
+[--log FILE] [--acquire-in main|thread|async] [--cancellable] [--shared] [--newest-wins]``.
+The line name comes hex-encoded (UTF-8) so that any name survives the trip through a command
+line. Reports: ``started PID``,
 ``waiting TICKET POSITION``, ``acquired TICKET ABANDONED DEAD_PID``, ``released TICKET``,
-``busy``, ``timeout``, ``interrupted``, ``cancelled``.
+``busy``, ``timeout``, ``interrupted``, ``cancelled``, ``replaced`` (exit 77: a later
+``--newest-wins`` waiter took its place).
 
 While holding with ``--hold`` it obeys stdin, one command a line: ``release``; ``exit`` (die at
 once with ``os._exit``, holding the turn); ``terminate PID`` (``TerminateProcess`` on another
@@ -20,6 +22,7 @@ import os
 import sys
 import threading
 import time
+from typing import Any
 
 import inturn
 
@@ -38,10 +41,17 @@ def acquire(line: inturn.Line, args: argparse.Namespace) -> inturn.Turn:
     def progress(p: inturn.Progress) -> None:
         say("waiting", p.ticket, p.position)
 
+    # Only the options asked for are passed on.
+    options: dict[str, Any] = {}
+    if args.shared:
+        options["shared"] = True
+    if args.newest_wins:
+        options["newest_wins"] = True
+
     if args.acquire_in == "async":
         # acquire runs in the event loop's executor thread; the turn is released from this one
         async def take() -> inturn.Turn:
-            return await inturn.acquire_async(line, args.timeout, not args.no_wait)
+            return await inturn.acquire_async(line, args.timeout, not args.no_wait, **options)
 
         return asyncio.run(take())
     if args.acquire_in == "thread" or args.cancellable:
@@ -51,7 +61,13 @@ def acquire(line: inturn.Line, args: argparse.Namespace) -> inturn.Turn:
         def work() -> None:
             try:
                 result.append(
-                    line.acquire(args.timeout, not args.no_wait, on_progress=progress, cancel=token)
+                    line.acquire(
+                        args.timeout,
+                        not args.no_wait,
+                        on_progress=progress,
+                        cancel=token,
+                        **options,
+                    )
                 )
             except BaseException as exc:
                 result.append(exc)
@@ -66,7 +82,7 @@ def acquire(line: inturn.Line, args: argparse.Namespace) -> inturn.Turn:
         if isinstance(result[0], BaseException):
             raise result[0]
         return result[0]
-    return line.acquire(args.timeout, not args.no_wait, on_progress=progress)
+    return line.acquire(args.timeout, not args.no_wait, on_progress=progress, **options)
 
 
 def main() -> int:
@@ -79,6 +95,8 @@ def main() -> int:
     parser.add_argument("--log")
     parser.add_argument("--acquire-in", choices=("main", "thread", "async"), default="main")
     parser.add_argument("--cancellable", action="store_true")
+    parser.add_argument("--shared", action="store_true")
+    parser.add_argument("--newest-wins", action="store_true")
     args = parser.parse_args()
     name = bytes.fromhex(args.name_hex).decode("utf-8", "surrogatepass")
     line = inturn.Line(name, slots=args.slots)
@@ -97,6 +115,11 @@ def main() -> int:
     except KeyboardInterrupt:
         say("interrupted")
         return 130
+    except inturn.InturnError as exc:
+        if isinstance(exc, inturn.Replaced):
+            say("replaced")
+            return 77
+        raise
     dead = turn.abandoned_by.pid if turn.abandoned_by else "-"
     if args.log:
         append(args.log, f"enter {turn.ticket} {os.getpid()} {time.monotonic_ns()}")
