@@ -27,6 +27,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .wait import wait
 
             return wait(args)
+        if args.action == "top" or args.watch or args.interval is not None:
+            from .top import top
+
+            return top(args)
         from .status import status
 
         return status(args)
