@@ -28,10 +28,11 @@ if TYPE_CHECKING:
 
 assert sys.platform != "win32"  # the rest of this module is POSIX code
 
-# When a holder has just left, the next one marks itself holding a moment later: the listing
-# is read again after these pauses (doubling) while it has not, rather than at the next tick.
+# When a holder has just left, the next one marks itself holding a moment later (after a
+# server's lock delay, when the holder died): the listing is read again after these pauses,
+# doubling up to the longest, for as long as the source says the turn may take to pass.
 SETTLE_FIRST = 0.05
-SETTLE_LAST = 0.8
+SETTLE_LONGEST = 0.5
 
 # The escape sequences of the view: alternate screen, cursor hidden, no line wrapping.
 ENTER = "\x1b[?1049h\x1b[?25l\x1b[?7l\x1b[H\x1b[2J"
@@ -284,11 +285,10 @@ class View:
     def run(self, snapshot: Any) -> int:
         terminal = self.terminal
         next_tick = time.monotonic() + self.interval
-        settle_at: float | None = None
-        settle_step = SETTLE_FIRST
+        settle = _Settling()
         self._draw(snapshot)
         while True:
-            due = next_tick if settle_at is None else min(next_tick, settle_at)
+            due = next_tick if settle.at is None else min(next_tick, settle.at)
             pressed = terminal.sleep(due - time.monotonic())
             if terminal.quit_code is not None:
                 return terminal.quit_code
@@ -299,17 +299,13 @@ class View:
             changed = terminal.waker.take_changed()
             now = time.monotonic()
             ticked = now >= next_tick
-            settling = settle_at is not None and now >= settle_at
+            settling = settle.at is not None and now >= settle.at
             if changed or ticked or settling:
                 snapshot = self.source.read()
                 if ticked:
                     next_tick = now + self.interval
-                if (changed or settling) and self.source.settling(snapshot):
-                    # a turn is changing hands: look again soon, not at the next tick
-                    settle_at = now + settle_step if settle_step <= SETTLE_LAST else None
-                    settle_step *= 2
-                else:
-                    settle_at, settle_step = None, SETTLE_FIRST
+                if changed or settling:
+                    settle.after_read(now, changed, self.source.settling(snapshot))
             self._draw(snapshot)
 
     def _draw(self, snapshot: Any) -> None:
@@ -319,3 +315,25 @@ class View:
         title = left + " " * (columns - used - len(right)) + right
         body = self.source.rows(snapshot, time.time(), height - 1)
         self.terminal.draw([title, *body], columns, height)
+
+
+class _Settling:
+    """When to read again while a turn passes from a holder who left to the next one."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+        self.step = SETTLE_FIRST
+        self.until: float | None = None
+
+    def after_read(self, now: float, changed: bool, window: float | None) -> None:
+        """``window``: how long the turn may still take to pass (None: it has passed)."""
+        if window is None:
+            self.at, self.step, self.until = None, SETTLE_FIRST, None
+            return
+        if changed or self.until is None:  # a new leave: give it the whole window
+            self.step, self.until = SETTLE_FIRST, now + window
+        if now + self.step > self.until:
+            self.at = None  # it is taking longer: the timer shows the rest
+            return
+        self.at = now + self.step
+        self.step = min(self.step * 2, SETTLE_LONGEST)

@@ -33,6 +33,10 @@ from .parser import line_from
 WATCHED_LOCAL = 32
 WATCHED_REMOTE = 4
 
+# How long, beyond a backend's lock delay, the next holder may take to mark itself holding
+# once the turn has passed to it (it wakes, looks, and writes: well under a second).
+SETTLE_MARGIN = 1.0
+
 
 def top(args: argparse.Namespace) -> int:
     """The live view on a terminal; ``inturn status`` printed once anywhere else."""
@@ -78,7 +82,9 @@ class Source(Protocol):
 
     def rows(self, snapshot: Any, now: float, height: int) -> list[str]: ...
 
-    def settling(self, snapshot: Any) -> bool: ...
+    def settling(self, snapshot: Any) -> float | None:
+        """Seconds a turn now passing may still take to show its next holder (None: no turn
+        is passing)."""
 
     def close(self) -> None: ...
 
@@ -115,8 +121,10 @@ class OneLine:
             self.watchers.watch([t.number for t in shown[:watched]])
         return text
 
-    def settling(self, snapshot: LineStatus) -> bool:
-        return _turn_in_passing(snapshot)
+    def settling(self, snapshot: LineStatus) -> float | None:
+        if not _turn_in_passing(snapshot):
+            return None
+        return self.line.store.lock_delay + SETTLE_MARGIN  # after a death, the lock delay
 
     def close(self) -> None:
         if self.watchers is not None:
@@ -190,8 +198,8 @@ class EveryLine:
         kept = text[: max(1, height - 1)]
         return [*kept, f"... {len(text) - len(kept)} more lines"]
 
-    def settling(self, snapshot: list[LineStatus]) -> bool:
-        return False
+    def settling(self, snapshot: list[LineStatus]) -> float | None:
+        return None
 
     def close(self) -> None:
         self.backend.close()
