@@ -31,6 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .status import forget
 
             return forget(args)
+        if args.action == "top" or args.watch or args.interval is not None:
+            from .top import top
+
+            return top(args)
         from .status import status
 
         return status(args)

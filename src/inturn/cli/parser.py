@@ -11,6 +11,7 @@ from ..line import Line
 from .exits import EXIT_CONFLICT
 
 DEFAULT_GRACE_SECONDS = 1.0
+MIN_INTERVAL_SECONDS = 0.1  # inturn top: a shorter timer would only keep a core busy
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"inturn {__version__}")
-    commands = parser.add_subparsers(dest="action", metavar="{run,status,wait,forget}")
+    commands = parser.add_subparsers(dest="action", metavar="{run,status,top,wait,forget}")
     commands.required = True
 
     def where(sub: argparse.ArgumentParser) -> None:
@@ -135,7 +136,29 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="first forget every line that nobody holds or waits in (see inturn forget)",
     )
+    status.add_argument(
+        "--watch",
+        action="store_true",
+        help="a live full-screen view, redrawn as the line changes (q quits): inturn top",
+    )
     where(status)
+    top = commands.add_parser(
+        "top",
+        help="a live full-screen view of line NAME (every line if no NAME); q quits",
+        description="Show holders, then waiters, of line NAME (or every line) on the whole "
+        "terminal, redrawn the moment someone leaves and every --interval for arrivals and "
+        "clocks; q or Ctrl-C quits. Not on a terminal, prints inturn status once. "
+        "Same as inturn status --watch.",
+    )
+    top.add_argument("name", nargs="?", metavar="NAME")
+    where(top)
+    for live in (status, top):
+        live.add_argument(
+            "--interval",
+            type=_interval,
+            metavar="SECONDS",
+            help="with --watch or top: read the line again every SECONDS (default 1)",
+        )
 
     forget = commands.add_parser(
         "forget",
@@ -177,6 +200,15 @@ def _seconds(text: str, what: str = "the timeout") -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{what} must be 0 or more seconds, not {text}")
+    return value
+
+
+def _interval(text: str) -> float:
+    value = _seconds(text, "the interval")
+    if value < MIN_INTERVAL_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"the interval must be at least {MIN_INTERVAL_SECONDS:g} seconds, not {text}"
+        )
     return value
 
 

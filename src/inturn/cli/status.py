@@ -28,7 +28,7 @@ def status(args: argparse.Namespace) -> int:
         where.backend, scope=where.scope, directory=where.directory, create=False
     )
     try:
-        if args.prune:
+        if getattr(args, "prune", False):  # inturn top, printed once, has no --prune
             _prune(args)
         statuses = []
         for name in backend.names():

@@ -1,0 +1,443 @@
+"""``inturn top`` and ``inturn status --watch`` in a real terminal.
+
+Each test runs the console script in a shell inside its own tmux server, types with
+``send-keys`` and reads the screen with ``capture-pane``. What the terminal is left in is
+asked of tmux itself (``#{alternate_on}``, ``#{cursor_flag}``, ``#{wrap_flag}``) and of
+``stty -g`` before and after, never taken from inturn. A test waits for what the screen
+shows, polling ``capture-pane`` with a bound that only detects a hang.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from conftest import Worker, child_env, free_port, missing_component, one_line_error, run_cli
+
+if shutil.which("tmux") is None:
+    missing_component("tmux is not installed", "install tmux (apt-get install tmux)")
+
+SCREEN_TIMEOUT = 60.0  # a passing test never waits this long for the screen
+LONG = "3600"  # an --interval no test outlives: what the screen shows then is not the timer
+PROMPT = "ready> "
+CLOCK = re.compile(r"q quits  \d\d:\d\d:\d\d$")
+EXIT = re.compile(r"^exit=(\d+)$")
+
+
+def inturn_words() -> list[str]:
+    """The installed console script, as a user runs it (``python -m inturn`` without one)."""
+    script = Path(sys.executable).with_name("inturn")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "inturn"]
+
+
+class Pane:
+    """A shell in a tmux window of its own (its own server, so tests in parallel never meet)."""
+
+    def __init__(self, folder: Path, columns: int = 80, rows: int = 24) -> None:
+        self.socket = f"inturn-test-{uuid.uuid4().hex[:12]}"
+        env = child_env(HISTFILE="/dev/null", TERM="xterm-256color")
+        env.pop("TMUX", None)
+        rc = folder / "bashrc"
+        rc.write_text(f"PS1={shlex.quote(PROMPT)}\n")
+        self.env = env
+        self.tmux(
+            "-f",
+            "/dev/null",
+            "new-session",
+            "-d",
+            "-s",
+            "top",
+            "-x",
+            str(columns),
+            "-y",
+            str(rows),
+            shlex.join(["bash", "--noprofile", "--rcfile", str(rc), "-i"]),
+        )
+        self.until(lambda rows: PROMPT.rstrip() in rows, "the shell's prompt")
+
+    def tmux(self, *args: str) -> str:
+        done = subprocess.run(
+            ["tmux", "-L", self.socket, *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=SCREEN_TIMEOUT,
+        )
+        assert done.returncode == 0, (args, done.stderr)
+        return done.stdout
+
+    def type(self, text: str) -> None:
+        self.tmux("send-keys", "-t", "top", "-l", text)
+        self.tmux("send-keys", "-t", "top", "Enter")
+
+    def keys(self, *names: str) -> None:
+        self.tmux("send-keys", "-t", "top", *names)
+
+    def rows(self, joined: bool = False) -> list[str]:
+        """The screen, one string per row (``joined``: rows that wrapped put back together)."""
+        text = self.tmux("capture-pane", "-p", "-t", "top", *(["-J"] if joined else []))
+        return [row.rstrip() for row in text.split("\n")[:-1]]  # -J keeps trailing blanks
+
+    def flag(self, name: str) -> str:
+        return self.tmux("display-message", "-p", "-t", "top", f"#{{{name}}}").strip()
+
+    def until(self, seen: Callable[[list[str]], bool], what: str) -> list[str]:
+        deadline = time.monotonic() + SCREEN_TIMEOUT
+        while True:
+            rows = self.rows()
+            if seen(rows):
+                return rows
+            if time.monotonic() > deadline:
+                shown = "\n".join(rows)
+                raise AssertionError(f"the screen never showed {what}; it shows:\n{shown}")
+            time.sleep(0.05)
+
+    def exit_code(self) -> int:
+        """The exit code the shell echoed (``echo exit=$?``) once the command ended."""
+        rows = self.until(lambda rows: any(EXIT.match(r) for r in rows), "the exit code")
+        return int(next(m.group(1) for r in rows if (m := EXIT.match(r))))
+
+    def foreground_pid(self) -> int:
+        """The process the shell runs now (inturn)."""
+        shell = int(self.flag("pane_pid"))
+        children = Path(f"/proc/{shell}/task/{shell}/children").read_text().split()
+        assert len(children) == 1, children
+        return int(children[0])
+
+    def resize(self, columns: int, rows: int) -> None:
+        self.tmux("resize-window", "-t", "top", "-x", str(columns), "-y", str(rows))
+
+    def close(self) -> None:
+        subprocess.run(
+            ["tmux", "-L", self.socket, "kill-server"],
+            capture_output=True,
+            env=self.env,
+            timeout=SCREEN_TIMEOUT,
+        )
+
+
+@pytest.fixture
+def panes() -> Iterator[list[Pane]]:
+    made: list[Pane] = []
+    yield made
+    for pane in made:
+        pane.close()
+
+
+def run_top(pane: Pane, folder: Path, *args: str) -> None:
+    """Type ``inturn ARGS`` in the shell between two ``stty -g`` and an ``echo exit=$?``."""
+    before, after = folder / "stty-before", folder / "stty-after"
+    command = shlex.join([*inturn_words(), *args])
+    pane.type(f"stty -g >{before}; {command}; echo exit=$?; stty -g >{after}")
+
+
+def assert_terminal_given_back(pane: Pane, folder: Path) -> None:
+    """Main screen, cursor shown, wrapping on, the keyboard's modes as before, the prompt."""
+    assert pane.flag("alternate_on") == "0"
+    assert pane.flag("cursor_flag") == "1"
+    assert pane.flag("wrap_flag") == "1"
+    after = folder / "stty-after"
+    rows = pane.until(lambda _: after.exists() and after.read_text() != "", "stty -g after")
+    assert after.read_text() == (folder / "stty-before").read_text()
+    rows = pane.until(lambda rows: [r for r in rows if r][-1] == PROMPT.rstrip(), "a prompt")
+    assert not any(r.startswith("inturn top:") for r in rows), rows  # the view is gone
+
+
+def row_of(rows: list[str], pid: int) -> list[str]:
+    """The words of the view's row for process ``pid`` (empty when it has none)."""
+    for row in rows:
+        words = row.split()
+        if len(words) > 4 and words[4] == str(pid):
+            return words
+    return []
+
+
+def shows(pid: int, state: str) -> Callable[[list[str]], bool]:
+    return lambda rows: row_of(rows, pid)[2:3] == [state]
+
+
+def test_the_view_shows_the_holder_then_a_new_waiter_and_q_quits_cleanly(
+    lines_dir, workers, panes, tmp_path
+):
+    holder = Worker("top-live", "--hold")
+    workers.append(holder)
+    holder.expect("acquired")
+    pane = Pane(tmp_path)
+    panes.append(pane)
+    run_top(pane, tmp_path, "top", "top-live")
+    rows = pane.until(shows(holder.pid, "holding"), "the holder")
+    assert rows[0].startswith("inturn top: top-live (") and CLOCK.search(rows[0])
+    assert rows[1] == "top-live: 1 holding, 0 waiting"
+    assert rows[2].split() == ["#", "TICKET", "STATE", "MODE", "PID", "USER", "HOST", "FOR", "CMD"]
+    assert (pane.flag("alternate_on"), pane.flag("cursor_flag"), pane.flag("wrap_flag")) == (
+        "1",
+        "0",
+        "0",
+    )
+    waiter = Worker("top-live", "--hold")
+    workers.append(waiter)
+    waiter.expect("waiting")
+    rows = pane.until(shows(waiter.pid, "waiting"), "the new waiter (a timer tick)")
+    assert rows[1] == "top-live: 1 holding, 1 waiting"
+    assert row_of(rows, holder.pid)[0] == "1" and row_of(rows, waiter.pid)[0] == "2"
+    pane.keys("q")
+    assert pane.exit_code() == 0
+    assert_terminal_given_back(pane, tmp_path)
+    holder.send()
+    waiter.acquired()
+    waiter.send()
+
+
+def test_a_leave_or_a_death_is_drawn_at_once_not_at_the_next_tick(where, workers, panes, tmp_path):
+    """With a timer of an hour, only the sleep on the tickets can redraw: the leave and the
+    death must show within the bound that detects a hang, long before the first tick."""
+    first = Worker("top-leave", "--hold", env=where.crash_env())
+    workers.append(first)
+    first.expect("acquired")
+    second = Worker("top-leave", "--hold", env=where.crash_env())
+    workers.append(second)
+    second.expect("waiting")
+    third = Worker("top-leave", "--hold", env=where.crash_env())
+    workers.append(third)
+    third.expect("waiting")
+    pane = Pane(tmp_path)
+    panes.append(pane)
+    started = time.monotonic()
+    run_top(pane, tmp_path, "top", "--interval", LONG, "top-leave")
+    pane.until(shows(third.pid, "waiting"), "the line as it is")
+    first.send()  # a clean leave
+    assert first.wait() == 0
+    rows = pane.until(shows(second.pid, "holding"), "the next holder, after the leave")
+    assert row_of(rows, first.pid) == [] and rows[1] == "top-leave: 1 holding, 1 waiting"
+    second.proc.kill()  # a death
+    second.proc.wait()
+    rows = pane.until(shows(third.pid, "holding"), "the next holder, after the death")
+    assert row_of(rows, second.pid) == [] and rows[1] == "top-leave: 1 holding, 0 waiting"
+    assert time.monotonic() - started < float(LONG)  # so it was no tick of the timer
+    pane.keys("q")
+    assert pane.exit_code() == 0
+    assert_terminal_given_back(pane, tmp_path)
+    third.acquired()
+    third.send()
+
+
+def test_a_small_terminal_cuts_rows_counts_the_rest_and_redraws_when_resized(
+    lines_dir, workers, panes, tmp_path
+):
+    holder = Worker("top-small", "--hold")
+    workers.append(holder)
+    holder.expect("acquired")
+    waiters = []
+    for _ in range(5):
+        waiter = Worker("top-small", "--hold")
+        workers.append(waiter)
+        waiter.expect("waiting")
+        waiters.append(waiter)
+    plain = run_cli("status", "top-small").stdout.splitlines()
+    assert max(len(r) for r in plain) > 60  # the rows would wrap if they were not cut
+    pane = Pane(tmp_path, columns=40, rows=7)
+    panes.append(pane)
+    run_top(pane, tmp_path, "top", "--interval", LONG, "top-small")
+    rows = pane.until(lambda rows: "  ... 3 more waiting" in rows, "how many more wait")
+    assert rows[1] == "top-small: 1 holding, 5 waiting"
+    assert row_of(rows, holder.pid)[2] == "holding"
+    assert [row_of(rows, w.pid)[2:3] for w in waiters] == [["waiting"]] * 2 + [[]] * 3
+    assert rows[-1] == "  ... 3 more waiting" and len(rows) == 7
+    assert all(len(r) <= 40 for r in rows)
+    assert pane.rows(joined=True) == rows  # no row wrapped onto the next
+    pane.resize(60, 12)  # SIGWINCH: the only thing that can redraw now
+    rows = pane.until(
+        lambda rows: len(rows[0]) == 60 and CLOCK.search(rows[0]) is not None, "the wider title"
+    )
+    rows = pane.until(shows(waiters[-1].pid, "waiting"), "every waiter in the taller view")
+    assert not any("more waiting" in r for r in rows)
+    assert all(len(r) <= 60 for r in rows) and pane.rows(joined=True) == rows
+    pane.keys("q")
+    assert pane.exit_code() == 0
+    assert_terminal_given_back(pane, tmp_path)
+
+
+@pytest.mark.parametrize(("how", "code"), [("C-c", 0), ("SIGTERM", 143), ("SIGHUP", 129)])
+def test_ctrl_c_and_signals_quit_and_give_the_terminal_back(
+    lines_dir, workers, panes, tmp_path, how, code
+):
+    holder = Worker("top-quit", "--hold")
+    workers.append(holder)
+    holder.expect("acquired")
+    pane = Pane(tmp_path)
+    panes.append(pane)
+    run_top(pane, tmp_path, "status", "--watch", "top-quit")
+    pane.until(shows(holder.pid, "holding"), "the holder")
+    if how.startswith("SIG"):
+        os.kill(pane.foreground_pid(), getattr(signal, how))
+    else:
+        pane.keys(how)
+    assert pane.exit_code() == code
+    assert_terminal_given_back(pane, tmp_path)
+    holder.send()
+
+
+def test_ctrl_z_gives_the_shell_its_screen_back_until_fg(lines_dir, workers, panes, tmp_path):
+    holder = Worker("top-stop", "--hold")
+    workers.append(holder)
+    holder.expect("acquired")
+    pane = Pane(tmp_path)
+    panes.append(pane)
+    before = tmp_path / "stty-before"
+    pane.type(f"stty -g >{before}")  # alone: a stopped job would let a list go on
+    pane.until(lambda _: before.exists() and before.read_text() != "", "stty -g before")
+    pane.type(shlex.join([*inturn_words(), "top", "top-stop"]))
+    pane.until(shows(holder.pid, "holding"), "the holder")
+    pane.keys("C-z")
+    rows = pane.until(lambda rows: any("Stopped" in r for r in rows), "the job stopped")
+    assert (pane.flag("alternate_on"), pane.flag("cursor_flag"), pane.flag("wrap_flag")) == (
+        "0",
+        "1",
+        "1",
+    )
+    assert not any(r.startswith("inturn top:") for r in rows)
+    pane.type("fg")
+    pane.until(shows(holder.pid, "holding"), "the view again")
+    assert pane.flag("alternate_on") == "1"
+    pane.keys("q")
+    pane.until(
+        lambda rows: PROMPT + "fg" in rows and [r for r in rows if r][-1] == PROMPT.rstrip(),
+        "the prompt after the job that fg continued",
+    )
+    pane.type(f"echo exit=$?; stty -g >{tmp_path / 'stty-after'}")
+    assert pane.exit_code() == 0
+    assert_terminal_given_back(pane, tmp_path)
+    holder.send()
+
+
+def test_every_line_is_shown_and_a_new_line_appears_on_the_timer(
+    lines_dir, workers, panes, tmp_path
+):
+    first = Worker("top-a", "--hold")
+    workers.append(first)
+    first.expect("acquired")
+    pane = Pane(tmp_path)
+    panes.append(pane)
+    run_top(pane, tmp_path, "top")
+    rows = pane.until(lambda rows: any(r.startswith("top-a ") for r in rows), "line top-a")
+    assert rows[0].startswith("inturn top: every line (")
+    assert rows[1].split()[:3] == ["LINE", "HOLDING", "WAITING"]
+    second = Worker("top-b", "--hold")
+    workers.append(second)
+    second.expect("acquired")
+    rows = pane.until(lambda rows: any(r.startswith("top-b ") for r in rows), "line top-b")
+    assert f"pid {second.pid}" in next(r for r in rows if r.startswith("top-b "))
+    pane.keys("q")
+    assert pane.exit_code() == 0
+    assert_terminal_given_back(pane, tmp_path)
+    first.send()
+    second.send()
+
+
+CLOCKS = re.compile(r"\b(\d+(\.\d)?s|\d+m\d\ds|\d+h\d\dm)\b")
+
+
+@pytest.mark.parametrize("args", [["top", "top-pipe"], ["status", "--watch", "top-pipe"], ["top"]])
+def test_piped_output_is_inturn_status_printed_once(lines_dir, workers, args):
+    holder = Worker("top-pipe", "--hold")
+    workers.append(holder)
+    holder.expect("acquired")
+    waiter = Worker("top-pipe", "--hold")
+    workers.append(waiter)
+    waiter.expect("waiting")
+    watched = run_cli(*args)
+    plain = run_cli("status", *[a for a in args if a == "top-pipe"])
+    assert watched.returncode == 0 and watched.stderr == ""
+    assert "\x1b" not in watched.stdout
+    assert CLOCKS.sub("T", watched.stdout) == CLOCKS.sub("T", plain.stdout)
+    assert str(holder.pid) in watched.stdout
+    holder.send()
+    waiter.acquired()
+    waiter.send()
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["status", "--watch", "--json", "x"], ["--watch", "--json"]),
+        (["status", "--interval", "2", "x"], ["--interval goes with --watch"]),
+    ],
+)
+def test_options_that_do_not_go_together_are_refused(lines_dir, args, words):
+    result = run_cli(*args)
+    assert result.stdout == ""
+    one_line_error(result, *words)
+
+
+def test_an_interval_too_short_is_refused_by_the_parser(lines_dir):
+    result = run_cli("top", "--interval", "0", "x")
+    assert result.returncode == 2 and result.stdout == ""
+    assert "the interval must be at least 0.1 seconds" in result.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("backend", "words"),
+    [
+        ("mysql://nowhere/x", ["unknown backend 'mysql'"]),
+        ("postgresql://127.0.0.1:{port}/test", ["cannot connect to PostgreSQL"]),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2_on_an_untouched_terminal(
+    lines_dir, panes, tmp_path, backend, words
+):
+    backend = backend.format(port=free_port())  # nothing listens there
+    pane = Pane(tmp_path)
+    panes.append(pane)
+    run_top(pane, tmp_path, "top", "--backend", backend, "x")
+    assert pane.exit_code() == 2
+    assert_terminal_given_back(pane, tmp_path)
+    rows = [r for r in pane.rows(joined=True) if r]  # a long message wraps on the main screen
+    said = [r for r in rows if r.startswith("inturn: ")]
+    assert len(said) == 1 and all(w in said[0] for w in words), rows
+    assert EXIT.match(rows[rows.index(said[0]) + 1])  # one line: the next is the exit code
+
+
+def through(proxy_port: int, url: str) -> str:
+    parts = urlsplit(url)
+    user = parts.netloc.rpartition("@")[0]
+    netloc = f"{user}@127.0.0.1:{proxy_port}" if user else f"127.0.0.1:{proxy_port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def test_an_error_while_watching_is_one_line_on_the_terminal_given_back(
+    place, redis_base, workers, panes, tmp_path
+):
+    from tcp_proxy import TcpProxy
+
+    target = urlsplit(redis_base)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
+    try:
+        holder = Worker("top-cut", "--hold")
+        workers.append(holder)
+        holder.expect("acquired")
+        pane = Pane(tmp_path)
+        panes.append(pane)
+        url = place.url(base=through(proxy.port, redis_base))
+        run_top(pane, tmp_path, "top", "--backend", url, "top-cut")
+        pane.until(shows(holder.pid, "holding"), "the holder")
+        proxy.close()  # the server is gone: connections cut, new ones refused
+        assert pane.exit_code() == 2
+        assert_terminal_given_back(pane, tmp_path)
+        said = [r for r in pane.rows(joined=True) if r.startswith("inturn: ")]
+        assert len(said) == 1 and "Redis" in said[0], pane.rows()
+        assert "Traceback" not in "\n".join(pane.rows(joined=True))
+        holder.send()
+    finally:
+        proxy.close()
