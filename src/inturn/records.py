@@ -31,6 +31,7 @@ class Ticket(NamedTuple):
     slots: int = 1
     shared: bool = False  # a shared turn (a reader), else exclusive
     newest_wins: bool = False  # joined to replace, and be replaced by, later waiters
+    channel: str | None = None  # where its owner listens for later starts (single_instance)
 
     @property
     def mode(self) -> str:
@@ -82,6 +83,7 @@ class Ticket(NamedTuple):
             "slots": self.slots,
             **({"shared": True} if self.shared else {}),
             **({"newest_wins": True} if self.newest_wins else {}),
+            **({"channel": self.channel[:MAX_FIELD_CHARS]} if self.channel else {}),
         }
 
     @classmethod
@@ -109,6 +111,7 @@ class Ticket(NamedTuple):
             slots=slots if slots is not None and 0 < slots < 2**31 else 1,
             shared=header.get("shared") is True,
             newest_wins=header.get("newest_wins") is True,
+            channel=text("channel") or None,
         )
 
 

@@ -213,6 +213,53 @@ class Membership(ABC):
     lost_track_at: float | None = None
 
 
+class Peer(NamedTuple):
+    """Who is at the other end of a channel connection, as the operating system says (peer
+    credentials of a Unix socket, a named pipe's client process and token): never what the
+    other side claims."""
+
+    pid: int | None
+    user: str  # a user name where one is known, else the uid or SID as text
+    uid: int | None = None  # POSIX
+    sid: str | None = None  # Windows
+
+
+class Connection(ABC):
+    """One connection of a channel: bytes both ways, each call bounded by a deadline
+    (``time.monotonic()``), so a slow or silent other side never blocks for ever."""
+
+    peer: Peer
+
+    @abstractmethod
+    def send(self, data: bytes, deadline: float) -> None:
+        """Send all of ``data``; ``TimeoutError`` at the deadline, ``OSError`` if it broke."""
+
+    @abstractmethod
+    def receive(self, size: int, deadline: float) -> bytes:
+        """Up to ``size`` bytes (at least one), ``b""`` once the other side closed;
+        ``TimeoutError`` at the deadline."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+
+
+class Channel(ABC):
+    """Where the holder of a line listens for later starts (``single_instance``). It is
+    opened before its owner joins the line, so its ``address`` is in the ticket from the
+    first moment the ticket can be seen."""
+
+    address: str
+
+    @abstractmethod
+    def accept(self, cancel: CancelToken) -> Connection | None:
+        """The next connection, sleeping until one comes; None once ``cancel`` fired."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop listening and remove the socket or pipe (idempotent)."""
+
+
 class LineStore(ABC):
     """One named line in one backend, safe to share between any number of threads."""
 
@@ -295,6 +342,24 @@ class LineStore(ABC):
     def forget(self, patience: Patience) -> bool:
         """Remove the line if nobody holds or waits in it (False if someone does), safely
         with respect to someone joining it at that moment (they join the line anew)."""
+
+    def open_channel(self, others: bool) -> Channel:
+        """A channel for later starts to reach the caller once it holds the line; only the
+        caller's own user may connect, unless ``others`` (then the listener checks each
+        peer). Backends without channels refuse with a ``UsageError`` that says so."""
+        raise self._no_channels()
+
+    def connect(self, holder: Ticket, deadline: float) -> Connection:
+        """Connect to ``holder``'s channel (its ``Ticket.channel``), having checked that
+        the socket or pipe there belongs to the holder's owner; ``OSError`` if nobody
+        listens there any more."""
+        raise self._no_channels()
+
+    def _no_channels(self) -> UsageError:
+        return UsageError(
+            f"line {self.name!r} lives on {self.where}, where a running instance cannot be "
+            "sent messages; use a local line for single_instance(on_message=...) and send"
+        )
 
     def note_runner(self, me: Membership, pid: int) -> None:  # noqa: B027 - optional hook
         """Record that process ``pid``, which inherited ``me``'s turn, holds it now (where a
