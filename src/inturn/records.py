@@ -218,7 +218,11 @@ def this_user() -> str:
 
 
 def own_ticket_fields(
-    command: tuple[str, ...] | None, slots: int, shared: bool = False, newest_wins: bool = False
+    command: tuple[str, ...] | None,
+    slots: int,
+    shared: bool = False,
+    newest_wins: bool = False,
+    channel: str | None = None,
 ) -> Ticket:
     """The caller's identity, stamped on the ticket it is about to take."""
     return Ticket(
@@ -232,6 +236,7 @@ def own_ticket_fields(
         slots=slots,
         shared=shared,
         newest_wins=newest_wins,
+        channel=channel,
     )
 
 
