@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"inturn {__version__}")
-    commands = parser.add_subparsers(dest="action", metavar="{run,status,top,wait,forget}")
+    commands = parser.add_subparsers(dest="action", metavar="{run,status,top,wait,forget,send}")
     commands.required = True
 
     def where(sub: argparse.ArgumentParser) -> None:
@@ -190,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit code when the timeout runs out (default 75)",
     )
     where(wait)
+    from .send import add_parser as add_send
+
+    add_send(commands, where)
     return parser
 
 
