@@ -223,11 +223,18 @@ def describe(peer: Peer) -> str:
 
 
 class _Slot:
-    """Where the thread running ``on_message`` leaves the answer to one message."""
+    """One message's place in the queue: whether its sender got the acknowledgement (only
+    then may ``on_message`` see it), and the answer the handler's thread leaves there."""
 
     def __init__(self) -> None:
+        self.decided = threading.Event()
+        self.acknowledged = False
         self.ready = threading.Event()
         self.answer = b""
+
+    def decide(self, acknowledged: bool) -> None:
+        self.acknowledged = acknowledged
+        self.decided.set()
 
     def give(self, answer: bytes) -> None:
         self.answer = answer
@@ -314,18 +321,24 @@ class Listener:
             message = self._read(connection, who)
             if message is None:
                 return
-            try:  # acknowledged before it is queued: a sender that got no acknowledgement
-                # may be sure that the message was not handled
-                connection.send(encode({"received": True}), time.monotonic() + REPLY_SECONDS)
-            except (OSError, TimeoutError):
-                return
+            # Queued, then acknowledged: the order of the queue is the order in which senders
+            # learnt that their message arrived. on_message sees it only once the sender has
+            # the acknowledgement: one that got none may be sure it was not handled.
             slot = _Slot()
             with self._lock:
                 queued = not self.stopped
                 if queued:
                     self._queue.put((message, slot))
             if not queued:
-                slot.give(encode({"gone": "the instance stopped listening"}))
+                slot.decide(False)
+                self._answer_and_close(connection, {"gone": "the instance stopped listening"})
+                return
+            try:
+                connection.send(encode({"received": True}), time.monotonic() + REPLY_SECONDS)
+            except (OSError, TimeoutError):
+                slot.decide(False)
+                return
+            slot.decide(True)
             slot.ready.wait()
             with suppress(OSError):  # the sender gave up waiting
                 connection.send(slot.answer, time.monotonic() + REPLY_SECONDS)
@@ -358,6 +371,9 @@ class Listener:
             if item is None:
                 break
             message, slot = item
+            slot.decided.wait()
+            if not slot.acknowledged:
+                continue  # its sender never learnt it arrived: it was not handled
             if self.stopped:
                 slot.give(encode({"gone": "the instance stopped listening"}))
                 continue
@@ -409,6 +425,13 @@ def deliver(
     who = f"the running instance (pid {pid}) of line {store.name!r}"
     try:
         connection = store.connect(holder, deadline)
+    except PermissionError:
+        raise MessageError(
+            f"{who} refused the message: it takes messages from its own user only (its "
+            "socket or pipe is closed to you), unless it names you in accept_from",
+            "refused",
+            pid,
+        ) from None
     except TimeoutError:
         raise Timeout(
             f"{who} did not take the connection within {timeout:g}s: it may be hung"
