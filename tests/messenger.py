@@ -58,6 +58,7 @@ def main() -> int:
     parser.add_argument("--data-over-limit", action="store_true")
     parser.add_argument("--argv", help="sys.argv to send, as JSON, hex-encoded (UTF-8)")
     parser.add_argument("--stay", action="store_true")
+    parser.add_argument("--chdir", help="work in this folder (hex-encoded UTF-8)")
     args = parser.parse_args()
     scope = "machine" if args.machine else "user"
     if args.mode == "hold":
@@ -92,6 +93,8 @@ def main() -> int:
             return {"n": number}
         return {"n": number, "argv": list(message.argv), "cwd": message.cwd, "data": message.data}
 
+    if args.chdir is not None:
+        os.chdir(bytes.fromhex(args.chdir).decode("utf-8", "surrogatepass"))
     if args.argv is not None:
         sys.argv = json.loads(bytes.fromhex(args.argv).decode("utf-8", "surrogatepass"))
     data = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 
 from ..errors import MessageError, NotRunning, Timeout, UsageError
@@ -107,5 +108,14 @@ def send(args: argparse.Namespace) -> int:
     except MessageError as exc:
         say(str(exc))
         return EXIT_FAILED
-    emit(json_text(reply))
+    emit(_json(reply))
     return 0
+
+
+def _json(reply: object) -> str:
+    """The reply as JSON: readable where the output is UTF-8; with ``\\u`` escapes where it
+    is not (a Windows pipe in the ANSI code page), so that no reply fails to print."""
+    encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "")
+    if encoding in ("utf8", "utf_8"):
+        return json_text(reply)
+    return json.dumps(reply, indent=2, ensure_ascii=True)
