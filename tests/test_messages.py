@@ -723,3 +723,31 @@ def _completed(process: Process) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(
         process.proc.args, code, "".join(_rest(process)), process.stderr()
     )
+
+
+# --------------------------------------------------------------------------- the example
+
+
+def test_the_example_editor_run_twice_as_the_readme_shows(app, tmp_path):
+    editor = str(HERE.parent / "examples" / "editor.py")
+    first = Process([sys.executable, editor, "notes.txt"], app.env, cwd=str(tmp_path))
+    app.started.append(first)
+    assert first.expect("editor")[2:] == ["opened", str(tmp_path / "notes.txt")]
+    assert first.expect("editor")[2] == "running;"
+    later = subprocess.run(
+        [sys.executable, editor, "todo.txt", "a.md"],
+        capture_output=True,
+        text=True,
+        env=app.env,
+        cwd=str(tmp_path),
+        timeout=REPORT_TIMEOUT,
+    )
+    assert later.returncode == 0, later.stderr
+    assert later.stdout == (
+        f"already running as pid {first.pid}, which opened: "
+        f"{tmp_path / 'todo.txt'}, {tmp_path / 'a.md'}\n"
+    )
+    assert first.expect("editor")[2:] == ["opened", str(tmp_path / "todo.txt")]
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.wait() == 0
+    assert inturn.Line("example-editor").status().holders == ()
