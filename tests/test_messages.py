@@ -228,6 +228,9 @@ def test_a_message_up_to_the_limit_arrives_and_a_larger_one_is_refused_before_se
     assert "too large" in " ".join(words) and "instead of its contents" in " ".join(words)
     assert over.wait() == 2
     assert not (app.inbox / "2.json").exists()  # nothing was sent
+    alone = app.start("big-alone", "--data-over-limit")  # sends nothing: no instance runs
+    alone.expect("sending")
+    alone.expect("first")
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ from .messages import (
     Listener,
     OnMessage,
     Unreachable,
+    check_data,
     check_timeout,
     current_folder,
     deliver,
@@ -495,7 +496,7 @@ def single_instance(
     acceptance = Acceptance(line.scope, accept_from)
     seconds = check_timeout(timeout)
     in_line = _wait_seconds(wait)
-    message = request(sys.argv, current_folder(), data) if in_line is False else None
+    check_data(data)  # the message itself is made only if another instance runs
     store = line.store
     channel = None
     try:
@@ -503,10 +504,10 @@ def single_instance(
             store.check_channels()
             channel = store.open_channel(acceptance.others)
         address = channel.address if channel is not None else None
-        if message is None:
+        if in_line is not False:
             held = take_turn(store, timeout=in_line or None, channel=address)
         else:
-            held = _first_or_tell(store, message, seconds, address)
+            held = _first_or_tell(store, data, seconds, address)
     except BaseException:
         if channel is not None:
             channel.close()
@@ -537,36 +538,40 @@ def _wait_seconds(wait: object) -> float | bool:
     return float(wait)
 
 
-def _first_or_tell(store: LineStore, message: bytes, timeout: float, channel: str | None) -> Held:
-    """Take the line if nobody holds it; else give the holder ``message`` and raise
-    ``AlreadyRunning`` with its reply. A holder that is on its way out (its channel gone
-    already) is waited for, as long as ``timeout`` allows, and the line tried again."""
+def _first_or_tell(store: LineStore, data: Any, timeout: float, channel: str | None) -> Held:
+    """Take the line if nobody is in it; else give the one ahead (the holder, or the start
+    that is about to hold it) this start's argv, folder and ``data``, and raise
+    ``AlreadyRunning`` with its reply. One whose channel is gone already (on its way out) is
+    waited for, as long as ``timeout`` allows, and the line tried again."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             return take_turn(store, blocking=False, channel=channel)
         except Busy as busy:
             status = busy.status
-            if status is None or not status.holders:
+            ahead = (*status.holders, *status.waiters) if status is not None else ()
+            if not ahead:
                 if time.monotonic() >= deadline:
                     raise
-                continue  # its holder just left
-            holder = status.holders[0]
-            running = f"line {store.name!r} is already running as {holder.describe()}"
-            if not holder.channel:
+                continue  # it emptied meanwhile: try again
+            first = ahead[0]
+            running = f"line {store.name!r} is already running as {first.describe()}"
+            if not first.channel:
                 raise AlreadyRunning(
-                    f"{running}, which does not listen for messages", status, pid=holder.pid
+                    f"{running}, which does not listen for messages", status, pid=first.pid
                 ) from None
+            message = request(sys.argv, current_folder(), data)
             try:
-                reply = deliver(store, holder, message, deadline, timeout)
+                # A waiter ahead that listens (wait=True) takes the message once it holds.
+                reply = deliver(store, first, message, deadline, timeout)
             except Unreachable:
-                wait_for_going(store, holder, deadline, timeout)
+                wait_for_going(store, first, deadline, timeout)
                 continue
             raise AlreadyRunning(
                 f"{running}; it was sent this start's arguments and answered",
                 status,
                 reply=reply,
-                pid=holder.pid,
+                pid=first.pid,
             ) from None
 
 

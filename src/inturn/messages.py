@@ -553,6 +553,16 @@ def wait_for_going(store: LineStore, holder: Ticket, deadline: float, timeout: f
     )
 
 
+def check_data(data: Any) -> None:
+    """``data=`` must be a JSON value (its size is checked with the message's)."""
+    try:
+        json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise UsageError(
+            f"data must be a JSON value (dict, list, str, int, float, bool or None): {exc}"
+        ) from None
+
+
 def check_timeout(timeout: object) -> float:
     """A sender's timeout: a positive number of seconds."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
