@@ -211,8 +211,8 @@ class Acceptance:
         if self.names & known:
             return None
         if self.scope != "machine":
-            return f"user {peer.user} may not send to it: a per-user line takes its own user only"
-        return f"user {peer.user} may not send to it (not in its accept_from)"
+            return f"user {peer.user} may not send: a per-user line takes its own user only"
+        return f"user {peer.user} may not send (not in its accept_from)"
 
 
 def describe(peer: Peer) -> str:
@@ -291,8 +291,7 @@ class Listener:
                     self._pending += 1
             if why is not None:
                 warn(
-                    f"line {self.name!r} refused a message from {describe(connection.peer)}: "
-                    f"{why.replace(' to it', '')}"
+                    f"line {self.name!r} refused a message from {describe(connection.peer)}: {why}"
                 )
                 threading.Thread(  # never waits on the refused here
                     target=self._answer_and_close,
@@ -377,7 +376,7 @@ class Listener:
             if self.stopped:
                 slot.give(encode({"gone": "the instance stopped listening"}))
                 continue
-            slot.give(self._handle(message))
+            slot.give(self._handle(message))  # never raises: this thread must go on
         while True:  # stopped: answer whatever is still queued
             try:
                 item = self._queue.get_nowait()
@@ -387,20 +386,26 @@ class Listener:
                 item[1].give(encode({"gone": "the instance stopped listening"}))
 
     def _handle(self, message: Message) -> bytes:
+        """``on_message``'s reply to ``message``, or the error it raised, as an answer."""
         try:
             reply = self.on_message(message)
-        except Exception as exc:
+        except BaseException as exc:  # even SystemExit: in this thread it would end nothing
             warn(
                 f"on_message of line {self.name!r} raised {type(exc).__name__}: {exc} "
                 f"(sent to {message.user}, pid {message.pid}, as the error)"
             )
-            return encode({"error": {"type": type(exc).__name__, "message": str(exc)}})
+            return _error(type(exc).__name__, str(exc))
         try:
             return encode({"reply": reply})
-        except (TypeError, ValueError) as exc:
+        except Exception as exc:  # not JSON, too large, too deep
             text = f"on_message of line {self.name!r} returned a reply that cannot be sent: {exc}"
             warn(text)
-            return encode({"error": {"type": type(exc).__name__, "message": text}})
+            return _error(type(exc).__name__, text)
+
+
+def _error(kind: str, text: str) -> bytes:
+    """An error answer, its text cut to what fits."""
+    return encode({"error": {"type": kind[:200], "message": text[: 64 * 1024]}})
 
 
 # --------------------------------------------------------------------------- sending

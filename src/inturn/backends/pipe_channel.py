@@ -38,7 +38,7 @@ from ctypes import wintypes
 
 from .. import win32
 from ..errors import BackendError
-from ..records import Ticket
+from ..records import Ticket, escape_controls
 from .base import Channel, Connection, Peer
 
 assert sys.platform == "win32"  # the rest of this module is Windows code
@@ -103,7 +103,8 @@ class PipeChannels:
         address = holder.channel or ""
         if not is_pipe_name(address, self._line_id()):
             raise BackendError(
-                f"the holder of the line in {self.folder} names {address!r} as its pipe, which "
+                f"the holder of the line in {self.folder} names {escape_controls(repr(address))} "
+                "as its pipe, which "
                 "is not a pipe inturn makes for this line: not sending (its ticket may have "
                 "been tampered with)"
             )

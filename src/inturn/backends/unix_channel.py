@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import BackendError
 from ..forks import forget_after_fork
-from ..records import Ticket
+from ..records import Ticket, escape_controls
 from .base import Channel, Connection, Peer
 from .folders import ticket_files
 
@@ -386,7 +386,8 @@ def connect(
     where = f"{folder}/{name}"
     if not is_channel_name(name):
         raise BackendError(
-            f"the holder of {folder} names {name!r} as its socket, which is not a socket name "
+            f"the holder of {folder} names {escape_controls(repr(name))} as its socket, which "
+            "is not a socket name "
             "inturn makes: not sending (its ticket may have been tampered with)"
         )
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
