@@ -15,9 +15,8 @@ from .errors import (
     UsageError,
 )
 from .line import Line, Turn, acquire_async, send, single_instance, turn
-from .messages import Message
 from .queue import Progress
-from .records import InturnWarning, LineStatus, Ticket
+from .records import InturnWarning, LineStatus, Message, Ticket
 
 __all__ = [
     "AlreadyRunning",

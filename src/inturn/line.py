@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, TypedDict, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
 
 from .backends import check_backend, open_backend
 from .backends.base import (
@@ -23,25 +23,16 @@ from .backends.base import (
     check_scope,
 )
 from .errors import AlreadyRunning, Busy, UsageError
-from .messages import (
-    DEFAULT_TIMEOUT,
-    Acceptance,
-    Listener,
-    OnMessage,
-    Unreachable,
-    check_data,
-    check_timeout,
-    current_folder,
-    deliver,
-    request,
-    wait_for_going,
-)
-from .messages import send as send_message
 from .names import check_name
 from .queue import HOLDINGS, Held, ProgressCallback, give_back, take_turn, wait_for_everyone
 from .records import LineStatus, Ticket
 
+if TYPE_CHECKING:
+    from .messages import OnMessage
+
 F = TypeVar("F", bound=Callable[..., Any])
+# Messages (single_instance, send) are imported when used: inturn run never needs them.
+DEFAULT_TIMEOUT = 5.0  # seconds a later start or send() waits for the answer
 
 
 class Turn:
@@ -490,6 +481,8 @@ def single_instance(
     The turn is released (and the listener stopped, its socket or pipe removed) by
     ``release()``, else when the process ends.
     """
+    from .messages import Acceptance, Listener, check_data, check_timeout
+
     line = Line(name, scope=scope, directory=directory, backend=backend)
     if on_message is not None and not callable(on_message):
         raise UsageError(f"on_message must be a function that takes a Message, not {on_message!r}")
@@ -543,6 +536,8 @@ def _first_or_tell(store: LineStore, data: Any, timeout: float, channel: str | N
     that is about to hold it) this start's argv, folder and ``data``, and raise
     ``AlreadyRunning`` with its reply. One whose channel is gone already (on its way out) is
     waited for, as long as ``timeout`` allows, and the line tried again."""
+    from .messages import Unreachable, current_folder, deliver, request, wait_for_going
+
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -596,6 +591,9 @@ def send(
     ``MessageError`` when its ``on_message`` raised or it refused this user.
     ``on_received(pid)`` is called once the instance has taken the message.
     """
+    from .messages import check_timeout, current_folder, request
+    from .messages import send as send_message
+
     name = check_name(name)
     check_scope(scope)
     check_backend(backend)

@@ -35,14 +35,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from contextlib import suppress
-from typing import Any, NamedTuple
+from typing import Any
 
 from .backends.base import Channel, Connection, LineStore, Peer
 from .errors import BackendError, MessageError, NotRunning, Timeout, UsageError
-from .records import Ticket, escape_controls, warn
+from .records import Message, Ticket, escape_controls, warn
 
 MAX_MESSAGE_BYTES = 1024 * 1024  # a message or a reply, as JSON in UTF-8
-DEFAULT_TIMEOUT = 5.0  # seconds a sender waits for its answer
 REQUEST_SECONDS = 3.0  # a sender must have delivered its whole message by then
 REPLY_SECONDS = 5.0  # a sender must have taken its answer by then
 MAX_PENDING = 64  # connections being read or waiting for on_message at once
@@ -50,17 +49,6 @@ PROTOCOL = 1
 ANYONE = "*"  # accept_from= value: every user of the machine
 
 _HEADER = struct.Struct(">I")
-
-
-class Message(NamedTuple):
-    """What a later start sent: its ``argv``, working folder ``cwd`` and ``data`` (any JSON
-    value), and who it is, as the operating system says: ``pid`` and ``user``."""
-
-    argv: tuple[str, ...]
-    cwd: str
-    data: Any
-    pid: int | None
-    user: str
 
 
 OnMessage = Callable[[Message], Any]

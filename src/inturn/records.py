@@ -168,6 +168,18 @@ def _span(start: float | None, end: float) -> float | None:
     return None if start is None else round(max(0.0, end - start), 3)
 
 
+class Message(NamedTuple):
+    """What a later start sent to the running instance (``single_instance``): its ``argv``,
+    working folder ``cwd`` and ``data`` (any JSON value), and who it is, as the operating
+    system says: ``pid`` and ``user``."""
+
+    argv: tuple[str, ...]
+    cwd: str
+    data: Any
+    pid: int | None
+    user: str
+
+
 class LineStatus(NamedTuple):
     """Holders, then waiters, each in ticket (arrival) order."""
 

@@ -15,8 +15,8 @@ import sys
 from collections.abc import Callable
 
 from ..errors import MessageError, NotRunning, Timeout, UsageError
+from ..line import DEFAULT_TIMEOUT
 from ..line import send as send_message
-from ..messages import DEFAULT_TIMEOUT
 from .exits import EXIT_CONFLICT, EXIT_FAILED, EXIT_NOT_RUNNING
 from .output import emit, json_text, say
 from .parser import _seconds, where_from
