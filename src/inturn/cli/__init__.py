@@ -5,6 +5,7 @@ Nothing in the library imports this package; its exit codes are in ``exits.py``.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Sequence
 
@@ -16,7 +17,9 @@ from .parser import build_parser
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(words)
+    args.words = words  # as typed, for what the parser does not keep (a -- before a command)
     warnings.showwarning = show_warning
     try:
         if args.action == "run":

@@ -69,11 +69,13 @@ class Outcome(NamedTuple):
 
 
 class CannotRun(Exception):
-    """The command could not be started, or not watched as it must be: ``error`` says why."""
+    """The command could not be started, or not watched as it must be: ``error`` says why.
+    ``by_exec``: the system refused to run the command itself (not inturn's plumbing)."""
 
-    def __init__(self, error: OSError) -> None:
+    def __init__(self, error: OSError, by_exec: bool = False) -> None:
         super().__init__(error.strerror or str(error))
         self.error = error
+        self.by_exec = by_exec
 
 
 def run_command(
@@ -177,7 +179,7 @@ class _Supervision:
                 **own_group(preexec),
             )
         except OSError as exc:
-            raise CannotRun(exc) from None
+            raise CannotRun(exc, by_exec=True) from None
         self.group = self.child.pid
         self.signals.target = self.group
         while self.signals.pending:  # arrived while the command was being started
