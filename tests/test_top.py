@@ -261,6 +261,7 @@ def test_piped_output_is_inturn_status_printed_once(lines_dir, workers, args):
     ("args", "words"),
     [
         (["status", "--watch", "--json", "x"], ["--watch", "--json"]),
+        (["status", "--watch", "--names"], ["--watch", "--names"]),
         (["status", "--interval", "2", "x"], ["--interval goes with --watch"]),
     ],
 )

@@ -144,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("name", nargs="?", metavar="NAME", help="one line (default: every line)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument(
+        "--names",
+        action="store_true",
+        help="only the names of the lines, one a line (for scripts and shell completion)",
+    )
+    status.add_argument(
         "--prune",
         action="store_true",
         help="first forget every line that nobody holds or waits in (see inturn forget)",
@@ -208,6 +213,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit code when the timeout runs out (default 75)",
     )
     where(wait)
+
+    completion = commands.add_parser(
+        "completion",
+        help="print the shell completion script for bash, zsh or fish",
+        description="Print a script that completes inturn's commands, options and line names "
+        "in SHELL. Line names come from inturn status --names, with the --dir, --backend or "
+        "--machine typed on the command line.",
+        epilog=epilog("completion"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    completion.add_argument(
+        "shell", metavar="SHELL", choices=("bash", "zsh", "fish"), help="bash, zsh or fish"
+    )
     return parser
 
 
