@@ -21,6 +21,7 @@ signal never kills inturn while the command runs:
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import signal
@@ -66,6 +67,27 @@ class Outcome(NamedTuple):
 
     code: int
     lost: bool
+
+
+# What exec says of a command it will not run (as opposed to the system lacking a resource to
+# start anything: too many open files, no memory, which inturn reports as its own error).
+EXEC_REFUSALS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ENOENT",
+        "EACCES",
+        "EPERM",
+        "ENOEXEC",
+        "ENOTDIR",
+        "EISDIR",
+        "ELOOP",
+        "ENAMETOOLONG",
+        "ETXTBSY",
+        "E2BIG",
+        "ELIBBAD",
+    )
+    if hasattr(errno, name)
+)
 
 
 class CannotRun(Exception):
@@ -179,7 +201,7 @@ class _Supervision:
                 **own_group(preexec),
             )
         except OSError as exc:
-            raise CannotRun(exc, by_exec=True) from None
+            raise CannotRun(exc, by_exec=exc.errno in EXEC_REFUSALS) from None
         self.group = self.child.pid
         self.signals.target = self.group
         while self.signals.pending:  # arrived while the command was being started
