@@ -165,6 +165,11 @@ _inturn_dequote() {  # $1 as the shell would pass it, for plain quoting; sets RE
     [[ $REPLY == '~' || $REPLY == '~/'* ]] && REPLY=$HOME${REPLY:1}
 }
 
+_inturn_add() {  # each line of stdin, as one more completion (mapfile needs bash 4)
+    local line
+    while IFS= read -r line; do COMPREPLY+=("$line"); done
+}
+
 _inturn_offer() {  # $1: the word so far; then inturn's own words (no quoting needed)
     local so_far=$1 word
     shift
@@ -203,11 +208,11 @@ _inturn_value() {  # $1: what the value is; $2: the value so far
     case $1 in
         dir)
             compopt -o filenames 2>/dev/null
-            mapfile -t COMPREPLY < <(compgen -d -- "$2")
+            _inturn_add < <(compgen -d -- "$2")
             ;;
         file)
             compopt -o filenames 2>/dev/null
-            mapfile -t COMPREPLY < <(compgen -f -- "$2")
+            _inturn_add < <(compgen -f -- "$2")
             ;;
         choice=*)
             local IFS=,
@@ -292,7 +297,7 @@ _inturn() {
     fi
     read -ra kinds <<<"$args"
     if [[ ${kinds[n]} == command ]]; then  # its first word: options end at NAME
-        mapfile -t COMPREPLY < <(compgen -c -- "$cur")
+        _inturn_add < <(compgen -c -- "$cur")
         return 0
     fi
     if ((!ended)) && [[ $cur == --*=* ]] && _inturn_kind_of "${cur%%=*}"; then
