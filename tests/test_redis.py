@@ -252,11 +252,41 @@ def test_a_wrong_password_is_refused_without_printing_it(place):
         ("?lease=0", "lease='0'"),
         ("?prefix=a{b}", "prefix='a{b}'"),
         ("?frobnicate=1", "unknown parameter frobnicate in the Redis URL"),
+        ("?a=1&b=2", "unknown parameters a, b in the Redis URL"),
         ("?socket_timeout=x", "bad Redis URL"),
+        # Options redis-py takes from a URL only as text, where it wants something else:
+        # they used to fail deep inside the client (AttributeError, LookupError).
+        ("?socket_keepalive_options=x", "unknown parameter socket_keepalive_options"),
+        ("?decode_responses=true", "unknown parameter decode_responses"),
+        ("?encoding=no-such-codec", "encoding='no-such-codec' in the Redis URL"),
+        ("?encoding_errors=bogus", "encoding_errors='bogus' in the Redis URL"),
+        ("?ssl_ca_certs=/x", "unknown parameter ssl_ca_certs"),  # TLS options need rediss://
     ],
 )
 def test_bad_url_parameters_are_one_clear_line(query, message):
-    one_line_error(run_cli("status", "x", INTURN_BACKEND=f"redis://127.0.0.1:1/0{query}"), message)
+    url = f"redis://127.0.0.1:1/0{query}"
+    for args in (["status", "x"], ["status", "--backend", url, "x"], ["run", "x", "--", "true"]):
+        result = run_cli(*args, INTURN_BACKEND=url)
+        assert result.stdout == ""
+        one_line_error(result, message)
+
+
+def test_lease_and_lock_delay_take_units():
+    from inturn.backends.redis.address import parse_address
+
+    address = parse_address("redis://127.0.0.1:1/0?lease=1500ms&lock_delay=1m")
+    assert (address.lease, address.lock_delay) == (1.5, 60.0)
+    one_line_error(
+        run_cli("status", "--backend", "redis://127.0.0.1:1/0?lease=2h", "x"),
+        "lease='2h': give a duration from 0.1s to 3600s",
+    )
+
+
+def test_tls_parameters_are_checked_with_rediss():
+    url = "rediss://127.0.0.1:1/0?ssl_cert_reqs=sometimes"
+    one_line_error(
+        run_cli("status", "--backend", url, "x"), "ssl_cert_reqs='sometimes'", "none, optional"
+    )
 
 
 def test_the_url_keeps_inturns_parameters_and_hides_the_password():

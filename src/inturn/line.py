@@ -26,6 +26,7 @@ from .queue import HOLDINGS, ProgressCallback, give_back, take_turn, wait_for_ev
 from .records import LineStatus, Ticket
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 class Turn:
@@ -199,20 +200,33 @@ class Line:
     def wait(self, timeout: float | None = None, *, cancel: CancelToken | None = None) -> None:
         """Return once everyone in line now (holding or waiting) has left: a barrier ("let
         the running deploy finish, then go on"). Takes no turn and blocks no one who comes
-        later; raises ``Timeout`` after ``timeout`` seconds (None or negative: for ever)."""
-        wait_for_everyone(self.store, seconds_or_forever(timeout), cancel)
+        later; raises ``Timeout`` after ``timeout`` seconds (None or negative: for ever).
+        Like ``status``, it creates nothing."""
+        seconds = seconds_or_forever(timeout)
+
+        def until_everyone_left(store: LineStore) -> None:
+            now = store.status()  # a line nobody has used: nothing to wait for, or to make
+            if now.holders or now.waiters:
+                wait_for_everyone(store, seconds, cancel)
+
+        self._look(until_everyone_left)
 
     def status(self) -> LineStatus:
         """Live holders and waiters, each in arrival order. Looking creates nothing: before
         this ``Line`` has taken a turn, it looks through a backend opened only to read."""
+        return self._look(lambda store: store.status())
+
+    def _look(self, how: Callable[[LineStore], T]) -> T:
+        """``how(store)`` on this line's store, or, before it has one, on a store of a backend
+        opened only to read (nothing is created: no folder, no line)."""
         if self._store is not None:
-            return self._store.status()
+            return how(self._store)
         backend = open_backend(
             self._backend_spec, scope=self.scope, directory=self._directory, create=False
         )
         store = backend.line(self.name)
         try:
-            return store.status()
+            return how(store)
         finally:
             store.close()
             if backend is not self._backend_spec:
