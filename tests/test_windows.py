@@ -443,6 +443,45 @@ def test_a_replaced_waiter_is_woken_at_once(win: Win) -> None:
     newest.expect("released")
 
 
+BURST = 50  # Windows processes started together in the burst tests
+
+
+def burst(win: Win, name: str, *options: str) -> list[WinProcess]:
+    """``BURST`` workers on line ``name``, each a Windows process of its own, all released
+    at the same moment by one named event once every one of them waits for it."""
+    gate = f"Local\\inturn-test-{uuid.uuid4().hex}-gate"
+    started = [win.start(WORKER, hexname(name), "--gate", gate, *options) for _ in range(BURST)]
+    for process in started:
+        process.pid = int(process.expect("started")[1])
+        process.expect("gated")
+    assert win.run("-c", SET_EVENT, gate)[0] == 0
+    return started
+
+
+def test_newest_wins_under_a_burst_of_windows_starts(win: Win) -> None:
+    """50 Windows processes ask with ``newest_wins`` at once behind a holder: 49 are replaced
+    while the holder holds, and when it leaves exactly one runs: the newest."""
+    path = win.folder.parent / "newburst.log"
+    holder = win.worker("newburst", "--hold")
+    holder.expect("acquired")
+    started = burst(win, "newburst", "--newest-wins", "--log", windows_path(path))
+    # Each says it waits (its ticket) before it can learn that it was replaced.
+    tickets = {process.pid: int(process.expect("waiting")[1]) for process in started}
+    newest = max(tickets, key=tickets.__getitem__)
+    (survivor,) = [process for process in started if process.pid == newest]
+    for process in started:
+        if process is not survivor:
+            process.expect("replaced", skip=("waiting",))
+            assert process.wait() == 77
+    status = win.status("newburst")
+    assert pids(status["holders"]) == [holder.pid]
+    assert pids(status["waiters"]) == [survivor.pid]
+    holder.send("release")
+    survivor.expect("acquired", skip=("waiting",))
+    survivor.expect("released")
+    assert stays(path) == [("enter", tickets[survivor.pid]), ("exit", tickets[survivor.pid])]
+
+
 # --------------------------------------------------------------------------- names, scopes
 
 NAMES_SCRIPT = """
