@@ -26,7 +26,7 @@ import inturn
 import inturn.cli
 from inturn.backends import open_backend
 
-from conftest import Where, Worker, child_env, inturn_cmd, read_log, run_cli, until
+from conftest import Where, Worker, child_env, inturn_cmd, read_log, run_async, run_cli, until
 
 # --------------------------------------------------------------------------- order
 
@@ -378,3 +378,35 @@ def test_a_line_closes_the_backend_it_opened_and_so_do_the_commands(where, reque
     assert inturn.cli.main(["forget", *where_args, "closing"]) == 0
     until(lambda: held() == 0, "inturn forget to close its backend")
     capsys.readouterr()
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
+def test_with_blocks_of_turn_close_the_backend_they_opened(where, request, workers):
+    """``with inturn.turn(...)`` and ``async with`` close the backend their ``Line`` opened
+    once the block ends, also when the turn was refused (busy): a loop of such blocks leaves
+    no sessions, clients, lease threads or open files behind."""
+    url, held = kept_open(where, request)
+    before = set(threading.enumerate())
+    for _ in range(3):
+        with inturn.turn("blocks", backend=url):
+            assert held() > 0
+        until(lambda: held() == 0, "the with block's backend to be closed")
+
+    async def scenario() -> None:
+        async with inturn.turn("blocks", backend=url, shared=True):
+            assert held() > 0
+
+    run_async(scenario)
+    until(lambda: held() == 0, "the async with block's backend to be closed")
+    holder = Worker("blocks", "--hold")  # another process: what it keeps open is not counted
+    workers.append(holder)
+    holder.expect("acquired")
+    with pytest.raises(inturn.Busy), inturn.turn("blocks", backend=url, blocking=False):
+        pass
+    until(lambda: held() == 0, "a refused with block's backend to be closed")
+    for thread in set(threading.enumerate()) - before:
+        if thread.name.startswith("inturn-"):
+            thread.join(120)
+            assert not thread.is_alive(), thread
+    holder.send()
+    assert holder.wait() == 0
