@@ -198,6 +198,39 @@ def test_cancelling_an_async_wait_interrupts_the_blocked_read(place, monkeypatch
     holder.release()
 
 
+def test_a_kick_from_a_replacer_that_is_gone_is_read_once(place, workers):
+    """A ``newest_wins`` waiter's kick stream names a later ticket that is gone by the time the
+    waiter reads it (a replacer that timed out or was killed): the waiter stays in line and
+    goes back to sleep once, without reading the same entry again and again; a live newcomer
+    then replaces it at once."""
+    from inturn.names import digest
+
+    line = inturn.Line("kicked")
+    holder = line.acquire()
+    waiter = Worker("kicked", "--newest-wins")
+    workers.append(waiter)
+    number = int(waiter.expect("waiting", skip=("joining",))[1])
+    client = place.client()
+    try:
+        tag = f"{place.prefix}:{{{digest('kicked')}}}"
+        (ticket_id,) = client.zrangebyscore(f"{tag}:tickets", number, number)
+        gone = str(number + 1000)  # never handed out: not a live ticket
+        client.xadd(f"{tag}:kick:{ticket_id.decode()}", {"by": gone})
+    finally:
+        client.close()
+    assert int(waiter.expect("waiting")[1]) == number  # woken once, still in line
+    newcomer = Worker("kicked", "--newest-wins")
+    workers.append(newcomer)
+    newcomer.expect("joining")
+    words = waiter.expect("replaced", "waiting")
+    assert words[0] == "replaced", "the waiter woke again for the same kick"
+    assert waiter.wait() == 77
+    newcomer.expect("waiting")
+    holder.release()
+    newcomer.acquired()
+    assert newcomer.wait() == 0
+
+
 # --------------------------------------------------------------------------- status
 
 

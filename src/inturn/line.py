@@ -291,7 +291,9 @@ class turn:
     ``with inturn.turn("nightly") as t:`` waits in line and binds the held ``Turn``.
     ``@inturn.turn("nightly")`` makes every call of a function (sync or async) wait its turn.
     One ``turn`` object may be entered by several threads or tasks at once: each leaves with
-    its own ticket.
+    its own ticket. Once no ``with`` block of it is in progress, the backend its ``Line``
+    opened is closed (a ``turn`` made for one block would otherwise leave server sessions or
+    lease threads behind); the next block opens it again.
     """
 
     def __init__(
@@ -318,6 +320,7 @@ class turn:
         )
         self._held: dict[object, list[Turn]] = {}  # owner (thread or task) -> its turns
         self._held_lock = threading.Lock()
+        self._users = 0  # with blocks and decorated calls in progress
 
     def _push(self, owner: object, held: Turn) -> Turn:
         with self._held_lock:
@@ -332,21 +335,49 @@ class turn:
                 del self._held[owner]
         return held
 
+    def _begin(self) -> None:
+        with self._held_lock:
+            self._users += 1
+
+    def _end(self, close: bool) -> None:
+        """One use less; after the last ``with`` block, close what the ``Line`` opened (under
+        the lock, so that no other use starts on a backend being closed)."""
+        with self._held_lock:
+            self._users -= 1
+            if close and self._users == 0:
+                self.line.close()
+
     def __enter__(self) -> Turn:
         owner = threading.current_thread()
-        held = self.line.acquire(self.timeout, self.blocking, owner=owner, **self.how)
+        self._begin()
+        try:
+            held = self.line.acquire(self.timeout, self.blocking, owner=owner, **self.how)
+        except BaseException:
+            self._end(close=True)
+            raise
         return self._push(owner, held)
 
     def __exit__(self, *exc_info: object) -> None:
-        self._pop(threading.current_thread()).release()
+        try:
+            self._pop(threading.current_thread()).release()
+        finally:
+            self._end(close=True)
 
     async def __aenter__(self) -> Turn:
         owner = _current_task()
-        held = await acquire_async(self.line, self.timeout, self.blocking, **self.how)
+        self._begin()
+        try:
+            held = await acquire_async(self.line, self.timeout, self.blocking, **self.how)
+        except BaseException:
+            self._end(close=True)
+            raise
         return self._push(owner, held)
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self._pop(_current_task()).release()
+        try:
+            self._pop(_current_task()).release()
+        finally:
+            self._end(close=True)
 
     def __call__(self, func: F) -> F:
         import inspect  # only decorators need it; keeps the command's start fast
@@ -355,18 +386,26 @@ class turn:
 
             @functools.wraps(func)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
-                held = await acquire_async(self.line, self.timeout, self.blocking, **self.how)
+                self._begin()  # a decorated function keeps its backend open between calls
                 try:
-                    return await func(*args, **kwargs)
+                    held = await acquire_async(self.line, self.timeout, self.blocking, **self.how)
+                    try:
+                        return await func(*args, **kwargs)
+                    finally:
+                        held.release()
                 finally:
-                    held.release()
+                    self._end(close=False)
 
             return cast(F, run_async)
 
         @functools.wraps(func)
         def run(*args: Any, **kwargs: Any) -> Any:
-            with self.line.acquire(self.timeout, self.blocking, **self.how):
-                return func(*args, **kwargs)
+            self._begin()
+            try:
+                with self.line.acquire(self.timeout, self.blocking, **self.how):
+                    return func(*args, **kwargs)
+            finally:
+                self._end(close=False)
 
         return cast(F, run)
 
