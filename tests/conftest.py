@@ -215,6 +215,15 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
 
 
 @pytest.fixture
+def panes() -> Iterator[list[Any]]:
+    """Terminals a test opens (``terminal.Pane``; append them): closed when it ends."""
+    made: list[Any] = []
+    yield made
+    for pane in made:
+        pane.close()
+
+
+@pytest.fixture
 def workers() -> Iterator[list[Worker]]:
     started: list[Worker] = []
     yield started
@@ -227,8 +236,14 @@ def workers() -> Iterator[list[Worker]]:
                 stream.close()
 
 
+def inturn_words() -> list[str]:
+    """The installed console script, as a user runs it (``python -m inturn`` without one)."""
+    script = Path(sys.executable).with_name("inturn")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "inturn"]
+
+
 def inturn_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "inturn", *args]
+    return [*inturn_words(), *args]
 
 
 def run_cli(

@@ -6,7 +6,9 @@ silence, and must notice it through their own timeouts; a side that closes its c
 not seen closing by the other. ``cut()`` closes every forwarded
 connection, as a network reset or a server killing its clients would; new connections still
 work. ``wait_sent(marker, count)`` lets a test wait until the client has sent something (a
-lease renewal, say) instead of guessing how long that takes.
+lease renewal, say) instead of guessing how long that takes. ``hold()`` keeps back what the
+clients of the connections open at that moment send (a statement that is late to reach the
+server), until ``let_go()``; ``wait_held(count)`` waits until that many chunks are held.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class TcpProxy:
         self.sent: list[bytes] = []  # every chunk forwarded from a client to the server
         self.pairs: list[tuple[socket.socket, socket.socket]] = []
         self.opened: list[socket.socket] = []  # closed only by ``close``
+        self.held: set[socket.socket] = set()  # clients whose chunks wait for ``let_go``
+        self.held_back = 0  # chunks that waited
         threading.Thread(target=self._accept, daemon=True, name="tcp-proxy").start()
 
     def _accept(self) -> None:
@@ -55,6 +59,12 @@ class TcpProxy:
                     break
                 if self.blackholed.is_set():
                     continue  # dropped, silently
+                if outgoing:
+                    with self.changed:
+                        if source in self.held:
+                            self.held_back += 1
+                            self.changed.notify_all()
+                            self.changed.wait_for(lambda: source not in self.held)
                 sink.sendall(data)
                 if outgoing:
                     with self.changed:
@@ -79,6 +89,19 @@ class TcpProxy:
                 found.append(f"{host}:{port}")
         return found
 
+    def hold(self) -> None:
+        with self.changed:
+            self.held = {client for client, _ in self.pairs}
+
+    def let_go(self) -> None:
+        with self.changed:
+            self.held = set()
+            self.changed.notify_all()
+
+    def wait_held(self, count: int, timeout: float = 60.0) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: self.held_back >= count, timeout)
+
     def blackhole(self) -> None:
         self.blackholed.set()
 
@@ -101,6 +124,7 @@ class TcpProxy:
             return self.changed.wait_for(lambda: seen() >= target, timeout)
 
     def close(self) -> None:
+        self.let_go()
         self.blackholed.set()
         with contextlib.suppress(OSError):
             self.listener.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept

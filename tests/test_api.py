@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shlex
 import string
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -13,6 +17,8 @@ from hypothesis import strategies as st
 
 import inturn
 from inturn.names import safe_file_name
+
+from conftest import REPORT_TIMEOUT, child_env, run_cli, until
 
 
 def test_threads_queue_like_processes_in_arrival_order(lines_dir):
@@ -129,13 +135,77 @@ def test_single_instance(lines_dir):
     inturn.single_instance("app").release()
 
 
-def test_bad_arguments_are_named(lines_dir):
-    with pytest.raises(ValueError, match="slots"):
-        inturn.Line("x", slots=0)
-    with pytest.raises(inturn.UsageError, match="empty"):
-        inturn.Line("")
-    with pytest.raises(inturn.UsageError, match="scope"):
-        inturn.Line("x", scope="galaxy").status()
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"name": ""}, "name is empty"),
+        ({"slots": 0}, "slots must be a whole number of at least 1, not 0"),
+        ({"slots": True}, "slots must be a whole number of at least 1, not True"),
+        ({"slots": "2"}, "slots must be a whole number of at least 1, not '2'"),
+        ({"scope": "bogus"}, "unknown scope 'bogus': use 'user' or 'machine'"),
+        ({"backend": "mysql://db/x"}, "unknown backend 'mysql'"),
+        ({"backend": "redis://127.0.0.1:1/0?bogus=1"}, "unknown parameter bogus"),
+        ({"backend": "postgresql://127.0.0.1:1/x?lock_delay=soon"}, "lock_delay"),
+        ({"directory": 7}, "directory must be a path, not 7"),
+    ],
+)
+def test_bad_arguments_are_refused_by_the_constructor(lines_dir, arguments, message):
+    """One ``UsageError`` (a ``ValueError`` too) naming the argument, before anything is
+    opened or created: no call to acquire() is needed to learn of it."""
+    given = {"name": "x", **arguments}
+    with pytest.raises(inturn.UsageError) as refused:
+        inturn.Line(**given)
+    assert isinstance(refused.value, ValueError)
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+    assert not lines_dir.exists()
+
+
+@pytest.mark.parametrize("timeout", ["5", b"5", [5], float("nan"), True])
+def test_a_timeout_that_is_not_a_number_is_one_usage_error(lines_dir, timeout):
+    line = inturn.Line("x")
+    for call in (line.acquire, line.wait):
+        with pytest.raises(inturn.UsageError, match="timeout must be a number of seconds or None"):
+            call(timeout=timeout)
+    assert line.status().holders == ()
+
+
+@pytest.mark.parametrize("timeout", [-1, -0.5, float("-inf"), float("inf"), None])
+def test_a_negative_or_infinite_timeout_waits_for_ever(lines_dir, timeout):
+    """As in ``threading`` and filelock: -1 is "no limit", not "give up at once"."""
+    line = inturn.Line("forever")
+    holder = line.acquire()
+    got: list[inturn.Turn] = []
+    waiter = threading.Thread(target=lambda: got.append(inturn.Line("forever").acquire(timeout)))
+    waiter.start()
+    until(lambda: len(line.status().waiters) == 1, "the waiter to be in line")
+    assert not got  # still waiting, with no Timeout
+    holder.release()
+    waiter.join(REPORT_TIMEOUT)
+    assert len(got) == 1
+    got[0].release()
+
+
+def test_a_python_programs_ticket_records_its_whole_command_line(lines_dir):
+    code = "import inturn, sys\nt = inturn.Line('py').acquire()\nprint('held', flush=True)\ninput()"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        shown = json.loads(run_cli("status", "--json", "py").stdout)
+        assert shown["holders"][0]["command"] == [sys.executable, "-c", code]
+        row = run_cli("status", "py").stdout.splitlines()[2]
+        assert row.endswith(f"{sys.executable} -c {shlex.quote(code)}".replace("\n", "\\x0a"))
+    finally:
+        holder.kill()
+        holder.wait()
+        for stream in (holder.stdin, holder.stdout):
+            if stream is not None:
+                stream.close()
 
 
 @given(st.text(max_size=600))

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shlex
 import signal
+import subprocess
+import sys
 
 import pytest
 
 import inturn
 
-from conftest import Run, Worker, run_cli, until_held_by
+from conftest import (
+    REPORT_TIMEOUT,
+    Run,
+    Worker,
+    child_env,
+    free_port,
+    inturn_cmd,
+    missing_component,
+    one_line_error,
+    run_cli,
+    until,
+    until_held_by,
+)
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -100,3 +117,387 @@ def test_a_terminal_shows_a_live_status_line(lines_dir):
 def test_quiet_or_piped_stderr_stays_silent(lines_dir):
     result = run_cli("run", "calm", "--", "true")
     assert result.returncode == 0 and result.stderr == ""
+
+
+# --------------------------------------------------------------------------- the command itself
+
+
+@pytest.mark.parametrize(
+    ("make", "code", "words"),
+    [
+        (lambda d: "no-such-command-here", 127, ["command not found: no-such-command-here"]),
+        (lambda d: str(d / "nowhere" / "x"), 127, ["command not found"]),
+        (lambda d: "/tmp", 126, ["/tmp is a folder, not a command"]),
+        (lambda d: str(d), 126, ["is a folder, not a command"]),
+        (lambda d: plain_file(d / "plain", 0o644), 126, ["not executable", "permissions"]),
+    ],
+    ids=["not-on-path", "no-such-file", "tmp", "folder", "not-executable"],
+)
+def test_a_command_that_cannot_run_exits_as_shells_do_before_joining(
+    lines_dir, tmp_path, make, code, words
+):
+    """127 not found, 126 not runnable, as env(1), timeout(1) and shells say; looked up before
+    the wait, so the line is not even joined; -q does not hide it (it is an error)."""
+    for quiet in ([], ["-q"]):
+        result = run_cli("run", *quiet, "cmd", "--", make(tmp_path), "arg")
+        assert result.returncode == code, result
+        assert result.stdout == ""
+        said = result.stderr.splitlines()
+        assert len(said) == 1 and said[0].startswith("inturn: "), said
+        assert all(w in said[0] for w in words), said
+    assert not lines_dir.exists() or run_cli("status", "--names").stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("first_line", "code", "words"),
+    [
+        ("#!/nowhere/sh\n", 127, ["its #! interpreter was not found"]),
+        ("echo no interpreter line\n", 126, ["neither a program nor a script starting with #!"]),
+    ],
+    ids=["missing-interpreter", "no-hash-bang"],
+)
+def test_a_program_the_system_will_not_start_exits_127_or_126_and_frees_the_turn(
+    lines_dir, tmp_path, first_line, code, words
+):
+    script = plain_file(tmp_path / "script", 0o755, first_line)
+    result = run_cli("run", "exec", "--", str(script))
+    assert result.returncode == code, result
+    said = result.stderr.splitlines()
+    assert len(said) == 1 and said[0].startswith(f"inturn: cannot run {script}: "), said
+    assert all(w in said[0] for w in words), said
+    assert inturn.Line("exec").status().holders == ()
+
+
+def plain_file(path, mode: int, text: str = "data\n"):
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def test_run_without_a_command_shows_runs_own_usage(lines_dir):
+    result = run_cli("run", "demo")
+    assert result.returncode == 2 and result.stdout == ""
+    said = result.stderr.splitlines()
+    assert said[0].startswith("usage: inturn run ")
+    assert said[-1].startswith("inturn run: error: no command given")
+
+
+@pytest.mark.parametrize("option", ["-n", "-w5", "--timeout=5", "--quiet"])
+def test_an_option_after_the_name_is_explained(lines_dir, option):
+    result = run_cli("run", "demo", option, "echo", "hi")
+    assert result.returncode == 2 and result.stdout == ""
+    said = result.stderr.splitlines()[-1]
+    assert said.startswith(f"inturn run: error: {option} comes after the line's name")
+    assert f"options go before NAME (inturn run {option} demo -- ...)" in said
+
+
+def test_after_double_dash_a_word_like_an_option_is_the_command(lines_dir):
+    result = run_cli("run", "demo", "--", "-n", "echo")
+    assert result.returncode == 127
+    assert result.stderr.startswith("inturn: command not found: -n")
+
+
+def test_dash_c_runs_a_command_string_with_sh(lines_dir, workers):
+    script = 'echo "$INTURN_NAME" $((1 + 2)); read go; exit 4'
+    run = subprocess.Popen(
+        inturn_cmd("run", "-c", script, "cname"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    assert run.stdout is not None and run.stdin is not None
+    assert run.stdout.readline() == "cname 3\n"
+    row = run_cli("status", "cname").stdout.splitlines()[2]
+    assert row.endswith("/bin/sh -c " + shlex.quote(script)), row  # as it would be typed
+    run.stdin.write("\n")
+    run.stdin.close()
+    assert run.wait(REPORT_TIMEOUT) == 4
+    assert run.stderr is not None and run.stderr.read() == ""
+    run.stdout.close()
+    run.stderr.close()
+    both = run_cli("run", "-c", "true", "cname", "--", "true")
+    assert both.returncode == 2 and "not both" in both.stderr.splitlines()[-1]
+
+
+# --------------------------------------------------------------------------- what it says
+
+
+def test_quiet_says_nothing_when_busy_timed_out_abandoned_or_replaced(lines_dir, workers):
+    holder = Worker("calm", "--hold")
+    workers.append(holder)
+    holder.expect("acquired")
+    for quiet, silent in (([], False), (["-q"], True)):
+        busy = run_cli("run", *quiet, "-n", "calm", "--", "echo", "ran")
+        timed = run_cli("run", *quiet, "-w", "300ms", "calm", "--", "echo", "ran")
+        assert busy.returncode == timed.returncode == 75
+        assert busy.stdout == timed.stdout == ""
+        if silent:
+            assert busy.stderr == timed.stderr == ""
+        else:
+            busy_said, timed_said = busy.stderr.splitlines(), timed.stderr.splitlines()
+            assert len(busy_said) == len(timed_said) == 1
+            assert busy_said[0].startswith(f"inturn: line 'calm' is busy: held by pid {holder.pid}")
+            assert timed_said[0].startswith(
+                f"inturn: gave up waiting for line 'calm' after 0.3s; held by pid {holder.pid} ("
+            )
+    replaced = Run("calm", "-q", "--newest-wins")
+    until(lambda: len(inturn.Line("calm").status().waiters) == 1, "the first run to wait")
+    newer = Run("calm", "--newest-wins")
+    assert replaced.wait() == 77
+    assert replaced.errors() == "" and replaced.next_line() == []
+    holder.proc.kill()  # dies holding: the next holder would be told, but not with -q
+    holder.proc.wait()
+    newer.running()
+    assert newer.finish(0) == 0
+    assert "died holding" in newer.errors()
+    dead = Worker("calm", "--hold")
+    workers.append(dead)
+    dead.expect("acquired")
+    dead.proc.kill()
+    dead.proc.wait()
+    quiet = run_cli("run", "-q", "calm", "--", "echo", "ran")
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "ran\n", "")
+
+
+def test_verbose_says_the_ticket_the_wait_and_an_abandoned_turn(lines_dir, workers):
+    first = run_cli("run", "-v", "loud", "--", "true")
+    assert first.returncode == 0
+    assert re.fullmatch(r"inturn: ticket 1 of line 'loud', after \d+\.\ds in line\n", first.stderr)
+    dead = Worker("loud", "--hold")
+    workers.append(dead)
+    dead.expect("acquired")
+    dead.proc.kill()
+    dead.proc.wait()
+    second = run_cli("run", "--verbose", "loud", "--", "true")
+    said = second.stderr.splitlines()
+    assert said[0].startswith(f"inturn: pid {dead.pid} (")
+    assert said[0].endswith(" died holding line 'loud'; it is yours now")
+    assert re.fullmatch(
+        r"inturn: ticket 3 of line 'loud', after \d+\.\ds in line; the previous holder died "
+        r"holding it",
+        said[1],
+    ), said
+    assert len(said) == 2
+    assert run_cli("run", "-q", "-v", "loud", "--", "true").stderr == ""  # -q wins
+
+
+@pytest.mark.parametrize(
+    ("given", "shown"), [("300ms", "0.3s"), ("0.25", "0.2s"), ("1s", "1.0s"), (".5s", "0.5s")]
+)
+def test_a_timeout_takes_seconds_or_units(lines_dir, given, shown):
+    with inturn.turn("units"):
+        result = run_cli("run", "-w", given, "units", "--", "true")
+    assert result.returncode == 75
+    assert f"gave up waiting for line 'units' after {shown};" in result.stderr
+
+
+@pytest.mark.parametrize("given", ["90", "10m", "1h30m", "2d", "1m30s", "1h0m0.5s"])
+def test_long_durations_are_taken_where_seconds_are(lines_dir, given):
+    for args in (
+        ["run", "-w", given, "long", "--", "true"],
+        ["run", "--grace", given, "long", "--", "true"],
+        ["wait", "-w", given, "long"],
+        ["status", "--watch", "--interval", given, "long"],
+    ):
+        result = run_cli(*args)
+        assert result.returncode == 0, (args, result)
+
+
+@pytest.mark.parametrize("given", ["10x", "30m1h", "1h30", "m", "-5", "1e400", "nan", ""])
+def test_a_bad_duration_is_one_line_naming_it(lines_dir, given):
+    result = run_cli("run", "-w", given, "bad", "--", "true")
+    assert result.returncode == 2 and result.stdout == ""
+    said = result.stderr.splitlines()[-1]
+    assert said.startswith("inturn run: error: argument -w/--timeout: "), said
+    assert repr(given) in said or said.endswith(f"not {given}"), said
+
+
+# --------------------------------------------------------------------------- status
+
+
+@pytest.fixture(params=["local", "postgresql"])
+def inheriting(request: pytest.FixtureRequest) -> str:
+    """A backend whose turn the command of inturn run inherits (on Redis it cannot: the
+    command dies with inturn there, see test_redis.py)."""
+    request.getfixturevalue("lines_dir" if request.param == "local" else "pg_url")
+    return str(request.param)
+
+
+def test_status_names_the_command_that_holds_after_inturn_is_killed(inheriting):
+    run = Run("orphan")
+    command = run.running().pid
+    until_held_by(command, "orphan")
+    run.proc.send_signal(signal.SIGKILL)
+    run.proc.wait()
+    row = run_cli("status", "orphan").stdout.splitlines()[2].split()
+    assert row[2] == "holding" and row[4] == str(command), row
+    shown = json.loads(run_cli("status", "--json", "orphan").stdout)
+    assert [t["pid"] for t in shown["holders"]] == [command]
+    assert os.path.basename(shown["holders"][0]["command"][0]) == os.path.basename(sys.executable)
+    overview = run_cli("status").stdout
+    assert f"pid {command} (" in overview and f"pid {run.pid} " not in overview
+    waiter = Run("orphan", "--verbose")
+    until(lambda: len(inturn.Line("orphan").status().waiters) == 1, "the next run to wait")
+    run.finish(0)
+    waiter.running()
+    assert waiter.finish(0) == 0
+    notes = waiter.errors().splitlines()
+    assert notes[0].startswith(f"inturn: pid {command} (") and "died holding" in notes[0]
+
+
+def test_status_looks_without_creating_anything(tmp_path, monkeypatch):
+    monkeypatch.delenv("INTURN_BACKEND", raising=False)
+    missing = tmp_path / "nonexistent" / "other"
+    for args in (
+        ["status"],
+        ["status", "x"],
+        ["status", "--json"],
+        ["status", "--json", "x"],
+        ["status", "--names"],
+        ["top"],
+        ["top", "x"],
+        ["wait", "x"],
+    ):
+        result = run_cli(*args, "--dir", str(missing))
+        assert result.returncode == 0 and result.stderr == "", (args, result)
+    assert run_cli("status", "--dir", str(missing)).stdout == f"no lines in {missing}\n"
+    assert run_cli("status", "--dir", str(missing), "x").stdout == (
+        "x: free (nobody holds or waits)\n"
+    )
+    assert not (tmp_path / "nonexistent").exists()
+
+
+def test_run_makes_the_lines_folder_but_never_its_missing_parents(tmp_path, monkeypatch):
+    monkeypatch.delenv("INTURN_BACKEND", raising=False)
+    typo = tmp_path / "typo" / "deep" / "dir"
+    result = run_cli("run", "--dir", str(typo), "x", "--", "echo", "ran")
+    line = one_line_error(result, str(typo), f"its parent {typo.parent} does not exist")
+    assert "ran" not in result.stdout and line
+    assert not (tmp_path / "typo").exists()
+    fresh = tmp_path / "lines"
+    made = run_cli("run", "--dir", str(fresh), "x", "--", "echo", "ran")
+    assert (made.returncode, made.stdout) == (0, "ran\n")
+    assert fresh.is_dir() and oct(fresh.stat().st_mode & 0o777) == "0o700"
+
+
+def test_a_lines_folder_that_can_be_read_but_not_written_can_be_looked_at(tmp_path, workers):
+    """A read-only view of a lines folder (a read-only bind mount: no write access even for
+    root): status, --json, --names and top read it and exit 0; run says why it cannot."""
+    if os.geteuid() != 0:
+        missing_component("a read-only mount needs root", "run the tests as root")
+    writable, view = tmp_path / "rw", tmp_path / "ro"
+    writable.mkdir()
+    view.mkdir()
+    env = child_env(INTURN_DIR=str(writable / "lines"))
+    assert run_cli("run", "empty", "--", "true", env=env).returncode == 0
+    holder = Worker("held", "--hold", env=env)
+    workers.append(holder)
+    holder.expect("acquired")
+    mounted = subprocess.run(
+        ["mount", "--bind", "-o", "ro", str(writable), str(view)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        missing_component(f"cannot bind-mount: {mounted.stderr.strip()}", "run with CAP_SYS_ADMIN")
+    try:
+        lines = str(view / "lines")
+        assert not os.access(lines, os.W_OK)
+        every = run_cli("status", "--dir", lines)
+        assert every.returncode == 0 and every.stderr == "", every
+        assert [r.split()[0] for r in every.stdout.splitlines()] == ["LINE", "empty", "held"]
+        assert f"pid {holder.pid} " in every.stdout
+        one = run_cli("status", "--json", "--dir", lines, "held")
+        assert one.returncode == 0 and one.stderr == ""
+        assert [t["pid"] for t in json.loads(one.stdout)["holders"]] == [holder.pid]
+        names = run_cli("status", "--names", "--dir", lines)
+        assert (names.returncode, names.stdout) == (0, "empty\nheld\n")
+        piped = run_cli("top", "--dir", lines, "held")
+        assert piped.returncode == 0 and f" {holder.pid} " in piped.stdout
+        one_line_error(run_cli("run", "--dir", lines, "held", "--", "true"), "not writable")
+    finally:
+        subprocess.run(["umount", "-l", str(view)], timeout=60, check=False)
+    holder.send()
+
+
+def test_another_user_who_may_read_a_lines_folder_but_not_write_it_sees_the_line(
+    users, shared_dir, workers
+):
+    """Another user's status of a folder it may read but not write (as ``python -m inturn``:
+    the test's console script is not theirs to run): exit 0, the holder shown."""
+    lines = shared_dir / "lines"
+    env = child_env(INTURN_DIR=str(lines))
+    holder = Worker("held", "--hold", env=env)
+    workers.append(holder)
+    holder.expect("acquired")
+    for path in [lines, *lines.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)  # readable by all, writable by root only
+    alice = users.alice
+    looked = alice.run(alice.inturn("status", "--dir", str(lines), "held"))
+    assert looked.returncode == 0 and looked.stderr == "", looked
+    row = looked.stdout.splitlines()[2].split()
+    assert row[2] == "holding" and row[4] == str(holder.pid), looked.stdout
+    every = alice.run(alice.inturn("status", "--json", "--dir", str(lines)))
+    assert every.returncode == 0 and every.stderr == "", every
+    assert [t["pid"] for t in json.loads(every.stdout)["lines"][0]["holders"]] == [holder.pid]
+    refused = alice.run(alice.inturn("run", "--dir", str(lines), "held", "--", "true"))
+    one_line_error(refused)
+    holder.send()
+
+
+# --------------------------------------------------------------------------- where lines are
+
+
+def test_explicit_options_beat_the_environment(tmp_path, monkeypatch):
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    mine, machine, other = tmp_path / "mine", tmp_path / "machine", tmp_path / "other"
+    monkeypatch.setenv("INTURN_BACKEND", nowhere)
+    monkeypatch.setenv("INTURN_DIR", str(other))
+    monkeypatch.setenv("INTURN_MACHINE_DIR", str(machine))
+    ran = run_cli("run", "--dir", str(mine), "x", "--", "echo", "ran")
+    assert (ran.returncode, ran.stdout, ran.stderr) == (0, "ran\n", "")
+    shown = json.loads(run_cli("status", "--json", "--dir", str(mine), "x").stdout)
+    assert (shown["scope"], shown["where"]) == ("user", str(mine / "x"))
+    monkeypatch.delenv("INTURN_BACKEND")
+    assert run_cli("run", "--machine", "y", "--", "true").returncode == 0
+    shown = json.loads(run_cli("status", "--json", "--machine", "y").stdout)
+    assert (shown["scope"], shown["where"]) == ("machine", str(machine / "y"))
+    assert not other.exists()  # INTURN_DIR is for the user's own lines only
+    both = run_cli("status", "--dir", str(mine), "--backend", nowhere, "x")
+    one_line_error(both, "--dir and --backend")
+    monkeypatch.setenv("INTURN_BACKEND", nowhere)
+    unreachable = run_cli("status", "x")  # the environment still counts when nothing beats it
+    one_line_error(unreachable, "cannot reach Redis")
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def cells(text: str) -> int:
+    """Terminal columns of text made of ASCII and CJK characters only (two columns each)."""
+    return sum(2 if ord(c) >= 0x1100 else 1 for c in text)
+
+
+def column_starts(row: str) -> list[int]:
+    """Where each cell of a table row starts, in terminal columns (cells are 2+ spaces apart)."""
+    return [cells(row[: m.start()]) for m in re.finditer(r"\S+(?: \S+)*", row)]
+
+
+def test_status_aligns_wide_characters_and_quotes_the_command(lines_dir):
+    command = ("表示する", "two words", "it's", "$HOME")
+    held = [inturn.Line(name).acquire(command=command) for name in ("日本語の列", "ab")]
+    overview = run_cli("status").stdout.splitlines()
+    header = column_starts(overview[0])
+    assert overview[0].split("  ")[0] == "LINE" and len(header) == 5, overview
+    # Every column starts where its title does, in every row.
+    assert [column_starts(row) for row in overview[1:]] == [header, header], overview
+    assert "表示する 'two words' 'it'\"'\"'s' '$HOME'" in overview[1]  # HELD BY
+    table = run_cli("status", "日本語の列").stdout.splitlines()
+    assert column_starts(table[2]) == column_starts(table[1]), table
+    assert shlex.split(table[2].split("  ")[-1]) == list(command)  # CMD, as one would type it
+    for turn in held:
+        turn.release()

@@ -15,13 +15,18 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 import inturn
+import inturn.cli
 from inturn.backends import open_backend
 
-from conftest import Worker, child_env, inturn_cmd, read_log, run_cli
+from conftest import Where, Worker, child_env, inturn_cmd, read_log, run_async, run_cli, until
 
 # --------------------------------------------------------------------------- order
 
@@ -285,3 +290,123 @@ def test_hostile_names_are_just_names(where):
         with inturn.turn(name) as held:
             assert [t.number for t in inturn.Line(name).status().holders] == [held.ticket]
     assert open_backend().names() == sorted(HOSTILE)
+
+
+# --------------------------------------------------------------------------- closing
+
+
+def kept_open(where: Where, request: pytest.FixtureRequest) -> tuple[str | None, Callable[[], int]]:
+    """A backend URL whose connections the server can tell apart (None: the local folder),
+    and what this process keeps open through it, as the system sees it: the server's own
+    list of sessions or clients, or this process's open files in the lines folder."""
+    tag = f"inturn-close-{uuid.uuid4().hex[:12]}"
+    if where.kind == "local":
+        folder = str(request.getfixturevalue("lines_dir"))
+
+        def files() -> int:
+            links = (os.readlink(f) for f in Path("/proc/self/fd").iterdir() if f.exists())
+            return sum(1 for link in links if link.startswith(folder))
+
+        return None, files
+    assert where.url is not None
+    url = where.url + ("&" if "?" in where.url else "?")
+    if where.kind == "postgresql":
+        import psycopg
+
+        server = request.getfixturevalue("pg_server")
+
+        def sessions() -> int:
+            with psycopg.connect(server, autocommit=True) as admin:
+                query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+                row = admin.execute(query, [tag]).fetchone()
+            return int(row[0]) if row else 0
+
+        return url + f"application_name={tag}", sessions
+
+    place = request.getfixturevalue("place")
+
+    def clients() -> int:
+        admin = place.client()
+        try:
+            return sum(1 for c in admin.client_list() if c.get("name") == tag)
+        finally:
+            admin.close()
+
+    return url + f"client_name={tag}", clients
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
+def test_a_line_closes_the_backend_it_opened_and_so_do_the_commands(where, request, capsys):
+    """``Line.close()`` and ``with Line(...)`` free the backend the ``Line`` opened itself
+    (idle sessions, lease threads, open files), after turns taken and waited for; so do
+    ``inturn status``, ``wait`` and ``forget`` run in this process."""
+    url, held = kept_open(where, request)
+    assert held() == 0
+    before = set(threading.enumerate())
+    line = inturn.Line("closing", backend=url)
+    first = line.acquire()
+    waiting = {"turn": None}
+
+    def wait_in_line() -> None:
+        waiting["turn"] = line.acquire(timeout=120)
+
+    waiter = threading.Thread(target=wait_in_line, daemon=True)
+    waiter.start()
+    until(lambda: len(line.status().waiters) == 1, "the second acquire to wait in line")
+    first.release()
+    waiter.join(120)
+    second = waiting["turn"]
+    assert isinstance(second, inturn.Turn)
+    second.release()
+    threads = {t for t in set(threading.enumerate()) - before if t.name.startswith("inturn-")}
+    assert held() > 0  # what closing must free: the check below is not empty-handed
+    line.close()
+    until(lambda: held() == 0, "the Line's backend to be closed")
+    for thread in threads:
+        thread.join(120)  # lease keepers and watches end with their backend
+        assert not thread.is_alive(), thread
+
+    with inturn.Line("closing", backend=url) as line:
+        line.acquire().release()
+        assert held() > 0
+    until(lambda: held() == 0, "the Line of a with block to be closed")
+
+    where_args = ["--backend", url] if url is not None else []
+    for command in (["status", "closing"], ["status", "--json"], ["wait", "closing"]):
+        assert inturn.cli.main([command[0], *where_args, *command[1:]]) == 0
+        until(lambda: held() == 0, f"inturn {' '.join(command)} to close its backend")
+    assert inturn.cli.main(["forget", *where_args, "closing"]) == 0
+    until(lambda: held() == 0, "inturn forget to close its backend")
+    capsys.readouterr()
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
+def test_with_blocks_of_turn_close_the_backend_they_opened(where, request, workers):
+    """``with inturn.turn(...)`` and ``async with`` close the backend their ``Line`` opened
+    once the block ends, also when the turn was refused (busy): a loop of such blocks leaves
+    no sessions, clients, lease threads or open files behind."""
+    url, held = kept_open(where, request)
+    before = set(threading.enumerate())
+    for _ in range(3):
+        with inturn.turn("blocks", backend=url):
+            assert held() > 0
+        until(lambda: held() == 0, "the with block's backend to be closed")
+
+    async def scenario() -> None:
+        async with inturn.turn("blocks", backend=url, shared=True):
+            assert held() > 0
+
+    run_async(scenario)
+    until(lambda: held() == 0, "the async with block's backend to be closed")
+    holder = Worker("blocks", "--hold")  # another process: what it keeps open is not counted
+    workers.append(holder)
+    holder.expect("acquired")
+    with pytest.raises(inturn.Busy), inturn.turn("blocks", backend=url, blocking=False):
+        pass
+    until(lambda: held() == 0, "a refused with block's backend to be closed")
+    for thread in set(threading.enumerate()) - before:
+        if thread.name.startswith("inturn-"):
+            thread.join(120)
+            assert not thread.is_alive(), thread
+    holder.send()
+    assert holder.wait() == 0

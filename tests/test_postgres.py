@@ -15,8 +15,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -154,6 +156,49 @@ def test_a_holder_cut_off_from_the_server_stops_its_command_and_exits_76(
     assert abandoned == "1" and int(after) > ticket
     waiter.send()
     assert waiter.wait() == 0
+
+
+CANCEL_REQUEST = (80877102).to_bytes(4, "big")  # the code that opens a cancel request
+
+
+@pytest.mark.parametrize("kind", ["watch", "replacement"])
+def test_a_wait_stopped_before_its_statement_reached_the_server_still_ends(
+    pg_server, schema, proxy, kind
+):
+    """A wait on several tickets (one extra session per ticket) and a ``newest_wins``
+    waiter's sleep end with a cancel request. One that reaches the server before the statement
+    does finds the session idle and cancels nothing; it is sent again until the statement has
+    ended, so stopping right after starting still ends the wait, and the session is free
+    again. The proxy holds the statement back until the first cancel request has gone by."""
+    from inturn.backends.base import Patience
+    from inturn.backends.postgres.statements import fold
+    from inturn.backends.postgres.store import PostgresBackend, _ReplacementWatch, _Watch
+    from inturn.records import own_ticket_fields
+
+    direct = with_schema(pg_server, schema)
+    holder = inturn.Line("late", backend=direct).acquire()  # what the watch waits for
+    backend = PostgresBackend(with_schema(url_for(pg_server, port=proxy.port), schema))
+    store = backend.line("late")
+    member, _ = store.join(own_ticket_fields(None, 1, newest_wins=True), Patience())
+    backend.put_back(backend.connect())  # the idle session a watch borrows
+    woken = threading.Event()
+    proxy.hold()  # every session of ``backend`` is open now: what they send waits
+    if kind == "watch":
+        watch: Any = _Watch(backend, fold(holder.ticket), woken)
+    else:
+        watch = _ReplacementWatch(store, member, woken)
+    assert proxy.wait_held(1)
+    stopper = threading.Thread(target=watch.stop, daemon=True)
+    stopper.start()
+    assert proxy.wait_sent(CANCEL_REQUEST, 1)
+    proxy.let_go()
+    stopper.join(120)
+    assert not stopper.is_alive()
+    assert not watch.thread.is_alive(), "the statement went on after the wait was stopped"
+    assert not woken.is_set() or kind == "watch"
+    store.leave(member)  # its session answers again
+    holder.release()
+    backend.close()
 
 
 def test_a_waiter_whose_connection_drops_reconnects_and_waits_again(

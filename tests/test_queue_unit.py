@@ -110,7 +110,7 @@ def test_with_slots_a_waiter_watches_the_n_live_tickets_right_ahead():
     assert second.thread.is_alive()  # still two ahead of it: the first holder and `first`
 
 
-def test_two_dead_holders_are_claimed_one_each_lowest_first():
+def test_two_dead_holders_are_claimed_one_each_by_the_waiters_behind():
     _, store = line()
     holders = [take_turn(store(), slots=2, command=(f"h{i}",)) for i in range(2)]
     stores = [store(), store()]
@@ -123,6 +123,23 @@ def test_two_dead_holders_are_claimed_one_each_lowest_first():
         stores[0].kill(held.membership.number)
     told = [w.held().abandoned_by for w in waiters]
     assert sorted(t.command for t in told if t is not None) == [("h0",), ("h1",)]
+
+
+def test_markers_found_together_are_claimed_oldest_first_one_per_holder():
+    """Three holders die before anyone looks: the next holder buries all three and is told of
+    the oldest; each holder after it of the next one; then nobody."""
+    world, store = line()
+    holders = [take_turn(store(), slots=3, command=(f"h{i}",)) for i in range(3)]
+    for held in holders:
+        store().kill(held.membership.number)
+    told = []
+    for _ in range(4):
+        each = store()
+        held = take_turn(each, slots=3)
+        told.append(held.abandoned_by.command if held.abandoned_by is not None else None)
+        give_back(each, held.membership)
+    assert told == [("h0",), ("h1",), ("h2",), None]
+    assert world.markers == {} and world.records == {}
 
 
 def test_waiting_on_yourself_forever_is_refused_but_another_owner_waits():

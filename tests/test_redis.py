@@ -198,6 +198,39 @@ def test_cancelling_an_async_wait_interrupts_the_blocked_read(place, monkeypatch
     holder.release()
 
 
+def test_a_kick_from_a_replacer_that_is_gone_is_read_once(place, workers):
+    """A ``newest_wins`` waiter's kick stream names a later ticket that is gone by the time the
+    waiter reads it (a replacer that timed out or was killed): the waiter stays in line and
+    goes back to sleep once, without reading the same entry again and again; a live newcomer
+    then replaces it at once."""
+    from inturn.names import digest
+
+    line = inturn.Line("kicked")
+    holder = line.acquire()
+    waiter = Worker("kicked", "--newest-wins")
+    workers.append(waiter)
+    number = int(waiter.expect("waiting", skip=("joining",))[1])
+    client = place.client()
+    try:
+        tag = f"{place.prefix}:{{{digest('kicked')}}}"
+        (ticket_id,) = client.zrangebyscore(f"{tag}:tickets", number, number)
+        gone = str(number + 1000)  # never handed out: not a live ticket
+        client.xadd(f"{tag}:kick:{ticket_id.decode()}", {"by": gone})
+    finally:
+        client.close()
+    assert int(waiter.expect("waiting")[1]) == number  # woken once, still in line
+    newcomer = Worker("kicked", "--newest-wins")
+    workers.append(newcomer)
+    newcomer.expect("joining")
+    words = waiter.expect("replaced", "waiting")
+    assert words[0] == "replaced", "the waiter woke again for the same kick"
+    assert waiter.wait() == 77
+    newcomer.expect("waiting")
+    holder.release()
+    newcomer.acquired()
+    assert newcomer.wait() == 0
+
+
 # --------------------------------------------------------------------------- status
 
 
@@ -252,11 +285,41 @@ def test_a_wrong_password_is_refused_without_printing_it(place):
         ("?lease=0", "lease='0'"),
         ("?prefix=a{b}", "prefix='a{b}'"),
         ("?frobnicate=1", "unknown parameter frobnicate in the Redis URL"),
+        ("?a=1&b=2", "unknown parameters a, b in the Redis URL"),
         ("?socket_timeout=x", "bad Redis URL"),
+        # Options redis-py takes from a URL only as text, where it wants something else:
+        # they used to fail deep inside the client (AttributeError, LookupError).
+        ("?socket_keepalive_options=x", "unknown parameter socket_keepalive_options"),
+        ("?decode_responses=true", "unknown parameter decode_responses"),
+        ("?encoding=no-such-codec", "encoding='no-such-codec' in the Redis URL"),
+        ("?encoding_errors=bogus", "encoding_errors='bogus' in the Redis URL"),
+        ("?ssl_ca_certs=/x", "unknown parameter ssl_ca_certs"),  # TLS options need rediss://
     ],
 )
 def test_bad_url_parameters_are_one_clear_line(query, message):
-    one_line_error(run_cli("status", "x", INTURN_BACKEND=f"redis://127.0.0.1:1/0{query}"), message)
+    url = f"redis://127.0.0.1:1/0{query}"
+    for args in (["status", "x"], ["status", "--backend", url, "x"], ["run", "x", "--", "true"]):
+        result = run_cli(*args, INTURN_BACKEND=url)
+        assert result.stdout == ""
+        one_line_error(result, message)
+
+
+def test_lease_and_lock_delay_take_units():
+    from inturn.backends.redis.address import parse_address
+
+    address = parse_address("redis://127.0.0.1:1/0?lease=1500ms&lock_delay=1m")
+    assert (address.lease, address.lock_delay) == (1.5, 60.0)
+    one_line_error(
+        run_cli("status", "--backend", "redis://127.0.0.1:1/0?lease=2h", "x"),
+        "lease='2h': give a duration from 0.1s to 3600s",
+    )
+
+
+def test_tls_parameters_are_checked_with_rediss():
+    url = "rediss://127.0.0.1:1/0?ssl_cert_reqs=sometimes"
+    one_line_error(
+        run_cli("status", "--backend", url, "x"), "ssl_cert_reqs='sometimes'", "none, optional"
+    )
 
 
 def test_the_url_keeps_inturns_parameters_and_hides_the_password():

@@ -650,7 +650,7 @@ def test_too_few_open_files_is_one_clear_line_at_any_limit(lines_dir):
 
 def test_inturn_run_imports_nothing_it_does_not_need(lines_dir):
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", *inturn_cmd("run", "cost", "--", "true")[1:]],
+        [sys.executable, "-X", "importtime", "-m", "inturn", "run", "cost", "--", "true"],
         capture_output=True,
         text=True,
         env=child_env(),

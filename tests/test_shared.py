@@ -694,6 +694,37 @@ def test_newest_wins_replaces_older_such_waiters_at_once_and_no_one_else(where, 
     )
 
 
+@pytest.mark.parametrize(
+    "how",
+    [("--slots", "2"), ("--slots", "2", "--shared"), ("--timeout", "600")],
+    ids=["slots2", "slots2-reader", "timeout"],
+)
+def test_a_replaced_waiter_is_woken_at_once_however_it_waits(where, workers, tmp_path, how):
+    """The other ways of waiting: on several tickets at once (``slots=2``, while two writers
+    hold), as a reader behind them, or with a timeout. Each time the newcomer replaces the
+    older ``newest_wins`` waiter while the holders still hold, and then takes its place."""
+    slots = 2 if "--slots" in how else 1
+    log = str(tmp_path / "log")
+    line = inturn.Line("ways", slots=slots)
+    holders = [line.acquire() for _ in range(slots)]
+    older = start(workers, "ways", *how, "--newest-wins", "--record", log)
+    queued(older)
+    for _ in range(2):
+        newcomer = start(workers, "ways", *how, "--newest-wins", "--record", log)
+        older.expect("replaced", skip=("waiting",))
+        assert older.wait() == EXIT_REPLACED
+        queued(newcomer)
+        older = newcomer
+    status = line.status()
+    assert [t.number for t in status.holders] == [h.ticket for h in holders]
+    assert [t.pid for t in status.waiters] == [older.pid]
+    for held in holders:
+        held.release()
+    older.acquired()
+    assert older.wait() == 0
+    assert [i.who.split(":")[1] for i in read_intervals(log)] == [str(older.pid)]
+
+
 # --------------------------------------------------------------------------- slots
 
 

@@ -1,10 +1,8 @@
 """``inturn top`` and ``inturn status --watch`` in a real terminal.
 
-Each test runs the console script in a shell inside its own tmux server, types with
-``send-keys`` and reads the screen with ``capture-pane``. What the terminal is left in is
-asked of tmux itself (``#{alternate_on}``, ``#{cursor_flag}``, ``#{wrap_flag}``) and of
-``stty -g`` before and after, never taken from inturn. A test waits for what the screen
-shows, polling ``capture-pane`` with a bound that only detects a hang.
+Each test runs the console script in a shell inside its own tmux server (``terminal.Pane``).
+What the terminal is left in is asked of tmux itself (``#{alternate_on}``, ``#{cursor_flag}``,
+``#{wrap_flag}``) and of ``stty -g`` before and after, never taken from inturn.
 """
 
 from __future__ import annotations
@@ -12,128 +10,19 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import signal
-import subprocess
-import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from conftest import Worker, child_env, free_port, missing_component, one_line_error, run_cli
+from conftest import Worker, free_port, inturn_words, one_line_error, run_cli
+from terminal import EXIT, PROMPT, Pane
 
-if shutil.which("tmux") is None:
-    missing_component("tmux is not installed", "install tmux (apt-get install tmux)")
-
-SCREEN_TIMEOUT = 60.0  # a passing test never waits this long for the screen
 LONG = "3600"  # an --interval no test outlives: what the screen shows then is not the timer
-PROMPT = "ready> "
 CLOCK = re.compile(r"q quits  \d\d:\d\d:\d\d$")
-EXIT = re.compile(r"^exit=(\d+)$")
-
-
-def inturn_words() -> list[str]:
-    """The installed console script, as a user runs it (``python -m inturn`` without one)."""
-    script = Path(sys.executable).with_name("inturn")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "inturn"]
-
-
-class Pane:
-    """A shell in a tmux window of its own (its own server, so tests in parallel never meet)."""
-
-    def __init__(self, folder: Path, columns: int = 80, rows: int = 24) -> None:
-        self.socket = f"inturn-test-{uuid.uuid4().hex[:12]}"
-        env = child_env(HISTFILE="/dev/null", TERM="xterm-256color")
-        env.pop("TMUX", None)
-        rc = folder / "bashrc"
-        rc.write_text(f"PS1={shlex.quote(PROMPT)}\n")
-        self.env = env
-        self.tmux(
-            "-f",
-            "/dev/null",
-            "new-session",
-            "-d",
-            "-s",
-            "top",
-            "-x",
-            str(columns),
-            "-y",
-            str(rows),
-            shlex.join(["bash", "--noprofile", "--rcfile", str(rc), "-i"]),
-        )
-        self.until(lambda rows: PROMPT.rstrip() in rows, "the shell's prompt")
-
-    def tmux(self, *args: str) -> str:
-        done = subprocess.run(
-            ["tmux", "-L", self.socket, *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=SCREEN_TIMEOUT,
-        )
-        assert done.returncode == 0, (args, done.stderr)
-        return done.stdout
-
-    def type(self, text: str) -> None:
-        self.tmux("send-keys", "-t", "top", "-l", text)
-        self.tmux("send-keys", "-t", "top", "Enter")
-
-    def keys(self, *names: str) -> None:
-        self.tmux("send-keys", "-t", "top", *names)
-
-    def rows(self, joined: bool = False) -> list[str]:
-        """The screen, one string per row (``joined``: rows that wrapped put back together)."""
-        text = self.tmux("capture-pane", "-p", "-t", "top", *(["-J"] if joined else []))
-        return [row.rstrip() for row in text.split("\n")[:-1]]  # -J keeps trailing blanks
-
-    def flag(self, name: str) -> str:
-        return self.tmux("display-message", "-p", "-t", "top", f"#{{{name}}}").strip()
-
-    def until(self, seen: Callable[[list[str]], bool], what: str) -> list[str]:
-        deadline = time.monotonic() + SCREEN_TIMEOUT
-        while True:
-            rows = self.rows()
-            if seen(rows):
-                return rows
-            if time.monotonic() > deadline:
-                shown = "\n".join(rows)
-                raise AssertionError(f"the screen never showed {what}; it shows:\n{shown}")
-            time.sleep(0.05)
-
-    def exit_code(self) -> int:
-        """The exit code the shell echoed (``echo exit=$?``) once the command ended."""
-        rows = self.until(lambda rows: any(EXIT.match(r) for r in rows), "the exit code")
-        return int(next(m.group(1) for r in rows if (m := EXIT.match(r))))
-
-    def foreground_pid(self) -> int:
-        """The process the shell runs now (inturn)."""
-        shell = int(self.flag("pane_pid"))
-        children = Path(f"/proc/{shell}/task/{shell}/children").read_text().split()
-        assert len(children) == 1, children
-        return int(children[0])
-
-    def resize(self, columns: int, rows: int) -> None:
-        self.tmux("resize-window", "-t", "top", "-x", str(columns), "-y", str(rows))
-
-    def close(self) -> None:
-        subprocess.run(
-            ["tmux", "-L", self.socket, "kill-server"],
-            capture_output=True,
-            env=self.env,
-            timeout=SCREEN_TIMEOUT,
-        )
-
-
-@pytest.fixture
-def panes() -> Iterator[list[Pane]]:
-    made: list[Pane] = []
-    yield made
-    for pane in made:
-        pane.close()
 
 
 def run_top(pane: Pane, folder: Path, *args: str) -> None:
@@ -372,6 +261,7 @@ def test_piped_output_is_inturn_status_printed_once(lines_dir, workers, args):
     ("args", "words"),
     [
         (["status", "--watch", "--json", "x"], ["--watch", "--json"]),
+        (["status", "--watch", "--names"], ["--watch", "--names"]),
         (["status", "--interval", "2", "x"], ["--interval goes with --watch"]),
     ],
 )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import uuid
@@ -441,6 +442,176 @@ def test_a_replaced_waiter_is_woken_at_once(win: Win) -> None:
     plain.expect("released")
     newest.expect("acquired", skip=("waiting",))
     newest.expect("released")
+
+
+def test_a_killed_reader_is_told_to_the_next_writer_only(win: Win) -> None:
+    """Two readers hold; one is ended with ``TerminateProcess``. A reader that gets in after
+    that is told nothing; the next writer is told, with the dead reader's pid; the writer
+    after it is not. The log shows the writers alone and the readers together."""
+    path = win.folder.parent / "rcrash.log"
+    log = windows_path(path)
+    doomed = win.worker("rcrash", "--shared", "--hold", "--log", log)
+    doomed.expect("acquired")
+    sharing = win.worker("rcrash", "--shared", "--hold", "--log", log)
+    sharing.expect("acquired")
+    win.terminate(doomed.pid)
+    doomed.wait()
+    after = win.worker("rcrash", "--shared", "--hold", "--log", log)
+    assert after.expect("acquired")[2:] == ["0", "-"], "a reader was told of a reader's death"
+    writer = win.worker("rcrash", "--hold", "--log", log)
+    writer.expect("waiting")
+    for reader in (sharing, after):
+        reader.send("release")
+        reader.expect("released")
+    _, ticket, abandoned, dead = writer.expect("acquired", skip=("waiting",))
+    assert (abandoned, int(dead)) == ("1", doomed.pid)
+    writer.send("release")
+    writer.expect("released")
+    last = win.worker("rcrash", "--log", log)
+    _, last_ticket, abandoned, dead = last.expect("acquired")
+    assert (abandoned, dead) == ("0", "-")  # told once only
+    last.expect("released")
+    rows = stays(path)
+    assert len(rows) == 9 and rows.count(("enter", int(ticket))) == 1  # the dead one's enter
+    assert rows[-4:] == [
+        ("enter", int(ticket)), ("exit", int(ticket)),
+        ("enter", int(last_ticket)), ("exit", int(last_ticket)),
+    ]  # fmt: skip  # the writers alone, after every reader had left
+
+
+def test_a_killed_writer_is_told_to_one_reader_and_killed_waiters_to_nobody(win: Win) -> None:
+    """A writer holds; a reader and a writer wait, then are killed (SIGKILL to Wine's
+    process: gone without a word); two readers and a writer wait behind them. The holder is
+    ended with ``TerminateProcess``: the two readers get in together and exactly one of them
+    is told; the writer after them is told nothing."""
+    holder = win.worker("wcrash", "--hold")
+    holder.expect("acquired")
+    doomed = [win.worker("wcrash", *options) for options in (("--shared",), ())]
+    for waiter in doomed:
+        waiter.expect("waiting")
+    readers = [win.worker("wcrash", "--shared", "--hold") for _ in range(2)]
+    for reader in readers:
+        reader.expect("waiting")
+    writer = win.worker("wcrash")
+    writer.expect("waiting")
+    for waiter in doomed:
+        waiter.kill()
+    assert pids(win.status("wcrash")["waiters"]) == [*(r.pid for r in readers), writer.pid]
+    win.terminate(holder.pid)
+    told = sorted(tuple(r.expect("acquired", skip=("waiting",))[2:]) for r in readers)
+    assert told == [("0", "-"), ("1", str(holder.pid))], told
+    status = win.status("wcrash")
+    assert pids(status["holders"]) == [r.pid for r in readers]  # both at once
+    for reader in readers:
+        reader.send("release")
+    assert writer.expect("acquired", skip=("waiting",))[2:] == ["0", "-"]
+    writer.expect("released")
+
+
+BURST = 50  # Windows processes started together in the burst tests
+
+
+def burst(win: Win, name: str, *options: str) -> list[WinProcess]:
+    """``BURST`` workers on line ``name``, each a Windows process of its own, all released
+    at the same moment by one named event once every one of them waits for it."""
+    gate = f"Local\\inturn-test-{uuid.uuid4().hex}-gate"
+    started = [win.start(WORKER, hexname(name), "--gate", gate, *options) for _ in range(BURST)]
+    for process in started:
+        process.pid = int(process.expect("started")[1])
+        process.expect("gated")
+    assert win.run("-c", SET_EVENT, gate)[0] == 0
+    return started
+
+
+def test_max_waiting_under_a_burst_of_windows_starts(win: Win) -> None:
+    """50 Windows processes ask with ``max_waiting=1`` at once behind a holder: exactly one
+    stays in line (and runs when the holder leaves); the others are turned away at once,
+    saying so, without taking a turn."""
+    path = win.folder.parent / "maxburst.log"
+    holder = win.worker("maxburst", "--hold")
+    holder.expect("acquired")
+    started = burst(win, "maxburst", "--max-waiting", "1", "--log", windows_path(path))
+    staying = []
+    for process in started:
+        words = process.expect("busy", "waiting")
+        if words[0] == "busy":
+            said = re.search(r"already has (\d+) waiting", " ".join(words))
+            assert said and int(said.group(1)) >= 1, words
+            assert process.wait() == 75
+        else:
+            staying.append(process)
+    assert len(staying) == 1, [p.pid for p in staying]
+    (survivor,) = staying
+    status = win.status("maxburst")
+    assert pids(status["holders"]) == [holder.pid]
+    assert pids(status["waiters"]) == [survivor.pid]
+    assert not path.exists(), "someone got in while the holder held"
+    holder.send("release")
+    _, ticket, _, _ = survivor.expect("acquired", skip=("waiting",))
+    survivor.expect("released")
+    assert stays(path) == [("enter", int(ticket)), ("exit", int(ticket))]
+
+
+def test_newest_wins_under_a_burst_of_windows_starts(win: Win) -> None:
+    """50 Windows processes ask with ``newest_wins`` at once behind a holder: 49 are replaced
+    while the holder holds, and when it leaves exactly one runs: the newest."""
+    path = win.folder.parent / "newburst.log"
+    holder = win.worker("newburst", "--hold")
+    holder.expect("acquired")
+    started = burst(win, "newburst", "--newest-wins", "--log", windows_path(path))
+    # Each says it waits (its ticket) before it can learn that it was replaced.
+    tickets = {process.pid: int(process.expect("waiting")[1]) for process in started}
+    newest = max(tickets, key=tickets.__getitem__)
+    (survivor,) = [process for process in started if process.pid == newest]
+    for process in started:
+        if process is not survivor:
+            process.expect("replaced", skip=("waiting",))
+            assert process.wait() == 77
+    status = win.status("newburst")
+    assert pids(status["holders"]) == [holder.pid]
+    assert pids(status["waiters"]) == [survivor.pid]
+    holder.send("release")
+    survivor.expect("acquired", skip=("waiting",))
+    survivor.expect("released")
+    assert stays(path) == [("enter", tickets[survivor.pid]), ("exit", tickets[survivor.pid])]
+
+
+def test_other_slots_are_refused_and_wait_is_a_barrier(win: Win) -> None:
+    """A joiner whose slots differ from the line's is refused with one line naming both
+    numbers (a worker, and ``inturn run`` with exit 2), changing nothing. A waiting writer's
+    status line says how many share the turn. ``inturn wait`` and ``Line.wait()`` take no
+    ticket and return once those in line have left (``--timeout``: exit 75). That they do not
+    wait for later arrivals is the queue's rule, shown on the other backends."""
+    py = win.python
+    readers = [win.worker("gate", "--slots", "2", "--shared", "--hold") for _ in range(2)]
+    for reader in readers:
+        reader.expect("acquired")
+    refused = win.worker("gate", "--slots", "3")
+    words = refused.expect("refused")
+    assert "slots=2" in words and "slots=3" in " ".join(words), words
+    assert refused.wait() == 2
+    code, out, err = win.run("-m", "inturn", "run", "gate", "--", py, "-c", "print('ran')")
+    lines = err.strip().splitlines()
+    assert code == 2 and "ran" not in out and len(lines) == 1, (code, out, err)
+    assert "slots=2" in lines[0] and "slots=1" in lines[0], lines
+    writer = win.inturn("run", "-s", "2", "gate", "--", py, "-c", "print('wrote')", terminal=True)
+    assert "held by 2 sharing" in writer.queued()
+    cli_wait = win.inturn("wait", "gate")
+    py_wait = win.worker("gate", "--slots", "2", "--wait-line")
+    code, _, err = win.run("-m", "inturn", "wait", "--timeout", "0.2", "gate")
+    assert code == 75 and "gave up" in err, (code, err)
+    status = win.status("gate")
+    assert pids(status["holders"]) == [r.pid for r in readers]
+    assert len(status["waiters"]) == 1  # the writer: no ticket for a wait
+    assert cli_wait.proc.poll() is None and py_wait.proc.poll() is None
+    for reader in readers:
+        reader.send("release")
+    code, out, _ = writer.finish()
+    assert (code, out) == (0, "wrote")
+    assert cli_wait.finish()[0] == 0
+    py_wait.expect("waited")
+    assert py_wait.wait() == 0
+    assert win.status("gate")["holders"] == []
 
 
 # --------------------------------------------------------------------------- names, scopes

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .messages import OnMessage
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 # Messages (single_instance, send) are imported when used: inturn run never needs them.
 DEFAULT_TIMEOUT = 5.0  # seconds a later start or send() waits for the answer
 
@@ -210,20 +211,33 @@ class Line:
     def wait(self, timeout: float | None = None, *, cancel: CancelToken | None = None) -> None:
         """Return once everyone in line now (holding or waiting) has left: a barrier ("let
         the running deploy finish, then go on"). Takes no turn and blocks no one who comes
-        later; raises ``Timeout`` after ``timeout`` seconds (None or negative: for ever)."""
-        wait_for_everyone(self.store, seconds_or_forever(timeout), cancel)
+        later; raises ``Timeout`` after ``timeout`` seconds (None or negative: for ever).
+        Like ``status``, it creates nothing."""
+        seconds = seconds_or_forever(timeout)
+
+        def until_everyone_left(store: LineStore) -> None:
+            now = store.status()  # a line nobody has used: nothing to wait for, or to make
+            if now.holders or now.waiters:
+                wait_for_everyone(store, seconds, cancel)
+
+        self._look(until_everyone_left)
 
     def status(self) -> LineStatus:
         """Live holders and waiters, each in arrival order. Looking creates nothing: before
         this ``Line`` has taken a turn, it looks through a backend opened only to read."""
+        return self._look(lambda store: store.status())
+
+    def _look(self, how: Callable[[LineStore], T]) -> T:
+        """``how(store)`` on this line's store, or, before it has one, on a store of a backend
+        opened only to read (nothing is created: no folder, no line)."""
         if self._store is not None:
-            return self._store.status()
+            return how(self._store)
         backend = open_backend(
             self._backend_spec, scope=self.scope, directory=self._directory, create=False
         )
         store = backend.line(self.name)
         try:
-            return store.status()
+            return how(store)
         finally:
             store.close()
             if backend is not self._backend_spec:
@@ -288,7 +302,9 @@ class turn:
     ``with inturn.turn("nightly") as t:`` waits in line and binds the held ``Turn``.
     ``@inturn.turn("nightly")`` makes every call of a function (sync or async) wait its turn.
     One ``turn`` object may be entered by several threads or tasks at once: each leaves with
-    its own ticket.
+    its own ticket. Once no ``with`` block of it is in progress, the backend its ``Line``
+    opened is closed (a ``turn`` made for one block would otherwise leave server sessions or
+    lease threads behind); the next block opens it again.
     """
 
     def __init__(
@@ -315,6 +331,7 @@ class turn:
         )
         self._held: dict[object, list[Turn]] = {}  # owner (thread or task) -> its turns
         self._held_lock = threading.Lock()
+        self._users = 0  # with blocks and decorated calls in progress
 
     def _push(self, owner: object, held: Turn) -> Turn:
         with self._held_lock:
@@ -329,21 +346,49 @@ class turn:
                 del self._held[owner]
         return held
 
+    def _begin(self) -> None:
+        with self._held_lock:
+            self._users += 1
+
+    def _end(self, close: bool) -> None:
+        """One use less; after the last ``with`` block, close what the ``Line`` opened (under
+        the lock, so that no other use starts on a backend being closed)."""
+        with self._held_lock:
+            self._users -= 1
+            if close and self._users == 0:
+                self.line.close()
+
     def __enter__(self) -> Turn:
         owner = threading.current_thread()
-        held = self.line.acquire(self.timeout, self.blocking, owner=owner, **self.how)
+        self._begin()
+        try:
+            held = self.line.acquire(self.timeout, self.blocking, owner=owner, **self.how)
+        except BaseException:
+            self._end(close=True)
+            raise
         return self._push(owner, held)
 
     def __exit__(self, *exc_info: object) -> None:
-        self._pop(threading.current_thread()).release()
+        try:
+            self._pop(threading.current_thread()).release()
+        finally:
+            self._end(close=True)
 
     async def __aenter__(self) -> Turn:
         owner = _current_task()
-        held = await acquire_async(self.line, self.timeout, self.blocking, **self.how)
+        self._begin()
+        try:
+            held = await acquire_async(self.line, self.timeout, self.blocking, **self.how)
+        except BaseException:
+            self._end(close=True)
+            raise
         return self._push(owner, held)
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self._pop(_current_task()).release()
+        try:
+            self._pop(_current_task()).release()
+        finally:
+            self._end(close=True)
 
     def __call__(self, func: F) -> F:
         import inspect  # only decorators need it; keeps the command's start fast
@@ -352,18 +397,26 @@ class turn:
 
             @functools.wraps(func)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
-                held = await acquire_async(self.line, self.timeout, self.blocking, **self.how)
+                self._begin()  # a decorated function keeps its backend open between calls
                 try:
-                    return await func(*args, **kwargs)
+                    held = await acquire_async(self.line, self.timeout, self.blocking, **self.how)
+                    try:
+                        return await func(*args, **kwargs)
+                    finally:
+                        held.release()
                 finally:
-                    held.release()
+                    self._end(close=False)
 
             return cast(F, run_async)
 
         @functools.wraps(func)
         def run(*args: Any, **kwargs: Any) -> Any:
-            with self.line.acquire(self.timeout, self.blocking, **self.how):
-                return func(*args, **kwargs)
+            self._begin()
+            try:
+                with self.line.acquire(self.timeout, self.blocking, **self.how):
+                    return func(*args, **kwargs)
+            finally:
+                self._end(close=False)
 
         return cast(F, run)
 

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from . import forks
@@ -46,7 +47,7 @@ class Ticket(NamedTuple):
         who = f"pid {self.pid}" if self.pid is not None else f"ticket {self.number}"
         if self.host and self.host != this_host():
             who += f" on {self.host}"
-        cmd = " ".join(self.command)
+        cmd = shell_words(self.command)
         if len(cmd) > 60:
             cmd = cmd[:57] + "..."
         return escape_controls(f"{who} ({cmd})" if cmd else who)
@@ -147,6 +148,17 @@ def whole_number(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or abs(value) >= 2**63:
         return None
     return value
+
+
+def shell_words(command: Sequence[str]) -> str:
+    """A command as one would type it at a shell: words with spaces or quotes quoted, so that
+    they stay apart (``shlex.join``), but letters of any script left as they are."""
+    import shlex
+
+    return " ".join(
+        word if word and all(c.isalnum() or c in "@%+=:,./-_" for c in word) else shlex.quote(word)
+        for word in command
+    )
 
 
 def escape_controls(text: str) -> str:

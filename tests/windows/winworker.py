@@ -1,12 +1,18 @@
 """A Windows process that takes a turn and reports each step on stdout (runs under Wine).
 
 Usage: ``python.exe winworker.py NAME_HEX [--slots N] [--timeout S] [--no-wait] [--hold]
-[--log FILE] [--acquire-in main|thread|async] [--cancellable] [--shared] [--newest-wins]``.
+[--log FILE] [--acquire-in main|thread|async] [--cancellable] [--shared] [--newest-wins]
+[--max-waiting N] [--gate EVENT] [--wait-line]``.
 The line name comes hex-encoded (UTF-8) so that any name survives the trip through a command
 line. Reports: ``started PID``,
 ``waiting TICKET POSITION``, ``acquired TICKET ABANDONED DEAD_PID``, ``released TICKET``,
-``busy``, ``timeout``, ``interrupted``, ``cancelled``, ``replaced`` (exit 77: a later
-``--newest-wins`` waiter took its place).
+``busy`` (with ``--max-waiting``: and the message), ``timeout``, ``interrupted``,
+``cancelled``, ``replaced`` (exit 77: a later ``--newest-wins`` waiter took its place),
+``refused MESSAGE`` (exit 2: a usage error, such as other slots than the line's).
+
+``--gate EVENT`` opens (or creates) the named manual-reset event EVENT, says ``gated`` and
+waits for it to be set before it asks for its turn: a test releases many workers at once.
+``--wait-line`` calls ``Line.wait()`` instead of taking a turn and says ``waited``.
 
 While holding with ``--hold`` it obeys stdin, one command a line: ``release``; ``exit`` (die at
 once with ``os._exit``, holding the turn); ``terminate PID`` (``TerminateProcess`` on another
@@ -47,6 +53,8 @@ def acquire(line: inturn.Line, args: argparse.Namespace) -> inturn.Turn:
         options["shared"] = True
     if args.newest_wins:
         options["newest_wins"] = True
+    if args.max_waiting is not None:
+        options["max_waiting"] = args.max_waiting
 
     if args.acquire_in == "async":
         # acquire runs in the event loop's executor thread; the turn is released from this one
@@ -85,6 +93,25 @@ def acquire(line: inturn.Line, args: argparse.Namespace) -> inturn.Turn:
     return line.acquire(args.timeout, not args.no_wait, on_progress=progress, **options)
 
 
+def wait_at_gate(name: str) -> None:
+    import ctypes
+    from ctypes import wintypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.CreateEventW.restype = wintypes.HANDLE
+    kernel32.CreateEventW.argtypes = [
+        wintypes.LPVOID,
+        wintypes.BOOL,
+        wintypes.BOOL,
+        wintypes.LPCWSTR,
+    ]
+    kernel32.WaitForSingleObject.argtypes = [wintypes.HANDLE, wintypes.DWORD]
+    handle = kernel32.CreateEventW(None, True, False, name)
+    assert handle, ctypes.get_last_error()
+    say("gated")
+    kernel32.WaitForSingleObject(handle, 0xFFFFFFFF)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("name_hex")
@@ -97,14 +124,26 @@ def main() -> int:
     parser.add_argument("--cancellable", action="store_true")
     parser.add_argument("--shared", action="store_true")
     parser.add_argument("--newest-wins", action="store_true")
+    parser.add_argument("--max-waiting", type=int)
+    parser.add_argument("--gate")
+    parser.add_argument("--wait-line", action="store_true")
     args = parser.parse_args()
     name = bytes.fromhex(args.name_hex).decode("utf-8", "surrogatepass")
     line = inturn.Line(name, slots=args.slots)
     say("started", os.getpid())
+    if args.gate:
+        wait_at_gate(args.gate)
     try:
+        if args.wait_line:
+            line.wait(args.timeout)
+            say("waited")
+            return 0
         turn = acquire(line, args)
-    except inturn.Busy:
-        say("busy")
+    except inturn.Busy as exc:
+        if args.max_waiting is not None:
+            say("busy", str(exc).replace("\n", " "))
+        else:
+            say("busy")
         return 75
     except inturn.Timeout:
         say("timeout")
@@ -119,6 +158,9 @@ def main() -> int:
         if isinstance(exc, inturn.Replaced):
             say("replaced")
             return 77
+        if isinstance(exc, inturn.UsageError):
+            say("refused", str(exc).replace("\n", " "))
+            return 2
         raise
     dead = turn.abandoned_by.pid if turn.abandoned_by else "-"
     if args.log:

@@ -330,7 +330,8 @@ class LineStore(ABC):
 
     @abstractmethod
     def claim_abandoned(self, me: Membership) -> Ticket | None:
-        """Consume one abandonment marker atomically; the dead holder's record, or None."""
+        """Consume one abandonment marker atomically, the oldest first (a shared turn skips
+        those of shared holders); the dead holder's record, or None."""
 
     @abstractmethod
     def leave(self, me: Membership) -> None:

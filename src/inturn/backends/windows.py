@@ -717,11 +717,21 @@ class WindowsStore(PipeChannels, FolderStore):
             win32.CloseHandle(handle)
 
     def _replaced_by(self, me: WindowsMembership) -> int | None:
-        """The live, later ticket that kicked us (what the kick file says is only a claim)."""
+        """After a kick: the live, later ticket that replaced us, if any.
+
+        The kick file keeps the first claim only (it is created, never rewritten), and what it
+        says is only a claim; its writer may also have been replaced and gone by now. But every
+        later ``newest_wins`` arrival replaces the waiters ahead of it, so a live one behind
+        us, whoever wrote the file, means we were replaced.
+        """
         found = _read_file(self._path(kick_file(me.number))) or b""
         for word in found.split():
             if word.isdigit() and int(word) > me.number and self._alive(int(word)):
                 return int(word)
+        later = [n for n in self._entries().tickets if n > me.number]
+        for number, ticket in zip(later, self.read(later, me), strict=True):
+            if ticket is not None and ticket.newest_wins and self._alive(number):
+                return number
         return None
 
     def _take(self, number: int, shared: bool) -> tuple[_Owner, int, int]:
@@ -811,10 +821,12 @@ class WindowsStore(PipeChannels, FolderStore):
                 if index != KICKED:
                     return Woke(left=(numbers[index],) if clean else ())
                 assert isinstance(me, WindowsMembership) and kick is not None
+                # Reset before looking: a kick that comes after the look sets it again.
+                win32.ResetEvent(kick)
                 by = self._replaced_by(me)
                 if by is not None:
                     raise Replaced(f"ticket {by} replaced this one in line {self.name!r}")
-                win32.ResetEvent(kick)  # a kick without a live ticket behind it: wait on
+                # A kick without a live ticket behind it: wait on.
         finally:
             for handle in handles:
                 win32.CloseHandle(handle)

@@ -1,22 +1,25 @@
-"""The ``inturn`` command: a thin layer over ``inturn.Line`` (``run``, ``status``, ``wait``).
+"""The ``inturn`` command: a thin layer over ``inturn.Line`` (``run``, ``status``, ``wait``, ...).
 
 Nothing in the library imports this package; its exit codes are in ``exits.py``.
 """
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Sequence
 
 from ..errors import InturnError
 from .exits import EXIT_INTERRUPTED, EXIT_OUTPUT_CLOSED, EXIT_USAGE
-from .output import OutputClosed, say, show_warning, system_error
+from .output import OutputClosed, emit, say, show_warning, system_error
 from .parser import build_parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(words)
+    args.words = words  # as typed, for what the parser does not keep (a -- before a command)
     warnings.showwarning = show_warning
     try:
         if args.action == "run":
@@ -31,6 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .send import send
 
             return send(args)
+        if args.action == "completion":
+            from .completion import script
+
+            emit(script(args.shell, parser))
+            return 0
         if args.action == "forget":
             from .status import forget
 

@@ -21,6 +21,7 @@ signal never kills inturn while the command runs:
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import signal
@@ -68,12 +69,35 @@ class Outcome(NamedTuple):
     lost: bool
 
 
-class CannotRun(Exception):
-    """The command could not be started, or not watched as it must be: ``error`` says why."""
+# What exec says of a command it will not run (as opposed to the system lacking a resource to
+# start anything: too many open files, no memory, which inturn reports as its own error).
+EXEC_REFUSALS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ENOENT",
+        "EACCES",
+        "EPERM",
+        "ENOEXEC",
+        "ENOTDIR",
+        "EISDIR",
+        "ELOOP",
+        "ENAMETOOLONG",
+        "ETXTBSY",
+        "E2BIG",
+        "ELIBBAD",
+    )
+    if hasattr(errno, name)
+)
 
-    def __init__(self, error: OSError) -> None:
+
+class CannotRun(Exception):
+    """The command could not be started, or not watched as it must be: ``error`` says why.
+    ``by_exec``: the system refused to run the command itself (not inturn's plumbing)."""
+
+    def __init__(self, error: OSError, by_exec: bool = False) -> None:
         super().__init__(error.strerror or str(error))
         self.error = error
+        self.by_exec = by_exec
 
 
 def run_command(
@@ -177,7 +201,7 @@ class _Supervision:
                 **own_group(preexec),
             )
         except OSError as exc:
-            raise CannotRun(exc) from None
+            raise CannotRun(exc, by_exec=exc.errno in EXEC_REFUSALS) from None
         self.group = self.child.pid
         self.signals.target = self.group
         while self.signals.pending:  # arrived while the command was being started

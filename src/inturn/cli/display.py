@@ -14,9 +14,10 @@ from typing import TextIO
 
 from ..line import Line
 from ..queue import Progress
-from ..records import LineStatus, Ticket, escape_controls
+from ..records import LineStatus, Ticket, escape_controls, shell_words
 
 SHOWN_AHEAD = 64  # records read for the status line: enough to count the readers holding
+ECHO_ROOM = 3  # columns left free at the end of the status line: the echoed ^C, and one more
 
 
 def _columns(stream: TextIO) -> int:
@@ -116,8 +117,10 @@ class WaitingDisplay:
                 who = ""
             name = escape_controls(self.line.name)
             text = f"waiting for {name}: #{self.position} in line{who}; waiting {waited}"
-            # One row, never wrapped: a wrapped row would stay behind at every redraw.
-            self.stream.write("\r\x1b[K" + fit(text, _columns(self.stream) - 1))
+            # One row, never wrapped: a wrapped row would stay behind at every redraw. Room is
+            # left after it for what the terminal itself echoes there (^C, ^Z, ^\), which
+            # would otherwise wrap and leave the line behind when it is cleared.
+            self.stream.write("\r\x1b[K" + fit(text, _columns(self.stream) - ECHO_ROOM))
             self.stream.flush()
             self._shown = True
 
@@ -172,13 +175,6 @@ def _row(place: int, ticket: Ticket, now: float) -> tuple[str, ...]:
         duration(None if since is None else now - since),
         escape_controls(shell_words(ticket.command)),
     )
-
-
-def shell_words(command: tuple[str, ...]) -> str:
-    """A command as one would type it at a shell (quoted where needed)."""
-    import shlex
-
-    return shlex.join(command)
 
 
 def format_overview(statuses: list[LineStatus], where: str, now: float) -> str:

@@ -9,6 +9,7 @@ from ..durations import parse_duration
 from ..errors import UsageError
 from ..line import Line
 from .exits import EXIT_CONFLICT
+from .manual import epilog
 
 DEFAULT_GRACE_SECONDS = 1.0
 MIN_INTERVAL_SECONDS = 0.1  # inturn top: a shorter timer would only keep a core busy
@@ -18,11 +19,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inturn",
         description="Make processes take turns: wait in line, first come first served.",
+        epilog=epilog(""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"inturn {__version__}")
-    commands = parser.add_subparsers(dest="action", metavar="{run,status,top,wait,forget,send}")
+    commands = parser.add_subparsers(dest="action", metavar="COMMAND")
     commands.required = True
 
     def where(sub: argparse.ArgumentParser) -> None:
@@ -41,12 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
+        epilog=epilog("run"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="wait for a turn in line NAME, run the command, free the turn",
         description="Wait for a turn in line NAME, run COMMAND while holding it, then free it. "
         "Exits with the command's exit code.",
     )
-    run.add_argument("name", metavar="NAME")
-    run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    run.add_argument("name", metavar="NAME", help="the line: runs under one name take turns")
+    run.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        metavar="-- COMMAND ...",
+        help="the command and its arguments, run while holding the turn (options go before NAME)",
+    )
     run.set_defaults(run_parser=run)
     run.add_argument(
         "-c",
@@ -126,11 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser(
         "status",
+        epilog=epilog("status"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="who holds line NAME and who waits (every line if no NAME)",
         description="Show holders, then waiters in order, of line NAME, or every line.",
     )
-    status.add_argument("name", nargs="?", metavar="NAME")
+    status.add_argument("name", nargs="?", metavar="NAME", help="one line (default: every line)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--names",
+        action="store_true",
+        help="only the names of the lines, one a line (for scripts and shell completion)",
+    )
     status.add_argument(
         "--prune",
         action="store_true",
@@ -144,13 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     where(status)
     top = commands.add_parser(
         "top",
+        epilog=epilog("top"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="a live full-screen view of line NAME (every line if no NAME); q quits",
         description="Show holders, then waiters, of line NAME (or every line) on the whole "
         "terminal, redrawn the moment someone leaves and every --interval for arrivals and "
         "clocks; q or Ctrl-C quits. Not on a terminal, prints inturn status once. "
         "Same as inturn status --watch.",
     )
-    top.add_argument("name", nargs="?", metavar="NAME")
+    top.add_argument("name", nargs="?", metavar="NAME", help="one line (default: every line)")
     where(top)
     for live in (status, top):
         live.add_argument(
@@ -162,22 +181,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     forget = commands.add_parser(
         "forget",
+        epilog=epilog("forget"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="remove lines that nobody holds or waits in",
         description="Remove each line NAME if nobody holds or waits in it (its folder, or its "
         "name on a server); someone joining at that moment joins a new line of that name. "
         "Exits 0, or 75 if a line is in use (it is left alone).",
     )
-    forget.add_argument("names", nargs="+", metavar="NAME")
+    forget.add_argument("names", nargs="+", metavar="NAME", help="the lines to remove")
     where(forget)
 
     wait = commands.add_parser(
         "wait",
+        epilog=epilog("wait"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="wait until everyone now in line NAME has finished, without taking a turn",
         description="Wait until every holder and waiter now in line NAME has finished (a "
         "barrier: later arrivals are not waited for, and are not held up). Exits 0, or 75 "
         "when --timeout runs out.",
     )
-    wait.add_argument("name", metavar="NAME")
+    wait.add_argument("name", metavar="NAME", help="the line")
     wait.add_argument(
         "-w", "--timeout", type=_seconds, metavar="SECONDS", help="give up after SECONDS (exit 75)"
     )
@@ -190,6 +213,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit code when the timeout runs out (default 75)",
     )
     where(wait)
+
+    completion = commands.add_parser(
+        "completion",
+        help="print the shell completion script for bash, zsh or fish",
+        description="Print a script that completes inturn's commands, options and line names "
+        "in SHELL. Line names come from inturn status --names, with the --dir, --backend or "
+        "--machine typed on the command line.",
+        epilog=epilog("completion"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    completion.add_argument(
+        "shell", metavar="SHELL", choices=("bash", "zsh", "fish"), help="bash, zsh or fish"
+    )
+
     from .send import add_parser as add_send
 
     add_send(commands, where)

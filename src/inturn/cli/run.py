@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -47,20 +48,30 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 def _command(usage: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
     """The command to run: after ``--``, or ``-c STRING`` for ``sh -c`` (as ``flock -c``)."""
     command = list(args.command)
-    if command and command[0] == "--":
+    if command and command[0] == "--":  # kept by some Python versions, dropped by others
         command = command[1:]
+    words = getattr(args, "words", [])  # as typed: after --, a word is the command's own
+    separated = len(words) > len(command) and words[-len(command) - 1] == "--"
     if args.command_string is not None:
         if command:
             usage.error("give either -c 'COMMAND STRING' or -- COMMAND [ARG ...], not both")
         return ["/bin/sh", "-c", args.command_string]
     if not command:
         usage.error("no command given: inturn run NAME -- COMMAND [ARG ...] (or -c 'STRING')")
-    if command[0].startswith("-") and command[0] in usage._option_string_actions:
+    if not separated and _is_option(usage, command[0]):
         usage.error(
             f"{command[0]} comes after the line's name, where the command belongs: options go "
             f"before NAME (inturn run {command[0]} {args.name} -- ...)"
         )
     return command
+
+
+def _is_option(usage: argparse.ArgumentParser, word: str) -> bool:
+    """Whether ``word`` is one of run's options: ``-n``, ``--timeout=5``, ``-w5``."""
+    if not word.startswith("-") or word == "-":
+        return False
+    known = usage._option_string_actions
+    return word in known or word.split("=", 1)[0] in known or word[:2] in known
 
 
 def _notes(args: argparse.Namespace, held: Turn) -> None:
@@ -213,5 +224,20 @@ def _run_holding(
                 on_started=held.note_runner if handles else None,
             )
         except CannotRun as exc:
+            if exc.by_exec:  # found and executable, yet the system would not run it
+                say(_refused(command[0], exc.error))
+                return EXIT_NOT_FOUND if exc.error.errno == errno.ENOENT else EXIT_CANNOT_RUN
             raise UsageError(f"cannot run {command[0]}: {system_error(exc.error)}") from None
         return EXIT_LOST if outcome.lost else outcome.code
+
+
+def _refused(program: str, error: OSError) -> str:
+    """Why the system would not run ``program``, which exists and is executable (as a shell
+    says it: 127 when its ``#!`` interpreter is missing, 126 otherwise)."""
+    why = {
+        errno.ENOENT: "its #! interpreter was not found (check the script's first line)",
+        errno.ENOEXEC: "it is neither a program nor a script starting with #!",
+        errno.EACCES: "permission denied (check its permissions and those of its folders, "
+        "or a noexec mount)",
+    }.get(error.errno or 0, error.strerror or str(error))
+    return f"cannot run {program}: {why}"

@@ -27,16 +27,25 @@ def add_parser(
     where: Callable[[argparse.ArgumentParser], None],
 ) -> argparse.ArgumentParser:
     """The ``send`` subcommand, added to the ``inturn`` command's parser."""
+    from .manual import epilog
+
     send = commands.add_parser(
         "send",
+        epilog=epilog("send"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="send arguments to the running instance of NAME and print its reply",
         description="Send ARGs (as argv NAME ARG ...), this folder and --data to the program "
         "that holds line NAME with inturn.single_instance(NAME, on_message=...), and print "
         "its reply as JSON. Exits 0 when it answered, 1 when it answered with an error, 69 "
         "when no instance runs (or it does not listen), 75 when it did not answer in time.",
     )
-    send.add_argument("name", metavar="NAME")
-    send.add_argument("arguments", nargs=argparse.REMAINDER, metavar="-- ARG ...")
+    send.add_argument("name", metavar="NAME", help="the line its running instance holds")
+    send.add_argument(
+        "arguments",
+        nargs=argparse.REMAINDER,
+        metavar="-- ARG ...",
+        help="the arguments to hand over (it gets argv NAME ARG ...)",
+    )
     send.add_argument("--data", metavar="JSON", help="a JSON value to send along")
     send.add_argument(
         "-w",

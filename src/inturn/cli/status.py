@@ -6,7 +6,9 @@ import argparse
 import time
 
 from ..backends import open_backend
+from ..errors import UsageError
 from ..line import Line
+from ..records import escape_controls
 from .display import format_line, format_overview
 from .exits import EXIT_CONFLICT
 from .output import emit, json_text, say
@@ -15,6 +17,9 @@ from .parser import line_from, where_from
 
 def status(args: argparse.Namespace) -> int:
     now = time.time()
+    names_only = getattr(args, "names", False)  # inturn top, printed once, has no --names
+    if names_only and (args.name is not None or args.json):
+        raise UsageError("--names lists every line, one name a line: give no NAME and no --json")
     if args.name is not None:
         with line_from(args) as line:
             status = line.status()
@@ -30,6 +35,8 @@ def status(args: argparse.Namespace) -> int:
     try:
         if getattr(args, "prune", False):  # inturn top, printed once, has no --prune
             _prune(args)
+        if names_only:
+            return _names(backend.names())
         statuses = []
         for name in backend.names():
             store = backend.line(name)
@@ -42,6 +49,21 @@ def status(args: argparse.Namespace) -> int:
         emit(json_text(document))
         return 0
     emit(format_overview(statuses, backend.where, now))
+    return 0
+
+
+def _names(names: list[str]) -> int:
+    """One name a line, as it is (``--names``): a name that would not fit on one line or could
+    steer the terminal (a control character in it) is left out with a warning."""
+    shown = []
+    for name in names:
+        if escape_controls(name) == name:
+            shown.append(name)
+        else:
+            shown_name = escape_controls(name)
+            say(f"warning: left out the line {shown_name}: its name has control characters")
+    if shown:
+        emit("\n".join(shown))
     return 0
 
 

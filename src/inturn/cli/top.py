@@ -42,9 +42,10 @@ def top(args: argparse.Namespace) -> int:
     """The live view on a terminal; ``inturn status`` printed once anywhere else."""
     if args.action == "status" and not args.watch:
         raise UsageError("--interval goes with --watch: inturn status --watch --interval SECONDS")
-    if getattr(args, "json", False):
+    if getattr(args, "json", False) or getattr(args, "names", False):
         raise UsageError(
-            "--watch draws a live view for people; for scripts, use --json without --watch"
+            "--watch draws a live view for people; for scripts, use --json or --names "
+            "without --watch"
         )
     interval = args.interval if args.interval is not None else 1.0
     if not is_terminal(sys.stdout):

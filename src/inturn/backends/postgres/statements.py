@@ -298,9 +298,12 @@ class Statements:
             " WHERE number = %(number)s"
         )
         self.replaced_by = q("SELECT by_number FROM {s}.replaced WHERE number = %(me)s")
-        # Until a replacer's cancel request ends it (a day at most: the wait is then redone).
-        self.sleep_until_replaced = sql.SQL(
+        # Until a replacer's cancel request ends it (a day at most: the wait is then redone),
+        # unless it has been replaced already: checked in the same statement, so that a cancel
+        # request that came just before the statement (which cancels nothing) is not missed.
+        self.sleep_until_replaced = q(
             "SELECT set_config('statement_timeout', '0', true), pg_sleep(86400)"
+            " WHERE NOT EXISTS (SELECT 1 FROM {s}.replaced WHERE number = %(me)s)"
         )
         # Waiting: block in the lock manager until the ticket's exclusive lock goes, then let
         # go at once. The timeout is the server's own ``lock_timeout`` (set in the same

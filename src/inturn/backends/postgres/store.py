@@ -398,6 +398,23 @@ def _cancel(conn: Connection) -> None:
             conn.cancel()
 
 
+def _cancel_until_ended(
+    conn: Connection, lock: threading.Lock, ended: Callable[[], bool], wake: threading.Event
+) -> None:
+    """Cancel what another thread runs, or is about to run, on ``conn`` until ``ended()``
+    (checked under ``lock``, which that thread takes to say so; ``wake`` is set then too).
+
+    A cancel request that reaches the server before the statement does cancels nothing, so
+    it is sent again every ``CANCEL_AGAIN_AFTER`` seconds, as ``_Canceller`` does.
+    """
+    while True:
+        with lock:
+            if ended():
+                return
+            _cancel(conn)
+        wake.wait(CANCEL_AGAIN_AFTER)
+
+
 class _Watch:
     """One extra session blocked on one ticket, for waits on several tickets at once."""
 
@@ -408,6 +425,7 @@ class _Watch:
         self.woken = woken
         self.lock = threading.Lock()
         self.done = False
+        self.ended = threading.Event()
         self.clean = False
         self.cancelled = False
         self.thread = threading.Thread(target=self._run, daemon=True, name="inturn-pg-watch")
@@ -422,13 +440,14 @@ class _Watch:
         finally:
             with self.lock:
                 self.done = True
+            self.ended.set()
             self.woken.set()
 
     def stop(self) -> None:
         with self.lock:
-            if not self.done:
-                self.cancelled = True
-                _cancel(self.conn)
+            self.cancelled = not self.done
+        if self.cancelled:  # the session is closed afterwards: a cancel may still be on its way
+            _cancel_until_ended(self.conn, self.lock, lambda: self.done, self.ended)
         self.thread.join(10)
         if self.clean and not self.cancelled:
             self.backend.put_back(self.conn)
@@ -443,39 +462,47 @@ class _ReplacementWatch:
     ends the sleep, then looks whether it was replaced. A sleep in the server, not a poll."""
 
     def __init__(self, store: PostgresStore, member: PostgresMembership, woken: threading.Event):
+        assert member.conn is not None
         self.store = store
-        self.member = member
+        self.conn = member.conn
+        self.params = {"me": member.number}
         self.woken = woken
         self.lock = threading.Lock()
+        self.stopping = False
         self.done = False
+        self.ended = threading.Event()
         self.by: int | None = None
         self.thread = threading.Thread(target=self._run, daemon=True, name="inturn-pg-replaced")
         self.thread.start()
 
     def _run(self) -> None:
-        conn = self.member.conn
-        assert conn is not None
         stmts = self.store.stmts
         try:
-            with suppress(pg_errors.QueryCanceled):
-                row = conn.execute(stmts.replaced_by, {"me": self.member.number}).fetchone()
-                if row is None:
-                    conn.execute(stmts.sleep_until_replaced, {"me": self.member.number})
-            row = conn.execute(stmts.replaced_by, {"me": self.member.number}).fetchone()
-            self.by = None if row is None else int(row[0])
+            while True:
+                with self.lock:
+                    if self.stopping:
+                        return
+                with suppress(pg_errors.QueryCanceled):
+                    self.conn.execute(stmts.sleep_until_replaced, self.params)
+                with suppress(pg_errors.QueryCanceled):
+                    row = self.conn.execute(stmts.replaced_by, self.params).fetchone()
+                    if row is not None:
+                        self.by = int(row[0])
+                        self.woken.set()
+                        return
         except psycopg.Error:
             pass
         finally:
             with self.lock:
                 self.done = True
-            if self.by is not None:
-                self.woken.set()
+            self.ended.set()
 
     def stop(self) -> None:
+        """End the sleep, however close to its start: a cancel that came before the sleep's
+        statement is sent again until the thread has finished."""
         with self.lock:
-            conn = self.member.conn
-            if not self.done and conn is not None:
-                _cancel(conn)
+            self.stopping = True
+        _cancel_until_ended(self.conn, self.lock, lambda: self.done, self.ended)
         self.thread.join(10)
 
 

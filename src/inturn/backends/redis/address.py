@@ -6,11 +6,11 @@ to redis-py as it is. The user and password are never shown: ``where`` has neith
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any, NamedTuple, cast
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
+from redis.connection import URL_QUERY_ARGUMENT_PARSERS as _QUERY_PARSERS
 from redis.connection import parse_url as _parse_url
 
 from ...durations import seconds_parameter
@@ -74,14 +74,64 @@ def parse_address(address: str) -> RedisAddress:
         options: dict[str, Any] = cast(Any, _parse_url)(redis_url)
     except ValueError as exc:
         raise UsageError(f"bad Redis URL for {where}: {exc}") from None
-    unknown = sorted(set(options) - _accepted(options))
+    given = {key for key, _ in kept}
+    unknown = sorted(given - (_accepted(options) & (_PARSED | _STRINGS)))
     if unknown:
         raise UsageError(
             f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in the "
-            f"Redis URL for {where}: inturn knows lease, prefix and lock_delay, redis-py the "
-            "connection options (socket_timeout, ssl_ca_certs, ...)"
+            f"Redis URL for {where}: inturn takes lease, prefix and lock_delay, and passes on "
+            "redis-py's connection options that a URL can give (socket_timeout, "
+            "client_name, ssl_ca_certs with rediss://, ...)"
         )
+    _check_strings(options, where)
     return RedisAddress(options, where, lease, prefix, lock_delay)
+
+
+# What a URL may give redis-py besides inturn's own parameters: the options redis-py itself
+# reads from a URL into their types, and those that are text anyway. Any other option would
+# reach redis-py as text where it wants a number, a flag or an object, and fail deep inside
+# it (or, as decode_responses=true, change what inturn reads back).
+_PARSED = frozenset(_QUERY_PARSERS)
+_STRINGS = frozenset(
+    {
+        "client_name",
+        "encoding",
+        "encoding_errors",
+        "lib_name",
+        "lib_version",
+        "ssl_keyfile",
+        "ssl_certfile",
+        "ssl_cert_reqs",
+        "ssl_ca_certs",
+        "ssl_ca_path",
+        "ssl_ca_data",
+        "ssl_password",
+        "ssl_ciphers",
+    }
+)
+
+
+def _check_strings(options: dict[str, Any], where: str) -> None:
+    """The text options that must name something known, checked before any connection."""
+    import codecs
+
+    for key in ("encoding", "encoding_errors"):
+        if key in options:
+            try:
+                if key == "encoding":
+                    codecs.lookup(options[key])
+                else:
+                    codecs.lookup_error(options[key])
+            except LookupError:
+                raise UsageError(
+                    f"{key}={options[key]!r} in the Redis URL for {where}: no such "
+                    f"{'encoding' if key == 'encoding' else 'error handler'}"
+                ) from None
+    reqs = options.get("ssl_cert_reqs")
+    if reqs is not None and reqs not in ("none", "optional", "required"):
+        raise UsageError(
+            f"ssl_cert_reqs={reqs!r} in the Redis URL for {where}: use none, optional or required"
+        )
 
 
 def _accepted(options: dict[str, Any]) -> set[str]:
@@ -100,15 +150,7 @@ def _accepted(options: dict[str, Any]) -> set[str]:
 
 
 def _lease(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not MIN_LEASE <= value <= MAX_LEASE:
-        raise UsageError(
-            f"lease={text!r} in the Redis URL: give seconds from {MIN_LEASE:g} to {MAX_LEASE:g}"
-        )
-    return value
+    return seconds_parameter(text, "lease", MIN_LEASE, MAX_LEASE)
 
 
 def _prefix(text: str) -> str:

@@ -35,6 +35,7 @@ class RedisMembership(Membership):
         self.lease_key = lease_key
         self.shared = shared
         self.kick_key = kick_key  # the stream a newest_wins arrival writes to replace us
+        self.kicks_read = "0-0"  # the id of the last entry of that stream already looked at
         self.renewed_at = sent_at  # local monotonic time the last good renewal was sent
         self.retry_at: float | None = None
         self.pid = os.getpid()

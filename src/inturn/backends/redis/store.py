@@ -461,11 +461,13 @@ class RedisStore(LineStore):
         the other thread, which ends the blocked read at once. A ``newest_wins`` ticket also
         reads its own kick stream, where a later arrival that replaces it writes: then it
         raises ``Replaced`` (once it has checked that the one who wrote is a live ticket
-        behind it).
+        behind it); entries already looked at are not read again.
         """
         kick = me.kick_key if me is not None else None
-        if kick is not None:
+        since = ["0-0"] * len(streams)
+        if kick is not None and me is not None:
             streams = [*streams, kick]
+            since.append(me.kicks_read)
         pool = self.backend.wait_pool
         interrupter = _Interrupter()
         with self.backend.errors():
@@ -482,9 +484,8 @@ class RedisStore(LineStore):
                     self._interrupted(me)
                 try:
                     connection.send_command(
-                        "XREAD", "BLOCK", max(1, block_ms), "STREAMS", *streams,
-                        *["0-0"] * len(streams),
-                    )  # fmt: skip
+                        "XREAD", "BLOCK", max(1, block_ms), "STREAMS", *streams, *since
+                    )
                     reply = connection.read_response()
                 except (rx.ConnectionError, rx.TimeoutError, OSError):
                     if interrupter.is_set():
@@ -506,7 +507,8 @@ class RedisStore(LineStore):
         for stream, entries in reply:
             if _text(stream) != kick:
                 continue
-            for _, fields in entries:
+            for entry_id, fields in entries:
+                me.kicks_read = _text(entry_id)
                 pairs = _as_dict(fields)
                 by = _text(pairs.get(b"by", b""))
                 if by.isdigit() and int(by) > me.number and self.alive([int(by)], me)[0]:

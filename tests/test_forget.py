@@ -1,0 +1,110 @@
+"""``inturn forget`` and ``inturn status --prune`` on every backend: lines nobody is in go,
+lines in use stay, and someone joining while a line is forgotten still takes turns."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+
+import inturn
+
+from conftest import REPORT_TIMEOUT, Worker, inturn_cmd, run_cli
+from observer import assert_exclusive
+from observer import command as observed
+
+
+def names(where) -> list[str]:
+    result = run_cli("status", "--names", env=where.crash_env())
+    assert result.returncode == 0 and result.stderr == "", result
+    return result.stdout.splitlines()
+
+
+def test_forget_removes_unused_lines_and_leaves_lines_in_use(where, workers):
+    env = where.crash_env()
+    for name in ("used", "held", "waited"):
+        assert run_cli("run", name, "--", "true", env=env).returncode == 0
+    holder = Worker("held", "--hold", env=env)
+    workers.append(holder)
+    holder.expect("acquired")
+    waited = Worker("waited", "--hold", env=env)
+    workers.append(waited)
+    waited.expect("acquired")
+    behind = Worker("waited", "--hold", env=env)
+    workers.append(behind)
+    behind.expect("waiting")
+    assert names(where) == ["held", "used", "waited"]
+    result = run_cli("forget", "used", "held", "waited", "never-used", env=env)
+    assert result.returncode == 75 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "inturn: line 'held' is in use (someone holds or waits in it): not forgotten",
+        "inturn: line 'waited' is in use (someone holds or waits in it): not forgotten",
+    ]
+    assert names(where) == ["held", "waited"]
+    assert [t.pid for t in inturn.Line("held").status().holders] == [holder.pid]
+    holder.send()
+    waited.send()
+    behind.acquired()
+    behind.send()
+    assert holder.wait() == 0 and waited.wait() == 0 and behind.wait() == 0
+    gone = run_cli("forget", "held", "waited", env=env)
+    assert (gone.returncode, gone.stdout, gone.stderr) == (0, "", "")
+    assert names(where) == []
+    again = run_cli("run", "held", "--", "true", env=env)  # a forgotten line can be used again
+    assert again.returncode == 0 and names(where) == ["held"]
+
+
+def test_status_prune_forgets_unused_lines_first(where, workers):
+    env = where.crash_env()
+    for name in ("a", "b", "c"):
+        assert run_cli("run", name, "--", "true", env=env).returncode == 0
+    holder = Worker("b", "--hold", env=env)
+    workers.append(holder)
+    holder.expect("acquired")
+    pruned = run_cli("status", "--prune", env=env)
+    assert pruned.returncode == 0 and pruned.stderr == "", pruned
+    rows = pruned.stdout.splitlines()
+    assert [r.split()[0] for r in rows] == ["LINE", "b"] and f"pid {holder.pid} " in rows[1]
+    assert names(where) == ["b"]
+    holder.send()
+
+
+def test_runs_joining_while_their_line_is_forgotten_still_take_turns(where, tmp_path):
+    """A loop forgets the line as fast as it can while runs join it: each run joins the line
+    that exists at that moment or a new one, never a removed one, and the observer sees no two
+    inside at once."""
+    log = tmp_path / "inside.log"
+    count = 12
+    stop = threading.Event()
+    forgotten = []
+
+    def forget_all_the_time() -> None:
+        line = inturn.Line("race", backend=where.crash_url)
+        try:
+            while not stop.is_set():
+                forgotten.append(line.forget())
+        finally:
+            line.close()
+
+    forgetter = threading.Thread(target=forget_all_the_time, daemon=True)
+    forgetter.start()
+    env = where.crash_env()
+    try:
+        runs = [
+            subprocess.Popen(
+                inturn_cmd("run", "race", "--", *observed(log, seconds=0.02)),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for _ in range(count)
+        ]
+        for run in runs:
+            assert run.wait(REPORT_TIMEOUT) == 0, run.stderr.read() if run.stderr else ""
+            if run.stderr is not None:
+                run.stderr.close()
+    finally:
+        stop.set()
+        forgetter.join(REPORT_TIMEOUT)
+    assert_exclusive(log, expected=count)
+    assert len(forgotten) > 1

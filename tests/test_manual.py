@@ -1,0 +1,187 @@
+"""What a user reads: ``--help`` (examples, exit codes, variables) and the man page inturn(1),
+built and installed as ``pip install .`` does, then read with ``man``.
+
+What must be documented is found independently: every ``INTURN_*`` variable named in the
+source, every exit code in ``exits.py``, every command and option of the parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from inturn import __version__
+from inturn.cli import exits
+from inturn.cli.manpage import man_page
+from inturn.cli.parser import build_parser
+
+from conftest import HERE, child_env, missing_component, run_cli
+from terminal import ensure_program
+
+ROOT = HERE.parent
+
+
+def variables() -> set[str]:
+    """Every INTURN_* variable the package reads or sets (test-only ones are not in src/)."""
+    found: set[str] = set()
+    for path in (ROOT / "src" / "inturn").rglob("*.py"):
+        found.update(re.findall(r"\bINTURN_[A-Z_]+\b", path.read_text()))
+    return found
+
+
+def exit_codes() -> set[int]:
+    return {value for name, value in vars(exits).items() if name.startswith("EXIT_")}
+
+
+def commands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    found = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(found.choices)
+
+
+def section(text: str, title: str) -> str:
+    """The lines under ``title:`` in a --help, up to the next blank line."""
+    lines = text.split("\n")
+    start = lines.index(f"{title}:") + 1
+    end = lines.index("", start) if "" in lines[start:] else len(lines)
+    return "\n".join(lines[start:end])
+
+
+@pytest.mark.parametrize("command", ["", "run"])
+def test_help_shows_examples_exit_codes_and_variables(lines_dir, command):
+    result = run_cli(*([command] if command else []), "--help")
+    assert result.returncode == 0 and result.stderr == ""
+    examples = section(result.stdout, "examples")
+    assert examples.count("  inturn ") >= 3, examples
+    codes = section(result.stdout, "exit codes")
+    for code in exit_codes():
+        assert re.search(rf"^  {code} +\S", codes, re.MULTILINE), (code, codes)
+    environment = section(result.stdout, "environment")
+    assert variables() >= {"INTURN_DIR", "INTURN_BACKEND", "INTURN_TICKET"}
+    for variable in variables():
+        assert re.search(rf"^  {variable} +\S", environment, re.MULTILINE), variable
+    assert "1h30m" in result.stdout  # how a duration is written
+
+
+def test_every_command_has_examples_in_its_help(lines_dir):
+    for name in commands():
+        result = run_cli(name, "--help")
+        assert result.returncode == 0, name
+        assert section(result.stdout, "examples").count("  inturn") >= 1, name
+
+
+# --------------------------------------------------------------------------- the man page
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtual environment with inturn installed from a wheel built from a copy of
+    this checkout, as ``pip install .`` builds it (without the network: the build uses the
+    setuptools of the test environment)."""
+    try:
+        import setuptools
+    except ImportError:
+        missing_component("setuptools is not installed", "pip install -e '.[test]'")
+    if int(setuptools.__version__.split(".")[0]) < 77:
+        missing_component("setuptools is too old to build inturn", "pip install -e '.[test]'")
+    place = tmp_path_factory.mktemp("install")
+    source = place / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, source / name)
+    shutil.copytree(
+        ROOT / "src",
+        source / "src",
+        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
+    )
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
+    env = child_env()
+    env.pop("PYTHONPATH")  # the new environment must find only what was installed
+    built = subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(place / "dist"), source],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (place / "dist").glob("inturn-*.whl")
+    venv = place / "venv"
+    made = subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], timeout=600, check=False
+    )
+    assert made.returncode == 0
+    done = subprocess.run(
+        [*pip, "--python", str(venv / "bin" / "python"), "install", "--no-deps", str(wheel)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    return venv
+
+
+def man(venv: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``man ARGS`` as a user of that environment runs it (its bin/ first on PATH)."""
+    env = child_env(MANWIDTH="100", MAN_KEEP_FORMATTING="", LANG="C.UTF-8")
+    env.pop("PYTHONPATH")
+    env.pop("MANPATH", None)
+    env["PATH"] = os.pathsep.join([str(venv / "bin"), env["PATH"]])
+    return subprocess.run(
+        [ensure_program("man", "man-db"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_pip_install_installs_the_man_page_made_from_the_parser(installed):
+    page = installed / "share" / "man" / "man1" / "inturn.1"
+    assert page.read_text() == man_page(build_parser(), __version__)
+    found = man(installed, "-w", "inturn")
+    assert (found.returncode, found.stdout.strip()) == (0, str(page)), found
+    version = subprocess.run(
+        [str(installed / "bin" / "inturn"), "--version"], capture_output=True, text=True
+    )
+    assert version.stdout == f"inturn {__version__}\n"
+
+
+def test_man_inturn_shows_every_command_option_exit_code_and_variable(installed):
+    shown = man(installed, "--warnings", "-P", "cat", "inturn")
+    assert shown.returncode == 0 and shown.stderr == "", shown.stderr  # no roff warnings
+    text = re.sub(r".\x08", "", shown.stdout)  # any overstriking left: plain text
+    assert text.startswith("INTURN(1)")
+    for heading in ("NAME", "SYNOPSIS", "COMMANDS", "EXAMPLES", "EXIT STATUS", "ENVIRONMENT"):
+        assert re.search(rf"^{heading}$", text, re.MULTILINE), heading
+    for name, sub in commands().items():
+        assert re.search(rf"^   inturn {name}$", text, re.MULTILINE), name
+        for action in sub._actions:
+            if action.help == argparse.SUPPRESS:
+                continue
+            for flag in action.option_strings:
+                assert re.search(rf"(^ +|, ){re.escape(flag)}\b", text, re.MULTILINE), (name, flag)
+    status = text[text.index("EXIT STATUS") : text.index("ENVIRONMENT")]
+    for code in exit_codes():
+        assert re.search(rf"^       {code}(  |$)", status, re.MULTILINE), code
+    environment = text[text.index("ENVIRONMENT") :]
+    for variable in variables():
+        assert re.search(rf"^       {variable}(  |$)", environment, re.MULTILINE), variable
+
+
+def test_the_page_survives_text_that_roff_would_read_as_requests():
+    parser = argparse.ArgumentParser(prog="inturn", description=".TH not a request")
+    commands = parser.add_subparsers()
+    odd = commands.add_parser("odd", description="'quoted start\nback\\slash -hyphen")
+    odd.add_argument("--x", help=".SH neither")
+    page = man_page(parser, "1")
+    assert "\n.TH not" not in page and "\n.SH neither" not in page and "\n'quoted" not in page
+    assert "back\\eslash \\-hyphen" in page

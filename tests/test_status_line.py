@@ -1,0 +1,138 @@
+"""The status line ``inturn run`` keeps while it waits, in a real terminal (tmux).
+
+What the terminal shows is read with ``capture-pane`` (``-J`` puts wrapped rows back
+together, so a row that wrapped shows up as a difference); every byte inturn wrote is logged
+with ``pipe-pane``, so a test can also tell what came after what: a redraw after an error
+would show there even if the screen happened to look right.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from conftest import Worker, inturn_words, until
+from terminal import PROMPT, Pane
+
+CLEAR = b"\r\x1b[K"  # how each redraw of the status line begins
+
+
+def shell_with(tmp_path: Path, columns: int, command: list[str]) -> tuple[Pane, Path]:
+    """A shell whose ``go`` runs ``inturn COMMAND`` then says ``exit=N``: typing ``go`` keeps
+    the prompt row short, so that nothing on the screen wraps but what inturn writes."""
+    words = shlex.join([*inturn_words(), *command])
+    pane = Pane(tmp_path, columns=columns, rows=12, setup=f"go() {{ {words}; echo exit=$?; }}")
+    raw = tmp_path / "raw"
+    pane.tmux("pipe-pane", "-t", "top", "-o", f"cat >>{shlex.quote(str(raw))}")
+    return pane, raw
+
+
+def status_rows(rows: list[str], name: str) -> list[str]:
+    return [r for r in rows if r.startswith(f"waiting for {name}")]
+
+
+def redraws(raw: Path) -> int:
+    return raw.read_bytes().count(CLEAR) if raw.exists() else 0
+
+
+@pytest.mark.parametrize("how", ["C-c", "timeout"])
+def test_a_narrow_terminal_gets_one_cut_row_and_nothing_is_left_after(
+    lines_dir, workers, panes, tmp_path, how
+):
+    holder = Worker("narrow-line", "--hold")
+    workers.append(holder)
+    holder.expect("acquired")
+    timeout = ["-w", "4s"] if how == "timeout" else []
+    pane, raw = shell_with(tmp_path, 40, ["run", *timeout, "narrow-line", "--", "true"])
+    panes.append(pane)
+    pane.type("go")
+    pane.until(lambda rows: status_rows(rows, "narrow-line") != [], "the status line")
+    until(lambda: redraws(raw) >= 3, "the status line to be drawn three times")
+    rows = pane.rows()
+    (shown,) = status_rows(rows, "narrow-line")  # one row, however often it was drawn
+    assert len(shown) <= 37 and shown.endswith("..."), shown  # cut, with room for ^C
+    assert pane.rows(joined=True) == rows, rows  # no row wrapped onto the next
+    if how == "C-c":
+        pane.keys("C-c")
+        assert pane.exit_code() == 130
+    else:
+        assert pane.exit_code() == 75
+    rows = [r for r in pane.rows(joined=True) if r]
+    assert status_rows(rows, "narrow-line") == [], rows
+    if how == "timeout":
+        said = [r for r in rows if r.startswith("inturn: ")]
+        assert len(said) == 1, rows
+        assert said[0].startswith(
+            f"inturn: gave up waiting for line 'narrow-line' after 4.0s; held by pid {holder.pid}"
+        )
+        assert rows[rows.index(said[0]) + 1] == "exit=75"
+    else:
+        assert rows[-2:] == ["exit=130", PROMPT.rstrip()], rows
+    holder.send()
+
+
+def test_the_clock_is_labelled_and_an_error_comes_after_the_line_is_cleared(
+    lines_dir, workers, panes, tmp_path
+):
+    holder = Worker("late", "--hold")
+    workers.append(holder)
+    holder.expect("acquired")
+    pane, raw = shell_with(tmp_path, 200, ["run", "-w", "2500ms", "late", "--", "true"])
+    panes.append(pane)
+    pane.type("go")
+    line = re.compile(
+        rf"^waiting for late: #2 in line, held by pid {holder.pid} \(.+\) for \S+; "
+        r"waiting (\d+\.\d)s$"
+    )
+    pane.until(
+        lambda rows: any((m := line.match(r)) and float(m.group(1)) >= 1 for r in rows),
+        "the status line with its labelled clock past one second",
+    )
+    assert pane.exit_code() == 75
+    rows = [r for r in pane.rows(joined=True) if r]
+    assert status_rows(rows, "late") == [], rows
+    said = [r for r in rows if r.startswith("inturn: ")]
+    assert len(said) == 1 and said[0].startswith(
+        f"inturn: gave up waiting for line 'late' after 2.5s; held by pid {holder.pid} ("
+    ), rows
+    written = raw.read_bytes()
+    last_clear = written.rindex(CLEAR)
+    error_at = written.index(b"inturn: gave up")
+    # The line was cleared, then the error written at the start of the row; no redraw after.
+    assert written[last_clear + len(CLEAR) :].startswith(b"inturn: gave up"), written[-300:]
+    assert b"waiting for late:" not in written[error_at:]
+    holder.send()
+
+
+def test_verbose_and_busy_lines_start_rows_of_their_own(lines_dir, workers, panes, tmp_path):
+    holder = Worker("turns", "--hold")
+    workers.append(holder)
+    holder.expect("acquired")
+    pane, raw = shell_with(tmp_path, 120, ["run", "-v", "turns", "--", "true"])
+    panes.append(pane)
+    pane.type("go")
+    pane.until(lambda rows: status_rows(rows, "turns") != [], "the status line")
+    holder.send()
+    assert pane.exit_code() == 0
+    rows = [r for r in pane.rows(joined=True) if r]
+    assert status_rows(rows, "turns") == [], rows
+    said = [r for r in rows if r.startswith("inturn: ")]
+    assert len(said) == 1 and re.fullmatch(
+        r"inturn: ticket 2 of line 'turns', after \d+\.\ds in line", said[0]
+    ), rows
+    assert holder.wait() == 0
+    busy = Worker("turns", "--hold")
+    workers.append(busy)
+    busy.expect("acquired")
+    pane.type("clear")
+    pane.until(lambda rows: [r for r in rows if r] == [PROMPT.rstrip()], "a clear screen")
+    written = len(raw.read_bytes())
+    pane.type(f"{shlex.join([*inturn_words(), 'run', '-n', 'turns', '--', 'true'])}; echo exit=$?")
+    assert pane.exit_code() == 75
+    rows = [r for r in pane.rows(joined=True) if r]
+    assert rows[1].startswith(f"inturn: line 'turns' is busy: held by pid {busy.pid}"), rows
+    assert b"waiting for" not in raw.read_bytes()[written:]  # no status line for a busy line
+    busy.send()
