@@ -283,3 +283,49 @@ def test_the_pipe_s_security_descriptor_matches_the_scope(win, tmp_path, scope, 
     owner_only = f"D:P(A;;GA;;;{sid})"
     # Authenticated users may read and write, never create an instance of the pipe.
     assert dacl == (owner_only + "(A;;0x120183;;;AU)" if others_ace else owner_only)
+
+
+ROUGH_SENDERS = """
+import struct, sys, time, inturn
+from inturn.backends import pipe_channel
+holder = inturn.Line("rough").status().holders[0]
+sid = pipe_channel._sid()
+def raw():
+    return pipe_channel.connect(holder.channel, holder.pid, "user", sid, time.monotonic() + 60)
+silent = raw()  # connects and says nothing
+halfway = raw()
+halfway.send(struct.pack(">I", 1000) + b'{"v": 1, "ar', time.monotonic() + 60)  # and stalls
+huge = raw()
+huge.send(struct.pack(">I", 100 * 1024 * 1024), time.monotonic() + 60)
+garbage = raw()
+body = b"\\xff\\xfe not json"
+garbage.send(struct.pack(">I", len(body)) + body, time.monotonic() + 60)
+started = time.monotonic()
+print("answered", inturn.send("rough", ["fine"]), round(time.monotonic() - started, 2))
+for connection in (huge, garbage):
+    print("dropped", connection.receive(4096, time.monotonic() + 60)[4:].decode())
+sys.stdout.flush()
+sys.stdin.readline()
+"""
+
+
+def test_slow_oversized_and_malformed_senders_are_dropped_and_block_nobody(apps, win, tmp_path):
+    from inturn.messages import REQUEST_SECONDS
+
+    first = apps.first("rough", "--reply", "count")
+    script = tmp_path / "rough.py"
+    script.write_text(ROUGH_SENDERS)
+    rough = win.start(windows_path(script))
+    words = rough.expect("answered")
+    assert words[1:3] == ["{'n':", "1}"]
+    assert float(words[3]) < REQUEST_SECONDS  # answered before the slow ones were dropped
+    assert "more than" in " ".join(rough.expect("dropped"))
+    assert "not JSON" in " ".join(rough.expect("dropped"))
+    expected = [f"not sent within {REQUEST_SECONDS:g}s", "more than", "not JSON"]
+    while expected:
+        warning = stderr_line(first, "dropped a message")
+        expected = [e for e in expected if e not in warning]
+    rough.send("")
+    code, out, err = win.inturn("send", "rough", "--", "still").finish()
+    assert code == 0, err
+    assert json.loads(out) == {"n": 2}
