@@ -1,8 +1,9 @@
 """The layers of the package, enforced from its imports (every import, lazy ones included).
 
 cli           the command: may import anything below it
-line          the Python API (Line, Turn, turn, single_instance)
+line          the Python API (Line, Turn, turn, single_instance, send)
 queue         the algorithm, written once
+messages      single-instance messages (the protocol, the listener), written once
 backends      the primitives (base) and each backend; nothing above them
 core          errors, records, names, durations, forks, win32: nothing but each other
 """
@@ -19,9 +20,11 @@ MAY_IMPORT = {
     "backends": {"core", "backends", "backends.base"},
     "backends.base": {"core"},
     "queue": {"core", "backends.base"},
-    "line": {"core", "backends", "backends.base", "queue"},
-    "package": {"core", "backends.base", "queue", "line"},  # __init__ and __main__ re-export
-    "cli": {"core", "backends", "backends.base", "queue", "line", "cli", "package"},
+    "messages": {"core", "backends.base"},
+    "line": {"core", "backends", "backends.base", "queue", "messages"},
+    # __init__ and __main__ re-export
+    "package": {"core", "backends.base", "queue", "messages", "line"},
+    "cli": {"core", "backends", "backends.base", "queue", "messages", "line", "cli", "package"},
 }
 
 

@@ -2,20 +2,24 @@
 
 from .backends.base import CancelToken
 from .errors import (
+    AlreadyRunning,
     BackendError,
     Busy,
     Cancelled,
     InturnError,
     LostTurn,
+    MessageError,
+    NotRunning,
     Replaced,
     Timeout,
     UsageError,
 )
-from .line import Line, Turn, acquire_async, single_instance, turn
+from .line import Line, Turn, acquire_async, send, single_instance, turn
 from .queue import Progress
-from .records import InturnWarning, LineStatus, Ticket
+from .records import InturnWarning, LineStatus, Message, Ticket
 
 __all__ = [
+    "AlreadyRunning",
     "BackendError",
     "Busy",
     "CancelToken",
@@ -25,6 +29,9 @@ __all__ = [
     "Line",
     "LineStatus",
     "LostTurn",
+    "Message",
+    "MessageError",
+    "NotRunning",
     "Progress",
     "Replaced",
     "Ticket",
@@ -32,6 +39,7 @@ __all__ = [
     "Turn",
     "UsageError",
     "acquire_async",
+    "send",
     "single_instance",
     "turn",
 ]

@@ -52,3 +52,40 @@ class BackendError(InturnError):
 
 class LostTurn(InturnError):
     """The connection that held the turn was lost: another holder may now have it."""
+
+
+class AlreadyRunning(Busy):
+    """Another instance holds the line (``single_instance``). It was sent this start's
+    arguments, and ``reply`` is what it answered (None if it does not listen); ``pid`` is
+    its process id."""
+
+    def __init__(
+        self,
+        message: str,
+        status: LineStatus | None = None,
+        *,
+        reply: object = None,
+        pid: int | None = None,
+    ) -> None:
+        super().__init__(message, status)
+        self.reply = reply
+        self.pid = pid
+
+
+class NotRunning(InturnError):
+    """No running instance took the message: nobody holds the line, its holder does not
+    listen, or it ended before it answered (``pid`` says which, when there was one)."""
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+class MessageError(InturnError):
+    """The running instance answered with an error: its ``on_message`` raised (``kind`` is
+    the exception's class name), or it refused the message (``kind`` is ``"refused"``)."""
+
+    def __init__(self, message: str, kind: str, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.pid = pid

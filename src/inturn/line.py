@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, TypedDict, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
 
 from .backends import check_backend, open_backend
 from .backends.base import (
@@ -20,13 +22,18 @@ from .backends.base import (
     Patience,
     check_scope,
 )
-from .errors import UsageError
+from .errors import AlreadyRunning, Busy, UsageError
 from .names import check_name
-from .queue import HOLDINGS, ProgressCallback, give_back, take_turn, wait_for_everyone
+from .queue import HOLDINGS, Held, ProgressCallback, give_back, take_turn, wait_for_everyone
 from .records import LineStatus, Ticket
+
+if TYPE_CHECKING:
+    from .messages import OnMessage
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
+# Messages (single_instance, send) are imported when used: inturn run never needs them.
+DEFAULT_TIMEOUT = 5.0  # seconds a later start or send() waits for the answer
 
 
 class Turn:
@@ -42,6 +49,7 @@ class Turn:
         membership: Membership,
         abandoned_by: Ticket | None,
         owner: object = None,
+        on_release: Callable[[], None] | None = None,
     ) -> None:
         self.line = line
         self.name = line.name
@@ -51,6 +59,7 @@ class Turn:
         self.owner = owner  # who acquired it: a thread, or an asyncio task
         self.waited = 0.0  # seconds it spent in line
         self._membership: Membership | None = membership
+        self._on_release = on_release  # a single instance stops listening first
         self._lock = threading.Lock()
 
     @property
@@ -83,6 +92,8 @@ class Turn:
         with self._lock:
             membership, self._membership = self._membership, None
         if membership is not None:
+            if self._on_release is not None:
+                self._on_release()
             give_back(self.line.store, membership)
 
     def __enter__(self) -> Turn:
@@ -495,9 +506,157 @@ def _call_soon(loop: Any, function: Callable[..., None], *args: object) -> bool:
 def single_instance(
     name: str,
     *,
+    on_message: OnMessage | None = None,
+    accept_from: str | Iterable[str] | None = None,
+    wait: bool | float = False,
+    timeout: float = DEFAULT_TIMEOUT,
+    data: Any = None,
     scope: str = "user",
     directory: str | None = None,
     backend: str | Backend | None = None,
 ) -> Turn:
-    """Hold ``name`` for the life of this process, or raise ``Busy`` if another instance runs."""
-    return Line(name, scope=scope, directory=directory, backend=backend).acquire(blocking=False)
+    """Hold ``name`` for the life of this process, as the one running instance.
+
+    The first start holds the line. With ``on_message`` it also listens: every later start's
+    ``Message`` (``argv``, ``cwd``, ``data``; ``pid`` and ``user`` from the operating system)
+    is passed to ``on_message`` in a thread of the listener's, one at a time in order of
+    arrival, and what it returns (any JSON value) goes back; if it raises, the later start
+    raises ``MessageError``. Only the same user may send, and on a machine-wide line also
+    the users in ``accept_from`` (user names, or ``"*"``).
+
+    A later start sends its ``sys.argv``, working folder and ``data`` to the first one,
+    waits up to ``timeout`` seconds for the answer, then raises ``AlreadyRunning`` (a
+    ``Busy``) carrying ``reply`` and the first one's ``pid`` (``reply`` is None when the
+    first one does not listen). A first one that does not answer in time raises ``Timeout``;
+    one that ended before it answered, ``NotRunning``. ``wait=True`` (or a number of seconds)
+    waits in line behind the first one instead, sending nothing.
+
+    The turn is released (and the listener stopped, its socket or pipe removed) by
+    ``release()``, else when the process ends.
+    """
+    from .messages import Acceptance, Listener, check_data, check_timeout
+
+    line = Line(name, scope=scope, directory=directory, backend=backend)
+    if on_message is not None and not callable(on_message):
+        raise UsageError(f"on_message must be a function that takes a Message, not {on_message!r}")
+    acceptance = Acceptance(line.scope, accept_from)
+    seconds = check_timeout(timeout)
+    in_line = _wait_seconds(wait)
+    check_data(data)  # the message itself is made only if another instance runs
+    store = line.store
+    channel = None
+    try:
+        if on_message is not None:
+            store.check_channels()
+            channel = store.open_channel(acceptance.others)
+        address = channel.address if channel is not None else None
+        if in_line is not False:
+            held = take_turn(store, timeout=in_line or None, channel=address)
+        else:
+            held = _first_or_tell(store, data, seconds, address)
+    except BaseException:
+        if channel is not None:
+            channel.close()
+        line.close()
+        raise
+    if channel is None or on_message is None:
+        return Turn(line, held.membership, held.abandoned_by, threading.current_thread())
+    listener = Listener(channel, on_message, acceptance, line.name)
+
+    def stop_listening() -> None:
+        atexit.unregister(stop_listening)
+        listener.stop()
+
+    atexit.register(stop_listening)  # the socket goes with the instance
+    turn = Turn(
+        line, held.membership, held.abandoned_by, threading.current_thread(), stop_listening
+    )
+    listener.start()
+    return turn
+
+
+def _wait_seconds(wait: object) -> float | bool:
+    """``wait=``: False (send, do not wait), True (wait for ever, as 0.0 here) or seconds."""
+    if isinstance(wait, bool):
+        return 0.0 if wait else False
+    if not isinstance(wait, (int, float)) or not wait > 0:
+        raise UsageError(f"wait must be True, False or a positive number of seconds, not {wait!r}")
+    return float(wait)
+
+
+def _first_or_tell(store: LineStore, data: Any, timeout: float, channel: str | None) -> Held:
+    """Take the line if nobody is in it; else give the one ahead (the holder, or the start
+    that is about to hold it) this start's argv, folder and ``data``, and raise
+    ``AlreadyRunning`` with its reply. One whose channel is gone already (on its way out) is
+    waited for, as long as ``timeout`` allows, and the line tried again."""
+    from .messages import Unreachable, current_folder, deliver, request, wait_for_going
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return take_turn(store, blocking=False, channel=channel)
+        except Busy as busy:
+            status = busy.status
+            ahead = (*status.holders, *status.waiters) if status is not None else ()
+            if not ahead:
+                if time.monotonic() >= deadline:
+                    raise
+                continue  # it emptied meanwhile: try again
+            first = ahead[0]
+            running = f"line {store.name!r} is already running as {first.describe()}"
+            if not first.channel:
+                raise AlreadyRunning(
+                    f"{running}, which does not listen for messages", status, pid=first.pid
+                ) from None
+            message = request(sys.argv, current_folder(), data)
+            try:
+                # A waiter ahead that listens (wait=True) takes the message once it holds.
+                reply = deliver(store, first, message, deadline, timeout)
+            except Unreachable:
+                wait_for_going(store, first, deadline, timeout)
+                continue
+            raise AlreadyRunning(
+                f"{running}; it was sent this start's arguments and answered",
+                status,
+                reply=reply,
+                pid=first.pid,
+            ) from None
+
+
+def send(
+    name: str,
+    argv: Iterable[str] = (),
+    *,
+    data: Any = None,
+    cwd: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    scope: str = "user",
+    directory: str | None = None,
+    backend: str | Backend | None = None,
+    on_received: Callable[[int | None], None] | None = None,
+) -> Any:
+    """Send ``argv``, ``cwd`` (default: this process's working folder) and ``data`` to the
+    instance that holds line ``name`` (``single_instance(on_message=...)``) and return its
+    reply, a JSON value.
+
+    Raises ``NotRunning`` when no instance holds the line, or it does not listen, or it ended
+    before it answered; ``Timeout`` when it does not answer within ``timeout`` seconds;
+    ``MessageError`` when its ``on_message`` raised or it refused this user.
+    ``on_received(pid)`` is called once the instance has taken the message.
+    """
+    from .messages import check_timeout, current_folder, request
+    from .messages import send as send_message
+
+    name = check_name(name)
+    check_scope(scope)
+    check_backend(backend)
+    message = request(argv, current_folder() if cwd is None else cwd, data)
+    seconds = check_timeout(timeout)
+    opened = open_backend(backend, scope=scope, directory=directory, create=False)
+    store = opened.line(name)
+    try:
+        return send_message(store, message, seconds, on_received)
+    finally:
+        store.close()
+        if opened is not backend:
+            opened.close()

@@ -123,11 +123,14 @@ def take_turn(
     shared: bool = False,
     max_waiting: int | None = None,
     newest_wins: bool = False,
+    channel: str | None = None,
 ) -> Held:
     """Join ``store``'s line and return once this caller holds the turn.
 
-    ``owner`` is who will hold it (default: the calling thread). Any exception (timeout, busy,
-    Ctrl-C, cancel, being replaced) leaves the line before it propagates.
+    ``owner`` is who will hold it (default: the calling thread). ``channel`` is where it
+    listens for later starts (``single_instance``), recorded in its ticket from the start.
+    Any exception (timeout, busy, Ctrl-C, cancel, being replaced) leaves the line before it
+    propagates.
     """
     if owner is None:
         owner = threading.current_thread()
@@ -137,7 +140,9 @@ def take_turn(
     guard_deadline = deadline if blocking else start + BUSY_PATIENCE
     patience = Patience(guard_deadline, cancel)
     try:
-        me, view = store.join(own_ticket_fields(command, slots, shared, newest_wins), patience)
+        me, view = store.join(
+            own_ticket_fields(command, slots, shared, newest_wins, channel), patience
+        )
     except GuardTaken as exc:
         raise _impatient(store, blocking, timeout, str(exc)) from None
     try:

@@ -180,6 +180,18 @@ def _span(start: float | None, end: float) -> float | None:
     return None if start is None else round(max(0.0, end - start), 3)
 
 
+class Message(NamedTuple):
+    """What a later start sent to the running instance (``single_instance``): its ``argv``,
+    working folder ``cwd`` and ``data`` (any JSON value), and who it is, as the operating
+    system says: ``pid`` and ``user``."""
+
+    argv: tuple[str, ...]
+    cwd: str
+    data: Any
+    pid: int | None
+    user: str
+
+
 class LineStatus(NamedTuple):
     """Holders, then waiters, each in ticket (arrival) order."""
 
@@ -230,7 +242,11 @@ def this_user() -> str:
 
 
 def own_ticket_fields(
-    command: tuple[str, ...] | None, slots: int, shared: bool = False, newest_wins: bool = False
+    command: tuple[str, ...] | None,
+    slots: int,
+    shared: bool = False,
+    newest_wins: bool = False,
+    channel: str | None = None,
 ) -> Ticket:
     """The caller's identity, stamped on the ticket it is about to take."""
     return Ticket(
@@ -244,6 +260,7 @@ def own_ticket_fields(
         slots=slots,
         shared=shared,
         newest_wins=newest_wins,
+        channel=channel,
     )
 
 

@@ -426,3 +426,136 @@ def signalled_index(result: int, count: int) -> int | None:
 
 def milliseconds(seconds: float) -> int:
     return max(0, min(INFINITE - 1, int(seconds * 1000 + 0.999)))
+
+
+# --------------------------------------------------------------------------- named pipes
+# The channel a single instance listens on (backends/pipe_channel.py): overlapped I/O, so that
+# every wait has a deadline and can be ended from another thread.
+
+PIPE_ACCESS_DUPLEX = 0x00000003
+FILE_FLAG_OVERLAPPED = 0x40000000
+FILE_FLAG_FIRST_PIPE_INSTANCE = 0x00080000
+PIPE_REJECT_REMOTE_CLIENTS = 0x00000008  # byte mode, blocking: the other flags are 0
+PIPE_UNLIMITED_INSTANCES = 255
+SECURITY_SQOS_PRESENT = 0x00100000
+SECURITY_IDENTIFICATION = 0x00010000  # the server may learn who we are, not act as us
+FILE_READ_DATA = 0x0001
+FILE_WRITE_DATA = 0x0002
+FILE_READ_ATTRIBUTES = 0x0080
+
+ERROR_BROKEN_PIPE = 109
+ERROR_SEM_TIMEOUT = 121
+ERROR_PIPE_BUSY = 231
+ERROR_NO_DATA = 232
+ERROR_PIPE_NOT_CONNECTED = 233
+ERROR_MORE_DATA = 234
+ERROR_PIPE_CONNECTED = 535
+ERROR_OPERATION_ABORTED = 995
+ERROR_IO_PENDING = 997
+
+
+class Overlapped(ctypes.Structure):
+    _fields_ = [
+        ("Internal", ctypes.c_size_t),
+        ("InternalHigh", ctypes.c_size_t),
+        ("Offset", wintypes.DWORD),
+        ("OffsetHigh", wintypes.DWORD),
+        ("hEvent", HANDLE),
+    ]
+
+
+_OVERLAPPED = ctypes.POINTER(Overlapped)
+CreateNamedPipeW = _bind(
+    kernel32, "CreateNamedPipeW", _H, _WSTR, _DWORD, _DWORD, _DWORD, _DWORD, _DWORD, _DWORD, _P
+)
+ConnectNamedPipe = _bind(kernel32, "ConnectNamedPipe", _BOOL, _H, _OVERLAPPED)
+ReadFile = _bind(kernel32, "ReadFile", _BOOL, _H, _P, _DWORD, _P, _OVERLAPPED)
+WriteFile = _bind(kernel32, "WriteFile", _BOOL, _H, _P, _DWORD, _P, _OVERLAPPED)
+GetOverlappedResult = _bind(
+    kernel32, "GetOverlappedResult", _BOOL, _H, _OVERLAPPED, ctypes.POINTER(_DWORD), _BOOL
+)
+CancelIoEx = _bind(kernel32, "CancelIoEx", _BOOL, _H, _OVERLAPPED)
+WaitNamedPipeW = _bind(kernel32, "WaitNamedPipeW", _BOOL, _WSTR, _DWORD)
+GetNamedPipeClientProcessId = _bind(
+    kernel32, "GetNamedPipeClientProcessId", _BOOL, _H, ctypes.POINTER(wintypes.ULONG)
+)
+GetNamedPipeServerProcessId = _bind(
+    kernel32, "GetNamedPipeServerProcessId", _BOOL, _H, ctypes.POINTER(wintypes.ULONG)
+)
+GetCurrentThread = _bind(kernel32, "GetCurrentThread", _H)
+ImpersonateNamedPipeClient = _bind(advapi32, "ImpersonateNamedPipeClient", _BOOL, _H)
+RevertToSelf = _bind(advapi32, "RevertToSelf", _BOOL)
+OpenThreadToken = _bind(advapi32, "OpenThreadToken", _BOOL, _H, _DWORD, _BOOL, ctypes.POINTER(_H))
+
+
+def token_user(token: int) -> tuple[str, str]:
+    """The user of an access token: its SID as text, and its account name (``DOMAIN\\user``,
+    or the SID again where the system has no name for it)."""
+    size = wintypes.DWORD()
+    GetTokenInformation(token, TOKEN_USER_CLASS, None, 0, ctypes.byref(size))
+    buffer = ctypes.create_string_buffer(max(size.value, 64))
+    if not GetTokenInformation(token, TOKEN_USER_CLASS, buffer, len(buffer), ctypes.byref(size)):
+        raise os_error("cannot read the user of a token")
+    sid = ctypes.c_void_p.from_buffer(buffer).value  # TOKEN_USER starts with a PSID
+    text = wintypes.LPWSTR()
+    if not ConvertSidToStringSidW(sid, ctypes.byref(text)):
+        raise os_error("cannot format a user SID")
+    try:
+        sid_text = str(text.value)
+    finally:
+        LocalFree(ctypes.cast(text, ctypes.c_void_p))
+    name = ctypes.create_unicode_buffer(256)
+    domain = ctypes.create_unicode_buffer(256)
+    name_size, domain_size, use = wintypes.DWORD(256), wintypes.DWORD(256), wintypes.DWORD()
+    if not LookupAccountSidW(None, sid, name, ctypes.byref(name_size), domain,
+                             ctypes.byref(domain_size), ctypes.byref(use)):  # fmt: skip
+        return sid_text, sid_text
+    return sid_text, (f"{domain.value}\\{name.value}" if domain.value else name.value)
+
+
+def process_user(pid: int) -> tuple[str, str] | None:
+    """The user a process runs as (SID, account name); None where we may not look."""
+    process = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+    if not process:
+        return None
+    try:
+        token = HANDLE()
+        if not OpenProcessToken(process, TOKEN_QUERY, ctypes.byref(token)):
+            return None
+        try:
+            return token_user(token.value or 0)
+        except OSError:
+            return None
+        finally:
+            close(token.value)
+    finally:
+        close(process)
+
+
+def pipe_client_user(pipe: int) -> tuple[str, str] | None:
+    """The user at the client end of a named pipe, from its token: the server impersonates
+    the client for an instant (identification level is enough to read the token) and reads
+    the thread's token; None when the client gave no identity."""
+    if not ImpersonateNamedPipeClient(pipe):
+        return None
+    try:
+        token = HANDLE()
+        if not OpenThreadToken(GetCurrentThread(), TOKEN_QUERY, True, ctypes.byref(token)):
+            return None
+    finally:
+        if not RevertToSelf():  # never go on as someone else
+            raise os_error("cannot stop impersonating a pipe client")
+    try:
+        return token_user(token.value or 0)
+    except OSError:
+        return None
+    finally:
+        close(token.value)
+
+
+def allow_set_foreground_window(pid: int) -> bool:
+    """Let process ``pid`` bring its window to the front (learn.microsoft.com:
+    AllowSetForegroundWindow): a second instance hands this right to the first one."""
+    user32 = ctypes.WinDLL("user32", use_last_error=True)
+    allow = _bind(user32, "AllowSetForegroundWindow", _BOOL, _DWORD)
+    return bool(allow(pid))

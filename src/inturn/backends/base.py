@@ -222,6 +222,7 @@ class Peer(NamedTuple):
     user: str  # a user name where one is known, else the uid or SID as text
     uid: int | None = None  # POSIX
     sid: str | None = None  # Windows
+    same_user: bool = False  # the same user as this process (uid or SID)
 
 
 class Connection(ABC):
@@ -252,12 +253,13 @@ class Channel(ABC):
     address: str
 
     @abstractmethod
-    def accept(self, cancel: CancelToken) -> Connection | None:
-        """The next connection, sleeping until one comes; None once ``cancel`` fired."""
+    def accept(self) -> Connection | None:
+        """The next connection, sleeping until one comes; None once ``close`` was called
+        (from any thread)."""
 
     @abstractmethod
     def close(self) -> None:
-        """Stop listening and remove the socket or pipe (idempotent)."""
+        """Stop listening, wake ``accept`` and remove the socket or pipe (idempotent)."""
 
 
 class LineStore(ABC):
@@ -344,22 +346,27 @@ class LineStore(ABC):
         """Remove the line if nobody holds or waits in it (False if someone does), safely
         with respect to someone joining it at that moment (they join the line anew)."""
 
+    def check_channels(self) -> None:
+        """Refuse, with one clear line, a backend where a holder cannot be sent messages."""
+        raise self._no_channels()
+
     def open_channel(self, others: bool) -> Channel:
         """A channel for later starts to reach the caller once it holds the line; only the
-        caller's own user may connect, unless ``others`` (then the listener checks each
-        peer). Backends without channels refuse with a ``UsageError`` that says so."""
+        caller's own user may connect, unless ``others`` (a machine-wide line: then the
+        listener checks each peer). Backends without channels refuse with a ``UsageError``."""
         raise self._no_channels()
 
     def connect(self, holder: Ticket, deadline: float) -> Connection:
-        """Connect to ``holder``'s channel (its ``Ticket.channel``), having checked that
-        the socket or pipe there belongs to the holder's owner; ``OSError`` if nobody
-        listens there any more."""
+        """Connect to ``holder``'s channel (its ``Ticket.channel``), having checked that the
+        socket or pipe there is what the holder made and is served by the holder's process
+        (``BackendError`` naming what is wrong otherwise, before a byte is sent); ``OSError``
+        if nobody listens there any more."""
         raise self._no_channels()
 
     def _no_channels(self) -> UsageError:
         return UsageError(
             f"line {self.name!r} lives on {self.where}, where a running instance cannot be "
-            "sent messages; use a local line for single_instance(on_message=...) and send"
+            "sent messages: use a local line for single_instance(on_message=...) and send"
         )
 
     def note_runner(self, me: Membership, pid: int) -> None:  # noqa: B027 - optional hook

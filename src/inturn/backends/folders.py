@@ -428,6 +428,11 @@ class FolderStore(LineStore):
             pass  # gone, or another user's: dead all the same, and marked
         except OSError as exc:
             warn_once(f"cannot remove dead ticket {self.shown}/{name}: {exc.strerror}")
+        if record is not None and record.channel:
+            self._remove_channel(record.channel)
+
+    def _remove_channel(self, address: str) -> None:
+        """Remove what a dead ticket listened on, where it outlives its process (a socket)."""
 
     def mark_acquired(self, me: Membership, when: float) -> None:
         assert isinstance(me, FolderMembership)

@@ -60,6 +60,8 @@ from .folders import (
 
 assert sys.platform != "win32"  # the rest of this module is POSIX code
 
+from .unix_channel import UnixChannels  # noqa: E402 - POSIX only, as what follows
+
 SHM = "/dev/shm"
 
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -410,7 +412,7 @@ class _GuardWait:
 # --------------------------------------------------------------------------- one line
 
 
-class PosixStore(FolderStore):
+class PosixStore(UnixChannels, FolderStore):
     def __init__(self, backend: PosixBackend, name: str) -> None:
         super().__init__(backend, name)
         self._dir_fd: int | None = None

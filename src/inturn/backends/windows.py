@@ -59,6 +59,7 @@ from .folders import (
 
 assert sys.platform == "win32"  # the rest of this module is Windows code
 
+from .pipe_channel import PipeChannels  # noqa: E402 - Windows only, as what follows
 
 _PRIVILEGE_MESSAGE = (
     "machine-wide lines need the 'Create global objects' privilege "
@@ -433,7 +434,7 @@ def wait_for_mutexes(
 # --------------------------------------------------------------------------- one line
 
 
-class WindowsStore(FolderStore):
+class WindowsStore(PipeChannels, FolderStore):
     def __init__(self, backend: WindowsBackend, name: str) -> None:
         super().__init__(backend, name)
         self.backend = backend

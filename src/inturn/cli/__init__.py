@@ -30,6 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .wait import wait
 
             return wait(args)
+        if args.action == "send":
+            from .send import send
+
+            return send(args)
         if args.action == "completion":
             from .completion import script
 

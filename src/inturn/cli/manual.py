@@ -30,6 +30,14 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "wait": (("inturn wait -w 1h deploy", "until everyone now in line has finished"),),
     "forget": (("inturn forget nightly old-job", "remove lines nobody uses any more"),),
+    "send": (
+        ("inturn send my-editor -- notes.txt", "the running instance opens it; prints its reply"),
+        (
+            "inturn send -v -w 30 my-editor -- a.txt",
+            "say when it took it; wait 30 s for the answer",
+        ),
+        ("inturn send --data '{\"line\": 12}' my-editor -- a.txt", "send a JSON value along"),
+    ),
     "completion": (
         ('eval "$(inturn completion bash)"', "in ~/.bashrc"),
         ("inturn completion zsh > ~/.zfunc/_inturn", "with fpath=(~/.zfunc $fpath) in ~/.zshrc"),
@@ -48,14 +56,20 @@ EXAMPLES[""] = (
 # (code, when); the order a reader looks them up in.
 EXIT_CODES: tuple[tuple[str, str], ...] = (
     ("N", "inturn run: the command's own exit code (128+N if signal N killed it)"),
-    ("0", "status, top, wait, forget, completion: done"),
+    ("0", "status, top, wait, forget, completion: done; send: the reply is printed"),
+    (
+        "1",
+        "inturn send: the running instance answered with an error (its handler raised, or "
+        "it refused you)",
+    ),
     (
         "75",
         "busy with --no-wait or --max-waiting, --timeout ran out, or forget found the "
-        "line in use (--conflict-exit-code changes it)",
+        "line in use (--conflict-exit-code changes it); send: no answer within --timeout",
     ),
     ("76", "a server backend lost the turn while the command ran; the command was stopped"),
     ("77", "a later --newest-wins run replaced this one; its command never started"),
+    ("69", "inturn send: no instance runs or listens, or it ended before it answered"),
     ("126", "the command cannot be run (not executable, a folder, not a program)"),
     ("127", "the command was not found (or the interpreter on its #! line)"),
     ("130", "interrupted by Ctrl-C while waiting (128+N for another signal N)"),

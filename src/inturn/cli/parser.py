@@ -226,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     completion.add_argument(
         "shell", metavar="SHELL", choices=("bash", "zsh", "fish"), help="bash, zsh or fish"
     )
+
+    from .send import add_parser as add_send
+
+    add_send(commands, where)
     return parser
 
 
