@@ -156,15 +156,17 @@ def holder_backend(server: str, schema: str, holder: Run) -> int:
     return backend
 
 
-def lost(holder: Run) -> int:
-    """The holder's exit, which must be 76 with one line saying why (and perhaps a warning
-    that it could not leave cleanly); the moment the test saw it exit."""
+def lost(holder: Run, warnings: list[str] | None = None) -> int:
+    """The holder's exit, which must be 76 with one line saying why (and perhaps warnings,
+    collected in ``warnings``); the moment the test saw it exit."""
     code = holder.wait()
     exited = time.monotonic_ns()
     said = holder.errors().strip().splitlines()
     assert code == 76, (code, said)
-    assert said and "lost the turn in line" in said[0], said
-    assert all(row.startswith("inturn: warning: ") for row in said[1:]), said
+    rows = [row for row in said if not row.startswith("inturn: warning: ")]
+    assert len(rows) == 1 and "lost the turn in line" in rows[0], said
+    if warnings is not None:
+        warnings.extend(row for row in said if row not in rows)
     return exited
 
 
@@ -181,8 +183,10 @@ def report(title: str, **measured: float) -> None:
     [
         ([], "", DEFAULT_GRACE, DEFAULT_LOCK_DELAY),
         (["--grace", "0.3"], "&inturn_lock_delay=1", 0.3, 1.0),
+        # A grace longer than the lock delay is cut to half of it: no overlap even then.
+        (["--grace", "10"], "", DEFAULT_LOCK_DELAY / 2, DEFAULT_LOCK_DELAY),
     ],
-    ids=["defaults", "grace-0.3-delay-1"],
+    ids=["defaults", "grace-0.3-delay-1", "grace-10-cut"],
 )
 def test_postgres_terminated_session_never_overlaps(
     pg_url: str,
@@ -206,8 +210,15 @@ def test_postgres_terminated_session_never_overlaps(
     backend = holder_backend(pg_server, schema, holder)
     cut = time.monotonic_ns()
     assert sql(pg_server, "SELECT pg_terminate_backend(%s)", backend) == [(True,)]
-    exited = lost(holder)
+    warned: list[str] = []
+    exited = lost(holder, warned)
     assert dead(old.pid), "the recorder (inturn's grandchild) outlived inturn's exit 76"
+    asked = float(options[-1]) if options else DEFAULT_GRACE
+    assert [w for w in warned if "--grace" in w] == (
+        [f"inturn: warning: --grace {asked:g} is cut to {grace:g}s: the next holder after a "
+         f"lost turn may start {delay:g}s after it (a longer lock delay allows a longer grace)"]
+        if grace < asked else []
+    )  # fmt: skip
     new = told(waiter)
     assert waiter.wait() == 0
     intervals = by_ticket(read_intervals(log))

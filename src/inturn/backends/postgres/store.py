@@ -490,6 +490,7 @@ class PostgresStore(LineStore):
         self.name = name
         self.scope = backend.scope
         self.lock_delay = backend.address.lock_delay
+        self.stop_window = self.lock_delay  # the holder learns at once when its session ends
         self.stmts = backend.stmts
         self._digest = hashlib.sha256(encode(name)).digest()
         self._line_id: int | None = None  # the line's row, once known (it never changes)

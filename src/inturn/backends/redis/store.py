@@ -63,7 +63,7 @@ from ..base import (
 )
 from . import scripts
 from .address import parse_address
-from .membership import LeaseKeeper, RedisMembership, call
+from .membership import GIVE_UP_AT, LeaseKeeper, RedisMembership, call
 
 WAKE_AFTER_EXPIRY_MS = 10  # a waiter looks again this long after a watched lease could expire
 
@@ -244,6 +244,8 @@ class RedisStore(LineStore):
         self.shared_key = f"{tag}:shared"
         self.abandoned_key = f"{tag}:abandoned"
         self.lock_delay = backend.address.lock_delay
+        # The holder gives up before its lease can run out; the next one waits the delay after.
+        self.stop_window = backend.lease * (1 - GIVE_UP_AT) + self.lock_delay
         # Ticket number -> id, as seen in the line: a fact that never changes once true, so
         # threads may share it; forgotten once the ticket is gone from the line.
         self._ids: dict[int, str] = {}
