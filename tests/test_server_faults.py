@@ -337,6 +337,41 @@ def test_postgres_stalled_link_never_overlaps(
     assert seconds(after.start - ended) >= DEFAULT_LOCK_DELAY
 
 
+def test_postgres_sessions_bound_a_silent_network_on_both_ends(pg_url: str) -> None:
+    """What bounds a silent network, read where it takes effect: TCP keepalives and
+    ``tcp_user_timeout`` on the holder's socket (libpq's options) and in its session (the
+    server's settings, so that the server ends a silent holder's session, and frees its turn,
+    within about 30 s rather than after TCP's defaults of hours)."""
+    import socket
+
+    line = inturn.Line("silent", backend=pg_url)
+    try:
+        with line.acquire() as held:
+            conn = held.membership.conn
+            sock = socket.socket(fileno=os.dup(conn.fileno()))
+            try:
+                client = {
+                    "keepalive": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                    "idle": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                    "interval": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                    "count": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                    "user timeout": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+                }
+            finally:
+                sock.close()
+            query = "SELECT name, setting FROM pg_settings WHERE name LIKE 'tcp_%'"
+            server = dict(conn.execute(query).fetchall())
+    finally:
+        line.close()
+    assert client == {"keepalive": 1, "idle": 5, "interval": 2, "count": 3, "user timeout": 9000}
+    assert server == {
+        "tcp_keepalives_idle": "10",
+        "tcp_keepalives_interval": "5",
+        "tcp_keepalives_count": "4",
+        "tcp_user_timeout": "30000",
+    }
+
+
 def test_postgres_waiter_back_from_a_lost_session_waits_for_those_now_ahead(
     pg_url: str, pg_server: str, schema: str, tmp_path: Path
 ) -> None:
