@@ -29,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 import inturn
+from inturn.names import digest
 
 from conftest import REPORT_TIMEOUT, Run, one_line_error, run_cli
 from observer import Interval, assert_exclusive, command, read_intervals, ticket_of
@@ -525,6 +526,70 @@ def test_redis_flushall_stops_the_holder_within_its_bound(
     bound = lease / 3 + DEFAULT_GRACE + MARGIN  # its next renewal, the grace, some room
     assert seconds(exited - flushed) < bound
     assert -gap(before, after) < bound  # whatever overlap there is stays within it
+
+
+@pytest.mark.parametrize("keeps", ["aof", "nothing"])
+def test_redis_restart(tmp_path: Path, keeps: str) -> None:
+    """A restart of the server while one holds and one waits, then a newcomer joins. A server
+    that keeps its data (an append-only file) keeps every lease: the holder keeps its turn
+    and all three run one after another, in arrival order, nobody told abandoned. One that
+    keeps nothing loses every lease (README: it can overlap): the holder learns it from the
+    closed connection, long before its next renewal is due, stops its command and exits 76;
+    the waiter runs or gives up its place with one line; the newcomer's ticket is still above
+    the holder's."""
+    from redis_server import Place, RedisServer
+
+    options = ("--appendonly", "yes", "--appendfsync", "always") if keeps == "aof" else ()
+    server = RedisServer(tmp_path / "redis", *options)
+    try:
+        lease = 30.0  # renewals every 10 s: only the closed connection can tell sooner
+        place = Place(server.url)
+        log, url = tmp_path / "log", place.url(lease=lease)
+        holder = Run("restart", "--backend", url, command=recorder(log, hold=True))
+        old = told(holder)
+        waiter = Run("restart", "--backend", url, command=recorder(log, seconds=0.3))
+        waiting("restart", url)
+        client = place.client()
+        try:  # just after a renewal of the holder's lease: the next is due in lease/3
+            tag = f"{place.prefix}:{{{digest('restart')}}}"  # the line's keys (redis/store.py)
+            (held,) = client.zrangebyscore(f"{tag}:tickets", old.ticket, old.ticket)
+            lease_key = f"{tag}:lease:{held.decode()}"
+            until(lambda: client.pttl(lease_key) >= (lease - 1) * 1000, "a renewal")
+        finally:
+            client.close()
+        restarted = time.monotonic_ns()
+        server.restart()
+        newcomer = Run("restart", "--backend", url, command=recorder(log, seconds=0.3))
+        if keeps == "aof":
+            waiting("restart", url, 2)
+            assert holder.finish() == 0
+            runs = [told(waiter), told(newcomer)]
+            assert (waiter.wait(), newcomer.wait()) == (0, 0)
+            intervals = assert_exclusive(log, expected=3)
+            assert [ticket_of(i.who) for i in intervals] == [old.ticket] + [r.ticket for r in runs]
+            assert not any(r.abandoned for r in runs)
+            return
+        exited = lost(holder)
+        assert dead(old.pid), "the recorder (inturn's grandchild) outlived inturn's exit 76"
+        if waiter.wait() != 0:
+            said = waiter.errors().strip().splitlines()
+            assert len(said) == 1 and "lost our place in line 'restart'" in said[0], said
+        assert newcomer.wait() == 0
+        new = told(newcomer)
+        assert new.ticket > old.ticket  # the counter was lost too: numbers still increase
+        before, after = (
+            by_ticket(read_intervals(log))[old.ticket],
+            by_ticket(read_intervals(log))[new.ticket],
+        )
+        assert before.end <= exited
+        assert seconds(exited - restarted) < lease / 3 - 1  # before its next renewal was due
+        report(
+            f"redis restart keeping nothing (lease {lease:g})",
+            exit_76_after_restart=seconds(exited - restarted),
+            gap=gap(before, after),
+        )
+    finally:
+        server.stop()
 
 
 # --------------------------------------------------------------------------- no lock delay

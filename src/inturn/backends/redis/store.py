@@ -171,7 +171,13 @@ class RedisBackend(Backend):
         grace = max(1.0, address.lease / 2)
         wait_timeout = max(float(base["socket_timeout"] or 0), address.lease + grace)
         self.wait_pool = self._pool({**base, "socket_timeout": wait_timeout}, Retry(NoBackoff(), 0))
-        self.keeper = LeaseKeeper(self.quick_client, address.lease)
+        # The keeper's listener blocks in the server for up to a lease at a time.
+        self.listen_client = self._client(
+            {**base, "socket_timeout": wait_timeout}, Retry(NoBackoff(), 0)
+        )
+        self.keeper = LeaseKeeper(
+            self.quick_client, address.lease, self.listen_client, address.prefix
+        )
         self.scripts = {
             name: self.client.register_script(source)
             for name, source in (
@@ -213,8 +219,8 @@ class RedisBackend(Backend):
 
     def close(self) -> None:
         self.keeper.close()
-        for pool in (self.client.connection_pool, self.quick_client.connection_pool):
-            pool.disconnect()
+        for client in (self.client, self.quick_client, self.listen_client):
+            client.connection_pool.disconnect()
         self.wait_pool.disconnect()
 
 
