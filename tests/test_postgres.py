@@ -1,7 +1,8 @@
 """The PostgreSQL backend across real processes and a real server.
 
-Server: ``INTURN_TEST_POSTGRES_URL``, else 127.0.0.1:5432 (database ``test``), else a throwaway
-cluster (see ``postgres_server.py``). With ``CI=true`` a missing server fails the tests. Each
+Server: ``INTURN_TEST_POSTGRES_URL``, else 127.0.0.1:5432 (database ``test``) if it allows enough
+sessions, else a throwaway cluster (see ``postgres_server.py``). With ``CI=true`` a missing
+server fails the tests. Each
 test gets its own schema (``?inturn_schema=t_...``, dropped afterwards), so parallel tests and
 runs never see each other's lines. Tests that restart a server make their own cluster; tests
 that cut connections put a proxy of their own in front of the server.
