@@ -89,8 +89,11 @@ def read_lines(stream: IO[str]) -> queue.Queue[str]:
     lines: queue.Queue[str] = queue.Queue()
 
     def pump() -> None:
-        for line in stream:
-            lines.put(line)
+        try:
+            for line in stream:
+                lines.put(line)
+        except (ValueError, OSError):  # the test closed the stream while this thread read it
+            pass
         lines.put("")  # end of stream
 
     threading.Thread(target=pump, daemon=True).start()
