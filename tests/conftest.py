@@ -458,6 +458,8 @@ def schema(pg_server: str) -> Iterator[str]:
 
     name = f"t_{uuid.uuid4().hex[:16]}"
     yield name
+    while Run.started:  # their sessions hold locks that the drop would wait for
+        Run.started.pop().close()
     drop_schema(pg_server, name)
 
 

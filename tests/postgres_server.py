@@ -102,7 +102,10 @@ class Cluster:
         self.data = os.path.join(self.home, "data")
         self.port = free_port()
         self.owner = unprivileged_owner(self.home)
-        self._as_owner("initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync")
+        # UTF8, as servers are set up (under LC_ALL=C initdb would choose SQL_ASCII, in which
+        # text comes back as bytes).
+        initdb = ("initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync")
+        self._as_owner(*initdb, "-E", "UTF8")
         self.start()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
@@ -184,7 +187,10 @@ def with_schema(url: str, schema: str) -> str:
 
 
 def drop_schema(url: str, schema: str) -> None:
+    """Drop a test's schema; one that a process the test left behind still uses is left in
+    place (after 30 s) rather than waited for without end."""
     with contextlib.suppress(psycopg.Error), psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET lock_timeout = '30s'")
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 

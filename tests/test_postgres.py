@@ -363,6 +363,16 @@ def test_a_role_that_may_not_create_the_schema_is_told_which_grant(pg_server, sc
         assert "GRANT CREATE ON DATABASE" in line and name in line
 
 
+def test_names_sent_as_bytes_are_shown_as_names():
+    """A database in the SQL_ASCII encoding sends names as bytes."""
+    from inturn.backends.postgres.statements import missing_grants
+
+    row = {"role": b"app-role", "schema_usage": False, "ticket_numbers_usage": True}
+    row |= {f"{t}_{r}": True for t in ("lines", "tickets", "abandoned", "replaced")
+            for r in ("select", "insert", "update", "delete")}  # fmt: skip
+    assert missing_grants(row, "ops") == ['GRANT USAGE ON SCHEMA ops TO "app-role"']
+
+
 def test_a_role_without_grants_on_the_tables_is_told_which(pg_server, schema):
     inturn.Line("x", backend=with_schema(pg_server, schema)).status()  # the owner sets up
     with role(pg_server) as name:
