@@ -507,6 +507,7 @@ def test_redis_flushall_stops_the_holder_within_its_bound(
     else:
         said = waiter.errors().strip().splitlines()
         assert len(said) == 1 and "lost our place in line 'flush'" in said[0], said
+        assert "no longer had its lease" in said[0], said  # not "did not answer": it did
         assert waiter.proc.returncode == 2
         waiter_said = f"gave up: {said[0]}"
     assert newcomer.wait() == 0
@@ -574,6 +575,7 @@ def test_redis_restart(tmp_path: Path, keeps: str) -> None:
         if waiter.wait() != 0:
             said = waiter.errors().strip().splitlines()
             assert len(said) == 1 and "lost our place in line 'restart'" in said[0], said
+            assert "no longer had its lease" in said[0], said
         assert newcomer.wait() == 0
         new = told(newcomer)
         assert new.ticket > old.ticket  # the counter was lost too: numbers still increase

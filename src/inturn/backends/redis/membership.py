@@ -39,6 +39,7 @@ class RedisMembership(Membership):
         self.retry_at: float | None = None
         self.pid = os.getpid()
         self.left = False
+        self.gone = False  # the server said the lease is gone (rather than not answering)
         self.holding = False
         self.signal = LostSignal()
 
@@ -187,6 +188,7 @@ class LeaseKeeper:
                     if result == 1 and not member.lost:
                         member.renewed_at, member.retry_at = sent, None
                     elif result == 0:  # the lease expired or was removed: the turn is gone
+                        member.gone = True
                         gone.append(member)
                         self._members.pop(member.ticket_id, None)
                     else:  # no answer: try again soon, until the watch gives up

@@ -451,10 +451,21 @@ class RedisStore(LineStore):
 
     def _check_own_place(self, me: RedisMembership) -> None:
         if me.lost and not me.holding:
-            raise LostTurn(
-                f"lost our place in line {self.name!r}: Redis at {self.where} did not answer "
-                f"within the {self.backend.lease:g}s lease"
+            raise LostTurn(self._lost_place(me))
+
+    def _lost_place(self, me: RedisMembership) -> str:
+        """Why a waiter lost its place: the server had no lease for it any more (it lost its
+        data, or the waiter could not renew in time), or the server did not answer."""
+        lease = self.backend.lease
+        if me.gone:
+            return (
+                f"lost our place in line {self.name!r}: Redis at {self.where} no longer had its "
+                f"lease (a restart that kept no data, a FLUSHALL, or no renewal for {lease:g}s)"
             )
+        return (
+            f"lost our place in line {self.name!r}: Redis at {self.where} did not answer "
+            f"within the {lease:g}s lease"
+        )
 
     def _block_on(
         self,
@@ -526,11 +537,9 @@ class RedisStore(LineStore):
         with self.backend.errors():
             ok = not me.lost and int(self._run("mark", keys, [me.ticket_id, repr(when)])) == 1
         if not ok or me.lost:
+            me.gone = me.gone or not me.lost  # the mark found no lease
             me.declare_lost()
-            raise LostTurn(
-                f"lost our place in line {self.name!r}: its lease on Redis at {self.where} "
-                f"expired (the server was out of reach for over {self.backend.lease:g}s)"
-            )
+            raise LostTurn(self._lost_place(me))
         me.holding = True
 
     def claim_abandoned(self, me: Membership) -> Ticket | None:
