@@ -89,8 +89,11 @@ def read_lines(stream: IO[str]) -> queue.Queue[str]:
     lines: queue.Queue[str] = queue.Queue()
 
     def pump() -> None:
-        for line in stream:
-            lines.put(line)
+        try:
+            for line in stream:
+                lines.put(line)
+        except (ValueError, OSError):  # the test closed the stream while this thread read it
+            pass
         lines.put("")  # end of stream
 
     threading.Thread(target=pump, daemon=True).start()
@@ -470,6 +473,8 @@ def schema(pg_server: str) -> Iterator[str]:
 
     name = f"t_{uuid.uuid4().hex[:16]}"
     yield name
+    while Run.started:  # their sessions hold locks that the drop would wait for
+        Run.started.pop().close()
     drop_schema(pg_server, name)
 
 

@@ -38,7 +38,8 @@ KINDS = ("enter", "beat", "exit")
 
 
 def _open(path: str | os.PathLike[str]) -> int:
-    return os.open(os.fspath(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    private = getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOINHERIT", 0)  # POSIX, Windows
+    return os.open(os.fspath(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT | private, 0o644)
 
 
 def write_row(fd: int, kind: str, who: str) -> None:

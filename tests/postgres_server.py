@@ -1,8 +1,9 @@
 """PostgreSQL servers for the tests: the one the developer has, or a throwaway cluster.
 
 Discovery, in order: ``INTURN_TEST_POSTGRES_URL``; the server on 127.0.0.1:5432 (database
-``test``, trust auth, as on the development machines); a cluster made with ``initdb`` in a
-temporary folder. Tests that restart a server always use a throwaway cluster of their own,
+``test``, trust auth, as on the development machines) if it allows enough sessions for the
+suite beside others (``ENOUGH_SESSIONS``); a cluster made with ``initdb`` in a temporary
+folder. Tests that restart a server always use a throwaway cluster of their own,
 never a shared server. ``initdb`` refuses to run as root, so as root the cluster belongs to
 the ``postgres`` user if there is one, else to ``nobody``.
 """
@@ -32,11 +33,19 @@ def missing(reason: str) -> NoReturn:
     missing_component(reason, HOW_TO_ENABLE)
 
 
-def usable(url: str) -> bool:
+# Sessions a test may hold at once (threads with a Line each on slots=3 hold a ticket's session
+# and three watchers' each), times the test workers, plus what other suites on the same
+# machine hold: the local server is used only if it allows this many, as the throwaway
+# clusters do; with fewer, suites that share it run out of sessions ("too many clients").
+ENOUGH_SESSIONS = 200
+
+
+def usable(url: str, sessions: int = 0) -> bool:
+    """Whether the server answers (and allows at least ``sessions`` sessions)."""
     try:
         with psycopg.connect(url, connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-        return True
+            row = conn.execute("SELECT current_setting('max_connections')::int").fetchone()
+        return row is not None and row[0] >= sessions
     except psycopg.Error:
         return False
 
@@ -93,7 +102,10 @@ class Cluster:
         self.data = os.path.join(self.home, "data")
         self.port = free_port()
         self.owner = unprivileged_owner(self.home)
-        self._as_owner("initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync")
+        # UTF8, as servers are set up (under LC_ALL=C initdb would choose SQL_ASCII, in which
+        # text comes back as bytes).
+        initdb = ("initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync")
+        self._as_owner(*initdb, "-E", "UTF8")
         self.start()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
@@ -114,7 +126,7 @@ class Cluster:
     def _options(self) -> str:
         return (
             f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c max_connections=200 -c shared_buffers=16MB"
+            f"-c max_connections={ENOUGH_SESSIONS} -c shared_buffers=16MB"
         )
 
     def start(self) -> None:
@@ -156,7 +168,7 @@ def test_server() -> Iterator[str]:
             missing("INTURN_TEST_POSTGRES_URL is set but that server cannot be reached")
         yield url
         return
-    if usable(LOCAL_URL):
+    if usable(LOCAL_URL, ENOUGH_SESSIONS):
         yield LOCAL_URL
         return
     try:
@@ -175,7 +187,10 @@ def with_schema(url: str, schema: str) -> str:
 
 
 def drop_schema(url: str, schema: str) -> None:
+    """Drop a test's schema; one that a process the test left behind still uses is left in
+    place (after 30 s) rather than waited for without end."""
     with contextlib.suppress(psycopg.Error), psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET lock_timeout = '30s'")
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 

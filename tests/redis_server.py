@@ -60,17 +60,28 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         command += ["--appendonly", "no", "--dir", str(folder), "--logfile", "", *options]
-        self.proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        self.command = command  # options given later win: ("--appendonly", "yes") keeps data
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
-        assert self.proc.stdout is not None
+        assert proc.stdout is not None
         seen = []
-        for row in self.proc.stdout:  # the server says when it listens: no guessing
+        for row in proc.stdout:  # the server says when it listens: no guessing
             seen.append(row)
             if "Ready to accept connections" in row:
                 break
         else:
             raise AssertionError(f"redis-server did not start: {''.join(seen)}")
+        return proc
+
+    def restart(self) -> None:
+        """Shut down (SIGTERM: a clean shutdown, which writes what it keeps on disk) and start
+        again on the same port and folder; returns once it accepts connections."""
+        self.stop()
+        self.proc = self._start()
 
     def stop(self) -> None:
         if self.proc.poll() is None:

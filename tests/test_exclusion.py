@@ -552,6 +552,41 @@ def test_status_in_a_tight_loop_never_lets_two_in(where: Where, tmp_path: Path, 
     assert_free("looked-at", slots)
 
 
+LISTINGS = {"local": 400, "postgresql": 40, "redis": 60}  # looks per thread
+
+
+def test_threads_looking_through_one_line_each_see_the_whole_line(where: Where) -> None:
+    """The cause of overlaps among threads sharing a ``Line`` (and of a status line drawn
+    beside its waiter): concurrent looks through one store must each see every ticket.
+    Deterministic: with nothing else changing the line, every look has one right answer,
+    and a listing cut short by another thread's shows up as a missing ticket."""
+    slots = 6
+    line = inturn.Line("listed", slots)
+    held = [line.acquire() for _ in range(slots)]
+    expected = sorted(turn.ticket for turn in held)
+    store = line.store
+    wrong: list[str] = []
+
+    def body(index: int) -> None:
+        for look in range(LISTINGS[where.kind]):
+            if look % 2:
+                seen = sorted(t.number for t in line.status().holders)
+            else:
+                seen = list(store.look(None).tickets)
+            if seen != expected:
+                wrong.append(f"thread {index}, look {look}: {seen}")
+
+    try:
+        in_threads(12, body)
+    finally:
+        for turn in held:
+            turn.release()
+    assert not wrong, f"{len(wrong)} looks saw part of the line {expected}:\n" + "\n".join(
+        wrong[:10]
+    )
+    assert_free("listed", slots)
+
+
 def test_observer_finds_overlaps(tmp_path: Path) -> None:
     """The witness itself: overlapping rows are found and named, touching ones are not."""
     log = tmp_path / "log"

@@ -32,7 +32,7 @@ import pytest
 import inturn
 from inturn.names import safe_file_name
 
-from conftest import REPORT_TIMEOUT, read_lines, until, until_held_by
+from conftest import REPORT_TIMEOUT, read_lines, run_cli, until, until_held_by
 from users import User, Users
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX users and file modes")
@@ -316,6 +316,81 @@ def test_the_folder_is_sticky_and_tickets_readable_by_all_whatever_the_umask(mac
     assert holder.finish() == 0
 
 
+# --------------------------------------------------------------------------- who owns the folders
+
+FOLDER_WARNING = "who can remove other users' tickets"
+
+
+def test_a_line_in_folders_another_user_made_is_used_with_a_warning(machine, runs):
+    """The owner of a folder may remove anything in it: a line whose folder mallory made is
+    only as safe as mallory, and alice is told so (once, as a warning); the line works."""
+    alice, mallory = machine.users
+    one_shot(machine, mallory, "hers")  # mallory's first use makes the line's folder hers
+    result = alice.run(
+        alice.inturn("run", "--machine", "hers", "--", "true"), env=machine.env(alice)
+    )
+    assert result.returncode == 0, result
+    (warning,) = [row for row in result.stderr.splitlines() if FOLDER_WARNING in row]
+    assert warning.startswith("inturn: warning: the machine-wide line folder ")
+    assert mallory.name in warning and "root" in warning
+    mine = mallory.run(
+        mallory.inturn("run", "--machine", "hers", "--", "true"), env=machine.env(mallory)
+    )
+    assert mine.returncode == 0 and FOLDER_WARNING not in mine.stderr, mine
+    # The lines folder itself, where nobody named it: the same check.
+    found = as_user(
+        alice,
+        machine,
+        """
+        import json, sys, warnings
+        from inturn.backends.posix import prepare_root
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            prepare_root(sys.argv[1], "machine", explicit=False)
+        print(json.dumps([str(w.message) for w in caught]))
+        """,
+        str(machine.root),
+    )
+    assert [w for w in found if FOLDER_WARNING in w and mallory.name in w], found
+
+
+def test_in_folders_root_made_nobody_can_remove_a_holders_ticket(machine, runs):
+    """Root's first use of a line makes its folders root's: then neither user can remove the
+    other's ticket, nobody is warned, and mallory waits behind alice's turn."""
+    alice, mallory = machine.users
+    first = run_cli(
+        "run", "--machine", "rooted", "--", "true", INTURN_MACHINE_DIR=str(machine.root)
+    )
+    assert first.returncode == 0, first  # as root, who runs the tests
+    assert os.stat(machine.folder("rooted")).st_uid == 0
+    holder = start(runs, machine, alice, "rooted")
+    until_held_by(holder.running(), "rooted", machine.line)
+    (ticket,) = machine.tickets("rooted")
+    removed = as_user(
+        mallory,
+        machine,
+        """
+        import json, os, sys
+        try:
+            os.unlink(sys.argv[1])
+            print(json.dumps("removed"))
+        except OSError as exc:
+            print(json.dumps(type(exc).__name__))
+        """,
+        str(ticket),
+    )
+    assert removed == "PermissionError"
+    waiter = start(runs, machine, mallory, "rooted")
+    until(in_line_or_running(machine, "rooted", waiter), "mallory's run to wait in line")
+    assert not waiter.has_output(), "mallory's command started inside alice's turn"
+    assert holder.finish() == 0
+    waiter.running()
+    assert waiter.finish() == 0
+    assert_one_at_a_time(machine.log)
+    for run in (holder, waiter):
+        assert FOLDER_WARNING not in run.errors(), run.errors()
+
+
 # --------------------------------------------------------------------------- the counter
 
 
@@ -344,8 +419,9 @@ def test_rewriting_the_counter_never_lets_anyone_in_or_numbers_go_back(machine, 
     joiner = start(runs, machine, mallory, "count")
     until(in_line_or_running(machine, "count", joiner), "mallory's run to wait in line")
     ran_inside = joiner.has_output()
-    try:
-        busy = machine.line("count").acquire(blocking=False)
+    try:  # root joins alice's line: told that alice, who made its folder, could break it
+        with pytest.warns(inturn.InturnWarning, match="belongs to inturn-alice"):
+            busy = machine.line("count").acquire(blocking=False)
     except inturn.Busy:
         root_got = None
     else:

@@ -101,6 +101,72 @@ def test_a_turn_released_by_another_thread_frees_its_taker_to_wait_again(where: 
     assert_clean(line)
 
 
+def test_a_thread_that_handed_its_turn_on_may_wait_while_the_other_still_holds(
+    where: Where,
+) -> None:
+    """The taker hands its turn to a worker thread that will release it later (``owner``
+    says so), then waits in line with no timeout: a wait, not a refusal, served once the
+    worker has released."""
+    line = inturn.Line("handed-on")
+    mine = line.acquire()
+    assert mine.owner is threading.current_thread()
+    queued = threading.Event()
+
+    def worker(turn: inturn.Turn) -> None:
+        queued.wait(REPORT_TIMEOUT)  # still holding while the taker goes to sleep in line
+        turn.release()
+
+    helper = threading.Thread(target=worker, args=(mine,))
+    mine.owner = helper
+    assert mine.owner is helper
+    helper.start()
+    try:
+        with line.acquire(on_progress=lambda _: queued.set()) as again:
+            assert again.ticket > mine.ticket and not mine.held
+    finally:
+        queued.set()
+        helper.join(REPORT_TIMEOUT)
+    assert_clean(line)
+
+
+def test_a_task_that_handed_its_turn_on_may_wait_while_the_other_still_holds(
+    where: Where,
+) -> None:
+    """The same between tasks: the task that took the turn hands it to another task, then
+    waits for the line as itself (``owner``), as ``acquire_async`` does in its thread."""
+    line = inturn.Line("handed-task")
+    outcome: list[str] = []
+
+    async def scenario() -> None:
+        mine = await inturn.acquire_async(line)
+        me = asyncio.current_task()
+        assert mine.owner is me
+        queued = threading.Event()
+        loop = asyncio.get_running_loop()
+        asleep = asyncio.Event()
+
+        async def worker() -> None:
+            await asleep.wait()
+            mine.release()
+
+        helper = asyncio.create_task(worker())
+        mine.owner = helper
+
+        def in_line(progress: inturn.Progress) -> None:
+            if not queued.is_set():
+                queued.set()
+                loop.call_soon_threadsafe(asleep.set)
+
+        held = await asyncio.to_thread(line.acquire, owner=me, on_progress=in_line)
+        outcome.append("served" if queued.is_set() and not mine.held else "not queued")
+        held.release()
+        await helper
+
+    run_async(scenario)
+    assert outcome == ["served"]
+    assert_clean(line)
+
+
 def test_slots_held_by_yourself_and_another_thread_is_a_wait_not_a_refusal(where: Where) -> None:
     """With ``slots=2``, holding one slot while another thread holds the other: a third
     acquire by this thread waits for the other thread, which will leave."""

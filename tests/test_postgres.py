@@ -1,7 +1,8 @@
 """The PostgreSQL backend across real processes and a real server.
 
-Server: ``INTURN_TEST_POSTGRES_URL``, else 127.0.0.1:5432 (database ``test``), else a throwaway
-cluster (see ``postgres_server.py``). With ``CI=true`` a missing server fails the tests. Each
+Server: ``INTURN_TEST_POSTGRES_URL``, else 127.0.0.1:5432 (database ``test``) if it allows enough
+sessions, else a throwaway cluster (see ``postgres_server.py``). With ``CI=true`` a missing
+server fails the tests. Each
 test gets its own schema (``?inturn_schema=t_...``, dropped afterwards), so parallel tests and
 runs never see each other's lines. Tests that restart a server make their own cluster; tests
 that cut connections put a proxy of their own in front of the server.
@@ -405,6 +406,16 @@ def test_a_role_that_may_not_create_the_schema_is_told_which_grant(pg_server, sc
     with role(pg_server) as name:
         line = one_error_line(with_schema(url_for(pg_server, user=name), schema))
         assert "GRANT CREATE ON DATABASE" in line and name in line
+
+
+def test_names_sent_as_bytes_are_shown_as_names():
+    """A database in the SQL_ASCII encoding sends names as bytes."""
+    from inturn.backends.postgres.statements import missing_grants
+
+    row = {"role": b"app-role", "schema_usage": False, "ticket_numbers_usage": True}
+    row |= {f"{t}_{r}": True for t in ("lines", "tickets", "abandoned", "replaced")
+            for r in ("select", "insert", "update", "delete")}  # fmt: skip
+    assert missing_grants(row, "ops") == ['GRANT USAGE ON SCHEMA ops TO "app-role"']
 
 
 def test_a_role_without_grants_on_the_tables_is_told_which(pg_server, schema):

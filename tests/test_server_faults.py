@@ -29,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 import inturn
+from inturn.names import digest
 
 from conftest import REPORT_TIMEOUT, Run, one_line_error, run_cli
 from observer import Interval, assert_exclusive, command, read_intervals, ticket_of
@@ -156,15 +157,17 @@ def holder_backend(server: str, schema: str, holder: Run) -> int:
     return backend
 
 
-def lost(holder: Run) -> int:
-    """The holder's exit, which must be 76 with one line saying why (and perhaps a warning
-    that it could not leave cleanly); the moment the test saw it exit."""
+def lost(holder: Run, warnings: list[str] | None = None) -> int:
+    """The holder's exit, which must be 76 with one line saying why (and perhaps warnings,
+    collected in ``warnings``); the moment the test saw it exit."""
     code = holder.wait()
     exited = time.monotonic_ns()
     said = holder.errors().strip().splitlines()
     assert code == 76, (code, said)
-    assert said and "lost the turn in line" in said[0], said
-    assert all(row.startswith("inturn: warning: ") for row in said[1:]), said
+    rows = [row for row in said if not row.startswith("inturn: warning: ")]
+    assert len(rows) == 1 and "lost the turn in line" in rows[0], said
+    if warnings is not None:
+        warnings.extend(row for row in said if row not in rows)
     return exited
 
 
@@ -181,8 +184,10 @@ def report(title: str, **measured: float) -> None:
     [
         ([], "", DEFAULT_GRACE, DEFAULT_LOCK_DELAY),
         (["--grace", "0.3"], "&inturn_lock_delay=1", 0.3, 1.0),
+        # A grace longer than the lock delay is cut to half of it: no overlap even then.
+        (["--grace", "10"], "", DEFAULT_LOCK_DELAY / 2, DEFAULT_LOCK_DELAY),
     ],
-    ids=["defaults", "grace-0.3-delay-1"],
+    ids=["defaults", "grace-0.3-delay-1", "grace-10-cut"],
 )
 def test_postgres_terminated_session_never_overlaps(
     pg_url: str,
@@ -206,8 +211,15 @@ def test_postgres_terminated_session_never_overlaps(
     backend = holder_backend(pg_server, schema, holder)
     cut = time.monotonic_ns()
     assert sql(pg_server, "SELECT pg_terminate_backend(%s)", backend) == [(True,)]
-    exited = lost(holder)
+    warned: list[str] = []
+    exited = lost(holder, warned)
     assert dead(old.pid), "the recorder (inturn's grandchild) outlived inturn's exit 76"
+    asked = float(options[-1]) if options else DEFAULT_GRACE
+    assert [w for w in warned if "--grace" in w] == (
+        [f"inturn: warning: --grace {asked:g} is cut to {grace:g}s: the next holder after a "
+         f"lost turn may start {delay:g}s after it (a longer lock delay allows a longer grace)"]
+        if grace < asked else []
+    )  # fmt: skip
     new = told(waiter)
     assert waiter.wait() == 0
     intervals = by_ticket(read_intervals(log))
@@ -324,6 +336,41 @@ def test_postgres_stalled_link_never_overlaps(
     assert before.end <= exited
     assert seconds(before.end - stall) < PG_LOST_AFTER + DEFAULT_GRACE + MARGIN
     assert seconds(after.start - ended) >= DEFAULT_LOCK_DELAY
+
+
+def test_postgres_sessions_bound_a_silent_network_on_both_ends(pg_url: str) -> None:
+    """What bounds a silent network, read where it takes effect: TCP keepalives and
+    ``tcp_user_timeout`` on the holder's socket (libpq's options) and in its session (the
+    server's settings, so that the server ends a silent holder's session, and frees its turn,
+    within about 30 s rather than after TCP's defaults of hours)."""
+    import socket
+
+    line = inturn.Line("silent", backend=pg_url)
+    try:
+        with line.acquire() as held:
+            conn = held.membership.conn
+            sock = socket.socket(fileno=os.dup(conn.fileno()))
+            try:
+                client = {
+                    "keepalive": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                    "idle": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                    "interval": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                    "count": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                    "user timeout": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+                }
+            finally:
+                sock.close()
+            query = "SELECT name, setting FROM pg_settings WHERE name LIKE 'tcp_%'"
+            server = dict(conn.execute(query).fetchall())
+    finally:
+        line.close()
+    assert client == {"keepalive": 1, "idle": 5, "interval": 2, "count": 3, "user timeout": 9000}
+    assert server == {
+        "tcp_keepalives_idle": "10",
+        "tcp_keepalives_interval": "5",
+        "tcp_keepalives_count": "4",
+        "tcp_user_timeout": "30000",
+    }
 
 
 def test_postgres_waiter_back_from_a_lost_session_waits_for_those_now_ahead(
@@ -460,6 +507,7 @@ def test_redis_flushall_stops_the_holder_within_its_bound(
     else:
         said = waiter.errors().strip().splitlines()
         assert len(said) == 1 and "lost our place in line 'flush'" in said[0], said
+        assert "no longer had its lease" in said[0], said  # not "did not answer": it did
         assert waiter.proc.returncode == 2
         waiter_said = f"gave up: {said[0]}"
     assert newcomer.wait() == 0
@@ -479,6 +527,71 @@ def test_redis_flushall_stops_the_holder_within_its_bound(
     bound = lease / 3 + DEFAULT_GRACE + MARGIN  # its next renewal, the grace, some room
     assert seconds(exited - flushed) < bound
     assert -gap(before, after) < bound  # whatever overlap there is stays within it
+
+
+@pytest.mark.parametrize("keeps", ["aof", "nothing"])
+def test_redis_restart(tmp_path: Path, keeps: str) -> None:
+    """A restart of the server while one holds and one waits, then a newcomer joins. A server
+    that keeps its data (an append-only file) keeps every lease: the holder keeps its turn
+    and all three run one after another, in arrival order, nobody told abandoned. One that
+    keeps nothing loses every lease (README: it can overlap): the holder learns it from the
+    closed connection, long before its next renewal is due, stops its command and exits 76;
+    the waiter runs or gives up its place with one line; the newcomer's ticket is still above
+    the holder's."""
+    from redis_server import Place, RedisServer
+
+    options = ("--appendonly", "yes", "--appendfsync", "always") if keeps == "aof" else ()
+    server = RedisServer(tmp_path / "redis", *options)
+    try:
+        lease = 30.0  # renewals every 10 s: only the closed connection can tell sooner
+        place = Place(server.url)
+        log, url = tmp_path / "log", place.url(lease=lease)
+        holder = Run("restart", "--backend", url, command=recorder(log, hold=True))
+        old = told(holder)
+        waiter = Run("restart", "--backend", url, command=recorder(log, seconds=0.3))
+        waiting("restart", url)
+        client = place.client()
+        try:  # just after a renewal of the holder's lease: the next is due in lease/3
+            tag = f"{place.prefix}:{{{digest('restart')}}}"  # the line's keys (redis/store.py)
+            (held,) = client.zrangebyscore(f"{tag}:tickets", old.ticket, old.ticket)
+            lease_key = f"{tag}:lease:{held.decode()}"
+            until(lambda: client.pttl(lease_key) >= (lease - 1) * 1000, "a renewal")
+        finally:
+            client.close()
+        restarted = time.monotonic_ns()
+        server.restart()
+        newcomer = Run("restart", "--backend", url, command=recorder(log, seconds=0.3))
+        if keeps == "aof":
+            waiting("restart", url, 2)
+            assert holder.finish() == 0
+            runs = [told(waiter), told(newcomer)]
+            assert (waiter.wait(), newcomer.wait()) == (0, 0)
+            intervals = assert_exclusive(log, expected=3)
+            assert [ticket_of(i.who) for i in intervals] == [old.ticket] + [r.ticket for r in runs]
+            assert not any(r.abandoned for r in runs)
+            return
+        exited = lost(holder)
+        assert dead(old.pid), "the recorder (inturn's grandchild) outlived inturn's exit 76"
+        if waiter.wait() != 0:
+            said = waiter.errors().strip().splitlines()
+            assert len(said) == 1 and "lost our place in line 'restart'" in said[0], said
+            assert "no longer had its lease" in said[0], said
+        assert newcomer.wait() == 0
+        new = told(newcomer)
+        assert new.ticket > old.ticket  # the counter was lost too: numbers still increase
+        before, after = (
+            by_ticket(read_intervals(log))[old.ticket],
+            by_ticket(read_intervals(log))[new.ticket],
+        )
+        assert before.end <= exited
+        assert seconds(exited - restarted) < lease / 3 - 1  # before its next renewal was due
+        report(
+            f"redis restart keeping nothing (lease {lease:g})",
+            exit_76_after_restart=seconds(exited - restarted),
+            gap=gap(before, after),
+        )
+    finally:
+        server.stop()
 
 
 # --------------------------------------------------------------------------- no lock delay

@@ -14,11 +14,15 @@ is not exercised here: the tests check that inturn survives it and waits for its
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import re
 import signal
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -743,3 +747,152 @@ def test_machine_lines_without_the_privilege_say_so(win: Win) -> None:
     code, _, err = win.run("-m", "inturn", "run", "--machine", "--dir", folder, "shared", "--",
                            win.python, "-c", "pass")  # fmt: skip
     assert code == 0, err
+
+
+# --------------------------------------------------------------------------- exclusion
+# The stress tests of ``test_exclusion.py``, where they apply on Windows: each entry point in a
+# Windows process (``windows/winstress.py``), and ``inturn run`` on terminals under kills,
+# Ctrl-C and stops. Every stay is recorded from inside the turn and compared afterwards by
+# the independent observer (``observer.py``); inturn's own status is never the witness.
+
+STRESS = windows_path(HERE / "windows" / "winstress.py")
+OBSERVER = windows_path(HERE / "observer.py")
+HOWS = [
+    "threads-one-line",
+    "threads-line-each",
+    "sync-decorator",
+    "async-decorator",
+    "tasks-at-once",
+    "tasks-one-by-one",
+    "turn-object",
+    "lookers",
+]
+COUNT, TURNS = 12, 8  # threads or tasks, and turns each: Wine makes every kernel call dearer
+
+
+@pytest.mark.parametrize("slots", [1, 3], ids=["slots1", "slots3"])
+@pytest.mark.parametrize("how", HOWS)
+def test_no_entry_point_ever_lets_more_than_slots_in(win: Win, how: str, slots: int) -> None:
+    from observer import assert_exclusive
+
+    path = win.folder.parent / f"{how}.log"
+    count, turns = (8, 6) if how == "lookers" else (COUNT, TURNS)
+    name = hexname(f"{how}-{slots}")
+    stress = win.start(STRESS, how, name, windows_path(path), str(slots), str(count), str(turns))
+    words = stress.expect("done", "error")
+    assert words[0] == "done", " ".join(words)
+    assert stress.wait() == 0
+    assert_exclusive(path, slots, expected=count * turns)
+    status = win.status(f"{how}-{slots}")
+    assert status["holders"] == [] and status["waiters"] == [], status
+
+
+# Threads of one process using lines that are new, all at once: every one of them sets the line
+# up (its folder and ``.name``), and none may take another's fresh ``.name`` for a corrupt one.
+FRESH_SCRIPT = """
+import threading, inturn
+errors = []
+for attempt in range(40):
+    start = threading.Barrier(8)
+    def use(name=f'fresh-{attempt}'):
+        start.wait()
+        try:
+            inturn.Line(name).acquire().release()
+        except Exception as exc:
+            errors.append(f'{type(exc).__name__}: {exc}')
+    threads = [threading.Thread(target=use) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+print('errors', len(errors), errors[:1], flush=True)
+"""
+
+
+def test_threads_setting_up_a_new_line_at_once_all_use_it(win: Win) -> None:
+    code, out, err = win.run("-c", FRESH_SCRIPT)
+    assert code == 0, err
+    assert out.startswith("errors 0 "), out
+
+
+WAITING_FAULTS = ["wait-kill", "wait-ctrl-c", "wait-stop"]
+HOLDING_FAULTS = ["hold-kill", "hold-stop"]
+
+
+@pytest.mark.parametrize("slots", [1, 3], ids=["slots1", "slots3"])
+def test_inturn_run_on_terminals_under_kills_ctrl_c_and_stops(win: Win, slots: int) -> None:
+    """``inturn run`` waiters, each drawing its status line on a terminal, then killed
+    (SIGKILL of Wine's process: a crash; a killed holder's job ends its command), interrupted
+    (Ctrl-C) or frozen (SIGSTOP, SIGCONT) while waiting or holding. Each command records its
+    stay in a log of its own (appends from several Windows processes are not atomic)."""
+    from observer import assert_exclusive, ticket_of
+
+    name = f"storm-{slots}"
+    logs = win.folder.parent / "stays"
+    logs.mkdir()
+    rng = random.Random(f"windows-storm-{slots}")
+    count = 10
+    actions = ["work"] * count
+    for index in rng.sample(range(count), count // 2):
+        actions[index] = rng.choice(WAITING_FAULTS + HOLDING_FAULTS)
+    gates = [win.worker(name, "--slots", str(slots), "--hold") for _ in range(slots)]
+    for gate in gates:
+        gate.expect("acquired")
+    runs = []
+    for index in range(count):
+        command = [win.python, OBSERVER, windows_path(logs / str(index)), "--hold"]
+        run = win.inturn("run", "--slots", str(slots), name, "--", *command, terminal=True)
+        run.queued()  # in line, asleep, before the next one starts: arrival order is known
+        runs.append(run)
+    timers = []
+    try:
+        for run, action in zip(runs, actions, strict=True):
+            if action == "wait-kill":
+                os.kill(run.unix_pid, signal.SIGKILL)
+            elif action == "wait-ctrl-c":
+                os.kill(run.unix_pid, signal.SIGINT)  # Wine makes it CTRL_C_EVENT
+            elif action == "wait-stop":
+                os.kill(run.unix_pid, signal.SIGSTOP)
+                timer = threading.Timer(
+                    rng.uniform(0.05, 0.5), os.kill, (run.unix_pid, signal.SIGCONT)
+                )
+                timers.append(timer)
+                timer.start()
+        for gate in gates:
+            gate.send("release")
+        for run, action in zip(runs, actions, strict=True):  # in ticket order
+            if action in ("wait-kill", "wait-ctrl-c"):
+                continue
+            run.expect("inside")
+            if action == "hold-kill":
+                os.kill(run.unix_pid, signal.SIGKILL)  # the job object ends the command
+            elif action == "hold-stop":
+                os.kill(run.unix_pid, signal.SIGSTOP)
+                time.sleep(rng.uniform(0.05, 0.5))  # the fault: a frozen holder
+                os.kill(run.unix_pid, signal.SIGCONT)
+                run.send("")
+            else:
+                run.send("")
+        codes = [run.wait() for run in runs]
+    finally:
+        for timer in timers:
+            timer.cancel()
+        for run in runs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(run.unix_pid, signal.SIGCONT)
+    expected = {"work": 0, "wait-stop": 0, "hold-stop": 0, "wait-ctrl-c": 130}
+    expected.update({"wait-kill": -signal.SIGKILL, "hold-kill": -signal.SIGKILL})
+    assert codes == [expected[action] for action in actions], list(zip(actions, codes, strict=True))
+    merged = logs / "all"
+    merged.write_text("".join(path.read_text() for path in sorted(logs.iterdir())))
+    entered = [a for a in actions if a not in ("wait-kill", "wait-ctrl-c")]
+    intervals = assert_exclusive(merged, slots, expected=len(entered))
+    if slots == 1:
+        seen = [ticket_of(interval.who) for interval in intervals]
+        assert seen == sorted(seen), f"not served in ticket order: {seen}"
+    finished = [interval.exited for interval in intervals]
+    assert finished.count(True) == len(entered) - actions.count("hold-kill"), intervals
+    for gate in gates:
+        gate.expect("released")
+    after = win.worker(name, "--slots", str(slots), "--no-wait")
+    after.expect("acquired")

@@ -56,11 +56,27 @@ class Turn:
         self.ticket = membership.number
         self.abandoned = abandoned_by is not None
         self.abandoned_by = abandoned_by
-        self.owner = owner  # who acquired it: a thread, or an asyncio task
         self.waited = 0.0  # seconds it spent in line
+        self._owner = owner
         self._membership: Membership | None = membership
         self._on_release = on_release  # a single instance stops listening first
         self._lock = threading.Lock()
+
+    @property
+    def owner(self) -> object:
+        """Who holds the turn: the thread (or asyncio task) that acquired it, or the one it
+        was handed to. A wait in line with no timeout by the owner of every turn it would wait
+        for could never end, and is refused; so a thread that hands its turn to another thread
+        or task that will release it says so (``turn.owner = worker``) and may then wait."""
+        return self._owner
+
+    @owner.setter
+    def owner(self, owner: object) -> None:
+        with self._lock:  # never re-registers a turn that a release has already given back
+            self._owner = owner
+            membership = self._membership
+            if membership is not None:
+                HOLDINGS.add(self.line.store, membership.number, owner)
 
     @property
     def held(self) -> bool:

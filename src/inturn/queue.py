@@ -260,7 +260,8 @@ class _Waiter:
                 raise InturnError(
                     f"this {_kind(self.owner)} already holds line {store.name!r} and would wait "
                     "for itself forever: turns are not re-entrant (release the first, or use "
-                    "slots=2)"
+                    "slots=2; a turn handed to another thread or task that will release it "
+                    "belongs to that one: turn.owner = it)"
                 )
             if self.on_progress is not None:
                 self.on_progress(Progress(me.number, len(live) + 1, tuple(live), tuple(watch)))

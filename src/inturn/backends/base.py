@@ -271,6 +271,10 @@ class LineStore(ABC):
     # Seconds the next holder waits after a turn that ended uncleanly, so that a holder cut
     # off from a server has stopped its work first (0 where death is the only unclean end).
     lock_delay: float = 0.0
+    # Seconds a holder that learns it lost its turn has to stop its work before anyone else
+    # may take the turn: the lock delay, plus on a lease what the holder gives up early (for
+    # ever where a turn cannot be lost). ``inturn run`` fits its grace into it.
+    stop_window: float = float("inf")
 
     @property
     def where(self) -> str:

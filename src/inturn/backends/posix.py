@@ -39,7 +39,7 @@ from contextlib import contextmanager, suppress
 from .. import forks
 from ..errors import BackendError, Cancelled, Replaced
 from ..forks import forget_after_fork
-from ..records import MAX_RECORD_BYTES, Ticket, this_user, warn_once
+from ..records import MAX_RECORD_BYTES, Ticket, escape_controls, this_user, warn_once
 from .base import CancelToken, GuardTaken, Membership, Patience, View, Woke, wait_woken
 from .folders import (
     COUNTER,
@@ -164,10 +164,24 @@ def prepare_root(path: str, scope: str, explicit: bool) -> None:
                 f"{stat.S_IMODE(info.st_mode):o}, owner uid {info.st_uid}): ask its owner or "
                 f"an administrator to run 'chmod 1777 {path}'"
             )
+    if scope == "machine" and not explicit:
+        warn_if_anothers(path, info.st_uid, "the machine-wide lines folder")
     if not os.access(path, os.W_OK | os.X_OK):
         raise BackendError(
             f"the lines folder {path} is not writable by you: fix its permissions, "
             "or choose another with --dir or INTURN_DIR"
+        )
+
+
+def warn_if_anothers(path: str, uid: int, what: str) -> None:
+    """A folder's owner may remove or rename anything in it, sticky or not: a machine-wide
+    line is only as safe as the owners of its folders, so say so when one of them is another
+    user than root or the caller (README, "Machine-wide lines between users")."""
+    if uid not in (0, os.getuid()):
+        warn_once(
+            f"{what} {escape_controls(path)} belongs to {user_name(uid)}, who can remove other "
+            "users' tickets from it and so let two hold at once: where users do not trust "
+            "each other, have root create it (README: Machine-wide lines between users)"
         )
 
 
@@ -488,6 +502,7 @@ class PosixStore(UnixChannels, FolderStore):
                     "remove it"
                 )
             return
+        warn_if_anothers(self.folder, info.st_uid, "the machine-wide line folder")
         if info.st_mode & 0o1777 != 0o1777:  # machine scope: sticky and open to all
             if not (mine or created):
                 raise BackendError(

@@ -466,12 +466,16 @@ class WindowsStore(PipeChannels, FolderStore):
             )
         path = os.path.join(self.folder, NAME_FILE)
         for _ in range(2):
+            # Whether it exists is asked first: another thread or process may publish it
+            # between the two steps, and a file that existed before a read that found nothing
+            # usable is corrupt (it is only ever published whole).
+            existed = os.path.exists(path)
             identity = _read_identity(self.folder)
             if identity is not None:
                 if identity[0] != self.name:
                     raise BackendError(f"{path} names another line ({identity[0]!r}): remove it")
                 return identity[1]
-            if os.path.exists(path):
+            if existed:
                 raise BackendError(
                     f"{path} is corrupt: remove the folder {self.folder} when nobody uses the line"
                 )

@@ -94,10 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
         "-g",
         "--grace",
         type=_grace,
-        default=DEFAULT_GRACE_SECONDS,
+        default=None,
         metavar="SECONDS",
         help="when a server backend loses the turn, SIGTERM the command's processes, then "
-        "SIGKILL them after SECONDS (default 1; 0 is SIGKILL at once)",
+        "SIGKILL them after SECONDS (default 1; 0 is SIGKILL at once; never more than half "
+        "the time before the next holder may start)",
     )
     run.add_argument(
         "--shared",

@@ -9,10 +9,10 @@ import sys
 
 from ..errors import Busy, Cancelled, Replaced, Timeout, UsageError
 from ..line import Turn
-from ..records import LineStatus
+from ..records import LineStatus, warn
 from .exits import EXIT_CANNOT_RUN, EXIT_LOST, EXIT_NOT_FOUND, EXIT_REPLACED
 from .output import say, system_error
-from .parser import line_from
+from .parser import DEFAULT_GRACE_SECONDS, line_from
 from .signals import RunSignals
 
 
@@ -178,6 +178,21 @@ def _held_by(status: LineStatus | None) -> str:
     return "; held by " + ", ".join(t.describe() for t in status.holders)
 
 
+def fit_grace(given: float | None, window: float) -> float:
+    """The grace after a lost turn: ``--grace`` (1 s by default), cut to half the time before
+    anyone else may take the turn (the store's ``stop_window``), so that the command is gone
+    before the next holder starts; the other half is for learning of the loss. A grace the
+    user chose is said to be cut, once."""
+    grace = DEFAULT_GRACE_SECONDS if given is None else given
+    fitted = min(grace, window / 2)
+    if given is not None and fitted < given:
+        warn(
+            f"--grace {given:g} is cut to {fitted:g}s: the next holder after a lost turn may "
+            f"start {window:g}s after it (a longer lock delay allows a longer grace)"
+        )
+    return fitted
+
+
 def _child_env(held: Turn) -> dict[str, str]:
     env = dict(os.environ)
     env["INTURN_NAME"] = held.name
@@ -216,7 +231,7 @@ def _run_holding(
                 can_be_lost=held.line.store.remote,
                 signals=signals,
                 on_lost=held.on_lost,
-                grace=args.grace,
+                grace=fit_grace(args.grace, held.line.store.stop_window),
                 say=say,
                 lost_message=f"lost the turn in line {held.name!r} (server unreachable); "
                 "stopping the command",

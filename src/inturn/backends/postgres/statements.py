@@ -419,9 +419,17 @@ def _quoted(schema: str) -> str:
     return '"' + schema.replace('"', '""') + '"'
 
 
+def text_of(value: object) -> str:
+    """A name the server sent: text, or bytes from a database in the ``SQL_ASCII`` encoding
+    (where psycopg cannot know how to decode it)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
 def missing_grants(row: Mapping[str, object], schema: str) -> list[str]:
     """The GRANT statements the current role needs, from the ``privileges`` row (by name)."""
-    who = sql_identifier(str(row["role"]))
+    who = sql_identifier(text_of(row["role"]))
     s = sql_identifier(schema)
     grants = []
     if not row["schema_usage"]:

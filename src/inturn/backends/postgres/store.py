@@ -69,7 +69,7 @@ from ..base import (
 )
 from .address import Address, connect_options, parse
 from .membership import Connection, PostgresMembership
-from .statements import Statements, fold, missing_grants, sql_identifier
+from .statements import Statements, fold, missing_grants, sql_identifier, text_of
 
 RECONNECT_WINDOW = 60.0
 MAX_IDLE = 2  # connections kept open per process for the next ticket or status
@@ -242,7 +242,7 @@ class PostgresBackend(Backend):
         except psycopg.Error as exc:
             raise self.translate(exc) from None
         assert row is not None
-        self._role = (str(row["role"]), str(row["database"]))
+        self._role = (text_of(row["role"]), text_of(row["database"]))
         if row["in_recovery"] or row["read_only"]:
             raise BackendError(self.read_only_message())
         grants = missing_grants(row, stmts.schema)
@@ -263,7 +263,7 @@ class PostgresBackend(Backend):
         except psycopg.Error:
             row = None
         user, db, has_schema = (
-            (str(row[0]), str(row[1]), bool(row[2])) if row else ("?", "?", False)
+            (text_of(row[0]), text_of(row[1]), bool(row[2])) if row else ("?", "?", False)
         )
         who = sql_identifier(user)
         if has_schema:
@@ -517,6 +517,7 @@ class PostgresStore(LineStore):
         self.name = name
         self.scope = backend.scope
         self.lock_delay = backend.address.lock_delay
+        self.stop_window = self.lock_delay  # the holder learns at once when its session ends
         self.stmts = backend.stmts
         self._digest = hashlib.sha256(encode(name)).digest()
         self._line_id: int | None = None  # the line's row, once known (it never changes)

@@ -63,7 +63,7 @@ from ..base import (
 )
 from . import scripts
 from .address import parse_address
-from .membership import LeaseKeeper, RedisMembership, call
+from .membership import GIVE_UP_AT, LeaseKeeper, RedisMembership, call
 
 WAKE_AFTER_EXPIRY_MS = 10  # a waiter looks again this long after a watched lease could expire
 
@@ -171,7 +171,13 @@ class RedisBackend(Backend):
         grace = max(1.0, address.lease / 2)
         wait_timeout = max(float(base["socket_timeout"] or 0), address.lease + grace)
         self.wait_pool = self._pool({**base, "socket_timeout": wait_timeout}, Retry(NoBackoff(), 0))
-        self.keeper = LeaseKeeper(self.quick_client, address.lease)
+        # The keeper's listener blocks in the server for up to a lease at a time.
+        self.listen_client = self._client(
+            {**base, "socket_timeout": wait_timeout}, Retry(NoBackoff(), 0)
+        )
+        self.keeper = LeaseKeeper(
+            self.quick_client, address.lease, self.listen_client, address.prefix
+        )
         self.scripts = {
             name: self.client.register_script(source)
             for name, source in (
@@ -213,8 +219,8 @@ class RedisBackend(Backend):
 
     def close(self) -> None:
         self.keeper.close()
-        for pool in (self.client.connection_pool, self.quick_client.connection_pool):
-            pool.disconnect()
+        for client in (self.client, self.quick_client, self.listen_client):
+            client.connection_pool.disconnect()
         self.wait_pool.disconnect()
 
 
@@ -244,6 +250,8 @@ class RedisStore(LineStore):
         self.shared_key = f"{tag}:shared"
         self.abandoned_key = f"{tag}:abandoned"
         self.lock_delay = backend.address.lock_delay
+        # The holder gives up before its lease can run out; the next one waits the delay after.
+        self.stop_window = backend.lease * (1 - GIVE_UP_AT) + self.lock_delay
         # Ticket number -> id, as seen in the line: a fact that never changes once true, so
         # threads may share it; forgotten once the ticket is gone from the line.
         self._ids: dict[int, str] = {}
@@ -443,10 +451,21 @@ class RedisStore(LineStore):
 
     def _check_own_place(self, me: RedisMembership) -> None:
         if me.lost and not me.holding:
-            raise LostTurn(
-                f"lost our place in line {self.name!r}: Redis at {self.where} did not answer "
-                f"within the {self.backend.lease:g}s lease"
+            raise LostTurn(self._lost_place(me))
+
+    def _lost_place(self, me: RedisMembership) -> str:
+        """Why a waiter lost its place: the server had no lease for it any more (it lost its
+        data, or the waiter could not renew in time), or the server did not answer."""
+        lease = self.backend.lease
+        if me.gone:
+            return (
+                f"lost our place in line {self.name!r}: Redis at {self.where} no longer had its "
+                f"lease (a restart that kept no data, a FLUSHALL, or no renewal for {lease:g}s)"
             )
+        return (
+            f"lost our place in line {self.name!r}: Redis at {self.where} did not answer "
+            f"within the {lease:g}s lease"
+        )
 
     def _block_on(
         self,
@@ -520,11 +539,9 @@ class RedisStore(LineStore):
         with self.backend.errors():
             ok = not me.lost and int(self._run("mark", keys, [me.ticket_id, repr(when)])) == 1
         if not ok or me.lost:
+            me.gone = me.gone or not me.lost  # the mark found no lease
             me.declare_lost()
-            raise LostTurn(
-                f"lost our place in line {self.name!r}: its lease on Redis at {self.where} "
-                f"expired (the server was out of reach for over {self.backend.lease:g}s)"
-            )
+            raise LostTurn(self._lost_place(me))
         me.holding = True
 
     def claim_abandoned(self, me: Membership) -> Ticket | None:
