@@ -461,6 +461,15 @@ class PosixStore(UnixChannels, FolderStore):
         return fd
 
     def _open_folder(self) -> int:
+        """The line's folder, made if needed; made again if ``inturn forget`` removed it
+        between our making (or opening) it and publishing its name in it."""
+        for _ in range(10):
+            fd = self._open_folder_once()
+            if fd is not None:
+                return fd
+        raise BackendError(f"{self.shown} keeps being removed while opening it: try again")
+
+    def _open_folder_once(self) -> int | None:
         created = False
         try:
             if self.create:
@@ -476,6 +485,8 @@ class PosixStore(UnixChannels, FolderStore):
         try:
             fd = os.open(self.folder, _O_DIR)
         except OSError as exc:
+            if exc.errno == errno.ENOENT and self.create:
+                return None  # forgotten between our mkdir and this open: make it again
             what = exc.strerror or "unusable"
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 link = os.path.islink(self.folder)
@@ -487,6 +498,12 @@ class PosixStore(UnixChannels, FolderStore):
             if self.create:  # a look from outside changes nothing
                 self._check_folder(fd, created)
                 self._ensure_name(fd)
+        except BackendError:
+            gone = os.fstat(fd).st_nlink == 0
+            os.close(fd)
+            if gone:
+                return None
+            raise
         except BaseException:
             os.close(fd)
             raise
