@@ -312,7 +312,13 @@ class WinProcess:
                 chunk = self.errors.get(timeout=REPORT_TIMEOUT)
             except queue.Empty:
                 raise AssertionError(f"inturn run never said it was waiting: {seen!r}") from None
-            assert chunk != "\0", f"inturn run ended without waiting: {seen!r}"
+            if chunk == "\0":
+                self.proc.wait(REPORT_TIMEOUT)
+                said = list(self.lines.queue)
+                raise AssertionError(
+                    f"inturn run ended without waiting (exit {self.proc.returncode}): "
+                    f"{seen!r}, output {said!r}"
+                )
             seen += chunk
         return seen
 
