@@ -153,7 +153,13 @@ class LeaseKeeper:
                     self.renew_now()
                     pause = None
                 call(self.listener, "XREAD", "BLOCK", block_ms, "STREAMS", self._listen_key, "$")
-            except (rx.RedisError, OSError):
+            except Exception:
+                # ``close`` ends the read by disconnecting the pool under it, which redis-py
+                # may report as any error (a buffer already gone): then it is no failure.
+                # Otherwise the connection ended, however the client says so.
+                with self._cond:
+                    if self._closed:
+                        return
                 if pause is None:
                     self.renew_now()  # the connection ended: the server may have lost them
                 pause = min(self.lease / 12, 0.01 if pause is None else 2 * pause)
