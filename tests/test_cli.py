@@ -465,7 +465,7 @@ def test_explicit_options_beat_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("INTURN_BACKEND")
     assert run_cli("run", "--machine", "y", "--", "true").returncode == 0
     shown = json.loads(run_cli("status", "--json", "--machine", "y").stdout)
-    assert (shown["scope"], shown["where"]) == ("machine", str(machine / "y"))
+    assert (shown["scope"], shown["where"]) == ("machine", str(machine / "inturn:y:"))
     assert not other.exists()  # INTURN_DIR is for the user's own lines only
     both = run_cli("status", "--dir", str(mine), "--backend", nowhere, "x")
     one_line_error(both, "--dir and --backend")

@@ -32,7 +32,7 @@ import pytest
 import inturn
 from inturn.names import safe_file_name
 
-from conftest import REPORT_TIMEOUT, read_lines, run_cli, until, until_held_by
+from conftest import REPORT_TIMEOUT, read_lines, until, until_held_by
 from users import User, Users
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX users and file modes")
@@ -58,7 +58,7 @@ RECORDER = textwrap.dedent(
 class Machine(NamedTuple):
     """A machine-wide lines folder of this test's own, and the observer's log."""
 
-    root: Path  # INTURN_MACHINE_DIR, created by the first user who joins a line
+    root: Path  # INTURN_MACHINE_DIR: root's and sticky, as /dev/shm is
     log: Path
     recorder: Path  # RECORDER, as a file: a one-line command in status and notes
     users: Users
@@ -66,15 +66,16 @@ class Machine(NamedTuple):
     def env(self, user: User, **extra: str) -> dict[str, str]:
         return user.env(INTURN_MACHINE_DIR=str(self.root), **extra)
 
-    def folder(self, name: str) -> Path:
-        return self.root / safe_file_name(name)
+    def file(self, name: str, entry: str) -> Path:
+        """A file of line ``name``: they lie side by side in the lines folder."""
+        return self.root / f"inturn:{safe_file_name(name)}:{entry}"
 
     def line(self, name: str) -> inturn.Line:
         """The line as root sees it, for watching who is in it (never for deciding overlap)."""
         return inturn.Line(name, scope="machine", directory=str(self.root))
 
     def tickets(self, name: str) -> list[Path]:
-        return sorted(self.folder(name).glob("*.ticket"))
+        return sorted(self.root.glob(f"inturn:{safe_file_name(name)}:*.ticket"))
 
 
 class Recorded:
@@ -180,7 +181,10 @@ def machine(users: Users, shared_dir: Path) -> Iterator[Machine]:
     recorder = shared_dir / "recorder.py"
     recorder.write_text(RECORDER)
     recorder.chmod(0o644)
-    yield Machine(shared_dir / "lines", log, recorder, users)
+    root = shared_dir / "lines"
+    root.mkdir()
+    root.chmod(0o1777)
+    yield Machine(root, log, recorder, users)
 
 
 @pytest.fixture
@@ -268,23 +272,22 @@ def test_a_holder_with_umask_077_is_seen_by_another_user(machine, runs):
     assert waiter.ticket > holder.ticket and waiter.abandoned == "0"
 
 
-def test_the_folder_is_sticky_and_tickets_readable_by_all_whatever_the_umask(machine, runs):
+def test_tickets_are_readable_by_all_whatever_the_umask_and_nobody_elses_to_touch(machine, runs):
     alice, mallory = machine.users
     holder = start(runs, machine, alice, "modes", umask=0o077)
     command = holder.running()
     until_held_by(command, "modes", machine.line)  # inturn's last word on its ticket
-    folder = machine.folder("modes")
+    name_file = machine.file("modes", ".name")
     (ticket,) = machine.tickets("modes")
-    assert oct(os.stat(machine.root).st_mode & 0o7777) == "0o1777"
-    assert oct(os.stat(folder).st_mode & 0o7777) == "0o1777"
     assert oct(os.stat(ticket).st_mode & 0o777) == "0o644"
+    assert os.stat(name_file).st_uid == alice.uid  # alice made the line
     before = os.stat(ticket)
     tried = as_user(
         mallory,
         machine,
         """
         import json, os, sys
-        ticket, folder, root = sys.argv[1:]
+        ticket, name_file = sys.argv[1:]
         def attempt(action):
             try:
                 action()
@@ -300,11 +303,11 @@ def test_the_folder_is_sticky_and_tickets_readable_by_all_whatever_the_umask(mac
             "rename": attempt(lambda: os.rename(ticket, ticket + ".mine")),
             "append": attempt(lambda: write(os.O_APPEND)),
             "truncate": attempt(lambda: write(os.O_TRUNC)),
-            "unlink .name": attempt(lambda: os.unlink(os.path.join(folder, ".name"))),
-            "rename the line": attempt(lambda: os.rename(folder, os.path.join(root, "moved"))),
+            "unlink .name": attempt(lambda: os.unlink(name_file)),
+            "rename .name": attempt(lambda: os.rename(name_file, name_file + ".mine")),
         }))
         """,
-        str(ticket), str(folder), str(machine.root),
+        str(ticket), str(name_file),
     )  # fmt: skip
     assert tried == dict.fromkeys(tried, "PermissionError"), tried
     after = os.stat(ticket)
@@ -321,23 +324,66 @@ def test_the_folder_is_sticky_and_tickets_readable_by_all_whatever_the_umask(mac
 FOLDER_WARNING = "who can remove other users' tickets"
 
 
-def test_a_line_in_folders_another_user_made_is_used_with_a_warning(machine, runs):
-    """The owner of a folder may remove anything in it: a line whose folder mallory made is
-    only as safe as mallory, and alice is told so (once, as a warning); the line works."""
+def test_the_first_user_of_a_line_gets_no_power_over_the_tickets_of_others(machine, runs):
+    """Mallory uses the line first, so she made everything the line has that is not a ticket;
+    still she can neither remove nor rename alice's ticket (nothing of the line is a folder of
+    hers), nor get her own run in during alice's turn, and nobody is warned."""
     alice, mallory = machine.users
-    one_shot(machine, mallory, "hers")  # mallory's first use makes the line's folder hers
-    result = alice.run(
-        alice.inturn("run", "--machine", "hers", "--", "true"), env=machine.env(alice)
+    one_shot(machine, mallory, "hers")
+    assert os.stat(machine.file("hers", ".name")).st_uid == mallory.uid
+    holder = start(runs, machine, alice, "hers")
+    until_held_by(holder.running(), "hers", machine.line)
+    (ticket,) = machine.tickets("hers")
+    tried = as_user(
+        mallory,
+        machine,
+        """
+        import json, os, sys
+        ticket, root = sys.argv[1:]
+        def attempt(action):
+            try:
+                action()
+                return "done"
+            except OSError as exc:
+                return type(exc).__name__
+        print(json.dumps({
+            "unlink": attempt(lambda: os.unlink(ticket)),
+            "rename": attempt(lambda: os.rename(ticket, ticket + ".gone")),
+            "rename over": attempt(lambda: os.rename(os.path.join(root, "..", "log"), ticket)),
+            "rename the folder": attempt(lambda: os.rename(root, root + ".moved")),
+        }))
+        """,
+        str(ticket), str(machine.root),
+    )  # fmt: skip
+    assert set(tried.values()) <= {"PermissionError", "OSError"}, tried
+    assert ticket.exists()
+    waiter = start(runs, machine, mallory, "hers")
+    until(in_line_or_running(machine, "hers", waiter), "mallory's run to wait in line")
+    assert not waiter.has_output(), "mallory's command started inside alice's turn"
+    assert holder.finish() == 0
+    waiter.running()
+    assert waiter.finish() == 0
+    assert_one_at_a_time(machine.log)
+    for run in (holder, waiter):
+        assert FOLDER_WARNING not in run.errors(), run.errors()
+
+
+def test_a_lines_folder_another_user_made_is_used_with_a_warning(machine):
+    """The owner of a folder may remove anything in it, sticky or not: a lines folder that
+    mallory made is only as safe as mallory, and alice is told so (once, as a warning)."""
+    alice, mallory = machine.users
+    made = as_user(
+        mallory,
+        machine,
+        """
+        import json, os, sys
+        os.mkdir(sys.argv[1])
+        os.chmod(sys.argv[1], 0o1777)
+        print(json.dumps("made"))
+        """,
+        str(machine.root / "hers"),
     )
-    assert result.returncode == 0, result
-    (warning,) = [row for row in result.stderr.splitlines() if FOLDER_WARNING in row]
-    assert warning.startswith("inturn: warning: the machine-wide line folder ")
-    assert mallory.name in warning and "root" in warning
-    mine = mallory.run(
-        mallory.inturn("run", "--machine", "hers", "--", "true"), env=machine.env(mallory)
-    )
-    assert mine.returncode == 0 and FOLDER_WARNING not in mine.stderr, mine
-    # The lines folder itself, where nobody named it: the same check.
+    assert made == "made"
     found = as_user(
         alice,
         machine,
@@ -349,46 +395,9 @@ def test_a_line_in_folders_another_user_made_is_used_with_a_warning(machine, run
             prepare_root(sys.argv[1], "machine", explicit=False)
         print(json.dumps([str(w.message) for w in caught]))
         """,
-        str(machine.root),
+        str(machine.root / "hers"),
     )
     assert [w for w in found if FOLDER_WARNING in w and mallory.name in w], found
-
-
-def test_in_folders_root_made_nobody_can_remove_a_holders_ticket(machine, runs):
-    """Root's first use of a line makes its folders root's: then neither user can remove the
-    other's ticket, nobody is warned, and mallory waits behind alice's turn."""
-    alice, mallory = machine.users
-    first = run_cli(
-        "run", "--machine", "rooted", "--", "true", INTURN_MACHINE_DIR=str(machine.root)
-    )
-    assert first.returncode == 0, first  # as root, who runs the tests
-    assert os.stat(machine.folder("rooted")).st_uid == 0
-    holder = start(runs, machine, alice, "rooted")
-    until_held_by(holder.running(), "rooted", machine.line)
-    (ticket,) = machine.tickets("rooted")
-    removed = as_user(
-        mallory,
-        machine,
-        """
-        import json, os, sys
-        try:
-            os.unlink(sys.argv[1])
-            print(json.dumps("removed"))
-        except OSError as exc:
-            print(json.dumps(type(exc).__name__))
-        """,
-        str(ticket),
-    )
-    assert removed == "PermissionError"
-    waiter = start(runs, machine, mallory, "rooted")
-    until(in_line_or_running(machine, "rooted", waiter), "mallory's run to wait in line")
-    assert not waiter.has_output(), "mallory's command started inside alice's turn"
-    assert holder.finish() == 0
-    waiter.running()
-    assert waiter.finish() == 0
-    assert_one_at_a_time(machine.log)
-    for run in (holder, waiter):
-        assert FOLDER_WARNING not in run.errors(), run.errors()
 
 
 # --------------------------------------------------------------------------- the counter
@@ -401,27 +410,30 @@ def test_rewriting_the_counter_never_lets_anyone_in_or_numbers_go_back(machine, 
     holder = start(runs, machine, alice, "count")
     holder.running()
     tickets.append(holder.ticket)
-    counter = machine.folder("count") / ".line"
+    counters = [machine.file("count", f".next.{user.uid}") for user in (alice, mallory)]
     rewrite = as_user(
         mallory,
         machine,
         """
         import json, sys
-        try:
-            with open(sys.argv[1], "w") as counter:
-                counter.write(sys.argv[2])
-            print(json.dumps("rewritten"))
-        except OSError as exc:
-            print(json.dumps(type(exc).__name__))
+        done = []
+        for path in sys.argv[2:]:
+            try:
+                with open(path, "w") as counter:
+                    counter.write(sys.argv[1])
+                done.append("rewritten")
+            except OSError as exc:
+                done.append(type(exc).__name__)
+        print(json.dumps(done))
         """,
-        str(counter), planted,
+        planted, *map(str, counters),
     )  # fmt: skip
+    assert rewrite == ["PermissionError", "rewritten"]  # alice's counter, her own
     joiner = start(runs, machine, mallory, "count")
     until(in_line_or_running(machine, "count", joiner), "mallory's run to wait in line")
     ran_inside = joiner.has_output()
-    try:  # root joins alice's line: told that alice, who made its folder, could break it
-        with pytest.warns(inturn.InturnWarning, match="belongs to inturn-alice"):
-            busy = machine.line("count").acquire(blocking=False)
+    try:
+        busy = machine.line("count").acquire(blocking=False)
     except inturn.Busy:
         root_got = None
     else:
@@ -477,7 +489,7 @@ def test_sitting_on_the_guard_lock_makes_nothing_non_blocking_hang(machine, how)
     alice, mallory = machine.users
     one_shot(machine, alice, "guard")  # the line and its counter exist
     sitter = mallory.popen(
-        [mallory.python, "-c", SIT_ON_GUARD, str(machine.folder("guard") / ".line")],
+        [mallory.python, "-c", SIT_ON_GUARD, str(machine.root)],  # the guard of every line
         env=machine.env(mallory),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -519,8 +531,8 @@ def test_sitting_on_the_guard_lock_makes_nothing_non_blocking_hang(machine, how)
 PLANT = textwrap.dedent(
     """
     import fcntl, json, os, sys, time
-    folder, number, fields = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
-    path = os.path.join(folder, f"{number:012d}.ticket")
+    prefix, number, fields = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+    path = f"{prefix}{number:012d}.ticket"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
     os.fchmod(fd, 0o644)
     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -547,7 +559,7 @@ def plant(
     """Mallory writes a live, holding ticket ``number`` by hand; the planter's pid."""
     mallory = machine.users.mallory
     proc = mallory.popen(
-        [mallory.python, "-c", PLANT, str(machine.folder(name)), str(number), json.dumps(fields)],
+        [mallory.python, "-c", PLANT, str(machine.file(name, "")), str(number), json.dumps(fields)],
         env=machine.env(mallory),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

@@ -7,7 +7,9 @@ it by creating ``<number>.told``: creating a file that must not exist yet is ato
 one holder is told, and it works between users who may not remove each other's files (a
 machine-wide line is a sticky folder, like ``/tmp``). Files are removed by whoever may, in an
 order that never lets a claimed marker look unclaimed: the ticket first, then the marker, then
-the claim. Numbers are zero-padded so that a listing sorts like the line.
+the claim. Numbers are zero-padded so that a listing sorts like the line. A platform may keep a
+line's files side by side with other lines' instead, each name prefixed (``FolderStore.prefix``):
+the POSIX backend does so for machine-wide lines.
 """
 
 from __future__ import annotations
@@ -279,12 +281,25 @@ class FolderStore(LineStore):
         self.name = name
         self.scope = backend.scope
         self.create = backend.create
-        self.folder = os.path.join(backend.root, safe_file_name(name))
+        self.folder, self.prefix = self._layout(backend.root, safe_file_name(name))
         self.shown = escape_controls(self.folder)
+
+    def _layout(self, root: str, file_name: str) -> tuple[str, str]:
+        """Where the line's files are, and what their names start with there: a folder of
+        its own, by default; a platform may keep some lines' files side by side instead."""
+        return os.path.join(root, file_name), ""
 
     @property
     def where(self) -> str:
-        return self.folder
+        return os.path.join(self.folder, self.prefix) if self.prefix else self.folder
+
+    def _where(self, entry: str) -> str:
+        """An entry of the line as a path, for messages."""
+        return f"{self.shown}/{self.prefix}{entry}"
+
+    def _exists_at_all(self) -> bool:
+        """Whether anyone has used the line here (without creating it)."""
+        return os.path.lexists(self.folder)
 
     # -- what each platform supplies
 
@@ -354,7 +369,7 @@ class FolderStore(LineStore):
         the number is above all of them and above every number in the folder: nobody can turn
         back the numbers that others were given."""
         if self.scope != "machine":
-            where = f"{self.shown}/{COUNTER}"
+            where = self._where(COUNTER)
             return next_number(self._read_counter(COUNTER, guard), where, entries.highest)
         highest = entries.highest
         for entry in (COUNTER, *entries.counters):
@@ -371,8 +386,8 @@ class FolderStore(LineStore):
 
     def status(self) -> LineStatus:
         """Looking at a line that nobody has used yet must not create it."""
-        if not self._opened() and not os.path.lexists(self.folder):
-            return LineStatus(self.name, scope=self.scope, where=self.folder)
+        if not self._opened() and not self._exists_at_all():
+            return LineStatus(self.name, scope=self.scope, where=self.where)
         return super().status()
 
     def look(self, me: Membership | None) -> View:
@@ -397,7 +412,7 @@ class FolderStore(LineStore):
                     result.append(None)
                     continue
                 data, owner = found
-                result.append(parse_record(number, data, f"{self.shown}/{name}", owner))
+                result.append(parse_record(number, data, self._where(name), owner))
         return result
 
     # -- LineStore: the dead
@@ -417,7 +432,7 @@ class FolderStore(LineStore):
         if found is None:
             return
         data, owner = found
-        record = parse_record(number, data, f"{self.shown}/{name}")
+        record = parse_record(number, data, self._where(name))
         if data and record is not None and record.holding:
             marker = marker_file(number)
             if not self._link(name, marker):
@@ -427,7 +442,7 @@ class FolderStore(LineStore):
         except (FileNotFoundError, PermissionError):
             pass  # gone, or another user's: dead all the same, and marked
         except OSError as exc:
-            warn_once(f"cannot remove dead ticket {self.shown}/{name}: {exc.strerror}")
+            warn_once(f"cannot remove dead ticket {self._where(name)}: {exc.strerror}")
         if record is not None and record.channel:
             self._remove_channel(record.channel)
 
@@ -462,7 +477,7 @@ class FolderStore(LineStore):
         if found is None:
             return None
         if shared:
-            dead = parse_record(number, found[0], f"{self.shown}/{marker}")
+            dead = parse_record(number, found[0], self._where(marker))
             if dead is None or dead.shared:
                 return None
         if not self._create(told, b""):
@@ -473,7 +488,7 @@ class FolderStore(LineStore):
             return None
         data, owner = found
         record = parse_record(
-            number, data, f"{self.shown}/{marker}", self._dead_owner(number, data, owner)
+            number, data, self._where(marker), self._dead_owner(number, data, owner)
         )
         with suppress(OSError, BackendError), self._guard(Patience(0.0)):
             self._tidy(number)

@@ -15,11 +15,14 @@ Every path is opened relative to the line's folder descriptor with ``O_NOFOLLOW`
 created with ``O_EXCL``, so symlinks or files planted by someone else are refused, never followed.
 
 Machine-wide lines are shared between users who need not trust each other (README, "Machine-wide
-lines"): the folder is sticky like ``/tmp``, so nobody removes or renames another's files;
-tickets are created private and made readable (never writable) by others only once locked,
-whatever the umask, so nobody can open one in time to take its lock first; numbers never go
-below a number present in the folder; the user shown is the file's owner; and waits for the
-guard are bounded for callers that must not hang.
+lines between users"): their files lie side by side in root's sticky ``/dev/shm`` (or ``/tmp``),
+named ``inturn:<line>:<entry>``, with no folder of the line's own (its owner could remove anyone's
+files), so nobody removes or renames another's files; their guard is ``flock`` on that folder,
+which nobody can replace; tickets are created private and made readable (never writable) by
+others only once locked, whatever the umask, so nobody can open one in time to take its lock
+first; each user keeps a counter of their own and numbers never go below a number present; the
+user shown is the file's owner; and waits for the guard are bounded for callers that must not
+hang.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from contextlib import contextmanager, suppress
 from .. import forks
 from ..errors import BackendError, Cancelled, Replaced
 from ..forks import forget_after_fork
+from ..names import safe_file_name
 from ..records import MAX_RECORD_BYTES, Ticket, escape_controls, this_user, warn_once
 from .base import CancelToken, GuardTaken, Membership, Patience, View, Woke, wait_woken
 from .folders import (
@@ -63,6 +67,7 @@ assert sys.platform != "win32"  # the rest of this module is POSIX code
 from .unix_channel import UnixChannels  # noqa: E402 - POSIX only, as what follows
 
 SHM = "/dev/shm"
+MACHINE_PREFIX = "inturn:"  # machine-wide lines' files: inturn:<line>:<entry>
 
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _O_NEW = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -75,8 +80,8 @@ _O_OPEN = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 def default_root(scope: str) -> str:
     """Where lines live when neither ``INTURN_DIR`` nor ``directory=`` says."""
-    if scope == "machine":
-        return os.path.join(_shared_tmp() or "/tmp", "inturn")
+    if scope == "machine":  # the lines' files side by side in it: see PosixStore._layout
+        return _shared_tmp() or os.path.realpath("/tmp")
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isabs(runtime):
         try:
@@ -193,15 +198,32 @@ class PosixBackend(FolderBackend):
 
     @staticmethod
     def recorded_name(folder: str) -> str | None:
-        return _read_name(folder)
+        return _read_name(os.path.join(folder, NAME_FILE))
 
     def line(self, name: str) -> PosixStore:
         return PosixStore(self, name)
 
+    def names(self) -> list[str]:
+        if self.scope != "machine":
+            return super().names()
+        try:
+            entries = os.listdir(self.root)
+        except FileNotFoundError:
+            return []
+        found = []
+        for entry in entries:
+            file_name = entry[len(MACHINE_PREFIX) : -len(NAME_FILE) - 1]
+            if not (entry.startswith(MACHINE_PREFIX) and entry.endswith(f":{NAME_FILE}")):
+                continue
+            name = _read_name(os.path.join(self.root, entry))
+            if name is not None and safe_file_name(name) == file_name:
+                found.append(name)
+        return sorted(found)
 
-def _read_name(folder: str) -> str | None:
+
+def _read_name(path: str) -> str | None:
     try:
-        fd = os.open(os.path.join(folder, NAME_FILE), _O_READ)
+        fd = os.open(path, _O_READ)
     except OSError:
         return None
     try:
@@ -451,6 +473,21 @@ class PosixStore(UnixChannels, FolderStore):
 
     # -- folder and guard
 
+    def _layout(self, root: str, file_name: str) -> tuple[str, str]:
+        """A machine-wide line keeps its files side by side in the lines folder itself
+        (``/dev/shm``, root's and sticky), named ``inturn:<line>:<entry>``: a folder of the
+        line's own would belong to the user who made it first, who could then remove or
+        rename anyone's ticket in it. Nobody but root and a file's owner can touch a file
+        there."""
+        if self.scope == "machine":
+            return root, f"{MACHINE_PREFIX}{file_name}:"
+        return super()._layout(root, file_name)
+
+    def _exists_at_all(self) -> bool:
+        if not self.prefix:
+            return super()._exists_at_all()
+        return os.path.lexists(os.path.join(self.folder, self.prefix + NAME_FILE))
+
     def _dir(self) -> int:
         fd = self._dir_fd
         if fd is None:
@@ -470,11 +507,9 @@ class PosixStore(UnixChannels, FolderStore):
         raise BackendError(f"{self.shown} keeps being removed while opening it: try again")
 
     def _open_folder_once(self) -> int | None:
-        created = False
         try:
-            if self.create:
+            if self.create and not self.prefix:
                 os.mkdir(self.folder, 0o700)
-                created = True
         except FileExistsError:
             pass
         except OSError as exc:
@@ -496,7 +531,8 @@ class PosixStore(UnixChannels, FolderStore):
             ) from None
         try:
             if self.create:  # a look from outside changes nothing
-                self._check_folder(fd, created)
+                if not self.prefix:  # the lines folder that holds the files was checked
+                    self._check_folder(fd)
                 self._ensure_name(fd)
         except BackendError:
             gone = os.fstat(fd).st_nlink == 0
@@ -509,35 +545,24 @@ class PosixStore(UnixChannels, FolderStore):
             raise
         return fd
 
-    def _check_folder(self, fd: int, created: bool) -> None:
-        info = os.fstat(fd)
-        mine = info.st_uid == os.getuid()
-        if self.scope == "user":
-            if not mine:
-                raise BackendError(
-                    f"the line folder {self.shown} belongs to uid {info.st_uid}, not to you: "
-                    "remove it"
-                )
-            return
-        warn_if_anothers(self.folder, info.st_uid, "the machine-wide line folder")
-        if info.st_mode & 0o1777 != 0o1777:  # machine scope: sticky and open to all
-            if not (mine or created):
-                raise BackendError(
-                    f"the machine-wide line folder {self.shown} is not sticky and open to "
-                    f"every user (mode {stat.S_IMODE(info.st_mode):o}, owner uid "
-                    f"{info.st_uid}): ask its owner to run 'chmod 1777 {self.shown}'"
-                )
-            os.fchmod(fd, 0o1777)
+    def _check_folder(self, fd: int) -> None:
+        """A per-user line's folder must be ours."""
+        uid = os.fstat(fd).st_uid
+        if uid != os.getuid():
+            raise BackendError(
+                f"the line folder {self.shown} belongs to uid {uid}, not to you: remove it"
+            )
 
     def _ensure_name(self, dir_fd: int) -> None:
         """Publish ``.name`` (the line's exact name) if missing, all at once: a draft is
         written, then linked into place, so no reader ever finds it half written."""
+        published = self.prefix + NAME_FILE
         try:
-            os.stat(NAME_FILE, dir_fd=dir_fd, follow_symlinks=False)
+            os.stat(published, dir_fd=dir_fd, follow_symlinks=False)
             return
         except FileNotFoundError:
             pass
-        draft = f"{NAME_FILE}.{forks.pid()}.{threading.get_native_id()}"
+        draft = f"{published}.{forks.pid()}.{threading.get_native_id()}"
         with suppress(FileNotFoundError):
             os.unlink(draft, dir_fd=dir_fd)
         try:
@@ -547,7 +572,7 @@ class PosixStore(UnixChannels, FolderStore):
         try:
             write_all(fd, dumps_line({"name": self.name}))
             os.fchmod(fd, _readable_mode(self.scope))
-            os.link(draft, NAME_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            os.link(draft, published, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
         except FileExistsError:
             pass  # another process published it first
         except OSError as exc:
@@ -596,7 +621,7 @@ class PosixStore(UnixChannels, FolderStore):
         """Wait for the guard another process holds, on an open file of our own (``fd``,
         closed here if the wait fails)."""
         remaining = patience.remaining()
-        taken = f"its guard {self.shown}/{COUNTER} is held by another process"
+        taken = f"its guard {self._guard_shown()} is held by another process"
         if remaining is not None and remaining <= 0:
             os.close(fd)
             raise GuardTaken(taken)
@@ -623,22 +648,26 @@ class PosixStore(UnixChannels, FolderStore):
         return kept[1]
 
     def _open_guard(self) -> int:
-        """``.line``: the guard of a line, and its counter on a per-user line. A machine-wide
-        line's guard may be another user's file; locking needs only reading it."""
-        machine = self.scope == "machine"
-        flags = (os.O_RDONLY if machine else os.O_RDWR) | os.O_CREAT | _O_OPEN
+        """``.line``: the guard of a line, and its counter. Machine-wide lines share one
+        guard, the lines folder itself (opened anew: ``flock`` belongs to an open file),
+        which no user but root can remove or put another in place of, as they could a
+        file of the guard's."""
+        if self.prefix:
+            try:
+                return os.open(".", _O_DIR, dir_fd=self._dir())
+            except OSError as exc:
+                raise BackendError(f"cannot use {self.shown}: {exc.strerror}") from None
         try:
-            fd = os.open(COUNTER, flags, 0o600, dir_fd=self._dir())
+            fd = os.open(COUNTER, os.O_RDWR | os.O_CREAT | _O_OPEN, 0o600, dir_fd=self._dir())
         except OSError as exc:
             raise BackendError(_unusable(self.shown, COUNTER, exc)) from None
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise BackendError(f"{self.shown}/{COUNTER} is not a regular file: remove it")
-        if machine and info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) != 0o644:
-            with suppress(OSError):
-                os.fchmod(fd, 0o644)
         return fd
+
+    def _guard_shown(self) -> str:
+        return f"(a lock on {self.shown})" if self.prefix else self._where(COUNTER)
 
     def _opened(self) -> bool:
         return self._dir_fd is not None
@@ -649,24 +678,32 @@ class PosixStore(UnixChannels, FolderStore):
         each see part of the folder, so listings of this store take turns."""
         dir_fd = self._dir()
         with self._list_lock:
-            return read_entries(os.listdir(dir_fd))
+            names = os.listdir(dir_fd)
+        return read_entries(self._own(names))
+
+    def _own(self, names: list[str]) -> list[str]:
+        """The line's entries among a listing of its folder, without the prefix."""
+        prefix = self.prefix
+        if not prefix:
+            return names
+        return [name[len(prefix) :] for name in names if name.startswith(prefix)]
 
     # -- files
 
     def _open(self, entry: str) -> int | None:
         """One of the line's files, read-only; None when it is gone or is not a file we made."""
         try:
-            fd = os.open(entry, _O_READ, dir_fd=self._dir())
+            fd = os.open(self.prefix + entry, _O_READ, dir_fd=self._dir())
         except FileNotFoundError:
             return None
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
-                warn_once(f"ignoring {self.shown}/{entry}: not a file inturn can use")
+                warn_once(f"ignoring {self._where(entry)}: not a file inturn can use")
                 return None
             raise
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
-            warn_once(f"ignoring {self.shown}/{entry}: not a regular file")
+            warn_once(f"ignoring {self._where(entry)}: not a regular file")
             return None
         return fd
 
@@ -684,7 +721,7 @@ class PosixStore(UnixChannels, FolderStore):
 
     def _create(self, entry: str, data: bytes) -> bool:
         try:
-            fd = os.open(entry, _O_NEW, 0o600, dir_fd=self._dir())
+            fd = os.open(self.prefix + entry, _O_NEW, 0o600, dir_fd=self._dir())
         except FileExistsError:
             return False
         try:
@@ -695,11 +732,11 @@ class PosixStore(UnixChannels, FolderStore):
         return True
 
     def _remove(self, entry: str) -> None:
-        os.unlink(entry, dir_fd=self._dir())
+        os.unlink(self.prefix + entry, dir_fd=self._dir())
 
     def _exists(self, entry: str) -> bool:
         try:
-            os.stat(entry, dir_fd=self._dir(), follow_symlinks=False)
+            os.stat(self.prefix + entry, dir_fd=self._dir(), follow_symlinks=False)
         except FileNotFoundError:
             return False
         return True
@@ -707,7 +744,13 @@ class PosixStore(UnixChannels, FolderStore):
     def _link(self, entry: str, to: str) -> bool:
         dir_fd = self._dir()
         try:
-            os.link(entry, to, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            os.link(
+                self.prefix + entry,
+                self.prefix + to,
+                src_dir_fd=dir_fd,
+                dst_dir_fd=dir_fd,
+                follow_symlinks=False,
+            )
         except FileExistsError:
             return True  # marked already
         except OSError:
@@ -736,8 +779,8 @@ class PosixStore(UnixChannels, FolderStore):
         return True
 
     def _read_counter(self, entry: str, guard: int) -> bytes:
-        if entry == COUNTER:
-            return os.pread(guard, 64, 0)  # the guard file itself
+        if entry == COUNTER:  # the guard file itself (a machine-wide line has none)
+            return b"" if self.prefix else os.pread(guard, 64, 0)
         found = self._read(entry)
         return found[0][:64] if found else b""
 
@@ -745,11 +788,12 @@ class PosixStore(UnixChannels, FolderStore):
         if entry == COUNTER:  # a per-user line's: the guard file itself
             os.pwrite(guard, text, 0)
             return
-        fd = os.open(entry, os.O_WRONLY | os.O_CREAT | _O_OPEN, 0o600, dir_fd=self._dir())
+        flags = os.O_WRONLY | os.O_CREAT | _O_OPEN
+        fd = os.open(self.prefix + entry, flags, 0o600, dir_fd=self._dir())
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
-                raise BackendError(f"{self.shown}/{entry} is not a counter of yours: remove it")
+                raise BackendError(f"{self._where(entry)} is not a counter of yours: remove it")
             if stat.S_IMODE(info.st_mode) != 0o644:
                 os.fchmod(fd, 0o644)
             os.pwrite(fd, text, 0)
@@ -785,6 +829,8 @@ class PosixStore(UnixChannels, FolderStore):
             dir_fd = self._dir()
             if os.fstat(dir_fd).st_nlink == 0:
                 return None
+            if self.prefix:  # the name again, in case the line was forgotten meanwhile
+                self._ensure_name(dir_fd)
             entries = self._entries()
             first = self._next_number(entries, guard)
             fd, number = self._create_ticket(dir_fd, first, me.shared)
@@ -801,7 +847,7 @@ class PosixStore(UnixChannels, FolderStore):
                 self._save_number(number + 1, guard)
             except BaseException:
                 with suppress(OSError):
-                    os.unlink(own_ticket_file(number, me.shared), dir_fd=dir_fd)
+                    os.unlink(self.prefix + own_ticket_file(number, me.shared), dir_fd=dir_fd)
                 os.close(fd)
                 for end in kick or ():
                     os.close(end)
@@ -812,7 +858,7 @@ class PosixStore(UnixChannels, FolderStore):
         return membership, View(ahead, entries.markers, shared=entries.shared)
 
     def forget(self, patience: Patience) -> bool:
-        if not os.path.lexists(self.folder):
+        if not self._exists_at_all():
             return True
         with os_errors(self.shown), self._guard(patience):
             dir_fd = self._dir()
@@ -823,16 +869,18 @@ class PosixStore(UnixChannels, FolderStore):
                 self._bury_dead(number)
             with self._list_lock:
                 names = os.listdir(dir_fd)
-            for entry in names:  # markers, claims, counters, kicks, the name, the guard
+            for entry in self._own(names):  # markers, claims, counters, kicks, name, guard
                 try:
-                    os.unlink(entry, dir_fd=dir_fd)
+                    os.unlink(self.prefix + entry, dir_fd=dir_fd)
                 except FileNotFoundError:
                     continue
                 except PermissionError:
                     raise BackendError(
-                        f"cannot forget line {self.name!r}: {self.shown}/{entry} belongs to "
+                        f"cannot forget line {self.name!r}: {self._where(entry)} belongs to "
                         "another user, who must remove it (or forget the line) first"
                     ) from None
+            if self.prefix:
+                return True  # its files were all it had
             try:
                 os.rmdir(self.folder)
             except OSError as exc:
@@ -845,7 +893,7 @@ class PosixStore(UnixChannels, FolderStore):
     def _create_ticket(self, dir_fd: int, number: int, shared: bool) -> tuple[int, int]:
         for _ in range(1000):
             try:
-                name = own_ticket_file(number, shared)
+                name = self.prefix + own_ticket_file(number, shared)
                 return os.open(name, _O_NEW, 0o600, dir_fd=dir_fd), number
             except FileExistsError:
                 number += 1  # a leftover or planted file: never reuse its number
@@ -855,7 +903,7 @@ class PosixStore(UnixChannels, FolderStore):
         """The FIFO through which a later ``newest_wins`` arrival replaces this ticket:
         writable by every user of the line, read (and held open for writing, so that it never
         reads end-of-file) by us only."""
-        name = kick_file(number)
+        name = self.prefix + kick_file(number)
         dir_fd = self._dir()
         with suppress(FileNotFoundError):
             os.unlink(name, dir_fd=dir_fd)  # a leftover of a number that was never handed out
@@ -870,7 +918,7 @@ class PosixStore(UnixChannels, FolderStore):
     def replace(self, number: int, me: Membership) -> None:
         flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
-            fd = os.open(kick_file(number), flags, dir_fd=self._dir())
+            fd = os.open(self.prefix + kick_file(number), flags, dir_fd=self._dir())
         except OSError:
             return  # it left (no FIFO, or nobody reading it) or is not a FIFO of ours to write
         try:
@@ -912,7 +960,7 @@ class PosixStore(UnixChannels, FolderStore):
         except PermissionError:
             raise BackendError(
                 f"cannot wait for ticket {number} of line {self.name!r}: "
-                f"{self.shown}/{ticket_files(number)[0]} is not readable by you (made by "
+                f"{self._where(ticket_files(number)[0])} is not readable by you (made by "
                 "another user with an older inturn?); ask its owner to remove it once it is done"
             ) from None
 
@@ -993,10 +1041,10 @@ class PosixStore(UnixChannels, FolderStore):
             # Unlink before unlocking: nobody may see the lock free while the file is ours,
             # and a waiter woken by the unlock sees it has no name left (a clean release).
             with os_errors(self.shown), suppress(FileNotFoundError):
-                os.unlink(own_ticket_file(me.number, me.shared), dir_fd=self._dir())
+                os.unlink(self.prefix + own_ticket_file(me.number, me.shared), dir_fd=self._dir())
             if me.kick is not None:
                 with suppress(OSError):
-                    os.unlink(kick_file(me.number), dir_fd=self._dir())
+                    os.unlink(self.prefix + kick_file(me.number), dir_fd=self._dir())
         me.close()
 
     def close(self) -> None:

@@ -78,9 +78,12 @@ def channel_name() -> str:
     return secrets.token_hex(16) + SUFFIX
 
 
-def is_channel_name(name: str) -> bool:
-    """Whether ``name`` is a socket name inturn makes (a plain name in the line's folder)."""
-    stem, suffix = name[: -len(SUFFIX)], name[-len(SUFFIX) :]
+def is_channel_name(name: str, prefix: str) -> bool:
+    """Whether ``name`` is a socket name inturn makes for the line whose files start with
+    ``prefix`` (a plain name in the line's folder)."""
+    if not name.startswith(prefix):
+        return False
+    stem, suffix = name[len(prefix) : -len(SUFFIX)], name[-len(SUFFIX) :]
     return suffix == SUFFIX and len(stem) == 32 and all(c in "0123456789abcdef" for c in stem)
 
 
@@ -94,6 +97,7 @@ class UnixChannels:
 
     shown: str
     scope: str
+    prefix: str  # what the names of the line's files start with in its folder
 
     def _dir(self) -> int:
         raise NotImplementedError
@@ -102,26 +106,27 @@ class UnixChannels:
         """Local lines take messages."""
 
     def open_channel(self, others: bool) -> Channel:
-        return open_channel(self._dir(), self.shown, others)
+        return open_channel(self._dir(), self.shown, others, self.prefix)
 
     def connect(self, holder: Ticket, deadline: float) -> Connection:
         dir_fd = self._dir()
-        owner = _ticket_owner(dir_fd, self.shown, holder.number)
+        owner = _ticket_owner(dir_fd, self.shown, self.prefix, holder.number)
         if self.scope == "user" and owner != os.getuid():
             raise BackendError(
                 f"the holder of {self.shown} is {user_name(owner)}, not you: not sending to "
                 "another user on a per-user line (check who owns the folder)"
             )
-        return connect(dir_fd, self.shown, holder.channel or "", owner, holder.pid, deadline)
+        where = (self.shown, self.prefix)
+        return connect(dir_fd, where, holder.channel or "", owner, holder.pid, deadline)
 
     def _remove_channel(self, address: str) -> None:
-        remove_leftover(self._dir(), address)
+        remove_leftover(self._dir(), address, self.prefix)
 
 
-def _ticket_owner(dir_fd: int, folder: str, number: int) -> int:
+def _ticket_owner(dir_fd: int, folder: str, prefix: str, number: int) -> int:
     """Who owns ticket ``number``'s file, as the file system says (``OSError`` if it is gone:
     the holder left)."""
-    for name in ticket_files(number):
+    for name in (prefix + entry for entry in ticket_files(number)):
         try:
             fd = os.open(
                 name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd
@@ -303,14 +308,14 @@ def _identity(name: str, dir_fd: int) -> tuple[int, int] | None:
     return (info.st_dev, info.st_ino) if stat.S_ISSOCK(info.st_mode) else None
 
 
-def open_channel(dir_fd: int, folder: str, others: bool) -> UnixChannel:
-    """Listen on a new socket in the line's folder (``dir_fd``, shown as ``folder``):
-    ``0600``, or ``0666`` when ``others`` may connect. A name that is taken (a planted file
-    or link) is passed over for another."""
+def open_channel(dir_fd: int, folder: str, others: bool, prefix: str) -> UnixChannel:
+    """Listen on a new socket in the line's folder (``dir_fd``, shown as ``folder``; the
+    line's file names start with ``prefix``): ``0600``, or ``0666`` when ``others`` may
+    connect. A name that is taken (a planted file or link) is passed over for another."""
     import socket
 
     for _ in range(8):
-        name = channel_name()
+        name = prefix + channel_name()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             _bind(sock, dir_fd, folder, name)
@@ -372,7 +377,7 @@ def _cannot(folder: str, name: str, exc: OSError) -> str:
 
 def connect(
     dir_fd: int,
-    folder: str,
+    line: tuple[str, str],
     name: str,
     owner: int,
     holder_pid: int | None,
@@ -380,11 +385,13 @@ def connect(
 ) -> UnixConnection:
     """Connect to the socket ``name`` in the line's folder, which must be a socket of user
     ``owner`` (the owner of the holder's ticket) served by process ``holder_pid``;
-    ``BackendError`` if it is anything else, ``OSError`` if nobody listens there."""
+    ``BackendError`` if it is anything else, ``OSError`` if nobody listens there. ``line`` is
+    the folder as shown and what the line's file names start with in it."""
     import socket
 
+    folder, prefix = line
     where = f"{folder}/{name}"
-    if not is_channel_name(name):
+    if not is_channel_name(name, prefix):
         raise BackendError(
             f"the holder of {folder} names {escape_controls(repr(name))} as its socket, which "
             "is not a socket name "
@@ -457,8 +464,8 @@ def _connect_by_path(sock: socket.socket, path: str, where: str) -> None:
             os.rmdir(short)
 
 
-def remove_leftover(dir_fd: int, name: str) -> None:
+def remove_leftover(dir_fd: int, name: str, prefix: str) -> None:
     """Remove the socket a dead holder left (if it is one, and ours to remove)."""
-    if is_channel_name(name) and _identity(name, dir_fd) is not None:
+    if is_channel_name(name, prefix) and _identity(name, dir_fd) is not None:
         with suppress(OSError):
             os.unlink(name, dir_fd=dir_fd)

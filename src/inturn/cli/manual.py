@@ -87,7 +87,7 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
     (
         "INTURN_MACHINE_DIR",
         "folder of the lines --machine shares between the users of the "
-        "machine (default /dev/shm/inturn)",
+        "machine (default /dev/shm, else /tmp: their files are named inturn:NAME:...)",
     ),
     (
         "INTURN_BACKEND",
