@@ -692,6 +692,8 @@ def write_results(
         "",
         verdict,
         "",
+        "Where the time goes, system call by system call: [profile.md](profile.md).",
+        "",
         "## How each contender is called",
         "",
         "Each opens its lock file on acquire and closes it on release. Waiters are queued one at "
