@@ -276,13 +276,16 @@ def user_name(uid: int) -> str:
 class PosixMembership(FolderMembership):
     """Our ticket file, open and locked, and for a ``newest_wins`` ticket the kick FIFO it
     listens on (open for reading, and for writing too, so that it never reads end-of-file).
-    A forked child gets its copies closed."""
+    ``spent`` holds the tickets we waited on that were released cleanly: closing one right
+    after waking would wait for its owner's own close of it to finish, so they are closed
+    when we leave. A forked child gets its copies closed."""
 
     def __init__(self, number: int, fd: int, shared: bool, kick: tuple[int, int] | None) -> None:
         self.number = number
         self.fd = fd
         self.shared = shared
         self.kick = kick
+        self.spent: list[int] = []
         self.pid = forks.pid()
         self.closed = False
         self._lock = threading.Lock()
@@ -292,7 +295,14 @@ class PosixMembership(FolderMembership):
         return [] if self.closed else [self.fd]
 
     def _fds(self) -> tuple[int, ...]:
-        return (self.fd, *(self.kick or ()))
+        return (self.fd, *(self.kick or ()), *self.spent)
+
+    def keep_spent(self, fd: int) -> bool:
+        """Keep a released ticket we waited on, to close when we leave; False if we left."""
+        with self._lock:
+            if not self.closed:
+                self.spent.append(fd)
+            return not self.closed
 
     def close(self) -> bool:
         """Close the ticket (freeing its lock once no child holds a copy); False if it was."""
@@ -951,7 +961,7 @@ class PosixStore(UnixChannels, FolderStore):
         kick = me.kick if isinstance(me, PosixMembership) else None
         with os_errors(self.shown):
             if len(numbers) == 1 and timeout is None and cancel is None and kick is None:
-                return self._wait_here(numbers[0])
+                return self._wait_here(numbers[0], me)
             return self._wait_in_threads(numbers, timeout, cancel, me, kick)
 
     def _open_to_wait(self, number: int) -> int | None:
@@ -964,15 +974,17 @@ class PosixStore(UnixChannels, FolderStore):
                 "another user with an older inturn?); ask its owner to remove it once it is done"
             ) from None
 
-    def _wait_here(self, number: int) -> Woke:
+    def _wait_here(self, number: int, me: Membership | None) -> Woke:
         fd = self._open_to_wait(number)
         if fd is None:
             return Woke()
+        clean = False
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)  # Ctrl-C raises KeyboardInterrupt right here
             clean = os.fstat(fd).st_nlink == 0  # removed by its owner: a clean release
         finally:
-            os.close(fd)
+            if not (clean and isinstance(me, PosixMembership) and me.keep_spent(fd)):
+                os.close(fd)
         return Woke(left=(number,) if clean else ())
 
     def _wait_in_threads(

@@ -24,6 +24,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except NotRunnable as exc:
         say(str(exc))
         return exc.code
+    _load_child_runner()
     # From here until the turn is released, no signal can kill inturn (see ``RunSignals``).
     signals = RunSignals()
     signals.install()
@@ -199,6 +200,15 @@ def _child_env(held: Turn) -> dict[str, str]:
     env["INTURN_TICKET"] = str(held.ticket)
     env["INTURN_ABANDONED"] = "1" if held.abandoned else "0"
     return env
+
+
+def _load_child_runner() -> None:
+    """Import what starts the command before waiting, not between the turn and the command:
+    the next command in line then starts as soon after the turn as the system allows."""
+    if sys.platform == "win32":
+        from . import child_windows  # noqa: F401
+    else:
+        from . import child_posix  # noqa: F401
 
 
 def _run_holding(
