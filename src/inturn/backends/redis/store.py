@@ -407,7 +407,7 @@ class RedisStore(LineStore):
     ) -> Woke | None:
         member = me if isinstance(me, RedisMembership) else None
         try:
-            return Woke() if self._wait(member, numbers, timeout, cancel) else None
+            return self._wait(member, numbers, timeout, cancel)
         except BackendError:
             if member is not None:
                 self._check_own_place(member)  # the clearer story when our lease is gone too
@@ -419,11 +419,12 @@ class RedisStore(LineStore):
         numbers: Sequence[int],
         timeout: float | None,
         cancel: CancelToken | None,
-    ) -> bool:
+    ) -> Woke | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         ids = [self._id(n) for n in numbers]
         if any(i is None for i in ids):
-            return True
+            return Woke()
+        streams = {self._gone_key(cast(str, i)): n for i, n in zip(ids, numbers, strict=True)}
         while True:
             if me is not None:
                 self._check_own_place(me)
@@ -433,16 +434,17 @@ class RedisStore(LineStore):
             if deadline is not None:
                 block = math.ceil((deadline - time.monotonic()) * 1000)
                 if block <= 0:
-                    return False
+                    return None
             left = self._leases_left(numbers)
             if any(ms == -2 for ms in left):
-                return True
+                return Woke()
             # Wake just after the first watched lease could expire (-1: no expiry, never ours).
             expiry = min((ms for ms in left if ms >= 0), default=self.lease_ms)
             wake = expiry + WAKE_AFTER_EXPIRY_MS
             block = wake if block is None else min(block, wake)
-            if self._block_on(me, [self._gone_key(cast(str, i)) for i in ids], block, cancel):
-                return True
+            cleanly = self._block_on(me, list(streams), block, cancel)
+            if cleanly is not None:
+                return Woke(left=tuple(streams[key] for key in cleanly))
 
     def _interrupted(self, me: RedisMembership | None) -> NoReturn:
         if me is not None:
@@ -473,8 +475,10 @@ class RedisStore(LineStore):
         streams: list[str],
         block_ms: int,
         cancel: CancelToken | None,
-    ) -> bool:
-        """``XREAD BLOCK`` on the leavers' streams; True when one of them wrote.
+    ) -> set[str] | None:
+        """``XREAD BLOCK`` on the leavers' streams: once one of them wrote, the streams whose
+        ticket left cleanly (``left``, not ``dead``: those need no further look); None when
+        nothing came.
 
         A cancel, or our own ticket being declared lost, shuts the connection's socket from
         the other thread, which ends the blocked read at once. A ``newest_wins`` ticket also
@@ -510,16 +514,20 @@ class RedisStore(LineStore):
                     if interrupter.is_set():
                         self._interrupted(me)
                     connection.disconnect()
-                    return False  # the caller looks again, through the main connection
+                    return None  # the caller looks again, through the main connection
                 finally:
                     interrupter.arm(None)
         finally:
             pool.release(connection)
         if reply is None:
-            return False
+            return None
         if kick is not None and me is not None:
             self._check_kicks(me, kick, reply)
-        return True
+        return {
+            _text(stream)
+            for stream, entries in reply
+            if any(b"left" in _as_dict(fields) for _, fields in entries)
+        }
 
     def _check_kicks(self, me: RedisMembership, kick: str, reply: Any) -> None:
         """Raise ``Replaced`` if our kick stream names a later ticket that is alive."""
