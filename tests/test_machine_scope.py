@@ -255,6 +255,23 @@ def as_user(user: User, machine: Machine, code: str, *args: str) -> Any:
     return json.loads(result.stdout)
 
 
+# What ``attempts`` code has: ``attempt(action)`` says how an action on a file went.
+ATTEMPT = """\
+import json, os, sys
+def attempt(action):
+    try:
+        action()
+        return "done"
+    except OSError as exc:
+        return type(exc).__name__
+"""
+
+
+def attempts(user: User, machine: Machine, code: str, *args: str) -> Any:
+    """``as_user`` for code that tries things with ``attempt``."""
+    return as_user(user, machine, ATTEMPT + textwrap.dedent(code), *args)
+
+
 # --------------------------------------------------------------------------- a private umask
 
 
@@ -282,18 +299,11 @@ def test_tickets_are_readable_by_all_whatever_the_umask_and_nobody_elses_to_touc
     assert oct(os.stat(ticket).st_mode & 0o777) == "0o644"
     assert os.stat(name_file).st_uid == alice.uid  # alice made the line
     before = os.stat(ticket)
-    tried = as_user(
+    tried = attempts(
         mallory,
         machine,
         """
-        import json, os, sys
         ticket, name_file = sys.argv[1:]
-        def attempt(action):
-            try:
-                action()
-                return "done"
-            except OSError as exc:
-                return type(exc).__name__
         def write(flags):
             fd = os.open(ticket, os.O_WRONLY | flags)
             os.write(fd, b'{"acquired_at":1}\\n')
@@ -334,18 +344,11 @@ def test_the_first_user_of_a_line_gets_no_power_over_the_tickets_of_others(machi
     holder = start(runs, machine, alice, "hers")
     until_held_by(holder.running(), "hers", machine.line)
     (ticket,) = machine.tickets("hers")
-    tried = as_user(
+    tried = attempts(
         mallory,
         machine,
         """
-        import json, os, sys
         ticket, root = sys.argv[1:]
-        def attempt(action):
-            try:
-                action()
-                return "done"
-            except OSError as exc:
-                return type(exc).__name__
         print(json.dumps({
             "unlink": attempt(lambda: os.unlink(ticket)),
             "rename": attempt(lambda: os.rename(ticket, ticket + ".gone")),

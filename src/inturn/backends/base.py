@@ -262,6 +262,61 @@ class Channel(ABC):
         """Stop listening, wake ``accept`` and remove the socket or pipe (idempotent)."""
 
 
+class ListeningChannel(Channel):
+    """A channel whose ``accept`` runs in one thread at a time and whose ``close`` may come
+    from any other: ``close`` wakes the accepting thread, and whichever of the two is last
+    frees what the channel holds, so that nothing is freed under a wait in progress."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._accepting = False
+        self._released = False
+        self.closed = False
+
+    @abstractmethod
+    def _accept_one(self) -> Connection | None:
+        """Sleep until a connection comes (one we may talk to), or until ``_wake``: None."""
+
+    @abstractmethod
+    def _wake(self) -> None:
+        """Make a sleeping ``_accept_one`` return None, and stop taking new connections."""
+
+    @abstractmethod
+    def _free(self) -> None:
+        """Free what the channel holds (called once)."""
+
+    def accept(self) -> Connection | None:
+        with self._lock:
+            if self.closed or self._accepting:
+                return None
+            self._accepting = True
+        try:
+            return self._accept_one()
+        finally:
+            with self._lock:
+                self._accepting = False
+                release = self.closed
+            if release:
+                self._release()
+
+    def close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            accepting = self._accepting
+        self._wake()
+        if not accepting:
+            self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        self._free()
+
+
 class LineStore(ABC):
     """One named line in one backend, safe to share between any number of threads."""
 

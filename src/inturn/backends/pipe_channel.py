@@ -39,7 +39,7 @@ from ctypes import wintypes
 from .. import win32
 from ..errors import BackendError
 from ..records import Ticket, escape_controls
-from .base import Channel, Connection, Peer
+from .base import Channel, Connection, ListeningChannel, Peer
 
 assert sys.platform == "win32"  # the rest of this module is Windows code
 
@@ -297,20 +297,17 @@ class PipeConnection(Connection):
 # --------------------------------------------------------------------------- listening
 
 
-class PipeChannel(Channel):
+class PipeChannel(ListeningChannel):
     """A named pipe's instances, one always waiting for the next client."""
 
     def __init__(self, name: str, security: win32.Security, sid: str) -> None:
+        super().__init__()
         self.address = name
         self._security = security
         self._sid = sid
         self._stop = win32.CreateEventW(None, True, False, None)
         if not self._stop:
             raise win32.os_error("cannot create an event")
-        self._lock = threading.Lock()
-        self._accepting = False
-        self._released = False
-        self.closed = False
         try:
             self._instance = self._new_instance(first=True)
         except BaseException:
@@ -340,34 +337,23 @@ class PipeChannel(Channel):
             )
         return int(handle)
 
-    def accept(self) -> Connection | None:
-        with self._lock:
-            if self.closed or self._accepting:
+    def _accept_one(self) -> Connection | None:
+        while True:
+            instance = self._instance
+            try:
+                _io(instance, _connecting(instance), None, self._stop)
+            except InterruptedError:
                 return None
-            self._accepting = True
-        try:
-            while True:
-                instance = self._instance
-                try:
-                    _io(instance, _connecting(instance), None, self._stop)
-                except InterruptedError:
-                    return None
-                except BrokenPipeError:  # a client came and went before we saw it
-                    win32.CloseHandle(instance)
-                    self._instance = self._new_instance(first=False)
-                    continue
-                self._instance = self._new_instance(first=False)  # the name stays taken
-                peer = self._peer(instance)
-                if peer is None:
-                    win32.CloseHandle(instance)
-                    continue
-                return PipeConnection(instance, peer, server=True)
-        finally:
-            with self._lock:
-                self._accepting = False
-                release = self.closed
-            if release:
-                self._release()
+            except BrokenPipeError:  # a client came and went before we saw it
+                win32.CloseHandle(instance)
+                self._instance = self._new_instance(first=False)
+                continue
+            self._instance = self._new_instance(first=False)  # the name stays taken
+            peer = self._peer(instance)
+            if peer is None:
+                win32.CloseHandle(instance)
+                continue
+            return PipeConnection(instance, peer, server=True)
 
     def _peer(self, instance: int) -> Peer | None:
         pid = wintypes.ULONG()
@@ -379,21 +365,10 @@ class PipeChannel(Channel):
         sid, name = user
         return Peer(pid.value, name, sid=sid, same_user=sid == self._sid)
 
-    def close(self) -> None:
-        with self._lock:
-            if self.closed:
-                return
-            self.closed = True
-            accepting = self._accepting
+    def _wake(self) -> None:
         win32.SetEvent(self._stop)
-        if not accepting:
-            self._release()
 
-    def _release(self) -> None:
-        with self._lock:
-            if self._released:
-                return
-            self._released = True
+    def _free(self) -> None:
         win32.CloseHandle(self._instance)
         win32.CloseHandle(self._stop)
 

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 from ..errors import BackendError
 from ..forks import forget_after_fork
 from ..records import Ticket, escape_controls
-from .base import Channel, Connection, Peer
+from .base import Channel, Connection, ListeningChannel, Peer
 from .folders import ticket_files
 
 if TYPE_CHECKING:
@@ -224,69 +224,43 @@ def _left(deadline: float) -> float:
 # --------------------------------------------------------------------------- listening
 
 
-class UnixChannel(Channel):
+class UnixChannel(ListeningChannel):
     """A listening socket in a line's folder. ``accept`` sleeps in ``select`` on it and on a
-    pipe that ``close`` writes to, so that another thread can end it at once; the thread in
-    ``accept`` then closes the descriptors, so that none is closed under its ``select``."""
+    pipe that ``close`` writes to, so that another thread can end it at once."""
 
     def __init__(self, sock: socket.socket, dir_fd: int, name: str) -> None:
+        super().__init__()
         self.sock = sock
         self.address = name
         self._dir_fd = dir_fd  # our own copy of the folder's descriptor
         self._identity = _identity(name, dir_fd)  # to remove our socket, never a stranger's
         self._wake_read, self._wake_write = os.pipe()
-        self._lock = threading.Lock()
-        self._accepting = False
-        self._released = False
-        self.closed = False
         forget_after_fork(self)
 
-    def accept(self) -> Connection | None:
+    def _accept_one(self) -> Connection | None:
         import select
 
-        with self._lock:
-            if self.closed or self._accepting:
+        while True:
+            ready, _, _ = select.select([self.sock.fileno(), self._wake_read], [], [])
+            if self._wake_read in ready:
                 return None
-            self._accepting = True
-        try:
-            while True:
-                ready, _, _ = select.select([self.sock.fileno(), self._wake_read], [], [])
-                if self._wake_read in ready:
-                    return None
-                try:
-                    sock, _ = self.sock.accept()
-                except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                    continue  # the connecting side gave up meanwhile
-                sock.setblocking(True)
-                try:
-                    return UnixConnection(sock, peer_of(sock))
-                except OSError:
-                    sock.close()  # it went away before we could ask who it was
-        finally:
-            with self._lock:
-                self._accepting = False
-                release = self.closed
-            if release:
-                self._release()
+            try:
+                sock, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                continue  # the connecting side gave up meanwhile
+            sock.setblocking(True)
+            try:
+                return UnixConnection(sock, peer_of(sock))
+            except OSError:
+                sock.close()  # it went away before we could ask who it was
 
-    def close(self) -> None:
-        with self._lock:
-            if self.closed:
-                return
-            self.closed = True
-            accepting = self._accepting
+    def _wake(self) -> None:
         if _identity(self.address, self._dir_fd) == self._identity:
             with suppress(OSError):
                 os.unlink(self.address, dir_fd=self._dir_fd)
-        os.write(self._wake_write, b"x")  # the accepting thread then closes what is left
-        if not accepting:
-            self._release()
+        os.write(self._wake_write, b"x")
 
-    def _release(self) -> None:
-        with self._lock:
-            if self._released:
-                return
-            self._released = True
+    def _free(self) -> None:
         self.sock.close()
         for fd in (self._dir_fd, self._wake_read, self._wake_write):
             with suppress(OSError):
