@@ -5,11 +5,11 @@ line is ``<number>.ticket``. When a ticket dies holding the turn, whoever finds 
 ``<number>.abandoned``, a copy of (or a second link to) its record, and the next holder claims
 it by creating ``<number>.told``: creating a file that must not exist yet is atomic, so exactly
 one holder is told, and it works between users who may not remove each other's files (a
-machine-wide line's files are in a sticky folder, like ``/tmp``). Files are removed by whoever may, in an
-order that never lets a claimed marker look unclaimed: the ticket first, then the marker, then
-the claim. Numbers are zero-padded so that a listing sorts like the line. A platform may keep a
-line's files side by side with other lines' instead, each name prefixed (``FolderStore.prefix``):
-the POSIX backend does so for machine-wide lines.
+machine-wide line's files are in a sticky folder, like ``/tmp``). Files are removed by whoever
+may, in an order that never lets a claimed marker look unclaimed: the ticket first, then the
+marker, then the claim. Numbers are zero-padded so that a listing sorts like the line. A
+platform may keep a line's files side by side with other lines' instead, each name prefixed
+(``FolderStore.prefix``): the POSIX backend does so for machine-wide lines.
 """
 
 from __future__ import annotations
