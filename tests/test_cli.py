@@ -501,3 +501,17 @@ def test_status_aligns_wide_characters_and_quotes_the_command(lines_dir):
     assert shlex.split(table[2].split("  ")[-1]) == list(command)  # CMD, as one would type it
     for turn in held:
         turn.release()
+
+
+def test_the_command_ends_without_teardown_yet_loses_no_output(lines_dir):
+    """The console script ends at once after its work (no module teardown), but only once
+    what it wrote is flushed: a long output through a pipe arrives whole, exit code kept."""
+    from inturn.cli.completion import script
+    from inturn.cli.parser import build_parser
+
+    shown = run_cli("completion", "zsh")
+    assert (shown.returncode, shown.stdout) == (0, script("zsh", build_parser()) + "\n"), shown
+    many = run_cli(
+        "run", "x", "--", sys.executable, "-c", "print('y' * 500000); raise SystemExit(3)"
+    )
+    assert (many.returncode, many.stdout) == (3, "y" * 500000 + "\n")
