@@ -22,6 +22,7 @@ When the last keeper ends, the wineserver ends a few seconds later and takes the
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import pty
@@ -337,7 +338,11 @@ class WinProcess:
             if not (words and words[0] in skip):
                 break
         if not (words and words[0] in kinds):
-            raise AssertionError(f"expected {kinds}, got {line!r}; stderr: {self.stderr()}")
+            ended = ""
+            if line == "\0":  # the end of its output: say how the process ended
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    ended = f" (it ended with exit {self.proc.wait(REPORT_TIMEOUT)})"
+            raise AssertionError(f"expected {kinds}, got {line!r}{ended}; stderr: {self.stderr()}")
         return words
 
     def send(self, text: str = "go") -> None:
