@@ -701,3 +701,31 @@ def test_after_a_user_dies_holding_the_line_works_for_both(machine, runs, dies):
     assert one_shot(machine, other, "death")[1] == "0"
     assert one_shot(machine, dead, "death")[1] == "0"
     assert_one_at_a_time(machine.log, killed)
+
+
+def test_a_counter_planted_for_another_user_refuses_their_joins_with_one_line(machine):
+    """Mallory cannot touch alice's counter, but can put a file where it belongs before
+    alice's first join: alice is then refused with one line naming it (never given numbers
+    that could go backwards), and root removing the file lets her in."""
+    alice, mallory = machine.users
+    planted = machine.file("plant", f".next.{alice.uid}")
+    made = as_user(
+        mallory,
+        machine,
+        """
+        import json, sys
+        with open(sys.argv[1], "w") as counter:
+            counter.write("999\\n")
+        print(json.dumps("planted"))
+        """,
+        str(planted),
+    )
+    assert made == "planted"
+    refused = alice.run(
+        alice.inturn("run", "--machine", "plant", "--", "true"), env=machine.env(alice)
+    )
+    assert refused.returncode == 2, refused
+    line = one_line_besides_warnings(refused.stderr)
+    assert "not a counter of yours" in line and str(planted) in line, line
+    planted.unlink()  # as root
+    assert one_shot(machine, alice, "plant")[1] == "0"

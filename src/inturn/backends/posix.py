@@ -799,11 +799,18 @@ class PosixStore(UnixChannels, FolderStore):
             os.pwrite(guard, text, 0)
             return
         flags = os.O_WRONLY | os.O_CREAT | _O_OPEN
-        fd = os.open(self.prefix + entry, flags, 0o600, dir_fd=self._dir())
+        foreign = (
+            f"{self._where(entry)} is not a counter of yours (someone else made it): remove "
+            "it, or have root remove it"
+        )
+        try:
+            fd = os.open(self.prefix + entry, flags, 0o600, dir_fd=self._dir())
+        except PermissionError:
+            raise BackendError(foreign) from None
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
-                raise BackendError(f"{self._where(entry)} is not a counter of yours: remove it")
+                raise BackendError(foreign)
             if stat.S_IMODE(info.st_mode) != 0o644:
                 os.fchmod(fd, 0o644)
             os.pwrite(fd, text, 0)
