@@ -789,8 +789,8 @@ class PosixStore(UnixChannels, FolderStore):
         return True
 
     def _read_counter(self, entry: str, guard: int) -> bytes:
-        if entry == COUNTER:  # the guard file itself (a machine-wide line has none)
-            return b"" if self.prefix else os.pread(guard, 64, 0)
+        if entry == COUNTER and not self.prefix:  # the guard file itself
+            return os.pread(guard, 64, 0)
         found = self._read(entry)
         return found[0][:64] if found else b""
 
