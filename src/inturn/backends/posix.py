@@ -212,9 +212,9 @@ class PosixBackend(FolderBackend):
             return []
         found = []
         for entry in entries:
-            file_name = entry[len(MACHINE_PREFIX) : -len(NAME_FILE) - 1]
             if not (entry.startswith(MACHINE_PREFIX) and entry.endswith(f":{NAME_FILE}")):
                 continue
+            file_name = entry[len(MACHINE_PREFIX) : -len(NAME_FILE) - 1]
             name = _read_name(os.path.join(self.root, entry))
             if name is not None and safe_file_name(name) == file_name:
                 found.append(name)
@@ -799,23 +799,25 @@ class PosixStore(UnixChannels, FolderStore):
             os.pwrite(guard, text, 0)
             return
         flags = os.O_WRONLY | os.O_CREAT | _O_OPEN
-        foreign = (
-            f"{self._where(entry)} is not a counter of yours (someone else made it): remove "
-            "it, or have root remove it"
-        )
         try:
             fd = os.open(self.prefix + entry, flags, 0o600, dir_fd=self._dir())
         except PermissionError:
-            raise BackendError(foreign) from None
+            raise BackendError(self._not_our_counter(entry)) from None
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
-                raise BackendError(foreign)
+                raise BackendError(self._not_our_counter(entry))
             if stat.S_IMODE(info.st_mode) != 0o644:
                 os.fchmod(fd, 0o644)
             os.pwrite(fd, text, 0)
         finally:
             os.close(fd)
+
+    def _not_our_counter(self, entry: str) -> str:
+        return (
+            f"{self._where(entry)} is not a counter of yours (someone else made it): remove "
+            "it, or have root remove it"
+        )
 
     def _counter_owner(self) -> int:
         return os.getuid()
