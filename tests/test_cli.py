@@ -29,13 +29,35 @@ from conftest import (
 )
 
 
+def asleep_alone_in_line(pid: int, name: str) -> None:
+    """Until ``pid`` waits in line ``name`` asleep in the kernel, on its only thread: without
+    a status line to draw, ``inturn run`` sleeps for its turn on its main thread."""
+    until(lambda: any(t.pid == pid for t in inturn.Line(name).status().waiters), "the run in line")
+
+    def asleep() -> bool:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+        with open(f"/proc/{pid}/wchan") as wchan:
+            where = wchan.read()
+        return state == "S" and ("lock" in where or where == "0")  # "0": not shown here
+
+    until(asleep, "the run asleep in the lock")
+    assert os.listdir(f"/proc/{pid}/task") == [str(pid)]
+
+
+@pytest.mark.parametrize("terminal", [True, False], ids=["status-line", "no-terminal"])
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_while_waiting_leaves_the_line(lines_dir, workers, signum, code):
+def test_a_signal_while_waiting_leaves_the_line(lines_dir, workers, signum, code, terminal):
+    """With a status line, inturn waits in a helper thread and the signal cancels the wait;
+    without one, it sleeps on its main thread and the signal handler raises out of the sleep."""
     holder = Worker("sig", "--hold")
     workers.append(holder)
     holder.expect("acquired")
-    run = Run("sig", terminal=True)
-    run.queued()
+    run = Run("sig", terminal=terminal)
+    if terminal:
+        run.queued()
+    else:
+        asleep_alone_in_line(run.pid, "sig")
     behind = Worker("sig", "--hold")
     workers.append(behind)
     behind.expect("waiting")

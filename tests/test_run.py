@@ -197,6 +197,39 @@ def test_signals_sent_to_inturn_reach_the_commands_whole_process_group(lines_dir
         proc.wait()
 
 
+LIST_DESCRIPTORS = """
+import os
+for fd in sorted(os.listdir("/proc/self/fd"), key=int):
+    try:
+        print(fd, os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        pass  # the listing's own, closed by now
+"""
+
+
+@linux_only
+def test_the_command_gets_the_descriptors_inturn_was_given_and_none_of_its_own(lines_dir, tmp_path):
+    """As under ``flock(1)``, what the shell gave inturn (``3>file``, a jobserver's pipes)
+    reaches the command; of inturn's own descriptors only the turn itself does."""
+    given = tmp_path / "given"
+    words = shlex.join(inturn_cmd("run", "fds", "--", sys.executable, "-c", LIST_DESCRIPTORS))
+    done = subprocess.run(
+        ["sh", "-c", f"exec 3>{shlex.quote(str(given))}; {words}"],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=REPORT_TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    assert seen.pop("3") == str(given)
+    for fd in ("0", "1", "2"):
+        seen.pop(fd)
+    assert len(seen) == 1, seen  # the ticket, and nothing else of inturn's
+    (ticket,) = seen.values()
+    assert ticket.startswith(str(lines_dir)) and ticket.endswith(".ticket")
+
+
 @pytest.mark.parametrize("name", ["SIGQUIT", "SIGHUP", "SIGUSR1"])
 def test_any_of_those_signals_while_waiting_leaves_the_line(lines_dir, workers, name):
     holder = Worker("wait", "--hold")

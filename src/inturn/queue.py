@@ -70,8 +70,9 @@ class Holdings:
         return (store.where, store.name, number)
 
     def add(self, store: LineStore, number: int, owner: object) -> None:
+        key = (store.where, store.name, number)  # as _key does: this is on the hand-off path
         with self._lock:
-            self._owners[self._key(store, number)] = owner
+            self._owners[key] = owner
 
     def discard(self, store: LineStore, number: int) -> None:
         with self._lock:
@@ -275,6 +276,8 @@ class _Waiter:
                 view = None
             elif list(ahead) == live == watch and not pending:
                 left = set(woke.left)
+                if left.issuperset(watch) and me.lost_track_at is None:
+                    return False  # everyone ahead left cleanly: the turn is ours, nothing to claim
                 view = View(
                     tuple(n for n in watch if n not in left),
                     shared=frozenset(n for n in view.shared if n not in left),

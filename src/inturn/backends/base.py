@@ -114,7 +114,20 @@ class Fanout:
 
 
 class CancelToken(Fanout):
-    """Lets another thread (an ``asyncio`` task being cancelled, a signal handler) end a wait."""
+    """Lets another thread (an ``asyncio`` task being cancelled, a signal handler) end a wait.
+
+    A wait that may be cancelled sleeps in a helper thread, which costs a hop between threads
+    when the turn comes. A token cancelled by a signal handler of the main thread
+    (``by_signal=True``) spares it: a wait on the main thread, with no other thread there to
+    be handed the signal instead, sleeps in the kernel on the main thread itself, with
+    ``sleeping`` set, and the handler ends that sleep by calling ``interrupt()``, which raises
+    ``Cancelled`` out of it (once). The wait leaves the line as for any exception.
+    """
+
+    def __init__(self, by_signal: bool = False) -> None:
+        super().__init__()
+        self.by_signal = by_signal
+        self.sleeping = False
 
     @property
     def cancelled(self) -> bool:
@@ -122,6 +135,20 @@ class CancelToken(Fanout):
 
     def cancel(self) -> None:
         self.fire()
+
+    def may_sleep_here(self) -> bool:
+        """Whether a wait may sleep on the calling thread, to be ended by ``interrupt()``."""
+        return (
+            self.by_signal
+            and threading.current_thread() is threading.main_thread()
+            and threading.active_count() == 1
+        )
+
+    def interrupt(self) -> None:
+        """From the signal handler, after ``cancel()``: end a sleep on the main thread."""
+        if self.sleeping:
+            self.sleeping = False
+            raise Cancelled("stopped waiting: a signal came")
 
 
 def wait_woken(

@@ -451,8 +451,13 @@ class FolderStore(LineStore):
 
     def mark_acquired(self, me: Membership, when: float) -> None:
         assert isinstance(me, FolderMembership)
-        with os_errors(self.shown):
-            write_all(me.fd, b'{"acquired_at":%r}\n' % when)
+        data = b'{"acquired_at":%r}\n' % when
+        try:  # between waking and returning: as few calls as can be
+            written = os.write(me.fd, data)
+            if written < len(data):
+                write_all(me.fd, data[written:])
+        except OSError as exc:
+            raise BackendError(os_problem(self.shown, exc)) from None
 
     def note_runner(self, me: Membership, pid: int) -> None:
         assert isinstance(me, FolderMembership)

@@ -280,10 +280,13 @@ class PosixMembership(FolderMembership):
     after waking would wait for its owner's own close of it to finish, so they are closed
     when we leave. A forked child gets its copies closed."""
 
-    def __init__(self, number: int, fd: int, shared: bool, kick: tuple[int, int] | None) -> None:
+    def __init__(
+        self, number: int, fd: int, shared: bool, kick: tuple[int, int] | None, file: str
+    ) -> None:
         self.number = number
         self.fd = fd
         self.shared = shared
+        self.file = file  # the ticket's name in the line's folder, prefix included
         self.kick = kick
         self.spent: list[int] = []
         self.pid = forks.pid()
@@ -352,8 +355,9 @@ class _Watch:
         except OSError:
             pass
         finally:
-            os.close(fd)
+            # Waiters first: this close waits for the leaver's own close of the file to end.
             self.table.fired(self, clean)
+            os.close(fd)
 
 
 class _Watches:
@@ -873,7 +877,8 @@ class PosixStore(UnixChannels, FolderStore):
                 raise
             self._tidy_litter(entries)
         ahead = tuple(n for n in entries.tickets if n < number)
-        membership = PosixMembership(number, fd, me.shared, kick)
+        file = self.prefix + own_ticket_file(number, me.shared)
+        membership = PosixMembership(number, fd, me.shared, kick, file)
         return membership, View(ahead, entries.markers, shared=entries.shared)
 
     def forget(self, patience: Patience) -> bool:
@@ -968,10 +973,17 @@ class PosixStore(UnixChannels, FolderStore):
         cancel: CancelToken | None,
     ) -> Woke | None:
         kick = me.kick if isinstance(me, PosixMembership) else None
-        with os_errors(self.shown):
-            if len(numbers) == 1 and timeout is None and cancel is None and kick is None:
-                return self._wait_here(numbers[0], me)
+        try:  # the next holder returns through here: no context manager
+            if (
+                len(numbers) == 1
+                and timeout is None
+                and kick is None
+                and (cancel is None or cancel.may_sleep_here())
+            ):
+                return self._wait_here(numbers[0], me, cancel)
             return self._wait_in_threads(numbers, timeout, cancel, me, kick)
+        except OSError as exc:
+            raise BackendError(os_problem(self.shown, exc)) from None
 
     def _open_to_wait(self, number: int) -> int | None:
         try:
@@ -983,13 +995,24 @@ class PosixStore(UnixChannels, FolderStore):
                 "another user with an older inturn?); ask its owner to remove it once it is done"
             ) from None
 
-    def _wait_here(self, number: int, me: Membership | None) -> Woke:
+    def _wait_here(self, number: int, me: Membership | None, cancel: CancelToken | None) -> Woke:
+        """Sleep on this thread; a ``cancel`` given is one that a signal handler of this
+        thread ends by raising (``CancelToken.interrupt``)."""
         fd = self._open_to_wait(number)
         if fd is None:
             return Woke()
         clean = False
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)  # Ctrl-C raises KeyboardInterrupt right here
+            if cancel is None:
+                fcntl.flock(fd, fcntl.LOCK_SH)  # Ctrl-C raises KeyboardInterrupt right here
+            else:
+                cancel.sleeping = True
+                try:
+                    if cancel.cancelled:  # before ``sleeping`` was set: nobody will interrupt
+                        raise Cancelled(f"stopped waiting for line {self.name!r}")
+                    fcntl.flock(fd, fcntl.LOCK_SH)
+                finally:
+                    cancel.sleeping = False
             clean = os.fstat(fd).st_nlink == 0  # removed by its owner: a clean release
         finally:
             if not (clean and isinstance(me, PosixMembership) and me.keep_spent(fd)):
@@ -1061,8 +1084,13 @@ class PosixStore(UnixChannels, FolderStore):
         if me.pid == forks.pid():
             # Unlink before unlocking: nobody may see the lock free while the file is ours,
             # and a waiter woken by the unlock sees it has no name left (a clean release).
-            with os_errors(self.shown), suppress(FileNotFoundError):
-                os.unlink(self.prefix + own_ticket_file(me.number, me.shared), dir_fd=self._dir())
+            # The next holder's wait ends here: plain try/except, no context managers.
+            try:
+                os.unlink(me.file, dir_fd=self._dir())
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise BackendError(os_problem(self.shown, exc)) from None
             if me.kick is not None:
                 with suppress(OSError):
                     os.unlink(self.prefix + kick_file(me.number), dir_fd=self._dir())

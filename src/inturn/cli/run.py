@@ -247,6 +247,7 @@ def _run_holding(
                 "stopping the command",
                 # A command that inherits the turn holds it if inturn dies: status then names it.
                 on_started=held.note_runner if handles else None,
+                on_ended=held.release,
             )
         except CannotRun as exc:
             if exc.by_exec:  # found and executable, yet the system would not run it

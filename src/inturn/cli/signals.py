@@ -1,9 +1,11 @@
 """The signals of ``inturn run``, from before it joins the line until its turn is released.
 
-A handler never raises, so no signal can leave a turn taken but not released. While inturn
-waits, a signal ends the wait (through a cancel token: the queue leaves the line); once the
-command exists, signals are passed on to its process group; in between, and after the command
-has ended, they are only noted, and the turn is released first.
+A handler never raises, so no signal can leave a turn taken but not released, with one
+exception: while inturn sleeps in the kernel for its turn on its main thread (see
+``CancelToken.interrupt``), where raising ends the sleep and the queue leaves the line. While
+inturn waits, a signal ends the wait (through a cancel token: the queue leaves the line); once
+the command exists, signals are passed on to its process group; in between, and after the
+command has ended, they are only noted, and the turn is released first.
 """
 
 from __future__ import annotations
@@ -23,17 +25,18 @@ FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SI
 class RunSignals:
     """The signal handling of one ``inturn run``, from before the wait to the release.
 
-    A handler never raises, so no signal can leave a turn taken but not released. While
-    ``waiting``, it notes the signal in ``pending`` and cancels ``cancel``, which ends the
-    wait (the queue leaves the line); a turn that came at that very moment is released by
-    the caller, who sees ``pending``. After that, with ``target`` set (the command's process
-    group) it passes the signal on, otherwise it notes it in ``pending``.
+    A handler never raises, so no signal can leave a turn taken but not released (except out
+    of a sleep for the turn, see the module docstring). While ``waiting``, it notes the signal
+    in ``pending`` and cancels ``cancel``, which ends the wait (the queue leaves the line); a
+    turn that came at that very moment is released by the caller, who sees ``pending``.
+    After that, with ``target`` set (the command's process group) it passes the signal on,
+    otherwise it notes it in ``pending``.
     """
 
     def __init__(self) -> None:
         self.waiting = True
         self.pending: list[int] = []
-        self.cancel = CancelToken()
+        self.cancel = CancelToken(by_signal=True)
         self.target: int | None = None
         self._previous: dict[int, Any] = {}
 
@@ -63,6 +66,7 @@ class RunSignals:
         if self.waiting:
             self.pending.append(signum)
             self.cancel.cancel()
+            self.cancel.interrupt()  # raises out of a sleep on this thread, if it is in one
             return
         target = self.target
         if target is None:
