@@ -155,6 +155,15 @@ def lock_folder() -> str:
     return tempfile.mkdtemp(prefix="inturn-bench-", dir=shm)
 
 
+def disk_folder() -> str:
+    """A fresh folder on a disk file system, as the issue's uncontended figures were taken:
+    beside the benchmarks when the system's temporary folder is tmpfs."""
+    base = tempfile.gettempdir()
+    if file_system(base) == "tmpfs":
+        base = str(HERE)
+    return tempfile.mkdtemp(prefix="inturn-bench-disk-", dir=base)
+
+
 def reachable(host: str, port: int, timeout: float = 1.0) -> bool:
     """Whether a TCP server answers at ``host:port`` (for server benchmarks to check first)."""
     try:
