@@ -51,6 +51,14 @@ HOW = {
 }
 # Whether the library can tell the next holder that the previous one died holding the lock.
 REPORTS_ABANDONED = {"inturn"}
+# Measured in the hand-off only: what any design with a file per ticket must do (see
+# ``TicketFloor``), to tell the cost of inturn's design from the cost of its Python.
+FLOOR = "ticket-floor"
+LABELS[FLOOR] = "ticket floor (reference)"
+HOW[FLOOR] = (
+    "not a lock library: the fewest steps of a file-per-ticket hand-off that tells a clean "
+    "release from a death and records who holds (see `TicketFloor` in `locks.py`)"
+)
 
 OnQueued = Callable[[], None]
 
@@ -119,12 +127,59 @@ class Library(Contender):
         self.lock.release()
 
 
+class TicketFloor(Contender):
+    """The fewest steps of a hand-off in a design with a file per ticket that keeps
+    inturn's promises, in plain Python with no queue around them: the holder removes its
+    ticket before closing it (so that the next can tell a clean release from a death), the
+    waiter sleeps in ``flock(LOCK_SH)`` on the ticket ahead, reads ``st_nlink`` (0: released)
+    and writes that it holds the turn before returning (so that its death is reported as
+    an abandoned turn, and a waiter's death is not). Enough for two processes taking turns,
+    as the hand-off measure runs them; nothing else uses it."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = os.path.join(folder, "floor")
+        os.makedirs(self.folder, exist_ok=True)
+        self.count = 0
+        self.name = ""
+        self.fd = -1
+        self.ahead = -1
+
+    def acquire(self, on_queued: OnQueued | None = None) -> bool | None:
+        self.count += 1
+        self.name = f"{os.getpid()}.{self.count}"
+        others = os.listdir(self.folder)
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        self.fd = os.open(os.path.join(self.folder, self.name), flags, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        os.write(self.fd, b'{"pid": %d}\n' % os.getpid())
+        for other in others:
+            try:
+                ahead = os.open(os.path.join(self.folder, other), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # it left while we looked
+            fcntl.flock(ahead, fcntl.LOCK_SH)
+            released = os.fstat(ahead).st_nlink == 0
+            os.write(self.fd, b'{"acquired_at": 1}\n')
+            self.ahead = ahead  # closed when we leave: closing now waits for its owner's close
+            return not released
+        return False
+
+    def release(self) -> None:
+        os.unlink(os.path.join(self.folder, self.name))
+        os.close(self.fd)
+        if self.ahead >= 0:
+            os.close(self.ahead)
+            self.ahead = -1
+
+
 def open_contender(kind: str, folder: str) -> Contender:
     """The contender ``kind`` (one of ``KINDS``), with its lock files in ``folder``."""
     if kind == "flock":
         return RawFlock(folder)
     if kind == "inturn":
         return Inturn(folder)
+    if kind == FLOOR:
+        return TicketFloor(folder)
     path = os.path.join(folder, f"{kind}.lock")
     if kind == "filelock":
         import filelock
