@@ -26,16 +26,18 @@ import os
 import select
 import signal
 import stat
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
 from types import FrameType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .signals import RunSignals
+
+if TYPE_CHECKING:  # imported where used: the usual start (``spawn``) needs none of it
+    import subprocess
 
 assert sys.platform != "win32"  # the rest of this module is POSIX code
 
@@ -201,6 +203,8 @@ class _Supervision:
             if preexec is None and hasattr(os, "posix_spawn"):
                 self.child = Spawned(spawn(command, executable, env, handles))
             else:
+                import subprocess
+
                 self.child = subprocess.Popen(
                     command,
                     executable=executable,
@@ -490,6 +494,8 @@ class Sentinel:
 
     @staticmethod
     def start() -> Sentinel:
+        import subprocess
+
         try:
             proc = subprocess.Popen(
                 ["/bin/sh", "-c", SENTINEL_SCRIPT],

@@ -3,24 +3,39 @@
 from __future__ import annotations
 
 import argparse
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..durations import parse_duration
 from ..errors import UsageError
 from ..line import Line
 from .exits import EXIT_CONFLICT
-from .manual import epilog
 
 DEFAULT_GRACE_SECONDS = 1.0
 MIN_INTERVAL_SECONDS = 0.1  # inturn top: a shorter timer would only keep a core busy
 
 
+class Parser(argparse.ArgumentParser):
+    """A parser whose help ends with the command's examples (and exit codes, environment),
+    written only when the help is shown: a plain ``inturn run`` never builds them."""
+
+    def __init__(self, *args: Any, manual: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.manual = manual  # the command whose examples close its help ("": the top level)
+
+    def format_help(self) -> str:
+        if self.manual is not None and self.epilog is None:
+            from .manual import epilog
+
+            self.epilog = epilog(self.manual)
+        return super().format_help()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="inturn",
         description="Make processes take turns: wait in line, first come first served.",
-        epilog=epilog(""),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        manual="",
     )
     from .. import __version__
 
@@ -44,8 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        epilog=epilog("run"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        manual="run",
         help="wait for a turn in line NAME, run the command, free the turn",
         description="Wait for a turn in line NAME, run COMMAND while holding it, then free it. "
         "Exits with the command's exit code.",
@@ -137,8 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser(
         "status",
-        epilog=epilog("status"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        manual="status",
         help="who holds line NAME and who waits (every line if no NAME)",
         description="Show holders, then waiters in order, of line NAME, or every line.",
     )
@@ -162,8 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     where(status)
     top = commands.add_parser(
         "top",
-        epilog=epilog("top"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        manual="top",
         help="a live full-screen view of line NAME (every line if no NAME); q quits",
         description="Show holders, then waiters, of line NAME (or every line) on the whole "
         "terminal, redrawn the moment someone leaves and every --interval for arrivals and "
@@ -182,8 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     forget = commands.add_parser(
         "forget",
-        epilog=epilog("forget"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        manual="forget",
         help="remove lines that nobody holds or waits in",
         description="Remove each line NAME if nobody holds or waits in it (its folder, or its "
         "name on a server); someone joining at that moment joins a new line of that name. "
@@ -194,8 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     wait = commands.add_parser(
         "wait",
-        epilog=epilog("wait"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        manual="wait",
         help="wait until everyone now in line NAME has finished, without taking a turn",
         description="Wait until every holder and waiter now in line NAME has finished (a "
         "barrier: later arrivals are not waited for, and are not held up). Exits 0, or 75 "
@@ -221,8 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print a script that completes inturn's commands, options and line names "
         "in SHELL. Line names come from inturn status --names, with the --dir, --backend or "
         "--machine typed on the command line.",
-        epilog=epilog("completion"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        manual="completion",
     )
     completion.add_argument(
         "shell", metavar="SHELL", choices=("bash", "zsh", "fish"), help="bash, zsh or fish"

@@ -19,20 +19,17 @@ from ..line import DEFAULT_TIMEOUT
 from ..line import send as send_message
 from .exits import EXIT_CONFLICT, EXIT_FAILED, EXIT_NOT_RUNNING
 from .output import emit, json_text, say
-from .parser import _seconds, where_from
+from .parser import Parser, _seconds, where_from
 
 
 def add_parser(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    commands: argparse._SubParsersAction[Parser],
     where: Callable[[argparse.ArgumentParser], None],
 ) -> argparse.ArgumentParser:
     """The ``send`` subcommand, added to the ``inturn`` command's parser."""
-    from .manual import epilog
-
     send = commands.add_parser(
         "send",
-        epilog=epilog("send"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        manual="send",
         help="send arguments to the running instance of NAME and print its reply",
         description="Send ARGs (as argv NAME ARG ...), this folder and --data to the program "
         "that holds line NAME with inturn.single_instance(NAME, on_message=...), and print "
