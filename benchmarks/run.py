@@ -24,7 +24,8 @@ writer's and the readers' waits, and turns given out of arrival order.
 
 Server backends: each module of ``SERVER_SUITES`` (``servers_postgres.py``,
 ``servers_redis.py``) has a ``measure() -> str`` (a Markdown section; it may accept
-``quick: bool``) that is called when its servers answer, and the section included. Its
+``quick: bool``) that is called when its servers answer, and the section included; the
+targets it measured, left in its module's ``targets`` list, join the targets table. Its
 servers are the ``*_URL`` strings it defines, unless it has an ``unavailable() -> str | None``
 that says why not. When a server does not answer, ``measure()`` fails or ``--no-servers`` is
 given, the section says so.
@@ -385,12 +386,15 @@ def unreachable_servers(module: object) -> str | None:
     return "; ".join(missing) or None
 
 
-def measure_servers(quick: bool, enabled: bool) -> str:
-    """The sections of every server suite, or notes saying why one was skipped or failed."""
-    return "\n\n".join(measure_server_suite(name, quick, enabled) for name in SERVER_SUITES)
+def measure_servers(quick: bool, enabled: bool, targets: list[Target]) -> str:
+    """The sections of every server suite, or notes saying why one was skipped or failed;
+    the targets a suite measured (its module's ``targets`` list) are added to ``targets``."""
+    return "\n\n".join(
+        measure_server_suite(name, quick, enabled, targets) for name in SERVER_SUITES
+    )
 
 
-def measure_server_suite(name: str, quick: bool, enabled: bool) -> str:
+def measure_server_suite(name: str, quick: bool, enabled: bool, targets: list[Target]) -> str:
     heading = f"## Server backends (`benchmarks/{name}.py`)\n\n"
     if not enabled:
         return heading + "Skipped: `--no-servers` was given."
@@ -401,8 +405,11 @@ def measure_server_suite(name: str, quick: bool, enabled: bool) -> str:
             return heading + f"Skipped: {reason}."
         measure: Callable[..., str] = suite.measure
         if "quick" in inspect.signature(measure).parameters:
-            return measure(quick=quick)
-        return measure()
+            section = measure(quick=quick)
+        else:
+            section = measure()
+        targets.extend(getattr(suite, "targets", []))
+        return section
     except Exception as exc:  # the local results stay; the section says what went wrong
         traceback.print_exc()
         return heading + f"Failed: `{name}.measure()` raised {type(exc).__name__}: {exc}"
@@ -794,10 +801,12 @@ def main() -> int:
             worker.close()
         shutil.rmtree(folder, ignore_errors=True)
     step("server backends")
-    servers = measure_servers(args.quick, not args.no_servers)
+    server_targets: list[Target] = []
+    servers = measure_servers(args.quick, not args.no_servers, server_targets)
     seconds = time.monotonic() - clock
 
     sections, targets = build_report(plan, results)
+    targets += server_targets
     for section in sections:
         print(f"\n{section.title}\n{section.table}")
     print(f"\n{servers}\n\nTargets\n{targets_table(targets)}")
