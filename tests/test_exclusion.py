@@ -295,6 +295,62 @@ def drain(terminal: int, seen: queue.Queue[bytes] | None = None) -> None:
     threading.Thread(target=pump, daemon=True).start()
 
 
+# --------------------------------------------------------------------------- machine-wide
+
+
+@slots_1_and_3
+def test_a_machine_wide_line_from_every_entry_point_at_once(tmp_path: Path, slots: int) -> None:
+    """A machine-wide line keeps its files side by side in a shared sticky folder, under a
+    guard that every machine-wide line there shares: threads sharing one ``Line``, threads
+    with a ``Line`` each, asyncio tasks and ``inturn run --machine`` commands take turns on
+    one line at once, while a thread keeps taking turns in a neighbouring line."""
+    folder = tmp_path / "machine"
+    folder.mkdir()
+    folder.chmod(0o1777)  # as /dev/shm: root's and sticky
+    name, where = "everyone", {"scope": "machine", "directory": str(folder)}
+    count, turns = SCALE["local"][0] // 2, SCALE["local"][1] // 2
+    commands, tasks = 6, 10
+    log = tmp_path / "log"
+    recorder = Recorder(log)
+    shared = inturn.Line(name, slots, **where)
+    env = child_env(INTURN_MACHINE_DIR=str(folder))
+    runs = [
+        Run(name, "--machine", "--slots", str(slots), env=env, command=command(log, seconds=0.02))
+        for _ in range(commands)
+    ]
+
+    async def task(index: int) -> None:
+        async with inturn.turn(name, slots, **where) as held:
+            with recorder.inside(f"{held.ticket}:a{index}"):
+                await asyncio.sleep(WORK)
+
+    async def crowd() -> None:
+        await asyncio.gather(*(task(i) for i in range(tasks)))
+
+    def body(index: int) -> None:
+        if index == count:  # the tasks, all on one event loop
+            run_async(crowd)
+            return
+        if index == count + 1:  # a neighbour: same guard, another line
+            with inturn.Line("neighbour", **where) as neighbour:
+                for _ in range(turns):
+                    neighbour.acquire().release()
+            return
+        line = shared if index % 2 else inturn.Line(name, slots, **where)
+        for _ in range(turns):
+            with line.acquire() as held, recorder.inside(f"{held.ticket}:t{index}"):
+                time.sleep(WORK)
+        if line is not shared:
+            line.close()
+
+    in_threads(count + 2, body)
+    assert [run.wait() for run in runs] == [0] * commands
+    assert_exclusive(log, slots, expected=count * turns + tasks + commands)
+    line = inturn.Line(name, slots, **where)
+    assert line.status().holders == () and line.status().waiters == ()
+    line.acquire(timeout=REPORT_TIMEOUT).release()
+
+
 # --------------------------------------------------------------------------- a storm of signals
 
 
