@@ -109,9 +109,11 @@ class LeaseKeeper:
             self._cond.notify_all()
 
     def remove(self, member: RedisMembership) -> None:
+        """Stop renewing ``member``'s lease. The threads are not woken for it (a leaver's
+        ``leave`` follows at once, and a woken thread would only contend for the GIL): they
+        find it gone when they next look."""
         with self._cond:
             self._members.pop(member.ticket_id, None)
-            self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:

@@ -75,32 +75,34 @@ def _translated(where: str, prefix: str) -> Iterator[None]:
     """Turn redis-py's exceptions into one clear ``BackendError`` line (never the password)."""
     try:
         yield
-    except rx.AuthenticationError as exc:
-        raise BackendError(
+    except rx.RedisError as exc:
+        raise _backend_error(exc, where, prefix) from None
+
+
+def _backend_error(exc: rx.RedisError, where: str, prefix: str) -> BackendError:
+    """What ``_translated`` raises for ``exc``, for paths that avoid a context manager."""
+    if isinstance(exc, rx.AuthenticationError):
+        return BackendError(
             f"Redis at {where} refused the login ({exc}): check the user and password in the URL"
-        ) from None
-    except (rx.ConnectionError, rx.TimeoutError) as exc:
-        raise BackendError(
+        )
+    if isinstance(exc, (rx.ConnectionError, rx.TimeoutError)):
+        return BackendError(
             f"cannot reach Redis at {where} ({exc}): check that the server runs and the URL"
-        ) from None
-    except rx.ReadOnlyError:
-        raise BackendError(
-            f"the Redis server at {where} is a read-only replica: point the URL at the primary"
-        ) from None
-    except rx.ResponseError as exc:
+        )
+    replica = f"the Redis server at {where} is a read-only replica: point the URL at the primary"
+    if isinstance(exc, rx.ReadOnlyError):
+        return BackendError(replica)
+    if isinstance(exc, rx.ResponseError):
         text = str(exc)
         if "NOPERM" in text or "can't run this command" in text or "no permissions" in text:
-            raise BackendError(
+            return BackendError(
                 f"the Redis user may not do what inturn needs at {where} ({text}): grant it "
                 f"'~{prefix}:* +@read +@write +@scripting' (ACL SETUSER)"
-            ) from None
+            )
         if text.startswith("READONLY"):
-            raise BackendError(
-                f"the Redis server at {where} is a read-only replica: point the URL at the primary"
-            ) from None
-        raise BackendError(f"Redis at {where} refused a command: {text}") from None
-    except rx.RedisError as exc:
-        raise BackendError(f"Redis at {where} failed: {exc}") from None
+            return BackendError(replica)
+        return BackendError(f"Redis at {where} refused a command: {text}")
+    return BackendError(f"Redis at {where} failed: {exc}")
 
 
 # --------------------------------------------------------------------------- waiting
@@ -544,8 +546,10 @@ class RedisStore(LineStore):
     def mark_acquired(self, me: Membership, when: float) -> None:
         assert isinstance(me, RedisMembership)
         keys = [self.tickets_key, self._ticket_key(me.ticket_id), self._lease_key(me.ticket_id)]
-        with self.backend.errors():
+        try:  # between waking and returning: no context manager
             ok = not me.lost and int(self._run("mark", keys, [me.ticket_id, repr(when)])) == 1
+        except rx.RedisError as exc:
+            raise _backend_error(exc, self.where, self.backend.prefix) from None
         if not ok or me.lost:
             me.gone = me.gone or not me.lost  # the mark found no lease
             me.declare_lost()
