@@ -123,9 +123,13 @@ class PostgresMembership(Membership):
             with suppress(Exception):
                 conn.close()
 
-    def stop_watchdog(self) -> None:
-        """From now on the watchdog leaves the session alone (it checks before each look)."""
+    def stop_watchdog(self, wake: bool = True) -> None:
+        """From now on the watchdog leaves the session alone (it checks before each look).
+        ``wake=False`` does not wake it yet: a leaver sends its last statement first, so that
+        the watchdog's thread does not take the interpreter from it meanwhile."""
         self._stop.set()
+        if not wake:
+            return
         self._armed.set()
         with suppress(OSError):
             os.write(self._wake_write, b"x")
