@@ -208,9 +208,14 @@ for fd in sorted(os.listdir("/proc/self/fd"), key=int):
 
 
 @linux_only
-def test_the_command_gets_the_descriptors_inturn_was_given_and_none_of_its_own(lines_dir, tmp_path):
+@pytest.mark.parametrize("backend", ["local", "redis"])
+def test_the_command_gets_the_descriptors_inturn_was_given_and_none_of_its_own(
+    backend, request, tmp_path
+):
     """As under ``flock(1)``, what the shell gave inturn (``3>file``, a jobserver's pipes)
-    reaches the command; of inturn's own descriptors only the turn itself does."""
+    reaches the command; of inturn's own descriptors only the turn itself does (locally;
+    a Redis turn cannot be inherited, and the command starts bound to inturn)."""
+    request.getfixturevalue("lines_dir" if backend == "local" else "place")
     given = tmp_path / "given"
     words = shlex.join(inturn_cmd("run", "fds", "--", sys.executable, "-c", LIST_DESCRIPTORS))
     done = subprocess.run(
@@ -225,9 +230,14 @@ def test_the_command_gets_the_descriptors_inturn_was_given_and_none_of_its_own(l
     assert seen.pop("3") == str(given)
     for fd in ("0", "1", "2"):
         seen.pop(fd)
+    if backend == "redis":
+        assert seen == {}  # nothing of inturn's
+        return
     assert len(seen) == 1, seen  # the ticket, and nothing else of inturn's
     (ticket,) = seen.values()
-    assert ticket.startswith(str(lines_dir)) and ticket.endswith(".ticket")
+    assert ticket.startswith(str(request.getfixturevalue("lines_dir"))) and ticket.endswith(
+        ".ticket"
+    )
 
 
 @pytest.mark.parametrize("name", ["SIGQUIT", "SIGHUP", "SIGUSR1"])

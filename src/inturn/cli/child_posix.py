@@ -29,8 +29,8 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -205,13 +205,14 @@ class _Supervision:
             else:
                 import subprocess
 
-                self.child = subprocess.Popen(
-                    command,
-                    executable=executable,
-                    env=env,
-                    pass_fds=handles,
-                    **own_group(preexec),
-                )
+                with inheritable(handles):  # and what inturn was given, as with ``spawn``
+                    self.child = subprocess.Popen(
+                        command,
+                        executable=executable,
+                        env=env,
+                        close_fds=False,
+                        **own_group(preexec),
+                    )
         except OSError as exc:
             raise CannotRun(exc, by_exec=exc.errno in EXEC_REFUSALS) from None
         self.group = self.child.pid
@@ -547,9 +548,7 @@ def spawn(command: list[str], executable: str, env: dict[str, str], handles: lis
     Python code runs between the turn and the command. As under a shell or ``flock(1)``, the
     command inherits the descriptors inturn was given (a jobserver's pipes, ``3>file``) and
     ``handles``; the signals Python ignores for itself are restored to their defaults."""
-    for fd in handles:
-        os.set_inheritable(fd, True)
-    try:
+    with inheritable(handles):
         return os.posix_spawn(
             executable,
             command,
@@ -557,6 +556,15 @@ def spawn(command: list[str], executable: str, env: dict[str, str], handles: lis
             setpgroup=0,
             setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
         )
+
+
+@contextmanager
+def inheritable(handles: list[int]) -> Iterator[None]:
+    """``handles`` open across exec while the command starts (inturn's own never are)."""
+    for fd in handles:
+        os.set_inheritable(fd, True)
+    try:
+        yield
     finally:
         for fd in handles:
             os.set_inheritable(fd, False)
