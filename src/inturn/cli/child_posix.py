@@ -174,9 +174,7 @@ class _Supervision:
         self.told: set[int] = set()  # children already sent the current stopping signal
         self._closing = threading.Lock()  # the wakeup pipe is closed under it (``turn_lost``)
         self._closed = False
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
-        os.set_blocking(self._wake_write, False)
+        self._wake_read, self._wake_write = _nonblocking_pipe()
         self._previous_wakeup = signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
         self._previous: dict[int, Any] = {
             signal.SIGCHLD: signal.signal(signal.SIGCHLD, _wake_only),
@@ -532,6 +530,15 @@ class Sentinel:
             self.proc.stdin.close()
         if self.proc.returncode is None:
             self.proc.returncode = 0  # reaped by whoever gets to it; never waited for here
+
+
+def _nonblocking_pipe() -> tuple[int, int]:
+    if hasattr(os, "pipe2"):  # one system call rather than five
+        return os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    os.set_blocking(write, False)
+    return read, write
 
 
 class Spawned:

@@ -25,6 +25,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         say(str(exc))
         return exc.code
     _load_child_runner()
+    environment = dict(os.environ)  # copied now: the command starts sooner after the turn
     # From here until the turn is released, no signal can kill inturn (see ``RunSignals``).
     signals = RunSignals()
     signals.install()
@@ -41,7 +42,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             if signals.pending:  # before the command exists: it is not started at all
                 return 128 + signals.pending[0]
             _notes(args, held)
-            return _run_holding(held, executable, command, args, signals)
+            return _run_holding(held, executable, command, args, signals, environment)
     finally:
         signals.settle()
 
@@ -194,8 +195,9 @@ def fit_grace(given: float | None, window: float) -> float:
     return fitted
 
 
-def _child_env(held: Turn) -> dict[str, str]:
-    env = dict(os.environ)
+def _child_env(held: Turn, environment: dict[str, str]) -> dict[str, str]:
+    """The command's environment: inturn's own (``environment``), and where it stands."""
+    env = dict(environment)
     env["INTURN_NAME"] = held.name
     env["INTURN_TICKET"] = str(held.ticket)
     env["INTURN_ABANDONED"] = "1" if held.abandoned else "0"
@@ -217,12 +219,13 @@ def _run_holding(
     command: list[str],
     args: argparse.Namespace,
     signals: RunSignals,
+    environment: dict[str, str],
 ) -> int:
     if sys.platform == "win32":
         from .child_windows import run_child
 
         signals.restore()  # the console's own handling takes over (see ``run_child``)
-        return int(run_child(command, _child_env(held), args.close, held.on_lost))
+        return int(run_child(command, _child_env(held, environment), args.close, held.on_lost))
 
     else:
         from .child_posix import CannotRun, run_command
@@ -233,7 +236,7 @@ def _run_holding(
             outcome = run_command(
                 command,
                 executable,
-                _child_env(held),
+                _child_env(held, environment),
                 handles=handles,
                 # A turn the command cannot inherit (a lease that only this process renews) ends
                 # when inturn dies; the command must not run on outside it.
