@@ -185,10 +185,10 @@ def test_timeouts_and_busy_leave_the_line(win: Win) -> None:
     timed.expect("timeout", skip=("waiting",))
     refused.expect("busy")
     code, _, err = cli_busy.finish()
-    assert code == 75 and f"held by pid {holder_pid}" in err
+    assert code == 75 and f"held by pid {holder_pid}" in err, (code, err)
     assert cli_code.finish()[0] == 9
     code, _, err = cli_timeout.finish()
-    assert code == 75 and "gave up" in err
+    assert code == 75 and "gave up" in err, (code, err)
     assert (timed.wait(), refused.wait()) == (75, 75)
     status = win.status("busy")
     assert pids(status["holders"]) == [holder_pid] and status["waiters"] == []
