@@ -70,9 +70,8 @@ class Holdings:
         return (store.where, store.name, number)
 
     def add(self, store: LineStore, number: int, owner: object) -> None:
-        key = (store.where, store.name, number)  # as _key does: this is on the hand-off path
         with self._lock:
-            self._owners[key] = owner
+            self._owners[self._key(store, number)] = owner
 
     def discard(self, store: LineStore, number: int) -> None:
         with self._lock:

@@ -451,11 +451,8 @@ class FolderStore(LineStore):
 
     def mark_acquired(self, me: Membership, when: float) -> None:
         assert isinstance(me, FolderMembership)
-        data = b'{"acquired_at":%r}\n' % when
-        try:  # between waking and returning: as few calls as can be
-            written = os.write(me.fd, data)
-            if written < len(data):
-                write_all(me.fd, data[written:])
+        try:  # between waking and returning: no context manager
+            write_all(me.fd, b'{"acquired_at":%r}\n' % when)
         except OSError as exc:
             raise BackendError(os_problem(self.shown, exc)) from None
 

@@ -856,7 +856,7 @@ class PosixStore(UnixChannels, FolderStore):
                 self._ensure_name(dir_fd)
             entries = self._entries()
             first = self._next_number(entries, guard)
-            fd, number = self._create_ticket(dir_fd, first, me.shared)
+            fd, number, file = self._create_ticket(dir_fd, first, me.shared)
             kick = None
             try:
                 # Private until locked: nobody else can open it in time to lock it first. A
@@ -870,14 +870,13 @@ class PosixStore(UnixChannels, FolderStore):
                 self._save_number(number + 1, guard)
             except BaseException:
                 with suppress(OSError):
-                    os.unlink(self.prefix + own_ticket_file(number, me.shared), dir_fd=dir_fd)
+                    os.unlink(file, dir_fd=dir_fd)
                 os.close(fd)
                 for end in kick or ():
                     os.close(end)
                 raise
             self._tidy_litter(entries)
         ahead = tuple(n for n in entries.tickets if n < number)
-        file = self.prefix + own_ticket_file(number, me.shared)
         membership = PosixMembership(number, fd, me.shared, kick, file)
         return membership, View(ahead, entries.markers, shared=entries.shared)
 
@@ -914,11 +913,12 @@ class PosixStore(UnixChannels, FolderStore):
         self._reopen()
         return True
 
-    def _create_ticket(self, dir_fd: int, number: int, shared: bool) -> tuple[int, int]:
+    def _create_ticket(self, dir_fd: int, number: int, shared: bool) -> tuple[int, int, str]:
+        """The new ticket's descriptor, number and name in the folder (prefix included)."""
         for _ in range(1000):
             try:
                 name = self.prefix + own_ticket_file(number, shared)
-                return os.open(name, _O_NEW, 0o600, dir_fd=dir_fd), number
+                return os.open(name, _O_NEW, 0o600, dir_fd=dir_fd), number, name
             except FileExistsError:
                 number += 1  # a leftover or planted file: never reuse its number
         raise BackendError(f"{self.shown} is full of foreign files: clean it up")
