@@ -278,6 +278,39 @@ def test_inturn_run_waiters_on_a_terminal(where: Where, tmp_path: Path, slots: i
     assert_free("terminal", slots)
 
 
+@slots_1_and_3
+def test_inturn_run_waiters_without_a_terminal(where: Where, tmp_path: Path, slots: int) -> None:
+    """Several ``inturn run`` with no status line to draw (locally they sleep for their turn
+    on their main thread), every third told SIGTERM once it is in line: those leave without
+    running their command, and the others never overlap."""
+    count = 9 if where.kind == "local" else 6
+    log = tmp_path / "log"
+    line = inturn.Line("plain", slots)
+    gates = [line.acquire() for _ in range(slots)]  # everyone queues behind these
+    try:
+        runs = [
+            Run("plain", "--slots", str(slots), command=command(log, seconds=0.02))
+            for _ in range(count)
+        ]
+        waiting: set[int] = set()
+        deadline = time.monotonic() + REPORT_TIMEOUT
+        while len(waiting) < count:
+            assert time.monotonic() < deadline, f"only {len(waiting)} of {count} in line"
+            waiting = {t.pid for t in line.status().waiters}
+            time.sleep(0.01)
+        told = runs[::3]
+        for run in told:
+            run.proc.send_signal(signal.SIGTERM)
+        assert [run.wait() for run in told] == [128 + signal.SIGTERM] * len(told)
+    finally:
+        for gate in gates:
+            gate.release()
+    rest = [run for run in runs if run not in told]
+    assert [run.wait() for run in rest] == [0] * len(rest)
+    assert_exclusive(log, slots, expected=len(rest))
+    assert_free("plain", slots)
+
+
 def drain(terminal: int, seen: queue.Queue[bytes] | None = None) -> None:
     """Read a pseudo-terminal's output in a thread, so its writer never blocks on it."""
 
