@@ -41,6 +41,8 @@ try:
 except ImportError:
     missing_component("psycopg is not installed", "pip install -e '.[postgres]'")
 
+from inturn.backends.postgres.membership import PostgresMembership
+
 from postgres_server import (
     Bouncer,
     Cluster,
@@ -437,3 +439,26 @@ def test_a_role_without_grants_on_the_tables_is_told_which(pg_server, schema):
         sql(pg_server, f"ALTER ROLE {name} RESET default_transaction_read_only")
         with inturn.turn("x", backend=url) as held:
             assert held.ticket >= 1
+
+
+def test_a_watchdog_that_has_ended_is_never_woken_through_a_reused_descriptor(pg_url):
+    """A holder's watchdog closes its wake-up pipe as it ends; waking it after that must not
+    write into whatever took those descriptor numbers (another session's socket, which then
+    failed with "invalid frontend message type 120")."""
+    line = inturn.Line("late-wake", backend=pg_url)
+    turn = line.acquire()
+    member = turn.membership
+    assert isinstance(member, PostgresMembership)
+    turn.release()  # the watchdog ends and closes its pipe
+    old = (member._wake_read, member._wake_write)
+    read, write = os.pipe()  # the lowest free numbers: the ones just freed
+    try:
+        assert (read, write) == old
+        os.set_blocking(read, False)
+        member.stop_watchdog()  # a late wake-up
+        with pytest.raises(BlockingIOError):
+            os.read(read, 1)
+    finally:
+        os.close(read)
+        os.close(write)
+        line.close()

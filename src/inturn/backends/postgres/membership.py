@@ -56,6 +56,10 @@ class PostgresMembership(Membership):
         self._stop = threading.Event()
         self._armed = threading.Event()  # set when the turn comes, or when the ticket leaves
         self._wake_read, self._wake_write = os.pipe()
+        # The watchdog closes the pipe as it ends; a wake-up written after that would land in
+        # whatever took the descriptor's number (another session's socket): both hold this.
+        self._pipe_lock = threading.Lock()
+        self._pipe_closed = False
         # Started now, while waiting, so that the hand-off does not wait for a new thread.
         self._watchdog = threading.Thread(
             target=self._watch, daemon=True, name="inturn-pg-watchdog"
@@ -110,9 +114,11 @@ class PostgresMembership(Membership):
                     self._declare_lost()
                     return
         finally:
-            for fd in (self._wake_read, self._wake_write):
-                with suppress(OSError):
-                    os.close(fd)
+            with self._pipe_lock:
+                self._pipe_closed = True
+                for fd in (self._wake_read, self._wake_write):
+                    with suppress(OSError):
+                        os.close(fd)
 
     def _declare_lost(self) -> None:
         if self._stop.is_set():
@@ -131,8 +137,10 @@ class PostgresMembership(Membership):
         if not wake:
             return
         self._armed.set()
-        with suppress(OSError):
-            os.write(self._wake_write, b"x")
+        with self._pipe_lock:
+            if not self._pipe_closed:
+                with suppress(OSError):
+                    os.write(self._wake_write, b"x")
 
     def join_watchdog(self) -> None:
         if self._watchdog is not threading.current_thread():
@@ -147,6 +155,7 @@ class PostgresMembership(Membership):
         self.conn = None
         self.signal = LostSignal()
         self._stop, self._armed = threading.Event(), threading.Event()
+        self._pipe_lock, self._pipe_closed = threading.Lock(), True  # never written to here
         self._stop.set()
         self._armed.set()
         self._watchdog = threading.current_thread()
