@@ -557,17 +557,22 @@ class PostgresStore(LineStore):
         raise AssertionError("unreachable")
 
     def _line(self, conn: Connection) -> int:
-        if self._line_id is None:
+        """The line's id, added if it is not there. Another host may add it, and a forget
+        remove it, between any two statements: find and add take turns until one answers."""
+        for _ in range(64):
+            if self._line_id is not None:
+                return self._line_id
             row = conn.execute(self.stmts.find_line, [self._digest]).fetchone()
-            if row is None:
+            if row is None:  # nobody has it: add it (nothing comes back if someone just did)
                 row = conn.execute(
                     self.stmts.add_line, [self._digest, encode(self.name)]
                 ).fetchone()
-            if row is None:  # another host added it just now
-                row = conn.execute(self.stmts.find_line, [self._digest]).fetchone()
-            assert row is not None
-            self._line_id = int(row[0])
-        return self._line_id
+            if row is not None:
+                self._line_id = int(row[0])
+        raise BackendError(
+            f"line {self.name!r} at {self.where} keeps being added and removed by others "
+            "(inturn forget in a loop?): try again"
+        )
 
     # -- LineStore
 
