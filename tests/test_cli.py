@@ -170,6 +170,37 @@ def test_a_command_that_cannot_run_exits_as_shells_do_before_joining(
     assert not lines_dir.exists() or run_cli("status", "--names").stdout == ""
 
 
+def test_run_imports_only_what_it_needs(lines_dir):
+    """Start-up: a plain ``inturn run`` on the local backend starts its command without
+    ``subprocess`` (it uses ``posix_spawn``) or ``shutil`` (PATH is searched with ``os``, and
+    the parser measures the terminal only to show help), whose imports cost every start."""
+    probe = (
+        "import sys; from inturn.cli import main; code = main(['run', 'probe', '--', 'true']); "
+        "print(code, *sorted({'subprocess', 'shutil', 'inturn.messages'} & set(sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=child_env(), timeout=60
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "0\n", ""), result
+
+
+def test_a_command_is_looked_up_on_path_as_which_does(lines_dir, tmp_path):
+    """The first executable file of that name on PATH: a folder or a file that cannot be run,
+    earlier on PATH, is passed over; a PATH with neither is "not found" (127)."""
+    early, late = tmp_path / "early", tmp_path / "late"
+    (early / "tool").mkdir(parents=True)
+    plain_file(early / "tool2", 0o644)
+    late.mkdir()
+    plain_file(late / "tool", 0o755, "#!/bin/sh\necho late tool\n")
+    plain_file(late / "tool2", 0o755, "#!/bin/sh\necho late tool2\n")
+    path = f"{early}{os.pathsep}{late}{os.pathsep}{os.environ['PATH']}"
+    for program in ("tool", "tool2"):
+        result = run_cli("run", "path", "--", program, PATH=path)
+        assert (result.returncode, result.stdout) == (0, f"late {program}\n"), result
+    result = run_cli("run", "path", "--", "tool2", PATH=f"{early}{os.pathsep}/nowhere")
+    assert result.returncode == 127 and "command not found: tool2" in result.stderr, result
+
+
 @pytest.mark.parametrize(
     ("first_line", "code", "words"),
     [

@@ -10,8 +10,8 @@ from memory_store import MemoryStore, World
 
 import inturn
 from inturn.backends.base import Patience
-from inturn.queue import Held, Holdings, Progress, give_back, take_turn
-from inturn.records import Ticket
+from inturn.queue import Held, Holdings, give_back, take_turn
+from inturn.records import Progress, Ticket
 
 WAIT = 60.0  # how long a test waits for a thread it expects to finish (a hang fails)
 

@@ -84,14 +84,14 @@ class Win:
     def status(self, name: str) -> dict[str, Any]:
         """``inturn status --json NAME``, run as a Windows process."""
         code, out, err = self.run("-m", "inturn", "status", "--json", name)
-        assert code == 0, err
+        assert code == 0, (code, out, err)
         document: dict[str, Any] = json.loads(out)
         return document
 
     def terminate(self, pid: str | int) -> None:
         """``TerminateProcess`` from another Windows process (``os.kill`` does that on Windows)."""
-        code, _, err = self.run("-c", f"import os; os.kill({int(pid)}, 9)")
-        assert code == 0, err
+        code, out, err = self.run("-c", f"import os; os.kill({int(pid)}, 9)")
+        assert code == 0, (code, out, err)
 
 
 def hexname(name: str) -> str:

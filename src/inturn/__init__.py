@@ -15,8 +15,7 @@ from .errors import (
     UsageError,
 )
 from .line import Line, Turn, acquire_async, send, single_instance, turn
-from .queue import Progress
-from .records import InturnWarning, LineStatus, Message, Ticket
+from .records import InturnWarning, LineStatus, Message, Progress, Ticket
 
 __all__ = [
     "AlreadyRunning",

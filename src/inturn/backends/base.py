@@ -26,7 +26,6 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from typing import NamedTuple
 
 from ..errors import BackendError, Cancelled, UsageError
 from ..records import LineStatus, Ticket, warn
@@ -46,33 +45,52 @@ class GuardTaken(BackendError):
     someone holds it for long. The queue turns this into ``Busy`` or ``Timeout``."""
 
 
-class View(NamedTuple):
+# The small records below are plain classes, not ``NamedTuple``s: building a ``NamedTuple``
+# class costs a few hundred microseconds at import, paid by every start of ``inturn``.
+
+
+class View:
     """A look at a line: the tickets present (live or dead) ahead of the one asking, or all of
     them for an observer, ascending; the abandonment markers nobody has claimed yet; each
     ticket's liveness when the same round trip told it (None: ask ``alive``); and which of the
     tickets are shared turns (readers)."""
 
-    tickets: tuple[int, ...]
-    markers: tuple[int, ...] = ()
-    alive: tuple[bool, ...] | None = None
-    shared: frozenset[int] = frozenset()
+    __slots__ = ("alive", "markers", "shared", "tickets")
+
+    def __init__(
+        self,
+        tickets: tuple[int, ...],
+        markers: tuple[int, ...] = (),
+        alive: tuple[bool, ...] | None = None,
+        shared: frozenset[int] = frozenset(),
+    ) -> None:
+        self.tickets = tickets
+        self.markers = markers
+        self.alive = alive
+        self.shared = shared
 
 
-class Woke(NamedTuple):
+class Woke:
     """How a wait ended: the line as the same round trip found it on waking (or None), and the
     watched tickets known to have left cleanly (they need no further look)."""
 
-    view: View | None = None
-    left: tuple[int, ...] = ()
+    __slots__ = ("left", "view")
+
+    def __init__(self, view: View | None = None, left: tuple[int, ...] = ()) -> None:
+        self.view = view
+        self.left = left
 
 
-class Patience(NamedTuple):
+class Patience:
     """How long a step may wait for a short lock of the backend (a guard another process
     holds): until ``deadline`` (``time.monotonic()``), for ever when None, and no longer than
     ``cancel`` allows."""
 
-    deadline: float | None = None
-    cancel: CancelToken | None = None
+    __slots__ = ("cancel", "deadline")
+
+    def __init__(self, deadline: float | None = None, cancel: CancelToken | None = None) -> None:
+        self.deadline = deadline
+        self.cancel = cancel
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
@@ -240,16 +258,27 @@ class Membership(ABC):
     lost_track_at: float | None = None
 
 
-class Peer(NamedTuple):
+class Peer:
     """Who is at the other end of a channel connection, as the operating system says (peer
     credentials of a Unix socket, a named pipe's client process and token): never what the
-    other side claims."""
+    other side claims. ``user`` is a user name where one is known, else the uid or SID as
+    text; ``uid`` is POSIX's, ``sid`` Windows'; ``same_user``: the same user as this process."""
 
-    pid: int | None
-    user: str  # a user name where one is known, else the uid or SID as text
-    uid: int | None = None  # POSIX
-    sid: str | None = None  # Windows
-    same_user: bool = False  # the same user as this process (uid or SID)
+    __slots__ = ("pid", "same_user", "sid", "uid", "user")
+
+    def __init__(
+        self,
+        pid: int | None,
+        user: str,
+        uid: int | None = None,
+        sid: str | None = None,
+        same_user: bool = False,
+    ) -> None:
+        self.pid = pid
+        self.user = user
+        self.uid = uid
+        self.sid = sid
+        self.same_user = same_user
 
 
 class Connection(ABC):

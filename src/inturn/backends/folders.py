@@ -20,7 +20,7 @@ import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, suppress
-from typing import Any, NamedTuple
+from typing import Any
 
 from ..errors import BackendError
 from ..names import safe_file_name
@@ -89,15 +89,26 @@ def counter_file(uid: int) -> str:
     return f"{USER_COUNTER}{uid}"
 
 
-class Entries(NamedTuple):
+class Entries:
     """A line's folder, read from one listing."""
 
-    tickets: tuple[int, ...]  # every ticket file present (live or dead), ascending
-    shared: frozenset[int]  # which of them are shared turns
-    markers: tuple[int, ...]  # abandonment markers that nobody has claimed yet
-    claimed: tuple[int, ...]  # markers already claimed, left for whoever may remove them
-    highest: int  # the highest number any entry carries (0 if none)
-    counters: tuple[str, ...] = ()  # the per-user counters of a machine-wide line
+    __slots__ = ("claimed", "counters", "highest", "markers", "shared", "tickets")
+
+    def __init__(
+        self,
+        tickets: tuple[int, ...],
+        shared: frozenset[int],
+        markers: tuple[int, ...],
+        claimed: tuple[int, ...],
+        highest: int,
+        counters: tuple[str, ...] = (),
+    ) -> None:
+        self.tickets = tickets  # every ticket file present (live or dead), ascending
+        self.shared = shared  # which of them are shared turns
+        self.markers = markers  # abandonment markers that nobody has claimed yet
+        self.claimed = claimed  # markers already claimed, left for whoever may remove them
+        self.highest = highest  # the highest number any entry carries (0 if none)
+        self.counters = counters  # the per-user counters of a machine-wide line
 
 
 def read_entries(entries: Iterable[str]) -> Entries:

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from types import FrameType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from .signals import RunSignals
 
@@ -64,11 +64,14 @@ read -r word
 """
 
 
-class Outcome(NamedTuple):
+class Outcome:
     """How the command ended: inturn's exit code for it, and whether the turn was lost."""
 
-    code: int
-    lost: bool
+    __slots__ = ("code", "lost")
+
+    def __init__(self, code: int, lost: bool) -> None:
+        self.code = code
+        self.lost = lost
 
 
 # What exec says of a command it will not run (as opposed to the system lacking a resource to

@@ -13,8 +13,7 @@ import time
 from typing import TextIO
 
 from ..line import Line
-from ..queue import Progress
-from ..records import LineStatus, Ticket, escape_controls, shell_words
+from ..records import LineStatus, Progress, Ticket, escape_controls, shell_words
 
 SHOWN_AHEAD = 64  # records read for the status line: enough to count the readers holding
 ECHO_ROOM = 3  # columns left free at the end of the status line: the echoed ^C, and one more

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, NamedTuple
+from typing import Any
 
 from ..durations import parse_duration
 from ..errors import UsageError
@@ -16,19 +16,33 @@ MIN_INTERVAL_SECONDS = 0.1  # inturn top: a shorter timer would only keep a core
 
 class Parser(argparse.ArgumentParser):
     """A parser whose help ends with the command's examples (and exit codes, environment),
-    written only when the help is shown: a plain ``inturn run`` never builds them."""
+    written only when the help is shown: a plain ``inturn run`` never builds them.
+
+    Likewise its text is fitted to the terminal only when it is shown: argparse builds a
+    formatter for every option added (to check it), and one that measures the terminal
+    imports ``shutil``, with compression modules, a tenth of every start of ``inturn run``."""
 
     def __init__(self, *args: Any, manual: str | None = None, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        kwargs["formatter_class"] = _unmeasured_formatter
         super().__init__(*args, **kwargs)
         self.manual = manual  # the command whose examples close its help ("": the top level)
 
+    def format_usage(self) -> str:
+        self.formatter_class = argparse.RawDescriptionHelpFormatter
+        return super().format_usage()
+
     def format_help(self) -> str:
+        self.formatter_class = argparse.RawDescriptionHelpFormatter
         if self.manual is not None and self.epilog is None:
             from .manual import epilog
 
             self.epilog = epilog(self.manual)
         return super().format_help()
+
+
+def _unmeasured_formatter(prog: str) -> argparse.HelpFormatter:
+    """What argparse checks options with while they are added: any width will do there."""
+    return argparse.RawDescriptionHelpFormatter(prog, width=10_000)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,12 +300,15 @@ def _exit_code(text: str) -> int:
     return int(text)
 
 
-class Where(NamedTuple):
+class Where:
     """Where the command's lines are, from its options and, below them, the environment."""
 
-    scope: str
-    directory: str | None
-    backend: str | None
+    __slots__ = ("backend", "directory", "scope")
+
+    def __init__(self, scope: str, directory: str | None, backend: str | None) -> None:
+        self.scope = scope
+        self.directory = directory
+        self.backend = backend
 
 
 def where_from(args: argparse.Namespace) -> Where:
