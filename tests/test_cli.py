@@ -184,6 +184,24 @@ def test_run_imports_only_what_it_needs(lines_dir):
     assert (result.returncode, result.stdout, result.stderr) == (0, "0\n", ""), result
 
 
+def test_the_parser_builds_only_the_command_asked_for():
+    """One command's parser for its own command line; every one for help, for a word that
+    names no command (its error lists them all) and for completion scripts."""
+    from inturn.cli.parser import build_parser
+
+    def commands(words: list[str]) -> list[str]:
+        action = build_parser(words)._subparsers._group_actions[0]
+        return list(action.choices)
+
+    every = ["run", "status", "top", "forget", "wait", "completion", "send"]
+    assert commands(["run", "x", "--", "true"]) == ["run"]
+    assert commands(["status"]) == ["status"]
+    for words in ([], ["--help"], ["rnu"], ["completion", "bash"]):
+        assert commands(words) == every, words
+    result = run_cli("rnu")
+    assert result.returncode == 2 and "choose from 'run', 'status', 'top'" in result.stderr
+
+
 def test_a_command_is_looked_up_on_path_as_which_does(lines_dir, tmp_path):
     """The first executable file of that name on PATH: a folder or a file that cannot be run,
     earlier on PATH, is passed over; a PATH with neither is "not found" (127)."""

@@ -18,8 +18,8 @@ from .parser import build_parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(words)
     args = parser.parse_args(words)
     args.words = words  # as typed, for what the parser does not keep (a -- before a command)
     warnings.showwarning = show_warning

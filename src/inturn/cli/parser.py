@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..durations import parse_duration
@@ -45,7 +46,15 @@ def _unmeasured_formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, width=10_000)
 
 
-def build_parser() -> argparse.ArgumentParser:
+Commands = argparse._SubParsersAction  # what ``add_subparsers`` returns
+
+
+def build_parser(words: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The ``inturn`` command's parser. Given the command line (``words``), only the parser
+    of the command it names is built: argparse looks up translations for every parser and
+    option it adds, a tenth of a start of ``inturn run`` for all of them, and one command's
+    parser is all its parsing needs. Otherwise (help of the whole command, a word that names
+    no command, ``completion``) every command's parser is built."""
     parser = Parser(
         prog="inturn",
         description="Make processes take turns: wait in line, first come first served.",
@@ -56,21 +65,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"inturn {__version__}")
     commands = parser.add_subparsers(dest="action", metavar="COMMAND")
     commands.required = True
+    asked = words[0] if words else None
+    whole = asked not in COMMANDS or asked == "completion"  # its script covers every command
+    for name, add in COMMANDS.items():
+        if whole or name == asked:
+            add(commands)
+    return parser
 
-    def where(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument(
-            "--machine",
-            action="store_true",
-            help="use the line shared by every user of this machine (default: yours only)",
-        )
-        sub.add_argument("--dir", metavar="DIR", help="folder where lines live (env INTURN_DIR)")
-        sub.add_argument(
-            "--backend",
-            metavar="URL",
-            help="a postgresql:// or redis:// server, to take turns across machines "
-            "(env INTURN_BACKEND)",
-        )
 
+def add_where(sub: argparse.ArgumentParser) -> None:
+    """The options that say where the lines are."""
+    sub.add_argument(
+        "--machine",
+        action="store_true",
+        help="use the line shared by every user of this machine (default: yours only)",
+    )
+    sub.add_argument("--dir", metavar="DIR", help="folder where lines live (env INTURN_DIR)")
+    sub.add_argument(
+        "--backend",
+        metavar="URL",
+        help="a postgresql:// or redis:// server, to take turns across machines "
+        "(env INTURN_BACKEND)",
+    )
+
+
+def _add_run(commands: Commands[Parser]) -> None:
     run = commands.add_parser(
         "run",
         manual="run",
@@ -161,8 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="say which ticket it got, after how long, and whether the previous holder died "
         "holding the turn",
     )
-    where(run)
+    add_where(run)
 
+
+def _add_status(commands: Commands[Parser]) -> None:
     status = commands.add_parser(
         "status",
         manual="status",
@@ -186,7 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a live full-screen view, redrawn as the line changes (q quits): inturn top",
     )
-    where(status)
+    add_where(status)
+    _add_interval(status)
+
+
+def _add_top(commands: Commands[Parser]) -> None:
     top = commands.add_parser(
         "top",
         manual="top",
@@ -197,15 +222,20 @@ def build_parser() -> argparse.ArgumentParser:
         "Same as inturn status --watch.",
     )
     top.add_argument("name", nargs="?", metavar="NAME", help="one line (default: every line)")
-    where(top)
-    for live in (status, top):
-        live.add_argument(
-            "--interval",
-            type=_interval,
-            metavar="SECONDS",
-            help="with --watch or top: read the line again every SECONDS (default 1)",
-        )
+    add_where(top)
+    _add_interval(top)
 
+
+def _add_interval(live: argparse.ArgumentParser) -> None:
+    live.add_argument(
+        "--interval",
+        type=_interval,
+        metavar="SECONDS",
+        help="with --watch or top: read the line again every SECONDS (default 1)",
+    )
+
+
+def _add_forget(commands: Commands[Parser]) -> None:
     forget = commands.add_parser(
         "forget",
         manual="forget",
@@ -215,8 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Exits 0, or 75 if a line is in use (it is left alone).",
     )
     forget.add_argument("names", nargs="+", metavar="NAME", help="the lines to remove")
-    where(forget)
+    add_where(forget)
 
+
+def _add_wait(commands: Commands[Parser]) -> None:
     wait = commands.add_parser(
         "wait",
         manual="wait",
@@ -237,8 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="exit code when the timeout runs out (default 75)",
     )
-    where(wait)
+    add_where(wait)
 
+
+def _add_completion(commands: Commands[Parser]) -> None:
     completion = commands.add_parser(
         "completion",
         help="print the shell completion script for bash, zsh or fish",
@@ -251,10 +285,22 @@ def build_parser() -> argparse.ArgumentParser:
         "shell", metavar="SHELL", choices=("bash", "zsh", "fish"), help="bash, zsh or fish"
     )
 
-    from .send import add_parser as add_send
 
-    add_send(commands, where)
-    return parser
+def _add_send(commands: Commands[Parser]) -> None:
+    from .send import add_parser
+
+    add_parser(commands)
+
+
+COMMANDS: dict[str, Callable[[Commands[Parser]], None]] = {
+    "run": _add_run,
+    "status": _add_status,
+    "top": _add_top,
+    "forget": _add_forget,
+    "wait": _add_wait,
+    "completion": _add_completion,
+    "send": _add_send,
+}
 
 
 def _seconds(text: str, what: str = "the timeout") -> float:

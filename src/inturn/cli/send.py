@@ -12,20 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 
 from ..errors import MessageError, NotRunning, Timeout, UsageError
 from ..line import DEFAULT_TIMEOUT
 from ..line import send as send_message
 from .exits import EXIT_CONFLICT, EXIT_FAILED, EXIT_NOT_RUNNING
 from .output import emit, json_text, say
-from .parser import Parser, _seconds, where_from
+from .parser import Commands, Parser, _seconds, add_where, where_from
 
 
-def add_parser(
-    commands: argparse._SubParsersAction[Parser],
-    where: Callable[[argparse.ArgumentParser], None],
-) -> argparse.ArgumentParser:
+def add_parser(commands: Commands[Parser]) -> argparse.ArgumentParser:
     """The ``send`` subcommand, added to the ``inturn`` command's parser."""
     send = commands.add_parser(
         "send",
@@ -58,7 +54,7 @@ def add_parser(
         action="store_true",
         help="say on stderr when the instance has taken the message",
     )
-    where(send)
+    add_where(send)
     send.set_defaults(send_parser=send)
     return send
 
