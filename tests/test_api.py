@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shlex
 import string
 import subprocess
@@ -216,6 +217,25 @@ def test_any_name_maps_to_one_safe_file_name(name):
     assert "/" not in stored and "\x00" not in stored and stored not in (".", "..")
     assert stored.isascii() and len(stored.encode()) <= 255
     assert set(stored) <= set(string.ascii_lowercase + string.digits + "._-~")
+
+
+@given(st.from_regex(r"[a-z0-9][a-z0-9._-]{0,63}", fullmatch=True))
+def test_plain_names_are_kept_unless_windows_reserves_them(name):
+    """Lowercase ASCII names stay readable in the folder, except those Windows takes for a
+    device (``nul``, ``com1.txt``) and those ending in ``.``, which it would trim."""
+    device = re.match(r"(con|prn|aux|nul|com[0-9]|lpt[0-9])(\.|$)", name)
+    assert (safe_file_name(name) == name) == (not name.endswith(".") and not device)
+
+
+@pytest.mark.parametrize(
+    ("name", "kept"),
+    [
+        *[("nul", False), ("com1.txt", False), ("lpt9", False), ("aux.tar.gz", False)],
+        *[("com10", True), ("coma", True), ("nul_x", True), ("a" * 64, True), ("a" * 65, False)],
+    ],
+)
+def test_device_names_and_long_names_get_a_slug(name, kept):
+    assert (safe_file_name(name) == name) == kept
 
 
 @given(st.text(min_size=1), st.text(min_size=1))

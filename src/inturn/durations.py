@@ -8,7 +8,6 @@ import re
 from .errors import UsageError
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|d)")
 
 
 def parse_duration(text: str) -> float:
@@ -26,7 +25,7 @@ def parse_duration(text: str) -> float:
     total = 0.0
     position = 0
     last_scale = math.inf
-    for match in _PART.finditer(spoken):
+    for match in re.finditer(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|d)", spoken):
         if match.start() != position:
             break
         scale = _UNITS[match.group(2)]

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Protocol
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:  # for the type checker only: a Protocol class costs every start to build
+    from typing import Protocol
 
-class ForkAware(Protocol):
-    def after_fork_in_child(self) -> None: ...
+    class ForkAware(Protocol):
+        def after_fork_in_child(self) -> None: ...
 
 
 _registered: weakref.WeakSet[ForkAware] = weakref.WeakSet()

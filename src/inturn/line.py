@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .backends import check_backend, open_backend
 from .backends.base import (
@@ -28,7 +28,18 @@ from .queue import HOLDINGS, Held, ProgressCallback, give_back, take_turn, wait_
 from .records import LineStatus, Ticket
 
 if TYPE_CHECKING:
+    from typing import TypedDict
+
     from .messages import OnMessage
+
+    class _How(TypedDict):
+        """How a ``turn`` takes its turns (``Line.acquire``'s keyword arguments); only for
+        the type checker: a ``TypedDict`` class costs every start to build."""
+
+        shared: bool
+        max_waiting: int | None
+        newest_wins: bool
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -279,14 +290,6 @@ class Line:
         return f"<Line {self.name!r} slots={self.slots} scope={self.scope}>"
 
 
-class _How(TypedDict):
-    """How a ``turn`` takes its turns (``Line.acquire``'s keyword arguments)."""
-
-    shared: bool
-    max_waiting: int | None
-    newest_wins: bool
-
-
 def seconds_or_forever(timeout: object) -> float | None:
     """A timeout as given: a number of seconds; None or a negative number for ever."""
     if timeout is None:
@@ -340,11 +343,11 @@ class turn:
         self.line = Line(name, slots, scope=scope, directory=directory, backend=backend)
         self.timeout = timeout
         self.blocking = blocking
-        self.how = _How(
-            shared=_flag(shared, "shared"),
-            max_waiting=_max_waiting(max_waiting),
-            newest_wins=_flag(newest_wins, "newest_wins"),
-        )
+        self.how: _How = {
+            "shared": _flag(shared, "shared"),
+            "max_waiting": _max_waiting(max_waiting),
+            "newest_wins": _flag(newest_wins, "newest_wins"),
+        }
         self._held: dict[object, list[Turn]] = {}  # owner (thread or task) -> its turns
         self._held_lock = threading.Lock()
         self._users = 0  # with blocks and decorated calls in progress

@@ -13,10 +13,11 @@ import re
 from .errors import UsageError
 
 MAX_NAME_BYTES = 4096
-_PLAIN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-_SLUG_UNSAFE = re.compile(r"[^a-z0-9._-]+")
+_PLAIN_FIRST = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+_PLAIN = _PLAIN_FIRST | frozenset("._-")
 # Windows reserves these device names, with or without an extension: "nul.txt" is the NUL device.
-_DEVICE = re.compile(r"(con|prn|aux|nul|com[0-9]|lpt[0-9])(\.|$)")
+_DEVICES = frozenset({"con", "prn", "aux", "nul"})
+_NUMBERED_DEVICES = frozenset({"com", "lpt"})  # com0-com9, lpt0-lpt9
 
 
 def check_name(name: object) -> str:
@@ -52,9 +53,27 @@ def safe_file_name(name: str) -> str:
     ``~`` never appears in a plain name, so the two forms cannot collide.
     """
     check_name(name)
-    if _PLAIN.fullmatch(name) and not name.endswith(".") and not _DEVICE.match(name):
+    if _is_plain(name) and not name.endswith(".") and not _is_device(name):
         return name
-    slug = _SLUG_UNSAFE.sub("_", name.lower()).strip("._")[:40]
-    if _DEVICE.match(slug):
+    slug = re.sub(r"[^a-z0-9._-]+", "_", name.lower()).strip("._")[:40]
+    if _is_device(slug):
         slug = f"_{slug}"
     return f"{slug}~{digest(name)}"
+
+
+# Plain names and device names are told with sets rather than regular expressions, which
+# every start of ``inturn`` would have to compile.
+
+
+def _is_plain(name: str) -> bool:
+    """Lowercase ASCII letters, digits, ``.``, ``_`` and ``-``, starting with a letter or a
+    digit, at most 64 characters."""
+    return 0 < len(name) <= 64 and name[0] in _PLAIN_FIRST and _PLAIN.issuperset(name)
+
+
+def _is_device(name: str) -> bool:
+    """A name Windows reserves for a device, alone or before a ``.``: ``nul``, ``com1.txt``."""
+    stem = name.split(".", 1)[0]
+    if stem in _DEVICES:
+        return True
+    return len(stem) == 4 and stem[:3] in _NUMBERED_DEVICES and stem[3] in "0123456789"

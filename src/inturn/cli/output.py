@@ -82,7 +82,4 @@ def json_text(document: object) -> str:
     """JSON for people and scripts: readable Unicode, but a lone surrogate (a name or command
     that was not valid UTF-8) as a ``\\udcXX`` escape, so the output is valid UTF-8 too."""
     text = json.dumps(document, indent=2, ensure_ascii=False)
-    return _SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
+    return re.sub("[\ud800-\udfff]", lambda found: f"\\u{ord(found.group()):04x}", text)
