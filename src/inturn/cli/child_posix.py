@@ -642,6 +642,18 @@ def _prctl() -> Callable[..., int] | None:
     return function
 
 
+def prepare(can_be_lost: bool) -> None:
+    """Do before the wait what ``run_command`` would otherwise do after the turn came. A turn
+    on a server can be lost, and cannot be inherited: its command starts bound to inturn
+    through ``subprocess``, and on Linux inturn becomes a subreaper through ``ctypes``;
+    importing the two costs milliseconds, which the next command in line would wait."""
+    if can_be_lost:
+        import subprocess  # noqa: F401
+
+        if sys.platform.startswith("linux"):
+            _become_subreaper()
+
+
 def _become_subreaper() -> None:
     prctl = _prctl()
     if prctl is not None:

@@ -24,7 +24,6 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except NotRunnable as exc:
         say(str(exc))
         return exc.code
-    _load_child_runner()
     environment = dict(os.environ)  # copied now: the command starts sooner after the turn
     # From here until the turn is released, no signal can kill inturn (see ``RunSignals``).
     signals = RunSignals()
@@ -103,6 +102,7 @@ def _wait_in_line(args: argparse.Namespace, command: list[str], signals: RunSign
     is cleared before anything else is said, so that nothing is written onto it.
     """
     line = line_from(args, args.slots)
+    _prepare_child_runner(remote=line.store.remote)
     display = None
     if not args.quiet and sys.stderr.isatty():
         from .display import WaitingDisplay
@@ -216,13 +216,15 @@ def _child_env(held: Turn, environment: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _load_child_runner() -> None:
-    """Import what starts the command before waiting, not between the turn and the command:
+def _prepare_child_runner(remote: bool) -> None:
+    """Load what starts the command before waiting, not between the turn and the command:
     the next command in line then starts as soon after the turn as the system allows."""
     if sys.platform == "win32":
         from . import child_windows  # noqa: F401
     else:
-        from . import child_posix  # noqa: F401
+        from .child_posix import prepare
+
+        prepare(can_be_lost=remote)
 
 
 def _run_holding(
