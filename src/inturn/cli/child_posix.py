@@ -112,7 +112,6 @@ def run_command(
     *,
     handles: list[int],
     bound: bool,
-    can_be_lost: bool,
     signals: RunSignals,
     on_lost: Callable[[Callable[[], None]], None],
     grace: float,
@@ -127,11 +126,8 @@ def run_command(
 
     ``handles`` are inherited by the command (the turn itself, when it can be inherited).
     ``bound``: the turn ends when inturn dies, so the command's group must die with inturn.
-    ``can_be_lost``: a server backend, whose turn may be lost while the command runs (on Linux
-    inturn then becomes a subreaper, at the cost of loading ``ctypes``).
+    A turn that can be lost needs ``prepare`` first, before the wait.
     """
-    if can_be_lost and sys.platform.startswith("linux"):
-        _become_subreaper()
     try:
         run = _Supervision(signals, grace, say, lost_message)
     except OSError as exc:  # no pipe to wake up with: too many open files
@@ -643,10 +639,10 @@ def _prctl() -> Callable[..., int] | None:
 
 
 def prepare(can_be_lost: bool) -> None:
-    """Do before the wait what ``run_command`` would otherwise do after the turn came. A turn
-    on a server can be lost, and cannot be inherited: its command starts bound to inturn
-    through ``subprocess``, and on Linux inturn becomes a subreaper through ``ctypes``;
-    importing the two costs milliseconds, which the next command in line would wait."""
+    """Before the wait, what ``run_command`` needs for a turn that ``can_be_lost`` (on a
+    server): on Linux inturn becomes a subreaper (through ``ctypes``), and its command will
+    start bound to inturn through ``subprocess`` (such a turn cannot be inherited). Done
+    here, the milliseconds of those imports are not waited by the next command in line."""
     if can_be_lost:
         import subprocess  # noqa: F401
 

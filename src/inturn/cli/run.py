@@ -255,7 +255,6 @@ def _run_holding(
                 # A turn the command cannot inherit (a lease that only this process renews) ends
                 # when inturn dies; the command must not run on outside it.
                 bound=not args.close and not handles,
-                can_be_lost=held.line.store.remote,
                 signals=signals,
                 on_lost=held.on_lost,
                 grace=fit_grace(args.grace, held.line.store.stop_window),
