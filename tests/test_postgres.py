@@ -455,7 +455,7 @@ def test_a_watchdog_that_has_ended_is_never_woken_through_a_reused_descriptor(pg
     try:
         assert (read, write) == old
         os.set_blocking(read, False)
-        member.stop_watchdog()  # a late wake-up
+        member.wake_watchdog()  # a late wake-up
         with pytest.raises(BlockingIOError):
             os.read(read, 1)
     finally:

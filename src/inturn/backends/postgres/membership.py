@@ -129,13 +129,14 @@ class PostgresMembership(Membership):
             with suppress(Exception):
                 conn.close()
 
-    def stop_watchdog(self, wake: bool = True) -> None:
+    def stop_watchdog(self) -> None:
         """From now on the watchdog leaves the session alone (it checks before each look).
-        ``wake=False`` does not wake it yet: a leaver sends its last statement first, so that
-        the watchdog's thread does not take the interpreter from it meanwhile."""
+        It is not woken yet (``wake_watchdog``): a leaver sends its last statement first, so
+        that the watchdog's thread does not take the interpreter from it meanwhile."""
         self._stop.set()
-        if not wake:
-            return
+
+    def wake_watchdog(self) -> None:
+        """Wake a stopped watchdog, so that it ends now rather than at its next look."""
         self._armed.set()
         with self._pipe_lock:
             if not self._pipe_closed:

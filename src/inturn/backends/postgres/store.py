@@ -856,10 +856,10 @@ class PostgresStore(LineStore):
 
     def leave(self, me: Membership) -> None:
         assert isinstance(me, PostgresMembership)
-        me.stop_watchdog(wake=False)
+        me.stop_watchdog()
         conn, me.conn = me.conn, None
         if conn is None or me.pid != os.getpid() or conn.closed:
-            me.stop_watchdog()
+            me.wake_watchdog()
             return
         clean = False
         if conn.info.transaction_status == pq.TransactionStatus.IDLE:
@@ -868,7 +868,7 @@ class PostgresStore(LineStore):
                 clean = True
             except psycopg.Error:
                 pass  # closing the session below frees the lock all the same
-        me.stop_watchdog()
+        me.wake_watchdog()
         me.join_watchdog()  # the next in line is already on its way
         if clean and not me.lost and not me.handed_out:
             self.backend.put_back(conn)
