@@ -95,6 +95,7 @@ class MemoryStore(LineStore):
         numbers: Sequence[int],
         timeout: float | None,
         cancel: CancelToken | None,
+        then_holds: bool = False,
     ) -> Woke | None:
         self.calls["wait"] += 1
         self.watched.append(tuple(numbers))

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -21,7 +22,9 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 import inturn
+from inturn.backends.base import Patience
 from inturn.errors import UsageError
+from inturn.records import own_ticket_fields
 
 from conftest import Run, Worker, child_env, inturn_cmd, one_line_error, run_cli
 from redis_server import (
@@ -170,6 +173,67 @@ def test_a_forked_child_neither_keeps_nor_frees_its_parents_turn(place):
     assert [t.pid for t in line.status().holders] == [os.getpid()]
     held.release()
     assert line.status().holders == ()
+
+
+# --------------------------------------------------------------------------- hand-off
+
+
+@pytest.mark.parametrize("then_holds", [True, False], ids=["its-turn-next", "not-told"])
+def test_the_turn_is_marked_held_by_the_server_as_the_waiters_read_ends(place, then_holds):
+    """Told that its turn comes once the tickets it waits on leave cleanly, a waiter sends the
+    mark in the same packet as its blocked read: the server records the turn held as the read
+    ends, with the time on the waiter's clock (here an hour ahead of the server's), and
+    ``mark_acquired`` then sends nothing. Not told so, the wait marks nothing."""
+    line = inturn.Line("rides")
+    store = line.store
+    holder = line.acquire()
+    me, _ = store.join(own_ticket_fields(None, 1), Patience())
+    try:
+        me.clock_offset += 3600  # type: ignore[attr-defined]
+        woke: list[Any] = []
+        thread = threading.Thread(
+            target=lambda: woke.append(store.wait(me, [holder.ticket], None, None, then_holds))
+        )
+        thread.start()
+        blocked_in_read(place, store)
+        holder.release()
+        thread.join(60)  # a hang detector, not a speed test
+        assert woke and woke[0] is not None and woke[0].left == (holder.ticket,)
+        (ticket,) = store.read([me.number], me)
+        assert ticket is not None
+        if then_holds:
+            assert ticket.acquired_at is not None
+            assert abs(ticket.acquired_at - (time.time() + 3600)) < 60
+            store.mark_acquired(me, time.time())  # already marked: sends nothing
+            assert store.read([me.number], me)[0] == ticket
+        else:
+            assert ticket.acquired_at is None
+            store.mark_acquired(me, 12345.0)
+            marked = store.read([me.number], me)[0]
+            assert marked is not None and marked.acquired_at == 12345.0
+    finally:
+        store.leave(me)
+
+
+def blocked_in_read(place: Any, store: Any) -> None:
+    """Return once the server shows the store's wait connection asleep in its ``XREAD``
+    (found by its port: the server may be shared)."""
+    client = place.client()
+    try:
+        for _ in range(6000):  # a hang detector: 60 s
+            ports = {
+                c._sock.getsockname()[1]
+                for c in list(store.backend.wait_pool._in_use_connections)
+                if c._sock is not None
+            }
+            for entry in client.client_list():
+                port = int(entry["addr"].rsplit(":", 1)[1])
+                if port in ports and entry["cmd"] == "xread" and "b" in entry["flags"]:
+                    return
+            time.sleep(0.01)
+        raise AssertionError("the wait never blocked in the server")
+    finally:
+        client.close()
 
 
 # --------------------------------------------------------------------------- waiting ends

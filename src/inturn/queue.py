@@ -269,14 +269,17 @@ class _Waiter:
             if self.on_progress is not None:
                 self.on_progress(Progress(me.number, len(live) + 1, tuple(live), tuple(watch)))
             number = me.number
-            woke = store.wait(me, watch, remaining, self.patience.cancel)
+            # Every ticket ahead is live and watched: once they all leave cleanly, it is ours.
+            whole = list(ahead) == live == watch and not pending
+            then_holds = whole and me.lost_track_at is None
+            woke = store.wait(me, watch, remaining, self.patience.cancel, then_holds)
             if woke is None:
                 raise Timeout(f"gave up waiting for line {store.name!r}", store.status())
             if woke.view is not None:
                 view = woke.view
             elif me.number != number:  # it took a new place (a lost connection): look again
                 view = None
-            elif list(ahead) == live == watch and not pending:
+            elif whole:
                 left = set(woke.left)
                 if left.issuperset(watch) and me.lost_track_at is None:
                     return False  # everyone ahead left cleanly: the turn is ours, nothing to claim

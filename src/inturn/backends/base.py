@@ -425,6 +425,7 @@ class LineStore(ABC):
         numbers: Sequence[int],
         timeout: float | None,
         cancel: CancelToken | None,
+        then_holds: bool = False,
     ) -> Woke | None:
         """Sleep until one of these tickets is gone or dead; None when ``timeout`` ran out.
 
@@ -432,6 +433,11 @@ class LineStore(ABC):
         ``cancel`` gets set, and ``Replaced`` as soon as ``me`` (if it joined with
         ``newest_wins``) is replaced; KeyboardInterrupt must get through on the main thread.
         ``me`` is None for a wait that holds no ticket (``Line.wait``).
+
+        ``then_holds``: ``me``'s turn comes once every one of ``numbers`` has left cleanly. A
+        server backend may then record the turn as held in the same step that wakes the
+        waiter, so that ``mark_acquired`` has nothing left to send; it must record nothing for
+        a waiter that died or stopped waiting before then.
         """
 
     @abstractmethod

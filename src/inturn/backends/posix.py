@@ -971,6 +971,7 @@ class PosixStore(UnixChannels, FolderStore):
         numbers: Sequence[int],
         timeout: float | None,
         cancel: CancelToken | None,
+        then_holds: bool = False,
     ) -> Woke | None:
         kick = me.kick if isinstance(me, PosixMembership) else None
         try:  # the next holder returns through here: no context manager

@@ -803,6 +803,7 @@ class WindowsStore(PipeChannels, FolderStore):
         numbers: Sequence[int],
         timeout: float | None,
         cancel: CancelToken | None,
+        then_holds: bool = False,
     ) -> Woke | None:
         kick = me.kick if isinstance(me, WindowsMembership) else None
         handles: list[int] = []

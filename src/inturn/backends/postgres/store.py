@@ -709,6 +709,7 @@ class PostgresStore(LineStore):
         numbers: Sequence[int],
         timeout: float | None,
         cancel: CancelToken | None,
+        then_holds: bool = False,
     ) -> Woke | None:
         if not numbers:
             return Woke()

@@ -42,6 +42,7 @@ class RedisMembership(Membership):
         self.left = False
         self.gone = False  # the server said the lease is gone (rather than not answering)
         self.holding = False
+        self.clock_offset = 0.0  # our clock less the server's (seconds), measured on joining
         self.signal = LostSignal()
 
     @property

@@ -307,10 +307,15 @@ class RedisStore(LineStore):
             call(pipe, "SADD", f"{self.backend.prefix}:lines", encode(self.name))
             args: list[bytes | str | int] = [ticket_id, self.lease_ms, seed, flag, *fields]
             self.backend.scripts["join"](keys=keys, args=args, client=pipe)
-            number = int(pipe.execute()[1])
+            call(pipe, "TIME")
+            asked = time.time()
+            _, number, (seconds, micros) = pipe.execute()
+            answered = time.time()
         kick = self._kick_key(ticket_id) if me.newest_wins else None
         lease = self._lease_key(ticket_id)
-        member = RedisMembership(number, ticket_id, lease, sent, me.shared, kick)
+        member = RedisMembership(int(number), ticket_id, lease, sent, me.shared, kick)
+        # The server's clock read halfway through the round trip, against ours.
+        member.clock_offset = (asked + answered) / 2 - (seconds + micros / 1e6)
         self._learn({number: ticket_id})
         self.backend.keeper.add(member)
         return member, None
@@ -406,10 +411,11 @@ class RedisStore(LineStore):
         numbers: Sequence[int],
         timeout: float | None,
         cancel: CancelToken | None,
+        then_holds: bool = False,
     ) -> Woke | None:
         member = me if isinstance(me, RedisMembership) else None
         try:
-            return self._wait(member, numbers, timeout, cancel)
+            return self._wait(member, numbers, timeout, cancel, then_holds)
         except BackendError:
             if member is not None:
                 self._check_own_place(member)  # the clearer story when our lease is gone too
@@ -421,6 +427,7 @@ class RedisStore(LineStore):
         numbers: Sequence[int],
         timeout: float | None,
         cancel: CancelToken | None,
+        then_holds: bool,
     ) -> Woke | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         ids = [self._id(n) for n in numbers]
@@ -444,7 +451,7 @@ class RedisStore(LineStore):
             expiry = min((ms for ms in left if ms >= 0), default=self.lease_ms)
             wake = expiry + WAKE_AFTER_EXPIRY_MS
             block = wake if block is None else min(block, wake)
-            cleanly = self._block_on(me, list(streams), block, cancel)
+            cleanly = self._block_on(me, list(streams), block, cancel, then_holds)
             if cleanly is not None:
                 return Woke(left=tuple(streams[key] for key in cleanly))
 
@@ -477,10 +484,17 @@ class RedisStore(LineStore):
         streams: list[str],
         block_ms: int,
         cancel: CancelToken | None,
+        then_holds: bool,
     ) -> set[str] | None:
         """``XREAD BLOCK`` on the leavers' streams: once one of them wrote, the streams whose
         ticket left cleanly (``left``, not ``dead``: those need no further look); None when
         nothing came.
+
+        With ``then_holds``, the mark script goes in the same packet, behind the read: the
+        server runs it as the read ends (no second round trip after waking), and it marks our
+        turn held only if every stream says its ticket left cleanly. A waiter that died or
+        was cancelled while it waited has its connection closed first: the server drops what
+        it had not run yet, so it never marks a waiter that stopped waiting.
 
         A cancel, or our own ticket being declared lost, shuts the connection's socket from
         the other thread, which ends the blocked read at once. A ``newest_wins`` ticket also
@@ -489,6 +503,7 @@ class RedisStore(LineStore):
         behind it); entries already looked at are not read again.
         """
         kick = me.kick_key if me is not None else None
+        mark = self._mark_on_wake(me, streams) if then_holds and me is not None else None
         since = ["0-0"] * len(streams)
         if kick is not None and me is not None:
             streams = [*streams, kick]
@@ -507,20 +522,22 @@ class RedisStore(LineStore):
                     connection.connect()
                 if not interrupter.arm(getattr(connection, "_sock", None)):
                     self._interrupted(me)
+                read = ("XREAD", "BLOCK", max(1, block_ms), "STREAMS", *streams, *since)
                 try:
-                    connection.send_command(
-                        "XREAD", "BLOCK", max(1, block_ms), "STREAMS", *streams, *since
-                    )
-                    reply = connection.read_response()
+                    answers = _exchange(connection, [read] if mark is None else [read, mark])
                 except (rx.ConnectionError, rx.TimeoutError, OSError):
                     if interrupter.is_set():
                         self._interrupted(me)
-                    connection.disconnect()
                     return None  # the caller looks again, through the main connection
                 finally:
                     interrupter.arm(None)
         finally:
             pool.release(connection)
+        reply = answers[0]
+        if isinstance(reply, rx.ResponseError):
+            raise reply
+        if me is not None and answers[1:] == [1]:
+            me.holding = True  # marked as the read ended
         if reply is None:
             return None
         if kick is not None and me is not None:
@@ -530,6 +547,13 @@ class RedisStore(LineStore):
             for stream, entries in reply
             if any(b"left" in _as_dict(fields) for _, fields in entries)
         }
+
+    def _mark_on_wake(self, me: RedisMembership, streams: list[str]) -> tuple[Any, ...]:
+        """The command that marks our turn held if every one of ``streams`` says its ticket
+        left cleanly (sent whole rather than by hash: it needs no loading beforehand)."""
+        keys = [self.tickets_key, self._ticket_key(me.ticket_id), me.lease_key, *streams]
+        offset = repr(me.clock_offset)
+        return ("EVAL", scripts.MARK_ON_WAKE, len(keys), *keys, me.ticket_id, offset)
 
     def _check_kicks(self, me: RedisMembership, kick: str, reply: Any) -> None:
         """Raise ``Replaced`` if our kick stream names a later ticket that is alive."""
@@ -545,11 +569,13 @@ class RedisStore(LineStore):
 
     def mark_acquired(self, me: Membership, when: float) -> None:
         assert isinstance(me, RedisMembership)
-        keys = [self.tickets_key, self._ticket_key(me.ticket_id), self._lease_key(me.ticket_id)]
-        try:  # between waking and returning: no context manager
-            ok = not me.lost and int(self._run("mark", keys, [me.ticket_id, repr(when)])) == 1
-        except rx.RedisError as exc:
-            raise _backend_error(exc, self.where, self.backend.prefix) from None
+        ok = me.holding  # the wait may have marked it as it woke
+        if not ok:
+            keys = [self.tickets_key, self._ticket_key(me.ticket_id), me.lease_key]
+            try:  # between waking and returning: no context manager
+                ok = not me.lost and int(self._run("mark", keys, [me.ticket_id, repr(when)])) == 1
+            except rx.RedisError as exc:
+                raise _backend_error(exc, self.where, self.backend.prefix) from None
         if not ok or me.lost:
             me.gone = me.gone or not me.lost  # the mark found no lease
             me.declare_lost()
@@ -615,6 +641,24 @@ class RedisStore(LineStore):
             fields = next(answers) if known is not None else None
             result.append(_ticket(number, _as_dict(fields)) if fields else None)
         return result
+
+
+def _exchange(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Send ``commands`` in one packet and read their answers (an error answer as its
+    exception); a connection left with an answer unread is closed, or its next user would
+    read that answer for its own."""
+    answers: list[Any] = []
+    try:
+        connection.send_packed_command(connection.pack_commands(commands))
+        for _ in commands:
+            try:
+                answers.append(connection.read_response())
+            except rx.ResponseError as exc:  # read whole: the next answer follows
+                answers.append(exc)
+    finally:
+        if len(answers) < len(commands):
+            connection.disconnect()
+    return answers
 
 
 def _scored(flat: Sequence[bytes]) -> list[tuple[int, str]]:
