@@ -330,7 +330,7 @@ HANDOFF_LIMIT_MS = 1.0  # inturn's hand-off on a local Redis
 def measure(quick: bool = False) -> str:
     """Run every measure against one private server; a Markdown section."""
     targets.clear()
-    from inturn.backends.redis.address import DEFAULT_LEASE
+    from inturn.backends.redis.address import DEFAULT_LEASE, DEFAULT_LOCK_DELAY
     from inturn.backends.redis.store import WAKE_AFTER_EXPIRY_MS
 
     rounds = {"inturn": 40, "python-redis-lock": 40, "redis-py": 20}
@@ -392,8 +392,9 @@ def measure(quick: bool = False) -> str:
         "",
         f"inturn's lease is renewed every third of it; a dead holder's lease runs out between "
         f"two thirds of a lease and one lease after the crash, and its waiter wakes "
-        f"{WAKE_AFTER_EXPIRY_MS} ms after it could have run out. The libraries expire a lock "
-        f"{CRASH_EXPIRY} s after it was last set or renewed.",
+        f"{WAKE_AFTER_EXPIRY_MS} ms after it could have run out, then waits the lock delay "
+        f"({DEFAULT_LOCK_DELAY:g} s by default; `?lock_delay=0` for none) before it starts. The "
+        f"libraries expire a lock {CRASH_EXPIRY} s after it was last set or renewed.",
         "",
         f"### Server load while {waiters} waiters wait idle behind a holder",
         "",
@@ -404,8 +405,10 @@ def measure(quick: bool = False) -> str:
         "",
         "inturn's idle cost is each ticket's lease renewal (`PEXPIRE`, three per lease) and "
         "each waiter looking again once per lease period (`PTTL`, then `XREAD BLOCK` until "
-        "the watched lease could next run out); a longer lease (`?lease=`) lowers it in "
-        "proportion and lengthens crash recovery in proportion.",
+        "the watched lease could next run out; the waiter next in line sends the script that "
+        "marks its turn held in the same packet, `EVAL`, which marks nothing unless the read "
+        "ended with its turn); a longer lease (`?lease=`) lowers it in proportion and "
+        "lengthens crash recovery in proportion.",
     ]
     return "\n".join(lines)
 
