@@ -309,11 +309,12 @@ class RedisStore(LineStore):
             self.backend.scripts["join"](keys=keys, args=args, client=pipe)
             call(pipe, "TIME")
             asked = time.time()
-            _, number, (seconds, micros) = pipe.execute()
+            _, joined, (seconds, micros) = pipe.execute()
             answered = time.time()
+        number = int(joined)
         kick = self._kick_key(ticket_id) if me.newest_wins else None
         lease = self._lease_key(ticket_id)
-        member = RedisMembership(int(number), ticket_id, lease, sent, me.shared, kick)
+        member = RedisMembership(number, ticket_id, lease, sent, me.shared, kick)
         # The server's clock read halfway through the round trip, against ours.
         member.clock_offset = (asked + answered) / 2 - (seconds + micros / 1e6)
         self._learn({number: ticket_id})
