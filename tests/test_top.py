@@ -325,8 +325,10 @@ def test_an_error_while_watching_is_one_line_on_the_terminal_given_back(
         proxy.close()  # the server is gone: connections cut, new ones refused
         assert pane.exit_code() == 2
         assert_terminal_given_back(pane, tmp_path)
-        said = [r for r in pane.rows(joined=True) if r.startswith("inturn: ")]
-        assert len(said) == 1 and "Redis" in said[0], pane.rows()
+        shown = pane.rows(joined=True)
+        print("\n".join(shown))  # the whole screen in the report if it fails (not cut short)
+        said = [r for r in shown if r.startswith("inturn: ")]
+        assert len(said) == 1 and "Redis" in said[0]
         assert "Traceback" not in "\n".join(pane.rows(joined=True))
         holder.send()
     finally:
