@@ -105,6 +105,7 @@ class Pane:
         else:
             raise ValueError(shell)
         self.env = env
+        self.columns = columns
         self.tmux(
             "-f",
             "/dev/null",
@@ -132,6 +133,12 @@ class Pane:
         return done.stdout
 
     def type(self, text: str) -> None:
+        # A command line that ends exactly at the right margin leaves its last row marked as
+        # wrapping onto the next one (the shell moves the cursor there itself), so that
+        # ``rows(joined=True)`` would glue the command's first output onto it: one more space
+        # moves the end off the margin.
+        if (len(PROMPT) + len(text)) % self.columns == 0:
+            text += " "
         self.tmux("send-keys", "-t", "top", "-l", text)
         self.tmux("send-keys", "-t", "top", "Enter")
 
@@ -175,6 +182,7 @@ class Pane:
 
     def resize(self, columns: int, rows: int) -> None:
         self.tmux("resize-window", "-t", "top", "-x", str(columns), "-y", str(rows))
+        self.columns = columns
 
     def close(self) -> None:
         subprocess.run(

@@ -306,6 +306,21 @@ def through(proxy_port: int, url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+@pytest.mark.parametrize("rows_filled", [1, 2])
+def test_a_command_line_that_fills_its_rows_keeps_the_output_on_a_row_of_its_own(
+    panes, tmp_path, rows_filled
+):
+    """The screen helper itself: a typed command that ends exactly at the right margin must
+    not have the command's first output glued onto it by ``rows(joined=True)``, whatever
+    length the test's folders give the command line."""
+    pane = Pane(tmp_path)
+    panes.append(pane)
+    start = "echo 'inturn: said'; : "
+    pane.type(start + "x" * (rows_filled * pane.columns - len(PROMPT) - len(start)))
+    pane.until(lambda rows: "inturn: said" in rows, "the output")
+    assert "inturn: said" in pane.rows(joined=True)
+
+
 def test_an_error_while_watching_is_one_line_on_the_terminal_given_back(
     place, redis_base, workers, panes, tmp_path
 ):
