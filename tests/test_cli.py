@@ -172,11 +172,13 @@ def test_a_command_that_cannot_run_exits_as_shells_do_before_joining(
 
 def test_run_imports_only_what_it_needs(lines_dir):
     """Start-up: a plain ``inturn run`` on the local backend starts its command without
-    ``subprocess`` (it uses ``posix_spawn``) or ``shutil`` (PATH is searched with ``os``, and
-    the parser measures the terminal only to show help), whose imports cost every start."""
+    ``subprocess`` (it uses ``posix_spawn``), ``shutil`` (PATH is searched with ``os``, and
+    the parser measures the terminal only to show help) or ``typing`` (the public records are
+    made without it), whose imports cost every start."""
+    unwanted = "{'subprocess', 'shutil', 'typing', 'inturn.messages'}"
     probe = (
         "import sys; from inturn.cli import main; code = main(['run', 'probe', '--', 'true']); "
-        "print(code, *sorted({'subprocess', 'shutil', 'inturn.messages'} & set(sys.modules)))"
+        f"print(code, *sorted({unwanted} & set(sys.modules)))"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, env=child_env(), timeout=60

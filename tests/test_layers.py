@@ -5,7 +5,7 @@ line          the Python API (Line, Turn, turn, single_instance, send)
 queue         the algorithm, written once
 messages      single-instance messages (the protocol, the listener), written once
 backends      the primitives (base) and each backend; nothing above them
-core          errors, records, names, durations, forks, win32: nothing but each other
+core          errors, records, named_tuples, names, durations, forks, win32: nothing but each other
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "inturn"
-CORE = {"errors", "records", "names", "durations", "forks", "win32"}
+CORE = {"errors", "records", "named_tuples", "names", "durations", "forks", "win32"}
 MAY_IMPORT = {
     "core": {"core"},
     "backends": {"core", "backends", "backends.base"},

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # ``typing.TYPE_CHECKING`` without importing ``typing``
 if TYPE_CHECKING:  # for the type checker only: a Protocol class costs every start to build
     from typing import Protocol
 

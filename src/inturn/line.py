@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .backends import check_backend, open_backend
 from .backends.base import (
@@ -27,10 +26,14 @@ from .names import check_name
 from .queue import HOLDINGS, Held, ProgressCallback, give_back, take_turn, wait_for_everyone
 from .records import LineStatus, Ticket
 
+TYPE_CHECKING = False  # ``typing.TYPE_CHECKING`` without importing ``typing``
 if TYPE_CHECKING:
-    from typing import TypedDict
+    from typing import Any, TypedDict, TypeVar
 
     from .messages import OnMessage
+
+    F = TypeVar("F", bound=Callable[..., Any])
+    T = TypeVar("T")
 
     class _How(TypedDict):
         """How a ``turn`` takes its turns (``Line.acquire``'s keyword arguments); only for
@@ -41,8 +44,6 @@ if TYPE_CHECKING:
         newest_wins: bool
 
 
-F = TypeVar("F", bound=Callable[..., Any])
-T = TypeVar("T")
 # Messages (single_instance, send) are imported when used: inturn run never needs them.
 DEFAULT_TIMEOUT = 5.0  # seconds a later start or send() waits for the answer
 
@@ -410,7 +411,8 @@ class turn:
             self._end(close=True)
 
     def __call__(self, func: F) -> F:
-        import inspect  # only decorators need it; keeps the command's start fast
+        import inspect  # only decorators need these; keeps the command's start fast
+        from typing import cast
 
         if inspect.iscoroutinefunction(func):
 
@@ -426,7 +428,7 @@ class turn:
                 finally:
                     self._end(close=False)
 
-            return cast(F, run_async)
+            return cast("F", run_async)
 
         @functools.wraps(func)
         def run(*args: Any, **kwargs: Any) -> Any:
@@ -437,7 +439,7 @@ class turn:
             finally:
                 self._end(close=False)
 
-        return cast(F, run)
+        return cast("F", run)
 
 
 def _current_task() -> object:
@@ -467,6 +469,7 @@ async def acquire_async(
     that came just then is released), so no turn is ever left behind.
     """
     import asyncio  # imported here: it costs a command-line start tens of milliseconds
+    from typing import cast
 
     loop = asyncio.get_running_loop()
     owner = _current_task()

@@ -20,7 +20,6 @@ import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, suppress
-from typing import Any
 
 from ..errors import BackendError
 from ..names import safe_file_name
@@ -34,6 +33,10 @@ from ..records import (
     whole_number,
 )
 from .base import Backend, LineStore, Membership, Patience, View, check_scope
+
+TYPE_CHECKING = False  # ``typing.TYPE_CHECKING`` without importing ``typing``
+if TYPE_CHECKING:
+    from typing import Any
 
 TICKET = ".ticket"
 SHARED = ".shared"  # the ticket of a shared turn (a reader)

@@ -39,7 +39,6 @@ import sys
 import threading
 import time
 from contextlib import suppress
-from typing import TYPE_CHECKING
 
 from ..errors import BackendError
 from ..forks import forget_after_fork
@@ -47,6 +46,7 @@ from ..records import Ticket, escape_controls
 from .base import Channel, Connection, ListeningChannel, Peer
 from .folders import ticket_files
 
+TYPE_CHECKING = False  # ``typing.TYPE_CHECKING`` without importing ``typing``
 if TYPE_CHECKING:
     import socket
 

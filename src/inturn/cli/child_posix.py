@@ -32,12 +32,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from types import FrameType
-from typing import TYPE_CHECKING, Any
 
 from .signals import RunSignals
 
+TYPE_CHECKING = False  # ``typing.TYPE_CHECKING`` without importing ``typing``
 if TYPE_CHECKING:  # imported where used: the usual start (``spawn``) needs none of it
     import subprocess
+    from typing import Any
 
 assert sys.platform != "win32"  # the rest of this module is POSIX code
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import TextIO
 
 from ..line import Line
 from ..records import LineStatus, Progress, Ticket, escape_controls, shell_words
+
+TYPE_CHECKING = False  # ``typing.TYPE_CHECKING`` without importing ``typing``
+if TYPE_CHECKING:
+    from typing import TextIO
 
 SHOWN_AHEAD = 64  # records read for the status line: enough to count the readers holding
 ECHO_ROOM = 3  # columns left free at the end of the status line: the echoed ^C, and one more

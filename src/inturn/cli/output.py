@@ -8,9 +8,12 @@ import json
 import os
 import re
 import sys
-from typing import TextIO
 
 from ..errors import UsageError
+
+TYPE_CHECKING = False  # ``typing.TYPE_CHECKING`` without importing ``typing``
+if TYPE_CHECKING:
+    from typing import TextIO
 
 
 def say(message: str) -> None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from ..durations import parse_duration
 from ..errors import UsageError
 from ..line import Line
 from .exits import EXIT_CONFLICT
+
+TYPE_CHECKING = False  # ``typing.TYPE_CHECKING`` without importing ``typing``
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_GRACE_SECONDS = 1.0
 MIN_INTERVAL_SECONDS = 0.1  # inturn top: a shorter timer would only keep a core busy

@@ -15,9 +15,12 @@ import signal
 import sys
 from contextlib import suppress
 from types import FrameType
-from typing import Any
 
 from ..backends.base import CancelToken
+
+TYPE_CHECKING = False  # ``typing.TYPE_CHECKING`` without importing ``typing``
+if TYPE_CHECKING:
+    from typing import Any
 
 FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGBREAK")
 
