@@ -252,3 +252,32 @@ def test_any_name_takes_turns_and_reads_back(tmp_path_factory, name):
     with line.acquire() as held:
         assert [t.number for t in line.status().holders] == [held.ticket]
     assert inturn.backends.posix.PosixBackend(directory=str(folder)).names() == [name]
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {},
+        {"USERNAME": "u4"},
+        {"LNAME": "u3", "USERNAME": "u4"},
+        {"USER": "u2", "LNAME": "u3"},
+        {"LOGNAME": "u1", "USER": "u2"},
+        {"LOGNAME": "", "USER": "u2"},
+    ],
+    ids=["none", "USERNAME", "LNAME", "USER", "LOGNAME", "empty LOGNAME"],
+)
+def test_a_ticket_names_its_user_as_getpass_would(variables):
+    """The user recorded in a ticket is found without importing ``getpass`` (its import costs
+    every start), the same way: the first of its variables set, else the password database."""
+    probe = "import getpass, inturn.records as r; print(r.this_user(), getpass.getuser())"
+    env = {k: v for k, v in child_env().items() if k not in ("LOGNAME", "USER", "LNAME")}
+    env.pop("USERNAME", None)
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env={**env, **variables},
+        timeout=60,
+    )
+    ours, theirs = result.stdout.split()
+    assert ours == theirs and result.stderr == "", result
