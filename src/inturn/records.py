@@ -254,16 +254,17 @@ def this_user() -> str:
     ``getpass``: its import (``termios``) cost every start of ``inturn run`` 0.5 ms."""
     global _USER
     if _USER is None:
-        _USER = next((os.environ[v] for v in _USER_VARIABLES if os.environ.get(v)), None)
-    if _USER is None:
-        _USER = "?"  # no passwd entry, no variable: still usable
-        if sys.platform != "win32":
-            import pwd
+        found = next((os.environ[v] for v in _USER_VARIABLES if os.environ.get(v)), None)
+        if found is None:
+            found = "?"  # no variable and no password database: still usable
+            if sys.platform != "win32":
+                import pwd
 
-            try:
-                _USER = pwd.getpwuid(os.getuid()).pw_name
-            except KeyError:
-                _USER = str(os.getuid())
+                try:
+                    found = pwd.getpwuid(os.getuid()).pw_name
+                except KeyError:  # no entry for this uid
+                    found = str(os.getuid())
+        _USER = found  # set once, whole: other threads may be asking
     return _USER
 
 
