@@ -50,28 +50,25 @@ end
 return 1
 """
 
+# Records a turn as held, if the ticket is still in line and its lease alive. KEYS: tickets,
+# ticket, lease, then any "gone" streams of tickets waited on, each of which must end with
+# "left" (a clean release); ARGV: ticket id, the time, and optionally an offset in seconds:
+# then the time is the server's, moved onto the caller's clock by that offset. A waiter sends
+# it with streams and an offset right behind its XREAD on the same connection, so that the
+# server runs it as the read ends; ``mark_acquired`` sends it with neither.
 MARK = """
-if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[2], 'acquired_at', ARGV[2])
-return 1
-"""
-
-# Sent right behind a waiter's XREAD on the same connection, so that the server runs it as
-# the read ends: the turn is recorded held if every watched ticket left cleanly (its "gone"
-# stream ends with "left"). The time is the server's, moved onto the waiter's clock by the
-# offset the waiter measured when it joined. KEYS: tickets, ticket, lease, the watched gone
-# streams; ARGV: ticket id, offset in seconds.
-MARK_ON_WAKE = """
 if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 for index = 4, #KEYS do
   local last = redis.call('XREVRANGE', KEYS[index], '+', '-', 'COUNT', 1)
   if #last == 0 or last[1][2][1] ~= 'left' then return 0 end
 end
-local now = redis.call('TIME')
-local when = tonumber(now[1]) + tonumber(now[2]) / 1000000 + tonumber(ARGV[2])
-redis.call('HSET', KEYS[2], 'acquired_at', string.format('%.6f', when))
+local when = ARGV[2]
+if ARGV[3] then
+  local now = redis.call('TIME')
+  when = string.format('%.6f', tonumber(now[1]) + tonumber(now[2]) / 1000000 + tonumber(ARGV[3]))
+end
+redis.call('HSET', KEYS[2], 'acquired_at', when)
 return 1
 """
 

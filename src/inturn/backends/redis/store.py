@@ -554,7 +554,7 @@ class RedisStore(LineStore):
         left cleanly (sent whole rather than by hash: it needs no loading beforehand)."""
         keys = [self.tickets_key, self._ticket_key(me.ticket_id), me.lease_key, *streams]
         offset = repr(me.clock_offset)
-        return ("EVAL", scripts.MARK_ON_WAKE, len(keys), *keys, me.ticket_id, offset)
+        return ("EVAL", scripts.MARK, len(keys), *keys, me.ticket_id, "", offset)
 
     def _check_kicks(self, me: RedisMembership, kick: str, reply: Any) -> None:
         """Raise ``Replaced`` if our kick stream names a later ticket that is alive."""
