@@ -170,6 +170,34 @@ def test_a_command_that_cannot_run_exits_as_shells_do_before_joining(
     assert not lines_dir.exists() or run_cli("status", "--names").stdout == ""
 
 
+@pytest.mark.parametrize(
+    ("address", "client", "extra"),
+    [
+        ("postgresql://127.0.0.1:1/x", "psycopg", "inturn[postgres]"),
+        ("redis://127.0.0.1:1/0", "redis", "inturn[redis]"),
+    ],
+)
+@pytest.mark.parametrize("args", [["run", "x", "--", "true"], ["status", "x"]])
+def test_a_server_backend_without_its_client_says_which_extra_to_install(
+    lines_dir, address, client, extra, args
+):
+    """Where the server's client is not installed (here blocked from importing), one line
+    names the extra that brings it, before anything is opened; the API raises it too."""
+    argv = [args[0], "--backend", address, *args[1:]]
+    probe = (
+        f"import sys; sys.modules[{client!r}] = None; import inturn; from inturn.cli import main\n"
+        f"try:\n    inturn.Line('x', backend={address!r})\n"
+        "except inturn.UsageError as exc:\n    print(exc, file=sys.stderr)\n"
+        f"sys.exit(main({argv!r}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=child_env(), timeout=60
+    )
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2, result
+    assert len(lines) == 2 and all(f"pip install '{extra}'" in line for line in lines), lines
+
+
 def test_run_imports_only_what_it_needs(lines_dir):
     """Start-up: a plain ``inturn run`` on the local backend starts its command without
     ``subprocess`` (it uses ``posix_spawn``), ``shutil`` (PATH is searched with ``os``, and

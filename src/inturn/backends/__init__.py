@@ -29,28 +29,19 @@ def open_backend(
         return backend
     address = backend if backend is not None else os.environ.get("INTURN_BACKEND", "")
     address = address.strip()
-    if address in ("", "local"):
+    kind = _kind(address)
+    if kind == "local":
         return _local(scope, directory, create)
-    scheme = address.split(":", 1)[0].lower()
-    if scheme in ("postgresql", "postgres"):
-        try:
+    try:
+        if kind == "postgres":
             from .postgres import PostgresBackend
-        except ImportError as exc:
-            raise UsageError(
-                f"the PostgreSQL backend needs psycopg 3 ({exc}): pip install 'inturn[postgres]'"
-            ) from None
-        return PostgresBackend(address, scope=scope)
-    if scheme in ("redis", "rediss"):
-        try:
+        else:
             from .redis import RedisBackend
-        except ImportError as exc:
-            raise UsageError(
-                f"the Redis backend is not available ({exc}): pip install 'inturn[redis]'"
-            ) from None
-        return RedisBackend(address, scope=scope)
-    raise UsageError(
-        f"unknown backend {scheme!r}: use 'local', a postgresql:// URL or a redis:// URL"
-    )
+    except ImportError as exc:
+        raise _client_missing(kind, exc) from None
+    if kind == "postgres":
+        return PostgresBackend(address, scope=scope)
+    return RedisBackend(address, scope=scope)
 
 
 def check_backend(backend: str | Backend | None) -> None:
@@ -61,29 +52,40 @@ def check_backend(backend: str | Backend | None) -> None:
     if not isinstance(backend, str):
         raise UsageError(f"backend must be a URL or 'local', not {backend!r}")
     address = backend.strip()
+    kind = _kind(address)
+    try:
+        if kind == "postgres":
+            from .postgres.address import parse
+
+            parse(address)
+        elif kind == "redis":
+            from .redis.address import parse_address
+
+            parse_address(address)
+    except ImportError as exc:
+        raise _client_missing(kind, exc) from None
+
+
+def _kind(address: str) -> str:
+    """``local``, ``postgres`` or ``redis``, from a stripped address; anything else refused."""
     if address in ("", "local"):
-        return
+        return "local"
     scheme = address.split(":", 1)[0].lower()
     if scheme in ("postgresql", "postgres"):
-        try:
-            from .postgres.address import parse
-        except ImportError as exc:
-            raise UsageError(
-                f"the PostgreSQL backend needs psycopg 3 ({exc}): pip install 'inturn[postgres]'"
-            ) from None
-        parse(address)
-    elif scheme in ("redis", "rediss"):
-        try:
-            from .redis.address import parse_address
-        except ImportError as exc:
-            raise UsageError(
-                f"the Redis backend is not available ({exc}): pip install 'inturn[redis]'"
-            ) from None
-        parse_address(address)
-    else:
-        raise UsageError(
-            f"unknown backend {scheme!r}: use 'local', a postgresql:// URL or a redis:// URL"
+        return "postgres"
+    if scheme in ("redis", "rediss"):
+        return "redis"
+    raise UsageError(
+        f"unknown backend {scheme!r}: use 'local', a postgresql:// URL or a redis:// URL"
+    )
+
+
+def _client_missing(kind: str, exc: ImportError) -> UsageError:
+    if kind == "postgres":
+        return UsageError(
+            f"the PostgreSQL backend needs psycopg 3 ({exc}): pip install 'inturn[postgres]'"
         )
+    return UsageError(f"the Redis backend is not available ({exc}): pip install 'inturn[redis]'")
 
 
 def _local(scope: str, directory: str | None, create: bool) -> Backend:

@@ -837,14 +837,7 @@ class PosixStore(UnixChannels, FolderStore):
         raise BackendError(f"{self.shown} keeps being removed while joining: try again")
 
     def _reopen(self) -> None:
-        with self._guard_lock:
-            kept, self._kept_guard = self._kept_guard, None
-            if kept is not None and kept[0] == forks.pid():
-                os.close(kept[1])
-        with self._open_lock:
-            if self._dir_fd is not None:
-                os.close(self._dir_fd)
-                self._dir_fd = None
+        self.close()  # the next use opens the folder and its guard again
 
     def _join_here(self, me: Ticket, patience: Patience) -> tuple[PosixMembership, View] | None:
         """Join, or None if the folder went away (``inturn forget``) before we had its guard."""
