@@ -275,10 +275,37 @@ def read_log(path: Path) -> list[list[str]]:
     return [row.split() for row in path.read_text().splitlines()]
 
 
+# For the scripts that tests run as commands and signal. Python runs a signal's handler
+# between two of its instructions, so a signal that comes just before a blocking read (or
+# ``signal.pause()``) would wait for that call to end. Here every signal that has a handler
+# also writes to a pipe (``set_wakeup_fd``) and the script waits on that pipe as well: a
+# signal that came just before the wait ends it at once.
+SIGNAL_SAFE_WAITS = textwrap.dedent(
+    """
+    import os as _os, select as _select, signal as _signal
+
+    def wake_on_signals():
+        woken, wake = _os.pipe()
+        _os.set_blocking(wake, False)
+        _signal.set_wakeup_fd(wake)
+        return woken
+
+    def wait_for_input(woken, fd=0):
+        \"\"\"Until ``fd`` can be read; each signal's handler runs as it comes.\"\"\"
+        while fd not in _select.select([fd, woken], [], [])[0]:
+            _os.read(woken, 512)
+
+    def wait_for_signals(woken):
+        \"\"\"Forever; each signal's handler runs as it comes.\"\"\"
+        while True:
+            _os.read(woken, 512)
+    """
+)
+
 # The command ``inturn run`` runs in tests: it reports what it sees, then holds until a line
 # on its stdin gives its exit code (or stdin closes); SIGTERM and SIGHUP make it say so and
 # exit 7.
-REPORTER = textwrap.dedent(
+REPORTER = SIGNAL_SAFE_WAITS + textwrap.dedent(
     """
     import os, signal, sys
     def on_signal(signum, frame):
@@ -286,9 +313,11 @@ REPORTER = textwrap.dedent(
         sys.exit(7)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
+    woken = wake_on_signals()
     env = os.environ
     print("running", os.getpid(), os.getppid(), env["INTURN_NAME"], env["INTURN_TICKET"],
           env["INTURN_ABANDONED"], flush=True)
+    wait_for_input(woken)
     line = sys.stdin.readline()
     sys.exit(int(line) if line.strip() else 0)
     """

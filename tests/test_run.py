@@ -29,6 +29,7 @@ import inturn
 
 from conftest import (
     REPORT_TIMEOUT,
+    SIGNAL_SAFE_WAITS,
     Run,
     Worker,
     child_env,
@@ -142,7 +143,7 @@ def test_sigterm_just_after_the_command_ends_waits_for_the_release(lines_dir):
             assert not after.abandoned
 
 
-FAMILY = """
+FAMILY = SIGNAL_SAFE_WAITS + textwrap.dedent("""
     import os, signal, sys
     NAMES = ("SIGTERM", "SIGHUP", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM")
     def say(*words):  # one write per line: two processes share the pipe
@@ -152,16 +153,17 @@ FAMILY = """
     for name in NAMES:
         signal.signal(getattr(signal, name), report)
     child = os.fork()
+    woken = wake_on_signals()  # after the fork: a pipe of each process's own
     if child == 0:
         say("child", os.getpid(), os.getpgrp())
-        while True:
-            signal.pause()
+        wait_for_signals(woken)
     say("command", os.getpid(), os.getpgrp(), os.getppid())
+    wait_for_input(woken)
     line = sys.stdin.readline()
     os.kill(child, signal.SIGKILL)
     os.waitpid(child, 0)
     sys.exit(int(line))
-"""
+""")
 
 
 def test_signals_sent_to_inturn_reach_the_commands_whole_process_group(lines_dir, tmp_path):
@@ -341,7 +343,7 @@ def inturn_line(name: str, *command: str) -> str:
 
 # Reports whether it has the terminal, counts SIGINTs, reads a line from the terminal, then
 # exits 40 + the number of SIGINTs it got.
-INTERACTIVE = """
+INTERACTIVE = SIGNAL_SAFE_WAITS + textwrap.dedent("""
     import os, signal, sys
     count = 0
     def interrupted(signum, frame):
@@ -349,12 +351,14 @@ INTERACTIVE = """
         count += 1
         print("interrupted", count, flush=True)
     signal.signal(signal.SIGINT, interrupted)
+    woken = wake_on_signals()
     where = "foreground" if os.tcgetpgrp(0) == os.getpgrp() else "background"
     print("ready", os.getpid(), os.getppid(), os.getpgrp(), where, flush=True)
+    wait_for_input(woken)
     line = sys.stdin.readline().strip()
     print("read", line, count, flush=True)
     sys.exit(40 + count)
-"""
+""")
 
 
 def _ready(shown: bytes) -> list[str]:
@@ -396,15 +400,15 @@ def test_a_command_that_sets_the_terminal_at_once_is_never_left_stopped(lines_di
 
 # For a pipeline: reports where it stands and when it is continued; exits 41 at the first
 # SIGINT.
-PIPED = """
+PIPED = SIGNAL_SAFE_WAITS + textwrap.dedent("""
     import os, signal, sys
     signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(41))
     signal.signal(signal.SIGCONT, lambda signum, frame: print("continued", flush=True))
+    woken = wake_on_signals()
     where = "foreground" if os.tcgetpgrp(2) == os.getpgrp() else "background"
     print("ready", os.getpid(), os.getppid(), os.getpgrp(), where, flush=True)
-    while True:
-        signal.pause()
-"""
+    wait_for_signals(woken)
+""")
 
 
 def test_in_a_pipeline_the_pager_keeps_the_terminal_and_inturn_passes_keys_on(
