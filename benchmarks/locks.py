@@ -27,6 +27,7 @@ import fcntl
 import importlib.util
 import inspect
 import os
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -58,6 +59,14 @@ LABELS[FLOOR] = "ticket floor (reference)"
 HOW[FLOOR] = (
     "not a lock library: the fewest steps of a file-per-ticket hand-off that tells a clean "
     "release from a death and records who holds (see `TicketFloor` in `locks.py`)"
+)
+
+RANGE_FLOOR = "range-floor"
+FLOORS = (FLOOR, RANGE_FLOOR)
+LABELS[RANGE_FLOOR] = "byte-range floor (reference)"
+HOW[RANGE_FLOOR] = (
+    "not a lock library: the same steps with one file per line and a byte range per ticket "
+    "(see `RangeFloor` in `locks.py`)"
 )
 
 OnQueued = Callable[[], None]
@@ -129,30 +138,41 @@ class Library(Contender):
 
 class TicketFloor(Contender):
     """The fewest steps of a hand-off in a design with a file per ticket that keeps
-    inturn's promises, in plain Python with no queue around them: the holder removes its
-    ticket before closing it (so that the next can tell a clean release from a death), the
-    waiter sleeps in ``flock(LOCK_SH)`` on the ticket ahead, reads ``st_nlink`` (0: released)
-    and writes that it holds the turn before returning (so that its death is reported as
-    an abandoned turn, and a waiter's death is not). Enough for two processes taking turns,
-    as the hand-off measure runs them; nothing else uses it."""
+    inturn's promises, in plain Python with no queue around them: under a guard lock the
+    joiner takes the next number from a counter, lists the folder and creates and locks its
+    ticket; the holder removes its ticket before closing it (so that the next can tell a
+    clean release from a death); the waiter sleeps in ``flock(LOCK_SH)`` on the ticket ahead,
+    reads ``st_nlink`` (0: released) and writes that it holds the turn before returning (so
+    that its death is reported as an abandoned turn, and a waiter's death is not); a joiner
+    with nobody ahead writes that it holds in its first record. Enough for one process alone
+    or two taking turns, as the benchmarks run it; nothing else uses it."""
 
     def __init__(self, folder: str) -> None:
         self.folder = os.path.join(folder, "floor")
         os.makedirs(self.folder, exist_ok=True)
-        self.count = 0
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        self.guard = os.open(os.path.join(self.folder, ".line"), flags, 0o644)
         self.name = ""
         self.fd = -1
         self.ahead = -1
 
     def acquire(self, on_queued: OnQueued | None = None) -> bool | None:
-        self.count += 1
-        self.name = f"{os.getpid()}.{self.count}"
-        others = os.listdir(self.folder)
+        guard = self.guard
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        number = int(os.pread(guard, 20, 0) or b"0") + 1
+        os.pwrite(guard, b"%020d" % number, 0)
+        others = [name for name in os.listdir(self.folder) if name != ".line"]
+        self.name = f"{number:020d}"
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         self.fd = os.open(os.path.join(self.folder, self.name), flags, 0o644)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
+        if not others:  # nobody ahead: it holds the turn from its first record
+            os.write(self.fd, b'{"pid": %d, "acquired_at": 1}\n' % os.getpid())
+            fcntl.flock(guard, fcntl.LOCK_UN)
+            return False
         os.write(self.fd, b'{"pid": %d}\n' % os.getpid())
-        for other in others:
+        fcntl.flock(guard, fcntl.LOCK_UN)
+        for other in sorted(others, reverse=True):  # the nearest ahead first
             try:
                 ahead = os.open(os.path.join(self.folder, other), os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
@@ -162,6 +182,7 @@ class TicketFloor(Contender):
             os.write(self.fd, b'{"acquired_at": 1}\n')
             self.ahead = ahead  # closed when we leave: closing now waits for its owner's close
             return not released
+        os.write(self.fd, b'{"acquired_at": 1}\n')
         return False
 
     def release(self) -> None:
@@ -172,6 +193,60 @@ class TicketFloor(Contender):
             self.ahead = -1
 
 
+class RangeFloor(Contender):
+    """The same steps in the other layout the issue allows: one file per line, a byte range
+    of it per ticket, locked with open-file-description locks (``F_OFD_SETLK``), so that no
+    file is created or removed per turn. Under a guard range the joiner takes the next
+    number from a counter in the file and write-locks its ticket's range through a new
+    description of the file; it waits by read-locking the range of the ticket ahead through
+    its process's own description, and a holder's state byte, written before its range is
+    freed, tells a clean release (``R``) from a death. The ticket ahead being free and
+    released means nobody is ahead, so an uncontended cycle lists nothing. Records sit in a
+    ring of fixed slots. A reference like ``TicketFloor``, for two processes taking turns."""
+
+    GUARD, COUNTER, RECORDS, SLOT, SLOTS, LOCKS = 0, 8, 4096, 64, 1024, 1 << 40
+
+    def __init__(self, folder: str) -> None:
+        self.path = os.path.join(folder, "range-floor.lock")
+        self.line = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.ticket = -1
+        self.number = 0
+
+    def _lock(self, fd: int, kind: int, start: int, wait: bool = False) -> None:
+        how = fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK
+        fcntl.fcntl(fd, how, struct.pack("hhqqi4x", kind, os.SEEK_SET, start, 1, 0))
+
+    def _slot(self, number: int) -> int:
+        return self.RECORDS + (number % self.SLOTS) * self.SLOT
+
+    def acquire(self, on_queued: OnQueued | None = None) -> bool | None:
+        line = self.line
+        self._lock(line, fcntl.F_WRLCK, self.GUARD, wait=True)
+        number = int.from_bytes(os.pread(line, 8, self.COUNTER), "little") + 1
+        os.pwrite(line, number.to_bytes(8, "little"), self.COUNTER)
+        self.ticket = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        self._lock(self.ticket, fcntl.F_WRLCK, self.LOCKS + number)
+        self.number = number
+        record = b'W{"pid": %d}\n' % os.getpid()
+        try:
+            self._lock(line, fcntl.F_RDLCK, self.LOCKS + number - 1)  # free: it has gone
+            free = True
+        except BlockingIOError:
+            free = False
+            os.pwrite(self.ticket, record, self._slot(number))
+        self._lock(line, fcntl.F_UNLCK, self.GUARD)
+        if not free:
+            self._lock(line, fcntl.F_RDLCK, self.LOCKS + number - 1, wait=True)
+        released = os.pread(line, 1, self._slot(number - 1)) in (b"R", b"\0", b"")
+        os.pwrite(self.ticket, b"H" + record[1:], self._slot(number))
+        return not released
+
+    def release(self) -> None:
+        os.pwrite(self.ticket, b"R", self._slot(self.number))
+        os.close(self.ticket)  # frees its range
+        self._lock(self.line, fcntl.F_UNLCK, self.LOCKS + self.number - 1)
+
+
 def open_contender(kind: str, folder: str) -> Contender:
     """The contender ``kind`` (one of ``KINDS``), with its lock files in ``folder``."""
     if kind == "flock":
@@ -180,6 +255,8 @@ def open_contender(kind: str, folder: str) -> Contender:
         return Inturn(folder)
     if kind == FLOOR:
         return TicketFloor(folder)
+    if kind == RANGE_FLOOR:
+        return RangeFloor(folder)
     path = os.path.join(folder, f"{kind}.lock")
     if kind == "filelock":
         import filelock
