@@ -82,3 +82,18 @@ def test_the_public_records_are_made_this_way_and_keep_their_fields():
     ticket = inturn.Ticket(4, pid=10, command=("make",))
     assert ticket.holding is False and ticket.describe() == "pid 10 (make)"
     assert pickle.loads(pickle.dumps(ticket)) == ticket
+
+
+def test_the_public_records_types_can_be_read_at_run_time():
+    """``typing.get_type_hints`` (what pydantic and other readers of types call) resolves
+    every field, ``Message.data`` to ``typing.Any`` itself."""
+    hints = {
+        cls: typing.get_type_hints(cls)
+        for cls in (inturn.Ticket, inturn.LineStatus, inturn.Message, inturn.Progress)
+    }
+    assert hints[inturn.Message]["data"] is typing.Any
+    assert hints[inturn.Ticket]["command"] == tuple[str, ...]
+    assert hints[inturn.LineStatus]["holders"] == tuple[inturn.Ticket, ...]
+    assert hints[inturn.Progress]["ahead"] == tuple[int, ...]
+    for cls, found in hints.items():
+        assert list(found) == list(cls._fields), cls

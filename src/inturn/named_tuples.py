@@ -42,3 +42,14 @@ class _Maker(type):
 
 class NamedTuple(metaclass=_Maker):
     """Base of a record class: its annotated fields become a ``collections.namedtuple``."""
+
+
+class TypingWhenAsked:
+    """Stands for the module ``typing`` in the records' annotations (``data: typing.Any``), so
+    that ``typing.get_type_hints`` can evaluate them: it asks for ``typing.Any`` only then,
+    when ``typing`` has been imported by whoever asks."""
+
+    def __getattr__(self, name: str) -> Any:
+        import typing
+
+        return getattr(typing, name)
