@@ -202,7 +202,8 @@ class RangeFloor(Contender):
     its process's own description, and a holder's state byte, written before its range is
     freed, tells a clean release (``R``) from a death. The ticket ahead being free and
     released means nobody is ahead, so an uncontended cycle lists nothing. Records sit in a
-    ring of fixed slots. A reference like ``TicketFloor``, for two processes taking turns."""
+    ring of fixed slots. A reference like ``TicketFloor``, for one process alone or two taking
+    turns; Linux only (open-file-description locks)."""
 
     GUARD, COUNTER, RECORDS, SLOT, SLOTS, LOCKS = 0, 8, 4096, 64, 1024, 1 << 40
 
