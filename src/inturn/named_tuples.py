@@ -45,7 +45,7 @@ class NamedTuple(metaclass=_Maker):
 
 
 class TypingWhenAsked:
-    """Stands for the module ``typing`` in the records' annotations (``data: typing.Any``), so
+    """Stands for the module ``typing`` in the records' annotations (``data: _typing.Any``), so
     that ``typing.get_type_hints`` can evaluate them: it asks for ``typing.Any`` only then,
     when ``typing`` has been imported by whoever asks."""
 

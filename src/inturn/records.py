@@ -18,12 +18,12 @@ from . import forks
 
 TYPE_CHECKING = False  # ``typing.TYPE_CHECKING`` without importing ``typing``
 if TYPE_CHECKING:
-    import typing
+    import typing as _typing
     from typing import NamedTuple
 else:
     from .named_tuples import NamedTuple, TypingWhenAsked
 
-    typing = TypingWhenAsked()  # for typing.get_type_hints() on the records
+    _typing = TypingWhenAsked()  # for typing.get_type_hints() on the records
 
 # Bounds on what a ticket records, so that every record fits in what readers read.
 MAX_COMMAND_CHARS = 256 * 1024  # more than any one argument Linux passes (128 KiB)
@@ -65,7 +65,7 @@ class Ticket(NamedTuple):
             cmd = cmd[:57] + "..."
         return escape_controls(f"{who} ({cmd})" if cmd else who)
 
-    def to_json(self, now: float | None = None) -> dict[str, typing.Any]:
+    def to_json(self, now: float | None = None) -> dict[str, _typing.Any]:
         now = time.time() if now is None else now
         waited_until = self.acquired_at if self.acquired_at is not None else now
         return {
@@ -84,7 +84,7 @@ class Ticket(NamedTuple):
             "held_seconds": _span(self.acquired_at, now),
         }
 
-    def header(self) -> dict[str, typing.Any]:
+    def header(self) -> dict[str, _typing.Any]:
         """The fields written when the ticket is taken (acquired_at comes later), cut to
         bounds so that a record always fits in what readers read."""
         return {
@@ -102,7 +102,7 @@ class Ticket(NamedTuple):
 
     @classmethod
     def from_header(
-        cls, number: int, header: dict[str, typing.Any], acquired_at: float | None
+        cls, number: int, header: dict[str, _typing.Any], acquired_at: float | None
     ) -> Ticket:
         """Build from stored fields, tolerating missing or mistyped ones."""
 
@@ -211,7 +211,7 @@ class Message(NamedTuple):
 
     argv: tuple[str, ...]
     cwd: str
-    data: typing.Any
+    data: _typing.Any
     pid: int | None
     user: str
 
@@ -225,7 +225,7 @@ class LineStatus(NamedTuple):
     scope: str = "user"
     where: str = ""
 
-    def to_json(self, now: float | None = None) -> dict[str, typing.Any]:
+    def to_json(self, now: float | None = None) -> dict[str, _typing.Any]:
         now = time.time() if now is None else now
         return {
             "name": self.name,
