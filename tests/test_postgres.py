@@ -120,7 +120,7 @@ def test_a_holder_whose_session_is_terminated_loses_the_turn(pg_url, pg_server, 
         assert len(rows) == 1
         assert sql(pg_server, "SELECT pg_terminate_backend(%s)", rows[0][0]) == [(True,)]
         # The holder's watchdog notices, stops the command, and inturn exits 76 ...
-        assert holder.next_line() == ["signal", str(signal.SIGTERM)]
+        assert holder.next_line() == ["signal", str(int(signal.SIGTERM))]
         assert holder.wait(60) == 76
         assert "lost the turn" in holder.errors()
         # ... and the next holder is told the turn was abandoned.
@@ -144,7 +144,7 @@ def test_a_holder_cut_off_from_the_server_stops_its_command_and_exits_76(
     try:
         ticket = holder.running().ticket
         proxy.blackhole()  # packets still acknowledged, nothing reaches the server any more
-        assert holder.next_line() == ["signal", str(signal.SIGTERM)]
+        assert holder.next_line() == ["signal", str(int(signal.SIGTERM))]
         assert holder.wait(60) == 76
         assert "lost the turn in line 'cut'" in holder.errors()
     finally:
@@ -242,7 +242,7 @@ def test_a_server_restart_while_waiters_wait(private_cluster, workers, tmp_path)
             w.expect("waiting")
         private_cluster.restart()
         # The holder's session is gone: it stops its command and exits 76.
-        assert holder.next_line() == ["signal", str(signal.SIGTERM)]
+        assert holder.next_line() == ["signal", str(int(signal.SIGTERM))]
         assert holder.wait(60) == 76
     finally:
         holder.kill()

@@ -187,7 +187,7 @@ def test_signals_sent_to_inturn_reach_the_commands_whole_process_group(lines_dir
         assert group == command != os.getpgid(proc.pid)  # a group of its own
         assert parent == proc.pid and int(seen["child"][1]) == group
         for name in ("SIGTERM", "SIGHUP", "SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM"):
-            signum = getattr(signal, name)
+            signum = int(getattr(signal, name))  # "15", not "Signals.SIGTERM" (Python 3.10)
             proc.send_signal(signum)
             got = {tuple(output.get(timeout=REPORT_TIMEOUT).split()) for _ in range(2)}
             assert got == {("got", str(signum), str(command)), ("got", str(signum), str(child))}
