@@ -94,6 +94,11 @@ class Win:
         assert code == 0, (code, out, err)
 
 
+def exited(result: tuple[int, str, str], code: int) -> None:
+    """That a finished process exited with ``code``; if not, the failure shows what it said."""
+    assert result[0] == code, result
+
+
 def hexname(name: str) -> str:
     return name.encode("utf-8", "surrogatepass").hex()
 
@@ -156,7 +161,7 @@ def test_a_holder_that_dies_hands_over_an_abandoned_turn(win: Win) -> None:
 
     after = win.worker("crash")  # a clean release is not reported as abandoned
     assert after.expect("acquired")[2:] == ["0", "-"]
-    assert after.finish()[0] == 0
+    exited(after.finish(), 0)
 
 
 def test_a_waiter_that_dies_loses_its_place(win: Win) -> None:
@@ -186,7 +191,7 @@ def test_timeouts_and_busy_leave_the_line(win: Win) -> None:
     refused.expect("busy")
     code, _, err = cli_busy.finish()
     assert code == 75 and f"held by pid {holder_pid}" in err, (code, err)
-    assert cli_code.finish()[0] == 9
+    exited(cli_code.finish(), 9)
     code, _, err = cli_timeout.finish()
     assert code == 75 and "gave up" in err, (code, err)
     assert (timed.wait(), refused.wait()) == (75, 75)
@@ -194,7 +199,7 @@ def test_timeouts_and_busy_leave_the_line(win: Win) -> None:
     assert pids(status["holders"]) == [holder_pid] and status["waiters"] == []
     holder.send("release")
     holder.expect("released")
-    assert win.run("-m", "inturn", "run", "--no-wait", "busy", "--", py, "-c", "pass")[0] == 0
+    exited(win.run("-m", "inturn", "run", "--no-wait", "busy", "--", py, "-c", "pass"), 0)
 
 
 def test_slots_let_n_hold_at_once(win: Win) -> None:
@@ -256,7 +261,7 @@ def test_ctrl_c_interrupts_a_wait(win: Win) -> None:
     os.kill(cli.unix_pid, signal.SIGINT)
     waiter.expect("interrupted")
     assert waiter.wait() == 130
-    assert cli.finish()[0] == 130
+    exited(cli.finish(), 130)
     assert pids(win.status("ctrlc")["waiters"]) == [behind.pid]
     holder.send("release")
     assert behind.expect("acquired", skip=("waiting",))[2] == "0"
@@ -277,7 +282,7 @@ def test_run_passes_the_exit_code_and_environment(win: Win) -> None:
     status = win.status("env")
     assert status["holders"][0]["command"][-2:] == ["-c", script]
     run.send("7")
-    assert run.finish()[0] == 7
+    exited(run.finish(), 7)
     assert win.status("env")["holders"] == []
 
 
@@ -292,7 +297,7 @@ def test_run_survives_ctrl_c_and_waits_for_its_command(win: Win) -> None:
     assert win.worker("keep", "--no-wait").expect("busy")  # still holding for its command
     run.send("5")
     run.expect("finishing")
-    assert run.finish()[0] == 5
+    exited(run.finish(), 5)
 
 
 def test_a_dead_inturn_takes_its_command_along(win: Win) -> None:
@@ -347,11 +352,11 @@ def test_what_the_command_leaves_running_holds_the_turn_unless_close(win: Win, c
         # Wine the leftover also inherits inturn's stderr, so that pipe stays open meanwhile.)
         assert run.wait() == 4
         assert win.worker(line, "--no-wait").expect("acquired")
-        assert win.run("-c", SET_EVENT, release)[0] == 0  # it was still there
+        exited(win.run("-c", SET_EVENT, release), 0)  # it was still there
     else:
         assert win.worker(line, "--no-wait").expect("busy")  # the leftover holds the turn
-        assert win.run("-c", SET_EVENT, release)[0] == 0
-        assert run.finish()[0] == 4  # the command's own code, once the leftover ended
+        exited(win.run("-c", SET_EVENT, release), 0)
+        exited(run.finish(), 4)  # the command's own code, once the leftover ended
 
 
 def test_status_json_lists_holders_then_waiters(win: Win) -> None:
@@ -523,7 +528,7 @@ def burst(win: Win, name: str, *options: str) -> list[WinProcess]:
     for process in started:
         process.pid = int(process.expect("started")[1])
         process.expect("gated")
-    assert win.run("-c", SET_EVENT, gate)[0] == 0
+    exited(win.run("-c", SET_EVENT, gate), 0)
     return started
 
 
@@ -612,7 +617,7 @@ def test_other_slots_are_refused_and_wait_is_a_barrier(win: Win) -> None:
         reader.send("release")
     code, out, _ = writer.finish()
     assert (code, out) == (0, "wrote")
-    assert cli_wait.finish()[0] == 0
+    exited(cli_wait.finish(), 0)
     py_wait.expect("waited")
     assert py_wait.wait() == 0
     assert win.status("gate")["holders"] == []
