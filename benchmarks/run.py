@@ -310,6 +310,25 @@ def measure_kills(
                 holder.close()
 
 
+def modules_imported(argv: list[str], env: dict[str, str]) -> list[str]:
+    """The modules a Python command imports, each after those it imports.
+
+    ``argv`` is this interpreter and its arguments, or a script this interpreter runs.
+    """
+    arguments = argv[1:] if argv[0] == sys.executable else argv
+    traced = subprocess.run(
+        [sys.executable, "-X", "importtime", *arguments],
+        env=env,
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    ).stderr
+    lines = (line.split("|") for line in traced.splitlines() if line.startswith("import time:"))
+    return [fields[2].strip() for fields in lines if fields[0].split(":")[1].strip().isdigit()]
+
+
 def measure_cli(plan: Plan, folder: str, results: Results) -> None:
     """Whole-command wall time: ``inturn run NAME -- true`` against ``python -c pass``."""
     env = command_env()
@@ -327,6 +346,13 @@ def measure_cli(plan: Plan, folder: str, results: Results) -> None:
         python_label: [sys.executable, "-c", "pass"],
         inturn_label: [*inturn, "run", "bench-cli", "--", "true"],
     }
+    imported = modules_imported(commands[inturn_label], env)
+    wanted = [m for m in imported if m not in modules_imported(commands[python_label], env)]
+    standard = [m for m in wanted if m.partition(".")[0] != "inturn"]
+    commands[
+        f"`python -c 'import ...'`, the {len(standard)} standard-library modules "
+        "`inturn run` imports (for reference)"
+    ] = [sys.executable, "-c", "import " + ", ".join(standard)]
     flock = shutil.which("flock")
     if flock:
         commands["`flock FILE true` (util-linux, for reference)"] = [
@@ -654,12 +680,15 @@ def build_report(plan: Plan, results: Results) -> tuple[list[Section], list[Targ
                 ],
                 rows,
             ),
-            "Both commands run from compiled bytecode (a private `PYTHONPYCACHEPREFIX`), as "
+            "The Python commands run from compiled bytecode (a private `PYTHONPYCACHEPREFIX`), as "
             "an installed package does; `PYTHONDONTWRITEBYTECODE` would otherwise make Python "
             "compile every edited module again at each start. CPU is user + system time of "
             "the command and its children (`RUSAGE_CHILDREN`), which load on a shared machine "
-            "disturbs far less than wall time. Load average (1 min) right after these runs: "
-            f"{results.cli_load:.2f}.",
+            "disturbs far less than wall time. The standard-library row imports in one "
+            "`python -c` the modules of Python's own library that `inturn run` imports and "
+            "`python -c pass` does not (found with `-X importtime` in this run): the start "
+            "`inturn run` would have if its own modules and work cost nothing. Load average "
+            f"(1 min) right after these runs: {results.cli_load:.2f}.",
         )
     )
     extra = median(results.cli[inturn_label]) - bare
