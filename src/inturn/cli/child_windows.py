@@ -26,8 +26,9 @@ class _Job:
     """A job object that kills every process in it when its last handle closes.
 
     inturn holds the only handle, so if inturn dies (killed, crashed, console closed) the
-    system kills the command too: the command never runs outside its turn
-    (learn.microsoft.com: JOBOBJECT_BASIC_LIMIT_INFORMATION, JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE).
+    system kills the command too (learn.microsoft.com: JOBOBJECT_BASIC_LIMIT_INFORMATION,
+    JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE); only as the handle closes, which comes after the
+    turn's mutex is abandoned, so the next holder may start while the command is being ended.
     With ``close``, processes the command starts break away silently and may outlive the turn.
     """
 
