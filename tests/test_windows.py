@@ -314,6 +314,62 @@ def test_a_dead_inturn_takes_its_command_along(win: Win) -> None:
     assert run.output() == []
 
 
+# The command keeps a handle to its own job (named after its turn), so the system cannot end the
+# job when inturn's handles close: here only the next holder can. On Windows the system closes
+# a killed inturn's handles only after its mutexes are abandoned, so the next holder would
+# otherwise start beside a command still being ended.
+KEEPS_ITS_JOB = (
+    "import ctypes, os, time, inturn; k = ctypes.windll.kernel32; "
+    "k.OpenJobObjectW.restype = ctypes.c_void_p; "
+    "store = inturn.Line(os.environ['INTURN_NAME']).store; "
+    "job = k.OpenJobObjectW(0x0004, 0, store.job_name(int(os.environ['INTURN_TICKET']))); "
+    "print('running', os.getpid(), os.getppid(), int(bool(job)), flush=True); time.sleep(600)"
+)
+STILL_RUNS = (
+    "import ctypes, sys; k = ctypes.windll.kernel32; k.OpenProcess.restype = ctypes.c_void_p; "
+    "h = k.OpenProcess(0x00100000, 0, int(sys.argv[1])); "
+    "sys.exit(1 if h and k.WaitForSingleObject(ctypes.c_void_p(h), 0) == 0x102 else 0)"
+)
+
+
+def test_the_next_holder_ends_a_dead_inturns_command_before_it_returns(win: Win) -> None:
+    run = win.inturn("run", "job", "--", win.python, "-c", KEEPS_ITS_JOB)
+    _, command, inturn_pid, has_job = run.expect("running")
+    assert has_job == "1", "the command's job is named after its turn"
+    waiter = win.worker("job", "--hold")
+    waiter.expect("waiting")
+    win.terminate(inturn_pid)
+    _, _, abandoned, dead = waiter.expect("acquired", skip=("waiting",))
+    assert (abandoned, int(dead)) == ("1", int(inturn_pid))
+    # Asked after the turn came: the command cannot have ended later, as nothing else ends it.
+    exited(win.run("-c", STILL_RUNS, command), 0)
+    waiter.send("release")
+    waiter.expect("released")
+
+
+# Takes line argv[1]'s first turn, then holds job objects under the names of its next tickets;
+# once a line comes on stdin, says how many processes ever were in them.
+SQUATS_JOBS = (
+    "import ctypes, sys, inturn; k = ctypes.windll.kernel32; "
+    "k.CreateJobObjectW.restype = ctypes.c_void_p; line = inturn.Line(sys.argv[1]); "
+    "line.acquire().release(); "
+    "jobs = [k.CreateJobObjectW(None, line.store.job_name(n)) for n in range(2, 6)]; "
+    "print('squatting', int(all(jobs)), flush=True); sys.stdin.readline(); "
+    "counts = [(ctypes.c_uint32 * 12)() for _ in jobs]; q = k.QueryInformationJobObject; "
+    "[q(ctypes.c_void_p(j), 1, c, 48, None) for j, c in zip(jobs, counts)]; "
+    "print('processes', sum(c[9] for c in counts), flush=True)"  # TotalProcesses
+)
+
+
+def test_a_job_name_taken_already_is_not_shared(win: Win) -> None:
+    squatter = win.start("-c", SQUATS_JOBS, "squat")
+    assert squatter.expect("squatting")[1] == "1"
+    command = [win.python, "-c", "import sys; sys.exit(5)"]
+    exited(win.run("-m", "inturn", "run", "squat", "--", *command), 5)
+    squatter.send("count")
+    assert squatter.expect("processes")[1] == "0", "the command went in its own job"
+
+
 # The command starts a process that outlives it, then exits 4. The leftover waits on a named
 # event (``release``) until the test sets it; the command waits until the leftover is ready.
 LEFTOVER = (

@@ -69,6 +69,8 @@ TH32CS_SNAPTHREAD = 0x00000004
 JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE = 0x00002000
 JOB_OBJECT_LIMIT_SILENT_BREAKAWAY_OK = 0x00001000
 JOB_BASIC_PROCESS_ID_LIST = 3
+JOB_OBJECT_QUERY = 0x0004
+JOB_OBJECT_TERMINATE = 0x0008
 JOB_EXTENDED_LIMIT_INFORMATION = 9
 
 # --------------------------------------------------------------------------- bindings
@@ -116,6 +118,7 @@ OpenThread = _bind(kernel32, "OpenThread", _H, _DWORD, _BOOL, _DWORD)
 ResumeThread = _bind(kernel32, "ResumeThread", _DWORD, _H)
 CreateToolhelp32Snapshot = _bind(kernel32, "CreateToolhelp32Snapshot", _H, _DWORD, _DWORD)
 CreateJobObjectW = _bind(kernel32, "CreateJobObjectW", _H, _P, _WSTR)
+OpenJobObjectW = _bind(kernel32, "OpenJobObjectW", _H, _DWORD, _BOOL, _WSTR)
 SetInformationJobObject = _bind(
     kernel32, "SetInformationJobObject", _BOOL, _H, ctypes.c_int, _P, _DWORD
 )
@@ -413,6 +416,52 @@ def wait_handles(handles: Sequence[int], timeout_ms: int) -> int:
     if result == WAIT_FAILED:
         raise os_error("cannot wait for the line")
     return result
+
+
+def job_processes(job: int) -> list[int]:
+    """Handles (to wait on; the caller closes them) of the processes still in ``job``."""
+    listing = JobProcessIds()
+    if not QueryInformationJobObject(
+        job, JOB_BASIC_PROCESS_ID_LIST, ctypes.byref(listing), ctypes.sizeof(listing), None
+    ):
+        return []
+    handles = []
+    for pid in listing.ProcessIdList[: listing.NumberOfProcessIdsInList]:
+        process = OpenProcess(SYNCHRONIZE | PROCESS_QUERY_INFORMATION, False, pid) or (
+            OpenProcess(SYNCHRONIZE | PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+        )
+        if not process:
+            continue  # ended since the listing
+        inside = wintypes.BOOL(True)
+        IsProcessInJob(process, job, ctypes.byref(inside))  # in doubt, wait for it
+        if inside.value:
+            handles.append(process)
+        else:
+            CloseHandle(process)  # the pid was reused by a process outside the job
+    return handles
+
+
+def end_job(name: str) -> None:
+    """End the job object called ``name``, if there is one this process may end, and return
+    once every process in it has gone.
+
+    A job that kills its processes when its last handle closes does so only as its owner's
+    handles are closed, after the owner's mutexes were abandoned, and a killed process takes
+    a moment to go: whoever takes the turn of a dead owner ends its job first.
+    """
+    job = OpenJobObjectW(JOB_OBJECT_QUERY | JOB_OBJECT_TERMINATE | SYNCHRONIZE, False, name)
+    if not job:
+        return  # none (nothing ran under that turn, or all of it has gone), or not ours
+    try:
+        TerminateJobObject(job, 1)
+        while members := job_processes(job)[:MAXIMUM_WAIT_OBJECTS]:
+            try:
+                wait_handles(members, INFINITE)
+            finally:
+                for process in members:
+                    CloseHandle(process)
+    finally:
+        CloseHandle(job)
 
 
 def signalled_index(result: int, count: int) -> int | None:

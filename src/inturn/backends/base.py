@@ -252,6 +252,10 @@ class Membership(ABC):
         """OS handles a child process may inherit to keep the turn held (``inturn run``)."""
         return []
 
+    # The name of the job object (Windows) that ``inturn run`` puts its command in, for whoever
+    # takes the turn after a dead holder to end (see ``win32.end_job``); None where there is none.
+    job_name: str | None = None
+
     # When (``time.monotonic()``) this ticket lost sight of the line: a waiter whose server
     # connection dropped took a new place and cannot know how the turn ahead ended, so the
     # queue waits the lock delay from then, as after an unclean end.

@@ -9,7 +9,9 @@ a mutex owned by the calling *thread*; when the owner ends without ``ReleaseMute
   releases at ``leave``; a turn taken in one thread can be released in another (``asyncio`` runs
   ``acquire`` in an executor thread) and no short-lived thread can abandon it by exiting;
 * liveness comes from the kernel object, never from a pid: a ticket whose mutex no longer exists,
-  or can be acquired (unowned or abandoned), is dead;
+  or can be acquired (unowned or abandoned), is dead; ``inturn run`` puts its command in a job
+  object named after its ticket, which whoever finds the ticket dead ends and waits for first
+  (the system ends it too, but only after the mutex was abandoned);
 * a waiter sleeps in ``WaitForMultipleObjects`` on the mutexes of the tickets directly ahead of it,
   plus an event for cancellation and an event set by a console control handler for Ctrl-C and
   Ctrl-Break (``SetConsoleCtrlHandler``): no sleep loop. ``WAIT_ABANDONED`` means the one ahead is
@@ -509,6 +511,10 @@ class WindowsStore(PipeChannels, FolderStore):
         """The kernel object name for a ticket number (or ``guard``): ASCII, no backslash."""
         return f"{self.backend.namespace}.{self._line_id()}.{suffix}"
 
+    def job_name(self, number: int) -> str:
+        """The name of the job object ``inturn run`` puts ticket ``number``'s command in."""
+        return self.object_name(f"{number}.job")
+
     def _guard_mutex(self) -> int:
         if self._guard_handle is None:
             name = self.object_name("guard")
@@ -674,6 +680,7 @@ class WindowsStore(PipeChannels, FolderStore):
         self._tidy_litter(entries)
         ahead = tuple(n for n in entries.tickets if n < number)
         membership = WindowsMembership(number, fd, owner, me.shared, kick)
+        membership.job_name = self.job_name(number)
         return membership, View(ahead, entries.markers, shared=entries.shared)
 
     def forget(self, patience: Patience) -> bool:
@@ -782,16 +789,21 @@ class WindowsStore(PipeChannels, FolderStore):
 
         A mutex that no longer exists, or that this thread can take at once (nobody owns it:
         released, or abandoned by a dead owner), belongs to a dead ticket. One taken here is
-        given back at once.
+        given back at once. What may still run of a dead ticket's ``inturn run`` command is
+        ended before it counts as dead (``win32.end_job``), here and in ``wait``.
         """
         handle = win32.OpenMutexW(win32.SYNCHRONIZE, False, self.object_name(number))
         if not handle:
             # Gone: dead. Access denied: someone else's, and not ours to judge.
-            return win32.last_error() == win32.ERROR_ACCESS_DENIED
+            if win32.last_error() == win32.ERROR_ACCESS_DENIED:
+                return True
+            win32.end_job(self.job_name(number))
+            return False
         try:
             result = win32.WaitForSingleObject(handle, 0)
             if result in (win32.WAIT_OBJECT_0, win32.WAIT_ABANDONED_0):
                 win32.ReleaseMutex(handle)
+                win32.end_job(self.job_name(number))
                 return False
             return True
         finally:
@@ -814,6 +826,7 @@ class WindowsStore(PipeChannels, FolderStore):
                     code = win32.last_error()
                     if code == win32.ERROR_ACCESS_DENIED:
                         raise BackendError(self._object_error(f"ticket {number}", code))
+                    win32.end_job(self.job_name(number))
                     return Woke()  # gone already
                 handles.append(handle)
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -824,6 +837,8 @@ class WindowsStore(PipeChannels, FolderStore):
                     return None
                 index, clean = woke
                 if index != KICKED:
+                    if not clean:
+                        win32.end_job(self.job_name(numbers[index]))
                     return Woke(left=(numbers[index],) if clean else ())
                 assert isinstance(me, WindowsMembership) and kick is not None
                 # Reset before looking: a kick that comes after the look sets it again.

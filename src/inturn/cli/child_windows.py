@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
-from ctypes import wintypes
 
 from .. import win32
 from ..errors import BackendError, UsageError
@@ -27,14 +26,22 @@ class _Job:
 
     inturn holds the only handle, so if inturn dies (killed, crashed, console closed) the
     system kills the command too (learn.microsoft.com: JOBOBJECT_BASIC_LIMIT_INFORMATION,
-    JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE); only as the handle closes, which comes after the
-    turn's mutex is abandoned, so the next holder may start while the command is being ended.
+    JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE). It does so only as that handle closes, after the
+    turn's mutex was abandoned, so the job is named after the turn (``Membership.job_name``)
+    and whoever takes the turn next ends it and waits for its processes first.
     With ``close``, processes the command starts break away silently and may outlive the turn.
     """
 
-    def __init__(self, close: bool) -> None:
+    def __init__(self, close: bool, name: str | None) -> None:
         self._lock = threading.Lock()  # ``terminate`` may come from another thread
-        self.handle = win32.CreateJobObjectW(None, None)
+        self.handle = win32.CreateJobObjectW(None, name)
+        if name is not None and (
+            not self.handle or win32.last_error() == win32.ERROR_ALREADY_EXISTS
+        ):
+            # Taken (a co-user's squatter on a machine-wide line): never share it. Unnamed, the
+            # job still dies with inturn; only the next holder cannot end it sooner.
+            win32.close(self.handle)
+            self.handle = win32.CreateJobObjectW(None, None)
         if not self.handle:
             raise win32.os_error("cannot create a job object")
         limits = win32.JobExtendedLimits()
@@ -64,38 +71,6 @@ class _Job:
             win32.CloseHandle(process)
         _resume_threads(pid)
 
-    def members(self) -> list[int]:
-        """Handles (to wait on) of the processes still in the job."""
-        listing = win32.JobProcessIds()
-        if not win32.QueryInformationJobObject(
-            self.handle,
-            win32.JOB_BASIC_PROCESS_ID_LIST,
-            ctypes.byref(listing),
-            ctypes.sizeof(listing),
-            None,
-        ):
-            return []
-        handles = []
-        for pid in listing.ProcessIdList[: listing.NumberOfProcessIdsInList]:
-            process = win32.OpenProcess(
-                win32.SYNCHRONIZE | win32.PROCESS_QUERY_INFORMATION, False, pid
-            ) or (
-                win32.OpenProcess(
-                    win32.SYNCHRONIZE | win32.PROCESS_QUERY_LIMITED_INFORMATION, False, pid
-                )
-            )
-            if not process:
-                continue  # ended since the listing
-            inside = wintypes.BOOL(True)
-            win32.IsProcessInJob(
-                process, self.handle, ctypes.byref(inside)
-            )  # in doubt, wait for it
-            if inside.value:
-                handles.append(process)
-            else:
-                win32.CloseHandle(process)  # the pid was reused by a process outside the job
-        return handles
-
     def wait_empty(self, interrupt: int) -> None:
         """Hold the turn until every process left in the job has ended.
 
@@ -103,7 +78,7 @@ class _Job:
         Ctrl-Break (``interrupt``) ends what is left instead.
         """
         while True:
-            members = self.members()[: win32.MAXIMUM_WAIT_OBJECTS - 1]
+            members = win32.job_processes(self.handle)[: win32.MAXIMUM_WAIT_OBJECTS - 1]
             if not members:
                 return
             try:
@@ -152,6 +127,7 @@ def run_child(
     env: dict[str, str],
     close: bool,
     on_lost: Callable[[Callable[[], None]], None] | None = None,
+    job_name: str | None = None,
 ) -> int:
     """Run ``command`` while this process holds the turn; its exit code.
 
@@ -164,10 +140,11 @@ def run_child(
     holds the turn until those processes end too (Ctrl-C ends them).
 
     ``on_lost`` (``Turn.on_lost``) is for server backends: if the turn is lost while the command
-    runs, the job is ended at once and the result is 76, as on POSIX.
+    runs, the job is ended at once and the result is 76, as on POSIX. ``job_name`` names the
+    job, so that the next holder can end it if inturn dies.
     """
     try:
-        job = _Job(close)
+        job = _Job(close, job_name)
     except OSError as exc:
         raise BackendError(f"{exc.strerror}: cannot tie the command to its turn") from None
     console = win32.console_events()

@@ -239,7 +239,10 @@ def _run_holding(
         from .child_windows import run_child
 
         signals.restore()  # the console's own handling takes over (see ``run_child``)
-        return int(run_child(command, _child_env(held, environment), args.close, held.on_lost))
+        membership = held.membership
+        job_name = None if membership is None else membership.job_name
+        env = _child_env(held, environment)
+        return int(run_child(command, env, args.close, held.on_lost, job_name))
 
     else:
         from .child_posix import CannotRun, run_command
