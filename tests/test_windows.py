@@ -392,6 +392,20 @@ SET_EVENT = (
 )
 
 
+def test_ctrl_c_ends_what_the_command_left_running_before_the_turn_passes(win: Win) -> None:
+    unique = uuid.uuid4().hex
+    release, ready = (f"Local\\inturn-test-{unique}-{kind}" for kind in ("go", "up"))
+    run = win.inturn(
+        "run", "left", "--", win.python, "-c", LEAVES_A_PROCESS, release, ready, LEFTOVER
+    )
+    run.expect("spawned")
+    assert win.worker("left", "--no-wait").expect("busy")  # the leftover holds the turn
+    os.kill(run.unix_pid, signal.SIGINT)
+    assert run.wait() == 4
+    exited(win.run("-c", SET_EVENT, release), 1)  # nobody has the event open: the leftover is gone
+    assert win.worker("left", "--no-wait").expect("acquired")
+
+
 @pytest.mark.parametrize("close", [False, True])
 def test_what_the_command_leaves_running_holds_the_turn_unless_close(win: Win, close: bool) -> None:
     unique = uuid.uuid4().hex  # events are machine-wide names: unique across xdist workers

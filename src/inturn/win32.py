@@ -441,25 +441,30 @@ def job_processes(job: int) -> list[int]:
     return handles
 
 
-def end_job(name: str) -> None:
-    """End the job object called ``name``, if there is one this process may end, and return
-    once every process in it has gone.
+def end_job(job: int) -> None:
+    """End every process in ``job`` and return once they have all gone: a process that is
+    being ended still runs for a moment."""
+    TerminateJobObject(job, 1)
+    while members := job_processes(job)[:MAXIMUM_WAIT_OBJECTS]:
+        try:
+            wait_handles(members, INFINITE)
+        finally:
+            for process in members:
+                CloseHandle(process)
+
+
+def end_named_job(name: str) -> None:
+    """End the job object called ``name`` (``end_job``), if there is one this process may end.
 
     A job that kills its processes when its last handle closes does so only as its owner's
-    handles are closed, after the owner's mutexes were abandoned, and a killed process takes
-    a moment to go: whoever takes the turn of a dead owner ends its job first.
+    handles are closed, after the owner's mutexes were abandoned: whoever takes the turn of a
+    dead owner ends its job first.
     """
     job = OpenJobObjectW(JOB_OBJECT_QUERY | JOB_OBJECT_TERMINATE | SYNCHRONIZE, False, name)
     if not job:
         return  # none (nothing ran under that turn, or all of it has gone), or not ours
     try:
-        TerminateJobObject(job, 1)
-        while members := job_processes(job)[:MAXIMUM_WAIT_OBJECTS]:
-            try:
-                wait_handles(members, INFINITE)
-            finally:
-                for process in members:
-                    CloseHandle(process)
+        end_job(job)
     finally:
         CloseHandle(job)
 

@@ -253,7 +253,7 @@ class Membership(ABC):
         return []
 
     # The name of the job object (Windows) that ``inturn run`` puts its command in, for whoever
-    # takes the turn after a dead holder to end (see ``win32.end_job``); None where there is none.
+    # takes the turn after a dead holder to end (``win32.end_named_job``); None if there is none.
     job_name: str | None = None
 
     # When (``time.monotonic()``) this ticket lost sight of the line: a waiter whose server

@@ -790,20 +790,20 @@ class WindowsStore(PipeChannels, FolderStore):
         A mutex that no longer exists, or that this thread can take at once (nobody owns it:
         released, or abandoned by a dead owner), belongs to a dead ticket. One taken here is
         given back at once. What may still run of a dead ticket's ``inturn run`` command is
-        ended before it counts as dead (``win32.end_job``), here and in ``wait``.
+        ended before it counts as dead (``win32.end_named_job``), here and in ``wait``.
         """
         handle = win32.OpenMutexW(win32.SYNCHRONIZE, False, self.object_name(number))
         if not handle:
             # Gone: dead. Access denied: someone else's, and not ours to judge.
             if win32.last_error() == win32.ERROR_ACCESS_DENIED:
                 return True
-            win32.end_job(self.job_name(number))
+            win32.end_named_job(self.job_name(number))
             return False
         try:
             result = win32.WaitForSingleObject(handle, 0)
             if result in (win32.WAIT_OBJECT_0, win32.WAIT_ABANDONED_0):
                 win32.ReleaseMutex(handle)
-                win32.end_job(self.job_name(number))
+                win32.end_named_job(self.job_name(number))
                 return False
             return True
         finally:
@@ -826,7 +826,7 @@ class WindowsStore(PipeChannels, FolderStore):
                     code = win32.last_error()
                     if code == win32.ERROR_ACCESS_DENIED:
                         raise BackendError(self._object_error(f"ticket {number}", code))
-                    win32.end_job(self.job_name(number))
+                    win32.end_named_job(self.job_name(number))
                     return Woke()  # gone already
                 handles.append(handle)
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -838,7 +838,7 @@ class WindowsStore(PipeChannels, FolderStore):
                 index, clean = woke
                 if index != KICKED:
                     if not clean:
-                        win32.end_job(self.job_name(numbers[index]))
+                        win32.end_named_job(self.job_name(numbers[index]))
                     return Woke(left=(numbers[index],) if clean else ())
                 assert isinstance(me, WindowsMembership) and kick is not None
                 # Reset before looking: a kick that comes after the look sets it again.

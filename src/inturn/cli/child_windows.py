@@ -75,7 +75,7 @@ class _Job:
         """Hold the turn until every process left in the job has ended.
 
         Waits on the processes themselves, so no notification can be missed; Ctrl-C or
-        Ctrl-Break (``interrupt``) ends what is left instead.
+        Ctrl-Break (``interrupt``) ends what is left instead, and waits until it has gone.
         """
         while True:
             members = win32.job_processes(self.handle)[: win32.MAXIMUM_WAIT_OBJECTS - 1]
@@ -87,7 +87,7 @@ class _Job:
                 for process in members:
                     win32.CloseHandle(process)
             if result == win32.WAIT_OBJECT_0 + len(members):
-                win32.TerminateJobObject(self.handle, 1)
+                win32.end_job(self.handle)
                 return
 
     def terminate(self, code: int) -> None:
