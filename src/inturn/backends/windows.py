@@ -790,7 +790,8 @@ class WindowsStore(PipeChannels, FolderStore):
         A mutex that no longer exists, or that this thread can take at once (nobody owns it:
         released, or abandoned by a dead owner), belongs to a dead ticket. One taken here is
         given back at once. What may still run of a dead ticket's ``inturn run`` command is
-        ended before it counts as dead (``win32.end_named_job``), here and in ``wait``.
+        ended before it counts as dead (``win32.end_named_job``): whoever acts on a ticket's
+        end, the queue after every wake-up included, asks here first.
         """
         handle = win32.OpenMutexW(win32.SYNCHRONIZE, False, self.object_name(number))
         if not handle:
@@ -826,7 +827,6 @@ class WindowsStore(PipeChannels, FolderStore):
                     code = win32.last_error()
                     if code == win32.ERROR_ACCESS_DENIED:
                         raise BackendError(self._object_error(f"ticket {number}", code))
-                    win32.end_named_job(self.job_name(number))
                     return Woke()  # gone already
                 handles.append(handle)
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -837,8 +837,6 @@ class WindowsStore(PipeChannels, FolderStore):
                     return None
                 index, clean = woke
                 if index != KICKED:
-                    if not clean:
-                        win32.end_named_job(self.job_name(numbers[index]))
                     return Woke(left=(numbers[index],) if clean else ())
                 assert isinstance(me, WindowsMembership) and kick is not None
                 # Reset before looking: a kick that comes after the look sets it again.
