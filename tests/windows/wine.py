@@ -342,7 +342,10 @@ class WinProcess:
             if line == "\0":  # the end of its output: say how the process ended
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     ended = f" (it ended with exit {self.proc.wait(REPORT_TIMEOUT)})"
-            raise AssertionError(f"expected {kinds}, got {line!r}{ended}; stderr: {self.stderr()}")
+            # An ended process's stderr is read to its end: a last traceback may still be on
+            # its way through the pipe.
+            said = self.stderr(wait=bool(ended))
+            raise AssertionError(f"expected {kinds}, got {line!r}{ended}; stderr: {said}")
         return words
 
     def send(self, text: str = "go") -> None:
