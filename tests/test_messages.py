@@ -268,11 +268,12 @@ def _rest(process: Process) -> list[str]:
 
 def test_several_later_starts_at_once_are_all_answered_in_order_of_arrival(app):
     first = app.first("queue", "--hold-first", "--reply", "count")
-    blocker = app.tool("send", "-v", "queue", "--", "0")
+    # A long answer timeout: starting the senders one after another must not use it up
+    blocker = app.tool("send", "-v", "-w", "300", "queue", "--", "0")
     first.expect("message")  # its handler now waits: the others queue behind it
     senders = []
     for index in range(1, 7):
-        sender = app.tool("send", "-v", "queue", "--", str(index))
+        sender = app.tool("send", "-v", "-w", "300", "queue", "--", str(index))
         sender.stderr_line("took the message")  # arrived: the next one arrives after it
         senders.append(sender)
     first.tell("go")

@@ -136,11 +136,12 @@ def test_replies_round_trip_through_inturn_send(apps, win):
 
 def test_several_later_starts_at_once_are_answered_in_order_of_arrival(apps, win):
     first = apps.first("queue", "--hold-first", "--reply", "count")
-    blocker = win.inturn("send", "-v", "queue", "--", "0")
+    # A long answer timeout: starting the senders one after another must not use it up
+    blocker = win.inturn("send", "-v", "-w", "300", "queue", "--", "0")
     first.expect("message")  # its handler now waits: the others queue behind it
     senders = []
     for index in range(1, 5):
-        sender = win.inturn("send", "-v", "queue", "--", str(index))
+        sender = win.inturn("send", "-v", "-w", "300", "queue", "--", str(index))
         stderr_line(sender, "took the message")
         senders.append(sender)
     first.send("go")
