@@ -9,6 +9,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import uuid
 
 import pytest
 
@@ -574,6 +575,34 @@ def test_explicit_options_beat_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("INTURN_BACKEND", nowhere)
     unreachable = run_cli("status", "x")  # the environment still counts when nothing beats it
     one_line_error(unreachable, "cannot reach Redis")
+
+
+def test_the_default_folder_is_the_same_from_cron_a_service_and_a_login_shell(tmp_path):
+    """No INTURN_DIR: cron and services have no XDG_RUNTIME_DIR (and maybe no TMPDIR), a login
+    shell has both; runs under one name must still share one line, or both would hold it."""
+    name = f"everywhere-{uuid.uuid4().hex}"
+    cron = child_env()
+    for variable in ("INTURN_DIR", "INTURN_BACKEND", "XDG_RUNTIME_DIR", "TMPDIR"):
+        cron.pop(variable, None)
+    runtime, temp = tmp_path / "runtime", tmp_path / "tmp"
+    runtime.mkdir(mode=0o700)
+    temp.mkdir()
+    shell = dict(cron, XDG_RUNTIME_DIR=str(runtime), TMPDIR=str(temp))
+    holder = subprocess.Popen(
+        inturn_cmd("run", name, "--", "sh", "-c", "echo held; read _"),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=cron,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        busy = run_cli("run", "-n", name, "--", "true", env=shell)
+        assert busy.returncode == 75 and "is busy: held by pid" in busy.stderr, busy
+        shown = json.loads(run_cli("status", "--json", name, env=shell).stdout)
+        assert shown["where"] == os.path.join(f"/dev/shm/inturn-{os.getuid()}", name)
+        assert not any(runtime.iterdir()) and not any(temp.iterdir())
+    finally:
+        holder.communicate("\n", timeout=REPORT_TIMEOUT)
+        run_cli("forget", name, env=cron)
+    assert holder.returncode == 0
 
 
 # --------------------------------------------------------------------------- tables

@@ -79,22 +79,15 @@ _O_OPEN = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 def default_root(scope: str) -> str:
-    """Where lines live when neither ``INTURN_DIR`` nor ``directory=`` says."""
-    if scope == "machine":  # the lines' files side by side in it: see PosixStore._layout
-        return _shared_tmp() or os.path.realpath("/tmp")
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isabs(runtime):
-        try:
-            info = os.stat(runtime)
-            if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
-                return os.path.join(runtime, "inturn")
-        except OSError:
-            pass
-    shared = _shared_tmp()
-    if shared is None:
-        import tempfile  # rarely needed: most systems have /dev/shm or XDG_RUNTIME_DIR
+    """Where lines live when neither ``INTURN_DIR`` nor ``directory=`` says.
 
-        shared = tempfile.gettempdir()
+    Never from the session's environment (``XDG_RUNTIME_DIR``, ``TMPDIR``): a cron job, a
+    service and a login shell of one user see different values there, and would each have a
+    line of their own under the same name, so two of them could hold it at once.
+    """
+    shared = _shared_tmp() or os.path.realpath("/tmp")
+    if scope == "machine":  # the lines' files side by side in it: see PosixStore._layout
+        return shared
     return os.path.join(shared, f"inturn-{os.getuid()}")
 
 

@@ -81,8 +81,8 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
 ENVIRONMENT: tuple[tuple[str, str], ...] = (
     (
         "INTURN_DIR",
-        "folder of your own lines (default $XDG_RUNTIME_DIR/inturn, else "
-        "/dev/shm/inturn-UID; %LOCALAPPDATA%\\inturn on Windows); --dir beats it",
+        "folder of your own lines (default /dev/shm/inturn-UID, else "
+        "/tmp/inturn-UID; %LOCALAPPDATA%\\inturn on Windows); --dir beats it",
     ),
     (
         "INTURN_MACHINE_DIR",
