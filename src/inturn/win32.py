@@ -57,7 +57,6 @@ OWNER_SECURITY_INFORMATION = 0x1
 
 TOKEN_QUERY = 0x0008
 TOKEN_USER_CLASS = 1
-TOKEN_PRIVILEGES_CLASS = 3
 
 CREATE_SUSPENDED = 0x00000004
 PROCESS_TERMINATE = 0x0001
@@ -140,7 +139,6 @@ GetTokenInformation = _bind(
 ConvertSidToStringSidW = _bind(
     advapi32, "ConvertSidToStringSidW", _BOOL, _P, ctypes.POINTER(wintypes.LPWSTR)
 )
-LookupPrivilegeValueW = _bind(advapi32, "LookupPrivilegeValueW", _BOOL, _WSTR, _WSTR, _P)
 ConvertSddl = _bind(
     advapi32,
     "ConvertStringSecurityDescriptorToSecurityDescriptorW",
@@ -252,36 +250,6 @@ def user_sid() -> str:
             return str(text.value)
         finally:
             LocalFree(ctypes.cast(text, ctypes.c_void_p))
-    finally:
-        close(token.value)
-
-
-def has_global_privilege() -> bool:
-    """Whether this process's token holds SeCreateGlobalPrivilege ("Create global objects").
-
-    Without it, a process in a user session cannot create objects in ``Global\\``
-    (learn.microsoft.com: "Kernel object namespaces"); services and administrators have it.
-    """
-    luid = (wintypes.DWORD * 2)()
-    if not LookupPrivilegeValueW(None, "SeCreateGlobalPrivilege", luid):
-        return False
-    token = HANDLE()
-    if not OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, ctypes.byref(token)):
-        return False
-    try:
-        size = wintypes.DWORD()
-        GetTokenInformation(token, TOKEN_PRIVILEGES_CLASS, None, 0, ctypes.byref(size))
-        buffer = ctypes.create_string_buffer(max(size.value, 16))
-        if not GetTokenInformation(
-            token, TOKEN_PRIVILEGES_CLASS, buffer, len(buffer), ctypes.byref(size)
-        ):
-            return False
-        count = wintypes.DWORD.from_buffer(buffer).value
-        for index in range(count):  # LUID_AND_ATTRIBUTES: LowPart, HighPart, Attributes
-            low, high, _ = (wintypes.DWORD * 3).from_buffer(buffer, 4 + 12 * index)
-            if (low, high) == (luid[0], luid[1]):
-                return True
-        return False
     finally:
         close(token.value)
 

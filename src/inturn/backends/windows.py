@@ -20,11 +20,14 @@ a mutex owned by the calling *thread*; when the owner ends without ``ReleaseMute
   a counter file, one ``<number>.ticket`` record per ticket, ``.abandoned`` markers, as on POSIX.
   The counter and the ticket records change under a per-line guard mutex.
 
-Names: per user, objects live in ``Local\\`` (the session's own namespace) and carry the user's
-SID and a random id kept in the line's folder, so nobody else can guess, let alone squat, them;
-``scope="machine"`` uses ``Global\\``, which needs the SeCreateGlobalPrivilege privilege to create
-objects from a user session (learn.microsoft.com: "Kernel object namespaces"). No part of a line's
-name goes into an object name, so any Unicode name maps to a legal one (no ``\\``, length bounded).
+Names: objects live in ``Global\\``, the namespace every session shares: ``Local\\`` is one
+session's own, and the same user's runs in two sessions (a desktop and a scheduled task, a service
+or an SSH logon) would each judge the other's tickets dead, since their mutexes cannot be found,
+and both hold the turn. Creating a mutex, event or job there needs no privilege; only file
+mappings and symbolic links do (learn.microsoft.com: "Kernel object namespaces"). Per user, names
+carry the user's SID and a random id kept in the line's folder, so nobody else can guess, let
+alone squat, them. No part of a line's name goes into an object name, so any Unicode name maps
+to a legal one (no ``\\``, length bounded).
 """
 
 from __future__ import annotations
@@ -62,13 +65,6 @@ from .folders import (
 assert sys.platform == "win32"  # the rest of this module is Windows code
 
 from .pipe_channel import PipeChannels  # noqa: E402 - Windows only, as what follows
-
-_PRIVILEGE_MESSAGE = (
-    "machine-wide lines need the 'Create global objects' privilege "
-    "(SeCreateGlobalPrivilege), which this account lacks: run as an administrator or a "
-    "service, ask an administrator to grant it, or use per-user lines (drop --machine)"
-)
-
 
 # Machine scope: every authenticated user may wait on a ticket (SYNCHRONIZE) and take and give
 # back the guard (plus MUTEX_MODIFY_STATE). In the shared folders every authenticated user may
@@ -243,7 +239,7 @@ class WindowsBackend(FolderBackend):
                 _MACHINE_KICK_SDDL.format(sid=self.sid)
             )
         else:
-            self.namespace = f"Local\\inturn.{self.sid}"
+            self.namespace = f"Global\\inturn.{self.sid}"
             self.ticket_security = self.guard_security = self.folder_security = None
             self.kick_security = None
 
@@ -534,8 +530,6 @@ class WindowsStore(PipeChannels, FolderStore):
         return self._guard_handle
 
     def _object_error(self, what: str, code: int) -> str:
-        if code == win32.ERROR_ACCESS_DENIED and self.scope == "machine":
-            return _PRIVILEGE_MESSAGE
         if code == win32.ERROR_ACCESS_DENIED:
             return f"access denied to the {what} of line {self.name!r}: someone else created it"
         return f"cannot use the {what} of line {self.name!r}: {ctypes.FormatError(code)}"
@@ -646,8 +640,6 @@ class WindowsStore(PipeChannels, FolderStore):
     # -- LineStore
 
     def join(self, me: Ticket, patience: Patience) -> tuple[WindowsMembership, View]:
-        if self.scope == "machine" and not win32.has_global_privilege():
-            raise BackendError(_PRIVILEGE_MESSAGE)  # looking needs no privilege; joining does
         for _ in range(10):
             line_id = self._line_id()
             with self._guard(patience) as guard:
