@@ -88,7 +88,23 @@ def default_root(scope: str) -> str:
     shared = _shared_tmp() or os.path.realpath("/tmp")
     if scope == "machine":  # the lines' files side by side in it: see PosixStore._layout
         return shared
-    return os.path.join(shared, f"inturn-{os.getuid()}")
+    if shared == SHM:
+        return os.path.join(shared, f"inturn-{os.getuid()}")
+    cache = _darwin_user_cache()
+    return os.path.join(cache, "inturn") if cache else os.path.join(shared, f"inturn-{os.getuid()}")
+
+
+def _darwin_user_cache() -> str | None:
+    """macOS's per-user cache folder, which the system never cleans: it removes files in
+    ``/tmp`` and in the per-user temporary folder that nobody has read for three days, and a
+    turn can be held longer than that (confstr(3): ``_CS_DARWIN_USER_CACHE_DIR``)."""
+    if sys.platform != "darwin":
+        return None
+    try:
+        folder = os.confstr(65538)  # _CS_DARWIN_USER_CACHE_DIR, which os.confstr_names lacks
+    except (OSError, ValueError):
+        return None
+    return folder if folder and os.path.isabs(folder) and os.path.isdir(folder) else None
 
 
 def _shared_tmp() -> str | None:

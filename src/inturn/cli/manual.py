@@ -81,8 +81,9 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
 ENVIRONMENT: tuple[tuple[str, str], ...] = (
     (
         "INTURN_DIR",
-        "folder of your own lines (default /dev/shm/inturn-UID, else "
-        "/tmp/inturn-UID; %LOCALAPPDATA%\\inturn on Windows); --dir beats it",
+        "folder of your own lines (default /dev/shm/inturn-UID; on macOS inturn in "
+        "your cache folder, elsewhere /tmp/inturn-UID; %LOCALAPPDATA%\\inturn on "
+        "Windows); --dir beats it",
     ),
     (
         "INTURN_MACHINE_DIR",
