@@ -788,6 +788,43 @@ def test_a_wait_on_more_tickets_than_one_kernel_wait_holds(win: Win) -> None:
     assert out.splitlines() == ["timeout", "acquired 72"]  # 70 holders, the timed-out one, it
 
 
+# Without INTURN_DIR, a process whose environment names another LOCALAPPDATA, or none at all
+# (a tool's child started with a small environment, a service), tries the line's default folder.
+ELSEWHERE_SCRIPT = """
+import os, sys, inturn
+name, elsewhere = sys.argv[1:]
+for change in ({'LOCALAPPDATA': elsewhere}, {'LOCALAPPDATA': None, 'USERPROFILE': None}):
+    for variable, value in change.items():
+        if value is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = value
+    try:
+        inturn.Line(name).acquire(blocking=False).release()
+        print('acquired', flush=True)
+    except inturn.Busy:
+        print('busy', flush=True)
+"""
+
+
+def test_the_default_folder_does_not_come_from_the_environment(win: Win, tmp_path: Path) -> None:
+    name = f"everywhere-{uuid.uuid4().hex}"
+    holder = win.wine.start(
+        "-m", "inturn", "run", name, "--", win.python, "-c", "print('held', flush=True); input()"
+    )  # no INTURN_DIR: the default folder
+    try:
+        holder.expect("held")
+        code, out, err = win.wine.run("-c", ELSEWHERE_SCRIPT, name, windows_path(tmp_path))
+        assert code == 0, err
+        assert out.splitlines() == ["busy", "busy"]  # one line, whatever the environment says
+        assert not any(tmp_path.iterdir())
+        holder.send()
+        assert holder.wait() == 0
+    finally:
+        holder.kill()
+        win.wine.run("-m", "inturn", "forget", name)
+
+
 # Drops SeCreateGlobalPrivilege from this process's token for good (SE_PRIVILEGE_REMOVED), as
 # for an account that never had it, then runs the CLI in-process. Creating mutexes, events and
 # jobs in Global\ needs no privilege (only file mappings and symbolic links do), so per-user

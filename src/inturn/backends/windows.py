@@ -176,14 +176,19 @@ def _make_folder(path: str, security: win32.Security | None) -> bool:
 
 
 def default_root(scope: str) -> str:
-    """``%LOCALAPPDATA%\\inturn`` per user; ``%ProgramData%\\inturn`` for the machine."""
+    """``%LOCALAPPDATA%\\inturn`` per user; ``%ProgramData%\\inturn`` for the machine.
+
+    Asked of the system, not read from the environment: a process started with another or an
+    empty environment (a tool's child, a service) would otherwise have a line of its own under
+    the same name, and hold it beside everyone else's runs.
+    """
     if scope == "machine":
-        base = (
+        base = win32.known_folder(win32.FOLDERID_PROGRAM_DATA) or (
             os.environ.get("PROGRAMDATA") or os.environ.get("ALLUSERSPROFILE") or "C:\\ProgramData"
         )
         return os.path.join(base, "inturn")
-    base = os.environ.get("LOCALAPPDATA") or os.path.join(
-        os.path.expanduser("~"), "AppData", "Local"
+    base = win32.known_folder(win32.FOLDERID_LOCAL_APP_DATA) or (
+        os.environ.get("LOCALAPPDATA") or os.path.join(os.path.expanduser("~"), "AppData", "Local")
     )
     return os.path.join(base, "inturn")
 
