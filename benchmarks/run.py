@@ -347,7 +347,8 @@ def measure_cli(plan: Plan, folder: str, results: Results) -> None:
         inturn_label: [*inturn, "run", "bench-cli", "--", "true"],
     }
     imported = modules_imported(commands[inturn_label], env)
-    wanted = [m for m in imported if m not in modules_imported(commands[python_label], env)]
+    bare_start = set(modules_imported(commands[python_label], env))
+    wanted = [m for m in imported if m not in bare_start]
     standard = [m for m in wanted if m.partition(".")[0] != "inturn"]
     commands[
         f"`python -c 'import ...'`, the {len(standard)} standard-library modules "
