@@ -88,8 +88,6 @@ def default_root(scope: str) -> str:
     shared = _shared_tmp() or os.path.realpath("/tmp")
     if scope == "machine":  # the lines' files side by side in it: see PosixStore._layout
         return shared
-    if shared == SHM:
-        return os.path.join(shared, f"inturn-{os.getuid()}")
     cache = _darwin_user_cache()
     return os.path.join(cache, "inturn") if cache else os.path.join(shared, f"inturn-{os.getuid()}")
 
