@@ -587,39 +587,26 @@ FOLDERID_LOCAL_APP_DATA = "F1B32785-6FBA-4FCF-9D55-7B8E7F157091"
 FOLDERID_PROGRAM_DATA = "62AB5D82-FDC1-4DC3-A9DD-070D1D495D97"
 
 
-class _Guid(ctypes.Structure):
-    _fields_ = (
-        ("data1", wintypes.DWORD),
-        ("data2", wintypes.WORD),
-        ("data3", wintypes.WORD),
-        ("data4", ctypes.c_ubyte * 8),
-    )
-
-
 def known_folder(folder_id: str) -> str | None:
     """A known folder's path as the system keeps it for this process's user, whatever the
     environment says (learn.microsoft.com: SHGetKnownFolderPath); None if it has none."""
-    first, second, third, *rest = folder_id.split("-")
-    guid = _Guid(
-        int(first, 16),
-        int(second, 16),
-        int(third, 16),
-        (ctypes.c_ubyte * 8)(*bytes.fromhex("".join(rest))),
-    )
+    import uuid  # only where the default folder is asked for
+
+    guid = ctypes.create_string_buffer(uuid.UUID(folder_id).bytes_le, 16)  # a GUID's layout
     shell32 = ctypes.WinDLL("shell32", use_last_error=True)
     ole32 = ctypes.WinDLL("ole32", use_last_error=True)
     get_path = _bind(
         shell32,
         "SHGetKnownFolderPath",
         ctypes.c_long,
-        ctypes.POINTER(_Guid),
+        _P,
         _DWORD,
         _H,
         ctypes.POINTER(ctypes.c_wchar_p),
     )
     free = _bind(ole32, "CoTaskMemFree", None, _P)
     path = ctypes.c_wchar_p()
-    result = get_path(ctypes.byref(guid), 0, None, ctypes.byref(path))
+    result = get_path(guid, 0, None, ctypes.byref(path))
     try:
         return path.value if result == 0 and path.value else None
     finally:
