@@ -339,7 +339,7 @@ def test_a_machine_wide_line_from_every_entry_point_at_once(tmp_path: Path, slot
     one line at once, while a thread keeps taking turns in a neighbouring line."""
     folder = tmp_path / "machine"
     folder.mkdir()
-    folder.chmod(0o1777)  # as /dev/shm: root's and sticky
+    folder.chmod(0o1777)  # as /tmp: root's and sticky
     name, where = "everyone", {"scope": "machine", "directory": str(folder)}
     count, turns = SCALE["local"][0] // 2, SCALE["local"][1] // 2
     commands, tasks = 6, 10

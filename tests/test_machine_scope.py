@@ -58,7 +58,7 @@ RECORDER = textwrap.dedent(
 class Machine(NamedTuple):
     """A machine-wide lines folder of this test's own, and the observer's log."""
 
-    root: Path  # INTURN_MACHINE_DIR: root's and sticky, as /dev/shm is
+    root: Path  # INTURN_MACHINE_DIR: root's and sticky, as /tmp is
     log: Path
     recorder: Path  # RECORDER, as a file: a one-line command in status and notes
     users: Users

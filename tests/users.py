@@ -222,11 +222,11 @@ def _usable_python(account: pwd.struct_passwd) -> str:
 def shared_folder() -> Path:
     """A new folder every user may write in, sticky like ``/tmp`` (mode 1777).
 
-    Not under pytest's ``tmp_path``: ``/tmp/pytest-of-root`` is private to root. The caller
+    Not under pytest's ``tmp_path``: ``/tmp/pytest-of-root`` is private to root. Nor in
+    ``/dev/shm``, where a test empties a user's files as their logout would. The caller
     removes it (``remove_tree``).
     """
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    folder = tempfile.mkdtemp(prefix="inturn-test-", dir=base)
+    folder = tempfile.mkdtemp(prefix="inturn-test-")
     os.chmod(folder, 0o1777)
     return Path(folder)
 

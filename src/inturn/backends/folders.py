@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import sys
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -48,6 +50,11 @@ USER_COUNTER = ".next."  # a machine-wide line's counter of one user: .next.<uid
 NAME_FILE = ".name"
 DIR_VARIABLE = "INTURN_DIR"
 MACHINE_DIR_VARIABLE = "INTURN_MACHINE_DIR"
+# Part of the mode of every file a line has on Linux, sockets included: systemd-tmpfiles, which
+# removes from /tmp what nobody has touched for 10 days on many systems, leaves sticky files
+# alone (systemd's "Using /tmp/ and /var/tmp/ Safely"), and a turn can be held for longer. It
+# also spares live sockets, but only those listed under their path in /proc/net/unix.
+KEEP = stat.S_ISVTX if sys.platform.startswith("linux") else 0
 
 
 def resolve_root(

@@ -15,7 +15,7 @@ Every path is opened relative to the line's folder descriptor with ``O_NOFOLLOW`
 created with ``O_EXCL``, so symlinks or files planted by someone else are refused, never followed.
 
 Machine-wide lines are shared between users who need not trust each other (README, "Machine-wide
-lines between users"): their files lie side by side in root's sticky ``/dev/shm`` (or ``/tmp``),
+lines between users"): their files lie side by side in root's sticky ``/tmp``,
 named ``inturn:<line>:<entry>``, with no folder of the line's own (its owner could remove anyone's
 files), so nobody removes or renames another's files; their guard is ``flock`` on that folder,
 which nobody can replace; tickets are created private and made readable (never writable) by
@@ -47,6 +47,7 @@ from ..records import MAX_RECORD_BYTES, Ticket, escape_controls, this_user, warn
 from .base import CancelToken, GuardTaken, Membership, Patience, View, Woke, wait_woken
 from .folders import (
     COUNTER,
+    KEEP,
     NAME_FILE,
     Entries,
     FolderBackend,
@@ -66,13 +67,13 @@ assert sys.platform != "win32"  # the rest of this module is POSIX code
 
 from .unix_channel import UnixChannels  # noqa: E402 - POSIX only, as what follows
 
-SHM = "/dev/shm"
 MACHINE_PREFIX = "inturn:"  # machine-wide lines' files: inturn:<line>:<entry>
 
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _O_NEW = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_OPEN = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_PRIVATE = 0o600 | KEEP
 
 
 # --------------------------------------------------------------------------- folders
@@ -83,9 +84,12 @@ def default_root(scope: str) -> str:
 
     Never from the session's environment (``XDG_RUNTIME_DIR``, ``TMPDIR``): a cron job, a
     service and a login shell of one user see different values there, and would each have a
-    line of their own under the same name, so two of them could hold it at once.
+    line of their own under the same name, so two of them could hold it at once. Not
+    ``/dev/shm`` either: systemd-logind removes every file a user owns there when their last
+    login ends (``RemoveIPC=yes``), tickets of jobs that outlive the login included, and a
+    later run would then find the line empty while they still hold it.
     """
-    shared = _shared_tmp() or os.path.realpath("/tmp")
+    shared = os.path.realpath("/tmp")
     if scope == "machine":  # the lines' files side by side in it: see PosixStore._layout
         return shared
     cache = _darwin_user_cache()
@@ -105,24 +109,13 @@ def _darwin_user_cache() -> str | None:
     return folder if folder and os.path.isabs(folder) and os.path.isdir(folder) else None
 
 
-def _shared_tmp() -> str | None:
-    """``/dev/shm`` where it is a sticky, world-writable folder (Linux): tickets are created
-    and removed on every turn, which costs a journal write on a disk-backed ``/tmp``."""
-    try:
-        info = os.stat(SHM)
-    except OSError:
-        return None
-    usable = stat.S_ISDIR(info.st_mode) and info.st_mode & 0o1002 == 0o1002
-    return SHM if usable else None
-
-
 def _dir_mode(scope: str) -> int:
     return 0o1777 if scope == "machine" else 0o700
 
 
 def _readable_mode(scope: str) -> int:
     """Files every user of the line must read, and only their owner write."""
-    return 0o644 if scope == "machine" else 0o600
+    return (0o644 if scope == "machine" else 0o600) | KEEP
 
 
 def prepare_root(path: str, scope: str, explicit: bool) -> None:
@@ -496,7 +489,7 @@ class PosixStore(UnixChannels, FolderStore):
 
     def _layout(self, root: str, file_name: str) -> tuple[str, str]:
         """A machine-wide line keeps its files side by side in the lines folder itself
-        (``/dev/shm``, root's and sticky), named ``inturn:<line>:<entry>``: a folder of the
+        (``/tmp``, root's and sticky), named ``inturn:<line>:<entry>``: a folder of the
         line's own would belong to the user who made it first, who could then remove or
         rename anyone's ticket in it. Nobody but root and a file's owner can touch a file
         there."""
@@ -587,7 +580,7 @@ class PosixStore(UnixChannels, FolderStore):
         with suppress(FileNotFoundError):
             os.unlink(draft, dir_fd=dir_fd)
         try:
-            fd = os.open(draft, _O_NEW, 0o600, dir_fd=dir_fd)
+            fd = os.open(draft, _O_NEW, _PRIVATE, dir_fd=dir_fd)
         except OSError as exc:
             raise BackendError(_unusable(self.shown, NAME_FILE, exc)) from None
         try:
@@ -679,12 +672,16 @@ class PosixStore(UnixChannels, FolderStore):
             except OSError as exc:
                 raise BackendError(f"cannot use {self.shown}: {exc.strerror}") from None
         try:
-            fd = os.open(COUNTER, os.O_RDWR | os.O_CREAT | _O_OPEN, 0o600, dir_fd=self._dir())
+            fd = os.open(COUNTER, os.O_RDWR | os.O_CREAT | _O_OPEN, _PRIVATE, dir_fd=self._dir())
         except OSError as exc:
             raise BackendError(_unusable(self.shown, COUNTER, exc)) from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
             os.close(fd)
             raise BackendError(f"{self.shown}/{COUNTER} is not a regular file: remove it")
+        if KEEP and not mode & KEEP:  # made by an inturn that made no files sticky
+            with suppress(OSError):
+                os.fchmod(fd, stat.S_IMODE(mode) | KEEP)
         return fd
 
     def _guard_shown(self) -> str:
@@ -742,7 +739,7 @@ class PosixStore(UnixChannels, FolderStore):
 
     def _create(self, entry: str, data: bytes) -> bool:
         try:
-            fd = os.open(self.prefix + entry, _O_NEW, 0o600, dir_fd=self._dir())
+            fd = os.open(self.prefix + entry, _O_NEW, _PRIVATE, dir_fd=self._dir())
         except FileExistsError:
             return False
         try:
@@ -811,15 +808,15 @@ class PosixStore(UnixChannels, FolderStore):
             return
         flags = os.O_WRONLY | os.O_CREAT | _O_OPEN
         try:
-            fd = os.open(self.prefix + entry, flags, 0o600, dir_fd=self._dir())
+            fd = os.open(self.prefix + entry, flags, _PRIVATE, dir_fd=self._dir())
         except PermissionError:
             raise BackendError(self._not_our_counter(entry)) from None
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
                 raise BackendError(self._not_our_counter(entry))
-            if stat.S_IMODE(info.st_mode) != 0o644:
-                os.fchmod(fd, 0o644)
+            if stat.S_IMODE(info.st_mode) != _readable_mode(self.scope):
+                os.fchmod(fd, _readable_mode(self.scope))
             os.pwrite(fd, text, 0)
         finally:
             os.close(fd)
@@ -918,7 +915,7 @@ class PosixStore(UnixChannels, FolderStore):
         for _ in range(1000):
             try:
                 name = self.prefix + own_ticket_file(number, shared)
-                return os.open(name, _O_NEW, 0o600, dir_fd=dir_fd), number, name
+                return os.open(name, _O_NEW, _PRIVATE, dir_fd=dir_fd), number, name
             except FileExistsError:
                 number += 1  # a leftover or planted file: never reuse its number
         raise BackendError(f"{self.shown} is full of foreign files: clean it up")
@@ -931,12 +928,12 @@ class PosixStore(UnixChannels, FolderStore):
         dir_fd = self._dir()
         with suppress(FileNotFoundError):
             os.unlink(name, dir_fd=dir_fd)  # a leftover of a number that was never handed out
-        os.mkfifo(name, 0o600, dir_fd=dir_fd)
+        os.mkfifo(name, _PRIVATE, dir_fd=dir_fd)
         flags = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         reader = os.open(name, os.O_RDONLY | flags, dir_fd=dir_fd)
         writer = os.open(name, os.O_WRONLY | flags, dir_fd=dir_fd)
         if self.scope == "machine":
-            os.fchmod(reader, 0o622)
+            os.fchmod(reader, 0o622 | KEEP)
         return reader, writer
 
     def replace(self, number: int, me: Membership) -> None:

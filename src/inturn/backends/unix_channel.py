@@ -26,7 +26,8 @@ refused, and a ticket cannot point outside its line's folder.
 
 Access: the socket is ``0600`` (only its owner may connect; the per-user folder is private
 anyway), ``0666`` on a machine-wide line that accepts other users, whom the listener then
-checks one by one against its ``accept_from``.
+checks one by one against its ``accept_from``; sticky on Linux, as every file of a line
+(``folders.KEEP``): systemd-tmpfiles takes a socket bound through ``/proc/self/fd`` for dead.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from ..errors import BackendError
 from ..forks import forget_after_fork
 from ..records import Ticket, escape_controls
 from .base import Channel, Connection, ListeningChannel, Peer
-from .folders import ticket_files
+from .folders import KEEP, ticket_files
 
 TYPE_CHECKING = False  # ``typing.TYPE_CHECKING`` without importing ``typing``
 if TYPE_CHECKING:
@@ -300,7 +301,7 @@ def open_channel(dir_fd: int, folder: str, others: bool, prefix: str) -> UnixCha
             raise BackendError(_cannot(folder, name, exc)) from None
         try:
             # Before listening: nobody can connect while the mode is still the umask's.
-            os.chmod(name, 0o666 if others else 0o600, dir_fd=dir_fd)
+            os.chmod(name, (0o666 if others else 0o600) | KEEP, dir_fd=dir_fd)
             sock.listen(BACKLOG)
             mine = os.dup(dir_fd)
         except OSError as exc:

@@ -81,14 +81,13 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
 ENVIRONMENT: tuple[tuple[str, str], ...] = (
     (
         "INTURN_DIR",
-        "folder of your own lines (default /dev/shm/inturn-UID; on macOS inturn in "
-        "your cache folder, elsewhere /tmp/inturn-UID; %LOCALAPPDATA%\\inturn on "
-        "Windows); --dir beats it",
+        "folder of your own lines (default /tmp/inturn-UID; on macOS inturn in "
+        "your cache folder; %LOCALAPPDATA%\\inturn on Windows); --dir beats it",
     ),
     (
         "INTURN_MACHINE_DIR",
         "folder of the lines --machine shares between the users of the "
-        "machine (default /dev/shm, else /tmp: their files are named inturn:NAME:...)",
+        "machine (default /tmp: their files are named inturn:NAME:...)",
     ),
     (
         "INTURN_BACKEND",
