@@ -12,4 +12,5 @@ python3 -m venv .venv
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 .venv/bin/mypy --platform win32
+.venv/bin/mypy --platform darwin
 .venv/bin/python -m pytest -n auto "$@"

@@ -375,7 +375,7 @@ def connect(
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(_left(deadline))
-        if _proc_fd():
+        if sys.platform.startswith("linux") and _proc_fd():  # O_PATH is Linux's
             fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
             try:
                 _check(os.fstat(fd), where, owner)

@@ -533,7 +533,7 @@ class Sentinel:
 
 
 def _nonblocking_pipe() -> tuple[int, int]:
-    if hasattr(os, "pipe2"):  # one system call rather than five
+    if sys.platform != "darwin" and hasattr(os, "pipe2"):  # one system call rather than five
         return os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     read, write = os.pipe()
     os.set_blocking(read, False)
