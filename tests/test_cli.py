@@ -606,6 +606,57 @@ def test_the_default_folder_is_the_same_from_cron_a_service_and_a_login_shell(tm
     assert holder.returncode == 0
 
 
+# Run in a mount namespace of its own: imports what a turn needs while this checkout is still
+# in sight (it may lie under /tmp), then takes turns on the default folders with /tmp as it is
+# and with /tmp replaced as systemd's PrivateTmp=yes replaces it; prints the warnings of each.
+PRIVATE_TMP = """
+import json, subprocess, sys, warnings
+import inturn
+name, private, warm = sys.argv[1:]
+inturn.Line("warm-up", directory=warm).acquire().release()
+seen = []
+for step in ("shared", "private"):
+    if step == "private":
+        subprocess.run(["mount", "--bind", private, "/tmp"], check=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for scope in ("user", "machine"):
+            line = inturn.Line(name, scope=scope)
+            line.acquire().release()
+            line.forget()
+    seen.append([str(w.message) for w in caught])
+print(json.dumps(seen))
+"""
+
+
+def test_a_service_with_its_own_tmp_is_warned_that_its_lines_are_its_own(tmp_path):
+    """systemd's PrivateTmp=yes gives a service a /tmp of its own, and with it lines of its
+    own under the default folders: runs outside do not take turns with it. Say so."""
+    private = tmp_path / "systemd-private-0123456789abcdef-inturn.service-AbCdEf" / "tmp"
+    private.mkdir(parents=True)
+    private.chmod(0o1777)  # as systemd makes it
+    warm = tmp_path / "warm"
+    env = child_env(INVOCATION_ID="0123456789abcdef0123456789abcdef")  # as in any service
+    for variable in ("INTURN_DIR", "INTURN_MACHINE_DIR", "INTURN_BACKEND"):
+        env.pop(variable, None)
+    argv = ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", PRIVATE_TMP]
+    name = f"private-tmp-{uuid.uuid4().hex}"
+    ran = subprocess.run(
+        [*argv, name, str(private), str(warm)],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    if ran.returncode != 0 and "unshare" in ran.stderr:
+        missing_component(f"cannot make a mount namespace: {ran.stderr.strip()}", "run as root")
+    assert ran.returncode == 0, ran
+    shared, own = json.loads(ran.stdout)
+    assert not [m for m in shared if "PrivateTmp" in m], shared
+    assert [m for m in own if "PrivateTmp" in m] == [
+        "/tmp is this service's own (systemd's PrivateTmp=yes), and so are the lines in it: "
+        "runs outside the service under the same names do not take turns with it; give them "
+        "all one INTURN_DIR (INTURN_MACHINE_DIR for --machine) outside /tmp"
+    ], own
+
+
 # --------------------------------------------------------------------------- tables
 
 

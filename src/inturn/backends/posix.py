@@ -67,6 +67,7 @@ assert sys.platform != "win32"  # the rest of this module is POSIX code
 
 from .unix_channel import UnixChannels  # noqa: E402 - POSIX only, as what follows
 
+TMP = "/tmp"
 MACHINE_PREFIX = "inturn:"  # machine-wide lines' files: inturn:<line>:<entry>
 
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -89,7 +90,7 @@ def default_root(scope: str) -> str:
     login ends (``RemoveIPC=yes``), tickets of jobs that outlive the login included, and a
     later run would then find the line empty while they still hold it.
     """
-    shared = os.path.realpath("/tmp")
+    shared = os.path.realpath(TMP)
     if scope == "machine":  # the lines' files side by side in it: see PosixStore._layout
         return shared
     cache = _darwin_user_cache()
@@ -107,6 +108,24 @@ def _darwin_user_cache() -> str | None:
     except (OSError, ValueError):
         return None
     return folder if folder and os.path.isabs(folder) and os.path.isdir(folder) else None
+
+
+def _systemd_private_tmp(tmp: str) -> bool:
+    """Whether the ``/tmp`` this process sees is one systemd made for its service alone
+    (``PrivateTmp=yes``: a folder ``systemd-private-*/tmp`` mounted on ``/tmp`` in the
+    service's own mount namespace), as the root of the mount on ``/tmp`` in
+    ``/proc/self/mountinfo`` shows (proc(5)). Lines in it are not the rest of the machine's.
+    Asked only of processes of a systemd service, which systemd gives ``INVOCATION_ID``."""
+    if not sys.platform.startswith("linux") or "INVOCATION_ID" not in os.environ:
+        return False
+    try:
+        with open("/proc/self/mountinfo", "rb") as table:
+            rows = table.read().splitlines()
+    except OSError:
+        return False
+    point = os.fsencode(tmp)
+    roots = [row.split(b" ")[3] for row in rows if row.split(b" ")[4:5] == [point]]
+    return bool(roots) and b"/systemd-private-" in roots[-1]  # the last one mounted is seen
 
 
 def _dir_mode(scope: str) -> int:
@@ -171,6 +190,12 @@ def prepare_root(path: str, scope: str, explicit: bool) -> None:
             )
     if scope == "machine" and not explicit:
         warn_if_anothers(path, info.st_uid, "the machine-wide lines folder")
+    if not explicit and _systemd_private_tmp(path if scope == "machine" else os.path.dirname(path)):
+        warn_once(
+            "/tmp is this service's own (systemd's PrivateTmp=yes), and so are the lines in "
+            "it: runs outside the service under the same names do not take turns with it; "
+            "give them all one INTURN_DIR (INTURN_MACHINE_DIR for --machine) outside /tmp"
+        )
     if not os.access(path, os.W_OK | os.X_OK):
         raise BackendError(
             f"the lines folder {path} is not writable by you: fix its permissions, "
