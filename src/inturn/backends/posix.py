@@ -124,7 +124,8 @@ def _systemd_private_tmp(tmp: str) -> bool:
     except OSError:
         return False
     point = os.fsencode(tmp)
-    roots = [row.split(b" ")[3] for row in rows if row.split(b" ")[4:5] == [point]]
+    mounts = (row.split(b" ") for row in rows)  # id, parent, device, root, mount point, ...
+    roots = [fields[3] for fields in mounts if fields[4:5] == [point]]
     return bool(roots) and b"/systemd-private-" in roots[-1]  # the last one mounted is seen
 
 
