@@ -729,3 +729,28 @@ def test_a_counter_planted_for_another_user_refuses_their_joins_with_one_line(ma
     assert "not a counter of yours" in line and str(planted) in line, line
     planted.unlink()  # as root
     assert one_shot(machine, alice, "plant")[1] == "0"
+
+
+def test_forgetting_a_line_with_another_users_files_removes_nothing(machine):
+    """Alice and mallory have both used a line (each keeps a counter in it), and nobody is in
+    it. Neither may remove the other's files, so alice's ``forget`` is refused with one line
+    naming mallory's file and removes nothing (removing hers, line name included, would leave
+    a line hidden from ``status`` that only root could forget); her ``status --prune`` goes
+    on past it with a warning; root's ``forget`` removes it all."""
+    alice, mallory = machine.users
+    assert one_shot(machine, alice, "both")[0] < one_shot(machine, mallory, "both")[0]
+    files = sorted(machine.root.glob("inturn:both:*"))
+    refused = alice.run(alice.inturn("forget", "--machine", "both"), env=machine.env(alice))
+    assert refused.returncode == 2, refused
+    line = one_line_besides_warnings(refused.stderr)
+    assert "nothing was removed" in line and f"belongs to {mallory.name}" in line, line
+    assert sorted(machine.root.glob("inturn:both:*")) == files
+    assert one_shot(machine, alice, "hers")[1] == "0"  # a line only she has used
+    pruned = alice.run(alice.inturn("status", "--machine", "--prune"), env=machine.env(alice))
+    assert pruned.returncode == 0, pruned  # goes on past the line it cannot forget
+    (warning,) = pruned.stderr.splitlines()
+    assert warning.startswith("inturn: warning: ") and "nothing was removed" in warning
+    assert [row.split()[0] for row in pruned.stdout.splitlines()] == ["LINE", "both"], pruned
+    assert sorted(machine.root.glob("inturn:both:*")) == files
+    assert machine.line("both").forget()  # as root, who may remove anyone's files
+    assert not list(machine.root.glob("inturn:both:*"))

@@ -909,9 +909,10 @@ class PosixStore(UnixChannels, FolderStore):
         with os_errors(self.shown), self._guard(patience):
             dir_fd = self._dir()
             entries = self._entries()
+            if not all(self._dead(number) for number in entries.tickets):
+                return False  # someone holds or waits
+            self._refuse_half_forgetting(dir_fd)
             for number in entries.tickets:
-                if not self._dead(number):
-                    return False  # someone holds or waits
                 self._bury_dead(number)
             with self._list_lock:
                 names = os.listdir(dir_fd)
@@ -935,6 +936,28 @@ class PosixStore(UnixChannels, FolderStore):
                 ) from None
         self._reopen()
         return True
+
+    def _refuse_half_forgetting(self, dir_fd: int) -> None:
+        """A machine-wide line with another user's files in it, which its sticky folder lets
+        only their owner (or root, or the folder's owner) remove, is refused whole: removing
+        ours and stopping at theirs would leave a line without its name, hidden from
+        ``status``, that nobody but root could forget."""
+        me = os.geteuid()
+        if not self.prefix or me == 0 or os.fstat(dir_fd).st_uid == me:
+            return
+        with self._list_lock:
+            entries = self._own(os.listdir(dir_fd))
+        for entry in entries:
+            try:
+                owner = os.stat(self.prefix + entry, dir_fd=dir_fd, follow_symlinks=False).st_uid
+            except FileNotFoundError:
+                continue
+            if owner != me:
+                raise BackendError(
+                    f"cannot forget line {self.name!r}: {self._where(entry)} belongs to "
+                    f"{user_name(owner)}, and only root may remove another user's files "
+                    "from it; nothing was removed"
+                )
 
     def _create_ticket(self, dir_fd: int, number: int, shared: bool) -> tuple[int, int, str]:
         """The new ticket's descriptor, number and name in the folder (prefix included)."""

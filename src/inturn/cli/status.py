@@ -6,9 +6,9 @@ import argparse
 import time
 
 from ..backends import open_backend
-from ..errors import UsageError
+from ..errors import BackendError, UsageError
 from ..line import Line
-from ..records import escape_controls
+from ..records import escape_controls, warn
 from .display import format_line, format_overview
 from .exits import EXIT_CONFLICT
 from .output import emit, json_text, say
@@ -68,13 +68,17 @@ def _names(names: list[str]) -> int:
 
 
 def _prune(args: argparse.Namespace) -> None:
-    """Forget every line nobody is in (``status --prune``)."""
+    """Forget every line nobody is in (``status --prune``); one that cannot be forgotten (a
+    machine-wide line with other users' files in it) is left as it is, with a warning."""
     where = where_from(args)
     with_backend = open_backend(where.backend, scope=where.scope, directory=where.directory)
     try:
         for name in with_backend.names():
             with Line(name, scope=where.scope, backend=with_backend) as line:
-                line.forget()
+                try:
+                    line.forget()
+                except BackendError as exc:
+                    warn(f"{exc}; left as it is")
     finally:
         with_backend.close()
 
