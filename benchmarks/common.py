@@ -149,8 +149,9 @@ def machine_summary(libraries: Sequence[str]) -> list[str]:
 
 
 def lock_folder() -> str:
-    """A fresh folder for every lock file, on tmpfs (``/dev/shm``) when there is one, which
-    is where inturn keeps lines by default on Linux."""
+    """A fresh folder for every lock file, on tmpfs (``/dev/shm``) when there is one: every
+    contender on the file system that costs least. inturn's default, ``/tmp``, is tmpfs on
+    some systems and a disk on others; the uncontended cycle is measured on a disk too."""
     shm = SHM if os.path.isdir(SHM) and os.access(SHM, os.W_OK) else None
     return tempfile.mkdtemp(prefix="inturn-bench-", dir=shm)
 
