@@ -67,8 +67,8 @@ def remove_ipc(uid: int) -> None:
 @pytest.mark.parametrize("scope", ["user", "machine"])
 def test_logging_out_takes_no_ticket_from_a_job_that_outlives_the_login(users, scope):
     """Alice starts a job that outlives her login (nohup, cron, tmux) on the default folder,
-    then her last session ends: her turn stays visible, and the next run (hers, or another
-    user's on a machine-wide line) is refused as busy."""
+    then her last session ends: her ticket stays, so the next run (hers, or another user's on
+    a machine-wide line) is refused as busy and its command never runs."""
     alice, mallory = users
     name = f"logout-{uuid.uuid4().hex}"
     where = ["--machine"] if scope == "machine" else []
