@@ -59,6 +59,13 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def without_inturn_settings(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with none of inturn's variables, for tests of the default folders."""
+    for variable in ("INTURN_DIR", "INTURN_MACHINE_DIR", "INTURN_BACKEND"):
+        env.pop(variable, None)
+    return env
+
+
 # How long a test waits for a report it expects before failing: a hang is a failure, not a
 # stuck run. Generous, because the machine may be busy; a passing test never waits this long.
 REPORT_TIMEOUT = 120.0

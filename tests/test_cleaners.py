@@ -27,7 +27,14 @@ import pytest
 
 import inturn
 
-from conftest import REPORT_TIMEOUT, child_env, inturn_cmd, run_cli, until
+from conftest import (
+    REPORT_TIMEOUT,
+    child_env,
+    inturn_cmd,
+    run_cli,
+    until,
+    without_inturn_settings,
+)
 from terminal import ensure_program
 from users import User
 
@@ -36,13 +43,6 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Li
 BUSY = 75
 HOLD = ("sh", "-c", "echo held; read _")
 LATE = ("echo", "the late run ran")
-
-
-def without_inturn_settings(env: dict[str, str]) -> dict[str, str]:
-    """The environment with none of inturn's variables: the default folders are under test."""
-    for variable in ("INTURN_DIR", "INTURN_MACHINE_DIR", "INTURN_BACKEND"):
-        env.pop(variable, None)
-    return env
 
 
 def remove_ipc(uid: int) -> None:

@@ -27,6 +27,7 @@ from conftest import (
     run_cli,
     until,
     until_held_by,
+    without_inturn_settings,
 )
 
 
@@ -581,8 +582,8 @@ def test_the_default_folder_is_the_same_from_cron_a_service_and_a_login_shell(tm
     """No INTURN_DIR: cron and services have no XDG_RUNTIME_DIR (and maybe no TMPDIR), a login
     shell has both; runs under one name must still share one line, or both would hold it."""
     name = f"everywhere-{uuid.uuid4().hex}"
-    cron = child_env()
-    for variable in ("INTURN_DIR", "INTURN_BACKEND", "XDG_RUNTIME_DIR", "TMPDIR"):
+    cron = without_inturn_settings(child_env())
+    for variable in ("XDG_RUNTIME_DIR", "TMPDIR"):
         cron.pop(variable, None)
     runtime, temp = tmp_path / "runtime", tmp_path / "tmp"
     runtime.mkdir(mode=0o700)
@@ -636,9 +637,7 @@ def test_a_service_with_its_own_tmp_is_warned_that_its_lines_are_its_own(tmp_pat
     private.mkdir(parents=True)
     private.chmod(0o1777)  # as systemd makes it
     warm = tmp_path / "warm"
-    env = child_env(INVOCATION_ID="0123456789abcdef0123456789abcdef")  # as in any service
-    for variable in ("INTURN_DIR", "INTURN_MACHINE_DIR", "INTURN_BACKEND"):
-        env.pop(variable, None)
+    env = without_inturn_settings(child_env(INVOCATION_ID="0123456789abcdef0123456789abcdef"))
     argv = ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", PRIVATE_TMP]
     name = f"private-tmp-{uuid.uuid4().hex}"
     ran = subprocess.run(
