@@ -464,11 +464,12 @@ def build_report(plan: Plan, results: Results) -> tuple[list[Section], list[Targ
                 "Per cycle inturn creates, locks, writes and removes its ticket file, takes "
                 "the line's short guard lock for the ticket number and lists the line's "
                 "folder; raw flock opens, locks and closes one file. On a disk file system "
-                "creating and removing a file is dearer than on tmpfs, where inturn keeps its "
-                "lines by default on Linux. The two floors make only the system calls of such "
-                "a cycle (the ticket floor: inturn's design; the byte-range floor: one file per "
-                "line with a byte range per ticket), from plain Python with nothing around "
-                "them: the rest of inturn's figure is its own code.",
+                "creating and removing a file is dearer than on tmpfs (inturn's default "
+                "folders are in `/tmp`, a disk on some systems and tmpfs on others). The two "
+                "floors make only the system calls of such a cycle (the ticket floor: inturn's "
+                "design; the byte-range floor: one file per line with a byte range per "
+                "ticket), from plain Python with nothing around them: the rest of inturn's "
+                "figure is its own code.",
             )
         )
     cycle = {k: median(v) for k, v in results.cycle_disk.items()}

@@ -6,6 +6,14 @@ workers (and test runs of other checkouts) never race to create them; they are l
 for the next run. A test runs a process as one of them with ``User.popen`` / ``User.run``,
 which drop every privilege between fork and exec and may set the process's umask there too.
 
+Lines shared between users live in sticky folders every user may write in (``/tmp``), where
+most distributions have the kernel refuse more than plain permissions do: opening with
+``O_CREAT`` a file or FIFO there that another user owns, following another user's symlink,
+linking to a file one cannot write (``fs.protected_*``: systemd and Ubuntu ship them on).
+Where they are off, ``second_users`` turns them on, to their strictest, before the first test
+with a second user, so that inturn is tested as it is used; they stay on (they only refuse
+more).
+
 Those processes must be able to run this checkout's inturn: the Python they get is the first
 of the test's own interpreters that the user can execute and that imports ``src/inturn`` (a
 virtual environment made from a Python under ``/root`` is not executable by other users; the
@@ -21,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -132,10 +141,40 @@ def second_users() -> Users:
         for name in (ALICE, MALLORY):
             if not _exists(name):
                 _create(name)
+    harden_sticky_folders()
     accounts = [pwd.getpwnam(name) for name in (ALICE, MALLORY)]
     python = _usable_python(accounts[0])
     alice, mallory = (User(a.pw_name, a.pw_uid, a.pw_gid, python) for a in accounts)
     return Users(alice, mallory)
+
+
+# The kernel's protections for sticky, world-writable folders, at their strictest.
+STICKY_PROTECTIONS = {
+    "protected_regular": 2,
+    "protected_fifos": 2,
+    "protected_symlinks": 1,
+    "protected_hardlinks": 1,
+}
+
+
+def harden_sticky_folders() -> None:
+    """Raise each of ``STICKY_PROTECTIONS`` that is lower on this machine.
+
+    One that cannot be raised (a container's read-only ``/proc/sys``) is a failure under
+    ``CI=true``; elsewhere a warning, and the tests run on the machine's own settings.
+    """
+    for name, strictest in STICKY_PROTECTIONS.items():
+        path = Path("/proc/sys/fs") / name
+        try:
+            if int(path.read_text()) < strictest:
+                path.write_text(f"{strictest}\n")
+        except FileNotFoundError:
+            continue  # a kernel without it (before 4.19 for regular files and FIFOs)
+        except OSError as exc:
+            reason = f"cannot set fs.{name} to {strictest}, as distributions ship it"
+            if os.environ.get("CI", "").lower() == "true":
+                missing_component(f"{reason}: {exc.strerror}", "make /proc/sys writable by root")
+            warnings.warn(f"{reason} ({exc.strerror}): tested without it", stacklevel=1)
 
 
 @contextmanager
