@@ -250,6 +250,8 @@ class FolderBackend(Backend):
         self.root, explicit = resolve_root(scope, directory, self.default_root)
         self.scope = scope
         self.create = create  # False: only looking, so nothing is created or changed
+        if explicit:
+            self.check_named_root(self.root)
         if create:
             self.prepare_root(self.root, scope, explicit)
 
@@ -262,6 +264,11 @@ class FolderBackend(Backend):
     @abstractmethod
     def prepare_root(path: str, scope: str, explicit: bool) -> None:
         """Create the lines folder if needed and check that it is safe to use."""
+
+    @staticmethod
+    def check_named_root(path: str) -> None:
+        """A folder the user named, before it is made or looked at: raise ``BackendError``
+        where its lines could not keep their promises (the defaults are known places)."""
 
     @staticmethod
     @abstractmethod

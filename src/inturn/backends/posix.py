@@ -62,6 +62,7 @@ from .folders import (
     ticket_files,
     write_all,
 )
+from .mounts import network_file_system, systemd_private_tmp
 
 assert sys.platform != "win32"  # the rest of this module is POSIX code
 
@@ -108,25 +109,6 @@ def _darwin_user_cache() -> str | None:
     except (OSError, ValueError):
         return None
     return folder if folder and os.path.isabs(folder) and os.path.isdir(folder) else None
-
-
-def _systemd_private_tmp(tmp: str) -> bool:
-    """Whether the ``/tmp`` this process sees is one systemd made for its service alone
-    (``PrivateTmp=yes``: a folder ``systemd-private-*/tmp`` mounted on ``/tmp`` in the
-    service's own mount namespace), as the root of the mount on ``/tmp`` in
-    ``/proc/self/mountinfo`` shows (proc(5)). Lines in it are not the rest of the machine's.
-    Asked only of processes of a systemd service, which systemd gives ``INVOCATION_ID``."""
-    if not sys.platform.startswith("linux") or "INVOCATION_ID" not in os.environ:
-        return False
-    try:
-        with open("/proc/self/mountinfo", "rb") as table:
-            rows = table.read().splitlines()
-    except OSError:
-        return False
-    point = os.fsencode(tmp)
-    mounts = (row.split(b" ") for row in rows)  # id, parent, device, root, mount point, ...
-    roots = [fields[3] for fields in mounts if fields[4:5] == [point]]
-    return bool(roots) and b"/systemd-private-" in roots[-1]  # the last one mounted is seen
 
 
 def _dir_mode(scope: str) -> int:
@@ -191,7 +173,7 @@ def prepare_root(path: str, scope: str, explicit: bool) -> None:
             )
     if scope == "machine" and not explicit:
         warn_if_anothers(path, info.st_uid, "the machine-wide lines folder")
-    if not explicit and _systemd_private_tmp(path if scope == "machine" else os.path.dirname(path)):
+    if not explicit and systemd_private_tmp(path if scope == "machine" else os.path.dirname(path)):
         warn_once(
             "/tmp is this service's own (systemd's PrivateTmp=yes), and so are the lines in "
             "it: runs outside the service under the same names do not take turns with it; "
@@ -201,6 +183,20 @@ def prepare_root(path: str, scope: str, explicit: bool) -> None:
         raise BackendError(
             f"the lines folder {path} is not writable by you: fix its permissions, "
             "or choose another with --dir or INTURN_DIR"
+        )
+
+
+def refuse_network_file_system(path: str) -> None:
+    """A folder the user named (the defaults are in ``/tmp``) may be on a file system shared
+    between machines, where a holder's lock can go unseen: refused before anything is made in
+    it or read from it. Asked of the folder, or of its parent when it is still to be made."""
+    kind = network_file_system(path if os.path.lexists(path) else os.path.dirname(path))
+    if kind is not None:
+        raise BackendError(
+            f"{escape_controls(path)} is on a network file system ({kind}), where inturn's "
+            "locks do not keep other processes out, so two could hold a turn at once: keep "
+            "lines in a local folder, or take turns across machines with a postgresql:// or "
+            "redis:// backend"
         )
 
 
@@ -221,6 +217,7 @@ class PosixBackend(FolderBackend):
 
     default_root = staticmethod(default_root)
     prepare_root = staticmethod(prepare_root)
+    check_named_root = staticmethod(refuse_network_file_system)
 
     @staticmethod
     def recorded_name(folder: str) -> str | None:
