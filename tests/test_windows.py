@@ -33,7 +33,14 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "windows"))
 
-from wine import Unavailable, Wine, WinProcess, windows_path  # noqa: E402
+from wine import (  # noqa: E402
+    NETWORK_DRIVE,
+    NETWORK_UNC,
+    Unavailable,
+    Wine,
+    WinProcess,
+    windows_path,
+)
 
 WORKER = windows_path(HERE / "windows" / "winworker.py")
 
@@ -848,6 +855,32 @@ assert ctypes.get_last_error() == 0  # ERROR_NOT_ALL_ASSIGNED: the token never h
 for where in (['--machine', '--dir', sys.argv[1]], []):
     print('run', main(['run', *where, 'shared', '--', sys.executable, '-c', 'pass']), flush=True)
 """
+
+
+def test_a_folder_on_a_network_share_is_refused(win: Win) -> None:
+    """Another machine would use lines on a share with mutexes of its own, and take this
+    machine's holder for dead: a mapped network drive or a UNC path is refused with one line,
+    by every command and the Python API, and nothing is made there. The same folder on its
+    local path serves."""
+    folder = f"lines-{uuid.uuid4().hex[:8]}"
+    command = [win.python, "-c", "print('ran')"]
+    for share in (NETWORK_DRIVE, NETWORK_UNC):
+        path = f"{share}\\{folder}"
+        env = {"INTURN_DIR": path}
+        for args in (["run", "job", "--", *command], ["status", "job"], ["wait", "job"]):
+            code, out, err = win.wine.run("-m", "inturn", *args, env=env)
+            said = err.strip().splitlines()
+            assert code == 2 and "ran" not in out, (code, out, err)
+            assert len(said) == 1 and f"{path} is on a network share" in said[0], err
+        api = f"import inturn\nline = inturn.Line('job', directory={path!r})\n"
+        for use in ("acquire", "status", "forget"):
+            refused = f"try:\n  line.{use}()\nexcept inturn.BackendError:\n  print('refused')"
+            result = win.wine.run("-c", api + refused)
+            assert result[:2] == (0, "refused\n") or result[1].split() == ["refused"], result
+    assert not (win.wine.network_share / folder).exists()
+    local = {"INTURN_DIR": windows_path(win.wine.network_share / folder)}
+    code, out, err = win.wine.run("-m", "inturn", "run", "job", "--", *command, env=local)
+    assert (code, out.split()) == (0, ["ran"]), err
 
 
 def test_lines_need_no_privilege_to_create_global_objects(win: Win) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import _thread
 import contextlib
 import ctypes
+import os
 import signal
 import sys
 import threading
@@ -128,6 +129,7 @@ AssignProcessToJobObject = _bind(kernel32, "AssignProcessToJobObject", _BOOL, _H
 TerminateJobObject = _bind(kernel32, "TerminateJobObject", _BOOL, _H, wintypes.UINT)
 IsProcessInJob = _bind(kernel32, "IsProcessInJob", _BOOL, _H, _H, ctypes.POINTER(_BOOL))
 LocalFree = _bind(kernel32, "LocalFree", _H, _H)
+GetDriveTypeW = _bind(kernel32, "GetDriveTypeW", wintypes.UINT, _WSTR)
 GetSecurityInfo = _bind(
     advapi32, "GetSecurityInfo", _DWORD, _H, ctypes.c_int, _DWORD, _P, _P, _P, _P, _P
 )
@@ -581,6 +583,24 @@ def allow_set_foreground_window(pid: int) -> bool:
     user32 = ctypes.WinDLL("user32", use_last_error=True)
     allow = _bind(user32, "AllowSetForegroundWindow", _BOOL, _DWORD)
     return bool(allow(pid))
+
+
+DRIVE_REMOTE = 4  # GetDriveTypeW: a network drive
+
+
+def on_network_share(path: str) -> bool:
+    """Whether ``path`` is on another machine's share: a UNC path (``\\\\server\\share``, also
+    written ``\\\\?\\UNC\\server\\share``), or on a drive the system reports as remote (a mapped
+    network drive; learn.microsoft.com: GetDriveTypeW)."""
+    full = os.path.abspath(path)
+    if full.startswith("\\\\?\\"):
+        if full[4:8].upper() == "UNC\\":
+            return True
+        full = full[4:]  # a local-looking path in its long form
+    elif full.startswith("\\\\"):
+        return not full.startswith("\\\\.\\")  # a share, unless a device
+    drive = os.path.splitdrive(full)[0]
+    return len(drive) == 2 and GetDriveTypeW(drive + "\\") == DRIVE_REMOTE
 
 
 FOLDERID_LOCAL_APP_DATA = "F1B32785-6FBA-4FCF-9D55-7B8E7F157091"

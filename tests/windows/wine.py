@@ -48,6 +48,9 @@ ENABLE_HINT = (
     "the Windows tests need Wine and network access to PyPI: run them as root "
     "(they install Debian's wine64 package) or run 'apt-get install wine64' first"
 )
+# Where the prefix reaches ``Wine.network_share``, as Windows reaches another machine's share.
+NETWORK_UNC = "\\\\fileserver\\locks"
+NETWORK_DRIVE = "N:"
 # How long a test waits for a report it expects: a hang is a failure, not a stuck run.
 REPORT_TIMEOUT = 120.0
 
@@ -155,6 +158,7 @@ class Wine:
         embed = ensure_python()
         self.prefix = shared / "wineprefix"
         self.python_dir = shared / "python"
+        self.network_share = shared / "network-share"
         self.env = dict(os.environ)
         for variable in ("DISPLAY", "WAYLAND_DISPLAY", "INTURN_DIR", "INTURN_BACKEND"):
             self.env.pop(variable, None)
@@ -187,7 +191,8 @@ class Wine:
         os.rename(staging, self.python_dir)
 
     def _boot(self) -> None:
-        """Create the prefix (the first start takes ~10 s), with no pipes of ours."""
+        """Create the prefix (the first start takes ~10 s), with no pipes of ours, and give
+        it a network share (``add_network_share``)."""
         command = [self.loader, str(self.python_dir / "python.exe"), "-c", "pass"]
         quiet = subprocess.DEVNULL
         try:
@@ -198,6 +203,34 @@ class Wine:
             raise Unavailable(f"creating the Wine prefix failed: {exc}; {ENABLE_HINT}") from None
         if code != 0:
             raise Unavailable(f"Windows Python exited {code} under Wine; {ENABLE_HINT}")
+        self._add_network_share()
+
+    def _add_network_share(self) -> None:
+        """``self.network_share``, a folder of the run, reached as another machine's share
+        would be: as ``NETWORK_UNC`` and as the mapped network drive ``NETWORK_DRIVE``.
+
+        Wine maps ``\\\\server\\share`` to ``dosdevices/unc/server/share``, and reports a
+        drive as remote when ``HKLM\\Software\\Wine\\Drives`` says ``network``, which its
+        mount manager reads when it starts: so after this the server must end first.
+        """
+        self.network_share.mkdir(exist_ok=True)
+        devices = self.prefix / "dosdevices"
+        server, share = NETWORK_UNC.strip("\\").split("\\")
+        (devices / "unc" / server).mkdir(parents=True, exist_ok=True)
+        (devices / "unc" / server / share).symlink_to(self.network_share)
+        (devices / NETWORK_DRIVE.lower()).symlink_to(self.network_share)
+        key = "HKLM\\Software\\Wine\\Drives"
+        add = [self.loader, "reg", "add", key, "/v", NETWORK_DRIVE.lower(), "/d", "network", "/f"]
+        quiet = subprocess.DEVNULL
+        try:
+            code = subprocess.run(
+                add, stdin=quiet, stdout=subprocess.PIPE, stderr=quiet, env=self.env, timeout=300
+            ).returncode
+            subprocess.run([WINESERVER, "-w"], env=self.env, timeout=300, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise Unavailable(f"making a network drive under Wine failed: {exc}") from None
+        if code != 0:
+            raise Unavailable(f"making a network drive under Wine failed: reg exited {code}")
 
     def _start_keeper(self) -> subprocess.Popen[bytes]:
         keeper = subprocess.Popen(

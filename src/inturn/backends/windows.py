@@ -218,11 +218,25 @@ def prepare_root(path: str, scope: str, explicit: bool) -> None:
         raise BackendError(f"{path} is not a folder: remove it or set INTURN_DIR to another place")
 
 
+def refuse_network_share(path: str) -> None:
+    """A folder the user named may be another machine's share, which a run on each machine
+    would use with mutexes of its own machine: there a holder's ticket, whose mutex is not
+    found, is taken for dead. Refused before anything is made in it or read from it."""
+    if win32.on_network_share(path):
+        raise BackendError(
+            f"{path} is on a network share, and the mutexes that hold turns are each "
+            "machine's own, so a run on another machine would start beside the holder: keep "
+            "lines in a local folder, or take turns across machines with a postgresql:// or "
+            "redis:// backend"
+        )
+
+
 class WindowsBackend(FolderBackend):
     """Lines on this Windows machine: named mutexes, and a folder for order and metadata."""
 
     default_root = staticmethod(default_root)
     prepare_root = staticmethod(prepare_root)
+    check_named_root = staticmethod(refuse_network_share)
 
     def __init__(
         self, scope: str = "user", directory: str | None = None, create: bool = True
