@@ -918,10 +918,11 @@ class PosixStore(UnixChannels, FolderStore):
                     os.unlink(self.prefix + entry, dir_fd=dir_fd)
                 except FileNotFoundError:
                     continue
-                except PermissionError:
+                except PermissionError:  # another user's, made since the check above
                     raise BackendError(
                         f"cannot forget line {self.name!r}: {self._where(entry)} belongs to "
-                        "another user, who must remove it (or forget the line) first"
+                        "another user, and the files before it are gone: only root can forget "
+                        "it now"
                     ) from None
             if self.prefix:
                 return True  # its files were all it had

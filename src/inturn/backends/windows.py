@@ -708,10 +708,11 @@ class WindowsStore(PipeChannels, FolderStore):
                     os.unlink(self._path(entry))
                 except FileNotFoundError:
                     continue
-                except PermissionError:
+                except PermissionError as exc:
                     raise BackendError(
-                        f"cannot forget line {self.name!r}: {self._path(entry)} belongs to "
-                        "another user, who must remove it (or forget the line) first"
+                        f"cannot forget line {self.name!r}: cannot remove {self._path(entry)} "
+                        f"({exc.strerror}), and the files before it are gone: an administrator "
+                        "can forget it"
                     ) from None
             try:
                 os.rmdir(self.folder)
