@@ -15,10 +15,11 @@ MOUNT_TABLE = "/proc/self/mountinfo"
 
 # File systems that share files between machines but not inturn's locks. On NFS a ``flock``
 # becomes a POSIX record lock, which a process drops when it closes any descriptor of the file
-# and never conflicts with its own; SMB and the rest keep locks to one client, or to none;
-# a FUSE file system that does not pass locks on (sshfs, s3fs, rclone, ...) keeps them inside
-# the kernel that mounted it. Either way another process, here or on another machine, could
-# find a holder's ticket unlocked, take it for dead and hold the turn beside it.
+# and never conflicts with its own; a FUSE file system that does not pass locks on (sshfs,
+# s3fs, rclone, ...) keeps them inside the kernel that mounted it; on the others what a
+# ``flock`` becomes depends on the client's version and mount options. Either way another
+# process, here or on another machine, could find a holder's ticket unlocked, take it for dead
+# and hold the turn beside it.
 NETWORK_FILE_SYSTEMS = frozenset(
     {
         "9p",
