@@ -9,6 +9,7 @@ each repetition must come out right.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
 import select
@@ -37,6 +38,7 @@ from conftest import (
     one_line_error,
     read_lines,
     run_cli,
+    until,
 )
 from tcp_proxy import TcpProxy
 
@@ -578,6 +580,33 @@ def test_a_stopped_command_still_gets_its_sigterm_when_the_turn_is_lost(losable)
     losable.cut()
     assert run.next_line() == ["signal", str(int(signal.SIGTERM))]  # continued to get it
     assert run.wait() == 76
+
+
+def proc_state(pid: int) -> str:
+    """A process's state as the kernel shows it (proc(5)): ``R``, ``S``, ``T`` (stopped)..."""
+    fields = Path(f"/proc/{pid}/stat").read_text()
+    return fields[fields.rfind(")") + 2]
+
+
+@linux_only
+def test_a_stopped_holder_is_shown_stopped_while_it_is(lines_dir):
+    """A holder stopped by Ctrl-Z or SIGSTOP keeps its turn: status, status --json and a busy
+    run say so (they read it from the system each time), and stop saying so once it runs."""
+    run = Run("paused")
+    command = run.running().pid
+    for sent, stopped in ((None, False), (signal.SIGSTOP, True), (signal.SIGCONT, False)):
+        if sent is not None:
+            os.kill(command, sent)  # which the kernel acts on a moment later
+            states = "T" if stopped else "RS"
+            until(lambda states=states: proc_state(command) in states, f"{sent.name} acted on")
+        state = run_cli("status", "paused").stdout.splitlines()[2].split()[2:4]
+        assert state == (["holding,", "stopped"] if stopped else ["holding", "exclusive"])
+        listed = json.loads(run_cli("status", "--json", "paused").stdout)
+        assert listed["holders"][0]["stopped"] is stopped
+        busy = run_cli("run", "-n", "paused", "--", "true")
+        who = f"stopped pid {command}" if stopped else f"pid {command}"
+        assert busy.returncode == 75 and f"busy: held by {who} (" in busy.stderr, busy
+    assert run.finish() == 0
 
 
 ORPHANER = """

@@ -8,8 +8,10 @@ would show there even if the screen happened to look right.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import signal
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,23 @@ def test_verbose_and_busy_lines_start_rows_of_their_own(lines_dir, workers, pane
     assert rows[1].startswith(f"inturn: line 'turns' is busy: held by pid {busy.pid}"), rows
     assert b"waiting for" not in raw.read_bytes()[written:]  # no status line for a busy line
     busy.send()
+
+
+def test_a_stopped_holder_is_named_stopped_while_it_is(lines_dir, workers, panes, tmp_path):
+    """Ctrl-Z on a holder keeps its turn: the waiter's line says why nothing moves."""
+    holder = Worker("paused", "--hold")
+    workers.append(holder)
+    holder.expect("acquired")
+    pane, _ = shell_with(tmp_path, 120, ["run", "paused", "--", "true"])
+    panes.append(pane)
+    pane.type("go")
+    shown = f"held by pid {holder.pid} ("
+    pane.until(lambda rows: any(shown in r for r in status_rows(rows, "paused")), "the holder")
+    os.kill(holder.pid, signal.SIGSTOP)
+    stopped = f"held by stopped pid {holder.pid} ("
+    pane.until(lambda rows: any(stopped in r for r in status_rows(rows, "paused")), "stopped")
+    os.kill(holder.pid, signal.SIGCONT)
+    pane.until(lambda rows: any(shown in r for r in status_rows(rows, "paused")), "running")
+    holder.send()
+    assert pane.exit_code() == 0
+    assert holder.wait() == 0

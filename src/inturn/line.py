@@ -625,7 +625,7 @@ def _first_or_tell(store: LineStore, data: Any, timeout: float, channel: str | N
                     raise
                 continue  # it emptied meanwhile: try again
             first = ahead[0]
-            running = f"line {store.name!r} is already running as {first.describe()}"
+            running = f"line {store.name!r} is already running as {first.describe(live=True)}"
             if not first.channel:
                 raise AlreadyRunning(
                     f"{running}, which does not listen for messages", status, pid=first.pid

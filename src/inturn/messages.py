@@ -523,8 +523,8 @@ def send(
         holder = status.holders[0]
         if not holder.channel:
             raise NotRunning(
-                f"line {store.name!r} is held by {holder.describe()}, which does not listen "
-                "for messages",
+                f"line {store.name!r} is held by {holder.describe(live=True)}, which does not "
+                "listen for messages",
                 holder.pid,
             )
         try:
@@ -540,8 +540,8 @@ def wait_for_going(store: LineStore, holder: Ticket, deadline: float, timeout: f
     if left > 0 and store.wait(None, [holder.number], left, None) is not None:
         return
     raise Timeout(
-        f"line {store.name!r} is held by {holder.describe()}, which did not take the message "
-        f"within {timeout:g}s (its socket or pipe does not answer)",
+        f"line {store.name!r} is held by {holder.describe(live=True)}, which did not take the "
+        f"message within {timeout:g}s (its socket or pipe does not answer)",
         store.status(),
     )
 

@@ -388,7 +388,7 @@ def _impatient(store: LineStore, blocking: bool, timeout: float | None, why: str
 
 def _full_message(store: LineStore, me: Membership, live: list[int], slots: int) -> str:
     holders = [t for t in store.read(live[:slots], me) if t is not None]
-    who = ", ".join(f"{t.describe()}{_since(t)}" for t in holders) or "another process"
+    who = ", ".join(f"{t.describe(live=True)}{_since(t)}" for t in holders) or "another process"
     return f"line {store.name!r} is busy: held by {who}"
 
 

@@ -55,9 +55,20 @@ class Ticket(NamedTuple):
     def holding(self) -> bool:
         return self.acquired_at is not None
 
-    def describe(self) -> str:
-        """A short human phrase: ``pid 4242 (make all)``."""
+    @property
+    def stopped(self) -> bool | None:
+        """Whether the ticket's process is stopped (Ctrl-Z, SIGSTOP, a debugger): it keeps its
+        turn or place without running. None where that cannot be told. Asked of the system at
+        each call, so ask it of live tickets (those ``status`` lists): a dead one's pid may
+        be another process's by now."""
+        return process_stopped(self.pid, self.host)
+
+    def describe(self, live: bool = False) -> str:
+        """A short human phrase: ``pid 4242 (make all)``; for a ``live`` ticket (one that
+        ``status`` lists), ``stopped pid 4242 (make all)`` when its process is stopped."""
         who = f"pid {self.pid}" if self.pid is not None else f"ticket {self.number}"
+        if live and self.stopped:
+            who = f"stopped {who}"
         if self.host and self.host != this_host():
             who += f" on {self.host}"
         cmd = shell_words(self.command)
@@ -82,6 +93,7 @@ class Ticket(NamedTuple):
             "acquired_at": self.acquired_at,
             "waited_seconds": _span(self.joined_at, waited_until),
             "held_seconds": _span(self.acquired_at, now),
+            "stopped": self.stopped,
         }
 
     def header(self) -> dict[str, _typing.Any]:
@@ -251,6 +263,21 @@ def this_host() -> str:
 
             _HOST = socket.gethostname()
     return _HOST
+
+
+def process_stopped(pid: int | None, host: str) -> bool | None:
+    """Whether process ``pid`` of this machine is stopped, from the state in
+    ``/proc/PID/stat`` (proc(5): ``T`` stopped by a signal, ``t`` by a debugger); None on
+    another machine, elsewhere than on Linux, or for a process that is gone."""
+    if pid is None or host != this_host() or not sys.platform.startswith("linux"):
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read()
+    except OSError:
+        return None
+    state = fields[fields.rfind(b")") + 2 :][:1]  # after the command's name, which may hold ")"
+    return state in (b"T", b"t")
 
 
 def this_user() -> str:

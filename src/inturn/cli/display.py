@@ -114,7 +114,7 @@ class WaitingDisplay:
                 if first.shared and len(self.holders) > 1:
                     who = f", held by {len(self.holders)} sharing for {held}"
                 else:
-                    who = f", held by {first.describe()} for {held}"
+                    who = f", held by {first.describe(live=True)} for {held}"
             else:
                 who = ""
             name = escape_controls(self.line.name)
@@ -165,6 +165,8 @@ def format_line(status: LineStatus, now: float) -> str:
 
 def _row(place: int, ticket: Ticket, now: float) -> tuple[str, ...]:
     state = "holding" if ticket.holding else "waiting"
+    if ticket.stopped:  # why a turn does not pass
+        state += ", stopped"
     since = ticket.acquired_at if ticket.holding else ticket.joined_at
     return (
         str(place),
@@ -191,7 +193,7 @@ def format_overview(statuses: list[LineStatus], where: str, now: float) -> str:
                 escape_controls(status.name),
                 str(len(status.holders)),
                 str(len(status.waiters)),
-                first.describe() if first is not None else "-",
+                first.describe(live=True) if first is not None else "-",
                 duration(held_for) if first is not None else "-",
             )
         )

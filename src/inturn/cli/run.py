@@ -189,7 +189,7 @@ def find_on_path(program: str) -> str | None:
 def _held_by(status: LineStatus | None) -> str:
     if status is None or not status.holders:
         return ""
-    return "; held by " + ", ".join(t.describe() for t in status.holders)
+    return "; held by " + ", ".join(t.describe(live=True) for t in status.holders)
 
 
 def fit_grace(given: float | None, window: float) -> float:
