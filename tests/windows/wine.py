@@ -192,7 +192,7 @@ class Wine:
 
     def _boot(self) -> None:
         """Create the prefix (the first start takes ~10 s), with no pipes of ours, and give
-        it a network share (``add_network_share``)."""
+        it a network share (``_add_network_share``)."""
         command = [self.loader, str(self.python_dir / "python.exe"), "-c", "pass"]
         quiet = subprocess.DEVNULL
         try:
