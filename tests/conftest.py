@@ -26,13 +26,18 @@ T = TypeVar("T")
 SRC = HERE.parent / "src"
 
 
+def under_ci() -> bool:
+    """Whether this run is CI's (``CI=true``), where what a test needs must be there."""
+    return os.environ.get("CI", "").lower() == "true"
+
+
 def missing_component(reason: str, how_to_enable: str) -> NoReturn:
     """A component a test needs is not here: a failure under ``CI=true``, else a skip.
 
     CI must never pass by skipping what it was meant to test; a developer without a server
     or Wine gets a skip that says how to enable those tests. Works while collecting, too.
     """
-    if os.environ.get("CI", "").lower() == "true":
+    if under_ci():
         pytest.fail(f"{reason}; CI needs it ({how_to_enable})", pytrace=False)
     pytest.skip(f"{reason}: {how_to_enable}", allow_module_level=True)
 

@@ -30,6 +30,8 @@ from typing import Any
 
 import pytest
 
+from conftest import under_ci
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "windows"))
 
@@ -52,7 +54,7 @@ def wine(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[W
     try:
         session = Wine(shared)
     except Unavailable as exc:
-        if os.environ.get("CI") == "true":
+        if under_ci():
             pytest.fail(f"Windows tests cannot run: {exc}")
         pytest.skip(f"Windows tests skipped: {exc}")
     yield session

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from conftest import HERE, SRC, Worker, child_env, missing_component
+from conftest import HERE, SRC, Worker, child_env, missing_component, under_ci
 
 ALICE = "inturn-alice"
 MALLORY = "inturn-mallory"
@@ -172,7 +172,7 @@ def harden_sticky_folders() -> None:
             continue  # a kernel without it (before 4.19 for regular files and FIFOs)
         except OSError as exc:
             reason = f"cannot set fs.{name} to {strictest}, as distributions ship it"
-            if os.environ.get("CI", "").lower() == "true":
+            if under_ci():
                 missing_component(f"{reason}: {exc.strerror}", "make /proc/sys writable by root")
             warnings.warn(f"{reason} ({exc.strerror}): tested without it", stacklevel=1)
 
