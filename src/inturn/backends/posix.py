@@ -838,8 +838,9 @@ class PosixStore(UnixChannels, FolderStore):
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
                 raise BackendError(self._not_our_counter(entry))
-            if stat.S_IMODE(info.st_mode) != _readable_mode(self.scope):
-                os.fchmod(fd, _readable_mode(self.scope))
+            readable = _readable_mode(self.scope)
+            if stat.S_IMODE(info.st_mode) != readable:
+                os.fchmod(fd, readable)
             os.pwrite(fd, text, 0)
         finally:
             os.close(fd)
