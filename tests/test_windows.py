@@ -294,6 +294,27 @@ def test_run_passes_the_exit_code_and_environment(win: Win) -> None:
     assert win.status("env")["holders"] == []
 
 
+# Starts ``pythonw.exe -m inturn`` (a GUI program: no standard handles, so Python's
+# ``sys.stdout`` and ``sys.stderr`` are None, as for a desktop app's launcher) and prints its
+# exit code. ``argv[1]`` is where the command writes what it saw.
+WITHOUT_STREAMS = """
+import subprocess, sys
+pythonw = sys.executable[: -len("python.exe")] + "pythonw.exe"
+seen = sys.argv[1]
+command = [sys.executable, "-c", "import sys; open(sys.argv[1], 'w').write('ran'); sys.exit(3)"]
+none = subprocess.STARTUPINFO(dwFlags=subprocess.STARTF_USESTDHANDLES)  # null handles, all 3
+for args in (["run", "gui", "--", *command, seen], ["status"], ["run", "--slots", "0", "x"]):
+    print(subprocess.run([pythonw, "-m", "inturn", *args], startupinfo=none).returncode, flush=True)
+"""
+
+
+def test_run_from_a_program_without_standard_handles(win: Win) -> None:
+    seen = win.folder.parent / "seen"
+    code, out, err = win.run("-c", WITHOUT_STREAMS, windows_path(seen))
+    assert (code, out.split()) == (0, ["3", "0", "2"]), err
+    assert seen.read_text() == "ran"
+
+
 def test_run_survives_ctrl_c_and_waits_for_its_command(win: Win) -> None:
     script = (
         "import sys; print('running', flush=True); line = sys.stdin.readline(); "

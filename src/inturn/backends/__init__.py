@@ -11,6 +11,7 @@ import sys
 
 from ..errors import UsageError
 from .base import Backend
+from .standard_streams import fill_closed_standard_descriptors
 
 
 def open_backend(
@@ -25,6 +26,7 @@ def open_backend(
     With ``create=False`` (a look from outside, ``status``), nothing is created: a local
     folder that does not exist yet simply holds no lines.
     """
+    fill_closed_standard_descriptors()  # before any file or connection of a line is opened
     if isinstance(backend, Backend):
         return backend
     address = backend if backend is not None else os.environ.get("INTURN_BACKEND", "")

@@ -13,11 +13,12 @@ from collections.abc import Sequence
 
 from ..errors import InturnError
 from .exits import EXIT_INTERRUPTED, EXIT_OUTPUT_CLOSED, EXIT_USAGE
-from .output import OutputClosed, emit, say, show_warning, system_error
+from .output import OutputClosed, emit, open_missing_streams, say, show_warning, system_error
 from .parser import build_parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    open_missing_streams()
     words = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(words)
     args = parser.parse_args(words)

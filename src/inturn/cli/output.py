@@ -9,11 +9,22 @@ import os
 import re
 import sys
 
+from ..backends.standard_streams import fill_closed_standard_descriptors
 from ..errors import UsageError
 
 TYPE_CHECKING = False  # ``typing.TYPE_CHECKING`` without importing ``typing``
 if TYPE_CHECKING:
     from typing import TextIO
+
+
+def open_missing_streams() -> None:
+    """Give each standard stream the command started without (``2>&-``, a daemon's child,
+    ``pythonw``) ``os.devnull``: inturn then has somewhere to write, the command inherits it,
+    and no file of a line takes the stream's place."""
+    fill_closed_standard_descriptors()
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 (for the process)
 
 
 def say(message: str) -> None:
