@@ -422,3 +422,52 @@ def test_a_read_only_replica_is_named_as_such(tmp_path):
         one_line_error(result, "read-only replica", "primary")
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-ttl"])
+def test_a_server_that_evicts_keys_is_refused_before_anyone_joins(tmp_path, policy):
+    """Under ``allkeys-*`` a full server drops a held line's tickets (the next one then finds
+    it empty and starts beside the holder); under ``volatile-*`` the leases of held turns."""
+    server = RedisServer(tmp_path / "evicts", "--maxmemory", "64mb", "--maxmemory-policy", policy)
+    admin: Any = __import__("redis").Redis.from_url(server.url)
+    try:
+        result = run_cli("run", "x", "--", "echo", "ran", INTURN_BACKEND=server.url)
+        one_line_error(result, "evicts keys", policy, "64", "noeviction")
+        assert "ran" not in result.stdout
+        with pytest.raises(inturn.BackendError, match="maxmemory-policy noeviction"):
+            inturn.Line("x", backend=server.url).acquire()
+        assert run_cli("status", INTURN_BACKEND=server.url).returncode == 0  # looking is fine
+        assert admin.keys("*") == []  # refused before anything was written
+        admin.config_set("maxmemory", 0)  # no limit: nothing is ever evicted
+        result = run_cli("run", "x", "--", "echo", "ran", INTURN_BACKEND=server.url)
+        assert (result.returncode, result.stdout.split()) == (0, ["ran"]), result.stderr
+    finally:
+        admin.close()
+        server.stop()
+
+
+@pytest.mark.parametrize("info", [True, False], ids=["grants", "grants-without-info"])
+def test_a_user_with_the_documented_grants_takes_turns(tmp_path, workers, info):
+    """The README's ``ACL SETUSER``; without ``+info`` eviction is not checked, nothing else."""
+    from inturn.backends.redis.store import GRANTS
+
+    server = RedisServer(tmp_path / "acl")
+    try:
+        admin: Any = __import__("redis").Redis.from_url(server.url)
+        grants = [g for g in GRANTS.split() if info or g != "+info"]
+        admin.execute_command("ACL", "SETUSER", "worker", "on", ">pw", "~inturn:*", *grants)
+        admin.close()
+        url = f"redis://worker:pw@127.0.0.1:{server.port}/0"
+        holder = inturn.Line("x", backend=url).acquire()
+        waiter = Worker("x", env=child_env(INTURN_BACKEND=url))
+        workers.append(waiter)
+        waiter.expect("waiting")
+        holder.release()
+        assert waiter.acquired()
+        waiter.send()
+        assert waiter.wait() == 0
+        result = run_cli("run", "x", "--", "echo", "ran", INTURN_BACKEND=url)
+        assert (result.returncode, result.stdout.split()) == (0, ["ran"]), result.stderr
+        assert run_cli("forget", "x", INTURN_BACKEND=url).returncode == 0
+    finally:
+        server.stop()

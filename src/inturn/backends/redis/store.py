@@ -65,6 +65,10 @@ from . import scripts
 from .address import parse_address
 from .membership import GIVE_UP_AT, LeaseKeeper, RedisMembership, call
 
+# What a Redis user needs beyond its keys: reading, writing and scripts, the server's clock
+# (also called from scripts), a ping after a failure, and INFO, which says whether the server
+# evicts keys (without it, that is not checked).
+GRANTS = "+@read +@write +@scripting +time +ping +info"
 WAKE_AFTER_EXPIRY_MS = 10  # a waiter looks again this long after a watched lease could expire
 
 # --------------------------------------------------------------------------- errors
@@ -94,15 +98,38 @@ def _backend_error(exc: rx.RedisError, where: str, prefix: str) -> BackendError:
         return BackendError(replica)
     if isinstance(exc, rx.ResponseError):
         text = str(exc)
-        if "NOPERM" in text or "can't run this command" in text or "no permissions" in text:
+        if _denied(exc):
             return BackendError(
                 f"the Redis user may not do what inturn needs at {where} ({text}): grant it "
-                f"'~{prefix}:* +@read +@write +@scripting' (ACL SETUSER)"
+                f"'~{prefix}:* {GRANTS}' (ACL SETUSER)"
             )
         if text.startswith("READONLY"):
             return BackendError(replica)
         return BackendError(f"Redis at {where} refused a command: {text}")
     return BackendError(f"Redis at {where} failed: {exc}")
+
+
+def _denied(exc: rx.RedisError) -> bool:
+    """Whether the server refused a command to this user (ACL)."""
+    text = str(exc)
+    return "NOPERM" in text or "can't run this command" in text or "no permissions" in text
+
+
+def _evicts(memory: dict[str, Any]) -> str | None:
+    """How a server evicts keys, from its ``INFO memory``; None if it never does.
+
+    Redis evicts only once ``maxmemory`` is reached, and not at all without one (0) or with
+    the ``noeviction`` policy (redis.io, "Key eviction"). Any other policy can drop what a held
+    turn rests on: ``allkeys-*`` the line's tickets, so that the next one finds the line empty
+    and starts beside the holder; ``volatile-*`` the leases, which ends turns still in use."""
+    policy = memory.get("maxmemory_policy")
+    limit = memory.get("maxmemory")
+    if not isinstance(policy, (str, bytes)) or not isinstance(limit, int) or limit <= 0:
+        return None
+    policy = policy if isinstance(policy, str) else policy.decode("ascii", "replace")
+    if policy == "noeviction":
+        return None
+    return f"maxmemory-policy {policy}, maxmemory {memory.get('maxmemory_human', limit)}"
 
 
 # --------------------------------------------------------------------------- waiting
@@ -180,6 +207,8 @@ class RedisBackend(Backend):
         self.keeper = LeaseKeeper(
             self.quick_client, address.lease, self.listen_client, address.prefix
         )
+        self._eviction_checked = False  # the server was seen not to evict keys
+        self._eviction_lock = threading.Lock()
         self.scripts = {
             name: self.client.register_script(source)
             for name, source in (
@@ -213,6 +242,29 @@ class RedisBackend(Backend):
 
     def line(self, name: str) -> RedisStore:
         return RedisStore(self, name)
+
+    def refuse_eviction(self) -> None:
+        """Refuse to join on a server that may evict keys (``_evicts``): checked once, before
+        the first join. A user whom ACLs deny ``INFO`` cannot be checked, and is not refused."""
+        if self._eviction_checked:
+            return
+        with self._eviction_lock, self.errors():
+            if self._eviction_checked:
+                return
+            try:
+                memory: dict[str, Any] = self.client.info("memory")
+            except rx.ResponseError as exc:
+                if not _denied(exc):
+                    raise
+                memory = {}
+            how = _evicts(memory)
+            if how is not None:
+                raise BackendError(
+                    f"the Redis server at {self.where} evicts keys when its memory is full "
+                    f"({how}), and could drop a held turn and let a second holder in: set "
+                    "maxmemory-policy noeviction on it, or use a server that does not evict"
+                )
+            self._eviction_checked = True
 
     def names(self) -> list[str]:
         with self.errors():
@@ -281,6 +333,7 @@ class RedisStore(LineStore):
     # -- LineStore
 
     def join(self, me: Ticket, patience: Patience) -> tuple[RedisMembership, View | None]:
+        self.backend.refuse_eviction()
         ticket_id = secrets.token_hex(10)
         fields: list[bytes | str] = ["line", encode(self.name)]
         for key, value in me.header().items():
