@@ -258,6 +258,63 @@ def test_any_of_those_signals_while_waiting_leaves_the_line(lines_dir, workers, 
     holder.send()
 
 
+# The command: says which of SIGHUP, SIGINT and SIGQUIT it was started ignoring (as the kernel
+# has it), then ends with the code on its stdin. It catches nothing: a signal not ignored kills it.
+REPORT_IGNORED = textwrap.dedent(
+    """
+    import signal, sys
+    with open("/proc/self/status") as status:
+        mask = next(int(row.split()[1], 16) for row in status if row.startswith("SigIgn:"))
+    watched = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT)
+    print("running", *[s.name for s in watched if mask >> (s - 1) & 1], flush=True)
+    sys.exit(int(sys.stdin.readline() or 0))
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("launcher", "names"),
+    [
+        (["nohup"], ["SIGHUP"]),  # nohup(1) ignores SIGHUP
+        # A script's background job (its stdin would be /dev/null unless redirected).
+        (["sh", "-c", 'exec 3<&0; "$@" <&3 3<&- & wait $!', "sh"], ["SIGINT", "SIGQUIT"]),
+    ],
+    ids=["nohup", "script-background-job"],
+)
+def test_signals_ignored_by_whoever_started_inturn_stay_ignored(lines_dir, launcher, names):
+    """As for any command under ``nohup`` or ``&`` in a script, the ignored signals stay
+    ignored: by inturn, while it waits and while its command runs, and by the command."""
+    line = inturn.Line("ignored")
+    holder = line.acquire()  # so that the run waits first
+    command = [sys.executable, "-c", REPORT_IGNORED]
+    launched = subprocess.Popen(
+        [*launcher, *inturn_cmd("run", "ignored", "--", *command)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert launched.stdin is not None and launched.stdout is not None
+    try:
+        until(lambda: len(line.status().waiters) == 1, "inturn run to wait in line")
+        inturn_pid = line.status().waiters[0].pid
+        signals = [getattr(signal, name) for name in names]
+        for signum in signals:
+            os.kill(inturn_pid, signum)  # while it waits
+        holder.release()
+        assert launched.stdout.readline().split() == ["running", *names]
+        for signum in signals:
+            os.kill(inturn_pid, signum)  # while its command runs
+        launched.stdin.write("5\n")
+        launched.stdin.flush()
+        assert launched.wait(REPORT_TIMEOUT) == 5
+    finally:
+        if launched.poll() is None:
+            launched.kill()
+        launched.wait()
+        launched.stdin.close()
+        launched.stdout.close()
+
+
 # --------------------------------------------------------------------------- terminals
 
 

@@ -44,9 +44,12 @@ class RunSignals:
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
+        """Catch each of ``FORWARDED`` that inturn was not started ignoring. One ignored stays
+        ignored, by inturn and by its command (ignoring survives exec), as for any command
+        started under ``nohup`` (SIGHUP) or with ``&`` in a script (SIGINT, SIGQUIT)."""
         for name in FORWARDED:
             signum = getattr(signal, name, None)
-            if signum is not None:
+            if signum is not None and signal.getsignal(signum) != signal.SIG_IGN:
                 self._previous[signum] = signal.signal(signum, self.handle)
 
     def restore(self) -> None:
