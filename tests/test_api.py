@@ -11,6 +11,7 @@ import string
 import subprocess
 import sys
 import threading
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -105,6 +106,61 @@ def test_async_decorator(lines_dir):
         return "done"
 
     assert asyncio.run(job()) == "done"
+
+
+def test_decorated_generators_hold_the_turn_while_their_body_runs(lines_dir):
+    """From the first item to the end, with values, exceptions and the return value passed
+    through both ways; not at all before the first item, nor after ``close``."""
+    line = inturn.Line("gen")
+
+    def holders() -> int:
+        return len(line.status().holders)
+
+    @inturn.turn("gen")
+    def echo() -> Iterator[int]:
+        got = yield holders()
+        try:
+            yield got
+        except KeyError:
+            yield -1
+        return 7
+
+    generator = echo()
+    assert holders() == 0  # called, not started: nothing taken yet
+    assert next(generator) == 1
+    assert generator.send(5) == 5
+    assert generator.throw(KeyError) == -1
+    with pytest.raises(StopIteration) as ended:
+        next(generator)
+    assert ended.value.value == 7 and holders() == 0
+    started = echo()
+    next(started)
+    started.close()
+    assert holders() == 0
+
+    @inturn.turn("gen")
+    async def aecho() -> AsyncIterator[int]:
+        got = yield holders()
+        try:
+            yield got
+        except KeyError:
+            yield -1
+
+    async def scenario() -> None:
+        agenerator = aecho()
+        assert holders() == 0
+        assert await agenerator.__anext__() == 1
+        assert await agenerator.asend(5) == 5
+        assert await agenerator.athrow(KeyError) == -1
+        with pytest.raises(StopAsyncIteration):
+            await agenerator.__anext__()
+        assert holders() == 0
+        astarted = aecho()
+        await astarted.__anext__()
+        await astarted.aclose()
+        assert holders() == 0
+
+    asyncio.run(scenario())
 
 
 def test_a_forked_child_does_not_keep_or_free_the_parents_turn(lines_dir):

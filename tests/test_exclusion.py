@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -143,6 +143,36 @@ def test_sync_decorator_called_from_many_threads(where: Where, tmp_path: Path, s
     assert_free("decorated", slots)
 
 
+@slots_1_and_3
+def test_decorated_generator_iterated_from_many_threads(
+    where: Where, tmp_path: Path, slots: int
+) -> None:
+    """A decorated generator function's body runs when it is iterated, not when it is called:
+    the turn is held from its first item to its end (or its ``close``)."""
+    count, turns = SCALE[where.kind]
+    log = tmp_path / "log"
+    recorder = Recorder(log)
+
+    @inturn.turn("generator", slots)
+    def rows(index: int, turn: int) -> Iterator[int]:
+        with recorder.inside(f"g{index}-{turn}"):
+            for row in range(3):
+                time.sleep(WORK / 3)
+                yield row
+
+    def body(index: int) -> None:
+        for turn in range(turns):
+            if turn % 2:
+                assert list(rows(index, turn)) == [0, 1, 2]
+            else:  # left after the first item: closing the generator gives the turn back
+                with contextlib.closing(rows(index, turn)) as first_only:
+                    assert next(first_only) == 0
+
+    in_threads(count, body)
+    assert_exclusive(log, slots, expected=count * turns)
+    assert_free("generator", slots)
+
+
 # --------------------------------------------------------------------------- asyncio
 
 
@@ -165,6 +195,39 @@ def test_async_decorator_with_many_tasks(where: Where, tmp_path: Path, slots: in
     run_async(scenario)
     assert_exclusive(log, slots, expected=count)
     assert_free("adecorated", slots)
+
+
+@slots_1_and_3
+def test_decorated_async_generator_with_many_tasks(
+    where: Where, tmp_path: Path, slots: int
+) -> None:
+    count = SCALE[where.kind][0]
+    log = tmp_path / "log"
+    recorder = Recorder(log)
+
+    @inturn.turn("agenerator", slots)
+    async def rows(index: int) -> AsyncIterator[int]:
+        with recorder.inside(f"ag{index}"):
+            for row in range(3):
+                await asyncio.sleep(WORK / 3)
+                yield row
+
+    async def consume(index: int) -> list[int]:
+        if index % 2:
+            return [row async for row in rows(index)]
+        generator = rows(index)
+        try:  # left after the first item: closing the generator gives the turn back
+            return [await generator.__anext__()]
+        finally:
+            await generator.aclose()
+
+    async def scenario() -> None:
+        results = await asyncio.gather(*(consume(i) for i in range(count)))
+        assert results == [[0, 1, 2] if i % 2 else [0] for i in range(count)]
+
+    run_async(scenario)
+    assert_exclusive(log, slots, expected=count)
+    assert_free("agenerator", slots)
 
 
 @slots_1_and_3

@@ -320,7 +320,9 @@ class turn:
     """Take a turn in a line, as a ``with`` / ``async with`` block or as a decorator.
 
     ``with inturn.turn("nightly") as t:`` waits in line and binds the held ``Turn``.
-    ``@inturn.turn("nightly")`` makes every call of a function (sync or async) wait its turn.
+    ``@inturn.turn("nightly")`` makes every call of a function (sync or async) wait its turn;
+    a generator function's (sync or async) holds it while its body runs, from the first item
+    to the end or to ``close``.
     One ``turn`` object may be entered by several threads or tasks at once: each leaves with
     its own ticket. Once no ``with`` block of it is in progress, the backend its ``Line``
     opened is closed (a ``turn`` made for one block would otherwise leave server sessions or
@@ -414,6 +416,22 @@ class turn:
         import inspect  # only decorators need these; keeps the command's start fast
         from typing import cast
 
+        if inspect.isgeneratorfunction(func):
+            # Its body runs as it is iterated: the turn is held from the first item to the end.
+            @functools.wraps(func)
+            def run_generator(*args: Any, **kwargs: Any) -> Any:
+                self._begin()
+                try:
+                    with self.line.acquire(self.timeout, self.blocking, **self.how):
+                        return (yield from func(*args, **kwargs))
+                finally:
+                    self._end(close=False)
+
+            return cast("F", run_generator)
+
+        if inspect.isasyncgenfunction(func):
+            return cast("F", self._async_generator(func))
+
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
@@ -440,6 +458,39 @@ class turn:
                 self._end(close=False)
 
         return cast("F", run)
+
+    def _async_generator(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        """``func``, an async generator function, holding the turn while its body runs (from
+        the first item to the end), with ``asend`` and ``athrow`` passed on to it."""
+
+        @functools.wraps(func)
+        async def run(*args: Any, **kwargs: Any) -> Any:
+            self._begin()
+            try:
+                held = await acquire_async(self.line, self.timeout, self.blocking, **self.how)
+                inner = func(*args, **kwargs)
+                try:
+                    item = await inner.__anext__()
+                    while True:
+                        try:
+                            sent = yield item
+                        except GeneratorExit:
+                            raise
+                        except BaseException as exc:  # athrow: to the body, as it would be
+                            item = await inner.athrow(exc)
+                        else:
+                            item = await inner.asend(sent)
+                except StopAsyncIteration:
+                    return
+                finally:
+                    try:
+                        await inner.aclose()
+                    finally:
+                        held.release()
+            finally:
+                self._end(close=False)
+
+        return run
 
 
 def _current_task() -> object:
