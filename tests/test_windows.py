@@ -926,6 +926,8 @@ HOWS = [
     "threads-line-each",
     "sync-decorator",
     "async-decorator",
+    "generator",
+    "async-generator",
     "tasks-at-once",
     "tasks-one-by-one",
     "turn-object",

@@ -2,12 +2,13 @@
 
 Usage: ``python.exe winstress.py HOW NAME_HEX LOG SLOTS COUNT TURNS``. ``HOW`` is one of the
 entry points of ``test_exclusion.py``: ``threads-one-line``, ``threads-line-each``,
-``sync-decorator``, ``async-decorator``, ``tasks-at-once``, ``tasks-one-by-one``,
-``turn-object`` and ``lookers`` (threads with a ``Line`` each while other threads look at
-the line through those same ``Line``s). Each critical section takes its entry and exit times
-(``time.monotonic_ns``, one clock in one process) while it is certainly inside; the rows are
-kept in memory and written to ``LOG`` in ``observer.py``'s format at the end, for the test
-to compare. Reports on stdout: ``done ENTRIES`` or ``error ...``.
+``sync-decorator``, ``async-decorator``, ``generator``, ``async-generator``,
+``tasks-at-once``, ``tasks-one-by-one``, ``turn-object`` and ``lookers`` (threads with a
+``Line`` each while other threads look at the line through those same ``Line``s). Each
+critical section takes its entry and exit times (``time.monotonic_ns``, one clock in one
+process) while it is certainly inside; the rows are kept in memory and written to ``LOG`` in
+``observer.py``'s format at the end, for the test to compare. Reports on stdout:
+``done ENTRIES`` or ``error ...``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 
 import inturn
@@ -125,6 +126,35 @@ def async_decorator(name: str, rows: Rows, slots: int, count: int, turns: int) -
     asyncio.run(asyncio.wait_for(scenario(), HANG))
 
 
+def generator(name: str, rows: Rows, slots: int, count: int, turns: int) -> None:
+    @inturn.turn(name, slots)
+    def items(index: int, turn: int) -> Iterator[int]:
+        with rows.inside(f"g{index}-{turn}"):
+            for item in range(3):
+                time.sleep(WORK / 3)
+                yield item
+
+    in_threads(count, lambda index: [list(items(index, turn)) for turn in range(turns)])
+
+
+def async_generator(name: str, rows: Rows, slots: int, count: int, turns: int) -> None:
+    @inturn.turn(name, slots)
+    async def items(index: int, turn: int) -> AsyncIterator[int]:
+        with rows.inside(f"ag{index}-{turn}"):
+            for item in range(3):
+                await asyncio.sleep(WORK / 3)
+                yield item
+
+    async def drain(index: int, turn: int) -> list[int]:
+        return [item async for item in items(index, turn)]
+
+    async def scenario() -> None:
+        for turn in range(turns):
+            await asyncio.gather(*(drain(i, turn) for i in range(count)))
+
+    asyncio.run(asyncio.wait_for(scenario(), HANG))
+
+
 def tasks_at_once(name: str, rows: Rows, slots: int, count: int, turns: int) -> None:
     async def task(index: int, turn: int) -> None:
         async with inturn.turn(name, slots) as held:
@@ -221,6 +251,8 @@ SCENARIOS: dict[str, Callable[[str, Rows, int, int, int], None]] = {
     "threads-line-each": threads_line_each,
     "sync-decorator": sync_decorator,
     "async-decorator": async_decorator,
+    "generator": generator,
+    "async-generator": async_generator,
     "tasks-at-once": tasks_at_once,
     "tasks-one-by-one": tasks_one_by_one,
     "turn-object": turn_object,
