@@ -163,6 +163,32 @@ def test_decorated_generators_hold_the_turn_while_their_body_runs(lines_dir):
     asyncio.run(scenario())
 
 
+def _take_turn(line: inturn.Line) -> tuple[str, int, int]:
+    """Run in another process: take a turn on ``line`` as it arrived there."""
+    with line.acquire(timeout=REPORT_TIMEOUT) as held:
+        return line.name, line.slots, held.ticket
+
+
+def test_a_line_passed_to_another_process_opens_the_same_line_there(lines_dir):
+    """``multiprocessing`` and ``concurrent.futures`` pickle what they pass: a ``Line`` goes
+    as what it names; a held ``Turn`` cannot leave its process, and says so."""
+    import multiprocessing
+    import pickle
+
+    from inturn.backends import open_backend
+
+    line = inturn.Line("travels", slots=2)
+    held = line.acquire()
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        name, slots, ticket = pool.apply(_take_turn, (line,))
+    assert (name, slots) == ("travels", 2) and ticket > held.ticket  # beside ours: slots=2
+    with pytest.raises(TypeError, match="belongs to the process that took it"):
+        pickle.dumps(held)
+    held.release()
+    with pytest.raises(TypeError, match="as a URL"):
+        pickle.dumps(inturn.Line("x", backend=open_backend("local")))
+
+
 def test_a_forked_child_does_not_keep_or_free_the_parents_turn(lines_dir):
     held = inturn.Line("fork").acquire()
     reader, writer = os.pipe()

@@ -139,6 +139,13 @@ class Turn:
         state = "held" if self.held else "released"
         return f"<Turn {self.name!r} ticket={self.ticket} {state} abandoned={self.abandoned}>"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise TypeError(
+            f"a held turn of line {self.name!r} belongs to the process that took it, and "
+            "cannot be pickled: pass the Line (or its name) to the other process, which takes "
+            "a turn of its own"
+        )
+
 
 class Line:
     """A named line of processes that take turns, ``slots`` at a time, in arrival order.
@@ -289,6 +296,24 @@ class Line:
 
     def __repr__(self) -> str:
         return f"<Line {self.name!r} slots={self.slots} scope={self.scope}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (by ``multiprocessing``, ``concurrent.futures``), a ``Line`` travels as what
+        it names: the other process opens the same line afresh, holding nothing of this one's."""
+        if isinstance(self._backend_spec, Backend):
+            raise TypeError(
+                f"line {self.name!r} was given a Backend object, which cannot go to another "
+                "process: give the backend as a URL"
+            )
+        where = (self.scope, self._directory, self._backend_spec)
+        return (_line_named, (self.name, self.slots, *where))
+
+
+def _line_named(
+    name: str, slots: int, scope: str, directory: str | None, backend: str | None
+) -> Line:
+    """The ``Line`` a pickled one becomes (keywords cannot go through ``__reduce__``)."""
+    return Line(name, slots, scope=scope, directory=directory, backend=backend)
 
 
 def seconds_or_forever(timeout: object) -> float | None:
