@@ -122,11 +122,10 @@ def _evicts(memory: dict[str, Any]) -> str | None:
     the ``noeviction`` policy (redis.io, "Key eviction"). Any other policy can drop what a held
     turn rests on: ``allkeys-*`` the line's tickets, so that the next one finds the line empty
     and starts beside the holder; ``volatile-*`` the leases, which ends turns still in use."""
-    policy = memory.get("maxmemory_policy")
+    policy = memory.get("maxmemory_policy")  # redis-py parses INFO into text and numbers
     limit = memory.get("maxmemory")
-    if not isinstance(policy, (str, bytes)) or not isinstance(limit, int) or limit <= 0:
+    if not isinstance(policy, str) or not isinstance(limit, int) or limit <= 0:
         return None
-    policy = policy if isinstance(policy, str) else policy.decode("ascii", "replace")
     if policy == "noeviction":
         return None
     return f"maxmemory-policy {policy}, maxmemory {memory.get('maxmemory_human', limit)}"
