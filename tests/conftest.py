@@ -26,6 +26,24 @@ T = TypeVar("T")
 SRC = HERE.parent / "src"
 
 
+def _stop_ignoring_signals() -> None:
+    """Undo what a launcher without job control did: a job started with ``&`` by a script (or
+    a CI runner) ignores SIGINT and SIGQUIT, ``nohup`` SIGHUP, and everything the tests start
+    would inherit that. inturn keeps an ignored signal ignored, as any command does, so the
+    tests that send those signals need them not ignored; the tests of ignoring ignore them
+    themselves."""
+    import signal
+
+    for name in ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGALRM"):
+        signum = getattr(signal, name, None)
+        if signum is not None and signal.getsignal(signum) == signal.SIG_IGN:
+            default = signal.default_int_handler if name == "SIGINT" else signal.SIG_DFL
+            signal.signal(signum, default)
+
+
+_stop_ignoring_signals()
+
+
 def under_ci() -> bool:
     """Whether this run is CI's (``CI=true``), where what a test needs must be there."""
     return os.environ.get("CI", "").lower() == "true"
