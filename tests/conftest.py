@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import signal
 import socket
 import subprocess
 import sys
@@ -26,15 +27,17 @@ T = TypeVar("T")
 SRC = HERE.parent / "src"
 
 
+# The signals inturn passes on. inturn keeps one it was started ignoring ignored, as any
+# command does, so the tests that send them need them not ignored in what they start; the
+# tests of ignoring ignore them themselves.
+SENT_SIGNALS = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGALRM")
+
+
 def _stop_ignoring_signals() -> None:
     """Undo what a launcher without job control did: a job started with ``&`` by a script (or
     a CI runner) ignores SIGINT and SIGQUIT, ``nohup`` SIGHUP, and everything the tests start
-    would inherit that. inturn keeps an ignored signal ignored, as any command does, so the
-    tests that send those signals need them not ignored; the tests of ignoring ignore them
-    themselves."""
-    import signal
-
-    for name in ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGALRM"):
+    would inherit that."""
+    for name in SENT_SIGNALS:
         signum = getattr(signal, name, None)
         if signum is not None and signal.getsignal(signum) == signal.SIG_IGN:
             default = signal.default_int_handler if name == "SIGINT" else signal.SIG_DFL
@@ -42,6 +45,18 @@ def _stop_ignoring_signals() -> None:
 
 
 _stop_ignoring_signals()
+
+
+@pytest.fixture(autouse=True)
+def _keep_signal_handlers() -> Iterator[None]:
+    """A test that runs the command in this process (``inturn.cli.main``) leaves its signals
+    ignored, as ``inturn`` does once its work is done and it only has to exit: put back what
+    was there, or every process a later test starts would inherit the ignoring."""
+    kept = {s: signal.getsignal(s) for n in SENT_SIGNALS if (s := getattr(signal, n, None))}
+    yield
+    for signum, handler in kept.items():
+        if signal.getsignal(signum) != handler and handler is not None:
+            signal.signal(signum, handler)
 
 
 def under_ci() -> bool:
