@@ -462,3 +462,39 @@ def test_a_watchdog_that_has_ended_is_never_woken_through_a_reused_descriptor(pg
         os.close(read)
         os.close(write)
         line.close()
+
+
+def test_a_roles_defaults_for_transactions_change_nothing(pg_url, tmp_path, recwarn):
+    """``ALTER ROLE/DATABASE ... SET`` may make every transaction serializable, or give every
+    statement a short lock timeout. inturn's statements need READ COMMITTED (each one sees
+    what was committed before it began) and no timeout but their own. Here the URL sets them
+    for every session, as a role's defaults would: nobody may lose its place, nor overlap."""
+    import time
+
+    from observer import Recorder, assert_exclusive, ticket_of
+
+    options = "-c default_transaction_isolation=serializable -c lock_timeout=1ms"
+    line = inturn.Line("defaults", backend=f"{pg_url}&options={quote(options)}")
+    log = tmp_path / "log"
+    recorder = Recorder(log)
+    errors: list[str] = []
+
+    def body(index: int) -> None:
+        try:
+            for _ in range(6):
+                with line.acquire() as held, recorder.inside(f"{held.ticket}:t{index}"):
+                    time.sleep(0.0005)
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    line.close()
+    assert errors == []
+    assert [str(w.message) for w in recwarn if issubclass(w.category, inturn.InturnWarning)] == []
+    intervals = assert_exclusive(log, expected=60)
+    tickets = [ticket_of(i.who) for i in intervals]
+    assert tickets == sorted(tickets)  # first come, first served: nobody went to the back

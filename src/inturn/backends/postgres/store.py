@@ -76,12 +76,20 @@ MAX_IDLE = 2  # connections kept open per process for the next ticket or status
 CANCEL_AGAIN_AFTER = 0.2  # a cancel request that came before its statement is sent again
 CLIENT_CHECK_MS = 500  # server notices a waiter's vanished client this often (PG >= 14)
 
-# Server-side settings of every inturn session (all settable by any role).
+# Server-side settings of every inturn session (all settable by any role). A role's or a
+# database's defaults (ALTER ROLE ... SET) must not change how inturn's statements behave:
+# they need READ COMMITTED, where each statement sees what was committed before it began (a
+# joiner under the guard sees every earlier ticket; a waiter's look after waking sees the
+# leaver gone), and no timeouts but the ones inturn sets for a single statement.
 SERVER_SETTINGS = {
     "tcp_keepalives_idle": "10",
     "tcp_keepalives_interval": "5",
     "tcp_keepalives_count": "4",
     "tcp_user_timeout": "30000",
+    "default_transaction_isolation": "read committed",
+    "statement_timeout": "0",
+    "lock_timeout": "0",
+    "idle_in_transaction_session_timeout": "0",
 }
 SERVER_SETTINGS_14 = {
     # While a waiter blocks in the lock manager its backend reads nothing from the client;
@@ -89,6 +97,7 @@ SERVER_SETTINGS_14 = {
     "client_connection_check_interval": str(CLIENT_CHECK_MS),
     "idle_session_timeout": "0",
 }
+SERVER_SETTINGS_17 = {"transaction_timeout": "0"}  # it would end a waiter's long statement
 
 T = TypeVar("T")
 
@@ -201,6 +210,8 @@ class PostgresBackend(Backend):
         settings = dict(SERVER_SETTINGS)
         if conn.info.server_version >= 140000:
             settings.update(SERVER_SETTINGS_14)
+        if conn.info.server_version >= 170000:
+            settings.update(SERVER_SETTINGS_17)
         calls = ", ".join("set_config(%s, %s, false)" for _ in settings)
         params: list[str] = [item for pair in settings.items() for item in pair]
         try:
