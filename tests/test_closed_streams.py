@@ -19,7 +19,7 @@ from pathlib import Path
 
 import inturn
 
-from conftest import REPORT_TIMEOUT, Where, inturn_cmd, until
+from conftest import REPORT_TIMEOUT, Where, child_env, inturn_cmd, until
 from observer import assert_exclusive
 
 CLOSED = ["sh", "-c", 'exec "$@" <&- >&- 2>&-', "sh"]  # runs the rest with 0, 1 and 2 closed
@@ -30,7 +30,6 @@ CLOSED = ["sh", "-c", 'exec "$@" <&- >&- 2>&-', "sh"]  # runs the rest with 0, 1
 HOLDER = textwrap.dedent(
     """
     import os, sys
-    sys.path[:0] = sys.argv[4].split(os.pathsep)
     import inturn
     from observer import Recorder
 
@@ -50,10 +49,10 @@ HOLDER = textwrap.dedent(
 )
 
 
+# The late arrival: takes its turn once it may, and says whether it was told "abandoned".
 LATE = textwrap.dedent(
     """
-    import os, sys
-    sys.path[:0] = sys.argv[2].split(os.pathsep)
+    import sys
     import inturn
     from observer import Recorder
 
@@ -66,12 +65,8 @@ LATE = textwrap.dedent(
 )
 
 
-def _paths() -> str:
-    here = Path(__file__).resolve().parent
-    return os.pathsep.join([str(here.parent / "src"), str(here)])
-
-
 def _started_closed(*argv: str, **how: object) -> subprocess.Popen[str]:
+    how.setdefault("env", child_env())
     return subprocess.Popen([*CLOSED, *argv], text=True, **how)  # type: ignore[call-overload]
 
 
@@ -88,7 +83,6 @@ def test_a_holder_started_without_standard_streams_keeps_its_turn_through_dup2(
         str(report_w),
         str(go_r),
         str(log),
-        _paths(),
         pass_fds=(report_w, go_r),
     )
     os.close(report_w)
@@ -100,7 +94,10 @@ def test_a_holder_started_without_standard_streams_keeps_its_turn_through_dup2(
         line = inturn.Line("daemon")
         holders = [t.pid for t in line.status().holders]
         late = subprocess.Popen(
-            [sys.executable, "-c", LATE, str(log), _paths()], stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", LATE, str(log)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=child_env(),
         )
         # In line behind the holder, or (the fault) already inside beside it.
         until(
