@@ -490,10 +490,10 @@ class turn:
 
         @functools.wraps(func)
         async def run(*args: Any, **kwargs: Any) -> Any:
+            inner = func(*args, **kwargs)  # the arguments, checked before the wait; no body yet
             self._begin()
             try:
                 held = await acquire_async(self.line, self.timeout, self.blocking, **self.how)
-                inner = func(*args, **kwargs)
                 try:
                     item = await inner.__anext__()
                     while True:
