@@ -399,13 +399,20 @@ def test_the_url_keeps_inturns_parameters_and_hides_the_password():
         parse_address("redis://host/zero")
 
 
+def _acl_user(server: RedisServer, name: str, password: str, *rules: str) -> str:
+    """Make user ``name`` on ``server`` with ``rules`` (``ACL SETUSER``); the URL it logs in by."""
+    admin: Any = __import__("redis").Redis.from_url(server.url)
+    try:
+        admin.execute_command("ACL", "SETUSER", name, "on", f">{password}", *rules)
+    finally:
+        admin.close()
+    return f"redis://{name}:{password}@127.0.0.1:{server.port}/0"
+
+
 def test_a_user_without_write_permission_is_told_which_grant_is_missing(tmp_path):
     server = RedisServer(tmp_path / "acl")
     try:
-        admin: Any = __import__("redis").Redis.from_url(server.url)
-        admin.execute_command("ACL", "SETUSER", "reader", "on", ">reader-secret", "~*", "+@read")
-        admin.close()
-        url = f"redis://reader:reader-secret@127.0.0.1:{server.port}/0"
+        url = _acl_user(server, "reader", "reader-secret", "~*", "+@read")
         line = one_line_error(run_cli("run", "x", "--", "true", INTURN_BACKEND=url), "may not")
         assert "+@write" in line and "reader-secret" not in line
         assert run_cli("status", INTURN_BACKEND=url).returncode == 0  # reading is allowed
@@ -453,16 +460,14 @@ def test_a_user_with_the_documented_grants_takes_turns(tmp_path, workers, info):
 
     server = RedisServer(tmp_path / "acl")
     try:
-        admin: Any = __import__("redis").Redis.from_url(server.url)
         grants = [g for g in GRANTS.split() if info or g != "+info"]
-        admin.execute_command("ACL", "SETUSER", "worker", "on", ">pw", "~inturn:*", *grants)
-        admin.close()
-        url = f"redis://worker:pw@127.0.0.1:{server.port}/0"
-        holder = inturn.Line("x", backend=url).acquire()
-        waiter = Worker("x", env=child_env(INTURN_BACKEND=url))
-        workers.append(waiter)
-        waiter.expect("waiting")
-        holder.release()
+        url = _acl_user(server, "worker", "pw", "~inturn:*", *grants)
+        with inturn.Line("x", backend=url) as line:
+            holder = line.acquire()
+            waiter = Worker("x", env=child_env(INTURN_BACKEND=url))
+            workers.append(waiter)
+            waiter.expect("waiting")
+            holder.release()
         assert waiter.acquired()
         waiter.send()
         assert waiter.wait() == 0
