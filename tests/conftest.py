@@ -109,6 +109,29 @@ def without_inturn_settings(env: dict[str, str]) -> dict[str, str]:
 REPORT_TIMEOUT = 120.0
 
 
+def in_threads(count: int, body: Callable[[int], None]) -> None:
+    """Run ``body(index)`` in ``count`` threads released together; fail on an error or a hang."""
+    start = threading.Barrier(count)
+    errors: list[str] = []
+
+    def run(index: int) -> None:
+        try:
+            start.wait(REPORT_TIMEOUT)
+            body(index)
+        except BaseException as exc:
+            errors.append(f"thread {index}: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + REPORT_TIMEOUT
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [i for i, thread in enumerate(threads) if thread.is_alive()]
+    assert not stuck, f"threads {stuck} still running after {REPORT_TIMEOUT:g}s (errors: {errors})"
+    assert not errors, "\n".join(errors[:10])
+
+
 def until(condition: Callable[[], bool], what: str) -> None:
     """Watch for ``condition`` (not a guess at how long it takes); a hang fails the test."""
     deadline = time.monotonic() + REPORT_TIMEOUT

@@ -20,14 +20,23 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 import inturn
 
-from conftest import REPORT_TIMEOUT, Run, Where, child_env, inturn_cmd, read_lines, run_async
+from conftest import (
+    REPORT_TIMEOUT,
+    Run,
+    Where,
+    child_env,
+    in_threads,
+    inturn_cmd,
+    read_lines,
+    run_async,
+)
 from observer import (
     Recorder,
     assert_exclusive,
@@ -43,29 +52,6 @@ SCALE = {"local": (40, 25), "postgresql": (10, 6), "redis": (16, 10)}
 WORK = 0.0005  # seconds spent inside each turn: simulated work, so that overlaps have room
 
 slots_1_and_3 = pytest.mark.parametrize("slots", [1, 3], ids=["slots1", "slots3"])
-
-
-def in_threads(count: int, body: Callable[[int], None]) -> None:
-    """Run ``body(index)`` in ``count`` threads released together; fail on an error or a hang."""
-    start = threading.Barrier(count)
-    errors: list[str] = []
-
-    def run(index: int) -> None:
-        try:
-            start.wait(REPORT_TIMEOUT)
-            body(index)
-        except BaseException as exc:
-            errors.append(f"thread {index}: {type(exc).__name__}: {exc}")
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + REPORT_TIMEOUT
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    stuck = [i for i, thread in enumerate(threads) if thread.is_alive()]
-    assert not stuck, f"threads {stuck} still running after {REPORT_TIMEOUT:g}s (errors: {errors})"
-    assert not errors, "\n".join(errors[:10])
 
 
 def someone_in(line: inturn.Line) -> bool:

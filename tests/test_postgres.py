@@ -30,6 +30,7 @@ from conftest import (
     Run,
     Worker,
     child_env,
+    in_threads,
     missing_component,
     one_line_error,
     read_log,
@@ -477,23 +478,14 @@ def test_a_roles_defaults_for_transactions_change_nothing(pg_url, tmp_path, recw
     line = inturn.Line("defaults", backend=f"{pg_url}&options={quote(options)}")
     log = tmp_path / "log"
     recorder = Recorder(log)
-    errors: list[str] = []
 
     def body(index: int) -> None:
-        try:
-            for _ in range(6):
-                with line.acquire() as held, recorder.inside(f"{held.ticket}:t{index}"):
-                    time.sleep(0.0005)
-        except Exception as exc:
-            errors.append(f"{type(exc).__name__}: {exc}")
+        for _ in range(6):
+            with line.acquire() as held, recorder.inside(f"{held.ticket}:t{index}"):
+                time.sleep(0.0005)
 
-    threads = [threading.Thread(target=body, args=(i,)) for i in range(10)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    line.close()
-    assert errors == []
+    with line:
+        in_threads(10, body)  # fails on any thread's error
     assert [str(w.message) for w in recwarn if issubclass(w.category, inturn.InturnWarning)] == []
     intervals = assert_exclusive(log, expected=60)
     tickets = [ticket_of(i.who) for i in intervals]
