@@ -27,6 +27,8 @@ import inturn.cli
 from inturn.backends import open_backend
 
 from conftest import Where, Worker, child_env, inturn_cmd, read_log, run_async, run_cli, until
+from observer import Recorder, assert_exclusive
+from observer import command as recording
 
 # --------------------------------------------------------------------------- order
 
@@ -378,6 +380,72 @@ def test_a_line_closes_the_backend_it_opened_and_so_do_the_commands(where, reque
     assert inturn.cli.main(["forget", *where_args, "closing"]) == 0
     until(lambda: held() == 0, "inturn forget to close its backend")
     capsys.readouterr()
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
+def test_closing_a_line_keeps_the_turns_it_holds_until_they_are_released(where, request, tmp_path):
+    """``Line.close()`` (or the end of ``with Line(...)``) while a turn taken through it is
+    still held frees nothing that turn needs: on Redis its lease goes on being renewed, so
+    nobody comes in beside the holder, and the holder is not told it lost the turn. What the
+    turn kept open is freed when it is released. The same for a place in line, and for a
+    backend object closed and then used again."""
+    url, held = kept_open(where, request)
+    late_env = child_env()
+    if where.kind == "redis":
+        url += "&lease=0.5"  # three leases go by while the Line is closed
+        assert where.url is not None  # the late arrival starts the moment a lease lapses
+        late_env = child_env(INTURN_BACKEND=where.url + "&lock_delay=0")
+    log = tmp_path / "inside"
+    recorder = Recorder(log)
+
+    def late_arrival(who: str) -> subprocess.Popen[str]:
+        argv = inturn_cmd("run", "closed-early", "--", *recording(log, who=who))
+        return subprocess.Popen(argv, env=late_env, stdout=subprocess.PIPE, text=True)
+
+    def hold_with_the_line_closed(line: inturn.Line, turn: inturn.Turn, who: str) -> None:
+        """``line`` is closed; one waits in line behind ``turn``: hold for three leases."""
+        late = late_arrival(who)
+        until(lambda: late.pid in [t.pid for t in line.status().waiters], "the late one to wait")
+        threading.Event().wait(1.5)  # the time being tested: three leases on Redis
+        status = line.status()
+        assert [t.number for t in status.holders] == [turn.ticket]
+        assert not turn.lost
+        recorder.exit(f"holder-{turn.ticket}")
+        turn.release()
+        assert late.wait(120) == 0
+
+    line = inturn.Line("closed-early", backend=url)
+    first = line.acquire()
+    recorder.enter(f"holder-{first.ticket}")
+    waiting = {"turn": None}
+
+    def wait_in_line() -> None:
+        with line.acquire(timeout=120) as turn:
+            waiting["turn"] = turn
+            with recorder.inside("waiter"):
+                pass
+
+    waiter = threading.Thread(target=wait_in_line, daemon=True)
+    waiter.start()
+    until(lambda: len(line.status().waiters) == 1, "the second acquire to wait in line")
+    line.close()
+    hold_with_the_line_closed(line, first, "late-1")
+    waiter.join(120)
+    second = waiting["turn"]
+    assert isinstance(second, inturn.Turn) and not second.abandoned and not second.lost
+    until(lambda: held() == 0, "the closed Line's backend to be freed with its last turn")
+
+    backend = open_backend(url)
+    backend.close()  # closed, then used again: it opens what it needs afresh
+    on_backend = inturn.Line("closed-early", backend=backend)
+    third = on_backend.acquire()
+    recorder.enter(f"holder-{third.ticket}")
+    hold_with_the_line_closed(line, third, "late-2")
+    on_backend.close()
+    backend.close()
+    until(lambda: held() == 0, "the backend object to be closed")
+    recorder.close()
+    assert_exclusive(log, expected=5)
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")

@@ -48,6 +48,51 @@ if TYPE_CHECKING:
 DEFAULT_TIMEOUT = 5.0  # seconds a later start or send() waits for the answer
 
 
+class Opening:
+    """A line's store as one ``Line`` opened it (with the backend it opened for it, if any),
+    and how many acquires in progress and turns still held use it.
+
+    Closing the ``Line`` closes an opening at once only if nothing uses it; otherwise the last
+    user closes it when done. So a turn still held when its ``Line`` is closed keeps what it
+    needs (a Redis lease's renewals, a PostgreSQL session, the folder a waiter looks in), and
+    nobody can come in beside it while its holder goes on.
+    """
+
+    __slots__ = ("_closing", "_lock", "_users", "backend", "store")
+
+    def __init__(self, store: LineStore, backend: Backend | None) -> None:
+        self.store = store
+        self.backend = backend  # None: the Line was given its backend, which it never closes
+        self._lock = threading.Lock()
+        self._users = 0
+        self._closing = False
+
+    def use(self) -> None:
+        with self._lock:
+            self._users += 1
+
+    def done(self) -> None:
+        with self._lock:
+            self._users -= 1
+            last = self._closing and self._users == 0
+        if last:
+            self._close()
+
+    def close(self) -> None:
+        with self._lock:
+            unused = not self._closing and self._users == 0
+            self._closing = True
+        if unused:
+            self._close()
+
+    def _close(self) -> None:
+        try:
+            self.store.close()
+        finally:
+            if self.backend is not None:
+                self.backend.close()
+
+
 class Turn:
     """A held turn. Release it (or leave the ``with`` block) to let the next in line go.
 
@@ -58,12 +103,14 @@ class Turn:
     def __init__(
         self,
         line: Line,
+        opening: Opening,
         membership: Membership,
         abandoned_by: Ticket | None,
         owner: object = None,
         on_release: Callable[[], None] | None = None,
     ) -> None:
         self.line = line
+        self._opening = opening  # what the turn was taken through, in use until released
         self.name = line.name
         self.ticket = membership.number
         self.abandoned = abandoned_by is not None
@@ -88,7 +135,7 @@ class Turn:
             self._owner = owner
             membership = self._membership
             if membership is not None:
-                HOLDINGS.add(self.line.store, membership.number, owner)
+                HOLDINGS.add(self._opening.store, membership.number, owner)
 
     @property
     def held(self) -> bool:
@@ -113,16 +160,19 @@ class Turn:
         that ``status`` and the next holder name it even after this process is gone."""
         membership = self._membership
         if membership is not None:
-            self.line.store.note_runner(membership, pid)
+            self._opening.store.note_runner(membership, pid)
 
     def release(self) -> None:
         """Give the turn to the next in line. Safe to call twice."""
         with self._lock:
             membership, self._membership = self._membership, None
         if membership is not None:
-            if self._on_release is not None:
-                self._on_release()
-            give_back(self.line.store, membership)
+            try:
+                if self._on_release is not None:
+                    self._on_release()
+                give_back(self._opening.store, membership)
+            finally:
+                self._opening.done()
 
     def __enter__(self) -> Turn:
         return self
@@ -173,22 +223,39 @@ class Line:
         check_backend(backend)  # a bad URL is refused here, before anyone waits
         self._backend_spec = backend
         self._directory = directory
-        self._store: LineStore | None = None
-        self._opened: Backend | None = None  # the backend this Line opened, and must close
-        self._store_lock = threading.Lock()
+        self._opening: Opening | None = None
+        self._opening_lock = threading.Lock()
 
     @property
     def store(self) -> LineStore:
-        if self._store is None:
-            with self._store_lock:
-                if self._store is None:
-                    backend = open_backend(
-                        self._backend_spec, scope=self.scope, directory=self._directory
-                    )
-                    if backend is not self._backend_spec:
-                        self._opened = backend
-                    self._store = backend.line(self.name)
-        return self._store
+        """The line's store, opened on first use (and again after ``close``)."""
+        opening = self._opening
+        if opening is None:
+            with self._opening_lock:
+                opening = self._open()
+        return opening.store
+
+    def _open(self) -> Opening:
+        """The current opening, made if there is none (under ``_opening_lock``)."""
+        if self._opening is None:
+            backend = open_backend(self._backend_spec, scope=self.scope, directory=self._directory)
+            opened = backend if backend is not self._backend_spec else None
+            try:
+                store = backend.line(self.name)
+            except BaseException:
+                if opened is not None:
+                    opened.close()
+                raise
+            self._opening = Opening(store, opened)
+        return self._opening
+
+    def _use(self) -> Opening:
+        """The current opening, counted as in use until its ``done()``: ``close`` cannot
+        close it in between."""
+        with self._opening_lock:
+            opening = self._open()
+            opening.use()
+        return opening
 
     def acquire(
         self,
@@ -219,21 +286,26 @@ class Line:
         if owner is None:
             owner = threading.current_thread()
         started = time.monotonic()
-        held = take_turn(
-            self.store,
-            slots=self.slots,
-            timeout=seconds_or_forever(timeout),
-            blocking=_flag(blocking, "blocking"),
-            command=command,
-            on_progress=on_progress,
-            cancel=cancel,
-            owner=owner,
-            holdings=HOLDINGS,
-            shared=_flag(shared, "shared"),
-            max_waiting=_max_waiting(max_waiting),
-            newest_wins=_flag(newest_wins, "newest_wins"),
-        )
-        turn = Turn(self, held.membership, held.abandoned_by, owner)
+        opening = self._use()
+        try:
+            held = take_turn(
+                opening.store,
+                slots=self.slots,
+                timeout=seconds_or_forever(timeout),
+                blocking=_flag(blocking, "blocking"),
+                command=command,
+                on_progress=on_progress,
+                cancel=cancel,
+                owner=owner,
+                holdings=HOLDINGS,
+                shared=_flag(shared, "shared"),
+                max_waiting=_max_waiting(max_waiting),
+                newest_wins=_flag(newest_wins, "newest_wins"),
+            )
+        except BaseException:
+            opening.done()
+            raise
+        turn = Turn(self, opening, held.membership, held.abandoned_by, owner)
         turn.waited = time.monotonic() - started
         return turn
 
@@ -241,7 +313,11 @@ class Line:
         """Remove the line (its folder, or its name on a server) if nobody holds or waits in
         it; False if someone does. Safe against someone joining at that moment: they join a
         new line of the same name. A local line's ticket numbers start again from 1."""
-        return self.store.forget(Patience(time.monotonic() + BUSY_PATIENCE))
+        opening = self._use()
+        try:
+            return opening.store.forget(Patience(time.monotonic() + BUSY_PATIENCE))
+        finally:
+            opening.done()
 
     def wait(self, timeout: float | None = None, *, cancel: CancelToken | None = None) -> None:
         """Return once everyone in line now (holding or waiting) has left: a barrier ("let
@@ -265,8 +341,15 @@ class Line:
     def _look(self, how: Callable[[LineStore], T]) -> T:
         """``how(store)`` on this line's store, or, before it has one, on a store of a backend
         opened only to read (nothing is created: no folder, no line)."""
-        if self._store is not None:
-            return how(self._store)
+        with self._opening_lock:
+            opening = self._opening
+            if opening is not None:
+                opening.use()
+        if opening is not None:
+            try:
+                return how(opening.store)
+            finally:
+                opening.done()
         backend = open_backend(
             self._backend_spec, scope=self.scope, directory=self._directory, create=False
         )
@@ -279,14 +362,14 @@ class Line:
                 backend.close()
 
     def close(self) -> None:
-        """Free what this ``Line`` keeps open (and the backend, if it opened one itself)."""
-        with self._store_lock:
-            store, self._store = self._store, None
-            opened, self._opened = self._opened, None
-        if store is not None:
-            store.close()
-        if opened is not None:
-            opened.close()
+        """Free what this ``Line`` keeps open (and the backend, if it opened one itself).
+
+        Turns still held, and acquires still in progress, keep what they use until they are
+        released or end; the next use of the ``Line`` opens it afresh."""
+        with self._opening_lock:
+            opening, self._opening = self._opening, None
+        if opening is not None:
+            opening.close()
 
     def __enter__(self) -> Line:
         return self
@@ -641,7 +724,8 @@ def single_instance(
     seconds = check_timeout(timeout)
     in_line = _wait_seconds(wait)
     check_data(data)  # the message itself is made only if another instance runs
-    store = line.store
+    opening = line._use()
+    store = opening.store
     channel = None
     try:
         if on_message is not None:
@@ -655,10 +739,11 @@ def single_instance(
     except BaseException:
         if channel is not None:
             channel.close()
+        opening.done()
         line.close()
         raise
     if channel is None or on_message is None:
-        return Turn(line, held.membership, held.abandoned_by, threading.current_thread())
+        return Turn(line, opening, held.membership, held.abandoned_by, threading.current_thread())
     listener = Listener(channel, on_message, acceptance, line.name)
 
     def stop_listening() -> None:
@@ -666,9 +751,8 @@ def single_instance(
         listener.stop()
 
     atexit.register(stop_listening)  # the socket goes with the instance
-    turn = Turn(
-        line, held.membership, held.abandoned_by, threading.current_thread(), stop_listening
-    )
+    owner = threading.current_thread()
+    turn = Turn(line, opening, held.membership, held.abandoned_by, owner, stop_listening)
     listener.start()
     return turn
 

@@ -84,8 +84,9 @@ class LeaseKeeper:
         self.lease_ms = max(1, round(lease * 1000))
         self._members: dict[str, RedisMembership] = {}
         self._cond = threading.Condition()
-        self._pid = 0
-        self._closed = False
+        self._pid = 0  # the process whose threads renew (0: none run)
+        self._run = 0  # the threads' generation: a stop ends those of the current one
+        self._closing = False  # closed: the threads stop once no ticket of ours is left
         self._listen_key = f"{prefix}:listen:{os.urandom(8).hex()}"  # never written: reads sleep
         forget_after_fork(self)
 
@@ -97,15 +98,21 @@ class LeaseKeeper:
         self._pid = 0
 
     def add(self, member: RedisMembership) -> None:
+        """Renew ``member``'s lease from now on: the threads start at the first use, in a
+        forked child, and again when used after ``close``."""
         with self._cond:
-            if self._pid != os.getpid():  # first use: start the threads
+            self._closing = False
+            if self._pid != os.getpid():
                 self._pid = os.getpid()
+                self._run += 1
                 targets = [self._renew, self._watch]
                 if self.listener is not None:
                     targets.append(self._listen)
                 for target in targets:
                     name = f"inturn-lease-{target.__name__.strip('_')}"
-                    threading.Thread(target=target, daemon=True, name=name).start()
+                    threading.Thread(
+                        target=target, args=(self._run,), daemon=True, name=name
+                    ).start()
             self._members[member.ticket_id] = member
             self._cond.notify_all()
 
@@ -115,11 +122,30 @@ class LeaseKeeper:
         find it gone when they next look."""
         with self._cond:
             self._members.pop(member.ticket_id, None)
+            stop = self._stop_if_done()
+        if stop:
+            self._end_listening()
 
     def close(self) -> None:
+        """Stop the threads, now if no ticket of ours is left, else once the last one has
+        left: until then a turn still held, or a place in line, keeps its lease renewed (or
+        is declared lost when it cannot be), whoever closed the backend."""
         with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+            self._closing = True
+            stop = self._stop_if_done()
+        if stop:
+            self._end_listening()
+
+    def _stop_if_done(self) -> bool:
+        """Under ``_cond``: end the threads if closed and no ticket is left; whether it did."""
+        if not self._closing or self._members or self._pid != os.getpid():
+            return False
+        self._pid = 0
+        self._run += 1
+        self._cond.notify_all()
+        return True
+
+    def _end_listening(self) -> None:
         if self.listener is not None:
             self.listener.connection_pool.disconnect()  # ends a read in progress
 
@@ -131,7 +157,7 @@ class LeaseKeeper:
                 member.retry_at = now
             self._cond.notify_all()
 
-    def _listen(self) -> None:
+    def _listen(self, run: int) -> None:
         """Sleep in the server on a connection of this thread's own (a read of a stream that
         nobody writes), for as long as this process holds leases. The read ends at once when
         the server closes the connection; then every lease is renewed right away, and again
@@ -142,13 +168,13 @@ class LeaseKeeper:
         pause = None  # after a failure: how long until the next try (doubling)
         while True:
             with self._cond:
-                while not self._closed and not self._members:
+                while run == self._run and not self._members:
                     self._cond.wait()
-                if self._closed:
+                if run != self._run:
                     return
                 if pause is not None:
                     self._cond.wait(pause)
-                    if self._closed:
+                    if run != self._run:
                         return
             try:
                 if pause is not None:
@@ -161,7 +187,7 @@ class LeaseKeeper:
                 # may report as any error (a buffer already gone): then it is no failure.
                 # Otherwise the connection ended, however the client says so.
                 with self._cond:
-                    if self._closed:
+                    if run != self._run:
                         return
                 if pause is None:
                     self.renew_now()  # the connection ended: the server may have lost them
@@ -172,11 +198,11 @@ class LeaseKeeper:
             return member.retry_at
         return member.renewed_at + self.lease * RENEW_EVERY
 
-    def _renew(self) -> None:
+    def _renew(self, run: int) -> None:
         while True:
             with self._cond:
                 while True:
-                    if self._closed:
+                    if run != self._run:
                         return
                     now = time.monotonic()
                     due = [m for m in self._members.values() if self._due(m) <= now]
@@ -207,10 +233,10 @@ class LeaseKeeper:
             for member in gone:
                 member.declare_lost()
 
-    def _watch(self) -> None:
+    def _watch(self, run: int) -> None:
         while True:
             with self._cond:
-                if self._closed:
+                if run != self._run:
                     return
                 now = time.monotonic()
                 limit = self.lease * GIVE_UP_AT
