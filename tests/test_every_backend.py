@@ -127,6 +127,49 @@ def test_a_killed_waiter_loses_its_place_and_the_one_behind_moves_up(where, work
     assert behind.wait() == 0
 
 
+# A single instance that ends as ARGV[1] says, after it says it holds.
+SINGLE_INSTANCE = textwrap.dedent(
+    """
+    import os, signal, sys
+    import inturn
+
+    app = inturn.single_instance("single")
+    print("holding", app.ticket, flush=True)
+    if sys.argv[1] == "exit":
+        sys.exit(3)
+    if sys.argv[1] == "exception":
+        raise RuntimeError("the program fails")
+    if sys.argv[1] == "killed":
+        os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("ending", "code", "crashed"),
+    [("end", 0, False), ("exit", 3, False), ("exception", 1, True), ("killed", -9, True)],
+)
+def test_a_single_instance_that_ends_normally_is_not_taken_for_a_crash(
+    where, ending, code, crashed
+):
+    """``single_instance`` holds for the life of the program: one that ends normally gives
+    the line back cleanly (the next start is not told "abandoned", and on a server finds the
+    line free at once, not after a lease); an uncaught exception or a kill is a crash."""
+    argv = [sys.executable, "-c", SINGLE_INSTANCE, ending]
+    first = subprocess.run(argv, env=where.crash_env(), capture_output=True, text=True)
+    assert first.returncode == code, first.stderr
+    ticket = int(first.stdout.split()[1])
+    if not crashed:
+        assert inturn.Line("single").status().holders == ()  # gone, not waiting to lapse
+    backend = where.crash_url
+    if where.kind == "redis":
+        backend = f"{where.crash_url}&lock_delay=0"  # a crashed one: no need to wait here
+    with inturn.Line("single", backend=backend) as line, line.acquire() as turn:
+        assert turn.abandoned is crashed
+        if crashed:
+            assert turn.abandoned_by is not None and turn.abandoned_by.number == ticket
+
+
 # --------------------------------------------------------------------------- waiting ends
 
 

@@ -330,3 +330,18 @@ def test_slow_oversized_and_malformed_senders_are_dropped_and_block_nobody(apps,
     code, out, err = win.inturn("send", "rough", "--", "still").finish()
     assert code == 0, err
     assert json.loads(out) == {"n": 2}
+
+
+@pytest.mark.parametrize(
+    ("ending", "code", "crashed"),
+    [("pass", 0, False), ("raise SystemExit(3)", 3, False), ("raise RuntimeError('x')", 1, True)],
+    ids=["end", "exit", "exception"],
+)
+def test_a_single_instance_that_ends_normally_is_not_taken_for_a_crash(win, ending, code, crashed):
+    """A program that ends normally releases its mutex before its threads go, so the next
+    start gets ``WAIT_OBJECT_0``, not ``WAIT_ABANDONED``; an uncaught exception is a crash."""
+    first = "import inturn\napp = inturn.single_instance('ending')\n" + ending
+    assert win.run("-c", first)[0] == code
+    second = "import inturn; print(inturn.single_instance('ending', wait=True).abandoned)"
+    exit_code, out, err = win.run("-c", second)
+    assert (exit_code, out.strip()) == (0, str(crashed)), err

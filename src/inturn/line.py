@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
 
+from . import forks
 from .backends import check_backend, open_backend
 from .backends.base import (
     BUSY_PATIENCE,
@@ -713,7 +714,8 @@ def single_instance(
     waits in line behind the first one instead, sending nothing.
 
     The turn is released (and the listener stopped, its socket or pipe removed) by
-    ``release()``, else when the process ends.
+    ``release()``, else as the program ends: cleanly if it ends normally, abandoned (the
+    next start is told) if it ends with an uncaught exception or is killed.
     """
     from .messages import Acceptance, Listener, check_data, check_timeout
 
@@ -742,19 +744,44 @@ def single_instance(
         opening.done()
         line.close()
         raise
-    if channel is None or on_message is None:
-        return Turn(line, opening, held.membership, held.abandoned_by, threading.current_thread())
-    listener = Listener(channel, on_message, acceptance, line.name)
+    listener = None
+    if channel is not None and on_message is not None:
+        listener = Listener(channel, on_message, acceptance, line.name)
+    pid = forks.pid()
 
-    def stop_listening() -> None:
-        atexit.unregister(stop_listening)
-        listener.stop()
+    def at_exit() -> None:
+        """A program that ends normally (its end, ``sys.exit``) gives its instance back
+        cleanly: the next start is not told of a crash, nor kept waiting for a server's
+        lease. One that ends with an uncaught exception leaves it abandoned, as a crash
+        does; its socket goes either way."""
+        if forks.pid() != pid:  # a forked child: the instance is the parent's
+            return
+        if _uncaught_exception():
+            if listener is not None:
+                listener.stop()
+        else:
+            instance.release()
 
-    atexit.register(stop_listening)  # the socket goes with the instance
+    def on_release() -> None:
+        atexit.unregister(at_exit)
+        if listener is not None:
+            listener.stop()
+
+    atexit.register(at_exit)
     owner = threading.current_thread()
-    turn = Turn(line, opening, held.membership, held.abandoned_by, owner, stop_listening)
-    listener.start()
-    return turn
+    instance = Turn(line, opening, held.membership, held.abandoned_by, owner, on_release)
+    if listener is not None:
+        listener.start()
+    return instance
+
+
+def _uncaught_exception() -> bool:
+    """Whether the program is ending because of an exception nobody caught: the interpreter
+    keeps it in ``sys.last_exc`` (``sys.last_value`` before Python 3.12) once it has printed
+    its traceback, before the exit handlers run."""
+    return (
+        getattr(sys, "last_exc", None) is not None or getattr(sys, "last_value", None) is not None
+    )
 
 
 def _wait_seconds(wait: object) -> float | bool:
