@@ -24,6 +24,7 @@ import pytest
 import inturn
 from inturn.backends.base import Patience
 from inturn.errors import UsageError
+from inturn.names import digest
 from inturn.records import own_ticket_fields
 
 from conftest import Run, Worker, child_env, inturn_cmd, one_line_error, run_cli
@@ -107,6 +108,32 @@ def test_a_holder_cut_off_from_the_server_stops_its_command_and_exits_76(
         assert waiter.wait() == 0
     finally:
         proxy.close()
+
+
+def test_a_holder_whose_lease_is_gone_leaves_as_a_dead_holder_would(place, workers):
+    """The server dropped the holder's lease (a ``FLUSHALL``, a restart that kept nothing, a
+    pause longer than the lease) and still answers: the holder stops its command and exits
+    76, and leaves the line as a death, since its turn ended uncleanly: the next holder is
+    told "abandoned" rather than handed what looks like a clean release."""
+    holder = Run("gone", "--backend", place.url(lease=1))
+    holder.running()
+    waiter = Worker("gone", "--hold")
+    workers.append(waiter)
+    waiter.expect("waiting")
+    number = inturn.Line("gone").status().holders[0].number
+    tag = f"{place.prefix}:{{{digest('gone')}}}"  # the line's keys (redis/store.py)
+    client = place.client()
+    try:
+        (held,) = client.zrangebyscore(f"{tag}:tickets", number, number)
+        assert client.delete(f"{tag}:lease:{held.decode()}") == 1
+    finally:
+        client.close()
+    assert holder.next_line() == ["signal", str(int(signal.SIGTERM))]
+    assert holder.wait(60) == 76
+    _, ticket, abandoned, dead_pid = waiter.acquired()
+    assert (abandoned, dead_pid) == ("1", str(holder.pid)) and int(ticket) > number
+    waiter.send()
+    assert waiter.wait() == 0
 
 
 def test_a_waiter_cut_off_from_the_server_gives_up_its_place_with_one_clear_line(place, redis_base):

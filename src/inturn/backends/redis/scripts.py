@@ -39,14 +39,24 @@ redis.call('PEXPIRE', KEYS[5], ARGV[2])
 return marked
 """
 
+# Takes a ticket out of the line. KEYS: tickets, ticket, lease, its "gone" stream, shared,
+# kick, abandoned; ARGV: ticket id, the stream's life in ms, and "1" when its turn was lost
+# while held: such a turn ended uncleanly, so it leaves as a death (a marker for the next
+# holder, "dead" in its stream), not as a release.
 LEAVE = """
 redis.call('DEL', KEYS[3], KEYS[6])
 redis.call('SREM', KEYS[5], ARGV[1])
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+local number = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not number then return 1 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+if ARGV[3] == '1' and redis.call('HEXISTS', KEYS[2], 'acquired_at') == 1 then
+  redis.call('ZADD', KEYS[7], number, ARGV[1])
+  redis.call('XADD', KEYS[4], 'MAXLEN', '1', '*', 'dead', number)
+else
   redis.call('DEL', KEYS[2])
   redis.call('XADD', KEYS[4], 'MAXLEN', '1', '*', 'left', '1')
-  redis.call('PEXPIRE', KEYS[4], ARGV[2])
 end
+redis.call('PEXPIRE', KEYS[4], ARGV[2])
 return 1
 """
 

@@ -669,12 +669,14 @@ class RedisStore(LineStore):
             self._gone_key(me.ticket_id),
             self.shared_key,
             me.kick_key or self._kick_key(me.ticket_id),
+            self.abandoned_key,
         ]
         # A lost ticket gets one quick try: the server is likely out of reach.
         client = self.backend.quick_client if me.lost else self.backend.client
+        lost = "1" if me.lost else "0"  # a lost turn's end is unclean: the next one is told
         try:
             self.backend.scripts["leave"](
-                keys=keys, args=[me.ticket_id, self.gone_ms], client=client
+                keys=keys, args=[me.ticket_id, self.gone_ms, lost], client=client
             )
         except rx.RedisError as exc:
             warn_once(
