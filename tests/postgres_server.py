@@ -24,6 +24,7 @@ from typing import NoReturn
 import psycopg
 
 from conftest import free_port, missing_component
+from tls import Certificates
 
 LOCAL_URL = "postgresql://postgres@127.0.0.1:5432/test"
 HOW_TO_ENABLE = "set INTURN_TEST_POSTGRES_URL, or install postgresql"
@@ -93,7 +94,9 @@ def become(owner: pwd.struct_passwd | None) -> Callable[[], None] | None:
 class Cluster:
     """A PostgreSQL cluster in a temporary folder, on its own port, trust auth."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: Certificates | None = None) -> None:
+        """``tls``: take TCP connections over TLS only (the URL asks for ``verify-full``
+        against the authority's certificate), as hosted servers do."""
         folder = server_bin()
         if folder is None:
             raise RuntimeError("no initdb/pg_ctl found (apt-get install postgresql)")
@@ -106,8 +109,26 @@ class Cluster:
         # text comes back as bytes).
         initdb = ("initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync")
         self._as_owner(*initdb, "-E", "UTF8")
-        self.start()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.settings: list[str] = []
+        if tls is not None:
+            self._take_tls(tls)
+            self.url += f"?sslmode=verify-full&sslrootcert={tls.ca}"
+        self.start()
+
+    def _take_tls(self, tls: Certificates) -> None:
+        """The server's certificate and key in its data folder (the key must be the server
+        user's own, readable by nobody else), and TCP sessions without TLS refused."""
+        for source, name in ((tls.cert, "server.crt"), (tls.key, "server.key")):
+            target = os.path.join(self.data, name)
+            shutil.copyfile(source, target)
+            os.chmod(target, 0o600)
+            if self.owner is not None:
+                os.chown(target, self.owner.pw_uid, self.owner.pw_gid)
+        self.settings = ["ssl=on", "ssl_cert_file=server.crt", "ssl_key_file=server.key"]
+        hba = os.path.join(self.data, "pg_hba.conf")
+        with open(hba, "w") as rules:  # local sockets for the tests' own checks; TCP: TLS only
+            rules.write("local all all trust\nhostssl all all 127.0.0.1/32 trust\n")
 
     def _as_owner(self, program: str, *args: str) -> None:
         command = [os.path.join(self.bin, program), *args]
@@ -127,7 +148,7 @@ class Cluster:
         return (
             f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off "
             f"-c max_connections={ENOUGH_SESSIONS} -c shared_buffers=16MB"
-        )
+        ) + "".join(f" -c {setting}" for setting in self.settings)
 
     def start(self) -> None:
         log = os.path.join(self.home, "log")
@@ -149,10 +170,10 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def cluster() -> Iterator[Cluster]:
+def cluster(tls: Certificates | None = None) -> Iterator[Cluster]:
     if server_bin() is None:
         missing("no initdb/pg_ctl to make a throwaway cluster")
-    made = Cluster()
+    made = Cluster(tls)
     try:
         yield made
     finally:

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from conftest import free_port, missing_component
+from tls import Certificates
 
 TEST_LEASE = 3  # seconds: long enough that a busy test machine never loses a turn by accident
 HOW_TO_ENABLE = (
@@ -50,7 +51,9 @@ def answers(url: str) -> bool:
 class RedisServer:
     """A private ``redis-server`` in ``folder``, ready when the constructor returns."""
 
-    def __init__(self, folder: Path, *options: str) -> None:
+    def __init__(self, folder: Path, *options: str, tls: Certificates | None = None) -> None:
+        """``tls``: take connections over TLS only (``rediss://``, the server's name checked
+        against the authority's certificate), as hosted servers do."""
         binary = shutil.which("redis-server")
         if binary is None:
             missing("redis-server is not installed")
@@ -59,6 +62,11 @@ class RedisServer:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        if tls is not None:
+            self.url = f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={tls.ca}"
+            command += ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"]
+            command += ["--tls-cert-file", str(tls.cert), "--tls-key-file", str(tls.key)]
+            command += ["--tls-ca-cert-file", str(tls.ca)]
         command += ["--appendonly", "no", "--dir", str(folder), "--logfile", "", *options]
         self.command = command  # options given later win: ("--appendonly", "yes") keeps data
         self.proc = self._start()

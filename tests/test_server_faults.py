@@ -9,9 +9,11 @@ prints what it measured (``pytest -rP`` shows it): when the cut-off command last
 the gap (or overlap) before the next command's first row.
 
 Faults: the server ends the holder's session (``pg_terminate_backend``), a restart of a
-private PostgreSQL cluster (fast, and immediate as a crash), a waiter that comes back from a
-lost session after its holder died, a proxy that stops forwarding without closing, a
-``FLUSHALL`` of a private Redis, and a holder killed outright with the lock delay off.
+private PostgreSQL cluster (fast, immediate as a crash, and fast with sessions over TLS), a
+waiter that comes back from a lost session after its holder died, a proxy that stops
+forwarding without closing, a ``FLUSHALL`` and restarts of a private Redis (keeping its data,
+keeping nothing, and keeping nothing over TLS), and a holder killed outright with the lock
+delay off.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from inturn.names import digest
 from conftest import REPORT_TIMEOUT, Run, one_line_error, run_cli
 from observer import Interval, assert_exclusive, command, read_intervals, ticket_of
 from tcp_proxy import TcpProxy
+from tls import make_certificates
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"),
@@ -239,15 +242,22 @@ def test_postgres_terminated_session_never_overlaps(
 
 
 @pytest.fixture
-def private_cluster() -> Iterator[Any]:
-    """A PostgreSQL cluster of this test's own, which it may restart."""
+def private_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A PostgreSQL cluster of this test's own, which it may restart; over TLS only if the
+    test's parameter says so."""
     from postgres_server import cluster
 
-    with cluster() as made:
+    tls = make_certificates(tmp_path / "tls") if getattr(request, "param", False) else None
+    with cluster(tls) as made:
         yield made
 
 
-@pytest.mark.parametrize("mode", ["fast", "immediate"])
+@pytest.mark.parametrize(
+    ("mode", "private_cluster"),
+    [("fast", False), ("immediate", False), ("fast", True)],
+    ids=["fast", "immediate", "fast-tls"],
+    indirect=["private_cluster"],
+)
 def test_postgres_restart_never_overlaps(private_cluster: Any, tmp_path: Path, mode: str) -> None:
     """A restart while one holds and three wait: the holder exits 76, each waiter runs (after
     reconnecting, with a new ticket) or fails with one line, and nobody overlaps anybody."""
@@ -529,8 +539,12 @@ def test_redis_flushall_stops_the_holder_within_its_bound(
     assert -gap(before, after) < bound  # whatever overlap there is stays within it
 
 
-@pytest.mark.parametrize("keeps", ["aof", "nothing"])
-def test_redis_restart(tmp_path: Path, keeps: str) -> None:
+@pytest.mark.parametrize(
+    ("keeps", "tls"),
+    [("aof", False), ("nothing", False), ("nothing", True)],
+    ids=["aof", "nothing", "nothing-tls"],
+)
+def test_redis_restart(tmp_path: Path, keeps: str, tls: bool) -> None:
     """A restart of the server while one holds and one waits, then a newcomer joins. A server
     that keeps its data (an append-only file) keeps every lease: the holder keeps its turn
     and all three run one after another, in arrival order, nobody told abandoned. One that
@@ -541,7 +555,8 @@ def test_redis_restart(tmp_path: Path, keeps: str) -> None:
     from redis_server import Place, RedisServer
 
     options = ("--appendonly", "yes", "--appendfsync", "always") if keeps == "aof" else ()
-    server = RedisServer(tmp_path / "redis", *options)
+    certificates = make_certificates(tmp_path / "tls") if tls else None
+    server = RedisServer(tmp_path / "redis", *options, tls=certificates)
     try:
         lease = 30.0  # renewals every 10 s: only the closed connection can tell sooner
         place = Place(server.url)
