@@ -54,6 +54,32 @@ def test_waiting_on_yourself_forever_is_refused(lines_dir):
     assert line.status().holders == ()
 
 
+def test_a_with_block_of_a_line_holds_a_turn_like_a_lock(lines_dir):
+    """``with line:`` (and ``async with line:``) waits in line and binds the ``Turn``, as
+    ``with lock:`` does for a ``threading.Lock``, so that code written for filelock or
+    portalocker takes its turn; the turn is released when the block ends, however it ends,
+    and the ``Line`` stays open for the next block."""
+    line = inturn.Line("block")
+    with line as held:
+        assert isinstance(held, inturn.Turn) and held.held
+        assert [t.number for t in line.status().holders] == [held.ticket]
+        with pytest.raises(inturn.InturnError, match="not re-entrant"):
+            line.__enter__()  # a second block in the same thread would wait for itself
+    assert not held.held and line.status().holders == ()
+    with pytest.raises(RuntimeError, match="inside"), line:
+        raise RuntimeError("inside")
+    assert line.status().holders == ()
+
+    async def block() -> int:
+        async with line as turn:
+            assert turn.held
+            return turn.ticket
+
+    ticket = asyncio.run(block())
+    assert ticket > held.ticket and line.status().holders == ()
+    line.close()
+
+
 def test_decorator_runs_calls_one_at_a_time(lines_dir):
     inside = 0
     most = 0

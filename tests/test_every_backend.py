@@ -164,10 +164,14 @@ def test_a_single_instance_that_ends_normally_is_not_taken_for_a_crash(
     backend = where.crash_url
     if where.kind == "redis":
         backend = f"{where.crash_url}&lock_delay=0"  # a crashed one: no need to wait here
-    with inturn.Line("single", backend=backend) as line, line.acquire() as turn:
-        assert turn.abandoned is crashed
-        if crashed:
-            assert turn.abandoned_by is not None and turn.abandoned_by.number == ticket
+    line = inturn.Line("single", backend=backend)
+    try:
+        with line as turn:
+            assert turn.abandoned is crashed
+            if crashed:
+                assert turn.abandoned_by is not None and turn.abandoned_by.number == ticket
+    finally:
+        line.close()
 
 
 # --------------------------------------------------------------------------- waiting ends
@@ -382,9 +386,9 @@ def kept_open(where: Where, request: pytest.FixtureRequest) -> tuple[str | None,
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
 def test_a_line_closes_the_backend_it_opened_and_so_do_the_commands(where, request, capsys):
-    """``Line.close()`` and ``with Line(...)`` free the backend the ``Line`` opened itself
-    (idle sessions, lease threads, open files), after turns taken and waited for; so do
-    ``inturn status``, ``wait`` and ``forget`` run in this process."""
+    """``Line.close()`` frees the backend the ``Line`` opened itself (idle sessions, lease
+    threads, open files), after turns taken and waited for, and after ``with line:`` blocks;
+    so do ``inturn status``, ``wait`` and ``forget`` run in this process."""
     url, held = kept_open(where, request)
     assert held() == 0
     before = set(threading.enumerate())
@@ -411,10 +415,12 @@ def test_a_line_closes_the_backend_it_opened_and_so_do_the_commands(where, reque
         thread.join(120)  # lease keepers and watches end with their backend
         assert not thread.is_alive(), thread
 
-    with inturn.Line("closing", backend=url) as line:
-        line.acquire().release()
+    line = inturn.Line("closing", backend=url)
+    with line:  # a with block of a Line takes a turn; the Line stays open for the next one
         assert held() > 0
-    until(lambda: held() == 0, "the Line of a with block to be closed")
+    assert held() > 0
+    line.close()
+    until(lambda: held() == 0, "the Line to be closed after its with block")
 
     where_args = ["--backend", url] if url is not None else []
     for command in (["status", "closing"], ["status", "--json"], ["wait", "closing"]):
@@ -427,8 +433,8 @@ def test_a_line_closes_the_backend_it_opened_and_so_do_the_commands(where, reque
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
 def test_closing_a_line_keeps_the_turns_it_holds_until_they_are_released(where, request, tmp_path):
-    """``Line.close()`` (or the end of ``with Line(...)``) while a turn taken through it is
-    still held frees nothing that turn needs: on Redis its lease goes on being renewed, so
+    """``Line.close()`` while a turn taken through it is still held frees nothing that turn
+    needs: on Redis its lease goes on being renewed, so
     nobody comes in beside the holder, and the holder is not told it lost the turn. What the
     turn kept open is freed when it is released. The same for a place in line, and for a
     backend object closed and then used again."""

@@ -89,6 +89,27 @@ def test_threads_sharing_one_line(where: Where, tmp_path: Path, slots: int) -> N
 
 
 @slots_1_and_3
+def test_with_blocks_of_one_line_in_many_threads(where: Where, tmp_path: Path, slots: int) -> None:
+    """``with line:`` holds a turn for the block, as ``with lock:`` does."""
+    count, turns = SCALE[where.kind]
+    log = tmp_path / "log"
+    recorder = Recorder(log)
+    line = inturn.Line("block", slots)
+
+    def body(index: int) -> None:
+        for _ in range(turns):
+            with line as held, recorder.inside(f"{held.ticket}:t{index}"):
+                time.sleep(WORK)
+
+    try:
+        in_threads(count, body)
+    finally:
+        line.close()
+    assert_exclusive(log, slots, expected=count * turns)
+    assert_free("block", slots)
+
+
+@slots_1_and_3
 def test_threads_with_a_line_each(where: Where, tmp_path: Path, slots: int) -> None:
     count, turns = SCALE[where.kind]
     log = tmp_path / "log"
@@ -233,6 +254,32 @@ def test_async_with_tasks_arriving_all_at_once(where: Where, tmp_path: Path, slo
     run_async(scenario)
     assert_exclusive(log, slots, expected=count)
     assert_free("crowd", slots)
+
+
+@slots_1_and_3
+def test_async_with_blocks_of_one_line_in_many_tasks(
+    where: Where, tmp_path: Path, slots: int
+) -> None:
+    """``async with line:`` holds a turn for the block; all tasks arrive at once."""
+    count = SCALE[where.kind][0]
+    log = tmp_path / "log"
+    recorder = Recorder(log)
+    line = inturn.Line("ablock", slots)
+
+    async def task(index: int) -> None:
+        async with line as held:
+            with recorder.inside(f"{held.ticket}:a{index}"):
+                await asyncio.sleep(WORK)
+
+    async def scenario() -> None:
+        await asyncio.gather(*(task(i) for i in range(count)))
+
+    try:
+        run_async(scenario)
+    finally:
+        line.close()
+    assert_exclusive(log, slots, expected=count)
+    assert_free("ablock", slots)
 
 
 @slots_1_and_3
@@ -414,9 +461,12 @@ def test_a_machine_wide_line_from_every_entry_point_at_once(tmp_path: Path, slot
             run_async(crowd)
             return
         if index == count + 1:  # a neighbour: same guard, another line
-            with inturn.Line("neighbour", **where) as neighbour:
+            neighbour = inturn.Line("neighbour", **where)
+            try:
                 for _ in range(turns):
                     neighbour.acquire().release()
+            finally:
+                neighbour.close()
             return
         line = shared if index % 2 else inturn.Line(name, slots, **where)
         for _ in range(turns):

@@ -489,12 +489,14 @@ def test_a_user_with_the_documented_grants_takes_turns(tmp_path, workers, info):
     try:
         grants = [g for g in GRANTS.split() if info or g != "+info"]
         url = _acl_user(server, "worker", "pw", "~inturn:*", *grants)
-        with inturn.Line("x", backend=url) as line:
-            holder = line.acquire()
-            waiter = Worker("x", env=child_env(INTURN_BACKEND=url))
-            workers.append(waiter)
-            waiter.expect("waiting")
-            holder.release()
+        line = inturn.Line("x", backend=url)
+        try:
+            with line:
+                waiter = Worker("x", env=child_env(INTURN_BACKEND=url))
+                workers.append(waiter)
+                waiter.expect("waiting")
+        finally:
+            line.close()
         assert waiter.acquired()
         waiter.send()
         assert waiter.wait() == 0

@@ -198,6 +198,30 @@ class Turn:
         )
 
 
+class _Blocks:
+    """The turns held by ``with`` blocks in progress, by owner (thread or task): a block
+    releases the last turn its own owner took, whichever other blocks are in progress."""
+
+    __slots__ = ("_held", "_lock")
+
+    def __init__(self) -> None:
+        self._held: dict[object, list[Turn]] = {}
+        self._lock = threading.Lock()
+
+    def push(self, owner: object, held: Turn) -> Turn:
+        with self._lock:
+            self._held.setdefault(owner, []).append(held)
+        return held
+
+    def pop(self, owner: object) -> Turn:
+        with self._lock:
+            stack = self._held[owner]
+            held = stack.pop()
+            if not stack:
+                del self._held[owner]
+        return held
+
+
 class Line:
     """A named line of processes that take turns, ``slots`` at a time, in arrival order.
 
@@ -226,6 +250,7 @@ class Line:
         self._directory = directory
         self._opening: Opening | None = None
         self._opening_lock = threading.Lock()
+        self._blocks = _Blocks()  # the turns of ``with line:`` blocks in progress
 
     @property
     def store(self) -> LineStore:
@@ -372,11 +397,24 @@ class Line:
         if opening is not None:
             opening.close()
 
-    def __enter__(self) -> Line:
-        return self
+    def __enter__(self) -> Turn:
+        """``with line:`` waits in line and holds a turn for the block (binding the ``Turn``),
+        as ``with lock:`` does for a ``threading.Lock``. The ``Line`` stays open for the next
+        block; ``close()`` frees it."""
+        owner = threading.current_thread()
+        return self._blocks.push(owner, self.acquire(owner=owner))
 
     def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        self._blocks.pop(threading.current_thread()).release()
+
+    async def __aenter__(self) -> Turn:
+        """``async with line:`` is ``with line:`` for a task: it waits without blocking the
+        event loop, and cancelling the task leaves the line."""
+        owner = _current_task()
+        return self._blocks.push(owner, await acquire_async(self))
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._blocks.pop(_current_task()).release()
 
     def __repr__(self) -> str:
         return f"<Line {self.name!r} slots={self.slots} scope={self.scope}>"
@@ -460,31 +498,18 @@ class turn:
             "max_waiting": _max_waiting(max_waiting),
             "newest_wins": _flag(newest_wins, "newest_wins"),
         }
-        self._held: dict[object, list[Turn]] = {}  # owner (thread or task) -> its turns
-        self._held_lock = threading.Lock()
+        self._blocks = _Blocks()
+        self._users_lock = threading.Lock()
         self._users = 0  # with blocks and decorated calls in progress
 
-    def _push(self, owner: object, held: Turn) -> Turn:
-        with self._held_lock:
-            self._held.setdefault(owner, []).append(held)
-        return held
-
-    def _pop(self, owner: object) -> Turn:
-        with self._held_lock:
-            stack = self._held[owner]
-            held = stack.pop()
-            if not stack:
-                del self._held[owner]
-        return held
-
     def _begin(self) -> None:
-        with self._held_lock:
+        with self._users_lock:
             self._users += 1
 
     def _end(self, close: bool) -> None:
         """One use less; after the last ``with`` block, close what the ``Line`` opened (under
         the lock, so that no other use starts on a backend being closed)."""
-        with self._held_lock:
+        with self._users_lock:
             self._users -= 1
             if close and self._users == 0:
                 self.line.close()
@@ -497,11 +522,11 @@ class turn:
         except BaseException:
             self._end(close=True)
             raise
-        return self._push(owner, held)
+        return self._blocks.push(owner, held)
 
     def __exit__(self, *exc_info: object) -> None:
         try:
-            self._pop(threading.current_thread()).release()
+            self._blocks.pop(threading.current_thread()).release()
         finally:
             self._end(close=True)
 
@@ -513,11 +538,11 @@ class turn:
         except BaseException:
             self._end(close=True)
             raise
-        return self._push(owner, held)
+        return self._blocks.push(owner, held)
 
     async def __aexit__(self, *exc_info: object) -> None:
         try:
-            self._pop(_current_task()).release()
+            self._blocks.pop(_current_task()).release()
         finally:
             self._end(close=True)
 

@@ -96,10 +96,13 @@ def threads_one_line(name: str, rows: Rows, slots: int, count: int, turns: int) 
 
 def threads_line_each(name: str, rows: Rows, slots: int, count: int, turns: int) -> None:
     def body(index: int) -> None:
-        with inturn.Line(name, slots) as line:
+        line = inturn.Line(name, slots)
+        try:
             for _ in range(turns):
-                with line.acquire() as held, rows.inside(f"{held.ticket}:t{index}"):
+                with line as held, rows.inside(f"{held.ticket}:t{index}"):
                     time.sleep(WORK)
+        finally:
+            line.close()
 
     in_threads(count, body)
 

@@ -21,8 +21,7 @@ def status(args: argparse.Namespace) -> int:
     if names_only and (args.name is not None or args.json):
         raise UsageError("--names lists every line, one name a line: give no NAME and no --json")
     if args.name is not None:
-        with line_from(args) as line:
-            status = line.status()
+        status = line_from(args).status()  # a look opens nothing that stays open
         if args.json:
             emit(json_text(status.to_json(now)))
         else:
@@ -74,11 +73,13 @@ def _prune(args: argparse.Namespace) -> None:
     with_backend = open_backend(where.backend, scope=where.scope, directory=where.directory)
     try:
         for name in with_backend.names():
-            with Line(name, scope=where.scope, backend=with_backend) as line:
-                try:
-                    line.forget()
-                except BackendError as exc:
-                    warn(f"{exc}; left as it is")
+            line = Line(name, scope=where.scope, backend=with_backend)
+            try:
+                line.forget()
+            except BackendError as exc:
+                warn(f"{exc}; left as it is")
+            finally:
+                line.close()
     finally:
         with_backend.close()
 
@@ -88,10 +89,11 @@ def forget(args: argparse.Namespace) -> int:
     where = where_from(args)
     code = 0
     for name in args.names:
-        with Line(
-            name, scope=where.scope, directory=where.directory, backend=where.backend
-        ) as line:
+        line = Line(name, scope=where.scope, directory=where.directory, backend=where.backend)
+        try:
             if not line.forget():
                 say(f"line {name!r} is in use (someone holds or waits in it): not forgotten")
                 code = EXIT_CONFLICT
+        finally:
+            line.close()
     return code

@@ -14,8 +14,7 @@ def wait(args: argparse.Namespace) -> int:
     signals = RunSignals()  # a signal ends the wait (128+N), never by a traceback
     signals.install()
     try:
-        with line_from(args) as line:
-            line.wait(args.timeout, cancel=signals.cancel)
+        line_from(args).wait(args.timeout, cancel=signals.cancel)  # opens nothing to close
         return 0
     except Cancelled:
         return 128 + signals.pending[0]
