@@ -164,7 +164,9 @@ class Wine:
             self.env.pop(variable, None)
         self.env.update(
             WINEPREFIX=str(self.prefix),
-            WINEDEBUG="-all",
+            # Wine's own messages would land in the output the tests read; to trace a crash of
+            # Wine itself: INTURN_TEST_WINEDEBUG=+seh,+process,+module (Wine's channels).
+            WINEDEBUG=os.environ.get("INTURN_TEST_WINEDEBUG", "-all"),
             WINEDLLOVERRIDES="mscoree,mshtml=",  # no Mono or Gecko installer on first start
         )
         self.shared = shared

@@ -127,11 +127,15 @@ class WaitingDisplay:
             self._shown = True
 
     def close(self) -> None:
+        """Clear the status line, and wait for the drawing thread to have ended: a process
+        that exits while one of its threads is still ending can crash under Wine."""
         with self._lock:
             self._stop.set()
             if self._shown:
                 self.stream.write("\r\x1b[K")
                 self.stream.flush()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def duration(seconds: float | None) -> str:
