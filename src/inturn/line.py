@@ -226,7 +226,8 @@ class Line:
     """A named line of processes that take turns, ``slots`` at a time, in arrival order.
 
     Safe to share between threads: every ``acquire`` takes its own ticket, so two acquires in
-    one process queue like two processes. Turns are not re-entrant.
+    one process queue like two processes. Turns are not re-entrant. ``with line:`` holds a
+    turn for the block, as ``with lock:`` does.
     """
 
     def __init__(
