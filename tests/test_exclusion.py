@@ -71,8 +71,11 @@ def assert_free(name: str, slots: int = 1) -> None:
 # --------------------------------------------------------------------------- threads
 
 
+@pytest.mark.parametrize("how", ["acquire", "with-line"])
 @slots_1_and_3
-def test_threads_sharing_one_line(where: Where, tmp_path: Path, slots: int) -> None:
+def test_threads_sharing_one_line(where: Where, tmp_path: Path, slots: int, how: str) -> None:
+    """Turns taken with ``with line.acquire():``, or with ``with line:``, which holds a turn
+    for the block as ``with lock:`` does."""
     count, turns = SCALE[where.kind]
     log = tmp_path / "log"
     recorder = Recorder(log)
@@ -80,25 +83,8 @@ def test_threads_sharing_one_line(where: Where, tmp_path: Path, slots: int) -> N
 
     def body(index: int) -> None:
         for _ in range(turns):
-            with line.acquire() as held, recorder.inside(f"{held.ticket}:t{index}"):
-                time.sleep(WORK)
-
-    in_threads(count, body)
-    assert_exclusive(log, slots, expected=count * turns)
-    assert_free("shared", slots)
-
-
-@slots_1_and_3
-def test_with_blocks_of_one_line_in_many_threads(where: Where, tmp_path: Path, slots: int) -> None:
-    """``with line:`` holds a turn for the block, as ``with lock:`` does."""
-    count, turns = SCALE[where.kind]
-    log = tmp_path / "log"
-    recorder = Recorder(log)
-    line = inturn.Line("block", slots)
-
-    def body(index: int) -> None:
-        for _ in range(turns):
-            with line as held, recorder.inside(f"{held.ticket}:t{index}"):
+            block = line.acquire() if how == "acquire" else line
+            with block as held, recorder.inside(f"{held.ticket}:t{index}"):
                 time.sleep(WORK)
 
     try:
@@ -106,7 +92,7 @@ def test_with_blocks_of_one_line_in_many_threads(where: Where, tmp_path: Path, s
     finally:
         line.close()
     assert_exclusive(log, slots, expected=count * turns)
-    assert_free("block", slots)
+    assert_free("shared", slots)
 
 
 @slots_1_and_3
@@ -237,37 +223,21 @@ def test_decorated_async_generator_with_many_tasks(
     assert_free("agenerator", slots)
 
 
+@pytest.mark.parametrize("how", ["turn", "with-line"])
 @slots_1_and_3
-def test_async_with_tasks_arriving_all_at_once(where: Where, tmp_path: Path, slots: int) -> None:
-    count = SCALE[where.kind][0]
-    log = tmp_path / "log"
-    recorder = Recorder(log)
-
-    async def task(index: int) -> None:
-        async with inturn.turn("crowd", slots) as held:
-            with recorder.inside(f"{held.ticket}:a{index}"):
-                await asyncio.sleep(WORK)
-
-    async def scenario() -> None:
-        await asyncio.gather(*(task(i) for i in range(count)))
-
-    run_async(scenario)
-    assert_exclusive(log, slots, expected=count)
-    assert_free("crowd", slots)
-
-
-@slots_1_and_3
-def test_async_with_blocks_of_one_line_in_many_tasks(
-    where: Where, tmp_path: Path, slots: int
+def test_async_with_tasks_arriving_all_at_once(
+    where: Where, tmp_path: Path, slots: int, how: str
 ) -> None:
-    """``async with line:`` holds a turn for the block; all tasks arrive at once."""
+    """``async with inturn.turn(...)`` (a ``turn`` of each task's own), or ``async with line:``
+    on one ``Line`` that every task shares."""
     count = SCALE[where.kind][0]
     log = tmp_path / "log"
     recorder = Recorder(log)
-    line = inturn.Line("ablock", slots)
+    line = inturn.Line("crowd", slots)
 
     async def task(index: int) -> None:
-        async with line as held:
+        block = inturn.turn("crowd", slots) if how == "turn" else line
+        async with block as held:
             with recorder.inside(f"{held.ticket}:a{index}"):
                 await asyncio.sleep(WORK)
 
@@ -279,7 +249,7 @@ def test_async_with_blocks_of_one_line_in_many_tasks(
     finally:
         line.close()
     assert_exclusive(log, slots, expected=count)
-    assert_free("ablock", slots)
+    assert_free("crowd", slots)
 
 
 @slots_1_and_3
