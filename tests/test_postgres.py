@@ -484,8 +484,10 @@ def test_a_roles_defaults_for_transactions_change_nothing(pg_url, tmp_path, recw
             with line.acquire() as held, recorder.inside(f"{held.ticket}:t{index}"):
                 time.sleep(0.0005)
 
-    with line:
+    try:
         in_threads(10, body)  # fails on any thread's error
+    finally:
+        line.close()
     assert [str(w.message) for w in recwarn if issubclass(w.category, inturn.InturnWarning)] == []
     intervals = assert_exclusive(log, expected=60)
     tickets = [ticket_of(i.who) for i in intervals]

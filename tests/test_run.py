@@ -805,3 +805,24 @@ def test_a_bad_grace_is_refused(lines_dir, grace):
     assert result.returncode == 2
     assert "grace" in result.stderr or "seconds" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_run_inside_its_own_lines_turn_says_it_waits_behind_itself(lines_dir, tmp_path):
+    """``inturn run X`` inside the command of ``inturn run X`` waits behind the very turn its
+    command runs in, which never ends while the outer run waits for it: it says so once, at
+    its first sleep (here a timeout ends the wait). The same name in another folder is another
+    line, whose ticket 1 is no turn of this run's own: nothing to say there."""
+    inner = inturn_cmd("run", "-w", "0.3", "nest", "--", "true")
+    result = run_cli("run", "nest", "--", *inner)
+    assert result.returncode == 75, result.stderr
+    said = [row for row in result.stderr.splitlines() if "inside turn" in row]
+    assert len(said) == 1 and said[0].startswith("inturn: warning: this command runs inside "), said
+    assert "turn 1 of line 'nest'" in said[0] and "give it --timeout" in said[0]
+    other = tmp_path / "other"
+    held = inturn.Line("nest", directory=str(other)).acquire()  # its ticket 1, not an ancestor's
+    try:
+        elsewhere = inturn_cmd("run", "-w", "0.3", "--dir", str(other), "nest", "--", "true")
+        result = run_cli("run", "nest", "--", *elsewhere)
+        assert result.returncode == 75 and "inside turn" not in result.stderr, result.stderr
+    finally:
+        held.release()

@@ -8,8 +8,8 @@ import os
 import sys
 
 from ..errors import Busy, Cancelled, Replaced, Timeout, UsageError
-from ..line import Turn
-from ..records import LineStatus, warn
+from ..line import Line, Turn
+from ..records import LineStatus, Progress, this_host, warn
 from .exits import EXIT_CANNOT_RUN, EXIT_LOST, EXIT_NOT_FOUND, EXIT_REPLACED
 from .output import say, system_error
 from .parser import DEFAULT_GRACE_SECONDS, line_from
@@ -108,6 +108,14 @@ def _wait_in_line(args: argparse.Namespace, command: list[str], signals: RunSign
         from .display import WaitingDisplay
 
         display = WaitingDisplay(line, sys.stderr)
+    nested = None if args.quiet else _nested_in(args.name, line)
+
+    def progress(now: Progress) -> None:
+        if nested is not None:
+            nested.check(now)
+        if display is not None:
+            display.update(now)
+
     outcome: Turn | int
     message = ""
     try:
@@ -115,7 +123,7 @@ def _wait_in_line(args: argparse.Namespace, command: list[str], signals: RunSign
             args.timeout,
             blocking=not args.no_wait,
             command=tuple(command),
-            on_progress=display.update if display else None,
+            on_progress=progress if nested or display else None,
             cancel=signals.cancel,
             shared=args.shared,
             max_waiting=args.max_waiting,
@@ -135,6 +143,63 @@ def _wait_in_line(args: argparse.Namespace, command: list[str], signals: RunSign
     if message and not args.quiet:
         say(message)
     return outcome
+
+
+class _Nested:
+    """``inturn run X`` inside the command of ``inturn run X``: at its first sleep, says so if
+    it waits behind the very turn its command runs in (a ticket of this host whose process is
+    an ancestor of this one), which never ends while the outer run waits for this one, as
+    ``flock(1)`` nested on one file never does."""
+
+    def __init__(self, name: str, line: Line, number: int) -> None:
+        self.name = name
+        self.line = line
+        self.number = number
+        self.looked = False
+
+    def check(self, progress: Progress) -> None:
+        if self.looked:
+            return
+        self.looked = True
+        if self.number not in progress.ahead:
+            return
+        record = self.line.store.read([self.number])[0]
+        if record is None or record.pid is None or record.host != this_host():
+            return
+        if not _is_ancestor(record.pid):
+            return
+        say(
+            f"warning: this command runs inside turn {self.number} of line {self.name!r} "
+            f"({record.describe(live=True)}) and now waits behind it: if that run waits for "
+            "this command, neither ever ends (give it --timeout)"
+        )
+
+
+def _nested_in(name: str, line: Line) -> _Nested | None:
+    """What to look at if the environment says this process runs in a turn of line ``name``."""
+    ticket = os.environ.get("INTURN_TICKET", "")
+    if os.environ.get("INTURN_NAME") != name or not ticket.isdigit():
+        return None
+    return _Nested(name, line, int(ticket))
+
+
+def _is_ancestor(pid: int) -> bool:
+    """Whether ``pid`` is this process or one of its ancestors, where ``/proc`` tells; without
+    it, the environment's word is taken (a ticket of this host that it names)."""
+    if not os.path.isdir("/proc/self"):
+        return True
+    here = os.getpid()
+    for _ in range(4096):  # a chain of parents, never a loop; the bound only guards a bug
+        if here == pid:
+            return True
+        if here <= 1:
+            return False
+        try:
+            with open(f"/proc/{here}/stat", "rb") as stat:  # "pid (name) state ppid ..."
+                here = int(stat.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
 
 
 def duration_text(seconds: float | None) -> str:
