@@ -153,7 +153,13 @@ def test_a_waiter_cut_off_from_the_server_gives_up_its_place_with_one_clear_line
             os.close(child_side)
             seen = b""
             while b"waiting for strand" not in seen:  # drawn just before it sleeps in line
-                seen += os.read(terminal, 1024)
+                try:
+                    seen += os.read(terminal, 1024)
+                except OSError:  # EIO: the waiter is gone without having waited
+                    raise AssertionError(
+                        f"the waiter ended before it slept in line: exit {waiter.wait(60)}, "
+                        f"having said {seen!r}"
+                    ) from None
             proxy.blackhole()
             assert waiter.wait(60) == 2
             with contextlib.suppress(OSError):  # EIO once the terminal's last writer is gone
