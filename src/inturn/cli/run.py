@@ -148,8 +148,8 @@ def _wait_in_line(args: argparse.Namespace, command: list[str], signals: RunSign
 class _Nested:
     """``inturn run X`` inside the command of ``inturn run X``: at its first sleep, says so if
     it waits behind the very turn its command runs in (a ticket of this host whose process is
-    an ancestor of this one), which never ends while the outer run waits for this one, as
-    ``flock(1)`` nested on one file never does."""
+    an ancestor of this one), a wait that never ends while the outer run waits for this one
+    (as with ``flock(1)`` nested on one file)."""
 
     def __init__(self, name: str, line: Line, number: int) -> None:
         self.name = name
