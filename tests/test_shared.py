@@ -41,6 +41,7 @@ from conftest import (
     Where,
     Worker,
     child_env,
+    in_threads,
     one_line_error,
     read_lines,
     run_async,
@@ -370,28 +371,15 @@ def test_a_random_mix_of_readers_and_writers_keeps_the_rules(where, tmp_path, sl
     rng = random.Random(f"mix-{where.kind}-{slots}")
     plans = [[rng.random() < 0.7 for _ in range(turns)] for _ in range(count)]
     pauses = [[rng.choice([0.0, 0.0005, 0.002]) for _ in range(turns)] for _ in range(count)]
-    start_all = threading.Barrier(count)
-    errors: list[str] = []
 
     def body(index: int) -> None:
-        try:
-            start_all.wait(REPORT_TIMEOUT)
-            for turn, shared in enumerate(plans[index]):
-                with line.acquire(shared=shared) as held:
-                    mode = SHARED if shared else EXCLUSIVE
-                    with recorder.inside(f"{held.ticket}:t{index}-{turn}:{mode}"):
-                        time.sleep(pauses[index][turn])  # simulated work
-        except BaseException as exc:
-            errors.append(f"thread {index}: {type(exc).__name__}: {exc}")
+        for turn, shared in enumerate(plans[index]):
+            with line.acquire(shared=shared) as held:
+                mode = SHARED if shared else EXCLUSIVE
+                with recorder.inside(f"{held.ticket}:t{index}-{turn}:{mode}"):
+                    time.sleep(pauses[index][turn])  # simulated work
 
-    threads = [threading.Thread(target=body, args=(i,), daemon=True) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + REPORT_TIMEOUT
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    assert not [t for t in threads if t.is_alive()], f"threads still running ({errors})"
-    assert not errors, "\n".join(errors[:5])
+    in_threads(count, body)  # released together; fails on any thread's error or a hang
     intervals = read_intervals(log)
     assert len(intervals) == count * turns
     assert_rules(intervals, slots)
@@ -1046,20 +1034,7 @@ def test_shared_decorators_let_calls_in_together(where, tmp_path):
         with recorder.inside(f"{100 + index}:sync{index}:{SHARED}"):
             barrier.wait()  # broken (an error) unless all are inside at once
 
-    errors: list[BaseException] = []
-
-    def call(index: int) -> None:
-        try:
-            read_sync(index)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(READERS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(REPORT_TIMEOUT + 10)
-    assert not errors and not any(t.is_alive() for t in threads), errors
+    in_threads(READERS, read_sync)  # fails on any thread's error (a broken barrier) or a hang
     intervals = read_intervals(log)
     assert together([i for i in intervals if "async" in i.who])
     assert together([i for i in intervals if "sync" in i.who and "async" not in i.who])
