@@ -147,6 +147,15 @@ class Place:
 
         return redis.Redis.from_url(self.base)
 
+    def lease_key(self, client: Any, name: str, number: int) -> str:
+        """The key of the lease of ticket ``number`` in line ``name`` (the keys of
+        ``redis/store.py``: the ticket's id is found by its number)."""
+        from inturn.names import digest
+
+        tag = f"{self.prefix}:{{{digest(name)}}}"
+        (ticket_id,) = client.zrangebyscore(f"{tag}:tickets", number, number)
+        return f"{tag}:lease:{ticket_id.decode()}"
+
     def stored_keys(self) -> list[str]:
         client = self.client()
         try:

@@ -24,7 +24,6 @@ import pytest
 import inturn
 from inturn.backends.base import Patience
 from inturn.errors import UsageError
-from inturn.names import digest
 from inturn.records import own_ticket_fields
 
 from conftest import Run, Worker, child_env, inturn_cmd, one_line_error, run_cli
@@ -121,11 +120,9 @@ def test_a_holder_whose_lease_is_gone_leaves_as_a_dead_holder_would(place, worke
     workers.append(waiter)
     waiter.expect("waiting")
     number = inturn.Line("gone").status().holders[0].number
-    tag = f"{place.prefix}:{{{digest('gone')}}}"  # the line's keys (redis/store.py)
     client = place.client()
     try:
-        (held,) = client.zrangebyscore(f"{tag}:tickets", number, number)
-        assert client.delete(f"{tag}:lease:{held.decode()}") == 1
+        assert client.delete(place.lease_key(client, "gone", number)) == 1
     finally:
         client.close()
     assert holder.next_line() == ["signal", str(int(signal.SIGTERM))]

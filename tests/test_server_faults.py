@@ -31,7 +31,6 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 import inturn
-from inturn.names import digest
 
 from conftest import REPORT_TIMEOUT, Run, one_line_error, run_cli
 from observer import Interval, assert_exclusive, command, read_intervals, ticket_of
@@ -567,9 +566,7 @@ def test_redis_restart(tmp_path: Path, keeps: str, tls: bool) -> None:
         waiting("restart", url)
         client = place.client()
         try:  # just after a renewal of the holder's lease: the next is due in lease/3
-            tag = f"{place.prefix}:{{{digest('restart')}}}"  # the line's keys (redis/store.py)
-            (held,) = client.zrangebyscore(f"{tag}:tickets", old.ticket, old.ticket)
-            lease_key = f"{tag}:lease:{held.decode()}"
+            lease_key = place.lease_key(client, "restart", old.ticket)
             until(lambda: client.pttl(lease_key) >= (lease - 1) * 1000, "a renewal")
         finally:
             client.close()

@@ -18,7 +18,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -37,7 +37,7 @@ class Server(NamedTuple):
     kind: str
     url: str  # inturn's URL: TLS, with a schema or key prefix of the test's own
     admin: str  # the same server, for the test's own checks
-    prefix: str = ""  # Redis: the key prefix in ``url``
+    place: Any = None  # Redis: the key prefix in ``url`` (a ``redis_server.Place``)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def server(
     made = RedisServer(tmp_path / "redis", tls=certificates)
     place = Place(made.url)
     try:
-        yield Server("redis", place.url(lease=1), made.url, place.prefix)
+        yield Server("redis", place.url(lease=1), made.url, place)
     finally:
         made.stop()
 
@@ -193,14 +193,8 @@ def _end_turn(server: Server, pid: int, ticket: int) -> None:
             ended = admin.execute(query, [f"inturn pid {pid} on %"]).fetchall()
         assert ended and all(row[0] for row in ended)
         return
-    import redis
-
-    from inturn.names import digest
-
-    tag = f"{server.prefix}:{{{digest('cut')}}}"  # the line's keys (redis/store.py)
-    admin = redis.Redis.from_url(server.admin)
+    admin = server.place.client()
     try:
-        (held,) = admin.zrangebyscore(f"{tag}:tickets", ticket, ticket)
-        assert admin.delete(f"{tag}:lease:{held.decode()}") == 1
+        assert admin.delete(server.place.lease_key(admin, "cut", ticket)) == 1
     finally:
         admin.close()
