@@ -7,12 +7,11 @@ name against a CA (``sslmode=verify-full``, ``ssl_cert_reqs=required``) as they 
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import NamedTuple
 
-from conftest import missing_component
+from terminal import ensure_program
 
 
 class Certificates(NamedTuple):
@@ -22,9 +21,7 @@ class Certificates(NamedTuple):
 
 
 def make_certificates(folder: Path) -> Certificates:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        missing_component("openssl is not installed", "apt-get install openssl")
+    openssl = ensure_program("openssl")  # installed with apt-get when missing, as root
     folder.mkdir(parents=True, exist_ok=True)
     ca, ca_key = folder / "ca.pem", folder / "ca.key"
     cert, key, request = folder / "server.pem", folder / "server.key", folder / "server.csr"
