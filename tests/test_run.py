@@ -826,3 +826,39 @@ def test_a_run_inside_its_own_lines_turn_says_it_waits_behind_itself(lines_dir, 
         assert result.returncode == 75 and "inside turn" not in result.stderr, result.stderr
     finally:
         held.release()
+
+
+def test_a_script_that_runs_itself_under_inturn_holds_its_turn_from_first_line_to_last(
+    lines_dir, tmp_path
+):
+    """The README's idiom for what ``flock FD`` does in a script (the FLOCKER idiom of the
+    ``flock(1)`` manual): a first line that runs the script again as the command of ``inturn
+    run`` unless it already runs as one. Started four times at once, each copy runs whole, one
+    at a time, in arrival order, and a copy started from inside its own turn runs at once."""
+    from observer import assert_exclusive, command, ticket_of
+
+    log = tmp_path / "log"
+    script = tmp_path / "job.sh"
+    inturn = shlex.join(inturn_cmd())
+    script.write_text(
+        "#!/bin/sh\n"
+        f'[ "$INTURN_NAME" = nightly ] || exec {inturn} run nightly -- "$0" "$@"\n'
+        f'{shlex.join(command(log, seconds=0.05))} --who "$INTURN_TICKET:$1"\n'
+        '[ "$1" != again ] || exit 0\n'
+        '[ "$1" != first ] || exec "$0" again\n'
+    )
+    script.chmod(0o755)
+    runs = [
+        subprocess.Popen(
+            [str(script), name], env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for name in ("first", "second", "third", "fourth")
+    ]
+    for run in runs:
+        out, err = run.communicate(timeout=REPORT_TIMEOUT)
+        assert run.returncode == 0 and b"warning" not in err, (out, err)
+    intervals = assert_exclusive(log, expected=5)
+    first = [i.who for i in intervals if i.who.endswith((":first", ":again"))]
+    assert len(first) == 2 and ticket_of(first[0]) == ticket_of(first[1]), intervals
+    tickets = [ticket_of(i.who) for i in intervals]
+    assert tickets == sorted(tickets), intervals  # first come, first served
