@@ -35,6 +35,7 @@ from conftest import (
     one_line_error,
     read_log,
     run_cli,
+    until,
 )
 
 try:
@@ -43,6 +44,7 @@ except ImportError:
     missing_component("psycopg is not installed", "pip install -e '.[postgres]'")
 
 from inturn.backends.postgres.membership import PostgresMembership
+from inturn.backends.postgres.statements import class_id, fold
 
 from postgres_server import (
     Bouncer,
@@ -108,6 +110,66 @@ def test_many_hosts_creating_the_schema_at_once_all_succeed(pg_url):
 
 
 # --------------------------------------------------------------------------- crashes
+
+
+def test_a_waiter_ended_to_break_a_deadlock_starts_again_and_says_why(
+    pg_url, pg_server, schema, workers, recwarn
+):
+    """Another application's transaction that locks the row of the ticket a waiter waits on,
+    then waits for the waiter's own lock, makes a deadlock with the waiter once the ticket's
+    holder dies: the server ends the waiter's statement to break it. The waiter lets go of its
+    locks (so the other transaction goes on), takes a new place, and still gets the turn after
+    it, told that the holder died; its warning gives the server's whole account of the cycle,
+    not only its first line."""
+    holder = Worker("knot", "--hold")
+    workers.append(holder)
+    held = int(holder.acquired()[1])
+    line = inturn.Line("knot", backend=pg_url)
+    turns: list[inturn.Turn] = []
+    waiter = threading.Thread(target=lambda: turns.append(line.acquire()))
+    waiter.start()
+    cls, tickets = class_id(schema), f'"{schema}".tickets'
+
+    def waiting_on(key: int) -> list[tuple[object, ...]]:
+        return sql(
+            pg_server,
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            " AND classid = %s::oid AND objid = %s::oid AND objsubid = 2",
+            cls,
+            key,
+        )
+
+    until(lambda: bool(waiting_on(fold(held))), "the waiter to wait on the holder's ticket")
+    [(mine,)] = sql(pg_server, f"SELECT number FROM {tickets} WHERE number > %s", held)
+    other = psycopg.connect(pg_server)  # not autocommit: one transaction
+    try:
+        try:
+            other.execute("SET deadlock_timeout = '1h'")  # the waiter is the one to find it
+        except psycopg.errors.InsufficientPrivilege:
+            pytest.skip("setting deadlock_timeout needs a superuser on this test server")
+        other.execute(f"SELECT 1 FROM {tickets} WHERE number = %s FOR UPDATE", [held])
+        knot = threading.Thread(
+            target=lambda: other.execute("SELECT pg_advisory_lock(%s, %s)", [cls, fold(mine)])
+        )
+        knot.start()
+        until(lambda: bool(waiting_on(fold(mine))), "the other session to wait on the waiter")
+        os.kill(holder.pid, signal.SIGKILL)
+        knot.join(60)  # it got the lock: the waiter's first session is gone
+        assert not knot.is_alive()
+    finally:
+        other.close()
+    waiter.join(60)
+    assert turns, "the waiter never got the turn"
+    turn = turns[0]
+    try:
+        assert turn.ticket > mine and turn.abandoned
+        assert turn.abandoned_by is not None and turn.abandoned_by.pid == holder.pid
+    finally:
+        turn.release()
+        line.close()
+    said = [str(w.message) for w in recwarn if issubclass(w.category, inturn.InturnWarning)]
+    assert len(said) == 1 and "deadlock" in said[0], said
+    assert said[0].count("blocked by process") == 2, said[0]
 
 
 def test_a_holder_whose_session_is_terminated_loses_the_turn(pg_url, pg_server, schema, workers):

@@ -106,10 +106,23 @@ T = TypeVar("T")
 
 
 def _reason(exc: BaseException, address: Address) -> str:
-    """The server's or libpq's message on one line, without any password."""
+    """The server's or libpq's message on one line, without any password: the message and
+    its whole detail (a deadlock's detail names every session of the cycle, one per line),
+    not the hint or context that follow."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    text = "; ".join(lines[:2]) or type(exc).__name__
+    told = lines[:1]
+    for line in lines[1:]:
+        if line.startswith(("HINT:", "CONTEXT:", "LINE ")) or len(told) == 8:
+            break
+        told.append(line)
+    text = "; ".join(told) or type(exc).__name__
     return address.scrub(text)
+
+
+def _deadlock(exc: BaseException) -> bool:
+    """The server ended a statement to break a deadlock: psycopg calls it an operational
+    error, but the session lives on; only that statement's transaction was rolled back."""
+    return isinstance(exc, pg_errors.DeadlockDetected)
 
 
 class _Translate:
@@ -128,7 +141,7 @@ class _Translate:
                 f"ask the owner of schema {b.stmts.schema} for the grants listed in the "
                 "inturn README"
             )
-        if isinstance(exc, psycopg.OperationalError):
+        if isinstance(exc, psycopg.OperationalError) and not _deadlock(exc):
             return BackendError(f"lost the connection to {b.where}: {_reason(exc, b.address)}")
         return BackendError(f"PostgreSQL at {b.where} failed: {_reason(exc, b.address)}")
 
@@ -663,8 +676,13 @@ class PostgresStore(LineStore):
                     raise
                 member.conn, member.number = conn, number
                 member.lost_track_at = start
+                why = (
+                    "the server ended its statement to break a deadlock with another session"
+                    if _deadlock(cause)
+                    else "losing the connection"
+                )
                 warn(
-                    f"reconnected to {self.where} after losing the connection "
+                    f"reconnected to {self.where} after {why} "
                     f"({_reason(cause, self.backend.address)}); back in line {self.name!r} "
                     f"as ticket {number}"
                 )
