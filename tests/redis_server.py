@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any, NoReturn
@@ -85,10 +86,12 @@ class RedisServer:
             raise AssertionError(f"redis-server did not start: {''.join(seen)}")
         return proc
 
-    def restart(self) -> None:
-        """Shut down (SIGTERM: a clean shutdown, which writes what it keeps on disk) and start
-        again on the same port and folder; returns once it accepts connections."""
+    def restart(self, down_for: float = 0.0) -> None:
+        """Shut down (SIGTERM: a clean shutdown, which writes what it keeps on disk), stay
+        down for ``down_for`` seconds (the fault's length), and start again on the same port
+        and folder; returns once it accepts connections."""
         self.stop()
+        time.sleep(down_for)
         self.proc = self._start()
 
     def stop(self) -> None:

@@ -545,8 +545,10 @@ def test_redis_flushall_stops_the_holder_within_its_bound(
 )
 def test_redis_restart(tmp_path: Path, keeps: str, tls: bool) -> None:
     """A restart of the server while one holds and one waits, then a newcomer joins. A server
-    that keeps its data (an append-only file) keeps every lease: the holder keeps its turn
-    and all three run one after another, in arrival order, nobody told abandoned. One that
+    that keeps its data (an append-only file), down for a second (longer than the client's own
+    retries, far less than the lease), keeps every lease: the holder keeps its turn, the
+    waiter its place, and all three run one after another, in arrival order, nobody told
+    abandoned. One that
     keeps nothing loses every lease (README: it can overlap): the holder learns it from the
     closed connection, long before its next renewal is due, stops its command and exits 76;
     the waiter runs or gives up its place with one line; the newcomer's ticket is still above
@@ -571,7 +573,7 @@ def test_redis_restart(tmp_path: Path, keeps: str, tls: bool) -> None:
         finally:
             client.close()
         restarted = time.monotonic_ns()
-        server.restart()
+        server.restart(down_for=1.0 if keeps == "aof" else 0.0)
         newcomer = Run("restart", "--backend", url, command=recorder(log, seconds=0.3))
         if keeps == "aof":
             waiting("restart", url, 2)

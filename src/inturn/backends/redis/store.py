@@ -39,9 +39,9 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import redis
 from redis import exceptions as rx
@@ -71,6 +71,8 @@ from .membership import GIVE_UP_AT, LeaseKeeper, RedisMembership, call
 GRANTS = "+@read +@write +@scripting +time +ping +info"
 WAKE_AFTER_EXPIRY_MS = 10  # a waiter looks again this long after a watched lease could expire
 
+T = TypeVar("T")
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -83,6 +85,10 @@ def _translated(where: str, prefix: str) -> Iterator[None]:
         raise _backend_error(exc, where, prefix) from None
 
 
+class _Unreachable(BackendError):
+    """The server did not answer (down, restarting, loading its data, out of reach)."""
+
+
 def _backend_error(exc: rx.RedisError, where: str, prefix: str) -> BackendError:
     """What ``_translated`` raises for ``exc``, for paths that avoid a context manager."""
     if isinstance(exc, rx.AuthenticationError):
@@ -90,7 +96,7 @@ def _backend_error(exc: rx.RedisError, where: str, prefix: str) -> BackendError:
             f"Redis at {where} refused the login ({exc}): check the user and password in the URL"
         )
     if isinstance(exc, (rx.ConnectionError, rx.TimeoutError)):
-        return BackendError(
+        return _Unreachable(
             f"cannot reach Redis at {where} ({exc}): check that the server runs and the URL"
         )
     replica = f"the Redis server at {where} is a read-only replica: point the URL at the primary"
@@ -381,6 +387,9 @@ class RedisStore(LineStore):
                 self._ids.update(ids)
 
     def look(self, me: Membership | None) -> View:
+        return self._through_outages(me, None, lambda: self._look(me))
+
+    def _look(self, me: Membership | None) -> View:
         with self.backend.errors(), self.backend.client.pipeline(transaction=False) as pipe:
             call(pipe, "ZRANGE", self.tickets_key, 0, -1, "WITHSCORES")
             call(pipe, "ZRANGE", self.abandoned_key, 0, -1, "WITHSCORES")
@@ -420,9 +429,13 @@ class RedisStore(LineStore):
         return [int(next(answers)) if i is not None else -2 for i in ids]
 
     def alive(self, numbers: Sequence[int], me: Membership | None) -> list[bool]:
-        return [ms != -2 for ms in self._leases_left(numbers)]
+        left = self._through_outages(me, None, lambda: self._leases_left(numbers))
+        return [ms != -2 for ms in left]
 
     def bury(self, number: int, me: Membership | None, patience: Patience) -> bool:
+        return self._through_outages(me, patience.cancel, lambda: self._bury(number))
+
+    def _bury(self, number: int) -> bool:
         ticket_id = self._id(number)
         if ticket_id is None:
             return False
@@ -467,8 +480,14 @@ class RedisStore(LineStore):
         then_holds: bool = False,
     ) -> Woke | None:
         member = me if isinstance(me, RedisMembership) else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def wait_once() -> Woke | None:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            return self._wait(member, numbers, left, cancel, then_holds)
+
         try:
-            return self._wait(member, numbers, timeout, cancel, then_holds)
+            return self._through_outages(member, cancel, wait_once)
         except BackendError:
             if member is not None:
                 self._check_own_place(member)  # the clearer story when our lease is gone too
@@ -512,6 +531,34 @@ class RedisStore(LineStore):
         if me is not None:
             self._check_own_place(me)
         raise Cancelled(f"stopped waiting for line {self.name!r}")
+
+    def _through_outages(
+        self, me: Membership | None, cancel: CancelToken | None, work: Callable[[], T]
+    ) -> T:
+        """``work()``, tried again while the server does not answer (a restart, a network
+        blip), for as long as ``me``, a ticket of ours waiting in line, keeps its place: the
+        keeper renews the lease the moment the server answers again, and declares the place
+        lost three quarters of a lease after its last renewal, which ends this with
+        ``LostTurn``. Without a place of ours to keep, the first failure is the answer."""
+        waiting = isinstance(me, RedisMembership) and me.pid == os.getpid() and not me.holding
+        member = me if waiting and isinstance(me, RedisMembership) else None
+        pause = 0.01
+        while True:
+            try:
+                return work()
+            except _Unreachable:
+                if member is None:
+                    raise
+                self._check_own_place(member)
+            woken = threading.Event()  # reconnecting to a server that is down, not polling
+            with ExitStack() as links:
+                links.enter_context(member.signal.linked(woken))
+                if cancel is not None:
+                    links.enter_context(cancel.linked(woken))
+                woken.wait(pause)
+            if cancel is not None and cancel.cancelled:
+                self._interrupted(member)
+            pause = min(2 * pause, self.backend.lease / 12)
 
     def _check_own_place(self, me: RedisMembership) -> None:
         if me.lost and not me.holding:
@@ -685,6 +732,9 @@ class RedisStore(LineStore):
             )
 
     def read(self, numbers: Sequence[int], me: Membership | None = None) -> list[Ticket | None]:
+        return self._through_outages(me, None, lambda: self._read(numbers))
+
+    def _read(self, numbers: Sequence[int]) -> list[Ticket | None]:
         ids = [self._id(n) for n in numbers]
         asked = [i for i in ids if i is not None]
         with self.backend.errors(), self.backend.client.pipeline(transaction=False) as pipe:
