@@ -13,6 +13,7 @@ the observer's log, never from inturn's status. (Restarts of such servers: see
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import threading
@@ -78,6 +79,23 @@ def test_the_server_takes_nothing_but_tls(server: Server) -> None:
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("inturn: ") and result.stderr.count("\n") == 1
+
+
+def test_a_certificate_that_cannot_be_verified_is_named_as_the_trouble(server: Server) -> None:
+    """Without the authority that signed the server's certificate, the handshake fails:
+    one line that says so and what to give, not a server that "cannot be reached"."""
+    untrusted = re.sub(r"(?<=[?&])(ssl_ca_certs|sslrootcert)=[^&]*&?", "", server.url)
+    assert untrusted != server.url
+    result = subprocess.run(
+        inturn_cmd("run", "--backend", untrusted, "cert", "--", "true"),
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("inturn: ") and result.stderr.count("\n") == 1
+    assert "certificate" in result.stderr and "cannot reach" not in result.stderr
 
 
 def test_processes_and_threads_take_turns_over_tls(server: Server, tmp_path: Path) -> None:

@@ -95,6 +95,12 @@ def _backend_error(exc: rx.RedisError, where: str, prefix: str) -> BackendError:
         return BackendError(
             f"Redis at {where} refused the login ({exc}): check the user and password in the URL"
         )
+    if "CERTIFICATE_VERIFY_FAILED" in str(exc):  # no use trying again: say what to check
+        return BackendError(
+            f"the TLS certificate of Redis at {where} could not be verified ({exc}): name the "
+            "authority that signed it in the URL (ssl_ca_certs=PATH), and connect by a host "
+            "name the certificate lists"
+        )
     if isinstance(exc, (rx.ConnectionError, rx.TimeoutError)):
         return _Unreachable(
             f"cannot reach Redis at {where} ({exc}): check that the server runs and the URL"
