@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +33,7 @@ import pytest
 
 import inturn
 
-from conftest import REPORT_TIMEOUT, Run, one_line_error, run_cli
+from conftest import REPORT_TIMEOUT, Run, child_env, inturn_cmd, one_line_error, run_cli
 from observer import Interval, assert_exclusive, command, read_intervals, ticket_of
 from tcp_proxy import TcpProxy
 from tls import make_certificates
@@ -548,7 +549,8 @@ def test_redis_restart(tmp_path: Path, keeps: str, tls: bool) -> None:
     that keeps its data (an append-only file), down for a second (longer than the client's own
     retries, far less than the lease), keeps every lease: the holder keeps its turn, the
     waiter its place, and all three run one after another, in arrival order, nobody told
-    abandoned. One that
+    abandoned; an ``inturn wait`` begun before the restart ends once the first two are done.
+    One that
     keeps nothing loses every lease (README: it can overlap): the holder learns it from the
     closed connection, long before its next renewal is due, stops its command and exits 76;
     the waiter runs or gives up its place with one line; the newcomer's ticket is still above
@@ -567,19 +569,36 @@ def test_redis_restart(tmp_path: Path, keeps: str, tls: bool) -> None:
         waiter = Run("restart", "--backend", url, command=recorder(log, seconds=0.3))
         waiting("restart", url)
         client = place.client()
+        barrier = None
         try:  # just after a renewal of the holder's lease: the next is due in lease/3
             lease_key = place.lease_key(client, "restart", old.ticket)
             until(lambda: client.pttl(lease_key) >= (lease - 1) * 1000, "a renewal")
+            if keeps == "aof":
+
+                def reads() -> int:  # connections blocked in XREAD: every sleeper, and no more
+                    return str(client.execute_command("CLIENT", "LIST")).count("cmd=xread")
+
+                asleep = reads()
+                barrier = subprocess.Popen(
+                    inturn_cmd("wait", "--backend", url, "restart"),
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=child_env(),
+                )
+                until(lambda: reads() == asleep + 1, "inturn wait to sleep in the server")
         finally:
             client.close()
         restarted = time.monotonic_ns()
         server.restart(down_for=1.0 if keeps == "aof" else 0.0)
         newcomer = Run("restart", "--backend", url, command=recorder(log, seconds=0.3))
-        if keeps == "aof":
+        if barrier is not None:
             waiting("restart", url, 2)
+            assert barrier.poll() is None, barrier.communicate()
             assert holder.finish() == 0
             runs = [told(waiter), told(newcomer)]
             assert (waiter.wait(), newcomer.wait()) == (0, 0)
+            _, said = barrier.communicate(timeout=REPORT_TIMEOUT)
+            assert barrier.returncode == 0 and said == "", said
             intervals = assert_exclusive(log, expected=3)
             assert [ticket_of(i.who) for i in intervals] == [old.ticket] + [r.ticket for r in runs]
             assert not any(r.abandoned for r in runs)

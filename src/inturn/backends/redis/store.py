@@ -493,7 +493,7 @@ class RedisStore(LineStore):
             return self._wait(member, numbers, left, cancel, then_holds)
 
         try:
-            return self._through_outages(member, cancel, wait_once)
+            return self._through_outages(member, cancel, wait_once, self.backend.lease)
         except BackendError:
             if member is not None:
                 self._check_own_place(member)  # the clearer story when our lease is gone too
@@ -539,26 +539,35 @@ class RedisStore(LineStore):
         raise Cancelled(f"stopped waiting for line {self.name!r}")
 
     def _through_outages(
-        self, me: Membership | None, cancel: CancelToken | None, work: Callable[[], T]
+        self,
+        me: Membership | None,
+        cancel: CancelToken | None,
+        work: Callable[[], T],
+        placeless: float = 0.0,
     ) -> T:
         """``work()``, tried again while the server does not answer (a restart, a network
         blip), for as long as ``me``, a ticket of ours waiting in line, keeps its place: the
         keeper renews the lease the moment the server answers again, and declares the place
         lost three quarters of a lease after its last renewal, which ends this with
-        ``LostTurn``. Without a place of ours to keep, the first failure is the answer."""
+        ``LostTurn``. Without a place of ours to keep (a barrier's wait), for ``placeless``
+        seconds from the first failure: then the failure is the answer."""
         waiting = isinstance(me, RedisMembership) and me.pid == os.getpid() and not me.holding
         member = me if waiting and isinstance(me, RedisMembership) else None
-        pause = 0.01
+        pause, until = 0.01, None
         while True:
             try:
                 return work()
             except _Unreachable:
-                if member is None:
-                    raise
-                self._check_own_place(member)
+                if member is not None:
+                    self._check_own_place(member)
+                else:
+                    until = time.monotonic() + placeless if until is None else until
+                    if time.monotonic() + pause > until:
+                        raise
             woken = threading.Event()  # reconnecting to a server that is down, not polling
             with ExitStack() as links:
-                links.enter_context(member.signal.linked(woken))
+                if member is not None:
+                    links.enter_context(member.signal.linked(woken))
                 if cancel is not None:
                     links.enter_context(cancel.linked(woken))
                 woken.wait(pause)
