@@ -92,6 +92,10 @@ class RedisServer:
         and folder; returns once it accepts connections."""
         self.stop()
         time.sleep(down_for)
+        self.start()
+
+    def start(self) -> None:
+        """Start again after ``stop`` (same port, folder and options)."""
         self.proc = self._start()
 
     def stop(self) -> None:

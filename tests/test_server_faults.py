@@ -644,6 +644,39 @@ def test_redis_restart(tmp_path: Path, keeps: str, tls: bool) -> None:
         server.stop()
 
 
+def test_redis_a_turn_given_back_while_the_server_is_down_is_given_back_cleanly(
+    tmp_path: Path,
+) -> None:
+    """The holder's command ends while the server (which keeps its data) is down for a second:
+    inturn gives the turn back as the server answers again, well within the lease, so the
+    waiter runs next, not told of a death that did not happen, and without the lock delay."""
+    from redis_server import Place, RedisServer
+
+    server = RedisServer(tmp_path / "redis", "--appendonly", "yes", "--appendfsync", "always")
+    try:
+        place = Place(server.url)
+        log, url = tmp_path / "log", place.url(lease=9)  # renewed every 3 s, safe for 6.75 s
+        holder = Run("down", "--backend", url, command=recorder(log, hold=True))
+        told(holder)
+        waiter = Run("down", "--backend", url, command=recorder(log, seconds=0.1))
+        waiting("down", url)
+        server.stop()
+        assert holder.proc.stdin is not None
+        holder.proc.stdin.write("0\n")  # the command ends: inturn gives the turn back
+        holder.proc.stdin.flush()
+        until(lambda: any(i.exited for i in read_intervals(log)), "the holder's command to end")
+        time.sleep(1.0)  # the outage's length
+        server.start()
+        assert holder.wait() == 0
+        assert "could not leave" not in holder.errors()
+        after = told(waiter)
+        assert not after.abandoned
+        assert waiter.wait() == 0
+        assert_exclusive(log, expected=2)
+    finally:
+        server.stop()
+
+
 # --------------------------------------------------------------------------- no lock delay
 
 

@@ -733,18 +733,36 @@ class RedisStore(LineStore):
             me.kick_key or self._kick_key(me.ticket_id),
             self.abandoned_key,
         ]
-        # A lost ticket gets one quick try: the server is likely out of reach.
+        # A lost ticket gets one quick try: the server is likely out of reach. A held turn
+        # tries again while the server does not answer (a restart), as long as its lease
+        # surely lasts (the keeper's own bound), so that the next holder is not told of a
+        # death that did not happen; the script does nothing the second time. A waiter's
+        # ticket that cannot leave simply expires: nobody is told of it.
         client = self.backend.quick_client if me.lost else self.backend.client
         lost = "1" if me.lost else "0"  # a lost turn's end is unclean: the next one is told
-        try:
-            self.backend.scripts["leave"](
-                keys=keys, args=[me.ticket_id, self.gone_ms, lost], client=client
-            )
-        except rx.RedisError as exc:
-            warn_once(
-                f"could not leave line {self.name!r} on Redis at {self.where} ({exc}); "
-                f"the ticket expires within {self.backend.lease:g}s"
-            )
+        lasts_until = me.renewed_at + self.backend.lease * GIVE_UP_AT if me.holding else 0.0
+        pause = 0.01
+        while True:
+            try:
+                self.backend.scripts["leave"](
+                    keys=keys, args=[me.ticket_id, self.gone_ms, lost], client=client
+                )
+                return
+            except (rx.ConnectionError, rx.TimeoutError) as exc:
+                if me.lost or time.monotonic() + pause >= lasts_until:
+                    self._not_left(exc)
+                    return
+            except rx.RedisError as exc:
+                self._not_left(exc)
+                return
+            time.sleep(pause)  # reconnecting to a server that is down, not polling
+            pause = min(2 * pause, self.backend.lease / 12)
+
+    def _not_left(self, exc: rx.RedisError) -> None:
+        warn_once(
+            f"could not leave line {self.name!r} on Redis at {self.where} ({exc}); "
+            f"the ticket expires within {self.backend.lease:g}s"
+        )
 
     def read(self, numbers: Sequence[int], me: Membership | None = None) -> list[Ticket | None]:
         return self._through_outages(me, None, lambda: self._read(numbers))
