@@ -73,6 +73,17 @@ WAKE_AFTER_EXPIRY_MS = 10  # a waiter looks again this long after a watched leas
 
 T = TypeVar("T")
 
+
+def _pauses(lease: float) -> Iterator[float]:
+    """How long to wait before each new try to reach a server that does not answer (a
+    restart): a moment at first, doubling up to a twelfth of a lease. Reconnecting to a
+    server that is down, not polling for a turn."""
+    pause = 0.01
+    while True:
+        yield pause
+        pause = min(2 * pause, lease / 12)
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -551,10 +562,10 @@ class RedisStore(LineStore):
         lost three quarters of a lease after its last renewal, which ends this with
         ``LostTurn``. Without a place of ours to keep (a barrier's wait), for ``placeless``
         seconds from the first failure: then the failure is the answer."""
-        waiting = isinstance(me, RedisMembership) and me.pid == os.getpid() and not me.holding
-        member = me if waiting and isinstance(me, RedisMembership) else None
-        pause, until = 0.01, None
-        while True:
+        ours = isinstance(me, RedisMembership) and me.pid == os.getpid() and not me.holding
+        member = me if ours and isinstance(me, RedisMembership) else None
+        until = None
+        for pause in _pauses(self.backend.lease):
             try:
                 return work()
             except _Unreachable:
@@ -564,7 +575,7 @@ class RedisStore(LineStore):
                     until = time.monotonic() + placeless if until is None else until
                     if time.monotonic() + pause > until:
                         raise
-            woken = threading.Event()  # reconnecting to a server that is down, not polling
+            woken = threading.Event()
             with ExitStack() as links:
                 if member is not None:
                     links.enter_context(member.signal.linked(woken))
@@ -573,7 +584,7 @@ class RedisStore(LineStore):
                 woken.wait(pause)
             if cancel is not None and cancel.cancelled:
                 self._interrupted(member)
-            pause = min(2 * pause, self.backend.lease / 12)
+        raise AssertionError("unreachable")
 
     def _check_own_place(self, me: RedisMembership) -> None:
         if me.lost and not me.holding:
@@ -741,8 +752,7 @@ class RedisStore(LineStore):
         client = self.backend.quick_client if me.lost else self.backend.client
         lost = "1" if me.lost else "0"  # a lost turn's end is unclean: the next one is told
         lasts_until = me.renewed_at + self.backend.lease * GIVE_UP_AT if me.holding else 0.0
-        pause = 0.01
-        while True:
+        for pause in _pauses(self.backend.lease):
             try:
                 self.backend.scripts["leave"](
                     keys=keys, args=[me.ticket_id, self.gone_ms, lost], client=client
@@ -755,8 +765,7 @@ class RedisStore(LineStore):
             except rx.RedisError as exc:
                 self._not_left(exc)
                 return
-            time.sleep(pause)  # reconnecting to a server that is down, not polling
-            pause = min(2 * pause, self.backend.lease / 12)
+            time.sleep(pause)
 
     def _not_left(self, exc: rx.RedisError) -> None:
         warn_once(
