@@ -142,7 +142,13 @@ def test_systemd_tmpfiles_ageing_leaves_a_held_line_whole(tmp_path, scope):
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         line = inturn.Line(name, scope=scope, directory=str(folder))
-        until(lambda: waiter.pid in [t.pid for t in line.status().waiters], "the waiter")
+        until(
+            lambda: (
+                waiter.pid in [t.pid for t in line.status().waiters]
+                and any(entry.endswith(".kick") for entry in every_file(folder))
+            ),
+            "the waiter, and the FIFO it makes once in line",
+        )
         before = every_file(folder)
         assert any(entry.endswith(".sock") for entry in before), before
         assert any(entry.endswith(".kick") for entry in before), before
