@@ -18,7 +18,6 @@ delay off.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import signal
@@ -106,26 +105,6 @@ def waiting(name: str, url: str, count: int = 1) -> None:
         until(lambda: len(line.status().waiters) == count, f"{count} waiting in {name!r}")
     finally:
         line.close()
-
-
-def blocked_in_redis(client: Any, pid: int) -> bool:
-    """Whether a connection of process ``pid`` waits in a blocking command (``flags=b`` in
-    ``CLIENT LIST``), found by the local ports of the process's TCP sockets."""
-    inodes = set()
-    with contextlib.suppress(FileNotFoundError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-    with open("/proc/net/tcp") as table:
-        rows = [row.split() for row in table.readlines()[1:]]
-    ports = {int(row[1].split(":")[1], 16) for row in rows if row[9] in inodes}
-    for entry in client.execute_command("CLIENT", "LIST").decode().splitlines():
-        fields = dict(word.split("=", 1) for word in entry.split() if "=" in word)
-        if int(fields["addr"].rsplit(":", 1)[1]) in ports and "b" in fields["flags"]:
-            return True
-    return False
 
 
 def dead(pid: int) -> bool:
@@ -596,13 +575,18 @@ def test_redis_restart(tmp_path: Path, keeps: str, tls: bool) -> None:
             until(lambda: client.pttl(lease_key) >= (lease - 1) * 1000, "a renewal")
             if keeps == "aof":
                 barrier = subprocess.Popen(
-                    inturn_cmd("wait", "--backend", url, "restart"),
+                    inturn_cmd("wait", "--backend", f"{url}&client_name=barrier", "restart"),
                     stderr=subprocess.PIPE,
                     text=True,
                     env=child_env(),
                 )
-                pid = barrier.pid
-                until(lambda: blocked_in_redis(client, pid), "inturn wait to sleep in the server")
+                until(
+                    lambda: any(
+                        c.get("name") == "barrier" and "b" in c["flags"]
+                        for c in client.client_list()
+                    ),
+                    "inturn wait to sleep in the server",
+                )
         finally:
             client.close()
         restarted = time.monotonic_ns()
