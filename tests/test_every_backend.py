@@ -9,8 +9,10 @@ in its own module.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -26,7 +28,18 @@ import inturn
 import inturn.cli
 from inturn.backends import open_backend
 
-from conftest import Where, Worker, child_env, inturn_cmd, read_log, run_async, run_cli, until
+from conftest import (
+    REPORT_TIMEOUT,
+    Where,
+    Worker,
+    child_env,
+    inturn_cmd,
+    read_lines,
+    read_log,
+    run_async,
+    run_cli,
+    until,
+)
 from observer import Recorder, assert_exclusive
 from observer import command as recording
 
@@ -280,6 +293,80 @@ def test_run_gives_the_command_its_turn_and_passes_its_exit_code(where):
     assert int(ppid) == proc.pid  # the command is inturn's direct child
     assert (name, abandoned) == ("job", "0") and int(ticket) >= 1
     assert inturn.Line("job").status().holders == ()
+
+
+def test_what_the_command_leaves_running_keeps_the_turn_until_it_ends(where, tmp_path):
+    """A command that starts a process in the background and ends: that process inherited the
+    turn with the command's descriptors (as under ``flock(1)``), so the turn is given back only
+    once it has ended too. Until then a newcomer waits in line, and inturn says once why it
+    goes on. The observer sees the leftover's stay and the next command's apart."""
+    log = tmp_path / "log"
+    release, let_go = os.pipe()  # the leftover holds until a line comes on its stdin
+    leftover = shlex.join(recording(log, who="leftover", hold=True))
+    first = subprocess.Popen(  # (a job started with & reads /dev/null unless redirected)
+        inturn_cmd("run", "left", "--", "sh", "-c", f"exec 3<&0; {leftover} <&3 &"),
+        stdin=release,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    os.close(release)
+    second = None
+    try:
+        assert first.stdout is not None and first.stderr is not None
+        assert read_lines(first.stdout).get(timeout=REPORT_TIMEOUT) == "inside leftover\n"
+        note = read_lines(first.stderr).get(timeout=REPORT_TIMEOUT)
+        assert note.startswith("inturn: the command has ended, but processes it started"), note
+        assert "keep turn" in note and "'left'" in note and "--close" in note, note
+        second = subprocess.Popen(
+            inturn_cmd("run", "left", "--", *recording(log, who="next")),
+            stdout=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+        )
+        until(lambda: len(inturn.Line("left").status().waiters) == 1, "the next run to wait")
+        assert first.poll() is None  # still holding for what its command left running
+    finally:
+        os.write(let_go, b"go\n")
+        os.close(let_go)
+    assert first.wait(timeout=REPORT_TIMEOUT) == 0
+    assert second.communicate(timeout=REPORT_TIMEOUT)[0] == "inside next\n"
+    intervals = assert_exclusive(log, expected=2)
+    assert [i.who for i in intervals] == ["leftover", "next"]
+
+
+def test_a_run_of_the_same_line_left_in_line_by_the_command_runs_next(where, tmp_path):
+    """``inturn run X`` started in the background by the command of ``inturn run X``, and
+    already waiting in line when that command ends: it closes the descriptors of the turn it
+    inherited (``INTURN_FDS``), without which it would hold the very turn it waits behind,
+    for ever; the outer turn ends with its command, and the inner run goes next."""
+    log = tmp_path / "log"
+    inner = shlex.join(inturn_cmd("run", "nest", "--", *recording(log, who="inner")))
+    in_line = (
+        "import inturn, time\nwhile not inturn.Line('nest').status().waiters: time.sleep(0.01)"
+    )
+    then = shlex.join(recording(log, who="outer"))
+    # As a script would: ``&`` in sh (Python's Popen would close the inherited descriptors).
+    outer = f"{inner} & echo $!; {shlex.join([sys.executable, '-c', in_line])} && {then}"
+    proc = subprocess.Popen(
+        inturn_cmd("run", "-q", "nest", "--", "sh", "-c", outer),
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    assert proc.stdout is not None
+    said = read_lines(proc.stdout)
+    inner_pid = int(said.get(timeout=REPORT_TIMEOUT))
+    try:
+        assert said.get(timeout=REPORT_TIMEOUT) == "inside outer\n"
+        assert proc.wait(timeout=REPORT_TIMEOUT) == 0
+        assert said.get(timeout=REPORT_TIMEOUT) == "inside inner\n"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(inner_pid, signal.SIGKILL)
+    intervals = assert_exclusive(log, expected=2)
+    assert [i.who for i in intervals] == ["outer", "inner"]
 
 
 # --------------------------------------------------------------------------- status

@@ -203,6 +203,7 @@ def test_signals_sent_to_inturn_reach_the_commands_whole_process_group(lines_dir
 
 LIST_DESCRIPTORS = """
 import os
+print("named", os.environ["INTURN_FDS"])
 for fd in sorted(os.listdir("/proc/self/fd"), key=int):
     try:
         print(fd, os.readlink(f"/proc/self/fd/{fd}"))
@@ -218,7 +219,9 @@ def test_the_command_gets_the_descriptors_inturn_was_given_and_none_of_its_own(
 ):
     """As under ``flock(1)``, what the shell gave inturn (``3>file``, a jobserver's pipes)
     reaches the command; of inturn's own descriptors only the turn itself does (locally;
-    a Redis turn cannot be inherited, and the command starts bound to inturn)."""
+    a Redis turn cannot be inherited, and the command starts bound to inturn), with the pipe
+    that tells inturn when whatever the command leaves running has ended; ``INTURN_FDS``
+    names exactly those."""
     request.getfixturevalue("lines_dir" if backend == "local" else "place")
     given = tmp_path / "given"
     words = shlex.join(inturn_cmd("run", "fds", "--", sys.executable, "-c", LIST_DESCRIPTORS))
@@ -234,8 +237,13 @@ def test_the_command_gets_the_descriptors_inturn_was_given_and_none_of_its_own(
     assert seen.pop("3") == str(given)
     for fd in ("0", "1", "2"):
         seen.pop(fd)
+    named = {part.split(":")[0] for part in seen.pop("named").split(",")}
+    assert named == set(seen), (named, seen)
+    pipes = [fd for fd, what in seen.items() if what.startswith("pipe:")]
+    assert len(pipes) == 1, seen
+    seen.pop(pipes[0])
     if backend == "redis":
-        assert seen == {}  # nothing of inturn's
+        assert seen == {}  # nothing else of inturn's
         return
     assert len(seen) == 1, seen  # the ticket, and nothing else of inturn's
     (ticket,) = seen.values()
@@ -637,6 +645,20 @@ def test_a_stopped_command_still_gets_its_sigterm_when_the_turn_is_lost(losable)
     losable.cut()
     assert run.next_line() == ["signal", str(int(signal.SIGTERM))]  # continued to get it
     assert run.wait() == 76
+
+
+@linux_only
+def test_sigterm_to_inturn_reaches_a_stopped_command(lines_dir):
+    """Not on a terminal, a command stopped by SIGSTOP still acts on the SIGTERM sent to
+    inturn: inturn continues it after passing the signal on, as ``kill`` does for a shell's
+    stopped job and ``timeout(1)`` for its command (else both would wait for ever)."""
+    run = Run("halted")
+    command = run.running().pid
+    os.kill(command, signal.SIGSTOP)
+    until(lambda: proc_state(command) == "T", "SIGSTOP acted on")
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.next_line() == ["signal", str(int(signal.SIGTERM))]
+    assert run.proc.wait(timeout=REPORT_TIMEOUT) == 7
 
 
 def proc_state(pid: int) -> str:

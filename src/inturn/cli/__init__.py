@@ -25,6 +25,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.words = words  # as typed, for what the parser does not keep (a -- before a command)
     warnings.showwarning = show_warning
     try:
+        if args.action in ("run", "wait"):
+            from .inherited import drop_inherited_turn
+
+            drop_inherited_turn(args.name)
         if args.action == "run":
             from .run import run
 

@@ -11,6 +11,9 @@ signal never kills inturn while the command runs:
   terminal, the terminal's foreground goes to that group while the command runs, as a shell
   does for a job: Ctrl-C reaches the command once, and a stop of the command (Ctrl-Z) is
   mirrored on inturn, so that the shell sees the job stopped; ``fg`` continues both.
+* Whatever the command leaves running that kept its descriptors holds the turn with it: the
+  command inherits a pipe besides the turn (``Leftovers``), and inturn gives the turn back
+  only once every copy of it is closed, as on Windows, where the command's job must be empty.
 * With a server backend on Linux, inturn is a child subreaper (``PR_SET_CHILD_SUBREAPER``):
   what the command orphans becomes inturn's child, is reaped by it, and is stopped with the
   command when the turn is lost (SIGTERM, then SIGKILL after ``grace`` seconds).
@@ -33,6 +36,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from types import FrameType
 
+from .inherited import TURN_FDS, describe
 from .signals import RunSignals
 
 TYPE_CHECKING = False  # ``typing.TYPE_CHECKING`` without importing ``typing``
@@ -50,6 +54,8 @@ KILL_WAIT_SECONDS = 5.0
 # While stopping after a lost turn, how often to look again at processes whose death no
 # SIGCHLD reports to inturn (members of the group that are not its children).
 STOP_RECHECK_SECONDS = 0.05
+# How long after the command ends inturn waits for what it left running before saying so.
+LEFTOVERS_NOTE_SECONDS = 1.0
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -118,6 +124,8 @@ def run_command(
     grace: float,
     say: Callable[[str], None],
     lost_message: str,
+    keep_leftovers: bool = False,
+    leftovers_note: str | None = None,
     on_started: Callable[[int], None] | None = None,
     on_ended: Callable[[], None] | None = None,
 ) -> Outcome:
@@ -127,14 +135,16 @@ def run_command(
 
     ``handles`` are inherited by the command (the turn itself, when it can be inherited).
     ``bound``: the turn ends when inturn dies, so the command's group must die with inturn.
+    ``keep_leftovers``: the command has ended only once whatever it left running that kept
+    its descriptors has ended too (``leftovers_note`` is said if that takes a while).
     A turn that can be lost needs ``prepare`` first, before the wait.
     """
     try:
-        run = _Supervision(signals, grace, say, lost_message)
+        run = _Supervision(signals, grace, say, lost_message, leftovers_note)
     except OSError as exc:  # no pipe to wake up with: too many open files
         raise CannotRun(exc) from None
     try:
-        run.start(command, executable, env, handles, bound)
+        run.start(command, executable, env, handles, bound, keep_leftovers)
         on_lost(run.turn_lost)
         if on_started is not None and run.child is not None:
             on_started(run.child.pid)
@@ -155,12 +165,20 @@ class _Supervision:
     """
 
     def __init__(
-        self, signals: RunSignals, grace: float, say: Callable[[str], None], lost_message: str
+        self,
+        signals: RunSignals,
+        grace: float,
+        say: Callable[[str], None],
+        lost_message: str,
+        leftovers_note: str | None,
     ) -> None:
         self.signals = signals
         self.grace = grace
         self.say = say
         self.lost_message = lost_message
+        self.leftovers: Leftovers | None = None
+        self.leftovers_note = leftovers_note
+        self.ended_at: float | None = None  # when the command itself ended
         self.child: subprocess.Popen[bytes] | Spawned | None = None
         self.group = 0
         self.group_gone = False
@@ -191,7 +209,15 @@ class _Supervision:
         env: dict[str, str],
         handles: list[int],
         bound: bool,
+        keep_leftovers: bool,
     ) -> None:
+        if keep_leftovers:
+            try:
+                self.leftovers = Leftovers()
+            except OSError as exc:  # too many open files
+                raise CannotRun(exc) from None
+            handles = [*handles, self.leftovers.write]
+            env = {**env, TURN_FDS: describe(handles)}
         preexec = None
         if bound:
             # Started first: the command itself tells it its group, before it runs.
@@ -213,6 +239,9 @@ class _Supervision:
                     )
         except OSError as exc:
             raise CannotRun(exc, by_exec=exc.errno in EXEC_REFUSALS) from None
+        finally:
+            if self.leftovers is not None:
+                self.leftovers.close_write()  # the command's copies are the only ones now
         self.group = self.child.pid
         self.signals.target = self.group
         while self.signals.pending:  # arrived while the command was being started
@@ -233,6 +262,8 @@ class _Supervision:
         signal.set_wakeup_fd(self._previous_wakeup)
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        if self.leftovers is not None:
+            self.leftovers.close()
         with self._closing:
             self._closed = True
             os.close(self._wake_read)
@@ -259,7 +290,10 @@ class _Supervision:
                 self._begin_stopping()
             if self.stop_deadline is None:
                 if self.code is not None:
-                    return Outcome(self.code, lost=False)
+                    if self.leftovers is None or self.leftovers.gone():
+                        return Outcome(self.code, lost=False)
+                    self._sleep(self._note_leftovers())
+                    continue
                 if self.stopped_by is not None:
                     self._follow_stop(self.stopped_by)
                     self.stopped_by = None
@@ -272,9 +306,26 @@ class _Supervision:
                     return Outcome(self.code if self.code is not None else 0, lost=True)
             self._sleep(timeout)
 
+    def _note_leftovers(self) -> float | None:
+        """Say once, a moment after the command ended, why inturn goes on: the seconds until
+        then, or None once said (or if there is nothing to say)."""
+        if self.leftovers_note is None:
+            return None
+        if self.ended_at is None:
+            self.ended_at = time.monotonic()
+        due = self.ended_at + LEFTOVERS_NOTE_SECONDS - time.monotonic()
+        if due > 0:
+            return due
+        self.say(self.leftovers_note)
+        self.leftovers_note = None
+        return None
+
     def _sleep(self, timeout: float | None) -> None:
+        watched = [self._wake_read]
+        if self.code is not None and self.leftovers is not None and not self.leftovers.ended:
+            watched.append(self.leftovers.read)
         with suppress(InterruptedError):
-            select.select([self._wake_read], [], [], timeout)
+            select.select(watched, [], [], timeout)
         with suppress(BlockingIOError):
             while os.read(self._wake_read, 512):
                 pass
@@ -301,7 +352,8 @@ class _Supervision:
             code = os.waitstatus_to_exitcode(status)
             self.child.returncode = code
             self.code = code if code >= 0 else 128 - code
-            self.signals.target = None  # nobody left to pass signals on to
+            if self.leftovers is None:  # else what it left running still gets them
+                self.signals.target = None  # nobody left to pass signals on to
             if self.terminal is not None:
                 self.terminal.take_back(self.group)
 
@@ -530,6 +582,36 @@ class Sentinel:
             self.proc.stdin.close()
         if self.proc.returncode is None:
             self.proc.returncode = 0  # reaped by whoever gets to it; never waited for here
+
+
+class Leftovers:
+    """A pipe whose write end the command inherits with its turn; inturn keeps only the read
+    end. End of file there means that every process that held a copy (the command, and
+    whatever it left running that kept its descriptors) has ended or closed it: until then,
+    they may still hold the turn's ticket, and newcomers must not find the line free."""
+
+    def __init__(self) -> None:
+        self.read, self.write = os.pipe()
+        os.set_blocking(self.read, False)
+        self.ended = False
+
+    def close_write(self) -> None:
+        if self.write >= 0:
+            os.close(self.write)
+            self.write = -1
+
+    def gone(self) -> bool:
+        """Whether every copy of the write end is closed (whatever is written is dropped)."""
+        with suppress(BlockingIOError):
+            while not self.ended:
+                self.ended = not os.read(self.read, 512)
+        return self.ended
+
+    def close(self) -> None:
+        self.close_write()
+        if self.read >= 0:
+            os.close(self.read)
+            self.read = -1
 
 
 def _nonblocking_pipe() -> tuple[int, int]:

@@ -100,6 +100,11 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
         "INTURN_ABANDONED",
         "given to the command: 1 if the previous holder died holding the turn, else 0",
     ),
+    (
+        "INTURN_FDS",
+        "given to the command: the descriptors through which it holds the turn (a run of "
+        "the same line that it starts closes them first)",
+    ),
 )
 
 DURATIONS = (

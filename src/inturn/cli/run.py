@@ -329,6 +329,12 @@ def _run_holding(
                 say=say,
                 lost_message=f"lost the turn in line {held.name!r} (server unreachable); "
                 "stopping the command",
+                keep_leftovers=not args.close,
+                leftovers_note=None
+                if args.quiet
+                else f"the command has ended, but processes it started still run and keep turn "
+                f"{held.ticket} of line {held.name!r} until they end (--close lets them run on "
+                "outside the turn)",
                 # A command that inherits the turn holds it if inturn dies: status then names it.
                 on_started=held.note_runner if handles else None,
                 on_ended=held.release,

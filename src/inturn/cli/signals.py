@@ -23,6 +23,13 @@ if TYPE_CHECKING:
     from typing import Any
 
 FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGBREAK")
+# Passed on followed by SIGCONT, as ``kill`` does to a shell's stopped job and ``timeout(1)``
+# to its command: sent to end the command, they must reach it even if it is stopped.
+ENDING = frozenset(
+    getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+    if hasattr(signal, name)
+)
 
 
 class RunSignals:
@@ -81,3 +88,5 @@ class RunSignals:
         if sys.platform != "win32":  # on Windows the console reaches the command itself
             with suppress(OSError):
                 os.killpg(target, signum)
+                if signum in ENDING:  # a stopped process acts on it only once continued
+                    os.killpg(target, signal.SIGCONT)
