@@ -211,6 +211,32 @@ def test_timeout_leaves_the_line_and_those_behind_move_up(where, workers):
     assert patient.wait() == 0
 
 
+@pytest.mark.parametrize(
+    "timeout", [30 * 86400, 1e300, 10**400], ids=["30-days", "1e300", "10**400"]
+)
+def test_a_timeout_longer_than_any_backend_sleeps_is_waited_out_as_given(where, timeout):
+    """No backend sleeps for every length (PostgreSQL's lock_timeout ends at 24.8 days,
+    Python's thread waits at ``threading.TIMEOUT_MAX``): a waiter with a longer timeout sleeps
+    a day at a time, and takes its turn when it comes, not an error."""
+    line = inturn.Line("long")
+    holder = line.acquire()
+    got: list[object] = []
+
+    def wait() -> None:
+        try:
+            got.append(line.acquire(timeout=timeout))
+        except BaseException as exc:
+            got.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    until(lambda: bool(got) or len(line.status().waiters) == 1, "the waiter to sleep in line")
+    holder.release()
+    waiter.join(REPORT_TIMEOUT)
+    assert len(got) == 1 and isinstance(got[0], inturn.Turn), got
+    got[0].release()
+
+
 def test_busy_and_timeout_name_the_holder_and_exit_75(where):
     line = inturn.Line("busy")
     with line.acquire(command=("make", "all")) as held:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -250,6 +251,43 @@ def test_policies_decided_by_arrival_order():
     give_back(store(), holder.membership)
     give_back(store(), first.held().membership)
     newest.held()
+
+
+def test_slots_are_checked_against_every_ticket_ahead_not_only_the_nearest():
+    """A ticket of another slots that has joined but not yet been refused (its first look
+    comes after ours) must not vouch for ours: the holder ahead gave slots=1, and a run with
+    slots=2 behind both would otherwise hold beside it."""
+    _, store = line()
+    holder = take_turn(store())
+    odd_store = store()
+    odd, _ = odd_store.join(Ticket(0, slots=2), Patience())  # in line, not yet refused
+    with pytest.raises(inturn.UsageError, match=r"slots=1.*not slots=2"):
+        take_turn(store(), slots=2, blocking=False)
+    odd_store.leave(odd)
+    give_back(store(), holder.membership)
+
+
+def test_a_long_timeout_is_slept_in_steps_that_each_end_in_a_look(monkeypatch):
+    """A timeout longer than ``LONGEST_SLEEP`` (a day) is slept in steps: each step that ends
+    with the turn still taken looks at the line again and sleeps on; the timeout itself still
+    ends the wait with ``Timeout``. (The step is made short here.)"""
+    import inturn.queue
+
+    monkeypatch.setattr(inturn.queue, "LONGEST_SLEEP", 0.01)
+    _, store = line()
+    holder = take_turn(store())
+    with pytest.raises(inturn.Timeout):
+        take_turn(store(), timeout=0.1)
+    behind = store()
+    waiter = Waiter(behind, timeout=WAIT)
+    assert waiter.queued.wait(WAIT)
+    looks = behind.calls["look"]
+    deadline = time.monotonic() + WAIT
+    while behind.calls["look"] < looks + 3:  # steps come and go; it stays in line
+        assert waiter.thread.is_alive() and time.monotonic() < deadline
+        waiter.thread.join(0.01)
+    give_back(store(), holder.membership)
+    waiter.held()
 
 
 def test_a_dead_reader_is_told_to_the_next_writer_not_to_a_reader():

@@ -271,10 +271,12 @@ def test_options_that_do_not_go_together_are_refused(lines_dir, args, words):
     one_line_error(result, *words)
 
 
-def test_an_interval_too_short_is_refused_by_the_parser(lines_dir):
-    result = run_cli("top", "--interval", "0", "x")
+@pytest.mark.parametrize("interval", ["0", "-1", "1e10", "2d"])
+def test_an_interval_too_short_or_too_long_is_refused_by_the_parser(lines_dir, interval):
+    result = run_cli("top", "--interval", interval, "x")
     assert result.returncode == 2 and result.stdout == ""
-    assert "the interval must be at least 0.1 seconds" in result.stderr.splitlines()[-1]
+    said = result.stderr.splitlines()[-1]
+    assert f"the interval must be from 0.1 seconds to a day, not {interval}" in said, said
 
 
 @pytest.mark.parametrize(

@@ -439,15 +439,23 @@ def _line_named(
     return Line(name, slots, scope=scope, directory=directory, backend=backend)
 
 
+# A timeout this long (a thousand years) or longer is for ever: ``float()`` of a longer one
+# may not even exist (``10**400``), and no clock reaches it.
+FOREVER_SECONDS = 1000 * 365 * 86400
+
+
 def seconds_or_forever(timeout: object) -> float | None:
-    """A timeout as given: a number of seconds; None or a negative number for ever."""
+    """A timeout as given: a number of seconds; None, a negative number or one of at least
+    ``FOREVER_SECONDS`` for ever."""
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise UsageError(f"timeout must be a number of seconds or None, not {timeout!r}")
     if timeout != timeout:  # NaN
         raise UsageError("timeout must be a number of seconds or None, not NaN")
-    return None if timeout < 0 or timeout == float("inf") else float(timeout)
+    if timeout < 0 or timeout >= FOREVER_SECONDS:
+        return None
+    return float(timeout)
 
 
 def _flag(value: object, what: str) -> bool:

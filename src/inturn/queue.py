@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 
 from .backends.base import (
     BUSY_PATIENCE,
+    LONGEST_SLEEP,
     CancelToken,
     GuardTaken,
     LineStore,
@@ -186,7 +187,9 @@ def wait_for_everyone(
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             raise Timeout(f"gave up waiting for line {store.name!r} to empty", store.status())
-        if store.wait(None, remaining_tickets[-1:], remaining, cancel) is None:
+        step = None if remaining is None else min(remaining, LONGEST_SLEEP)
+        woke = store.wait(None, remaining_tickets[-1:], step, cancel)
+        if woke is None and step == remaining:  # else a day has passed: look again
             raise Timeout(f"gave up waiting for line {store.name!r} to empty", store.status())
         view = View(tuple(remaining_tickets))
 
@@ -272,9 +275,13 @@ class _Waiter:
             # Every ticket ahead is live and watched: once they all leave cleanly, it is ours.
             whole = list(ahead) == live == watch and not pending
             then_holds = whole and me.lost_track_at is None
-            woke = store.wait(me, watch, remaining, self.patience.cancel, then_holds)
+            step = None if remaining is None else min(remaining, LONGEST_SLEEP)
+            woke = store.wait(me, watch, step, self.patience.cancel, then_holds)
             if woke is None:
-                raise Timeout(f"gave up waiting for line {store.name!r}", store.status())
+                if step == remaining:
+                    raise Timeout(f"gave up waiting for line {store.name!r}", store.status())
+                view = None  # a day has passed: look again
+                continue
             if woke.view is not None:
                 view = woke.view
             elif me.number != number:  # it took a new place (a lost connection): look again
@@ -296,13 +303,15 @@ class _Waiter:
         store, me, request = self.store, self.me, self.request
         if not live:
             return
-        nearest = store.read(live[-1:], me)[0]
-        if nearest is not None and nearest.slots != request.slots:
-            raise UsageError(
-                f"line {store.name!r} is used with slots={nearest.slots} (by "
-                f"{nearest.describe()}), not slots={request.slots}: every user of a line must "
-                "give the same slots"
-            )
+        # Every live ticket ahead, not only the nearest: one that is itself about to be
+        # refused would vouch for a slots that the others do not share.
+        for other in reversed(store.read(live, me)):
+            if other is not None and other.slots != request.slots:
+                raise UsageError(
+                    f"line {store.name!r} is used with slots={other.slots} (by "
+                    f"{other.describe()}), not slots={request.slots}: every user of a line must "
+                    "give the same slots"
+                )
         waiting = [n for n in live if not holds_at(request.slots, live, shared, n)]
         if request.max_waiting is not None and len(waiting) >= request.max_waiting:
             raise Busy(

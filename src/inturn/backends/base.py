@@ -93,7 +93,10 @@ class Patience:
         self.cancel = cancel
 
     def remaining(self) -> float | None:
-        return None if self.deadline is None else self.deadline - time.monotonic()
+        """Seconds left, never more than ``LONGEST_SLEEP`` (see there)."""
+        if self.deadline is None:
+            return None
+        return min(self.deadline - time.monotonic(), LONGEST_SLEEP)
 
 
 class Fanout:
@@ -527,6 +530,11 @@ class LineStore(ABC):
 # How long a look from outside (``status``) waits for a guard before it leaves the dead to
 # others, and how long a non-blocking acquire waits for one before it calls the line busy.
 OBSERVER_PATIENCE = 0.2
+# The longest a caller sleeps in one go. A longer timeout (30 days, 1e300 seconds) is slept a
+# day at a time, each day ending in a look at the line: no backend takes every length
+# (PostgreSQL's lock_timeout stops at 2**31 ms, 24.8 days; Python's thread waits at
+# ``threading.TIMEOUT_MAX``; Windows waits at 2**32 ms).
+LONGEST_SLEEP = 86400.0
 BUSY_PATIENCE = 1.0
 
 

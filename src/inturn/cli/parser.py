@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 DEFAULT_GRACE_SECONDS = 1.0
 MIN_INTERVAL_SECONDS = 0.1  # inturn top: a shorter timer would only keep a core busy
+MAX_INTERVAL_SECONDS = 86400.0  # and a longer one than a day is a typo
 
 
 class Parser(argparse.ArgumentParser):
@@ -317,10 +318,13 @@ def _seconds(text: str, what: str = "the timeout") -> float:
 
 
 def _interval(text: str) -> float:
-    value = _seconds(text, "the interval")
-    if value < MIN_INTERVAL_SECONDS:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not MIN_INTERVAL_SECONDS <= value <= MAX_INTERVAL_SECONDS:
         raise argparse.ArgumentTypeError(
-            f"the interval must be at least {MIN_INTERVAL_SECONDS:g} seconds, not {text}"
+            f"the interval must be from {MIN_INTERVAL_SECONDS:g} seconds to a day, not {text}"
         )
     return value
 
