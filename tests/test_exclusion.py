@@ -20,8 +20,10 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -188,6 +190,58 @@ def test_async_decorator_with_many_tasks(where: Where, tmp_path: Path, slots: in
     run_async(scenario)
     assert_exclusive(log, slots, expected=count)
     assert_free("adecorated", slots)
+
+
+@slots_1_and_3
+def test_decorated_object_with_an_async_call_with_many_tasks(
+    where: Where, tmp_path: Path, slots: int
+) -> None:
+    """An object whose ``__call__`` is ``async def`` is held across its await, as a function."""
+    count = SCALE[where.kind][0]
+    log = tmp_path / "log"
+    recorder = Recorder(log)
+
+    class Job:
+        async def __call__(self, index: int) -> int:
+            with recorder.inside(f"o{index}"):
+                await asyncio.sleep(WORK)
+            return index
+
+    job = inturn.turn("acallable", slots)(Job())
+
+    async def scenario() -> None:
+        results = await asyncio.gather(*(job(i) for i in range(count)))
+        assert sorted(results) == list(range(count))
+
+    run_async(scenario)
+    assert_exclusive(log, slots, expected=count)
+    assert_free("acallable", slots)
+
+
+def test_a_decorated_plain_function_that_returns_an_awaitable_is_refused(lines_dir: Path) -> None:
+    """``@inturn.turn`` over another decorator's plain wrapper of an ``async def``: the turn
+    would end when the coroutine is made, before its body runs, and tasks would overlap. The
+    call is refused with a line that says where the decorator belongs, and the coroutine is
+    closed unrun."""
+    ran: list[int] = []
+
+    def passthrough(func: Any) -> Any:
+        def wrapper(*args: Any) -> Any:
+            return func(*args)
+
+        return wrapper
+
+    @inturn.turn("wrapped")
+    @passthrough
+    async def job(index: int) -> None:
+        ran.append(index)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "coroutine was never awaited" either
+        with pytest.raises(inturn.UsageError, match=r"right on the async def") as refused:
+            job(1)
+    assert "wrapper" in str(refused.value) and ran == []
+    assert_free("wrapped", 1)
 
 
 @slots_1_and_3

@@ -575,7 +575,9 @@ class turn:
         if inspect.isasyncgenfunction(func):
             return cast("F", self._async_generator(func))
 
-        if inspect.iscoroutinefunction(func):
+        if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+            type(func).__call__  # an object with ``async def __call__``
+        ):
 
             @functools.wraps(func)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
@@ -596,9 +598,21 @@ class turn:
             self._begin()
             try:
                 with self.line.acquire(self.timeout, self.blocking, **self.how):
-                    return func(*args, **kwargs)
+                    result = func(*args, **kwargs)
             finally:
                 self._end(close=False)
+            if inspect.isawaitable(result):  # its body runs later, outside the turn: refuse
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()  # never to run: no "never awaited" warning either
+                raise UsageError(
+                    f"inturn.turn({self.line.name!r}) cannot hold the turn for "
+                    f"{getattr(func, '__qualname__', func)}: it returned an awaitable without "
+                    "being an async function, so its body would run after the turn ended; put "
+                    "@inturn.turn right on the async def (beneath other decorators), or use "
+                    "async with inturn.turn(...) inside it"
+                )
+            return result
 
         return cast("F", run)
 
