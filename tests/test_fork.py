@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import queue
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -259,3 +261,39 @@ def test_forks_at_random_moments_while_threads_wait_never_leave_a_child_stuck(wh
         holder.release()
     assert waits[0] > 0
     line.acquire(blocking=False).release()
+
+
+HOLD_AND_FORK = """
+import os, sys, inturn
+held = inturn.Line("forked").acquire()
+if os.fork() == 0:  # a helper that outlives its parent, and never execs
+    os.read(0, 1)  # until the test closes our stdin
+    os._exit(0)
+print("held", held.ticket, flush=True)
+os.read(0, 1)
+"""
+
+
+def test_a_child_that_outlives_a_dead_holder_does_not_keep_its_turn(where: Where) -> None:
+    """A holder forks a helper (no exec) and is killed: the turn passes on as for any dead
+    holder, while the helper still runs. (On PostgreSQL the helper's copy of the session's
+    socket kept the session, and so the turn, until the helper ended.)"""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_AND_FORK],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=where.crash_env(),
+    )
+    try:
+        assert holder.stdout is not None
+        words = holder.stdout.readline().split()
+        assert words[:1] == ["held"], words
+        holder.kill()
+        holder.wait(REPORT_TIMEOUT)
+        with inturn.Line("forked").acquire(timeout=REPORT_TIMEOUT) as after:
+            assert after.abandoned and after.ticket > int(words[1])
+    finally:
+        holder.kill()
+        assert holder.stdin is not None
+        holder.stdin.close()  # the helper, which shares it, ends

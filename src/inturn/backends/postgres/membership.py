@@ -151,8 +151,12 @@ class PostgresMembership(Membership):
         """In a forked child: the turn stays with the parent; never touch its session.
 
         The watchdog thread was not copied into the child, and the parent's events may have
-        been mid-use when it forked: fresh ones say "stopped" without touching the old.
+        been mid-use when it forked: fresh ones say "stopped" without touching the old. The
+        child's copy of the session's socket is made ``/dev/null`` (``disown``), so that a
+        child that outlives a dead parent does not keep its turn or place.
         """
+        if self.conn is not None:
+            disown(self.conn)
         self.conn = None
         self.signal = LostSignal()
         self._stop, self._armed = threading.Event(), threading.Event()
@@ -160,6 +164,23 @@ class PostgresMembership(Membership):
         self._stop.set()
         self._armed.set()
         self._watchdog = threading.current_thread()
+
+
+def disown(conn: Connection) -> None:
+    """In a forked child: turn its copy of ``conn``'s socket into ``/dev/null``.
+
+    The server ends a session when the last copy of its socket closes, and a child keeps its
+    copy until it exits or execs: a helper process forked by a holder would keep the turn
+    held after the holder died. The copy cannot simply be closed, as libpq keeps the number
+    (it never closes a parent's connection in a child, but a number freed would be reused).
+    """
+    with suppress(Exception):  # a session already broken or closed: nothing to disown
+        fd = conn.fileno()
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(null, fd, inheritable=False)
+        finally:
+            os.close(null)
 
 
 def _still_open(pgconn: pq.abc.PGconn) -> bool:

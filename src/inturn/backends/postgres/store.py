@@ -68,7 +68,7 @@ from ..base import (
     wait_woken,
 )
 from .address import Address, connect_options, parse
-from .membership import Connection, PostgresMembership
+from .membership import Connection, PostgresMembership, disown
 from .statements import Statements, fold, missing_grants, sql_identifier, text_of
 
 RECONNECT_WINDOW = 60.0
@@ -357,8 +357,11 @@ class PostgresBackend(Backend):
             self.after_fork_in_child()
 
     def after_fork_in_child(self) -> None:
-        """In a forked child: the parent's sessions are not ours to use or to close."""
+        """In a forked child: the parent's sessions are not ours to use or to close, nor to
+        keep open (``disown``)."""
         self._pid = os.getpid()
+        for conn in self._idle:
+            disown(conn)
         self._idle = []
         self._lock = threading.Lock()
 
