@@ -68,6 +68,34 @@ def test_status_prune_forgets_unused_lines_first(where, workers):
     holder.send()
 
 
+def test_status_prune_of_one_line_forgets_that_line_only(where, workers):
+    """``status --prune NAME`` forgets NAME if nobody is in it, then shows it; the other
+    lines were not asked about and stay (forgetting a line restarts its ticket numbers)."""
+    env = where.crash_env()
+    for name in ("a", "b", "c"):
+        assert run_cli("run", name, "--", "true", env=env).returncode == 0
+    pruned = run_cli("status", "--prune", "a", env=env)
+    assert pruned.returncode == 0 and pruned.stderr == "", pruned
+    assert pruned.stdout.startswith("a: free"), pruned
+    assert names(where) == ["b", "c"]
+    holder = Worker("b", "--hold", env=env)
+    workers.append(holder)
+    holder.expect("acquired")
+    kept = run_cli("status", "--prune", "b", env=env)
+    assert kept.returncode == 0 and f"{holder.pid}" in kept.stdout, kept
+    assert names(where) == ["b", "c"]
+    holder.send()
+
+
+def test_looking_at_a_line_nobody_used_adds_no_line(where):
+    """``status``, ``wait`` and ``forget`` of a name nobody used (a typo) only look: the name
+    does not appear among the lines afterwards."""
+    for command in (("forget", "typo"), ("status", "typo"), ("wait", "typo")):
+        looked = run_cli(*command)
+        assert looked.returncode == 0 and looked.stderr == "", (command, looked)
+    assert names(where) == []
+
+
 def test_runs_joining_while_their_line_is_forgotten_still_take_turns(where, tmp_path):
     """A loop forgets the line as fast as it can while runs join it: each run joins the line
     that exists at that moment or a new one, never a removed one, and the observer sees no two

@@ -204,7 +204,8 @@ def _add_status(commands: Commands[Parser]) -> None:
     status.add_argument(
         "--prune",
         action="store_true",
-        help="first forget every line that nobody holds or waits in (see inturn forget)",
+        help="first forget every line that nobody holds or waits in (only NAME, if given; "
+        "see inturn forget)",
     )
     status.add_argument(
         "--watch",

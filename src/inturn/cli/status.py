@@ -21,7 +21,10 @@ def status(args: argparse.Namespace) -> int:
     if names_only and (args.name is not None or args.json):
         raise UsageError("--names lists every line, one name a line: give no NAME and no --json")
     if args.name is not None:
-        status = line_from(args).status()  # a look opens nothing that stays open
+        line = line_from(args)
+        if getattr(args, "prune", False):  # only this line: the others were not asked about
+            _forget_if_unused(line)
+        status = line.status()  # a look opens nothing that stays open
         if args.json:
             emit(json_text(status.to_json(now)))
         else:
@@ -73,15 +76,19 @@ def _prune(args: argparse.Namespace) -> None:
     with_backend = open_backend(where.backend, scope=where.scope, directory=where.directory)
     try:
         for name in with_backend.names():
-            line = Line(name, scope=where.scope, backend=with_backend)
-            try:
-                line.forget()
-            except BackendError as exc:
-                warn(f"{exc}; left as it is")
-            finally:
-                line.close()
+            _forget_if_unused(Line(name, scope=where.scope, backend=with_backend))
     finally:
         with_backend.close()
+
+
+def _forget_if_unused(line: Line) -> None:
+    """``line.forget()``, then close it; one that cannot be forgotten is left with a warning."""
+    try:
+        line.forget()
+    except BackendError as exc:
+        warn(f"{exc}; left as it is")
+    finally:
+        line.close()
 
 
 def forget(args: argparse.Namespace) -> int:

@@ -710,7 +710,10 @@ class PostgresStore(LineStore):
         once."""
 
         def work(conn: Connection) -> View:
-            params = {"line_id": self._line(conn), "me": -1 if me is None else me.number}
+            line_id = self._line(conn) if me is not None else self._existing_line(conn)
+            if line_id is None:
+                return View(())  # a look from outside adds no line (status of a typo)
+            params = {"line_id": line_id, "me": -1 if me is None else me.number}
             rows = conn.execute(self.stmts.snapshot_alive, params)
             return _view(rows.fetchall(), me, self.name)
 
@@ -851,12 +854,16 @@ class PostgresStore(LineStore):
             )
         me.start_watchdog()
 
+    def _existing_line(self, conn: Connection) -> int | None:
+        """The line's id, or None if nobody has added it (never used, or forgotten)."""
+        row = conn.execute(self.stmts.find_line, [self._digest]).fetchone()
+        return None if row is None else int(row[0])
+
     def forget(self, patience: Patience) -> bool:
         def work(conn: Connection) -> bool:
-            row = conn.execute(self.stmts.find_line, [self._digest]).fetchone()
-            if row is None:
+            line_id = self._existing_line(conn)
+            if line_id is None:
                 return True  # never used
-            line_id = int(row[0])
             for number, ok in zip(*self._tickets_of(conn, line_id), strict=True):
                 if not ok:
                     conn.execute(self.stmts.bury, {"number": number})
