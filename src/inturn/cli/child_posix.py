@@ -218,6 +218,37 @@ class _Supervision:
                 raise CannotRun(exc) from None
             handles = [*handles, self.leftovers.write]
             env = {**env, TURN_FDS: describe(handles)}
+        try:
+            try:
+                self._spawn(command, executable, env, handles, bound)
+            except CannotRun as exc:
+                if exc.error.errno != errno.ENOEXEC:
+                    raise
+                # Neither a program nor a script with #!: as execvp(3), env(1) and shells do,
+                # run it as a script of /bin/sh.
+                if self.sentinel is not None:
+                    self.sentinel.dismiss()  # it knew of the command that never ran
+                    self.sentinel = None
+                self._spawn(["/bin/sh", executable, *command[1:]], "/bin/sh", env, handles, bound)
+        finally:
+            if self.leftovers is not None:
+                self.leftovers.close_write()  # the command's copies are the only ones now
+        assert self.child is not None
+        self.group = self.child.pid
+        self.signals.target = self.group
+        while self.signals.pending:  # arrived while the command was being started
+            with suppress(OSError):
+                os.killpg(self.group, self.signals.pending.pop(0))
+        self._hand_terminal_over()
+
+    def _spawn(
+        self,
+        command: list[str],
+        executable: str,
+        env: dict[str, str],
+        handles: list[int],
+        bound: bool,
+    ) -> None:
         preexec = None
         if bound:
             # Started first: the command itself tells it its group, before it runs.
@@ -239,15 +270,6 @@ class _Supervision:
                     )
         except OSError as exc:
             raise CannotRun(exc, by_exec=exc.errno in EXEC_REFUSALS) from None
-        finally:
-            if self.leftovers is not None:
-                self.leftovers.close_write()  # the command's copies are the only ones now
-        self.group = self.child.pid
-        self.signals.target = self.group
-        while self.signals.pending:  # arrived while the command was being started
-            with suppress(OSError):
-                os.killpg(self.group, self.signals.pending.pop(0))
-        self._hand_terminal_over()
 
     def close(self) -> None:
         self.signals.target = None

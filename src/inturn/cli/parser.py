@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 DEFAULT_GRACE_SECONDS = 1.0
 MIN_INTERVAL_SECONDS = 0.1  # inturn top: a shorter timer would only keep a core busy
-MAX_INTERVAL_SECONDS = 86400.0  # and a longer one than a day is a typo
+MAX_INTERVAL_SECONDS = 365 * 86400.0  # beyond a year, only a typo (or an overflow)
 
 
 class Parser(argparse.ArgumentParser):
@@ -325,7 +325,7 @@ def _interval(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
     if not MIN_INTERVAL_SECONDS <= value <= MAX_INTERVAL_SECONDS:
         raise argparse.ArgumentTypeError(
-            f"the interval must be from {MIN_INTERVAL_SECONDS:g} seconds to a day, not {text}"
+            f"the interval must be from {MIN_INTERVAL_SECONDS:g} seconds to a year, not {text}"
         )
     return value
 
