@@ -278,6 +278,75 @@ def test_a_timeout_that_is_not_a_number_is_one_usage_error(lines_dir, timeout):
     assert line.status().holders == ()
 
 
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"command": "echo hi"}, "command must be a list or tuple of words"),
+        ({"command": ["echo", 1]}, "command must be a list or tuple of str"),
+        ({"cancel": "x"}, "cancel must be an inturn.CancelToken or None"),
+        ({"on_progress": 5}, "on_progress must be a function or None"),
+    ],
+)
+def test_bad_arguments_to_acquire_are_refused_even_when_the_line_is_free(
+    lines_dir, arguments, message
+):
+    """Refused at once, on a free line too: not only later, on a busy one, as a TypeError."""
+    line = inturn.Line("x")
+    with pytest.raises(inturn.UsageError, match=re.escape(message)):
+        line.acquire(**arguments)
+    assert line.status().holders == ()
+
+
+USER_PROGRAM = """
+import asyncio
+from pathlib import Path
+
+import inturn
+
+line = inturn.Line("typed", directory=Path("/tmp"))
+with line.acquire(timeout=5, command=["backup", "--all"]) as held:
+    number: int = held.ticket
+
+
+@inturn.turn("typed", directory=Path("/tmp"))
+def job(x: int) -> str:
+    return str(x)
+
+
+@inturn.turn("typed")
+async def task(x: int) -> int:
+    async with inturn.turn("other"):
+        return x
+
+
+text: str = job(1)
+value: int = asyncio.run(task(2))
+"""
+
+
+def test_a_user_program_type_checks_under_mypy_strict(tmp_path):
+    """The public API as a user writes it (paths as ``Path``, commands as lists, decorators
+    keeping the signature) passes ``mypy --strict`` through the package's ``py.typed``."""
+    program = tmp_path / "program.py"
+    program.write_text(USER_PROGRAM)
+    checked = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            str(program),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=REPORT_TIMEOUT,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 @pytest.mark.parametrize("timeout", [-1, -0.5, float("-inf"), float("inf"), None])
 def test_a_negative_or_infinite_timeout_waits_for_ever(lines_dir, timeout):
     """As in ``threading`` and filelock: -1 is "no limit", not "give up at once"."""

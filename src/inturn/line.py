@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 
 from . import forks
@@ -236,7 +236,7 @@ class Line:
         slots: int = 1,
         *,
         scope: str = "user",
-        directory: str | None = None,
+        directory: str | os.PathLike[str] | None = None,
         backend: str | Backend | None = None,
     ) -> None:
         self.name = check_name(name)
@@ -248,7 +248,7 @@ class Line:
             raise UsageError(f"directory must be a path, not {directory!r}")
         check_backend(backend)  # a bad URL is refused here, before anyone waits
         self._backend_spec = backend
-        self._directory = directory
+        self._directory = None if directory is None else os.fspath(directory)
         self._opening: Opening | None = None
         self._opening_lock = threading.Lock()
         self._blocks = _Blocks()  # the turns of ``with line:`` blocks in progress
@@ -289,7 +289,7 @@ class Line:
         timeout: float | None = None,
         blocking: bool = True,
         *,
-        command: tuple[str, ...] | None = None,
+        command: Sequence[str] | None = None,
         on_progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
         owner: object = None,
@@ -320,9 +320,9 @@ class Line:
                 slots=self.slots,
                 timeout=seconds_or_forever(timeout),
                 blocking=_flag(blocking, "blocking"),
-                command=command,
-                on_progress=on_progress,
-                cancel=cancel,
+                command=_words(command),
+                on_progress=_callable_or_none(on_progress, "on_progress"),
+                cancel=_token_or_none(cancel),
                 owner=owner,
                 holdings=HOLDINGS,
                 shared=_flag(shared, "shared"),
@@ -458,6 +458,29 @@ def seconds_or_forever(timeout: object) -> float | None:
     return float(timeout)
 
 
+def _words(command: object) -> tuple[str, ...] | None:
+    """``command`` as ``status`` shows it: a list or tuple of words, never one string."""
+    if command is None:
+        return None
+    if isinstance(command, (str, bytes)) or not isinstance(command, (list, tuple)):
+        raise UsageError(f"command must be a list or tuple of words, as in argv, not {command!r}")
+    if not all(isinstance(word, str) for word in command):
+        raise UsageError(f"command must be a list or tuple of str, not {command!r}")
+    return tuple(command)
+
+
+def _callable_or_none(value: Any, what: str) -> Any:
+    if value is not None and not callable(value):
+        raise UsageError(f"{what} must be a function or None, not {value!r}")
+    return value
+
+
+def _token_or_none(cancel: object) -> CancelToken | None:
+    if cancel is not None and not isinstance(cancel, CancelToken):
+        raise UsageError(f"cancel must be an inturn.CancelToken or None, not {cancel!r}")
+    return cancel
+
+
 def _flag(value: object, what: str) -> bool:
     if not isinstance(value, bool):
         raise UsageError(f"{what} must be True or False, not {value!r}")
@@ -493,7 +516,7 @@ class turn:
         timeout: float | None = None,
         blocking: bool = True,
         scope: str = "user",
-        directory: str | None = None,
+        directory: str | os.PathLike[str] | None = None,
         backend: str | Backend | None = None,
         shared: bool = False,
         max_waiting: int | None = None,
@@ -742,7 +765,7 @@ def single_instance(
     timeout: float = DEFAULT_TIMEOUT,
     data: Any = None,
     scope: str = "user",
-    directory: str | None = None,
+    directory: str | os.PathLike[str] | None = None,
     backend: str | Backend | None = None,
 ) -> Turn:
     """Hold ``name`` for the life of this process, as the one running instance.
@@ -888,7 +911,7 @@ def send(
     cwd: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     scope: str = "user",
-    directory: str | None = None,
+    directory: str | os.PathLike[str] | None = None,
     backend: str | Backend | None = None,
     on_received: Callable[[int | None], None] | None = None,
 ) -> Any:
@@ -909,7 +932,8 @@ def send(
     check_backend(backend)
     message = request(argv, current_folder() if cwd is None else cwd, data)
     seconds = check_timeout(timeout)
-    opened = open_backend(backend, scope=scope, directory=directory, create=False)
+    folder = None if directory is None else os.fspath(directory)
+    opened = open_backend(backend, scope=scope, directory=folder, create=False)
     store = opened.line(name)
     try:
         return send_message(store, message, seconds, on_received)
