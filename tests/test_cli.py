@@ -297,6 +297,22 @@ def test_an_option_after_the_name_is_explained(lines_dir, option):
     assert f"options go before NAME (inturn run {option} demo -- ...)" in said
 
 
+@pytest.mark.parametrize(
+    ("words", "advice"),
+    [
+        (["-w", "5", "echo"], "inturn run -w 5 demo -- ..."),
+        (["-c", "echo hi"], "inturn run -c 'echo hi' demo)"),
+        (["--timeout", "1m", "--", "echo"], "inturn run --timeout 1m demo -- ..."),
+    ],
+)
+def test_an_option_with_its_value_after_the_name_is_moved_whole(lines_dir, words, advice):
+    """The advice, followed, runs: the option's value goes with it (not the name after it)."""
+    result = run_cli("run", "demo", *words)
+    assert result.returncode == 2 and result.stdout == ""
+    said = result.stderr.splitlines()[-1]
+    assert f"options go before NAME ({advice}" in said, said
+
+
 def test_after_double_dash_a_word_like_an_option_is_the_command(lines_dir):
     result = run_cli("run", "demo", "--", "-n", "echo")
     assert result.returncode == 127

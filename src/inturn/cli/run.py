@@ -59,20 +59,27 @@ def _command(usage: argparse.ArgumentParser, args: argparse.Namespace) -> list[s
         return ["/bin/sh", "-c", args.command_string]
     if not command:
         usage.error("no command given: inturn run NAME -- COMMAND [ARG ...] (or -c 'STRING')")
-    if not separated and _is_option(usage, command[0]):
+    option = None if separated else _option(usage, command[0])
+    if option is not None:
+        import shlex
+
+        moved = command[:1]
+        if option.nargs != 0 and command[0] in usage._option_string_actions:
+            moved = command[:2]  # and its value, the next word (not ``-w5``, ``--timeout=5``)
+        then = "" if option.dest == "command_string" else " -- ..."
         usage.error(
             f"{command[0]} comes after the line's name, where the command belongs: options go "
-            f"before NAME (inturn run {command[0]} {args.name} -- ...)"
+            f"before NAME (inturn run {shlex.join(moved)} {shlex.quote(args.name)}{then})"
         )
     return command
 
 
-def _is_option(usage: argparse.ArgumentParser, word: str) -> bool:
-    """Whether ``word`` is one of run's options: ``-n``, ``--timeout=5``, ``-w5``."""
+def _option(usage: argparse.ArgumentParser, word: str) -> argparse.Action | None:
+    """The option of run that ``word`` is, if any: ``-n``, ``--timeout=5``, ``-w5``."""
     if not word.startswith("-") or word == "-":
-        return False
+        return None
     known = usage._option_string_actions
-    return word in known or word.split("=", 1)[0] in known or word[:2] in known
+    return known.get(word) or known.get(word.split("=", 1)[0]) or known.get(word[:2])
 
 
 def _notes(args: argparse.Namespace, held: Turn) -> None:
