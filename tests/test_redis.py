@@ -483,6 +483,41 @@ def test_a_server_that_evicts_keys_is_refused_before_anyone_joins(tmp_path, poli
         server.stop()
 
 
+def test_a_server_out_of_memory_is_named_as_such(tmp_path):
+    """With ``noeviction`` (the policy inturn asks for), a full server refuses writes: one
+    line says it is out of memory and what to do, not the server's words about a script."""
+    server = RedisServer(tmp_path / "full", "--maxmemory-policy", "noeviction")
+    admin: Any = __import__("redis").Redis.from_url(server.url)
+    try:
+        admin.set("ballast", b"x" * 4_000_000)
+        admin.config_set("maxmemory", "1mb")  # now below what is used: every write fails
+        result = run_cli("run", "x", "--", "echo", "ran", INTURN_BACKEND=server.url)
+        one_line_error(result, "out of memory", "maxmemory")
+        assert "ran" not in result.stdout
+    finally:
+        admin.close()
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("reply", "named"),
+    [
+        ("Command # 2 (EVALSHA ...) of pipeline caused error: MOVED 6427 10.0.0.2:7002", "Cluster"),
+        ("CROSSSLOT Keys in request don't hash to the same slot", "Cluster"),
+        ("unknown command 'SCRIPT', with args beginning with: 'EXISTS'", "Sentinel"),
+    ],
+)
+def test_a_cluster_node_or_a_sentinel_is_named_as_such(reply, named):
+    """The replies of a Redis Cluster node (a key of another node) and of a Sentinel (no
+    scripts), as those servers give them, become one line that says what the URL points at."""
+    import redis
+
+    from inturn.backends.redis.store import _backend_error
+
+    said = str(_backend_error(redis.ResponseError(reply), "redis://db:7001/0", "inturn"))
+    assert named in said and "point the url at" in said.lower() and "\n" not in said, said
+
+
 @pytest.mark.parametrize("info", [True, False], ids=["grants", "grants-without-info"])
 def test_a_user_with_the_documented_grants_takes_turns(tmp_path, workers, info):
     """The README's ``ACL SETUSER``; without ``+info`` eviction is not checked, nothing else."""

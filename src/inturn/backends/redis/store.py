@@ -128,6 +128,21 @@ def _backend_error(exc: rx.RedisError, where: str, prefix: str) -> BackendError:
             )
         if text.startswith("READONLY"):
             return BackendError(replica)
+        if "maxmemory" in text:  # OOM, also from inside a script or a pipeline
+            return BackendError(
+                f"Redis at {where} is out of memory ({text}): free some, or raise its maxmemory "
+                "(inturn writes a few hundred bytes a ticket)"
+            )
+        if any(word in text for word in ("MOVED", "ASK ", "CROSSSLOT", "CLUSTERDOWN")):
+            return BackendError(
+                f"Redis at {where} is a node of a Redis Cluster ({text}), which inturn does not "
+                "use: point the URL at a standalone server (or the primary of replicas)"
+            )
+        if "unknown command" in text and any(c in text for c in ("SCRIPT", "EVAL", "FCALL")):
+            return BackendError(
+                f"Redis at {where} does not run scripts ({text}): is it a Sentinel? Point the "
+                "URL at the primary it names"
+            )
         return BackendError(f"Redis at {where} refused a command: {text}")
     return BackendError(f"Redis at {where} failed: {exc}")
 
