@@ -313,6 +313,20 @@ def test_an_option_with_its_value_after_the_name_is_moved_whole(lines_dir, words
     assert f"options go before NAME ({advice}" in said, said
 
 
+@pytest.mark.parametrize(
+    "words",
+    [["run", "--bogus", "x", "--", "true"], ["wait", "-n", "x"], ["status", "--nope"]],
+)
+def test_an_unknown_option_is_told_by_its_commands_parser(lines_dir, words):
+    """With the usage of the command it was given to (``inturn run: error: ...``), not that
+    of ``inturn`` itself, which names no option of any command."""
+    result = run_cli(*words)
+    assert result.returncode == 2 and result.stdout == ""
+    said = result.stderr.splitlines()
+    assert said[0].startswith(f"usage: inturn {words[0]} "), said
+    assert said[-1] == f"inturn {words[0]}: error: unrecognized arguments: {words[1]}", said
+
+
 def test_after_double_dash_a_word_like_an_option_is_the_command(lines_dir):
     result = run_cli("run", "demo", "--", "-n", "echo")
     assert result.returncode == 127

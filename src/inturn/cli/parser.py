@@ -74,6 +74,8 @@ def build_parser(words: Sequence[str] = ()) -> argparse.ArgumentParser:
     for name, add in COMMANDS.items():
         if whole or name == asked:
             add(commands)
+    for sub in commands.choices.values():  # whose usage an unknown option is told with
+        sub.set_defaults(sub_parser=sub)
     return parser
 
 
@@ -108,7 +110,6 @@ def _add_run(commands: Commands[Parser]) -> None:
         metavar="-- COMMAND ...",
         help="the command and its arguments, run while holding the turn (options go before NAME)",
     )
-    run.set_defaults(run_parser=run)
     run.add_argument(
         "-c",
         "--command",

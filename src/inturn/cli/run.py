@@ -17,7 +17,7 @@ from .signals import RunSignals
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    usage = getattr(args, "run_parser", parser)
+    usage = getattr(args, "sub_parser", parser)
     command = _command(usage, args)
     try:
         executable = _find(command[0])
