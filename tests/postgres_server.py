@@ -231,9 +231,11 @@ def pgbouncer_binary() -> str | None:
 
 
 class Bouncer:
-    """A private PgBouncer in front of ``url``'s server, pooling in ``mode``, on its own port."""
+    """A private PgBouncer in front of ``url``'s server, pooling in ``mode``, on its own port;
+    ``mode`` may end in ``/N``: at most N server sessions (``default_pool_size``)."""
 
     def __init__(self, binary: str, url: str, mode: str) -> None:
+        mode, _, pool_size = mode.partition("/")
         target = psycopg.conninfo.conninfo_to_dict(url)
         self.home = tempfile.mkdtemp(prefix="inturn-pgbouncer-")
         self.owner = unprivileged_owner(self.home)
@@ -248,7 +250,8 @@ class Bouncer:
                 "[pgbouncer]\n"
                 f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
                 f"auth_type = any\npool_mode = {mode}\n"
-                f"logfile = {self.home}/log\npidfile = {self.home}/pid\n"
+                + (f"default_pool_size = {pool_size}\n" if pool_size else "")
+                + f"logfile = {self.home}/log\npidfile = {self.home}/pid\n"
             )
         self.proc = subprocess.Popen(
             [binary, config],

@@ -27,6 +27,7 @@ import pytest
 import inturn
 
 from conftest import (
+    REPORT_TIMEOUT,
     Run,
     Worker,
     child_env,
@@ -384,6 +385,21 @@ def bouncer(pg_server: str, request: pytest.FixtureRequest) -> Iterator[Bouncer]
 def test_a_pooler_in_transaction_mode_is_refused_with_one_clear_line(bouncer, schema):
     result = run_cli("run", "--backend", with_schema(bouncer.url, schema), "pooled", "--", "true")
     one_line_error(result, "pooler", "PgBouncer", "connect to PostgreSQL directly")
+
+
+@pytest.mark.parametrize("bouncer", ["transaction/1"], indirect=True)
+def test_a_transaction_pooler_said_to_pool_sessions_is_refused_at_the_shared_join(bouncer, schema):
+    """``inturn_pooler=session`` in front of a pool in transaction mode (one server session
+    for every client here): the second client's join lands in the session that holds the
+    first one's ticket, where its lock would be granted to it as well; it is refused instead."""
+    url = with_schema(bouncer.url, schema) + "&inturn_pooler=session"
+    line = inturn.Line("pooled", backend=url)
+    holder = line.acquire()
+    try:
+        with pytest.raises(inturn.BackendError, match="already holds another inturn ticket"):
+            inturn.Line("pooled", backend=url).acquire(timeout=REPORT_TIMEOUT)
+    finally:
+        holder.release()
 
 
 @pytest.mark.parametrize("bouncer", ["session"], indirect=True)

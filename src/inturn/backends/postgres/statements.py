@@ -242,7 +242,12 @@ class Statements:
             "         ((number - {lo}) %% {span} + {lo})::int4) AS ok FROM numbered)"
             " INSERT INTO {s}.tickets (number, line_id, lock_objid, backend_pid, record)"
             " SELECT number, %(line_id)s, number %% {span}, pg_backend_pid(), %(record)s"
-            " FROM locked WHERE ok RETURNING number"
+            " FROM locked WHERE ok RETURNING number,"
+            # How many tickets this server session now holds: one (ours) unless a pooler in
+            # transaction mode shares it between clients (see ``PostgresStore._join_on``).
+            " (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            "  AND pid = pg_backend_pid() AND classid = {c} AND objsubid = 2 AND mode = "
+            "'ExclusiveLock')"
         ).format(
             s=s,
             g=sql.Literal(self.guard),

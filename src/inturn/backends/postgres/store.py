@@ -638,6 +638,13 @@ class PostgresStore(LineStore):
             line_id = self._line(conn)
             params = {"line_id": line_id, "line_key": fold(line_id), "record": record}
             row = conn.execute(self.stmts.join, params).fetchone()
+            if row is not None and int(row[1]) > 1:
+                raise BackendError(
+                    f"the server session that joined line {self.name!r} at {self.where} already "
+                    "holds another inturn ticket: a connection pooler in transaction mode "
+                    "(PgBouncer?) shares sessions between clients, whatever inturn_pooler=session "
+                    "says; connect to PostgreSQL directly, or pool in session mode"
+                )
             if row is not None:
                 return int(row[0])
             if conn.execute(self.stmts.line_exists, {"line_id": line_id}).fetchone() is None:
