@@ -256,3 +256,119 @@ def test_a_task_waiting_for_itself_is_refused(where: Where) -> None:
     run_async(scenario)
     assert outcome == ["refused"]
     assert_clean(line)
+
+
+def _refused_or_rescued(outer: list[inturn.Turn], body: Callable[[], object]) -> None:
+    """Run ``body`` (which hangs on a wait for itself unless refused): after ``HANG`` seconds a
+    timer releases the outer turn from another thread, so a hang ends as a failure."""
+    rescue = threading.Timer(HANG, lambda: outer[0].release() if outer else None)
+    rescue.start()
+    try:
+        body()
+    finally:
+        rescue.cancel()
+
+
+def test_sync_code_in_a_task_waiting_for_that_tasks_async_turn_is_refused(where: Where) -> None:
+    """``async with`` in a task, then a decorated sync function called in it: the sync wait
+    blocks the loop, and only this task could release. Refused, as ``async with`` nested
+    twice is."""
+    outer: list[inturn.Turn] = []
+    outcome: list[str] = []
+
+    @inturn.turn("mixed")
+    def helper() -> None:
+        outcome.append("entered twice")
+
+    async def nested() -> None:
+        async with inturn.turn("mixed") as held:
+            outer.append(held)
+            try:
+                helper()
+            except inturn.InturnError as exc:
+                outcome.append("refused" if "not re-entrant" in str(exc) else str(exc))
+
+    _refused_or_rescued(outer, lambda: run_async(nested))
+    assert outcome == ["refused"]
+    assert_clean(inturn.Line("mixed"))
+
+
+def test_a_task_awaiting_a_turn_its_own_sync_block_holds_is_refused(where: Where) -> None:
+    """``with inturn.turn(...)`` in a coroutine, then an ``async`` decorated function of the
+    same line awaited inside it: the task would wait for itself."""
+    outer: list[inturn.Turn] = []
+    outcome: list[str] = []
+
+    @inturn.turn("mixed-back")
+    async def helper() -> None:
+        outcome.append("entered twice")
+
+    async def nested() -> None:
+        with inturn.turn("mixed-back") as held:
+            outer.append(held)
+            try:
+                await helper()
+            except inturn.InturnError as exc:
+                outcome.append("refused" if "not re-entrant" in str(exc) else str(exc))
+
+    _refused_or_rescued(outer, lambda: run_async(nested))
+    assert outcome == ["refused"]
+    assert_clean(inturn.Line("mixed-back"))
+
+
+def test_sync_code_waiting_for_another_task_of_its_loop_is_refused(where: Where) -> None:
+    """One task holds a turn with ``async with`` and awaits; another task of the same loop
+    calls a decorated sync function of that line: its wait blocks the loop, so the holder
+    could never resume to release."""
+    outer: list[inturn.Turn] = []
+    outcome: list[str] = []
+    inside = asyncio.Event()
+
+    @inturn.turn("mixed-loop")
+    def helper() -> None:
+        outcome.append("entered beside")
+
+    async def holder() -> None:
+        async with inturn.turn("mixed-loop") as held:
+            outer.append(held)
+            inside.set()
+            await asyncio.sleep(0.05)
+
+    async def other() -> None:
+        await inside.wait()
+        try:
+            helper()
+        except inturn.InturnError as exc:
+            outcome.append("refused" if "event loop" in str(exc) else str(exc))
+
+    async def scenario() -> None:
+        await asyncio.gather(holder(), other())
+
+    _refused_or_rescued(outer, lambda: run_async(scenario))
+    assert outcome == ["refused"]
+    assert_clean(inturn.Line("mixed-loop"))
+
+
+def test_a_task_waits_for_a_sync_block_another_task_holds(where: Where) -> None:
+    """Not refused: a ``with`` block of one task, held across an ``await``, is released when
+    that task resumes, and another task's ``async with`` waits for it in a thread of its own."""
+    order: list[str] = []
+    inside = asyncio.Event()
+
+    async def first() -> None:
+        with inturn.turn("mixed-ok"):
+            order.append("first")
+            inside.set()
+            await asyncio.sleep(0.05)
+
+    async def second() -> None:
+        await inside.wait()
+        async with inturn.turn("mixed-ok"):
+            order.append("second")
+
+    async def scenario() -> None:
+        await asyncio.gather(first(), second())
+
+    run_async(scenario)
+    assert order == ["first", "second"]
+    assert_clean(inturn.Line("mixed-ok"))

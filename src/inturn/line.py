@@ -312,6 +312,7 @@ class Line:
         """
         if owner is None:
             owner = threading.current_thread()
+        task, loop = _asking_from(owner)
         started = time.monotonic()
         opening = self._use()
         try:
@@ -325,6 +326,8 @@ class Line:
                 cancel=_token_or_none(cancel),
                 owner=owner,
                 holdings=HOLDINGS,
+                task=task,
+                loop=loop,
                 shared=_flag(shared, "shared"),
                 max_waiting=_max_waiting(max_waiting),
                 newest_wins=_flag(newest_wins, "newest_wins"),
@@ -671,6 +674,22 @@ class turn:
                 self._end(close=False)
 
         return run
+
+
+def _asking_from(owner: object) -> tuple[object, object]:
+    """The task and event loop a turn for ``owner`` is asked from (see ``queue.Asker``): for
+    the current thread, the loop running in it and its current task, if any; for a task,
+    the task itself."""
+    asyncio = sys.modules.get("asyncio")  # not imported by code that never used it
+    if asyncio is None:
+        return None, None
+    if owner is not threading.current_thread():
+        return (owner if isinstance(owner, asyncio.Task) else None), None
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None, None
+    return asyncio.current_task(loop), loop
 
 
 def _current_task() -> object:

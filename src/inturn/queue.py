@@ -44,34 +44,59 @@ from .records import Progress, Ticket, own_ticket_fields
 ProgressCallback = Callable[[Progress], None]
 
 
+class Asker:
+    """Who asks for a turn, to tell a wait that only its own release could end: the ``owner``
+    (a thread for sync code, an ``asyncio`` task for async code), and for sync code that runs
+    in an event loop's thread, the ``task`` it runs in and that ``loop``: its wait blocks the
+    loop, so no task of that loop could release meanwhile."""
+
+    __slots__ = ("loop", "owner", "task")
+
+    def __init__(self, owner: object, task: object = None, loop: object = None) -> None:
+        self.owner = owner
+        self.task = task
+        self.loop = loop
+
+    def waits_for(self, owner: object, task: object) -> bool:
+        """Whether a turn held by ``owner``, taken in ``task``, could only be released by
+        this asker itself."""
+        if owner is self.owner:
+            return True
+        if task is None:
+            return False
+        if task is self.task:
+            return True
+        get_loop = getattr(task, "get_loop", None)
+        return self.loop is not None and get_loop is not None and get_loop() is self.loop
+
+
 class Holdings:
     """Which owner (a thread for sync code, an ``asyncio`` task for async code) holds which
-    tickets in this process, so that a wait that could only end when its own caller releases
-    is refused instead of hanging. Owners are the objects themselves, never thread ids, which
-    the system reuses."""
+    tickets in this process, and in which task it took each, so that a wait that could only
+    end when its own caller releases is refused instead of hanging. Owners are the objects
+    themselves, never thread ids, which the system reuses."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._owners: dict[tuple[str, str, int], object] = {}
+        self._owners: dict[tuple[str, str, int], tuple[object, object]] = {}
         forget_after_fork(self)
 
     @staticmethod
     def _key(store: LineStore, number: int) -> tuple[str, str, int]:
         return (store.where, store.name, number)
 
-    def add(self, store: LineStore, number: int, owner: object) -> None:
+    def add(self, store: LineStore, number: int, owner: object, task: object = None) -> None:
         with self._lock:
-            self._owners[self._key(store, number)] = owner
+            self._owners[self._key(store, number)] = (owner, task)
 
     def discard(self, store: LineStore, number: int) -> None:
         with self._lock:
             self._owners.pop(self._key(store, number), None)
 
-    def all_owned_by(self, store: LineStore, numbers: Sequence[int], owner: object) -> bool:
+    def all_owned_by(self, store: LineStore, numbers: Sequence[int], asker: Asker) -> bool:
         with self._lock:
-            return bool(numbers) and all(
-                self._owners.get(self._key(store, n)) is owner for n in numbers
-            )
+            held = [self._owners.get(self._key(store, n)) for n in numbers]
+        return bool(held) and all(h is not None and asker.waits_for(*h) for h in held)
 
     def after_fork_in_child(self) -> None:
         """The parent's turns are not the child's (``Membership``s close their copies)."""
@@ -124,6 +149,8 @@ def take_turn(
     cancel: CancelToken | None = None,
     owner: object = None,
     holdings: Holdings = HOLDINGS,
+    task: object = None,
+    loop: object = None,
     shared: bool = False,
     max_waiting: int | None = None,
     newest_wins: bool = False,
@@ -131,7 +158,9 @@ def take_turn(
 ) -> Held:
     """Join ``store``'s line and return once this caller holds the turn.
 
-    ``owner`` is who will hold it (default: the calling thread). ``channel`` is where it
+    ``owner`` is who will hold it (default: the calling thread); ``task`` and ``loop``, the
+    task and event loop that sync code asking from a loop's thread runs in (see ``Asker``),
+    or the owner itself when it is a task. ``channel`` is where it
     listens for later starts (``single_instance``), recorded in its ticket from the start.
     Any exception (timeout, busy, Ctrl-C, cancel, being replaced) leaves the line before it
     propagates.
@@ -154,7 +183,8 @@ def take_turn(
             claim = False  # nobody ahead, nothing to claim: the turn is ours at once
         else:
             waiter = _Waiter(store, me, request, deadline, blocking, patience)
-            waiter.on_progress, waiter.owner, waiter.holdings = on_progress, owner, holdings
+            waiter.on_progress, waiter.holdings = on_progress, holdings
+            waiter.asker = Asker(owner, task, loop)
             claim = waiter.wait_for_front(view)
         store.mark_acquired(me, time.time())
         dead = store.claim_abandoned(me) if claim else None
@@ -164,7 +194,7 @@ def take_turn(
     except BaseException:
         store.leave(me)
         raise
-    holdings.add(store, me.number, owner)
+    holdings.add(store, me.number, owner, task)
     return Held(me, dead)
 
 
@@ -203,7 +233,7 @@ class _Waiter:
     """One caller's wait for the front of the line."""
 
     on_progress: ProgressCallback | None = None
-    owner: object = None
+    asker: Asker = Asker(None)
     holdings: Holdings = HOLDINGS
 
     def __init__(
@@ -262,9 +292,9 @@ class _Waiter:
                 raise Busy(_full_message(store, me, live, request.slots), store.status())
             remaining = self._remaining()
             watch = to_watch(request, live, view.shared)
-            if remaining is None and self.holdings.all_owned_by(store, watch, self.owner):
+            if remaining is None and self.holdings.all_owned_by(store, watch, self.asker):
                 raise InturnError(
-                    f"this {_kind(self.owner)} already holds line {store.name!r} and would wait "
+                    f"this {_kind(self.asker)} already holds line {store.name!r} and would wait "
                     "for itself forever: turns are not re-entrant (release the first, or use "
                     "slots=2; a turn handed to another thread or task that will release it "
                     "belongs to that one: turn.owner = it)"
@@ -385,8 +415,12 @@ def to_watch(request: Request, live: Sequence[int], shared: frozenset[int]) -> l
     return list(live[-request.slots :])
 
 
-def _kind(owner: object) -> str:
-    return "thread" if isinstance(owner, threading.Thread) else "task"
+def _kind(asker: Asker) -> str:
+    if not isinstance(asker.owner, threading.Thread):
+        return "task"
+    if asker.loop is not None:  # sync code in a loop's thread: it blocks every task of it
+        return "thread (or a task of the event loop it runs)"
+    return "thread"
 
 
 def _impatient(store: LineStore, blocking: bool, timeout: float | None, why: str) -> Exception:
