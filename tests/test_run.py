@@ -648,6 +648,28 @@ def test_a_stopped_command_still_gets_its_sigterm_when_the_turn_is_lost(losable)
 
 
 @linux_only
+@pytest.mark.parametrize(("given", "seen"), [({}, "unset"), ({"LC_CTYPE": "C"}, "C")])
+def test_the_c_locale_reaches_the_command_as_given(lines_dir, given, seen):
+    """In the C locale Python sets ``LC_CTYPE=C.UTF-8`` for itself as it starts (PEP 538);
+    the command gets the environment inturn was given, as under ``flock(1)``."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "LANG": "C",
+        "INTURN_DIR": os.environ["INTURN_DIR"],
+        "PYTHONPATH": child_env()["PYTHONPATH"],
+        **given,
+    }
+    result = subprocess.run(
+        inturn_cmd("run", "locale", "--", "sh", "-c", 'echo "${LC_CTYPE-unset}"'),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=REPORT_TIMEOUT,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"{seen}\n", ""), result
+
+
+@linux_only
 def test_sigterm_to_inturn_reaches_a_stopped_command(lines_dir):
     """Not on a terminal, a command stopped by SIGSTOP still acts on the SIGTERM sent to
     inturn: inturn continues it after passing the signal on, as ``kill`` does for a shell's

@@ -24,7 +24,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except NotRunnable as exc:
         say(str(exc))
         return exc.code
-    environment = dict(os.environ)  # copied now: the command starts sooner after the turn
+    environment = environment_as_given()  # now: the command starts sooner after the turn
     # From here until the turn is released, no signal can kill inturn (see ``RunSignals``).
     signals = RunSignals()
     signals.install()
@@ -277,6 +277,31 @@ def fit_grace(given: float | None, window: float) -> float:
             f"start {window:g}s after it (a longer lock delay allows a longer grace)"
         )
     return fitted
+
+
+# What Python sets LC_CTYPE to when it coerces the C locale at its start (PEP 538).
+COERCED_CTYPES = ("C.UTF-8", "C.utf8", "UTF-8")
+
+
+def environment_as_given() -> dict[str, str]:
+    """inturn's environment as it was started with, for the command: in the C locale Python
+    sets ``LC_CTYPE=C.UTF-8`` for itself (PEP 538), which would change what ``wc -m``,
+    ``grep`` or ``tr`` do in the command. Where ``/proc`` keeps the environment as given
+    (Linux), the variable is put back as it was there."""
+    env = dict(os.environ)
+    if env.get("LC_CTYPE") not in COERCED_CTYPES or not sys.platform.startswith("linux"):
+        return env
+    try:
+        with open("/proc/self/environ", "rb") as given:
+            words = given.read().split(b"\0")
+    except OSError:
+        return env
+    before = [w[len(b"LC_CTYPE=") :] for w in words if w.startswith(b"LC_CTYPE=")]
+    if not before:
+        del env["LC_CTYPE"]
+    else:
+        env["LC_CTYPE"] = os.fsdecode(before[-1])
+    return env
 
 
 def _child_env(held: Turn, environment: dict[str, str]) -> dict[str, str]:
