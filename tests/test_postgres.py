@@ -332,6 +332,15 @@ def test_an_unreachable_server_is_one_clear_line_and_exit_2(tmp_path):
         assert secret not in result.stderr + result.stdout
 
 
+def test_a_database_that_does_not_exist_is_named_with_what_to_do(pg_server):
+    """Not the general advice about the server and the password: the database is missing."""
+    parts = _parts(pg_server)
+    url = pg_server.replace(f"/{parts['dbname']}", "/no_such_database_here")
+    result = run_cli("status", "--backend", url)
+    line = one_line_error(result, "no_such_database_here", "create the database")
+    assert "PGPASSWORD" not in line
+
+
 @pytest.mark.parametrize(
     ("url", "words"),
     [

@@ -153,7 +153,8 @@ def run_child(
     def stop() -> None:
         lost.set()
         print(
-            "inturn: lost the turn (server unreachable); stopping the command",
+            "inturn: lost the turn (the server is unreachable, or ended its session); stopping "
+            "the command",
             file=sys.stderr,
             flush=True,
         )

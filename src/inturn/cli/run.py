@@ -359,8 +359,8 @@ def _run_holding(
                 on_lost=held.on_lost,
                 grace=fit_grace(args.grace, held.line.store.stop_window),
                 say=say,
-                lost_message=f"lost the turn in line {held.name!r} (server unreachable); "
-                "stopping the command",
+                lost_message=f"lost the turn in line {held.name!r} (the server is unreachable, or "
+                "ended its session); stopping the command",
                 keep_leftovers=not args.close,
                 leftovers_note=None
                 if args.quiet

@@ -192,8 +192,7 @@ class PostgresBackend(Backend):
         except psycopg.OperationalError as exc:
             raise BackendError(
                 f"cannot connect to PostgreSQL at {self.where}: {_reason(exc, address)} "
-                "(check the URL, that the server runs, and the password in PGPASSWORD or "
-                "~/.pgpass)"
+                f"({_connect_hint(exc)})"
             ) from None
         except psycopg.Error as exc:
             raise BackendError(
@@ -934,6 +933,21 @@ class PostgresStore(LineStore):
             return [found.get(n) for n in wanted]
 
         return self._query(me, work)
+
+
+def _connect_hint(exc: psycopg.Error) -> str:
+    """What to check when a connection is refused: the server's SQLSTATE if it gave one, or its
+    words (in English; other languages get the general advice)."""
+    state = exc.sqlstate or ""  # libpq gives none for a refused connection: the words tell
+    text = str(exc)
+    if state == "53300" or "too many clients" in text or "connection slots" in text:
+        return (
+            "the server has no connection left: raise its max_connections, or run fewer at "
+            "once (each holder and waiter keeps a session)"
+        )
+    if state == "3D000" or ("database" in text and "does not exist" in text):
+        return "create the database, or correct its name in the URL"
+    return "check the URL, that the server runs, and the password in PGPASSWORD or ~/.pgpass"
 
 
 def _view(rows: list[tuple[str, int, bool, bool]], me: Membership | None, name: str) -> View:
