@@ -327,6 +327,23 @@ def test_an_unknown_option_is_told_by_its_commands_parser(lines_dir, words):
     assert said[-1] == f"inturn {words[0]}: error: unrecognized arguments: {words[1]}", said
 
 
+@pytest.mark.parametrize("option", ["--dir", "--backend"])
+def test_an_empty_place_is_refused_not_taken_for_the_default(lines_dir, option):
+    """``--dir "$UNSET"``: an option given beats the environment, so an empty one is an
+    error, not a silent fall back to ``INTURN_DIR`` or the default."""
+    result = run_cli("status", option, "", "x")
+    assert result.returncode == 2 and result.stdout == ""
+    said = result.stderr.splitlines()[-1]
+    assert said.startswith(f"inturn status: error: argument {option}: it is empty"), said
+
+
+def test_a_released_turn_cannot_be_entered_again(lines_dir):
+    held = inturn.Line("again").acquire()
+    held.release()
+    with pytest.raises(inturn.InturnError, match="already released"), held:
+        raise AssertionError("the block ran outside any turn")
+
+
 def test_after_double_dash_a_word_like_an_option_is_the_command(lines_dir):
     result = run_cli("run", "demo", "--", "-n", "echo")
     assert result.returncode == 127

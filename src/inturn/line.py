@@ -22,7 +22,7 @@ from .backends.base import (
     Patience,
     check_scope,
 )
-from .errors import AlreadyRunning, Busy, UsageError
+from .errors import AlreadyRunning, Busy, InturnError, UsageError
 from .names import check_name
 from .queue import HOLDINGS, Held, ProgressCallback, give_back, take_turn, wait_for_everyone
 from .records import LineStatus, Ticket
@@ -176,6 +176,11 @@ class Turn:
                 self._opening.done()
 
     def __enter__(self) -> Turn:
+        if self._membership is None:  # the block would run outside any turn
+            raise InturnError(
+                f"turn {self.ticket} of line {self.name!r} was already released: a with block "
+                "on it would run outside any turn (acquire a new one)"
+            )
         return self
 
     def __exit__(

@@ -86,13 +86,31 @@ def add_where(sub: argparse.ArgumentParser) -> None:
         action="store_true",
         help="use the line shared by every user of this machine (default: yours only)",
     )
-    sub.add_argument("--dir", metavar="DIR", help="folder where lines live (env INTURN_DIR)")
+    sub.add_argument(
+        "--dir",
+        metavar="DIR",
+        type=_given("a folder"),
+        help="folder where lines live (env INTURN_DIR)",
+    )
     sub.add_argument(
         "--backend",
         metavar="URL",
+        type=_given("a URL"),
         help="a postgresql:// or redis:// server, to take turns across machines "
         "(env INTURN_BACKEND)",
     )
+
+
+def _given(what: str) -> Callable[[str], str]:
+    """An option's value that must not be empty: ``--dir "$UNSET"`` would otherwise fall back
+    to the environment or the default, unseen."""
+
+    def check(text: str) -> str:
+        if not text:
+            raise argparse.ArgumentTypeError(f"it is empty: give {what} (an unset variable?)")
+        return text
+
+    return check
 
 
 def _add_run(commands: Commands[Parser]) -> None:
