@@ -172,16 +172,26 @@ def test_decorated_generator_iterated_from_many_threads(
 
 
 @slots_1_and_3
-def test_async_decorator_with_many_tasks(where: Where, tmp_path: Path, slots: int) -> None:
+@pytest.mark.parametrize("kind", ["function", "object"])
+def test_async_decorator_with_many_tasks(
+    where: Where, tmp_path: Path, slots: int, kind: str
+) -> None:
+    """An ``async def`` decorated, or an object whose ``__call__`` is one: the turn is held
+    across the await."""
     count = SCALE[where.kind][0]
     log = tmp_path / "log"
     recorder = Recorder(log)
 
-    @inturn.turn("adecorated", slots)
-    async def job(index: int) -> int:
+    async def work(index: int) -> int:
         with recorder.inside(f"a{index}"):
             await asyncio.sleep(WORK)
         return index
+
+    class Job:
+        async def __call__(self, index: int) -> int:
+            return await work(index)
+
+    job = inturn.turn("adecorated", slots)(work if kind == "function" else Job())
 
     async def scenario() -> None:
         results = await asyncio.gather(*(job(i) for i in range(count)))
@@ -190,32 +200,6 @@ def test_async_decorator_with_many_tasks(where: Where, tmp_path: Path, slots: in
     run_async(scenario)
     assert_exclusive(log, slots, expected=count)
     assert_free("adecorated", slots)
-
-
-@slots_1_and_3
-def test_decorated_object_with_an_async_call_with_many_tasks(
-    where: Where, tmp_path: Path, slots: int
-) -> None:
-    """An object whose ``__call__`` is ``async def`` is held across its await, as a function."""
-    count = SCALE[where.kind][0]
-    log = tmp_path / "log"
-    recorder = Recorder(log)
-
-    class Job:
-        async def __call__(self, index: int) -> int:
-            with recorder.inside(f"o{index}"):
-                await asyncio.sleep(WORK)
-            return index
-
-    job = inturn.turn("acallable", slots)(Job())
-
-    async def scenario() -> None:
-        results = await asyncio.gather(*(job(i) for i in range(count)))
-        assert sorted(results) == list(range(count))
-
-    run_async(scenario)
-    assert_exclusive(log, slots, expected=count)
-    assert_free("acallable", slots)
 
 
 def test_a_decorated_plain_function_that_returns_an_awaitable_is_refused(lines_dir: Path) -> None:

@@ -269,51 +269,48 @@ def _refused_or_rescued(outer: list[inturn.Turn], body: Callable[[], object]) ->
         rescue.cancel()
 
 
-def test_sync_code_in_a_task_waiting_for_that_tasks_async_turn_is_refused(where: Where) -> None:
-    """``async with`` in a task, then a decorated sync function called in it: the sync wait
-    blocks the loop, and only this task could release. Refused, as ``async with`` nested
-    twice is."""
-    outer: list[inturn.Turn] = []
+@pytest.mark.parametrize("outer", ["async-with", "with"])
+def test_a_task_waiting_inside_its_own_turn_in_the_other_style_is_refused(
+    where: Where, outer: str
+) -> None:
+    """``async with`` in a task, then a decorated sync function called in it (the sync wait
+    blocks the loop, and only this task could release); or ``with`` in a coroutine, then a
+    decorated async function awaited in it (the task would wait for itself). Both refused, as
+    ``async with`` nested twice is."""
+    name = f"mixed-{outer}"
+    held_outside: list[inturn.Turn] = []
     outcome: list[str] = []
 
-    @inturn.turn("mixed")
-    def helper() -> None:
+    @inturn.turn(name)
+    def sync_helper() -> None:
         outcome.append("entered twice")
 
-    async def nested() -> None:
-        async with inturn.turn("mixed") as held:
-            outer.append(held)
-            try:
-                helper()
-            except inturn.InturnError as exc:
-                outcome.append("refused" if "not re-entrant" in str(exc) else str(exc))
-
-    _refused_or_rescued(outer, lambda: run_async(nested))
-    assert outcome == ["refused"]
-    assert_clean(inturn.Line("mixed"))
-
-
-def test_a_task_awaiting_a_turn_its_own_sync_block_holds_is_refused(where: Where) -> None:
-    """``with inturn.turn(...)`` in a coroutine, then an ``async`` decorated function of the
-    same line awaited inside it: the task would wait for itself."""
-    outer: list[inturn.Turn] = []
-    outcome: list[str] = []
-
-    @inturn.turn("mixed-back")
-    async def helper() -> None:
+    @inturn.turn(name)
+    async def async_helper() -> None:
         outcome.append("entered twice")
 
-    async def nested() -> None:
-        with inturn.turn("mixed-back") as held:
-            outer.append(held)
-            try:
-                await helper()
-            except inturn.InturnError as exc:
-                outcome.append("refused" if "not re-entrant" in str(exc) else str(exc))
+    async def inner() -> None:
+        try:
+            if outer == "async-with":
+                sync_helper()
+            else:
+                await async_helper()
+        except inturn.InturnError as exc:
+            outcome.append("refused" if "not re-entrant" in str(exc) else str(exc))
 
-    _refused_or_rescued(outer, lambda: run_async(nested))
+    async def nested() -> None:
+        if outer == "async-with":
+            async with inturn.turn(name) as held:
+                held_outside.append(held)
+                await inner()
+        else:
+            with inturn.turn(name) as held:
+                held_outside.append(held)
+                await inner()
+
+    _refused_or_rescued(held_outside, lambda: run_async(nested))
     assert outcome == ["refused"]
-    assert_clean(inturn.Line("mixed-back"))
+    assert_clean(inturn.Line(name))
 
 
 def test_sync_code_waiting_for_another_task_of_its_loop_is_refused(where: Where) -> None:
