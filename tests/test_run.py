@@ -669,6 +669,22 @@ def test_the_c_locale_reaches_the_command_as_given(lines_dir, given, seen):
     assert (result.returncode, result.stdout, result.stderr) == (0, f"{seen}\n", ""), result
 
 
+def test_with_close_the_command_is_named_no_descriptors_of_a_turn(lines_dir):
+    """``--close``: the command inherits no turn, so ``INTURN_FDS`` names none, not even the
+    ones an outer run named to inturn itself."""
+    result = run_cli(
+        "run",
+        "--close",
+        "closed",
+        "--",
+        "sh",
+        "-c",
+        'echo "${INTURN_FDS-unset}"',
+        INTURN_FDS="5:1:1",
+    )
+    assert (result.returncode, result.stdout) == (0, "unset\n"), result
+
+
 @linux_only
 def test_sigterm_to_inturn_reaches_a_stopped_command(lines_dir):
     """Not on a terminal, a command stopped by SIGSTOP still acts on the SIGTERM sent to

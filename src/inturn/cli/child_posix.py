@@ -218,6 +218,8 @@ class _Supervision:
                 raise CannotRun(exc) from None
             handles = [*handles, self.leftovers.write]
             env = {**env, TURN_FDS: describe(handles)}
+        else:  # the command holds no turn of its own: an outer run's are not its to name
+            env = {key: value for key, value in env.items() if key != TURN_FDS}
         try:
             try:
                 self._spawn(command, executable, env, handles, bound)
