@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from redis import exceptions as rx
 
 from ...forks import forget_after_fork
 from ..base import LostSignal, Membership
@@ -216,7 +215,12 @@ class LeaseKeeper:
                     for member in due:
                         call(pipe, "PEXPIRE", member.lease_key, self.lease_ms)
                     results = pipe.execute(raise_on_error=False)
-            except (rx.RedisError, OSError):
+            except Exception:
+                # As in ``_listen``: ``close`` disconnects the pool under a renewal in flight,
+                # which redis-py may report as any error (a buffer already gone).
+                with self._cond:
+                    if run != self._run:
+                        return
                 results = [None] * len(due)
             gone = []
             with self._cond:
