@@ -271,9 +271,9 @@ def test_a_long_timeout_is_slept_in_steps_that_each_end_in_a_look(monkeypatch):
     """A timeout longer than ``LONGEST_SLEEP`` (a day) is slept in steps: each step that ends
     with the turn still taken looks at the line again and sleeps on; the timeout itself still
     ends the wait with ``Timeout``. (The step is made short here.)"""
-    import inturn.queue
+    import inturn.backends.base
 
-    monkeypatch.setattr(inturn.queue, "LONGEST_SLEEP", 0.01)
+    monkeypatch.setattr(inturn.backends.base, "LONGEST_SLEEP", 0.01)
     _, store = line()
     holder = take_turn(store())
     with pytest.raises(inturn.Timeout):

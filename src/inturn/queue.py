@@ -28,13 +28,13 @@ from collections.abc import Callable, Sequence
 
 from .backends.base import (
     BUSY_PATIENCE,
-    LONGEST_SLEEP,
     CancelToken,
     GuardTaken,
     LineStore,
     Membership,
     Patience,
     View,
+    one_sleep,
     pause,
 )
 from .errors import Busy, InturnError, Timeout, UsageError
@@ -217,7 +217,7 @@ def wait_for_everyone(
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             raise Timeout(f"gave up waiting for line {store.name!r} to empty", store.status())
-        step = None if remaining is None else min(remaining, LONGEST_SLEEP)
+        step = one_sleep(remaining)
         woke = store.wait(None, remaining_tickets[-1:], step, cancel)
         if woke is None and step == remaining:  # else a day has passed: look again
             raise Timeout(f"gave up waiting for line {store.name!r} to empty", store.status())
@@ -305,7 +305,7 @@ class _Waiter:
             # Every ticket ahead is live and watched: once they all leave cleanly, it is ours.
             whole = list(ahead) == live == watch and not pending
             then_holds = whole and me.lost_track_at is None
-            step = None if remaining is None else min(remaining, LONGEST_SLEEP)
+            step = one_sleep(remaining)
             woke = store.wait(me, watch, step, self.patience.cancel, then_holds)
             if woke is None:
                 if step == remaining:

@@ -94,9 +94,13 @@ class Patience:
 
     def remaining(self) -> float | None:
         """Seconds left, never more than ``LONGEST_SLEEP`` (see there)."""
-        if self.deadline is None:
-            return None
-        return min(self.deadline - time.monotonic(), LONGEST_SLEEP)
+        return one_sleep(None if self.deadline is None else self.deadline - time.monotonic())
+
+
+def one_sleep(seconds: float | None) -> float | None:
+    """How long to sleep in one go for a wait of ``seconds`` (None: for ever): at most
+    ``LONGEST_SLEEP``; a longer wait looks again after each sleep."""
+    return None if seconds is None else min(seconds, LONGEST_SLEEP)
 
 
 class Fanout:

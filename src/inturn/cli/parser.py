@@ -327,21 +327,23 @@ COMMANDS: dict[str, Callable[[Commands[Parser]], None]] = {
 }
 
 
-def _seconds(text: str, what: str = "the timeout") -> float:
+def _duration(text: str) -> float:
+    """``parse_duration``, its refusal told the way argparse tells a bad value."""
     try:
-        value = parse_duration(text)
+        return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str, what: str = "the timeout") -> float:
+    value = _duration(text)
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{what} must be 0 or more seconds, not {text}")
     return value
 
 
 def _interval(text: str) -> float:
-    try:
-        value = parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    value = _duration(text)
     if not MIN_INTERVAL_SECONDS <= value <= MAX_INTERVAL_SECONDS:
         raise argparse.ArgumentTypeError(
             f"the interval must be from {MIN_INTERVAL_SECONDS:g} seconds to a year, not {text}"
