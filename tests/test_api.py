@@ -285,6 +285,7 @@ def test_a_timeout_that_is_not_a_number_is_one_usage_error(lines_dir, timeout):
         ({"command": ["echo", 1]}, "command must be a list or tuple of str"),
         ({"cancel": "x"}, "cancel must be an inturn.CancelToken or None"),
         ({"on_progress": 5}, "on_progress must be a function or None"),
+        ({"max_waiting": 1, "newest_wins": True}, "two rules for who may wait: give one"),
     ],
 )
 def test_bad_arguments_to_acquire_are_refused_even_when_the_line_is_free(
@@ -295,6 +296,11 @@ def test_bad_arguments_to_acquire_are_refused_even_when_the_line_is_free(
     with pytest.raises(inturn.UsageError, match=re.escape(message)):
         line.acquire(**arguments)
     assert line.status().holders == ()
+
+
+def test_a_turn_is_refused_two_rules_for_who_may_wait_when_made(lines_dir):
+    with pytest.raises(inturn.UsageError, match="max_waiting and newest_wins"):
+        inturn.turn("x", max_waiting=1, newest_wins=True)
 
 
 USER_PROGRAM = """

@@ -118,6 +118,11 @@ def test_close_keeps_the_command_from_inheriting_the_turn(lines_dir, workers):
         (["run", "--slots", "0", "x", "--", "true"], "slots"),
         (["run", "--timeout", "soon", "x", "--", "true"], "seconds"),
         (["frobnicate"], "invalid choice"),
+        (["run", "-n", "-w", "5", "x", "--", "true"], "-w/--timeout: not allowed with"),
+        (["run", "--newest-wins", "--max-waiting", "1", "x", "--", "true"], "not allowed with"),
+        (["run", "-w", "-5m", "x", "--", "true"], "not a duration: '-5m'"),
+        (["run", "-g", "-1", "x", "--", "true"], "the grace must be 0 or more seconds"),
+        (["wait", "--timeout", "-.5", "x"], "the timeout must be 0 or more seconds, not -.5"),
     ],
 )
 def test_usage_errors_exit_2_with_one_clear_line(lines_dir, args, message):
@@ -125,6 +130,18 @@ def test_usage_errors_exit_2_with_one_clear_line(lines_dir, args, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["--version"]])
+def test_help_that_cannot_be_written_is_an_error_not_a_success(lines_dir, args):
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            inturn_cmd(*args), stdout=full, stderr=subprocess.PIPE, text=True, timeout=60
+        )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "inturn: cannot write the output: No space left on device (free some space and try again)\n"
+    )
 
 
 def test_a_terminal_shows_a_live_status_line(lines_dir):

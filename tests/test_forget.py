@@ -3,6 +3,7 @@ lines in use stay, and someone joining while a line is forgotten still takes tur
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
 
@@ -35,10 +36,17 @@ def test_forget_removes_unused_lines_and_leaves_lines_in_use(where, workers):
     assert names(where) == ["held", "used", "waited"]
     result = run_cli("forget", "used", "held", "waited", "never-used", env=env)
     assert result.returncode == 75 and result.stdout == ""
-    assert result.stderr.splitlines() == [
+    said = result.stderr.splitlines()
+    assert said[:2] == [
         "inturn: line 'held' is in use (someone holds or waits in it): not forgotten",
         "inturn: line 'waited' is in use (someone holds or waits in it): not forgotten",
     ]
+    assert re.fullmatch(  # a typo is not passed off as done
+        r"inturn: no line 'never-used' in \S+: nothing to forget \(inturn status lists the "
+        r"lines\)",
+        said[2],
+    ), said
+    assert len(said) == 3
     assert names(where) == ["held", "waited"]
     assert [t.pid for t in inturn.Line("held").status().holders] == [holder.pid]
     holder.send()

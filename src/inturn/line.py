@@ -44,6 +44,10 @@ if TYPE_CHECKING:
         max_waiting: int | None
         newest_wins: bool
 
+    class _Crowding(TypedDict):
+        max_waiting: int | None
+        newest_wins: bool
+
 
 # Messages (single_instance, send) are imported when used: inturn run never needs them.
 DEFAULT_TIMEOUT = 5.0  # seconds a later start or send() waits for the answer
@@ -334,8 +338,7 @@ class Line:
                 task=task,
                 loop=loop,
                 shared=_flag(shared, "shared"),
-                max_waiting=_max_waiting(max_waiting),
-                newest_wins=_flag(newest_wins, "newest_wins"),
+                **_crowding(max_waiting, newest_wins),
             )
         except BaseException:
             opening.done()
@@ -503,6 +506,15 @@ def _max_waiting(value: object) -> int | None:
     return value
 
 
+def _crowding(max_waiting: object, newest_wins: object) -> _Crowding:
+    """``max_waiting`` and ``newest_wins`` are two rules for who may wait in line: a newcomer
+    held to both would be turned away by the one and told to replace waiters by the other."""
+    limit, newest = _max_waiting(max_waiting), _flag(newest_wins, "newest_wins")
+    if limit is not None and newest:
+        raise UsageError("max_waiting and newest_wins are two rules for who may wait: give one")
+    return {"max_waiting": limit, "newest_wins": newest}
+
+
 class turn:
     """Take a turn in a line, as a ``with`` / ``async with`` block or as a decorator.
 
@@ -535,8 +547,7 @@ class turn:
         self.blocking = blocking
         self.how: _How = {
             "shared": _flag(shared, "shared"),
-            "max_waiting": _max_waiting(max_waiting),
-            "newest_wins": _flag(newest_wins, "newest_wins"),
+            **_crowding(max_waiting, newest_wins),
         }
         self._blocks = _Blocks()
         self._users_lock = threading.Lock()

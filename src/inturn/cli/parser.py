@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 from collections.abc import Callable, Sequence
 
 from ..durations import parse_duration
 from ..errors import UsageError
 from ..line import Line
-from .exits import EXIT_CONFLICT
+from .exits import EXIT_CONFLICT, EXIT_OUTPUT_CLOSED, EXIT_USAGE
+from .output import OutputClosed, emit, say
 
 TYPE_CHECKING = False  # ``typing.TYPE_CHECKING`` without importing ``typing``
 if TYPE_CHECKING:
     from typing import Any
+
+    from _typeshed import SupportsWrite
 
 DEFAULT_GRACE_SECONDS = 1.0
 MIN_INTERVAL_SECONDS = 0.1  # inturn top: a shorter timer would only keep a core busy
@@ -30,6 +35,8 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, manual: str | None = None, **kwargs: Any) -> None:
         kwargs["formatter_class"] = _unmeasured_formatter
         super().__init__(*args, **kwargs)
+        # ``-w -5m`` is a (bad) value, told as such, not an unknown option ``-5m``
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
         self.manual = manual  # the command whose examples close its help ("": the top level)
 
     def format_usage(self) -> str:
@@ -43,6 +50,19 @@ class Parser(argparse.ArgumentParser):
 
             self.epilog = epilog(self.manual)
         return super().format_help()
+
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        """Help and version go to stdout as any result does: a reader gone or a full disk is
+        told by the exit code (argparse itself ignores a failed write and exits 0)."""
+        if not message or file is not sys.stdout:
+            return super()._print_message(message, file)
+        try:
+            emit(message.removesuffix("\n"))
+        except OutputClosed:
+            sys.exit(EXIT_OUTPUT_CLOSED)
+        except UsageError as exc:
+            say(str(exc))
+            sys.exit(EXIT_USAGE)
 
 
 def _unmeasured_formatter(prog: str) -> argparse.HelpFormatter:
@@ -135,8 +155,9 @@ def _add_run(commands: Commands[Parser]) -> None:
         metavar="STRING",
         help="run STRING with /bin/sh -c instead of -- COMMAND (as flock -c)",
     )
-    run.add_argument("-n", "--no-wait", action="store_true", help="if busy, exit 75 at once")
-    run.add_argument(
+    how_long = run.add_mutually_exclusive_group()  # -n is -w 0: either says how long
+    how_long.add_argument("-n", "--no-wait", action="store_true", help="if busy, exit 75 at once")
+    how_long.add_argument(
         "-w",
         "--timeout",
         type=_seconds,
@@ -176,14 +197,15 @@ def _add_run(commands: Commands[Parser]) -> None:
         help="take a shared turn (a reader): shared turns next to each other in the line run "
         "together, never with an exclusive one",
     )
-    run.add_argument(
+    crowding = run.add_mutually_exclusive_group()  # one rule for who may wait
+    crowding.add_argument(
         "--max-waiting",
         type=_max_waiting,
         metavar="N",
         help="if N already wait in line, exit 75 at once (1: a burst of starts collapses "
         "into one waiting run)",
     )
-    run.add_argument(
+    crowding.add_argument(
         "--newest-wins",
         action="store_true",
         help="replace the runs already waiting that gave --newest-wins too (they exit 77 "

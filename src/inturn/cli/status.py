@@ -94,8 +94,18 @@ def _forget_if_unused(line: Line) -> None:
 def forget(args: argparse.Namespace) -> int:
     """``inturn forget NAME...``: 0 if every line was forgotten, 75 if one is in use."""
     where = where_from(args)
+    backend = open_backend(
+        where.backend, scope=where.scope, directory=where.directory, create=False
+    )
+    try:
+        known, place = set(backend.names()), backend.where
+    finally:
+        backend.close()
     code = 0
     for name in args.names:
+        if name not in known:  # a typo would otherwise pass for done
+            say(f"no line {name!r} in {place}: nothing to forget (inturn status lists the lines)")
+            continue
         line = Line(name, scope=where.scope, directory=where.directory, backend=where.backend)
         try:
             if not line.forget():
