@@ -98,7 +98,7 @@ def sql(url: str, query: str, *params: object) -> list[tuple[object, ...]]:
 
 
 def test_many_hosts_creating_the_schema_at_once_all_succeed(pg_url):
-    code = "import inturn, sys; print(inturn.Line('first', backend=sys.argv[1]).status().name)"
+    code = "import inturn, sys\nwith inturn.turn('first', backend=sys.argv[1]) as t: print(t.name)"
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", code, pg_url], stdout=subprocess.PIPE, env=child_env()
@@ -484,8 +484,10 @@ def role(pg_server: str) -> Iterator[str]:
             sql(pg_server, f"DROP ROLE {name}")
 
 
-def one_error_line(url: str) -> str:
-    result = run_cli("status", "--backend", url)
+def one_error_line(url: str, look: bool = False) -> str:
+    """The one line of a ``run`` (or of a ``status``, with ``look``) refused at ``url``."""
+    words = ["status"] if look else ["run", "x", "--", "true"]
+    result = run_cli(words[0], "--backend", url, *words[1:])
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, lines
@@ -496,6 +498,27 @@ def test_a_role_that_may_not_create_the_schema_is_told_which_grant(pg_server, sc
     with role(pg_server) as name:
         line = one_error_line(with_schema(url_for(pg_server, user=name), schema))
         assert "GRANT CREATE ON DATABASE" in line and name in line
+
+
+def test_looking_at_a_database_nobody_took_turns_in_creates_nothing(pg_server, schema):
+    """status, top, wait and forget find no lines there, without the rights to create any
+    (a monitoring role), and leave the database as it was."""
+    with role(pg_server) as name:
+        url = with_schema(url_for(pg_server, user=name), schema)
+        for command, said in [
+            (("status",), f"no lines in {url}"),
+            (("status", "x"), "x: free (nobody holds or waits)"),
+            (("status", "--names"), ""),
+            (("top",), f"no lines in {url}"),
+            (("wait", "x"), ""),
+        ]:
+            result = run_cli(*command, "--backend", url)
+            seen = (result.returncode, result.stdout.strip(), result.stderr)
+            assert seen == (0, said, ""), command
+        result = run_cli("forget", "x", "--backend", url)
+        assert result.returncode == 0 and "no line 'x'" in result.stderr
+        assert inturn.Line("x", backend=url).status().holders == ()
+    assert sql(pg_server, "SELECT to_regnamespace(%s) IS NULL", schema) == [(True,)]
 
 
 def test_names_sent_as_bytes_are_shown_as_names():
@@ -509,12 +532,17 @@ def test_names_sent_as_bytes_are_shown_as_names():
 
 
 def test_a_role_without_grants_on_the_tables_is_told_which(pg_server, schema):
-    inturn.Line("x", backend=with_schema(pg_server, schema)).status()  # the owner sets up
+    with inturn.turn("x", backend=with_schema(pg_server, schema)):  # the owner sets up
+        pass
     with role(pg_server) as name:
         url = with_schema(url_for(pg_server, user=name), schema)
         assert f"GRANT USAGE ON SCHEMA {schema} TO {name}" in one_error_line(url)
+        line = one_error_line(url, look=True)  # to look, reading is enough
+        assert f"GRANT USAGE ON SCHEMA {schema} TO {name}; GRANT SELECT ON {schema}.lines" in line
         sql(pg_server, f"GRANT USAGE ON SCHEMA {schema} TO {name}")
         sql(pg_server, f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {name}")
+        looked = run_cli("status", "x", "--backend", url)
+        assert (looked.returncode, looked.stdout.strip()) == (0, "x: free (nobody holds or waits)")
         line = one_error_line(url)
         assert "GRANT SELECT, INSERT, UPDATE, DELETE ON" in line and "ticket_numbers" in line
         sql(

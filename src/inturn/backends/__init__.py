@@ -42,7 +42,7 @@ def open_backend(
     except ImportError as exc:
         raise _client_missing(kind, exc) from None
     if kind == "postgres":
-        return PostgresBackend(address, scope=scope)
+        return PostgresBackend(address, scope=scope, create=create)
     return RedisBackend(address, scope=scope)
 
 

@@ -432,8 +432,9 @@ def text_of(value: object) -> str:
     return str(value)
 
 
-def missing_grants(row: Mapping[str, object], schema: str) -> list[str]:
-    """The GRANT statements the current role needs, from the ``privileges`` row (by name)."""
+def missing_grants(row: Mapping[str, object], schema: str, only_looking: bool = False) -> list[str]:
+    """The GRANT statements the current role needs, from the ``privileges`` row (by name):
+    to take turns, or ``only_looking`` (status, wait), to read the tables."""
     who = sql_identifier(text_of(row["role"]))
     s = sql_identifier(schema)
     grants = []
@@ -445,11 +446,14 @@ def missing_grants(row: Mapping[str, object], schema: str) -> list[str]:
         "abandoned": ("select", "insert", "delete"),
     }
     needed["replaced"] = ("select", "insert", "delete")
+    if only_looking:
+        needed = {table: ("select",) for table in needed}
     tables = [t for t, rights in needed.items() if not all(row[f"{t}_{r}"] for r in rights)]
     if tables:
         listed = ", ".join(f"{s}.{t}" for t in tables)
-        grants.append(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {listed} TO {who}")
-    if not row["ticket_numbers_usage"]:
+        rights = "SELECT" if only_looking else "SELECT, INSERT, UPDATE, DELETE"
+        grants.append(f"GRANT {rights} ON {listed} TO {who}")
+    if not row["ticket_numbers_usage"] and not only_looking:
         grants.append(f"GRANT USAGE ON SEQUENCE {s}.ticket_numbers TO {who}")
     return grants
 

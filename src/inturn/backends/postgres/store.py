@@ -156,7 +156,7 @@ class PostgresBackend(Backend):
     that connects to the same database and schema shares its lines.
     """
 
-    def __init__(self, url: str, scope: str = "user") -> None:
+    def __init__(self, url: str, scope: str = "user", create: bool = True) -> None:
         check_scope(scope)
         self.scope = "server"
         self.address = parse(url)
@@ -165,7 +165,8 @@ class PostgresBackend(Backend):
         self._pid = os.getpid()
         self._idle: list[Connection] = []
         self._lock = threading.Lock()
-        self._ready = False
+        self._create = create  # False: a look from outside, which creates no schema
+        self._ready = False  # the schema and its tables are there, and usable
         self._role = ("", "")
         forget_after_fork(self)
         self.put_back(self.connect())  # fail now, with a clear line, if it cannot work
@@ -178,8 +179,19 @@ class PostgresBackend(Backend):
         return PostgresStore(self, name)
 
     def names(self) -> list[str]:
-        rows = self.run(lambda conn: conn.execute(self.stmts.names).fetchall())
-        return sorted(decode(bytes(row[0])) for row in rows)
+        def work(conn: Connection) -> list[str]:
+            if not self.has_tables(conn):
+                return []
+            return [decode(bytes(row[0])) for row in conn.execute(self.stmts.names)]
+
+        return sorted(self.run(work))
+
+    def has_tables(self, conn: Connection) -> bool:
+        """Whether inturn's tables are there: a database nobody has taken turns in holds no
+        lines, and a look from outside does not create them (a monitoring role may not)."""
+        if not self._ready:
+            self._ready = self._ensure_schema(conn)
+        return self._ready
 
     # -- connections
 
@@ -243,15 +255,17 @@ class PostgresBackend(Backend):
                 "directly, or add ?inturn_pooler=session if the pool is in session mode"
             )
         if not self._ready:
-            self._ensure_schema(conn)
-            self._ready = True
+            self._ready = self._ensure_schema(conn)
 
-    def _ensure_schema(self, conn: Connection) -> None:
-        """Create what is missing, once, even when many hosts start at the same moment."""
+    def _ensure_schema(self, conn: Connection) -> bool:
+        """Create what is missing, once, even when many hosts start at the same moment; False
+        if something is missing and this backend only looks."""
         stmts = self.stmts
         try:
             exists = conn.execute(stmts.existing).fetchone() or ()
             if not all(exists):
+                if not self._create:
+                    return False
                 with conn.transaction():
                     conn.execute(stmts.setup_lock)
                     exists = conn.execute(stmts.existing).fetchone() or ()
@@ -268,13 +282,14 @@ class PostgresBackend(Backend):
         self._role = (text_of(row["role"]), text_of(row["database"]))
         if row["in_recovery"] or row["read_only"]:
             raise BackendError(self.read_only_message())
-        grants = missing_grants(row, stmts.schema)
+        grants = missing_grants(row, stmts.schema, only_looking=not self._create)
         if grants:
             raise BackendError(
                 f"role {sql_identifier(self._role[0])} lacks privileges on inturn's tables at "
                 f"{self.where}: ask the owner of schema {sql_identifier(stmts.schema)} to run "
                 + "; ".join(grants)
             )
+        return True
 
     def _cannot_create_message(self, conn: Connection) -> str:
         schema = sql_identifier(self.stmts.schema)
@@ -862,6 +877,8 @@ class PostgresStore(LineStore):
 
     def _existing_line(self, conn: Connection) -> int | None:
         """The line's id, or None if nobody has added it (never used, or forgotten)."""
+        if not self.backend.has_tables(conn):
+            return None
         row = conn.execute(self.stmts.find_line, [self._digest]).fetchone()
         return None if row is None else int(row[0])
 
