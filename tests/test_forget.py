@@ -7,6 +7,8 @@ import re
 import subprocess
 import threading
 
+import pytest
+
 import inturn
 
 from conftest import REPORT_TIMEOUT, Worker, inturn_cmd, run_cli
@@ -106,6 +108,28 @@ def test_looking_at_a_line_nobody_used_adds_no_line(where):
         else:
             assert looked.stderr == "", (command, looked)
     assert names(where) == []
+
+
+def test_a_line_kept_from_before_a_forget_sees_the_line_made_anew(where, workers):
+    """A ``Line`` that took a turn before its line was forgotten, and made anew by another
+    process that holds it now, sees that holder, waits for it, and cannot forget the line;
+    nobody starts beside the holder. (On Windows the kept ``Line`` judged the new line's
+    tickets by the old one's object names: dead, and buried, which let a second one in.)"""
+    env = where.crash_env()
+    kept = inturn.Line("again", backend=where.crash_url)
+    kept.acquire().release()
+    assert run_cli("forget", "again", env=env).returncode == 0
+    holder = Worker("again", "--hold", env=env)
+    workers.append(holder)
+    holder.expect("acquired")
+    assert [t.pid for t in kept.status().holders] == [holder.pid]
+    with pytest.raises(inturn.Timeout):
+        kept.wait(timeout=0.2)
+    assert kept.forget() is False
+    assert run_cli("run", "-n", "again", "--", "true", env=env).returncode == 75
+    holder.send()
+    assert holder.wait() == 0
+    kept.close()
 
 
 def test_runs_joining_while_their_line_is_forgotten_still_take_turns(where, tmp_path):

@@ -729,6 +729,41 @@ def test_other_slots_are_refused_and_wait_is_a_barrier(win: Win) -> None:
     assert win.status("gate")["holders"] == []
 
 
+KEPT_LINE_SCRIPT = """
+import sys, inturn
+line = inturn.Line('again')
+line.acquire().release()
+print('ready', flush=True)
+sys.stdin.readline()
+print('holders', *[t.pid for t in line.status().holders], flush=True)
+try:
+    line.wait(timeout=0.2)
+except inturn.Timeout:
+    print('waited', 'timeout', flush=True)
+print('forgot', line.forget(), flush=True)
+"""
+
+
+def test_a_line_kept_from_before_a_forget_judges_the_line_made_anew(win: Win) -> None:
+    """A ``Line`` that knew the line before it was forgotten and made anew names the new
+    line's kernel objects, not the old ones: it sees the holder as alive (before, it buried
+    it as dead, and a second run started beside it, told the holder had died)."""
+    kept = win.start("-c", KEPT_LINE_SCRIPT)
+    kept.expect("ready")
+    exited(win.run("-m", "inturn", "forget", "again"), 0)
+    holder = win.worker("again", "--hold")
+    holder.expect("acquired")
+    kept.send("go")
+    assert kept.expect("holders") == ["holders", str(holder.pid)]
+    assert kept.expect("waited") == ["waited", "timeout"]
+    assert kept.expect("forgot") == ["forgot", "False"]
+    code, out, err = win.run("-m", "inturn", "run", "-n", "again", "--", win.python, "-V")
+    assert code == 75 and "Python" not in out, (code, out, err)
+    assert pids(win.status("again")["holders"]) == [holder.pid]
+    holder.send("release")
+    holder.expect("released")
+
+
 # --------------------------------------------------------------------------- names, scopes
 
 NAMES_SCRIPT = """

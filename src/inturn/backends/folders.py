@@ -340,6 +340,13 @@ class FolderStore(LineStore):
         """One listing of the line's folder (creating the folder if need be)."""
 
     @abstractmethod
+    def _refresh(self) -> None:
+        """Before a look from outside (``status``, ``wait``) or a ``forget``: if the line this
+        store opened was forgotten since, and perhaps made anew, open it again. A store that
+        holds no ticket can outlive its line (a ``Line`` kept for later looks); it must not
+        judge the new line's tickets by the old one's folder or names."""
+
+    @abstractmethod
     def _read(self, entry: str) -> tuple[bytes, str | None] | None:
         """A file's contents (bounded) and the name of its owner as the system says (None
         where the record's own claim is to be believed); None if it is gone or not a regular
@@ -420,6 +427,8 @@ class FolderStore(LineStore):
 
     def look(self, me: Membership | None) -> View:
         with os_errors(self.shown):
+            if me is None:  # a look from outside: the line may have been made anew
+                self._refresh()
             entries = self._entries()
         tickets = entries.tickets
         if me is not None:

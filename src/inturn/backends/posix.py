@@ -867,6 +867,11 @@ class PosixStore(UnixChannels, FolderStore):
     def _reopen(self) -> None:
         self.close()  # the next use opens the folder and its guard again
 
+    def _refresh(self) -> None:
+        fd = self._dir_fd  # a machine-wide line's folder (``/tmp``) is never removed
+        if fd is not None and not self.prefix and os.fstat(fd).st_nlink == 0:
+            self._reopen()
+
     def _join_here(self, me: Ticket, patience: Patience) -> tuple[PosixMembership, View] | None:
         """Join, or None if the folder went away (``inturn forget``) before we had its guard."""
         with os_errors(self.shown), self._guard(patience) as guard:
@@ -904,6 +909,7 @@ class PosixStore(UnixChannels, FolderStore):
     def forget(self, patience: Patience) -> bool:
         if not self._exists_at_all():
             return True
+        self._refresh()
         with os_errors(self.shown), self._guard(patience):
             dir_fd = self._dir()
             entries = self._entries()

@@ -466,6 +466,20 @@ class WindowsStore(PipeChannels, FolderStore):
                     self._id = self._open_folder()
         return self._id
 
+    def _refresh(self) -> None:
+        """The line's id again from ``.name``: its kernel objects are named by the id of the
+        line as it is now, and a forgotten line made anew has another (judged by the old
+        names, its live tickets would look dead, and be buried)."""
+        with self._open_lock:
+            if self._id is None:
+                return
+            identity = _read_identity(self.folder)
+            if identity is not None and identity[0] == self.name and identity[1] == self._id:
+                return
+            self._id = None
+            handle, self._guard_handle = self._guard_handle, None
+        win32.close(handle)
+
     def _open_folder(self) -> str:
         if not self.create:  # a look from outside creates nothing
             identity = _read_identity(self.folder)
@@ -697,6 +711,7 @@ class WindowsStore(PipeChannels, FolderStore):
     def forget(self, patience: Patience) -> bool:
         if not os.path.lexists(self.folder):
             return True
+        self._refresh()
         with self._guard(patience):
             entries = self._entries()
             for number in entries.tickets:
