@@ -59,6 +59,7 @@ def main() -> int:
     parser.add_argument("--argv", help="sys.argv to send, as JSON, hex-encoded (UTF-8)")
     parser.add_argument("--stay", action="store_true")
     parser.add_argument("--chdir", help="work in this folder (hex-encoded UTF-8)")
+    parser.add_argument("--starve", action="store_true", help="use up the open files until feed")
     args = parser.parse_args()
     scope = "machine" if args.machine else "user"
     if args.mode == "hold":
@@ -131,9 +132,14 @@ def main() -> int:
         say("backend", one_line(exc))
         return 2
     say("first", os.getpid(), turn.ticket)
+    hoard = starve() if args.starve else []
     for line in sys.stdin:
         command = line.strip()
-        if command == "go":
+        if command == "feed":
+            for fd in hoard:
+                os.close(fd)
+            hoard = []
+        elif command == "go":
             go.set()
         elif command == "release":
             turn.release()
@@ -141,6 +147,23 @@ def main() -> int:
         elif command == "exit":
             break
     return 0
+
+
+def starve() -> list[int]:
+    """Open files until the process may open no more (``RLIMIT_NOFILE`` lowered first, so
+    that it takes a moment): the listener's ``accept`` then fails with EMFILE."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))
+    hoard = []
+    try:
+        while True:
+            hoard.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+    say("starved", len(hoard))
+    return hoard
 
 
 def digest(argv: list[str], cwd: str, data: Any) -> str:

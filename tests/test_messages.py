@@ -19,6 +19,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -294,6 +295,56 @@ def test_a_burst_of_later_starts_is_all_answered(app):
     assert numbers == sorted(p.pid for p in later)
 
 
+def waiting_connections(channel: str) -> int:
+    """Connections to the listening socket named ``channel`` that nobody has accepted yet
+    (``ss`` shows them as its receive queue; the address it was bound by ends in the name)."""
+    shown = subprocess.run(
+        ["ss", "-xlnH"], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    for row in shown.splitlines():
+        fields = row.split()
+        if any(field.endswith("/" + channel) for field in fields):
+            return int(fields[2])
+    return 0
+
+
+def test_a_full_hand_makes_later_senders_wait_their_turn_not_fail(app, monkeypatch):
+    """With ``MAX_PENDING`` messages in hand, later senders wait in the system's queue of
+    connections until one is done, within their own timeouts (they were refused before)."""
+    monkeypatch.setattr(inturn.messages, "MAX_PENDING", 2)
+    go = threading.Event()
+    handled: list[str] = []
+
+    def on_message(message: inturn.Message) -> str:
+        handled.append(message.argv[-1])
+        go.wait(REPORT_TIMEOUT)
+        return message.argv[-1]
+
+    first = inturn.single_instance("crowd", on_message=on_message)
+    try:
+        channel = channel_of("crowd")
+        senders = [app.tool("send", "-v", "-w", "60", "crowd", "--", "0")]
+        until(lambda: handled == ["0"], "the first message in hand")
+        senders.append(app.tool("send", "-v", "-w", "60", "crowd", "--", "1"))
+        senders[-1].stderr_line("took the message")  # two in hand: the hand is full
+        senders += [app.tool("send", "-w", "60", "crowd", "--", str(i)) for i in range(2, 6)]
+        until(  # each connected, and waiting to be taken (or, refused, gone)
+            lambda: (
+                waiting_connections(channel) + sum(s.proc.poll() is not None for s in senders[2:])
+                == 4
+            ),
+            "the later senders to connect",
+        )
+        go.set()
+        for index, sender in enumerate(senders):
+            assert sender.wait() == 0, sender.stderr()
+            assert json.loads("".join(_rest(sender))) == str(index) or index > 1
+        assert sorted(handled) == [str(i) for i in range(6)]
+    finally:
+        go.set()
+        first.release()
+
+
 # --------------------------------------------------------------------------- failures
 
 
@@ -408,6 +459,58 @@ def test_the_first_instance_killed_while_a_message_is_in_flight(app, lines_dir):
     sender_first.tell("exit")
 
 
+def test_messages_behind_the_one_in_hand_when_the_instance_stops_go_to_the_next(app, lines_dir):
+    """The instance stops while its handler has one message in hand and another waits behind
+    it: the one in hand is answered before ``release()`` returns, and the one behind, told
+    that the instance stopped before handling it, goes to the next instance (it was told
+    "did not answer", as if it might have been handled, before)."""
+    go = threading.Event()
+    handled: list[str] = []
+
+    def on_message(message: inturn.Message) -> str:
+        handled.append(message.argv[-1])
+        go.wait(REPORT_TIMEOUT)
+        return "from the first"
+
+    first = inturn.single_instance("handover", on_message=on_message)
+    try:
+        second = app.start("handover", "--wait", "--reply", "echo")
+        until(lambda: len(inturn.Line("handover").status().waiters) == 1, "the second in line")
+        in_hand = app.tool("send", "-v", "-w", "60", "handover", "--", "0")
+        until(lambda: handled == ["0"], "the first message in hand")
+        behind = app.tool("send", "-v", "-w", "60", "handover", "--", "1")
+        behind.stderr_line("took the message")
+        socket_file = folder_of(lines_dir, "handover") / channel_of("handover")
+        releasing = threading.Thread(target=first.release)
+        releasing.start()
+        until(lambda: not socket_file.exists(), "the first instance to stop listening")
+        assert releasing.is_alive()  # release() waits for the message in hand
+        go.set()
+        releasing.join(REPORT_TIMEOUT)
+        assert in_hand.wait() == 0 and json.loads("".join(_rest(in_hand))) == "from the first"
+        second.expect("first")
+        assert behind.wait() == 0, behind.stderr()
+        assert json.loads("".join(_rest(behind)))["argv"] == ["handover", "1"]
+        assert handled == ["0"]
+    finally:
+        go.set()
+        first.release()
+
+
+def test_a_passing_shortage_of_descriptors_does_not_stop_the_listener(app):
+    """``accept`` failing with EMFILE (the instance used up its open files for a moment) is
+    tried again once descriptors are free: the sender waiting meanwhile is answered (the
+    listener stopped for good before)."""
+    first = app.start("short", "--reply", "echo", "--starve")
+    first.expect("first")
+    first.expect("starved")
+    sender = app.tool("send", "-w", "60", "short", "--", "x")
+    first.stderr_line("cannot take a message now")
+    first.tell("feed")
+    assert sender.wait() == 0, sender.stderr()
+    assert json.loads("".join(_rest(sender)))["argv"] == ["short", "x"]
+
+
 def test_inturn_send_tells_the_instance_ended_before_it_answered(app):
     first = app.first("crash2", "--hold-first")
     sender = app.tool("send", "-v", "crash2", "--", "x")
@@ -507,6 +610,12 @@ def test_bad_input_is_one_clear_line(lines_dir, app):
         inturn.single_instance("bad", wait=-1)
     with pytest.raises(inturn.UsageError, match="data must be a JSON value"):
         inturn.single_instance("bad", data=object())
+
+    async def in_a_loop(message: inturn.Message) -> str:
+        return "never awaited"
+
+    with pytest.raises(inturn.UsageError, match="on_message must be a plain function"):
+        inturn.single_instance("bad", on_message=in_a_loop)
     with pytest.raises(inturn.UsageError, match="argv must be a list of strings"):
         inturn.send("bad", "abc")
     with pytest.raises(inturn.UsageError, match="argv must be a list of strings"):

@@ -617,9 +617,7 @@ class turn:
         if inspect.isasyncgenfunction(func):
             return cast("F", self._async_generator(func))
 
-        if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
-            type(func).__call__  # an object with ``async def __call__``
-        ):
+        if _is_async(func):
 
             @functools.wraps(func)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
@@ -828,6 +826,12 @@ def single_instance(
     line = Line(name, scope=scope, directory=directory, backend=backend)
     if on_message is not None and not callable(on_message):
         raise UsageError(f"on_message must be a function that takes a Message, not {on_message!r}")
+    if on_message is not None and _is_async(on_message):
+        raise UsageError(
+            "on_message must be a plain function: it runs in a thread of the listener's, not "
+            "in an event loop (to hand a message to a loop, use "
+            "asyncio.run_coroutine_threadsafe and wait for its result)"
+        )
     acceptance = Acceptance(line.scope, accept_from)
     seconds = check_timeout(timeout)
     in_line = _wait_seconds(wait)
@@ -879,6 +883,15 @@ def single_instance(
     if listener is not None:
         listener.start()
     return instance
+
+
+def _is_async(func: object) -> bool:
+    """An ``async def`` function, or an object with an ``async def __call__``."""
+    import inspect
+
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        type(func).__call__  # an object with ``async def __call__``
+    )
 
 
 def _uncaught_exception() -> bool:

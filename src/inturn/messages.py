@@ -13,20 +13,25 @@ JSON in UTF-8, at most ``MAX_MESSAGE_BYTES``)::
 
 A holder may instead answer ``{"refused": why}`` (a user it does not accept, too many at
 once), ``{"invalid": why}`` (a malformed or oversized message) or ``{"gone": why}`` (it
-stopped listening first). The acknowledgement tells the sender whether the message can have
-been handled: one that never got it may safely try again (``single_instance`` then tries to
-become the first instance), one that got it and no answer learns that the instance ended
-before it answered.
+stopped listening first, or before the message's turn came: it was not handled). The
+acknowledgement tells the sender whether the message can have been handled: one that never got
+it, or was told ``gone``, may safely try again (``single_instance`` then tries to become the
+first instance), one that got it and no answer learns that the instance ended before it
+answered. An instance that stops (``release()``, or the program's end) first lets the message
+in hand be handled and tells the ones behind it ``gone``, for a while (``STOP_SECONDS``).
 
 The listener never waits on a sender: each connection is read by a thread of its own, with
 ``REQUEST_SECONDS`` to deliver its message, and ``on_message`` runs in one more thread, once
 per message, in the order the messages arrived (were acknowledged). A slow, silent, oversized
 or malformed sender is dropped with a warning and delays nobody else; an ``on_message`` that
-raises sends the sender an error, which it raises as ``MessageError``.
+raises sends the sender an error, which it raises as ``MessageError``. With ``MAX_PENDING``
+messages in hand, the listener takes no more connections until one is done: later senders
+wait in the system's queue of connections, within their own timeouts.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import queue
@@ -45,6 +50,13 @@ MAX_MESSAGE_BYTES = 1024 * 1024  # a message or a reply, as JSON in UTF-8
 REQUEST_SECONDS = 3.0  # a sender must have delivered its whole message by then
 REPLY_SECONDS = 5.0  # a sender must have taken its answer by then
 MAX_PENDING = 64  # connections being read or waiting for on_message at once
+STOP_SECONDS = 5.0  # how long a stop waits for the message in hand and the answers to go out
+# accept() failing for want of a resource (descriptors, memory): tried again after this long
+RESOURCE_PAUSE_SECONDS = 0.1
+SHORT_OF = frozenset(
+    getattr(errno, name) for name in ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM")
+    if hasattr(errno, name)
+)  # fmt: skip
 PROTOCOL = 1
 ANYONE = "*"  # accept_from= value: every user of the machine
 
@@ -241,41 +253,79 @@ class Listener:
         self.acceptance = acceptance
         self.name = name
         self._lock = threading.Lock()
-        self._pending = 0
+        self._changed = threading.Condition(self._lock)  # a count below fell, or a stop
+        self._pending = 0  # connections taken and not yet closed
+        self._answering = 0  # acknowledged messages whose answer has not gone out yet
         self._queue: queue.SimpleQueue[tuple[Message, _Slot] | None] = queue.SimpleQueue()
+        self._dispatcher: threading.Thread | None = None
         self.stopped = False
 
     def start(self) -> None:
         threading.Thread(target=self._accept, daemon=True, name="inturn-listen").start()
-        threading.Thread(target=self._dispatch, daemon=True, name="inturn-on-message").start()
+        self._dispatcher = threading.Thread(
+            target=self._dispatch, daemon=True, name="inturn-on-message"
+        )
+        self._dispatcher.start()
 
     def stop(self) -> None:
         """Stop listening (from any thread, ``on_message`` included): the socket or pipe is
-        removed, and messages not handled yet are answered that the instance is gone."""
-        with self._lock:
+        removed, the message being handled is let finish and those behind it are answered
+        that the instance is gone (their senders try again, and one becomes the instance).
+
+        Unless called from ``on_message`` itself, this waits (up to ``STOP_SECONDS``) until
+        those answers have gone out: at the program's end, the listener's threads would
+        otherwise die with them unsent, and the senders could not tell a message handled from
+        one never looked at. So once ``release()`` returns, ``on_message`` has returned too.
+        """
+        with self._changed:
             if self.stopped:
                 return
             self.stopped = True
+            self._changed.notify_all()
         self.channel.close()
         self._queue.put(None)
+        dispatcher = self._dispatcher
+        if dispatcher is None or dispatcher is threading.current_thread():
+            return
+        deadline = time.monotonic() + STOP_SECONDS
+        dispatcher.join(STOP_SECONDS)
+        with self._changed:
+            self._changed.wait_for(lambda: not self._answering, deadline - time.monotonic())
+        if dispatcher.is_alive():
+            warn(
+                f"on_message of line {self.name!r} still runs {STOP_SECONDS:g}s after the "
+                "instance stopped listening; its reply will not be sent"
+            )
 
     # -- accepting
 
     def _accept(self) -> None:
+        short = False  # accept failed for want of descriptors or memory, and said so
         while True:
+            with self._changed:  # a full hand: later senders wait in the system's queue
+                self._changed.wait_for(lambda: self._pending < MAX_PENDING or self.stopped)
+                if self.stopped:
+                    return
             try:
                 connection = self.channel.accept()
             except (OSError, BackendError) as exc:
-                if not self.stopped:
-                    warn(f"line {self.name!r} stopped listening for messages: {exc}")
+                if self.stopped:
+                    return
+                if isinstance(exc, OSError) and exc.errno in SHORT_OF:
+                    if not short:  # a passing shortage: the connection waits for us
+                        warn(f"line {self.name!r} cannot take a message now: {exc}")
+                    short = True
+                    with self._changed:
+                        self._changed.wait_for(lambda: self.stopped, RESOURCE_PAUSE_SECONDS)
+                    continue
+                warn(f"line {self.name!r} stopped listening for messages: {exc}")
                 return
             if connection is None:
                 return
+            short = False
             why = self.acceptance.refusal(connection.peer)
             with self._lock:
-                if why is None and self._pending >= MAX_PENDING:
-                    why = f"it has {MAX_PENDING} messages in hand already"
-                elif why is None:
+                if why is None:
                     self._pending += 1
             if why is not None:
                 warn(
@@ -325,16 +375,24 @@ class Listener:
             except (OSError, TimeoutError):
                 slot.decide(False)
                 return
+            with self._lock:
+                self._answering += 1
             slot.decide(True)
-            slot.ready.wait()
-            with suppress(OSError):  # the sender gave up waiting
-                connection.send(slot.answer, time.monotonic() + REPLY_SECONDS)
+            try:
+                slot.ready.wait()
+                with suppress(OSError):  # the sender gave up waiting
+                    connection.send(slot.answer, time.monotonic() + REPLY_SECONDS)
+            finally:
+                with self._changed:
+                    self._answering -= 1
+                    self._changed.notify_all()
         except Exception as exc:  # a bug here must not take the listener down
             warn(f"line {self.name!r}: a message from {who} failed: {exc!r}")
         finally:
             connection.close()
-            with self._lock:
+            with self._changed:
                 self._pending -= 1
+                self._changed.notify_all()
 
     def _read(self, connection: Connection, who: str) -> Message | None:
         dropped = f"line {self.name!r} dropped a message from {who}"
@@ -409,7 +467,8 @@ def deliver(
 ) -> Any:
     """Send ``message`` to the holder's channel and return its reply.
 
-    ``Unreachable`` when it did not take the message (safe to try again), ``NotRunning``
+    ``Unreachable`` when it did not take the message or said it was gone before handling
+    it (safe to try again), ``NotRunning``
     when it took it but ended before it answered, ``Timeout`` when it did not answer in
     time, ``MessageError`` when it answered with an error, ``BackendError`` when what is
     there is not the holder's.
@@ -468,6 +527,8 @@ def deliver(
                     "have acted on it); the next start becomes the first instance",
                     pid,
                 ) from None
+        if "gone" in answer:  # it stopped listening before handling it: not handled
+            raise Unreachable()
         return _outcome(answer, who, pid)
     finally:
         connection.close()
@@ -499,8 +560,7 @@ def _outcome(answer: dict[str, Any], who: str, pid: int | None) -> Any:
     if "invalid" in answer:
         why = escape_controls(str(answer["invalid"]))
         raise MessageError(f"{who} could not read the message: {why}", "invalid", pid)
-    why = escape_controls(str(answer.get("gone", "")))
-    raise NotRunning(f"{who} did not answer: {why}", pid)
+    raise MessageError(f"{who} answered something that is not an answer", "invalid", pid)
 
 
 def send(
@@ -511,16 +571,18 @@ def send(
 ) -> Any:
     """Deliver ``message`` to whoever holds ``store``'s line and listens; its reply.
 
-    A holder that is on its way out (its channel already gone) is waited for, for as long
-    as the timeout allows, and the message then goes to the next holder, if one listens.
+    A holder that is on its way out (its channel already gone, or stopped before it handled
+    the message) is waited for, for as long as the timeout allows, and the message then goes
+    to the next holder, if one listens: the first in line, if nobody holds at that moment (a
+    ``single_instance(wait=True)`` takes its messages once it holds).
     """
     store.check_channels()
     deadline = time.monotonic() + timeout
     while True:
         status = store.status()
-        if not status.holders:
+        if not status.holders and not status.waiters:
             raise NotRunning(f"no instance of line {store.name!r} is running")
-        holder = status.holders[0]
+        holder = (*status.holders, *status.waiters)[0]
         if not holder.channel:
             raise NotRunning(
                 f"line {store.name!r} is held by {holder.describe(live=True)}, which does not "

@@ -337,6 +337,7 @@ class ListeningChannel(Channel):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._accepting = False
+        self._waking = False
         self._released = False
         self.closed = False
 
@@ -362,7 +363,7 @@ class ListeningChannel(Channel):
         finally:
             with self._lock:
                 self._accepting = False
-                release = self.closed
+                release = self.closed and not self._waking
             if release:
                 self._release()
 
@@ -371,10 +372,15 @@ class ListeningChannel(Channel):
             if self.closed:
                 return
             self.closed = True
-            accepting = self._accepting
-        self._wake()
-        if not accepting:
-            self._release()
+            self._waking = True  # ``_wake`` uses what ``_free`` closes: not freed meanwhile
+        try:
+            self._wake()
+        finally:
+            with self._lock:
+                self._waking = False
+                release = not self._accepting
+            if release:
+                self._release()
 
     def _release(self) -> None:
         with self._lock:

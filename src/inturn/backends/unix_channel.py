@@ -271,7 +271,7 @@ class UnixChannel(ListeningChannel):
         """The listener stays with the parent: a child drops its copies, removing nothing."""
         self._lock = threading.Lock()
         self.closed = True
-        self._accepting = False
+        self._accepting = self._waking = False
         self._release()
 
 
