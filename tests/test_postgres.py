@@ -467,6 +467,64 @@ def test_hostile_names_are_just_names(pg_url):
     assert result.returncode == 0
 
 
+def _cancelled_while_stalled(
+    pg_server: str, schema: str, number: int, act: Any, statement: str
+) -> None:
+    """Run ``act()`` in a thread while ticket ``number``'s row is locked, so that the statement
+    its session then makes (marking the turn, or leaving) stalls; cancel that statement as a
+    ``newest_wins`` arrival's wake-up would, and let it go on once it was cancelled."""
+    with psycopg.connect(pg_server) as blocker:
+        (pid,) = blocker.execute(
+            f"SELECT backend_pid FROM {schema}.tickets WHERE number = %s FOR UPDATE", [number]
+        ).fetchone()
+        thread = threading.Thread(target=act)
+        thread.start()
+
+        def stalled() -> Any:
+            row = sql(
+                pg_server,
+                "SELECT query_start FROM pg_stat_activity WHERE pid = %s"
+                " AND wait_event_type = 'Lock' AND query LIKE %s",
+                pid,
+                statement + "%",
+            )
+            return row[0][0] if row else None
+
+        until(lambda: stalled() is not None, "the statement to stall on the row")
+        before = stalled()
+        sql(pg_server, "SELECT pg_cancel_backend(%s)", pid)
+        until(  # cancelled: tried again (a new statement) or given up (session gone)
+            lambda: (
+                stalled() not in (before,)
+                or not sql(pg_server, "SELECT 1 FROM pg_stat_activity WHERE pid = %s", pid)
+            ),
+            "the cancel to land",
+        )
+        blocker.commit()
+    thread.join(REPORT_TIMEOUT)
+
+
+def test_a_cancel_landing_on_marking_or_leaving_loses_nothing(pg_url, pg_server, schema):
+    """A later ``newest_wins`` arrival wakes the waiter it replaces by cancelling its
+    session's statement; the waiter may already have woken and be marking its turn, or be
+    leaving it. Before, the turn was lost (``LostTurn`` as it came) or the leave failed and
+    the next holder was told the holder had died."""
+    line = inturn.Line("late-cancel", backend=pg_url)
+    holder = line.acquire()
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(line.acquire()))
+    waiter.start()
+    until(lambda: len(line.status().waiters) == 1, "the waiter to wait")
+    number = line.status().waiters[0].number
+    _cancelled_while_stalled(pg_server, schema, number, holder.release, "UPDATE")
+    waiter.join(REPORT_TIMEOUT)
+    assert [t.ticket for t in got] == [number] and not got[0].abandoned
+    _cancelled_while_stalled(pg_server, schema, number, got[0].release, "CALL")
+    with line.acquire(blocking=False) as after:
+        assert not after.abandoned
+    line.close()
+
+
 # --------------------------------------------------------------------------- roles
 
 

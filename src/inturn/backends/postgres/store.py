@@ -352,8 +352,8 @@ class PostgresBackend(Backend):
             try:
                 result = work(conn)
             except psycopg.OperationalError as exc:
-                conn.close()
-                if attempt == 2 or isinstance(exc, pg_errors.QueryCanceled):
+                conn.close()  # a cancel meant for a waiter it once was: a fresh one, too
+                if attempt == 2:
                     raise self.translate(exc) from None
                 continue
             except psycopg.Error as exc:
@@ -859,7 +859,9 @@ class PostgresStore(LineStore):
         if conn is None or conn.closed:
             raise LostTurn(f"lost the connection to {self.where} as the turn came")
         try:
-            row = conn.execute(self.stmts.mark, {"when": when, "number": me.number}).fetchone()
+            row = _despite_cancels(
+                lambda: conn.execute(self.stmts.mark, {"when": when, "number": me.number})
+            ).fetchone()
         except psycopg.OperationalError as exc:
             raise LostTurn(
                 f"lost the connection to {self.where} as the turn came: "
@@ -927,7 +929,7 @@ class PostgresStore(LineStore):
         clean = False
         if conn.info.transaction_status == pq.TransactionStatus.IDLE:
             try:
-                conn.execute(self.stmts.leave, {"number": me.number})
+                _despite_cancels(lambda: conn.execute(self.stmts.leave, {"number": me.number}))
                 clean = True
             except psycopg.Error:
                 pass  # closing the session below frees the lock all the same
@@ -950,6 +952,19 @@ class PostgresStore(LineStore):
             return [found.get(n) for n in wanted]
 
         return self._query(me, work)
+
+
+def _despite_cancels(statement: Callable[[], T]) -> T:
+    """``statement()``, run again if a cancel ended it: a later ``newest_wins`` arrival
+    cancels the statement a waiter's session runs, to wake it from its wait, and the waiter
+    may have woken on its own and gone on to mark its turn, or to leave, by then. Those
+    statements change nothing unless they complete, and must not be lost to it."""
+    for _ in range(3):
+        try:
+            return statement()
+        except pg_errors.QueryCanceled:
+            continue
+    return statement()
 
 
 def _connect_hint(exc: psycopg.Error) -> str:
