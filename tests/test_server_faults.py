@@ -664,12 +664,16 @@ def test_redis_a_turn_given_back_while_the_server_is_down_is_given_back_cleanly(
 # --------------------------------------------------------------------------- no lock delay
 
 
+@pytest.mark.parametrize("delay", [True, False], ids=["lock-delay", "no-lock-delay"])
 @pytest.mark.parametrize("backend", ["postgresql", "redis"])
-def test_lock_delay_0_lets_the_next_holder_in_at_once(
-    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+def test_after_a_killed_holder_no_wait_runs_after_the_lock_delay_or_at_once(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str, delay: bool
 ) -> None:
-    """After a holder killed outright, ``--no-wait`` finds the line in its lock delay; with
-    the delay switched off it takes the turn at once and is told it was abandoned."""
+    """After a holder killed outright, a run that gives up sooner than the lock delay times
+    out in it, and ``--no-wait`` waits it out (nobody holds the line; it used to be refused
+    by every ``--no-wait`` run for ever, none of them claiming the dead holder's marker);
+    with the delay switched off ``--no-wait`` takes the turn at once. Either way it is told
+    the turn was abandoned, and the run after it is not."""
     log = tmp_path / "log"
     if backend == "postgresql":
         url = request.getfixturevalue("pg_url")
@@ -697,16 +701,20 @@ def test_lock_delay_0_lets_the_next_holder_in_at_once(
         finally:
             client.close()
     until(lambda: dead(old.pid), "rid of the killed command")
-    delayed = run_cli("run", "--no-wait", "--backend", url, "killed", "--", *recorder(log))
-    assert delayed.returncode == 75 and not delayed.stdout, delayed
-    said = delayed.stderr.strip().splitlines()
-    assert len(said) == 1 and "(lock delay)" in said[0], said
-    taken = run_cli("run", "--no-wait", "--backend", no_delay, "killed", "--", *recorder(log))
+    if delay:
+        timed = run_cli("run", "-w", "0.5", "--backend", url, "killed", "--", *recorder(log))
+        assert timed.returncode == 75 and not timed.stdout, timed
+        said = timed.stderr.strip().splitlines()
+        assert len(said) == 1 and "gave up waiting" in said[0], said
+    taker = url if delay else no_delay
+    taken = run_cli("run", "--no-wait", "--backend", taker, "killed", "--", *recorder(log))
     assert taken.returncode == 0, taken
     words = taken.stdout.split()
     assert words[:1] == ["told"] and words[2] == "1", taken.stdout
     assert int(words[1]) > old.ticket
-    assert_exclusive(log, expected=2)
+    after = run_cli("run", "--no-wait", "--backend", url, "killed", "--", *recorder(log))
+    assert after.returncode == 0 and after.stdout.split()[2] == "0", after
+    assert_exclusive(log, expected=3)
 
 
 # --------------------------------------------------------------------------- bad values

@@ -364,7 +364,12 @@ class _Waiter:
 
     def _lock_delay(self, pending: set[int]) -> bool:
         """Wait out the lock delay after an unclean end (or after losing sight of the line);
-        True if it waited (look again)."""
+        True if it waited (look again).
+
+        A caller that would not wait for a holder (``blocking=False``) waits this out too:
+        nobody holds the line, the delay is short and ends, and each newcomer counts it from
+        its own first sight of the marker, so a line used only by such callers would refuse
+        them for ever (nobody would ever claim the marker)."""
         delay = self.store.lock_delay
         if delay <= 0:
             return False
@@ -378,12 +383,6 @@ class _Waiter:
         if left <= 0:
             return False
         name = self.store.name
-        if not self.blocking:
-            raise Busy(
-                f"line {name!r} is free in {left:.1f}s: the last turn ended uncleanly and "
-                f"the line waits {delay:g}s (lock delay) for its holder to have stopped",
-                self.store.status(),
-            )
         remaining = self._remaining()
         if remaining is not None and remaining < left:
             pause(remaining, self.patience.cancel, name)
