@@ -16,7 +16,7 @@ import pytest
 
 import inturn
 
-from conftest import REPORT_TIMEOUT, Where, run_async
+from conftest import REPORT_TIMEOUT, Where, run_async, until
 
 HANG = 20.0  # a bound that only detects a hang: a refusal comes at once
 
@@ -256,6 +256,41 @@ def test_a_task_waiting_for_itself_is_refused(where: Where) -> None:
     run_async(scenario)
     assert outcome == ["refused"]
     assert_clean(line)
+
+
+@pytest.mark.parametrize(
+    ("first", "again", "between"),
+    [(False, False, False), (True, True, False), (True, True, True), (True, False, True)],
+    ids=["exclusive-twice", "shared-twice-writer-between", "shared-twice-reader-between",
+         "shared-then-exclusive"],
+)  # fmt: skip
+def test_asking_again_behind_someone_who_waits_for_you_is_refused(
+    lines_dir, first: bool, again: bool, between: bool
+) -> None:
+    """A thread holds the line, someone else waits behind it, and the thread asks again
+    (without a timeout): the one between waits for the thread's turn, the thread for it.
+    Refused (it hung when the one between was not itself the thread's: only the nearest
+    ticket was looked at). A reader between two reads of the thread is no such wait."""
+    line = inturn.Line("between")
+    outer = [line.acquire(shared=first)]
+    done = threading.Event()
+
+    def take_a_turn() -> None:
+        with line.acquire(shared=between):
+            done.wait(REPORT_TIMEOUT)
+
+    other = threading.Thread(target=take_a_turn)
+    other.start()
+    until(lambda: len(line.status().waiters) + len(line.status().holders) == 2, "the other")
+    if first and again and between:  # readers all: it holds beside the thread; so does this
+        line.acquire(shared=True).release()
+    else:
+        with pytest.raises(inturn.InturnError, match="not re-entrant"):
+            _refused_or_rescued(outer, lambda: line.acquire(shared=again))
+    outer[0].release()
+    done.set()
+    other.join(REPORT_TIMEOUT)
+    assert line.status().holders == () and line.status().waiters == ()
 
 
 def _refused_or_rescued(outer: list[inturn.Turn], body: Callable[[], object]) -> None:

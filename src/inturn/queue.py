@@ -93,10 +93,11 @@ class Holdings:
         with self._lock:
             self._owners.pop(self._key(store, number), None)
 
-    def all_owned_by(self, store: LineStore, numbers: Sequence[int], asker: Asker) -> bool:
+    def owned_by(self, store: LineStore, numbers: Sequence[int], asker: Asker) -> set[int]:
+        """Those of ``numbers`` that ``asker`` holds (or that only it could release)."""
         with self._lock:
-            held = [self._owners.get(self._key(store, n)) for n in numbers]
-        return bool(held) and all(h is not None and asker.waits_for(*h) for h in held)
+            held = {n: self._owners.get(self._key(store, n)) for n in numbers}
+        return {n for n, h in held.items() if h is not None and asker.waits_for(*h)}
 
     def after_fork_in_child(self) -> None:
         """The parent's turns are not the child's (``Membership``s close their copies)."""
@@ -292,7 +293,8 @@ class _Waiter:
                 raise Busy(_full_message(store, me, live, request.slots), store.status())
             remaining = self._remaining()
             watch = to_watch(request, live, view.shared)
-            if remaining is None and self.holdings.all_owned_by(store, watch, self.asker):
+            mine = self.holdings.owned_by(store, live, self.asker)
+            if remaining is None and mine and waits_for_itself(request, live, view.shared, mine):
                 raise InturnError(
                     f"this {_kind(self.asker)} already holds line {store.name!r} and would wait "
                     "for itself forever: turns are not re-entrant (release the first, or use "
@@ -402,6 +404,26 @@ def holds_at(slots: int, live: Sequence[int], shared: frozenset[int], number: in
     """Whether live ticket ``number`` holds the turn, by the same rule, from those ahead of it."""
     ahead = [n for n in live if n < number]
     return may_hold(Request(slots, number in shared), ahead, shared)
+
+
+def waits_for_itself(
+    request: Request, live: Sequence[int], shared: frozenset[int], mine: set[int]
+) -> bool:
+    """Whether the turn can never come while the tickets ``mine`` (held by the one asking)
+    stay: the others ahead are let go, each once it could hold beside what remains, and the
+    turn must then still be out of reach. A writer waiting between two of a thread's reads
+    waits for the first, which waits for the thread: neither the nearest ticket alone nor
+    the ones watched tell that."""
+    remaining = list(live)
+    moved = True
+    while moved:
+        moved = False
+        for number in remaining:
+            if number not in mine and holds_at(request.slots, remaining, shared, number):
+                remaining.remove(number)
+                moved = True
+                break
+    return not may_hold(request, remaining, shared)
 
 
 def to_watch(request: Request, live: Sequence[int], shared: frozenset[int]) -> list[int]:
