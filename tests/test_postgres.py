@@ -291,6 +291,65 @@ def test_a_waiter_whose_connection_drops_reconnects_and_waits_again(
     assert waiter.wait() == 0
 
 
+def test_a_waiter_whose_connection_drops_as_its_turn_comes_waits_again(
+    pg_server, schema, proxy, workers
+):
+    """The waiter at the front wakes, and its connection drops while it marks the turn as its
+    own: it never held the turn, so it takes a new place and waits again, as a waiter whose
+    connection drops while it sleeps does (it failed with LostTurn, exit 2, before); the one
+    behind it goes first, and nobody is told of a death."""
+    direct = with_schema(pg_server, schema)
+    line = inturn.Line("front", backend=direct)
+    holder = line.acquire()
+    env = child_env(INTURN_BACKEND=with_schema(url_for(pg_server, port=proxy.port), schema))
+    front = Worker("front", env=env)
+    workers.append(front)
+    first = int(front.expect("waiting")[1])
+    behind = Worker("front", "--hold", env=child_env(INTURN_BACKEND=direct))
+    workers.append(behind)
+    behind.expect("waiting")
+    proxy.hold()  # what the front waiter sends next (the mark, once woken) waits here
+    holder.release()
+    assert proxy.wait_held(1)
+    proxy.cut()
+    proxy.let_go()
+    again = int(front.expect("waiting")[1])  # back in line, behind the one behind it
+    assert again > first
+    _, _, abandoned, _ = behind.acquired()
+    assert abandoned == "0"
+    behind.send()
+    _, ticket, abandoned, _ = front.acquired()
+    assert (int(ticket), abandoned) == (again, "0")
+    assert front.wait() == 0 and behind.wait() == 0
+    line.close()
+
+
+def test_a_newest_wins_waiter_that_rejoins_yields_to_a_newer_one(pg_server, schema, proxy, workers):
+    """A ``newest_wins`` waiter loses its session, and a newer ``newest_wins`` run joins
+    before it can come back: it takes a new place behind the newer one, and yields to it
+    (replaced, exit 77) rather than run after it, an older request last (it ran last)."""
+    direct = with_schema(pg_server, schema)
+    line = inturn.Line("newest", backend=direct)
+    holder = line.acquire()
+    via_proxy = child_env(INTURN_BACKEND=with_schema(url_for(pg_server, port=proxy.port), schema))
+    older = Worker("newest", "--newest-wins", env=via_proxy)
+    workers.append(older)
+    older.expect("waiting", skip=("joining",))
+    proxy.blackhole()  # its reconnections go unanswered until the newer one is in line
+    proxy.cut()
+    newer = Worker("newest", "--newest-wins", "--hold", env=child_env(INTURN_BACKEND=direct))
+    workers.append(newer)
+    newer.expect("waiting", skip=("joining",))
+    proxy.blackholed.clear()
+    older.expect("replaced", skip=("waiting",))
+    assert older.wait() == 77
+    holder.release()
+    newer.acquired()
+    newer.send()
+    assert newer.wait() == 0
+    line.close()
+
+
 def test_a_server_restart_while_waiters_wait(private_cluster, workers, tmp_path):
     url = with_schema(private_cluster.url, "inturn_restart")
     env = child_env(INTURN_BACKEND=url)

@@ -33,6 +33,7 @@ from .backends.base import (
     LineStore,
     Membership,
     Patience,
+    TookNewPlace,
     View,
     one_sleep,
     pause,
@@ -180,14 +181,22 @@ def take_turn(
     except GuardTaken as exc:
         raise _impatient(store, blocking, timeout, str(exc)) from None
     try:
-        if view is not None and not view.tickets and not view.markers:
-            claim = False  # nobody ahead, nothing to claim: the turn is ours at once
-        else:
-            waiter = _Waiter(store, me, request, deadline, blocking, patience)
-            waiter.on_progress, waiter.holdings = on_progress, holdings
-            waiter.asker = Asker(owner, task, loop)
-            claim = waiter.wait_for_front(view)
-        store.mark_acquired(me, time.time())
+        waiter = None
+        while True:
+            if waiter is None and view is not None and not view.tickets and not view.markers:
+                claim = False  # nobody ahead, nothing to claim: the turn is ours at once
+            else:
+                if waiter is None:
+                    waiter = _Waiter(store, me, request, deadline, blocking, patience)
+                    waiter.on_progress, waiter.holdings = on_progress, holdings
+                    waiter.asker = Asker(owner, task, loop)
+                claim = waiter.wait_for_front(view)
+            try:
+                store.mark_acquired(me, time.time())
+            except TookNewPlace:
+                view = None  # lost its place as the turn came: back in line, wait again
+                continue
+            break
         dead = store.claim_abandoned(me) if claim else None
     except GuardTaken as exc:
         store.leave(me)

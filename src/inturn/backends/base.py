@@ -45,6 +45,11 @@ class GuardTaken(BackendError):
     someone holds it for long. The queue turns this into ``Busy`` or ``Timeout``."""
 
 
+class TookNewPlace(Exception):
+    """``mark_acquired`` found the waiter's place gone as its turn came (a server session
+    that ended just then) and took a new one, at the back: the queue waits again."""
+
+
 # The small records below are plain classes, not ``NamedTuple``s: building a ``NamedTuple``
 # class costs a few hundred microseconds at import, paid by every start of ``inturn``.
 
@@ -464,7 +469,8 @@ class LineStore(ABC):
 
     @abstractmethod
     def mark_acquired(self, me: Membership, when: float) -> None:
-        """Record that ``me`` now holds the turn (status shows it; death now means abandoned)."""
+        """Record that ``me`` now holds the turn (status shows it; death now means abandoned);
+        ``TookNewPlace`` if it had lost its place just then and is back in line."""
 
     @abstractmethod
     def claim_abandoned(self, me: Membership) -> Ticket | None:

@@ -45,6 +45,7 @@ class PostgresMembership(Membership):
 
     def __init__(self, number: int, conn: Connection, me: Ticket) -> None:
         self.number = number
+        self.earlier: list[int] = []  # the places it had before a lost session made it rejoin
         self.shared = me.shared
         self.newest_wins = me.newest_wins
         self.conn: Connection | None = conn

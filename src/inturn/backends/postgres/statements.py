@@ -303,6 +303,21 @@ class Statements:
             " WHERE number = %(number)s"
         )
         self.replaced_by = q("SELECT by_number FROM {s}.replaced WHERE number = %(me)s")
+        # A newest_wins waiter that took a new place after losing its session: replaced
+        # (marked as such, for its next look) if its earlier places were, or if a live
+        # newest_wins ticket that came after its first place waits ahead of its new one (a
+        # newer request, which would otherwise run first and be followed by this older one).
+        self.superseded = sql.SQL(
+            _HELD + ", newer AS ("
+            "  SELECT by_number AS by FROM {s}.replaced WHERE number = ANY(%(before)s::bigint[])"
+            "  UNION ALL"
+            "  SELECT t.number FROM {s}.tickets t WHERE t.line_id = %(line_id)s"
+            "  AND t.number > %(arrived)s AND t.number < %(me)s AND " + _ALIVE + ""
+            "  AND coalesce((t.record::jsonb ->> 'newest_wins')::boolean, false))"
+            " INSERT INTO {s}.replaced (number, by_number)"
+            " SELECT %(me)s, max(by) FROM newer HAVING count(*) > 0"
+            " ON CONFLICT (number) DO NOTHING"
+        ).format(s=s, c=sql.Literal(self.cls))
         # Until a replacer's cancel request ends it (a day at most: the wait is then redone),
         # unless it has been replaced already: checked in the same statement, so that a cancel
         # request that came just before the statement (which cancels nothing) is not missed.

@@ -62,6 +62,7 @@ from ..base import (
     LineStore,
     Membership,
     Patience,
+    TookNewPlace,
     View,
     Woke,
     check_scope,
@@ -698,7 +699,17 @@ class PostgresStore(LineStore):
                 except BaseException:
                     conn.close()
                     raise
+                before = [*member.earlier, member.number]
+                if member.newest_wins:  # a newer run that came meanwhile goes first, alone
+                    params = {
+                        "before": before,
+                        "arrived": before[0],
+                        "me": number,
+                        "line_id": self._line(conn),
+                    }
+                    conn.execute(self.stmts.superseded, params)
                 member.conn, member.number = conn, number
+                member.earlier = before
                 member.lost_track_at = start
                 why = (
                     "the server ended its statement to break a deadlock with another session"
@@ -863,6 +874,8 @@ class PostgresStore(LineStore):
                 lambda: conn.execute(self.stmts.mark, {"when": when, "number": me.number})
             ).fetchone()
         except psycopg.OperationalError as exc:
+            if not me.holding and self._rejoin(me, None, exc):
+                raise TookNewPlace() from None  # never held: wait again, as any waiter
             raise LostTurn(
                 f"lost the connection to {self.where} as the turn came: "
                 f"{_reason(exc, self.backend.address)}"
