@@ -315,6 +315,25 @@ for args in (["run", "gui", "--", *command, seen], ["status"], ["run", "--slots"
 """
 
 
+def test_a_command_windows_cannot_start_is_refused_before_joining(win: Win) -> None:
+    """Every file passes the "executable" check on Windows: a document given as the command
+    waited in line, then failed with exit 2 and "Bad EXE format for %1". Now it is refused at
+    once (126), as a command not found is (127), while someone else holds the line."""
+    holder = win.worker("notexe", "--hold")
+    holder.expect("acquired")
+    notes = win.folder.parent / "notes.txt"
+    notes.write_text("not a program\n")
+    code, out, err = win.run("-m", "inturn", "run", "notexe", "--", windows_path(notes))
+    said = err.strip().splitlines()
+    assert (code, out) == (126, ""), (code, out, err)
+    assert len(said) == 1 and "is not a program Windows can start" in said[0], said
+    code, _, err = win.run("-m", "inturn", "run", "notexe", "--", "no-such-program-here")
+    assert code == 127 and "command not found" in err, (code, err)
+    assert win.status("notexe")["waiters"] == []
+    holder.send("release")
+    holder.expect("released")
+
+
 def test_run_from_a_program_without_standard_handles(win: Win) -> None:
     seen = win.folder.parent / "seen"
     code, out, err = win.run("-c", WITHOUT_STREAMS, windows_path(seen))

@@ -175,8 +175,9 @@ def run_child(
                     env=env,
                     creationflags=win32.CREATE_SUSPENDED,
                 )
-            except OSError as exc:
-                raise UsageError(f"cannot run {command[0]}: {exc.strerror}") from None
+            except OSError as exc:  # the system's words may hold a placeholder for the name
+                why = (exc.strerror or str(exc)).replace("%1", program)
+                raise UsageError(f"cannot run {command[0]}: {why}") from None
             try:
                 job.adopt(child.pid)
             except BaseException as exc:

@@ -215,6 +215,10 @@ def duration_text(seconds: float | None) -> str:
     return duration(seconds)
 
 
+# What Windows starts by itself (CreateProcess, and cmd.exe for a batch file).
+WINDOWS_RUNNABLE = (".exe", ".com", ".bat", ".cmd")
+
+
 class NotRunnable(Exception):
     """The command cannot be run; ``code`` is what a shell would exit with (127, 126)."""
 
@@ -234,6 +238,12 @@ def _find(program: str) -> str:
         if not os.access(program, os.X_OK):
             raise NotRunnable(
                 f"command is not executable: {program} (check its permissions)", EXIT_CANNOT_RUN
+            )
+        if sys.platform == "win32" and not program.lower().endswith(WINDOWS_RUNNABLE):
+            raise NotRunnable(  # every file is "executable" there: its name decides
+                f"{program} is not a program Windows can start (an .exe, .com, .bat or .cmd "
+                "file): to open a document or run a script, name the program that does it",
+                EXIT_CANNOT_RUN,
             )
         return program
     found = find_on_path(program)
