@@ -897,6 +897,14 @@ def test_status_shows_each_tickets_mode(where, workers):
     (described,) = [d for d in every["lines"] if d["name"] == "modes"]
     assert [t["mode"] for t in described["holders"]] == [SHARED] * 3
 
+    for options in ((), ("--shared",)):  # busy: every holder named, and for a reader the
+        busy = run_cli("run", "-n", *options, "modes", "--", "true")  # writer it must follow
+        assert busy.returncode == 75 and len(busy.stderr.splitlines()) == 1, busy
+        for reader in readers:
+            assert f"pid {reader.pid} " in busy.stderr, busy.stderr
+        follows = f"pid {writer.pid} " in busy.stderr and "waits to write first" in busy.stderr
+        assert follows == bool(options), busy.stderr
+
     run = Run("modes", terminal=True)  # a writer on a terminal: its live status line
     assert run.terminal is not None
     seen = b""

@@ -299,7 +299,7 @@ class _Waiter:
                     continue
                 return bool(pending)
             if not self.blocking:
-                raise Busy(_full_message(store, me, live, request.slots), store.status())
+                raise Busy(_full_message(store, me, live, request, view.shared), store.status())
             remaining = self._remaining()
             watch = to_watch(request, live, view.shared)
             mine = self.holdings.owned_by(store, live, self.asker)
@@ -459,10 +459,22 @@ def _impatient(store: LineStore, blocking: bool, timeout: float | None, why: str
     return Busy(f"line {store.name!r} is busy: {why}", store.status())
 
 
-def _full_message(store: LineStore, me: Membership, live: list[int], slots: int) -> str:
-    holders = [t for t in store.read(live[:slots], me) if t is not None]
+def _full_message(
+    store: LineStore, me: Membership, live: list[int], request: Request, shared: frozenset[int]
+) -> str:
+    """Who holds the line (every holder: shared turns are several), and, for a reader that
+    could share their turn, the writer that waits first and so goes before it."""
+    holding = [n for n in live if holds_at(request.slots, live, shared, n)]
+    writer = [n for n in live if n not in holding and n not in shared][:1]
+    if not request.shared or not all(n in shared for n in holding):
+        writer = []
+    found = store.read([*holding, *writer], me)
+    holders = [t for t in found[: len(holding)] if t is not None]
     who = ", ".join(f"{t.describe(live=True)}{_since(t)}" for t in holders) or "another process"
-    return f"line {store.name!r} is busy: held by {who}"
+    text = f"line {store.name!r} is busy: held by {who}"
+    if writer and found[-1] is not None:
+        text += f"; {found[-1].describe(live=True)} waits to write first"
+    return text
 
 
 def _since(ticket: Ticket) -> str:
