@@ -116,6 +116,23 @@ def test_an_unwritable_folder_is_named_with_the_fix(users, shared_dir):
     one_line_error(result, "not writable", "INTURN_DIR")
 
 
+def test_a_ticket_its_reader_may_not_read_is_shown_in_line(users, shared_dir):
+    """A ticket file alice may not read (another user's, 0600) keeps her runs out, as a live
+    ticket does: status shows it in line, as that user's, with a warning (it said "free")."""
+    folder = shared_dir / "alice-lines"
+    alice = users.alice
+    env = alice.env(INTURN_DIR=str(folder))
+    assert alice.run(alice.inturn("run", "ro", "--", "true"), env=env).returncode == 0
+    planted = folder / "ro" / "000000000009.ticket"
+    planted.touch(mode=0o600)
+    os.chown(planted, users.mallory.uid, users.mallory.uid)
+    looked = alice.run(alice.inturn("status", "--json", "ro"), env=env)
+    assert looked.returncode == 0, looked
+    waiters = json.loads(looked.stdout)["waiters"]
+    assert [(t["ticket"], t["user"]) for t in waiters] == [(9, users.mallory.name)]
+    assert "cannot read" in looked.stderr and "shown without its details" in looked.stderr
+
+
 def test_machine_scope_is_shared_between_users(users, shared_dir):
     root = str(shared_dir / "machine")
     mallory = users.mallory

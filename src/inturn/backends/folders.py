@@ -352,6 +352,15 @@ class FolderStore(LineStore):
         where the record's own claim is to be believed); None if it is gone or not a regular
         file, with a warning for the latter."""
 
+    def _unreadable(self, entry: str) -> bool:
+        """Whether ``entry`` is a file there that this user may not read (``_read`` gave
+        None for it): a ticket in line all the same, taken as alive, never as dead."""
+        return False
+
+    def _owner_of(self, entry: str) -> str:
+        """The name of the user who owns ``entry`` ("" if unknown)."""
+        return ""
+
     @abstractmethod
     def _create(self, entry: str, data: bytes) -> bool:
         """Create a file that must not exist yet, readable by every user of the line and
@@ -445,6 +454,14 @@ class FolderStore(LineStore):
             for number in numbers:
                 name = self._ticket_name(number)
                 found = self._read(name)
+                if found is None and self._unreadable(name):  # in line all the same
+                    whose = self._owner_of(name)
+                    warn_once(
+                        f"cannot read {self._where(name)} ({whose or 'another user'}'s): shown "
+                        "without its details"
+                    )
+                    result.append(Ticket(number, user=whose))
+                    continue
                 if not found or not found[0]:  # gone, or being created, or a leaver's last
                     result.append(None)
                     continue

@@ -760,6 +760,21 @@ class PosixStore(UnixChannels, FolderStore):
         finally:
             os.close(fd)
 
+    def _unreadable(self, entry: str) -> bool:
+        try:
+            info = os.stat(self.prefix + entry, dir_fd=self._dir(), follow_symlinks=False)
+        except OSError:
+            return False
+        return stat.S_ISREG(info.st_mode) and not os.access(
+            self.prefix + entry, os.R_OK, dir_fd=self._dir(), effective_ids=True
+        )
+
+    def _owner_of(self, entry: str) -> str:
+        try:
+            return user_name(os.stat(self.prefix + entry, dir_fd=self._dir()).st_uid)
+        except OSError:
+            return ""
+
     def _create(self, entry: str, data: bytes) -> bool:
         try:
             fd = os.open(self.prefix + entry, _O_NEW, _PRIVATE, dir_fd=self._dir())
