@@ -133,6 +133,26 @@ def test_a_ticket_its_reader_may_not_read_is_shown_in_line(users, shared_dir):
     assert "cannot read" in looked.stderr and "shown without its details" in looked.stderr
 
 
+def test_forget_refuses_a_line_it_cannot_remove_whole_before_removing_anything(users, shared_dir):
+    """A line folder its user made read-only, or one with a folder among its files: forget
+    says why, and removes nothing (it removed the line's name first, then failed, hiding the
+    line from status, and blamed another user)."""
+    folder = shared_dir / "alice-forget"
+    alice = users.alice
+    env = alice.env(INTURN_DIR=str(folder))
+    assert alice.run(alice.inturn("run", "ro", "--", "true"), env=env).returncode == 0
+    assert alice.run(alice.inturn("run", "odd", "--", "true"), env=env).returncode == 0
+    (folder / "ro").chmod(0o500)
+    (folder / "odd" / "000000000007.abandoned").mkdir()
+    os.chown(folder / "odd" / "000000000007.abandoned", alice.uid, alice.uid)
+    for name, said in (("ro", "you may not write in"), ("odd", "is a folder, not a file")):
+        refused = alice.run(alice.inturn("forget", name), env=env)
+        line = one_line_error(refused, said, "nothing was removed")
+        assert "another user" not in line, line
+    names = alice.run(alice.inturn("status", "--names"), env=env)
+    assert names.stdout.split() == ["odd", "ro"], names
+
+
 def test_machine_scope_is_shared_between_users(users, shared_dir):
     root = str(shared_dir / "machine")
     mallory = users.mallory

@@ -958,21 +958,33 @@ class PosixStore(UnixChannels, FolderStore):
         return True
 
     def _refuse_half_forgetting(self, dir_fd: int) -> None:
-        """A machine-wide line with another user's files in it, which its sticky folder lets
-        only their owner (or root, or the folder's owner) remove, is refused whole: removing
-        ours and stopping at theirs would leave a line without its name, hidden from
-        ``status``, that nobody but root could forget."""
+        """A line that could not be removed whole is refused before anything is removed:
+        removing some of its files and stopping at one would leave a line without its name,
+        hidden from ``status``. So are a folder this user may not write, a folder among the
+        line's files (made by someone else, under a name of inturn's), and on a machine-wide
+        line another user's file, which its sticky folder lets only its owner (or root, or
+        the folder's owner) remove."""
+        if not os.access(self.folder, os.W_OK):
+            raise BackendError(
+                f"cannot forget line {self.name!r}: you may not write in {self.shown}; nothing "
+                "was removed"
+            )
         me = os.geteuid()
-        if not self.prefix or me == 0 or os.fstat(dir_fd).st_uid == me:
-            return
+        others_count = bool(self.prefix) and me != 0 and os.fstat(dir_fd).st_uid != me
         with self._list_lock:
             entries = self._own(os.listdir(dir_fd))
         for entry in entries:
             try:
-                owner = os.stat(self.prefix + entry, dir_fd=dir_fd, follow_symlinks=False).st_uid
+                info = os.stat(self.prefix + entry, dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            if owner != me:
+            if stat.S_ISDIR(info.st_mode):
+                raise BackendError(
+                    f"cannot forget line {self.name!r}: {self._where(entry)} is a folder, not a "
+                    "file inturn made; nothing was removed (remove it, then forget the line)"
+                )
+            owner = info.st_uid
+            if others_count and owner != me:
                 raise BackendError(
                     f"cannot forget line {self.name!r}: {self._where(entry)} belongs to "
                     f"{user_name(owner)}, and only root may remove another user's files "
