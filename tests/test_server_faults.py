@@ -664,17 +664,11 @@ def test_redis_a_turn_given_back_while_the_server_is_down_is_given_back_cleanly(
 # --------------------------------------------------------------------------- no lock delay
 
 
-@pytest.mark.parametrize("delay", [True, False], ids=["lock-delay", "no-lock-delay"])
-@pytest.mark.parametrize("backend", ["postgresql", "redis"])
-def test_after_a_killed_holder_no_wait_runs_after_the_lock_delay_or_at_once(
-    request: pytest.FixtureRequest, tmp_path: Path, backend: str, delay: bool
-) -> None:
-    """After a holder killed outright, a run that gives up sooner than the lock delay times
-    out in it, and ``--no-wait`` waits it out (nobody holds the line; it used to be refused
-    by every ``--no-wait`` run for ever, none of them claiming the dead holder's marker);
-    with the delay switched off ``--no-wait`` takes the turn at once. Either way it is told
-    the turn was abandoned, and the run after it is not."""
-    log = tmp_path / "log"
+def killed_holder(
+    request: pytest.FixtureRequest, backend: str, log: Path, *options: str
+) -> tuple[str, str, Told]:
+    """A run of line ``killed`` (with ``options``), killed outright while it holds, and gone
+    from the server: the line's URL, the same without a lock delay, and what it was told."""
     if backend == "postgresql":
         url = request.getfixturevalue("pg_url")
         server, schema = request.getfixturevalue("pg_server"), request.getfixturevalue("schema")
@@ -683,7 +677,7 @@ def test_after_a_killed_holder_no_wait_runs_after_the_lock_delay_or_at_once(
         place = request.getfixturevalue("place")
         url = place.url(lease=1)
         no_delay = url + "&lock_delay=0"
-    holder = Run("killed", "--backend", url, command=recorder(log, hold=True))
+    holder = Run("killed", *options, "--backend", url, command=recorder(log, hold=True))
     old = told(holder)
     if backend == "postgresql":
         session = holder_backend(server, schema, holder)
@@ -701,6 +695,21 @@ def test_after_a_killed_holder_no_wait_runs_after_the_lock_delay_or_at_once(
         finally:
             client.close()
     until(lambda: dead(old.pid), "rid of the killed command")
+    return url, no_delay, old
+
+
+@pytest.mark.parametrize("delay", [True, False], ids=["lock-delay", "no-lock-delay"])
+@pytest.mark.parametrize("backend", ["postgresql", "redis"])
+def test_after_a_killed_holder_no_wait_runs_after_the_lock_delay_or_at_once(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str, delay: bool
+) -> None:
+    """After a holder killed outright, a run that gives up sooner than the lock delay times
+    out in it, and ``--no-wait`` waits it out (nobody holds the line; it used to be refused
+    by every ``--no-wait`` run for ever, none of them claiming the dead holder's marker);
+    with the delay switched off ``--no-wait`` takes the turn at once. Either way it is told
+    the turn was abandoned, and the run after it is not."""
+    log = tmp_path / "log"
+    url, no_delay, old = killed_holder(request, backend, log)
     if delay:
         timed = run_cli("run", "-w", "0.5", "--backend", url, "killed", "--", *recorder(log))
         assert timed.returncode == 75 and not timed.stdout, timed
@@ -715,6 +724,28 @@ def test_after_a_killed_holder_no_wait_runs_after_the_lock_delay_or_at_once(
     after = run_cli("run", "--no-wait", "--backend", url, "killed", "--", *recorder(log))
     assert after.returncode == 0 and after.stdout.split()[2] == "0", after
     assert_exclusive(log, expected=3)
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "redis"])
+def test_after_a_killed_reader_readers_need_not_wait_the_lock_delay(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
+    """A reader may share with a reader cut off from the server, not with a writer: after a
+    reader killed outright, readers start at once (within a timeout shorter than the delay;
+    each waited the delay, for ever, since no reader claims a reader's marker), a writer waits
+    the delay and is the one told."""
+    log = tmp_path / "log"
+    url, _, _ = killed_holder(request, backend, log, "--shared")
+    for _ in range(2):
+        reader = run_cli(
+            "run", "--shared", "-w", "1", "--backend", url, "killed", "--", *recorder(log)
+        )
+        assert reader.returncode == 0 and reader.stdout.split()[2] == "0", reader
+    timed = run_cli("run", "-w", "0.5", "--backend", url, "killed", "--", *recorder(log))
+    assert timed.returncode == 75, timed
+    writer = run_cli("run", "--no-wait", "--backend", url, "killed", "--", *recorder(log))
+    assert writer.returncode == 0, writer
+    assert writer.stdout.split()[2] == "1" and "died holding" in writer.stderr, writer
 
 
 # --------------------------------------------------------------------------- bad values

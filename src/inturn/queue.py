@@ -262,6 +262,7 @@ class _Waiter:
         self.blocking = blocking
         self.patience = patience
         self.first_seen: dict[int, float] = {}  # unclaimed marker -> when we first saw it
+        self.shared_markers: set[int] = set()  # markers a look said were shared turns
         self.first_look = True
 
     def wait_for_front(self, view: View | None) -> bool:
@@ -290,6 +291,7 @@ class _Waiter:
                     pending.add(number)
             for marker in pending:
                 self.first_seen.setdefault(marker, now)
+            self.shared_markers |= pending & view.shared
             if self.first_look:
                 self.first_look = False
                 self._apply_policies(live, view.shared)
@@ -384,6 +386,8 @@ class _Waiter:
         delay = self.store.lock_delay
         if delay <= 0:
             return False
+        if self.request.shared:  # a reader may share with a cut-off reader: not with a writer
+            pending = pending - self.shared_markers
         since = [self.first_seen[m] for m in pending]
         if self.me.lost_track_at is not None:
             since.append(self.me.lost_track_at)

@@ -58,7 +58,8 @@ class View:
     """A look at a line: the tickets present (live or dead) ahead of the one asking, or all of
     them for an observer, ascending; the abandonment markers nobody has claimed yet; each
     ticket's liveness when the same round trip told it (None: ask ``alive``); and which of the
-    tickets are shared turns (readers)."""
+    tickets are shared turns (readers), markers of shared turns included where the look
+    tells them (a reader need not wait a lock delay for a dead reader)."""
 
     __slots__ = ("alive", "markers", "shared", "tickets")
 

@@ -340,8 +340,8 @@ class Statements:
             _HELD + " SELECT 'ticket', t.number, " + _ALIVE + ", " + _SHARED.format(t="t") + ""
             " FROM {s}.tickets t WHERE t.line_id = %(line_id)s"
             " UNION ALL"
-            " SELECT 'marker', number, false, false FROM {s}.abandoned"
-            " WHERE line_id = %(line_id)s"
+            " SELECT 'marker', number, false, " + _SHARED.format(t="abandoned") + ""
+            " FROM {s}.abandoned WHERE line_id = %(line_id)s"
             " UNION ALL"
             " SELECT 'replaced', by_number, true, false FROM {s}.replaced WHERE number = %(me)s"
         ).format(s=s, c=sql.Literal(self.cls))

@@ -1002,11 +1002,14 @@ def _view(rows: list[tuple[str, int, bool, bool]], me: Membership | None, name: 
     below = me.number if me is not None else None
     tickets = []
     markers = []
+    shared_markers = []
     for kind, number, ok, shared in rows:
         if kind == "replaced":
             raise Replaced(f"ticket {number} replaced this one in line {name!r}")
         if kind == "marker":
             markers.append(int(number))
+            if shared:
+                shared_markers.append(int(number))
         elif below is None or number < below:
             tickets.append((int(number), bool(ok), bool(shared)))
     tickets.sort()
@@ -1014,7 +1017,7 @@ def _view(rows: list[tuple[str, int, bool, bool]], me: Membership | None, name: 
         tuple(n for n, _, _ in tickets),
         tuple(sorted(markers)),
         tuple(ok for _, ok, _ in tickets),
-        frozenset(n for n, _, shared in tickets if shared),
+        frozenset([*(n for n, _, shared in tickets if shared), *shared_markers]),
     )
 
 

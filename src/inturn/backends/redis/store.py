@@ -432,8 +432,14 @@ class RedisStore(LineStore):
         self._learn({**dict(live), **dict(dead)}, present=True)
         numbers = tuple(n for n, _ in live if me is None or n < me.number)
         readers = {_text(i) for i in shared_ids}
-        shared = frozenset(n for n, i in live if i in readers)
-        return View(numbers, tuple(n for n, _ in dead), shared=shared)
+        shared = {n for n, i in live if i in readers}
+        if dead:  # rare: which markers are shared turns' (a reader need not wait for those)
+            with self.backend.errors(), self.backend.client.pipeline(transaction=False) as pipe:
+                for _, ticket_id in dead:
+                    call(pipe, "HGET", self._ticket_key(ticket_id), "shared")
+                flags = pipe.execute()
+            shared |= {n for (n, _), flag in zip(dead, flags, strict=True) if _text(flag or b"")}
+        return View(numbers, tuple(n for n, _ in dead), shared=frozenset(shared))
 
     def _id(self, number: int) -> str | None:
         with self._ids_lock:
