@@ -304,8 +304,10 @@ class _Waiter:
                 raise Busy(_full_message(store, me, live, request, view.shared), store.status())
             remaining = self._remaining()
             watch = to_watch(request, live, view.shared)
-            mine = self.holdings.owned_by(store, live, self.asker)
-            if remaining is None and mine and waits_for_itself(request, live, view.shared, mine):
+            mine: set[int] = set()
+            if remaining is None:  # a wait with a timeout ends by itself
+                mine = self.holdings.owned_by(store, live, self.asker)
+            if mine and waits_for_itself(request, live, view.shared, mine):
                 raise InturnError(
                     f"this {_kind(self.asker)} already holds line {store.name!r} and would wait "
                     "for itself forever: turns are not re-entrant (release the first, or use "
