@@ -268,13 +268,22 @@ def test_a_wait_stopped_before_its_statement_reached_the_server_still_ends(
     backend.close()
 
 
+def held_and_proxied(
+    pg_server: str, schema: str, proxy: TcpProxy, name: str
+) -> tuple[inturn.Line, inturn.Turn, dict[str, str], str]:
+    """Line ``name`` held through a direct connection; the environment of a process that
+    reaches the server through ``proxy``, and the direct URL."""
+    direct = with_schema(pg_server, schema)
+    line = inturn.Line(name, backend=direct)
+    holder = line.acquire()
+    env = child_env(INTURN_BACKEND=with_schema(url_for(pg_server, port=proxy.port), schema))
+    return line, holder, env, direct
+
+
 def test_a_waiter_whose_connection_drops_reconnects_and_waits_again(
     pg_server, schema, proxy, workers
 ):
-    direct = with_schema(pg_server, schema)
-    line = inturn.Line("drop", backend=direct)
-    holder = line.acquire()
-    env = child_env(INTURN_BACKEND=with_schema(url_for(pg_server, port=proxy.port), schema))
+    line, holder, env, _ = held_and_proxied(pg_server, schema, proxy, "drop")
     waiter = Worker("drop", "--hold", env=env)
     workers.append(waiter)
     first = int(waiter.expect("waiting")[1])
@@ -298,10 +307,7 @@ def test_a_waiter_whose_connection_drops_as_its_turn_comes_waits_again(
     own: it never held the turn, so it takes a new place and waits again, as a waiter whose
     connection drops while it sleeps does (it failed with LostTurn, exit 2, before); the one
     behind it goes first, and nobody is told of a death."""
-    direct = with_schema(pg_server, schema)
-    line = inturn.Line("front", backend=direct)
-    holder = line.acquire()
-    env = child_env(INTURN_BACKEND=with_schema(url_for(pg_server, port=proxy.port), schema))
+    line, holder, env, direct = held_and_proxied(pg_server, schema, proxy, "front")
     front = Worker("front", env=env)
     workers.append(front)
     first = int(front.expect("waiting")[1])
@@ -328,10 +334,7 @@ def test_a_newest_wins_waiter_that_rejoins_yields_to_a_newer_one(pg_server, sche
     """A ``newest_wins`` waiter loses its session, and a newer ``newest_wins`` run joins
     before it can come back: it takes a new place behind the newer one, and yields to it
     (replaced, exit 77) rather than run after it, an older request last (it ran last)."""
-    direct = with_schema(pg_server, schema)
-    line = inturn.Line("newest", backend=direct)
-    holder = line.acquire()
-    via_proxy = child_env(INTURN_BACKEND=with_schema(url_for(pg_server, port=proxy.port), schema))
+    line, holder, via_proxy, direct = held_and_proxied(pg_server, schema, proxy, "newest")
     older = Worker("newest", "--newest-wins", env=via_proxy)
     workers.append(older)
     older.expect("waiting", skip=("joining",))
