@@ -32,6 +32,7 @@ from conftest import (
     Worker,
     child_env,
     in_threads,
+    inturn_cmd,
     missing_component,
     one_line_error,
     read_log,
@@ -366,10 +367,22 @@ def test_a_server_restart_while_waiters_wait(private_cluster, workers, tmp_path)
             workers.append(w)
             waiting.append(w)
             w.expect("waiting")
+        barrier = subprocess.Popen(inturn_cmd("wait", "restart"), env=env, text=True,
+                                   stderr=subprocess.PIPE)  # fmt: skip
+        asleep = (
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND application_name LIKE %s"
+        )
+        who = f"inturn pid {barrier.pid} %"
+        until(lambda: sql(private_cluster.url, asleep, who), "the barrier to wait")
         private_cluster.restart()
         # The holder's session is gone: it stops its command and exits 76.
         assert holder.next_line() == ["signal", str(int(signal.SIGTERM))]
         assert holder.wait(60) == 76
+        # The barrier rides the restart out as the waiters do (it failed with exit 2): those
+        # in line when it started are gone, the holder dead and the waiters in line anew.
+        _, said = barrier.communicate(timeout=120)
+        assert barrier.returncode == 0, said
     finally:
         holder.kill()
     reports = []

@@ -66,6 +66,7 @@ from ..base import (
     View,
     Woke,
     check_scope,
+    pause,
     wait_woken,
 )
 from .address import Address, connect_options, parse
@@ -785,7 +786,8 @@ class PostgresStore(LineStore):
             assert isinstance(me, PostgresMembership)
             return self._wait_own(me, numbers[0], timeout, cancel)
         member = me if own and isinstance(me, PostgresMembership) and me.newest_wins else None
-        return Woke() if self._wait_watches(numbers, timeout, cancel, member) else None
+        fired = self._wait_watches(numbers, timeout, cancel, member, observer=me is None)
+        return Woke() if fired else None
 
     def _wait_own(
         self,
@@ -837,9 +839,16 @@ class PostgresStore(LineStore):
         timeout: float | None,
         cancel: CancelToken | None,
         member: PostgresMembership | None = None,
+        observer: bool = False,
     ) -> bool:
         """Several tickets (``slots`` > 1, or a wait that holds no ticket): one extra session
-        blocked on each; a ``newest_wins`` ``member`` also listens for its replacement."""
+        blocked on each; a ``newest_wins`` ``member`` also listens for its replacement.
+
+        An ``observer``'s wait (``inturn wait``) whose sessions the server ended (a restart)
+        waits for the server to answer again, as a waiter does, before the next look tells
+        who is left; a waiter's own session tells it the same on its next look (it rejoins).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         woken = threading.Event()
         watches: list[_Watch] = []
         replacement = None
@@ -862,7 +871,25 @@ class PostgresStore(LineStore):
                 replacement.stop()
         if replacement is not None and replacement.by is not None:
             raise Replaced(f"ticket {replacement.by} replaced this one in line {self.name!r}")
+        if observer and any(w.done and not w.clean for w in watches):
+            self._until_answering(deadline, cancel)
         return fired
+
+    def _until_answering(self, deadline: float | None, cancel: CancelToken | None) -> None:
+        """Wait (up to ``RECONNECT_WINDOW``, or ``deadline``) until the server answers."""
+        limit = time.monotonic() + RECONNECT_WINDOW
+        if deadline is not None:
+            limit = min(limit, deadline)
+        delay = 0.1
+        while True:
+            try:
+                self.backend.run(lambda conn: conn.execute("SELECT 1").fetchall())
+                return
+            except BackendError:
+                if time.monotonic() + delay > limit:
+                    raise
+            pause(delay, cancel, self.name)  # waiting for the server to come back
+            delay = min(delay * 2, 2.0)
 
     def mark_acquired(self, me: Membership, when: float) -> None:
         assert isinstance(me, PostgresMembership)
