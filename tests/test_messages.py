@@ -308,10 +308,24 @@ def waiting_connections(channel: str) -> int:
     return 0
 
 
+def waiting_for_room(pid: int) -> bool:
+    """Whether process ``pid`` sleeps in a connect, waiting for room in a full queue."""
+    try:
+        with open(f"/proc/{pid}/wchan") as wchan:
+            return wchan.read().strip() == "unix_wait_for_peer"
+    except OSError:
+        return False
+
+
 def test_a_full_hand_makes_later_senders_wait_their_turn_not_fail(app, monkeypatch):
     """With ``MAX_PENDING`` messages in hand, later senders wait in the system's queue of
-    connections until one is done, within their own timeouts (they were refused before)."""
+    connections until one is done, and once that queue is full too, in their connect, all
+    within their own timeouts (they were refused before; then told at once, falsely, that
+    the instance had not taken the connection within their timeout)."""
+    from inturn.backends import unix_channel
+
     monkeypatch.setattr(inturn.messages, "MAX_PENDING", 2)
+    monkeypatch.setattr(unix_channel, "BACKLOG", 1)
     go = threading.Event()
     handled: list[str] = []
 
@@ -328,9 +342,10 @@ def test_a_full_hand_makes_later_senders_wait_their_turn_not_fail(app, monkeypat
         senders.append(app.tool("send", "-v", "-w", "60", "crowd", "--", "1"))
         senders[-1].stderr_line("took the message")  # two in hand: the hand is full
         senders += [app.tool("send", "-w", "60", "crowd", "--", str(i)) for i in range(2, 6)]
-        until(  # each connected, and waiting to be taken (or, refused, gone)
+        until(  # each in the queue or waiting for room in it (or, refused, gone)
             lambda: (
-                waiting_connections(channel) + sum(s.proc.poll() is not None for s in senders[2:])
+                waiting_connections(channel)
+                + sum(s.proc.poll() is not None or waiting_for_room(s.pid) for s in senders[2:])
                 == 4
             ),
             "the later senders to connect",
@@ -493,6 +508,38 @@ def test_messages_behind_the_one_in_hand_when_the_instance_stops_go_to_the_next(
         assert json.loads("".join(_rest(behind)))["argv"] == ["handover", "1"]
         assert handled == ["0"]
     finally:
+        go.set()
+        first.release()
+
+
+def test_a_forked_child_that_releases_does_not_wait_for_the_parents_listener(app, monkeypatch):
+    """A child made by ``fork`` while a message is in hand releases its copy of the instance
+    at once (it waited for the parent's listener, whose threads it does not have, for the
+    whole of ``STOP_SECONDS``); the parent still answers."""
+    monkeypatch.setattr(inturn.messages, "STOP_SECONDS", 1000.0)
+    go = threading.Event()
+
+    def on_message(message: inturn.Message) -> str:
+        go.wait(REPORT_TIMEOUT)
+        return "from the parent"
+
+    first = inturn.single_instance("forked", on_message=on_message)
+    child = 0
+    try:
+        sender = app.tool("send", "-v", "-w", "60", "forked", "--", "x")
+        sender.stderr_line("took the message")  # in hand, its answer not sent yet
+        child = os.fork()
+        if child == 0:
+            first.release()
+            os._exit(0)
+        until(lambda: os.waitpid(child, os.WNOHANG)[0] == child, "the child to release and end")
+        child = 0
+        go.set()
+        assert sender.wait() == 0 and json.loads("".join(_rest(sender))) == "from the parent"
+    finally:
+        if child:
+            os.kill(child, signal.SIGKILL)
+            os.waitpid(child, 0)
         go.set()
         first.release()
 

@@ -970,7 +970,8 @@ def send(
     Raises ``NotRunning`` when no instance holds the line, or it does not listen, or it ended
     before it answered; ``Timeout`` when it does not answer within ``timeout`` seconds;
     ``MessageError`` when its ``on_message`` raised or it refused this user.
-    ``on_received(pid)`` is called once the instance has taken the message.
+    ``on_received(pid)`` is called once the instance has taken the message (again, with the
+    next instance's pid, if the first stopped before handling it and the message went on).
     """
     from .messages import check_timeout, current_folder, request
     from .messages import send as send_message

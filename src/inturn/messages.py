@@ -44,6 +44,7 @@ from typing import Any
 
 from .backends.base import Channel, Connection, LineStore, Peer
 from .errors import BackendError, MessageError, NotRunning, Timeout, UsageError
+from .forks import forget_after_fork
 from .records import Message, Ticket, escape_controls, warn
 
 MAX_MESSAGE_BYTES = 1024 * 1024  # a message or a reply, as JSON in UTF-8
@@ -261,6 +262,7 @@ class Listener:
         self.stopped = False
 
     def start(self) -> None:
+        forget_after_fork(self)
         threading.Thread(target=self._accept, daemon=True, name="inturn-listen").start()
         self._dispatcher = threading.Thread(
             target=self._dispatch, daemon=True, name="inturn-on-message"
@@ -296,6 +298,14 @@ class Listener:
                 f"on_message of line {self.name!r} still runs {STOP_SECONDS:g}s after the "
                 "instance stopped listening; its reply will not be sent"
             )
+
+    def after_fork_in_child(self) -> None:
+        """The listener's threads stay with the parent: a child's stop waits for none of
+        them (nothing in the child would ever end those waits), and its locks are new."""
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._dispatcher = None
+        self._pending = self._answering = 0
 
     # -- accepting
 

@@ -374,7 +374,10 @@ def connect(
         )
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(_left(deadline))
+        # A blocking connect, bounded by SO_SNDTIMEO: when the listener's queue is full (it
+        # has all the messages it takes in hand), the system lets us wait for room in it;
+        # a socket timeout would make the connect non-blocking, refused at once (EAGAIN).
+        _send_timeout(sock, _left(deadline))
         if sys.platform.startswith("linux") and _proc_fd():  # O_PATH is Linux's
             fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
             try:
@@ -385,7 +388,7 @@ def connect(
         else:
             _check(os.stat(name, dir_fd=dir_fd, follow_symlinks=False), where, owner)
             _connect_by_path(sock, os.path.join(folder, name), where)
-        sock.setblocking(True)
+        _send_timeout(sock, 0.0)  # sends keep their own deadlines
         server = peer_of(sock)
     except BaseException:
         sock.close()
@@ -411,6 +414,15 @@ def _check(info: os.stat_result, where: str, owner: int) -> None:
             f"{where} belongs to {user_name(info.st_uid)}, not to the holder of the line "
             f"({user_name(owner)}): not sending (someone may have planted it; remove it)"
         )
+
+
+def _send_timeout(sock: socket.socket, seconds: float) -> None:
+    """``SO_SNDTIMEO`` (0: none), which also bounds a blocking connect's wait for room."""
+    import socket
+
+    whole = int(seconds)
+    micros = int((seconds - whole) * 1e6)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", whole, micros))
 
 
 def _connect(sock: socket.socket, address: str, where: str) -> None:
