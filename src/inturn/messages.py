@@ -11,8 +11,8 @@ JSON in UTF-8, at most ``MAX_MESSAGE_BYTES``)::
     holder -> sender   {"received": true}       read and checked: on_message will see it
     holder -> sender   {"reply": ...}           or {"error": {"type": ..., "message": ...}}
 
-A holder may instead answer ``{"refused": why}`` (a user it does not accept, too many at
-once), ``{"invalid": why}`` (a malformed or oversized message) or ``{"gone": why}`` (it
+A holder may instead answer ``{"refused": why}`` (a user it does not accept),
+``{"invalid": why}`` (a malformed or oversized message) or ``{"gone": why}`` (it
 stopped listening first, or before the message's turn came: it was not handled). The
 acknowledgement tells the sender whether the message can have been handled: one that never got
 it, or was told ``gone``, may safely try again (``single_instance`` then tries to become the
@@ -26,7 +26,7 @@ per message, in the order the messages arrived (were acknowledged). A slow, sile
 or malformed sender is dropped with a warning and delays nobody else; an ``on_message`` that
 raises sends the sender an error, which it raises as ``MessageError``. With ``MAX_PENDING``
 messages in hand, the listener takes no more connections until one is done: later senders
-wait in the system's queue of connections, within their own timeouts.
+wait in the system's queue of connections (or for room in it), within their own timeouts.
 """
 
 from __future__ import annotations
@@ -277,7 +277,8 @@ class Listener:
         Unless called from ``on_message`` itself, this waits (up to ``STOP_SECONDS``) until
         those answers have gone out: at the program's end, the listener's threads would
         otherwise die with them unsent, and the senders could not tell a message handled from
-        one never looked at. So once ``release()`` returns, ``on_message`` has returned too.
+        one never looked at. So once ``release()`` returns, ``on_message`` has returned too
+        (unless it ran on past ``STOP_SECONDS``, which is warned of).
         """
         with self._changed:
             if self.stopped:
@@ -590,9 +591,10 @@ def send(
     deadline = time.monotonic() + timeout
     while True:
         status = store.status()
-        if not status.holders and not status.waiters:
+        ahead = (*status.holders, *status.waiters)
+        if not status.holders and not (ahead and ahead[0].channel):
             raise NotRunning(f"no instance of line {store.name!r} is running")
-        holder = (*status.holders, *status.waiters)[0]
+        holder = ahead[0]
         if not holder.channel:
             raise NotRunning(
                 f"line {store.name!r} is held by {holder.describe(live=True)}, which does not "
