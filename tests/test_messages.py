@@ -474,11 +474,14 @@ def test_the_first_instance_killed_while_a_message_is_in_flight(app, lines_dir):
     sender_first.tell("exit")
 
 
-def test_messages_behind_the_one_in_hand_when_the_instance_stops_go_to_the_next(app, lines_dir):
+def test_messages_behind_the_one_in_hand_when_the_instance_stops_go_to_the_next(
+    app, lines_dir, monkeypatch
+):
     """The instance stops while its handler has one message in hand and another waits behind
     it: the one in hand is answered before ``release()`` returns, and the one behind, told
     that the instance stopped before handling it, goes to the next instance (it was told
     "did not answer", as if it might have been handled, before)."""
+    monkeypatch.setattr(inturn.messages, "STOP_SECONDS", REPORT_TIMEOUT)  # a slow machine
     go = threading.Event()
     handled: list[str] = []
 

@@ -736,9 +736,9 @@ def test_after_a_killed_reader_readers_need_not_wait_the_lock_delay(
     the delay and is the one told."""
     log = tmp_path / "log"
     url, _, _ = killed_holder(request, backend, log, "--shared")
-    for _ in range(2):
+    for _ in range(2):  # a timeout shorter than the 3 s delay, with room for a slow join
         reader = run_cli(
-            "run", "--shared", "-w", "1", "--backend", url, "killed", "--", *recorder(log)
+            "run", "--shared", "-w", "2.5", "--backend", url, "killed", "--", *recorder(log)
         )
         assert reader.returncode == 0 and reader.stdout.split()[2] == "0", reader
     timed = run_cli("run", "-w", "0.5", "--backend", url, "killed", "--", *recorder(log))
