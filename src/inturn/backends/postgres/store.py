@@ -42,7 +42,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from typing import Any, TypeVar
 
@@ -690,25 +690,24 @@ class PostgresStore(LineStore):
         limit = start + RECONNECT_WINDOW
         if deadline is not None:
             limit = min(limit, deadline)
-        delay = 0.1
         last: BaseException = cause
-        while True:
+        for _ in _pauses_while_away(limit, None, self.name):
             try:
                 conn = self.backend.connect()
                 try:
                     number = self._join_on(conn, member.me)
+                    before = [*member.earlier, member.number]
+                    if member.newest_wins:  # a newer run that came meanwhile goes first, alone
+                        params = {
+                            "before": before,
+                            "arrived": before[0],
+                            "me": number,
+                            "line_id": self._line(conn),
+                        }
+                        conn.execute(self.stmts.superseded, params)
                 except BaseException:
                     conn.close()
                     raise
-                before = [*member.earlier, member.number]
-                if member.newest_wins:  # a newer run that came meanwhile goes first, alone
-                    params = {
-                        "before": before,
-                        "arrived": before[0],
-                        "me": number,
-                        "line_id": self._line(conn),
-                    }
-                    conn.execute(self.stmts.superseded, params)
                 member.conn, member.number = conn, number
                 member.earlier = before
                 member.lost_track_at = start
@@ -725,16 +724,13 @@ class PostgresStore(LineStore):
                 return True
             except (psycopg.OperationalError, BackendError) as exc:
                 last = exc
-            if time.monotonic() + delay > limit:
-                if deadline is not None and limit == deadline:
-                    return False
-                raise BackendError(
-                    f"lost the connection to {self.where} while waiting in line "
-                    f"{self.name!r} and could not reconnect for {RECONNECT_WINDOW:g}s: "
-                    f"{_reason(last, self.backend.address)}"
-                )
-            time.sleep(delay)  # waiting for the server to come back, not for the line
-            delay = min(delay * 2, 2.0)
+        if deadline is not None and limit == deadline:
+            return False
+        raise BackendError(
+            f"lost the connection to {self.where} while waiting in line "
+            f"{self.name!r} and could not reconnect for {RECONNECT_WINDOW:g}s: "
+            f"{_reason(last, self.backend.address)}"
+        )
 
     def look(self, me: Membership | None) -> View:
         """The line, read together with who in it is alive, in one statement. A view a moment
@@ -880,16 +876,15 @@ class PostgresStore(LineStore):
         limit = time.monotonic() + RECONNECT_WINDOW
         if deadline is not None:
             limit = min(limit, deadline)
-        delay = 0.1
-        while True:
+        last: BackendError | None = None
+        for _ in _pauses_while_away(limit, cancel, self.name):
             try:
                 self.backend.run(lambda conn: conn.execute("SELECT 1").fetchall())
                 return
-            except BackendError:
-                if time.monotonic() + delay > limit:
-                    raise
-            pause(delay, cancel, self.name)  # waiting for the server to come back
-            delay = min(delay * 2, 2.0)
+            except BackendError as exc:
+                last = exc
+        assert last is not None
+        raise last
 
     def mark_acquired(self, me: Membership, when: float) -> None:
         assert isinstance(me, PostgresMembership)
@@ -992,6 +987,18 @@ class PostgresStore(LineStore):
             return [found.get(n) for n in wanted]
 
         return self._query(me, work)
+
+
+def _pauses_while_away(limit: float, cancel: CancelToken | None, name: str) -> Iterator[None]:
+    """One step per attempt to reach a server that is away, with a pause before each next one
+    (0.1 s, doubling up to 2 s), as long as that next one would start before ``limit``."""
+    delay = 0.1
+    while True:
+        yield
+        if time.monotonic() + delay > limit:
+            return
+        pause(delay, cancel, name)  # waiting for the server to come back, not for the line
+        delay = min(delay * 2, 2.0)
 
 
 def _despite_cancels(statement: Callable[[], T]) -> T:
