@@ -36,17 +36,17 @@ if TYPE_CHECKING:
     F = TypeVar("F", bound=Callable[..., Any])
     T = TypeVar("T")
 
-    class _How(TypedDict):
-        """How a ``turn`` takes its turns (``Line.acquire``'s keyword arguments); only for
-        the type checker: a ``TypedDict`` class costs every start to build."""
+    class _Crowding(TypedDict):
+        """The rule for who may wait (``max_waiting`` or ``newest_wins``); only for the type
+        checker: a ``TypedDict`` class costs every start to build."""
+
+        max_waiting: int | None
+        newest_wins: bool
+
+    class _How(_Crowding):
+        """How a ``turn`` takes its turns (``Line.acquire``'s keyword arguments)."""
 
         shared: bool
-        max_waiting: int | None
-        newest_wins: bool
-
-    class _Crowding(TypedDict):
-        max_waiting: int | None
-        newest_wins: bool
 
 
 # Messages (single_instance, send) are imported when used: inturn run never needs them.

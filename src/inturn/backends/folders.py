@@ -352,14 +352,11 @@ class FolderStore(LineStore):
         where the record's own claim is to be believed); None if it is gone or not a regular
         file, with a warning for the latter."""
 
-    def _unreadable(self, entry: str) -> bool:
-        """Whether ``entry`` is a file there that this user may not read (``_read`` gave
-        None for it): a ticket in line all the same, taken as alive, never as dead."""
-        return False
-
-    def _owner_of(self, entry: str) -> str:
-        """The name of the user who owns ``entry`` ("" if unknown)."""
-        return ""
+    def _unreadable_owner(self, entry: str) -> str | None:
+        """If ``entry`` is a file there that this user may not read (``_read`` gave None for
+        it), the name of its owner ("" if unknown): a ticket in line all the same, taken as
+        alive, never as dead. None otherwise (gone, or not a file)."""
+        return None
 
     @abstractmethod
     def _create(self, entry: str, data: bytes) -> bool:
@@ -454,8 +451,8 @@ class FolderStore(LineStore):
             for number in numbers:
                 name = self._ticket_name(number)
                 found = self._read(name)
-                if found is None and self._unreadable(name):  # in line all the same
-                    whose = self._owner_of(name)
+                whose = self._unreadable_owner(name) if found is None else None
+                if whose is not None:  # in line all the same
                     warn_once(
                         f"cannot read {self._where(name)} ({whose or 'another user'}'s): shown "
                         "without its details"

@@ -760,20 +760,17 @@ class PosixStore(UnixChannels, FolderStore):
         finally:
             os.close(fd)
 
-    def _unreadable(self, entry: str) -> bool:
+    def _unreadable_owner(self, entry: str) -> str | None:
+        name, dir_fd = self.prefix + entry, self._dir()
         try:
-            info = os.stat(self.prefix + entry, dir_fd=self._dir(), follow_symlinks=False)
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except OSError:
-            return False
-        return stat.S_ISREG(info.st_mode) and not os.access(
-            self.prefix + entry, os.R_OK, dir_fd=self._dir(), effective_ids=True
-        )
-
-    def _owner_of(self, entry: str) -> str:
-        try:
-            return user_name(os.stat(self.prefix + entry, dir_fd=self._dir()).st_uid)
-        except OSError:
-            return ""
+            return None
+        if not stat.S_ISREG(info.st_mode) or os.access(
+            name, os.R_OK, dir_fd=dir_fd, effective_ids=True
+        ):
+            return None
+        return user_name(info.st_uid)
 
     def _create(self, entry: str, data: bytes) -> bool:
         try:
