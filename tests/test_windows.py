@@ -91,15 +91,8 @@ class Win:
         return self.start(*args).finish()
 
     def status(self, name: str) -> dict[str, Any]:
-        """``inturn status --json NAME``, run as a Windows process.
-
-        Beside CPU hogs, with another test worker starting Windows processes too, a start of
-        ``python.exe`` has ended now and then with exit 1 before writing a byte, without even
-        the traceback of a Python that started (Wine's own messages are off). A look changes
-        nothing, so such a start is tried once more; any other failure fails the test."""
+        """``inturn status --json NAME``, run as a Windows process."""
         code, out, err = self.run("-m", "inturn", "status", "--json", name)
-        if (code, out, err) == (1, "", ""):
-            code, out, err = self.run("-m", "inturn", "status", "--json", name)
         assert code == 0, (code, out, err)
         document: dict[str, Any] = json.loads(out)
         return document

@@ -31,7 +31,9 @@ import select
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
+import uuid
 import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -182,6 +184,7 @@ class Wine:
                 self._boot()
                 self.ready.touch()
         self.python = self.python_dir / "python.exe"
+        self.marks = Path(tempfile.mkdtemp(prefix="started-", dir=shared))  # WinProcess.never_ran
         self.keeper = self._start_keeper()
 
     def _copy_python(self, embed: Path) -> None:
@@ -189,7 +192,9 @@ class Wine:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(embed, staging)
         pth = next(staging.glob("python3*._pth"))
-        pth.write_text(f"{pth.stem}.zip\n.\n{windows_path(SRC)}\n{windows_path(HERE)}\n")
+        # ``import site`` runs this folder's ``sitecustomize`` (``WinProcess.never_ran``).
+        paths = [f"{pth.stem}.zip", ".", windows_path(SRC), windows_path(HERE), "import site"]
+        pth.write_text("\n".join(paths) + "\n")
         os.rename(staging, self.python_dir)
 
     def _boot(self) -> None:
@@ -272,6 +277,7 @@ class Wine:
             self.keeper.wait()
         if self.keeper.stdout is not None:
             self.keeper.stdout.close()
+        shutil.rmtree(self.marks, ignore_errors=True)
         try:
             fcntl.flock(self.users, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -312,12 +318,24 @@ class WinProcess:
     def __init__(
         self, wine: Wine, args: Sequence[str], env: dict[str, str] | None, terminal: bool
     ) -> None:
-        environment = dict(wine.env)
-        environment.update(env or {})
-        terminal_fd, stderr = pty.openpty() if terminal else (-1, subprocess.PIPE)
+        self.wine = wine
+        self.args = list(args)
+        self.environment = dict(wine.env)
+        self.environment.update(env or {})
+        self.terminal = terminal
         self.pid = 0  # the Windows pid, once the process has said it
+        self.sent: list[str] = []  # what ``send`` wrote, for a start made again
+        self.heard = False  # whether a stdout line was read
+        self.starts = 0
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self.starts += 1
+        self.mark = self.wine.marks / uuid.uuid4().hex
+        environment = dict(self.environment, INTURN_TEST_STARTED=windows_path(self.mark))
+        terminal_fd, stderr = pty.openpty() if self.terminal else (-1, subprocess.PIPE)
         self.proc = subprocess.Popen(
-            [wine.loader, str(wine.python), *args],
+            [self.wine.loader, str(self.wine.python), *self.args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,
@@ -331,7 +349,7 @@ class WinProcess:
         self.errors: queue.Queue[str] = queue.Queue()
         assert self.proc.stdout is not None
         threading.Thread(target=_pump, args=(self.proc.stdout, self.lines), daemon=True).start()
-        if terminal:
+        if self.terminal:
             os.close(stderr)  # type: ignore[arg-type]
             pump = threading.Thread(target=_pump_terminal, args=(terminal_fd, self.errors))
         else:
@@ -339,6 +357,29 @@ class WinProcess:
             pump = threading.Thread(target=_pump, args=(self.proc.stderr, self.errors))
         pump.daemon = True
         pump.start()
+        for text in self.sent:
+            self._write(text)
+
+    def never_ran(self) -> bool:
+        """Whether the process, which has ended silently, ended before Python ran a line: then
+        it is started again, since nothing it was asked to do has happened. Returns whether it
+        was.
+
+        Beside CPU hogs, with another test worker starting Windows processes too, a start of
+        ``python.exe`` has ended now and then with exit 1 before writing a byte. The
+        ``sitecustomize`` of this folder, which the Windows Python imports as it starts,
+        creates the file ``INTURN_TEST_STARTED`` names: without it, Python never ran.
+        """
+        if self.heard or self.starts >= 3 or self.proc.wait(REPORT_TIMEOUT) != 1:
+            return False
+        if self.mark.exists():
+            return False
+        closed = self.proc.stdin is not None and self.proc.stdin.closed
+        self._spawn()
+        if closed:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        return True
 
     def queued(self) -> str:
         """Read the terminal up to ``inturn run``'s status line, drawn as it goes to sleep."""
@@ -349,6 +390,8 @@ class WinProcess:
             except queue.Empty:
                 raise AssertionError(f"inturn run never said it was waiting: {seen!r}") from None
             if chunk == "\0":
+                if not seen and self.never_ran():
+                    continue
                 self.proc.wait(REPORT_TIMEOUT)
                 said = list(self.lines.queue)
                 raise AssertionError(
@@ -361,9 +404,13 @@ class WinProcess:
     def line(self) -> str:
         """The next stdout line ("\\0" at the end of the stream)."""
         try:
-            return self.lines.get(timeout=REPORT_TIMEOUT)
+            line = self.lines.get(timeout=REPORT_TIMEOUT)
         except queue.Empty:
             raise AssertionError(f"no output from Windows process {self.unix_pid}") from None
+        if line == "\0" and self.never_ran():
+            return self.line()
+        self.heard = True
+        return line
 
     def expect(self, *kinds: str, skip: tuple[str, ...] = ()) -> list[str]:
         """The next report, which must be one of ``kinds`` (reports in ``skip`` are passed over)."""
@@ -376,7 +423,9 @@ class WinProcess:
             ended = ""
             if line == "\0":  # the end of its output: say how the process ended
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    ended = f" (it ended with exit {self.proc.wait(REPORT_TIMEOUT)})"
+                    code = self.proc.wait(REPORT_TIMEOUT)
+                    python = "after" if self.mark.exists() else "before"
+                    ended = f" (it ended with exit {code}, {python} Python started)"
             # An ended process's stderr is read to its end: a last traceback may still be on
             # its way through the pipe.
             said = self.stderr(wait=bool(ended))
@@ -384,6 +433,11 @@ class WinProcess:
         return words
 
     def send(self, text: str = "go") -> None:
+        if not self.heard:
+            self.sent.append(text)
+        self._write(text)
+
+    def _write(self, text: str) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write(text + "\n")
         self.proc.stdin.flush()
