@@ -14,7 +14,7 @@ import inturn
 from inturn.backends.posix import PosixBackend, prepare_root
 from inturn.records import InturnWarning
 
-from conftest import one_line_error, run_cli
+from conftest import child_env, inturn_cmd, one_line_error, run_cli
 
 
 def test_a_file_where_the_lines_folder_belongs(tmp_path):
@@ -199,3 +199,47 @@ def test_looking_at_a_line_does_not_create_it(lines_dir):
     assert json.loads(result.stdout)["holders"] == []
     assert not (lines_dir / "never-used").exists()
     assert json.loads(run_cli("status", "--json").stdout)["lines"] == []
+
+
+@pytest.mark.parametrize("scope", ["user", "machine"])
+@pytest.mark.parametrize(
+    "record", [b"\x00garbage", b'{"name": "elsewhere"}\n'], ids=["garbage", "another line"]
+)
+def test_a_line_whose_name_record_is_spoilt_is_skipped_with_a_warning_not_unseen(
+    tmp_path, scope, record
+):
+    """A held line's ``.name`` spoilt (garbage, or naming another line, as a copied folder
+    would): the listing of every line skips it with one warning line instead of hiding it
+    unseen, and the line is still found by its name, holder and all."""
+    folder = tmp_path / "lines"
+    folder.mkdir(mode=0o1777 if scope == "machine" else 0o700)
+    variable = "INTURN_MACHINE_DIR" if scope == "machine" else "INTURN_DIR"
+    where = ["--machine"] if scope == "machine" else []
+    env = {variable: str(folder)}
+    holder = subprocess.Popen(
+        inturn_cmd("run", *where, "spoilt", "--", "sh", "-c", "echo held; read _"),
+        env=dict(child_env(), **env), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        run_cli("run", *where, "fine", "--", "true", **env)
+        records = [path for path in folder.rglob("*.name") if "spoilt" in str(path)]
+        assert len(records) == 1
+        records[0].write_bytes(record)
+        listing = run_cli("status", *where, "--json", **env)
+        assert listing.returncode == 0, listing.stderr
+        assert [line["name"] for line in json.loads(listing.stdout)["lines"]] == ["fine"]
+        assert listing.stderr.splitlines() == [
+            f"inturn: warning: skipping {records[0]}: "
+            + (
+                "it names line 'elsewhere', which is not kept there"
+                if b"elsewhere" in record
+                else "it does not hold a line's name; look the line up by name"
+            )
+        ]
+        named = json.loads(run_cli("status", *where, "--json", "spoilt", **env).stdout)
+        assert len(named["holders"]) == 1
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(60)

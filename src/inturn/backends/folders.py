@@ -232,10 +232,25 @@ def names_in(root: str, recorded_name: Callable[[str], str | None]) -> list[str]
         folder = os.path.join(root, entry)
         if os.path.islink(folder) or not os.path.isdir(folder):
             continue
-        name = recorded_name(folder)
-        if name is not None and safe_file_name(name) == entry:
+        name = listed(recorded_name(folder), os.path.join(folder, NAME_FILE), entry)
+        if name is not None:
             found.append(name)
     return sorted(found)
+
+
+def listed(name: str | None, record: str, file_name: str) -> str | None:
+    """``name``, read from the name record at ``record``, if it is the line kept under
+    ``file_name``; else None. A record that is there but unusable, or that names another
+    line, is skipped with a warning: the line it stood for would otherwise vanish from
+    listings unseen. No record at all is skipped silently (a line being set up, or not ours).
+    """
+    if name is not None and safe_file_name(name) == file_name:
+        return name
+    if name is not None:
+        warn_once(f"skipping {record}: it names line {name!r}, which is not kept there")
+    elif os.path.lexists(record):
+        warn_once(f"skipping {record}: it does not hold a line's name; look the line up by name")
+    return None
 
 
 # --------------------------------------------------------------------------- what both share

@@ -42,7 +42,6 @@ from contextlib import contextmanager, suppress
 from .. import forks
 from ..errors import BackendError, Cancelled, Replaced
 from ..forks import forget_after_fork
-from ..names import safe_file_name
 from ..records import MAX_RECORD_BYTES, Ticket, escape_controls, this_user, warn_once
 from .base import CancelToken, GuardTaken, Membership, Patience, View, Woke, wait_woken
 from .folders import (
@@ -55,6 +54,7 @@ from .folders import (
     FolderStore,
     dumps_line,
     kick_file,
+    listed,
     os_errors,
     os_problem,
     own_ticket_file,
@@ -238,8 +238,9 @@ class PosixBackend(FolderBackend):
             if not (entry.startswith(MACHINE_PREFIX) and entry.endswith(f":{NAME_FILE}")):
                 continue
             file_name = entry[len(MACHINE_PREFIX) : -len(NAME_FILE) - 1]
-            name = _read_name(os.path.join(self.root, entry))
-            if name is not None and safe_file_name(name) == file_name:
+            record = os.path.join(self.root, entry)
+            name = listed(_read_name(record), record, file_name)
+            if name is not None:
                 found.append(name)
         return sorted(found)
 
