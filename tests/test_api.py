@@ -298,9 +298,19 @@ def test_bad_arguments_to_acquire_are_refused_even_when_the_line_is_free(
     assert line.status().holders == ()
 
 
-def test_a_turn_is_refused_two_rules_for_who_may_wait_when_made(lines_dir):
-    with pytest.raises(inturn.UsageError, match="max_waiting and newest_wins"):
-        inturn.turn("x", max_waiting=1, newest_wins=True)
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"max_waiting": 1, "newest_wins": True}, "max_waiting and newest_wins"),
+        ({"timeout": "5"}, "timeout must be a number of seconds or None, not '5'"),
+        ({"blocking": 1}, "blocking must be True or False, not 1"),
+        ({"shared": 1}, "shared must be True or False, not 1"),
+    ],
+)
+def test_a_turn_with_bad_arguments_is_refused_when_made(lines_dir, arguments, message):
+    """As a decorator too: a mistake shows where the turn is made, not at its first call."""
+    with pytest.raises(inturn.UsageError, match=re.escape(message)):
+        inturn.turn("x", **arguments)
 
 
 USER_PROGRAM = """

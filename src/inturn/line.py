@@ -543,8 +543,9 @@ class turn:
         newest_wins: bool = False,
     ) -> None:
         self.line = Line(name, slots, scope=scope, directory=directory, backend=backend)
+        seconds_or_forever(timeout)  # refused when made, not at the first use
         self.timeout = timeout
-        self.blocking = blocking
+        self.blocking = _flag(blocking, "blocking")
         self.how: _How = {
             "shared": _flag(shared, "shared"),
             **_crowding(max_waiting, newest_wins),
