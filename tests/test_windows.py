@@ -500,6 +500,24 @@ def test_status_json_lists_holders_then_waiters(win: Win) -> None:
     assert [line["name"] for line in overview["lines"]] == ["seen"]
     code, out, _ = win.run("-m", "inturn", "status", "seen")
     assert code == 0 and "1 holding, 2 waiting" in out
+    # A spoilt .name: the listing skips the line with one warning. Its name leads to it, and
+    # there, since the record holds the id of the line's kernel objects, to what to do: a
+    # look does not take the holder for dead (the line free, its tickets buried).
+    (win.folder / "seen" / ".name").write_bytes(b"\x00garbage")
+    code, out, err = win.run("-m", "inturn", "status", "--json")
+    assert code == 0 and json.loads(out)["lines"] == [], (code, out, err)
+    record = windows_path(win.folder / "seen" / ".name")
+    assert err.splitlines() == [
+        f"inturn: warning: skipping {record}: it does not hold a line's name; "
+        "look the line up by name"
+    ]
+    tickets = sorted(path.name for path in (win.folder / "seen").glob("*.ticket"))
+    assert len(tickets) == 3
+    corrupt = f"inturn: {record} is corrupt: remove the folder"
+    for command in (("status", "seen"), ("run", "-n", "seen", "--", win.python, "-V")):
+        code, out, err = win.run("-m", "inturn", *command)
+        assert code == 2 and err.startswith(corrupt) and "Python" not in out, (out, err)
+    assert sorted(path.name for path in (win.folder / "seen").glob("*.ticket")) == tickets
 
 
 # --------------------------------------------------------------------------- shared turns

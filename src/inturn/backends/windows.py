@@ -481,9 +481,12 @@ class WindowsStore(PipeChannels, FolderStore):
         win32.close(handle)
 
     def _open_folder(self) -> str:
+        path = os.path.join(self.folder, NAME_FILE)
         if not self.create:  # a look from outside creates nothing
-            identity = _read_identity(self.folder)
-            return identity[1] if identity is not None and identity[0] == self.name else "0"
+            # A spoilt record is refused here as well: judged by an id that is not the line's,
+            # live tickets would look dead, the line free, and the look would bury them.
+            line_id = self._recorded_id(path)
+            return "0" if line_id is None else line_id
         try:
             _make_folder(self.folder, self.backend.folder_security)
         except OSError as exc:
@@ -495,23 +498,30 @@ class WindowsStore(PipeChannels, FolderStore):
             raise BackendError(
                 f"{self.folder} is not a folder where inturn keeps line {self.name!r}: remove it"
             )
-        path = os.path.join(self.folder, NAME_FILE)
         for _ in range(2):
-            # Whether it exists is asked first: another thread or process may publish it
-            # between the two steps, and a file that existed before a read that found nothing
-            # usable is corrupt (it is only ever published whole).
-            existed = os.path.exists(path)
-            identity = _read_identity(self.folder)
-            if identity is not None:
-                if identity[0] != self.name:
-                    raise BackendError(f"{path} names another line ({identity[0]!r}): remove it")
-                return identity[1]
-            if existed:
-                raise BackendError(
-                    f"{path} is corrupt: remove the folder {self.folder} when nobody uses the line"
-                )
+            line_id = self._recorded_id(path)
+            if line_id is not None:
+                return line_id
             self._write_identity(path)
         raise BackendError(f"cannot set up {path}: check the folder's permissions")
+
+    def _recorded_id(self, path: str) -> str | None:
+        """The line's id from ``.name`` at ``path``; None if there is none yet. A record that
+        names another line, or is corrupt, is refused with ``BackendError``."""
+        # Whether it exists is asked first: another thread or process may publish it between
+        # the two steps, and a file that existed before a read that found nothing usable is
+        # corrupt (it is only ever published whole).
+        existed = os.path.exists(path)
+        identity = _read_identity(self.folder)
+        if identity is not None:
+            if identity[0] != self.name:
+                raise BackendError(f"{path} names another line ({identity[0]!r}): remove it")
+            return identity[1]
+        if existed:
+            raise BackendError(
+                f"{path} is corrupt: remove the folder {self.folder} when nobody uses the line"
+            )
+        return None
 
     def _write_identity(self, path: str) -> None:
         """Publish ``.name`` atomically: write a private file, then rename it into place.
