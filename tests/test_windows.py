@@ -520,6 +520,27 @@ def test_status_json_lists_holders_then_waiters(win: Win) -> None:
     assert sorted(path.name for path in (win.folder / "seen").glob("*.ticket")) == tickets
 
 
+def test_a_held_line_whose_name_record_was_removed_is_refused_not_taken(win: Win) -> None:
+    """``.name`` holds the id the line's kernel objects are named by: removed while the line
+    is held, a new id would take the holder for dead. Runs and looks are refused instead, and
+    the line works again, with a new record, once its tickets are gone."""
+    holder = win.worker("unnamed", "--hold")
+    holder.expect("acquired")
+    record = win.folder / "unnamed" / ".name"
+    record.unlink()
+    missing = f"inturn: {windows_path(record)} is missing, yet line 'unnamed' has tickets"
+    run = ("run", "-n", "unnamed", "--", win.python, "-c", "print('ran')")
+    for command in (("status", "unnamed"), run):
+        code, out, err = win.run("-m", "inturn", *command)
+        assert code == 2 and err.startswith(missing) and "ran" not in out, (code, out, err)
+    holder.send("release")
+    holder.expect("released")
+    assert holder.wait() == 0
+    code, out, err = win.run("-m", "inturn", *run)
+    assert (code, out) == (0, "ran"), err
+    assert record.exists()
+
+
 # --------------------------------------------------------------------------- shared turns
 
 

@@ -51,6 +51,8 @@ from ..records import MAX_RECORD_BYTES, Ticket, warn_once
 from .base import CancelToken, GuardTaken, Membership, Patience, View, Woke
 from .folders import (
     NAME_FILE,
+    SHARED,
+    TICKET,
     Entries,
     FolderBackend,
     FolderMembership,
@@ -521,6 +523,14 @@ class WindowsStore(PipeChannels, FolderStore):
             raise BackendError(
                 f"{path} is corrupt: remove the folder {self.folder} when nobody uses the line"
             )
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            if any(entry.endswith((TICKET, SHARED)) for entry in os.listdir(self.folder)):
+                # Removed from under the tickets (they are only ever made after it): a new id
+                # would take their live holders for dead, and start a second holder beside them.
+                raise BackendError(
+                    f"{path} is missing, yet line {self.name!r} has tickets: remove the folder "
+                    f"{self.folder} when nobody uses the line"
+                )
         return None
 
     def _write_identity(self, path: str) -> None:
