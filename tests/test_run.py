@@ -798,6 +798,21 @@ def test_output_closed_early_exits_141_without_a_word(lines_dir, args):
     assert (result.returncode, result.stderr) == (141, "")
 
 
+def test_output_closed_in_the_middle_of_a_long_look_exits_141(lines_dir):
+    """``inturn status | head -c 1`` while more than a pipe holds is on its way: the reader
+    goes after the first write, and the rest must fail (141), not vanish with exit 0."""
+    huge = "x" * 100_000
+    with inturn.Line("shown").acquire(command=["sh", "-c", "sleep 1", huge, huge, huge]):
+        shown = subprocess.Popen(
+            inturn_cmd("status", "shown"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
+        )  # fmt: skip
+        assert shown.stdout is not None and shown.stdout.read(1) == "s"
+        shown.stdout.close()
+        _, said = shown.communicate(timeout=REPORT_TIMEOUT)
+    assert (shown.returncode, said) == (141, "")
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_a_full_disk_under_the_output_is_one_line_and_exit_2(lines_dir):
     with inturn.turn("shown"), open("/dev/full", "w") as full:

@@ -39,14 +39,32 @@ class OutputClosed(Exception):
 def emit(text: str) -> None:
     """Print ``text`` on stdout; a reader gone is ``OutputClosed``, a full disk one line."""
     try:
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
+        _write_out(text + "\n")
     except BrokenPipeError:
         _drop_stdout()
         raise OutputClosed() from None
     except OSError as exc:
         _drop_stdout()
         raise UsageError(f"cannot write the output: {system_error(exc)}") from None
+
+
+def _write_out(text: str) -> None:
+    """All of ``text`` on stdout, or an error. Python's buffered writer drops, without a word,
+    what a short write left over (a pipe whose reader went away while more than 64 KiB were on
+    their way): on POSIX the bytes go out in a loop of writes until all are written."""
+    stream = sys.stdout
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # not a file (a test's StringIO)
+        fd = -1
+    if sys.platform == "win32" or fd < 0:  # a Windows console needs its own writer
+        stream.write(text)
+        stream.flush()
+        return
+    stream.flush()
+    data = memoryview(text.encode(stream.encoding or "utf-8", stream.errors or "strict"))
+    while data:
+        data = data[os.write(fd, data) :]
 
 
 def _drop_stdout() -> None:
