@@ -106,6 +106,11 @@ def listed(pane: Pane, typed: str) -> list[str]:
     return words
 
 
+def handed_word(path: Path) -> str:
+    """How bash and zsh write a completed file name: its blank escaped."""
+    return str(path).replace(" ", "\\ ")
+
+
 def terminal_with(shell: str, tmp_path: Path) -> Pane:
     if shell == "bash":
         setup = 'eval "$(inturn completion bash)"'  # as the README says
@@ -135,6 +140,10 @@ def test_commands_options_and_line_names_complete_at_the_terminal(lines, panes, 
     complete(pane, f"inturn status --dir {other[:-2]}", f"inturn status --dir {other}/")
     complete(pane, "inturn run build -- tmu", "inturn run build -- tmux ")
     complete(pane, "inturn run build tmu", "inturn run build tmux ")
+    handed = tmp_path / "handed over.txt"  # send's words are files, not commands
+    handed.write_text("notes")
+    typed = shlex.quote(str(tmp_path)) + "/hand"
+    complete(pane, f"inturn send build -- {typed}", f"inturn send build -- {handed_word(handed)} ")
     assert set(listed(pane, "inturn ")) >= set(commands())
     shown = listed(pane, "inturn status ")
     assert {"build", "deploy:prod"} <= set(shown)
@@ -177,6 +186,10 @@ def test_fish_completes_commands_options_and_line_names(lines, tmp_path):
     assert fish_completes(script, f"inturn status --dir {other} e") == ["elsewhere"]
     assert fish_completes(script, f"inturn status --dir {other[:-2]}") == [f"{other}/"]
     assert "tmux" in fish_completes(script, "inturn run build -- tmu")
+    handed = tmp_path / "handed over.txt"  # send's words are files, not commands
+    handed.write_text("notes")
+    typed = f"inturn send build -- {tmp_path}/hand"
+    assert fish_completes(script, typed) == [str(handed)]
     assert sorted(fish_completes(script, "inturn status ")) == sorted(lines["names"])
     assert sorted(fish_completes(script, "inturn ")) == sorted(commands())
     for name, sub in commands().items():

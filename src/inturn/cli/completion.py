@@ -31,7 +31,7 @@ class Option(NamedTuple):
 
 
 class Argument(NamedTuple):
-    kind: str  # "line", "command" (a command and its arguments), "choice" or "text"
+    kind: str  # "line", "command" (a command and its arguments), "file", "choice" or "text"
     times: str  # "1", "?" (may be left out), "+" (one or more), "*", or "rest" (all that follow)
     metavar: str
     choices: tuple[str, ...]
@@ -73,8 +73,10 @@ def _command(name: str, parser: argparse.ArgumentParser, help_text: str) -> Comm
                 Option(tuple(action.option_strings), help_text_of, value, metavar, choices)
             )
             continue
-        if action.nargs == argparse.REMAINDER:
+        if action.nargs == argparse.REMAINDER and "COMMAND" in metavar:
             kind, times = "command", "rest"
+        elif action.nargs == argparse.REMAINDER:  # words handed over as they are (send)
+            kind, times = "file", "*"
         else:
             kind = "choice" if choices else "line" if metavar == "NAME" else "text"
             times = action.nargs if action.nargs in ("?", "+", "*") else "1"
@@ -104,7 +106,7 @@ def short(text: str) -> str:
 
 def _arguments_words(command: Command) -> str:
     """What the arguments are, for the bash and fish walkers: ``line?``, ``line+``,
-    ``command``, ``choice=bash,zsh,fish``, ``text``."""
+    ``command``, ``file*``, ``choice=bash,zsh,fish``, ``text``."""
     words = []
     for argument in command.arguments:
         if argument.kind == "command":
@@ -313,6 +315,7 @@ _inturn() {
     fi
     case ${kinds[n]} in
         line*) _inturn_lines "$cur" ;;
+        file*) _inturn_value file "$cur" ;;
         choice=*) _inturn_value "${kinds[n]%[?+*]}" "$cur" ;;
     esac
     if [[ $cur == *[=:]* ]]; then  # bash replaces only what follows the last = or :
@@ -453,6 +456,7 @@ def _zsh_argument(argument: Argument) -> str:
     action = {
         "line": "_inturn_lines",
         "command": "_inturn_command",
+        "file": "_files",
         "choice": f"({' '.join(argument.choices)})",
     }.get(argument.kind, " ")
     if argument.kind == "line":
@@ -662,6 +666,8 @@ def _fish(top: Command, commands: list[Command]) -> str:
                     f"complete -c inturn -n '__inturn_at {name} command; "
                     f"or __inturn_at {name} inside' -a '(__inturn_command)'"
                 )
+            elif argument.kind == "file":
+                lines.append(f"complete -c inturn -n '__inturn_at {name} file' -F")
             elif argument.kind == "choice":
                 choices = _single_quoted(" ".join(argument.choices))
                 lines.append(f"complete -c inturn -n '__inturn_at {name} choice' -a {choices}")
