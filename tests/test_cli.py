@@ -254,7 +254,8 @@ def test_the_parser_builds_only_the_command_asked_for():
 
 def test_a_command_is_looked_up_on_path_as_which_does(lines_dir, tmp_path):
     """The first executable file of that name on PATH: a folder or a file that cannot be run,
-    earlier on PATH, is passed over; a PATH with neither is "not found" (127)."""
+    earlier on PATH, is passed over. A PATH with only a file that cannot be run is 126, as
+    ``env(1)`` and shells say (permission denied); one with no such file, 127."""
     early, late = tmp_path / "early", tmp_path / "late"
     (early / "tool").mkdir(parents=True)
     plain_file(early / "tool2", 0o644)
@@ -266,7 +267,11 @@ def test_a_command_is_looked_up_on_path_as_which_does(lines_dir, tmp_path):
         result = run_cli("run", "path", "--", program, PATH=path)
         assert (result.returncode, result.stdout) == (0, f"late {program}\n"), result
     result = run_cli("run", "path", "--", "tool2", PATH=f"{early}{os.pathsep}/nowhere")
-    assert result.returncode == 127 and "command not found: tool2" in result.stderr, result
+    assert result.returncode == 126, result
+    tool2 = early / "tool2"
+    assert result.stderr == f"inturn: command is not executable: {tool2} (check its permissions)\n"
+    result = run_cli("run", "path", "--", "tool3", PATH=f"{early}{os.pathsep}/nowhere")
+    assert result.returncode == 127 and "command not found: tool3" in result.stderr, result
 
 
 def test_a_script_whose_interpreter_is_missing_exits_127_and_frees_the_turn(lines_dir, tmp_path):

@@ -248,10 +248,24 @@ def _find(program: str) -> str:
         return program
     found = find_on_path(program)
     if found is None:
+        denied = None if sys.platform == "win32" else _not_executable_on_path(program)
+        if denied is not None:  # as a shell or execvp(3) says: 126, not "not found"
+            raise NotRunnable(
+                f"command is not executable: {denied} (check its permissions)", EXIT_CANNOT_RUN
+            )
         raise NotRunnable(
             f"command not found: {program} (is it installed and on PATH?)", EXIT_NOT_FOUND
         )
     return found
+
+
+def _not_executable_on_path(program: str) -> str | None:
+    """The first file called ``program`` on PATH, when none of them may be executed."""
+    for folder in os.get_exec_path():
+        path = os.path.join(folder, program)
+        if os.path.isfile(path):
+            return path
+    return None
 
 
 def find_on_path(program: str) -> str | None:
