@@ -70,7 +70,7 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
     ("76", "a server backend lost the turn while the command ran; the command was stopped"),
     ("77", "a later --newest-wins run replaced this one; its command never started"),
     ("69", "inturn send: no instance runs or listens, or it ended before it answered"),
-    ("126", "the command cannot be run (not executable, a folder, not a program)"),
+    ("126", "the command cannot be run (not executable, a folder; on Windows, not a program)"),
     ("127", "the command was not found (or the interpreter on its #! line)"),
     ("130", "interrupted by Ctrl-C while waiting (128+N for another signal N)"),
     ("141", "whoever read the output stopped reading (inturn status | head -1)"),
