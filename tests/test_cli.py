@@ -480,6 +480,14 @@ def test_long_durations_are_taken_where_seconds_are(lines_dir, given):
         assert result.returncode == 0, (args, result)
 
 
+def test_a_turn_taken_during_a_look_or_on_a_clock_ahead_shows_no_negative_time():
+    """A server's line is read after the look starts, and its times may come from another
+    host's clock: a time a little ahead of ours shows as none, never as ``-0.1s``."""
+    from inturn.cli.display import duration
+
+    assert [duration(s) for s in (-1.04, -0.01, 0.0, 2.5)] == ["0.0s", "0.0s", "0.0s", "2.5s"]
+
+
 @pytest.mark.parametrize("given", ["10x", "30m1h", "1h30", "m", "-5", "1e400", "nan", ""])
 def test_a_bad_duration_is_one_line_naming_it(lines_dir, given):
     result = run_cli("run", "-w", given, "bad", "--", "true")

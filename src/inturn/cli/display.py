@@ -139,9 +139,11 @@ class WaitingDisplay:
 
 
 def duration(seconds: float | None) -> str:
-    """``45s``, ``1m12s``, ``2h03m``: short enough for a status line."""
+    """``45s``, ``1m12s``, ``2h03m``: short enough for a status line. Never negative: a
+    time taken on another host's clock may be a little ahead of ours."""
     if seconds is None:
         return "-"
+    seconds = max(0.0, seconds)
     whole = int(seconds)
     if whole < 60:
         return f"{seconds:.1f}s" if seconds < 10 else f"{whole}s"

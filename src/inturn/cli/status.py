@@ -16,7 +16,6 @@ from .parser import line_from, where_from
 
 
 def status(args: argparse.Namespace) -> int:
-    now = time.time()
     names_only = getattr(args, "names", False)  # inturn top, printed once, has no --names
     if names_only and (args.name is not None or args.json):
         raise UsageError("--names lists every line, one name a line: give no NAME and no --json")
@@ -25,6 +24,7 @@ def status(args: argparse.Namespace) -> int:
         if getattr(args, "prune", False):  # only this line: the others were not asked about
             _forget_if_unused(line)
         status = line.status()  # a look opens nothing that stays open
+        now = time.time()  # after the look: a turn taken during it is not in the future
         if args.json:
             emit(json_text(status.to_json(now)))
         else:
@@ -46,6 +46,7 @@ def status(args: argparse.Namespace) -> int:
             store.close()
     finally:
         backend.close()
+    now = time.time()
     if args.json:
         document = {"where": backend.where, "lines": [s.to_json(now) for s in statuses]}
         emit(json_text(document))
