@@ -158,3 +158,21 @@ def test_a_stopped_holder_is_named_stopped_while_it_is(lines_dir, workers, panes
     holder.send()
     assert pane.exit_code() == 0
     assert holder.wait() == 0
+
+
+def test_every_holder_of_a_line_with_slots_is_counted(lines_dir, workers, panes, tmp_path):
+    """Two holders of a line with two slots: the line names the first and counts the other."""
+    holders = []
+    for _ in range(2):  # one after the other: the first in line is named
+        holders.append(Worker("pair", "--hold", "--slots", "2"))
+        workers.append(holders[-1])
+        holders[-1].expect("acquired")
+    pane, _ = shell_with(tmp_path, 160, ["run", "-s", "2", "pair", "--", "true"])
+    panes.append(pane)
+    pane.type("go")
+    shown = re.compile(rf"held by pid {holders[0].pid} \(.*\) for [0-9.]+s and 1 more; ")
+    pane.until(lambda rows: any(shown.search(r) for r in status_rows(rows, "pair")), "both")
+    holders[0].send()
+    assert pane.exit_code() == 0
+    holders[1].send()
+    assert all(holder.wait() == 0 for holder in holders)
