@@ -171,8 +171,9 @@ def test_quiet_or_piped_stderr_stays_silent(lines_dir):
         (lambda d: "/tmp", 126, ["/tmp is a folder, not a command"]),
         (lambda d: str(d), 126, ["is a folder, not a command"]),
         (lambda d: plain_file(d / "plain", 0o644), 126, ["not executable", "permissions"]),
+        (lambda d: f"{plain_file(d / 'script', 0o755)}/", 126, ["is a file: drop the last /"]),
     ],
-    ids=["not-on-path", "no-such-file", "tmp", "folder", "not-executable"],
+    ids=["not-on-path", "no-such-file", "tmp", "folder", "not-executable", "trailing-slash"],
 )
 def test_a_command_that_cannot_run_exits_as_shells_do_before_joining(
     lines_dir, tmp_path, make, code, words

@@ -232,6 +232,13 @@ def _find(program: str) -> str:
     126 when it is found but cannot be run, as ``env(1)``, ``timeout(1)`` and shells say."""
     if os.sep in program or (os.altsep and os.altsep in program):
         if not os.path.exists(program):
+            bare = program.rstrip("/" + (os.altsep or "") + os.sep)
+            if bare != program and os.path.isfile(bare):  # as execve: ENOTDIR, 126
+                raise NotRunnable(
+                    f"{program} ends in a separator, but {bare} is a file: drop the last "
+                    f"{program[-1]}",
+                    EXIT_CANNOT_RUN,
+                )
             raise NotRunnable(f"command not found: {program}", EXIT_NOT_FOUND)
         if os.path.isdir(program):
             raise NotRunnable(f"{program} is a folder, not a command", EXIT_CANNOT_RUN)
