@@ -113,11 +113,9 @@ class WaitingDisplay:
                 held = duration(time.time() - first.acquired_at) if first.acquired_at else "?"
                 if first.shared and len(self.holders) > 1:
                     who = f", held by {len(self.holders)} sharing for {held}"
-                elif len(self.holders) > 1:  # slots: the longest holder, and how many more
-                    more = len(self.holders) - 1
-                    who = f", held by {first.describe(live=True)} for {held} and {more} more"
-                else:
-                    who = f", held by {first.describe(live=True)} for {held}"
+                else:  # with slots, the longest holder, and how many more
+                    more = f" and {len(self.holders) - 1} more" if len(self.holders) > 1 else ""
+                    who = f", held by {first.describe(live=True)} for {held}{more}"
             else:
                 who = ""
             name = escape_controls(self.line.name)

@@ -232,7 +232,7 @@ def _find(program: str) -> str:
     126 when it is found but cannot be run, as ``env(1)``, ``timeout(1)`` and shells say."""
     if os.sep in program or (os.altsep and os.altsep in program):
         if not os.path.exists(program):
-            bare = program.rstrip("/" + (os.altsep or "") + os.sep)
+            bare = program.rstrip(os.sep + (os.altsep or ""))
             if bare != program and os.path.isfile(bare):  # as execve: ENOTDIR, 126
                 raise NotRunnable(
                     f"{program} ends in a separator, but {bare} is a file: drop the last "
@@ -267,7 +267,9 @@ def _find(program: str) -> str:
 
 
 def _not_executable_on_path(program: str) -> str | None:
-    """The first file called ``program`` on PATH, when none of them may be executed."""
+    """The first file called ``program`` on PATH, when none of them may be executed. A walk
+    of its own, made only once the search has failed: ``find_on_path`` stays one ``access``
+    per folder at every start."""
     for folder in os.get_exec_path():
         path = os.path.join(folder, program)
         if os.path.isfile(path):
