@@ -3,12 +3,14 @@
 ``blackhole()`` makes every byte in either direction vanish, on open connections and on new
 ones alike, as a network that silently drops packets would: clients see no error, only
 silence, and must notice it through their own timeouts; a side that closes its connection is
-not seen closing by the other. ``cut()`` closes every forwarded
-connection, as a network reset or a server killing its clients would; new connections still
-work. ``wait_sent(marker, count)`` lets a test wait until the client has sent something (a
-lease renewal, say) instead of guessing how long that takes. ``hold()`` keeps back what the
-clients of the connections open at that moment send (a statement that is late to reach the
-server), until ``let_go()``; ``wait_held(count)`` waits until that many chunks are held.
+not seen closing by the other. ``heal()`` ends it: the connections that lost bytes in it are
+closed (what they carried is broken), new ones are forwarded again. ``cut()`` closes every
+forwarded connection, as a network reset or a server killing its clients would; new
+connections still work. ``wait_sent(marker, count)`` lets a test wait until the client has
+sent something (a lease renewal, say) instead of guessing how long that takes. ``hold()``
+keeps back what the clients of the connections open at that moment send (a statement that is
+late to reach the server), until ``let_go()``; ``wait_held(count)`` waits until that many
+chunks are held.
 """
 
 from __future__ import annotations
@@ -104,6 +106,10 @@ class TcpProxy:
 
     def blackhole(self) -> None:
         self.blackholed.set()
+
+    def heal(self) -> None:
+        self.cut()
+        self.blackholed.clear()
 
     def cut(self) -> None:
         with self.changed:

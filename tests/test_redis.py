@@ -133,12 +133,30 @@ def test_a_holder_whose_lease_is_gone_leaves_as_a_dead_holder_would(place, worke
     assert waiter.wait() == 0
 
 
-def test_a_waiter_cut_off_from_the_server_gives_up_its_place_with_one_clear_line(place, redis_base):
+def test_a_waiter_cut_off_from_the_server_joins_again_at_the_back_once_it_answers(
+    place, redis_base
+):
+    """Cut off for longer than its lease, a waiter's place is gone. Once the server answers
+    again it takes a new ticket at the back, says so in one warning line, and waits for the
+    turn like anyone else, as a PostgreSQL waiter does (README: Leases)."""
     import pty
 
     target = urlsplit(redis_base)
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
     terminal, child_side = pty.openpty()
+    seen = b""
+
+    def read_until(text: bytes) -> None:
+        nonlocal seen
+        while text not in seen:
+            try:
+                seen += os.read(terminal, 1024)
+            except OSError:  # EIO: the waiter is gone
+                raise AssertionError(
+                    f"the waiter ended before saying {text!r}: exit {waiter.wait(60)}, "
+                    f"having said {seen!r}"
+                ) from None
+
     try:
         with inturn.turn("strand"):
             url = place.url(lease=1, base=through(proxy, redis_base))
@@ -148,25 +166,75 @@ def test_a_waiter_cut_off_from_the_server_gives_up_its_place_with_one_clear_line
                 env=child_env(),
             )
             os.close(child_side)
-            seen = b""
-            while b"waiting for strand" not in seen:  # drawn just before it sleeps in line
-                try:
-                    seen += os.read(terminal, 1024)
-                except OSError:  # EIO: the waiter is gone without having waited
-                    raise AssertionError(
-                        f"the waiter ended before it slept in line: exit {waiter.wait(60)}, "
-                        f"having said {seen!r}"
-                    ) from None
-            proxy.blackhole()
-            assert waiter.wait(60) == 2
-            with contextlib.suppress(OSError):  # EIO once the terminal's last writer is gone
-                while chunk := os.read(terminal, 1024):
-                    seen += chunk
-            assert b"lost our place in line 'strand'" in seen, seen
+            read_until(b"waiting for strand")  # drawn just before it sleeps in line
+            (old,) = [t.number for t in inturn.Line("strand").status().waiters]
+            client = place.client()
+            try:
+                lease = place.lease_key(client, "strand", old)
+                proxy.blackhole()
+                deadline = time.monotonic() + 60
+                while client.exists(lease):  # the server let the old place go
+                    assert time.monotonic() < deadline, "the waiter's lease outlived it"
+                    time.sleep(0.02)
+            finally:
+                client.close()
+            proxy.heal()
+            read_until(b"back in line 'strand' as ticket")
+            (new,) = [t.number for t in inturn.Line("strand").status().waiters]
+            assert new > old and waiter.poll() is None  # in line again, behind our turn
+        assert waiter.wait(60) == 0
+        with contextlib.suppress(OSError):  # EIO once the terminal's last writer is gone
+            while chunk := os.read(terminal, 1024):
+                seen += chunk
+        assert seen.count(b"lost our place in line 'strand'") == 1, seen
         assert inturn.Line("strand").status().waiters == ()
     finally:
         os.close(terminal)
         proxy.close()
+
+
+def test_a_waiter_that_cannot_join_again_gives_up_with_one_clear_line(
+    place, redis_base, monkeypatch
+):
+    """A waiter whose server stays silent past the window for joining again (60 s, here cut
+    short) gives up with ``LostTurn`` saying why, and leaves nothing in line."""
+    from inturn.backends.redis import store
+
+    monkeypatch.setattr(store, "REJOIN_WINDOW", 0.5)
+    target = urlsplit(redis_base)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
+    line = inturn.Line("silent", backend=place.url(lease=1, base=through(proxy, redis_base)))
+    outcome: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            line.acquire()
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=wait)
+    try:
+        with inturn.turn("silent"):
+            thread.start()
+            deadline = time.monotonic() + 60
+            while not inturn.Line("silent").status().waiters:
+                assert time.monotonic() < deadline and thread.is_alive(), outcome
+                time.sleep(0.02)
+            proxy.blackhole()
+            thread.join(60)
+            assert not thread.is_alive()
+        (error,) = outcome
+        assert isinstance(error, inturn.LostTurn), error
+        said = str(error)
+        assert "lost our place in line 'silent'" in said and "went unrenewed" in said, said
+        assert "could not join again within 0.5s" in said and "\n" not in said, said
+        deadline = time.monotonic() + 60  # its old ticket expires with its lease
+        while inturn.Line("silent").status().waiters:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        proxy.close()
+        line.close()
 
 
 def test_a_dropped_connection_that_comes_back_keeps_the_turn(place, redis_base):

@@ -174,6 +174,15 @@ def lost(holder: Run, warnings: list[str] | None = None) -> int:
     return exited
 
 
+def rejoined(waiter: Run, name: str, why: str) -> None:
+    """The waiter lost its place for ``why`` and took a new one at the back, saying so in
+    one warning line and nothing else."""
+    said = waiter.errors().strip().splitlines()
+    assert len(said) == 1 and said[0].startswith("inturn: warning: "), said
+    assert f"lost our place in line {name!r}" in said[0] and why in said[0], said
+    assert f"back in line {name!r} as ticket " in said[0], said
+
+
 def report(title: str, **measured: float) -> None:
     shown = ", ".join(f"{key.replace('_', ' ')} {value:+.3f}s" for key, value in measured.items())
     print(f"{title}: {shown}")
@@ -476,6 +485,86 @@ def test_redis_stalled_link_never_overlaps(place: Any, redis_base: str, tmp_path
     assert seconds(after.start - stall) >= DEFAULT_LOCK_DELAY
 
 
+def test_redis_waiter_back_from_a_lost_place_waits_for_those_now_ahead(
+    place: Any, tmp_path: Path
+) -> None:
+    """A waiter stopped for longer than its lease loses its place, as a PostgreSQL waiter
+    whose session ends does; its holder loses the turn meanwhile, and the one behind takes it,
+    told abandoned. Continued, the waiter comes back at the end of the line with a new ticket:
+    it must wait for the tickets now ahead of it, not take the turn because the one it used
+    to wait for is gone."""
+    log, url = tmp_path / "log", place.url(lease=1.0)
+    holder = Run("rejoin", "--backend", url, command=recorder(log, hold=True))
+    first = told(holder)
+    paused = Run("rejoin", "--backend", url, command=recorder(log, seconds=0.3))
+    waiting("rejoin", url, 1)
+    second = Run("rejoin", "--backend", url, command=recorder(log, hold=True))
+    waiting("rejoin", url, 2)
+    line = inturn.Line("rejoin", backend=url)
+    client = place.client()
+    os.kill(paused.pid, signal.SIGSTOP)
+    try:
+        assert client.delete(place.lease_key(client, "rejoin", first.ticket)) == 1
+        lost(holder)
+        taken = told(second)  # after the lock delay, told abandoned
+    finally:
+        os.kill(paused.pid, signal.SIGCONT)
+        client.close()
+    try:  # until it sleeps in line again, behind the second holder
+        until(
+            lambda: [w.number > taken.ticket for w in line.status().waiters] == [True],
+            "back in line",
+        )
+    finally:
+        line.close()
+    assert second.finish() == 0
+    assert paused.wait() == 0
+    back = told(paused)
+    rejoined(paused, "rejoin", "lease")
+    intervals = by_ticket(read_intervals(log))
+    report(
+        "redis waiter back from a lost place",
+        gap=gap(intervals[taken.ticket], intervals[back.ticket]),
+    )
+    assert_exclusive(log, expected=3)
+    assert taken.abandoned and not back.abandoned
+    assert first.ticket < taken.ticket < back.ticket
+
+
+def test_redis_newest_wins_waiter_back_from_a_lost_place_yields_to_a_newer_one(
+    place: Any, tmp_path: Path
+) -> None:
+    """A ``--newest-wins`` waiter that loses its place while a newer ``--newest-wins`` run
+    joins (too late to replace it: its place was already gone) comes back behind that run,
+    and yields to it (exit 77) as it would have in its old place."""
+    log, url = tmp_path / "log", place.url(lease=1.0)
+    holder = Run("newest", "--backend", url, command=recorder(log, hold=True))
+    first = told(holder)
+    older = Run("newest", "--backend", url, "--newest-wins", command=recorder(log))
+    waiting("newest", url, 1)
+    line = inturn.Line("newest", backend=url)
+    client = place.client()
+    os.kill(older.pid, signal.SIGSTOP)
+    try:
+        (place_of_older,) = [w.number for w in line.status().waiters]
+        lease_key = place.lease_key(client, "newest", place_of_older)
+        until(lambda: not client.exists(lease_key), "the stopped waiter's lease gone")
+        newer = Run("newest", "--backend", url, "--newest-wins", command=recorder(log))
+        until(lambda: any(w.pid == newer.pid for w in line.status().waiters), "newer in line")
+    finally:
+        os.kill(older.pid, signal.SIGCONT)
+        client.close()
+        line.close()
+    assert older.wait() == 77
+    said = older.errors().strip().splitlines()
+    assert len(said) == 2 and "back in line 'newest'" in said[0], said
+    assert "replaced this one in line 'newest'" in said[1], said
+    assert holder.finish() == 0
+    assert newer.wait() == 0
+    assert told(newer).ticket > first.ticket
+    assert_exclusive(log, expected=2)
+
+
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[Any]:
     """A Redis server of this test's own: the shared one is never flushed."""
@@ -511,15 +600,9 @@ def test_redis_flushall_stops_the_holder_within_its_bound(
     newcomer = Run("flush", "--backend", url, command=recorder(log, seconds=0.3))
     exited = lost(holder)
     assert dead(old.pid), "the recorder (inturn's grandchild) outlived inturn's exit 76"
-    waiter_ran = waiter.wait() == 0
-    if waiter_ran:
-        waiter_said = f"ran as {told(waiter)}"
-    else:
-        said = waiter.errors().strip().splitlines()
-        assert len(said) == 1 and "lost our place in line 'flush'" in said[0], said
-        assert "no longer had its lease" in said[0], said  # not "did not answer": it did
-        assert waiter.proc.returncode == 2
-        waiter_said = f"gave up: {said[0]}"
+    assert waiter.wait() == 0
+    rejoined(waiter, "flush", "no longer had its lease")  # not "went unrenewed": it answered
+    waiter_said = f"ran as {told(waiter)}"
     assert newcomer.wait() == 0
     new = told(newcomer)
     intervals = by_ticket(read_intervals(log))
@@ -553,7 +636,8 @@ def test_redis_restart(tmp_path: Path, keeps: str, tls: bool) -> None:
     One that
     keeps nothing loses every lease (README: it can overlap): the holder learns it from the
     closed connection, long before its next renewal is due, stops its command and exits 76;
-    the waiter runs or gives up its place with one line; the newcomer's ticket is still above
+    the waiter takes a new place at the back, saying so in one line, and runs; the newcomer's
+    ticket is still above
     the holder's."""
     from redis_server import Place, RedisServer
 
@@ -606,10 +690,8 @@ def test_redis_restart(tmp_path: Path, keeps: str, tls: bool) -> None:
             return
         exited = lost(holder)
         assert dead(old.pid), "the recorder (inturn's grandchild) outlived inturn's exit 76"
-        if waiter.wait() != 0:
-            said = waiter.errors().strip().splitlines()
-            assert len(said) == 1 and "lost our place in line 'restart'" in said[0], said
-            assert "no longer had its lease" in said[0], said
+        assert waiter.wait() == 0
+        rejoined(waiter, "restart", "no longer had its lease")
         assert newcomer.wait() == 0
         new = told(newcomer)
         assert new.ticket > old.ticket  # the counter was lost too: numbers still increase

@@ -11,6 +11,7 @@ from typing import Any
 import redis
 
 from ...forks import forget_after_fork
+from ...records import Ticket
 from ..base import LostSignal, Membership
 
 RENEW_EVERY = 1 / 3  # of the lease: the heartbeat's period
@@ -28,7 +29,9 @@ class RedisMembership(Membership):
         sent_at: float,
         shared: bool = False,
         kick_key: str | None = None,
+        ticket: Ticket | None = None,
     ) -> None:
+        self.ticket = ticket  # what it joined with: the record a new place is taken with
         self.number = number
         self.ticket_id = ticket_id
         self.lease_key = lease_key
@@ -53,6 +56,15 @@ class RedisMembership(Membership):
 
     def declare_lost(self) -> None:
         self.signal.declare()
+
+    def take_place_of(self, fresh: RedisMembership) -> None:
+        """Become ``fresh``, a new ticket of the same owner at the back of the line, after
+        this one lost its place: the queue and the caller keep this object."""
+        self.number, self.ticket_id, self.lease_key = fresh.number, fresh.ticket_id, fresh.lease_key
+        self.kick_key, self.kicks_read = fresh.kick_key, fresh.kicks_read
+        self.renewed_at, self.retry_at = fresh.renewed_at, fresh.retry_at
+        self.left, self.gone, self.holding = fresh.left, fresh.gone, fresh.holding
+        self.clock_offset, self.signal = fresh.clock_offset, fresh.signal
 
 
 class LeaseKeeper:

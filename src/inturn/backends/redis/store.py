@@ -50,13 +50,14 @@ from redis.retry import Retry
 
 from ...errors import BackendError, Cancelled, LostTurn, Replaced, UsageError
 from ...names import decode, digest, encode
-from ...records import Ticket, warn_once
+from ...records import Ticket, warn, warn_once
 from ..base import (
     Backend,
     CancelToken,
     LineStore,
     Membership,
     Patience,
+    TookNewPlace,
     View,
     Woke,
     check_scope,
@@ -70,6 +71,7 @@ from .membership import GIVE_UP_AT, LeaseKeeper, RedisMembership, call
 # evicts keys (without it, that is not checked).
 GRANTS = "+@read +@write +@scripting +time +ping +info"
 WAKE_AFTER_EXPIRY_MS = 10  # a waiter looks again this long after a watched lease could expire
+REJOIN_WINDOW = 60.0  # seconds a waiter that lost its place tries to join again
 
 T = TypeVar("T")
 
@@ -98,6 +100,11 @@ def _translated(where: str, prefix: str) -> Iterator[None]:
 
 class _Unreachable(BackendError):
     """The server did not answer (down, restarting, loading its data, out of reach)."""
+
+
+class _PlaceLost(Exception):
+    """Our waiting ticket's lease is gone, or could not be renewed in time: its place in line
+    is lost (the message says why), and a new one is taken."""
 
 
 def _backend_error(exc: rx.RedisError, where: str, prefix: str) -> BackendError:
@@ -371,6 +378,12 @@ class RedisStore(LineStore):
 
     def join(self, me: Ticket, patience: Patience) -> tuple[RedisMembership, View | None]:
         self.backend.refuse_eviction()
+        member = self._enter(me)
+        self.backend.keeper.add(member)
+        return member, None
+
+    def _enter(self, me: Ticket) -> RedisMembership:
+        """A new ticket at the back of the line, whose lease nobody renews yet."""
         ticket_id = secrets.token_hex(10)
         fields: list[bytes | str] = ["line", encode(self.name)]
         for key, value in me.header().items():
@@ -404,12 +417,60 @@ class RedisStore(LineStore):
         number = int(joined)
         kick = self._kick_key(ticket_id) if me.newest_wins else None
         lease = self._lease_key(ticket_id)
-        member = RedisMembership(number, ticket_id, lease, sent, me.shared, kick)
+        member = RedisMembership(number, ticket_id, lease, sent, me.shared, kick, me)
         # The server's clock read halfway through the round trip, against ours.
         member.clock_offset = (asked + answered) / 2 - (seconds + micros / 1e6)
         self._learn({number: ticket_id})
+        return member
+
+    def _rejoin(self, member: RedisMembership, cancel: CancelToken | None) -> None:
+        """Our place in line is gone while we waited (its lease ran out, or the server lost
+        it): take a new ticket at the back, as a PostgreSQL waiter whose session ended does.
+
+        Nothing of the old place is kept: it waits for everyone now ahead, and the lock delay
+        from now, since it cannot know how the turns ahead ended meanwhile. A ``newest_wins``
+        ticket yields to a newer one that came meanwhile, as it would have in its place. Gives
+        up with ``LostTurn`` once the server has not answered for ``REJOIN_WINDOW`` seconds.
+        """
+        why = self._lost_place(member)
+        self.backend.keeper.remove(member)
+        self._take_out(member, say=False)  # its record goes now, or expires with its lease
+        assert member.ticket is not None
+        start = time.monotonic()
+        for pause in _pauses(self.backend.lease):
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled(f"stopped waiting for line {self.name!r}")
+            try:
+                fresh = self._enter(member.ticket)
+                break
+            except _Unreachable as exc:
+                if time.monotonic() + pause > start + REJOIN_WINDOW:
+                    member.left = True  # taken out above, or it expires: nothing more to do
+                    again = f"could not join again within {REJOIN_WINDOW:g}s"
+                    raise LostTurn(f"{why}; {again}: {exc}") from None
+            woken = threading.Event()
+            with ExitStack() as links:
+                if cancel is not None:
+                    links.enter_context(cancel.linked(woken))
+                woken.wait(pause)
+        earlier = member.number
+        member.take_place_of(fresh)
+        member.lost_track_at = start
         self.backend.keeper.add(member)
-        return member, None
+        warn(f"{why}; back in line {self.name!r} as ticket {member.number}")
+        if member.kick_key is not None:
+            self._yield_to_newer(member, earlier)
+
+    def _yield_to_newer(self, member: RedisMembership, earlier: int) -> None:
+        """Raise ``Replaced`` if a live ``newest_wins`` ticket joined after ``earlier``, the
+        place this one lost: it would have replaced that place."""
+        between = [n for n in self._look(member).tickets if n > earlier]
+        if not between:
+            return
+        alive = [n for n, ms in zip(between, self._leases_left(between), strict=True) if ms != -2]
+        for number, ticket in zip(alive, self._read(alive), strict=True):
+            if ticket is not None and ticket.newest_wins:
+                raise Replaced(f"ticket {number} replaced this one in line {self.name!r}")
 
     def _learn(self, ids: dict[int, str], present: bool = False) -> None:
         with self._ids_lock:
@@ -519,16 +580,19 @@ class RedisStore(LineStore):
     ) -> Woke | None:
         member = me if isinstance(me, RedisMembership) else None
         deadline = None if timeout is None else time.monotonic() + timeout
+        place = None if member is None else member.number
 
         def wait_once() -> Woke | None:
+            if member is not None and member.number != place:
+                return Woke()  # it lost its place and took a new one: the queue looks again
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             return self._wait(member, numbers, left, cancel, then_holds)
 
         try:
             return self._through_outages(member, cancel, wait_once, self.backend.lease)
         except BackendError:
-            if member is not None:
-                self._check_own_place(member)  # the clearer story when our lease is gone too
+            if member is not None and member.lost and not member.holding:
+                raise LostTurn(self._lost_place(member)) from None  # the clearer story
             raise
 
     def _wait(
@@ -578,20 +642,27 @@ class RedisStore(LineStore):
         placeless: float = 0.0,
     ) -> T:
         """``work()``, tried again while the server does not answer (a restart, a network
-        blip), for as long as ``me``, a ticket of ours waiting in line, keeps its place: the
-        keeper renews the lease the moment the server answers again, and declares the place
-        lost three quarters of a lease after its last renewal, which ends this with
-        ``LostTurn``. Without a place of ours to keep (a barrier's wait), for ``placeless``
-        seconds from the first failure: then the failure is the answer."""
+        blip). For ``me``, a ticket of ours waiting in line, the keeper renews the lease the
+        moment the server answers again, and declares the place lost three quarters of a lease
+        after its last renewal: then it takes a new place (``_rejoin``) and works again.
+        Without a place of ours to keep (a barrier's wait), for ``placeless`` seconds from the
+        first failure: then the failure is the answer."""
         ours = isinstance(me, RedisMembership) and me.pid == os.getpid() and not me.holding
         member = me if ours and isinstance(me, RedisMembership) else None
         until = None
         for pause in _pauses(self.backend.lease):
             try:
                 return work()
+            except _PlaceLost as exc:
+                if member is None:
+                    raise LostTurn(str(exc)) from None
+                self._rejoin(member, cancel)
+                continue
             except _Unreachable:
                 if member is not None:
-                    self._check_own_place(member)
+                    if member.lost:
+                        self._rejoin(member, cancel)
+                        continue
                 else:
                     until = time.monotonic() + placeless if until is None else until
                     if time.monotonic() + pause > until:
@@ -604,16 +675,18 @@ class RedisStore(LineStore):
                     links.enter_context(cancel.linked(woken))
                 woken.wait(pause)
             if cancel is not None and cancel.cancelled:
-                self._interrupted(member)
+                raise Cancelled(f"stopped waiting for line {self.name!r}")
         raise AssertionError("unreachable")
 
     def _check_own_place(self, me: RedisMembership) -> None:
+        """Raise ``_PlaceLost`` if our waiting ticket lost its place: ``_through_outages``
+        takes a new one."""
         if me.lost and not me.holding:
-            raise LostTurn(self._lost_place(me))
+            raise _PlaceLost(self._lost_place(me))
 
     def _lost_place(self, me: RedisMembership) -> str:
         """Why a waiter lost its place: the server had no lease for it any more (it lost its
-        data, or the waiter could not renew in time), or the server did not answer."""
+        data, or the waiter could not renew in time), or no renewal got through in time."""
         lease = self.backend.lease
         if me.gone:
             return (
@@ -621,8 +694,9 @@ class RedisStore(LineStore):
                 f"lease (a restart that kept no data, a FLUSHALL, or no renewal for {lease:g}s)"
             )
         return (
-            f"lost our place in line {self.name!r}: Redis at {self.where} did not answer "
-            f"within the {lease:g}s lease"
+            f"lost our place in line {self.name!r}: its lease at Redis at {self.where} went "
+            f"unrenewed for {lease * GIVE_UP_AT:g}s (the server did not answer, or this process "
+            "was stopped)"
         )
 
     def _block_on(
@@ -726,6 +800,9 @@ class RedisStore(LineStore):
         if not ok or me.lost:
             me.gone = me.gone or not me.lost  # the mark found no lease
             me.declare_lost()
+            if not me.holding and me.pid == os.getpid():
+                self._rejoin(me, None)
+                raise TookNewPlace()  # never held: wait again, as any waiter
             raise LostTurn(self._lost_place(me))
         me.holding = True
 
@@ -756,6 +833,11 @@ class RedisStore(LineStore):
             return  # a child made by fork(): the ticket stays with the parent
         me.left = True
         self.backend.keeper.remove(me)
+        self._take_out(me)
+
+    def _take_out(self, me: RedisMembership, say: bool = True) -> None:
+        """Take our ticket out of the line (the leave script); ``say``: warn if it could not
+        (it expires with its lease)."""
         keys = [
             self.tickets_key,
             self._ticket_key(me.ticket_id),
@@ -781,10 +863,12 @@ class RedisStore(LineStore):
                 return
             except (rx.ConnectionError, rx.TimeoutError) as exc:
                 if me.lost or time.monotonic() + pause >= lasts_until:
-                    self._not_left(exc)
+                    if say:
+                        self._not_left(exc)
                     return
             except rx.RedisError as exc:
-                self._not_left(exc)
+                if say:
+                    self._not_left(exc)
                 return
             time.sleep(pause)
 
