@@ -105,6 +105,41 @@ def test_default_folder_must_be_ours_private_and_not_a_link(tmp_path):
             prepare_root(str(foreign), "user", explicit=False)
 
 
+def test_looks_trust_a_planted_default_folder_no_more_than_runs_do(tmp_path, monkeypatch):
+    """Another user who plants the default folder (a link to their own, or a folder of
+    theirs) cannot make status show their lines as ours, nor ``inturn wait`` wait on them:
+    every look refuses it with the line a run gives. A look at a folder not made yet makes
+    nothing."""
+    monkeypatch.delenv("INTURN_DIR", raising=False)
+    monkeypatch.delenv("INTURN_BACKEND", raising=False)
+    theirs = tmp_path / "theirs"
+    assert run_cli("run", "nightly", "--", "true", INTURN_DIR=str(theirs)).returncode == 0
+    default = tmp_path / f"inturn-{os.getuid()}"
+    assert not prepare_root(str(default), "user", explicit=False, create=False)
+    assert not default.exists()
+    default.symlink_to(theirs)
+    looks = [("status",), ("status", "nightly"), ("wait", "nightly"), ("forget", "nightly")]
+    code = f"import sys, inturn.backends.posix as p, inturn.cli as c; p.TMP = {str(tmp_path)!r}"
+    env = {k: v for k, v in child_env().items() if k not in ("INTURN_DIR", "INTURN_BACKEND")}
+    for look in [("run", "nightly", "--", "true"), *looks]:
+        result = subprocess.run(
+            [sys.executable, "-c", f"{code}; sys.exit(c.main({list(look)!r}))"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        one_line_error(result, "symbolic link, not a folder of inturn's")
+    monkeypatch.setattr("inturn.backends.posix.TMP", str(tmp_path))
+    for look in (lambda line: line.status(), lambda line: line.wait()):
+        with pytest.raises(inturn.BackendError, match="symbolic link"):
+            look(inturn.Line("nightly"))
+    default.unlink()
+    default.mkdir(mode=0o755)
+    default.chmod(0o755)
+    with pytest.raises(inturn.BackendError, match="chmod 700"):
+        inturn.Line("nightly").status()
+
+
 def test_an_unwritable_folder_is_named_with_the_fix(users, shared_dir):
     folder = shared_dir / "locked"
     folder.mkdir(mode=0o755)

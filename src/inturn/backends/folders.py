@@ -267,8 +267,7 @@ class FolderBackend(Backend):
         self.create = create  # False: only looking, so nothing is created or changed
         if explicit:
             self.check_named_root(self.root)
-        if create:
-            self.prepare_root(self.root, scope, explicit)
+        self.prepare_root(self.root, scope, explicit, create)
 
     @staticmethod
     @abstractmethod
@@ -277,8 +276,9 @@ class FolderBackend(Backend):
 
     @staticmethod
     @abstractmethod
-    def prepare_root(path: str, scope: str, explicit: bool) -> None:
-        """Create the lines folder if needed and check that it is safe to use."""
+    def prepare_root(path: str, scope: str, explicit: bool, create: bool) -> None:
+        """Create the lines folder if needed (``create``; a look makes nothing) and check that
+        it is safe to use."""
 
     @staticmethod
     def check_named_root(path: str) -> None:

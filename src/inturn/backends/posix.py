@@ -120,8 +120,12 @@ def _readable_mode(scope: str) -> int:
     return (0o644 if scope == "machine" else 0o600) | KEEP
 
 
-def prepare_root(path: str, scope: str, explicit: bool) -> None:
-    """Create the lines folder if needed and check that it is safe to use."""
+def prepare_root(path: str, scope: str, explicit: bool, create: bool = True) -> None:
+    """Create the lines folder if needed and check that it is safe to use. A look (not
+    ``create``) makes nothing and changes nothing, but trusts no more than a run would: what
+    a folder planted by another user says is not shown as the line."""
+    if not create and not os.path.lexists(path):
+        return  # nothing kept there yet: nothing to trust
     try:
         if not os.path.lexists(path):
             parent = os.path.dirname(path)
@@ -162,6 +166,8 @@ def prepare_root(path: str, scope: str, explicit: bool) -> None:
                 f"{path} can be used by other users (mode {stat.S_IMODE(info.st_mode):o}): "
                 f"run 'chmod 700 {path}' or set INTURN_DIR"
             )
+    if not create:
+        return  # a look reads: what it must not trust is settled above
     if scope == "machine" and not explicit and (info.st_mode & 0o1002) != 0o1002:
         if info.st_uid == uid:
             os.chmod(path, 0o1777)

@@ -195,8 +195,11 @@ def default_root(scope: str) -> str:
     return os.path.join(base, "inturn")
 
 
-def prepare_root(path: str, scope: str, explicit: bool) -> None:
-    """Create the lines folder if needed and check that it is a usable folder of ours."""
+def prepare_root(path: str, scope: str, explicit: bool, create: bool = True) -> None:
+    """Create the lines folder if needed and check that it is a usable folder of ours (a look,
+    not ``create``, makes nothing, but checks what is there as a run would)."""
+    if not create and not os.path.lexists(path):
+        return
     security = win32.Security(_MACHINE_FOLDER_SDDL) if scope == "machine" else None
     try:
         if not os.path.lexists(path):
