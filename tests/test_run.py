@@ -559,7 +559,9 @@ def losable(request: pytest.FixtureRequest) -> Iterator[Losable]:
             client.close()
 
     try:
-        yield Losable(["--backend", place.url(lease=1, base=_through(proxy, base))], cut_off)
+        # A short lease, so that a cut is felt soon; not so short that a renewal late on a
+        # loaded machine loses the turn before the cut.
+        yield Losable(["--backend", place.url(lease=2, base=_through(proxy, base))], cut_off)
     finally:
         proxy.close()
 
@@ -616,6 +618,7 @@ def test_a_lost_turn_kills_what_ignores_sigterm_and_what_was_orphaned(losable, t
         output = read_lines(proc.stdout)
         while len(seen) < 3:
             words = output.get(timeout=REPORT_TIMEOUT).split()
+            assert words, f"inturn run ended early ({proc.wait()}): {proc.communicate()[1]}"
             seen[words[0]] = int(words[1]) if len(words) > 1 else 0
         assert os.getpgid(seen["orphan"]) != os.getpgid(seen["member"])  # out of the group
         losable.cut()
