@@ -54,6 +54,49 @@ def test_waiting_on_yourself_forever_is_refused(lines_dir):
     assert line.status().holders == ()
 
 
+def test_line_release_gives_back_the_callers_turn_like_a_lock(lines_dir):
+    """``line.acquire()`` then ``line.release()``, as with filelock, fasteners or a
+    ``threading.Lock``: the turn is released though its ``Turn`` was not kept; the latest of
+    the caller's turns goes first; another thread's turn is not the caller's to release,
+    unless handed to it; a release with nothing held says so."""
+    line = inturn.Line("lock", slots=2)
+    line.acquire()
+    assert len(line.status().holders) == 1
+    line.release()
+    assert line.status().holders == ()
+    with pytest.raises(inturn.InturnError, match="holds no turn taken through this Line"):
+        line.release()
+    first, second = line.acquire(), line.acquire()
+    line.release()
+    assert first.held and not second.held
+    errors: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            line.release()
+        except inturn.InturnError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert len(errors) == 1 and first.held  # not its turn
+    thread = threading.Thread(target=other)
+    first.owner = thread
+    thread.start()
+    thread.join()
+    assert len(errors) == 1 and not first.held  # handed to it: its own
+    assert line.status().holders == ()
+
+    async def task() -> None:
+        await inturn.acquire_async(line)
+        assert len(line.status().holders) == 1
+        line.release()  # the task's own turn
+
+    asyncio.run(task())
+    assert line.status().holders == ()
+
+
 def test_a_with_block_of_a_line_holds_a_turn_like_a_lock(lines_dir):
     """``with line:`` (and ``async with line:``) waits in line and binds the ``Turn``, as
     ``with lock:`` does for a ``threading.Lock``, so that code written for filelock or

@@ -73,18 +73,27 @@ def assert_free(name: str, slots: int = 1) -> None:
 # --------------------------------------------------------------------------- threads
 
 
-@pytest.mark.parametrize("how", ["acquire", "with-line"])
+@pytest.mark.parametrize("how", ["acquire", "with-line", "lock-style"])
 @slots_1_and_3
 def test_threads_sharing_one_line(where: Where, tmp_path: Path, slots: int, how: str) -> None:
-    """Turns taken with ``with line.acquire():``, or with ``with line:``, which holds a turn
-    for the block as ``with lock:`` does."""
+    """Turns taken with ``with line.acquire():``, with ``with line:``, which holds a turn
+    for the block as ``with lock:`` does, or with ``line.acquire()`` then ``line.release()``,
+    as with a lock, the ``Turn`` not kept."""
     count, turns = SCALE[where.kind]
     log = tmp_path / "log"
     recorder = Recorder(log)
     line = inturn.Line("shared", slots)
 
     def body(index: int) -> None:
-        for _ in range(turns):
+        for turn in range(turns):
+            if how == "lock-style":
+                line.acquire()
+                try:
+                    with recorder.inside(f"{turn}:t{index}"):
+                        time.sleep(WORK)
+                finally:
+                    line.release()
+                continue
             block = line.acquire() if how == "acquire" else line
             with block as held, recorder.inside(f"{held.ticket}:t{index}"):
                 time.sleep(WORK)

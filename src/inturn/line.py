@@ -236,7 +236,8 @@ class Line:
 
     Safe to share between threads: every ``acquire`` takes its own ticket, so two acquires in
     one process queue like two processes. Turns are not re-entrant. ``with line:`` holds a
-    turn for the block, as ``with lock:`` does.
+    turn for the block, as ``with lock:`` does, and ``line.release()`` releases the caller's
+    turn, as ``lock.release()`` does.
     """
 
     def __init__(
@@ -261,6 +262,8 @@ class Line:
         self._opening: Opening | None = None
         self._opening_lock = threading.Lock()
         self._blocks = _Blocks()  # the turns of ``with line:`` blocks in progress
+        self._turns: list[Turn] = []  # turns ``acquire`` gave, held or not yet seen released
+        self._turns_lock = threading.Lock()
 
     @property
     def store(self) -> LineStore:
@@ -310,9 +313,10 @@ class Line:
 
         Raises ``Busy`` at once when ``blocking=False`` and the line is full, ``Timeout`` after
         ``timeout`` seconds in line (None, or a negative number, waits for ever, as in
-        ``threading``; 0 is one try). ``command`` is what ``status`` shows (default ``sys.argv``).
-        ``owner`` is who will hold the turn (default: the calling thread); a wait that only
-        that owner's own release could end is refused instead of hanging.
+        ``threading``; 0 is one try). ``command`` is what ``status`` shows (default: this
+        process's whole command line, ``sys.orig_argv``). ``owner`` is who will hold the turn
+        (default: the calling thread); a wait that only that owner's own release could end is
+        refused instead of hanging.
 
         ``shared=True`` takes a shared turn (a reader: shared turns adjacent in the line run
         together, never with an exclusive one). ``max_waiting=N`` raises ``Busy`` at once when
@@ -345,7 +349,29 @@ class Line:
             raise
         turn = Turn(self, opening, held.membership, held.abandoned_by, owner)
         turn.waited = time.monotonic() - started
+        with self._turns_lock:
+            self._turns = [t for t in self._turns if t.held]
+            self._turns.append(turn)
         return turn
+
+    def release(self) -> None:
+        """Release the turn that the caller (this thread, or the asyncio task running in it)
+        took through this ``Line`` (the latest, if several), as ``lock.release()`` does after
+        ``lock.acquire()``: the ``Turn`` that ``acquire`` returned need not be kept. A turn
+        handed to another owner (``turn.owner = worker``) is that one's to release.
+
+        Raises ``InturnError`` if the caller holds no turn taken through this ``Line``."""
+        task, _ = _asking_from(threading.current_thread())
+        callers = (threading.current_thread(), task)
+        with self._turns_lock:
+            self._turns = [t for t in self._turns if t.held]
+            mine = [t for t in self._turns if any(t.owner is c for c in callers)]
+        if not mine:
+            raise InturnError(
+                f"release of line {self.name!r}: this thread holds no turn taken through "
+                "this Line (a turn handed to another thread or task is that one's to release)"
+            )
+        mine[-1].release()
 
     def forget(self) -> bool:
         """Remove the line (its folder, or its name on a server) if nobody holds or waits in

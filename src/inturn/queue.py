@@ -310,8 +310,9 @@ class _Waiter:
             if mine and waits_for_itself(request, live, view.shared, mine):
                 raise InturnError(
                     f"this {_kind(self.asker)} already holds line {store.name!r} and would wait "
-                    "for itself forever: turns are not re-entrant (release the first, or use "
-                    "slots=2; a turn handed to another thread or task that will release it "
+                    "for itself forever: turns are not re-entrant (release the first; where "
+                    "code that holds it calls code that takes it too, take it in the outer one "
+                    "only; a turn handed to another thread or task that will release it "
                     "belongs to that one: turn.owner = it)"
                 )
             if self.on_progress is not None:
