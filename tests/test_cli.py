@@ -218,6 +218,46 @@ def test_a_server_backend_without_its_client_says_which_extra_to_install(
     assert len(lines) == 2 and all(f"pip install '{extra}'" in line for line in lines), lines
 
 
+def test_a_redis_client_too_old_is_named_with_the_extra_that_brings_a_new_one(lines_dir, tmp_path):
+    """redis-py 4, pinned by another package, is a client inturn cannot use: one line says
+    so, with the extra to install, rather than blaming the URL for an option it lacks."""
+    old = tmp_path / "old"
+    installed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            old,
+            "redis==4.6.0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert installed.returncode == 0, installed.stderr
+    address = "redis://127.0.0.1:1/0"
+    probe = (
+        "import sys, inturn; from inturn.cli import main\n"
+        f"try:\n    inturn.Line('x', backend={address!r})\n"
+        "except inturn.UsageError as exc:\n    print(exc, file=sys.stderr)\n"
+        f"sys.exit(main(['status', '--backend', {address!r}, 'x']))"
+    )
+    env = child_env(PYTHONPATH=os.pathsep.join([str(old), child_env().get("PYTHONPATH", "")]))
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60
+    )
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2, result
+    assert len(lines) == 2, lines
+    for line in lines:
+        assert "redis-py 4.6.0 is installed; inturn needs 5 or later" in line, line
+        assert "pip install 'inturn[redis]'" in line, line
+
+
 def test_run_imports_only_what_it_needs(lines_dir):
     """Start-up: a plain ``inturn run`` on the local backend starts its command without
     ``subprocess`` (it uses ``posix_spawn``), ``shutil`` (PATH is searched with ``os``, and
