@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,39 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert done.returncode == 0, done.stderr
     return venv
+
+
+def test_the_source_distribution_carries_the_whole_test_suite(tmp_path):
+    """A test file without the modules it imports (conftest.py, observer.py, ...) fails at
+    collection: the sdist carries every file of tests/ and what the suite runs beside it."""
+    source = tmp_path / "source"
+    tracked = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True, timeout=60
+    )
+    if tracked.returncode != 0:
+        missing_component("this checkout is not a git work tree", "run the tests in a clone")
+    files = tracked.stdout.splitlines()
+    for name in files:
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, source / name)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from setuptools import build_meta as b; print(b.build_sdist('dist'))",
+        ],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stderr
+    archive = source / "dist" / built.stdout.strip().splitlines()[-1]
+    with tarfile.open(archive) as sdist:
+        inside = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+    wanted = [n for n in files if n.split("/")[0] in ("tests", "benchmarks", "examples", "scripts")]
+    assert wanted and not [n for n in wanted if n not in inside]
+    assert not [n for n in inside if "__pycache__" in n or n.endswith(".pyc")]
 
 
 def man(venv: Path, *args: str) -> subprocess.CompletedProcess[str]:
