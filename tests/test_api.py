@@ -312,6 +312,22 @@ def test_bad_arguments_are_refused_by_the_constructor(lines_dir, arguments, mess
     assert not lines_dir.exists()
 
 
+def test_a_line_uses_inturn_backend_unless_given_a_backend_or_a_folder(
+    lines_dir, tmp_path, monkeypatch
+):
+    """Without ``backend=``, a ``Line`` takes ``INTURN_BACKEND``, as the command does, and a
+    bad URL there is refused when the ``Line`` is made, not at its first use; a folder given
+    (``directory=``) beats it, as ``--dir`` does."""
+    monkeypatch.setenv("INTURN_BACKEND", "mysql://db/x")
+    for make in (lambda: inturn.Line("x"), lambda: inturn.turn("x")):
+        with pytest.raises(inturn.UsageError, match="unknown backend 'mysql'"):
+            make()
+    folder = tmp_path / "given"
+    with inturn.Line("x", directory=folder) as held:
+        assert held.ticket == 1 and (folder / "x").is_dir()
+    assert inturn.Line("x", backend="local").status().holders == ()
+
+
 @pytest.mark.parametrize("timeout", ["5", b"5", [5], float("nan"), True])
 def test_a_timeout_that_is_not_a_number_is_one_usage_error(lines_dir, timeout):
     line = inturn.Line("x")

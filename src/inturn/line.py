@@ -256,9 +256,9 @@ class Line:
         self.scope = check_scope(scope)
         if directory is not None and not isinstance(directory, (str, os.PathLike)):
             raise UsageError(f"directory must be a path, not {directory!r}")
-        check_backend(backend)  # a bad URL is refused here, before anyone waits
-        self._backend_spec = backend
         self._directory = None if directory is None else os.fspath(directory)
+        check_backend(backend, self._directory)  # a bad URL is refused here, before any wait
+        self._backend_spec = backend
         self._opening: Opening | None = None
         self._opening_lock = threading.Lock()
         self._blocks = _Blocks()  # the turns of ``with line:`` blocks in progress
@@ -1005,10 +1005,10 @@ def send(
 
     name = check_name(name)
     check_scope(scope)
-    check_backend(backend)
+    folder = None if directory is None else os.fspath(directory)
+    check_backend(backend, folder)
     message = request(argv, current_folder() if cwd is None else cwd, data)
     seconds = check_timeout(timeout)
-    folder = None if directory is None else os.fspath(directory)
     opened = open_backend(backend, scope=scope, directory=folder, create=False)
     store = opened.line(name)
     try:

@@ -29,8 +29,7 @@ def open_backend(
     fill_closed_standard_descriptors()  # before any file or connection of a line is opened
     if isinstance(backend, Backend):
         return backend
-    address = backend if backend is not None else os.environ.get("INTURN_BACKEND", "")
-    address = address.strip()
+    address = _address(backend, directory).strip()
     kind = _kind(address)
     if kind == "local":
         return _local(scope, directory, create)
@@ -46,11 +45,20 @@ def open_backend(
     return RedisBackend(address, scope=scope)
 
 
-def check_backend(backend: str | Backend | None) -> None:
+def _address(backend: str | None, directory: str | None) -> str:
+    """The backend asked for: a folder given beats ``INTURN_BACKEND``, as ``--dir`` does."""
+    if backend is not None:
+        return backend
+    return "local" if directory is not None else os.environ.get("INTURN_BACKEND", "")
+
+
+def check_backend(backend: str | Backend | None, directory: str | None = None) -> None:
     """Refuse a backend that cannot work (an unknown scheme, a bad URL, a missing client),
-    with one clear line, without connecting to anything."""
-    if backend is None or isinstance(backend, Backend):
+    with one clear line, without connecting to anything; None is ``INTURN_BACKEND``'s."""
+    if isinstance(backend, Backend):
         return
+    if backend is None:
+        backend = _address(backend, directory)
     if not isinstance(backend, str):
         raise UsageError(f"backend must be a URL or 'local', not {backend!r}")
     address = backend.strip()
@@ -87,7 +95,7 @@ def _client_missing(kind: str, exc: ImportError) -> UsageError:
         return UsageError(
             f"the PostgreSQL backend needs psycopg 3 ({exc}): pip install 'inturn[postgres]'"
         )
-    return UsageError(f"the Redis backend is not available ({exc}): pip install 'inturn[redis]'")
+    return UsageError(f"the Redis backend needs redis-py 5 ({exc}): pip install 'inturn[redis]'")
 
 
 def _local(scope: str, directory: str | None, create: bool) -> Backend:
