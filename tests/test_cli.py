@@ -116,6 +116,10 @@ def test_close_keeps_the_command_from_inheriting_the_turn(lines_dir, workers):
         (["run", "x"], "no command given"),
         (["run", "", "--", "true"], "name is empty"),
         (["run", "--slots", "0", "x", "--", "true"], "slots"),
+        (
+            ["run", "-s", "nightly", "--", "true"],
+            "'nightly' (a shared turn, flock's -s, is --shared",
+        ),
         (["run", "--timeout", "soon", "x", "--", "true"], "seconds"),
         (["frobnicate"], "invalid choice"),
         (["run", "-n", "-w", "5", "x", "--", "true"], "-w/--timeout: not allowed with"),

@@ -379,7 +379,11 @@ def _grace(text: str) -> float:
 
 def _slots(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"slots must be a whole number of at least 1: {text!r}")
+        # flock(1)'s -s is a shared lock: the likeliest reason for a name after -s
+        hint = "" if text[:1].isdigit() else " (a shared turn, flock's -s, is --shared here)"
+        raise argparse.ArgumentTypeError(
+            f"slots must be a whole number of at least 1: {text!r}{hint}"
+        )
     return int(text)
 
 
