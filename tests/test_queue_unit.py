@@ -325,3 +325,46 @@ def test_a_barrier_waits_for_those_in_line_only():
     later.held()
     with pytest.raises(inturn.Timeout):
         wait_for_everyone(store(), timeout=0.01)
+
+
+class _PlaceLostWhileLooking(MemoryStore):
+    """A server store whose waiter loses its place in the middle of a look (its lease ran
+    out, its session ended) and takes a new one at the back, as the Redis and PostgreSQL
+    stores do: ``meanwhile`` is what the others did while it was away."""
+
+    def __init__(self, world: World, meanwhile: Callable[[], None]) -> None:
+        super().__init__(world)
+        self.meanwhile: Callable[[], None] | None = meanwhile
+
+    def alive(self, numbers, me):  # type: ignore[no-untyped-def]
+        if self.meanwhile is not None and me is not None:
+            happen, self.meanwhile = self.meanwhile, None
+            self.kill(me.number)  # the old place is gone
+            happen()
+            again, _ = self.join(Ticket.from_header(0, {}, None), Patience())
+            me.number, me.lost_track_at = again.number, time.monotonic()
+        return super().alive(numbers, me)
+
+
+def test_a_waiter_that_took_a_new_place_during_a_look_looks_again_before_holding():
+    """With the lock delay off, a look that answered for the old place (nobody alive ahead
+    of it) must not hand the turn to the new place: those who joined in between, one of
+    whom took the turn meanwhile, are ahead of it now."""
+    world, store = line()
+    holder_store = store()
+    holder = take_turn(holder_store)
+    between: list[Held] = []
+
+    def meanwhile() -> None:
+        give_back(holder_store, holder.membership)  # the holder leaves cleanly
+        later = take_turn(store(), owner=object())  # another process, in truth
+        between.append(later)  # it came later, buried our place, and holds
+
+    moving = _PlaceLostWhileLooking(world, meanwhile)
+    waiter = Waiter(moving)
+    assert waiter.queued.wait(WAIT) and waiter.error is None, waiter.error
+    assert waiter.result is None  # asleep behind the one who holds
+    (took,) = between
+    assert moving.watched[-1] == (took.membership.number,)
+    give_back(store(), took.membership)
+    assert waiter.held().membership.number > took.membership.number

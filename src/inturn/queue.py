@@ -276,6 +276,7 @@ class _Waiter:
         while True:
             if view is None:
                 view = store.look(me)
+            place = me.number
             now = time.monotonic()
             pending = set(view.markers)
             ahead = view.tickets
@@ -295,6 +296,9 @@ class _Waiter:
             if self.first_look:
                 self.first_look = False
                 self._apply_policies(live, view.shared)
+            if me.number != place:  # it lost its place meanwhile, and took a new one at the
+                view = None  # back: the look was of the old place, so look again
+                continue
             if may_hold(request, live, view.shared):
                 if self._lock_delay(pending):
                     view = None
