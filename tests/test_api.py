@@ -96,6 +96,47 @@ def test_line_release_gives_back_the_callers_turn_like_a_lock(lines_dir):
     asyncio.run(task())
     assert line.status().holders == ()
 
+    async def siblings() -> None:
+        taken = asyncio.Event()
+
+        async def taker() -> None:
+            line.acquire(blocking=False)  # sync code in a task: the thread owns it
+            taken.set()
+            await asyncio.sleep(0.05)
+            line.release()  # this task's: released
+
+        async def sibling() -> None:
+            await taken.wait()
+            with pytest.raises(inturn.InturnError, match="holds no turn"):
+                line.release()  # another task of the same thread: not its turn
+
+        await asyncio.gather(taker(), sibling())
+
+    asyncio.run(siblings())
+    assert line.status().holders == ()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX's")
+def test_a_forked_child_has_no_turn_of_its_parent_to_release(lines_dir):
+    line = inturn.Line("forked")
+    held = line.acquire()
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its release must say it holds nothing
+        try:
+            line.release()
+            said = b"released"
+        except inturn.InturnError as exc:
+            said = b"refused" if "holds no turn" in str(exc) else str(exc).encode()
+        os.write(writer, said)
+        os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as answer:
+        assert answer.read() == b"refused"
+    assert os.waitpid(pid, 0)[1] == 0
+    assert held.held and [t.number for t in line.status().holders] == [held.ticket]
+    line.release()
+
 
 def test_a_with_block_of_a_line_holds_a_turn_like_a_lock(lines_dir):
     """``with line:`` (and ``async with line:``) waits in line and binds the ``Turn``, as
@@ -326,6 +367,13 @@ def test_a_line_uses_inturn_backend_unless_given_a_backend_or_a_folder(
     with inturn.Line("x", directory=folder) as held:
         assert held.ticket == 1 and (folder / "x").is_dir()
     assert inturn.Line("x", backend="local").status().holders == ()
+    with pytest.raises(inturn.UsageError, match="directory is empty"):
+        inturn.Line("x", directory="")  # not the default folder while INTURN_BACKEND says else
+    for local in ("LOCAL", " Local "):  # a scheme is read whatever its case, as URLs' are
+        monkeypatch.setenv("INTURN_BACKEND", local)
+        assert inturn.Line("x").status().holders == ()
+    inturn.Line("x", backend="POSTGRESQL://127.0.0.1:1/x")  # parsed, not refused by libpq
+    inturn.Line("x", backend="Redis://127.0.0.1:1/0")
 
 
 @pytest.mark.parametrize("timeout", ["5", b"5", [5], float("nan"), True])

@@ -122,6 +122,10 @@ class Turn:
         self.abandoned_by = abandoned_by
         self.waited = 0.0  # seconds it spent in line
         self._owner = owner
+        # The task whose code took it for its thread (owner), if any: that task's, not its
+        # siblings', to release through ``Line.release``.
+        self.asked_from: object = None
+        self._pid = forks.pid()  # a forked child holds none of its parent's turns
         self._membership: Membership | None = membership
         self._on_release = on_release  # a single instance stops listening first
         self._lock = threading.Lock()
@@ -137,7 +141,7 @@ class Turn:
     @owner.setter
     def owner(self, owner: object) -> None:
         with self._lock:  # never re-registers a turn that a release has already given back
-            self._owner = owner
+            self._owner, self.asked_from = owner, None
             membership = self._membership
             if membership is not None:
                 HOLDINGS.add(self._opening.store, membership.number, owner)
@@ -145,6 +149,14 @@ class Turn:
     @property
     def held(self) -> bool:
         return self._membership is not None
+
+    def held_by(self, thread: threading.Thread, task: object) -> bool:
+        """Whether code running in ``thread`` (in asyncio ``task``, or None) holds it here."""
+        if not self.held or self._pid != forks.pid():
+            return False
+        if task is not None and self._owner is task:
+            return True
+        return self._owner is thread and self.asked_from is task
 
     @property
     def lost(self) -> bool:
@@ -349,6 +361,7 @@ class Line:
             raise
         turn = Turn(self, opening, held.membership, held.abandoned_by, owner)
         turn.waited = time.monotonic() - started
+        turn.asked_from = task
         with self._turns_lock:
             self._turns = [t for t in self._turns if t.held]
             self._turns.append(turn)
@@ -361,11 +374,11 @@ class Line:
         handed to another owner (``turn.owner = worker``) is that one's to release.
 
         Raises ``InturnError`` if the caller holds no turn taken through this ``Line``."""
-        task, _ = _asking_from(threading.current_thread())
-        callers = (threading.current_thread(), task)
+        thread = threading.current_thread()
+        task, _ = _asking_from(thread)
         with self._turns_lock:
             self._turns = [t for t in self._turns if t.held]
-            mine = [t for t in self._turns if any(t.owner is c for c in callers)]
+            mine = [t for t in self._turns if t.held_by(thread, task)]
         if not mine:
             raise InturnError(
                 f"release of line {self.name!r}: this thread holds no turn taken through "

@@ -29,7 +29,7 @@ def open_backend(
     fill_closed_standard_descriptors()  # before any file or connection of a line is opened
     if isinstance(backend, Backend):
         return backend
-    address = _address(backend, directory).strip()
+    address = _address(backend, directory)
     kind = _kind(address)
     if kind == "local":
         return _local(scope, directory, create)
@@ -46,10 +46,13 @@ def open_backend(
 
 
 def _address(backend: str | None, directory: str | None) -> str:
-    """The backend asked for: a folder given beats ``INTURN_BACKEND``, as ``--dir`` does."""
-    if backend is not None:
-        return backend
-    return "local" if directory is not None else os.environ.get("INTURN_BACKEND", "")
+    """The backend asked for: a folder given beats ``INTURN_BACKEND``, as ``--dir`` does.
+    The scheme is lowercased (``LOCAL``, ``PostgreSQL://``), as URLs' schemes are read."""
+    if backend is None:
+        backend = "local" if directory is not None else os.environ.get("INTURN_BACKEND", "")
+    address = backend.strip()
+    scheme, colon, rest = address.partition(":")
+    return scheme.lower() + colon + rest
 
 
 def check_backend(backend: str | Backend | None, directory: str | None = None) -> None:
@@ -57,11 +60,11 @@ def check_backend(backend: str | Backend | None, directory: str | None = None) -
     with one clear line, without connecting to anything; None is ``INTURN_BACKEND``'s."""
     if isinstance(backend, Backend):
         return
-    if backend is None:
-        backend = _address(backend, directory)
-    if not isinstance(backend, str):
+    if directory is not None and not directory:
+        raise UsageError("directory is empty: name a folder, or leave it out")
+    if backend is not None and not isinstance(backend, str):
         raise UsageError(f"backend must be a URL or 'local', not {backend!r}")
-    address = backend.strip()
+    address = _address(backend, directory)
     kind = _kind(address)
     try:
         if kind == "postgres":
@@ -77,10 +80,11 @@ def check_backend(backend: str | Backend | None, directory: str | None = None) -
 
 
 def _kind(address: str) -> str:
-    """``local``, ``postgres`` or ``redis``, from a stripped address; anything else refused."""
+    """``local``, ``postgres`` or ``redis``, from an address as ``_address`` gives it;
+    anything else refused."""
     if address in ("", "local"):
         return "local"
-    scheme = address.split(":", 1)[0].lower()
+    scheme = address.split(":", 1)[0]
     if scheme in ("postgresql", "postgres"):
         return "postgres"
     if scheme in ("redis", "rediss"):
