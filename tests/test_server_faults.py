@@ -565,6 +565,82 @@ def test_redis_newest_wins_waiter_back_from_a_lost_place_yields_to_a_newer_one(
     assert_exclusive(log, expected=2)
 
 
+def test_redis_waiter_stopped_as_its_turn_comes_never_runs_beside_the_next(
+    place: Any, tmp_path: Path
+) -> None:
+    """A waiter asleep in the server is stopped (SIGSTOP) just before its holder leaves: the
+    server marks its turn held as the holder leaves (the mark rides behind its read), then
+    its lease runs out and the one behind it takes the turn, told abandoned. Continued, it
+    must not start its command beside that one: it comes back at the end of the line."""
+    log, url = tmp_path / "log", place.url(lease=1.0)
+    holder = Run("frozen", "--backend", url, command=recorder(log, hold=True))
+    first = told(holder)
+    named = f"{url}&client_name=frozen-waiter"
+    stopped = Run("frozen", "--backend", named, command=recorder(log, seconds=0.3))
+    waiting("frozen", url, 1)
+    behind = Run("frozen", "--backend", url, command=recorder(log, hold=True))
+    waiting("frozen", url, 2)
+    client = place.client()
+    try:  # asleep in the server: its read (and the mark behind it) sent, as the read of its
+        # lease keeper's listener is
+        until(
+            lambda: (
+                sum(
+                    c.get("name") == "frozen-waiter" and "b" in c["flags"]
+                    for c in client.client_list()
+                )
+                == 2
+            ),
+            "the waiter to sleep in the server",
+        )
+    finally:
+        client.close()
+    os.kill(stopped.pid, signal.SIGSTOP)
+    try:
+        assert holder.finish() == 0  # the server marks the stopped waiter's turn held
+        taken = told(behind)  # its lease ran out: the next one takes over, told abandoned
+    finally:
+        os.kill(stopped.pid, signal.SIGCONT)
+    line = inturn.Line("frozen", backend=url)
+    try:  # until it sleeps in line again, behind the new holder
+        until(
+            lambda: [w.number > taken.ticket for w in line.status().waiters] == [True],
+            "back in line",
+        )
+    finally:
+        line.close()
+    assert behind.finish() == 0
+    assert stopped.wait() == 0
+    back = told(stopped)
+    rejoined(stopped, "frozen", "lease")  # gone, or unrenewed: which thread saw it first
+    assert_exclusive(log, expected=3)
+    assert taken.abandoned and not back.abandoned
+    assert first.ticket < taken.ticket < back.ticket
+
+
+def test_redis_waiter_whose_place_is_lost_in_an_outage_still_times_out(tmp_path: Path) -> None:
+    """``-w`` holds while the server is away: a waiter that lost its place, and cannot take a
+    new one before its time is up, gives up as any waiter does (exit 75), not a minute
+    later when the window for joining again closes."""
+    from redis_server import Place, RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    try:
+        url = Place(server.url).url(lease=1.0)
+        holder = Run("outage", "--backend", url, command=recorder(tmp_path / "log", hold=True))
+        told(holder)
+        waiter = Run("outage", "--backend", url, "-w", "3", command=["true"])
+        waiting("outage", url)
+        server.stop()  # and it stays down
+        code = waiter.wait(30)  # REJOIN_WINDOW is 60 s: this would hang without the -w
+        said = waiter.errors().strip().splitlines()
+        assert code == 75, (code, said)
+        assert said and "gave up waiting for line 'outage'" in said[-1], said
+        assert lost(holder) and dead(holder.pid)
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[Any]:
     """A Redis server of this test's own: the shared one is never flushed."""

@@ -38,9 +38,9 @@ from .backends.base import (
     one_sleep,
     pause,
 )
-from .errors import Busy, InturnError, Timeout, UsageError
+from .errors import BackendError, Busy, InturnError, Timeout, UsageError
 from .forks import forget_after_fork
-from .records import Progress, Ticket, own_ticket_fields
+from .records import LineStatus, Progress, Ticket, own_ticket_fields
 
 ProgressCallback = Callable[[Progress], None]
 
@@ -226,11 +226,15 @@ def wait_for_everyone(
             return
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
-            raise Timeout(f"gave up waiting for line {store.name!r} to empty", store.status())
+            raise Timeout(
+                f"gave up waiting for line {store.name!r} to empty", _status_if_reachable(store)
+            )
         step = one_sleep(remaining)
         woke = store.wait(None, remaining_tickets[-1:], step, cancel)
         if woke is None and step == remaining:  # else a day has passed: look again
-            raise Timeout(f"gave up waiting for line {store.name!r} to empty", store.status())
+            raise Timeout(
+                f"gave up waiting for line {store.name!r} to empty", _status_if_reachable(store)
+            )
         view = View(tuple(remaining_tickets))
 
 
@@ -329,7 +333,9 @@ class _Waiter:
             woke = store.wait(me, watch, step, self.patience.cancel, then_holds)
             if woke is None:
                 if step == remaining:
-                    raise Timeout(f"gave up waiting for line {store.name!r}", store.status())
+                    raise Timeout(
+                        f"gave up waiting for line {store.name!r}", _status_if_reachable(store)
+                    )
                 view = None  # a day has passed: look again
                 continue
             if woke.view is not None:
@@ -379,7 +385,9 @@ class _Waiter:
             return None
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
-            raise Timeout(f"gave up waiting for line {self.store.name!r}", self.store.status())
+            raise Timeout(
+                f"gave up waiting for line {self.store.name!r}", _status_if_reachable(self.store)
+            )
         return remaining
 
     def _lock_delay(self, pending: set[int]) -> bool:
@@ -408,7 +416,7 @@ class _Waiter:
         remaining = self._remaining()
         if remaining is not None and remaining < left:
             pause(remaining, self.patience.cancel, name)
-            raise Timeout(f"gave up waiting for line {name!r}", self.store.status())
+            raise Timeout(f"gave up waiting for line {name!r}", _status_if_reachable(self.store))
         pause(left, self.patience.cancel, name)
         return True
 
@@ -466,7 +474,9 @@ def _kind(asker: Asker) -> str:
 
 def _impatient(store: LineStore, blocking: bool, timeout: float | None, why: str) -> Exception:
     if blocking:
-        return Timeout(f"gave up waiting for line {store.name!r} ({why})", store.status())
+        return Timeout(
+            f"gave up waiting for line {store.name!r} ({why})", _status_if_reachable(store)
+        )
     return Busy(f"line {store.name!r} is busy: {why}", store.status())
 
 
@@ -492,3 +502,12 @@ def _since(ticket: Ticket) -> str:
     if ticket.acquired_at is None:
         return ""
     return f" since {time.strftime('%H:%M:%S', time.localtime(ticket.acquired_at))}"
+
+
+def _status_if_reachable(store: LineStore) -> LineStatus | None:
+    """The line's status, for a ``Timeout``; None when the server cannot tell it now (a wait
+    whose time ran out while the server was away), rather than a ``BackendError`` instead."""
+    try:
+        return store.status()
+    except BackendError:
+        return None

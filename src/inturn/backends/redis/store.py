@@ -48,7 +48,7 @@ from redis import exceptions as rx
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
-from ...errors import BackendError, Cancelled, LostTurn, Replaced, UsageError
+from ...errors import BackendError, Cancelled, LostTurn, Replaced, Timeout, UsageError
 from ...names import decode, digest, encode
 from ...records import Ticket, warn, warn_once
 from ..base import (
@@ -423,14 +423,17 @@ class RedisStore(LineStore):
         self._learn({number: ticket_id})
         return member
 
-    def _rejoin(self, member: RedisMembership, cancel: CancelToken | None) -> None:
+    def _rejoin(
+        self, member: RedisMembership, cancel: CancelToken | None, deadline: float | None = None
+    ) -> None:
         """Our place in line is gone while we waited (its lease ran out, or the server lost
         it): take a new ticket at the back, as a PostgreSQL waiter whose session ended does.
 
         Nothing of the old place is kept: it waits for everyone now ahead, and the lock delay
         from now, since it cannot know how the turns ahead ended meanwhile. A ``newest_wins``
         ticket yields to a newer one that came meanwhile, as it would have in its place. Gives
-        up with ``LostTurn`` once the server has not answered for ``REJOIN_WINDOW`` seconds.
+        up with ``Timeout`` at the caller's ``deadline``, and with ``LostTurn`` once the server
+        has not answered for ``REJOIN_WINDOW`` seconds.
         """
         why = self._lost_place(member)
         self.backend.keeper.remove(member)
@@ -439,13 +442,19 @@ class RedisStore(LineStore):
         start = time.monotonic()
         for pause in _pauses(self.backend.lease):
             if cancel is not None and cancel.cancelled:
+                member.left = True  # taken out above, or it expires: nothing more to do
                 raise Cancelled(f"stopped waiting for line {self.name!r}")
             try:
                 fresh = self._enter(member.ticket)
                 break
             except _Unreachable as exc:
-                if time.monotonic() + pause > start + REJOIN_WINDOW:
-                    member.left = True  # taken out above, or it expires: nothing more to do
+                now = time.monotonic()
+                if deadline is not None and now + pause > deadline:
+                    member.left = True
+                    gave_up = f"gave up waiting for line {self.name!r}"
+                    raise Timeout(f"{gave_up} ({why}; {exc})") from None
+                if now + pause > start + REJOIN_WINDOW:
+                    member.left = True
                     again = f"could not join again within {REJOIN_WINDOW:g}s"
                     raise LostTurn(f"{why}; {again}: {exc}") from None
             woken = threading.Event()
@@ -589,7 +598,7 @@ class RedisStore(LineStore):
             return self._wait(member, numbers, left, cancel, then_holds)
 
         try:
-            return self._through_outages(member, cancel, wait_once, self.backend.lease)
+            return self._through_outages(member, cancel, wait_once, self.backend.lease, deadline)
         except BackendError:
             if member is not None and member.lost and not member.holding:
                 raise LostTurn(self._lost_place(member)) from None  # the clearer story
@@ -640,13 +649,15 @@ class RedisStore(LineStore):
         cancel: CancelToken | None,
         work: Callable[[], T],
         placeless: float = 0.0,
+        deadline: float | None = None,
     ) -> T:
         """``work()``, tried again while the server does not answer (a restart, a network
         blip). For ``me``, a ticket of ours waiting in line, the keeper renews the lease the
         moment the server answers again, and declares the place lost three quarters of a lease
         after its last renewal: then it takes a new place (``_rejoin``) and works again.
         Without a place of ours to keep (a barrier's wait), for ``placeless`` seconds from the
-        first failure: then the failure is the answer."""
+        first failure: then the failure is the answer. ``deadline``: the caller's, which a new
+        place is not sought beyond."""
         ours = isinstance(me, RedisMembership) and me.pid == os.getpid() and not me.holding
         member = me if ours and isinstance(me, RedisMembership) else None
         until = None
@@ -656,12 +667,12 @@ class RedisStore(LineStore):
             except _PlaceLost as exc:
                 if member is None:
                     raise LostTurn(str(exc)) from None
-                self._rejoin(member, cancel)
+                self._rejoin(member, cancel, deadline)
                 continue
             except _Unreachable:
                 if member is not None:
                     if member.lost:
-                        self._rejoin(member, cancel)
+                        self._rejoin(member, cancel, deadline)
                         continue
                 else:
                     until = time.monotonic() + placeless if until is None else until
@@ -797,12 +808,16 @@ class RedisStore(LineStore):
                 ok = not me.lost and int(self._run("mark", keys, [me.ticket_id, repr(when)])) == 1
             except rx.RedisError as exc:
                 raise _backend_error(exc, self.where, self.backend.prefix) from None
-        if not ok or me.lost:
-            me.gone = me.gone or not me.lost  # the mark found no lease
+        # A waiter stopped (SIGSTOP) as its turn came may have been marked by the server
+        # while its lease ran out and the next one took the turn: the keeper's verdict, made
+        # here too, so that a race with its thread cannot start the command beside that one.
+        late = time.monotonic() >= me.renewed_at + self.backend.lease * GIVE_UP_AT
+        if not ok or me.lost or late:
+            me.gone = me.gone or not (me.lost or late)  # the mark found no lease
             me.declare_lost()
-            if not me.holding and me.pid == os.getpid():
+            if me.pid == os.getpid():  # nothing ran in this turn yet: wait again, as any waiter
                 self._rejoin(me, None)
-                raise TookNewPlace()  # never held: wait again, as any waiter
+                raise TookNewPlace()
             raise LostTurn(self._lost_place(me))
         me.holding = True
 
