@@ -138,7 +138,7 @@ class MemoryStore(LineStore):
                 return None
             return Woke(left=tuple(n for n in numbers if n in w.left_cleanly))
 
-    def mark_acquired(self, me: Membership, when: float) -> None:
+    def mark_acquired(self, me: Membership, when: float, patience: Patience) -> None:
         with self.world.changed:
             self.world.records[me.number] = self.world.records[me.number]._replace(acquired_at=when)
 

@@ -302,11 +302,11 @@ def test_the_turn_is_marked_held_by_the_server_as_the_waiters_read_ends(place, t
         if then_holds:
             assert ticket.acquired_at is not None
             assert abs(ticket.acquired_at - (time.time() + 3600)) < 60
-            store.mark_acquired(me, time.time())  # already marked: sends nothing
+            store.mark_acquired(me, time.time(), Patience())  # already marked: sends nothing
             assert store.read([me.number], me)[0] == ticket
         else:
             assert ticket.acquired_at is None
-            store.mark_acquired(me, 12345.0)
+            store.mark_acquired(me, 12345.0, Patience())
             marked = store.read([me.number], me)[0]
             assert marked is not None and marked.acquired_at == 12345.0
     finally:

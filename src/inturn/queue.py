@@ -192,7 +192,7 @@ def take_turn(
                     waiter.asker = Asker(owner, task, loop)
                 claim = waiter.wait_for_front(view)
             try:
-                store.mark_acquired(me, time.time())
+                store.mark_acquired(me, time.time(), patience)
             except TookNewPlace:
                 view = None  # lost its place as the turn came: back in line, wait again
                 continue
@@ -267,7 +267,7 @@ class _Waiter:
         self.patience = patience
         self.first_seen: dict[int, float] = {}  # unclaimed marker -> when we first saw it
         self.shared_markers: set[int] = set()  # markers a look said were shared turns
-        self.first_look = True
+        self.policed: int | None = None  # the place the arrival policies were applied to
 
     def wait_for_front(self, view: View | None) -> bool:
         """Sleep until this ticket may hold the turn; True if a marker waits to be claimed.
@@ -297,9 +297,9 @@ class _Waiter:
             for marker in pending:
                 self.first_seen.setdefault(marker, now)
             self.shared_markers |= pending & view.shared
-            if self.first_look:
-                self.first_look = False
-                self._apply_policies(live, view.shared)
+            if me.number == place and self.policed != place:  # just joined, or back in line
+                self._apply_policies(live, view.shared, replace=self.policed is None)
+                self.policed = place
             if me.number != place:  # it lost its place meanwhile, and took a new one at the
                 view = None  # back: the look was of the old place, so look again
                 continue
@@ -353,9 +353,11 @@ class _Waiter:
             else:
                 view = None
 
-    def _apply_policies(self, live: list[int], shared: frozenset[int]) -> None:
-        """Right after joining: the line's slots must be ours; ``max_waiting`` may send us
-        away; ``newest_wins`` replaces the waiters ahead that asked for it too."""
+    def _apply_policies(self, live: list[int], shared: frozenset[int], replace: bool) -> None:
+        """Right after joining, and again on a new place taken after losing one: the line's
+        slots must be ours; ``max_waiting`` may send us away. ``replace``: on joining,
+        ``newest_wins`` replaces the waiters ahead that asked for it too (those ahead of a new
+        place came later than we did: the store has it yield to them instead)."""
         store, me, request = self.store, self.me, self.request
         if not live:
             return
@@ -375,7 +377,7 @@ class _Waiter:
                 f"{request.max_waiting}): not joining",
                 store.status(),
             )
-        if request.newest_wins and waiting:
+        if replace and request.newest_wins and waiting:
             for number, ticket in zip(waiting, store.read(waiting, me), strict=True):
                 if ticket is not None and ticket.newest_wins:
                     store.replace(number, me)

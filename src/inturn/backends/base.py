@@ -469,9 +469,10 @@ class LineStore(ABC):
         ``me`` and wake it at once: its wait raises ``Replaced`` and it leaves the line."""
 
     @abstractmethod
-    def mark_acquired(self, me: Membership, when: float) -> None:
+    def mark_acquired(self, me: Membership, when: float, patience: Patience) -> None:
         """Record that ``me`` now holds the turn (status shows it; death now means abandoned);
-        ``TookNewPlace`` if it had lost its place just then and is back in line."""
+        ``TookNewPlace`` if it had lost its place just then and is back in line (a new place
+        is sought no longer than ``patience`` allows)."""
 
     @abstractmethod
     def claim_abandoned(self, me: Membership) -> Ticket | None:

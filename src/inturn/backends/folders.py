@@ -515,7 +515,7 @@ class FolderStore(LineStore):
     def _remove_channel(self, address: str) -> None:
         """Remove what a dead ticket listened on, where it outlives its process (a socket)."""
 
-    def mark_acquired(self, me: Membership, when: float) -> None:
+    def mark_acquired(self, me: Membership, when: float, patience: Patience) -> None:
         assert isinstance(me, FolderMembership)
         try:  # between waking and returning: no context manager
             write_all(me.fd, b'{"acquired_at":%r}\n' % when)

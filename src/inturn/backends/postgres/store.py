@@ -886,7 +886,7 @@ class PostgresStore(LineStore):
         assert last is not None
         raise last
 
-    def mark_acquired(self, me: Membership, when: float) -> None:
+    def mark_acquired(self, me: Membership, when: float, patience: Patience) -> None:
         assert isinstance(me, PostgresMembership)
         conn = me.conn
         if conn is None or conn.closed:

@@ -108,6 +108,16 @@ class LeaseKeeper:
         self._members = {}
         self._pid = 0
 
+    def move(self, member: RedisMembership, fresh: RedisMembership) -> None:
+        """``member``, which lost its place, becomes ``fresh``, its new ticket, whose lease is
+        renewed from now on. Under the keeper's lock: a verdict on the old lease still on its
+        way (a renewal sent before) finds the ticket changed, and applies to the old place
+        only, which is gone already."""
+        with self._cond:
+            self._members.pop(member.ticket_id, None)
+            member.take_place_of(fresh)
+        self.add(member)
+
     def add(self, member: RedisMembership) -> None:
         """Renew ``member``'s lease from now on: the threads start at the first use, in a
         forked child, and again when used after ``close``."""
@@ -221,11 +231,14 @@ class LeaseKeeper:
                         break
                     soonest = min((self._due(m) for m in self._members.values()), default=None)
                     self._cond.wait(None if soonest is None else soonest - now)
+                # Each lease as it is now: a member that takes a new place meanwhile
+                # (``move``) is judged by this answer no more.
+                asked = [(member, member.ticket_id, member.lease_key) for member in due]
             sent = time.monotonic()
             try:
                 with self.client.pipeline(transaction=False) as pipe:
-                    for member in due:
-                        call(pipe, "PEXPIRE", member.lease_key, self.lease_ms)
+                    for _, _, lease_key in asked:
+                        call(pipe, "PEXPIRE", lease_key, self.lease_ms)
                     results = pipe.execute(raise_on_error=False)
             except Exception:
                 # As in ``_listen``: ``close`` disconnects the pool under a renewal in flight,
@@ -233,21 +246,23 @@ class LeaseKeeper:
                 with self._cond:
                     if run != self._run:
                         return
-                results = [None] * len(due)
+                results = [None] * len(asked)
             gone = []
             with self._cond:
-                for member, result in zip(due, results, strict=True):
+                for (member, ticket_id, _), result in zip(asked, results, strict=True):
+                    if member.ticket_id != ticket_id:
+                        continue  # it has a new place since: this was the old one's
                     if result == 1 and not member.lost:
                         member.renewed_at, member.retry_at = sent, None
                     elif result == 0:  # the lease expired or was removed: the turn is gone
                         member.gone = True
-                        gone.append(member)
-                        self._members.pop(member.ticket_id, None)
+                        gone.append(member.signal)  # this place's, not a later one's
+                        self._members.pop(ticket_id, None)
                     else:  # no answer: try again soon, until the watch gives up
                         member.retry_at = time.monotonic() + self.lease / 12
                 self._cond.notify_all()
-            for member in gone:
-                member.declare_lost()
+            for signal in gone:
+                signal.declare()
 
     def _watch(self, run: int) -> None:
         while True:
@@ -257,6 +272,7 @@ class LeaseKeeper:
                 now = time.monotonic()
                 limit = self.lease * GIVE_UP_AT
                 late = [m for m in self._members.values() if now >= m.renewed_at + limit]
+                signals = [m.signal for m in late]  # these places', not later ones'
                 for member in late:
                     self._members.pop(member.ticket_id, None)
                 if not late:
@@ -264,8 +280,8 @@ class LeaseKeeper:
                         (m.renewed_at + limit for m in self._members.values()), default=None
                     )
                     self._cond.wait(None if soonest is None else soonest - now)
-            for member in late:
-                member.declare_lost()
+            for signal in signals:
+                signal.declare()
 
 
 def call(target: Any, *args: object) -> Any:

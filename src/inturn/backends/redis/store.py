@@ -463,9 +463,8 @@ class RedisStore(LineStore):
                     links.enter_context(cancel.linked(woken))
                 woken.wait(pause)
         earlier = member.number
-        member.take_place_of(fresh)
+        self.backend.keeper.move(member, fresh)
         member.lost_track_at = start
-        self.backend.keeper.add(member)
         warn(f"{why}; back in line {self.name!r} as ticket {member.number}")
         if member.kick_key is not None:
             self._yield_to_newer(member, earlier)
@@ -799,7 +798,7 @@ class RedisStore(LineStore):
                 if by.isdigit() and int(by) > me.number and self.alive([int(by)], me)[0]:
                     raise Replaced(f"ticket {by} replaced this one in line {self.name!r}")
 
-    def mark_acquired(self, me: Membership, when: float) -> None:
+    def mark_acquired(self, me: Membership, when: float, patience: Patience) -> None:
         assert isinstance(me, RedisMembership)
         ok = me.holding  # the wait may have marked it as it woke
         if not ok:
@@ -816,7 +815,7 @@ class RedisStore(LineStore):
             me.gone = me.gone or not (me.lost or late)  # the mark found no lease
             me.declare_lost()
             if me.pid == os.getpid():  # nothing ran in this turn yet: wait again, as any waiter
-                self._rejoin(me, None)
+                self._rejoin(me, patience.cancel, patience.deadline)
                 raise TookNewPlace()
             raise LostTurn(self._lost_place(me))
         me.holding = True
