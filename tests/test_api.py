@@ -340,6 +340,10 @@ def test_single_instance(lines_dir):
         ({"backend": "redis://127.0.0.1:1/0?bogus=1"}, "unknown parameter bogus"),
         ({"backend": "postgresql://127.0.0.1:1/x?lock_delay=soon"}, "lock_delay"),
         ({"directory": 7}, "directory must be a path, not 7"),
+        (
+            {"directory": "lines", "backend": "redis://127.0.0.1:1/0"},
+            "give a folder (directory=) or a server (backend=), not both",
+        ),
     ],
 )
 def test_bad_arguments_are_refused_by_the_constructor(lines_dir, arguments, message):

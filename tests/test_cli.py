@@ -258,7 +258,7 @@ def test_a_redis_client_too_old_is_named_with_the_extra_that_brings_a_new_one(li
     assert result.returncode == 2, result
     assert len(lines) == 2, lines
     for line in lines:
-        assert "redis-py 4.6.0 is installed; inturn needs 5 or later" in line, line
+        assert "needs redis-py 5 or later (redis-py 4.6.0 is installed)" in line, line
         assert "pip install 'inturn[redis]'" in line, line
 
 

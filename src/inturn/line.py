@@ -113,6 +113,7 @@ class Turn:
         abandoned_by: Ticket | None,
         owner: object = None,
         on_release: Callable[[], None] | None = None,
+        asked_from: object = None,
     ) -> None:
         self.line = line
         self._opening = opening  # what the turn was taken through, in use until released
@@ -124,7 +125,7 @@ class Turn:
         self._owner = owner
         # The task whose code took it for its thread (owner), if any: that task's, not its
         # siblings', to release through ``Line.release``.
-        self.asked_from: object = None
+        self._asked_from = asked_from
         self._pid = forks.pid()  # a forked child holds none of its parent's turns
         self._membership: Membership | None = membership
         self._on_release = on_release  # a single instance stops listening first
@@ -141,7 +142,7 @@ class Turn:
     @owner.setter
     def owner(self, owner: object) -> None:
         with self._lock:  # never re-registers a turn that a release has already given back
-            self._owner, self.asked_from = owner, None
+            self._owner, self._asked_from = owner, None
             membership = self._membership
             if membership is not None:
                 HOLDINGS.add(self._opening.store, membership.number, owner)
@@ -156,7 +157,7 @@ class Turn:
             return False
         if task is not None and self._owner is task:
             return True
-        return self._owner is thread and self.asked_from is task
+        return self._owner is thread and self._asked_from is task
 
     @property
     def lost(self) -> bool:
@@ -359,9 +360,8 @@ class Line:
         except BaseException:
             opening.done()
             raise
-        turn = Turn(self, opening, held.membership, held.abandoned_by, owner)
+        turn = Turn(self, opening, held.membership, held.abandoned_by, owner, asked_from=task)
         turn.waited = time.monotonic() - started
-        turn.asked_from = task
         with self._turns_lock:
             self._turns = [t for t in self._turns if t.held]
             self._turns.append(turn)

@@ -62,6 +62,12 @@ def check_backend(backend: str | Backend | None, directory: str | None = None) -
         return
     if directory is not None and not directory:
         raise UsageError("directory is empty: name a folder, or leave it out")
+    if (
+        directory is not None
+        and isinstance(backend, str)
+        and _kind(_address(backend, None)) != "local"
+    ):
+        raise UsageError("give a folder (directory=) or a server (backend=), not both")
     if backend is not None and not isinstance(backend, str):
         raise UsageError(f"backend must be a URL or 'local', not {backend!r}")
     address = _address(backend, directory)
@@ -99,7 +105,9 @@ def _client_missing(kind: str, exc: ImportError) -> UsageError:
         return UsageError(
             f"the PostgreSQL backend needs psycopg 3 ({exc}): pip install 'inturn[postgres]'"
         )
-    return UsageError(f"the Redis backend needs redis-py 5 ({exc}): pip install 'inturn[redis]'")
+    return UsageError(
+        f"the Redis backend needs redis-py 5 or later ({exc}): pip install 'inturn[redis]'"
+    )
 
 
 def _local(scope: str, directory: str | None, create: bool) -> Backend:

@@ -122,8 +122,9 @@ def _readable_mode(scope: str) -> int:
 
 def prepare_root(path: str, scope: str, explicit: bool, create: bool = True) -> None:
     """Create the lines folder if needed and check that it is safe to use. A look (not
-    ``create``) makes nothing and changes nothing, but trusts no more than a run would: what
-    a folder planted by another user says is not shown as the line."""
+    ``create``) makes nothing and changes nothing, but refuses what a run refuses as planted
+    (a link, or a folder of another user's or open to others, where the folder is ours):
+    what another user put there is not shown as our lines."""
     if not create and not os.path.lexists(path):
         return  # nothing kept there yet: nothing to trust
     try:

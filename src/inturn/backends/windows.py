@@ -200,12 +200,12 @@ def prepare_root(path: str, scope: str, explicit: bool, create: bool = True) -> 
     not ``create``, makes nothing, but checks what is there as a run would)."""
     if not create and not os.path.lexists(path):
         return
-    security = win32.Security(_MACHINE_FOLDER_SDDL) if scope == "machine" else None
     try:
         if not os.path.lexists(path):
             parent = os.path.dirname(path)
             if parent and not os.path.isdir(parent):
                 os.makedirs(parent, exist_ok=True)
+            security = win32.Security(_MACHINE_FOLDER_SDDL) if scope == "machine" else None
             _make_folder(path, security)
     except OSError as exc:
         raise BackendError(

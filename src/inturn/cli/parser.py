@@ -380,7 +380,8 @@ def _grace(text: str) -> float:
 def _slots(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         # flock(1)'s -s is a shared lock: the likeliest reason for a name after -s
-        hint = "" if text[:1].isdigit() else " (a shared turn, flock's -s, is --shared here)"
+        number = text.strip().lstrip("+-").replace(".", "", 1).isdigit()
+        hint = "" if number else " (a shared turn, flock's -s, is --shared here)"
         raise argparse.ArgumentTypeError(
             f"slots must be a whole number of at least 1: {text!r}{hint}"
         )

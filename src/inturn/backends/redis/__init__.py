@@ -4,9 +4,10 @@ import redis as _redis
 
 # redis-py 4 takes neither the RESP version nor every option used here; an older client
 # already installed (pinned by another package) must be named as such, not as a bad URL.
-if int(_redis.__version__.split(".")[0]) < 5:
-    raise ImportError(f"redis-py {_redis.__version__} is installed; inturn needs 5 or later")
+_major = str(getattr(_redis, "__version__", "")).split(".")[0]
+if _major.isdigit() and int(_major) < 5:
+    raise ImportError(f"redis-py {_redis.__version__} is installed")
 
-from .store import RedisBackend, RedisStore
+from .store import RedisBackend, RedisStore  # noqa: E402 - after the version check
 
 __all__ = ["RedisBackend", "RedisStore"]
