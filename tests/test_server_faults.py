@@ -641,6 +641,36 @@ def test_redis_waiter_whose_place_is_lost_in_an_outage_still_times_out(tmp_path:
         server.stop()
 
 
+def test_redis_waiter_back_from_a_lost_place_keeps_max_waiting(place: Any, tmp_path: Path) -> None:
+    """``--max-waiting 1`` leaves one run waiting: a waiter that lost its place while another
+    run took the one waiting place comes back as a new arrival, and is turned away (75)."""
+    log, url = tmp_path / "log", place.url(lease=1.0)
+    holder = Run("maxw", "--backend", url, command=recorder(log, hold=True))
+    told(holder)
+    stopped = Run("maxw", "--backend", url, "--max-waiting", "1", command=recorder(log))
+    waiting("maxw", url, 1)
+    line = inturn.Line("maxw", backend=url)
+    client = place.client()
+    os.kill(stopped.pid, signal.SIGSTOP)
+    try:
+        (lost_place,) = [w.number for w in line.status().waiters]
+        lease_key = place.lease_key(client, "maxw", lost_place)
+        until(lambda: not client.exists(lease_key), "the stopped waiter's lease gone")
+        later = Run("maxw", "--backend", url, "--max-waiting", "1", command=recorder(log))
+        until(lambda: any(w.pid == later.pid for w in line.status().waiters), "later in line")
+    finally:
+        os.kill(stopped.pid, signal.SIGCONT)
+        client.close()
+        line.close()
+    assert stopped.wait() == 75
+    said = stopped.errors().strip().splitlines()
+    assert len(said) == 2 and "back in line 'maxw'" in said[0], said
+    assert "max_waiting" in said[1] or "waiting" in said[1], said
+    assert holder.finish() == 0
+    assert later.wait() == 0
+    assert_exclusive(log, expected=2)
+
+
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[Any]:
     """A Redis server of this test's own: the shared one is never flushed."""
