@@ -62,7 +62,9 @@ def server(
     made = RedisServer(tmp_path / "redis", tls=certificates)
     place = Place(made.url)
     try:
-        yield Server("redis", place.url(lease=1), made.url, place)
+        # Short, so that a lost turn is felt soon; not so short that a renewal late on a
+        # loaded machine loses one by accident.
+        yield Server("redis", place.url(lease=2), made.url, place)
     finally:
         made.stop()
 

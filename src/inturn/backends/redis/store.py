@@ -437,7 +437,9 @@ class RedisStore(LineStore):
         """
         why = self._lost_place(member)
         self.backend.keeper.remove(member)
-        self._take_out(member, say=False)  # its record goes now, or expires with its lease
+        # Its record goes now (or expires with its lease), as a clean leave: whatever the
+        # server marked, nothing ran in this place, so nobody is told of a death.
+        self._take_out(member, say=False, clean=True)
         assert member.ticket is not None
         start = time.monotonic()
         for pause in _pauses(self.backend.lease):
@@ -849,9 +851,9 @@ class RedisStore(LineStore):
         self.backend.keeper.remove(me)
         self._take_out(me)
 
-    def _take_out(self, me: RedisMembership, say: bool = True) -> None:
+    def _take_out(self, me: RedisMembership, say: bool = True, clean: bool = False) -> None:
         """Take our ticket out of the line (the leave script); ``say``: warn if it could not
-        (it expires with its lease)."""
+        (it expires with its lease); ``clean``: a release, even of a lost ticket."""
         keys = [
             self.tickets_key,
             self._ticket_key(me.ticket_id),
@@ -867,7 +869,7 @@ class RedisStore(LineStore):
         # death that did not happen; the script does nothing the second time. A waiter's
         # ticket that cannot leave simply expires: nobody is told of it.
         client = self.backend.quick_client if me.lost else self.backend.client
-        lost = "1" if me.lost else "0"  # a lost turn's end is unclean: the next one is told
+        lost = "1" if me.lost and not clean else "0"  # a lost turn's end is unclean: told
         lasts_until = me.renewed_at + self.backend.lease * GIVE_UP_AT if me.holding else 0.0
         for pause in _pauses(self.backend.lease):
             try:
