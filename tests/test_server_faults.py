@@ -23,6 +23,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -390,6 +391,49 @@ def test_postgres_sessions_bound_a_silent_network_on_both_ends(pg_url: str) -> N
         "tcp_keepalives_count": "4",
         "tcp_user_timeout": "30000",
     }
+
+
+def test_postgres_turn_lost_as_the_command_starts_stops_it(
+    pg_url: str, pg_server: str, schema: str, tmp_path: Path
+) -> None:
+    """The server ends the session the moment the turn is marked held, while ``inturn run``
+    starts its command: whichever step finds the turn gone (the start itself, or recording
+    the command's pid in the ticket), the command does not run on unsupervised: it is not
+    started, or is stopped within the grace and inturn exits 76, before anyone else could
+    start (the lock delay). Before, a failure to record the pid left it running to its end."""
+    import psycopg
+
+    done = threading.Event()
+    tickets = f'"{schema}".tickets'
+    query = f"SELECT pg_terminate_backend(backend_pid) FROM {tickets} WHERE acquired_at > 0"
+
+    def cut_every_holder() -> None:
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            while not done.is_set():
+                try:
+                    conn.execute(query).fetchall()
+                except psycopg.errors.UndefinedTable:  # made by the first run
+                    time.sleep(0.01)
+
+    cutter = threading.Thread(target=cut_every_holder, daemon=True)
+    cutter.start()
+    try:
+        for trial in range(4):
+            log = tmp_path / f"log{trial}"
+            run = Run("cut-start", command=recorder(log, seconds=6))
+            code = run.wait()
+            exited = time.monotonic_ns()
+            said = run.errors().strip().splitlines()
+            ran = read_intervals(log)
+            assert all(i.end <= exited for i in ran)  # nothing ran on after inturn's exit
+            if ran:  # started, then stopped: a lost turn
+                assert code == 76, (code, said)
+                assert said and "lost the turn in line 'cut-start'" in said[-1], said
+            else:  # lost before it started (2: while the turn was being taken)
+                assert code in (2, 76) and said and "line 'cut-start'" in said[-1], said
+    finally:
+        done.set()
+        cutter.join(60)
 
 
 def test_postgres_waiter_back_from_a_lost_session_waits_for_those_now_ahead(

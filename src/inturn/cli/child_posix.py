@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from types import FrameType
 
+from ..errors import LostTurn
 from .inherited import TURN_FDS, describe
 from .signals import RunSignals
 
@@ -147,7 +148,10 @@ def run_command(
         run.start(command, executable, env, handles, bound, keep_leftovers)
         on_lost(run.turn_lost)
         if on_started is not None and run.child is not None:
-            on_started(run.child.pid)
+            try:
+                on_started(run.child.pid)
+            except LostTurn:  # lost as the command started: stopped as any lost turn is
+                run.turn_lost()
         outcome = run.wait()
         if on_ended is not None:
             on_ended()
