@@ -163,6 +163,10 @@ class Cluster:
             "restart",
         )  # fmt: skip
 
+    def halt(self) -> None:
+        """Stop at once and stay down, its data kept: an outage (``start`` ends it)."""
+        self._as_owner("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
+
     def stop(self) -> None:
         with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
             self._as_owner("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")

@@ -436,6 +436,57 @@ def test_postgres_turn_lost_as_the_command_starts_stops_it(
         cutter.join(60)
 
 
+def test_postgres_waiter_that_loses_its_session_in_an_outage_still_times_out(
+    private_cluster: Any, tmp_path: Path
+) -> None:
+    """``-w`` holds while the server is away: a waiter whose session ends between its waits
+    (here in the lock delay after its holder died), and cannot join again before its time
+    is up, gives up as any waiter does (exit 75), not a minute later (exit 2)."""
+    from postgres_server import with_schema
+
+    url = with_schema(private_cluster.url, "inturn_faults")
+    holder = Run("outage", "--backend", url, command=recorder(tmp_path / "log", hold=True))
+    first = told(holder)
+    waiter = Run("outage", "--backend", url, "-w", "8", command=["true"])
+    blocked = (
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        f" WHERE NOT l.granted AND a.application_name LIKE 'inturn pid {waiter.pid} %'"
+    )
+    until(lambda: sql(private_cluster.url, blocked) == [(1,)], "the waiter asleep in line")
+    holder.kill()
+    os.kill(first.pid, signal.SIGKILL)  # its command kept the session: now it ends
+    until(lambda: sql(private_cluster.url, blocked) == [(0,)], "the waiter awake, in the delay")
+    private_cluster.halt()  # and it stays down
+    code = waiter.wait(40)  # the window for joining again is 60 s
+    said = waiter.errors().strip().splitlines()
+    assert code == 75, (code, said)
+    assert said and "gave up waiting for line 'outage'" in said[-1], said
+
+
+def test_postgres_inturn_wait_whose_server_goes_away_still_times_out(
+    private_cluster: Any, tmp_path: Path
+) -> None:
+    """``inturn wait -w`` rides out a server that goes away until its time is up, then gives
+    up as a timeout (75), not as a server it cannot reach (2)."""
+    from postgres_server import with_schema
+
+    url = with_schema(private_cluster.url, "inturn_faults")
+    holder = Run("barrier", "--backend", url, command=recorder(tmp_path / "log", hold=True))
+    told(holder)
+    barrier = subprocess.Popen(
+        inturn_cmd("wait", "--backend", url, "-w", "4", "barrier"),
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    blocked = "SELECT count(*) FROM pg_locks WHERE NOT granted"
+    until(lambda: sql(private_cluster.url, blocked) == [(1,)], "inturn wait asleep")
+    private_cluster.halt()
+    _, said = barrier.communicate(timeout=40)
+    assert barrier.returncode == 75, said
+    assert said.strip().splitlines()[-1].startswith("inturn: gave up waiting for line"), said
+
+
 def test_postgres_waiter_back_from_a_lost_session_waits_for_those_now_ahead(
     pg_url: str, pg_server: str, schema: str, tmp_path: Path
 ) -> None:

@@ -180,6 +180,7 @@ def take_turn(
         )
     except GuardTaken as exc:
         raise _impatient(store, blocking, timeout, str(exc)) from None
+    me.give_up_at = guard_deadline
     try:
         waiter = None
         while True:

@@ -274,6 +274,10 @@ class Membership(ABC):
     # queue waits the lock delay from then, as after an unclean end.
     lost_track_at: float | None = None
 
+    # When (``time.monotonic()``) the owner of a waiting ticket stops waiting (its timeout):
+    # a new place, after losing one to a server, is not sought beyond it. None: never.
+    give_up_at: float | None = None
+
 
 class Peer:
     """Who is at the other end of a channel connection, as the operating system says (peer

@@ -52,7 +52,7 @@ from psycopg import errors as pg_errors
 from psycopg import pq
 from psycopg.rows import dict_row
 
-from ...errors import BackendError, Cancelled, LostTurn, Replaced
+from ...errors import BackendError, Cancelled, LostTurn, Replaced, Timeout
 from ...forks import forget_after_fork
 from ...names import decode, encode
 from ...records import Ticket, warn, warn_once
@@ -593,8 +593,9 @@ class PostgresStore(LineStore):
                         f"lost the connection holding line {self.name!r} at {self.where}: "
                         f"{_reason(exc, self.backend.address)}"
                     ) from None
-                if not self._rejoin(member, None, exc):
+                if attempt == 3:  # a third session ended under one query: say so
                     raise self.backend.translate(exc) from None
+                self._rejoin_or_give_up(member, exc)
             except psycopg.Error as exc:
                 raise self.backend.translate(exc) from None
         raise AssertionError("unreachable")
@@ -673,6 +674,15 @@ class PostgresStore(LineStore):
             "session: is another application using class id "
             f"{self.stmts.cls} in pg_locks?"
         )
+
+    def _rejoin_or_give_up(self, member: PostgresMembership, cause: BaseException) -> None:
+        """``_rejoin`` by the owner's own timeout: ``Timeout`` once it has passed."""
+        if not self._rejoin(member, member.give_up_at, cause):
+            raise Timeout(
+                f"gave up waiting for line {self.name!r} (lost the connection to "
+                f"{self.where} and could not join again in time: "
+                f"{_reason(cause, self.backend.address)})"
+            )
 
     def _rejoin(
         self, member: PostgresMembership, deadline: float | None, cause: BaseException
@@ -868,11 +878,12 @@ class PostgresStore(LineStore):
         if replacement is not None and replacement.by is not None:
             raise Replaced(f"ticket {replacement.by} replaced this one in line {self.name!r}")
         if observer and any(w.done and not w.clean for w in watches):
-            self._until_answering(deadline, cancel)
+            return self._until_answering(deadline, cancel)  # False: its time ran out first
         return fired
 
-    def _until_answering(self, deadline: float | None, cancel: CancelToken | None) -> None:
-        """Wait (up to ``RECONNECT_WINDOW``, or ``deadline``) until the server answers."""
+    def _until_answering(self, deadline: float | None, cancel: CancelToken | None) -> bool:
+        """Wait until the server answers: True once it does, False when ``deadline`` came
+        first; raises when it stays away for ``RECONNECT_WINDOW`` seconds."""
         limit = time.monotonic() + RECONNECT_WINDOW
         if deadline is not None:
             limit = min(limit, deadline)
@@ -880,9 +891,11 @@ class PostgresStore(LineStore):
         for _ in _pauses_while_away(limit, cancel, self.name):
             try:
                 self.backend.run(lambda conn: conn.execute("SELECT 1").fetchall())
-                return
+                return True
             except BackendError as exc:
                 last = exc
+        if deadline is not None and limit == deadline:
+            return False
         assert last is not None
         raise last
 
@@ -896,7 +909,8 @@ class PostgresStore(LineStore):
                 lambda: conn.execute(self.stmts.mark, {"when": when, "number": me.number})
             ).fetchone()
         except psycopg.OperationalError as exc:
-            if not me.holding and self._rejoin(me, None, exc):
+            if not me.holding:
+                self._rejoin_or_give_up(me, exc)
                 raise TookNewPlace() from None  # never held: wait again, as any waiter
             raise LostTurn(
                 f"lost the connection to {self.where} as the turn came: "

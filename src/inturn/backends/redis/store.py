@@ -423,17 +423,15 @@ class RedisStore(LineStore):
         self._learn({number: ticket_id})
         return member
 
-    def _rejoin(
-        self, member: RedisMembership, cancel: CancelToken | None, deadline: float | None = None
-    ) -> None:
+    def _rejoin(self, member: RedisMembership, cancel: CancelToken | None) -> None:
         """Our place in line is gone while we waited (its lease ran out, or the server lost
         it): take a new ticket at the back, as a PostgreSQL waiter whose session ended does.
 
         Nothing of the old place is kept: it waits for everyone now ahead, and the lock delay
         from now, since it cannot know how the turns ahead ended meanwhile. A ``newest_wins``
         ticket yields to a newer one that came meanwhile, as it would have in its place. Gives
-        up with ``Timeout`` at the caller's ``deadline``, and with ``LostTurn`` once the server
-        has not answered for ``REJOIN_WINDOW`` seconds.
+        up with ``Timeout`` at the owner's timeout (``give_up_at``), and with ``LostTurn`` once
+        the server has not answered for ``REJOIN_WINDOW`` seconds.
         """
         why = self._lost_place(member)
         self.backend.keeper.remove(member)
@@ -451,6 +449,7 @@ class RedisStore(LineStore):
                 break
             except _Unreachable as exc:
                 now = time.monotonic()
+                deadline = member.give_up_at
                 if deadline is not None and now + pause > deadline:
                     member.left = True
                     gave_up = f"gave up waiting for line {self.name!r}"
@@ -599,7 +598,7 @@ class RedisStore(LineStore):
             return self._wait(member, numbers, left, cancel, then_holds)
 
         try:
-            return self._through_outages(member, cancel, wait_once, self.backend.lease, deadline)
+            return self._through_outages(member, cancel, wait_once, self.backend.lease)
         except BackendError:
             if member is not None and member.lost and not member.holding:
                 raise LostTurn(self._lost_place(member)) from None  # the clearer story
@@ -650,15 +649,13 @@ class RedisStore(LineStore):
         cancel: CancelToken | None,
         work: Callable[[], T],
         placeless: float = 0.0,
-        deadline: float | None = None,
     ) -> T:
         """``work()``, tried again while the server does not answer (a restart, a network
         blip). For ``me``, a ticket of ours waiting in line, the keeper renews the lease the
         moment the server answers again, and declares the place lost three quarters of a lease
         after its last renewal: then it takes a new place (``_rejoin``) and works again.
         Without a place of ours to keep (a barrier's wait), for ``placeless`` seconds from the
-        first failure: then the failure is the answer. ``deadline``: the caller's, which a new
-        place is not sought beyond."""
+        first failure: then the failure is the answer."""
         ours = isinstance(me, RedisMembership) and me.pid == os.getpid() and not me.holding
         member = me if ours and isinstance(me, RedisMembership) else None
         until = None
@@ -668,12 +665,12 @@ class RedisStore(LineStore):
             except _PlaceLost as exc:
                 if member is None:
                     raise LostTurn(str(exc)) from None
-                self._rejoin(member, cancel, deadline)
+                self._rejoin(member, cancel)
                 continue
             except _Unreachable:
                 if member is not None:
                     if member.lost:
-                        self._rejoin(member, cancel, deadline)
+                        self._rejoin(member, cancel)
                         continue
                 else:
                     until = time.monotonic() + placeless if until is None else until
@@ -817,7 +814,7 @@ class RedisStore(LineStore):
             me.gone = me.gone or not (me.lost or late)  # the mark found no lease
             me.declare_lost()
             if me.pid == os.getpid():  # nothing ran in this turn yet: wait again, as any waiter
-                self._rejoin(me, patience.cancel, patience.deadline)
+                self._rejoin(me, patience.cancel)
                 raise TookNewPlace()
             raise LostTurn(self._lost_place(me))
         me.holding = True
