@@ -175,6 +175,51 @@ def lost(holder: Run, warnings: list[str] | None = None) -> int:
     return exited
 
 
+def joins_as_place_is_lost(
+    place: Any, url: str, name: str, stopped: Run, options: list[str], log: Path
+) -> Run:
+    """Stop ``stopped``, the one waiter of line ``name``, until the server has let its lease
+    go; then a later run (with ``options``) joins, and once it is in line, ``stopped`` is
+    continued. Returns the later run."""
+    line = inturn.Line(name, backend=url)
+    client = place.client()
+    os.kill(stopped.pid, signal.SIGSTOP)
+    try:
+        (lost_place,) = [w.number for w in line.status().waiters]
+        lease_key = place.lease_key(client, name, lost_place)
+        until(lambda: not client.exists(lease_key), "the stopped waiter's lease gone")
+        later = Run(name, "--backend", url, *options, command=recorder(log))
+        until(lambda: any(w.pid == later.pid for w in line.status().waiters), "later in line")
+    finally:
+        os.kill(stopped.pid, signal.SIGCONT)
+        client.close()
+        line.close()
+    return later
+
+
+def runs_behind(title: str, log: Path, first: Told, second: Run, taken: Told, paused: Run) -> None:
+    """``second`` took over from the lost holder (``first``), told abandoned: once it is
+    done, ``paused``, back in line behind it with a new ticket, runs, told nothing, and
+    nobody overlapped anybody."""
+    assert second.finish() == 0
+    assert paused.wait() == 0
+    back = told(paused)
+    intervals = by_ticket(read_intervals(log))
+    report(title, gap=gap(intervals[taken.ticket], intervals[back.ticket]))
+    assert_exclusive(log, expected=3)
+    assert taken.abandoned and not back.abandoned
+    assert first.ticket < taken.ticket < back.ticket
+
+
+def back_in_line(url: str, name: str, behind: int) -> None:
+    """Until the one waiter in line ``name`` is a new place, behind ticket ``behind``."""
+    line = inturn.Line(name, backend=url)
+    try:
+        until(lambda: [w.number > behind for w in line.status().waiters] == [True], "back in line")
+    finally:
+        line.close()
+
+
 def rejoined(waiter: Run, name: str, why: str) -> None:
     """The waiter lost its place for ``why`` and took a new one at the back, saying so in
     one warning line and nothing else."""
@@ -524,17 +569,7 @@ def test_postgres_waiter_back_from_a_lost_session_waits_for_those_now_ahead(
     )
     if len(read_intervals(log)) > 2:
         assert paused.wait() == 0  # inside already: let its whole stay show in the log
-    assert second.finish() == 0
-    assert paused.wait() == 0
-    back = told(paused)
-    intervals = by_ticket(read_intervals(log))
-    report(
-        "postgres waiter back from a lost session",
-        gap=gap(intervals[taken.ticket], intervals[back.ticket]),
-    )
-    assert_exclusive(log, expected=3)
-    assert taken.abandoned and not back.abandoned
-    assert first.ticket < taken.ticket < back.ticket
+    runs_behind("postgres waiter back from a lost session", log, first, second, taken, paused)
 
 
 # --------------------------------------------------------------------------- Redis
@@ -595,7 +630,6 @@ def test_redis_waiter_back_from_a_lost_place_waits_for_those_now_ahead(
     waiting("rejoin", url, 1)
     second = Run("rejoin", "--backend", url, command=recorder(log, hold=True))
     waiting("rejoin", url, 2)
-    line = inturn.Line("rejoin", backend=url)
     client = place.client()
     os.kill(paused.pid, signal.SIGSTOP)
     try:
@@ -605,25 +639,9 @@ def test_redis_waiter_back_from_a_lost_place_waits_for_those_now_ahead(
     finally:
         os.kill(paused.pid, signal.SIGCONT)
         client.close()
-    try:  # until it sleeps in line again, behind the second holder
-        until(
-            lambda: [w.number > taken.ticket for w in line.status().waiters] == [True],
-            "back in line",
-        )
-    finally:
-        line.close()
-    assert second.finish() == 0
-    assert paused.wait() == 0
-    back = told(paused)
+    back_in_line(url, "rejoin", taken.ticket)
+    runs_behind("redis waiter back from a lost place", log, first, second, taken, paused)
     rejoined(paused, "rejoin", "lease")
-    intervals = by_ticket(read_intervals(log))
-    report(
-        "redis waiter back from a lost place",
-        gap=gap(intervals[taken.ticket], intervals[back.ticket]),
-    )
-    assert_exclusive(log, expected=3)
-    assert taken.abandoned and not back.abandoned
-    assert first.ticket < taken.ticket < back.ticket
 
 
 def test_redis_newest_wins_waiter_back_from_a_lost_place_yields_to_a_newer_one(
@@ -637,19 +655,7 @@ def test_redis_newest_wins_waiter_back_from_a_lost_place_yields_to_a_newer_one(
     first = told(holder)
     older = Run("newest", "--backend", url, "--newest-wins", command=recorder(log))
     waiting("newest", url, 1)
-    line = inturn.Line("newest", backend=url)
-    client = place.client()
-    os.kill(older.pid, signal.SIGSTOP)
-    try:
-        (place_of_older,) = [w.number for w in line.status().waiters]
-        lease_key = place.lease_key(client, "newest", place_of_older)
-        until(lambda: not client.exists(lease_key), "the stopped waiter's lease gone")
-        newer = Run("newest", "--backend", url, "--newest-wins", command=recorder(log))
-        until(lambda: any(w.pid == newer.pid for w in line.status().waiters), "newer in line")
-    finally:
-        os.kill(older.pid, signal.SIGCONT)
-        client.close()
-        line.close()
+    newer = joins_as_place_is_lost(place, url, "newest", older, ["--newest-wins"], log)
     assert older.wait() == 77
     said = older.errors().strip().splitlines()
     assert len(said) == 2 and "back in line 'newest'" in said[0], said
@@ -696,14 +702,7 @@ def test_redis_waiter_stopped_as_its_turn_comes_never_runs_beside_the_next(
         taken = told(behind)  # its lease ran out: the next one takes over, told abandoned
     finally:
         os.kill(stopped.pid, signal.SIGCONT)
-    line = inturn.Line("frozen", backend=url)
-    try:  # until it sleeps in line again, behind the new holder
-        until(
-            lambda: [w.number > taken.ticket for w in line.status().waiters] == [True],
-            "back in line",
-        )
-    finally:
-        line.close()
+    back_in_line(url, "frozen", taken.ticket)
     assert behind.finish() == 0
     assert stopped.wait() == 0
     back = told(stopped)
@@ -744,19 +743,7 @@ def test_redis_waiter_back_from_a_lost_place_keeps_max_waiting(place: Any, tmp_p
     told(holder)
     stopped = Run("maxw", "--backend", url, "--max-waiting", "1", command=recorder(log))
     waiting("maxw", url, 1)
-    line = inturn.Line("maxw", backend=url)
-    client = place.client()
-    os.kill(stopped.pid, signal.SIGSTOP)
-    try:
-        (lost_place,) = [w.number for w in line.status().waiters]
-        lease_key = place.lease_key(client, "maxw", lost_place)
-        until(lambda: not client.exists(lease_key), "the stopped waiter's lease gone")
-        later = Run("maxw", "--backend", url, "--max-waiting", "1", command=recorder(log))
-        until(lambda: any(w.pid == later.pid for w in line.status().waiters), "later in line")
-    finally:
-        os.kill(stopped.pid, signal.SIGCONT)
-        client.close()
-        line.close()
+    later = joins_as_place_is_lost(place, url, "maxw", stopped, ["--max-waiting", "1"], log)
     assert stopped.wait() == 75
     said = stopped.errors().strip().splitlines()
     assert len(said) == 2 and "back in line 'maxw'" in said[0], said
