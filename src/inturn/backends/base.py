@@ -476,7 +476,7 @@ class LineStore(ABC):
     def mark_acquired(self, me: Membership, when: float, patience: Patience) -> None:
         """Record that ``me`` now holds the turn (status shows it; death now means abandoned);
         ``TookNewPlace`` if it had lost its place just then and is back in line (a new place
-        is sought no longer than ``patience`` allows)."""
+        is sought until ``me.give_up_at``, or ``patience``'s cancel)."""
 
     @abstractmethod
     def claim_abandoned(self, me: Membership) -> Ticket | None:
