@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 from memory_store import MemoryStore, World
 
 import inturn
-from inturn.backends.base import Patience
+from inturn.backends.base import Membership, Patience
 from inturn.queue import Held, Holdings, give_back, take_turn
 from inturn.records import Progress, Ticket
 
@@ -336,7 +336,7 @@ class _PlaceLostWhileLooking(MemoryStore):
         super().__init__(world)
         self.meanwhile: Callable[[], None] | None = meanwhile
 
-    def alive(self, numbers, me):  # type: ignore[no-untyped-def]
+    def alive(self, numbers: Sequence[int], me: Membership | None) -> list[bool]:
         if self.meanwhile is not None and me is not None:
             happen, self.meanwhile = self.meanwhile, None
             self.kill(me.number)  # the old place is gone

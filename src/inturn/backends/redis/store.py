@@ -62,6 +62,7 @@ from ..base import (
     Woke,
     check_scope,
 )
+from ..base import pause as sleep_or_cancel
 from . import scripts
 from .address import parse_address
 from .membership import GIVE_UP_AT, LeaseKeeper, RedisMembership, call
@@ -438,11 +439,11 @@ class RedisStore(LineStore):
         # Its record goes now (or expires with its lease), as a clean leave: whatever the
         # server marked, nothing ran in this place, so nobody is told of a death.
         self._take_out(member, say=False, clean=True)
+        member.left = True  # nothing more to leave, until the new place (``move``)
         assert member.ticket is not None
         start = time.monotonic()
-        for pause in _pauses(self.backend.lease):
+        for wait in _pauses(self.backend.lease):
             if cancel is not None and cancel.cancelled:
-                member.left = True  # taken out above, or it expires: nothing more to do
                 raise Cancelled(f"stopped waiting for line {self.name!r}")
             try:
                 fresh = self._enter(member.ticket)
@@ -450,19 +451,13 @@ class RedisStore(LineStore):
             except _Unreachable as exc:
                 now = time.monotonic()
                 deadline = member.give_up_at
-                if deadline is not None and now + pause > deadline:
-                    member.left = True
+                if deadline is not None and now + wait > deadline:
                     gave_up = f"gave up waiting for line {self.name!r}"
                     raise Timeout(f"{gave_up} ({why}; {exc})") from None
-                if now + pause > start + REJOIN_WINDOW:
-                    member.left = True
+                if now + wait > start + REJOIN_WINDOW:
                     again = f"could not join again within {REJOIN_WINDOW:g}s"
                     raise LostTurn(f"{why}; {again}: {exc}") from None
-            woken = threading.Event()
-            with ExitStack() as links:
-                if cancel is not None:
-                    links.enter_context(cancel.linked(woken))
-                woken.wait(pause)
+            sleep_or_cancel(wait, cancel, self.name)
         earlier = member.number
         self.backend.keeper.move(member, fresh)
         member.lost_track_at = start
