@@ -67,7 +67,11 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
         "busy with --no-wait or --max-waiting, --timeout ran out, or forget found the "
         "line in use (--conflict-exit-code changes it); send: no answer within --timeout",
     ),
-    ("76", "a server backend lost the turn while the command ran; the command was stopped"),
+    (
+        "76",
+        "a server backend lost the turn: while the command ran (it was stopped), or as the "
+        "turn came (it never started)",
+    ),
     ("77", "a later --newest-wins run replaced this one; its command never started"),
     ("69", "inturn send: no instance runs or listens, or it ended before it answered"),
     ("126", "the command cannot be run (not executable, a folder; on Windows, not a program)"),

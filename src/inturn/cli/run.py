@@ -7,7 +7,7 @@ import errno
 import os
 import sys
 
-from ..errors import Busy, Cancelled, Replaced, Timeout, UsageError
+from ..errors import Busy, Cancelled, LostTurn, Replaced, Timeout, UsageError
 from ..line import Line, Turn
 from ..records import LineStatus, Progress, this_host, warn
 from .exits import EXIT_CANNOT_RUN, EXIT_LOST, EXIT_NOT_FOUND, EXIT_REPLACED
@@ -102,7 +102,8 @@ def _notes(args: argparse.Namespace, held: Turn) -> None:
 
 def _wait_in_line(args: argparse.Namespace, command: list[str], signals: RunSignals) -> Turn | int:
     """The held turn, or the exit code (said why, unless ``--quiet``) when the line was busy,
-    the wait timed out, or a later ``--newest-wins`` run replaced this one.
+    the wait timed out, or a later ``--newest-wins`` run replaced this one; 76 (said even
+    with ``--quiet``, as any lost turn) when a server backend lost the turn as it came.
 
     The moment the turn is ours, signals stop ending the wait: from then on an exception
     raised by a signal handler could leave the turn held and never released. The status line
@@ -144,10 +145,12 @@ def _wait_in_line(args: argparse.Namespace, command: list[str], signals: RunSign
         message = f"{exc} after {duration_text(args.timeout)}{_held_by(exc.status)}"
     except Replaced as exc:
         outcome, message = EXIT_REPLACED, f"{exc}: not running the command"
+    except LostTurn as exc:  # lost as it was being taken: as a turn lost before the start
+        outcome, message = EXIT_LOST, f"{exc}; not starting the command"
     finally:
         if display is not None:
             display.close()
-    if message and not args.quiet:
+    if message and (not args.quiet or outcome == EXIT_LOST):
         say(message)
     return outcome
 
