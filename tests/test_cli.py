@@ -122,7 +122,7 @@ def test_close_keeps_the_command_from_inheriting_the_turn(lines_dir, workers):
         ),
         (["run", "--timeout", "soon", "x", "--", "true"], "seconds"),
         (["frobnicate"], "invalid choice"),
-        (["run", "-n", "-w", "5", "x", "--", "true"], "-w/--timeout: not allowed with"),
+        (["run", "-n", "-w", "5", "x", "--", "true"], "-w/--timeout/--wait: not allowed with"),
         (["run", "--newest-wins", "--max-waiting", "1", "x", "--", "true"], "not allowed with"),
         (["run", "-w", "-5m", "x", "--", "true"], "not a duration: '-5m'"),
         (["run", "-g", "-1", "x", "--", "true"], "the grace must be 0 or more seconds"),
@@ -481,6 +481,24 @@ def test_quiet_says_nothing_when_busy_timed_out_abandoned_or_replaced(lines_dir,
     assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "ran\n", "")
 
 
+def test_flocks_spellings_of_the_options_are_taken(lines_dir, workers):
+    """A command moved from ``flock(1)`` keeps its options: ``--nonblock``, ``--nb``,
+    ``--wait`` and ``-x``/``-e``/``--exclusive`` mean what they mean there."""
+    holder = Worker("flocked", "--hold")
+    workers.append(holder)
+    holder.expect("acquired")
+    for words in (["--nonblock"], ["--nb"], ["--wait", "0"], ["-x", "-n"], ["--exclusive", "-n"]):
+        busy = run_cli("run", *words, "flocked", "--", "echo", "ran")
+        assert (busy.returncode, busy.stdout) == (75, ""), (words, busy)
+        assert "is busy: held by" in busy.stderr or "gave up" in busy.stderr, (words, busy)
+    holder.send()
+    holder.proc.wait()
+    alone = run_cli("run", "-e", "flocked", "--", "sh", "-c", "echo $INTURN_NAME")
+    assert (alone.returncode, alone.stdout) == (0, "flocked\n"), alone
+    both = run_cli("run", "-x", "--shared", "flocked", "--", "true")
+    assert both.returncode == 2 and "not allowed with" in both.stderr, both
+
+
 def test_verbose_says_the_ticket_the_wait_and_an_abandoned_turn(lines_dir, workers):
     first = run_cli("run", "-v", "loud", "--", "true")
     assert first.returncode == 0
@@ -538,7 +556,7 @@ def test_a_bad_duration_is_one_line_naming_it(lines_dir, given):
     result = run_cli("run", "-w", given, "bad", "--", "true")
     assert result.returncode == 2 and result.stdout == ""
     said = result.stderr.splitlines()[-1]
-    assert said.startswith("inturn run: error: argument -w/--timeout: "), said
+    assert said.startswith("inturn run: error: argument -w/--timeout/--wait: "), said
     assert repr(given) in said or said.endswith(f"not {given}"), said
 
 

@@ -156,10 +156,19 @@ def _add_run(commands: Commands[Parser]) -> None:
         help="run STRING with /bin/sh -c instead of -- COMMAND (as flock -c)",
     )
     how_long = run.add_mutually_exclusive_group()  # -n is -w 0: either says how long
-    how_long.add_argument("-n", "--no-wait", action="store_true", help="if busy, exit 75 at once")
+    # flock(1)'s spellings are taken too, so that a command moved from flock keeps its options.
+    how_long.add_argument(
+        "-n",
+        "--no-wait",
+        "--nonblock",
+        "--nb",
+        action="store_true",
+        help="if busy, exit 75 at once",
+    )
     how_long.add_argument(
         "-w",
         "--timeout",
+        "--wait",
         type=_seconds,
         metavar="SECONDS",
         help="give up after that long in line (exit 75): seconds, or 10m, 1h30m; 0 is one try",
@@ -191,11 +200,20 @@ def _add_run(commands: Commands[Parser]) -> None:
         "SIGKILL them after SECONDS (default 1; 0 is SIGKILL at once; never more than half "
         "the time before the next holder may start)",
     )
-    run.add_argument(
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument(
         "--shared",
         action="store_true",
         help="take a shared turn (a reader): shared turns next to each other in the line run "
         "together, never with an exclusive one",
+    )
+    mode.add_argument(
+        "-x",
+        "-e",
+        "--exclusive",
+        dest="shared",
+        action="store_false",
+        help="take an exclusive turn (the default; as flock -x)",
     )
     crowding = run.add_mutually_exclusive_group()  # one rule for who may wait
     crowding.add_argument(
