@@ -48,6 +48,30 @@ def test_tickets_keep_increasing_after_the_server_loses_the_line(place):
         assert after.ticket > before.ticket
 
 
+def test_tickets_keep_increasing_after_a_loss_whatever_the_joiners_clock(place):
+    """After a loss the counter starts again from the server's clock, not the joining host's:
+    a host whose clock is an hour slow must not hand out smaller fencing tokens."""
+    with inturn.turn("fence") as before:
+        pass
+    delete_prefix(place.base, place.prefix)
+    slow_host = (
+        "import time, inturn\n"
+        "real = time.time\n"
+        "time.time = lambda: real() - 3600\n"
+        "with inturn.turn('fence') as turn:\n"
+        "    print(turn.ticket)\n"
+    )
+    joined = subprocess.run(
+        [sys.executable, "-c", slow_host],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert int(joined.stdout) > before.ticket
+
+
 # --------------------------------------------------------------------------- crashes
 
 

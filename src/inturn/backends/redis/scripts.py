@@ -9,12 +9,15 @@ Lua"), and every key it touches is passed in ``KEYS``, as Redis requires of scri
 JOIN = """
 local known = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if known then return known end
-if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[3]) end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local now = redis.call('TIME')
+  redis.call('SET', KEYS[1], string.format('%.0f', now[1] * 1000 + math.floor(now[2] / 1000)))
+end
 local number = string.format('%.0f', redis.call('INCR', KEYS[1]))
 redis.call('ZADD', KEYS[2], number, ARGV[1])
-redis.call('HSET', KEYS[3], 'number', number, unpack(ARGV, 5))
+redis.call('HSET', KEYS[3], 'number', number, unpack(ARGV, 4))
 redis.call('SET', KEYS[4], '1', 'PX', ARGV[2])
-if ARGV[4] == '1' then redis.call('SADD', KEYS[5], ARGV[1]) end
+if ARGV[3] == '1' then redis.call('SADD', KEYS[5], ARGV[1]) end
 return number
 """
 

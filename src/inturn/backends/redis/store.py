@@ -403,13 +403,12 @@ class RedisStore(LineStore):
             self._lease_key(ticket_id),
             self.shared_key,
         ]
-        seed = int(time.time() * 1000)
         sent = time.monotonic()
         flag = "1" if me.shared else "0"
         with self.backend.errors(), self.backend.client.pipeline(transaction=False) as pipe:
             # Listed at every join, in the same round trip: a forgotten line comes back.
             call(pipe, "SADD", f"{self.backend.prefix}:lines", encode(self.name))
-            args: list[bytes | str | int] = [ticket_id, self.lease_ms, seed, flag, *fields]
+            args: list[bytes | str | int] = [ticket_id, self.lease_ms, flag, *fields]
             self.backend.scripts["join"](keys=keys, args=args, client=pipe)
             call(pipe, "TIME")
             asked = time.time()
