@@ -8,15 +8,23 @@ would show there even if the screen happened to look right.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
 import re
+import select
 import shlex
 import signal
+import subprocess
+import termios
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import Worker, inturn_words, until
+import inturn
+
+from conftest import Worker, child_env, inturn_cmd, inturn_words, run_cli, until
 from terminal import PROMPT, Pane
 
 CLEAR = b"\r\x1b[K"  # how each redraw of the status line begins
@@ -176,3 +184,59 @@ def test_every_holder_of_a_line_with_slots_is_counted(lines_dir, workers, panes,
     assert pane.exit_code() == 0
     holders[1].send()
     assert all(holder.wait() == 0 for holder in holders)
+
+
+def _drawn_on(master: int, name: str) -> None:
+    """Read the terminal until the status line for ``name`` was drawn on it."""
+    seen = b""
+    deadline = time.monotonic() + 60
+    while f"waiting for {name}".encode() not in seen:
+        assert time.monotonic() < deadline, seen
+        ready, _, _ = select.select([master], [], [], 1.0)
+        if ready:
+            seen += os.read(master, 4096)
+
+
+@pytest.mark.parametrize("controlling", [True, False], ids=["its-terminal", "a-terminal"])
+def test_a_terminal_that_goes_away_ends_the_status_line_not_the_turn(
+    lines_dir, workers, tmp_path, controlling
+):
+    """The terminal showing the status line hangs up (closed window, lost ssh session).
+    As inturn's controlling terminal, its SIGHUP ends the wait (129) and the line is left;
+    as a terminal it only writes to (or under ``nohup``), the wait goes on, the turn comes,
+    the command runs, and the next holder is not told it was abandoned. Before, the failed
+    write of the status line (EIO) made inturn exit 2, keeping the turn it had just taken
+    until it died: the command never ran, and the next holder was told it died holding."""
+    holder = Worker("hangup", "--hold")
+    workers.append(holder)
+    holder.expect("acquired")
+    master, slave = pty.openpty()
+    ran = tmp_path / "ran"
+
+    def own_terminal() -> None:  # a session leader whose controlling terminal is the pty
+        os.setsid()
+        fcntl.ioctl(2, termios.TIOCSCTTY, 0)
+
+    waiter = subprocess.Popen(
+        inturn_cmd("run", "hangup", "--", "touch", str(ran)),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+        env=child_env(),
+        preexec_fn=own_terminal if controlling else None,
+    )
+    os.close(slave)
+    try:
+        _drawn_on(master, "hangup")
+    finally:
+        os.close(master)  # the terminal goes away
+    if controlling:
+        assert waiter.wait(60) == 128 + signal.SIGHUP
+        until(lambda: not inturn.Line("hangup").status().waiters, "the waiter to leave")
+    holder.send()
+    assert holder.wait() == 0
+    if not controlling:
+        assert waiter.wait(60) == 0
+        assert ran.exists()
+    after = run_cli("run", "-v", "hangup", "--", "true")
+    assert after.returncode == 0 and "died holding" not in after.stderr, after

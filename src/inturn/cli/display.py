@@ -75,7 +75,10 @@ class WaitingDisplay:
 
     def update(self, progress: Progress) -> None:
         """Called by the waiter each time it goes back to sleep."""
-        records = self.line.store.read(progress.ahead[:SHOWN_AHEAD])  # records only
+        try:
+            records = self.line.store.read(progress.ahead[:SHOWN_AHEAD])  # records only
+        except Exception:  # a display must never break the wait
+            records = list(self.holders)
         with self._lock:
             self.ticket = progress.ticket
             self.position = progress.position
@@ -123,9 +126,18 @@ class WaitingDisplay:
             # One row, never wrapped: a wrapped row would stay behind at every redraw. Room is
             # left after it for what the terminal itself echoes there (^C, ^Z, ^\), which
             # would otherwise wrap and leave the line behind when it is cleared.
-            self.stream.write("\r\x1b[K" + fit(text, _columns(self.stream) - ECHO_ROOM))
+            self._shown = self._write("\r\x1b[K" + fit(text, _columns(self.stream) - ECHO_ROOM))
+
+    def _write(self, text: str) -> bool:
+        """Write ``text``; a terminal gone (hung up: EIO) ends the display, never the wait,
+        nor the turn that the wait may have just taken."""
+        try:
+            self.stream.write(text)
             self.stream.flush()
-            self._shown = True
+            return True
+        except (OSError, ValueError):
+            self._stop.set()
+            return False
 
     def close(self) -> None:
         """Clear the status line, and wait for the drawing thread to have ended: a process
@@ -133,8 +145,7 @@ class WaitingDisplay:
         with self._lock:
             self._stop.set()
             if self._shown:
-                self.stream.write("\r\x1b[K")
-                self.stream.flush()
+                self._write("\r\x1b[K")
         if self._thread is not None:
             self._thread.join()
 

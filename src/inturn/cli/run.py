@@ -173,7 +173,10 @@ class _Nested:
         self.looked = True
         if self.number not in progress.ahead:
             return
-        record = self.line.store.read([self.number])[0]
+        try:
+            record = self.line.store.read([self.number])[0]
+        except Exception:  # a warning must never break the wait
+            return
         if record is None or record.pid is None or record.host != this_host():
             return
         if not _is_ancestor(record.pid):
