@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -429,6 +430,43 @@ def test_status_text_and_json_list_holders_then_waiters(where, workers):
     waiter.send()
     assert waiter.wait() == 0
     assert "show: free" in run_cli("status", "show").stdout
+
+
+SKEWED_HOLDER = """
+import sys, time, inturn
+real = time.time
+time.time = lambda: real() + float(sys.argv[1])
+with inturn.turn("skewed"):
+    print("holding", flush=True)
+    sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "redis"])
+def test_times_are_told_on_the_readers_clock_whatever_the_holders(kind, request):
+    """The hosts of a server line may have clocks minutes apart. Times are kept on the
+    server's clock and told on the reader's: a holder whose clock is five minutes slow is
+    not shown as holding for five minutes, nor one five minutes fast as holding for none."""
+    request.getfixturevalue("pg_url" if kind == "postgresql" else "place")
+    for skew in ("-300", "300"):
+        holder = subprocess.Popen(
+            [sys.executable, "-c", SKEWED_HOLDER, skew],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+        )
+        assert holder.stdin is not None and holder.stdout is not None
+        try:
+            assert holder.stdout.readline() == "holding\n"
+            data = json.loads(run_cli("status", "--json", "skewed").stdout)
+            (held,) = data["holders"]
+            now = time.time()
+            assert abs(held["joined_at"] - now) < 60, (skew, held)
+            assert abs(held["acquired_at"] - now) < 60, (skew, held)
+        finally:
+            holder.stdin.close()
+            assert holder.wait(REPORT_TIMEOUT) == 0
 
 
 HOSTILE = [

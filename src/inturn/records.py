@@ -112,6 +112,17 @@ class Ticket(NamedTuple):
             **({"channel": self.channel[:MAX_FIELD_CHARS]} if self.channel else {}),
         }
 
+    def on_our_clock(self, offset: float) -> Ticket:
+        """This ticket with its times, read on a server's clock, moved onto ours by ``offset``
+        (ours less the server's): hosts' clocks may differ, and ages are told on ours."""
+        if not offset:
+            return self
+
+        def moved(moment: float | None) -> float | None:
+            return None if moment is None else moment + offset
+
+        return self._replace(joined_at=moved(self.joined_at), acquired_at=moved(self.acquired_at))
+
     @classmethod
     def from_header(
         cls, number: int, header: dict[str, _typing.Any], acquired_at: float | None

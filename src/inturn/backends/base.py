@@ -247,6 +247,33 @@ class LostSignal(Fanout):
                 warn(f"an on_lost callback failed: {exc!r}")
 
 
+class ServerClock:
+    """How far our wall clock is from a server's. A server line keeps its tickets' times on
+    the server's clock, the one that every host of the line shares: each host's own may be
+    off by minutes, which would make the ages that ``status`` tells up."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0  # our clock less the server's, in seconds
+        self._spread: float | None = None  # the round trip of the reading it was taken from
+
+    def measured(self, sent: float, answered: float, server: float) -> float:
+        """Note the server's clock, ``server``, read by a request sent at ``sent`` and
+        answered at ``answered`` (our clock): taken as read halfway, so it is known to within
+        half the round trip. A reading replaces the one kept when it is closer, or when the
+        two disagree by more than that (a clock was set): times read twice stay the same.
+        Returns the offset."""
+        spread = max(0.0, answered - sent)
+        offset = (sent + answered) / 2 - server
+        kept = self._spread
+        if kept is None or spread < kept or abs(offset - self.offset) > (spread + kept) / 2:
+            self.offset, self._spread = offset, spread
+        return self.offset
+
+    def on_server(self, ours: float) -> float:
+        """A time of ours, on the server's clock."""
+        return ours - self.offset
+
+
 class Membership(ABC):
     """The caller's own ticket: it keeps the liveness lock held until ``LineStore.leave``."""
 

@@ -62,6 +62,7 @@ from ..base import (
     LineStore,
     Membership,
     Patience,
+    ServerClock,
     TookNewPlace,
     View,
     Woke,
@@ -169,6 +170,7 @@ class PostgresBackend(Backend):
         self._lock = threading.Lock()
         self._create = create  # False: a look from outside, which creates no schema
         self._ready = False  # the schema and its tables are there, and usable
+        self.clock = ServerClock()  # tickets' times are the server's
         self._role = ("", "")
         forget_after_fork(self)
         self.put_back(self.connect())  # fail now, with a clear line, if it cannot work
@@ -241,12 +243,15 @@ class PostgresBackend(Backend):
         calls = ", ".join("set_config(%s, %s, false)" for _ in settings)
         params: list[str] = [item for pair in settings.items() for item in pair]
         try:
+            sent = time.time()
             row = conn.execute(
-                f"SELECT pg_backend_pid(), {calls}",
+                f"SELECT pg_backend_pid(), extract(epoch FROM clock_timestamp()), {calls}",
                 params,
             ).fetchone()
         except psycopg.Error as exc:
             raise self.translate(exc) from None
+        if row is not None:
+            self.clock.measured(sent, time.time(), float(row[1]))
         session_pid = row[0] if row else 0
         if session_pid != conn.info.backend_pid and not self.address.pooler_session_ok:
             raise BackendError(
@@ -650,7 +655,10 @@ class PostgresStore(LineStore):
             )
 
     def _join_on(self, conn: Connection, me: Ticket) -> int:
-        record = json.dumps(me.header(), separators=(",", ":"), ensure_ascii=True)
+        header = me.header()
+        if me.joined_at is not None:  # on the server's clock, which every host shares
+            header["joined_at"] = self.backend.clock.on_server(me.joined_at)
+        record = json.dumps(header, separators=(",", ":"), ensure_ascii=True)
         for _ in range(64):
             line_id = self._line(conn)
             params = {"line_id": line_id, "line_key": fold(line_id), "record": record}
@@ -906,7 +914,10 @@ class PostgresStore(LineStore):
             raise LostTurn(f"lost the connection to {self.where} as the turn came")
         try:
             row = _despite_cancels(
-                lambda: conn.execute(self.stmts.mark, {"when": when, "number": me.number})
+                lambda: conn.execute(
+                    self.stmts.mark,
+                    {"when": self.backend.clock.on_server(when), "number": me.number},
+                )
             ).fetchone()
         except psycopg.OperationalError as exc:
             if not me.holding:
@@ -964,7 +975,7 @@ class PostgresStore(LineStore):
         def work(conn: Connection) -> Ticket | None:
             params = {"line_id": self._line(conn), "shared": me.shared}
             row = conn.execute(self.stmts.claim, params).fetchone()
-            return None if row is None else _ticket(row[0], row[1], row[2])
+            return None if row is None else _ticket(row[0], row[1], row[2], self.backend.clock)
 
         return self._query(me, work)
 
@@ -997,7 +1008,8 @@ class PostgresStore(LineStore):
 
         def work(conn: Connection) -> list[Ticket | None]:
             rows = conn.execute(self.stmts.read, {"numbers": wanted}).fetchall()
-            found = {int(n): _ticket(n, record, acquired) for n, record, acquired in rows}
+            clock = self.backend.clock
+            found = {int(n): _ticket(n, record, acq, clock) for n, record, acq in rows}
             return [found.get(n) for n in wanted]
 
         return self._query(me, work)
@@ -1069,7 +1081,8 @@ def _view(rows: list[tuple[str, int, bool, bool]], me: Membership | None, name: 
     )
 
 
-def _ticket(number: Any, record: Any, acquired_at: Any) -> Ticket:
+def _ticket(number: Any, record: Any, acquired_at: Any, clock: ServerClock) -> Ticket:
+    """A ticket from its row; its times, kept on the server's clock, moved onto ours."""
     try:
         header = json.loads(record)
     except (TypeError, ValueError):
@@ -1078,4 +1091,4 @@ def _ticket(number: Any, record: Any, acquired_at: Any) -> Ticket:
         warn(f"ignoring a corrupt ticket record (ticket {number})")
         header = {}
     acquired = float(acquired_at) if acquired_at is not None else None
-    return Ticket.from_header(int(number), header, acquired)
+    return Ticket.from_header(int(number), header, acquired).on_our_clock(clock.offset)

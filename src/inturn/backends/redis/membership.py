@@ -44,7 +44,6 @@ class RedisMembership(Membership):
         self.left = False
         self.gone = False  # the server said the lease is gone (rather than not answering)
         self.holding = False
-        self.clock_offset = 0.0  # our clock less the server's (seconds), measured on joining
         self.signal = LostSignal()
 
     @property
@@ -64,7 +63,7 @@ class RedisMembership(Membership):
         self.kick_key, self.kicks_read = fresh.kick_key, fresh.kicks_read
         self.renewed_at, self.retry_at = fresh.renewed_at, fresh.retry_at
         self.left, self.gone, self.holding = fresh.left, fresh.gone, fresh.holding
-        self.clock_offset, self.signal = fresh.clock_offset, fresh.signal
+        self.signal = fresh.signal
 
 
 class LeaseKeeper:

@@ -3,19 +3,22 @@
 A line's shared turns are also in a set of their ids, so that one look tells modes apart.
 Each runs atomically (no other command runs while a script does: redis.io, "Scripting with
 Lua"), and every key it touches is passed in ``KEYS``, as Redis requires of scripts. See
-``store.py`` for the keys.
+``store.py`` for the keys. Times kept in a ticket (``joined_at``, ``acquired_at``) are the
+server's clock (``TIME``), the one clock every host of a line shares; readers move them onto
+their own.
 """
 
 JOIN = """
 local known = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if known then return known end
+local now = redis.call('TIME')
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  local now = redis.call('TIME')
   redis.call('SET', KEYS[1], string.format('%.0f', now[1] * 1000 + math.floor(now[2] / 1000)))
 end
 local number = string.format('%.0f', redis.call('INCR', KEYS[1]))
 redis.call('ZADD', KEYS[2], number, ARGV[1])
 redis.call('HSET', KEYS[3], 'number', number, unpack(ARGV, 4))
+redis.call('HSET', KEYS[3], 'joined_at', string.format('%d.%06d', now[1], now[2]))
 redis.call('SET', KEYS[4], '1', 'PX', ARGV[2])
 if ARGV[3] == '1' then redis.call('SADD', KEYS[5], ARGV[1]) end
 return number
@@ -65,10 +68,9 @@ return 1
 
 # Records a turn as held, if the ticket is still in line and its lease alive. KEYS: tickets,
 # ticket, lease, then any "gone" streams of tickets waited on, each of which must end with
-# "left" (a clean release); ARGV: ticket id, the time, and optionally an offset in seconds:
-# then the time is the server's, moved onto the caller's clock by that offset. A waiter sends
-# it with streams and an offset right behind its XREAD on the same connection, so that the
-# server runs it as the read ends; ``mark_acquired`` sends it with neither.
+# "left" (a clean release); ARGV: ticket id. A waiter sends it with streams right behind its
+# XREAD on the same connection, so that the server runs it as the read ends;
+# ``mark_acquired`` sends it with none.
 MARK = """
 if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
@@ -76,12 +78,8 @@ for index = 4, #KEYS do
   local last = redis.call('XREVRANGE', KEYS[index], '+', '-', 'COUNT', 1)
   if #last == 0 or last[1][2][1] ~= 'left' then return 0 end
 end
-local when = ARGV[2]
-if ARGV[3] then
-  local now = redis.call('TIME')
-  when = string.format('%.6f', tonumber(now[1]) + tonumber(now[2]) / 1000000 + tonumber(ARGV[3]))
-end
-redis.call('HSET', KEYS[2], 'acquired_at', when)
+local now = redis.call('TIME')
+redis.call('HSET', KEYS[2], 'acquired_at', string.format('%d.%06d', now[1], now[2]))
 return 1
 """
 

@@ -57,6 +57,7 @@ from ..base import (
     LineStore,
     Membership,
     Patience,
+    ServerClock,
     TookNewPlace,
     View,
     Woke,
@@ -252,6 +253,7 @@ class RedisBackend(Backend):
         self.keeper = LeaseKeeper(
             self.quick_client, address.lease, self.listen_client, address.prefix
         )
+        self.clock = ServerClock()  # tickets' times are the server's
         self._eviction_checked = False  # the server was seen not to evict keys
         self._eviction_lock = threading.Lock()
         self.scripts = {
@@ -418,8 +420,7 @@ class RedisStore(LineStore):
         kick = self._kick_key(ticket_id) if me.newest_wins else None
         lease = self._lease_key(ticket_id)
         member = RedisMembership(number, ticket_id, lease, sent, me.shared, kick, me)
-        # The server's clock read halfway through the round trip, against ours.
-        member.clock_offset = (asked + answered) / 2 - (seconds + micros / 1e6)
+        self.backend.clock.measured(asked, answered, seconds + micros / 1e6)
         self._learn({number: ticket_id})
         return member
 
@@ -776,8 +777,7 @@ class RedisStore(LineStore):
         """The command that marks our turn held if every one of ``streams`` says its ticket
         left cleanly (sent whole rather than by hash: it needs no loading beforehand)."""
         keys = [self.tickets_key, self._ticket_key(me.ticket_id), me.lease_key, *streams]
-        offset = repr(me.clock_offset)
-        return ("EVAL", scripts.MARK, len(keys), *keys, me.ticket_id, "", offset)
+        return ("EVAL", scripts.MARK, len(keys), *keys, me.ticket_id)
 
     def _check_kicks(self, me: RedisMembership, kick: str, reply: Any) -> None:
         """Raise ``Replaced`` if our kick stream names a later ticket that is alive."""
@@ -797,7 +797,7 @@ class RedisStore(LineStore):
         if not ok:
             keys = [self.tickets_key, self._ticket_key(me.ticket_id), me.lease_key]
             try:  # between waking and returning: no context manager
-                ok = not me.lost and int(self._run("mark", keys, [me.ticket_id, repr(when)])) == 1
+                ok = not me.lost and int(self._run("mark", keys, [me.ticket_id])) == 1
             except rx.RedisError as exc:
                 raise _backend_error(exc, self.where, self.backend.prefix) from None
         # A waiter stopped (SIGSTOP) as its turn came may have been marked by the server
@@ -832,7 +832,7 @@ class RedisStore(LineStore):
                 record = self._run("claim", [self.abandoned_key, key], [ticket_id])
             if record is not None:
                 pairs = dict(zip(record[::2], record[1::2], strict=True))
-                return _ticket(number, pairs)
+                return _ticket(number, pairs, self.backend.clock.offset)
 
     def leave(self, me: Membership) -> None:
         assert isinstance(me, RedisMembership)
@@ -891,14 +891,20 @@ class RedisStore(LineStore):
     def _read(self, numbers: Sequence[int]) -> list[Ticket | None]:
         ids = [self._id(n) for n in numbers]
         asked = [i for i in ids if i is not None]
+        if not asked:
+            return [None] * len(numbers)
         with self.backend.errors(), self.backend.client.pipeline(transaction=False) as pipe:
+            call(pipe, "TIME")  # in the same round trip: the server's clock against ours
             for ticket_id in asked:
                 call(pipe, "HGETALL", self._ticket_key(ticket_id))
-            answers = iter(pipe.execute() if asked else [])
+            sent = time.time()
+            (seconds, micros), *found = pipe.execute()
+            offset = self.backend.clock.measured(sent, time.time(), seconds + micros / 1e6)
+        answers = iter(found)
         result: list[Ticket | None] = []
         for number, known in zip(numbers, ids, strict=True):
             fields = next(answers) if known is not None else None
-            result.append(_ticket(number, _as_dict(fields)) if fields else None)
+            result.append(_ticket(number, _as_dict(fields), offset) if fields else None)
         return result
 
 
@@ -933,8 +939,9 @@ def _as_dict(fields: Any) -> dict[bytes, bytes]:
     return {}
 
 
-def _ticket(number: int, fields: dict[bytes, bytes]) -> Ticket:
-    """A ticket record from its hash, tolerating missing or mistyped fields."""
+def _ticket(number: int, fields: dict[bytes, bytes], offset: float) -> Ticket:
+    """A ticket record from its hash, tolerating missing or mistyped fields; its times, kept
+    on the server's clock, moved onto ours by ``offset`` (ours less the server's)."""
     header: dict[str, Any] = {}
     for raw_key, raw_value in fields.items():
         key, value = _text(raw_key), _text(raw_value)
@@ -956,4 +963,4 @@ def _ticket(number: int, fields: dict[bytes, bytes]) -> Ticket:
     if raw_acquired is not None:
         with suppress(ValueError):
             acquired_at = float(raw_acquired)
-    return Ticket.from_header(number, header, acquired_at)
+    return Ticket.from_header(number, header, acquired_at).on_our_clock(offset)
