@@ -226,6 +226,52 @@ def test_a_holder_cut_off_from_the_server_stops_its_command_and_exits_76(
     assert waiter.wait() == 0
 
 
+@pytest.mark.parametrize("how", ["timeout", "cancel"])
+def test_a_waiter_on_a_silent_path_still_keeps_its_timeout_and_its_cancel(
+    pg_server, schema, proxy, how
+):
+    """The path to the server goes silent while a waiter sleeps in it (a middlebox that keeps
+    TCP alive but passes nothing; a frozen server is the same): the server's lock_timeout never
+    comes back, nor does a cancel. The waiter gives up on its side: its timeout still ends the
+    wait, and so does a cancel (Ctrl-C, a cancelled task), a few seconds late at worst."""
+    from inturn.backends.base import CancelToken
+
+    direct = inturn.Line("silent", backend=with_schema(pg_server, schema))
+    cut = inturn.Line("silent", backend=with_schema(url_for(pg_server, port=proxy.port), schema))
+    holder = direct.acquire()
+    cancel = CancelToken()
+    ended: list[str] = []
+
+    def wait() -> None:
+        try:
+            cut.acquire(timeout=4 if how == "timeout" else None, cancel=cancel).release()
+            ended.append("held")
+        except inturn.Timeout:
+            ended.append("timeout")
+        except inturn.Cancelled:
+            ended.append("cancel")
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    try:
+        waiter.start()
+        asleep = (
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            f" WHERE NOT l.granted AND a.application_name LIKE 'inturn pid {os.getpid()} %'"
+        )
+        until(lambda: sql(pg_server, asleep) == [(1,)], "the waiter asleep in the server")
+        proxy.blackhole()  # packets still acknowledged, nothing reaches the server any more
+        if how == "cancel":
+            cancel.cancel()
+        waiter.join(60)  # a hang detector: a few seconds are enough
+        assert ended == [how]
+    finally:
+        holder.release()
+        proxy.cut()
+        waiter.join(60)
+        direct.close()
+        cut.close()
+
+
 CANCEL_REQUEST = (80877102).to_bytes(4, "big")  # the code that opens a cancel request
 
 

@@ -40,6 +40,7 @@ import hashlib
 import json
 import math
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -77,6 +78,10 @@ from .statements import Statements, fold, missing_grants, sql_identifier, text_o
 RECONNECT_WINDOW = 60.0
 MAX_IDLE = 2  # connections kept open per process for the next ticket or status
 CANCEL_AGAIN_AFTER = 0.2  # a cancel request that came before its statement is sent again
+# A statement the server should have ended by now (its lock_timeout came, or it was asked to
+# cancel it) but that has not answered for this long: the server is frozen, or the path to it
+# silent (a middlebox that keeps TCP alive), and its connection is given up on our side.
+UNANSWERED_AFTER = 3.0
 CLIENT_CHECK_MS = 500  # server notices a waiter's vanished client this often (PG >= 14)
 
 # Server-side settings of every inturn session (all settable by any role). A role's or a
@@ -399,41 +404,43 @@ class PostgresBackend(Backend):
 
 
 class _Canceller:
-    """Sends a cancel request for the statement running on ``conn`` if ``token`` fires.
+    """Ends the statement running on ``conn`` when ``token`` fires (``_cancel_until_ended``),
+    or when it outlives ``deadline`` by ``UNANSWERED_AFTER`` seconds: the server's
+    ``lock_timeout`` should have ended it, so the server is frozen or the path to it silent.
 
-    The request is sent under a lock that the waiter takes as soon as its statement ends,
-    so no cancel is sent once the session has moved on. A request that reaches the server
-    before the statement does cancels nothing, so it is sent again, every
-    ``CANCEL_AGAIN_AFTER`` seconds, until the statement has ended.
+    Everything is done under a lock that the waiter takes as soon as its statement ends, so
+    nothing is done once the session has moved on.
     """
 
-    def __init__(self, conn: Connection, token: CancelToken) -> None:
+    def __init__(self, conn: Connection, token: CancelToken | None, deadline: float | None):
         self.conn = conn
-        self.token = token
+        self.deadline = deadline
         self.event = threading.Event()
         self.ended = threading.Event()
         self.lock = threading.Lock()
         self.finished = False
-        self._linked = token.linked(self.event)
-        self._linked.__enter__()
+        self._linked = None if token is None else token.linked(self.event)
+        if self._linked is not None:
+            self._linked.__enter__()
         self.thread = threading.Thread(target=self._run, daemon=True, name="inturn-pg-cancel")
         self.thread.start()
 
     def _run(self) -> None:
-        self.event.wait()
-        while True:
-            with self.lock:
-                if self.finished:
-                    return
-                _cancel(self.conn)
-            self.ended.wait(CANCEL_AGAIN_AFTER)
+        late = None if self.deadline is None else self.deadline + UNANSWERED_AFTER
+        if self.event.wait(None if late is None else max(0.0, late - time.monotonic())):
+            _cancel_until_ended(self.conn, self.lock, lambda: self.finished, self.ended)
+            return
+        with self.lock:
+            if not self.finished:
+                _shut_down(self.conn)
 
     def finish(self) -> None:
         with self.lock:
             self.finished = True
         self.ended.set()
         self.event.set()
-        self._linked.__exit__(None, None, None)
+        if self._linked is not None:
+            self._linked.__exit__(None, None, None)
 
 
 def _cancel(conn: Connection) -> None:
@@ -441,7 +448,7 @@ def _cancel(conn: Connection) -> None:
     with suppress(Exception):
         cancel_safe = getattr(conn, "cancel_safe", None)
         if cancel_safe is not None:
-            cancel_safe(timeout=5.0)
+            cancel_safe(timeout=UNANSWERED_AFTER)
         else:
             conn.cancel()
 
@@ -453,14 +460,32 @@ def _cancel_until_ended(
     (checked under ``lock``, which that thread takes to say so; ``wake`` is set then too).
 
     A cancel request that reaches the server before the statement does cancels nothing, so
-    it is sent again every ``CANCEL_AGAIN_AFTER`` seconds, as ``_Canceller`` does.
+    it is sent again every ``CANCEL_AGAIN_AFTER`` seconds. One that the server has not acted
+    on within ``UNANSWERED_AFTER`` seconds (frozen, or out of reach) never will be: then the
+    connection is shut down on our side, which ends the statement there.
     """
+    give_up_at = time.monotonic() + UNANSWERED_AFTER
     while True:
         with lock:
             if ended():
                 return
+            if time.monotonic() >= give_up_at:
+                _shut_down(conn)
+                return
             _cancel(conn)
         wake.wait(CANCEL_AGAIN_AFTER)
+
+
+def _shut_down(conn: Connection) -> None:
+    """End, on our side, whatever another thread waits for on ``conn``: its socket is shut
+    down, so that thread's read fails at once (the connection is then broken, and closed by
+    its owner). For a server that answers neither the statement nor a cancel request."""
+    with suppress(Exception):
+        sock = socket.socket(fileno=conn.pgconn.socket)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.detach()  # the descriptor stays libpq's
 
 
 class _Watch:
@@ -819,7 +844,9 @@ class PostgresStore(LineStore):
         assert conn is not None
         deadline = None if timeout is None else time.monotonic() + timeout
         ms = "0" if timeout is None else str(max(1, math.ceil(timeout * 1000)))
-        canceller = _Canceller(conn, cancel) if cancel is not None else None
+        canceller = None
+        if cancel is not None or deadline is not None:
+            canceller = _Canceller(conn, cancel, deadline)
         params = {
             "key": fold(number),
             "ms": ms,
@@ -840,6 +867,10 @@ class PostgresStore(LineStore):
             if canceller is not None:
                 canceller.finish()
                 canceller = None
+            if cancel is not None and cancel.cancelled:  # given up on our side, as asked
+                raise Cancelled(f"stopped waiting for line {self.name!r}") from None
+            if deadline is not None and time.monotonic() >= deadline:
+                return None  # our time is up: no new place is sought
             return Woke() if self._rejoin(member, deadline, exc) else None
         except psycopg.Error as exc:
             raise self.backend.translate(exc) from None
