@@ -16,6 +16,7 @@ import contextlib
 import os
 import random
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -318,4 +319,35 @@ def test_cancellation_at_any_moment_leaves_the_line_clean(where: Where):
             assert_clean(line, f"try {attempt}")
 
     run_async(scenario)
+    line.acquire(blocking=False).release()
+
+
+def test_a_turn_handed_to_a_task_of_a_loop_closed_meanwhile_is_released(where: Where):
+    """The turn comes while the task's loop is not running, and the loop is then closed with
+    the task still waiting (``loop.close()`` without ``asyncio.run``'s tidying): nobody will
+    ever take that turn, so it is released, not held until the process exits."""
+    line = inturn.Line("closed-loop")
+    holder = line.acquire()
+    loop = asyncio.new_event_loop()
+
+    async def waiter() -> None:
+        async with line:
+            pass
+
+    task = loop.create_task(waiter())
+    loop.run_until_complete(asyncio.sleep(0))  # the task starts: its thread joins the line
+
+    def wait_for(condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + REPORT_TIMEOUT
+        while not condition():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.002)
+
+    wait_for(in_line(line, 1), "the task in line")
+    (waiting,) = line.status().waiters
+    holder.release()
+    wait_for(lambda: [t.number for t in line.status().holders] == [waiting.number], "its turn")
+    loop.close()  # the turn, on its way to the task, is dropped with the loop's callbacks
+    del task
+    wait_for(lambda: not line.status().holders, "the dropped turn released")
     line.acquire(blocking=False).release()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 
@@ -773,18 +775,11 @@ async def acquire_async(
     that came just then is released), so no turn is ever left behind.
     """
     import asyncio  # imported here: it costs a command-line start tens of milliseconds
-    from typing import cast
 
     loop = asyncio.get_running_loop()
     owner = _current_task()
     cancel = CancelToken()
     future: asyncio.Future[Turn] = loop.create_future()
-
-    def settle(result: Turn | None, error: BaseException | None) -> None:
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(cast(Turn, result))
 
     def wait_in_line() -> None:
         try:
@@ -798,11 +793,9 @@ async def acquire_async(
                 newest_wins=newest_wins,
             )
         except BaseException as exc:  # handed to the task, raised there
-            error: BaseException = exc
-            _call_soon(loop, settle, None, error)
+            _call_soon(loop, _Handover(future, None, exc))
         else:
-            if not _call_soon(loop, settle, held, None):
-                held.release()  # the loop is gone: nobody will ever take this turn
+            _call_soon(loop, _Handover(future, held, None))
 
     threading.Thread(target=wait_in_line, daemon=True, name="inturn-async-wait").start()
     try:
@@ -821,12 +814,34 @@ async def acquire_async(
         raise
 
 
-def _call_soon(loop: Any, function: Callable[..., None], *args: object) -> bool:
-    try:
-        loop.call_soon_threadsafe(function, *args)
-    except RuntimeError:  # the loop was closed meanwhile
-        return False
-    return True
+class _Handover:
+    """A turn (or an error) on its way from the waiting thread to its task, through the loop.
+
+    A loop closed before it ran the handover (``loop.close()`` with the task still waiting)
+    drops it: nobody will ever take that turn, so it is released as the handover goes.
+    """
+
+    def __init__(self, future: Any, held: Turn | None, error: BaseException | None) -> None:
+        self.future = future
+        self.error = error
+        self.unclaimed = [] if held is None else [held]
+        weakref.finalize(self, _release_all, self.unclaimed)
+
+    def __call__(self) -> None:
+        if self.error is not None:
+            self.future.set_exception(self.error)
+        else:
+            self.future.set_result(self.unclaimed.pop())
+
+
+def _release_all(turns: list[Turn]) -> None:
+    while turns:
+        turns.pop().release()
+
+
+def _call_soon(loop: Any, handover: _Handover) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop was closed: the handover is dropped
+        loop.call_soon_threadsafe(handover)
 
 
 def single_instance(
