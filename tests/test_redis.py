@@ -26,7 +26,7 @@ from inturn.backends.base import Patience
 from inturn.errors import UsageError
 from inturn.records import own_ticket_fields
 
-from conftest import Run, Worker, child_env, inturn_cmd, one_line_error, run_cli
+from conftest import Run, Worker, child_env, inturn_cmd, one_line_error, run_cli, until
 from redis_server import (
     RedisServer,
     delete_prefix,
@@ -579,6 +579,50 @@ def test_a_server_that_evicts_keys_is_refused_before_anyone_joins(tmp_path, poli
         assert (result.returncode, result.stdout.split()) == (0, ["ran"]), result.stderr
     finally:
         admin.close()
+        server.stop()
+
+
+def test_a_server_with_no_room_for_more_clients_is_named_as_such(tmp_path):
+    """A server at its ``maxclients`` runs, and refuses more connections: one line says so
+    and what to do, rather than advising to check that it runs; and threads sharing one
+    ``Line`` give up at once, rather than retrying as in an outage without end."""
+    server = RedisServer(tmp_path / "crowded", "--maxclients", "6")
+    admin: Any = __import__("redis").Redis.from_url(server.url)
+    fillers: list[Any] = []
+    try:
+        admin.ping()
+        line = inturn.Line("crowded", backend=server.url)
+        outcomes: list[str] = []
+
+        def take() -> None:
+            try:
+                with line.acquire():
+                    outcomes.append("held")
+            except inturn.InturnError as exc:
+                outcomes.append(str(exc))
+
+        threads = [threading.Thread(target=take) for _ in range(20)]
+        held = line.acquire()  # the others wait behind it, each on a connection of its own
+        for thread in threads:
+            thread.start()
+        until(lambda: len(outcomes) > 0, "some thread refused")
+        held.release()
+        for thread in threads:
+            thread.join(60)  # a hang detector
+        assert not any(thread.is_alive() for thread in threads)
+        refused = [o for o in outcomes if o != "held"]
+        # (A waiter whose lease the server's refusals left unrenewed says it lost its place.)
+        unclear = [o for o in refused if "maxclients" not in o and "lost our place" not in o]
+        assert refused and unclear == []
+        line.close()
+        for _ in range(5):  # the rest of the server's room
+            fillers.append(__import__("redis").Redis.from_url(server.url))
+            fillers[-1].ping()
+        result = run_cli("run", "x", "--", "echo", "ran", INTURN_BACKEND=server.url)
+        one_line_error(result, "maxclients")
+    finally:
+        for client in [admin, *fillers]:
+            client.close()
         server.stop()
 
 

@@ -109,6 +109,12 @@ class _PlaceLost(Exception):
     is lost (the message says why), and a new one is taken."""
 
 
+def _cut_short(exc: rx.RedisError) -> bool:
+    """Whether the server closed the connection on us (rather than never answering)."""
+    text = str(exc)
+    return any(word in text for word in ("Broken pipe", "Connection reset", "closed by server"))
+
+
 def _backend_error(exc: rx.RedisError, where: str, prefix: str) -> BackendError:
     """What ``_translated`` raises for ``exc``, for paths that avoid a context manager."""
     if isinstance(exc, rx.AuthenticationError):
@@ -121,9 +127,16 @@ def _backend_error(exc: rx.RedisError, where: str, prefix: str) -> BackendError:
             "authority that signed it in the URL (ssl_ca_certs=PATH), and connect by a host "
             "name the certificate lists"
         )
+    if "max number of clients" in str(exc):  # it runs, and refuses more: not an outage
+        return BackendError(
+            f"Redis at {where} already serves as many clients as it may ({exc}): raise its "
+            "maxclients, or run fewer at once (each waiter uses a connection of its own)"
+        )
     if isinstance(exc, (rx.ConnectionError, rx.TimeoutError)):
+        # A server at its maxclients may close a new connection before its refusal is read.
+        room = " (and has room for more clients: maxclients)" if _cut_short(exc) else ""
         return _Unreachable(
-            f"cannot reach Redis at {where} ({exc}): check that the server runs and the URL"
+            f"cannot reach Redis at {where} ({exc}): check that the server runs{room} and the URL"
         )
     replica = f"the Redis server at {where} is a read-only replica: point the URL at the primary"
     if isinstance(exc, rx.ReadOnlyError):
@@ -650,7 +663,7 @@ class RedisStore(LineStore):
         moment the server answers again, and declares the place lost three quarters of a lease
         after its last renewal: then it takes a new place (``_rejoin``) and works again.
         Without a place of ours to keep (a barrier's wait), for ``placeless`` seconds from the
-        first failure: then the failure is the answer."""
+        first failure, and with one, for ``REJOIN_WINDOW``: then the failure is the answer."""
         ours = isinstance(me, RedisMembership) and me.pid == os.getpid() and not me.holding
         member = me if ours and isinstance(me, RedisMembership) else None
         until = None
@@ -663,14 +676,16 @@ class RedisStore(LineStore):
                 self._rejoin(member, cancel)
                 continue
             except _Unreachable:
-                if member is not None:
-                    if member.lost:
-                        self._rejoin(member, cancel)
-                        continue
-                else:
-                    until = time.monotonic() + placeless if until is None else until
-                    if time.monotonic() + pause > until:
-                        raise
+                if member is not None and member.lost:
+                    self._rejoin(member, cancel)
+                    continue
+                # A place kept alive by the keeper's own connection while this one cannot
+                # get through (a server out of room for more clients) is given up as a
+                # rejoin would be; one without a place, after ``placeless`` seconds.
+                window = placeless if member is None else REJOIN_WINDOW
+                until = time.monotonic() + window if until is None else until
+                if time.monotonic() + pause > until:
+                    raise
             woken = threading.Event()
             with ExitStack() as links:
                 if member is not None:
