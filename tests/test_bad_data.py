@@ -412,6 +412,31 @@ def run_limited(limit: int, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_too_many_open_files_for_many_lines_is_named_and_removes_nothing(lines_dir):
+    """One process holding turns of many lines runs out of descriptors, at whichever step
+    (opening a line's folder among them): that is said, with what to do, and never as a
+    folder to remove."""
+    holder = textwrap.dedent(
+        """
+        import inturn
+        held = [inturn.Line(f"fd-{i}").acquire() for i in range(200)]
+        """
+    )
+    for limit in range(48, 72):
+        result = subprocess.run(
+            [sys.executable, "-c", holder],
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            preexec_fn=with_open_files(limit),
+            timeout=REPORT_TIMEOUT,
+            check=False,
+        )
+        assert result.returncode == 1 and "Too many open files" in result.stderr, result.stderr
+        said = result.stderr.strip().splitlines()[-1]
+        assert "ulimit -n" in said and "remove it" not in said, (limit, said)
+
+
 def test_too_many_open_files_is_one_line_and_leaves_nothing_half_made(lines_dir):
     """From the fewest descriptors with which Python can start inturn at all, upwards."""
     start = next(n for n in range(3, 64) if run_limited(n, "--version").returncode == 0)

@@ -567,10 +567,9 @@ class PosixStore(UnixChannels, FolderStore):
         except OSError as exc:
             if exc.errno == errno.ENOENT and self.create:
                 return None  # forgotten between our mkdir and this open: make it again
-            what = exc.strerror or "unusable"
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                link = os.path.islink(self.folder)
-                what = "a symbolic link" if link else "not a folder"
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):  # too many open files, say
+                raise BackendError(os_problem(self.shown, exc)) from None
+            what = "a symbolic link" if os.path.islink(self.folder) else "not a folder"
             raise BackendError(
                 f"{self.shown} is {what} where inturn keeps line {self.name!r}: remove it"
             ) from None
