@@ -368,3 +368,39 @@ def test_a_waiter_that_took_a_new_place_during_a_look_looks_again_before_holding
     assert moving.watched[-1] == (took.membership.number,)
     give_back(store(), took.membership)
     assert waiter.held().membership.number > took.membership.number
+
+
+class _HandedOverWhileReading(MemoryStore):
+    """A store that reads a status's records one by one, as the local one does, while the
+    turn passes between the first record and the next (``meanwhile``)."""
+
+    def __init__(self, world: World, meanwhile: Callable[[], None]) -> None:
+        super().__init__(world)
+        self.meanwhile: Callable[[], None] | None = meanwhile
+
+    def read(self, numbers: Sequence[int], me: Membership | None = None) -> list[Ticket | None]:
+        found: list[Ticket | None] = []
+        for number in numbers:
+            found += super().read([number], me)
+            if self.meanwhile is not None:
+                happen, self.meanwhile = self.meanwhile, None
+                happen()
+        return found
+
+
+def test_a_status_read_as_the_turn_passes_never_shows_two_holders_of_one_slot():
+    """The holder is read, then leaves, and the next one is marked holding before its record
+    is read: the status shows one holder (the one holding by the end), never both."""
+    world, store = line()
+    holder_store = store()
+    holder = take_turn(holder_store)
+    next_store = store()
+    waiter = Waiter(next_store)
+    assert waiter.queued.wait(WAIT) and waiter.result is None
+
+    def meanwhile() -> None:
+        give_back(holder_store, holder.membership)
+        waiter.held()
+
+    status = _HandedOverWhileReading(world, meanwhile).status()
+    assert [t.number for t in status.holders] == [waiter.held().membership.number]

@@ -570,6 +570,9 @@ class LineStore(ABC):
         for ticket in self.read(live):
             if ticket is not None:
                 (holders if ticket.holding else waiters).append(ticket)
+        if len(holders) > 1:  # records are read one by one: the turn may have passed meanwhile
+            still = self.alive([t.number for t in holders], None)
+            holders = [t for t, ok in zip(holders, still, strict=True) if ok]
         return LineStatus(self.name, tuple(holders), tuple(waiters), self.scope, self.where)
 
     def close(self) -> None:  # noqa: B027 - optional hook
