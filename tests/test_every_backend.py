@@ -535,6 +535,33 @@ def kept_open(where: Where, request: pytest.FixtureRequest) -> tuple[str | None,
     return url + f"client_name={tag}", clients
 
 
+DECORATED = """
+import inturn
+
+@inturn.turn("decorated")
+def work():
+    return "done"
+
+print(work(), work())
+"""
+
+
+def test_a_decorated_functions_backend_is_closed_as_the_program_exits(where):
+    """A decorated function keeps its line's backend open between calls; the program's exit
+    closes it, rather than leaving server sessions for the garbage collector (a warning for
+    each under ``-X dev``)."""
+    result = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", DECORATED],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=REPORT_TIMEOUT,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (0, "done done\n"), result
+    assert "Warning" not in result.stderr, result.stderr
+
+
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
 def test_a_line_closes_the_backend_it_opened_and_so_do_the_commands(where, request, capsys):
     """``Line.close()`` frees the backend the ``Line`` opened itself (idle sessions, lease

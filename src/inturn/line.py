@@ -643,6 +643,8 @@ class turn:
         import inspect  # only decorators need these; keeps the command's start fast
         from typing import cast
 
+        _close_at_exit(self.line)
+
         if inspect.isgeneratorfunction(func):
             # Its body runs as it is iterated: the turn is held from the first item to the end.
             @functools.wraps(func)
@@ -730,6 +732,21 @@ class turn:
                 self._end(close=False)
 
         return run
+
+
+def _close_at_exit(line: Line) -> None:
+    """A decorated function keeps its line's backend open between calls: close it as the
+    interpreter exits, not leave its server sessions to the garbage collector (which warns
+    of each) or its threads to be stopped mid-way."""
+    ref = weakref.ref(line)
+
+    def close() -> None:
+        alive = ref()
+        if alive is not None:
+            with contextlib.suppress(Exception):
+                alive.close()
+
+    atexit.register(close)
 
 
 def _asking_from(owner: object) -> tuple[object, object]:
