@@ -235,6 +235,7 @@ def test_a_waiter_on_a_silent_path_still_keeps_its_timeout_and_its_cancel(
     comes back, nor does a cancel. The waiter gives up on its side: its timeout still ends the
     wait, and so does a cancel (Ctrl-C, a cancelled task), a few seconds late at worst."""
     from inturn.backends.base import CancelToken
+    from inturn.backends.postgres.store import UNANSWERED_AFTER
 
     direct = inturn.Line("silent", backend=with_schema(pg_server, schema))
     cut = inturn.Line("silent", backend=with_schema(url_for(pg_server, port=proxy.port), schema))
@@ -262,7 +263,9 @@ def test_a_waiter_on_a_silent_path_still_keeps_its_timeout_and_its_cancel(
         proxy.blackhole()  # packets still acknowledged, nothing reaches the server any more
         if how == "cancel":
             cancel.cancel()
-        waiter.join(60)  # a hang detector: a few seconds are enough
+        # Its time (or none, cancelled), 3 s for the server to have answered, and room for a
+        # loaded machine: not waiting out a new connection's timeout (10 s) to the silent one.
+        waiter.join((4 if how == "timeout" else 0) + UNANSWERED_AFTER + 5)
         assert ended == [how]
     finally:
         holder.release()
@@ -270,6 +273,29 @@ def test_a_waiter_on_a_silent_path_still_keeps_its_timeout_and_its_cancel(
         waiter.join(60)
         direct.close()
         cut.close()
+
+
+def test_sessions_kept_for_later_that_the_server_ended_are_replaced_not_reported(pg_server, schema):
+    """The idle sessions a ``Line`` keeps for its next turn are ended by the server meanwhile
+    (a DBA, ``idle_session_timeout``, a restart): the next turn is taken on fresh ones, not
+    refused as a lost connection."""
+    line = inturn.Line("kept", backend=with_schema(pg_server, schema))
+    try:
+        for _ in range(2):
+            with line:
+                pass
+            status = line.status()  # leaves a session idle too
+            assert status.holders == () and status.waiters == ()
+            ended = sql(
+                pg_server,
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE state = 'idle'"
+                f" AND application_name LIKE 'inturn pid {os.getpid()} %'",
+            )
+            assert ended, "no idle session was kept"
+            with line:  # on fresh sessions
+                pass
+    finally:
+        line.close()
 
 
 CANCEL_REQUEST = (80877102).to_bytes(4, "big")  # the code that opens a cancel request

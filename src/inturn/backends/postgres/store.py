@@ -176,6 +176,7 @@ class PostgresBackend(Backend):
         self._create = create  # False: a look from outside, which creates no schema
         self._ready = False  # the schema and its tables are there, and usable
         self.clock = ServerClock()  # tickets' times are the server's
+        self._silent_until = 0.0  # see ``borrow``
         self._role = ("", "")
         forget_after_fork(self)
         self.put_back(self.connect())  # fail now, with a clear line, if it cannot work
@@ -336,7 +337,11 @@ class PostgresBackend(Backend):
         )
 
     def borrow(self) -> Connection:
-        """An idle session of this process, or a new one."""
+        """An idle session of this process, or a new one; none for ``UNANSWERED_AFTER``
+        seconds after a wait found the server not answering (frozen, or out of reach): the
+        ``status`` that a timeout reports would otherwise wait out a connection's timeout."""
+        if time.monotonic() < self._silent_until:
+            raise BackendError(f"PostgreSQL at {self.where} does not answer")
         with self._lock:
             self._check_fork()
             while self._idle:
@@ -345,6 +350,20 @@ class PostgresBackend(Backend):
                     return conn
                 conn.close()
         return self.connect()
+
+    def drop_idle(self) -> None:
+        """Close the idle sessions kept for later: one turned out broken (the server ended
+        it: a restart, a DBA, ``idle_session_timeout``), and so may the others be."""
+        with self._lock:
+            self._check_fork()
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            with suppress(Exception):
+                conn.close()
+
+    def found_silent(self) -> None:
+        """A wait found the server not answering: see ``borrow``."""
+        self._silent_until = time.monotonic() + UNANSWERED_AFTER
 
     def put_back(self, conn: Connection) -> None:
         """Keep a clean session for later, or close it."""
@@ -367,6 +386,7 @@ class PostgresBackend(Backend):
                 conn.close()  # a cancel meant for a waiter it once was: a fresh one, too
                 if attempt == 2:
                     raise self.translate(exc) from None
+                self.drop_idle()  # the server may have ended them all (a restart)
                 continue
             except psycopg.Error as exc:
                 self.put_back(conn)
@@ -392,12 +412,7 @@ class PostgresBackend(Backend):
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        with self._lock:
-            self._check_fork()
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            with suppress(Exception):
-                conn.close()
+        self.drop_idle()
 
 
 # --------------------------------------------------------------------------- waiting
@@ -419,6 +434,7 @@ class _Canceller:
         self.ended = threading.Event()
         self.lock = threading.Lock()
         self.finished = False
+        self.shut = False  # it gave the connection up: the server did not answer
         self._linked = None if token is None else token.linked(self.event)
         if self._linked is not None:
             self._linked.__enter__()
@@ -428,10 +444,12 @@ class _Canceller:
     def _run(self) -> None:
         late = None if self.deadline is None else self.deadline + UNANSWERED_AFTER
         if self.event.wait(None if late is None else max(0.0, late - time.monotonic())):
-            _cancel_until_ended(self.conn, self.lock, lambda: self.finished, self.ended)
+            ended = self.ended
+            self.shut = _cancel_until_ended(self.conn, self.lock, lambda: self.finished, ended)
             return
         with self.lock:
             if not self.finished:
+                self.shut = True
                 _shut_down(self.conn)
 
     def finish(self) -> None:
@@ -444,34 +462,45 @@ class _Canceller:
 
 
 def _cancel(conn: Connection) -> None:
-    """Ask the server to end the statement running on ``conn`` (psycopg >= 3.2's safe way)."""
-    with suppress(Exception):
-        cancel_safe = getattr(conn, "cancel_safe", None)
-        if cancel_safe is not None:
+    """Ask the server to end the statement running on ``conn``, waiting for it to take the
+    request for ``UNANSWERED_AFTER`` seconds at most. With libpq 17 (psycopg >= 3.2 asks it
+    with a timeout) that is the request's own bound; before, libpq waits for the server
+    without end, so the request is left to a thread of its own past that."""
+    cancel_safe = getattr(conn, "cancel_safe", None)
+    if cancel_safe is not None and pq.version() >= 170000:
+        with suppress(Exception):
             cancel_safe(timeout=UNANSWERED_AFTER)
-        else:
+        return
+    sent = threading.Event()
+
+    def send() -> None:
+        with suppress(Exception):
             conn.cancel()
+        sent.set()
+
+    threading.Thread(target=send, daemon=True, name="inturn-pg-cancel-request").start()
+    sent.wait(UNANSWERED_AFTER)
 
 
 def _cancel_until_ended(
     conn: Connection, lock: threading.Lock, ended: Callable[[], bool], wake: threading.Event
-) -> None:
+) -> bool:
     """Cancel what another thread runs, or is about to run, on ``conn`` until ``ended()``
     (checked under ``lock``, which that thread takes to say so; ``wake`` is set then too).
 
     A cancel request that reaches the server before the statement does cancels nothing, so
     it is sent again every ``CANCEL_AGAIN_AFTER`` seconds. One that the server has not acted
     on within ``UNANSWERED_AFTER`` seconds (frozen, or out of reach) never will be: then the
-    connection is shut down on our side, which ends the statement there.
+    connection is shut down on our side, which ends the statement there: True then.
     """
     give_up_at = time.monotonic() + UNANSWERED_AFTER
     while True:
         with lock:
             if ended():
-                return
+                return False
             if time.monotonic() >= give_up_at:
                 _shut_down(conn)
-                return
+                return True
             _cancel(conn)
         wake.wait(CANCEL_AGAIN_AFTER)
 
@@ -651,15 +680,22 @@ class PostgresStore(LineStore):
     # -- LineStore
 
     def join(self, me: Ticket, patience: Patience) -> tuple[PostgresMembership, View | None]:
-        conn = self.backend.borrow()
-        try:
-            number = self._join_on(conn, me)
-        except BaseException as exc:
-            conn.close()  # it may hold a lock taken in a statement that failed
-            if isinstance(exc, psycopg.Error):
-                raise self.backend.translate(exc) from None
-            raise
-        return PostgresMembership(number, conn, me), None
+        for attempt in (1, 2):
+            conn = self.backend.borrow()
+            try:
+                number = self._join_on(conn, me)
+            except BaseException as exc:
+                conn.close()  # it may hold a lock taken in a statement that failed
+                if isinstance(exc, psycopg.OperationalError) and attempt == 1:
+                    # A session kept for later that the server has ended since (a restart,
+                    # a DBA): no ticket lived on it, so join on a fresh one.
+                    self.backend.drop_idle()
+                    continue
+                if isinstance(exc, psycopg.Error):
+                    raise self.backend.translate(exc) from None
+                raise
+            return PostgresMembership(number, conn, me), None
+        raise AssertionError("unreachable")
 
     def replace(self, number: int, me: Membership) -> None:
         def work(conn: Connection) -> int | None:
@@ -866,6 +902,8 @@ class PostgresStore(LineStore):
         except psycopg.OperationalError as exc:
             if canceller is not None:
                 canceller.finish()
+                if canceller.shut:
+                    self.backend.found_silent()
                 canceller = None
             if cancel is not None and cancel.cancelled:  # given up on our side, as asked
                 raise Cancelled(f"stopped waiting for line {self.name!r}") from None
