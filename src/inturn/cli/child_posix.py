@@ -677,14 +677,22 @@ def spawn(command: list[str], executable: str, env: dict[str, str], handles: lis
 
 @contextmanager
 def inheritable(handles: list[int]) -> Iterator[None]:
-    """``handles`` open across exec while the command starts (inturn's own never are)."""
-    for fd in handles:
-        os.set_inheritable(fd, True)
+    """``handles`` open across exec while the command starts (inturn's own never are).
+
+    One may be closed by another thread meanwhile (a server connection that was lost): then
+    there is nothing to restore, and that must not turn a command already started into an
+    error, which would leave it running unsupervised, outside the turn.
+    """
+    made: list[int] = []
     try:
+        for fd in handles:
+            os.set_inheritable(fd, True)
+            made.append(fd)
         yield
     finally:
-        for fd in handles:
-            os.set_inheritable(fd, False)
+        for fd in made:
+            with suppress(OSError):
+                os.set_inheritable(fd, False)
 
 
 def own_group(preexec: Callable[[], None] | None) -> dict[str, Any]:
