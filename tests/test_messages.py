@@ -674,16 +674,22 @@ def test_bad_input_is_one_clear_line(lines_dir, app):
         inturn.send("bad", [b"bytes"])  # type: ignore[list-item]
     with pytest.raises(inturn.UsageError, match="data must be a JSON value"):
         inturn.send("bad", data=float("nan"))
+    deep: list[object] = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(inturn.UsageError, match="data must be a JSON value"):
+        inturn.send("bad", data=deep)
     assert not inturn.Line("bad").status().holders  # nothing was left held
     for args, words in (
         (("send", "--timeout", "0", "bad"), ("timeout", "more than 0")),
         (("send", "--data", "{", "bad"), ("--data is not JSON",)),
+        (("send", "--data", "[" * 5000 + "]" * 5000, "bad"), ("--data is nested too deeply",)),
         (("send", "--backend", "redis://h/0", "--dir", "/tmp", "bad"), ("--dir and --backend",)),
     ):
         result = subprocess.run(
             inturn_cmd(*args), capture_output=True, text=True, env=app.env, timeout=60
         )
-        assert result.returncode == 2, result
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result
         for word in words:
             assert word in result.stderr
 

@@ -148,7 +148,7 @@ def request(argv: Iterable[str], cwd: str, data: Any) -> bytes:
         raise UsageError(
             f"the message is too large ({exc}): send the path of a file instead of its contents"
         ) from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise UsageError(
             f"data must be a JSON value (dict, list, str, int, float, bool or None): {exc}"
         ) from None

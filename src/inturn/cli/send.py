@@ -84,6 +84,8 @@ def send(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"--data is not JSON ({exc}): for a string, quote it: '\"text\"'"
             ) from None
+        except RecursionError:
+            raise UsageError("--data is nested too deeply: send a flatter JSON value") from None
     where = where_from(args)
 
     def received(pid: int | None) -> None:
