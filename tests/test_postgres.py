@@ -275,6 +275,42 @@ def test_a_waiter_on_a_silent_path_still_keeps_its_timeout_and_its_cancel(
         cut.close()
 
 
+def test_a_barrier_on_a_silent_path_still_keeps_its_timeout(pg_server, schema, proxy):
+    """``inturn wait -w`` whose path to the server goes silent while it waits: it gives up at
+    its time, a few seconds late at worst (3 s for the server to have answered its cancel,
+    1 s for the holder it names), not after the timeouts of new connections to a server that
+    cannot answer."""
+    from inturn.backends.postgres.store import UNANSWERED_AFTER
+    from inturn.queue import STATUS_AFTER_TIMEOUT
+
+    direct = inturn.Line("silent-wait", backend=with_schema(pg_server, schema))
+    cut = with_schema(url_for(pg_server, port=proxy.port), schema)
+    holder = direct.acquire()
+    barrier = subprocess.Popen(
+        inturn_cmd("wait", "-w", "4", "--backend", cut, "silent-wait"),
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        asleep = (
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            f" WHERE NOT l.granted AND a.application_name LIKE 'inturn pid {barrier.pid} %'"
+        )
+        until(lambda: sql(pg_server, asleep) == [(1,)], "the barrier asleep in the server")
+        proxy.blackhole()
+        bound = 4 + UNANSWERED_AFTER + STATUS_AFTER_TIMEOUT + 5  # room for a loaded machine
+        _, said = barrier.communicate(timeout=bound)
+        assert barrier.returncode == 75, said
+        assert "gave up waiting for line 'silent-wait'" in said
+    finally:
+        barrier.kill()
+        barrier.wait()
+        holder.release()
+        proxy.cut()
+        direct.close()
+
+
 def test_sessions_kept_for_later_that_the_server_ended_are_replaced_not_reported(pg_server, schema):
     """The idle sessions a ``Line`` keeps for its next turn are ended by the server meanwhile
     (a DBA, ``idle_session_timeout``, a restart): the next turn is taken on fresh ones, not

@@ -25,6 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 
 from .backends.base import (
     BUSY_PATIENCE,
@@ -507,10 +508,28 @@ def _since(ticket: Ticket) -> str:
     return f" since {time.strftime('%H:%M:%S', time.localtime(ticket.acquired_at))}"
 
 
+# How long a waiter whose time is up still waits for a server to tell who holds the line.
+STATUS_AFTER_TIMEOUT = 1.0
+
+
 def _status_if_reachable(store: LineStore) -> LineStatus | None:
     """The line's status, for a ``Timeout``; None when the server cannot tell it now (a wait
-    whose time ran out while the server was away), rather than a ``BackendError`` instead."""
-    try:
-        return store.status()
-    except BackendError:
-        return None
+    whose time ran out while the server was away), rather than a ``BackendError`` instead.
+    A server is given ``STATUS_AFTER_TIMEOUT`` seconds: one that does not answer (frozen, or
+    behind a silent link) must not keep a waiter whose time is up for a connection's timeout;
+    the look then goes on in a thread of its own, and is forgotten."""
+    if not store.remote:
+        try:
+            return store.status()
+        except BackendError:
+            return None
+    found: list[LineStatus] = []
+
+    def look() -> None:
+        with suppress(Exception):  # an answer only for a message: none will do
+            found.append(store.status())
+
+    thread = threading.Thread(target=look, daemon=True, name="inturn-status-after-timeout")
+    thread.start()
+    thread.join(STATUS_AFTER_TIMEOUT)
+    return found[0] if found else None

@@ -963,6 +963,8 @@ class PostgresStore(LineStore):
         first; raises when it stays away for ``RECONNECT_WINDOW`` seconds."""
         limit = time.monotonic() + RECONNECT_WINDOW
         if deadline is not None:
+            if deadline <= time.monotonic():
+                return False  # its time is up already: not one more try at a silent server
             limit = min(limit, deadline)
         last: BackendError | None = None
         for _ in _pauses_while_away(limit, cancel, self.name):
