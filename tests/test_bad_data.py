@@ -401,8 +401,13 @@ def with_open_files(limit: int) -> Any:
 
 
 def run_limited(limit: int, *args: str) -> subprocess.CompletedProcess[str]:
+    return limited(limit, inturn_cmd(*args))
+
+
+def limited(limit: int, command: list[str]) -> subprocess.CompletedProcess[str]:
+    """``command`` run to its end with at most ``limit`` open files, output captured."""
     return subprocess.run(
-        inturn_cmd(*args),
+        command,
         capture_output=True,
         text=True,
         env=child_env(),
@@ -423,15 +428,7 @@ def test_too_many_open_files_for_many_lines_is_named_and_removes_nothing(lines_d
         """
     )
     for limit in range(48, 72):
-        result = subprocess.run(
-            [sys.executable, "-c", holder],
-            capture_output=True,
-            text=True,
-            env=child_env(),
-            preexec_fn=with_open_files(limit),
-            timeout=REPORT_TIMEOUT,
-            check=False,
-        )
+        result = limited(limit, [sys.executable, "-c", holder])
         assert result.returncode == 1 and "Too many open files" in result.stderr, result.stderr
         said = result.stderr.strip().splitlines()[-1]
         assert "ulimit -n" in said and "remove it" not in said, (limit, said)
