@@ -845,6 +845,8 @@ class _Handover:
         weakref.finalize(self, _release_all, self.unclaimed)
 
     def __call__(self) -> None:
+        if self.future.done():  # nobody to take it: a turn is released as the handover goes
+            return
         if self.error is not None:
             self.future.set_exception(self.error)
         else:
