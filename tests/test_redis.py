@@ -582,6 +582,7 @@ def test_a_server_that_evicts_keys_is_refused_before_anyone_joins(tmp_path, poli
         server.stop()
 
 
+@pytest.mark.filterwarnings("ignore:could not leave line")  # refused as they leave, too
 def test_a_server_with_no_room_for_more_clients_is_named_as_such(tmp_path):
     """A server at its ``maxclients`` runs, and refuses more connections: one line says so
     and what to do, rather than advising to check that it runs; and threads sharing one
