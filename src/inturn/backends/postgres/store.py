@@ -176,7 +176,6 @@ class PostgresBackend(Backend):
         self._create = create  # False: a look from outside, which creates no schema
         self._ready = False  # the schema and its tables are there, and usable
         self.clock = ServerClock()  # tickets' times are the server's
-        self._silent_until = 0.0  # see ``borrow``
         self._role = ("", "")
         forget_after_fork(self)
         self.put_back(self.connect())  # fail now, with a clear line, if it cannot work
@@ -337,11 +336,7 @@ class PostgresBackend(Backend):
         )
 
     def borrow(self) -> Connection:
-        """An idle session of this process, or a new one; none for ``UNANSWERED_AFTER``
-        seconds after a wait found the server not answering (frozen, or out of reach): the
-        ``status`` that a timeout reports would otherwise wait out a connection's timeout."""
-        if time.monotonic() < self._silent_until:
-            raise BackendError(f"PostgreSQL at {self.where} does not answer")
+        """An idle session of this process, or a new one."""
         with self._lock:
             self._check_fork()
             while self._idle:
@@ -360,10 +355,6 @@ class PostgresBackend(Backend):
         for conn in idle:
             with suppress(Exception):
                 conn.close()
-
-    def found_silent(self) -> None:
-        """A wait found the server not answering: see ``borrow``."""
-        self._silent_until = time.monotonic() + UNANSWERED_AFTER
 
     def put_back(self, conn: Connection) -> None:
         """Keep a clean session for later, or close it."""
@@ -434,7 +425,6 @@ class _Canceller:
         self.ended = threading.Event()
         self.lock = threading.Lock()
         self.finished = False
-        self.shut = False  # it gave the connection up: the server did not answer
         self._linked = None if token is None else token.linked(self.event)
         if self._linked is not None:
             self._linked.__enter__()
@@ -444,12 +434,10 @@ class _Canceller:
     def _run(self) -> None:
         late = None if self.deadline is None else self.deadline + UNANSWERED_AFTER
         if self.event.wait(None if late is None else max(0.0, late - time.monotonic())):
-            ended = self.ended
-            self.shut = _cancel_until_ended(self.conn, self.lock, lambda: self.finished, ended)
+            _cancel_until_ended(self.conn, self.lock, lambda: self.finished, self.ended)
             return
         with self.lock:
             if not self.finished:
-                self.shut = True
                 _shut_down(self.conn)
 
     def finish(self) -> None:
@@ -484,23 +472,23 @@ def _cancel(conn: Connection) -> None:
 
 def _cancel_until_ended(
     conn: Connection, lock: threading.Lock, ended: Callable[[], bool], wake: threading.Event
-) -> bool:
+) -> None:
     """Cancel what another thread runs, or is about to run, on ``conn`` until ``ended()``
     (checked under ``lock``, which that thread takes to say so; ``wake`` is set then too).
 
     A cancel request that reaches the server before the statement does cancels nothing, so
     it is sent again every ``CANCEL_AGAIN_AFTER`` seconds. One that the server has not acted
     on within ``UNANSWERED_AFTER`` seconds (frozen, or out of reach) never will be: then the
-    connection is shut down on our side, which ends the statement there: True then.
+    connection is shut down on our side, which ends the statement there.
     """
     give_up_at = time.monotonic() + UNANSWERED_AFTER
     while True:
         with lock:
             if ended():
-                return False
+                return
             if time.monotonic() >= give_up_at:
                 _shut_down(conn)
-                return True
+                return
             _cancel(conn)
         wake.wait(CANCEL_AGAIN_AFTER)
 
@@ -902,13 +890,9 @@ class PostgresStore(LineStore):
         except psycopg.OperationalError as exc:
             if canceller is not None:
                 canceller.finish()
-                if canceller.shut:
-                    self.backend.found_silent()
                 canceller = None
             if cancel is not None and cancel.cancelled:  # given up on our side, as asked
                 raise Cancelled(f"stopped waiting for line {self.name!r}") from None
-            if deadline is not None and time.monotonic() >= deadline:
-                return None  # our time is up: no new place is sought
             return Woke() if self._rejoin(member, deadline, exc) else None
         except psycopg.Error as exc:
             raise self.backend.translate(exc) from None
@@ -963,8 +947,6 @@ class PostgresStore(LineStore):
         first; raises when it stays away for ``RECONNECT_WINDOW`` seconds."""
         limit = time.monotonic() + RECONNECT_WINDOW
         if deadline is not None:
-            if deadline <= time.monotonic():
-                return False  # its time is up already: not one more try at a silent server
             limit = min(limit, deadline)
         last: BackendError | None = None
         for _ in _pauses_while_away(limit, cancel, self.name):
@@ -1046,7 +1028,8 @@ class PostgresStore(LineStore):
         def work(conn: Connection) -> Ticket | None:
             params = {"line_id": self._line(conn), "shared": me.shared}
             row = conn.execute(self.stmts.claim, params).fetchone()
-            return None if row is None else _ticket(row[0], row[1], row[2], self.backend.clock)
+            offset = self.backend.clock.offset
+            return None if row is None else _ticket(row[0], row[1], row[2], offset)
 
         return self._query(me, work)
 
@@ -1079,8 +1062,8 @@ class PostgresStore(LineStore):
 
         def work(conn: Connection) -> list[Ticket | None]:
             rows = conn.execute(self.stmts.read, {"numbers": wanted}).fetchall()
-            clock = self.backend.clock
-            found = {int(n): _ticket(n, record, acq, clock) for n, record, acq in rows}
+            offset = self.backend.clock.offset
+            found = {int(n): _ticket(n, record, acq, offset) for n, record, acq in rows}
             return [found.get(n) for n in wanted]
 
         return self._query(me, work)
@@ -1088,9 +1071,11 @@ class PostgresStore(LineStore):
 
 def _pauses_while_away(limit: float, cancel: CancelToken | None, name: str) -> Iterator[None]:
     """One step per attempt to reach a server that is away, with a pause before each next one
-    (0.1 s, doubling up to 2 s), as long as that next one would start before ``limit``."""
+    (0.1 s, doubling up to 2 s), as long as that one would start before ``limit``: none once
+    it has passed (a caller whose time is up tries no more, even once, a server that may not
+    answer for a connection's whole timeout)."""
     delay = 0.1
-    while True:
+    while time.monotonic() < limit:
         yield
         if time.monotonic() + delay > limit:
             return
@@ -1152,8 +1137,9 @@ def _view(rows: list[tuple[str, int, bool, bool]], me: Membership | None, name: 
     )
 
 
-def _ticket(number: Any, record: Any, acquired_at: Any, clock: ServerClock) -> Ticket:
-    """A ticket from its row; its times, kept on the server's clock, moved onto ours."""
+def _ticket(number: Any, record: Any, acquired_at: Any, offset: float) -> Ticket:
+    """A ticket from its row; its times, kept on the server's clock, moved onto ours by
+    ``offset`` (ours less the server's)."""
     try:
         header = json.loads(record)
     except (TypeError, ValueError):
@@ -1162,4 +1148,4 @@ def _ticket(number: Any, record: Any, acquired_at: Any, clock: ServerClock) -> T
         warn(f"ignoring a corrupt ticket record (ticket {number})")
         header = {}
     acquired = float(acquired_at) if acquired_at is not None else None
-    return Ticket.from_header(int(number), header, acquired).on_our_clock(clock.offset)
+    return Ticket.from_header(int(number), header, acquired).on_our_clock(offset)
