@@ -211,6 +211,17 @@ def with_schema(url: str, schema: str) -> str:
     return url + ("&" if "?" in url else "?") + f"inturn_schema={schema}"
 
 
+def asleep_in_server(url: str, pid: int) -> int:
+    """How many sessions of inturn process ``pid`` wait, asleep in the server, for a lock."""
+    query = (
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE NOT l.granted AND a.application_name LIKE %s"
+    )
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(query, [f"inturn pid {pid} %"]).fetchone()
+    return int(row[0]) if row else 0
+
+
 def drop_schema(url: str, schema: str) -> None:
     """Drop a test's schema; one that a process the test left behind still uses is left in
     place (after 30 s) rather than waited for without end."""

@@ -51,6 +51,7 @@ from inturn.backends.postgres.statements import class_id, fold
 from postgres_server import (
     Bouncer,
     Cluster,
+    asleep_in_server,
     cluster,
     pgbouncer_binary,
     with_schema,
@@ -255,11 +256,7 @@ def test_a_waiter_on_a_silent_path_still_keeps_its_timeout_and_its_cancel(
     waiter = threading.Thread(target=wait, daemon=True)
     try:
         waiter.start()
-        asleep = (
-            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-            f" WHERE NOT l.granted AND a.application_name LIKE 'inturn pid {os.getpid()} %'"
-        )
-        until(lambda: sql(pg_server, asleep) == [(1,)], "the waiter asleep in the server")
+        until(lambda: asleep_in_server(pg_server, os.getpid()) == 1, "the waiter asleep")
         proxy.blackhole()  # packets still acknowledged, nothing reaches the server any more
         if how == "cancel":
             cancel.cancel()
@@ -293,11 +290,10 @@ def test_a_barrier_on_a_silent_path_still_keeps_its_timeout(pg_server, schema, p
         env=child_env(),
     )
     try:
-        asleep = (
-            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-            f" WHERE NOT l.granted AND a.application_name LIKE 'inturn pid {barrier.pid} %'"
+        until(
+            lambda: asleep_in_server(pg_server, barrier.pid) == 1,
+            "the barrier asleep in the server",
         )
-        until(lambda: sql(pg_server, asleep) == [(1,)], "the barrier asleep in the server")
         proxy.blackhole()
         bound = 4 + UNANSWERED_AFTER + STATUS_AFTER_TIMEOUT + 5  # room for a loaded machine
         _, said = barrier.communicate(timeout=bound)

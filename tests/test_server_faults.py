@@ -487,20 +487,18 @@ def test_postgres_waiter_that_loses_its_session_in_an_outage_still_times_out(
     """``-w`` holds while the server is away: a waiter whose session ends between its waits
     (here in the lock delay after its holder died), and cannot join again before its time
     is up, gives up as any waiter does (exit 75), not a minute later (exit 2)."""
-    from postgres_server import with_schema
+    from postgres_server import asleep_in_server, with_schema
 
     url = with_schema(private_cluster.url, "inturn_faults")
     holder = Run("outage", "--backend", url, command=recorder(tmp_path / "log", hold=True))
     first = told(holder)
     waiter = Run("outage", "--backend", url, "-w", "8", command=["true"])
-    blocked = (
-        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-        f" WHERE NOT l.granted AND a.application_name LIKE 'inturn pid {waiter.pid} %'"
+    until(
+        lambda: asleep_in_server(private_cluster.url, waiter.pid) == 1, "the waiter asleep in line"
     )
-    until(lambda: sql(private_cluster.url, blocked) == [(1,)], "the waiter asleep in line")
     holder.kill()
     os.kill(first.pid, signal.SIGKILL)  # its command kept the session: now it ends
-    until(lambda: sql(private_cluster.url, blocked) == [(0,)], "the waiter awake, in the delay")
+    until(lambda: asleep_in_server(private_cluster.url, waiter.pid) == 0, "awake, in the delay")
     private_cluster.halt()  # and it stays down
     code = waiter.wait(40)  # the window for joining again is 60 s
     said = waiter.errors().strip().splitlines()
