@@ -31,6 +31,7 @@ from redis_server import (
     RedisServer,
     delete_prefix,
     require_redis_py,
+    with_parameters,
 )
 from tcp_proxy import TcpProxy
 
@@ -259,6 +260,41 @@ def test_a_waiter_that_cannot_join_again_gives_up_with_one_clear_line(
     finally:
         proxy.close()
         line.close()
+
+
+@pytest.mark.parametrize("verb", ["wait", "run"])
+def test_a_waiter_on_a_silent_path_still_keeps_its_timeout(place, redis_base, verb):
+    """The path to the server goes silent while ``inturn wait -w`` or ``inturn run -w`` sleeps
+    in line: it gives up at its time, a little late at worst, not when its blocked read's long
+    socket timeout (here a URL's 30 s) runs out, nor after trying to join again once its time
+    is up."""
+    from inturn.queue import STATUS_AFTER_TIMEOUT
+
+    target = urlsplit(redis_base)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
+    url = with_parameters(place.url(lease=2, base=through(proxy, redis_base)), socket_timeout=30)
+    command = ("--", "true") if verb == "run" else ()
+    try:
+        with inturn.turn("silent"):
+            waiter = subprocess.Popen(
+                inturn_cmd(verb, "-w", "2", "--backend", url, "silent", *command),
+                stderr=subprocess.PIPE,
+                text=True,
+                env=child_env(),
+            )
+            # Asleep in the server: its read of the leavers' streams from their start (not
+            # the keeper's listener, which reads only what comes next: "$").
+            until(
+                lambda: any(b"XREAD" in chunk and b"0-0" in chunk for chunk in list(proxy.sent)),
+                "the waiter asleep in the server",
+            )
+            proxy.blackhole()
+            bound = 2 + 2 + STATUS_AFTER_TIMEOUT + 5  # its time, a lease, room for a loaded machine
+            _, said = waiter.communicate(timeout=bound)
+            assert waiter.returncode == 75, said
+            assert "gave up waiting for line 'silent'" in said
+    finally:
+        proxy.close()
 
 
 def test_a_dropped_connection_that_comes_back_keeps_the_turn(place, redis_base):
@@ -686,4 +722,65 @@ def test_a_user_with_the_documented_grants_takes_turns(tmp_path, workers, info):
         assert (result.returncode, result.stdout.split()) == (0, ["ran"]), result.stderr
         assert run_cli("forget", "x", INTURN_BACKEND=url).returncode == 0
     finally:
+        server.stop()
+
+
+def test_a_waiter_that_may_not_block_is_told_which_grant_is_missing(tmp_path):
+    """A common hardening ACL (``+@all -@blocking``) lets a joiner in, then refuses the read
+    it waits in: one line naming the grants, exit 2, never a traceback; ``inturn wait`` too."""
+    server = RedisServer(tmp_path / "acl")
+    line = inturn.Line("x", backend=server.url)
+    try:
+        url = _acl_user(server, "hardened", "pw", "~inturn:*", "+@all", "-@blocking")
+        with line:
+            for words in (("run", "x", "--", "echo", "ran"), ("wait", "x")):
+                result = run_cli(*words, INTURN_BACKEND=url)
+                one_line_error(result, "may not", "+@read")
+                assert "ran" not in result.stdout
+    finally:
+        line.close()
+        server.stop()
+
+
+def test_a_server_that_renamed_info_away_is_used_unchecked(tmp_path):
+    """Without ``INFO`` (renamed, as some hardened servers do) eviction cannot be checked: as
+    for a user whose ACL denies it, inturn works rather than failing on every join."""
+    server = RedisServer(tmp_path / "renamed", "--rename-command", "INFO", "info-for-admins")
+    try:
+        result = run_cli("run", "x", "--", "echo", "ran", INTURN_BACKEND=server.url)
+        assert (result.returncode, result.stdout.split()) == (0, ["ran"]), result.stderr
+    finally:
+        server.stop()
+
+
+# A script that keeps Redis busy for this long (TIME advances inside it), in microseconds.
+SPIN = (
+    "local s = redis.call('TIME') local n repeat n = redis.call('TIME') "
+    "until (n[1] - s[1]) * 1000000 + (n[2] - s[2]) > tonumber(ARGV[1]) return 1"
+)
+
+
+def test_a_waiter_whose_place_lapses_while_a_script_blocks_the_server_joins_again(tmp_path):
+    """A script that runs too long has the server answer everyone else ``BUSY``: an outage,
+    not a refusal. The holder's turn is lost (its lease went unrenewed) and its command
+    stopped; the waiter's place is lost too, and it joins again and runs, as after any
+    outage, rather than giving up with exit 76."""
+    server = RedisServer(tmp_path / "busy", "--busy-reply-threshold", "100")
+    admin: Any = __import__("redis").Redis.from_url(server.url)
+    url = with_parameters(server.url, lease=1)
+    looker = inturn.Line("busy", backend=url)
+    try:
+        holder = Run("busy", "--backend", url)
+        holder.running()
+        waiter = Run("busy", "--backend", url)
+        until(lambda: len(looker.status().waiters) == 1, "the waiter in line")
+        admin.eval(SPIN, 0, 2_500_000)  # three leases and more without an answer
+        assert holder.wait() == 76
+        assert waiter.running().name == "busy"
+        assert waiter.finish(0) == 0
+        said = waiter.errors()
+        assert "lost our place in line 'busy'" in said and "back in line" in said, said
+    finally:
+        looker.close()
+        admin.close()
         server.stop()

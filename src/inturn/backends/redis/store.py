@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import secrets
 import socket
 import threading
@@ -132,6 +133,9 @@ def _backend_error(exc: rx.RedisError, where: str, prefix: str) -> BackendError:
             f"Redis at {where} already serves as many clients as it may ({exc}): raise its "
             "maxclients, or run fewer at once (each waiter uses a connection of its own)"
         )
+    if isinstance(exc, rx.ResponseError) and _busy(exc):
+        # A script that runs too long keeps every other client waiting: an outage for now.
+        return _Unreachable(f"Redis at {where} does not answer: {exc}")
     if isinstance(exc, (rx.ConnectionError, rx.TimeoutError)):
         # A server at its maxclients may close a new connection before its refusal is read.
         room = " (and has room for more clients: maxclients)" if _cut_short(exc) else ""
@@ -167,6 +171,12 @@ def _backend_error(exc: rx.RedisError, where: str, prefix: str) -> BackendError:
             )
         return BackendError(f"Redis at {where} refused a command: {text}")
     return BackendError(f"Redis at {where} failed: {exc}")
+
+
+def _busy(exc: rx.RedisError) -> bool:
+    """Whether the server answered ``BUSY`` (a script runs too long), alone or in a pipeline
+    (where redis-py puts the command's place before the server's words)."""
+    return re.match(r"(.*caused error: )?BUSY\b", str(exc)) is not None
 
 
 def _denied(exc: rx.RedisError) -> bool:
@@ -255,8 +265,9 @@ class RedisBackend(Backend):
             {**base, "socket_timeout": quick, "socket_connect_timeout": quick},
             Retry(NoBackoff(), 0),
         )
-        # Waits block for up to a lease: their socket timeout must be longer than that.
-        grace = max(1.0, address.lease / 2)
+        # Waits block for up to a lease: their socket timeout must be longer than that. A
+        # blocked read gives the server this much more than it asked to block for.
+        self.answer_grace = grace = max(1.0, address.lease / 2)
         wait_timeout = max(float(base["socket_timeout"] or 0), address.lease + grace)
         self.wait_pool = self._pool({**base, "socket_timeout": wait_timeout}, Retry(NoBackoff(), 0))
         # The keeper's listener blocks in the server for up to a lease at a time.
@@ -305,7 +316,8 @@ class RedisBackend(Backend):
 
     def refuse_eviction(self) -> None:
         """Refuse to join on a server that may evict keys (``_evicts``): checked once, before
-        the first join. A user whom ACLs deny ``INFO`` cannot be checked, and is not refused."""
+        the first join. A user whom ACLs deny ``INFO`` (or a server that renamed it away)
+        cannot be checked, and is not refused."""
         if self._eviction_checked:
             return
         with self._eviction_lock, self.errors():
@@ -314,9 +326,9 @@ class RedisBackend(Backend):
             try:
                 memory: dict[str, Any] = self.client.info("memory")
             except rx.ResponseError as exc:
-                if not _denied(exc):
+                if not _denied(exc) and "unknown command" not in str(exc):
                     raise
-                memory = {}
+                memory = {}  # INFO denied or renamed away: not checked (see the README)
             how = _evicts(memory)
             if how is not None:
                 raise BackendError(
@@ -455,17 +467,19 @@ class RedisStore(LineStore):
         member.left = True  # nothing more to leave, until the new place (``move``)
         assert member.ticket is not None
         start = time.monotonic()
+        deadline = member.give_up_at
+        gave_up = f"gave up waiting for line {self.name!r}"
         for wait in _pauses(self.backend.lease):
             if cancel is not None and cancel.cancelled:
                 raise Cancelled(f"stopped waiting for line {self.name!r}")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Timeout(f"{gave_up} ({why})")  # no new place for a wait that is over
             try:
                 fresh = self._enter(member.ticket)
                 break
             except _Unreachable as exc:
                 now = time.monotonic()
-                deadline = member.give_up_at
                 if deadline is not None and now + wait > deadline:
-                    gave_up = f"gave up waiting for line {self.name!r}"
                     raise Timeout(f"{gave_up} ({why}; {exc})") from None
                 if now + wait > start + REJOIN_WINDOW:
                     again = f"could not join again within {REJOIN_WINDOW:g}s"
@@ -760,9 +774,13 @@ class RedisStore(LineStore):
                     links.enter_context(me.signal.linked(interrupter))
                 with self.backend.errors():
                     connection.connect()
-                if not interrupter.arm(getattr(connection, "_sock", None)):
+                sock = getattr(connection, "_sock", None)
+                if not interrupter.arm(sock):
                     self._interrupted(me)
-                read = ("XREAD", "BLOCK", max(1, block_ms), "STREAMS", *streams, *since)
+                block_ms = max(1, block_ms)
+                if sock is not None:  # a server gone silent ends the read soon after its block
+                    sock.settimeout(block_ms / 1000 + self.backend.answer_grace)
+                read = ("XREAD", "BLOCK", block_ms, "STREAMS", *streams, *since)
                 try:
                     answers = _exchange(connection, [read] if mark is None else [read, mark])
                 except (rx.ConnectionError, rx.TimeoutError, OSError):
@@ -774,8 +792,8 @@ class RedisStore(LineStore):
         finally:
             pool.release(connection)
         reply = answers[0]
-        if isinstance(reply, rx.ResponseError):
-            raise reply
+        if isinstance(reply, rx.ResponseError):  # refused (an ACL without @blocking, say)
+            raise _backend_error(reply, self.where, self.backend.prefix)
         if me is not None and answers[1:] == [1]:
             me.holding = True  # marked as the read ended
         if reply is None:
