@@ -844,3 +844,46 @@ def test_a_roles_defaults_for_transactions_change_nothing(pg_url, tmp_path, recw
     intervals = assert_exclusive(log, expected=60)
     tickets = [ticket_of(i.who) for i in intervals]
     assert tickets == sorted(tickets)  # first come, first served: nobody went to the back
+
+
+@pytest.mark.parametrize("how", ["-w", "-n", "SIGTERM"])
+def test_a_join_held_up_in_the_server_keeps_the_callers_time_and_signals(private_cluster, how):
+    """A synchronous standby that is gone holds every commit that wrote to a logged table
+    (joining does: the ticket numbers are a sequence) until it comes back: ``-w`` and ``-n``
+    still give up in time, and a signal still ends ``inturn run``, rather than waiting for
+    the standby. Nothing is left in line."""
+    from inturn.backends.postgres.store import UNANSWERED_AFTER
+    from inturn.queue import STATUS_AFTER_TIMEOUT
+
+    url = with_schema(private_cluster.url, "inturn_sync")
+    assert run_cli("run", "--backend", url, "held-up", "--", "true").returncode == 0
+    sql(private_cluster.url, "ALTER SYSTEM SET synchronous_standby_names = 'gone'")
+    sql(private_cluster.url, "SELECT pg_reload_conf()")
+    options = {"-w": ["-w", "2"], "-n": ["-n"], "SIGTERM": []}[how]
+    runner = subprocess.Popen(
+        inturn_cmd("run", *options, "--backend", url, "held-up", "--", "echo", "ran"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        syncing = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+        if how == "SIGTERM":
+            until(lambda: sql(private_cluster.url, syncing)[0][0] == 1, "the join held up")
+            runner.send_signal(signal.SIGTERM)
+        bound = 2 + UNANSWERED_AFTER + STATUS_AFTER_TIMEOUT + 10  # room for a loaded machine
+        said, errors = runner.communicate(timeout=bound)
+        assert runner.returncode == (128 + signal.SIGTERM if how == "SIGTERM" else 75), errors
+        assert "ran" not in said
+        assert "Traceback" not in errors
+        sql(private_cluster.url, "ALTER SYSTEM RESET synchronous_standby_names")
+        sql(private_cluster.url, "SELECT pg_reload_conf()")
+        line = inturn.Line("held-up", backend=url)
+        status = line.status()
+        line.close()
+        assert (status.holders, status.waiters) == ((), ())
+        assert errors.count("\n") == (0 if how == "SIGTERM" else 1), errors
+    finally:
+        runner.kill()
+        runner.wait()

@@ -60,6 +60,7 @@ from ...records import Ticket, warn, warn_once
 from ..base import (
     Backend,
     CancelToken,
+    GuardTaken,
     LineStore,
     Membership,
     Patience,
@@ -413,18 +414,29 @@ class _Canceller:
     """Ends the statement running on ``conn`` when ``token`` fires (``_cancel_until_ended``),
     or when it outlives ``deadline`` by ``UNANSWERED_AFTER`` seconds: the server's
     ``lock_timeout`` should have ended it, so the server is frozen or the path to it silent.
+    With ``cancel_at_deadline``, for a statement that has no timeout of its own on the server
+    (a join, held up by a lock on inturn's tables or by synchronous replication), it is
+    cancelled as the deadline comes, as on a token.
 
     Everything is done under a lock that the waiter takes as soon as its statement ends, so
     nothing is done once the session has moved on.
     """
 
-    def __init__(self, conn: Connection, token: CancelToken | None, deadline: float | None):
+    def __init__(
+        self,
+        conn: Connection,
+        token: CancelToken | None,
+        deadline: float | None,
+        cancel_at_deadline: bool = False,
+    ):
         self.conn = conn
         self.deadline = deadline
+        self.cancel_at_deadline = cancel_at_deadline
         self.event = threading.Event()
         self.ended = threading.Event()
         self.lock = threading.Lock()
         self.finished = False
+        self.fired = False  # a cancel was asked for before the statement ended
         self._linked = None if token is None else token.linked(self.event)
         if self._linked is not None:
             self._linked.__enter__()
@@ -433,7 +445,12 @@ class _Canceller:
 
     def _run(self) -> None:
         late = None if self.deadline is None else self.deadline + UNANSWERED_AFTER
-        if self.event.wait(None if late is None else max(0.0, late - time.monotonic())):
+        if self.cancel_at_deadline:
+            late = self.deadline
+        fired = self.event.wait(None if late is None else max(0.0, late - time.monotonic()))
+        if fired or self.cancel_at_deadline:
+            with self.lock:
+                self.fired = not self.finished
             _cancel_until_ended(self.conn, self.lock, lambda: self.finished, self.ended)
             return
         with self.lock:
@@ -670,10 +687,19 @@ class PostgresStore(LineStore):
     def join(self, me: Ticket, patience: Patience) -> tuple[PostgresMembership, View | None]:
         for attempt in (1, 2):
             conn = self.backend.borrow()
+            # Joining is quick, unless held up in the server (a DBA's lock on inturn's tables,
+            # a synchronous standby that is gone): the caller's time and cancel end it there.
+            canceller = None
+            if patience.cancel is not None or patience.deadline is not None:
+                canceller = _Canceller(conn, patience.cancel, patience.deadline, True)
             try:
                 number = self._join_on(conn, me)
             except BaseException as exc:
+                if canceller is not None:
+                    canceller.finish()
                 conn.close()  # it may hold a lock taken in a statement that failed
+                if isinstance(exc, psycopg.Error):
+                    self._out_of_patience(patience)
                 if isinstance(exc, psycopg.OperationalError) and attempt == 1:
                     # A session kept for later that the server has ended since (a restart,
                     # a DBA): no ticket lived on it, so join on a fresh one.
@@ -682,8 +708,28 @@ class PostgresStore(LineStore):
                 if isinstance(exc, psycopg.Error):
                     raise self.backend.translate(exc) from None
                 raise
+            if canceller is not None:
+                canceller.finish()
+                if canceller.fired:
+                    # It ended as it was cancelled: either way, not a ticket to go on with
+                    # (cancelled in synchronous replication, its commit has not reached the
+                    # standby, and the number must not be used before it has).
+                    conn.close()
+                    self._out_of_patience(patience)
+                    raise AssertionError("a join cancelled for no reason")
             return PostgresMembership(number, conn, me), None
         raise AssertionError("unreachable")
+
+    def _out_of_patience(self, patience: Patience) -> None:
+        """Raise what a join ended by the caller's cancel or time means (the queue makes
+        ``Busy`` or ``Timeout`` of ``GuardTaken``); nothing if it was neither."""
+        if patience.cancel is not None and patience.cancel.cancelled:
+            raise Cancelled(f"stopped waiting for line {self.name!r}")
+        if patience.deadline is not None and time.monotonic() >= patience.deadline:
+            raise GuardTaken(
+                f"joining it waited on {self.where} past the time given (a lock on inturn's "
+                "tables, or a synchronous standby that does not answer)"
+            )
 
     def replace(self, number: int, me: Membership) -> None:
         def work(conn: Connection) -> int | None:
