@@ -116,6 +116,22 @@ class Cluster:
             self.url += f"?sslmode=verify-full&sslrootcert={tls.ca}"
         self.start()
 
+    @classmethod
+    def standby_of(cls, primary: Cluster) -> Cluster:
+        """A hot standby of ``primary``, streaming from it, started on a port of its own."""
+        made = cls.__new__(cls)
+        made.bin = primary.bin
+        made.home = tempfile.mkdtemp(prefix="inturn-pg-")
+        made.data = os.path.join(made.home, "data")
+        made.port = free_port()
+        made.owner = unprivileged_owner(made.home)
+        made.settings = []
+        made.url = f"postgresql://postgres@127.0.0.1:{made.port}/postgres"
+        source = ("-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres")
+        made._as_owner("pg_basebackup", "-D", made.data, "-R", "-X", "stream", *source)
+        made.start()
+        return made
+
     def _take_tls(self, tls: Certificates) -> None:
         """The server's certificate and key in its data folder (the key must be the server
         user's own, readable by nobody else), and TCP sessions without TLS refused."""

@@ -887,3 +887,44 @@ def test_a_join_held_up_in_the_server_keeps_the_callers_time_and_signals(private
     finally:
         runner.kill()
         runner.wait()
+
+
+@pytest.mark.parametrize("made", [False, True], ids=["no-schema-yet", "schema-made"])
+def test_a_standby_is_named_as_such(private_cluster, made):
+    """A standby in recovery takes no writes: the line says to use the primary, and how with
+    several hosts, not to change a role's setting that cannot help; whether inturn's schema
+    is still to be made or was made on the primary and streamed to it."""
+    if made:
+        assert run_cli("run", "--backend", private_cluster.url, "x", "--", "true").returncode == 0
+    standby = Cluster.standby_of(private_cluster)
+    try:
+        result = run_cli("run", "--backend", standby.url, "x", "--", "echo", "ran")
+        one_line_error(result, "is a standby", "primary", "target_session_attrs=read-write")
+        assert "ran" not in result.stdout
+    finally:
+        standby.stop()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://me:pw@db:5433/app", "postgresql://me@db:5433/app"),
+        (
+            "postgresql://me@/app?host=/run/pg&port=5433",
+            "postgresql://me@/app?host=/run/pg&port=5433",
+        ),
+        ("postgresql://a:5432,b:5433/app", "postgresql://a:5432,b:5433/app"),
+        ("postgresql:///app?host=a,b&port=5433", "postgresql://a:5433,b:5433/app"),
+        ("postgresql://?service=ops", "postgresql://?service=ops"),
+        (
+            "postgresql://[::1]:5432/app?inturn_schema=s",
+            "postgresql://[::1]:5432/app?inturn_schema=s",
+        ),
+    ],
+)
+def test_addresses_in_messages_say_where_the_server_is(url, shown):
+    """Each host with its own port, a socket folder and a service as the parameters that name
+    them, never the password: what a message shows can be pasted back as a URL."""
+    from inturn.backends.postgres.address import parse
+
+    assert parse(url).where == shown

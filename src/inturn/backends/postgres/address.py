@@ -128,21 +128,29 @@ def application_name() -> str:
 
 
 def _where(parts: Mapping[str, object], schema: str) -> str:
-    user = parts.get("user")
-    host = parts.get("host") or parts.get("hostaddr") or ""
-    port = parts.get("port")
-    dbname = parts.get("dbname")
-    text = "postgresql://"
-    if user:
-        text += quote(str(user), safe="") + "@"
-    text += str(host)
-    if port:
-        text += f":{port}"
+    """The address as a URL for messages (never the password): each host with its own port
+    (libpq gives one port to every host when a list has only one), a Unix-socket folder and a
+    service name as the URL parameters that name them."""
+    user, dbname, service = parts.get("user"), parts.get("dbname"), parts.get("service")
+    hosts = str(parts.get("host") or parts.get("hostaddr") or "").split(",")
+    ports = str(parts.get("port") or "").split(",")
+    ports = ports * len(hosts) if len(ports) == 1 else ports + [""] * (len(hosts) - len(ports))
+    tcp: list[str] = []
+    query: list[str] = []
+    for host, port in zip(hosts, ports, strict=False):
+        if host.startswith("/") or host.startswith("@"):  # a socket folder (or abstract name)
+            query += [f"host={quote(host, safe='/@')}", *([f"port={port}"] if port else [])]
+        elif host:
+            shown = f"[{host}]" if ":" in host else host
+            tcp.append(f"{shown}:{port}" if port else shown)
+    if service:
+        query.append(f"service={quote(str(service), safe='')}")
+    if schema != DEFAULT_SCHEMA:
+        query.append(f"inturn_schema={schema}")
+    text = "postgresql://" + (quote(str(user), safe="") + "@" if user else "") + ",".join(tcp)
     if dbname:
         text += "/" + quote(str(dbname), safe="")
-    if schema != DEFAULT_SCHEMA:
-        text += f"?inturn_schema={schema}"
-    return text
+    return text + ("?" + "&".join(query) if query else "")
 
 
 def _secrets(url: str) -> tuple[str, ...]:

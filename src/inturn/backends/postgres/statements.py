@@ -110,6 +110,7 @@ class Statements:
             + ", coalesce((SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace"
             " WHERE nspname = {n}) = {comment}, false)"
         ).format(n=sql.Literal(schema), comment=sql.Literal(_comment()))
+        self.in_recovery = sql.SQL("SELECT pg_is_in_recovery()")
         self.setup_lock = sql.SQL("SELECT pg_advisory_xact_lock({g}, 0)").format(
             g=sql.Literal(self.guard)
         )

@@ -289,12 +289,17 @@ class PostgresBackend(Backend):
                 row = cursor.execute(stmts.privileges).fetchone()
         except pg_errors.InsufficientPrivilege:
             raise BackendError(self._cannot_create_message(conn)) from None
+        except pg_errors.ReadOnlySqlTransaction:  # creating what is missing: a standby?
+            standby = False
+            with suppress(psycopg.Error):
+                standby = bool((conn.execute(stmts.in_recovery).fetchone() or (False,))[0])
+            raise BackendError(self.read_only_message(standby)) from None
         except psycopg.Error as exc:
             raise self.translate(exc) from None
         assert row is not None
         self._role = (text_of(row["role"]), text_of(row["database"]))
         if row["in_recovery"] or row["read_only"]:
-            raise BackendError(self.read_only_message())
+            raise BackendError(self.read_only_message(row["in_recovery"]))
         grants = missing_grants(row, stmts.schema, only_looking=not self._create)
         if grants:
             raise BackendError(
@@ -328,11 +333,17 @@ class PostgresBackend(Backend):
             f"TO {who}, or CREATE SCHEMA {schema} AUTHORIZATION {who}"
         )
 
-    def read_only_message(self) -> str:
-        user = sql_identifier(self._role[0]) if self._role[0] else "the role"
+    def read_only_message(self, standby: bool = False) -> str:
+        if standby:
+            return (
+                f"PostgreSQL at {self.where} is a standby (in recovery), which takes no "
+                "writes: use the primary's address (with several hosts in the URL, add "
+                "target_session_attrs=read-write)"
+            )
+        user = sql_identifier(self._role[0]) if self._role[0] else "CURRENT_USER"
         return (
-            f"PostgreSQL at {self.where} is read-only (a standby, or "
-            f"default_transaction_read_only is on): use the primary's address, or run "
+            f"PostgreSQL at {self.where} is read-only (default_transaction_read_only is on, "
+            f"or a standby): use the primary's address, or run "
             f"ALTER ROLE {user} SET default_transaction_read_only = off"
         )
 
