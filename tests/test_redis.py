@@ -784,3 +784,29 @@ def test_a_waiter_whose_place_lapses_while_a_script_blocks_the_server_joins_agai
         looker.close()
         admin.close()
         server.stop()
+
+
+@pytest.mark.parametrize("how", ["removed", "refused"])
+def test_a_lost_turn_says_why_when_the_server_told(tmp_path, how):
+    """A turn lost although the server answered says what it answered: its lease gone (an
+    eviction, a FLUSHALL, a DEL) or its renewal refused (an ACL), not that the server is
+    unreachable, which sends whoever reads it to look at the network."""
+    server = RedisServer(tmp_path / "told")
+    admin: Any = __import__("redis").Redis.from_url(server.url)
+    try:
+        url = server.url
+        if how == "refused":
+            url = _acl_user(server, "norenew", "pw", "~inturn:*", "+@all", "-pexpire")
+        holder = Run("told", "--backend", with_parameters(url, lease=1))
+        holder.running()
+        if how == "removed":
+            (lease,) = [key for key in admin.scan_iter(match="*:lease:*")]
+            admin.delete(lease)
+        assert holder.wait() == 76
+        said = holder.errors()
+        why = "no longer had its lease" if how == "removed" else "refused to renew its lease"
+        assert f"lost the turn in line 'told' (Redis {why}" in said, said
+        assert "unreachable" not in said
+    finally:
+        admin.close()
+        server.stop()

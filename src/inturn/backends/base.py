@@ -288,6 +288,10 @@ class Membership(ABC):
     def on_lost(self, callback: Callable[[], None]) -> None:  # noqa: B027 - optional hook
         """Run ``callback`` (from another thread) if the turn is lost; local locks never are."""
 
+    def why_lost(self) -> str:
+        """Why the turn was lost, as far as the backend knows, for the message that says so."""
+        return "the server is unreachable, or ended its session"
+
     def inheritable_handles(self) -> list[int]:
         """OS handles a child process may inherit to keep the turn held (``inturn run``)."""
         return []

@@ -124,7 +124,7 @@ def run_command(
     on_lost: Callable[[Callable[[], None]], None],
     grace: float,
     say: Callable[[str], None],
-    lost_message: str,
+    lost_message: Callable[[], str],
     keep_leftovers: bool = False,
     leftovers_note: str | None = None,
     on_started: Callable[[int], None] | None = None,
@@ -173,7 +173,7 @@ class _Supervision:
         signals: RunSignals,
         grace: float,
         say: Callable[[str], None],
-        lost_message: str,
+        lost_message: Callable[[], str],
         leftovers_note: str | None,
     ) -> None:
         self.signals = signals
@@ -422,7 +422,7 @@ class _Supervision:
     # ----------------------------------------------------------------- a lost turn
 
     def _begin_stopping(self) -> None:
-        self.say(self.lost_message)
+        self.say(self.lost_message())
         self.stop_deadline = time.monotonic() + self.grace
         if self.grace > 0:
             self._signal_group(signal.SIGTERM)

@@ -384,11 +384,8 @@ def _run_holding(
         from .child_posix import CannotRun, run_command
 
         membership = held.membership
-        lost = (
-            f"lost the turn in line {held.name!r} (the server is unreachable, or ended its session)"
-        )
         if held.lost:  # lost on the way from the line to here: the command is not started
-            say(f"{lost}; not starting the command")
+            say(f"{_lost(held)}; not starting the command")
             return EXIT_LOST
         handles = [] if args.close or membership is None else membership.inheritable_handles()
         try:
@@ -404,7 +401,7 @@ def _run_holding(
                 on_lost=held.on_lost,
                 grace=fit_grace(args.grace, held.line.store.stop_window),
                 say=say,
-                lost_message=f"{lost}; stopping the command",
+                lost_message=lambda: f"{_lost(held)}; stopping the command",
                 keep_leftovers=not args.close,
                 leftovers_note=None
                 if args.quiet
@@ -417,13 +414,20 @@ def _run_holding(
             )
         except CannotRun as exc:
             if held.lost:  # what it would inherit went with the turn (a closed connection)
-                say(f"{lost}; not starting the command")
+                say(f"{_lost(held)}; not starting the command")
                 return EXIT_LOST
             if exc.by_exec:  # found and executable, yet the system would not run it
                 say(_refused(command[0], exc.error))
                 return EXIT_NOT_FOUND if exc.error.errno == errno.ENOENT else EXIT_CANNOT_RUN
             raise UsageError(f"cannot run {command[0]}: {system_error(exc.error)}") from None
         return EXIT_LOST if outcome.lost else outcome.code
+
+
+def _lost(held: Turn) -> str:
+    """That the turn was lost, and why, as the backend knows it by now."""
+    membership = held.membership
+    why = "the server is unreachable" if membership is None else membership.why_lost()
+    return f"lost the turn in line {held.name!r} ({why})"
 
 
 def _refused(program: str, error: OSError) -> str:

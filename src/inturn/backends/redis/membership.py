@@ -43,6 +43,7 @@ class RedisMembership(Membership):
         self.pid = os.getpid()
         self.left = False
         self.gone = False  # the server said the lease is gone (rather than not answering)
+        self.refused: str | None = None  # the server's error answer to the last renewal
         self.holding = False
         self.signal = LostSignal()
 
@@ -56,6 +57,13 @@ class RedisMembership(Membership):
     def declare_lost(self) -> None:
         self.signal.declare()
 
+    def why_lost(self) -> str:
+        if self.gone:
+            return "Redis no longer had its lease: evicted, flushed, or expired"
+        if self.refused is not None:
+            return f"Redis refused to renew its lease: {self.refused}"
+        return "Redis did not answer in time to renew its lease"
+
     def take_place_of(self, fresh: RedisMembership) -> None:
         """Become ``fresh``, a new ticket of the same owner at the back of the line, after
         this one lost its place: the queue and the caller keep this object."""
@@ -63,6 +71,7 @@ class RedisMembership(Membership):
         self.kick_key, self.kicks_read = fresh.kick_key, fresh.kicks_read
         self.renewed_at, self.retry_at = fresh.renewed_at, fresh.retry_at
         self.left, self.gone, self.holding = fresh.left, fresh.gone, fresh.holding
+        self.refused = fresh.refused
         self.signal = fresh.signal
 
 
@@ -253,11 +262,16 @@ class LeaseKeeper:
                         continue  # it has a new place since: this was the old one's
                     if result == 1 and not member.lost:
                         member.renewed_at, member.retry_at = sent, None
+                        member.refused = None
                     elif result == 0:  # the lease expired or was removed: the turn is gone
                         member.gone = True
                         gone.append(member.signal)  # this place's, not a later one's
                         self._members.pop(ticket_id, None)
                     else:  # no answer: try again soon, until the watch gives up
+                        if isinstance(result, Exception) and not isinstance(
+                            result, (redis.ConnectionError, redis.TimeoutError)
+                        ):
+                            member.refused = str(result)  # an answer, but not a renewal
                         member.retry_at = time.monotonic() + self.lease / 12
                 self._cond.notify_all()
             for signal in gone:
