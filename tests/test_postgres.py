@@ -765,6 +765,7 @@ def test_names_sent_as_bytes_are_shown_as_names():
     row = {"role": b"app-role", "schema_usage": False, "ticket_numbers_usage": True}
     row |= {f"{t}_{r}": True for t in ("lines", "tickets", "abandoned", "replaced")
             for r in ("select", "insert", "update", "delete")}  # fmt: skip
+    row |= {f"{r}_execute": True for r in ("wait_and_look", "leave", "bury")}
     assert missing_grants(row, "ops") == ['GRANT USAGE ON SCHEMA ops TO "app-role"']
 
 
@@ -792,6 +793,118 @@ def test_a_role_without_grants_on_the_tables_is_told_which(pg_server, schema):
         sql(pg_server, f"ALTER ROLE {name} RESET default_transaction_read_only")
         with inturn.turn("x", backend=url) as held:
             assert held.ticket >= 1
+
+
+def readme_grants(schema: str, name: str) -> list[str]:
+    """The README's GRANT statements for roles that share the lines, for ``schema`` and
+    role ``name``."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("that share the lines need:\n\n```sql\n", 1)[1].split("```", 1)[0]
+    return [
+        re.sub(r"\binturn\b", schema, line.strip().rstrip(";")).replace("other_role", name)
+        for line in block.splitlines()
+        if line.strip()
+    ]
+
+
+@contextlib.contextmanager
+def hardened(pg_server: str, schema: str) -> Iterator[str]:
+    """A role in a schema whose routines PUBLIC may not run (a common hardening step,
+    ``REVOKE EXECUTE ... FROM PUBLIC``), set up by the owner: this test's superuser."""
+    with inturn.turn("x", backend=with_schema(pg_server, schema)):  # the owner sets up
+        pass
+    sql(pg_server, f"REVOKE EXECUTE ON ALL ROUTINES IN SCHEMA {schema} FROM PUBLIC")
+    with role(pg_server) as name:
+        yield name
+
+
+def test_a_role_that_may_not_run_inturns_routines_is_told_which_grant(pg_server, schema):
+    """Refused before it joins, with the exact grant; one that only looks needs none."""
+    with hardened(pg_server, schema) as name:
+        url = with_schema(url_for(pg_server, user=name), schema)
+        for grant in readme_grants(schema, name):
+            if "EXECUTE" not in grant:
+                sql(pg_server, grant)
+        line = one_error_line(url)
+        routines = ", ".join(f"{schema}.{r}" for r in ("wait_and_look", "leave", "bury"))
+        assert line.endswith(f"to run GRANT EXECUTE ON ROUTINE {routines} TO {name}"), line
+        assert sql(pg_server, f"SELECT count(*) FROM {schema}.tickets") == [(0,)]
+        looked = run_cli("status", "x", "--backend", url)
+        assert (looked.returncode, looked.stdout.strip()) == (0, "x: free (nobody holds or waits)")
+        sql(pg_server, line.split(" to run ", 1)[1])  # the advice, as given, is enough
+        result = run_cli("run", "--backend", url, "x", "--", "echo", "ran")
+        assert (result.returncode, result.stdout, result.stderr) == (0, "ran\n", "")
+
+
+def test_the_readme_grants_are_enough_where_public_may_not_run_routines(pg_server, schema, workers):
+    """A role with exactly the README's grants takes turns and hands them over cleanly: the
+    next holder is not told that it died holding."""
+    with hardened(pg_server, schema) as name:
+        for grant in readme_grants(schema, name):
+            sql(pg_server, grant)
+        url = with_schema(url_for(pg_server, user=name), schema)
+        result = run_cli("run", "--backend", url, "y", "--", "echo", "low-ok")
+        assert (result.returncode, result.stdout, result.stderr) == (0, "low-ok\n", "")
+        assert sql(pg_server, f"SELECT count(*) FROM {schema}.tickets") == [(0,)]
+        line = inturn.Line("y", backend=url)
+        try:
+            with line.acquire() as held:
+                waiter = Worker("y", env=child_env(INTURN_BACKEND=url))
+                workers.append(waiter)
+                waiter.expect("waiting")
+            assert not held.abandoned
+            words = waiter.acquired()
+            assert words[2] == "0", words  # not abandoned
+            waiter.send()
+            assert waiter.wait() == 0
+        finally:
+            line.close()
+        with inturn.turn("y", backend=with_schema(pg_server, schema)) as after:
+            assert not after.abandoned
+
+
+def test_a_leave_the_server_refuses_warns_and_still_hands_over_cleanly(pg_server, schema, recwarn):
+    """A holder whose rights to inturn's leave procedure were taken away during its turn
+    says so, and gives the turn back with plain statements: the next holder is not told
+    that it died holding."""
+    with hardened(pg_server, schema) as name:
+        for grant in readme_grants(schema, name):
+            sql(pg_server, grant)
+        line = inturn.Line("z", backend=with_schema(url_for(pg_server, user=name), schema))
+        try:
+            held = line.acquire()
+            sql(pg_server, f"REVOKE EXECUTE ON ROUTINE {schema}.leave FROM {name}")
+            held.release()
+        finally:
+            line.close()
+        said = [str(w.message) for w in recwarn if issubclass(w.category, inturn.InturnWarning)]
+        assert len(said) == 1 and "permission denied" in said[0] and "'z'" in said[0], said
+        assert sql(pg_server, f"SELECT count(*) FROM {schema}.tickets") == [(0,)]
+        with inturn.turn("z", backend=with_schema(pg_server, schema)) as after:
+            assert not after.abandoned
+
+
+def test_a_leave_that_cannot_remove_its_ticket_at_all_says_what_follows(pg_server, schema, recwarn):
+    """Neither ``leave`` nor the plain statements allowed: the warning says that the next
+    holder may be told that this one died holding, which it then is."""
+    with hardened(pg_server, schema) as name:
+        for grant in readme_grants(schema, name):
+            sql(pg_server, grant)
+        line = inturn.Line("z", backend=with_schema(url_for(pg_server, user=name), schema))
+        try:
+            held = line.acquire()
+            sql(pg_server, f"REVOKE EXECUTE ON ROUTINE {schema}.leave FROM {name}")
+            sql(pg_server, f"REVOKE DELETE ON {schema}.tickets FROM {name}")
+            held.release()
+        finally:
+            line.close()
+        said = [str(w.message) for w in recwarn if issubclass(w.category, inturn.InturnWarning)]
+        assert len(said) == 1 and said[0].endswith("may be told that it died holding"), said
+        with inturn.turn("z", backend=with_schema(pg_server, schema)) as after:
+            assert after.abandoned
 
 
 def test_a_watchdog_that_has_ended_is_never_woken_through_a_reused_descriptor(pg_url):

@@ -36,6 +36,10 @@ DEFAULT_SCHEMA = "inturn"
 SCHEMA_VERSION = 2  # 2: shared turns, replaced waiters (newest_wins)
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
+# The routines inturn calls, which a role taking turns must be allowed to run: PUBLIC may run
+# any function by default, but a hardened database revokes that.
+ROUTINES = ("wait_and_look", "leave", "bury")
+
 INT4_SPAN = 1 << 32
 INT4_MIN = -(1 << 31)
 
@@ -191,12 +195,19 @@ class Statements:
         ]
         self.privileges = sql.SQL(
             "WITH n AS (SELECT oid FROM pg_namespace WHERE nspname = {n}),"
-            " c AS (SELECT c.relname, c.oid FROM pg_class c JOIN n ON c.relnamespace = n.oid)"
+            " c AS (SELECT c.relname, c.oid FROM pg_class c JOIN n ON c.relnamespace = n.oid),"
+            " p AS (SELECT p.proname, p.oid FROM pg_proc p JOIN n ON p.pronamespace = n.oid)"
             " SELECT (SELECT has_schema_privilege(oid, 'USAGE') FROM n) AS schema_usage, "
             + ", ".join(
                 f"(SELECT has_{kind}_privilege(oid, '{privilege}') FROM c"
                 f" WHERE relname = '{table}') AS {table}_{privilege.lower()}"
                 for table, kind, privilege in checks
+            )
+            + ", "
+            + ", ".join(
+                f"(SELECT bool_and(has_function_privilege(oid, 'EXECUTE')) FROM p"
+                f" WHERE proname = '{routine}') AS {routine}_execute"
+                for routine in ROUTINES
             )
             + ", pg_is_in_recovery() AS in_recovery,"
             " current_setting('transaction_read_only') = 'on' AS read_only,"
@@ -286,6 +297,12 @@ class Statements:
             " RETURNING number, record, acquired_at"
         )
         self.leave = q("CALL {s}.leave(%(number)s)")
+        # Leaving when the server refuses ``leave`` (the right to run it taken away during the
+        # turn): the same rows go, committed before the session ends and frees the locks.
+        self.leave_plainly = q(
+            "WITH r AS (DELETE FROM {s}.replaced WHERE number = %(number)s)"
+            " DELETE FROM {s}.tickets WHERE number = %(number)s"
+        )
         self.wait_and_look = q(
             "SELECT kind, number, alive, shared FROM {s}.wait_and_look("
             "%(key)s::int4, %(ms)s, %(before)s::bigint, %(me)s::bigint, %(line_id)s::bigint)"
@@ -450,7 +467,9 @@ def text_of(value: object) -> str:
 
 def missing_grants(row: Mapping[str, object], schema: str, only_looking: bool = False) -> list[str]:
     """The GRANT statements the current role needs, from the ``privileges`` row (by name):
-    to take turns, or ``only_looking`` (status, wait), to read the tables."""
+    to take turns (which also runs inturn's routines: a role refused one only when leaving
+    would leave its ticket behind, to be taken for dead), or ``only_looking`` (status, wait),
+    to read the tables."""
     who = sql_identifier(text_of(row["role"]))
     s = sql_identifier(schema)
     grants = []
@@ -471,6 +490,10 @@ def missing_grants(row: Mapping[str, object], schema: str, only_looking: bool = 
         grants.append(f"GRANT {rights} ON {listed} TO {who}")
     if not row["ticket_numbers_usage"] and not only_looking:
         grants.append(f"GRANT USAGE ON SEQUENCE {s}.ticket_numbers TO {who}")
+    routines = [r for r in ROUTINES if not row[f"{r}_execute"]]
+    if routines and not only_looking:
+        listed = ", ".join(f"{s}.{r}" for r in routines)
+        grants.append(f"GRANT EXECUTE ON ROUTINE {listed} TO {who}")
     return grants
 
 

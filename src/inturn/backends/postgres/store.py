@@ -303,7 +303,7 @@ class PostgresBackend(Backend):
         grants = missing_grants(row, stmts.schema, only_looking=not self._create)
         if grants:
             raise BackendError(
-                f"role {sql_identifier(self._role[0])} lacks privileges on inturn's tables at "
+                f"role {sql_identifier(self._role[0])} lacks privileges on inturn's objects at "
                 f"{self.where}: ask the owner of schema {sql_identifier(stmts.schema)} to run "
                 + "; ".join(grants)
             )
@@ -1102,8 +1102,9 @@ class PostgresStore(LineStore):
             try:
                 _despite_cancels(lambda: conn.execute(self.stmts.leave, {"number": me.number}))
                 clean = True
-            except psycopg.Error:
-                pass  # closing the session below frees the lock all the same
+            except psycopg.Error as exc:
+                if not conn.closed:  # lost: closing it frees the lock all the same
+                    self._leave_plainly(conn, me, exc)
         me.wake_watchdog()
         me.join_watchdog()  # the next in line is already on its way
         if clean and not me.lost and not me.handed_out:
@@ -1111,6 +1112,27 @@ class PostgresStore(LineStore):
         else:
             with suppress(Exception):
                 conn.close()
+
+    def _leave_plainly(self, conn: Connection, me: PostgresMembership, exc: psycopg.Error) -> None:
+        """After the server refused ``leave`` (a role whose right to run it was taken away
+        during its turn): the ticket's rows go by plain statements, committed before the
+        session closes and frees its locks, so the next holder is not told that this one died
+        holding. Said either way: the role's grants need fixing."""
+        b = self.backend
+        said = f"leaving line {self.name!r} at {b.where} failed ({_reason(exc, b.address)})"
+        if conn.info.transaction_status == pq.TransactionStatus.IDLE:
+            try:
+                number = me.number
+                _despite_cancels(lambda: conn.execute(self.stmts.leave_plainly, {"number": number}))
+            except psycopg.Error as again:
+                said += f", and so did removing its ticket ({_reason(again, b.address)})"
+            else:
+                warn(
+                    f"{said}: its ticket was removed without it; ask the owner of schema "
+                    f"{sql_identifier(b.stmts.schema)} for the grants listed in the inturn README"
+                )
+                return
+        warn(f"{said}: the next holder may be told that it died holding")
 
     def read(self, numbers: Sequence[int], me: Membership | None = None) -> list[Ticket | None]:
         if not numbers:
