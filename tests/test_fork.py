@@ -8,6 +8,7 @@ of the test suite it was forked from.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import queue
 import subprocess
@@ -16,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -259,8 +261,58 @@ def test_forks_at_random_moments_while_threads_wait_never_leave_a_child_stuck(wh
         for thread in threads:
             thread.join(REPORT_TIMEOUT)
         holder.release()
+    assert not any(thread.is_alive() for thread in threads), "a waiting thread hung"
     assert waits[0] > 0
     line.acquire(blocking=False).release()
+
+
+def test_a_child_forked_while_a_thread_waited_for_the_guard_does_not_keep_it(
+    lines_dir: Path,
+) -> None:
+    """A join that gave up waiting for the guard leaves a helper waiting for it on an
+    open file of its own, which a child forked then shares. When the helper gets the guard
+    and lets it go, the guard must be free: not held for as long as the child lives, which
+    kept every joiner of the line waiting for the child (and a non-blocking one busy)."""
+    line = inturn.Line("guarded")
+    line.acquire().release()  # the line's folder and guard exist
+    guard = os.open(lines_dir / "guarded" / ".line", os.O_RDONLY)
+    fcntl.flock(guard, fcntl.LOCK_EX)  # someone holds the guard
+    try:
+        cancel = inturn.CancelToken()
+        outcome: list[BaseException] = []
+        before = set(threading.enumerate())
+
+        def join() -> None:
+            try:
+                line.acquire(cancel=cancel).release()
+            except BaseException as exc:
+                outcome.append(exc)
+
+        joiner = threading.Thread(target=join, daemon=True)
+        joiner.start()
+        deadline = time.monotonic() + REPORT_TIMEOUT
+        while not any(t.name == "inturn-guard" for t in set(threading.enumerate()) - before):
+            assert time.monotonic() < deadline, "the join never waited for the guard"
+            time.sleep(0.001)
+        cancel.cancel()  # the join gives up; its helper still waits for the guard
+        joiner.join(REPORT_TIMEOUT)
+        assert isinstance(outcome[0], inturn.Cancelled), outcome
+        stay_read, stay_write = os.pipe()
+
+        def body(say: Callable[[str], None]) -> None:
+            os.close(stay_write)
+            os.read(stay_read, 1)  # lives until the parent closes its end
+
+        with child(body) as forked:
+            os.close(stay_read)
+            fcntl.flock(guard, fcntl.LOCK_UN)  # the helper gets the guard, then lets it go
+            try:
+                line.acquire(blocking=False).release()
+            finally:
+                os.close(stay_write)
+            assert forked.wait() == 0
+    finally:
+        os.close(guard)
 
 
 HOLD_AND_FORK = """

@@ -444,9 +444,19 @@ class _KickWatch:
         os.close(self._stop_write)
 
 
+def _unlock_and_close(fd: int) -> None:
+    """Unlock the guard, then close it. ``flock`` belongs to the open file, which a child
+    forked meanwhile shares: a close alone would leave the guard held while that child lives,
+    and every joiner of the line would wait for it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 class _GuardWait:
     """``flock(LOCK_EX)`` on the guard in a helper thread, for a caller that may only wait so
-    long (or may be cancelled). If the caller gives up first, the helper unlocks (by closing)
+    long (or may be cancelled). If the caller gives up first, the helper unlocks and closes
     as soon as it gets the lock: the descriptor is the helper's alone from then on."""
 
     def __init__(self, fd: int) -> None:
@@ -468,7 +478,7 @@ class _GuardWait:
             self.finished, self.got = True, got
             give_up = self.abandoned
         if give_up:
-            os.close(self.fd)
+            _unlock_and_close(self.fd)
         self.woken.set()
 
     def wait(self, patience: Patience) -> bool:
@@ -507,10 +517,15 @@ class PosixStore(UnixChannels, FolderStore):
     def after_fork_in_child(self) -> None:
         """Locks another thread held at the fork would stay held in the child for ever, and
         the folder's descriptor is shared with the parent, read position included: the child
-        opens the folder again for its own listings."""
+        opens the folder again for its own listings, and its own guard file (its copy of the
+        parent's is closed: that leaves the parent's lock alone)."""
         self._open_lock = threading.Lock()
         self._list_lock = threading.Lock()
         self._guard_lock = threading.Lock()
+        kept, self._kept_guard = self._kept_guard, None
+        if kept is not None:
+            with suppress(OSError):
+                os.close(kept[1])
         if self._dir_fd is not None:
             with suppress(OSError):
                 os.close(self._dir_fd)
@@ -659,7 +674,7 @@ class PosixStore(UnixChannels, FolderStore):
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 self._guard_lock.release()
             else:
-                os.close(fd)  # unlocks
+                _unlock_and_close(fd)
 
     def _wait_for_guard(self, fd: int, patience: Patience) -> None:
         """Wait for the guard another process holds, on an open file of our own (``fd``,
