@@ -321,23 +321,27 @@ def test_a_holder_with_a_command_over_64_kib_shows_and_its_death_is_told(lines_d
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     """A small tmpfs of this test's own (root only), unmounted afterwards."""
+    with own_tmpfs(tmp_path / "tiny", "size=64k,mode=0700") as mount:
+        yield mount
+
+
+@contextlib.contextmanager
+def own_tmpfs(mount: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted on ``mount`` with ``options`` (root only), unmounted afterwards."""
     if os.geteuid() != 0:
         missing_component("filling a file system needs root, to mount a small one", "run as root")
-    mount = tmp_path / "tiny"
     mount.mkdir()
-    made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    made = mounted("-t", "tmpfs", "-o", options, "tmpfs", str(mount))
     if made.returncode != 0:
         missing_component(f"cannot mount a tmpfs: {made.stderr.strip()}", "run with CAP_SYS_ADMIN")
     try:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], timeout=60, check=False)
+
+
+def mounted(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["mount", *args], capture_output=True, text=True, timeout=60, check=False)
 
 
 def fill(mount: Path) -> Path:
@@ -388,6 +392,38 @@ def test_a_full_file_system_is_one_line_and_leaves_nothing_half_made(tiny_fs, mo
         if name == "old":
             assert int(again.stdout) > before
     listed("old", "new")  # the failed first join did not hide "new" for good
+
+
+def test_no_room_for_a_line_s_folder_says_to_free_space(tmp_path, monkeypatch):
+    """A file system out of room (here, of inodes) when a line's folder is made: the advice
+    is to free space, not to look at permissions."""
+    with own_tmpfs(tmp_path / "tiny", "size=64k,nr_inodes=16,mode=0700") as mount:
+        (mount / "lines").mkdir(mode=0o700)
+        monkeypatch.setenv("INTURN_DIR", str(mount / "lines"))
+        for number in range(64):
+            try:
+                (mount / f"filler-{number}").touch()
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+                break
+        else:
+            raise AssertionError("the tmpfs never ran out of inodes")
+        said = one_line_error(run_cli("run", "new", "--", "true"), "no space left")
+        assert "free some space" in said and "permission" not in said, said
+
+
+def test_a_read_only_file_system_is_named_as_such(tmp_path, monkeypatch):
+    """A lines folder on a read-only mount (a folder made read-only, or one still to be
+    made there): said as such, not as permissions to fix. Looking still works."""
+    with own_tmpfs(tmp_path / "frozen", "size=64k,mode=0700") as mount:
+        (mount / "lines").mkdir(mode=0o700)
+        remounted = mounted("-o", "remount,ro", str(mount))
+        assert remounted.returncode == 0, remounted
+        for folder in ("lines", "absent"):
+            monkeypatch.setenv("INTURN_DIR", str(mount / folder))
+            said = one_line_error(run_cli("run", "x", "--", "true"), "read-only file system")
+            assert "permission" not in said, said
+            assert run_cli("status").returncode == 0
 
 
 # --------------------------------------------------------------------------- too many open files

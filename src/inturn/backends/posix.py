@@ -145,6 +145,8 @@ def prepare_root(path: str, scope: str, explicit: bool, create: bool = True) -> 
             "choose a writable folder with --dir or INTURN_DIR"
         ) from None
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EROFS):
+            raise BackendError(os_problem(f"the lines folder {path}", exc)) from None
         raise BackendError(f"cannot create the lines folder {path}: {exc.strerror}") from None
     info = os.lstat(path)
     if explicit:
@@ -187,10 +189,20 @@ def prepare_root(path: str, scope: str, explicit: bool, create: bool = True) -> 
             "give them all one INTURN_DIR (INTURN_MACHINE_DIR for --machine) outside /tmp"
         )
     if not os.access(path, os.W_OK | os.X_OK):
+        if _read_only(path):  # what access(2) says of any folder there, root's included
+            raise BackendError(os_problem(f"the lines folder {path}", OSError(errno.EROFS, "")))
         raise BackendError(
             f"the lines folder {path} is not writable by you: fix its permissions, "
             "or choose another with --dir or INTURN_DIR"
         )
+
+
+def _read_only(path: str) -> bool:
+    """Whether ``path`` is on a file system mounted read-only."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def refuse_network_file_system(path: str) -> None:
@@ -573,9 +585,12 @@ class PosixStore(UnixChannels, FolderStore):
         except FileExistsError:
             pass
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EMFILE, errno.ENFILE):
+                raise BackendError(os_problem(self.shown, exc)) from None  # a full disk, ...
+            advice = "check the permissions of its parent, or use --dir / INTURN_DIR"
             raise BackendError(
-                f"cannot create the line folder {self.shown}: {exc.strerror}; "
-                "check the permissions of its parent, or use --dir / INTURN_DIR"
+                f"cannot create the line folder {self.shown}: {exc.strerror}"
+                + ("; " + advice if exc.errno in (errno.EACCES, errno.EPERM) else "")
             ) from None
         try:
             fd = os.open(self.folder, _O_DIR)
