@@ -75,6 +75,24 @@ def missing_component(reason: str, how_to_enable: str) -> NoReturn:
     pytest.skip(f"{reason}: {how_to_enable}", allow_module_level=True)
 
 
+def in_own_pid_namespace(*argv: str) -> list[str]:
+    """``argv`` run as the first process (pid 1) of a new PID namespace with its own
+    ``/proc``, as in a container that shares the host's name and a folder with it; ended
+    with the ``unshare`` process that starts it."""
+    if os.geteuid() != 0:
+        missing_component("a new PID namespace needs root", "run as root")
+    prefix = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
+    try:
+        probe = subprocess.run(
+            [*prefix, "true"], capture_output=True, text=True, timeout=60, check=False
+        )
+    except FileNotFoundError:
+        missing_component("no unshare(1)", "install util-linux")
+    if probe.returncode != 0:
+        missing_component(f"cannot make a PID namespace: {probe.stderr.strip()}", "run as root")
+    return [*prefix, *argv]
+
+
 @pytest.fixture
 def lines_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "lines"

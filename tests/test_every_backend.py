@@ -422,6 +422,9 @@ def test_status_text_and_json_list_holders_then_waiters(where, workers):
     }  # fmt: skip
     assert data["waiters"][0]["acquired_at"] is None
     assert data["waiters"][0]["held_seconds"] is None
+    linux = sys.platform.startswith("linux")
+    namespace = os.stat("/proc/self/ns/pid").st_ino if linux else None  # the holder's too
+    assert (first["pid_namespace"], first["stopped"]) == (namespace, False if linux else None)
     every = json.loads(run_cli("status", "--json").stdout)
     assert [line["name"] for line in every["lines"]] == ["show"]
     assert "show" in run_cli("status").stdout

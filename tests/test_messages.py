@@ -34,6 +34,7 @@ from conftest import (
     HERE,
     REPORT_TIMEOUT,
     child_env,
+    in_own_pid_namespace,
     inturn_cmd,
     one_line_error,
     read_lines,
@@ -924,3 +925,26 @@ def test_the_example_editor_run_twice_as_the_readme_shows(app, tmp_path):
     first.proc.send_signal(signal.SIGTERM)
     assert first.wait() == 0
     assert inturn.Line("example-editor").status().holders == ()
+
+
+# --------------------------------------------------------------------------- containers
+
+
+def test_an_instance_in_another_pid_namespace_hears_from_the_host(app):
+    """An instance in a container (its own pid numbers, the lines folder shared with the
+    host): its ticket says pid 1, the kernel tells the host's sender another number for the
+    same process. The socket's owner is checked, the two pids are not compared."""
+    argv = [sys.executable, MESSENGER, "instance", "boxed", "--inbox", str(app.inbox)]
+    first = Process(in_own_pid_namespace(*argv), app.env)
+    app.started.append(first)
+    assert first.expect("first")[1] == "1"  # numbered in its own namespace
+    sent = app.tool("send", "boxed", "--", "hello")
+    assert sent.wait() == 0, sent.stderr()
+    first.expect("message")
+    assert (app.message(1)["argv"], app.message(1)["pid"]) == (["boxed", "hello"], None)
+    later = app.start("boxed")  # a later start on the host gets AlreadyRunning
+    assert later.expect("already")[1] == "1"
+    first.expect("message")
+    shown = inturn.Line("boxed").status().holders[0].describe()
+    namespace = os.stat(f"/proc/{first.pid}/ns/pid_for_children").st_ino  # unshare's child's
+    assert shown.startswith(f"pid 1 in pid namespace {namespace} ("), shown

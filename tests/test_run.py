@@ -34,6 +34,7 @@ from conftest import (
     Run,
     Worker,
     child_env,
+    in_own_pid_namespace,
     inturn_cmd,
     one_line_error,
     read_lines,
@@ -727,6 +728,53 @@ def test_a_stopped_holder_is_shown_stopped_while_it_is(lines_dir):
         who = f"stopped pid {command}" if stopped else f"pid {command}"
         assert busy.returncode == 75 and f"busy: held by {who} (" in busy.stderr, busy
     assert run.finish() == 0
+
+
+BOXED = """
+    import os, subprocess, sys
+    with open("/proc/sys/kernel/ns_last_pid", "w") as last:  # the next child gets argv[1]
+        last.write(str(int(sys.argv[1]) - 1))
+    sys.exit(subprocess.call(sys.argv[2:]))
+"""
+
+BOXED_HOLDER = """
+    import os, sys, inturn
+    turn = inturn.Line("boxed").acquire()
+    print(os.getpid(), flush=True)
+    sys.stdin.read()
+"""
+
+
+@linux_only
+def test_a_holder_in_another_pid_namespace_is_not_taken_for_the_host_process_of_its_pid(
+    lines_dir, processes
+):
+    """A holder in a container (its own pid numbers, the host's name, the lines folder
+    shared) whose pid is, on the host, a stopped process's: status cannot tell whether the
+    holder is stopped (null), and names its pid as the container's."""
+    other = subprocess.Popen(["sleep", "600"], text=True)
+    processes.append(other)
+    os.kill(other.pid, signal.SIGSTOP)
+    until(lambda: proc_state(other.pid) == "T", "SIGSTOP acted on")
+    holder = [sys.executable, "-c", textwrap.dedent(BOXED_HOLDER)]
+    argv = in_own_pid_namespace(sys.executable, "-c", textwrap.dedent(BOXED), str(other.pid))
+    boxed = subprocess.Popen(
+        [*argv, *holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env()
+    )
+    processes.append(boxed)
+    assert boxed.stdout is not None
+    assert boxed.stdout.readline() == f"{other.pid}\n"  # numbered as the host's stopped one
+    namespace = os.stat(f"/proc/{boxed.pid}/ns/pid_for_children").st_ino
+    state = run_cli("status", "boxed").stdout.splitlines()[2].split()[2:4]
+    assert state == ["holding", "exclusive"], state
+    listed = json.loads(run_cli("status", "--json", "boxed").stdout)["holders"][0]
+    assert (listed["stopped"], listed["pid_namespace"]) == (None, namespace), listed
+    busy = run_cli("run", "-n", "boxed", "--", "true")
+    who = f"pid {other.pid} in pid namespace {namespace} ("
+    assert busy.returncode == 75 and f"busy: held by {who}" in busy.stderr, busy
+    assert boxed.stdin is not None
+    boxed.stdin.close()
+    assert boxed.wait(REPORT_TIMEOUT) == 0
 
 
 ORPHANER = """

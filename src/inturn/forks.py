@@ -9,6 +9,7 @@ registers here and gets ``after_fork_in_child()`` called in the child, before it
 from __future__ import annotations
 
 import os
+import sys
 import weakref
 
 TYPE_CHECKING = False  # ``typing.TYPE_CHECKING`` without importing ``typing``
@@ -21,11 +22,28 @@ if TYPE_CHECKING:  # for the type checker only: a Protocol class costs every sta
 
 _registered: weakref.WeakSet[ForkAware] = weakref.WeakSet()
 _pid = os.getpid()
+_pid_namespace: int | None = -1  # -1: not looked up yet
 
 
 def pid() -> int:
     """This process's id, without a system call (kept up to date in forked children)."""
     return _pid
+
+
+def pid_namespace() -> int | None:
+    """The PID namespace that :func:`pid` is a number of (the inode of ``/proc/self/ns/pid``,
+    which tells containers apart on one Linux kernel), looked up once per process; None
+    where the system does not say (elsewhere than on Linux, or without ``/proc``)."""
+    global _pid_namespace
+    if _pid_namespace == -1:
+        found: int | None = None
+        try:
+            if sys.platform.startswith("linux"):
+                found = os.stat("/proc/self/ns/pid").st_ino
+        except OSError:
+            found = None
+        _pid_namespace = found  # set once, whole: other threads may be asking
+    return _pid_namespace
 
 
 def forget_after_fork(thing: ForkAware) -> None:
@@ -34,8 +52,9 @@ def forget_after_fork(thing: ForkAware) -> None:
 
 
 def _in_child() -> None:
-    global _pid
+    global _pid, _pid_namespace
     _pid = os.getpid()
+    _pid_namespace = -1  # a parent that called unshare(CLONE_NEWPID) has its children in another
     for thing in list(_registered):
         thing.after_fork_in_child()
 

@@ -46,6 +46,7 @@ class Ticket(NamedTuple):
     shared: bool = False  # a shared turn (a reader), else exclusive
     newest_wins: bool = False  # joined to replace, and be replaced by, later waiters
     channel: str | None = None  # where its owner listens for later starts (single_instance)
+    pid_namespace: int | None = None  # whose numbering ``pid`` is in (forks.pid_namespace)
 
     @property
     def mode(self) -> str:
@@ -61,7 +62,7 @@ class Ticket(NamedTuple):
         turn or place without running. None where that cannot be told. Asked of the system at
         each call, so ask it of live tickets (those ``status`` lists): a dead one's pid may
         be another process's by now."""
-        return process_stopped(self.pid, self.host)
+        return process_stopped(self.pid, self.host, self.pid_namespace)
 
     def describe(self, live: bool = False) -> str:
         """A short human phrase: ``pid 4242 (make all)``; for a ``live`` ticket (one that
@@ -71,6 +72,8 @@ class Ticket(NamedTuple):
             who = f"stopped {who}"
         if self.host and self.host != this_host():
             who += f" on {self.host}"
+        elif self.pid_namespace and not same_pids(self.host, self.pid_namespace):
+            who += f" in pid namespace {self.pid_namespace}"  # a container's, numbered apart
         cmd = shell_words(self.command)
         if len(cmd) > 60:
             cmd = cmd[:57] + "..."
@@ -94,6 +97,7 @@ class Ticket(NamedTuple):
             "waited_seconds": _span(self.joined_at, waited_until),
             "held_seconds": _span(self.acquired_at, now),
             "stopped": self.stopped,
+            "pid_namespace": self.pid_namespace,
         }
 
     def header(self) -> dict[str, _typing.Any]:
@@ -110,6 +114,7 @@ class Ticket(NamedTuple):
             **({"shared": True} if self.shared else {}),
             **({"newest_wins": True} if self.newest_wins else {}),
             **({"channel": self.channel[:MAX_FIELD_CHARS]} if self.channel else {}),
+            **({"pid_namespace": self.pid_namespace} if self.pid_namespace else {}),
         }
 
     def on_our_clock(self, offset: float) -> Ticket:
@@ -138,6 +143,7 @@ class Ticket(NamedTuple):
             command = []
         pid = whole_number(header.get("pid"))
         slots = whole_number(header.get("slots"))
+        namespace = whole_number(header.get("pid_namespace"))
         return cls(
             number=number,
             pid=pid if pid is not None and pid > 0 else None,
@@ -151,6 +157,7 @@ class Ticket(NamedTuple):
             shared=header.get("shared") is True,
             newest_wins=header.get("newest_wins") is True,
             channel=text("channel") or None,
+            pid_namespace=namespace if namespace is not None and namespace > 0 else None,
         )
 
 
@@ -276,11 +283,21 @@ def this_host() -> str:
     return _HOST
 
 
-def process_stopped(pid: int | None, host: str) -> bool | None:
-    """Whether process ``pid`` of this machine is stopped, from the state in
+def same_pids(host: str, pid_namespace: int | None) -> bool:
+    """Whether a pid recorded on ``host`` in ``pid_namespace`` names a process that this one
+    sees under that number: the same machine and the same PID namespace (a process in a
+    container numbers its pids apart from the host's, even where it shares the host's name
+    and the lines folder). A record that does not say its namespace (an older inturn's) is
+    taken as this one's only where the system names none either."""
+    return host == this_host() and pid_namespace == forks.pid_namespace()
+
+
+def process_stopped(pid: int | None, host: str, pid_namespace: int | None) -> bool | None:
+    """Whether process ``pid`` of this machine and PID namespace is stopped, from the state in
     ``/proc/PID/stat`` (proc(5): ``T`` stopped by a signal, ``t`` by a debugger); None on
-    another machine, elsewhere than on Linux, or for a process that is gone."""
-    if pid is None or host != this_host() or not sys.platform.startswith("linux"):
+    another machine or in another namespace, elsewhere than on Linux, or for a process that
+    is gone."""
+    if pid is None or not sys.platform.startswith("linux") or not same_pids(host, pid_namespace):
         return None
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
@@ -331,6 +348,7 @@ def own_ticket_fields(
         shared=shared,
         newest_wins=newest_wins,
         channel=channel,
+        pid_namespace=forks.pid_namespace(),
     )
 
 

@@ -41,6 +41,7 @@ import threading
 import time
 from contextlib import suppress
 
+from .. import forks
 from ..errors import BackendError
 from ..forks import forget_after_fork
 from ..records import Ticket, escape_controls
@@ -118,7 +119,10 @@ class UnixChannels:
                 "another user on a per-user line (check who owns the folder)"
             )
         where = (self.shown, self.prefix)
-        return connect(dir_fd, where, holder.channel or "", owner, holder.pid, deadline)
+        # The kernel tells the listener's pid in our PID namespace, the ticket in the holder's:
+        # the two are compared only where they are one (not with a holder in a container).
+        pid = holder.pid if holder.pid_namespace == forks.pid_namespace() else None
+        return connect(dir_fd, where, holder.channel or "", owner, pid, deadline)
 
     def _remove_channel(self, address: str) -> None:
         remove_leftover(self._dir(), address, self.prefix)
@@ -359,7 +363,8 @@ def connect(
     deadline: float,
 ) -> UnixConnection:
     """Connect to the socket ``name`` in the line's folder, which must be a socket of user
-    ``owner`` (the owner of the holder's ticket) served by process ``holder_pid``;
+    ``owner`` (the owner of the holder's ticket) served by process ``holder_pid`` (if known,
+    as numbered in this process's PID namespace);
     ``BackendError`` if it is anything else, ``OSError`` if nobody listens there. ``line`` is
     the folder as shown and what the line's file names start with in it."""
     import socket

@@ -9,7 +9,7 @@ import sys
 
 from ..errors import Busy, Cancelled, LostTurn, Replaced, Timeout, UsageError
 from ..line import Line, Turn
-from ..records import LineStatus, Progress, this_host, warn
+from ..records import LineStatus, Progress, same_pids, warn
 from .exits import EXIT_CANNOT_RUN, EXIT_LOST, EXIT_NOT_FOUND, EXIT_REPLACED
 from .output import say, system_error
 from .parser import DEFAULT_GRACE_SECONDS, line_from
@@ -177,7 +177,7 @@ class _Nested:
             record = self.line.store.read([self.number])[0]
         except Exception:  # a warning must never break the wait
             return
-        if record is None or record.pid is None or record.host != this_host():
+        if record is None or record.pid is None or not same_pids(record.host, record.pid_namespace):
             return
         if not _is_ancestor(record.pid):
             return

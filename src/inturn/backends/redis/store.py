@@ -979,7 +979,7 @@ def _ticket(number: int, fields: dict[bytes, bytes], offset: float) -> Ticket:
     for raw_key, raw_value in fields.items():
         key, value = _text(raw_key), _text(raw_value)
         try:
-            if key in ("pid", "slots"):
+            if key in ("pid", "slots", "pid_namespace"):
                 header[key] = int(value)
             elif key == "joined_at":
                 header[key] = float(value)
