@@ -350,3 +350,21 @@ def test_an_error_while_watching_is_one_line_on_the_terminal_given_back(
         holder.send()
     finally:
         proxy.close()
+
+
+def test_a_long_line_name_does_not_push_the_other_columns_away(lines_dir, workers):
+    """Names may be kilobytes long: the table of every line cuts them (``...``), so that who
+    holds and who waits stays in view on every line; ``inturn status NAME`` and ``--json``
+    give the whole name."""
+    long_name = "long-" + "n" * 120
+    holder = Worker("short", "--hold")
+    workers.append(holder)
+    holder.expect("acquired")
+    assert run_cli("run", long_name, "--", "true").returncode == 0
+    shown = run_cli("status").stdout.splitlines()
+    (short,) = [row for row in shown if row.startswith("short ")]
+    assert f"pid {holder.pid}" in short[:100], shown
+    (cut,) = [row for row in shown if row.startswith("long-")]
+    assert long_name not in cut and "..." in cut
+    assert long_name in run_cli("status", "--json").stdout
+    holder.send()

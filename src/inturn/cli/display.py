@@ -199,6 +199,11 @@ def _row(place: int, ticket: Ticket, now: float) -> tuple[str, ...]:
     )
 
 
+# The widest a line's name is shown in the table of every line: names may be kilobytes long,
+# and one of them must not push who holds and who waits, on every line, off the screen.
+NAME_COLUMNS = 40
+
+
 def format_overview(statuses: list[LineStatus], where: str, now: float) -> str:
     if not statuses:
         return f"no lines in {escape_controls(where)}"
@@ -208,7 +213,7 @@ def format_overview(statuses: list[LineStatus], where: str, now: float) -> str:
         held_for = None if first is None or first.acquired_at is None else now - first.acquired_at
         rows.append(
             (
-                escape_controls(status.name),
+                fit(escape_controls(status.name), NAME_COLUMNS),
                 str(len(status.holders)),
                 str(len(status.waiters)),
                 first.describe(live=True) if first is not None else "-",
