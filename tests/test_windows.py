@@ -294,6 +294,30 @@ def test_run_passes_the_exit_code_and_environment(win: Win) -> None:
     assert win.status("env")["holders"] == []
 
 
+# Runs ``inturn run`` on commands that end with codes above a C int's range (after Ctrl-C,
+# ``STATUS_CONTROL_C_EXIT``; -1, as a DWORD; ``STATUS_ACCESS_VIOLATION``), and prints, for
+# each, the exit code a Windows parent sees and what inturn wrote on stderr ("-": nothing).
+LARGE_EXIT_CODES = """
+import subprocess, sys
+for code in (-1073741510, -1, -1073741819):
+    command = [sys.executable, "-c", f"import os; os._exit({code})"]
+    done = subprocess.run(
+        [sys.executable, "-m", "inturn", "run", "codes", "--", *command],
+        stderr=subprocess.PIPE, text=True,
+    )
+    print(done.returncode, done.stderr.strip().replace("\\n", " | ") or "-", flush=True)
+"""
+
+
+def test_run_passes_exit_codes_above_a_c_int(win: Win) -> None:
+    """A command's exit code is a DWORD on Windows: 0xC000013A made ``inturn run`` fail with
+    an OverflowError traceback and exit 1. Its parent now sees the command's own code."""
+    code, out, err = win.run("-c", LARGE_EXIT_CODES)
+    assert code == 0, (code, out, err)
+    expected = [f"{c & 0xFFFFFFFF} -" for c in (-1073741510, -1, -1073741819)]
+    assert out.splitlines() == expected
+
+
 # Starts ``pythonw.exe -m inturn`` (a GUI program: no standard handles, so Python's
 # ``sys.stdout`` and ``sys.stderr`` are None, as for a desktop app's launcher) and prints its
 # exit code. ``argv[1]`` is where the command writes what it saw.

@@ -80,7 +80,7 @@ def command() -> None:
     registered, no other thread, no server client whose connections deserve an orderly close)
     and what was written is flushed, the process ends at once. Otherwise it exits as usual.
     """
-    code = main()
+    code = _as_c_int(main())
     if _nothing_to_tear_down():
         try:
             sys.stdout.flush()
@@ -89,6 +89,16 @@ def command() -> None:
             sys.exit(code)  # the usual exit reports it, with its own exit code
         os._exit(code)
     sys.exit(code)
+
+
+def _as_c_int(code: int) -> int:
+    """``code`` as the C int that ``os._exit`` and ``sys.exit`` take, with the same 32 bits.
+
+    On Windows a command's exit code is a DWORD, and those above 2**31 are common
+    (0xC000013A after Ctrl-C, 0xC0000005 for a crash, 0xFFFFFFFF for -1): passed on as they
+    are, they would not fit, and inturn would fail instead of exiting with them.
+    """
+    return code - 2**32 if 2**31 <= code < 2**32 else code
 
 
 def _nothing_to_tear_down() -> bool:
