@@ -226,6 +226,48 @@ def test_slots_let_n_hold_at_once(win: Win) -> None:
     third.expect("released")
 
 
+# Waits on the mutex of line argv[1]'s ticket argv[2] as a plain waiter with no ticket (as a
+# status look or another waiter probing it does), says what the wait returned (128:
+# WAIT_ABANDONED), and lets go once a line comes on stdin.
+TAKES_THE_MUTEX = (
+    "import ctypes, sys, inturn; k = ctypes.windll.kernel32; "
+    "k.OpenMutexW.restype = ctypes.c_void_p; "
+    "name = inturn.Line(sys.argv[1], slots=2).store.object_name(int(sys.argv[2])); "
+    "h = ctypes.c_void_p(k.OpenMutexW(0x100001, 0, name)); "
+    "print('watching', int(bool(h.value)), flush=True); "
+    "print('took', k.WaitForSingleObject(h, 0xFFFFFFFF), flush=True); "
+    "sys.stdin.readline(); print('gave', k.ReleaseMutex(h), flush=True); sys.stdin.readline()"
+)
+
+
+def test_a_death_seen_first_by_another_is_still_told_to_the_next_holder(win: Win) -> None:
+    """Windows says ``WAIT_ABANDONED`` to the first that takes a dead owner's mutex only. With
+    slots=2, a waiter whose wait ended on a dead holder's mutex taken by someone else first
+    took that for a clean leave: it held the turn untold, and a later holder was told instead.
+    Here a process waiting on that mutex before the waiter (Wine wakes waiters in the order
+    they came) takes the abandoned mutex first."""
+    first = win.worker("seen", "--slots", "2", "--hold")
+    first.expect("acquired")
+    doomed = win.worker("seen", "--slots", "2", "--hold")
+    ticket = doomed.expect("acquired")[1]
+    taker = win.start("-c", TAKES_THE_MUTEX, "seen", ticket)
+    assert taker.expect("watching")[1] == "1"
+    waiter = win.worker("seen", "--slots", "2", "--hold")
+    waiter.expect("waiting")
+    doomed.kill()  # SIGKILL to the Linux process Wine runs it in: its mutex is abandoned
+    assert taker.expect("took")[1] == "128", "the taker was not the first to take it"
+    taker.send("give")
+    assert taker.expect("gave")[1] == "1"
+    _, _, abandoned, dead = waiter.expect("acquired", skip=("waiting",))
+    assert (abandoned, dead) == ("1", str(doomed.pid))
+    for holder in (first, waiter):
+        holder.send("release")
+        holder.expect("released")
+    after = win.worker("seen", "--slots", "2")
+    assert after.expect("acquired")[2:] == ["0", "-"]  # told once only
+    exited(after.finish(), 0)
+
+
 # --------------------------------------------------------------------------- threads, cancel
 
 

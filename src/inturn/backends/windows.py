@@ -14,8 +14,9 @@ a mutex owned by the calling *thread*; when the owner ends without ``ReleaseMute
   (the system ends it too, but only after the mutex was abandoned);
 * a waiter sleeps in ``WaitForMultipleObjects`` on the mutexes of the tickets directly ahead of it,
   plus an event for cancellation and an event set by a console control handler for Ctrl-C and
-  Ctrl-Break (``SetConsoleCtrlHandler``): no sleep loop. ``WAIT_ABANDONED`` means the one ahead is
-  gone, like a clean release; whether it died holding the turn is read from its record;
+  Ctrl-Break (``SetConsoleCtrlHandler``): no sleep loop. A mutex taken means the one ahead is
+  gone; whether it left cleanly is read from the folder, as on POSIX (its record removed, no
+  marker), since ``WAIT_ABANDONED`` is said only to the first to take a dead owner's mutex;
 * order and metadata live in a folder, ``%LOCALAPPDATA%\\inturn`` (``INTURN_DIR``, ``directory=``):
   a counter file, one ``<number>.ticket`` record per ticket, ``.abandoned`` markers, as on POSIX.
   The counter and the ticket records change under a per-line guard mutex.
@@ -59,8 +60,10 @@ from .folders import (
     FolderStore,
     dumps_line,
     kick_file,
+    marker_file,
     own_ticket_file,
     read_entries,
+    ticket_files,
     write_all,
 )
 
@@ -398,8 +401,9 @@ def wait_for_mutexes(
     kick: int | None = None,
 ) -> tuple[int, bool] | None:
     """Sleep until one of ``mutexes`` can be acquired (its owner left or died): which one, and
-    whether it was released cleanly (not abandoned by a dead owner); None on timeout;
-    ``(KICKED, False)`` when the event ``kick`` was set.
+    whether it was not found abandoned (only the first to take a dead owner's mutex is told:
+    the caller reads a clean leave from the folder); None on timeout; ``(KICKED, False)`` when
+    the event ``kick`` was set.
 
     The mutex won is released at once by this same thread. On the main thread Ctrl-C and
     Ctrl-Break wake the wait through a console control handler and the Python handler runs
@@ -860,6 +864,19 @@ class WindowsStore(PipeChannels, FolderStore):
         finally:
             win32.CloseHandle(handle)
 
+    def _left_cleanly(self, number: int) -> bool:
+        """Whether ticket ``number``, whose mutex a wait just took unabandoned, left cleanly.
+
+        The system says ``WAIT_ABANDONED`` only to the first to take a dead owner's mutex:
+        another waiter, or a look that asks ``_alive``, may have taken and released it first.
+        So, as on POSIX, a clean leave is told by the record: ``leave`` removes it before it
+        frees the mutex, and a burial renames it to a marker (or copies it there first) when
+        the dead one held the turn. Record gone and no marker: it left, or died waiting.
+        """
+        if any(self._exists(entry) for entry in ticket_files(number)):
+            return False  # dead, not buried yet: the look that follows finds it
+        return not self._exists(marker_file(number))
+
     def wait(
         self,
         me: Membership | None,
@@ -887,7 +904,8 @@ class WindowsStore(PipeChannels, FolderStore):
                     return None
                 index, clean = woke
                 if index != KICKED:
-                    return Woke(left=(numbers[index],) if clean else ())
+                    number = numbers[index]
+                    return Woke(left=(number,) if clean and self._left_cleanly(number) else ())
                 assert isinstance(me, WindowsMembership) and kick is not None
                 # Reset before looking: a kick that comes after the look sets it again.
                 win32.ResetEvent(kick)
