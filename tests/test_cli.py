@@ -664,7 +664,8 @@ def test_a_lines_folder_that_can_be_read_but_not_written_can_be_looked_at(tmp_pa
         assert (names.returncode, names.stdout) == (0, "empty\nheld\n")
         piped = run_cli("top", "--dir", lines, "held")
         assert piped.returncode == 0 and f" {holder.pid} " in piped.stdout
-        one_line_error(run_cli("run", "--dir", lines, "held", "--", "true"), "not writable")
+        refused = run_cli("run", "--dir", lines, "held", "--", "true")
+        one_line_error(refused, "read-only file system")
     finally:
         subprocess.run(["umount", "-l", str(view)], timeout=60, check=False)
     holder.send()

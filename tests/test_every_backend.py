@@ -622,7 +622,7 @@ def test_closing_a_line_keeps_the_turns_it_holds_until_they_are_released(where, 
     url, held = kept_open(where, request)
     late_env = child_env()
     if where.kind == "redis":
-        url += "&lease=0.5"  # three leases go by while the Line is closed
+        url += "&lease=1"  # three leases go by while the Line is closed
         assert where.url is not None  # the late arrival starts the moment a lease lapses
         late_env = child_env(INTURN_BACKEND=where.url + "&lock_delay=0")
     log = tmp_path / "inside"
@@ -636,7 +636,7 @@ def test_closing_a_line_keeps_the_turns_it_holds_until_they_are_released(where, 
         """``line`` is closed; one waits in line behind ``turn``: hold for three leases."""
         late = late_arrival(who)
         until(lambda: late.pid in [t.pid for t in line.status().waiters], "the late one to wait")
-        threading.Event().wait(1.5)  # the time being tested: three leases on Redis
+        threading.Event().wait(3.0)  # the time being tested: three leases on Redis
         status = line.status()
         assert [t.number for t in status.holders] == [turn.ticket]
         assert not turn.lost
