@@ -128,6 +128,7 @@ def run_child(
     close: bool,
     on_lost: Callable[[Callable[[], None]], None] | None = None,
     job_name: str | None = None,
+    lost_message: Callable[[], str] = lambda: "lost the turn; stopping the command",
 ) -> int:
     """Run ``command`` while this process holds the turn; its exit code.
 
@@ -152,12 +153,7 @@ def run_child(
 
     def stop() -> None:
         lost.set()
-        print(
-            "inturn: lost the turn (the server is unreachable, or ended its session); stopping "
-            "the command",
-            file=sys.stderr,
-            flush=True,
-        )
+        print(f"inturn: {lost_message()}", file=sys.stderr, flush=True)
         job.terminate(EXIT_LOST)
 
     if on_lost is not None:

@@ -378,7 +378,11 @@ def _run_holding(
         membership = held.membership
         job_name = None if membership is None else membership.job_name
         env = _child_env(held, environment)
-        return int(run_child(command, env, args.close, held.on_lost, job_name))
+
+        def stopping() -> str:  # said as it happens, with the reason known by then
+            return f"{_lost(held)}; stopping the command"
+
+        return int(run_child(command, env, args.close, held.on_lost, job_name, stopping))
 
     else:
         from .child_posix import CannotRun, run_command
