@@ -238,6 +238,16 @@ def test_a_timeout_longer_than_any_backend_sleeps_is_waited_out_as_given(where, 
     got[0].release()
 
 
+def test_no_time_to_wait_still_takes_a_free_line(where):
+    """A zero or tiny timeout (``-w 0``) on a free line takes the turn: having no time to wait
+    is not having no time to join."""
+    line = inturn.Line("no-time")
+    for timeout in (0, 0.001, 0):
+        line.acquire(timeout=timeout).release()
+    result = run_cli("run", "-w", "0", "no-time", "--", "echo", "ran")
+    assert (result.returncode, result.stdout) == (0, "ran\n"), result.stderr
+
+
 def test_busy_and_timeout_name_the_holder_and_exit_75(where):
     line = inturn.Line("busy")
     with line.acquire(command=("make", "all")) as held:

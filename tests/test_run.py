@@ -988,3 +988,20 @@ def test_a_script_that_runs_itself_under_inturn_holds_its_turn_from_first_line_t
     assert len(first) == 2 and ticket_of(first[0]) == ticket_of(first[1]), intervals
     tickets = [ticket_of(i.who) for i in intervals]
     assert tickets == sorted(tickets), intervals  # first come, first served
+
+
+@linux_only
+def test_a_record_of_an_older_inturn_that_names_no_pid_namespace_is_read_as_this_ones(processes):
+    """Records written before tickets named their PID namespace, on a line shared across an
+    upgrade, are read as of this host's processes: a stopped holder is still shown stopped."""
+    from inturn.records import Ticket, own_ticket_fields
+
+    other = subprocess.Popen(["sleep", "600"], text=True)
+    processes.append(other)
+    os.kill(other.pid, signal.SIGSTOP)
+    until(lambda: proc_state(other.pid) == "T", "SIGSTOP acted on")
+    header = {**own_ticket_fields(("sleep", "600"), 1).header(), "pid": other.pid}
+    del header["pid_namespace"]
+    older = Ticket.from_header(7, header, None)
+    assert (older.pid_namespace, older.stopped) == (None, True)
+    assert older.describe(live=True).startswith(f"stopped pid {other.pid}")

@@ -287,9 +287,12 @@ def same_pids(host: str, pid_namespace: int | None) -> bool:
     """Whether a pid recorded on ``host`` in ``pid_namespace`` names a process that this one
     sees under that number: the same machine and the same PID namespace (a process in a
     container numbers its pids apart from the host's, even where it shares the host's name
-    and the lines folder). A record that does not say its namespace (an older inturn's) is
-    taken as this one's only where the system names none either."""
-    return host == this_host() and pid_namespace == forks.pid_namespace()
+    and the lines folder). A record that does not say its namespace (an older inturn's, or a
+    system that names none) is taken as this one's: a container is most often told apart by
+    its host name already."""
+    if host != this_host():
+        return False
+    return pid_namespace is None or pid_namespace == forks.pid_namespace()
 
 
 def process_stopped(pid: int | None, host: str, pid_namespace: int | None) -> bool | None:

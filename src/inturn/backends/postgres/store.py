@@ -58,6 +58,7 @@ from ...forks import forget_after_fork
 from ...names import decode, encode
 from ...records import Ticket, warn, warn_once
 from ..base import (
+    BUSY_PATIENCE,
     Backend,
     CancelToken,
     GuardTaken,
@@ -699,10 +700,15 @@ class PostgresStore(LineStore):
         for attempt in (1, 2):
             conn = self.backend.borrow()
             # Joining is quick, unless held up in the server (a DBA's lock on inturn's tables,
-            # a synchronous standby that is gone): the caller's time and cancel end it there.
+            # a synchronous standby that is gone): the caller's time and cancel end it there,
+            # once it has had the moment any join may take (a caller with no time to wait, -w 0
+            # or a short timeout, still joins a free line, as on the local backend).
             canceller = None
             if patience.cancel is not None or patience.deadline is not None:
-                canceller = _Canceller(conn, patience.cancel, patience.deadline, True)
+                deadline = patience.deadline
+                if deadline is not None:
+                    deadline = max(deadline, time.monotonic() + BUSY_PATIENCE)
+                canceller = _Canceller(conn, patience.cancel, deadline, True)
             try:
                 number = self._join_on(conn, me)
             except BaseException as exc:
