@@ -183,16 +183,33 @@ class Turn:
             self._opening.store.note_runner(membership, pid)
 
     def release(self) -> None:
-        """Give the turn to the next in line. Safe to call twice."""
-        with self._lock:
-            membership, self._membership = self._membership, None
-        if membership is not None:
-            try:
-                if self._on_release is not None:
-                    self._on_release()
-                give_back(self._opening.store, membership)
-            finally:
-                self._opening.done()
+        """Give the turn to the next in line. Safe to call twice. A Ctrl-C in the middle
+        has the release finished before it goes on (a second one stops that: the turn stays
+        held, and releasing again finishes it); what was given back is not given back twice."""
+        try:
+            self._give_back()
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                self._give_back()
+            raise
+
+    def _give_back(self) -> None:
+        """The release, which leaves the turn held if it raised before it was given back."""
+        membership = None
+        try:
+            with self._lock:
+                membership, self._membership = self._membership, None
+            if membership is None:
+                return
+            if self._on_release is not None:
+                self._on_release()
+            give_back(self._opening.store, membership)
+        except BaseException:
+            if membership is not None:
+                with self._lock:  # not known to be given back: still held, to release again
+                    self._membership = membership
+            raise
+        self._opening.done()
 
     def __enter__(self) -> Turn:
         if self._membership is None:  # the block would run outside any turn
@@ -232,18 +249,71 @@ class _Blocks:
         self._held: dict[object, list[Turn]] = {}
         self._lock = threading.Lock()
 
-    def push(self, owner: object, held: Turn) -> Turn:
-        with self._lock:
-            self._held.setdefault(owner, []).append(held)
-        return held
+    def enter(self, owner: object, take: Callable[[list[Turn]], object]) -> Turn:
+        """Take a turn for a block of ``owner``'s (``take`` puts it in the list it is given
+        as soon as there is one) and note it; Ctrl-C anywhere on the way gives it back, since
+        the block's ``__exit__`` will not run."""
+        taken: list[Turn] = []
+        try:
+            take(taken)
+            with self._lock:
+                self._held.setdefault(owner, []).append(taken[-1])
+            return taken[-1]
+        except BaseException:
+            for held in taken:
+                try:
+                    held.release()
+                finally:
+                    self._drop(owner, held)
+            raise
 
-    def pop(self, owner: object) -> Turn:
+    def push(self, owner: object, held: Turn) -> Turn:
+        """Note ``held`` as the block's turn; an interrupt on the way gives it back, since
+        the block's ``__exit__`` will not run."""
+        try:
+            with self._lock:
+                self._held.setdefault(owner, []).append(held)
+            return held
+        except BaseException:
+            try:
+                held.release()
+            finally:
+                self._drop(owner, held)
+            raise
+
+    def release(self, owner_of: Callable[[], object]) -> None:
+        """Release the turn of the innermost block of ``owner_of()`` (the current thread or
+        task), then forget it. A Ctrl-C on the way has the release done before it goes on, a
+        ``with`` block giving no second chance: until the turn is forgotten, the block's own
+        turn is the innermost one, and what was given back is not given back again."""
+        owner = held = None
+        try:
+            owner = owner_of()
+            held = self._innermost(owner)
+            held.release()
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                if owner is None:
+                    owner = owner_of()
+                if held is None:
+                    held = self._innermost(owner)
+                held.release()
+            raise
+        finally:
+            if held is not None:
+                self._drop(owner, held)
+
+    def _innermost(self, owner: object) -> Turn:
         with self._lock:
-            stack = self._held[owner]
-            held = stack.pop()
+            return self._held[owner][-1]
+
+    def _drop(self, owner: object, held: Turn) -> None:
+        with self._lock:
+            stack = self._held.get(owner, [])
+            if held in stack:
+                stack.remove(held)
             if not stack:
-                del self._held[owner]
-        return held
+                self._held.pop(owner, None)
 
 
 class Line:
@@ -338,11 +408,42 @@ class Line:
         N tickets already wait ahead. ``newest_wins=True`` replaces the waiters ahead that
         asked for it too (their ``acquire`` raises ``Replaced``), and may itself be replaced.
         """
+        return self._acquire(
+            [],
+            timeout,
+            blocking,
+            command=command,
+            on_progress=on_progress,
+            cancel=cancel,
+            owner=owner,
+            shared=shared,
+            max_waiting=max_waiting,
+            newest_wins=newest_wins,
+        )
+
+    def _acquire(
+        self,
+        taken: list[Turn],
+        timeout: float | None = None,
+        blocking: bool = True,
+        *,
+        command: Sequence[str] | None = None,
+        on_progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+        owner: object = None,
+        shared: bool = False,
+        max_waiting: int | None = None,
+        newest_wins: bool = False,
+    ) -> Turn:
+        """``acquire``, which also puts the turn in ``taken`` before it returns it: a block's
+        Ctrl-C that comes as it returns, before the block has it, can still give it back."""
         if owner is None:
             owner = threading.current_thread()
         task, loop = _asking_from(owner)
         started = time.monotonic()
         opening = self._use()
+        helds: list[Held] = []
+        turn = None
         try:
             held = take_turn(
                 opening.store,
@@ -358,16 +459,25 @@ class Line:
                 loop=loop,
                 shared=_flag(shared, "shared"),
                 **_crowding(max_waiting, newest_wins),
+                taken=helds,
             )
-        except BaseException:
-            opening.done()
+            turn = Turn(self, opening, held.membership, held.abandoned_by, owner, asked_from=task)
+            turn.waited = time.monotonic() - started
+            with self._turns_lock:
+                self._turns = [t for t in self._turns if t.held]
+                self._turns.append(turn)
+            taken.append(turn)
+            return turn
+        except BaseException:  # Ctrl-C after the turn came, before it was handed over
+            if turn is not None:
+                turn.release()  # done with the opening too
+            else:
+                try:
+                    for came in helds:
+                        give_back(opening.store, came.membership)
+                finally:
+                    opening.done()
             raise
-        turn = Turn(self, opening, held.membership, held.abandoned_by, owner, asked_from=task)
-        turn.waited = time.monotonic() - started
-        with self._turns_lock:
-            self._turns = [t for t in self._turns if t.held]
-            self._turns.append(turn)
-        return turn
 
     def release(self) -> None:
         """Release the turn that the caller (this thread, or the asyncio task running in it)
@@ -455,10 +565,10 @@ class Line:
         as ``with lock:`` does for a ``threading.Lock``. The ``Line`` stays open for the next
         block; ``close()`` frees it."""
         owner = threading.current_thread()
-        return self._blocks.push(owner, self.acquire(owner=owner))
+        return self._blocks.enter(owner, lambda taken: self._acquire(taken, owner=owner))
 
     def __exit__(self, *exc_info: object) -> None:
-        self._blocks.pop(threading.current_thread()).release()
+        self._blocks.release(threading.current_thread)
 
     async def __aenter__(self) -> Turn:
         """``async with line:`` is ``with line:`` for a task: it waits without blocking the
@@ -467,7 +577,7 @@ class Line:
         return self._blocks.push(owner, await acquire_async(self))
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self._blocks.pop(_current_task()).release()
+        self._blocks.release(_current_task)
 
     def __repr__(self) -> str:
         return f"<Line {self.name!r} slots={self.slots} scope={self.scope}>"
@@ -610,16 +720,19 @@ class turn:
     def __enter__(self) -> Turn:
         owner = threading.current_thread()
         self._begin()
+        line, how = self.line, self.how
         try:
-            held = self.line.acquire(self.timeout, self.blocking, owner=owner, **self.how)
+            return self._blocks.enter(
+                owner,
+                lambda taken: line._acquire(taken, self.timeout, self.blocking, owner=owner, **how),
+            )
         except BaseException:
             self._end(close=True)
             raise
-        return self._blocks.push(owner, held)
 
     def __exit__(self, *exc_info: object) -> None:
         try:
-            self._blocks.pop(threading.current_thread()).release()
+            self._blocks.release(threading.current_thread)
         finally:
             self._end(close=True)
 
@@ -628,14 +741,14 @@ class turn:
         self._begin()
         try:
             held = await acquire_async(self.line, self.timeout, self.blocking, **self.how)
+            return self._blocks.push(owner, held)
         except BaseException:
             self._end(close=True)
             raise
-        return self._blocks.push(owner, held)
 
     async def __aexit__(self, *exc_info: object) -> None:
         try:
-            self._blocks.pop(_current_task()).release()
+            self._blocks.release(_current_task)
         finally:
             self._end(close=True)
 

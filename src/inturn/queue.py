@@ -158,6 +158,7 @@ def take_turn(
     max_waiting: int | None = None,
     newest_wins: bool = False,
     channel: str | None = None,
+    taken: list[Held] | None = None,
 ) -> Held:
     """Join ``store``'s line and return once this caller holds the turn.
 
@@ -166,7 +167,8 @@ def take_turn(
     or the owner itself when it is a task. ``channel`` is where it
     listens for later starts (``single_instance``), recorded in its ticket from the start.
     Any exception (timeout, busy, Ctrl-C, cancel, being replaced) leaves the line before it
-    propagates.
+    propagates. The turn is also put in ``taken`` before it is returned: a caller's Ctrl-C
+    that comes as it returns, before the caller has the value, can still give it back.
     """
     if owner is None:
         owner = threading.current_thread()
@@ -181,8 +183,8 @@ def take_turn(
         )
     except GuardTaken as exc:
         raise _impatient(store, blocking, timeout, str(exc)) from None
-    me.give_up_at = guard_deadline
     try:
+        me.give_up_at = guard_deadline
         waiter = None
         while True:
             if waiter is None and view is not None and not view.tickets and not view.markers:
@@ -200,14 +202,19 @@ def take_turn(
                 continue
             break
         dead = store.claim_abandoned(me) if claim else None
+        # Recorded and handed over under the same cover: an interrupt (Ctrl-C) before the
+        # caller has the turn in hand leaves the line, or nobody could ever release it.
+        holdings.add(store, me.number, owner, task)
+        held = Held(me, dead)
+        if taken is not None:
+            taken.append(held)
+        return held
     except GuardTaken as exc:
-        store.leave(me)
+        give_back(store, me, holdings)
         raise _impatient(store, blocking, timeout, str(exc)) from None
     except BaseException:
-        store.leave(me)
+        give_back(store, me, holdings)
         raise
-    holdings.add(store, me.number, owner, task)
-    return Held(me, dead)
 
 
 def wait_for_everyone(

@@ -922,18 +922,24 @@ class PosixStore(UnixChannels, FolderStore):
             self._reopen()
 
     def _join_here(self, me: Ticket, patience: Patience) -> tuple[PosixMembership, View] | None:
-        """Join, or None if the folder went away (``inturn forget``) before we had its guard."""
-        with os_errors(self.shown), self._guard(patience) as guard:
-            dir_fd = self._dir()
-            if os.fstat(dir_fd).st_nlink == 0:
-                return None
-            if self.prefix:  # the name again, in case the line was forgotten meanwhile
-                self._ensure_name(dir_fd)
-            entries = self._entries()
-            first = self._next_number(entries, guard)
-            fd, number, file = self._create_ticket(dir_fd, first, me.shared)
-            kick = None
-            try:
+        """Join, or None if the folder went away (``inturn forget``) before we had its guard.
+
+        Any exception (Ctrl-C too) after the ticket is made takes it away again, up to the
+        return: a ticket that no membership came back for would stay locked for good."""
+        made: tuple[int, str] | None = None
+        membership = None
+        try:
+            with os_errors(self.shown), self._guard(patience) as guard:
+                dir_fd = self._dir()
+                if os.fstat(dir_fd).st_nlink == 0:
+                    return None
+                if self.prefix:  # the name again, in case the line was forgotten meanwhile
+                    self._ensure_name(dir_fd)
+                entries = self._entries()
+                first = self._next_number(entries, guard)
+                fd, number, file = self._create_ticket(dir_fd, first, me.shared)
+                made = (fd, file)
+                membership = PosixMembership(number, fd, me.shared, None, file)
                 # Private until locked: nobody else can open it in time to lock it first. A
                 # look by our own user may hold a shared lock for an instant: wait it out.
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -941,19 +947,20 @@ class PosixStore(UnixChannels, FolderStore):
                 if self.scope == "machine":
                     os.fchmod(fd, _readable_mode(self.scope))
                 if me.newest_wins:  # before anyone can see the ticket: kicks are never lost
-                    kick = self._open_kick(number)
+                    membership.kick = self._open_kick(number)
                 self._save_number(number + 1, guard)
-            except BaseException:
-                with suppress(OSError):
-                    os.unlink(file, dir_fd=dir_fd)
-                os.close(fd)
-                for end in kick or ():
-                    os.close(end)
-                raise
-            self._tidy_litter(entries)
-        ahead = tuple(n for n in entries.tickets if n < number)
-        membership = PosixMembership(number, fd, me.shared, kick, file)
-        return membership, View(ahead, entries.markers, shared=entries.shared)
+                self._tidy_litter(entries)
+            ahead = tuple(n for n in entries.tickets if n < number)
+            return membership, View(ahead, entries.markers, shared=entries.shared)
+        except BaseException:
+            if made is not None:
+                with suppress(OSError, BackendError):  # unlinked, then closed, as in ``leave``
+                    os.unlink(made[1], dir_fd=self._dir())
+                if membership is not None:
+                    membership.close()
+                else:
+                    os.close(made[0])
+            raise
 
     def forget(self, patience: Patience) -> bool:
         if not self._exists_at_all():

@@ -470,12 +470,14 @@ class _Canceller:
                 _shut_down(self.conn)
 
     def finish(self) -> None:
+        """Say the statement has ended (once or again: both are the same)."""
         with self.lock:
             self.finished = True
+            linked, self._linked = self._linked, None
         self.ended.set()
         self.event.set()
-        if self._linked is not None:
-            self._linked.__exit__(None, None, None)
+        if linked is not None:
+            linked.__exit__(None, None, None)
 
 
 def _cancel(conn: Connection) -> None:
@@ -711,6 +713,18 @@ class PostgresStore(LineStore):
                 canceller = _Canceller(conn, patience.cancel, deadline, True)
             try:
                 number = self._join_on(conn, me)
+                if canceller is not None:
+                    canceller.finish()
+                    if canceller.fired:
+                        # It ended as it was cancelled: either way, not a ticket to go on with
+                        # (cancelled in synchronous replication, its commit has not reached
+                        # the standby, and the number must not be used before it has).
+                        conn.close()
+                        self._out_of_patience(patience)
+                        raise AssertionError("a join cancelled for no reason")
+                # Made under the cover: a Ctrl-C before it exists must not leave the session
+                # (and the ticket's lock in it) behind.
+                return PostgresMembership(number, conn, me), None
             except BaseException as exc:
                 if canceller is not None:
                     canceller.finish()
@@ -725,16 +739,6 @@ class PostgresStore(LineStore):
                 if isinstance(exc, psycopg.Error):
                     raise self.backend.translate(exc) from None
                 raise
-            if canceller is not None:
-                canceller.finish()
-                if canceller.fired:
-                    # It ended as it was cancelled: either way, not a ticket to go on with
-                    # (cancelled in synchronous replication, its commit has not reached the
-                    # standby, and the number must not be used before it has).
-                    conn.close()
-                    self._out_of_patience(patience)
-                    raise AssertionError("a join cancelled for no reason")
-            return PostgresMembership(number, conn, me), None
         raise AssertionError("unreachable")
 
     def _out_of_patience(self, patience: Patience) -> None:
@@ -1098,21 +1102,28 @@ class PostgresStore(LineStore):
 
     def leave(self, me: Membership) -> None:
         assert isinstance(me, PostgresMembership)
-        me.stop_watchdog()
-        conn, me.conn = me.conn, None
-        if conn is None or me.pid != os.getpid() or conn.closed:
-            me.wake_watchdog()
-            return
+        conn = me.conn
         clean = False
-        if conn.info.transaction_status == pq.TransactionStatus.IDLE:
-            try:
-                _despite_cancels(lambda: conn.execute(self.stmts.leave, {"number": me.number}))
-                clean = True
-            except psycopg.Error as exc:
-                if not conn.closed:  # lost: closing it frees the lock all the same
-                    self._leave_plainly(conn, me, exc)
-        me.wake_watchdog()
-        me.join_watchdog()  # the next in line is already on its way
+        try:
+            me.stop_watchdog()
+            me.conn = None
+            if conn is None or me.pid != os.getpid() or conn.closed:
+                me.wake_watchdog()
+                return
+            if conn.info.transaction_status == pq.TransactionStatus.IDLE:
+                try:
+                    _despite_cancels(lambda: conn.execute(self.stmts.leave, {"number": me.number}))
+                    clean = True
+                except psycopg.Error as exc:
+                    if not conn.closed:  # lost: closing it frees the lock all the same
+                        self._leave_plainly(conn, me, exc)
+            me.wake_watchdog()
+            me.join_watchdog()  # the next in line is already on its way
+        except BaseException:  # Ctrl-C: the session is ours no more, nor is its lock
+            if conn is not None and me.pid == os.getpid():
+                with suppress(Exception):
+                    conn.close()
+            raise
         if clean and not me.lost and not me.handed_out:
             self.backend.put_back(conn)
         else:

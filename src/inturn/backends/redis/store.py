@@ -407,7 +407,11 @@ class RedisStore(LineStore):
     def join(self, me: Ticket, patience: Patience) -> tuple[RedisMembership, View | None]:
         self.backend.refuse_eviction()
         member = self._enter(me)
-        self.backend.keeper.add(member)
+        try:
+            self.backend.keeper.add(member)
+        except BaseException:  # Ctrl-C: no ticket stalls the line for a lease
+            self.leave(member)
+            raise
         return member, None
 
     def _enter(self, me: Ticket) -> RedisMembership:
@@ -432,21 +436,28 @@ class RedisStore(LineStore):
         ]
         sent = time.monotonic()
         flag = "1" if me.shared else "0"
-        with self.backend.errors(), self.backend.client.pipeline(transaction=False) as pipe:
-            # Listed at every join, in the same round trip: a forgotten line comes back.
-            call(pipe, "SADD", f"{self.backend.prefix}:lines", encode(self.name))
-            args: list[bytes | str | int] = [ticket_id, self.lease_ms, flag, *fields]
-            self.backend.scripts["join"](keys=keys, args=args, client=pipe)
-            call(pipe, "TIME")
-            asked = time.time()
-            _, joined, (seconds, micros) = pipe.execute()
-            answered = time.time()
-        number = int(joined)
         kick = self._kick_key(ticket_id) if me.newest_wins else None
         lease = self._lease_key(ticket_id)
-        member = RedisMembership(number, ticket_id, lease, sent, me.shared, kick, me)
-        self.backend.clock.measured(asked, answered, seconds + micros / 1e6)
-        self._learn({number: ticket_id})
+        member = RedisMembership(0, ticket_id, lease, sent, me.shared, kick, me)  # number: below
+        try:
+            with self.backend.errors(), self.backend.client.pipeline(transaction=False) as pipe:
+                # Listed at every join, in the same round trip: a forgotten line comes back.
+                call(pipe, "SADD", f"{self.backend.prefix}:lines", encode(self.name))
+                args: list[bytes | str | int] = [ticket_id, self.lease_ms, flag, *fields]
+                self.backend.scripts["join"](keys=keys, args=args, client=pipe)
+                call(pipe, "TIME")
+                asked = time.time()
+                _, joined, (seconds, micros) = pipe.execute()
+                answered = time.time()
+            member.number = int(joined)
+            self.backend.clock.measured(asked, answered, seconds + micros / 1e6)
+            self._learn({member.number: ticket_id})
+        except BaseException as exc:
+            # Ctrl-C, even while the server answers: no ticket stalls the line for a lease
+            # (the leave script does nothing for a ticket that is not there).
+            if not isinstance(exc, Exception) or member.number:
+                self._take_out(member, say=False, clean=True)
+            raise
         return member
 
     def _rejoin(self, member: RedisMembership, cancel: CancelToken | None) -> None:
@@ -872,8 +883,12 @@ class RedisStore(LineStore):
         if me.pid != os.getpid() or me.left:
             return  # a child made by fork(): the ticket stays with the parent
         me.left = True
-        self.backend.keeper.remove(me)
-        self._take_out(me)
+        try:
+            self.backend.keeper.remove(me)
+            self._take_out(me)
+        except BaseException:  # Ctrl-C: not known to have left, so a retry leaves (again)
+            me.left = False
+            raise
 
     def _take_out(self, me: RedisMembership, say: bool = True, clean: bool = False) -> None:
         """Take our ticket out of the line (the leave script); ``say``: warn if it could not

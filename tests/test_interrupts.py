@@ -1,0 +1,268 @@
+"""Ctrl-C (any exception raised asynchronously: KeyboardInterrupt, a signal handler's) in the
+middle of taking or giving back a turn, in a process that lives on (a REPL, a notebook, a
+service): no ticket is left behind, so the next in line gets the turn and the same process
+can take it again, and a release cut short can be finished by releasing again.
+
+Each test has one function that runs inside such a window raise ``KeyboardInterrupt`` once
+(before or after doing its work), on every backend (``where``) or on the one it belongs to;
+another process then shows that the line is free within a generous bound.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import pytest
+
+import inturn
+import inturn.line
+import inturn.queue
+
+from conftest import Where, Worker, run_cli
+
+BOUND = "10"  # seconds another process may wait for a line that must be free at once
+
+
+def interrupt_once(
+    monkeypatch: pytest.MonkeyPatch, owner: object, name: str, after: bool = False, times: int = 1
+) -> list[bool]:
+    """Make ``owner.name`` raise ``KeyboardInterrupt`` the first time it is called (the
+    first ``times`` times): before it does anything, or ``after`` it did its work. The list
+    says how often it fired."""
+    real: Callable[..., Any] = getattr(owner, name)
+    fired: list[bool] = []
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        if len(fired) >= times:
+            return real(*args, **kwargs)
+        fired.append(True)
+        if after:
+            real(*args, **kwargs)
+        raise KeyboardInterrupt(f"injected in {name}")
+
+    monkeypatch.setattr(owner, name, interrupted)
+    return fired
+
+
+class InterruptedLock:
+    """A real lock whose first ``with`` raises ``KeyboardInterrupt`` once it is taken."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.fired = False
+
+    def __enter__(self) -> bool:
+        self.lock.acquire()
+        if not self.fired:
+            self.fired = True
+            self.lock.release()
+            raise KeyboardInterrupt("injected in a with block's bookkeeping")
+        return True
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.lock.release()
+
+
+def assert_free(name: str) -> None:
+    """Another process gets the turn at once, and so does this one, twice."""
+    other = run_cli("run", "--timeout", BOUND, name, "--", "true")
+    assert other.returncode == 0, other.stderr
+    line = inturn.Line(name)
+    try:
+        with line.acquire(timeout=float(BOUND)):
+            pass
+        with line:
+            pass
+        assert line.status().holders == line.status().waiters == ()
+    finally:
+        line.close()
+
+
+# --------------------------------------------------------------------------- acquire
+
+
+def test_interrupt_as_the_turn_is_recorded_leaves_the_line(where: Where, monkeypatch):
+    fired = interrupt_once(monkeypatch, inturn.queue.Holdings, "add")
+    line = inturn.Line("recorded")
+    with pytest.raises(KeyboardInterrupt):
+        line.acquire()
+    assert fired
+    assert_free("recorded")
+
+
+def test_interrupt_as_the_turn_is_handed_over_leaves_the_line(where: Where, monkeypatch):
+    fired = interrupt_once(monkeypatch, inturn.line.Turn, "__init__", after=True)
+    line = inturn.Line("handed")
+    with pytest.raises(KeyboardInterrupt):
+        line.acquire()
+    assert fired
+    assert_free("handed")
+
+
+def test_interrupt_as_a_with_block_notes_its_turn_leaves_the_line(where: Where):
+    line = inturn.Line("block")
+    line._blocks._lock = InterruptedLock()  # type: ignore[assignment]
+    with pytest.raises(KeyboardInterrupt), line:
+        raise AssertionError("the block ran without its turn noted")
+    assert_free("block")
+    with line:  # the same Line goes on working
+        pass
+
+
+def test_interrupt_as_a_turn_block_notes_its_turn_leaves_the_line(where: Where):
+    block = inturn.turn("turn-block")
+    block._blocks._lock = InterruptedLock()  # type: ignore[assignment]
+    with pytest.raises(KeyboardInterrupt), block:
+        raise AssertionError("the block ran without its turn noted")
+    assert_free("turn-block")
+    with block:
+        pass
+
+
+# --------------------------------------------------------------------------- release
+
+
+def test_a_release_interrupted_before_it_left_is_finished(where: Where, monkeypatch):
+    line = inturn.Line("finish")
+    held = line.acquire()
+    fired = interrupt_once(monkeypatch, type(line.store), "leave")
+    with pytest.raises(KeyboardInterrupt):
+        held.release()
+    assert fired
+    assert not held.held
+    assert_free("finish")
+
+
+def test_a_release_interrupted_twice_can_be_finished(where: Where, monkeypatch):
+    line = inturn.Line("again")
+    held = line.acquire()
+    fired = interrupt_once(monkeypatch, type(line.store), "leave", times=2)
+    with pytest.raises(KeyboardInterrupt):
+        held.release()
+    assert len(fired) == 2
+    assert held.held  # it was not given back: still held, and says so
+    held.release()
+    assert not held.held
+    assert_free("again")
+
+
+def test_a_release_interrupted_after_it_left_frees_nobody_else_when_repeated(
+    where: Where, monkeypatch, workers
+):
+    """The promise kept by the fix above: releasing again gives back nothing twice."""
+    line = inturn.Line("once")
+    held = line.acquire()
+    fired = interrupt_once(monkeypatch, inturn.queue.Holdings, "discard", times=2)
+    with pytest.raises(KeyboardInterrupt):
+        held.release()
+    assert len(fired) == 2
+    assert held.held  # not known to be given back
+    other = Worker("once", "--hold", "--timeout", BOUND)
+    workers.append(other)
+    other.expect("acquired")  # it was given back before the interrupt
+    held.release()  # finishing it gives nothing back twice: the other one keeps its turn
+    assert not held.held
+    with pytest.raises(inturn.Busy):
+        line.acquire(blocking=False)
+    assert [t.pid for t in line.status().holders] == [other.pid]
+    other.proc.stdin.write("go\n")  # type: ignore[union-attr]
+    other.proc.stdin.flush()  # type: ignore[union-attr]
+    other.expect("released")
+    assert other.proc.wait() == 0
+    assert_free("once")
+
+
+def test_a_with_block_finishes_a_release_interrupted_in_it(where: Where, monkeypatch):
+    line = inturn.Line("exit")
+    with pytest.raises(KeyboardInterrupt), line as held:
+        interrupt_once(monkeypatch, type(line.store), "leave")
+    assert not held.held
+    assert_free("exit")
+
+
+def test_a_turn_block_finishes_a_release_interrupted_in_it(where: Where, monkeypatch):
+    with pytest.raises(KeyboardInterrupt), inturn.turn("turn-exit") as held:
+        interrupt_once(monkeypatch, type(held.line.store), "leave")
+    assert not held.held
+    assert_free("turn-exit")
+
+
+# --------------------------------------------------------------------------- each backend
+
+
+def test_local_interrupt_after_the_ticket_is_made_takes_it_away(lines_dir, monkeypatch):
+    from inturn.backends.posix import PosixStore
+
+    fired = interrupt_once(monkeypatch, PosixStore, "_tidy_litter")
+    line = inturn.Line("made")
+    with pytest.raises(KeyboardInterrupt):
+        line.acquire()
+    assert fired
+    assert_free("made")
+
+
+def test_postgresql_interrupt_as_the_ticket_is_made_closes_its_session(pg_url, monkeypatch):
+    from inturn.backends.postgres import store
+
+    fired = interrupt_once(monkeypatch, store.PostgresMembership, "__init__", after=True)
+    line = inturn.Line("made")
+    with pytest.raises(KeyboardInterrupt):
+        line.acquire()
+    assert fired
+    assert_free("made")
+
+
+def test_postgresql_leave_interrupted_in_its_statement_ends_the_session(pg_url, monkeypatch):
+    from inturn.backends.postgres import store
+
+    line = inturn.Line("left")
+    held = line.acquire()
+    fired = interrupt_once(monkeypatch, store, "_despite_cancels")
+    # Kept, as a REPL keeps the last exception (sys.last_exc), with its frames' sessions.
+    with pytest.raises(KeyboardInterrupt) as caught:
+        held.release()
+    assert fired
+    held.release()
+    assert not held.held
+    assert_free("left")
+    assert "injected" in str(caught.value)
+
+
+@pytest.mark.parametrize("window", ["_learn", "keeper"])
+def test_redis_interrupt_as_the_ticket_is_made_takes_it_out(place, monkeypatch, window):
+    from inturn.backends.redis.membership import LeaseKeeper
+    from inturn.backends.redis.store import RedisStore
+
+    # A lease longer than the bound: an unrenewed ticket left behind would outlast it.
+    monkeypatch.setenv("INTURN_BACKEND", place.url(lease=60))
+    if window == "keeper":
+        fired = interrupt_once(monkeypatch, LeaseKeeper, "add")
+    else:
+        fired = interrupt_once(monkeypatch, RedisStore, "_learn")
+    line = inturn.Line("made")
+    with pytest.raises(KeyboardInterrupt):
+        line.acquire()
+    assert fired
+    assert_free("made")
+
+
+def test_redis_leave_interrupted_before_the_lease_stops_can_be_finished(place, monkeypatch):
+    from inturn.backends.redis.membership import LeaseKeeper
+
+    line = inturn.Line("left")
+    held = line.acquire()
+    fired = interrupt_once(monkeypatch, LeaseKeeper, "remove")
+    with pytest.raises(KeyboardInterrupt):
+        held.release()
+    assert fired
+    held.release()
+    assert not held.held
+    assert_free("left")
