@@ -86,25 +86,41 @@ def assert_free(name: str) -> None:
         line.close()
 
 
+def assert_interrupted_join_leaves(fired: list[bool], name: str) -> None:
+    """An ``acquire`` of line ``name``, interrupted where ``fired`` says it was, leaves
+    nothing behind."""
+    line = inturn.Line(name)
+    with pytest.raises(KeyboardInterrupt):
+        line.acquire()
+    assert fired
+    assert_free(name)
+
+
+def assert_interrupted_release_can_be_finished(
+    held: inturn.Turn, fired: list[bool], name: str
+) -> BaseException:
+    """The release of ``held``, interrupted where ``fired`` says it was, is finished by
+    releasing again; the interrupt, for a look at it."""
+    with pytest.raises(KeyboardInterrupt) as caught:
+        held.release()
+    assert fired
+    held.release()
+    assert not held.held
+    assert_free(name)
+    return caught.value
+
+
 # --------------------------------------------------------------------------- acquire
 
 
 def test_interrupt_as_the_turn_is_recorded_leaves_the_line(where: Where, monkeypatch):
     fired = interrupt_once(monkeypatch, inturn.queue.Holdings, "add")
-    line = inturn.Line("recorded")
-    with pytest.raises(KeyboardInterrupt):
-        line.acquire()
-    assert fired
-    assert_free("recorded")
+    assert_interrupted_join_leaves(fired, "recorded")
 
 
 def test_interrupt_as_the_turn_is_handed_over_leaves_the_line(where: Where, monkeypatch):
     fired = interrupt_once(monkeypatch, inturn.line.Turn, "__init__", after=True)
-    line = inturn.Line("handed")
-    with pytest.raises(KeyboardInterrupt):
-        line.acquire()
-    assert fired
-    assert_free("handed")
+    assert_interrupted_join_leaves(fired, "handed")
 
 
 def test_interrupt_as_a_with_block_notes_its_turn_leaves_the_line(where: Where):
@@ -202,22 +218,14 @@ def test_local_interrupt_after_the_ticket_is_made_takes_it_away(lines_dir, monke
     from inturn.backends.posix import PosixStore
 
     fired = interrupt_once(monkeypatch, PosixStore, "_tidy_litter")
-    line = inturn.Line("made")
-    with pytest.raises(KeyboardInterrupt):
-        line.acquire()
-    assert fired
-    assert_free("made")
+    assert_interrupted_join_leaves(fired, "made")
 
 
 def test_postgresql_interrupt_as_the_ticket_is_made_closes_its_session(pg_url, monkeypatch):
     from inturn.backends.postgres import store
 
     fired = interrupt_once(monkeypatch, store.PostgresMembership, "__init__", after=True)
-    line = inturn.Line("made")
-    with pytest.raises(KeyboardInterrupt):
-        line.acquire()
-    assert fired
-    assert_free("made")
+    assert_interrupted_join_leaves(fired, "made")
 
 
 def test_postgresql_leave_interrupted_in_its_statement_ends_the_session(pg_url, monkeypatch):
@@ -227,13 +235,8 @@ def test_postgresql_leave_interrupted_in_its_statement_ends_the_session(pg_url, 
     held = line.acquire()
     fired = interrupt_once(monkeypatch, store, "_despite_cancels")
     # Kept, as a REPL keeps the last exception (sys.last_exc), with its frames' sessions.
-    with pytest.raises(KeyboardInterrupt) as caught:
-        held.release()
-    assert fired
-    held.release()
-    assert not held.held
-    assert_free("left")
-    assert "injected" in str(caught.value)
+    caught = assert_interrupted_release_can_be_finished(held, fired, "left")
+    assert "injected" in str(caught)
 
 
 @pytest.mark.parametrize("window", ["_learn", "keeper"])
@@ -247,11 +250,7 @@ def test_redis_interrupt_as_the_ticket_is_made_takes_it_out(place, monkeypatch, 
         fired = interrupt_once(monkeypatch, LeaseKeeper, "add")
     else:
         fired = interrupt_once(monkeypatch, RedisStore, "_learn")
-    line = inturn.Line("made")
-    with pytest.raises(KeyboardInterrupt):
-        line.acquire()
-    assert fired
-    assert_free("made")
+    assert_interrupted_join_leaves(fired, "made")
 
 
 def test_redis_leave_interrupted_before_the_lease_stops_can_be_finished(place, monkeypatch):
@@ -260,9 +259,4 @@ def test_redis_leave_interrupted_before_the_lease_stops_can_be_finished(place, m
     line = inturn.Line("left")
     held = line.acquire()
     fired = interrupt_once(monkeypatch, LeaseKeeper, "remove")
-    with pytest.raises(KeyboardInterrupt):
-        held.release()
-    assert fired
-    held.release()
-    assert not held.held
-    assert_free("left")
+    assert_interrupted_release_can_be_finished(held, fired, "left")
