@@ -541,7 +541,7 @@ def where(request: pytest.FixtureRequest) -> Where:
         url = request.getfixturevalue("pg_url")  # sessions end with their process
         return Where("postgresql", url, url)
     place = request.getfixturevalue("place")
-    return Where("redis", place.url(), place.url(lease=1))  # a dead one's lease ends in 1 s
+    return Where("redis", place.url(), place.url(lease=2))  # a dead one's lease ends in 2 s
 
 
 # --------------------------------------------------------------------------- other users
