@@ -1,11 +1,13 @@
 """The layers of the package, enforced from its imports (every import, lazy ones included).
 
 cli           the command: may import anything below it
+listing       every line of one place (lines, forget_unused): uses line
 line          the Python API (Line, Turn, turn, single_instance, send)
 queue         the algorithm, written once
 messages      single-instance messages (the protocol, the listener), written once
 backends      the primitives (base) and each backend; nothing above them
-core          errors, records, named_tuples, names, durations, forks, win32: nothing but each other
+core          errors, records, rule, named_tuples, names, durations, forks, win32: nothing but
+              each other
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "inturn"
-CORE = {"errors", "records", "named_tuples", "names", "durations", "forks", "win32"}
+CORE = {"errors", "records", "rule", "named_tuples", "names", "durations", "forks", "win32"}
 MAY_IMPORT = {
     "core": {"core"},
     "backends": {"core", "backends", "backends.base"},
@@ -22,9 +24,20 @@ MAY_IMPORT = {
     "queue": {"core", "backends.base"},
     "messages": {"core", "backends.base"},
     "line": {"core", "backends", "backends.base", "queue", "messages"},
+    "listing": {"core", "backends", "backends.base", "line"},
     # __init__ and __main__ re-export
-    "package": {"core", "backends.base", "queue", "messages", "line"},
-    "cli": {"core", "backends", "backends.base", "queue", "messages", "line", "cli", "package"},
+    "package": {"core", "backends.base", "queue", "messages", "line", "listing"},
+    "cli": {
+        "core",
+        "backends",
+        "backends.base",
+        "queue",
+        "messages",
+        "line",
+        "listing",
+        "cli",
+        "package",
+    },
 }
 
 

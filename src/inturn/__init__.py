@@ -15,6 +15,7 @@ from .errors import (
     UsageError,
 )
 from .line import Line, Turn, acquire_async, send, single_instance, turn
+from .listing import forget_unused, lines
 from .records import InturnWarning, LineStatus, Message, Progress, Ticket
 
 __all__ = [
@@ -38,6 +39,8 @@ __all__ = [
     "Turn",
     "UsageError",
     "acquire_async",
+    "forget_unused",
+    "lines",
     "send",
     "single_instance",
     "turn",

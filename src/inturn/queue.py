@@ -42,6 +42,7 @@ from .backends.base import (
 from .errors import BackendError, Busy, InturnError, Timeout, UsageError
 from .forks import forget_after_fork
 from .records import LineStatus, Progress, Ticket, own_ticket_fields
+from .rule import may_hold as rule_may_hold
 
 ProgressCallback = Callable[[Progress], None]
 
@@ -433,10 +434,8 @@ class _Waiter:
 
 
 def may_hold(request: Request, live: Sequence[int], shared: frozenset[int]) -> bool:
-    """Whether a ticket with these live tickets ahead holds the turn."""
-    if request.shared:
-        return all(n in shared for n in live)
-    return len(live) < request.slots and not any(n in shared for n in live)
+    """Whether a ticket with these live tickets ahead holds the turn (``rule.may_hold``)."""
+    return rule_may_hold(request.slots, request.shared, [n in shared for n in live])
 
 
 def holds_at(slots: int, live: Sequence[int], shared: frozenset[int], number: int) -> bool:

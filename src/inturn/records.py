@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Sequence
 
 from . import forks
+from .rule import may_hold
 
 TYPE_CHECKING = False  # ``typing.TYPE_CHECKING`` without importing ``typing``
 if TYPE_CHECKING:
@@ -254,6 +255,16 @@ class LineStatus(NamedTuple):
     waiters: tuple[Ticket, ...] = ()
     scope: str = "user"
     where: str = ""
+
+    def passing_to(self) -> Ticket | None:
+        """The first waiter, when the rule of who holds (the queue's own) already gives it the
+        turn but it has not yet marked itself holding: a holder has just left, and it is on
+        its way in. None when no turn is passing."""
+        if not self.waiters:
+            return None
+        first = self.waiters[0]
+        ahead = [t.shared for t in self.holders if t.number < first.number]
+        return first if may_hold(first.slots, first.shared, ahead) else None
 
     def to_json(self, now: float | None = None) -> dict[str, _typing.Any]:
         now = time.time() if now is None else now

@@ -8,6 +8,7 @@ import time
 from ..backends import open_backend
 from ..errors import BackendError, UsageError
 from ..line import Line
+from ..listing import forget_unused, lines
 from ..records import escape_controls, warn
 from .display import format_line, format_overview
 from .exits import EXIT_CONFLICT
@@ -31,19 +32,15 @@ def status(args: argparse.Namespace) -> int:
             emit(format_line(status, now))
         return 0
     where = where_from(args)
+    if getattr(args, "prune", False):  # inturn top, printed once, has no --prune
+        forget_unused(scope=where.scope, directory=where.directory, backend=where.backend)
     backend = open_backend(
         where.backend, scope=where.scope, directory=where.directory, create=False
     )
     try:
-        if getattr(args, "prune", False):  # inturn top, printed once, has no --prune
-            _prune(args)
         if names_only:
             return _names(backend.names())
-        statuses = []
-        for name in backend.names():
-            store = backend.line(name)
-            statuses.append(store.status())
-            store.close()
+        statuses = lines(backend=backend)
     finally:
         backend.close()
     now = time.time()
@@ -68,18 +65,6 @@ def _names(names: list[str]) -> int:
     if shown:
         emit("\n".join(shown))
     return 0
-
-
-def _prune(args: argparse.Namespace) -> None:
-    """Forget every line nobody is in (``status --prune``); one that cannot be forgotten (a
-    machine-wide line with other users' files in it) is left as it is, with a warning."""
-    where = where_from(args)
-    with_backend = open_backend(where.backend, scope=where.scope, directory=where.directory)
-    try:
-        for name in with_backend.names():
-            _forget_if_unused(Line(name, scope=where.scope, backend=with_backend))
-    finally:
-        with_backend.close()
 
 
 def _forget_if_unused(line: Line) -> None:

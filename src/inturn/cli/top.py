@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from ..backends.base import CancelToken
 from ..errors import Cancelled, UsageError
 from ..line import Line
+from ..listing import lines
 from ..records import LineStatus, Ticket, escape_controls
 from .display import format_line, format_overview
 from .parser import line_from
@@ -123,7 +124,7 @@ class OneLine:
         return text
 
     def settling(self, snapshot: LineStatus) -> float | None:
-        if not _turn_in_passing(snapshot):
+        if snapshot.passing_to() is None:
             return None
         return self.line.store.lock_delay + SETTLE_MARGIN  # after a death, the lock delay
 
@@ -158,17 +159,6 @@ def _cut_line(status: LineStatus, shown: Sequence[Ticket], now: float) -> list[s
     return rows
 
 
-def _turn_in_passing(status: LineStatus) -> bool:
-    """True when the first waiter may hold the turn by the rules but has not yet marked
-    itself holding: a holder has just left, and the next one is on its way in."""
-    if not status.waiters:
-        return False
-    first = status.waiters[0]
-    if first.shared:
-        return all(t.shared for t in status.holders)
-    return len(status.holders) < first.slots and not any(t.shared for t in status.holders)
-
-
 class EveryLine:
     """Every line of one place, as ``inturn status`` lists them (read on the timer only)."""
 
@@ -180,14 +170,7 @@ class EveryLine:
         )
 
     def read(self) -> list[LineStatus]:
-        statuses = []
-        for name in self.backend.names():
-            store = self.backend.line(name)
-            try:
-                statuses.append(store.status())
-            finally:
-                store.close()
-        return statuses
+        return lines(backend=self.backend)
 
     def title(self) -> str:
         return f"inturn top: every line ({escape_controls(self.backend.where)})"

@@ -1,0 +1,143 @@
+"""``inturn.lines`` and ``inturn.forget_unused`` on every backend: every line of one place with
+its status, and forgetting the ones nobody is in, from Python as ``inturn status`` does; and
+``LineStatus.passing_to``, read by the queue's own rule."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import pytest
+
+import inturn
+from inturn.backends import open_backend
+from inturn.queue import holds_at
+
+from conftest import run_cli
+
+
+def used(*names: str) -> None:
+    for name in names:
+        assert run_cli("run", name, "--", "true").returncode == 0
+
+
+def test_lines_lists_every_line_with_its_holders_and_waiters(where):
+    used("a", "b", "c")
+    line = inturn.Line("b")
+    held = line.acquire()
+    try:
+        found = inturn.lines()
+        assert [s.name for s in found] == ["a", "b", "c"]
+        assert all(isinstance(s, inturn.LineStatus) for s in found)
+        assert [t.pid for t in found[1].holders] == [os.getpid()]
+        assert [t.number for t in found[1].holders] == [held.ticket]
+        assert not found[0].holders and not found[0].waiters
+        assert not found[2].holders and not found[2].waiters
+        assert found[1].where == line.status().where
+    finally:
+        held.release()
+        line.close()
+
+
+def test_lines_through_a_backend_given_leaves_it_open(where):
+    used("x")
+    backend = open_backend(where.url)
+    try:
+        assert [s.name for s in inturn.lines(backend=backend)] == ["x"]
+        assert [s.name for s in inturn.lines(backend=backend)] == ["x"]  # still open
+    finally:
+        backend.close()
+
+
+def test_forget_unused_forgets_the_lines_nobody_is_in(where):
+    used("a", "b", "c")
+    line = inturn.Line("b")
+    held = line.acquire()
+    try:
+        assert inturn.forget_unused() == ["a", "c"]
+        assert [s.name for s in inturn.lines()] == ["b"]
+        assert [t.pid for t in inturn.lines()[0].holders] == [os.getpid()]
+    finally:
+        held.release()
+        line.close()
+    assert inturn.forget_unused() == ["b"]
+    assert inturn.lines() == []
+    assert inturn.forget_unused() == []
+
+
+def test_lines_of_a_folder_never_used_is_empty_and_creates_nothing(tmp_path):
+    folder = tmp_path / "never"
+    assert inturn.lines(directory=folder) == []
+    assert not folder.exists()
+
+
+def test_lines_refuses_what_line_refuses():
+    with pytest.raises(inturn.UsageError, match="unknown scope"):
+        inturn.lines(scope="planet")
+    with pytest.raises(inturn.UsageError, match="unknown backend"):
+        inturn.forget_unused(backend="ftp://example.invalid")
+    with pytest.raises(inturn.UsageError, match="directory must be a path"):
+        inturn.lines(directory=42)  # type: ignore[arg-type]
+
+
+def test_a_spoilt_entry_is_skipped_with_a_warning(lines_dir):
+    """A line whose name record is corrupt is left out of ``lines`` and ``forget_unused``
+    with one ``InturnWarning``, not hidden unseen, and the other lines are listed."""
+    used("fine", "spoilt")
+    (record,) = [p for p in lines_dir.rglob(".name") if "spoilt" in p.parent.name]
+    record.write_bytes(b"\x00garbage")
+    with pytest.warns(inturn.InturnWarning, match="does not hold a line's name") as caught:
+        found = inturn.lines()
+    assert [s.name for s in found] == ["fine"]
+    assert [str(w.message) for w in caught] == [
+        f"skipping {record}: it does not hold a line's name; look the line up by name"
+    ]
+    assert inturn.forget_unused() == ["fine"]  # the spoilt one is left as it is
+    assert record.exists()
+
+
+# --------------------------------------------------------------------------- passing_to
+
+
+def ticket(number: int, shared: bool = False, slots: int = 1, holding: bool = False):
+    return inturn.Ticket(number, slots=slots, shared=shared, acquired_at=1.0 if holding else None)
+
+
+def test_passing_to_names_the_first_waiter_once_the_rule_gives_it_the_turn():
+    status = inturn.LineStatus
+    assert status("l").passing_to() is None
+    assert status("l", holders=(ticket(1, holding=True),)).passing_to() is None
+    first = ticket(2)
+    assert status("l", waiters=(first, ticket(3))).passing_to() == first
+    assert status("l", (ticket(1, holding=True),), (first,)).passing_to() is None
+    wide = ticket(2, slots=2)
+    assert status("l", (ticket(1, slots=2, holding=True),), (wide,)).passing_to() == wide
+    reader = ticket(2, shared=True)
+    assert status("l", (ticket(1, shared=True, holding=True),), (reader,)).passing_to() == reader
+    assert status("l", (ticket(1, holding=True),), (reader,)).passing_to() is None
+    assert status("l", (ticket(1, shared=True, holding=True),), (first,)).passing_to() is None
+
+
+@pytest.mark.parametrize("slots", [1, 2, 3])
+def test_passing_to_agrees_with_the_queue_on_every_small_line(slots):
+    """For every line of up to five live tickets (readers and writers) and every choice of
+    which of them have marked themselves holding, ``passing_to`` names the first waiter
+    exactly when the queue would let it hold from the tickets ahead of it."""
+    for size in range(1, 6):
+        for kinds in itertools.product([False, True], repeat=size):
+            shared = frozenset(n for n, s in enumerate(kinds, 1) if s)
+            live = list(range(1, size + 1))
+            for marks in itertools.product([False, True], repeat=size):
+                tickets = [
+                    ticket(n, s, slots, m) for n, s, m in zip(live, kinds, marks, strict=True)
+                ]
+                holders = tuple(t for t in tickets if t.holding)
+                waiters = tuple(t for t in tickets if not t.holding)
+                got = inturn.LineStatus("l", holders, waiters).passing_to()
+                if not waiters:
+                    assert got is None
+                    continue
+                first = waiters[0].number
+                ahead = [t.number for t in holders if t.number < first]
+                expected = holds_at(slots, [*ahead, first], shared, first)
+                assert got == (waiters[0] if expected else None), (kinds, marks)
