@@ -10,8 +10,10 @@ another process then shows that the line is free within a generous bound.
 
 from __future__ import annotations
 
+import atexit
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -260,3 +262,143 @@ def test_redis_leave_interrupted_before_the_lease_stops_can_be_finished(place, m
     held = line.acquire()
     fired = interrupt_once(monkeypatch, LeaseKeeper, "remove")
     assert_interrupted_release_can_be_finished(held, fired, "left")
+
+
+# --------------------------------------------------------------------------- single_instance
+
+
+def listening_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name in ("inturn-listen", "inturn-on-message")]
+
+
+def exit_handlers(monkeypatch: pytest.MonkeyPatch) -> list[Callable[..., Any]]:
+    """The exit handlers registered from now on and not unregistered (``atexit`` lists none;
+    its count counts the unregistered too)."""
+    live: list[Callable[..., Any]] = []
+    register, unregister = atexit.register, atexit.unregister
+
+    def registered(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[..., Any]:
+        live.append(func)
+        return register(func, *args, **kwargs)
+
+    def unregistered(func: Callable[..., Any]) -> None:
+        unregister(func)
+        live[:] = [f for f in live if f != func]
+
+    monkeypatch.setattr(atexit, "register", registered)
+    monkeypatch.setattr(atexit, "unregister", unregistered)
+    return live
+
+
+def assert_instance_interrupted_leaves_nothing(
+    handlers: list[Callable[..., Any]],
+    fired: list[bool],
+    name: str,
+    folder: Path | None = None,
+    **how: Any,
+) -> None:
+    """A ``single_instance(name, **how)`` interrupted where ``fired`` says it was leaves no
+    ticket (another start becomes the instance), none of the exit ``handlers``, no listener
+    and, in the local ``folder``, no socket."""
+    with pytest.raises(KeyboardInterrupt):
+        inturn.single_instance(name, **how)
+    assert fired
+    assert handlers == []
+    assert not listening_threads()
+    if folder is not None:
+        assert not list(folder.rglob("*.sock"))
+    assert_free(name)
+    inturn.single_instance(name, **how).release()
+
+
+@pytest.mark.parametrize("wait", [False, True])
+def test_single_instance_interrupted_as_its_turn_comes_leaves_the_line(where, monkeypatch, wait):
+    handlers = exit_handlers(monkeypatch)
+    fired = interrupt_once(monkeypatch, inturn.line, "take_turn", after=True)
+    assert_instance_interrupted_leaves_nothing(handlers, fired, "instance", wait=wait)
+
+
+def test_single_instance_interrupted_as_it_is_handed_over_leaves_the_line(where, monkeypatch):
+    handlers = exit_handlers(monkeypatch)
+    fired = interrupt_once(monkeypatch, inturn.line.Turn, "__init__", after=True)
+    assert_instance_interrupted_leaves_nothing(handlers, fired, "instance")
+
+
+@pytest.mark.parametrize(
+    "window", ["take_turn", "Listener.__init__", "atexit.register", "Turn.__init__", "start"]
+)
+def test_single_instance_interrupted_as_it_starts_listening_leaves_nothing(
+    lines_dir, monkeypatch, window
+):
+    import inturn.messages
+
+    owners = {
+        "take_turn": (inturn.line, "take_turn"),
+        "Listener.__init__": (inturn.messages.Listener, "__init__"),
+        "atexit.register": (atexit, "register"),
+        "Turn.__init__": (inturn.line.Turn, "__init__"),
+        "start": (inturn.messages.Listener, "start"),
+    }
+    handlers = exit_handlers(monkeypatch)
+    fired = interrupt_once(monkeypatch, *owners[window], after=True)
+    assert_instance_interrupted_leaves_nothing(
+        handlers, fired, "listening", lines_dir, on_message=lambda message: None
+    )
+
+
+@pytest.mark.parametrize("window", ["_bind", "UnixChannel.__init__"])
+def test_single_instance_interrupted_as_its_socket_is_made_removes_it(
+    lines_dir, monkeypatch, window
+):
+    from inturn.backends import unix_channel
+
+    handlers = exit_handlers(monkeypatch)
+    if window == "_bind":
+        fired = interrupt_once(monkeypatch, unix_channel, "_bind", after=True)
+    else:
+        fired = interrupt_once(monkeypatch, unix_channel.UnixChannel, "__init__", after=True)
+    assert_instance_interrupted_leaves_nothing(
+        handlers, fired, "socket", lines_dir, on_message=lambda message: None
+    )
+
+
+# --------------------------------------------------------------------------- PostgreSQL watchdog
+
+
+def watchdogs() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "inturn-pg-watchdog"}
+
+
+@pytest.mark.parametrize("after", ["forget_after_fork", "__init__", "watch"])
+def test_postgresql_interrupt_as_the_membership_is_made_ends_its_watchdog(
+    pg_url, pg_server, monkeypatch, after
+):
+    """Interrupted as the membership is made (in its ``__init__``, as that returns, as its
+    watchdog has just started): no watchdog thread is left, and the session is closed."""
+    import psycopg
+
+    from inturn.backends.postgres import membership, store
+
+    sessions: list[int] = []
+    join_on = store.PostgresStore._join_on
+
+    def recorded(self: Any, conn: Any, me: Any) -> int:
+        sessions.append(conn.info.backend_pid)
+        return join_on(self, conn, me)
+
+    monkeypatch.setattr(store.PostgresStore, "_join_on", recorded)
+    if after == "forget_after_fork":
+        fired = interrupt_once(monkeypatch, membership, "forget_after_fork", after=True)
+    else:
+        fired = interrupt_once(monkeypatch, store.PostgresMembership, after, after=True)
+    before = watchdogs()
+    line = inturn.Line("watched")
+    with pytest.raises(KeyboardInterrupt):
+        line.acquire()
+    assert fired
+    assert watchdogs() == before
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        query = "SELECT 1 FROM pg_stat_activity WHERE pid = %s"
+        assert conn.execute(query, [sessions[0]]).fetchall() == []
+    assert_free("watched")
+    line.close()

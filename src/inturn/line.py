@@ -19,6 +19,7 @@ from .backends.base import (
     BUSY_PATIENCE,
     Backend,
     CancelToken,
+    Channel,
     LineStore,
     Membership,
     Patience,
@@ -1025,51 +1026,64 @@ def single_instance(
     check_data(data)  # the message itself is made only if another instance runs
     opening = line._use()
     store = opening.store
-    channel = None
+    channel: Channel | None = None
+    listener: Listener | None = None
+    instance: Turn | None = None
+    helds: list[Held] = []
     try:
         if on_message is not None:
             store.check_channels()
             channel = store.open_channel(acceptance.others)
         address = channel.address if channel is not None else None
         if in_line is not False:
-            held = take_turn(store, timeout=in_line or None, channel=address)
+            held = take_turn(store, timeout=in_line or None, channel=address, taken=helds)
         else:
-            held = _first_or_tell(store, data, seconds, address)
-    except BaseException:
-        if channel is not None:
-            channel.close()
-        opening.done()
-        line.close()
-        raise
-    listener = None
-    if channel is not None and on_message is not None:
-        listener = Listener(channel, on_message, acceptance, line.name)
-    pid = forks.pid()
+            held = _first_or_tell(store, data, seconds, address, helds)
+        if channel is not None and on_message is not None:
+            listener = Listener(channel, on_message, acceptance, line.name)
+        pid = forks.pid()
 
-    def at_exit() -> None:
-        """A program that ends normally (its end, ``sys.exit``) gives its instance back
-        cleanly: the next start is not told of a crash, nor kept waiting for a server's
-        lease. One that ends with an uncaught exception leaves it abandoned, as a crash
-        does; its socket goes either way."""
-        if forks.pid() != pid:  # a forked child: the instance is the parent's
-            return
-        if _uncaught_exception():
+        def at_exit() -> None:
+            """A program that ends normally (its end, ``sys.exit``) gives its instance back
+            cleanly: the next start is not told of a crash, nor kept waiting for a server's
+            lease. One that ends with an uncaught exception leaves it abandoned, as a crash
+            does; its socket goes either way."""
+            if forks.pid() != pid or instance is None:  # a forked child: the parent's
+                return
+            if _uncaught_exception():
+                if listener is not None:
+                    listener.stop()
+            else:
+                instance.release()
+
+        def on_release() -> None:
+            atexit.unregister(at_exit)
             if listener is not None:
                 listener.stop()
-        else:
-            instance.release()
 
-    def on_release() -> None:
-        atexit.unregister(at_exit)
+        owner = threading.current_thread()
+        instance = Turn(line, opening, held.membership, held.abandoned_by, owner, on_release)
+        atexit.register(at_exit)
         if listener is not None:
-            listener.stop()
-
-    atexit.register(at_exit)
-    owner = threading.current_thread()
-    instance = Turn(line, opening, held.membership, held.abandoned_by, owner, on_release)
-    if listener is not None:
-        listener.start()
-    return instance
+            listener.start()
+        return instance
+    except BaseException:  # Ctrl-C too: no ticket, socket, listener or exit handler stays
+        try:
+            if instance is not None:
+                instance.release()  # stops the listener, and is done with the opening
+            else:
+                try:
+                    for came in helds:
+                        give_back(store, came.membership)
+                finally:
+                    opening.done()
+        finally:
+            if listener is not None:
+                listener.stop()
+            if channel is not None:
+                channel.close()
+            line.close()
+        raise
 
 
 def _is_async(func: object) -> bool:
@@ -1099,17 +1113,20 @@ def _wait_seconds(wait: object) -> float | bool:
     return float(wait)
 
 
-def _first_or_tell(store: LineStore, data: Any, timeout: float, channel: str | None) -> Held:
+def _first_or_tell(
+    store: LineStore, data: Any, timeout: float, channel: str | None, taken: list[Held]
+) -> Held:
     """Take the line if nobody is in it; else give the one ahead (the holder, or the start
     that is about to hold it) this start's argv, folder and ``data``, and raise
     ``AlreadyRunning`` with its reply. One whose channel is gone already (on its way out) is
-    waited for, as long as ``timeout`` allows, and the line tried again."""
+    waited for, as long as ``timeout`` allows, and the line tried again. The turn is also
+    put in ``taken``, for a Ctrl-C as it returns."""
     from .messages import Unreachable, current_folder, deliver, request, wait_for_going
 
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return take_turn(store, blocking=False, channel=channel)
+            return take_turn(store, blocking=False, channel=channel, taken=taken)
         except Busy as busy:
             status = busy.status
             ahead = (*status.holders, *status.waiters) if status is not None else ()

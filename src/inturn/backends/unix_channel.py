@@ -303,18 +303,30 @@ def open_channel(dir_fd: int, folder: str, others: bool, prefix: str) -> UnixCha
             if exc.errno in (errno.EADDRINUSE, errno.EEXIST):
                 continue
             raise BackendError(_cannot(folder, name, exc)) from None
+        except BaseException:  # Ctrl-C: what was bound goes (the fresh name is no one else's)
+            _unbind(sock, dir_fd, name)
+            raise
+        mine = None
         try:
             # Before listening: nobody can connect while the mode is still the umask's.
             os.chmod(name, (0o666 if others else 0o600) | KEEP, dir_fd=dir_fd)
             sock.listen(BACKLOG)
             mine = os.dup(dir_fd)
-        except OSError as exc:
-            with suppress(OSError):
-                os.unlink(name, dir_fd=dir_fd)
-            sock.close()
-            raise BackendError(_cannot(folder, name, exc)) from None
-        return UnixChannel(sock, mine, name)
+            return UnixChannel(sock, mine, name)
+        except BaseException as exc:  # Ctrl-C too: no socket nobody listens on stays behind
+            _unbind(sock, dir_fd, name)
+            if mine is not None:
+                os.close(mine)
+            if isinstance(exc, OSError):
+                raise BackendError(_cannot(folder, name, exc)) from None
+            raise
     raise BackendError(f"{folder} is full of files where inturn makes its sockets: clean it up")
+
+
+def _unbind(sock: socket.socket, dir_fd: int, name: str) -> None:
+    with suppress(OSError):
+        os.unlink(name, dir_fd=dir_fd)
+    sock.close()
 
 
 def _bind(sock: socket.socket, dir_fd: int, folder: str, name: str) -> None:

@@ -56,17 +56,38 @@ class PostgresMembership(Membership):
         self.signal = LostSignal()
         self._stop = threading.Event()
         self._armed = threading.Event()  # set when the turn comes, or when the ticket leaves
-        self._wake_read, self._wake_write = os.pipe()
-        # The watchdog closes the pipe as it ends; a wake-up written after that would land in
-        # whatever took the descriptor's number (another session's socket): both hold this.
+        # The watchdog's wake-up pipe, made by ``watch``. The watchdog closes it as it ends; a
+        # wake-up written after that would land in whatever took the descriptor's number
+        # (another session's socket): both hold this lock.
+        self._wake_read = self._wake_write = -1
         self._pipe_lock = threading.Lock()
-        self._pipe_closed = False
-        # Started now, while waiting, so that the hand-off does not wait for a new thread.
+        self._pipe_closed = True
         self._watchdog = threading.Thread(
             target=self._watch, daemon=True, name="inturn-pg-watchdog"
         )
-        self._watchdog.start()
         forget_after_fork(self)
+
+    def watch(self) -> None:
+        """Start the watchdog, as soon as the ticket is made (the hand-off then waits for no
+        new thread). A Ctrl-C on the way ends it again, the membership being given up."""
+        try:
+            with self._pipe_lock:
+                self._wake_read, self._wake_write = os.pipe()
+                self._pipe_closed = False
+            self._watchdog.start()
+        except BaseException:
+            self.end_watchdog()
+            raise
+
+    def end_watchdog(self) -> None:
+        """Stop the watchdog and wait for its end: a membership given up as it is made
+        (Ctrl-C) leaves no thread waiting for a turn that will never come, nor its pipe."""
+        self.stop_watchdog()
+        self.wake_watchdog()
+        with suppress(RuntimeError):  # not started (or only just): it ends as it starts
+            self.join_watchdog()
+        if not self._watchdog.is_alive():
+            self._close_pipe()
 
     @property
     def lost(self) -> bool:
@@ -115,11 +136,16 @@ class PostgresMembership(Membership):
                     self._declare_lost()
                     return
         finally:
-            with self._pipe_lock:
-                self._pipe_closed = True
-                for fd in (self._wake_read, self._wake_write):
-                    with suppress(OSError):
-                        os.close(fd)
+            self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        with self._pipe_lock:
+            if self._pipe_closed:
+                return
+            self._pipe_closed = True
+            for fd in (self._wake_read, self._wake_write):
+                with suppress(OSError):
+                    os.close(fd)
 
     def _declare_lost(self) -> None:
         if self._stop.is_set():

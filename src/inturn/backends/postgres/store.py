@@ -711,6 +711,7 @@ class PostgresStore(LineStore):
                 if deadline is not None:
                     deadline = max(deadline, time.monotonic() + BUSY_PATIENCE)
                 canceller = _Canceller(conn, patience.cancel, deadline, True)
+            member = None
             try:
                 number = self._join_on(conn, me)
                 if canceller is not None:
@@ -722,13 +723,19 @@ class PostgresStore(LineStore):
                         conn.close()
                         self._out_of_patience(patience)
                         raise AssertionError("a join cancelled for no reason")
-                # Made under the cover: a Ctrl-C before it exists must not leave the session
-                # (and the ticket's lock in it) behind.
-                return PostgresMembership(number, conn, me), None
+                # Made under the cover: a Ctrl-C before it is returned must not leave the
+                # session (and the ticket's lock in it) behind, nor its watchdog.
+                member = PostgresMembership(number, conn, me)
+                member.watch()
+                return member, None
             except BaseException as exc:
-                if canceller is not None:
-                    canceller.finish()
-                conn.close()  # it may hold a lock taken in a statement that failed
+                try:
+                    if canceller is not None:
+                        canceller.finish()
+                    conn.close()  # it may hold a lock taken in a statement that failed
+                finally:
+                    if member is not None:
+                        member.end_watchdog()
                 if isinstance(exc, psycopg.Error):
                     self._out_of_patience(patience)
                 if isinstance(exc, psycopg.OperationalError) and attempt == 1:
