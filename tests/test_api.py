@@ -45,6 +45,48 @@ def test_threads_queue_like_processes_in_arrival_order(lines_dir):
     assert order == list(range(6))
 
 
+def test_a_waiter_is_told_its_place_and_a_cancel_token_takes_it_out_of_line(lines_dir):
+    """``on_progress`` gets a ``Progress`` as the wait goes to sleep: the waiter's ticket,
+    its place counting the holder, the live tickets ahead and the one whose leaving wakes it.
+    ``CancelToken.cancel()`` from another thread ends the wait with ``Cancelled``, out of the
+    line, and the others keep their places."""
+    line = inturn.Line("told")
+    holder = line.acquire()
+    told: dict[str, list[inturn.Progress]] = {"first": [], "second": []}
+    queued = {key: threading.Event() for key in told}
+    token = inturn.CancelToken()
+    ended: dict[str, object] = {}
+
+    def wait(key: str, cancel: inturn.CancelToken | None) -> None:
+        def progress(p: inturn.Progress) -> None:
+            told[key].append(p)
+            queued[key].set()
+
+        try:
+            with line.acquire(on_progress=progress, cancel=cancel) as turn:
+                ended[key] = turn.ticket
+        except inturn.Cancelled as exc:
+            ended[key] = exc
+
+    first = threading.Thread(target=wait, args=("first", None))
+    first.start()
+    assert queued["first"].wait(REPORT_TIMEOUT)
+    second = threading.Thread(target=wait, args=("second", token))
+    second.start()
+    assert queued["second"].wait(REPORT_TIMEOUT)
+    mine = told["first"][0].ticket
+    assert told["first"][0] == (mine, 2, (holder.ticket,), (holder.ticket,))
+    theirs = told["second"][0]
+    assert theirs == (theirs.ticket, 3, (holder.ticket, mine), (mine,))
+    token.cancel()
+    second.join(REPORT_TIMEOUT)
+    assert isinstance(ended["second"], inturn.Cancelled)
+    assert [w.number for w in line.status().waiters] == [mine]
+    holder.release()
+    first.join(REPORT_TIMEOUT)
+    assert ended["first"] == mine
+
+
 def test_waiting_on_yourself_forever_is_refused(lines_dir):
     line = inturn.Line("self")
     with line.acquire(), pytest.raises(inturn.InturnError, match="not re-entrant"):

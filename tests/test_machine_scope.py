@@ -754,3 +754,65 @@ def test_forgetting_a_line_with_another_users_files_removes_nothing(machine):
     assert sorted(machine.root.glob("inturn:both:*")) == files
     assert machine.line("both").forget()  # as root, who may remove anyone's files
     assert not list(machine.root.glob("inturn:both:*"))
+
+
+# --------------------------------------------------------------------------- the status line
+
+# The status line of ``inturn run`` as alice waits (written to stdout, a pipe here); then
+# ``held`` on a line of its own once the turn is hers.
+SHOWS_PLACE = """\
+import sys
+import inturn
+from inturn.cli.display import WaitingDisplay
+line = inturn.Line(sys.argv[1], scope="machine")
+display = WaitingDisplay(line, sys.stdout)
+turn = line.acquire(on_progress=display.update)
+display.close()
+print("held", flush=True)
+turn.release()
+"""
+
+
+def test_the_status_line_does_not_count_a_dead_ticket_it_may_not_remove(machine, runs):
+    """Mallory's waiting run is killed while alice waits behind it: alice's wait finds the
+    ticket dead but may not remove it (mallory's file, in a sticky folder), so it stays in
+    the folder. The place on alice's status line, drawn again every second, is the one her
+    wait counted, #2, never #3 for a ticket that still lies there dead."""
+    alice, mallory = machine.users
+    holder = start(runs, machine, mallory, "place")
+    holder.running()
+    doomed = start(runs, machine, mallory, "place")
+    until(in_line_or_running(machine, "place", doomed), "mallory's second run in line")
+    waiter = alice.popen(
+        [alice.python, "-c", SHOWS_PLACE, "place"],
+        env=machine.env(alice),
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert waiter.stdout is not None
+        out = waiter.stdout.fileno()
+        until(
+            lambda: waiter.pid in [t.pid for t in machine.line("place").status().waiters],
+            "alice's wait in line",
+        )
+        doomed.kill()  # from here on, root looks at nothing: it may remove what alice may not
+        seen = b""
+        deadline = time.monotonic() + REPORT_TIMEOUT
+        while b"#2 in line" not in seen or seen.split(b"#2 in line", 1)[1].count(b"\r") < 3:
+            assert time.monotonic() < deadline and waiter.poll() is None, seen
+            seen += os.read(out, 4096)  # a draw every second
+        draws = [d for d in seen.split(b"#2 in line", 1)[1].split(b"\r\x1b[K") if d]
+        assert all(b"#2 in line" in d for d in draws[1:]), seen
+        assert len(machine.tickets("place")) == 3  # the dead ticket is still there
+        assert holder.finish() == 0
+        rest = b""
+        while chunk := os.read(out, 4096):
+            rest += chunk
+        assert b"held\n" in rest and waiter.wait(REPORT_TIMEOUT) == 0, rest
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(waiter.pid, signal.SIGKILL)
+        waiter.wait(REPORT_TIMEOUT)
+        if waiter.stdout is not None:
+            waiter.stdout.close()

@@ -1032,3 +1032,54 @@ def test_bad_lock_delays_are_one_clear_line_and_exit_2(url: str, words: str) -> 
     """Refused before any connection is tried (the server named here does not exist)."""
     for args in (("run", "--backend", url, "x", "--", "true"), ("status", "--backend", url)):
         one_line_error(run_cli(*args), words, "duration")
+
+
+# --------------------------------------------------------------------------- both servers
+
+# ``inturn ARGS`` with the window for joining the line again cut from 60 s to 2 s.
+WINDOW_CUT_SHORT = """\
+import importlib, sys
+module, constant = sys.argv.pop(1), sys.argv.pop(1)
+setattr(importlib.import_module(module), constant, 2.0)
+from inturn.cli import command
+command()
+"""
+
+
+@pytest.mark.parametrize("server", ["postgres", "redis"])
+def test_a_waiter_whose_server_stays_away_after_it_lost_its_place_exits_2(
+    request: pytest.FixtureRequest, server: str
+) -> None:
+    """A waiter whose path to the server closes loses its place and tries to join again; when
+    the server stays out of reach past that window, ``inturn run`` says so in one line and
+    exits 2, as for any server it cannot reach, on both servers: not 76, "lost the turn",
+    for a turn it never held."""
+    if server == "postgres":
+        direct = request.getfixturevalue("pg_url")
+        module, constant = "inturn.backends.postgres.store", "RECONNECT_WINDOW"
+    else:
+        direct = request.getfixturevalue("place").url(lease=1)
+        module, constant = "inturn.backends.redis.store", "REJOIN_WINDOW"
+    proxy = proxy_to(direct)
+    argv = ["run", "--backend", through(proxy, direct), "away", "--", "true"]
+    waiter = None
+    try:
+        with inturn.turn("away", backend=direct):
+            waiter = subprocess.Popen(
+                [sys.executable, "-c", WINDOW_CUT_SHORT, module, constant, *argv],
+                stderr=subprocess.PIPE,
+                text=True,
+                env=child_env(),
+            )
+            waiting("away", direct)
+            proxy.close()  # its connections end, and no new one gets through
+            _, said = waiter.communicate(timeout=REPORT_TIMEOUT)
+        rows = [row for row in said.splitlines() if not row.startswith("inturn: warning: ")]
+        assert waiter.returncode == 2, (waiter.returncode, said)
+        assert len(rows) == 1 and rows[0].startswith("inturn: "), said
+        assert "in line 'away'" in rows[0] and "could not" in rows[0] and "2s" in rows[0], said
+    finally:
+        proxy.close()
+        if waiter is not None and waiter.poll() is None:
+            waiter.kill()
+            waiter.wait()

@@ -70,10 +70,6 @@ def resolve_root(
     return (os.path.abspath(explicit) if explicit else default_root(scope)), explicit is not None
 
 
-def ticket_file(number: int) -> str:
-    return f"{number:012d}{TICKET}"
-
-
 def ticket_files(number: int) -> tuple[str, str]:
     """The names a ticket can have: exclusive, then shared."""
     return f"{number:012d}{TICKET}", f"{number:012d}{SHARED}"

@@ -1,8 +1,9 @@
 """The live status line ``inturn run`` keeps on a terminal while it waits.
 
 The waiter itself sleeps in the kernel; this display only redraws its clock once a second.
-Where the line is kept locally it also re-reads who is ahead (a folder listing, no lock
-calls), so the place shown stays right even when someone further ahead leaves.
+Where the line is kept locally it also re-reads which of the tickets the waiter last counted
+ahead are still there (a folder listing, no lock calls), so the place shown stays right even
+when someone further ahead leaves.
 """
 
 from __future__ import annotations
@@ -66,12 +67,12 @@ class WaitingDisplay:
         self.stream = stream
         self.started = time.monotonic()
         self.position = 0
+        self.ahead: tuple[int, ...] = ()  # the live tickets the waiter last counted ahead
         self.holders: list[Ticket] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._shown = False
         self._thread: threading.Thread | None = None
-        self.ticket = 0
 
     def update(self, progress: Progress) -> None:
         """Called by the waiter each time it goes back to sleep."""
@@ -80,8 +81,8 @@ class WaitingDisplay:
         except Exception:  # a display must never break the wait
             records = list(self.holders)
         with self._lock:
-            self.ticket = progress.ticket
             self.position = progress.position
+            self.ahead = progress.ahead
             self.holders = [t for t in records if t is not None and t.holding]
         self._draw()
         if self._thread is None:
@@ -95,15 +96,23 @@ class WaitingDisplay:
             self._draw()
 
     def _refresh(self) -> None:
-        """Re-read who is ahead from the folder; the lock calls stay with the waiter."""
+        """Re-read which of the live tickets the waiter last counted ahead are still in the
+        folder: the lock calls, which tell a dead ticket from a live one, stay with the
+        waiter, so a ticket it found dead but could not remove (another user's) is not
+        counted again here."""
         store = self.line.store
+        with self._lock:
+            counted = self.ahead
         try:
-            ahead = [n for n in store.look(None).tickets if n < self.ticket]
-            records = [t for t in store.read(ahead) if t is not None]
+            present = set(store.look(None).tickets)
+            ahead = [n for n in counted if n in present]
+            records = [t for t in store.read(ahead[:SHOWN_AHEAD]) if t is not None]
         except Exception:  # a display must never break the wait
             return
         with self._lock:
-            self.position = len(ahead) + 1
+            if counted is self.ahead:  # the waiter has not counted again meanwhile
+                self.position -= len(counted) - len(ahead)
+                self.ahead = tuple(ahead)
             self.holders = [t for t in records if t.holding] or self.holders
 
     def _draw(self) -> None:

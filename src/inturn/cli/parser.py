@@ -337,6 +337,8 @@ def _add_wait(commands: Commands[Parser]) -> None:
 
 
 def _add_completion(commands: Commands[Parser]) -> None:
+    from .completion import SHELLS
+
     completion = commands.add_parser(
         "completion",
         help="print the shell completion script for bash, zsh or fish",
@@ -345,9 +347,7 @@ def _add_completion(commands: Commands[Parser]) -> None:
         "--machine typed on the command line.",
         manual="completion",
     )
-    completion.add_argument(
-        "shell", metavar="SHELL", choices=("bash", "zsh", "fish"), help="bash, zsh or fish"
-    )
+    completion.add_argument("shell", metavar="SHELL", choices=SHELLS, help="bash, zsh or fish")
 
 
 def _add_send(commands: Commands[Parser]) -> None:

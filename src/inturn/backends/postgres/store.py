@@ -172,7 +172,6 @@ class PostgresBackend(Backend):
         self.address = parse(url)
         self.stmts = Statements(self.address.schema)
         self.translate = _Translate(self)
-        self._pid = os.getpid()
         self._idle: list[Connection] = []
         self._lock = threading.Lock()
         self._create = create  # False: a look from outside, which creates no schema
@@ -351,7 +350,6 @@ class PostgresBackend(Backend):
     def borrow(self) -> Connection:
         """An idle session of this process, or a new one."""
         with self._lock:
-            self._check_fork()
             while self._idle:
                 conn = self._idle.pop()
                 if not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE:
@@ -363,7 +361,6 @@ class PostgresBackend(Backend):
         """Close the idle sessions kept for later: one turned out broken (the server ended
         it: a restart, a DBA, ``idle_session_timeout``), and so may the others be."""
         with self._lock:
-            self._check_fork()
             idle, self._idle = self._idle, []
         for conn in idle:
             with suppress(Exception):
@@ -372,7 +369,6 @@ class PostgresBackend(Backend):
     def put_back(self, conn: Connection) -> None:
         """Keep a clean session for later, or close it."""
         with self._lock:
-            self._check_fork()
             usable = not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE
             if usable and len(self._idle) < MAX_IDLE:
                 self._idle.append(conn)
@@ -402,14 +398,9 @@ class PostgresBackend(Backend):
             return result
         raise AssertionError("unreachable")
 
-    def _check_fork(self) -> None:
-        if self._pid != os.getpid():
-            self.after_fork_in_child()
-
     def after_fork_in_child(self) -> None:
         """In a forked child: the parent's sessions are not ours to use or to close, nor to
         keep open (``disown``)."""
-        self._pid = os.getpid()
         for conn in self._idle:
             disown(conn)
         self._idle = []

@@ -467,8 +467,9 @@ class RedisStore(LineStore):
         Nothing of the old place is kept: it waits for everyone now ahead, and the lock delay
         from now, since it cannot know how the turns ahead ended meanwhile. A ``newest_wins``
         ticket yields to a newer one that came meanwhile, as it would have in its place. Gives
-        up with ``Timeout`` at the owner's timeout (``give_up_at``), and with ``LostTurn`` once
-        the server has not answered for ``REJOIN_WINDOW`` seconds.
+        up with ``Timeout`` at the owner's timeout (``give_up_at``), and with ``BackendError``
+        once the server has not answered for ``REJOIN_WINDOW`` seconds: a server out of reach,
+        as for a PostgreSQL waiter, not a lost turn, since this one never held it.
         """
         why = self._lost_place(member)
         self.backend.keeper.remove(member)
@@ -494,7 +495,7 @@ class RedisStore(LineStore):
                     raise Timeout(f"{gave_up} ({why}; {exc})") from None
                 if now + wait > start + REJOIN_WINDOW:
                     again = f"could not join again within {REJOIN_WINDOW:g}s"
-                    raise LostTurn(f"{why}; {again}: {exc}") from None
+                    raise BackendError(f"{why}; {again}: {exc}") from None
             sleep_or_cancel(wait, cancel, self.name)
         earlier = member.number
         self.backend.keeper.move(member, fresh)
@@ -632,9 +633,9 @@ class RedisStore(LineStore):
 
         try:
             return self._through_outages(member, cancel, wait_once, self.backend.lease)
-        except BackendError:
-            if member is not None and member.lost and not member.holding:
-                raise LostTurn(self._lost_place(member)) from None  # the clearer story
+        except _Unreachable as exc:
+            if member is not None and member.lost and not member.holding:  # the clearer story
+                raise BackendError(f"{self._lost_place(member)}: {exc}") from None
             raise
 
     def _wait(
