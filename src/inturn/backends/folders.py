@@ -15,6 +15,7 @@ platform may keep a line's files side by side with other lines' instead, each na
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 import sys
@@ -26,8 +27,10 @@ from contextlib import AbstractContextManager, suppress
 from ..errors import BackendError
 from ..names import safe_file_name
 from ..records import (
+    MAX_FIELD_CHARS,
     LineStatus,
     Ticket,
+    capped_command,
     escape_controls,
     timestamp,
     warn,
@@ -172,6 +175,57 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
 def dumps_line(data: dict[str, Any]) -> bytes:
     """One JSON record per line: readers ignore an unfinished last line."""
     return (_ENCODER.encode(data) + "\n").encode()
+
+
+_encode_text = json.encoder.encode_basestring_ascii  # the encoder's own, for one string
+_identity: tuple[tuple[object, ...], bytes] | None = None  # the last header's first fields
+
+
+def header_line(ticket: Ticket) -> bytes:
+    """``dumps_line(ticket.header())``, byte for byte, made faster: every join writes one,
+    and a process's pid, user, host and command stay the same from one join to the next,
+    so their part of the record is encoded once and kept while they do."""
+    global _identity
+    pid, joined_at, slots, namespace = (
+        ticket.pid,
+        ticket.joined_at,
+        ticket.slots,
+        ticket.pid_namespace,
+    )
+    if not (
+        type(pid) is int
+        and type(joined_at) is float
+        and math.isfinite(joined_at)
+        and type(slots) is int
+        and type(ticket.cwd) is str
+        and (namespace is None or type(namespace) is int)
+    ):
+        return dumps_line(ticket.header())
+    key = (pid, ticket.user, ticket.host, ticket.command)
+    known = _identity
+    if known is None or known[0] != key:
+        first = {
+            "pid": pid,
+            "user": ticket.user[:MAX_FIELD_CHARS],
+            "host": ticket.host[:MAX_FIELD_CHARS],
+            "command": capped_command(ticket.command),
+        }
+        known = _identity = (key, _ENCODER.encode(first)[:-1].encode())
+    line = b'%s,"cwd":%s,"joined_at":%r,"slots":%d' % (
+        known[1],
+        _encode_text(ticket.cwd[:MAX_FIELD_CHARS]).encode(),
+        joined_at,
+        slots,
+    )
+    if ticket.shared:
+        line += b',"shared":true'
+    if ticket.newest_wins:
+        line += b',"newest_wins":true'
+    if ticket.channel:
+        line += b',"channel":' + _encode_text(ticket.channel[:MAX_FIELD_CHARS]).encode()
+    if namespace:
+        line += b',"pid_namespace":%d' % namespace
+    return line + b"}\n"
 
 
 def parse_record(number: int, data: bytes, origin: str, owner: str | None = None) -> Ticket | None:

@@ -53,6 +53,7 @@ from .folders import (
     FolderMembership,
     FolderStore,
     dumps_line,
+    header_line,
     kick_file,
     listed,
     os_errors,
@@ -943,7 +944,7 @@ class PosixStore(UnixChannels, FolderStore):
                 # Private until locked: nobody else can open it in time to lock it first. A
                 # look by our own user may hold a shared lock for an instant: wait it out.
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                write_all(fd, dumps_line(me.header()))
+                write_all(fd, header_line(me))
                 if self.scope == "machine":
                     os.fchmod(fd, _readable_mode(self.scope))
                 if me.newest_wins:  # before anyone can see the ticket: kicks are never lost

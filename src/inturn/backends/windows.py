@@ -59,6 +59,7 @@ from .folders import (
     FolderMembership,
     FolderStore,
     dumps_line,
+    header_line,
     kick_file,
     marker_file,
     own_ticket_file,
@@ -718,7 +719,7 @@ class WindowsStore(PipeChannels, FolderStore):
         owner, fd, number = self._take(self._next_number(entries, guard), me.shared)
         kick = None
         try:
-            write_all(fd, dumps_line(me.header()))
+            write_all(fd, header_line(me))
             if me.newest_wins:  # before anyone can see the ticket: kicks are never lost
                 kick = self._make_kick(number)
             self._save_number(number + 1, guard)
