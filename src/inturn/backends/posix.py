@@ -668,6 +668,16 @@ class PosixStore(UnixChannels, FolderStore):
         thread, so that someone who holds the guard for long cannot make it hang; it then
         gets ``GuardTaken``.
         """
+        fd, shared = self._take_guard(patience)
+        try:
+            yield fd
+        finally:
+            self._drop_guard(fd, shared)
+
+    def _take_guard(self, patience: Patience) -> tuple[int, bool]:
+        """The guard, taken (see ``_guard``): its open file, and whether it is the store's
+        own, to give to ``_drop_guard``. Apart from ``_guard`` for the join, which takes it
+        at every acquire, without a generator's cost."""
         shared = self._guard_lock.acquire(blocking=False)
         try:
             fd = self._shared_guard() if shared else self._open_guard()
@@ -683,14 +693,14 @@ class PosixStore(UnixChannels, FolderStore):
             if shared:
                 self._guard_lock.release()
             raise
-        try:
-            yield fd
-        finally:
-            if shared:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                self._guard_lock.release()
-            else:
-                _unlock_and_close(fd)
+        return fd, shared
+
+    def _drop_guard(self, fd: int, shared: bool) -> None:
+        if shared:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            self._guard_lock.release()
+        else:
+            _unlock_and_close(fd)
 
     def _wait_for_guard(self, fd: int, patience: Patience) -> None:
         """Wait for the guard another process holds, on an open file of our own (``fd``,
@@ -930,27 +940,31 @@ class PosixStore(UnixChannels, FolderStore):
         made: tuple[int, str] | None = None
         membership = None
         try:
-            with os_errors(self.shown), self._guard(patience) as guard:
-                dir_fd = self._dir()
-                if os.fstat(dir_fd).st_nlink == 0:
-                    return None
-                if self.prefix:  # the name again, in case the line was forgotten meanwhile
-                    self._ensure_name(dir_fd)
-                entries = self._entries()
-                first = self._next_number(entries, guard)
-                fd, number, file = self._create_ticket(dir_fd, first, me.shared)
-                made = (fd, file)
-                membership = PosixMembership(number, fd, me.shared, None, file)
-                # Private until locked: nobody else can open it in time to lock it first. A
-                # look by our own user may hold a shared lock for an instant: wait it out.
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                write_all(fd, header_line(me))
-                if self.scope == "machine":
-                    os.fchmod(fd, _readable_mode(self.scope))
-                if me.newest_wins:  # before anyone can see the ticket: kicks are never lost
-                    membership.kick = self._open_kick(number)
-                self._save_number(number + 1, guard)
-                self._tidy_litter(entries)
+            with os_errors(self.shown):
+                guard, own_guard = self._take_guard(patience)
+                try:  # at every acquire: no generator-based context manager
+                    dir_fd = self._dir()
+                    if os.fstat(dir_fd).st_nlink == 0:
+                        return None
+                    if self.prefix:  # the name again, in case the line was forgotten meanwhile
+                        self._ensure_name(dir_fd)
+                    entries = self._entries()
+                    first = self._next_number(entries, guard)
+                    fd, number, file = self._create_ticket(dir_fd, first, me.shared)
+                    made = (fd, file)
+                    membership = PosixMembership(number, fd, me.shared, None, file)
+                    # Private until locked: nobody else can open it in time to lock it first.
+                    # A look by our own user may hold a shared lock for an instant: wait it out.
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    write_all(fd, header_line(me))
+                    if self.scope == "machine":
+                        os.fchmod(fd, _readable_mode(self.scope))
+                    if me.newest_wins:  # before anyone can see the ticket: kicks are never lost
+                        membership.kick = self._open_kick(number)
+                    self._save_number(number + 1, guard)
+                    self._tidy_litter(entries)
+                finally:
+                    self._drop_guard(guard, own_guard)
             ahead = tuple(n for n in entries.tickets if n < number)
             return membership, View(ahead, entries.markers, shared=entries.shared)
         except BaseException:
