@@ -8,7 +8,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from inturn.backends.folders import dumps_line, header_line
+from inturn.backends.folders import dumps_line, header_line, name_line
 from inturn.records import MAX_FIELD_CHARS, Ticket, own_ticket_fields
 
 texts = st.text(max_size=40) | st.just("é" * (MAX_FIELD_CHARS + 3)) | st.just('a\n"\\\x00')
@@ -39,3 +39,8 @@ def test_the_kept_part_follows_a_change_of_command():
     for ticket in (first, second, first):
         assert json.loads(header_line(ticket)) == json.loads(dumps_line(ticket.header()))
         assert header_line(ticket) == dumps_line(ticket.header())
+
+
+@given(texts)
+def test_name_line_is_the_json_of_the_name_record(name):
+    assert name_line(name) == dumps_line({"name": name})

@@ -14,7 +14,6 @@ platform may keep a line's files side by side with other lines' instead, each na
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import stat
@@ -41,6 +40,7 @@ from .base import Backend, LineStore, Membership, Patience, View, check_scope
 
 TYPE_CHECKING = False  # ``typing.TYPE_CHECKING`` without importing ``typing``
 if TYPE_CHECKING:
+    import json
     from typing import Any
 
 TICKET = ".ticket"
@@ -169,29 +169,39 @@ def next_number(counter: bytes, where: str, highest: int) -> int:
 # --------------------------------------------------------------------------- the record format
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
+try:  # the JSON encoder's own function for one string, without importing ``json``
+    from _json import encode_basestring_ascii as _encode_text
+except ImportError:  # an interpreter without the accelerator
+    from json.encoder import encode_basestring_ascii as _encode_text
+
+_encoders: list[json.JSONEncoder] = []  # the encoder of every other record, made when first used
 
 
 def dumps_line(data: dict[str, Any]) -> bytes:
     """One JSON record per line: readers ignore an unfinished last line."""
-    return (_ENCODER.encode(data) + "\n").encode()
+    if not _encoders:
+        import json  # not at import: ``inturn run`` on a free line writes only headers
+
+        _encoders.append(json.JSONEncoder(separators=(",", ":"), ensure_ascii=True))
+    return (_encoders[0].encode(data) + "\n").encode()
 
 
-_encode_text = json.encoder.encode_basestring_ascii  # the encoder's own, for one string
+def name_line(name: str) -> bytes:
+    """``dumps_line({"name": name})``, byte for byte, without ``json``: a line's name record,
+    written by the first ``inturn run`` of the line."""
+    return b'{"name":%s}\n' % _encode_text(name).encode()
+
+
 _identity: tuple[tuple[object, ...], bytes] | None = None  # the last header's first fields
 
 
 def header_line(ticket: Ticket) -> bytes:
-    """``dumps_line(ticket.header())``, byte for byte, made faster: every join writes one,
-    and a process's pid, user, host and command stay the same from one join to the next,
-    so their part of the record is encoded once and kept while they do."""
+    """``dumps_line(ticket.header())``, byte for byte, made faster and without ``json``: every
+    join writes one, and a process's pid, user, host and command stay the same from one join
+    to the next, so their part of the record is encoded once and kept while they do."""
     global _identity
-    pid, joined_at, slots, namespace = (
-        ticket.pid,
-        ticket.joined_at,
-        ticket.slots,
-        ticket.pid_namespace,
-    )
+    pid, user, host, command = ticket.pid, ticket.user, ticket.host, ticket.command
+    joined_at, slots, namespace = ticket.joined_at, ticket.slots, ticket.pid_namespace
     if not (
         type(pid) is int
         and type(joined_at) is float
@@ -201,16 +211,16 @@ def header_line(ticket: Ticket) -> bytes:
         and (namespace is None or type(namespace) is int)
     ):
         return dumps_line(ticket.header())
-    key = (pid, ticket.user, ticket.host, ticket.command)
+    key = (pid, user, host, command)
     known = _identity
     if known is None or known[0] != key:
-        first = {
-            "pid": pid,
-            "user": ticket.user[:MAX_FIELD_CHARS],
-            "host": ticket.host[:MAX_FIELD_CHARS],
-            "command": capped_command(ticket.command),
-        }
-        known = _identity = (key, _ENCODER.encode(first)[:-1].encode())
+        if not (type(user) is str and type(host) is str and all(type(a) is str for a in command)):
+            return dumps_line(ticket.header())
+        words = ",".join(_encode_text(a) for a in capped_command(command))
+        user_text = _encode_text(user[:MAX_FIELD_CHARS])
+        host_text = _encode_text(host[:MAX_FIELD_CHARS])
+        first = f'{{"pid":{pid},"user":{user_text},"host":{host_text},"command":[{words}]'
+        known = _identity = (key, first.encode())
     line = b'%s,"cwd":%s,"joined_at":%r,"slots":%d' % (
         known[1],
         _encode_text(ticket.cwd[:MAX_FIELD_CHARS]).encode(),
@@ -237,6 +247,8 @@ def parse_record(number: int, data: bytes, origin: str, owner: str | None = None
     says it holds still holds. ``owner`` is who the file system says wrote the file: it beats
     what the record claims.
     """
+    import json  # not at import: see ``dumps_line``
+
     lines = data.split(b"\n")[:-1]  # the part after the last newline is unfinished
     where = escape_controls(origin)
     header: Any = {}
@@ -621,6 +633,8 @@ class FolderStore(LineStore):
             return found[1]
         last = data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
         if last.startswith(b'{"owner":'):
+            import json
+
             with suppress(ValueError, KeyError, TypeError, AttributeError):
                 owner = json.loads(last)["owner"]
                 return owner if isinstance(owner, str) else marker_owner

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import select
 import stat
@@ -52,10 +51,10 @@ from .folders import (
     FolderBackend,
     FolderMembership,
     FolderStore,
-    dumps_line,
     header_line,
     kick_file,
     listed,
+    name_line,
     os_errors,
     os_problem,
     own_ticket_file,
@@ -273,6 +272,8 @@ def _read_name(path: str) -> str | None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
+        import json  # only for a line's name record: not at import (see ``dumps_line``)
+
         data = json.loads(_read_all(fd).decode())
         name = data.get("name") if isinstance(data, dict) else None
         return name if isinstance(name, str) else None
@@ -645,7 +646,7 @@ class PosixStore(UnixChannels, FolderStore):
         except OSError as exc:
             raise BackendError(_unusable(self.shown, NAME_FILE, exc)) from None
         try:
-            write_all(fd, dumps_line({"name": self.name}))
+            write_all(fd, name_line(self.name))
             os.fchmod(fd, _readable_mode(self.scope))
             os.link(draft, published, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
         except FileExistsError:

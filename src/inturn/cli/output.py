@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import re
 import sys
@@ -113,5 +112,7 @@ def show_warning(
 def json_text(document: object) -> str:
     """JSON for people and scripts: readable Unicode, but a lone surrogate (a name or command
     that was not valid UTF-8) as a ``\\udcXX`` escape, so the output is valid UTF-8 too."""
+    import json  # only for --json: not at every start
+
     text = json.dumps(document, indent=2, ensure_ascii=False)
     return re.sub("[\ud800-\udfff]", lambda found: f"\\u{ord(found.group()):04x}", text)
