@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-import weakref
+from _weakrefset import WeakSet  # what ``weakref.WeakSet`` is, without ``weakref``'s import
 
 TYPE_CHECKING = False  # ``typing.TYPE_CHECKING`` without importing ``typing``
 if TYPE_CHECKING:  # for the type checker only: a Protocol class costs every start to build
@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # for the type checker only: a Protocol class costs every sta
         def after_fork_in_child(self) -> None: ...
 
 
-_registered: weakref.WeakSet[ForkAware] = weakref.WeakSet()
+_registered: WeakSet[ForkAware] = WeakSet()
 _pid = os.getpid()
 _pid_namespace: int | None = -1  # -1: not looked up yet
 

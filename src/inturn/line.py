@@ -9,7 +9,6 @@ import os
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 
@@ -852,6 +851,8 @@ def _close_at_exit(line: Line) -> None:
     """A decorated function keeps its line's backend open between calls: close it as the
     interpreter exits, not leave its server sessions to the garbage collector (which warns
     of each) or its threads to be stopped mid-way."""
+    import weakref  # only for decorated functions: not at every start
+
     ref = weakref.ref(line)
 
     def close() -> None:
@@ -956,6 +957,8 @@ class _Handover:
         self.future = future
         self.error = error
         self.unclaimed = [] if held is None else [held]
+        import weakref  # only for asyncio's handovers: not at every start
+
         weakref.finalize(self, _release_all, self.unclaimed)
 
     def __call__(self) -> None:
