@@ -267,9 +267,12 @@ def test_run_imports_only_what_it_needs(lines_dir):
     ``subprocess`` (it uses ``posix_spawn``), ``shutil`` (PATH is searched with ``os``, and
     the parser measures the terminal only to show help), ``typing`` (the public records are
     made without it), ``getpass`` (the user is found without it), ``json`` (a ticket's
-    header is encoded without it) or ``weakref`` (what needs it is imported when used),
-    whose imports cost every start."""
-    unwanted = "{'subprocess', 'shutil', 'typing', 'getpass', 'inturn.messages', 'json', 'weakref'}"
+    header is encoded without it), ``weakref`` or ``struct`` (what needs them imports them
+    when used), whose imports cost every start."""
+    unwanted = (
+        "{'subprocess', 'shutil', 'typing', 'getpass', 'inturn.messages', 'json', 'weakref', "
+        "'struct'}"
+    )
     probe = (
         "import sys; from inturn.cli import main; code = main(['run', 'probe', '--', 'true']); "
         f"print(code, *sorted({unwanted} & set(sys.modules)))"

@@ -35,7 +35,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import struct
 import sys
 import threading
 import time
@@ -70,7 +69,7 @@ _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _SOL_LOCAL = 0
 _LOCAL_PEERCRED = 1
 _LOCAL_PEERPID = 2
-_XUCRED = struct.Struct("=IIh2x16I")
+_XUCRED = "=IIh2x16I"
 
 
 def channel_name() -> str:
@@ -167,14 +166,16 @@ def user_name(uid: int) -> str:
 def peer_of(sock: socket.socket) -> Peer:
     """The process at the other end of a connected Unix socket, as the kernel says."""
     import socket
+    import struct  # like socket: not imported by every start
 
     pid: int | None
     if sys.platform.startswith("linux"):
         raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         pid, uid, _ = struct.unpack("3i", raw)
     elif sys.platform == "darwin" or sys.platform.startswith("freebsd"):
-        raw = sock.getsockopt(_SOL_LOCAL, _LOCAL_PEERCRED, _XUCRED.size)
-        version, uid, *_ = _XUCRED.unpack(raw[: _XUCRED.size].ljust(_XUCRED.size, b"\0"))
+        xucred = struct.Struct(_XUCRED)
+        raw = sock.getsockopt(_SOL_LOCAL, _LOCAL_PEERCRED, xucred.size)
+        version, uid, *_ = xucred.unpack(raw[: xucred.size].ljust(xucred.size, b"\0"))
         if version != 0:  # XUCRED_VERSION
             raise BackendError(f"unknown peer credentials (xucred version {version})")
         pid = None
@@ -436,6 +437,7 @@ def _check(info: os.stat_result, where: str, owner: int) -> None:
 def _send_timeout(sock: socket.socket, seconds: float) -> None:
     """``SO_SNDTIMEO`` (0: none), which also bounds a blocking connect's wait for room."""
     import socket
+    import struct
 
     whole = int(seconds)
     micros = int((seconds - whole) * 1e6)
