@@ -143,7 +143,10 @@ def read_entries(entries: Iterable[str]) -> Entries:
         elif kind == "told":
             told.add(int(stem))
     tickets.sort()
-    highest = max(tickets[-1] if tickets else 0, max(markers, default=0), max(told, default=0))
+    highest = tickets[-1] if tickets else 0
+    if not (markers or told or counters):  # the common case, read at every join: no more to do
+        return Entries(tuple(tickets), frozenset(shared), (), (), highest)
+    highest = max(highest, max(markers, default=0), max(told, default=0))
     return Entries(
         tuple(tickets),
         frozenset(shared),
