@@ -350,19 +350,20 @@ def own_ticket_fields(
     channel: str | None = None,
 ) -> Ticket:
     """The caller's identity, stamped on the ticket it is about to take."""
-    return Ticket(
-        number=0,
-        pid=forks.pid(),
-        user=this_user(),
-        host=this_host(),
-        command=tuple(getattr(sys, "orig_argv", sys.argv)) if command is None else command,
-        cwd=_cwd(),
-        joined_at=time.time(),
-        slots=slots,
-        shared=shared,
-        newest_wins=newest_wins,
-        channel=channel,
-        pid_namespace=forks.pid_namespace(),
+    return Ticket(  # by position (number, pid, user, host, ...): made at every join
+        0,
+        forks.pid(),
+        this_user(),
+        this_host(),
+        tuple(getattr(sys, "orig_argv", sys.argv)) if command is None else command,
+        _cwd(),
+        time.time(),
+        None,  # acquired_at
+        slots,
+        shared,
+        newest_wins,
+        channel,
+        forks.pid_namespace(),
     )
 
 
