@@ -173,7 +173,6 @@ def take_turn(
     """
     if owner is None:
         owner = threading.current_thread()
-    request = Request(slots, shared, max_waiting, newest_wins)
     start = time.monotonic()
     deadline = None if timeout is None else start + max(0.0, timeout)
     guard_deadline = deadline if blocking else start + BUSY_PATIENCE
@@ -192,6 +191,7 @@ def take_turn(
                 claim = False  # nobody ahead, nothing to claim: the turn is ours at once
             else:
                 if waiter is None:
+                    request = Request(slots, shared, max_waiting, newest_wins)
                     waiter = _Waiter(store, me, request, deadline, blocking, patience)
                     waiter.on_progress, waiter.holdings = on_progress, holdings
                     waiter.asker = Asker(owner, task, loop)
