@@ -403,6 +403,70 @@ def test_postgres_stalled_link_never_overlaps(
     assert seconds(after.start - ended) >= DEFAULT_LOCK_DELAY
 
 
+def leaves_during_a_stall(
+    pg_url: str, pg_server: str, log: Path, name: str
+) -> tuple[Run, Run, TcpProxy]:
+    """A holder through a proxy, a waiter behind it; the holder's link holds back what it
+    sends until its watchdog's ``SELECT 1`` is on its way, then the holder's command ends,
+    so that its leave comes while that ping waits for its answer."""
+    proxy = proxy_to(pg_server)
+    holder = Run(name, "--backend", through(proxy, pg_url), command=recorder(log, hold=True))
+    told(holder)
+    waiter = Run(name, "--backend", pg_url, command=recorder(log, seconds=0.1))
+    waiting(name, pg_url)
+    proxy.hold()
+    assert proxy.wait_held(1), "the holder's watchdog sent no ping"
+    assert holder.proc.stdin is not None
+    holder.proc.stdin.write("0\n")  # the command ends: inturn gives the turn back
+    holder.proc.stdin.flush()
+    until(lambda: any(i.exited for i in read_intervals(log)), "the holder's command to end")
+    return holder, waiter, proxy
+
+
+def test_postgres_a_turn_given_back_during_a_short_stall_is_given_back_cleanly(
+    pg_url: str, pg_server: str, tmp_path: Path
+) -> None:
+    """The holder's command ends while its link is silent for half a second, with a ping in
+    flight: the leave waits for the ping's answer (within its 3 s) and then leaves, so the
+    waiter runs next, not told of a death that did not happen, nor made to wait the lock
+    delay."""
+    log = tmp_path / "log"
+    holder, waiter, proxy = leaves_during_a_stall(pg_url, pg_server, log, "stall-short")
+    try:
+        time.sleep(0.5)  # the stall's length
+        proxy.let_go()
+        assert holder.wait() == 0
+        assert holder.errors().strip() == ""
+        after = told(waiter)
+        assert not after.abandoned
+        assert waiter.wait() == 0
+        assert_exclusive(log, expected=2)
+    finally:
+        proxy.close()
+
+
+def test_postgres_a_turn_not_given_back_in_a_stall_says_so(
+    pg_url: str, pg_server: str, tmp_path: Path
+) -> None:
+    """The same, but the link stays silent: the ping goes unanswered for its 3 s, and the
+    leave, which could not happen, says so in one warning line (the command's exit code
+    stays); once the session ends the waiter is told the turn was abandoned."""
+    log = tmp_path / "log"
+    holder, waiter, proxy = leaves_during_a_stall(pg_url, pg_server, log, "stall-long")
+    try:
+        assert holder.wait() == 0
+        said = holder.errors().strip().splitlines()
+        assert len(said) == 1 and said[0].startswith("inturn: warning: "), said
+        assert "leaving line 'stall-long' at " in said[0], said
+        assert "the next holder may be told that it died holding" in said[0], said
+    finally:
+        proxy.close()  # the session's socket closes: the server ends it
+    after = told(waiter)
+    assert after.abandoned
+    assert waiter.wait() == 0
+    assert_exclusive(log, expected=2)
+
+
 def test_postgres_sessions_bound_a_silent_network_on_both_ends(pg_url: str) -> None:
     """What bounds a silent network, read where it takes effect: TCP keepalives and
     ``tcp_user_timeout`` on the holder's socket (libpq's options) and in its session (the

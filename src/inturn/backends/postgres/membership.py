@@ -162,6 +162,18 @@ class PostgresMembership(Membership):
         that the watchdog's thread does not take the interpreter from it meanwhile."""
         self._stop.set()
 
+    def settle(self, conn: Connection) -> bool:
+        """Whether the session can take a statement, once the watchdog's ``SELECT 1`` (if
+        one is on its way) has its answer or has waited its ``PING_TIMEOUT`` for it: a leave
+        that comes during a short silence of the network then still leaves, and one whose
+        session stays silent knows it cannot. Call after ``stop_watchdog``."""
+        if not conn.lock.acquire(timeout=PING_TIMEOUT + 1):
+            return False  # the watchdog is bounded by PING_TIMEOUT: never seen, but bounded
+        try:
+            return not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE
+        finally:
+            conn.lock.release()
+
     def wake_watchdog(self) -> None:
         """Wake a stopped watchdog, so that it ends now rather than at its next look."""
         self._armed.set()

@@ -74,7 +74,7 @@ from ..base import (
     wait_woken,
 )
 from .address import Address, connect_options, parse
-from .membership import Connection, PostgresMembership, disown
+from .membership import PING_TIMEOUT, Connection, PostgresMembership, disown
 from .statements import Statements, fold, missing_grants, sql_identifier, text_of
 
 RECONNECT_WINDOW = 60.0
@@ -1108,13 +1108,18 @@ class PostgresStore(LineStore):
             if conn is None or me.pid != os.getpid() or conn.closed:
                 me.wake_watchdog()
                 return
-            if conn.info.transaction_status == pq.TransactionStatus.IDLE:
+            if me.settle(conn):
                 try:
                     _despite_cancels(lambda: conn.execute(self.stmts.leave, {"number": me.number}))
                     clean = True
                 except psycopg.Error as exc:
-                    if not conn.closed:  # lost: closing it frees the lock all the same
+                    if conn.closed:
+                        self._not_left(me, _reason(exc, self.backend.address))
+                    else:
                         self._leave_plainly(conn, me, exc)
+            else:
+                silent = f"its session did not answer within {PING_TIMEOUT:g}s"
+                self._not_left(me, "its session ended" if conn.closed else silent)
             me.wake_watchdog()
             me.join_watchdog()  # the next in line is already on its way
         except BaseException:  # Ctrl-C: the session is ours no more, nor is its lock
@@ -1127,6 +1132,16 @@ class PostgresStore(LineStore):
         else:
             with suppress(Exception):
                 conn.close()
+
+    def _not_left(self, me: PostgresMembership, reason: str) -> None:
+        """The leave could not be sent or answered: closing the session frees the turn all
+        the same, but not as a leave, which the next holder hears of. A waiter's session
+        takes nothing with it, and a ticket whose turn was lost has said so already."""
+        if me.holding and not me.lost:
+            warn(
+                f"leaving line {self.name!r} at {self.backend.where} failed ({reason}): "
+                "the next holder may be told that it died holding"
+            )
 
     def _leave_plainly(self, conn: Connection, me: PostgresMembership, exc: psycopg.Error) -> None:
         """After the server refused ``leave`` (a role whose right to run it was taken away
