@@ -93,10 +93,17 @@ class PipeChannels:
         )
         for _ in range(8):
             name = pipe_name(self._line_id())
+            stop = instance = None
             try:
-                return PipeChannel(name, security, sid)
-            except FileExistsError:
-                continue  # taken (by a squatter who guessed 128 bits?): another name
+                stop = _new_event()
+                instance = _new_instance(name, security, first=True)
+                return PipeChannel(name, security, sid, stop, instance)
+            except BaseException as exc:  # Ctrl-C too: no pipe nobody listens on stays open
+                win32.close(instance)
+                win32.close(stop)
+                if isinstance(exc, FileExistsError):
+                    continue  # taken (by a squatter who guessed 128 bits?): another name
+                raise
         raise BackendError(f"cannot make a named pipe for the line in {self.folder}: try again")
 
     def connect(self, holder: Ticket, deadline: float) -> Connection:
@@ -297,45 +304,51 @@ class PipeConnection(Connection):
 # --------------------------------------------------------------------------- listening
 
 
-class PipeChannel(ListeningChannel):
-    """A named pipe's instances, one always waiting for the next client."""
+def _new_event() -> int:
+    """A manual-reset event, not set."""
+    event = win32.CreateEventW(None, True, False, None)
+    if not event:
+        raise win32.os_error("cannot create an event")
+    return int(event)
 
-    def __init__(self, name: str, security: win32.Security, sid: str) -> None:
+
+def _new_instance(address: str, security: win32.Security, first: bool) -> int:
+    """An instance of the pipe ``address``; ``first``: the one that makes the name ours."""
+    mode = win32.PIPE_ACCESS_DUPLEX | win32.FILE_FLAG_OVERLAPPED
+    if first:
+        mode |= win32.FILE_FLAG_FIRST_PIPE_INSTANCE
+    handle = win32.CreateNamedPipeW(
+        address,
+        mode,
+        win32.PIPE_REJECT_REMOTE_CLIENTS,
+        win32.PIPE_UNLIMITED_INSTANCES,
+        BUFFER,
+        BUFFER,
+        0,
+        security.pointer,
+    )
+    if handle is None or handle == win32.INVALID_HANDLE_VALUE:
+        code = win32.last_error()
+        if first and code in (win32.ERROR_ACCESS_DENIED, win32.ERROR_PIPE_BUSY):
+            raise FileExistsError(f"the pipe {address} exists already")
+        raise BackendError(f"cannot listen on the pipe {address}: {ctypes.FormatError(code)}")
+    return int(handle)
+
+
+class PipeChannel(ListeningChannel):
+    """A named pipe's instances, one always waiting for the next client. ``stop`` and the
+    pipe's first ``instance`` are made by the caller, which closes them if this is never
+    made: a Ctrl-C as it is made must not leave the pipe open."""
+
+    def __init__(
+        self, name: str, security: win32.Security, sid: str, stop: int, instance: int
+    ) -> None:
         super().__init__()
         self.address = name
         self._security = security
         self._sid = sid
-        self._stop = win32.CreateEventW(None, True, False, None)
-        if not self._stop:
-            raise win32.os_error("cannot create an event")
-        try:
-            self._instance = self._new_instance(first=True)
-        except BaseException:
-            win32.CloseHandle(self._stop)
-            raise
-
-    def _new_instance(self, first: bool) -> int:
-        mode = win32.PIPE_ACCESS_DUPLEX | win32.FILE_FLAG_OVERLAPPED
-        if first:
-            mode |= win32.FILE_FLAG_FIRST_PIPE_INSTANCE
-        handle = win32.CreateNamedPipeW(
-            self.address,
-            mode,
-            win32.PIPE_REJECT_REMOTE_CLIENTS,
-            win32.PIPE_UNLIMITED_INSTANCES,
-            BUFFER,
-            BUFFER,
-            0,
-            self._security.pointer,
-        )
-        if handle is None or handle == win32.INVALID_HANDLE_VALUE:
-            code = win32.last_error()
-            if first and code in (win32.ERROR_ACCESS_DENIED, win32.ERROR_PIPE_BUSY):
-                raise FileExistsError(f"the pipe {self.address} exists already")
-            raise BackendError(
-                f"cannot listen on the pipe {self.address}: {ctypes.FormatError(code)}"
-            )
-        return int(handle)
+        self._stop = stop
+        self._instance = instance
 
     def _accept_one(self) -> Connection | None:
         while True:
@@ -346,9 +359,10 @@ class PipeChannel(ListeningChannel):
                 return None
             except BrokenPipeError:  # a client came and went before we saw it
                 win32.CloseHandle(instance)
-                self._instance = self._new_instance(first=False)
+                self._instance = _new_instance(self.address, self._security, first=False)
                 continue
-            self._instance = self._new_instance(first=False)  # the name stays taken
+            # The next instance at once: the name stays taken.
+            self._instance = _new_instance(self.address, self._security, first=False)
             peer = self._peer(instance)
             if peer is None:
                 win32.CloseHandle(instance)

@@ -317,7 +317,11 @@ class _Owner:
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="inturn-ticket", daemon=True)
         self._thread.start()
-        self._ready.wait()
+        try:
+            self._ready.wait()
+        except BaseException:  # Ctrl-C: the thread lets go of the mutex it makes, and ends
+            self.release()
+            raise
 
     def _run(self) -> None:
         attributes = self._security.pointer if self._security is not None else None
@@ -432,8 +436,15 @@ def wait_for_mutexes(
                     wait_ms = win32.INFINITE
                 else:
                     wait_ms = win32.milliseconds(deadline - time.monotonic())
-                result = win32.wait_handles(handles, wait_ms)
-                index = win32.signalled_index(result, len(handles))
+                try:
+                    result = win32.wait_handles(handles, wait_ms)
+                    index = win32.signalled_index(result, len(handles))
+                    if index is not None and index < len(watched) and fanout is None:
+                        win32.ReleaseMutex(watched[index])
+                except BaseException:  # Ctrl-C as the wait returned: a mutex it won goes back
+                    if fanout is None:
+                        give_back_mutexes(watched)
+                    raise
                 if index is None:
                     if result == win32.WAIT_TIMEOUT and (
                         deadline is None or time.monotonic() >= deadline
@@ -442,7 +453,6 @@ def wait_for_mutexes(
                     continue
                 if index < len(watched):
                     if fanout is None:
-                        win32.ReleaseMutex(watched[index])
                         return index, result < win32.WAIT_ABANDONED_0
                     return 0, False
                 if kernel_cancel is not None and handles[index] == kernel_cancel.handle:
@@ -456,6 +466,13 @@ def wait_for_mutexes(
             fanout.close()
         if kernel_cancel is not None:
             kernel_cancel.close()
+
+
+def give_back_mutexes(mutexes: Sequence[int]) -> None:
+    """Release whichever of ``mutexes`` this thread took, after an interrupt that came before
+    it knew which: it owns none of them otherwise, and the others refuse, doing nothing."""
+    for handle in mutexes:
+        win32.ReleaseMutex(handle)
 
 
 # --------------------------------------------------------------------------- one line
@@ -605,16 +622,20 @@ class WindowsStore(PipeChannels, FolderStore):
         """
         handle = self._guard_mutex()
         remaining = patience.remaining()
-        if remaining is None and patience.cancel is None:
-            result = win32.WaitForSingleObject(handle, win32.INFINITE)
-        else:
-            result = self._wait_guard(handle, remaining, patience.cancel)
-        if result not in (win32.WAIT_OBJECT_0, win32.WAIT_ABANDONED_0):
-            raise win32.os_error(f"cannot take the guard of line {self.name!r}")
         try:
+            if remaining is None and patience.cancel is None:
+                result = win32.WaitForSingleObject(handle, win32.INFINITE)
+            else:
+                result = self._wait_guard(handle, remaining, patience.cancel)
+        except BaseException:  # Ctrl-C as the wait returned: the guard, if it was taken, goes
+            give_back_mutexes([handle])
+            raise
+        try:
+            if result not in (win32.WAIT_OBJECT_0, win32.WAIT_ABANDONED_0):
+                raise win32.os_error(f"cannot take the guard of line {self.name!r}")
             yield
         finally:
-            win32.ReleaseMutex(handle)
+            win32.ReleaseMutex(handle)  # refused, doing nothing, if the wait did not take it
 
     def _wait_guard(self, handle: int, remaining: float | None, cancel: CancelToken | None) -> int:
         wait_ms = win32.INFINITE if remaining is None else win32.milliseconds(max(0.0, remaining))
@@ -723,18 +744,18 @@ class WindowsStore(PipeChannels, FolderStore):
             if me.newest_wins:  # before anyone can see the ticket: kicks are never lost
                 kick = self._make_kick(number)
             self._save_number(number + 1, guard)
-        except BaseException:
+            self._tidy_litter(entries)
+            ahead = tuple(n for n in entries.tickets if n < number)
+            membership = WindowsMembership(number, fd, owner, me.shared, kick)
+            membership.job_name = self.job_name(number)
+            return membership, View(ahead, entries.markers, shared=entries.shared)
+        except BaseException:  # Ctrl-C too, up to the return: no ticket nobody can release
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(self._path(own_ticket_file(number, me.shared)))
             win32.close(kick)
             owner.release()
             raise
-        self._tidy_litter(entries)
-        ahead = tuple(n for n in entries.tickets if n < number)
-        membership = WindowsMembership(number, fd, owner, me.shared, kick)
-        membership.job_name = self.job_name(number)
-        return membership, View(ahead, entries.markers, shared=entries.shared)
 
     def forget(self, patience: Patience) -> bool:
         if not os.path.lexists(self.folder):
@@ -807,18 +828,18 @@ class WindowsStore(PipeChannels, FolderStore):
         """
         for _ in range(1000):
             owner = _Owner(self.object_name(number), self.backend.ticket_security)
-            if not owner.created:
-                if owner.error == win32.ERROR_ACCESS_DENIED:
-                    raise BackendError(self._object_error("tickets", owner.error))
-                number += 1
-                continue
             try:
+                if not owner.created:
+                    if owner.error == win32.ERROR_ACCESS_DENIED:
+                        raise BackendError(self._object_error("tickets", owner.error))
+                    number += 1
+                    continue
                 fd = self._create_new(own_ticket_file(number, shared))
+                if fd is not None:
+                    return owner, fd, number
             except BaseException:
                 owner.release()
                 raise
-            if fd is not None:
-                return owner, fd, number
             owner.release()
             number += 1
         raise BackendError(f"{self.folder} is full of foreign files: clean it up")
@@ -856,9 +877,17 @@ class WindowsStore(PipeChannels, FolderStore):
             win32.end_named_job(self.job_name(number))
             return False
         try:
-            result = win32.WaitForSingleObject(handle, 0)
-            if result in (win32.WAIT_OBJECT_0, win32.WAIT_ABANDONED_0):
-                win32.ReleaseMutex(handle)
+            try:
+                taken = win32.WaitForSingleObject(handle, 0) in (
+                    win32.WAIT_OBJECT_0,
+                    win32.WAIT_ABANDONED_0,
+                )
+                if taken:
+                    win32.ReleaseMutex(handle)
+            except BaseException:  # Ctrl-C as the look returned: the mutex, if taken, goes back
+                give_back_mutexes([handle])
+                raise
+            if taken:
                 win32.end_named_job(self.job_name(number))
                 return False
             return True
@@ -922,8 +951,11 @@ class WindowsStore(PipeChannels, FolderStore):
         assert isinstance(me, WindowsMembership)
         if me.closed:
             return
-        me.closed = True
-        os.close(me.fd)
+        # Each step done once, and ``closed`` said last: a leave cut short (Ctrl-C) is
+        # finished by leaving again, and the mutex is never left held.
+        fd, me.fd = me.fd, -1
+        if fd >= 0:
+            os.close(fd)
         # Remove the record first, then free the mutex: a waiter woken by the release must not
         # find the record of a holder that left cleanly and take it for a dead one.
         path = self._path(own_ticket_file(me.number, me.shared))
@@ -934,10 +966,12 @@ class WindowsStore(PipeChannels, FolderStore):
         except OSError as exc:
             warn_once(f"cannot remove {path}: {exc.strerror}")
         if me.kick is not None:
-            win32.close(me.kick)
             with contextlib.suppress(OSError):
                 os.unlink(self._path(kick_file(me.number)))
+            kick, me.kick = me.kick, None
+            win32.close(kick)
         me.owner.release()
+        me.closed = True
 
     def close(self) -> None:
         with self._open_lock:
