@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -172,3 +173,72 @@ def test_runs_joining_while_their_line_is_forgotten_still_take_turns(where, tmp_
         forgetter.join(REPORT_TIMEOUT)
     assert_exclusive(log, expected=count)
     assert len(forgotten) > 1
+
+
+# Threads of one process taking turns through one shared ``Line`` for some seconds; each stay
+# is recorded, and every failed turn is reported at the end.
+SHARED_LINE = """
+import os, sys, threading, time
+import inturn
+from observer import Recorder
+
+name, log, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+line = inturn.Line(name)
+recorder = Recorder(log)
+failures = []
+end = time.monotonic() + float(sys.argv[4])
+
+def take_turns(thread):
+    turn = 0
+    while turn == 0 or time.monotonic() < end:
+        turn += 1
+        try:
+            with line, recorder.inside(f"{os.getpid()}:{thread}:{turn}"):
+                pass
+        except Exception as exc:
+            failures.append(repr(exc))
+
+runs = [threading.Thread(target=take_turns, args=(n,)) for n in range(threads)]
+for run in runs:
+    run.start()
+for run in runs:
+    run.join()
+line.close()
+sys.exit("; ".join(sorted(set(failures))) or None)
+"""
+
+
+def test_threads_sharing_a_line_take_turns_while_it_is_forgotten(where, tmp_path):
+    """Threads of one process share one ``Line`` while a loop elsewhere forgets the line as
+    fast as it can: when one of them finds the line forgotten and opens it anew, the others,
+    still joining through the old folder, must not number a ticket in the new folder under
+    the old folder's guard, nor lose the folder from under them; the observer sees no two
+    inside at once."""
+    log = tmp_path / "inside.log"
+    processes, threads, seconds = 3, 6, 4.0
+    stop = threading.Event()
+    forgotten = []
+
+    def forget_all_the_time() -> None:
+        line = inturn.Line("shared", backend=where.crash_url)
+        try:
+            while not stop.is_set():
+                forgotten.append(line.forget())
+        finally:
+            line.close()
+
+    forgetter = threading.Thread(target=forget_all_the_time, daemon=True)
+    forgetter.start()
+    argv = [sys.executable, "-c", SHARED_LINE, "shared", str(log), str(threads), str(seconds)]
+    try:
+        runs = [
+            subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=where.crash_env())
+            for _ in range(processes)
+        ]
+        ended = [(run.communicate(timeout=REPORT_TIMEOUT)[1], run.returncode) for run in runs]
+    finally:
+        stop.set()
+        forgetter.join(REPORT_TIMEOUT)
+    assert_exclusive(log)
+    assert ended == [("", 0)] * processes
+    assert True in forgotten

@@ -43,6 +43,7 @@ from ..errors import BackendError, Cancelled, Replaced
 from ..forks import forget_after_fork
 from ..records import MAX_RECORD_BYTES, Ticket, escape_controls, this_user, warn_once
 from .base import CancelToken, GuardTaken, Membership, Patience, View, Woke, wait_woken
+from .folder_opening import FolderOpening
 from .folders import (
     COUNTER,
     KEEP,
@@ -520,30 +521,20 @@ class _GuardWait:
 class PosixStore(UnixChannels, FolderStore):
     def __init__(self, backend: PosixBackend, name: str) -> None:
         super().__init__(backend, name)
-        self._dir_fd: int | None = None
+        self._opening: FolderOpening | None = None  # the folder, as new uses open it
         self._open_lock = threading.Lock()
         self._list_lock = threading.Lock()
-        self._guard_lock = threading.Lock()
-        self._kept_guard: tuple[int, int] | None = None  # (pid, fd) of the store's guard file
         self._watches = _Watches()
         forget_after_fork(self)
 
     def after_fork_in_child(self) -> None:
         """Locks another thread held at the fork would stay held in the child for ever, and
         the folder's descriptor is shared with the parent, read position included: the child
-        opens the folder again for its own listings, and its own guard file (its copy of the
-        parent's is closed: that leaves the parent's lock alone)."""
+        opens the folder again for its own listings, and its own guard file (the opening
+        closes the child's copies of the parent's)."""
         self._open_lock = threading.Lock()
         self._list_lock = threading.Lock()
-        self._guard_lock = threading.Lock()
-        kept, self._kept_guard = self._kept_guard, None
-        if kept is not None:
-            with suppress(OSError):
-                os.close(kept[1])
-        if self._dir_fd is not None:
-            with suppress(OSError):
-                os.close(self._dir_fd)
-            self._dir_fd = None
+        self._opening = None
 
     # -- folder and guard
 
@@ -562,14 +553,33 @@ class PosixStore(UnixChannels, FolderStore):
             return super()._exists_at_all()
         return os.path.lexists(os.path.join(self.folder, self.prefix + NAME_FILE))
 
-    def _dir(self) -> int:
-        fd = self._dir_fd
-        if fd is None:
-            with self._open_lock:
-                if self._dir_fd is None:
-                    self._dir_fd = self._open_folder()
-                fd = self._dir_fd
-        return fd
+    def _use(self) -> FolderOpening:
+        """The folder as it is open now (opened if need be), with one more user, who must
+        ``leave`` it: a forget meanwhile cannot close it under them."""
+        with self._open_lock:
+            opening = self._opening
+            if opening is None:
+                opening = self._opening = FolderOpening(self._open_folder())
+            opening.enter()
+        return opening
+
+    @contextmanager
+    def _folder(self) -> Iterator[int]:
+        """The folder's descriptor, kept open until the block ends."""
+        opening = self._use()
+        try:
+            yield opening.fd
+        finally:
+            opening.leave()
+
+    def _reopen(self, opening: FolderOpening) -> None:
+        """``opening``'s folder was removed: the next use opens the folder again. Only that
+        opening is replaced: another thread may have opened the new folder already."""
+        with self._open_lock:
+            if self._opening is not opening:
+                return
+            self._opening = None
+        opening.retire()
 
     def _open_folder(self) -> int:
         """The line's folder, made if needed; made again if ``inturn forget`` removed it
@@ -660,46 +670,76 @@ class PosixStore(UnixChannels, FolderStore):
 
     @contextmanager
     def _guard(self, patience: Patience) -> Iterator[int]:
-        """The short lock under which numbers are taken and dead tickets removed.
+        """The guard of the line's folder as it is now: taken again on the new folder when
+        the line was forgotten while we waited for the old one's."""
+        for _ in range(10):
+            opening = self._use()
+            try:
+                taken = self._take_guard(opening, patience)
+                if taken is not None:
+                    try:
+                        yield taken[0]
+                    finally:
+                        self._drop_guard(opening, taken[0], taken[1])
+                    return
+            finally:
+                opening.leave()
+            self._reopen(opening)
+        raise BackendError(f"{self.shown} keeps being removed while opening it: try again")
 
-        ``flock`` belongs to an open file, not to a thread: the store keeps one open guard
+    def _take_guard(self, opening: FolderOpening, patience: Patience) -> tuple[int, bool] | None:
+        """The short lock under which numbers are taken and dead tickets removed, on
+        ``opening``'s folder, taken: its open file, and whether it is the opening's kept one,
+        to give to ``_drop_guard``; None if ``inturn forget`` removed that folder before we
+        had it. Apart from ``_guard`` for the join, which takes it at every acquire, without
+        a generator's cost.
+
+        A forget removes the guard file before the folder, under its lock: a guard file
+        found without a name once locked is a removed line's, and keeps nobody out of the
+        line made anew. While we hold a live guard its folder stays, so it stays the store's
+        folder too: only a removed folder is replaced.
+
+        ``flock`` belongs to an open file, not to a thread: the opening keeps one open guard
         file for the thread that finds it free (the common case, without an open or a close),
         and any other thread of this process opens one of its own, so that threads never
         share the lock. A caller with a deadline or a cancel token waits for it in a helper
         thread, so that someone who holds the guard for long cannot make it hang; it then
         gets ``GuardTaken``.
         """
-        fd, shared = self._take_guard(patience)
+        kept = opening.guard_lock.acquire(blocking=False)
         try:
-            yield fd
-        finally:
-            self._drop_guard(fd, shared)
-
-    def _take_guard(self, patience: Patience) -> tuple[int, bool]:
-        """The guard, taken (see ``_guard``): its open file, and whether it is the store's
-        own, to give to ``_drop_guard``. Apart from ``_guard`` for the join, which takes it
-        at every acquire, without a generator's cost."""
-        shared = self._guard_lock.acquire(blocking=False)
-        try:
-            fd = self._shared_guard() if shared else self._open_guard()
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if shared:  # a wait that may be given up needs an open file of its own
-                    shared = False
-                    self._guard_lock.release()
-                    fd = self._open_guard()
-                self._wait_for_guard(fd, patience)
+            fd = self._kept_guard(opening) if kept else self._open_guard(opening.fd)
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if kept:  # a wait that may be given up needs an open file of its own
+                        kept = False
+                        opening.guard_lock.release()
+                        fd = self._open_guard(opening.fd)
+                    if fd is not None:
+                        self._wait_for_guard(fd, patience)
         except BaseException:
-            if shared:
-                self._guard_lock.release()
+            if kept:
+                opening.guard_lock.release()
             raise
-        return fd, shared
+        if fd is None:
+            if kept:
+                opening.guard_lock.release()
+            return None
+        try:
+            if self.prefix or os.fstat(fd).st_nlink:
+                return fd, kept
+        except BaseException:
+            self._drop_guard(opening, fd, kept)
+            raise
+        self._drop_guard(opening, fd, kept)
+        return None
 
-    def _drop_guard(self, fd: int, shared: bool) -> None:
-        if shared:
+    def _drop_guard(self, opening: FolderOpening, fd: int, kept: bool) -> None:
+        if kept:
             fcntl.flock(fd, fcntl.LOCK_UN)
-            self._guard_lock.release()
+            opening.guard_lock.release()
         else:
             _unlock_and_close(fd)
 
@@ -722,29 +762,29 @@ class PosixStore(UnixChannels, FolderStore):
                 raise Cancelled(f"stopped waiting for line {self.name!r}")
             raise GuardTaken(taken)
 
-    def _shared_guard(self) -> int:
-        """The store's own open guard file (opened again in a forked child, whose copy of the
-        parent's would share the parent's lock)."""
-        kept = self._kept_guard
-        if kept is None or kept[0] != forks.pid():
-            fd = self._open_guard()
-            if kept is not None and kept[0] == forks.pid():
-                os.close(kept[1])
-            self._kept_guard = kept = (forks.pid(), fd)
-        return kept[1]
+    def _kept_guard(self, opening: FolderOpening) -> int | None:
+        """The opening's own open guard file (None if its folder was removed)."""
+        fd = opening.kept_guard
+        if fd is None:
+            fd = opening.kept_guard = self._open_guard(opening.fd)
+        return fd
 
-    def _open_guard(self) -> int:
-        """``.line``: the guard of a line, and its counter. Machine-wide lines share one
-        guard, the lines folder itself (opened anew: ``flock`` belongs to an open file),
-        which no user but root can remove or put another in place of, as they could a
-        file of the guard's."""
+    def _open_guard(self, dir_fd: int) -> int | None:
+        """``.line`` in the folder ``dir_fd``: the guard of a line, and its counter; None if
+        the folder was removed. Machine-wide lines share one guard, the lines folder itself
+        (opened anew: ``flock`` belongs to an open file), which no user but root can remove
+        or put another in place of, as they could a file of the guard's."""
         if self.prefix:
             try:
-                return os.open(".", _O_DIR, dir_fd=self._dir())
+                return os.open(".", _O_DIR, dir_fd=dir_fd)
             except OSError as exc:
                 raise BackendError(f"cannot use {self.shown}: {exc.strerror}") from None
         try:
-            fd = os.open(COUNTER, os.O_RDWR | os.O_CREAT | _O_OPEN, _PRIVATE, dir_fd=self._dir())
+            fd = os.open(COUNTER, os.O_RDWR | os.O_CREAT | _O_OPEN, _PRIVATE, dir_fd=dir_fd)
+        except FileNotFoundError as exc:
+            if os.fstat(dir_fd).st_nlink == 0:
+                return None
+            raise BackendError(_unusable(self.shown, COUNTER, exc)) from None
         except OSError as exc:
             raise BackendError(_unusable(self.shown, COUNTER, exc)) from None
         mode = os.fstat(fd).st_mode
@@ -760,13 +800,17 @@ class PosixStore(UnixChannels, FolderStore):
         return f"(a lock on {self.shown})" if self.prefix else self._where(COUNTER)
 
     def _opened(self) -> bool:
-        return self._dir_fd is not None
+        return self._opening is not None
 
     def _entries(self) -> Entries:
         """One listing. ``os.listdir`` reads through a copy of the folder's descriptor, which
         shares one read position with every other copy: two threads listing at once would
         each see part of the folder, so listings of this store take turns."""
-        dir_fd = self._dir()
+        with self._folder() as dir_fd:
+            return self._entries_in(dir_fd)
+
+    def _entries_in(self, dir_fd: int) -> Entries:
+        """One listing of the folder ``dir_fd``, which the caller keeps open."""
         with self._list_lock:
             names = os.listdir(dir_fd)
         return read_entries(self._own(names))
@@ -782,8 +826,9 @@ class PosixStore(UnixChannels, FolderStore):
 
     def _open(self, entry: str) -> int | None:
         """One of the line's files, read-only; None when it is gone or is not a file we made."""
+        opening = self._use()
         try:
-            fd = os.open(self.prefix + entry, _O_READ, dir_fd=self._dir())
+            fd = os.open(self.prefix + entry, _O_READ, dir_fd=opening.fd)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -791,6 +836,8 @@ class PosixStore(UnixChannels, FolderStore):
                 warn_once(f"ignoring {self._where(entry)}: not a file inturn can use")
                 return None
             raise
+        finally:
+            opening.leave()
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             warn_once(f"ignoring {self._where(entry)}: not a regular file")
@@ -810,20 +857,22 @@ class PosixStore(UnixChannels, FolderStore):
             os.close(fd)
 
     def _unreadable_owner(self, entry: str) -> str | None:
-        name, dir_fd = self.prefix + entry, self._dir()
-        try:
-            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except OSError:
-            return None
-        if not stat.S_ISREG(info.st_mode) or os.access(
-            name, os.R_OK, dir_fd=dir_fd, effective_ids=True
-        ):
-            return None
+        name = self.prefix + entry
+        with self._folder() as dir_fd:
+            try:
+                info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except OSError:
+                return None
+            if not stat.S_ISREG(info.st_mode) or os.access(
+                name, os.R_OK, dir_fd=dir_fd, effective_ids=True
+            ):
+                return None
         return user_name(info.st_uid)
 
     def _create(self, entry: str, data: bytes) -> bool:
         try:
-            fd = os.open(self.prefix + entry, _O_NEW, _PRIVATE, dir_fd=self._dir())
+            with self._folder() as dir_fd:
+                fd = os.open(self.prefix + entry, _O_NEW, _PRIVATE, dir_fd=dir_fd)
         except FileExistsError:
             return False
         try:
@@ -834,25 +883,27 @@ class PosixStore(UnixChannels, FolderStore):
         return True
 
     def _remove(self, entry: str) -> None:
-        os.unlink(self.prefix + entry, dir_fd=self._dir())
+        with self._folder() as dir_fd:
+            os.unlink(self.prefix + entry, dir_fd=dir_fd)
 
     def _exists(self, entry: str) -> bool:
         try:
-            os.stat(self.prefix + entry, dir_fd=self._dir(), follow_symlinks=False)
+            with self._folder() as dir_fd:
+                os.stat(self.prefix + entry, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             return False
         return True
 
     def _link(self, entry: str, to: str) -> bool:
-        dir_fd = self._dir()
         try:
-            os.link(
-                self.prefix + entry,
-                self.prefix + to,
-                src_dir_fd=dir_fd,
-                dst_dir_fd=dir_fd,
-                follow_symlinks=False,
-            )
+            with self._folder() as dir_fd:
+                os.link(
+                    self.prefix + entry,
+                    self.prefix + to,
+                    src_dir_fd=dir_fd,
+                    dst_dir_fd=dir_fd,
+                    follow_symlinks=False,
+                )
         except FileExistsError:
             return True  # marked already
         except OSError:
@@ -892,7 +943,8 @@ class PosixStore(UnixChannels, FolderStore):
             return
         flags = os.O_WRONLY | os.O_CREAT | _O_OPEN
         try:
-            fd = os.open(self.prefix + entry, flags, _PRIVATE, dir_fd=self._dir())
+            with self._folder() as dir_fd:
+                fd = os.open(self.prefix + entry, flags, _PRIVATE, dir_fd=dir_fd)
         except PermissionError:
             raise BackendError(self._not_our_counter(entry)) from None
         try:
@@ -922,56 +974,71 @@ class PosixStore(UnixChannels, FolderStore):
             joined = self._join_here(me, patience)
             if joined is not None:
                 return joined
-            self._reopen()  # the line was forgotten while we waited for its guard
         raise BackendError(f"{self.shown} keeps being removed while joining: try again")
 
-    def _reopen(self) -> None:
-        self.close()  # the next use opens the folder and its guard again
-
     def _refresh(self) -> None:
-        fd = self._dir_fd  # a machine-wide line's folder (``/tmp``) is never removed
-        if fd is not None and not self.prefix and os.fstat(fd).st_nlink == 0:
-            self._reopen()
+        if self.prefix:  # a machine-wide line's folder (``/tmp``) is never removed
+            return
+        with self._open_lock:
+            opening = self._opening
+            if opening is None:
+                return
+            opening.enter()
+        try:
+            gone = os.fstat(opening.fd).st_nlink == 0
+        finally:
+            opening.leave()
+        if gone:
+            self._reopen(opening)
 
     def _join_here(self, me: Ticket, patience: Patience) -> tuple[PosixMembership, View] | None:
-        """Join, or None if the folder went away (``inturn forget``) before we had its guard.
+        """Join, or None if the folder went away (``inturn forget``) before we had its guard:
+        the next try opens the folder again. The ticket is made through the descriptor the
+        guard was opened through, so in the folder that guard keeps.
 
         Any exception (Ctrl-C too) after the ticket is made takes it away again, up to the
         return: a ticket that no membership came back for would stay locked for good."""
         made: tuple[int, str] | None = None
         membership = None
+        opening = self._use()
         try:
-            with os_errors(self.shown):
-                guard, own_guard = self._take_guard(patience)
-                try:  # at every acquire: no generator-based context manager
-                    dir_fd = self._dir()
-                    if os.fstat(dir_fd).st_nlink == 0:
+            try:
+                with os_errors(self.shown):
+                    taken = self._take_guard(opening, patience)
+                    if taken is None:
+                        self._reopen(opening)
                         return None
-                    if self.prefix:  # the name again, in case the line was forgotten meanwhile
-                        self._ensure_name(dir_fd)
-                    entries = self._entries()
-                    first = self._next_number(entries, guard)
-                    fd, number, file = self._create_ticket(dir_fd, first, me.shared)
-                    made = (fd, file)
-                    membership = PosixMembership(number, fd, me.shared, None, file)
-                    # Private until locked: nobody else can open it in time to lock it first.
-                    # A look by our own user may hold a shared lock for an instant: wait it out.
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                    write_all(fd, header_line(me))
-                    if self.scope == "machine":
-                        os.fchmod(fd, _readable_mode(self.scope))
-                    if me.newest_wins:  # before anyone can see the ticket: kicks are never lost
-                        membership.kick = self._open_kick(number)
-                    self._save_number(number + 1, guard)
-                    self._tidy_litter(entries)
-                finally:
-                    self._drop_guard(guard, own_guard)
+                    guard, kept = taken
+                    try:  # at every acquire: no generator-based context manager
+                        dir_fd = opening.fd
+                        self._ensure_name(dir_fd)  # the name again, if a forget was cut short
+                        entries = self._entries_in(dir_fd)
+                        first = self._next_number(entries, guard)
+                        fd, number, file = self._create_ticket(dir_fd, first, me.shared)
+                        made = (fd, file)
+                        membership = PosixMembership(number, fd, me.shared, None, file)
+                        # Private until locked: nobody else can open it in time to lock it
+                        # first. A look by our own user may hold a shared lock for an instant:
+                        # wait it out.
+                        fcntl.flock(fd, fcntl.LOCK_EX)
+                        write_all(fd, header_line(me))
+                        if self.scope == "machine":
+                            os.fchmod(fd, _readable_mode(self.scope))
+                        if me.newest_wins:  # before anyone sees the ticket: no kick is lost
+                            membership.kick = self._open_kick(number)
+                        self._save_number(number + 1, guard)
+                        self._tidy_litter(entries)
+                    finally:
+                        self._drop_guard(opening, guard, kept)
+            finally:
+                opening.leave()
             ahead = tuple(n for n in entries.tickets if n < number)
             return membership, View(ahead, entries.markers, shared=entries.shared)
         except BaseException:
             if made is not None:
-                with suppress(OSError, BackendError):  # unlinked, then closed, as in ``leave``
-                    os.unlink(made[1], dir_fd=self._dir())
+                # unlinked, then closed, as in ``leave``; the folder stays while the ticket does
+                with suppress(OSError, BackendError), self._folder() as dir_fd:
+                    os.unlink(made[1], dir_fd=dir_fd)
                 if membership is not None:
                     membership.close()
                 else:
@@ -979,39 +1046,62 @@ class PosixStore(UnixChannels, FolderStore):
             raise
 
     def forget(self, patience: Patience) -> bool:
-        if not self._exists_at_all():
-            return True
         self._refresh()
-        with os_errors(self.shown), self._guard(patience):
-            dir_fd = self._dir()
-            entries = self._entries()
-            if not all(self._dead(number) for number in entries.tickets):
-                return False  # someone holds or waits
-            self._refuse_half_forgetting(dir_fd)
-            for number in entries.tickets:
-                self._bury_dead(number)
-            with self._list_lock:
-                names = os.listdir(dir_fd)
-            for entry in self._own(names):  # markers, claims, counters, kicks, name, guard
-                try:
-                    os.unlink(self.prefix + entry, dir_fd=dir_fd)
-                except FileNotFoundError:
-                    continue
-                except PermissionError:  # another user's, made since the check above
-                    raise BackendError(
-                        f"cannot forget line {self.name!r}: {self._where(entry)} belongs to "
-                        "another user, and the files before it are gone: only root can forget "
-                        "it now"
-                    ) from None
-            if self.prefix:
+        for _ in range(10):
+            if not self._exists_at_all():
+                return True  # never used, or forgotten by someone else meanwhile
+            opening = self._use()
+            try:
+                with os_errors(self.shown):
+                    taken = self._take_guard(opening, patience)
+                    if taken is not None:
+                        try:
+                            if not self._forget_here(opening.fd):
+                                return False
+                        finally:
+                            self._drop_guard(opening, taken[0], taken[1])
+            finally:
+                opening.leave()
+            if taken is not None and self.prefix:
                 return True  # its files were all it had
+            self._reopen(opening)  # removed, by us or (if no guard) by someone else
+            if taken is not None:
+                return True
+        raise BackendError(f"{self.shown} keeps being removed while forgetting it: try again")
+
+    def _forget_here(self, dir_fd: int) -> bool:
+        """Under the guard of the folder ``dir_fd``: remove the line, or False if in use. The
+        guard file goes last, just before the folder: whoever waits for it then finds it
+        removed, and knows to open the line again. Whoever opened the folder before it went
+        may make a guard file anew there and join, as the folder is not removed then: they
+        find the name gone and put it back."""
+        entries = self._entries_in(dir_fd)
+        if not all(self._dead(number) for number in entries.tickets):
+            return False  # someone holds or waits
+        self._refuse_half_forgetting(dir_fd)
+        for number in entries.tickets:
+            self._bury_dead(number)
+        with self._list_lock:
+            names = os.listdir(dir_fd)
+        own = self._own(names)  # markers, claims, counters, kicks, name, guard
+        for entry in sorted(own, key=lambda entry: entry == COUNTER):
+            try:
+                os.unlink(self.prefix + entry, dir_fd=dir_fd)
+            except FileNotFoundError:
+                continue
+            except PermissionError:  # another user's, made since the check above
+                raise BackendError(
+                    f"cannot forget line {self.name!r}: {self._where(entry)} belongs to "
+                    "another user, and the files before it are gone: only root can forget "
+                    "it now"
+                ) from None
+        if not self.prefix:
             try:
                 os.rmdir(self.folder)
             except OSError as exc:
-                raise BackendError(
-                    f"cannot remove {self.shown}: {exc.strerror} (opened again just now?)"
-                ) from None
-        self._reopen()
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    return False  # joined through the folder before it went: in use again
+                raise BackendError(f"cannot remove {self.shown}: {exc.strerror}") from None
         return True
 
     def _refuse_half_forgetting(self, dir_fd: int) -> None:
@@ -1063,13 +1153,13 @@ class PosixStore(UnixChannels, FolderStore):
         writable by every user of the line, read (and held open for writing, so that it never
         reads end-of-file) by us only."""
         name = self.prefix + kick_file(number)
-        dir_fd = self._dir()
-        with suppress(FileNotFoundError):
-            os.unlink(name, dir_fd=dir_fd)  # a leftover of a number that was never handed out
-        os.mkfifo(name, _PRIVATE, dir_fd=dir_fd)
         flags = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-        reader = os.open(name, os.O_RDONLY | flags, dir_fd=dir_fd)
-        writer = os.open(name, os.O_WRONLY | flags, dir_fd=dir_fd)
+        with self._folder() as dir_fd:
+            with suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dir_fd)  # a leftover of a number never handed out
+            os.mkfifo(name, _PRIVATE, dir_fd=dir_fd)
+            reader = os.open(name, os.O_RDONLY | flags, dir_fd=dir_fd)
+            writer = os.open(name, os.O_WRONLY | flags, dir_fd=dir_fd)
         if self.scope == "machine":
             os.fchmod(reader, 0o622 | KEEP)
         return reader, writer
@@ -1077,7 +1167,8 @@ class PosixStore(UnixChannels, FolderStore):
     def replace(self, number: int, me: Membership) -> None:
         flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
-            fd = os.open(self.prefix + kick_file(number), flags, dir_fd=self._dir())
+            with self._folder() as dir_fd:
+                fd = os.open(self.prefix + kick_file(number), flags, dir_fd=dir_fd)
         except OSError:
             return  # it left (no FIFO, or nobody reading it) or is not a FIFO of ours to write
         try:
@@ -1221,26 +1312,26 @@ class PosixStore(UnixChannels, FolderStore):
             # Unlink before unlocking: nobody may see the lock free while the file is ours,
             # and a waiter woken by the unlock sees it has no name left (a clean release).
             # The next holder's wait ends here: plain try/except, no context managers.
+            opening = self._use()
             try:
-                os.unlink(me.file, dir_fd=self._dir())
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise BackendError(os_problem(self.shown, exc)) from None
-            if me.kick is not None:
-                with suppress(OSError):
-                    os.unlink(self.prefix + kick_file(me.number), dir_fd=self._dir())
+                try:
+                    os.unlink(me.file, dir_fd=opening.fd)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    raise BackendError(os_problem(self.shown, exc)) from None
+                if me.kick is not None:
+                    with suppress(OSError):
+                        os.unlink(self.prefix + kick_file(me.number), dir_fd=opening.fd)
+            finally:
+                opening.leave()
         me.close()
 
     def close(self) -> None:
-        with self._guard_lock:
-            kept, self._kept_guard = self._kept_guard, None
-            if kept is not None and kept[0] == forks.pid():
-                os.close(kept[1])
         with self._open_lock:
-            if self._dir_fd is not None:
-                os.close(self._dir_fd)
-                self._dir_fd = None
+            opening, self._opening = self._opening, None
+        if opening is not None:
+            opening.retire()
 
     def __del__(self) -> None:
         with suppress(Exception):

@@ -38,7 +38,7 @@ import stat
 import sys
 import threading
 import time
-from contextlib import suppress
+from contextlib import AbstractContextManager, suppress
 
 from .. import forks
 from ..errors import BackendError
@@ -100,31 +100,34 @@ class UnixChannels:
     scope: str
     prefix: str  # what the names of the line's files start with in its folder
 
-    def _dir(self) -> int:
+    def _folder(self) -> AbstractContextManager[int]:
+        """The line's folder descriptor, kept open until the block ends."""
         raise NotImplementedError
 
     def check_channels(self) -> None:
         """Local lines take messages."""
 
     def open_channel(self, others: bool) -> Channel:
-        return open_channel(self._dir(), self.shown, others, self.prefix)
+        with self._folder() as dir_fd:
+            return open_channel(dir_fd, self.shown, others, self.prefix)
 
     def connect(self, holder: Ticket, deadline: float) -> Connection:
-        dir_fd = self._dir()
-        owner = _ticket_owner(dir_fd, self.shown, self.prefix, holder.number)
-        if self.scope == "user" and owner != os.getuid():
-            raise BackendError(
-                f"the holder of {self.shown} is {user_name(owner)}, not you: not sending to "
-                "another user on a per-user line (check who owns the folder)"
-            )
-        where = (self.shown, self.prefix)
-        # The kernel tells the listener's pid in our PID namespace, the ticket in the holder's:
-        # the two are compared only where they are one (not with a holder in a container).
-        pid = holder.pid if holder.pid_namespace == forks.pid_namespace() else None
-        return connect(dir_fd, where, holder.channel or "", owner, pid, deadline)
+        with self._folder() as dir_fd:
+            owner = _ticket_owner(dir_fd, self.shown, self.prefix, holder.number)
+            if self.scope == "user" and owner != os.getuid():
+                raise BackendError(
+                    f"the holder of {self.shown} is {user_name(owner)}, not you: not sending "
+                    "to another user on a per-user line (check who owns the folder)"
+                )
+            where = (self.shown, self.prefix)
+            # The kernel tells the listener's pid in our PID namespace, the ticket in the
+            # holder's: the two are compared only where they are one (not in a container).
+            pid = holder.pid if holder.pid_namespace == forks.pid_namespace() else None
+            return connect(dir_fd, where, holder.channel or "", owner, pid, deadline)
 
     def _remove_channel(self, address: str) -> None:
-        remove_leftover(self._dir(), address, self.prefix)
+        with self._folder() as dir_fd:
+            remove_leftover(dir_fd, address, self.prefix)
 
 
 def _ticket_owner(dir_fd: int, folder: str, prefix: str, number: int) -> int:
