@@ -242,3 +242,29 @@ def test_threads_sharing_a_line_take_turns_while_it_is_forgotten(where, tmp_path
     assert_exclusive(log)
     assert ended == [("", 0)] * processes
     assert True in forgotten
+
+
+def test_a_join_whose_name_record_a_forget_removes_as_it_is_written_opens_the_line_again(
+    lines_dir, monkeypatch
+):
+    """A forget empties the folder under its guard, but a joiner names a new folder before it
+    takes the guard: the joiner's draft of ``.name`` may go before it is linked into place.
+    The join then opens the line again, rather than failing with "No such file"."""
+    import inturn.backends.posix as posix
+
+    real = posix.name_line
+    emptied: list[str] = []
+
+    def name_line_as_a_forget_empties_the_folder(name: str) -> bytes:
+        if not emptied:
+            for folder in (p for p in lines_dir.iterdir() if p.is_dir()):
+                for entry in folder.iterdir():
+                    entry.unlink()
+                    emptied.append(entry.name)
+        return real(name)
+
+    monkeypatch.setattr(posix, "name_line", name_line_as_a_forget_empties_the_folder)
+    with inturn.turn("emptied") as turn:
+        assert turn.ticket >= 1
+    assert any(entry.startswith(".name.") for entry in emptied), emptied
+    assert inturn.Line("emptied").forget()

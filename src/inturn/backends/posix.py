@@ -620,10 +620,11 @@ class PosixStore(UnixChannels, FolderStore):
                 f"{self.shown} is {what} where inturn keeps line {self.name!r}: remove it"
             ) from None
         try:
+            named = True
             if self.create:  # a look from outside changes nothing
                 if not self.prefix:  # the lines folder that holds the files was checked
                     self._check_folder(fd)
-                self._ensure_name(fd)
+                named = self._ensure_name(fd)
         except BackendError:
             gone = os.fstat(fd).st_nlink == 0
             os.close(fd)
@@ -633,6 +634,9 @@ class PosixStore(UnixChannels, FolderStore):
         except BaseException:
             os.close(fd)
             raise
+        if not named:  # a forget is emptying the folder: open it (or its successor) again
+            os.close(fd)
+            return None
         return fd
 
     def _check_folder(self, fd: int) -> None:
@@ -643,13 +647,15 @@ class PosixStore(UnixChannels, FolderStore):
                 f"the line folder {self.shown} belongs to uid {uid}, not to you: remove it"
             )
 
-    def _ensure_name(self, dir_fd: int) -> None:
+    def _ensure_name(self, dir_fd: int) -> bool:
         """Publish ``.name`` (the line's exact name) if missing, all at once: a draft is
-        written, then linked into place, so no reader ever finds it half written."""
+        written, then linked into place, so no reader ever finds it half written. False if
+        the draft was removed before it was linked: a forget (outside the guard, as a folder
+        is opened) is emptying the folder."""
         published = self.prefix + NAME_FILE
         try:
             os.stat(published, dir_fd=dir_fd, follow_symlinks=False)
-            return
+            return True
         except FileNotFoundError:
             pass
         draft = f"{published}.{forks.pid()}.{threading.get_native_id()}"
@@ -665,12 +671,15 @@ class PosixStore(UnixChannels, FolderStore):
             os.link(draft, published, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
         except FileExistsError:
             pass  # another process published it first
+        except FileNotFoundError:
+            return False
         except OSError as exc:
             raise BackendError(_unusable(self.shown, NAME_FILE, exc)) from None
         finally:
             os.close(fd)
             with suppress(OSError):
                 os.unlink(draft, dir_fd=dir_fd)
+        return True
 
     @contextmanager
     def _guard(self, patience: Patience) -> Iterator[int]:
