@@ -881,6 +881,81 @@ def test_a_line_kept_from_before_a_forget_judges_the_line_made_anew(win: Win) ->
     holder.expect("released")
 
 
+# A process that forgot the line and then takes turns on it: beside another process with a
+# fresh ``Line`` (``forgot``), or with its threads forgetting it again after each turn
+# (``forgetting``). Rows for ``observer.py``, taken inside each turn, written out at the end.
+FORGOTTEN_SCRIPT = """
+import sys, threading, time, inturn
+role, log, threads, turns = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+line = inturn.Line('forgotten')
+if role != 'fresh':
+    line.acquire().release()
+    print('forgot', line.forget(), flush=True)
+print('ready', flush=True)
+sys.stdin.readline()
+rows, errors, forgot, unset = [], [], [], []
+def take(index):
+    for turn in range(turns):
+        try:
+            with line.acquire(timeout=300):
+                rows.append(f'enter {role}-{index}-{turn} {time.monotonic_ns()}')
+                time.sleep(0.0003)
+                rows.append(f'exit {role}-{index}-{turn} {time.monotonic_ns()}')
+            if role == 'forgetting' and line.forget():
+                forgot.append(turn)
+        except inturn.BackendError as exc:  # the folder removed as it was being set up
+            unset.append(f'{exc}')
+        except Exception as exc:
+            errors.append(f'{type(exc).__name__}: {exc}')
+            return
+takers = [threading.Thread(target=take, args=(i,)) for i in range(threads)]
+for thread in takers:
+    thread.start()
+for thread in takers:
+    thread.join()
+with open(log, 'w') as out:
+    out.write(''.join(row + '\\n' for row in rows))
+print('forgotten', len(forgot), len(rows) // 2, len(unset), unset[:1], flush=True)
+print('errors', len(errors), errors[:1], flush=True)
+"""
+
+
+@pytest.mark.parametrize(("role", "threads"), [("forgot", 1), ("forgetting", 3)])
+def test_a_line_forgotten_then_made_anew_by_its_own_join_is_guarded_by_its_new_guard(
+    win: Win, role: str, threads: int
+) -> None:
+    """The guard of a line is named by its id, which a forget changes: a ``Line`` that forgot
+    the line took its next numbers under the old guard, while a fresh one took them under the
+    new, and both held the turn at once. Threads sharing a ``Line`` that others forget meanwhile
+    neither hang, nor fail on a guard handle another thread closed, nor hold the turn together."""
+    from observer import assert_exclusive
+
+    turns = 300 // threads
+    roles = [role, "fresh"] if role == "forgot" else [role]
+    logs = [win.folder.parent / f"{who}.log" for who in roles]
+    processes = []
+    for who, log in zip(roles, logs, strict=True):
+        process = win.start(
+            "-c", FORGOTTEN_SCRIPT, who, windows_path(log), str(threads), str(turns)
+        )
+        if who != "fresh":
+            assert process.expect("forgot") == ["forgot", "True"]
+        process.expect("ready")
+        processes.append(process)
+    for process in processes:
+        process.send()
+    forgotten = processes[0].expect("forgotten")
+    assert role == "forgot" or int(forgotten[1]) > 0, forgotten  # forgotten while in use
+    for process in processes:
+        words = process.expect("errors", skip=("forgotten",))
+        assert words[1:] == ["0", "[]"], " ".join(words)
+        assert process.wait() == 0
+    both = win.folder.parent / "both.log"
+    both.write_text("".join(log.read_text() for log in logs))
+    assert_exclusive(both, expected=len(roles) * threads * turns if role == "forgot" else None)
+    print("forgotten, turns, setups failed:", " ".join(forgotten[1:]))
+
+
 # --------------------------------------------------------------------------- names, scopes
 
 NAMES_SCRIPT = """

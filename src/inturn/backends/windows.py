@@ -483,7 +483,6 @@ class WindowsStore(PipeChannels, FolderStore):
         super().__init__(backend, name)
         self.backend = backend
         self._id: str | None = None
-        self._guard_handle: int | None = None
         self._open_lock = threading.Lock()
 
     def _line_id(self) -> str:
@@ -504,8 +503,12 @@ class WindowsStore(PipeChannels, FolderStore):
             if identity is not None and identity[0] == self.name and identity[1] == self._id:
                 return
             self._id = None
-            handle, self._guard_handle = self._guard_handle, None
-        win32.close(handle)
+
+    def _reopen(self, line_id: str) -> None:
+        """Open the folder anew on next use: the line with id ``line_id`` is gone."""
+        with self._open_lock:
+            if self._id == line_id:
+                self._id = None
 
     def _open_folder(self) -> str:
         path = os.path.join(self.folder, NAME_FILE)
@@ -589,23 +592,17 @@ class WindowsStore(PipeChannels, FolderStore):
         """The name of the job object ``inturn run`` puts ticket ``number``'s command in."""
         return self.object_name(f"{number}.job")
 
-    def _guard_mutex(self) -> int:
-        if self._guard_handle is None:
-            name = self.object_name("guard")
-            security = self.backend.guard_security
-            handle = win32.OpenMutexW(win32.SYNCHRONIZE | win32.MUTEX_MODIFY_STATE, False, name)
-            if not handle:
-                attributes = security.pointer if security is not None else None
-                handle = win32.CreateMutexW(attributes, False, name)
-            if not handle:
-                raise BackendError(self._object_error("guard", win32.last_error()))
-            with self._open_lock:
-                if self._guard_handle is None:
-                    self._guard_handle = handle
-                else:
-                    win32.close(handle)
-        assert self._guard_handle is not None
-        return self._guard_handle
+    def _guard_mutex(self, name: str) -> int:
+        """A handle of this call's own on the guard named ``name``: a handle shared by the
+        store's threads could be closed, and its value reused, under a thread still using it."""
+        security = self.backend.guard_security
+        handle = win32.OpenMutexW(win32.SYNCHRONIZE | win32.MUTEX_MODIFY_STATE, False, name)
+        if not handle:
+            attributes = security.pointer if security is not None else None
+            handle = win32.CreateMutexW(attributes, False, name)
+        if not handle:
+            raise BackendError(self._object_error("guard", win32.last_error()))
+        return int(handle)
 
     def _object_error(self, what: str, code: int) -> str:
         if code == win32.ERROR_ACCESS_DENIED:
@@ -613,29 +610,43 @@ class WindowsStore(PipeChannels, FolderStore):
         return f"cannot use the {what} of line {self.name!r}: {ctypes.FormatError(code)}"
 
     @contextlib.contextmanager
-    def _guard(self, patience: Patience) -> Iterator[None]:
-        """The short lock under which numbers are taken and dead tickets removed.
+    def _guard(self, patience: Patience) -> Iterator[str]:
+        """The short lock under which numbers are taken and dead tickets removed: the guard of
+        the line whose folder is there now, and that line's id.
+
+        The guard is named by the line's id, and a forget makes a new line with a new id: a
+        guard taken under the id of a line forgotten meanwhile guards nothing, so it is checked
+        once taken against ``.name``, and the folder opened anew if they differ (a folder
+        without ``.name`` goes with the id ``0`` that ``_open_folder`` gives a look).
 
         A holder that died in here leaves the mutex abandoned: the next one takes it over;
         every step inside is safe to find half done. A caller with a deadline or a cancel
         token waits no longer than they allow (``GuardTaken``, ``Cancelled``).
         """
-        handle = self._guard_mutex()
+        for _ in range(10):
+            line_id = self._line_id()
+            handle = self._guard_mutex(f"{self.backend.namespace}.{line_id}.guard")
+            try:
+                self._take_guard(handle, patience)
+                identity = _read_identity(self.folder)
+                if (identity[1] if identity is not None else "0") == line_id:
+                    yield line_id
+                    return
+            finally:
+                # Refused, doing nothing, if the wait did not take it (or Ctrl-C came first).
+                win32.ReleaseMutex(handle)
+                win32.CloseHandle(handle)
+            self._reopen(line_id)  # forgotten while we waited for the guard
+        raise BackendError(f"{self.folder} keeps being removed while in use: try again")
+
+    def _take_guard(self, handle: int, patience: Patience) -> None:
         remaining = patience.remaining()
-        try:
-            if remaining is None and patience.cancel is None:
-                result = win32.WaitForSingleObject(handle, win32.INFINITE)
-            else:
-                result = self._wait_guard(handle, remaining, patience.cancel)
-        except BaseException:  # Ctrl-C as the wait returned: the guard, if it was taken, goes
-            give_back_mutexes([handle])
-            raise
-        try:
-            if result not in (win32.WAIT_OBJECT_0, win32.WAIT_ABANDONED_0):
-                raise win32.os_error(f"cannot take the guard of line {self.name!r}")
-            yield
-        finally:
-            win32.ReleaseMutex(handle)  # refused, doing nothing, if the wait did not take it
+        if remaining is None and patience.cancel is None:
+            result = win32.WaitForSingleObject(handle, win32.INFINITE)
+        else:
+            result = self._wait_guard(handle, remaining, patience.cancel)
+        if result not in (win32.WAIT_OBJECT_0, win32.WAIT_ABANDONED_0):
+            raise win32.os_error(f"cannot take the guard of line {self.name!r}")
 
     def _wait_guard(self, handle: int, remaining: float | None, cancel: CancelToken | None) -> int:
         wait_ms = win32.INFINITE if remaining is None else win32.milliseconds(max(0.0, remaining))
@@ -722,17 +733,8 @@ class WindowsStore(PipeChannels, FolderStore):
     # -- LineStore
 
     def join(self, me: Ticket, patience: Patience) -> tuple[WindowsMembership, View]:
-        for _ in range(10):
-            line_id = self._line_id()
-            with self._guard(patience) as guard:
-                identity = _read_identity(self.folder)
-                if identity is not None and identity[1] == line_id:
-                    return self._join_guarded(me, guard)
-            with self._open_lock:  # forgotten while we waited for the guard: open it anew
-                self._id = None
-                handle, self._guard_handle = self._guard_handle, None
-            win32.close(handle)
-        raise BackendError(f"{self.folder} keeps being removed while joining: try again")
+        with self._guard(patience) as guard:
+            return self._join_guarded(me, guard)
 
     def _join_guarded(self, me: Ticket, guard: object) -> tuple[WindowsMembership, View]:
         """Under the guard: take the next number and publish our ticket."""
@@ -761,13 +763,14 @@ class WindowsStore(PipeChannels, FolderStore):
         if not os.path.lexists(self.folder):
             return True
         self._refresh()
-        with self._guard(patience):
+        with self._guard(patience) as line_id:
             entries = self._entries()
             for number in entries.tickets:
                 if self._alive(number):
                     return False  # someone holds or waits
                 self._bury_dead(number)
-            for entry in os.listdir(self.folder):
+            # ``.name`` last: once it is gone, whoever opens the folder sets up a new line.
+            for entry in sorted(os.listdir(self.folder), key=lambda entry: entry == NAME_FILE):
                 try:
                     os.unlink(self._path(entry))
                 except FileNotFoundError:
@@ -781,9 +784,11 @@ class WindowsStore(PipeChannels, FolderStore):
             try:
                 os.rmdir(self.folder)
             except OSError as exc:
+                if exc.winerror == win32.ERROR_DIR_NOT_EMPTY:
+                    self._reopen(line_id)
+                    return False  # set up anew by a join meanwhile: in use again
                 raise BackendError(f"cannot remove {self.folder}: {exc.strerror}") from None
-        with self._open_lock:
-            self._id = None
+        self._reopen(line_id)
         return True
 
     def _make_kick(self, number: int) -> int:
@@ -974,10 +979,4 @@ class WindowsStore(PipeChannels, FolderStore):
         me.closed = True
 
     def close(self) -> None:
-        with self._open_lock:
-            handle, self._guard_handle = self._guard_handle, None
-        win32.close(handle)
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()
+        """Nothing is kept open between calls."""
