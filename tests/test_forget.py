@@ -3,16 +3,18 @@ lines in use stay, and someone joining while a line is forgotten still takes tur
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 
 import pytest
 
 import inturn
 
-from conftest import REPORT_TIMEOUT, Worker, inturn_cmd, run_cli
+from conftest import REPORT_TIMEOUT, Where, Worker, inturn_cmd, run_cli
 from observer import assert_exclusive
 from observer import command as observed
 
@@ -133,17 +135,15 @@ def test_a_line_kept_from_before_a_forget_sees_the_line_made_anew(where, workers
     kept.close()
 
 
-def test_runs_joining_while_their_line_is_forgotten_still_take_turns(where, tmp_path):
-    """A loop forgets the line as fast as it can while runs join it: each run joins the line
-    that exists at that moment or a new one, never a removed one, and the observer sees no two
-    inside at once."""
-    log = tmp_path / "inside.log"
-    count = 12
+@contextlib.contextmanager
+def forgetting(name: str, where: Where) -> Iterator[list[bool]]:
+    """A thread forgets line ``name`` as fast as it can while the block runs; what each
+    ``forget`` answered is in the list."""
     stop = threading.Event()
-    forgotten = []
+    forgotten: list[bool] = []
 
     def forget_all_the_time() -> None:
-        line = inturn.Line("race", backend=where.crash_url)
+        line = inturn.Line(name, backend=where.crash_url)
         try:
             while not stop.is_set():
                 forgotten.append(line.forget())
@@ -152,8 +152,21 @@ def test_runs_joining_while_their_line_is_forgotten_still_take_turns(where, tmp_
 
     forgetter = threading.Thread(target=forget_all_the_time, daemon=True)
     forgetter.start()
-    env = where.crash_env()
     try:
+        yield forgotten
+    finally:
+        stop.set()
+        forgetter.join(REPORT_TIMEOUT)
+
+
+def test_runs_joining_while_their_line_is_forgotten_still_take_turns(where, tmp_path):
+    """A loop forgets the line as fast as it can while runs join it: each run joins the line
+    that exists at that moment or a new one, never a removed one, and the observer sees no two
+    inside at once."""
+    log = tmp_path / "inside.log"
+    count = 12
+    env = where.crash_env()
+    with forgetting("race", where) as forgotten:
         runs = [
             subprocess.Popen(
                 inturn_cmd("run", "race", "--", *observed(log, seconds=0.02)),
@@ -168,9 +181,6 @@ def test_runs_joining_while_their_line_is_forgotten_still_take_turns(where, tmp_
             assert run.wait(REPORT_TIMEOUT) == 0, run.stderr.read() if run.stderr else ""
             if run.stderr is not None:
                 run.stderr.close()
-    finally:
-        stop.set()
-        forgetter.join(REPORT_TIMEOUT)
     assert_exclusive(log, expected=count)
     assert len(forgotten) > 1
 
@@ -216,29 +226,13 @@ def test_threads_sharing_a_line_take_turns_while_it_is_forgotten(where, tmp_path
     inside at once."""
     log = tmp_path / "inside.log"
     processes, threads, seconds = 3, 6, 4.0
-    stop = threading.Event()
-    forgotten = []
-
-    def forget_all_the_time() -> None:
-        line = inturn.Line("shared", backend=where.crash_url)
-        try:
-            while not stop.is_set():
-                forgotten.append(line.forget())
-        finally:
-            line.close()
-
-    forgetter = threading.Thread(target=forget_all_the_time, daemon=True)
-    forgetter.start()
     argv = [sys.executable, "-c", SHARED_LINE, "shared", str(log), str(threads), str(seconds)]
-    try:
+    with forgetting("shared", where) as forgotten:
         runs = [
             subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=where.crash_env())
             for _ in range(processes)
         ]
         ended = [(run.communicate(timeout=REPORT_TIMEOUT)[1], run.returncode) for run in runs]
-    finally:
-        stop.set()
-        forgetter.join(REPORT_TIMEOUT)
     assert_exclusive(log)
     assert ended == [("", 0)] * processes
     assert True in forgotten
