@@ -304,6 +304,8 @@ def assert_instance_interrupted_leaves_nothing(
         inturn.single_instance(name, **how)
     assert fired
     assert handlers == []
+    for thread in listening_threads():  # the accepting thread ends as its channel is closed
+        thread.join(float(BOUND))
     assert not listening_threads()
     if folder is not None:
         assert not list(folder.rglob("*.sock"))
