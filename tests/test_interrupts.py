@@ -125,23 +125,14 @@ def test_interrupt_as_the_turn_is_handed_over_leaves_the_line(where: Where, monk
     assert_interrupted_join_leaves(fired, "handed")
 
 
-def test_interrupt_as_a_with_block_notes_its_turn_leaves_the_line(where: Where):
-    line = inturn.Line("block")
-    line._blocks._lock = InterruptedLock()  # type: ignore[assignment]
-    with pytest.raises(KeyboardInterrupt), line:
-        raise AssertionError("the block ran without its turn noted")
-    assert_free("block")
-    with line:  # the same Line goes on working
-        pass
-
-
-def test_interrupt_as_a_turn_block_notes_its_turn_leaves_the_line(where: Where):
-    block = inturn.turn("turn-block")
-    block._blocks._lock = InterruptedLock()  # type: ignore[assignment]
+@pytest.mark.parametrize("make", [inturn.Line, inturn.turn], ids=["Line", "turn"])
+def test_interrupt_as_a_with_block_notes_its_turn_leaves_the_line(where: Where, make):
+    block = make("block")
+    block._blocks._lock = InterruptedLock()
     with pytest.raises(KeyboardInterrupt), block:
         raise AssertionError("the block ran without its turn noted")
-    assert_free("turn-block")
-    with block:
+    assert_free("block")
+    with block:  # the same object goes on working
         pass
 
 
