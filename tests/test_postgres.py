@@ -990,6 +990,43 @@ def test_a_join_held_up_in_the_server_keeps_the_callers_time_and_signals(private
         runner.wait()
 
 
+@pytest.mark.parametrize("how", ["timeout", "cancel"])
+def test_a_join_given_up_as_it_completes_leaves_no_ticket_behind(private_cluster, how):
+    """A join held up by a synchronous standby that is gone is cancelled when the caller's
+    time runs out or its token fires; the server then answers that the join committed (on
+    the primary only). Its ticket's row is removed before its session closes: the caller is
+    told ``Timeout`` or ``Cancelled`` with nothing left in line, rather than a ticket shown
+    waiting until the server ends the session, and left in the table after."""
+    url = with_schema(private_cluster.url, "inturn_given_up")
+    line = inturn.Line("given-up", backend=url)
+    line.acquire(blocking=False).release()
+    sql(private_cluster.url, "ALTER SYSTEM SET synchronous_standby_names = 'gone'")
+    sql(private_cluster.url, "SELECT pg_reload_conf()")
+    try:
+        if how == "timeout":
+            with pytest.raises(inturn.Timeout):
+                line.acquire(timeout=0.2)
+        else:
+            token = inturn.CancelToken()
+            syncing = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+            threading.Thread(
+                target=lambda: (
+                    until(lambda: sql(private_cluster.url, syncing)[0][0] == 1, "held up"),
+                    token.cancel(),
+                ),
+                daemon=True,
+            ).start()
+            with pytest.raises(inturn.Cancelled):
+                line.acquire(cancel=token)
+        assert sql(private_cluster.url, "SELECT count(*) FROM inturn_given_up.tickets") == [(0,)]
+        status = line.status()
+        assert (status.holders, status.waiters) == ((), ())
+    finally:
+        sql(private_cluster.url, "ALTER SYSTEM RESET synchronous_standby_names")
+        sql(private_cluster.url, "SELECT pg_reload_conf()")
+        line.close()
+
+
 @pytest.mark.parametrize("made", [False, True], ids=["no-schema-yet", "schema-made"])
 def test_a_standby_is_named_as_such(private_cluster, made):
     """A standby in recovery takes no writes: the line says to use the primary, and how with

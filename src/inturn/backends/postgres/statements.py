@@ -303,6 +303,11 @@ class Statements:
             "WITH r AS (DELETE FROM {s}.replaced WHERE number = %(number)s)"
             " DELETE FROM {s}.tickets WHERE number = %(number)s"
         )
+        # For removing the rows of a ticket given up as it was made: at once or not at all.
+        self.withdraw_settings = q(
+            "SELECT set_config('synchronous_commit', 'local', true),"
+            " set_config('lock_timeout', '200', true)"
+        )
         self.wait_and_look = q(
             "SELECT kind, number, alive, shared FROM {s}.wait_and_look("
             "%(key)s::int4, %(ms)s, %(before)s::bigint, %(me)s::bigint, %(line_id)s::bigint)"

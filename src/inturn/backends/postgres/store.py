@@ -711,6 +711,7 @@ class PostgresStore(LineStore):
                         # It ended as it was cancelled: either way, not a ticket to go on with
                         # (cancelled in synchronous replication, its commit has not reached
                         # the standby, and the number must not be used before it has).
+                        self._withdraw(conn, number)
                         conn.close()
                         self._out_of_patience(patience)
                         raise AssertionError("a join cancelled for no reason")
@@ -738,6 +739,16 @@ class PostgresStore(LineStore):
                     raise self.backend.translate(exc) from None
                 raise
         raise AssertionError("unreachable")
+
+    def _withdraw(self, conn: Connection, number: int) -> None:
+        """Remove the rows of a ticket whose join completed as its caller gave up, before its
+        session closes: a look right after the caller got ``Cancelled`` or ``Timeout`` would
+        otherwise still see it waiting, until the server has ended the session. Its commit
+        waits for no standby (one that does not answer may be why the join was cancelled);
+        a lock on inturn's tables or a late cancel leaves the rows to go with the session."""
+        with suppress(psycopg.Error), conn.transaction():
+            conn.execute(self.stmts.withdraw_settings)
+            conn.execute(self.stmts.leave_plainly, {"number": number})
 
     def _out_of_patience(self, patience: Patience) -> None:
         """Raise what a join ended by the caller's cancel or time means (the queue makes
