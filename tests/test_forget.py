@@ -262,3 +262,38 @@ def test_a_join_whose_name_record_a_forget_removes_as_it_is_written_opens_the_li
         assert turn.ticket >= 1
     assert any(entry.startswith(".name.") for entry in emptied), emptied
     assert inturn.Line("emptied").forget()
+
+
+GUARD_HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print('held', flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a local line's guard is a flock here")
+def test_a_line_whose_guard_stays_taken_is_found_in_use_not_an_error(tmp_path):
+    """Someone in the middle of joining (here: a process that took the line's guard and
+    stays there) keeps the line in use: after the second a forget waits for the guard, it
+    says so (False, exit 75), as for a holder, rather than failing."""
+    line = inturn.Line("guarded", directory=tmp_path)
+    line.acquire().release()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", GUARD_HOLDER, str(tmp_path / "guarded" / ".line")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert line.forget() is False
+        result = run_cli("forget", "--dir", str(tmp_path), "guarded")
+        assert result.returncode == 75 and "is in use" in result.stderr, result
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(REPORT_TIMEOUT)
+    assert line.forget() is True
+    line.close()

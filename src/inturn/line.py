@@ -19,6 +19,7 @@ from .backends.base import (
     Backend,
     CancelToken,
     Channel,
+    GuardTaken,
     LineStore,
     Membership,
     Patience,
@@ -500,11 +501,15 @@ class Line:
 
     def forget(self) -> bool:
         """Remove the line (its folder, or its name on a server) if nobody holds or waits in
-        it; False if someone does. Safe against someone joining at that moment: they join a
-        new line of the same name. A local line's ticket numbers start again from 1."""
+        it; False if someone does, or keeps its guard for the second a forget waits for it
+        (joining, leaving, or forgetting it meanwhile). Safe against someone joining at that
+        moment: they join a new line of the same name. A local line's ticket numbers start
+        again from 1."""
         opening = self._use()
         try:
             return opening.store.forget(Patience(time.monotonic() + BUSY_PATIENCE))
+        except GuardTaken:
+            return False
         finally:
             opening.done()
 
