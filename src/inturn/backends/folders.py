@@ -53,6 +53,10 @@ USER_COUNTER = ".next."  # a machine-wide line's counter of one user: .next.<uid
 NAME_FILE = ".name"
 DIR_VARIABLE = "INTURN_DIR"
 MACHINE_DIR_VARIABLE = "INTURN_MACHINE_DIR"
+# How often an opening, a join or a forget starts again on a folder found removed under it (by
+# ``inturn forget`` of an empty line) before it gives up: each time means a forget came
+# between two system calls (a loop forgetting nonstop, on a loaded machine, made ten in a row).
+REMOVED_RETRIES = 100
 # Part of the mode of every file a line has on Linux, sockets included: systemd-tmpfiles, which
 # removes from /tmp what nobody has touched for 10 days on many systems, leaves sticky files
 # alone (systemd's "Using /tmp/ and /var/tmp/ Safely"), and a turn can be held for longer. It

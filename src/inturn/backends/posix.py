@@ -48,6 +48,7 @@ from .folders import (
     COUNTER,
     KEEP,
     NAME_FILE,
+    REMOVED_RETRIES,
     Entries,
     FolderBackend,
     FolderMembership,
@@ -77,10 +78,6 @@ _O_NEW = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_OPEN = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _PRIVATE = 0o600 | KEEP
-# How often an opening, a join or a forget starts again on a folder found removed under it (by
-# ``inturn forget`` of an empty line) before it gives up: each time means a forget came
-# between two system calls (a loop forgetting nonstop, on a loaded machine, made ten in a row).
-_REMOVED_RETRIES = 100
 
 
 # --------------------------------------------------------------------------- folders
@@ -588,7 +585,7 @@ class PosixStore(UnixChannels, FolderStore):
     def _open_folder(self) -> int:
         """The line's folder, made if needed; made again if ``inturn forget`` removed it
         between our making (or opening) it and publishing its name in it."""
-        for _ in range(_REMOVED_RETRIES):
+        for _ in range(REMOVED_RETRIES):
             fd = self._open_folder_once()
             if fd is not None:
                 return fd
@@ -685,7 +682,7 @@ class PosixStore(UnixChannels, FolderStore):
     def _guard(self, patience: Patience) -> Iterator[int]:
         """The guard of the line's folder as it is now: taken again on the new folder when
         the line was forgotten while we waited for the old one's."""
-        for _ in range(_REMOVED_RETRIES):
+        for _ in range(REMOVED_RETRIES):
             opening = self._use()
             try:
                 taken = self._take_guard(opening, patience)
@@ -983,7 +980,7 @@ class PosixStore(UnixChannels, FolderStore):
     # -- LineStore
 
     def join(self, me: Ticket, patience: Patience) -> tuple[PosixMembership, View]:
-        for _ in range(_REMOVED_RETRIES):
+        for _ in range(REMOVED_RETRIES):
             joined = self._join_here(me, patience)
             if joined is not None:
                 return joined
@@ -1060,7 +1057,7 @@ class PosixStore(UnixChannels, FolderStore):
 
     def forget(self, patience: Patience) -> bool:
         self._refresh()
-        for _ in range(_REMOVED_RETRIES):
+        for _ in range(REMOVED_RETRIES):
             if not self._exists_at_all():
                 return True  # never used, or forgotten by someone else meanwhile
             opening = self._use()

@@ -43,8 +43,9 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from ctypes import wintypes
+from typing import TypeVar
 
 from .. import win32
 from ..errors import BackendError, Cancelled, Replaced
@@ -52,6 +53,7 @@ from ..records import MAX_RECORD_BYTES, Ticket, warn_once
 from .base import CancelToken, GuardTaken, Membership, Patience, View, Woke
 from .folders import (
     NAME_FILE,
+    REMOVED_RETRIES,
     SHARED,
     TICKET,
     Entries,
@@ -106,6 +108,24 @@ def _open_shared(path: str, *, write: bool, disposition: int) -> int:
     except BaseException:
         win32.close(handle)
         raise
+
+
+T = TypeVar("T")
+SHARING_RETRIES = 1000  # a millisecond apart: a second at most
+
+
+def _despite_sharing(call: Callable[[], T]) -> T:
+    """``call()``, a listing or a removal of a line's folder, again while another thread or
+    process has the folder open in a way that refuses it: Wine refuses to list a folder that a
+    forget is removing, and to remove one that is being listed. Either lasts one system call."""
+    for _ in range(SHARING_RETRIES):
+        try:
+            return call()
+        except PermissionError as exc:
+            if exc.winerror != win32.ERROR_SHARING_VIOLATION:
+                raise
+        time.sleep(0.001)
+    return call()
 
 
 def _read_file(path: str) -> bytes | None:
@@ -283,8 +303,11 @@ class WindowsBackend(FolderBackend):
 def _read_identity(folder: str) -> tuple[str, str] | None:
     """The line's exact name and its random id, from ``.name``; None if missing or unusable."""
     data = _read_file(os.path.join(folder, NAME_FILE))
-    if data is None:
-        return None
+    return None if data is None else _parse_identity(data)
+
+
+def _parse_identity(data: bytes) -> tuple[str, str] | None:
+    """The line's exact name and its random id from the bytes of ``.name``; None if unusable."""
     try:
         record = json.loads(data.decode())
     except (ValueError, UnicodeDecodeError):
@@ -517,6 +540,21 @@ class WindowsStore(PipeChannels, FolderStore):
             # live tickets would look dead, the line free, and the look would bury them.
             line_id = self._recorded_id(path)
             return "0" if line_id is None else line_id
+        # A forget may remove the folder between any two steps: made again, and set up again.
+        for _ in range(REMOVED_RETRIES):
+            if not self._make_line_folder():
+                continue
+            line_id = self._recorded_id(path)
+            if line_id is not None:
+                return line_id
+            self._write_identity(path)
+        raise BackendError(
+            f"cannot set up {path}: it keeps being removed, or cannot be read; "
+            "check the folder's permissions"
+        )
+
+    def _make_line_folder(self) -> bool:
+        """Make the line's folder if it is not there; False if it was removed meanwhile."""
         try:
             _make_folder(self.folder, self.backend.folder_security)
         except OSError as exc:
@@ -524,48 +562,64 @@ class WindowsStore(PipeChannels, FolderStore):
                 f"cannot create the line folder {self.folder}: {exc.strerror}; "
                 "check the permissions of its parent, or use --dir / INTURN_DIR"
             ) from None
-        if not os.path.isdir(self.folder):
+        if os.path.isdir(self.folder):
+            return True
+        if os.path.lexists(self.folder):
             raise BackendError(
                 f"{self.folder} is not a folder where inturn keeps line {self.name!r}: remove it"
             )
-        for _ in range(2):
-            line_id = self._recorded_id(path)
-            if line_id is not None:
-                return line_id
-            self._write_identity(path)
-        raise BackendError(f"cannot set up {path}: check the folder's permissions")
+        return False
 
     def _recorded_id(self, path: str) -> str | None:
         """The line's id from ``.name`` at ``path``; None if there is none yet. A record that
         names another line, or is corrupt, is refused with ``BackendError``."""
-        # Whether it exists is asked first: another thread or process may publish it between
-        # the two steps, and a file that existed before a read that found nothing usable is
-        # corrupt (it is only ever published whole).
-        existed = os.path.exists(path)
-        identity = _read_identity(self.folder)
-        if identity is not None:
-            if identity[0] != self.name:
-                raise BackendError(f"{path} names another line ({identity[0]!r}): remove it")
-            return identity[1]
-        if existed:
-            raise BackendError(
-                f"{path} is corrupt: remove the folder {self.folder} when nobody uses the line"
-            )
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            if any(entry.endswith((TICKET, SHARED)) for entry in os.listdir(self.folder)):
-                # Removed from under the tickets (they are only ever made after it): a new id
-                # would take their live holders for dead, and start a second holder beside them.
-                raise BackendError(
-                    f"{path} is missing, yet line {self.name!r} has tickets: remove the folder "
-                    f"{self.folder} when nobody uses the line"
-                )
-        return None
+        problem: OSError | None = None
+        ticketed = False
+        for _ in range(SHARING_RETRIES):
+            data = _read_file(path)
+            if data is not None:  # only ever published whole: unusable is corrupt
+                identity = _parse_identity(data)
+                if identity is None:
+                    raise BackendError(
+                        f"{path} is corrupt: remove the folder {self.folder} when nobody uses "
+                        "the line"
+                    )
+                if identity[0] != self.name:
+                    raise BackendError(f"{path} names another line ({identity[0]!r}): remove it")
+                return identity[1]
+            try:
+                entries = _despite_sharing(lambda: os.listdir(self.folder))
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            except OSError as exc:  # under Wine, as a forget removes it: "invalid name"
+                problem = exc
+            else:
+                problem = None
+                ticketed = any(entry.endswith((TICKET, SHARED)) for entry in entries)
+                if not ticketed and NAME_FILE not in entries:
+                    return None
+            # ``.name`` listed but not readable, or tickets without it: a forget removed them
+            # while others still had them open, which keeps them listed until those close (or
+            # ``.name`` was published, and tickets made under it, since our read). A moment
+            # later, either is gone.
+            time.sleep(0.001)
+        if problem is not None:
+            raise BackendError(f"cannot list {self.folder}: {problem.strerror}") from None
+        if not ticketed:
+            raise BackendError(f"cannot read {path}: check the folder's permissions")
+        # Removed from under the tickets (they are only ever made after it): a new id would
+        # take their live holders for dead, and start a second holder beside them.
+        raise BackendError(
+            f"{path} is missing, yet line {self.name!r} has tickets: remove the folder "
+            f"{self.folder} when nobody uses the line"
+        )
 
     def _write_identity(self, path: str) -> None:
         """Publish ``.name`` atomically: write a private file, then rename it into place.
 
         A rename onto an existing file fails on Windows, so when two processes set up the line
-        at once exactly one id wins, and both then read it.
+        at once exactly one id wins, and both then read it. Nothing is published, and nothing
+        said, if a forget removed the folder meanwhile: the caller makes it again.
         """
         draft = f"{path}.{secrets.token_hex(8)}.tmp"
         record = {"name": self.name, "id": secrets.token_hex(16)}
@@ -576,6 +630,8 @@ class WindowsStore(PipeChannels, FolderStore):
         except FileExistsError:
             pass
         except OSError as exc:
+            if isinstance(exc, FileNotFoundError) or not os.path.isdir(self.folder):
+                return  # the folder, or the draft in it, removed (or being so) by a forget
             raise BackendError(
                 f"cannot write in {self.folder} ({exc.strerror}): fix its permissions, "
                 "or choose another folder with --dir or INTURN_DIR"
@@ -623,7 +679,7 @@ class WindowsStore(PipeChannels, FolderStore):
         every step inside is safe to find half done. A caller with a deadline or a cancel
         token waits no longer than they allow (``GuardTaken``, ``Cancelled``).
         """
-        for _ in range(10):
+        for _ in range(REMOVED_RETRIES):
             line_id = self._line_id()
             handle = self._guard_mutex(f"{self.backend.namespace}.{line_id}.guard")
             try:
@@ -672,7 +728,7 @@ class WindowsStore(PipeChannels, FolderStore):
 
     def _entries(self) -> Entries:
         self._line_id()
-        return read_entries(os.listdir(self.folder))
+        return read_entries(_despite_sharing(lambda: os.listdir(self.folder)))
 
     def _opened(self) -> bool:
         return self._id is not None
@@ -770,7 +826,8 @@ class WindowsStore(PipeChannels, FolderStore):
                     return False  # someone holds or waits
                 self._bury_dead(number)
             # ``.name`` last: once it is gone, whoever opens the folder sets up a new line.
-            for entry in sorted(os.listdir(self.folder), key=lambda entry: entry == NAME_FILE):
+            files = _despite_sharing(lambda: os.listdir(self.folder))
+            for entry in sorted(files, key=lambda entry: entry == NAME_FILE):
                 try:
                     os.unlink(self._path(entry))
                 except FileNotFoundError:
@@ -782,7 +839,7 @@ class WindowsStore(PipeChannels, FolderStore):
                         "can forget it"
                     ) from None
             try:
-                os.rmdir(self.folder)
+                _despite_sharing(lambda: os.rmdir(self.folder))
             except OSError as exc:
                 if exc.winerror == win32.ERROR_DIR_NOT_EMPTY:
                     self._reopen(line_id)
