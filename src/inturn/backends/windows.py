@@ -588,11 +588,11 @@ class WindowsStore(PipeChannels, FolderStore):
                     raise BackendError(f"{path} names another line ({identity[0]!r}): remove it")
                 return identity[1]
             try:
-                entries = _despite_sharing(lambda: os.listdir(self.folder))
+                entries = os.listdir(self.folder)  # this loop already tries again
             except (FileNotFoundError, NotADirectoryError):
                 return None
-            except OSError as exc:  # under Wine, as a forget removes it: "invalid name"
-                problem = exc
+            except OSError as exc:  # under Wine, as a forget removes it: a sharing violation,
+                problem = exc  # or "invalid name"
             else:
                 problem = None
                 ticketed = any(entry.endswith((TICKET, SHARED)) for entry in entries)
@@ -642,7 +642,10 @@ class WindowsStore(PipeChannels, FolderStore):
 
     def object_name(self, suffix: int | str) -> str:
         """The kernel object name for a ticket number (or ``guard``): ASCII, no backslash."""
-        return f"{self.backend.namespace}.{self._line_id()}.{suffix}"
+        return self._object_name(self._line_id(), suffix)
+
+    def _object_name(self, line_id: str, suffix: int | str) -> str:
+        return f"{self.backend.namespace}.{line_id}.{suffix}"
 
     def job_name(self, number: int) -> str:
         """The name of the job object ``inturn run`` puts ticket ``number``'s command in."""
@@ -681,7 +684,7 @@ class WindowsStore(PipeChannels, FolderStore):
         """
         for _ in range(REMOVED_RETRIES):
             line_id = self._line_id()
-            handle = self._guard_mutex(f"{self.backend.namespace}.{line_id}.guard")
+            handle = self._guard_mutex(self._object_name(line_id, "guard"))
             try:
                 self._take_guard(handle, patience)
                 identity = _read_identity(self.folder)
@@ -728,7 +731,11 @@ class WindowsStore(PipeChannels, FolderStore):
 
     def _entries(self) -> Entries:
         self._line_id()
-        return read_entries(_despite_sharing(lambda: os.listdir(self.folder)))
+        return read_entries(self._listing())
+
+    def _listing(self) -> list[str]:
+        """The folder's entries, despite a forget removing it at that moment."""
+        return _despite_sharing(lambda: os.listdir(self.folder))
 
     def _opened(self) -> bool:
         return self._id is not None
@@ -826,8 +833,7 @@ class WindowsStore(PipeChannels, FolderStore):
                     return False  # someone holds or waits
                 self._bury_dead(number)
             # ``.name`` last: once it is gone, whoever opens the folder sets up a new line.
-            files = _despite_sharing(lambda: os.listdir(self.folder))
-            for entry in sorted(files, key=lambda entry: entry == NAME_FILE):
+            for entry in sorted(self._listing(), key=lambda entry: entry == NAME_FILE):
                 try:
                     os.unlink(self._path(entry))
                 except FileNotFoundError:
