@@ -485,6 +485,21 @@ def test_quiet_says_nothing_when_busy_timed_out_abandoned_or_replaced(lines_dir,
     assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "ran\n", "")
 
 
+def test_max_waiting_is_told_in_the_commands_own_words(lines_dir, workers):
+    """The refusal names the limit without the Python spelling (``max_waiting=``), which a
+    shell user never typed."""
+    holder = Worker("crowded", "--hold")
+    workers.append(holder)
+    holder.expect("acquired")
+    waiting = Run("crowded", terminal=True)
+    waiting.queued()
+    refused = run_cli("run", "--max-waiting", "1", "crowded", "--", "echo", "ran")
+    assert (refused.returncode, refused.stdout) == (75, ""), refused
+    assert refused.stderr == (
+        "inturn: line 'crowded' already has 1 waiting (at most 1 may wait): not joining\n"
+    )
+
+
 def test_flocks_spellings_of_the_options_are_taken(lines_dir, workers):
     """A command moved from ``flock(1)`` keeps its options: ``--nonblock``, ``--nb``,
     ``--wait`` and ``-x``/``-e``/``--exclusive`` mean what they mean there."""
@@ -718,6 +733,11 @@ def test_explicit_options_beat_the_environment(tmp_path, monkeypatch):
     shown = json.loads(run_cli("status", "--json", "--machine", "y").stdout)
     assert (shown["scope"], shown["where"]) == ("machine", str(machine / "inturn:y:"))
     assert not other.exists()  # INTURN_DIR is for the user's own lines only
+    monkeypatch.setenv("INTURN_BACKEND", nowhere)  # beats INTURN_DIR; --backend local beats it
+    assert run_cli("run", "--backend", "local", "z", "--", "true").returncode == 0
+    shown = json.loads(run_cli("status", "--json", "--backend", "local", "z").stdout)
+    assert (shown["scope"], shown["where"]) == ("user", str(other / "z"))
+    monkeypatch.delenv("INTURN_BACKEND")
     both = run_cli("status", "--dir", str(mine), "--backend", nowhere, "x")
     one_line_error(both, "--dir and --backend")
     monkeypatch.setenv("INTURN_BACKEND", nowhere)

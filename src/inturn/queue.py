@@ -383,8 +383,8 @@ class _Waiter:
         waiting = [n for n in live if not holds_at(request.slots, live, shared, n)]
         if request.max_waiting is not None and len(waiting) >= request.max_waiting:
             raise Busy(
-                f"line {store.name!r} already has {len(waiting)} waiting (max_waiting="
-                f"{request.max_waiting}): not joining",
+                f"line {store.name!r} already has {len(waiting)} waiting (at most "
+                f"{request.max_waiting} may wait): not joining",
                 store.status(),
             )
         if replace and request.newest_wins and waiting:
