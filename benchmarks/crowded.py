@@ -11,6 +11,7 @@ its own) in the same crowded folder. It prints only; it sets no target.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import sys
@@ -36,6 +37,7 @@ def cycle_ns(line: inturn.Line) -> float:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
     folder = tempfile.mkdtemp(prefix="inturn-bench-crowded-")
     os.chmod(folder, 0o1777)  # as /tmp
     where = f"{file_system(folder)} ({os.path.dirname(folder)})"

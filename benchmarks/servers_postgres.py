@@ -19,6 +19,7 @@ from idle waiters.
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -512,6 +513,7 @@ def main() -> None:
     if len(sys.argv) >= 4 and sys.argv[1] == "--child":
         child(sys.argv[2], sys.argv[3])
         return
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
     print(measure())
 
 

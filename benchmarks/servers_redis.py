@@ -25,6 +25,7 @@ breaks python-redis-lock, whose ``BLPOP`` waits as long as the lock's expiry or 
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import shutil
@@ -417,10 +418,13 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "worker":
         worker(*sys.argv[2:6])
         return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short run")
+    args = parser.parse_args()
     reason = unavailable()
     if reason is not None:
         sys.exit(f"cannot run: {reason}")
-    print(measure(quick="--quick" in sys.argv[1:]))
+    print(measure(quick=args.quick))
 
 
 if __name__ == "__main__":

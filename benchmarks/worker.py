@@ -22,6 +22,7 @@ time, then reports ``rounds`` and one ``REQUEST,INLINE,GRANTED,RELEASED`` group 
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import resource
@@ -89,6 +90,7 @@ def rounds(lock: SharedContender, words: list[str]) -> None:
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
     lock: Contender | None = None
     shared_lock: SharedContender | None = None
     say("ready", os.getpid())

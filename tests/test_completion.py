@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from inturn.cli.completion import short
 from inturn.cli.parser import build_parser
 
 from conftest import child_env, inturn_words, run_cli
@@ -79,6 +80,19 @@ def test_each_script_is_printed_and_names_the_shell(lines_dir, shell):
         assert command in result.stdout
     refused = run_cli("completion", "tcsh")
     assert refused.returncode == 2 and "invalid choice: 'tcsh'" in refused.stderr
+
+
+def test_every_option_is_described_by_what_it_does():
+    """A menu shows the first clause of an option's help: it must say what the option does,
+    not only where it applies ("with --watch or top")."""
+    for name, sub in commands().items():
+        for action in sub._actions:
+            if action.option_strings and action.help != argparse.SUPPRESS:
+                about = short(action.help or "")
+                assert about and not about.startswith("with "), (name, action.option_strings)
+    assert short(commands()["top"]._option_string_actions["--interval"].help or "") == (
+        "read the line again every SECONDS for arrivals and clocks"
+    )
 
 
 # --------------------------------------------------------------------------- bash and zsh

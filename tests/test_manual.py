@@ -78,6 +78,56 @@ def test_every_command_has_examples_in_its_help(lines_dir):
         assert section(result.stdout, "examples").count("  inturn") >= 1, name
 
 
+@pytest.mark.parametrize("columns", [60, 100])
+def test_help_is_wrapped_to_the_terminal(lines_dir, columns):
+    """Descriptions, examples, exit codes and variables fit the terminal as argparse fits the
+    options (two columns short of it), a table's rows going on under its second column."""
+    for name in ["", *commands()]:
+        result = run_cli(*([name] if name else []), "--help", COLUMNS=str(columns))
+        assert result.returncode == 0, name
+        long = [row for row in result.stdout.splitlines() if len(row) > columns - 2]
+        assert not long, (name, long)
+    text = run_cli("--help", COLUMNS=str(columns)).stdout
+    codes = section(text, "exit codes").splitlines()
+    below = codes[codes.index(next(r for r in codes if r.startswith("  75 "))) + 1]
+    assert below.startswith("       ") and below[7] != " ", codes  # under the meanings
+
+
+def test_every_command_says_where_its_duration_format_and_exit_codes_are(lines_dir):
+    for name, sub in commands().items():
+        text = run_cli(name, "--help").stdout
+        if any(a.type is not None and "SECONDS" in str(a.metavar) for a in sub._actions):
+            assert "1h30m, 2d" in text, name
+        if name != "run":
+            assert "Exit codes and variables: inturn --help, or man inturn." in text, name
+
+
+def test_the_man_page_says_help_and_version_once():
+    page = man_page(build_parser(), __version__)
+    assert "show this help message" not in page
+    assert page.count("\\fB\\-h\\fR, \\fB\\-\\-help\\fR") == 1
+    assert "\\fBinturn \\-\\-version\\fR" in page  # in the synopsis
+    assert "\n\\fB\\-\\-version\\fR\nprint inturn's version and exit\n" in page
+
+
+@pytest.mark.parametrize(
+    "script",
+    sorted(p.name for p in (ROOT / "benchmarks").glob("*.py") if "__main__" in p.read_text()),
+)
+def test_each_benchmark_script_answers_help_without_running(script):
+    """``--help`` prints the usage and exits: it never starts a benchmark of many minutes."""
+    shown = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--help"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=60,
+    )
+    assert (shown.returncode, shown.stderr) == (0, ""), shown
+    assert shown.stdout.startswith(f"usage: {script}"), shown.stdout
+
+
 # --------------------------------------------------------------------------- the man page
 
 

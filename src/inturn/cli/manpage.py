@@ -24,6 +24,10 @@ def man_page(parser: argparse.ArgumentParser, version: str) -> str:
     for name, _, sub in commands:
         out.append(".PP")
         out.append(f"\\fBinturn {_escape(name)}\\fR {_escape(_usage(sub, name))}")
+    out.append(".PP")
+    out.append("\\fBinturn\\fR [\\fICOMMAND\\fR] \\fB\\-\\-help\\fR")
+    out.append(".PP")
+    out.append("\\fBinturn \\-\\-version\\fR")
     out.append(".SH DESCRIPTION")
     out.append(_escape(parser.description or ""))
     out.append(".PP")
@@ -38,12 +42,19 @@ def man_page(parser: argparse.ArgumentParser, version: str) -> str:
     )
     out.append(".PP")
     out.append(_escape(DURATIONS))
+    out.append(".SH OPTIONS")
+    for action in parser._actions:  # -h and --version: said once here, not in every command
+        if action.help == argparse.SUPPRESS or isinstance(action, argparse._SubParsersAction):
+            continue
+        out.append(".TP")
+        out.append(_term(action))
+        out.append(_escape(HELP if isinstance(action, argparse._HelpAction) else action.help or ""))
     out.append(".SH COMMANDS")
     for name, summary, sub in commands:
         out.append(f".SS inturn {_escape(name)}")
         out.append(_escape(sub.description or summary))
         for action in sub._actions:
-            if action.help == argparse.SUPPRESS:
+            if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
                 continue
             out.append(".TP")
             out.append(_term(action))
@@ -69,6 +80,9 @@ def man_page(parser: argparse.ArgumentParser, version: str) -> str:
     out.append(".BR timeout (1),")
     out.append(".BR run\\-one (1)")
     return "\n".join(out) + "\n"
+
+
+HELP = "show the help of inturn, or of inturn COMMAND (its options and examples), and exit"
 
 
 def _usage(sub: argparse.ArgumentParser, name: str) -> str:

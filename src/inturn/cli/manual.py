@@ -64,8 +64,9 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
     ),
     (
         "75",
-        "busy with --no-wait or --max-waiting, --timeout ran out, or forget found the "
-        "line in use (--conflict-exit-code changes it); send: no answer within --timeout",
+        "run: busy with --no-wait or --max-waiting, or --timeout ran out; wait: --timeout "
+        "ran out (for both, --conflict-exit-code changes it); forget: the line is in use; "
+        "send: no answer within --timeout",
     ),
     (
         "76",
@@ -76,7 +77,11 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
     ("69", "inturn send: no instance runs or listens, or it ended before it answered"),
     ("126", "the command cannot be run (not executable, a folder; on Windows, not a program)"),
     ("127", "the command was not found (or the interpreter on its #! line)"),
-    ("130", "interrupted by Ctrl-C while waiting (128+N for another signal N)"),
+    (
+        "130",
+        "interrupted by Ctrl-C while waiting, or before the command started (128+N for "
+        "another signal N)",
+    ),
     ("141", "whoever read the output stopped reading (inturn status | head -1)"),
     ("2", "usage error, unusable setup or system error: one inturn: line says which"),
 )
@@ -96,7 +101,8 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
     (
         "INTURN_BACKEND",
         "a postgresql:// or redis:// URL where lines live, to take turns across "
-        "machines; --backend or --dir beats it",
+        "machines (local: this machine's folders); --backend or --dir beats it, and it "
+        "beats INTURN_DIR and INTURN_MACHINE_DIR",
     ),
     ("INTURN_NAME", "given to the command of inturn run: the line's name"),
     ("INTURN_TICKET", "given to the command: its ticket, a number that only grows"),
@@ -112,21 +118,29 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
 )
 
 DURATIONS = (
-    "Durations are seconds (90, 1.5), or numbers with units largest first (500ms, 10m, 1h30m)."
+    "Durations are seconds (90, 1.5), or numbers with units largest first (500ms, 10m, "
+    "1h30m, 2d; ms s m h d, in any case: 10M is ten minutes)."
 )
+
+
+DURATION_COMMANDS = ("", "run", "wait", "status", "top", "send")  # whose options take one
+SEE_ALSO = "Exit codes and variables: inturn --help, or man inturn."
 
 
 def epilog(command: str) -> str:
     """The end of ``inturn COMMAND --help`` (``""``: of ``inturn --help``): its examples,
-    then, for the top level and ``run``, the exit codes and the environment."""
+    then, for the top level and ``run``, the exit codes and the environment (the other
+    commands say where to find them)."""
     parts = [_table("examples:", EXAMPLES.get(command, ()), code_first=True)]
-    if command in ("", "run", "wait"):
+    if command in DURATION_COMMANDS:
         parts.append(DURATIONS)
     if command in ("", "run"):
         parts.append(_table("exit codes:", EXIT_CODES))
         parts.append(_table("environment:", ENVIRONMENT))
     if command == "":
         parts.append("See inturn COMMAND --help, and man inturn.")
+    else:
+        parts.append(SEE_ALSO if command != "run" else "See also man inturn.")
     return "\n\n".join(p for p in parts if p)
 
 
@@ -140,17 +154,9 @@ def _table(title: str, rows: Sequence[tuple[str, str]], code_first: bool = False
             lines.append(f"      {right}")
         return "\n".join(lines)
     width = max(len(left) for left, _ in rows)
-    for left, right in rows:
-        lines.extend(_wrapped(f"  {left.ljust(width)}  ", right))
+    for left, right in rows:  # one line a row: the help's formatter wraps it to the terminal
+        lines.append(f"  {left.ljust(width)}  {right}")
     return "\n".join(lines)
-
-
-def _wrapped(head: str, text: str, columns: int = 79) -> list[str]:
-    import textwrap
-
-    return textwrap.wrap(text, columns, initial_indent=head, subsequent_indent=" " * len(head)) or [
-        head.rstrip()
-    ]
 
 
 def subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argparse.ArgumentParser]]:

@@ -40,11 +40,11 @@ class Parser(argparse.ArgumentParser):
         self.manual = manual  # the command whose examples close its help ("": the top level)
 
     def format_usage(self) -> str:
-        self.formatter_class = argparse.RawDescriptionHelpFormatter
+        self.formatter_class = WrappingFormatter
         return super().format_usage()
 
     def format_help(self) -> str:
-        self.formatter_class = argparse.RawDescriptionHelpFormatter
+        self.formatter_class = WrappingFormatter
         if self.manual is not None and self.epilog is None:
             from .manual import epilog
 
@@ -63,6 +63,32 @@ class Parser(argparse.ArgumentParser):
         except UsageError as exc:
             say(str(exc))
             sys.exit(EXIT_USAGE)
+
+
+class WrappingFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and the text after the options fitted to the terminal as argparse fits
+    the options' help, line by line, so that a line break written there stays. A line too
+    long goes on under its own indent, or under a table's second column (two spaces or more
+    after its first word)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        lines = []
+        for line in text.splitlines():
+            if len(indent + line) <= width:
+                lines.append((indent + line).rstrip())
+                continue
+            column = re.match(r"\s*\S+ {2,}(?=\S)|\s*", line)
+            hang = indent + " " * (column.end() if column else 0)
+            lines += textwrap.wrap(
+                indent + line,
+                width,
+                subsequent_indent=hang,
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+        return "\n".join(lines)
 
 
 def _unmeasured_formatter(prog: str) -> argparse.HelpFormatter:
@@ -86,7 +112,12 @@ def build_parser(words: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     from .. import __version__
 
-    parser.add_argument("--version", action="version", version=f"inturn {__version__}")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"inturn {__version__}",
+        help="print inturn's version and exit",
+    )
     commands = parser.add_subparsers(dest="action", metavar="COMMAND")
     commands.required = True
     asked = words[0] if words else None
@@ -110,14 +141,14 @@ def add_where(sub: argparse.ArgumentParser) -> None:
         "--dir",
         metavar="DIR",
         type=_given("a folder"),
-        help="folder where lines live (env INTURN_DIR)",
+        help="folder where lines live (env INTURN_DIR; with --machine, INTURN_MACHINE_DIR)",
     )
     sub.add_argument(
         "--backend",
         metavar="URL",
         type=_given("a URL"),
-        help="a postgresql:// or redis:// server, to take turns across machines "
-        "(env INTURN_BACKEND)",
+        help="a postgresql:// or redis:// server, to take turns across machines, or local "
+        "for this machine's folders (env INTURN_BACKEND, which beats INTURN_DIR)",
     )
 
 
@@ -272,7 +303,7 @@ def _add_status(commands: Commands[Parser]) -> None:
         help="a live full-screen view, redrawn as the line changes (q quits): inturn top",
     )
     add_where(status)
-    _add_interval(status)
+    _add_interval(status, "; implies --watch")
 
 
 def _add_top(commands: Commands[Parser]) -> None:
@@ -290,12 +321,13 @@ def _add_top(commands: Commands[Parser]) -> None:
     _add_interval(top)
 
 
-def _add_interval(live: argparse.ArgumentParser) -> None:
+def _add_interval(live: argparse.ArgumentParser, also: str = "") -> None:
     live.add_argument(
         "--interval",
         type=_interval,
         metavar="SECONDS",
-        help="with --watch or top: read the line again every SECONDS (default 1)",
+        help="read the line again every SECONDS for arrivals and clocks (default 1; "
+        f"leavers show at once{also})",
     )
 
 
