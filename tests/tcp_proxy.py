@@ -10,7 +10,9 @@ connections still work. ``wait_sent(marker, count)`` lets a test wait until the 
 sent something (a lease renewal, say) instead of guessing how long that takes. ``hold()``
 keeps back what the clients of the connections open at that moment send (a statement that is
 late to reach the server), until ``let_go()``; ``wait_held(count)`` waits until that many
-chunks are held.
+chunks are held. ``cut_after_reply(marker)`` lets the next command containing ``marker``
+reach the server, then closes that connection instead of passing on the server's answer (a
+command that ran, whose answer was lost); ``replies_dropped`` counts those answers.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ class TcpProxy:
         self.opened: list[socket.socket] = []  # closed only by ``close``
         self.held: set[socket.socket] = set()  # clients whose chunks wait for ``let_go``
         self.held_back = 0  # chunks that waited
+        self.doom: bytes | None = None  # the next client chunk with this loses its answer
+        self.doomed: set[socket.socket] = set()  # servers' sides whose next answer is dropped
+        self.replies_dropped = 0
         threading.Thread(target=self._accept, daemon=True, name="tcp-proxy").start()
 
     def _accept(self) -> None:
@@ -61,8 +66,13 @@ class TcpProxy:
                     break
                 if self.blackholed.is_set():
                     continue  # dropped, silently
+                if not outgoing and self._drops_answer(source):
+                    break  # the answer goes nowhere: both sides are closed below
                 if outgoing:
                     with self.changed:
+                        if self.doom is not None and self.doom in data:
+                            self.doom = None
+                            self.doomed.add(sink)  # before the server can answer
                         if source in self.held:
                             self.held_back += 1
                             self.changed.notify_all()
@@ -79,6 +89,20 @@ class TcpProxy:
         for sock in (source, sink):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+    def _drops_answer(self, upstream: socket.socket) -> bool:
+        """Whether this answer from the server is the one ``cut_after_reply`` loses."""
+        with self.changed:
+            if upstream not in self.doomed:
+                return False
+            self.doomed.discard(upstream)
+            self.replies_dropped += 1
+            self.changed.notify_all()
+            return True
+
+    def cut_after_reply(self, marker: bytes) -> None:
+        with self.changed:
+            self.doom = marker
 
     def upstream_addresses(self) -> list[str]:
         """``host:port`` of each connection to the server, as the server sees its clients."""

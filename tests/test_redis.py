@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 
 import inturn
 from inturn.backends.base import Patience
+from inturn.backends.redis import scripts
 from inturn.errors import UsageError
 from inturn.records import own_ticket_fields
 
@@ -311,6 +313,79 @@ def test_a_dropped_connection_that_comes_back_keeps_the_turn(place, redis_base):
         assert holder.next_line() == []  # and the command was never told to stop
     finally:
         proxy.close()
+
+
+def evalsha_of(place: Any, script: str) -> bytes:
+    """How ``script`` is sent (``EVALSHA`` and its SHA-1, in RESP), loaded on the server first
+    so that it runs at once (not answered ``NOSCRIPT``) and a proxy can pick it out;
+    ``SCRIPT EXISTS`` names the SHA-1 too, but not so."""
+    client = place.client()
+    try:
+        client.script_load(script)
+    finally:
+        client.close()
+    return b"EVALSHA\r\n$40\r\n" + hashlib.sha1(script.encode()).hexdigest().encode()
+
+
+def test_a_claim_whose_answer_is_lost_still_tells_the_next_holder(place, redis_base):
+    """The holder dies. The next one's claim of its marker runs on the server, but the
+    connection closes before the answer comes back, and the client sends the claim again:
+    the next holder must still be told abandoned, by whom, and the one after it nothing."""
+    proxy = TcpProxy(*_host_port(redis_base))
+    url = with_parameters(place.url(lease=1), lock_delay=0)
+    line = inturn.Line(
+        "lostclaim",
+        backend=with_parameters(place.url(lease=1, base=through(proxy, redis_base)), lock_delay=0),
+    )
+    try:
+        holder = Run("lostclaim", "--backend", url)
+        holder.running()
+        holder.kill()  # SIGKILL: its turn is abandoned
+        proxy.cut_after_reply(evalsha_of(place, scripts.CLAIM))
+        with line.acquire(timeout=30) as turn:
+            assert proxy.replies_dropped == 1  # the fault happened, to the claim
+            assert turn.abandoned and turn.abandoned_by is not None
+            assert turn.abandoned_by.pid == holder.pid
+        with line.acquire(timeout=30) as after:
+            assert not after.abandoned
+    finally:
+        line.close()
+        proxy.close()
+
+
+@pytest.mark.parametrize("script", ["join", "leave"])
+def test_a_join_or_leave_whose_answer_is_lost_is_done_once(place, redis_base, script):
+    """A join or a leave that ran on the server, whose answer was lost with its connection,
+    is sent again by the client: it must not take a second ticket, nor leave twice (the
+    next holder is told nothing, and the line is empty after)."""
+    proxy = TcpProxy(*_host_port(redis_base))
+    url = with_parameters(place.url(lease=1), lock_delay=0)
+    line = inturn.Line(
+        "lostanswer",
+        backend=with_parameters(place.url(lease=1, base=through(proxy, redis_base)), lock_delay=0),
+    )
+    other = inturn.Line("lostanswer", backend=url)
+    try:
+        proxy.cut_after_reply(
+            evalsha_of(place, scripts.JOIN if script == "join" else scripts.LEAVE)
+        )
+        with line.acquire(timeout=30) as turn:
+            status = other.status()
+            assert [h.number for h in status.holders] == [turn.ticket] and not status.waiters
+        assert proxy.replies_dropped == 1
+        with other.acquire(timeout=30) as after:
+            assert not after.abandoned and after.ticket > turn.ticket
+        status = other.status()
+        assert not status.holders and not status.waiters
+    finally:
+        line.close()
+        other.close()
+        proxy.close()
+
+
+def _host_port(base: str) -> tuple[str, int]:
+    target = urlsplit(base)
+    return target.hostname or "127.0.0.1", target.port or 6379
 
 
 def test_a_forked_child_neither_keeps_nor_frees_its_parents_turn(place):

@@ -6,6 +6,11 @@ Lua"), and every key it touches is passed in ``KEYS``, as Redis requires of scri
 ``store.py`` for the keys. Times kept in a ticket (``joined_at``, ``acquired_at``) are the
 server's clock (``TIME``), the one clock every host of a line shares; readers move them onto
 their own.
+
+The client sends a command again when its connection drops before the answer comes (see
+``store.py``), so each script may run twice: run again, it changes nothing more and answers
+as it did (a join finds its ticket id in line, a leave finds it gone, a burial finds its
+marker, a claim finds the record it took).
 """
 
 JOIN = """
@@ -83,11 +88,20 @@ redis.call('HSET', KEYS[2], 'acquired_at', string.format('%d.%06d', now[1], now[
 return 1
 """
 
+# Takes an abandonment marker. KEYS: abandoned, the dead ticket's record, where the claimed
+# record is kept; ARGV: the dead ticket's id, the claimer's ticket id, how long (ms) the claimed
+# record is kept. The claimer may send it twice (its client sends a command again when the
+# connection drops before the answer came): then the marker is gone, and the claimer is given
+# the record it claimed again, rather than nothing, which would tell it no holder died.
 CLAIM = """
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return false end
-local record = redis.call('HGETALL', KEYS[2])
-redis.call('DEL', KEYS[2])
-return record
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[2], 'claimed_by', ARGV[2])
+  redis.call('RENAME', KEYS[2], KEYS[3])
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+elseif redis.call('HGET', KEYS[3], 'claimed_by') ~= ARGV[2] then
+  return false
+end
+return redis.call('HGETALL', KEYS[3])
 """
 
 FORGET = """

@@ -16,6 +16,8 @@ Cluster slot; the name itself is stored only as data, never spliced into a comma
 * ``...:t:<id>``: a hash with the owner's record (pid, user, host, command, ...).
 * ``...:lease:<id>``: the lease. ``...:gone:<id>``: a stream the ticket's leaver (or burier)
   appends to, with a short expiry, so that waiters blocked on it wake up.
+* ``...:claimed:<id>``: a dead holder's record once the next holder claimed its marker, with
+  the claimer's id and a short expiry, so that a claim sent again gets the same answer.
 * ``<prefix>:lines``: the set of line names, for ``inturn status``.
 
 Ticket ids are random, chosen by the client, so that every key a script touches is passed in
@@ -256,6 +258,8 @@ class RedisBackend(Backend):
             "protocol": 2,
         }
         # Retry a dropped connection (a server restart), not a silent one: that is trouble.
+        # A command the server ran but whose answer was lost is then sent again, so every
+        # script gives the same answer the second time (see scripts.py).
         retry = Retry(
             ExponentialBackoff(cap=0.5, base=0.05), 2, supported_errors=(rx.ConnectionError,)
         )
@@ -398,6 +402,9 @@ class RedisStore(LineStore):
 
     def _gone_key(self, ticket_id: str) -> str:
         return f"{self.tag}:gone:{ticket_id}"
+
+    def _claimed_key(self, ticket_id: str) -> str:
+        return f"{self.tag}:claimed:{ticket_id}"
 
     def _run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return self.backend.scripts[script](keys=keys, args=args)
@@ -861,6 +868,7 @@ class RedisStore(LineStore):
     def claim_abandoned(self, me: Membership) -> Ticket | None:
         """The first marker we may claim: a shared turn leaves those of shared holders to the
         next exclusive one."""
+        assert isinstance(me, RedisMembership)
         skip = 0
         while True:
             with self.backend.errors():
@@ -874,7 +882,8 @@ class RedisStore(LineStore):
                 if me.shared and _text(call(self.backend.client, "HGET", key, "shared") or b""):
                     skip += 1
                     continue
-                record = self._run("claim", [self.abandoned_key, key], [ticket_id])
+                keys = [self.abandoned_key, key, self._claimed_key(ticket_id)]
+                record = self._run("claim", keys, [ticket_id, me.ticket_id, self.gone_ms])
             if record is not None:
                 pairs = dict(zip(record[::2], record[1::2], strict=True))
                 return _ticket(number, pairs, self.backend.clock.offset)
