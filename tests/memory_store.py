@@ -142,7 +142,7 @@ class MemoryStore(LineStore):
         with self.world.changed:
             self.world.records[me.number] = self.world.records[me.number]._replace(acquired_at=when)
 
-    def claim_abandoned(self, me: Membership) -> Ticket | None:
+    def claim_abandoned(self, me: Membership, patience: Patience) -> Ticket | None:
         self.calls["claim"] += 1
         with self.world.changed:
             ours = [n for n, t in self.world.markers.items() if not (me.shared and t.shared)]

@@ -200,3 +200,71 @@ def test_every_death_is_told_once_to_the_next_holder_while_probes_run(lines_dir,
     assert stop_looking(proc) > 0
     with inturn.turn("probed") as later:
         assert not later.abandoned, later.abandoned_by
+
+
+# --------------------------------------------------------------------------- claims and joins
+
+JOIN_ONCE = textwrap.dedent(
+    """
+    import inturn
+    try:
+        inturn.Line("claimed").acquire(blocking=False).release()
+        print("held")
+    except inturn.Busy:
+        print("busy")
+    """
+)
+
+
+def test_a_join_during_the_next_holders_claim_does_not_take_the_notice(
+    lines_dir, workers, monkeypatch
+):
+    """The next holder claims the dead one's marker by creating its ``.told``; a process that
+    joins right then tidies the line's claimed markers. It must not tidy away a claim still
+    being made: the claimer would find the marker gone and nobody would be told. The joiner is
+    run, for real, at the moment the claim file has just been made."""
+    from inturn.backends.posix import PosixStore
+
+    holder = Worker("claimed", "--hold")
+    workers.append(holder)
+    holder.expect("acquired")
+    holder.proc.send_signal(signal.SIGKILL)
+    holder.wait()
+    create = PosixStore._create
+    joins: list[str] = []
+
+    def create_then_let_one_join(store: PosixStore, entry: str, data: bytes) -> bool:
+        made = create(store, entry, data)
+        if made and entry.endswith(".told") and not joins:
+            joiner = subprocess.run(
+                [sys.executable, "-c", JOIN_ONCE],
+                env=child_env(),
+                capture_output=True,
+                text=True,
+                timeout=REPORT_TIMEOUT,
+                check=True,
+            )
+            joins.append(joiner.stdout.strip())
+        return made
+
+    monkeypatch.setattr(PosixStore, "_create", create_then_let_one_join)
+    with inturn.turn("claimed") as turn:
+        assert joins == ["busy"], "the joiner did not come during the claim"
+        assert turn.abandoned, "the next holder was not told"
+        assert turn.abandoned_by is not None and turn.abandoned_by.pid == holder.pid
+    monkeypatch.undo()
+    assert sorted(p.name for p in (lines_dir / "claimed").iterdir()) == [".line", ".name"]
+    with inturn.turn("claimed") as later:
+        assert not later.abandoned, later.abandoned_by
+
+
+def test_a_claim_left_without_its_marker_is_tidied(lines_dir):
+    """Whoever tidies a claimed marker removes the marker, then its claim: cut off between
+    the two, it leaves a ``.told`` alone, which the next join removes."""
+    with inturn.turn("stray"):
+        pass
+    stray = lines_dir / "stray" / f"{1:012d}.told"
+    stray.write_bytes(b"")
+    with inturn.turn("stray") as turn:
+        assert not turn.abandoned
+    assert not stray.exists()

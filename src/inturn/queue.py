@@ -202,7 +202,7 @@ def take_turn(
                 view = None  # lost its place as the turn came: back in line, wait again
                 continue
             break
-        dead = store.claim_abandoned(me) if claim else None
+        dead = store.claim_abandoned(me, patience) if claim else None
         # Recorded and handed over under the same cover: an interrupt (Ctrl-C) before the
         # caller has the turn in hand leaves the line, or nobody could ever release it.
         holdings.add(store, me.number, owner, task)

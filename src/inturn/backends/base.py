@@ -510,9 +510,10 @@ class LineStore(ABC):
         is sought until ``me.give_up_at``, or ``patience``'s cancel)."""
 
     @abstractmethod
-    def claim_abandoned(self, me: Membership) -> Ticket | None:
+    def claim_abandoned(self, me: Membership, patience: Patience) -> Ticket | None:
         """Consume one abandonment marker atomically, the oldest first (a shared turn skips
-        those of shared holders); the dead holder's record, or None."""
+        those of shared holders); the dead holder's record, or None. A backend that needs a
+        short lock for it waits for that lock as ``patience`` allows (``GuardTaken``)."""
 
     @abstractmethod
     def leave(self, me: Membership) -> None:

@@ -7,9 +7,11 @@ it by creating ``<number>.told``: creating a file that must not exist yet is ato
 one holder is told, and it works between users who may not remove each other's files (a
 machine-wide line's files are in a sticky folder, like ``/tmp``). Files are removed by whoever
 may, in an order that never lets a claimed marker look unclaimed: the ticket first, then the
-marker, then the claim. Numbers are zero-padded so that a listing sorts like the line. A
-platform may keep a line's files side by side with other lines' instead, each name prefixed
-(``FolderStore.prefix``): the POSIX backend does so for machine-wide lines.
+marker, then the claim. Claims are made under the line's guard, as tidies are: a tidy never
+takes a marker from under a claim still being made. Numbers are zero-padded so that a listing
+sorts like the line. A platform may keep a line's files side by side with other lines'
+instead, each name prefixed (``FolderStore.prefix``): the POSIX backend does so for
+machine-wide lines.
 """
 
 from __future__ import annotations
@@ -119,7 +121,9 @@ class Entries:
         self.tickets = tickets  # every ticket file present (live or dead), ascending
         self.shared = shared  # which of them are shared turns
         self.markers = markers  # abandonment markers that nobody has claimed yet
-        self.claimed = claimed  # markers already claimed, left for whoever may remove them
+        # claims, with their markers or without (a tidy cut off between the two), left for
+        # whoever may remove them
+        self.claimed = claimed
         self.highest = highest  # the highest number any entry carries (0 if none)
         self.counters = counters  # the per-user counters of a machine-wide line
 
@@ -155,7 +159,7 @@ def read_entries(entries: Iterable[str]) -> Entries:
         tuple(tickets),
         frozenset(shared),
         tuple(sorted(markers - told)),
-        tuple(sorted(markers & told)),
+        tuple(sorted(told)),
         highest,
         tuple(sorted(counters)),
     )
@@ -596,8 +600,10 @@ class FolderStore(LineStore):
         with os_errors(self.shown):
             write_all(me.fd, b'{"pid":%d}\n' % pid)
 
-    def claim_abandoned(self, me: Membership) -> Ticket | None:
-        with os_errors(self.shown):
+    def claim_abandoned(self, me: Membership, patience: Patience) -> Ticket | None:
+        """Under the guard, so that no tidy (a join's, the claimer's of another marker) can
+        take a marker from under a claim being made, nor one claimer from under another."""
+        with os_errors(self.shown), self._guard(patience):
             for number in self._entries().markers:
                 record = self._claim(number, me.shared)
                 if record is not None:
@@ -605,10 +611,11 @@ class FolderStore(LineStore):
         return None
 
     def _claim(self, number: int, shared: bool) -> Ticket | None:
-        """Tell ourselves of a marker by creating its claim, which only one can do. A marker
-        is removed only once claimed and once its ticket is gone (and then never comes back),
-        so a marker still there after our claim was made was ours to claim. A shared turn
-        leaves the marker of a shared one for the next exclusive holder."""
+        """Under the guard: tell ourselves of a marker by creating its claim, which only one
+        can do, then tidy it away. A claimer that dies before its claim is made leaves the
+        marker to the next holder; one that dies after, a claimed marker for the next join to
+        tidy (its own death, while holding, is then told to the next holder in its turn). A
+        shared turn leaves the marker of a shared one for the next exclusive holder."""
         marker, told = marker_file(number), told_file(number)
         found = self._read(marker)
         if found is None:
@@ -618,16 +625,12 @@ class FolderStore(LineStore):
             if dead is None or dead.shared:
                 return None
         if not self._create(told, b""):
-            return None  # another new holder was told
-        if not self._exists(marker):  # claimed and tidied away while we read it
-            with suppress(OSError):
-                self._remove(told)
-            return None
+            return None  # claimed already
         data, owner = found
         record = parse_record(
             number, data, self._where(marker), self._dead_owner(number, data, owner)
         )
-        with suppress(OSError, BackendError), self._guard(Patience(0.0)):
+        with suppress(OSError):
             self._tidy(number)
         return record
 
@@ -658,7 +661,8 @@ class FolderStore(LineStore):
                 self._remove(entry)
 
     def _tidy_litter(self, entries: Entries) -> None:
-        """Under the guard: claimed markers that their claimers could not remove."""
+        """Under the guard: claimed markers that their claimers could not remove, and claims
+        left alone by a tidy cut off between the marker and its claim."""
         for number in entries.claimed:
             with suppress(OSError):
                 self._tidy(number)

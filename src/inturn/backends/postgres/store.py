@@ -1100,7 +1100,7 @@ class PostgresStore(LineStore):
 
         self._query(me, work)
 
-    def claim_abandoned(self, me: Membership) -> Ticket | None:
+    def claim_abandoned(self, me: Membership, patience: Patience) -> Ticket | None:
         def work(conn: Connection) -> Ticket | None:
             params = {"line_id": self._line(conn), "shared": me.shared}
             row = conn.execute(self.stmts.claim, params).fetchone()

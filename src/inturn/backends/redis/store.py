@@ -865,7 +865,7 @@ class RedisStore(LineStore):
             raise LostTurn(self._lost_place(me))
         me.holding = True
 
-    def claim_abandoned(self, me: Membership) -> Ticket | None:
+    def claim_abandoned(self, me: Membership, patience: Patience) -> Ticket | None:
         """The first marker we may claim: a shared turn leaves those of shared holders to the
         next exclusive one."""
         assert isinstance(me, RedisMembership)
