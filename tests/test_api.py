@@ -627,3 +627,74 @@ def test_a_ticket_names_its_user_as_getpass_would(variables):
     )
     ours, theirs = result.stdout.split()
     assert ours == theirs and result.stderr == "", result
+
+
+def _time_out_once_on_a_fresh_line(how: str, name: str) -> None:
+    """One wait of 10 ms on a ``Line`` (or ``turn``) made for it, which times out."""
+    if how == "turn":
+        with pytest.raises(inturn.Timeout), inturn.turn(name, timeout=0.01):
+            pass
+    elif how == "acquire":
+        line = inturn.Line(name)
+        with pytest.raises(inturn.Timeout):
+            line.acquire(timeout=0.01)
+        line.close()
+    elif how == "wait":
+        line = inturn.Line(name)
+        with pytest.raises(inturn.Timeout):
+            line.wait(timeout=0.01)
+        line.close()
+    elif how == "async with":
+
+        async def block() -> None:
+            async with inturn.turn(name, timeout=0.01):
+                pass
+
+        with pytest.raises(inturn.Timeout):
+            asyncio.run(block())
+    else:
+
+        async def wait_for() -> None:
+            line = inturn.Line(name)
+            try:
+                await asyncio.wait_for(inturn.acquire_async(line), 0.01)
+            finally:
+                line.close()
+
+        with pytest.raises(TimeoutError):
+            asyncio.run(wait_for())
+
+
+def _watch_threads() -> int:
+    return sum(thread.name == "inturn-watch" for thread in threading.enumerate())
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="counts POSIX descriptors")
+@pytest.mark.parametrize("how", ["turn", "acquire", "wait", "async with", "wait_for"])
+def test_polling_a_long_held_line_with_short_waits_leaves_nothing_behind(lines_dir, how):
+    """Trying for 10 ms and retrying later against one long holder: each try on a fresh ``Line``
+    must not leave a thread and a descriptor behind until the holder leaves (the kernel wait
+    on the holder's ticket is shared by the whole process, not kept per ``Line``)."""
+    name = "polled"
+    held, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with inturn.Line(name).acquire():
+            held.set()
+            leave.wait(REPORT_TIMEOUT)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(REPORT_TIMEOUT)
+        _time_out_once_on_a_fresh_line(how, name)  # the one shared watch, if any
+        descriptors = len(os.listdir("/proc/self/fd" if sys.platform == "linux" else "/dev/fd"))
+        for _ in range(30):
+            _time_out_once_on_a_fresh_line(how, name)
+        assert _watch_threads() <= 1
+        now = len(os.listdir("/proc/self/fd" if sys.platform == "linux" else "/dev/fd"))
+        assert now <= descriptors + 2
+    finally:
+        leave.set()
+        holder.join()
+    until(lambda: _watch_threads() == 0, "the watch on the holder's ticket ends with it")

@@ -70,6 +70,10 @@ assert sys.platform != "win32"  # the rest of this module is POSIX code
 
 from .unix_channel import UnixChannels  # noqa: E402 - POSIX only, as what follows
 
+TYPE_CHECKING = False  # ``typing.TYPE_CHECKING`` without importing ``typing`` at start
+if TYPE_CHECKING:
+    from typing import ClassVar
+
 TMP = "/tmp"
 MACHINE_PREFIX = "inturn:"  # machine-wide lines' files: inturn:<line>:<entry>
 
@@ -236,6 +240,9 @@ def warn_if_anothers(path: str, uid: int, what: str) -> None:
 class PosixBackend(FolderBackend):
     """Lines kept in a folder on this machine."""
 
+    # Every store's timed waits share these, process-wide: see ``_Watches``.
+    watches: ClassVar[_Watches]
+
     default_root = staticmethod(default_root)
     prepare_root = staticmethod(prepare_root)
     check_named_root = staticmethod(refuse_network_file_system)
@@ -382,7 +389,8 @@ class _Watch:
 
     Threads are only used when a wait must be interruptible by a timeout or a cancel; a plain
     wait sleeps in ``flock`` on the caller's own thread. A watch outlives a timed-out wait only
-    until its ticket goes, and there is at most one per ticket and store.
+    until its ticket goes (nothing can interrupt its ``flock``), and there is at most one per
+    ticket in the process (see ``_Watches``).
     """
 
     def __init__(self, table: _Watches, key: tuple[int, int], fd: int) -> None:
@@ -408,7 +416,15 @@ class _Watch:
 
 
 class _Watches:
-    """The watches of one store; a forked child starts with none (their threads stay behind)."""
+    """The watches of the whole process, by the ticket file's ``(st_dev, st_ino)``; a forked
+    child starts with none (their threads stay behind).
+
+    One table for every store, not one per store: a watch cannot be stopped before its ticket
+    goes, so a program that tries for 10 ms on a fresh ``Line`` and retries later would
+    otherwise leave a thread and a descriptor per try for as long as the holder holds. The
+    file's identity, held open by the watch until it leaves the table, names the same kernel
+    wait whichever folder path or store reached it.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -427,6 +443,9 @@ class _Watches:
     def after_fork_in_child(self) -> None:
         self.lock = threading.Lock()
         self.by_key = {}
+
+
+PosixBackend.watches = _Watches()
 
 
 class _KickWatch:
@@ -525,7 +544,7 @@ class PosixStore(UnixChannels, FolderStore):
         self._opening: FolderOpening | None = None  # the folder, as new uses open it
         self._open_lock = threading.Lock()
         self._list_lock = threading.Lock()
-        self._watches = _Watches()
+        self._watches = backend.watches
         forget_after_fork(self)
 
     def after_fork_in_child(self) -> None:
