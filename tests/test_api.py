@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pickle
 import re
 import shlex
 import string
@@ -698,3 +699,38 @@ def test_polling_a_long_held_line_with_short_waits_leaves_nothing_behind(lines_d
         leave.set()
         holder.join()
     until(lambda: _watch_threads() == 0, "the watch on the holder's ticket ends with it")
+
+
+def _an_instance_of(kind: type[BaseException], status: inturn.LineStatus) -> BaseException:
+    """``kind`` made with every attribute it keeps set to a value of its own."""
+    if kind is inturn.AlreadyRunning:
+        return kind("already running", status, reply={"answer": 42}, pid=7)
+    if kind is inturn.MessageError:
+        return kind("it failed", "ValueError", pid=7)
+    if kind is inturn.NotRunning:
+        return kind("nobody listens", pid=7)
+    if kind in (inturn.Busy, inturn.Timeout):
+        return kind("line 'x' is busy", status)
+    return kind("something went wrong")
+
+
+EXCEPTIONS = [
+    getattr(inturn, name)
+    for name in inturn.__all__
+    if isinstance(getattr(inturn, name), type) and issubclass(getattr(inturn, name), BaseException)
+]
+
+
+@pytest.mark.parametrize("kind", EXCEPTIONS, ids=lambda kind: kind.__name__)
+def test_every_exception_crosses_pickle_with_its_attributes(lines_dir, kind):
+    """A worker of a process pool raising one hands it to the parent through pickle: one that
+    cannot be rebuilt there breaks the whole pool."""
+    with inturn.Line("pickled").acquire():
+        status = inturn.Line("pickled").status()
+    error = _an_instance_of(kind, status)
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is kind
+    assert str(copy) == str(error) and copy.args == error.args
+    assert vars(copy) == vars(error)
+    if isinstance(error, inturn.Busy):
+        assert copy.holders == error.holders and copy.holders

@@ -10,6 +10,19 @@ if TYPE_CHECKING:
 class InturnError(Exception):
     """Base class of every error inturn raises on purpose."""
 
+    def __reduce__(self) -> tuple[object, ...]:
+        """Rebuilt from its ``args`` and attributes, without calling ``__init__`` again: the
+        default calls it with ``args`` alone, which lack the keyword and extra arguments of
+        ``MessageError`` and the like, so a process pool's worker raising one would break the
+        pool."""
+        return (_rebuilt, (type(self), self.args), self.__dict__)
+
+
+def _rebuilt(kind: type[InturnError], args: tuple[object, ...]) -> InturnError:
+    error = kind.__new__(kind, *args)
+    error.args = args  # ``OSError.__new__`` (``Timeout``'s) leaves them to ``__init__``
+    return error
+
 
 class UsageError(InturnError, ValueError):
     """Bad input or a hostile setup: the message names the problem and the fix."""
