@@ -734,3 +734,25 @@ def test_every_exception_crosses_pickle_with_its_attributes(lines_dir, kind):
     assert vars(copy) == vars(error)
     if isinstance(error, inturn.Busy):
         assert copy.holders == error.holders and copy.holders
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="symbolic links need a privilege there")
+def test_waiting_on_yourself_through_a_symbolic_link_to_the_folder_is_refused(tmp_path):
+    """One folder reached through a link to it is one line: waiting on yourself there is
+    refused as through the folder's own path, not a wait for ever."""
+    real = tmp_path / "real"
+    real.mkdir()
+    alias = tmp_path / "alias"
+    alias.symlink_to(real, target_is_directory=True)
+    give_up = inturn.CancelToken()
+    cancelling = threading.Timer(10.0, give_up.cancel)  # before the fix: a wait for ever
+    cancelling.start()
+    try:
+        with inturn.turn("x", directory=str(real)):
+            line = inturn.Line("x", directory=str(alias))
+            with pytest.raises(inturn.InturnError, match="not re-entrant"):
+                line.acquire(cancel=give_up)
+            line.close()
+    finally:
+        cancelling.cancel()
+    assert inturn.Line("x", directory=str(alias)).status().holders == ()

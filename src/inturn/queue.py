@@ -86,7 +86,7 @@ class Holdings:
 
     @staticmethod
     def _key(store: LineStore, number: int) -> tuple[str, str, int]:
-        return (store.where, store.name, number)
+        return (store.identity, store.name, number)
 
     def add(self, store: LineStore, number: int, owner: object, task: object = None) -> None:
         with self._lock:

@@ -450,6 +450,13 @@ class LineStore(ABC):
         """Where the line lives, for messages (a folder, a server address without password)."""
         return ""
 
+    @property
+    def identity(self) -> str:
+        """Where the line lives, the same for every store of it in this process however it
+        was reached (with the name, it tells that a turn this caller holds is of this line):
+        ``where`` unless a backend's places have several names."""
+        return self.where
+
     @abstractmethod
     def join(self, me: Ticket, patience: Patience) -> tuple[Membership, View | None]:
         """Take the next ticket number, publish ``me`` under it and hold its liveness lock.

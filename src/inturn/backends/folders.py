@@ -399,6 +399,7 @@ class FolderStore(LineStore):
         self.create = backend.create
         self.folder, self.prefix = self._layout(backend.root, safe_file_name(name))
         self.shown = escape_controls(self.folder)
+        self._identity: str | None = None  # resolved on first use: see ``identity``
 
     def _layout(self, root: str, file_name: str) -> tuple[str, str]:
         """Where the line's files are, and what their names start with there: a folder of
@@ -408,6 +409,14 @@ class FolderStore(LineStore):
     @property
     def where(self) -> str:
         return os.path.join(self.folder, self.prefix) if self.prefix else self.folder
+
+    @property
+    def identity(self) -> str:
+        """The folder with every symbolic link resolved: through a link to it, or ``..``,
+        one folder is still one line (its path, not its inode, which a forget changes)."""
+        if self._identity is None:
+            self._identity = os.path.realpath(self.where)
+        return self._identity
 
     def _where(self, entry: str) -> str:
         """An entry of the line as a path, for messages."""
