@@ -756,3 +756,33 @@ def test_waiting_on_yourself_through_a_symbolic_link_to_the_folder_is_refused(tm
     finally:
         cancelling.cancel()
     assert inturn.Line("x", directory=str(alias)).status().holders == ()
+
+
+def test_a_timeout_says_how_long_it_waited_and_who_holds_the_line(lines_dir):
+    """As ``Busy`` names the holder, so does ``Timeout``, with the time the caller gave."""
+    line = inturn.Line("timed")
+    held, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with line.acquire():
+            held.set()
+            leave.wait(REPORT_TIMEOUT)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(REPORT_TIMEOUT)
+        busy = f"held by pid {os.getpid()} ("
+        with pytest.raises(inturn.Timeout) as waiting:
+            line.acquire(timeout=0.2)
+        assert str(waiting.value).startswith(f"gave up waiting for line 'timed' after 0.2s; {busy}")
+        assert waiting.value.status is not None
+        assert waiting.value.status.holders == line.status().holders
+        with pytest.raises(inturn.Timeout) as emptying:
+            line.wait(timeout=0.2)
+        assert str(emptying.value).startswith(
+            f"gave up waiting for line 'timed' to empty after 0.2s; {busy}"
+        )
+    finally:
+        leave.set()
+        holder.join()

@@ -47,3 +47,17 @@ def seconds_parameter(text: str, what: str, low: float, high: float) -> float:
     if not low <= value <= high:
         raise UsageError(f"{what}={text!r}: give a duration from {low:g}s to {high:g}s")
     return value
+
+
+def duration(seconds: float | None) -> str:
+    """``45s``, ``1m12s``, ``2h03m``: short enough for a status line. Never negative: a
+    time taken on another host's clock may be a little ahead of ours."""
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    whole = int(seconds)
+    if whole < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"

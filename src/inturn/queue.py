@@ -39,6 +39,7 @@ from .backends.base import (
     one_sleep,
     pause,
 )
+from .durations import duration
 from .errors import BackendError, Busy, InturnError, Timeout, UsageError
 from .forks import forget_after_fork
 from .records import LineStatus, Progress, Ticket, own_ticket_fields
@@ -213,6 +214,9 @@ def take_turn(
     except GuardTaken as exc:
         give_back(store, me, holdings)
         raise _impatient(store, blocking, timeout, str(exc)) from None
+    except Timeout as exc:
+        give_back(store, me, holdings)
+        raise _timed_out(exc, timeout) from None
     except BaseException:
         give_back(store, me, holdings)
         raise
@@ -226,6 +230,13 @@ def wait_for_everyone(
     A barrier that takes no ticket, so it blocks no one who arrives later: it sleeps on the
     youngest of them until it goes, then on the youngest left, and so on.
     """
+    try:
+        _wait_until_empty(store, timeout, cancel)
+    except Timeout as exc:
+        raise _timed_out(exc, timeout) from None
+
+
+def _wait_until_empty(store: LineStore, timeout: float | None, cancel: CancelToken | None) -> None:
     deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
     view = store.look(None)
     remaining_tickets = list(view.tickets)
@@ -484,10 +495,22 @@ def _kind(asker: Asker) -> str:
 
 def _impatient(store: LineStore, blocking: bool, timeout: float | None, why: str) -> Exception:
     if blocking:
-        return Timeout(
-            f"gave up waiting for line {store.name!r} ({why})", _status_if_reachable(store)
+        return _timed_out(
+            Timeout(
+                f"gave up waiting for line {store.name!r} ({why})", _status_if_reachable(store)
+            ),
+            timeout,
         )
     return Busy(f"line {store.name!r} is busy: {why}", store.status())
+
+
+def _timed_out(exc: Timeout, timeout: float | None) -> Timeout:
+    """``exc`` saying how long the caller waited and, as ``Busy`` does, who holds the line
+    (from the status it carries, read once the time was up: never on the way)."""
+    after = "" if timeout is None else f" after {duration(timeout)}"
+    holders = exc.status.holders if exc.status is not None else ()
+    held = ", ".join(f"{t.describe(live=True)}{_since(t)}" for t in holders)
+    return Timeout(f"{exc}{after}" + (f"; held by {held}" if held else ""), exc.status)
 
 
 def _full_message(

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 
+from ..durations import duration
 from ..line import Line
 from ..records import LineStatus, Progress, Ticket, escape_controls, shell_words
 
@@ -157,20 +158,6 @@ class WaitingDisplay:
                 self._write("\r\x1b[K")
         if self._thread is not None:
             self._thread.join()
-
-
-def duration(seconds: float | None) -> str:
-    """``45s``, ``1m12s``, ``2h03m``: short enough for a status line. Never negative: a
-    time taken on another host's clock may be a little ahead of ours."""
-    if seconds is None:
-        return "-"
-    seconds = max(0.0, seconds)
-    whole = int(seconds)
-    if whole < 60:
-        return f"{seconds:.1f}s" if seconds < 10 else f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 def format_line(status: LineStatus, now: float) -> str:

@@ -9,7 +9,7 @@ import sys
 
 from ..errors import Busy, Cancelled, LostTurn, Replaced, Timeout, UsageError
 from ..line import Line, Turn
-from ..records import LineStatus, Progress, same_pids, warn
+from ..records import Progress, same_pids, warn
 from .exits import EXIT_CANNOT_RUN, EXIT_LOST, EXIT_NOT_FOUND, EXIT_REPLACED
 from .output import say, system_error
 from .parser import DEFAULT_GRACE_SECONDS, line_from
@@ -91,7 +91,7 @@ def _notes(args: argparse.Namespace, held: Turn) -> None:
         who = dead.describe() if dead is not None else "the previous holder"
         say(f"{who} died holding line {args.name!r}; it is yours now")
     if args.verbose:
-        from .display import duration
+        from ..durations import duration
 
         how = "; the previous holder died holding it" if held.abandoned else ""
         say(
@@ -142,7 +142,7 @@ def _wait_in_line(args: argparse.Namespace, command: list[str], signals: RunSign
         outcome, message = int(args.conflict_exit_code), str(exc)
     except Timeout as exc:
         outcome = int(args.conflict_exit_code)
-        message = f"{exc} after {duration_text(args.timeout)}{_held_by(exc.status)}"
+        message = str(exc)  # it names how long it waited and who holds the line
     except Replaced as exc:
         outcome, message = EXIT_REPLACED, f"{exc}: not running the command"
     except LostTurn as exc:  # lost as it was being taken: as a turn lost before the start
@@ -213,12 +213,6 @@ def _is_ancestor(pid: int) -> bool:
         except (OSError, ValueError, IndexError):
             return False
     return False
-
-
-def duration_text(seconds: float | None) -> str:
-    from .display import duration
-
-    return duration(seconds)
 
 
 # What Windows starts by itself (CreateProcess, and cmd.exe for a batch file).
@@ -295,12 +289,6 @@ def find_on_path(program: str) -> str | None:
         if os.access(path, os.X_OK) and not os.path.isdir(path):
             return path
     return None
-
-
-def _held_by(status: LineStatus | None) -> str:
-    if status is None or not status.holders:
-        return ""
-    return "; held by " + ", ".join(t.describe(live=True) for t in status.holders)
 
 
 def fit_grace(given: float | None, window: float) -> float:

@@ -19,7 +19,7 @@ def wait(args: argparse.Namespace) -> int:
     except Cancelled:
         return 128 + signals.pending[0]
     except Timeout as exc:
-        say(f"{exc} after {args.timeout:g}s")
+        say(str(exc))  # it names how long it waited
         return int(args.conflict_exit_code)
     finally:
         signals.settle()
