@@ -786,3 +786,29 @@ def test_a_timeout_says_how_long_it_waited_and_who_holds_the_line(lines_dir):
     finally:
         leave.set()
         holder.join()
+
+
+def test_a_turn_above_classmethod_or_staticmethod_holds_the_turn_for_each_call(lines_dir):
+    """``@inturn.turn`` written above ``@classmethod`` or ``@staticmethod`` wraps the function
+    inside and keeps its kind, from the class and from an instance alike."""
+    held: list[bool] = []
+
+    def holding() -> bool:
+        return bool(inturn.Line("methods").status().holders)
+
+    class Job:
+        @inturn.turn("methods")
+        @classmethod
+        def of_class(cls, value: int) -> tuple[type, int]:
+            held.append(holding())
+            return cls, value
+
+        @inturn.turn("methods")
+        @staticmethod
+        def static(value: int) -> int:
+            held.append(holding())
+            return value
+
+    assert Job.of_class(1) == (Job, 1) and Job().of_class(2) == (Job, 2)
+    assert Job.static(3) == 3 and Job().static(4) == 4
+    assert held == [True] * 4 and not holding()

@@ -761,6 +761,11 @@ class turn:
         import inspect  # only decorators need these; keeps the command's start fast
         from typing import cast
 
+        if isinstance(func, (classmethod, staticmethod)):
+            # Written above ``@classmethod`` or ``@staticmethod``: neither is the function
+            # itself, so wrap the one inside and give back the same kind of method.
+            return cast("F", type(func)(self(func.__func__)))
+
         _close_at_exit(self.line)
 
         if inspect.isgeneratorfunction(func):
