@@ -4,6 +4,7 @@ lines in use stay, and someone joining while a line is forgotten still takes tur
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import subprocess
 import sys
@@ -111,6 +112,41 @@ def test_looking_at_a_line_nobody_used_adds_no_line(where):
         else:
             assert looked.stderr == "", (command, looked)
     assert names(where) == []
+
+
+def test_forgetting_where_no_line_was_ever_kept_creates_nothing(where, request):
+    """``forget`` and ``status --prune`` only look, as ``status`` does: where no line was ever
+    kept (a folder not made yet, a schema nobody created, a Redis prefix nobody used), there
+    is nothing to forget, and the place is left as it was: no folder, schema or key."""
+    pruned = run_cli("status", "--prune")
+    assert (pruned.returncode, pruned.stderr) == (0, ""), pruned
+    assert pruned.stdout.startswith("no lines in "), pruned
+    assert kept_anything(where, request) is False
+    assert inturn.forget_unused() == []
+    assert kept_anything(where, request) is False
+    line = inturn.Line("never-used")
+    try:
+        assert line.forget() is True  # nothing of it is left, as of a line forgotten
+    finally:
+        line.close()
+    assert kept_anything(where, request) is False
+    one = run_cli("status", "--prune", "never-used")
+    assert (one.returncode, one.stderr) == (0, ""), one
+    assert kept_anything(where, request) is False
+
+
+def kept_anything(where: Where, request: pytest.FixtureRequest) -> bool:
+    """Whether the place of ``where`` holds anything of inturn's."""
+    if where.kind == "local":
+        return os.path.lexists(os.environ["INTURN_DIR"])
+    if where.kind == "postgresql":
+        import psycopg
+
+        server, schema = request.getfixturevalue("pg_server"), request.getfixturevalue("schema")
+        with psycopg.connect(server, autocommit=True) as conn:
+            row = conn.execute("SELECT to_regnamespace(%s) IS NOT NULL", [schema]).fetchone()
+        return bool(row and row[0])
+    return bool(request.getfixturevalue("place").stored_keys())
 
 
 def test_a_line_kept_from_before_a_forget_sees_the_line_made_anew(where, workers):

@@ -14,7 +14,7 @@ import inturn
 from inturn.backends.posix import PosixBackend, prepare_root
 from inturn.records import InturnWarning
 
-from conftest import child_env, inturn_cmd, one_line_error, run_cli
+from conftest import Worker, child_env, inturn_cmd, one_line_error, run_cli
 
 
 def test_a_file_where_the_lines_folder_belongs(tmp_path):
@@ -153,7 +153,8 @@ def test_an_unwritable_folder_is_named_with_the_fix(users, shared_dir):
 
 def test_a_ticket_its_reader_may_not_read_is_shown_in_line(users, shared_dir):
     """A ticket file alice may not read (another user's, 0600) keeps her runs out, as a live
-    ticket does: status shows it in line, as that user's, with a warning (it said "free")."""
+    ticket does: status shows it in line, as that user's, with a warning (it said "free");
+    alone in line, it holds."""
     folder = shared_dir / "alice-lines"
     alice = users.alice
     env = alice.env(INTURN_DIR=str(folder))
@@ -163,9 +164,64 @@ def test_a_ticket_its_reader_may_not_read_is_shown_in_line(users, shared_dir):
     os.chown(planted, users.mallory.uid, users.mallory.uid)
     looked = alice.run(alice.inturn("status", "--json", "ro"), env=env)
     assert looked.returncode == 0, looked
-    waiters = json.loads(looked.stdout)["waiters"]
-    assert [(t["ticket"], t["user"]) for t in waiters] == [(9, users.mallory.name)]
+    holders = json.loads(looked.stdout)["holders"]
+    assert [(t["ticket"], t["user"]) for t in holders] == [(9, users.mallory.name)]
     assert "cannot read" in looked.stderr and "shown without its details" in looked.stderr
+
+
+def test_tickets_whose_records_cannot_be_read_hold_or_wait_by_their_place_in_line(
+    users, shared_dir, workers
+):
+    """Root's lines, in a folder opened for alice to look at, with ticket records she may
+    not read: her status says who holds by the queue's rule, from their places in line (the
+    records said nothing, and every ticket showed as waiting), each with only its number,
+    its mode and its owner known."""
+    folder = shared_dir / "root-lines"
+    env = child_env(INTURN_DIR=str(folder))
+    holder = Worker("one", "--hold", env=env)
+    workers.append(holder)
+    holder.expect("acquired")
+    behind = Worker("one", "--hold", env=env)
+    workers.append(behind)
+    behind.expect("waiting")
+    readers = [Worker("many", "--shared", "--hold", env=env) for _ in range(2)]
+    workers.extend(readers)
+    for reader in readers:
+        reader.expect("acquired", skip=("joining",))
+    writer = Worker("many", "--hold", env=env)
+    workers.append(writer)
+    writer.expect("waiting")
+    for opened in (folder, folder / "one", folder / "many"):
+        opened.chmod(0o755)  # alice may look in, and read the names, but not the tickets
+    for name in (folder / "one" / ".name", folder / "many" / ".name"):
+        name.chmod(0o644)
+    alice = users.alice
+    seen = alice.run(alice.inturn("status", "--json"), env=alice.env(INTURN_DIR=str(folder)))
+    assert seen.returncode == 0, seen
+    assert "cannot read" in seen.stderr, seen
+    lines = {line["name"]: line for line in json.loads(seen.stdout)["lines"]}
+
+    def states(name: str) -> list[tuple[int, str, str, str, object]]:
+        line = lines[name]
+        return [
+            (t["ticket"], t["state"], t["mode"], t["user"], t["pid"])
+            for t in (*line["holders"], *line["waiters"])
+        ]
+
+    assert states("one") == [
+        (1, "holding", "exclusive", "root", None),
+        (2, "waiting", "exclusive", "root", None),
+    ]
+    assert states("many") == [
+        (1, "holding", "shared", "root", None),
+        (2, "holding", "shared", "root", None),
+        (3, "waiting", "exclusive", "root", None),
+    ]
+    overview = alice.run(alice.inturn("status"), env=alice.env(INTURN_DIR=str(folder)))
+    rows = [row.split()[:3] for row in overview.stdout.splitlines()]
+    assert rows == [["LINE", "HOLDING", "WAITING"], ["many", "2", "1"], ["one", "1", "1"]]
+    for worker in (holder, behind, *readers, writer):
+        worker.send()
 
 
 def test_forget_refuses_a_line_it_cannot_remove_whole_before_removing_anything(users, shared_dir):

@@ -11,6 +11,7 @@ import pytest
 
 import inturn
 from inturn.backends import open_backend
+from inturn.backends.base import placed_by_rule
 from inturn.queue import holds_at
 
 from conftest import run_cli
@@ -141,3 +142,26 @@ def test_passing_to_agrees_with_the_queue_on_every_small_line(slots):
                 ahead = [t.number for t in holders if t.number < first]
                 expected = holds_at(slots, [*ahead, first], shared, first)
                 assert got == (waiters[0] if expected else None), (kinds, marks)
+
+
+@pytest.mark.parametrize("slots", [1, 2, 3])
+def test_tickets_whose_records_cannot_be_read_hold_as_the_queue_says(slots):
+    """For every line of up to five live tickets (readers and writers, the first record
+    readable or not) where the rest could not be read, ``status`` places each unread one as
+    the queue would let it hold, with the slots the readable record asks for; its record's
+    fields stay empty, and its mode is the one the look found."""
+    for size in range(1, 6):
+        for kinds in itertools.product([False, True], repeat=size):
+            shared = frozenset(n for n, s in enumerate(kinds, 1) if s)
+            live = list(range(1, size + 1))
+            readable = ticket(1, kinds[0], slots, holding=True)
+            unread = [inturn.Ticket(n, user="root", held_by_place=False) for n in live[1:]]
+            for first in (readable, inturn.Ticket(1, user="root", held_by_place=False)):
+                placed = placed_by_rule([first, *unread], shared)
+                known_slots = slots if first is readable else 1
+                for found in placed[1:]:
+                    expected = holds_at(known_slots, live, shared, found.number)
+                    assert found.holding == expected, (kinds, found)
+                    assert found.shared == (found.number in shared)
+                    assert (found.pid, found.joined_at, found.acquired_at) == (None, None, None)
+                assert placed[0].holding

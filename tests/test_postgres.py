@@ -746,6 +746,7 @@ def test_looking_at_a_database_nobody_took_turns_in_creates_nothing(pg_server, s
             (("status",), f"no lines in {url}"),
             (("status", "x"), "x: free (nobody holds or waits)"),
             (("status", "--names"), ""),
+            (("status", "--prune"), f"no lines in {url}"),
             (("top",), f"no lines in {url}"),
             (("wait", "x"), ""),
         ]:
@@ -755,6 +756,8 @@ def test_looking_at_a_database_nobody_took_turns_in_creates_nothing(pg_server, s
         result = run_cli("forget", "x", "--backend", url)
         assert result.returncode == 0 and "no line 'x'" in result.stderr
         assert inturn.Line("x", backend=url).status().holders == ()
+        assert inturn.forget_unused(backend=url) == []
+        assert inturn.Line("x", backend=url).forget() is True
     assert sql(pg_server, "SELECT to_regnamespace(%s) IS NULL", schema) == [(True,)]
 
 

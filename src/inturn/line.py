@@ -504,7 +504,10 @@ class Line:
         it; False if someone does, or keeps its guard for the second a forget waits for it
         (joining, leaving, or forgetting it meanwhile). Safe against someone joining at that
         moment: they join a new line of the same name. A local line's ticket numbers start
-        again from 1."""
+        again from 1. Where nothing was ever kept (a folder not made yet, a schema nobody
+        created), there is nothing to remove: it creates nothing there, and returns True."""
+        if self._nothing_kept():
+            return True
         opening = self._use()
         try:
             return opening.store.forget(Patience(time.monotonic() + BUSY_PATIENCE))
@@ -512,6 +515,21 @@ class Line:
             return False
         finally:
             opening.done()
+
+    def _nothing_kept(self) -> bool:
+        """Whether this ``Line``, not opened yet, names a place where nothing was ever kept,
+        asked through a backend opened only to look; a ``Line`` already open, or given a
+        ``Backend``, has its place already."""
+        with self._opening_lock:
+            if self._opening is not None or isinstance(self._backend_spec, Backend):
+                return False
+        backend = open_backend(
+            self._backend_spec, scope=self.scope, directory=self._directory, create=False
+        )
+        try:
+            return not backend.kept_anything()
+        finally:
+            backend.close()
 
     def wait(self, timeout: float | None = None, *, cancel: CancelToken | None = None) -> None:
         """Return once everyone in line now (holding or waiting) has left: a barrier ("let

@@ -41,11 +41,21 @@ def forget_unused(
 ) -> list[str]:
     """Forget (``Line.forget``) every line of one place that nobody holds or waits in, and
     return their names. A line that cannot be forgotten (a machine-wide line with another
-    user's files in it) is left as it is, with an ``InturnWarning``, and the rest go on."""
+    user's files in it) is left as it is, with an ``InturnWarning``, and the rest go on.
+    The lines are found by a look, as ``lines`` finds them: where there are none, nothing is
+    created (no folder, no schema)."""
+    looked = _open(scope, directory, backend, create=False)
+    try:
+        names = looked.names()
+    finally:
+        if looked is not backend:
+            looked.close()
+    if not names:
+        return []
     opened = _open(scope, directory, backend, create=True)  # as Line.forget opens it
     forgotten = []
     try:
-        for name in opened.names():
+        for name in names:
             line = Line(name, scope=scope, backend=opened)
             try:
                 if line.forget():

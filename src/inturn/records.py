@@ -48,6 +48,9 @@ class Ticket(NamedTuple):
     newest_wins: bool = False  # joined to replace, and be replaced by, later waiters
     channel: str | None = None  # where its owner listens for later starts (single_instance)
     pid_namespace: int | None = None  # whose numbering ``pid`` is in (forks.pid_namespace)
+    # Only for a ticket whose record could not be read (another user's, or corrupt): whether
+    # its place in line gives it the turn, by the queue's rule; None where the record tells.
+    held_by_place: bool | None = None
 
     @property
     def mode(self) -> str:
@@ -55,6 +58,8 @@ class Ticket(NamedTuple):
 
     @property
     def holding(self) -> bool:
+        if self.held_by_place is not None:  # no record to say so: the queue's rule does
+            return self.held_by_place
         return self.acquired_at is not None
 
     @property

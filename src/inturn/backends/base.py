@@ -29,6 +29,7 @@ from contextlib import contextmanager, suppress
 
 from ..errors import BackendError, Cancelled, UsageError
 from ..records import LineStatus, Ticket, warn
+from ..rule import may_hold
 
 SCOPES = ("user", "machine")
 
@@ -579,9 +580,9 @@ class LineStore(ABC):
                     self.bury(number, None, patience)
         holders: list[Ticket] = []
         waiters: list[Ticket] = []
-        for ticket in self.read(live):
-            if ticket is not None:
-                (holders if ticket.holding else waiters).append(ticket)
+        found = [ticket for ticket in self.read(live) if ticket is not None]
+        for ticket in placed_by_rule(found, view.shared):
+            (holders if ticket.holding else waiters).append(ticket)
         if len(holders) > 1:  # records are read one by one: the turn may have passed meanwhile
             still = self.alive([t.number for t in holders], None)
             holders = [t for t, ok in zip(holders, still, strict=True) if ok]
@@ -589,6 +590,22 @@ class LineStore(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free what the store keeps open between calls."""
+
+
+def placed_by_rule(tickets: Sequence[Ticket], shared: frozenset[int]) -> list[Ticket]:
+    """``tickets`` (live, in line order), each whose record could not be read told whether
+    it holds by its place in line, as the queue decides it (``rule.may_hold``): its mode as
+    the look found it, and the slots the line's readable records ask for (1 if none can be
+    read). Its record's fields stay empty; the others are as read."""
+    slots = max((t.slots for t in tickets if t.held_by_place is None), default=1)
+    modes = [t.shared or t.number in shared for t in tickets]
+    placed = []
+    for index, ticket in enumerate(tickets):
+        if ticket.held_by_place is not None:
+            holds = may_hold(slots, modes[index], modes[:index])
+            ticket = ticket._replace(shared=modes[index], held_by_place=holds)
+        placed.append(ticket)
+    return placed
 
 
 # How long a look from outside (``status``) waits for a guard before it leaves the dead to
@@ -614,6 +631,12 @@ class Backend(ABC):
     @abstractmethod
     def names(self) -> list[str]:
         """The names of every line that exists here, sorted."""
+
+    def kept_anything(self) -> bool:
+        """Whether anything of inturn's was ever kept here; False only where no line can be
+        (a folder not made yet, a schema not created), where forgetting has nothing to do
+        and must not make the place. Asked of a backend opened only to look."""
+        return bool(self.names())
 
     @property
     def where(self) -> str:

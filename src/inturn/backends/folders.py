@@ -273,7 +273,7 @@ def parse_record(number: int, data: bytes, origin: str, owner: str | None = None
         if not isinstance(record, dict):
             warn_once(f"ignoring corrupt ticket record {where}")
             if index == 0:
-                return Ticket(number, user=owner or "")
+                return Ticket(number, user=owner or "", held_by_place=False)
             continue
         if index == 0:
             header = record
@@ -366,6 +366,9 @@ class FolderBackend(Backend):
     @property
     def where(self) -> str:
         return self.root
+
+    def kept_anything(self) -> bool:
+        return os.path.lexists(self.root)
 
     def names(self) -> list[str]:
         if not os.path.isdir(self.root):
@@ -554,7 +557,7 @@ class FolderStore(LineStore):
                         f"cannot read {self._where(name)} ({whose or 'another user'}'s): shown "
                         "without its details"
                     )
-                    result.append(Ticket(number, user=whose))
+                    result.append(Ticket(number, user=whose, held_by_place=False))
                     continue
                 if not found or not found[0]:  # gone, or being created, or a leaver's last
                     result.append(None)

@@ -196,6 +196,9 @@ class PostgresBackend(Backend):
 
         return sorted(self.run(work))
 
+    def kept_anything(self) -> bool:
+        return self.run(self.has_tables)
+
     def has_tables(self, conn: Connection) -> bool:
         """Whether inturn's tables are there: a database nobody has taken turns in holds no
         lines, and a look from outside does not create them (a monitoring role may not)."""
