@@ -272,6 +272,49 @@ def test_undecodable_bytes_in_names_and_commands_do_not_break_a_strict_utf8_stat
         command.communicate(timeout=REPORT_TIMEOUT)
 
 
+def no_lone_surrogates(value: Any) -> None:
+    """Every string of a decoded JSON document is text (a ``\\udcff`` escape decodes to no
+    character at all, which strict parsers refuse)."""
+    json.dumps(value, ensure_ascii=False).encode("utf-8")  # strict: raises on a lone one
+
+
+def test_undecodable_bytes_are_shown_as_the_bytes_typed_in_text_and_valid_json(lines_dir, tmp_path):
+    """One treatment everywhere: byte 0xff of a name (or 0xfd of a folder) is shown as
+    ``\\xff``, as it was typed, in status's text and JSON alike; --names leaves such a name
+    out saying why."""
+    odd = tmp_path / os.fsdecode(b"dir\xfd")
+    odd.mkdir()
+    holder = subprocess.Popen(
+        [*inturn_cmd("run", b"bad\xff", "--"), sys.executable, "-c", REPORTER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_env(),
+        cwd=odd,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().split()[:1] == [b"running"]
+        text = run_bytes("status")
+        assert text.returncode == 0, text
+        assert b"bad\\xff" in text.stdout and b"\\udc" not in text.stdout, text.stdout
+        every = run_bytes("status", "--json")
+        assert every.returncode == 0, every
+        document = strict_json(every.stdout.decode("utf-8"))
+        no_lone_surrogates(document)
+        (line,) = document["lines"]
+        assert line["name"] == "bad\\xff"
+        assert line["holders"][0]["cwd"] == str(tmp_path / "dir\\xfd")
+        names = run_bytes("status", "--names")
+        assert names.returncode == 0 and names.stdout == b"", names
+        assert warnings_only(names.stderr.decode(), 1) == [
+            "inturn: warning: left out the line bad\\xff: its name has bytes that are not UTF-8"
+        ]
+    finally:
+        holder.kill()
+        holder.communicate(timeout=REPORT_TIMEOUT)
+
+
 # --------------------------------------------------------------------------- a long command
 
 LONG_ARGUMENT = "x" * (70 * 1024)  # one argument over 64 KiB (Linux allows 128 KiB)

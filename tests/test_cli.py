@@ -6,10 +6,14 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -127,13 +131,17 @@ def test_close_keeps_the_command_from_inheriting_the_turn(lines_dir, workers):
         (["run", "-w", "-5m", "x", "--", "true"], "not a duration: '-5m'"),
         (["run", "-g", "-1", "x", "--", "true"], "the grace must be 0 or more seconds"),
         (["wait", "--timeout", "-.5", "x"], "the timeout must be 0 or more seconds, not -.5"),
+        (["run", "--bogus", "x", "--", "true"], "see 'inturn run --help'"),
+        (["wait"], "the following arguments are required: NAME; see 'inturn wait --help'"),
+        ([], "see 'inturn --help'"),
+        (["forget", ""], "name is empty"),
+        (["forget", "--machine", "x", ""], "name is empty"),
+        (["status", ""], "name is empty"),
     ],
 )
 def test_usage_errors_exit_2_with_one_clear_line(lines_dir, args, message):
-    result = run_cli(*args)
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+    """One ``inturn: ...`` line, argparse's own refusals too (not its usage block)."""
+    one_line_error(run_cli(*args), message)
 
 
 @pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["--version"]])
@@ -176,8 +184,19 @@ def test_quiet_or_piped_stderr_stays_silent(lines_dir):
         (lambda d: str(d), 126, ["is a folder, not a command"]),
         (lambda d: plain_file(d / "plain", 0o644), 126, ["not executable", "permissions"]),
         (lambda d: f"{plain_file(d / 'script', 0o755)}/", 126, ["is a file: drop the last /"]),
+        (lambda d: "", 127, ["command not found: '' (is it installed"]),
+        (lambda d: "two words", 127, ["command not found: 'two words' (is it installed"]),
     ],
-    ids=["not-on-path", "no-such-file", "tmp", "folder", "not-executable", "trailing-slash"],
+    ids=[
+        "not-on-path",
+        "no-such-file",
+        "tmp",
+        "folder",
+        "not-executable",
+        "trailing-slash",
+        "empty",
+        "spaced",
+    ],
 )
 def test_a_command_that_cannot_run_exits_as_shells_do_before_joining(
     lines_dir, tmp_path, make, code, words
@@ -351,20 +370,18 @@ def plain_file(path, mode: int, text: str = "data\n"):
     return path
 
 
-def test_run_without_a_command_shows_runs_own_usage(lines_dir):
+def test_run_without_a_command_is_one_line_pointing_at_runs_help(lines_dir):
     result = run_cli("run", "demo")
-    assert result.returncode == 2 and result.stdout == ""
-    said = result.stderr.splitlines()
-    assert said[0].startswith("usage: inturn run ")
-    assert said[-1].startswith("inturn run: error: no command given")
+    said = one_line_error(result, "see 'inturn run --help'")
+    assert said.startswith("inturn: no command given") and result.stdout == ""
 
 
 @pytest.mark.parametrize("option", ["-n", "-w5", "--timeout=5", "--quiet"])
 def test_an_option_after_the_name_is_explained(lines_dir, option):
     result = run_cli("run", "demo", option, "echo", "hi")
     assert result.returncode == 2 and result.stdout == ""
-    said = result.stderr.splitlines()[-1]
-    assert said.startswith(f"inturn run: error: {option} comes after the line's name")
+    said = one_line_error(result)
+    assert said.startswith(f"inturn: {option} comes after the line's name")
     assert f"options go before NAME (inturn run {option} demo -- ...)" in said
 
 
@@ -389,13 +406,14 @@ def test_an_option_with_its_value_after_the_name_is_moved_whole(lines_dir, words
     [["run", "--bogus", "x", "--", "true"], ["wait", "-n", "x"], ["status", "--nope"]],
 )
 def test_an_unknown_option_is_told_by_its_commands_parser(lines_dir, words):
-    """With the usage of the command it was given to (``inturn run: error: ...``), not that
-    of ``inturn`` itself, which names no option of any command."""
+    """One ``inturn: ...`` line, as every error, pointing at the help of the command it was
+    given to, not that of ``inturn`` itself, which names no option of any command."""
     result = run_cli(*words)
-    assert result.returncode == 2 and result.stdout == ""
-    said = result.stderr.splitlines()
-    assert said[0].startswith(f"usage: inturn {words[0]} "), said
-    assert said[-1] == f"inturn {words[0]}: error: unrecognized arguments: {words[1]}", said
+    assert result.stdout == ""
+    said = one_line_error(result)
+    assert said == (
+        f"inturn: unrecognized arguments: {words[1]}; see 'inturn {words[0]} --help'"
+    ), said
 
 
 @pytest.mark.parametrize("option", ["--dir", "--backend"])
@@ -404,8 +422,8 @@ def test_an_empty_place_is_refused_not_taken_for_the_default(lines_dir, option):
     error, not a silent fall back to ``INTURN_DIR`` or the default."""
     result = run_cli("status", option, "", "x")
     assert result.returncode == 2 and result.stdout == ""
-    said = result.stderr.splitlines()[-1]
-    assert said.startswith(f"inturn status: error: argument {option}: it is empty"), said
+    said = one_line_error(result)
+    assert said.startswith(f"inturn: argument {option}: it is empty"), said
 
 
 def test_a_released_turn_cannot_be_entered_again(lines_dir):
@@ -574,9 +592,9 @@ def test_a_turn_taken_during_a_look_or_on_a_clock_ahead_shows_no_negative_time()
 def test_a_bad_duration_is_one_line_naming_it(lines_dir, given):
     result = run_cli("run", "-w", given, "bad", "--", "true")
     assert result.returncode == 2 and result.stdout == ""
-    said = result.stderr.splitlines()[-1]
-    assert said.startswith("inturn run: error: argument -w/--timeout/--wait: "), said
-    assert repr(given) in said or said.endswith(f"not {given}"), said
+    said = one_line_error(result)
+    assert said.startswith("inturn: argument -w/--timeout/--wait: "), said
+    assert repr(given) in said or f"not {given};" in said, said
 
 
 # --------------------------------------------------------------------------- status
@@ -864,3 +882,90 @@ def test_the_command_ends_without_teardown_yet_loses_no_output(lines_dir):
         "run", "x", "--", sys.executable, "-c", "print('y' * 500000); raise SystemExit(3)"
     )
     assert (many.returncode, many.stdout) == (3, "y" * 500000 + "\n")
+
+
+# --------------------------------------------------------------------------- where the lines are
+
+
+@pytest.fixture
+def open_to_all() -> Iterator[Path]:
+    """A folder every user may pass through (``tmp_path`` is root's alone), removed after."""
+    folder = Path(tempfile.mkdtemp(prefix="inturn-test-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def as_nobody(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``inturn ARGS`` run as the user nobody (uid 65534), from ``/``."""
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *inturn_cmd(*args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd="/",
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("closed", ["folder", "parent"])
+def test_a_lines_folder_another_user_cannot_read_is_one_line_for_every_look(open_to_all, closed):
+    """Not a raw ``Permission denied``, nor a line shown free (or waited for at once) because
+    its folder could not be read: what to do, as ``run`` says of a folder it cannot write."""
+    if os.geteuid() != 0:
+        missing_component("another user's view needs root", "run the tests as root")
+    lines = open_to_all / "parent" / "lines"
+    lines.parent.mkdir()
+    env = child_env(INTURN_DIR=str(lines))
+    assert run_cli("run", "kept", "--", "true", env=env).returncode == 0
+    if as_nobody("--version", env=env).returncode != 0:
+        missing_component("the user nobody cannot run inturn here", "install it readable by all")
+    (lines if closed == "folder" else lines.parent).chmod(0o700)
+    for args in (
+        ["status"],
+        ["status", "kept"],
+        ["status", "--names"],
+        ["status", "--json"],
+        ["top"],
+        ["wait", "kept"],
+        ["forget", "kept"],
+    ):
+        said = one_line_error(as_nobody(*args, env=env), "not readable by you", "INTURN_DIR")
+        assert str(lines) in said, (args, said)
+
+
+@pytest.mark.parametrize("variable", ["INTURN_DIR", "INTURN_MACHINE_DIR"])
+def test_a_relative_folder_in_the_environment_is_refused(tmp_path, variable):
+    """Each process would take it from its own current folder: two started in different
+    folders would hold "the same" line at once. ``--dir`` is resolved once, where typed."""
+    machine = ["--machine"] if variable == "INTURN_MACHINE_DIR" else []
+    env = child_env(**{variable: "lines"})
+    for args in (["run", *machine, "x", "--", "true"], ["status", *machine]):
+        result = subprocess.run(
+            inturn_cmd(*args), capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+        )
+        one_line_error(result, variable, "relative path (lines)", "absolute")
+    assert not (tmp_path / "lines").exists()
+    result = subprocess.run(
+        inturn_cmd("run", *machine, "--dir", "given", "x", "--", "true"),
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 0, result
+    assert (tmp_path / "given").is_dir()
+
+
+def test_a_relative_directory_of_a_line_is_taken_once(tmp_path, monkeypatch):
+    """``directory=`` relative: from the current folder when the Line is made, not moved by a
+    later change of folder."""
+    monkeypatch.chdir(tmp_path)
+    line = inturn.Line("here", directory="lines")
+    monkeypatch.chdir("/")
+    with line:
+        assert line.status().holders
+    assert (tmp_path / "lines").is_dir()
+    assert inturn.Line("here", directory=tmp_path / "lines").status().holders == ()

@@ -342,7 +342,9 @@ class Line:
         self.scope = check_scope(scope)
         if directory is not None and not isinstance(directory, (str, os.PathLike)):
             raise UsageError(f"directory must be a path, not {directory!r}")
-        self._directory = None if directory is None else os.fspath(directory)
+        # A relative folder is taken from the current folder now, once: a later chdir does
+        # not move the line.
+        self._directory = None if directory is None else _absolute(os.fspath(directory))
         check_backend(backend, self._directory)  # a bad URL is refused here, before any wait
         self._backend_spec = backend
         self._opening: Opening | None = None
@@ -615,6 +617,11 @@ class Line:
             )
         where = (self.scope, self._directory, self._backend_spec)
         return (_line_named, (self.name, self.slots, *where))
+
+
+def _absolute(folder: str) -> str:
+    """``folder`` as an absolute path (``""`` stays as it is: no folder named)."""
+    return os.path.abspath(folder) if folder else folder
 
 
 def _line_named(

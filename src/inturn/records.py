@@ -217,14 +217,23 @@ def escape_controls(text: str) -> str:
     escapes, so that nothing read from a record can steer the terminal it is printed on."""
     if text.isprintable():
         return text
-    out = []
-    for char in text:
-        if char.isprintable() or char == " ":
-            out.append(char)
-        else:
-            code = ord(char)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-    return "".join(out)
+    return "".join(
+        char if char.isprintable() or char == " " else escape_character(char) for char in text
+    )
+
+
+def escape_character(char: str) -> str:
+    """One character as a visible escape: an undecodable byte (Python keeps byte 0xff of a
+    name or path that was not UTF-8 as U+DCFF) as the byte, ``\\xff``, as it was typed."""
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def undecodable(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate: bytes that were not UTF-8, or no text at all."""
+    return any("\ud800" <= char <= "\udfff" for char in text)
 
 
 def _span(start: float | None, end: float) -> float | None:

@@ -25,7 +25,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, suppress
 
-from ..errors import BackendError
+from ..errors import BackendError, UsageError
 from ..names import safe_file_name
 from ..records import (
     MAX_FIELD_CHARS,
@@ -76,6 +76,13 @@ def resolve_root(
     check_scope(scope)
     variable = MACHINE_DIR_VARIABLE if scope == "machine" else DIR_VARIABLE
     explicit = directory or os.environ.get(variable) or None
+    if explicit and not directory and not os.path.isabs(explicit):
+        # Taken from each process's own current folder, one value would name many folders,
+        # and processes started in different places would each hold "the same" line.
+        raise UsageError(
+            f"{variable} is a relative path ({escape_controls(explicit)}): give an absolute "
+            f"one, so that every process finds the same folder wherever it starts"
+        )
     return (os.path.abspath(explicit) if explicit else default_root(scope)), explicit is not None
 
 

@@ -131,7 +131,7 @@ def prepare_root(path: str, scope: str, explicit: bool, create: bool = True) -> 
     ``create``) makes nothing and changes nothing, but refuses what a run refuses as planted
     (a link, or a folder of another user's or open to others, where the folder is ours):
     what another user put there is not shown as our lines."""
-    if not create and not os.path.lexists(path):
+    if not create and not _exists(path):
         return  # nothing kept there yet: nothing to trust
     try:
         if not os.path.lexists(path):
@@ -175,8 +175,13 @@ def prepare_root(path: str, scope: str, explicit: bool, create: bool = True) -> 
                 f"{path} can be used by other users (mode {stat.S_IMODE(info.st_mode):o}): "
                 f"run 'chmod 700 {path}' or set INTURN_DIR"
             )
-    if not create:
-        return  # a look reads: what it must not trust is settled above
+    if not create:  # a look reads: what it must not trust is settled above
+        if not os.access(path, os.R_OK | os.X_OK):  # else its lines would pass for none
+            raise BackendError(
+                f"the lines folder {path} is not readable by you: fix its permissions, "
+                "or choose another with --dir or INTURN_DIR"
+            )
+        return
     if scope == "machine" and not explicit and (info.st_mode & 0o1002) != 0o1002:
         if info.st_uid == uid:
             os.chmod(path, 0o1777)
@@ -201,6 +206,21 @@ def prepare_root(path: str, scope: str, explicit: bool, create: bool = True) -> 
             f"the lines folder {path} is not writable by you: fix its permissions, "
             "or choose another with --dir or INTURN_DIR"
         )
+
+
+def _exists(path: str) -> bool:
+    """Whether ``path`` exists; one that a folder above hides from us is refused, not taken
+    for missing (its lines would pass for none)."""
+    try:
+        os.lstat(path)
+    except PermissionError:
+        raise BackendError(
+            f"the lines folder {path} is not readable by you (a folder above it is closed to "
+            "you): fix their permissions, or choose another with --dir or INTURN_DIR"
+        ) from None
+    except OSError:
+        return False
+    return True
 
 
 def _read_only(path: str) -> bool:

@@ -110,9 +110,14 @@ def show_warning(
 
 
 def json_text(document: object) -> str:
-    """JSON for people and scripts: readable Unicode, but a lone surrogate (a name or command
-    that was not valid UTF-8) as a ``\\udcXX`` escape, so the output is valid UTF-8 too."""
+    """JSON for people and scripts: readable Unicode, but a lone surrogate (a byte of a name,
+    path or command that was not UTF-8) as the text ``\\xff``, as ``inturn status`` shows
+    it: a ``\\udcff`` escape would be no character at all, which strict parsers refuse."""
     import json  # only for --json: not at every start
 
+    from ..records import escape_character
+
     text = json.dumps(document, indent=2, ensure_ascii=False)
-    return re.sub("[\ud800-\udfff]", lambda found: f"\\u{ord(found.group()):04x}", text)
+    return re.sub(
+        "[\ud800-\udfff]", lambda found: json.dumps(escape_character(found.group()))[1:-1], text
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -15,7 +16,7 @@ from .output import OutputClosed, emit, say
 
 TYPE_CHECKING = False  # ``typing.TYPE_CHECKING`` without importing ``typing``
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, NoReturn
 
     from _typeshed import SupportsWrite
 
@@ -63,6 +64,12 @@ class Parser(argparse.ArgumentParser):
         except UsageError as exc:
             say(str(exc))
             sys.exit(EXIT_USAGE)
+
+    def error(self, message: str) -> NoReturn:
+        """One ``inturn: ...`` line, as every other error, with where the options are told
+        (argparse's own is its usage block and a line of another form)."""
+        say(f"{message}; see '{self.prog} --help'")
+        sys.exit(EXIT_USAGE)
 
 
 class WrappingFormatter(argparse.RawDescriptionHelpFormatter):
@@ -469,7 +476,8 @@ def where_from(args: argparse.Namespace) -> Where:
     if args.dir is not None and args.backend is not None:
         raise UsageError("--dir and --backend name two different places: give one of them")
     backend = "local" if args.dir is not None else args.backend
-    return Where("machine" if args.machine else "user", args.dir, backend)
+    folder = None if args.dir is None else os.path.abspath(args.dir)  # once, from here
+    return Where("machine" if args.machine else "user", folder, backend)
 
 
 def line_from(args: argparse.Namespace, slots: int = 1) -> Line:

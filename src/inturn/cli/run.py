@@ -9,7 +9,7 @@ import sys
 
 from ..errors import Busy, Cancelled, LostTurn, Replaced, Timeout, UsageError
 from ..line import Line, Turn
-from ..records import Progress, same_pids, warn
+from ..records import Progress, same_pids, shell_words, warn
 from .exits import EXIT_CANNOT_RUN, EXIT_LOST, EXIT_NOT_FOUND, EXIT_REPLACED
 from .output import say, system_error
 from .parser import DEFAULT_GRACE_SECONDS, line_from
@@ -239,7 +239,7 @@ def _find(program: str) -> str:
                     f"{program[-1]}",
                     EXIT_CANNOT_RUN,
                 )
-            raise NotRunnable(f"command not found: {program}", EXIT_NOT_FOUND)
+            raise NotRunnable(f"command not found: {shell_words([program])}", EXIT_NOT_FOUND)
         if os.path.isdir(program):
             raise NotRunnable(f"{program} is a folder, not a command", EXIT_CANNOT_RUN)
         if not os.access(program, os.X_OK):
@@ -261,7 +261,8 @@ def _find(program: str) -> str:
                 f"command is not executable: {denied} (check its permissions)", EXIT_CANNOT_RUN
             )
         raise NotRunnable(
-            f"command not found: {program} (is it installed and on PATH?)", EXIT_NOT_FOUND
+            f"command not found: {shell_words([program])} (is it installed and on PATH?)",
+            EXIT_NOT_FOUND,
         )
     return found
 

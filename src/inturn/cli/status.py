@@ -9,7 +9,8 @@ from ..backends import open_backend
 from ..errors import BackendError, UsageError
 from ..line import Line
 from ..listing import forget_unused, lines
-from ..records import escape_controls, warn
+from ..names import check_name
+from ..records import escape_controls, undecodable, warn
 from .display import format_line, format_overview
 from .exits import EXIT_CONFLICT
 from .output import emit, json_text, say
@@ -60,8 +61,8 @@ def _names(names: list[str]) -> int:
         if escape_controls(name) == name:
             shown.append(name)
         else:
-            shown_name = escape_controls(name)
-            say(f"warning: left out the line {shown_name}: its name has control characters")
+            why = "bytes that are not UTF-8" if undecodable(name) else "control characters"
+            say(f"warning: left out the line {escape_controls(name)}: its name has {why}")
     if shown:
         emit("\n".join(shown))
     return 0
@@ -79,6 +80,8 @@ def _forget_if_unused(line: Line) -> None:
 
 def forget(args: argparse.Namespace) -> int:
     """``inturn forget NAME...``: 0 if every line was forgotten, 75 if one is in use."""
+    for name in args.names:  # one that can be no line's name is a usage error, as everywhere
+        check_name(name)
     where = where_from(args)
     backend = open_backend(
         where.backend, scope=where.scope, directory=where.directory, create=False
