@@ -240,3 +240,48 @@ def test_a_terminal_that_goes_away_ends_the_status_line_not_the_turn(
         assert ran.exists()
     after = run_cli("run", "-v", "hangup", "--", "true")
     assert after.returncode == 0 and "died holding" not in after.stderr, after
+
+
+def _threads(pid: int) -> dict[str, str]:
+    """The state (``S``, ``T``...) of each thread of ``pid``."""
+    states = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/stat") as stat:
+            states[task] = stat.read().rsplit(")", 1)[1].split()[0]
+    return states
+
+
+def test_a_run_in_the_background_draws_nothing_until_brought_to_the_foreground(
+    lines_dir, workers, panes, tmp_path
+):
+    """``inturn run ... &`` with ``stty tostop``: the status line would be drawn over the
+    prompt, and its write stopped inturn (SIGTTOU) in line, where it stayed stopped when its
+    turn came, holding up everyone behind it. In the background nothing is drawn and the run
+    goes on; after ``fg`` the status line is drawn."""
+    holder = Worker("behind", "--hold")
+    workers.append(holder)
+    holder.expect("acquired")
+    ran = tmp_path / "ran"
+    pane = Pane(tmp_path, columns=120, rows=12, setup="stty tostop")
+    panes.append(pane)
+    raw = tmp_path / "raw"
+    pane.tmux("pipe-pane", "-t", "top", "-o", f"cat >>{shlex.quote(str(raw))}")
+    run = shlex.join([*inturn_words(), "run", "behind", "--", "touch", str(ran)])
+    pane.type(f"{run} &")
+    until(lambda: len(inturn.Line("behind").status().waiters) == 1, "the run in line")
+    (waiter,) = inturn.Line("behind").status().waiters
+    assert waiter.pid is not None
+    pid = waiter.pid
+    # The first draw comes before the drawing thread starts (main, waiter, drawing thread).
+    until(
+        lambda: "T" in _threads(pid).values() or len(_threads(pid)) >= 3,
+        "the first draw of the status line",
+    )
+    assert "T" not in _threads(pid).values(), "stopped by the terminal in the background"
+    assert not inturn.Line("behind").status().waiters[0].stopped
+    assert b"waiting for" not in (raw.read_bytes() if raw.exists() else b"")
+    pane.type("fg")
+    pane.until(lambda rows: status_rows(rows, "behind") != [], "the status line after fg")
+    holder.send()
+    until(ran.exists, "the command to run")
+    assert holder.wait() == 0

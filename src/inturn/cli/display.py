@@ -9,8 +9,12 @@ when someone further ahead leaves.
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from ..durations import duration
 from ..line import Line
@@ -29,6 +33,20 @@ def _columns(stream: TextIO) -> int:
         return os.get_terminal_size(stream.fileno()).columns or 80
     except (OSError, ValueError, AttributeError):
         return 80
+
+
+def in_foreground(stream: TextIO) -> bool:
+    """Whether inturn may draw on ``stream`` now: not when it is inturn's controlling terminal
+    and inturn's job is in the background there (``inturn run ... &``, or after Ctrl-Z and
+    ``bg``), where a status line would be drawn over the shell's prompt and, with ``stty
+    tostop``, stop inturn by SIGTTOU, with the turn still to come or already held. Asked at
+    every redraw, as ``pv`` does: ``fg`` and ``bg`` move a job at any time."""
+    if sys.platform == "win32":
+        return True
+    try:
+        return os.tcgetpgrp(stream.fileno()) == os.getpgrp()
+    except (OSError, ValueError, AttributeError):  # not a controlling terminal: no jobs there
+        return True
 
 
 def width(text: str) -> int:
@@ -136,28 +154,47 @@ class WaitingDisplay:
             # One row, never wrapped: a wrapped row would stay behind at every redraw. Room is
             # left after it for what the terminal itself echoes there (^C, ^Z, ^\), which
             # would otherwise wrap and leave the line behind when it is cleared.
-            self._shown = self._write("\r\x1b[K" + fit(text, _columns(self.stream) - ECHO_ROOM))
+            if in_foreground(self.stream):
+                line = fit(text, _columns(self.stream) - ECHO_ROOM)
+                self._shown = self._write("\r\x1b[K" + line)
 
     def _write(self, text: str) -> bool:
         """Write ``text``; a terminal gone (hung up: EIO) ends the display, never the wait,
-        nor the turn that the wait may have just taken."""
-        try:
-            self.stream.write(text)
-            self.stream.flush()
-            return True
-        except (OSError, ValueError):
-            self._stop.set()
-            return False
+        nor the turn that the wait may have just taken. SIGTTOU is blocked meanwhile, for
+        this thread: if the job was moved to the background since ``in_foreground`` was
+        asked, the write goes through rather than stop inturn (the kernel sends no SIGTTOU
+        to a thread that blocks it)."""
+        with _no_terminal_stop():
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+                return True
+            except (OSError, ValueError):
+                self._stop.set()
+                return False
 
     def close(self) -> None:
         """Clear the status line, and wait for the drawing thread to have ended: a process
         that exits while one of its threads is still ending can crash under Wine."""
         with self._lock:
             self._stop.set()
-            if self._shown:
+            if self._shown and in_foreground(self.stream):  # else a prompt may be there now
                 self._write("\r\x1b[K")
         if self._thread is not None:
             self._thread.join()
+
+
+@contextmanager
+def _no_terminal_stop() -> Iterator[None]:
+    """SIGTTOU blocked for the calling thread, where threads can block signals."""
+    if sys.platform == "win32":
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTTOU})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def format_line(status: LineStatus, now: float) -> str:
