@@ -89,6 +89,24 @@ def test_the_view_shows_the_holder_then_a_new_waiter_and_q_quits_cleanly(
     waiter.send()
 
 
+def test_a_terminal_whose_size_nobody_set_gets_80_by_24(lines_dir, workers, panes, tmp_path):
+    """A terminal that says 0x0 (some CI runners, serial consoles): the view is drawn at
+    80x24, as ``run``'s status line takes 80 columns; before, it was cut to 1x1 ("q")."""
+    holder = Worker("unsized", "--hold")
+    workers.append(holder)
+    holder.expect("acquired")
+    pane = Pane(tmp_path, columns=100, rows=30)
+    panes.append(pane)
+    pane.type("stty rows 0 cols 0")
+    run_top(pane, tmp_path, "top", "unsized")
+    rows = pane.until(shows(holder.pid, "holding"), "the holder")
+    assert rows[0].startswith("inturn top: unsized (") and CLOCK.search(rows[0])
+    assert len(rows[0]) <= 80, rows[0]
+    pane.keys("q")
+    assert pane.exit_code() == 0
+    holder.send()
+
+
 def test_a_leave_or_a_death_is_drawn_at_once_not_at_the_next_tick(where, workers, panes, tmp_path):
     """With a timer of an hour, only the sleep on the tickets can redraw: the leave and the
     death must show within the bound that detects a hang, long before the first tick."""

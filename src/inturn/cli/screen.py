@@ -207,11 +207,14 @@ class Terminal:
             self._take()  # the loop redraws next
 
     def size(self) -> tuple[int, int]:
+        """The terminal's size; 80x24 for what it does not know: a terminal whose size nobody
+        set says 0x0 (some CI runners, serial consoles), as the status line of ``run`` takes
+        80 columns then."""
         try:
             columns, rows = os.get_terminal_size(self.out)
         except OSError:
             return 80, 24
-        return max(1, columns), max(1, rows)
+        return columns if columns > 0 else 80, rows if rows > 0 else 24
 
     def sleep(self, seconds: float) -> bytes:
         """Sleep until a key, a wake-up, a signal or ``seconds``; the keys pressed."""
