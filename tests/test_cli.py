@@ -52,10 +52,14 @@ def asleep_alone_in_line(pid: int, name: str) -> None:
 
 
 @pytest.mark.parametrize("terminal", [True, False], ids=["status-line", "no-terminal"])
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, -signal.SIGINT), (signal.SIGTERM, 143)]
+)
 def test_a_signal_while_waiting_leaves_the_line(lines_dir, workers, signum, code, terminal):
     """With a status line, inturn waits in a helper thread and the signal cancels the wait;
-    without one, it sleeps on its main thread and the signal handler raises out of the sleep."""
+    without one, it sleeps on its main thread and the signal handler raises out of the sleep.
+    Once out of the line, inturn dies of SIGINT (a shell's script stops), exits 143 on
+    SIGTERM."""
     holder = Worker("sig", "--hold")
     workers.append(holder)
     holder.expect("acquired")

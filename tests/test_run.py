@@ -458,6 +458,37 @@ def test_ctrl_c_reaches_the_command_once_and_ctrl_z_stops_the_job(lines_dir, tmp
     assert inturn.Line("tty").status().holders == ()
 
 
+@pytest.mark.parametrize("when", ["waiting", "running"])
+def test_ctrl_c_stops_the_script_that_runs_inturn(lines_dir, workers, tmp_path, shell, when):
+    """A script's ``inturn run; echo ...`` in a loop, as with ``flock(1)``: bash stops its
+    script at Ctrl-C only if it got SIGINT itself and its child died of it (a child that
+    exits is taken to have handled it). While inturn waits, Ctrl-C reaches both: inturn must
+    die of it, not exit 130. While the command runs, it holds the terminal's foreground and
+    only it gets the Ctrl-C: inturn passes it on to its own group (the script) as it dies.
+    Before, the script went on to its next command as if nothing had been interrupted."""
+    if when == "waiting":
+        holder = Worker("ctrl-c", "--hold")
+        workers.append(holder)
+        holder.expect("acquired")
+    command = ["sh", "-c", "echo started $$; exec sleep 60"]
+    run = shlex.join(inturn_cmd("run", "-w", "10", "ctrl-c", "--", *command))  # -w: no hang
+    job = tmp_path / "job.sh"
+    job.write_text(f"for i in 1 2; do {run}; echo rc=$?; done; echo next\n")
+    shell.type(f"bash {shlex.quote(str(job))}\n")
+    if when == "waiting":
+        until(lambda: len(inturn.Line("ctrl-c").status().waiters) == 1, "the run in line")
+    else:
+        shell.expect(b"started ")
+        pid = int(shell.expect(b"\r\n").strip())
+        until(lambda: os.tcgetpgrp(shell.fd) == pid, "the command in the foreground")
+    shell.type("\x03")  # Ctrl-C
+    shown = shell.expect(shell.PROMPT)
+    assert b"rc=" not in shown and b"next" not in shown, shown
+    assert b"status=130" in shell.run("echo status=$?")  # the script died of SIGINT
+    status = inturn.Line("ctrl-c").status()
+    assert status.waiters == () and (when == "waiting" or status.holders == ()), status
+
+
 def test_a_command_that_sets_the_terminal_at_once_is_never_left_stopped(lines_dir, shell):
     """It may touch the terminal before inturn hands it the foreground: it is stopped by
     SIGTTOU for a moment, and must be continued, not left stopped forever."""

@@ -10,11 +10,16 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from contextlib import suppress
 
 from ..errors import InturnError
-from .exits import EXIT_INTERRUPTED, EXIT_OUTPUT_CLOSED, EXIT_USAGE
+from .exits import EXIT_OUTPUT_CLOSED, EXIT_USAGE, Signalled
 from .output import OutputClosed, emit, open_missing_streams, say, show_warning, system_error
 from .parser import build_parser
+
+TYPE_CHECKING = False  # ``typing.TYPE_CHECKING`` without importing ``typing``
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,7 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(str(exc))
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        import signal
+
+        return Signalled(signal.SIGINT)
     except OutputClosed:
         return EXIT_OUTPUT_CLOSED
     except OSError as exc:  # a full disk, too many open files: a system error, not a bug
@@ -80,7 +87,10 @@ def command() -> None:
     registered, no other thread, no server client whose connections deserve an orderly close)
     and what was written is flushed, the process ends at once. Otherwise it exits as usual.
     """
-    code = _as_c_int(main())
+    code = main()
+    if isinstance(code, Signalled):
+        _die_of(code.signum, code.whole_group)
+    code = _as_c_int(code)
     if _nothing_to_tear_down():
         try:
             sys.stdout.flush()
@@ -89,6 +99,26 @@ def command() -> None:
             sys.exit(code)  # the usual exit reports it, with its own exit code
         os._exit(code)
     sys.exit(code)
+
+
+def _die_of(signum: int, whole_group: bool) -> NoReturn:
+    """End by ``signum``, as inturn would have without its handlers, sent to inturn alone or
+    to its ``whole_group`` (see ``Signalled``): what was written is flushed and exit handlers
+    are run first, as an exit would."""
+    if sys.platform == "win32":  # no death by a signal there: the code as it is
+        sys.exit(128 + signum)
+    import signal
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(OSError, ValueError):
+            stream.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+    if whole_group:
+        os.killpg(0, signum)
+    os.kill(os.getpid(), signum)
+    os._exit(128 + signum)  # not reached: the signal ends the process before kill returns
 
 
 def _as_c_int(code: int) -> int:

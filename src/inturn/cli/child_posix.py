@@ -73,13 +73,19 @@ read -r word
 
 
 class Outcome:
-    """How the command ended: inturn's exit code for it, and whether the turn was lost."""
+    """How the command ended: inturn's exit code for it (128+N when signal N killed it),
+    whether the turn was lost, the signal that killed it, and whether it had the terminal's
+    foreground then (a signal from the terminal reached it, and not inturn's own group)."""
 
-    __slots__ = ("code", "lost")
+    __slots__ = ("code", "from_terminal", "lost", "signum")
 
-    def __init__(self, code: int, lost: bool) -> None:
+    def __init__(
+        self, code: int, lost: bool, signum: int | None = None, from_terminal: bool = False
+    ) -> None:
         self.code = code
         self.lost = lost
+        self.signum = signum
+        self.from_terminal = from_terminal
 
 
 # What exec says of a command it will not run (as opposed to the system lacking a resource to
@@ -189,6 +195,8 @@ class _Supervision:
         self.sentinel: Sentinel | None = None
         self.terminal = Terminal.find()
         self.code: int | None = None
+        self.killed_by: int | None = None  # the signal that ended the command, if one did
+        self.in_foreground = False  # whether it ended holding the terminal's foreground
         self.stopped_by: int | None = None
         self.lost = False
         self.stop_deadline: float | None = None
@@ -319,7 +327,9 @@ class _Supervision:
             if self.stop_deadline is None:
                 if self.code is not None:
                     if self.leftovers is None or self.leftovers.gone():
-                        return Outcome(self.code, lost=False)
+                        return Outcome(
+                            self.code, False, self.killed_by, from_terminal=self.in_foreground
+                        )
                     self._sleep(self._note_leftovers())
                     continue
                 if self.stopped_by is not None:
@@ -380,9 +390,11 @@ class _Supervision:
             code = os.waitstatus_to_exitcode(status)
             self.child.returncode = code
             self.code = code if code >= 0 else 128 - code
+            self.killed_by = -code if code < 0 else None
             if self.leftovers is None:  # else what it left running still gets them
                 self.signals.target = None  # nobody left to pass signals on to
             if self.terminal is not None:
+                self.in_foreground = self.terminal.foreground() == self.group
                 self.terminal.take_back(self.group)
 
     # ----------------------------------------------------------------- job control

@@ -4,9 +4,10 @@ The command's own code when it ran; 75 when the line was busy (``--no-wait``) or
 out (``--conflict-exit-code`` changes it); 76 when a server backend lost the turn while the
 command ran or as the turn came; 77 when a later ``--newest-wins`` run replaced this one
 before its turn came (the command never started); 130 when interrupted while waiting, or
-before the command started (128+N for another signal N); 126 when the command cannot be run,
-127 when it is not found (as shells say); 141 when the output was closed early (``inturn status
-| head -1``); 2 for usage errors, unusable setups and system errors (a full disk, too many open
+before the command started (128+N for another signal N), given by dying of SIGINT itself (see
+``Signalled``), as when the command died of SIGINT; 126 when the command cannot be run, 127
+when it is not found (as shells say); 141 when the output was closed early (``inturn status |
+head -1``); 2 for usage errors, unusable setups and system errors (a full disk, too many open
 files).
 
 ``inturn send``: 0 when the instance answered, 1 when it answered with an error, 69 when no
@@ -26,3 +27,35 @@ EXIT_LOST = 76
 EXIT_REPLACED = 77
 EXIT_INTERRUPTED = 130
 EXIT_OUTPUT_CLOSED = 128 + 13  # as a tool killed by SIGPIPE
+
+
+class Signalled(int):
+    """The exit code 128+N of an ``inturn`` ended by signal N, which the ``inturn`` command
+    gives by dying of that signal itself once everything is tidied (``cli.command``), as
+    CPython does for an uncaught KeyboardInterrupt and ``timeout(1)`` for its command's
+    signal. A shell that got Ctrl-C too stops its script only when its child died of SIGINT:
+    a child that exits 130 is taken to have handled it, and the loop goes on. ``$?`` is 130
+    all the same; in-process callers of ``cli.main`` get the plain number.
+
+    ``whole_group``: the signal is sent to inturn's whole process group, not to inturn alone.
+    So it is when the command died of a Ctrl-C while it held the terminal's foreground, which
+    ``inturn run`` gave it: without that handover, the Ctrl-C would have reached inturn's
+    group, the script that runs inturn included, which only then stops (bash stops a script
+    on SIGINT only if it got the signal itself, or in some loops)."""
+
+    signum: int
+    whole_group: bool
+
+    def __new__(cls, signum: int, whole_group: bool = False) -> Signalled:
+        code = super().__new__(cls, 128 + signum)
+        code.signum = signum
+        code.whole_group = whole_group
+        return code
+
+
+def interrupted(signum: int, whole_group: bool = False) -> int:
+    """The exit code of a run ended by ``signum``: inturn dies of SIGINT (see ``Signalled``);
+    for other signals it exits 128+N, as it always has."""
+    import signal
+
+    return Signalled(signum, whole_group) if signum == signal.SIGINT else 128 + signum

@@ -10,7 +10,7 @@ import sys
 from ..errors import Busy, Cancelled, LostTurn, Replaced, Timeout, UsageError
 from ..line import Line, Turn
 from ..records import Progress, same_pids, shell_words, warn
-from .exits import EXIT_CANNOT_RUN, EXIT_LOST, EXIT_NOT_FOUND, EXIT_REPLACED
+from .exits import EXIT_CANNOT_RUN, EXIT_LOST, EXIT_NOT_FOUND, EXIT_REPLACED, interrupted
 from .output import say, system_error
 from .parser import DEFAULT_GRACE_SECONDS, line_from
 from .signals import RunSignals
@@ -32,14 +32,14 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         try:
             held = _wait_in_line(args, command, signals)
         except Cancelled:
-            return 128 + signals.pending[0]  # a signal ended the wait; the line is left
+            return interrupted(signals.pending[0])  # a signal ended the wait; the line is left
         finally:
             signals.waiting = False
         if isinstance(held, int):
             return held
         with held:
             if signals.pending:  # before the command exists: it is not started at all
-                return 128 + signals.pending[0]
+                return interrupted(signals.pending[0])
             _notes(args, held)
             return _run_holding(held, executable, command, args, signals, environment)
     finally:
@@ -413,7 +413,11 @@ def _run_holding(
                 say(_refused(command[0], exc.error))
                 return EXIT_NOT_FOUND if exc.error.errno == errno.ENOENT else EXIT_CANNOT_RUN
             raise UsageError(f"cannot run {command[0]}: {system_error(exc.error)}") from None
-        return EXIT_LOST if outcome.lost else outcome.code
+        if outcome.lost:
+            return EXIT_LOST
+        if outcome.signum is not None:  # as ``timeout(1)``: a shell's loop stops at Ctrl-C
+            return interrupted(outcome.signum, whole_group=outcome.from_terminal)
+        return outcome.code
 
 
 def _lost(held: Turn) -> str:
