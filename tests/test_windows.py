@@ -954,16 +954,68 @@ def test_a_line_forgotten_then_made_anew_by_its_own_join_is_guarded_by_its_new_g
         words = process.expect("errors")
         assert words[1:] == ["0", "[]"], " ".join(words)
         assert process.wait() == 0
-    # Two processes forgetting the line nonstop while both use it: a join, once in about twenty
-    # runs, still finds the folder gone as it makes its ticket (the BackendError "cannot write
-    # in ...: Path not found"), cause unknown; it joins nobody, and the observer is the check.
-    unset = sum(int(words[3]) for words in forgotten)
-    two_forgetting = roles == ("forgetting-a", "forgetting-b")
-    assert two_forgetting or unset == 0, forgotten
+    assert sum(int(words[3]) for words in forgotten) == 0, forgotten
     both = win.folder.parent / "both.log"
     both.write_text("".join(log.read_text() for log in logs))
-    assert_exclusive(both, expected=None if unset else len(roles) * threads * turns)
+    assert_exclusive(both, expected=len(roles) * threads * turns)
     print("forgotten, turns, setups failed:", forgotten)
+
+
+READ_WHILE_FORGOTTEN_SCRIPT = """
+import os, inturn
+from inturn import win32
+from inturn.backends.windows import _open_shared
+name_file = os.path.join(os.environ['INTURN_DIR'], 'opened', '.name')
+forgetter, user = inturn.Line('opened'), inturn.Line('opened')
+forgetter.acquire().release()
+user.acquire().release()  # knows the line's id now
+reader = _open_shared(name_file, write=False, disposition=win32.OPEN_EXISTING)
+print('forgot', forgetter.forget(), flush=True)
+turn = user.acquire(blocking=False)  # under the guard of the id that .name had, or a new one
+os.close(reader)  # what the forget removed is gone now
+try:
+    inturn.Line('opened').acquire(blocking=False)
+except inturn.Busy:
+    print('fresh busy', flush=True)
+except inturn.BackendError as exc:
+    print('fresh error', exc, flush=True)
+turn.release()
+"""
+
+
+def test_a_name_record_being_read_as_its_line_is_forgotten_names_that_line_no_more(
+    win: Win,
+) -> None:
+    """A file removed while someone has it open stays until they close it, and can meanwhile
+    be opened and read again (so Wine does). ``.name`` removed in place by a forget, as a
+    process read it, still named the forgotten line to the next guard's check: a join took its
+    ticket under the old line's guard, in a folder that no ``.name`` named any more, that a
+    fresh ``Line`` refused ("missing, yet has tickets") and another line's forget could remove
+    under the join (which then failed: "Path not found")."""
+    code, out, err = win.run("-c", READ_WHILE_FORGOTTEN_SCRIPT)
+    assert code == 0, err
+    rows = out.splitlines()
+    assert rows[0] in ("forgot True", "forgot False"), out
+    assert rows[1] == "fresh busy", out  # the user's ticket holds, on the line as it is now
+
+
+DRAFT_WHILE_FORGOTTEN_SCRIPT = """
+import os, inturn
+line = inturn.Line('drafted')
+line.acquire().release()
+folder = os.path.join(os.environ['INTURN_DIR'], 'drafted')
+with open(os.path.join(folder, '.name.0123456789abcdef.tmp'), 'wb'):  # a setup being written
+    print('forgot', line.forget(), flush=True)
+"""
+
+
+def test_a_forget_leaves_a_name_record_being_written_and_the_line_in_use(win: Win) -> None:
+    """A join that found no ``.name`` writes a draft before it publishes it, in a file others
+    may not remove meanwhile: a forget that met one failed with a BackendError ("cannot
+    remove ... Sharing violation") instead of seeing the line set up anew, in use again."""
+    code, out, err = win.run("-c", DRAFT_WHILE_FORGOTTEN_SCRIPT)
+    assert code == 0, err
+    assert out.splitlines() == ["forgot False"], out
 
 
 # --------------------------------------------------------------------------- names, scopes

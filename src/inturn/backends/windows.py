@@ -110,6 +110,11 @@ def _open_shared(path: str, *, write: bool, disposition: int) -> int:
         raise
 
 
+# What ``.name`` is renamed to while it is published (a draft), and once forgotten (``.name``
+# followed by a random part and one of these).
+DRAFT = ".tmp"
+GONE = ".gone"
+
 T = TypeVar("T")
 SHARING_RETRIES = 1000  # a millisecond apart: a second at most
 
@@ -621,7 +626,7 @@ class WindowsStore(PipeChannels, FolderStore):
         at once exactly one id wins, and both then read it. Nothing is published, and nothing
         said, if a forget removed the folder meanwhile: the caller makes it again.
         """
-        draft = f"{path}.{secrets.token_hex(8)}.tmp"
+        draft = f"{path}.{secrets.token_hex(8)}{DRAFT}"
         record = {"name": self.name, "id": secrets.token_hex(16)}
         try:
             with open(draft, "wb") as out:
@@ -835,10 +840,12 @@ class WindowsStore(PipeChannels, FolderStore):
             # ``.name`` last: once it is gone, whoever opens the folder sets up a new line.
             for entry in sorted(self._listing(), key=lambda entry: entry == NAME_FILE):
                 try:
-                    os.unlink(self._path(entry))
+                    self._discard(entry)
                 except FileNotFoundError:
                     continue
                 except PermissionError as exc:
+                    if exc.winerror == win32.ERROR_SHARING_VIOLATION and entry.endswith(DRAFT):
+                        continue  # a join setting the line up is writing it: in use again
                     raise BackendError(
                         f"cannot forget line {self.name!r}: cannot remove {self._path(entry)} "
                         f"({exc.strerror}), and the files before it are gone: an administrator "
@@ -853,6 +860,22 @@ class WindowsStore(PipeChannels, FolderStore):
                 raise BackendError(f"cannot remove {self.folder}: {exc.strerror}") from None
         self._reopen(line_id)
         return True
+
+    def _discard(self, entry: str) -> None:
+        """Remove one of the line's files for a forget; ``.name`` is renamed away first.
+
+        A file removed while someone has it open (a look reading ``.name``) stays until they
+        close it, and can meanwhile still be opened and read (so Wine does): removed in place,
+        the forgotten line's ``.name`` could pass the check of the next one to take that
+        line's guard, whose ticket would then be made in a folder that names no line, or that
+        the new line's forget removes under it. A rename frees the name at once.
+        """
+        path = self._path(entry)
+        if entry == NAME_FILE:
+            gone = self._path(f"{NAME_FILE}.{secrets.token_hex(8)}{GONE}")
+            os.rename(path, gone)
+            path = gone
+        os.unlink(path)
 
     def _make_kick(self, number: int) -> int:
         """The event a later ``newest_wins`` arrival sets to replace this ticket."""
