@@ -191,6 +191,25 @@ def test_after_an_unclean_end_the_next_holder_waits_the_lock_delay():
     assert take_turn(store(), blocking=False).abandoned_by is None
 
 
+def test_a_turn_won_after_the_callers_patience_still_has_time_to_claim_the_dead():
+    """A non-blocking caller waits out the lock delay (longer here than its patience for a
+    guard), then claims the dead holder's marker under the line's guard: the claim gets time
+    of its own, or a guard held for a moment by anyone would make it give the won turn back."""
+    world, store = line(lock_delay=1.2)
+    dead_store = store()
+    dead_store.kill(take_turn(dead_store).membership.number)
+    given: list[float | None] = []
+
+    class Recording(MemoryStore):
+        def claim_abandoned(self, me: Membership, patience: Patience) -> Ticket | None:
+            given.append(patience.remaining())
+            return super().claim_abandoned(me, patience)
+
+    held = take_turn(Recording(world, lock_delay=1.2), blocking=False)
+    assert held.abandoned_by is not None
+    assert given and given[0] is not None and given[0] > 0
+
+
 def test_a_cancelled_wait_leaves_the_line():
     world, store = line()
     take_turn(store())

@@ -203,7 +203,7 @@ def take_turn(
                 view = None  # lost its place as the turn came: back in line, wait again
                 continue
             break
-        dead = store.claim_abandoned(me, patience) if claim else None
+        dead = store.claim_abandoned(me, _claim_patience(guard_deadline, cancel)) if claim else None
         # Recorded and handed over under the same cover: an interrupt (Ctrl-C) before the
         # caller has the turn in hand leaves the line, or nobody could ever release it.
         holdings.add(store, me.number, owner, task)
@@ -220,6 +220,16 @@ def take_turn(
     except BaseException:
         give_back(store, me, holdings)
         raise
+
+
+def _claim_patience(guard_deadline: float | None, cancel: CancelToken | None) -> Patience:
+    """How long a won turn may wait for the guard to claim a dead holder's marker: the
+    caller's time may be up by then (a non-blocking caller waited out the lock delay, a timed
+    one was served at its last moment), but the guard is held for moments only, and giving a
+    won turn back for that would leave the marker to the next and start its delay again."""
+    if guard_deadline is None:
+        return Patience(None, cancel)
+    return Patience(max(guard_deadline, time.monotonic() + BUSY_PATIENCE), cancel)
 
 
 def wait_for_everyone(
