@@ -644,3 +644,20 @@ def test_status_into_a_closed_pipe_prints_no_traceback(lines_dir, args):
         finally:
             os.close(write_end)
     no_traceback(result)
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (("run", b"--bogus\xff\x1b[31m", "x", "--", "true"), 2),
+        (("run", "x", "--", b"no\xffsuch\x1b[31m"), 127),
+    ],
+    ids=["option", "command"],
+)
+def test_refusals_show_odd_bytes_and_escapes_of_what_was_typed_escaped(lines_dir, args, code):
+    """A bad option, or a command not found, that holds an undecodable byte or a terminal
+    escape is named with both shown as escapes: nothing typed steers the terminal."""
+    result = run_bytes(*args)
+    assert result.returncode == code, result
+    assert b"\x1b" not in result.stderr and b"\\udc" not in result.stderr, result.stderr
+    assert b"\\xff" in result.stderr and b"\\x1b" in result.stderr, result.stderr

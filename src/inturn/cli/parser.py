@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from ..durations import parse_duration
 from ..errors import UsageError
 from ..line import Line
+from ..records import escape_controls
 from .exits import EXIT_CONFLICT, EXIT_OUTPUT_CLOSED, EXIT_USAGE
 from .output import OutputClosed, emit, say
 
@@ -68,7 +69,7 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """One ``inturn: ...`` line, as every other error, with where the options are told
         (argparse's own is its usage block and a line of another form)."""
-        say(f"{message}; see '{self.prog} --help'")
+        say(f"{escape_controls(message)}; see '{self.prog} --help'")
         sys.exit(EXIT_USAGE)
 
 

@@ -9,7 +9,7 @@ import sys
 
 from ..errors import Busy, Cancelled, LostTurn, Replaced, Timeout, UsageError
 from ..line import Line, Turn
-from ..records import Progress, same_pids, shell_words, warn
+from ..records import Progress, escape_controls, same_pids, shell_words, warn
 from .exits import EXIT_CANNOT_RUN, EXIT_LOST, EXIT_NOT_FOUND, EXIT_REPLACED, interrupted
 from .output import say, system_error
 from .parser import DEFAULT_GRACE_SECONDS, line_from
@@ -239,7 +239,7 @@ def _find(program: str) -> str:
                     f"{program[-1]}",
                     EXIT_CANNOT_RUN,
                 )
-            raise NotRunnable(f"command not found: {shell_words([program])}", EXIT_NOT_FOUND)
+            raise NotRunnable(f"command not found: {_shown(program)}", EXIT_NOT_FOUND)
         if os.path.isdir(program):
             raise NotRunnable(f"{program} is a folder, not a command", EXIT_CANNOT_RUN)
         if not os.access(program, os.X_OK):
@@ -261,7 +261,7 @@ def _find(program: str) -> str:
                 f"command is not executable: {denied} (check its permissions)", EXIT_CANNOT_RUN
             )
         raise NotRunnable(
-            f"command not found: {shell_words([program])} (is it installed and on PATH?)",
+            f"command not found: {_shown(program)} (is it installed and on PATH?)",
             EXIT_NOT_FOUND,
         )
     return found
@@ -427,6 +427,12 @@ def _lost(held: Turn) -> str:
     return f"lost the turn in line {held.name!r} ({why})"
 
 
+def _shown(program: str) -> str:
+    """``program`` as a message names it: quoted as a shell would take it (``''``), and with
+    control characters and undecodable bytes escaped."""
+    return escape_controls(shell_words([program]))
+
+
 def _refused(program: str, error: OSError) -> str:
     """Why the system would not run ``program``, which exists and is executable (as a shell
     says it: 127 when its ``#!`` interpreter is missing, 126 otherwise)."""
@@ -436,4 +442,4 @@ def _refused(program: str, error: OSError) -> str:
         errno.EACCES: "permission denied (check its permissions and those of its folders, "
         "or a noexec mount)",
     }.get(error.errno or 0, error.strerror or str(error))
-    return f"cannot run {program}: {why}"
+    return f"cannot run {escape_controls(program)}: {why}"
