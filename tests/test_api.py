@@ -783,6 +783,9 @@ def test_a_timeout_says_how_long_it_waited_and_who_holds_the_line(lines_dir):
         assert str(emptying.value).startswith(
             f"gave up waiting for line 'timed' to empty after 0.2s; {busy}"
         )
+        with pytest.raises(inturn.Timeout) as short:
+            line.acquire(timeout=0.01)
+        assert str(short.value).startswith(f"gave up waiting for line 'timed' after 10ms; {busy}")
     finally:
         leave.set()
         holder.join()

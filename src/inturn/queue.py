@@ -517,10 +517,16 @@ def _impatient(store: LineStore, blocking: bool, timeout: float | None, why: str
 def _timed_out(exc: Timeout, timeout: float | None) -> Timeout:
     """``exc`` saying how long the caller waited and, as ``Busy`` does, who holds the line
     (from the status it carries, read once the time was up: never on the way)."""
-    after = "" if timeout is None else f" after {duration(timeout)}"
+    after = "" if timeout is None else f" after {_given(timeout)}"
     holders = exc.status.holders if exc.status is not None else ()
     held = ", ".join(f"{t.describe(live=True)}{_since(t)}" for t in holders)
     return Timeout(f"{exc}{after}" + (f"; held by {held}" if held else ""), exc.status)
+
+
+def _given(timeout: float) -> str:
+    """A timeout as the caller gave it: ``10ms`` for a short one (``duration`` would say
+    0.0s), else as status lines show durations."""
+    return f"{max(0.0, timeout) * 1000:.0f}ms" if timeout < 0.1 else duration(timeout)
 
 
 def _full_message(

@@ -846,8 +846,9 @@ class WindowsStore(PipeChannels, FolderStore):
                 except PermissionError as exc:
                     if exc.winerror == win32.ERROR_SHARING_VIOLATION and entry.endswith(DRAFT):
                         continue  # a join setting the line up is writing it: in use again
+                    removed = exc.filename or self._path(entry)  # .name: renamed away first
                     raise BackendError(
-                        f"cannot forget line {self.name!r}: cannot remove {self._path(entry)} "
+                        f"cannot forget line {self.name!r}: cannot remove {removed} "
                         f"({exc.strerror}), and the files before it are gone: an administrator "
                         "can forget it"
                     ) from None

@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(words)
     args, unknown = parser.parse_known_args(words)
-    if unknown:  # told by the command's own parser (``inturn run: error: ...``), with its usage
+    if unknown:  # told by the command's own parser, in one line naming its --help
         getattr(args, "sub_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     args.words = words  # as typed, for what the parser does not keep (a -- before a command)
     warnings.showwarning = show_warning

@@ -25,7 +25,6 @@ EXIT_NOT_RUNNING = 69  # inturn send: no instance took the message (EX_UNAVAILAB
 EXIT_CONFLICT = 75
 EXIT_LOST = 76
 EXIT_REPLACED = 77
-EXIT_INTERRUPTED = 130
 EXIT_OUTPUT_CLOSED = 128 + 13  # as a tool killed by SIGPIPE
 
 

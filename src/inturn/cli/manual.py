@@ -80,7 +80,7 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
     (
         "130",
         "interrupted by Ctrl-C while waiting, or before the command started (128+N for "
-        "another signal N)",
+        "another signal N); for SIGINT inturn dies of the signal",
     ),
     ("141", "whoever read the output stopped reading (inturn status | head -1)"),
     ("2", "usage error, unusable setup or system error: one inturn: line says which"),

@@ -347,6 +347,10 @@ class RedisBackend(Backend):
             members = call(self.client, "SMEMBERS", f"{self.prefix}:lines")
         return sorted(_text(m) for m in members)
 
+    def kept_anything(self) -> bool:
+        with self.errors():
+            return bool(call(self.client, "EXISTS", f"{self.prefix}:lines"))
+
     def close(self) -> None:
         self.keeper.close()
         for client in (self.client, self.quick_client, self.listen_client):
