@@ -358,6 +358,94 @@ def test_a_holder_with_a_command_over_64_kib_shows_and_its_death_is_told(lines_d
         holder.communicate(timeout=REPORT_TIMEOUT)
 
 
+# --------------------------------------------------------------------------- the last number
+# Ticket numbers are a fencing token: they never start again from 1 while the line exists. They
+# run up to 2**63 - 1, the largest a signed 64-bit integer holds (as on the server backends).
+
+LAST_TICKET = 2**63 - 1
+
+
+def turns(name: str, count: int, **options: Any) -> list[int]:
+    numbers = []
+    for _ in range(count):
+        with inturn.turn(name, **options) as held:
+            numbers.append(held.ticket)
+    return numbers
+
+
+def test_numbers_go_on_past_what_the_counter_held_near_ten_to_the_eighteenth(lines_dir):
+    """The counter of a line that reached 10**18 is the code's own, not a corrupt one: the
+    numbers go on from it, without a warning, rather than wrapping back to 1."""
+    inturn.Line("long").acquire().release()
+    (lines_dir / "long" / ".line").write_text("999999999999999998\n")
+    with warnings_as_errors():
+        numbers = turns("long", 4)
+    assert numbers == [10**18 - 2, 10**18 - 1, 10**18, 10**18 + 1]
+
+
+@pytest.mark.parametrize("first", [10**12 - 1, LAST_TICKET - 2], ids=["12 to 13 digits", "top"])
+def test_a_number_longer_than_the_padding_stays_behind_the_ones_before_it(lines_dir, first):
+    """Files are named with 12 digits at least: a ticket whose number has more (up to the
+    very last one) is still behind every ticket before it, never let in ahead of a holder."""
+    line = inturn.Line("wide")
+    line.acquire().release()
+    (lines_dir / "wide" / ".line").write_text(f"{first}\n")
+    with warnings_as_errors():
+        held = line.acquire()
+        try:
+            assert held.ticket == first
+            with pytest.raises(inturn.Busy):
+                inturn.Line("wide").acquire(blocking=False)  # ticket first + 1, behind
+            status = line.status()
+        finally:
+            held.release()
+        assert [t.number for t in status.holders] == [first]
+        assert turns("wide", 1) == [first + 2]
+    assert len(str(first + 1)) > 12
+
+
+def test_after_the_last_number_a_join_is_refused_in_one_line_until_the_line_is_forgotten(
+    lines_dir,
+):
+    inturn.Line("full").acquire().release()
+    counter = lines_dir / "full" / ".line"
+    counter.write_text(f"{LAST_TICKET}\n")
+    with warnings_as_errors():
+        assert turns("full", 1) == [LAST_TICKET]
+        assert counter.read_text() == f"{LAST_TICKET + 1}\n"
+        with pytest.raises(inturn.BackendError, match="used up its ticket numbers"):
+            inturn.Line("full").acquire()
+        refused = run_cli("run", "full", "--", "true")
+        one_line_error(refused, "'full'", str(LAST_TICKET), "forget")
+        assert inturn.Line("full").status().holders == ()
+        assert inturn.Line("full").forget()
+        assert turns("full", 1) == [1]
+
+
+def test_a_machine_wide_counter_near_ten_to_the_eighteenth_goes_on(tmp_path):
+    """A machine-wide line keeps each user's counter apart; the same numbers count there."""
+    root = tmp_path / "machine"
+    inturn.Line("long", scope="machine", directory=root).acquire().release()
+    (counter,) = root.glob("inturn:long:.next.*")
+    counter.write_text("999999999999999999\n")
+    with warnings_as_errors():
+        numbers = turns("long", 3, scope="machine", directory=root)
+        assert numbers == [10**18 - 1, 10**18, 10**18 + 1]
+        counter.write_text(f"{LAST_TICKET}\n")
+        assert turns("long", 1, scope="machine", directory=root) == [LAST_TICKET]
+        with pytest.raises(inturn.BackendError, match="used up its ticket numbers"):
+            inturn.Line("long", scope="machine", directory=root).acquire()
+
+
+@contextlib.contextmanager
+def warnings_as_errors() -> Iterator[None]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", inturn.InturnWarning)
+        yield
+
+
 # --------------------------------------------------------------------------- a full file system
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import warnings
 
 import pytest
 
@@ -95,6 +96,60 @@ def test_a_spoilt_entry_is_skipped_with_a_warning(lines_dir):
     ]
     assert inturn.forget_unused() == ["fine"]  # the spoilt one is left as it is
     assert record.exists()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the POSIX backend's reader of .name")
+@pytest.mark.parametrize("scope", ["user", "machine"])
+@pytest.mark.parametrize("put_back", ["before the look", "after the look"])
+def test_a_name_record_a_forget_removes_and_a_join_puts_back_as_it_is_read_is_no_warning(
+    tmp_path, monkeypatch, scope, put_back
+):
+    """``forget_unused`` while others take turns: a forget removes a line's ``.name`` just as
+    the listing opens it, and a join puts it back, before or after the listing looks whether
+    it is there. The line is being forgotten and set up again, not spoilt: no warning."""
+    import inturn.backends.posix as posix
+
+    for name in ("busy", "calm"):
+        inturn.Line(name, scope=scope, directory=tmp_path).acquire().release()
+    real_read, real_lexists = posix._read_name, os.path.lexists
+    raced: list[str] = []  # the record taken away, until it is put back
+
+    def read_name_as_a_forget_passes(path: str) -> str | None:
+        if "busy" in path and not raced:
+            raced.append(path)
+            os.rename(path, f"{path}.aside")  # removed by a forget
+            name = real_read(path)
+            if put_back == "before the look":
+                put_it_back()
+            return name
+        return real_read(path)
+
+    def lexists_as_a_join_passes(path: str | os.PathLike[str]) -> bool:
+        found = real_lexists(path)
+        if raced and os.fspath(path) == raced[0] and not found:
+            put_it_back()
+        return found
+
+    def put_it_back() -> None:  # published again by a join
+        if real_lexists(f"{raced[0]}.aside"):
+            os.rename(f"{raced[0]}.aside", raced[0])
+
+    monkeypatch.setattr(posix, "_read_name", read_name_as_a_forget_passes)
+    monkeypatch.setattr(os.path, "lexists", lexists_as_a_join_passes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", inturn.InturnWarning)
+        for attempt in ("lines", "forget_unused"):
+            raced.clear()
+            if attempt == "lines":
+                found = [s.name for s in inturn.lines(scope=scope, directory=tmp_path)]
+            else:
+                found = inturn.forget_unused(scope=scope, directory=tmp_path)
+            assert raced, attempt
+            assert found == (["busy", "calm"] if put_back == "before the look" else ["calm"])
+    monkeypatch.undo()
+    assert [s.name for s in inturn.lines(scope=scope, directory=tmp_path)] == (
+        [] if put_back == "before the look" else ["busy"]
+    )
 
 
 # --------------------------------------------------------------------------- passing_to

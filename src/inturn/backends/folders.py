@@ -8,9 +8,10 @@ one holder is told, and it works between users who may not remove each other's f
 machine-wide line's files are in a sticky folder, like ``/tmp``). Files are removed by whoever
 may, in an order that never lets a claimed marker look unclaimed: the ticket first, then the
 marker, then the claim. Claims are made under the line's guard, as tidies are: a tidy never
-takes a marker from under a claim still being made. Numbers are zero-padded so that a listing
-sorts like the line. A platform may keep a line's files side by side with other lines'
-instead, each name prefixed (``FolderStore.prefix``): the POSIX backend does so for
+takes a marker from under a claim still being made. Numbers are zero-padded to 12 digits so
+that a listing sorts like the line until they outgrow them (inturn itself sorts them as
+numbers, up to ``LAST_TICKET``). A platform may keep a line's files side by side with other
+lines' instead, each name prefixed (``FolderStore.prefix``): the POSIX backend does so for
 machine-wide lines.
 """
 
@@ -24,6 +25,7 @@ import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, suppress
+from functools import partial
 
 from ..errors import BackendError, UsageError
 from ..names import safe_file_name
@@ -84,6 +86,11 @@ def resolve_root(
             f"one, so that every process finds the same folder wherever it starts"
         )
     return (os.path.abspath(explicit) if explicit else default_root(scope)), explicit is not None
+
+
+# The last ticket number: the largest a signed 64-bit integer holds, as on the server backends
+# (a PostgreSQL bigint, a Redis integer), so that a fencing token fits one everywhere.
+LAST_TICKET = 2**63 - 1
 
 
 def ticket_files(number: int) -> tuple[str, str]:
@@ -172,13 +179,24 @@ def read_entries(entries: Iterable[str]) -> Entries:
     )
 
 
+def counter_value(counter: bytes) -> int | None:
+    """The number a counter file holds, or None if it holds none that inturn could have
+    written: after the last ticket it holds ``LAST_TICKET + 1``."""
+    text = counter.split(b"\n", 1)[0].strip()
+    if text.isdigit() and len(text) <= len(str(LAST_TICKET)):
+        value = int(text)
+        if value <= LAST_TICKET + 1:
+            return value
+    return None
+
+
 def next_number(counter: bytes, where: str, highest: int) -> int:
     """The next ticket number: the counter's, but never at or below a number already in the
     folder, so that a counter someone rewrote (or that got corrupt) cannot hand out a number
     twice or let the fencing token go backwards."""
-    text = counter.split(b"\n", 1)[0].strip()
-    if text.isdigit() and len(text) < 19:
-        return max(int(text), highest + 1)
+    value = counter_value(counter)
+    if value is not None:
+        return max(value, highest + 1)
     if counter:
         warn(f"the ticket counter {where} was corrupt; rebuilt it")
     return highest + 1
@@ -312,24 +330,34 @@ def names_in(root: str, recorded_name: Callable[[str], str | None]) -> list[str]
         folder = os.path.join(root, entry)
         if os.path.islink(folder) or not os.path.isdir(folder):
             continue
-        name = listed(recorded_name(folder), os.path.join(folder, NAME_FILE), entry)
+        name = listed(partial(recorded_name, folder), os.path.join(folder, NAME_FILE), entry)
         if name is not None:
             found.append(name)
     return sorted(found)
 
 
-def listed(name: str | None, record: str, file_name: str) -> str | None:
-    """``name``, read from the name record at ``record``, if it is the line kept under
-    ``file_name``; else None. A record that is there but unusable, or that names another
-    line, is skipped with a warning: the line it stood for would otherwise vanish from
-    listings unseen. No record at all is skipped silently (a line being set up, or not ours).
-    """
-    if name is not None and safe_file_name(name) == file_name:
+def listed(read_name: Callable[[], str | None], record: str, file_name: str) -> str | None:
+    """The name that ``read_name`` reads from the name record at ``record``, if it is the
+    line kept under ``file_name``; else None. A record that is there but unusable, or that
+    names another line, is skipped with a warning: the line it stood for would otherwise
+    vanish from listings unseen. No record at all is skipped silently (a line being set up,
+    or not ours), and so is one that a forget removed as it was read: found after a failed
+    read, it is read once more (a join may have put it back), and warned about only if it is
+    still there, unusable, after that."""
+    name = read_name()
+    if name is None:
+        if not os.path.lexists(record):
+            return None
+        name = read_name()  # there after all: perhaps put back since the first read
+    if name is None:
+        if os.path.lexists(record):
+            warn_once(
+                f"skipping {record}: it does not hold a line's name; look the line up by name"
+            )
+        return None
+    if safe_file_name(name) == file_name:
         return name
-    if name is not None:
-        warn_once(f"skipping {record}: it names line {name!r}, which is not kept there")
-    elif os.path.lexists(record):
-        warn_once(f"skipping {record}: it does not hold a line's name; look the line up by name")
+    warn_once(f"skipping {record}: it names line {name!r}, which is not kept there")
     return None
 
 
@@ -521,10 +549,20 @@ class FolderStore(LineStore):
             return next_number(self._read_counter(COUNTER, guard), where, entries.highest)
         highest = entries.highest
         for entry in (COUNTER, *entries.counters):
-            text = self._read_counter(entry, guard).split(b"\n", 1)[0].strip()
-            if text.isdigit() and len(text) < 19:
-                highest = max(highest, int(text) - 1)
+            value = counter_value(self._read_counter(entry, guard))
+            if value is not None:
+                highest = max(highest, value - 1)
         return highest + 1
+
+    def _check_number(self, number: int) -> int:
+        """``number``, if it is not beyond the last ticket number: a line never starts its
+        numbers again from 1 while it exists (they are a fencing token)."""
+        if number > LAST_TICKET:
+            raise BackendError(
+                f"line {self.name!r} has used up its ticket numbers (the "
+                f"last is {LAST_TICKET}): forget the line (inturn forget) to number it anew"
+            )
+        return number
 
     def _save_number(self, following: int, guard: Any) -> None:
         own = COUNTER if self.scope != "machine" else counter_file(self._counter_owner())

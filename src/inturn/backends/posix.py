@@ -37,6 +37,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from functools import partial
 
 from .. import forks
 from ..errors import BackendError, Cancelled, Replaced
@@ -287,7 +288,7 @@ class PosixBackend(FolderBackend):
                 continue
             file_name = entry[len(MACHINE_PREFIX) : -len(NAME_FILE) - 1]
             record = os.path.join(self.root, entry)
-            name = listed(_read_name(record), record, file_name)
+            name = listed(partial(_read_name, record), record, file_name)
             if name is not None:
                 found.append(name)
         return sorted(found)
@@ -1191,7 +1192,7 @@ class PosixStore(UnixChannels, FolderStore):
         """The new ticket's descriptor, number and name in the folder (prefix included)."""
         for _ in range(1000):
             try:
-                name = self.prefix + own_ticket_file(number, shared)
+                name = self.prefix + own_ticket_file(self._check_number(number), shared)
                 return os.open(name, _O_NEW, _PRIVATE, dir_fd=dir_fd), number, name
             except FileExistsError:
                 number += 1  # a leftover or planted file: never reuse its number

@@ -919,7 +919,8 @@ class WindowsStore(PipeChannels, FolderStore):
         A name or file already there (a squatter, a leftover) is skipped, never reused.
         """
         for _ in range(1000):
-            owner = _Owner(self.object_name(number), self.backend.ticket_security)
+            name = self.object_name(self._check_number(number))
+            owner = _Owner(name, self.backend.ticket_security)
             try:
                 if not owner.created:
                     if owner.error == win32.ERROR_ACCESS_DENIED:
