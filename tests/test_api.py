@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 
 import pytest
 from hypothesis import given, settings
@@ -670,17 +671,13 @@ def _watch_threads() -> int:
     return sum(thread.name == "inturn-watch" for thread in threading.enumerate())
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="counts POSIX descriptors")
-@pytest.mark.parametrize("how", ["turn", "acquire", "wait", "async with", "wait_for"])
-def test_polling_a_long_held_line_with_short_waits_leaves_nothing_behind(lines_dir, how):
-    """Trying for 10 ms and retrying later against one long holder: each try on a fresh ``Line``
-    must not leave a thread and a descriptor behind until the holder leaves (the kernel wait
-    on the holder's ticket is shared by the whole process, not kept per ``Line``)."""
-    name = "polled"
+@contextmanager
+def held_by_another_thread(line: inturn.Line) -> Iterator[None]:
+    """``line`` held by another thread of this process while the block runs."""
     held, leave = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with inturn.Line(name).acquire():
+        with line.acquire():
             held.set()
             leave.wait(REPORT_TIMEOUT)
 
@@ -688,6 +685,20 @@ def test_polling_a_long_held_line_with_short_waits_leaves_nothing_behind(lines_d
     holder.start()
     try:
         assert held.wait(REPORT_TIMEOUT)
+        yield
+    finally:
+        leave.set()
+        holder.join()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="counts POSIX descriptors")
+@pytest.mark.parametrize("how", ["turn", "acquire", "wait", "async with", "wait_for"])
+def test_polling_a_long_held_line_with_short_waits_leaves_nothing_behind(lines_dir, how):
+    """Trying for 10 ms and retrying later against one long holder: each try on a fresh ``Line``
+    must not leave a thread and a descriptor behind until the holder leaves (the kernel wait
+    on the holder's ticket is shared by the whole process, not kept per ``Line``)."""
+    name = "polled"
+    with held_by_another_thread(inturn.Line(name)):
         _time_out_once_on_a_fresh_line(how, name)  # the one shared watch, if any
         descriptors = len(os.listdir("/proc/self/fd" if sys.platform == "linux" else "/dev/fd"))
         for _ in range(30):
@@ -695,9 +706,6 @@ def test_polling_a_long_held_line_with_short_waits_leaves_nothing_behind(lines_d
         assert _watch_threads() <= 1
         now = len(os.listdir("/proc/self/fd" if sys.platform == "linux" else "/dev/fd"))
         assert now <= descriptors + 2
-    finally:
-        leave.set()
-        holder.join()
     until(lambda: _watch_threads() == 0, "the watch on the holder's ticket ends with it")
 
 
@@ -761,17 +769,7 @@ def test_waiting_on_yourself_through_a_symbolic_link_to_the_folder_is_refused(tm
 def test_a_timeout_says_how_long_it_waited_and_who_holds_the_line(lines_dir):
     """As ``Busy`` names the holder, so does ``Timeout``, with the time the caller gave."""
     line = inturn.Line("timed")
-    held, leave = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with line.acquire():
-            held.set()
-            leave.wait(REPORT_TIMEOUT)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert held.wait(REPORT_TIMEOUT)
+    with held_by_another_thread(line):
         busy = f"held by pid {os.getpid()} ("
         with pytest.raises(inturn.Timeout) as waiting:
             line.acquire(timeout=0.2)
@@ -786,9 +784,6 @@ def test_a_timeout_says_how_long_it_waited_and_who_holds_the_line(lines_dir):
         with pytest.raises(inturn.Timeout) as short:
             line.acquire(timeout=0.01)
         assert str(short.value).startswith(f"gave up waiting for line 'timed' after 10ms; {busy}")
-    finally:
-        leave.set()
-        holder.join()
 
 
 def test_a_turn_above_classmethod_or_staticmethod_holds_the_turn_for_each_call(lines_dir):
