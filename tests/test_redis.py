@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import os
 import signal
@@ -28,7 +29,15 @@ from inturn.backends.redis import scripts
 from inturn.errors import UsageError
 from inturn.records import own_ticket_fields
 
-from conftest import Run, Worker, child_env, inturn_cmd, one_line_error, run_cli, until
+from conftest import (
+    Run,
+    Worker,
+    child_env,
+    inturn_cmd,
+    one_line_error,
+    run_cli,
+    until,
+)
 from redis_server import (
     RedisServer,
     delete_prefix,
@@ -540,6 +549,70 @@ def test_a_kick_from_a_replacer_that_is_gone_is_read_once(place, workers):
 
 
 HOSTILE = ["a}{b", "*", "x:y", "{inturn}", "line\nwith newline", "Ünïcödé ☃", "\udcff", "NUL\x00"]
+
+
+def _sockets() -> int:
+    """This process's open sockets, as the system sees them."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # closed since it was listed
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux /proc")
+def test_lines_never_closed_free_their_threads_and_connections(place):
+    """A ``Line`` per request, never closed (``with inturn.Line(...):`` holds a turn and keeps
+    the ``Line`` open): once it holds nothing and nobody refers to it, it is collected with its
+    lease threads and connections, as on the other backends; a service does not run out of
+    threads, or of the server's clients, one request at a time."""
+    tag = f"inturn-unclosed-{uuid.uuid4().hex[:12]}"
+    url = with_parameters(place.url(), client_name=tag)
+    admin = place.client()
+
+    def ours() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("inturn-lease-")]
+
+    def clients() -> int:
+        return sum(1 for c in admin.client_list() if c.get("name") == tag)
+
+    before = set(ours())
+    gc.collect()
+    sockets = _sockets()
+    try:
+        with inturn.Line("unclosed", backend=url) as held:
+            assert set(ours()) - before, "a held turn has its lease renewed"
+            assert not held.lost
+        del held
+        for _ in range(60):
+            with inturn.Line("unclosed", backend=url):
+                pass
+        gc.collect()
+        deadline = time.monotonic() + 30  # one bound for all: a leak fails, it does not hang
+        for thread in set(ours()) - before:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        left = set(ours()) - before
+        assert not left, f"{len(left)} lease threads outlive their Lines"
+        assert _sockets() <= sockets, "connections outlive their Lines"
+        until(lambda: clients() == 0, "the server to see every client gone")
+    finally:
+        admin.close()
+
+
+def test_closing_stops_the_lease_threads_at_once_not_a_lease_later(place):
+    """``with inturn.turn(...)`` closes what it opened: the listener, asleep in the server for
+    up to a lease, is woken by the stop (whether it was reading, or still connecting), so
+    turns taken one after another leave no threads behind."""
+    url = place.url(lease=30)  # a thread left asleep would outlive the bound below by far
+    before = set(threading.enumerate())
+    for _ in range(100):
+        with inturn.turn("closing", backend=url):
+            pass
+    deadline = time.monotonic() + 10  # one bound for all, a third of a lease
+    for thread in set(threading.enumerate()) - before:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    left = [t.name for t in set(threading.enumerate()) - before]
+    assert not left, f"{len(left)} threads outlive their turns: {sorted(set(left))}"
 
 
 def test_status_of_an_unused_line_creates_nothing(place):

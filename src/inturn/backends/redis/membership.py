@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 import redis
@@ -88,6 +90,12 @@ class LeaseKeeper:
     ``_listen``), so that a server that closes its connections (a restart, a shutdown) has every
     lease checked at once, and a lease it lost is known lost in milliseconds, not at the next
     renewal.
+
+    The threads run only while a ticket of ours is in a line: they start with the first and
+    end as the last leaves (or is declared lost). So a backend nobody holds or waits through
+    keeps no thread, and one that nobody refers to any more (a ``Line`` never closed) is
+    collected with its connections, as the other backends' are; a held turn keeps them, and
+    its lease renewed, whatever happens to references, until it is released.
     """
 
     def __init__(
@@ -105,7 +113,7 @@ class LeaseKeeper:
         self._cond = threading.Condition()
         self._pid = 0  # the process whose threads renew (0: none run)
         self._run = 0  # the threads' generation: a stop ends those of the current one
-        self._closing = False  # closed: the threads stop once no ticket of ours is left
+        self._listening: socket.socket | None = None  # the listener's socket while it reads
         self._listen_key = f"{prefix}:listen:{os.urandom(8).hex()}"  # never written: reads sleep
         forget_after_fork(self)
 
@@ -115,6 +123,7 @@ class LeaseKeeper:
         self._cond = threading.Condition()
         self._members = {}
         self._pid = 0
+        self._listening = None
 
     def move(self, member: RedisMembership, fresh: RedisMembership) -> None:
         """``member``, which lost its place, becomes ``fresh``, its new ticket, whose lease is
@@ -127,10 +136,9 @@ class LeaseKeeper:
         self.add(member)
 
     def add(self, member: RedisMembership) -> None:
-        """Renew ``member``'s lease from now on: the threads start at the first use, in a
-        forked child, and again when used after ``close``."""
+        """Renew ``member``'s lease from now on: the threads start with the first ticket (in
+        a forked child too), and again after the last one left."""
         with self._cond:
-            self._closing = False
             if self._pid != os.getpid():
                 self._pid = os.getpid()
                 self._run += 1
@@ -148,35 +156,30 @@ class LeaseKeeper:
     def remove(self, member: RedisMembership) -> None:
         """Stop renewing ``member``'s lease. The threads are not woken for it (a leaver's
         ``leave`` follows at once, and a woken thread would only contend for the GIL): they
-        find it gone when they next look."""
+        find it gone when they next look; the last one's leaving ends them."""
         with self._cond:
             self._members.pop(member.ticket_id, None)
-            stop = self._stop_if_done()
-        if stop:
-            self._end_listening()
+            self._stop_if_idle()
 
     def close(self) -> None:
-        """Stop the threads, now if no ticket of ours is left, else once the last one has
-        left: until then a turn still held, or a place in line, keeps its lease renewed (or
+        """Stop the threads now if no ticket of ours is left; else they stop as the last one
+        leaves: until then a turn still held, or a place in line, keeps its lease renewed (or
         is declared lost when it cannot be), whoever closed the backend."""
         with self._cond:
-            self._closing = True
-            stop = self._stop_if_done()
-        if stop:
-            self._end_listening()
+            self._stop_if_idle()
 
-    def _stop_if_done(self) -> bool:
-        """Under ``_cond``: end the threads if closed and no ticket is left; whether it did."""
-        if not self._closing or self._members or self._pid != os.getpid():
-            return False
+    def _stop_if_idle(self) -> None:
+        """Under ``_cond``: end the threads if no ticket of ours is left. The listener's read
+        ends at once (its socket shut), so nothing is left behind for up to a lease."""
+        if self._members or self._pid != os.getpid():
+            return
         self._pid = 0
         self._run += 1
         self._cond.notify_all()
-        return True
-
-    def _end_listening(self) -> None:
-        if self.listener is not None:
-            self.listener.connection_pool.disconnect()  # ends a read in progress
+        sock, self._listening = self._listening, None
+        if sock is not None:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def renew_now(self) -> None:
         """Renew every lease at once (the server may have lost them)."""
@@ -191,8 +194,19 @@ class LeaseKeeper:
         nobody writes), for as long as this process holds leases. The read ends at once when
         the server closes the connection; then every lease is renewed right away, and again
         the moment the server answers once more: a restarted server that kept nothing
-        answers 0, and the turn is declared lost."""
+        answers 0, and the turn is declared lost.
+
+        The connection is made for this thread, outside any pool, and closed as it ends:
+        nobody else disconnects it, so no other thread races with it as it connects."""
         assert self.listener is not None
+        pool = self.listener.connection_pool
+        connection = pool.connection_class(**pool.connection_kwargs)
+        try:
+            self._listen_on(run, connection)
+        finally:
+            connection.disconnect()
+
+    def _listen_on(self, run: int, connection: Any) -> None:
         block_ms = max(100, self.lease_ms)
         pause = None  # after a failure: how long until the next try (doubling)
         while True:
@@ -207,20 +221,40 @@ class LeaseKeeper:
                         return
             try:
                 if pause is not None:
-                    call(self.listener, "PING")  # the server answers again: check now
+                    connection.send_command("PING")  # the server answers again: check now
+                    connection.read_response()
                     self.renew_now()
                     pause = None
-                call(self.listener, "XREAD", "BLOCK", block_ms, "STREAMS", self._listen_key, "$")
+                self._sleep_in_server(run, connection, block_ms)
             except Exception:
-                # ``close`` ends the read by disconnecting the pool under it, which redis-py
-                # may report as any error (a buffer already gone): then it is no failure.
-                # Otherwise the connection ended, however the client says so.
+                # A stop ends the read by shutting its socket, which redis-py may report as
+                # any error: then it is no failure. Otherwise the connection ended, however
+                # the client says so.
+                connection.disconnect()  # the next use connects afresh
                 with self._cond:
                     if run != self._run:
                         return
                 if pause is None:
                     self.renew_now()  # the connection ended: the server may have lost them
                 pause = min(self.lease / 12, 0.01 if pause is None else 2 * pause)
+
+    def _sleep_in_server(self, run: int, connection: Any, block_ms: int) -> None:
+        """One blocking read, with the socket armed (``_listening``) for a stop to shut:
+        armed under the lock only while this thread's generation runs, so a stop that came
+        first is seen here, and one that comes later ends the read at once."""
+        connection.connect()  # nothing if connected already
+        sock: socket.socket | None = getattr(connection, "_sock", None)
+        with self._cond:
+            if run != self._run:
+                return
+            self._listening = sock
+        try:
+            connection.send_command("XREAD", "BLOCK", block_ms, "STREAMS", self._listen_key, "$")
+            connection.read_response()
+        finally:
+            with self._cond:
+                if sock is not None and self._listening is sock:
+                    self._listening = None
 
     def _due(self, member: RedisMembership) -> float:
         if member.retry_at is not None:
@@ -267,6 +301,7 @@ class LeaseKeeper:
                         member.gone = True
                         gone.append(member.signal)  # this place's, not a later one's
                         self._members.pop(ticket_id, None)
+                        self._stop_if_idle()
                     else:  # no answer: try again soon, until the watch gives up
                         if isinstance(result, Exception) and not isinstance(
                             result, (redis.ConnectionError, redis.TimeoutError)
@@ -288,7 +323,9 @@ class LeaseKeeper:
                 signals = [m.signal for m in late]  # these places', not later ones'
                 for member in late:
                     self._members.pop(member.ticket_id, None)
-                if not late:
+                if late:
+                    self._stop_if_idle()
+                else:
                     soonest = min(
                         (m.renewed_at + limit for m in self._members.values()), default=None
                     )

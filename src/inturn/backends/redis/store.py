@@ -353,7 +353,7 @@ class RedisBackend(Backend):
 
     def close(self) -> None:
         self.keeper.close()
-        for client in (self.client, self.quick_client, self.listen_client):
+        for client in (self.client, self.quick_client):  # the keeper closes its listener's
             client.connection_pool.disconnect()
         self.wait_pool.disconnect()
 
