@@ -599,6 +599,21 @@ def test_lines_never_closed_free_their_threads_and_connections(place):
         admin.close()
 
 
+def test_turns_taken_one_after_another_through_one_line_keep_their_lease_threads(place):
+    """The lease threads end a moment after the last ticket leaves, not at once: a loop of
+    turns through one ``Line`` finds them still running, rather than starting three threads
+    and a connection for every turn (stalls of the machine may restart them now and then)."""
+    line = inturn.Line("looped", backend=place.url())
+    seen: set[threading.Thread] = set()  # kept: a thread's id may be reused once it ended
+    try:
+        for _ in range(20):
+            with line:
+                seen |= {t for t in threading.enumerate() if t.name.startswith("inturn-lease-")}
+    finally:
+        line.close()
+    assert 3 <= len(seen) < 30, f"{len(seen)} lease threads started for 20 turns"
+
+
 def test_closing_stops_the_lease_threads_at_once_not_a_lease_later(place):
     """``with inturn.turn(...)`` closes what it opened: the listener, asleep in the server for
     up to a lease, is woken by the stop (whether it was reading, or still connecting), so

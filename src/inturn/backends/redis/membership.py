@@ -77,6 +77,12 @@ class RedisMembership(Membership):
         self.signal = fresh.signal
 
 
+# How long the lease threads outlive the last ticket of an open backend: long enough for the
+# next turn of a loop to find them running, short enough that a ``Line`` dropped unclosed is
+# soon collected.
+IDLE_LINGER = 0.2
+
+
 class LeaseKeeper:
     """Renews this process's leases, and declares a ticket lost before its lease can expire.
 
@@ -92,10 +98,12 @@ class LeaseKeeper:
     renewal.
 
     The threads run only while a ticket of ours is in a line: they start with the first and
-    end as the last leaves (or is declared lost). So a backend nobody holds or waits through
-    keeps no thread, and one that nobody refers to any more (a ``Line`` never closed) is
-    collected with its connections, as the other backends' are; a held turn keeps them, and
-    its lease renewed, whatever happens to references, until it is released.
+    end a moment (``IDLE_LINGER``) after the last leaves or is declared lost, or at once when
+    the backend is closed. So a backend nobody holds or waits through soon keeps no thread,
+    and one that nobody refers to any more (a ``Line`` never closed) is collected with its
+    connections, as the other backends' are, while turns taken one after another through one
+    ``Line`` do not start three threads and a connection each; a held turn keeps them, and its
+    lease renewed, whatever happens to references, until it is released.
     """
 
     def __init__(
@@ -114,6 +122,8 @@ class LeaseKeeper:
         self._pid = 0  # the process whose threads renew (0: none run)
         self._run = 0  # the threads' generation: a stop ends those of the current one
         self._listening: socket.socket | None = None  # the listener's socket while it reads
+        self._idle_since: float | None = None  # when the last ticket left (None: one is in)
+        self._closing = False  # closed: the threads end as the last ticket leaves
         self._listen_key = f"{prefix}:listen:{os.urandom(8).hex()}"  # never written: reads sleep
         forget_after_fork(self)
 
@@ -139,6 +149,7 @@ class LeaseKeeper:
         """Renew ``member``'s lease from now on: the threads start with the first ticket (in
         a forked child too), and again after the last one left."""
         with self._cond:
+            self._idle_since, self._closing = None, False
             if self._pid != os.getpid():
                 self._pid = os.getpid()
                 self._run += 1
@@ -156,17 +167,30 @@ class LeaseKeeper:
     def remove(self, member: RedisMembership) -> None:
         """Stop renewing ``member``'s lease. The threads are not woken for it (a leaver's
         ``leave`` follows at once, and a woken thread would only contend for the GIL): they
-        find it gone when they next look; the last one's leaving ends them."""
+        find it gone when they next look; only the last one's leaving wakes them, to end them
+        a moment later (``_when_idle``)."""
         with self._cond:
             self._members.pop(member.ticket_id, None)
-            self._stop_if_idle()
+            self._when_idle()
 
     def close(self) -> None:
         """Stop the threads now if no ticket of ours is left; else they stop as the last one
         leaves: until then a turn still held, or a place in line, keeps its lease renewed (or
         is declared lost when it cannot be), whoever closed the backend."""
         with self._cond:
+            self._closing = True
             self._stop_if_idle()
+
+    def _when_idle(self) -> None:
+        """Under ``_cond``, as a ticket leaves: once none is left, the threads end at once if
+        the backend was closed, else after ``IDLE_LINGER`` with none (``_renew`` sees to it)."""
+        if self._members:
+            return
+        if self._closing:
+            self._stop_if_idle()
+        elif self._idle_since is None:
+            self._idle_since = time.monotonic()
+            self._cond.notify_all()  # ``_renew`` counts the moment from now, not its next due
 
     def _stop_if_idle(self) -> None:
         """Under ``_cond``: end the threads if no ticket of ours is left. The listener's read
@@ -268,6 +292,14 @@ class LeaseKeeper:
                     if run != self._run:
                         return
                     now = time.monotonic()
+                    if not self._members:  # idle: end after a moment with no ticket
+                        idle = now if self._idle_since is None else self._idle_since
+                        self._idle_since = idle
+                        if now - idle >= IDLE_LINGER:
+                            self._stop_if_idle()
+                            return
+                        self._cond.wait(idle + IDLE_LINGER - now)
+                        continue
                     due = [m for m in self._members.values() if self._due(m) <= now]
                     if due:
                         break
@@ -301,7 +333,7 @@ class LeaseKeeper:
                         member.gone = True
                         gone.append(member.signal)  # this place's, not a later one's
                         self._members.pop(ticket_id, None)
-                        self._stop_if_idle()
+                        self._when_idle()
                     else:  # no answer: try again soon, until the watch gives up
                         if isinstance(result, Exception) and not isinstance(
                             result, (redis.ConnectionError, redis.TimeoutError)
@@ -324,7 +356,7 @@ class LeaseKeeper:
                 for member in late:
                     self._members.pop(member.ticket_id, None)
                 if late:
-                    self._stop_if_idle()
+                    self._when_idle()
                 else:
                     soonest = min(
                         (m.renewed_at + limit for m in self._members.values()), default=None
