@@ -91,6 +91,7 @@ def resolve_root(
 # The last ticket number: the largest a signed 64-bit integer holds, as on the server backends
 # (a PostgreSQL bigint, a Redis integer), so that a fencing token fits one everywhere.
 LAST_TICKET = 2**63 - 1
+_LAST_TICKET_DIGITS = len(str(LAST_TICKET))
 
 
 def ticket_files(number: int) -> tuple[str, str]:
@@ -183,7 +184,7 @@ def counter_value(counter: bytes) -> int | None:
     """The number a counter file holds, or None if it holds none that inturn could have
     written: after the last ticket it holds ``LAST_TICKET + 1``."""
     text = counter.split(b"\n", 1)[0].strip()
-    if text.isdigit() and len(text) <= len(str(LAST_TICKET)):
+    if text.isdigit() and len(text) <= _LAST_TICKET_DIGITS:
         value = int(text)
         if value <= LAST_TICKET + 1:
             return value
