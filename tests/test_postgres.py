@@ -1001,10 +1001,14 @@ def test_a_join_given_up_as_it_completes_leaves_no_ticket_behind(private_cluster
     told ``Timeout`` or ``Cancelled`` with nothing left in line, rather than a ticket shown
     waiting until the server ends the session, and left in the table after."""
     url = with_schema(private_cluster.url, "inturn_given_up")
-    line = inturn.Line("given-up", backend=url)
-    line.acquire(blocking=False).release()
+    made = inturn.Line("given-up", backend=url)  # the schema, made while commits need no standby
+    made.acquire(blocking=False).release()
+    made.close()
     sql(private_cluster.url, "ALTER SYSTEM SET synchronous_standby_names = 'gone'")
-    sql(private_cluster.url, "SELECT pg_reload_conf()")
+    sql(private_cluster.url, "SELECT pg_reload_conf()")  # read by the server in a moment:
+    standby = "SHOW synchronous_standby_names"  # so sessions made from then on wait for it
+    until(lambda: sql(private_cluster.url, standby) == [("gone",)], "the setting in force")
+    line = inturn.Line("given-up", backend=url)  # sessions of its own, made after the reload
     try:
         if how == "timeout":
             with pytest.raises(inturn.Timeout):
