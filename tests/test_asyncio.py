@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import random
 import threading
@@ -351,3 +352,31 @@ def test_a_turn_handed_to_a_task_of_a_loop_closed_meanwhile_is_released(where: W
     del task
     wait_for(lambda: not line.status().holders, "the dropped turn released")
     line.acquire(blocking=False).release()
+
+
+def test_a_burst_of_tasks_takes_turns_one_at_a_time_in_ticket_order(tmp_path):
+    """Hundreds of tasks of one process join a local line at once: the critical section
+    records when each enters and leaves, and afterwards no two stays overlap and the turns
+    went by ticket number."""
+    log = tmp_path / "stays"
+    folder = tmp_path / "lines"
+    count = 200
+
+    async def one() -> None:
+        async with inturn.turn("burst", directory=folder) as held:
+            entered = time.monotonic_ns()
+            await asyncio.sleep(0)  # let the other tasks run while this one holds
+            with open(log, "a") as out:
+                out.write(f"{held.ticket} {entered} {time.monotonic_ns()}\n")
+
+    async def scenario() -> None:
+        await asyncio.gather(*(one() for _ in range(count)))
+
+    run_async(scenario)
+    stays = sorted(tuple(map(int, row.split())) for row in log.read_text().splitlines())
+    assert len(stays) == count
+    by_entry = sorted(stays, key=lambda stay: stay[1])
+    assert by_entry == stays, "turns did not go by ticket number"
+    for before, after in itertools.pairwise(by_entry):
+        assert after[1] >= before[2], f"ticket {after[0]} entered while {before[0]} held"
+    assert_clean(inturn.Line("burst", directory=folder))

@@ -423,3 +423,51 @@ def test_a_status_read_as_the_turn_passes_never_shows_two_holders_of_one_slot():
 
     status = _HandedOverWhileReading(world, meanwhile).status()
     assert [t.number for t in status.holders] == [waiter.held().membership.number]
+
+
+class _Asking(MemoryStore):
+    """Counts the tickets whose liveness it is asked, and the waits that began."""
+
+    def __init__(self, world: World, asked: list[int], waits: threading.Semaphore) -> None:
+        super().__init__(world)
+        self.asked = asked
+        self.waits = waits
+
+    def alive(self, numbers: Sequence[int], me: Membership | None) -> list[bool]:
+        self.asked.append(len(numbers))
+        return super().alive(numbers, me)
+
+    def wait(self, me, numbers, timeout, cancel, then_holds=False):  # type: ignore[no-untyped-def]
+        self.waits.release()
+        return super().wait(me, numbers, timeout, cancel, then_holds)
+
+
+def test_a_burst_of_waiters_asks_about_a_few_tickets_each_not_every_one_ahead():
+    """N waiters joining one line at once: each asks about the nearest live ticket (and the
+    oldest, for the slots check), not about all those ahead, at its join and at each wake;
+    N * N questions in all made a burst of a few hundred waiters in one process crawl."""
+    world = World()
+    asked: list[int] = []
+    waits = threading.Semaphore(0)
+    holder = take_turn(MemoryStore(world))
+    count = 60
+    helds: list[Held] = []
+
+    def one() -> None:
+        held = take_turn(_Asking(world, asked, waits))
+        helds.append(held)
+        give_back(MemoryStore(world), held.membership)
+
+    threads = [threading.Thread(target=one, daemon=True) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for _ in range(count):
+        assert waits.acquire(timeout=WAIT)
+    assert sum(asked) <= 3 * count, sum(asked)  # all asleep in line: at most a few each
+    give_back(MemoryStore(world), holder.membership)
+    for thread in threads:
+        thread.join(WAIT)
+    assert len(helds) == count
+    assert [h.membership.number for h in helds] == sorted(h.membership.number for h in helds)
+    assert sum(asked) <= 6 * count, sum(asked)
+    assert not world.records

@@ -315,21 +315,12 @@ class _Waiter:
             now = time.monotonic()
             pending = set(view.markers)
             ahead = view.tickets
-            if view.alive is not None:
-                liveness: Sequence[bool] = view.alive
-            else:
-                liveness = store.alive(ahead, me) if ahead else []
-            live: list[int] = []
-            for number, ok in zip(ahead, liveness, strict=True):
-                if ok:
-                    live.append(number)
-                elif store.bury(number, me, self.patience):
-                    pending.add(number)
+            live = self._live_ahead(view, pending)
             for marker in pending:
                 self.first_seen.setdefault(marker, now)
             self.shared_markers |= pending & view.shared
             if me.number == place and self.policed != place:  # just joined, or back in line
-                self._apply_policies(live, view.shared, replace=self.policed is None)
+                self._apply_policies(live, ahead, view.shared, replace=self.policed is None)
                 self.policed = place
             if me.number != place:  # it lost its place meanwhile, and took a new one at the
                 view = None  # back: the look was of the old place, so look again
@@ -384,7 +375,72 @@ class _Waiter:
             else:
                 view = None
 
-    def _apply_policies(self, live: list[int], shared: frozenset[int], replace: bool) -> None:
+    def _live_ahead(self, view: View, pending: set[int]) -> list[int]:
+        """The live tickets ahead, in order, burying the dead ones met (their markers go to
+        ``pending``).
+
+        Asked of the store one by one from the nearest, and only until this ticket surely
+        cannot hold (more tickets ahead never make a turn come sooner): a burst of N waiters
+        in one line would otherwise ask about every ticket ahead at every join and every
+        wake, N * N questions in all. The tickets beyond stay unasked: they are the concern
+        of the live ones in between, and this ticket asks about them itself before it ever
+        holds. Every one is asked where the whole line counts: a look that told liveness
+        anyway, the place in line (``on_progress``), whom a busy line names, ``max_waiting``,
+        ``newest_wins``, and a wait that might be for a turn of the asker's own."""
+        store, me, request = self.store, self.me, self.request
+        ahead = view.tickets
+        whole = (
+            view.alive is not None
+            or self.on_progress is not None
+            or not self.blocking
+            or request.max_waiting is not None
+            or request.newest_wins
+            or (self.deadline is None and bool(self.holdings.owned_by(store, ahead, self.asker)))
+        )
+        if view.alive is not None:
+            liveness: Sequence[bool] = view.alive
+        elif whole:
+            liveness = store.alive(ahead, me) if ahead else []
+        else:
+            return self._nearest_live(ahead, view.shared, pending)
+        live: list[int] = []
+        for number, ok in zip(ahead, liveness, strict=True):
+            if ok:
+                live.append(number)
+            elif store.bury(number, me, self.patience):
+                pending.add(number)
+        return live
+
+    def _nearest_live(
+        self, ahead: Sequence[int], shared: frozenset[int], pending: set[int]
+    ) -> list[int]:
+        """The live tickets ahead from the nearest back, until they keep this one from
+        holding (all of them if they never do)."""
+        store, me, request = self.store, self.me, self.request
+        live: list[int] = []
+        for number in reversed(ahead):
+            if store.alive([number], me)[0]:
+                live.append(number)
+                if not may_hold(request, live, shared):
+                    break
+            elif store.bury(number, me, self.patience):
+                pending.add(number)
+        live.reverse()
+        return live
+
+    def _oldest_live(self, ahead: Sequence[int], live: list[int]) -> int | None:
+        """The oldest live ticket ahead (None if none), asked from the front: ``live`` holds
+        the ones already known, the nearest."""
+        for number in ahead:
+            if live and number >= live[0]:
+                return live[0]
+            if self.store.alive([number], self.me)[0]:
+                return number
+        return None
+
+    def _apply_policies(
+        self, live: list[int], ahead: Sequence[int], shared: frozenset[int], replace: bool
+    ) -> None:
         """Right after joining, and again on a new place taken after losing one: the line's
         slots must be ours; ``max_waiting`` may send us away. ``replace``: on joining,
         ``newest_wins`` replaces the waiters ahead that asked for it too (those ahead of a new
@@ -392,9 +448,13 @@ class _Waiter:
         store, me, request = self.store, self.me, self.request
         if not live:
             return
-        # Every live ticket ahead, not only the nearest: one that is itself about to be
-        # refused would vouch for a slots that the others do not share.
-        for other in reversed(store.read(live, me)):
+        # The live tickets found and the oldest live one, not only the nearest: one that is
+        # itself about to be refused would vouch for a slots that the others do not share.
+        # Every ticket that stays in line gave the oldest one's slots (it was checked
+        # against it, live ahead of it then), so ours must match that one's.
+        oldest = self._oldest_live(ahead, live)
+        checked = live if oldest is None or oldest in live else [oldest, *live]
+        for other in reversed(store.read(checked, me)):
             if other is not None and other.slots != request.slots:
                 raise UsageError(
                     f"line {store.name!r} is used with slots={other.slots} (by "
