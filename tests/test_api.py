@@ -663,7 +663,7 @@ def _time_out_once_on_a_fresh_line(how: str, name: str) -> None:
             finally:
                 line.close()
 
-        with pytest.raises(TimeoutError):
+        with pytest.raises(asyncio.TimeoutError):  # not yet the builtin before Python 3.11
             asyncio.run(wait_for())
 
 
