@@ -731,6 +731,23 @@ def one_error_line(url: str, look: bool = False) -> str:
     return lines[0]
 
 
+@pytest.mark.parametrize("kind", ["role", "database"])
+def test_a_connection_limit_reached_is_named_with_the_statement_that_raises_it(
+    private_cluster, kind
+):
+    """A role's or a database's own connection limit refuses a session with the same words
+    as a wrong address would get advice for: the line names the limit, how to raise it, and
+    that each waiter holds a session."""
+    base = private_cluster.url
+    sql(base, f"CREATE ROLE app LOGIN CONNECTION LIMIT {0 if kind == 'role' else -1}")
+    sql(base, f"CREATE DATABASE ops CONNECTION LIMIT {0 if kind == 'database' else -1}")
+    line = one_error_line(url_for(base, user="app").replace("/postgres", "/ops"))
+    assert f'too many connections for {kind} "{"app" if kind == "role" else "ops"}"' in line
+    named = "ALTER ROLE app" if kind == "role" else "ALTER DATABASE ops"
+    assert f"{named} CONNECTION LIMIT" in line and "each holder and waiter" in line, line
+    assert "check the URL" not in line and "max_connections" not in line, line
+
+
 def test_a_role_that_may_not_create_the_schema_is_told_which_grant(pg_server, schema):
     with role(pg_server) as name:
         line = one_error_line(with_schema(url_for(pg_server, user=name), schema))

@@ -294,10 +294,10 @@ def test_a_waiter_on_a_silent_path_still_keeps_its_timeout(place, redis_base, ve
                 text=True,
                 env=child_env(),
             )
-            # Asleep in the server: its read of the leavers' streams from their start (not
-            # the keeper's listener, which reads only what comes next: "$").
+            # Asleep in the server: its read of the leavers' ("gone") streams, not the
+            # keeper's listener, nor the check before the join that names XREAD as a word.
             until(
-                lambda: any(b"XREAD" in chunk and b"0-0" in chunk for chunk in list(proxy.sent)),
+                lambda: any(b"XREAD" in chunk and b":gone:" in chunk for chunk in list(proxy.sent)),
                 "the waiter asleep in the server",
             )
             proxy.blackhole()
@@ -749,6 +749,80 @@ def test_a_user_without_write_permission_is_told_which_grant_is_missing(tmp_path
         server.stop()
 
 
+@pytest.mark.parametrize(
+    ("rules", "named"),
+    [
+        (("-xadd",), ("run XADD", "+xadd")),  # its leave would wake nobody
+        (("-pexpire",), ("run PEXPIRE", "+pexpire")),  # its first renewal would end the turn
+        (("-time",), ("run TIME", "+time")),
+        (("-zadd", "-xadd"), ("run ZADD, XADD", "+zadd +xadd")),
+        (("-@blocking",), ("run XREAD", "+xread")),
+        (("-script|load",), ("run SCRIPT LOAD", "+script|load")),
+        (("resetkeys", "~other:*"), ("use inturn's keys (inturn:*)", "~inturn:*")),
+    ],
+)
+def test_a_user_missing_a_command_is_refused_before_it_joins(tmp_path, rules, named):
+    """A user allowed everything but a command that joining, waiting or handing over uses
+    is refused before it joins, with one line naming the command and the rule to add, not
+    let in to fail later (a leave that cannot write its stream wakes nobody, and each
+    hand-off then takes a lease)."""
+    server = RedisServer(tmp_path / "acl")
+    admin: Any = __import__("redis").Redis.from_url(server.url)
+    try:
+        url = _acl_user(server, "lacking", "pw", "~inturn:*", "+@all", *rules)
+        result = run_cli("run", "x", "--", "echo", "ran", INTURN_BACKEND=url)
+        line = one_line_error(result, "'lacking' may not", *named, "ACL SETUSER lacking")
+        assert "ran" not in result.stdout and "pw" not in line
+        with pytest.raises(inturn.BackendError, match="may not"):
+            inturn.Line("x", backend=url).acquire()
+        assert admin.keys("*") == []  # refused before anything was written
+    finally:
+        admin.close()
+        server.stop()
+
+
+def test_a_command_denied_during_a_turn_is_named_as_the_holder_leaves(tmp_path):
+    """Rights taken away after the join (here ``XADD``, which the leave script calls) make the
+    leave warn with the command and the rule to add, not the server's words about a script."""
+    server = RedisServer(tmp_path / "acl")
+    try:
+        url = _acl_user(server, "shrinking", "pw", "~inturn:*", "+@all")
+        take = "import redis, sys; redis.Redis.from_url(sys.argv[1]).execute_command"
+        take += "('ACL', 'SETUSER', 'shrinking', '-xadd')"
+        result = run_cli(
+            "run", "x", "--", sys.executable, "-c", take, server.url, INTURN_BACKEND=url
+        )
+        assert result.returncode == 0, result.stderr
+        assert "could not leave line 'x'" in result.stderr, result.stderr
+        assert "may not run XADD" in result.stderr and "+xadd" in result.stderr, result.stderr
+        assert "user_script" not in result.stderr
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "The user executing the script can't run this command or subcommand script: "
+        f"{hashlib.sha1(scripts.LEAVE.encode()).hexdigest()}, on @user_script:12.",  # Redis 7
+        f"ERR Error running script (call to f_{hashlib.sha1(scripts.LEAVE.encode()).hexdigest()}"
+        "): @user_script:12: @user_script: 12: The user executing the script can't run this "
+        "command or subcommand",  # Redis 6
+        "NOPERM this user has no permissions to run the 'xadd' command or its subcommand",
+    ],
+    ids=["redis-7-script", "redis-6-script", "command"],
+)
+def test_a_refusal_from_inside_a_script_names_the_command(reply):
+    """On servers that cannot be asked beforehand (before Redis 7), a refusal names the
+    command: the one on the line of inturn's script that the server points at."""
+    import redis
+
+    from inturn.backends.redis.store import _backend_error
+
+    said = str(_backend_error(redis.ResponseError(reply), "redis://db:6379/0", "inturn", "app"))
+    assert "'app' may not run XADD" in said and "ACL SETUSER app ~inturn:* +xadd" in said, said
+
+
 def test_a_read_only_replica_is_named_as_such(tmp_path):
     from redis_server import free_port
 
@@ -960,9 +1034,11 @@ def test_a_lost_turn_says_why_when_the_server_told(tmp_path, how):
     try:
         url = server.url
         if how == "refused":
-            url = _acl_user(server, "norenew", "pw", "~inturn:*", "+@all", "-pexpire")
+            url = _acl_user(server, "norenew", "pw", "~inturn:*", "+@all")
         holder = Run("told", "--backend", with_parameters(url, lease=1))
         holder.running()
+        if how == "refused":  # taken away during the turn: a user without it cannot join
+            admin.execute_command("ACL", "SETUSER", "norenew", "-pexpire")
         if how == "removed":
             (lease,) = [key for key in admin.scan_iter(match="*:lease:*")]
             admin.delete(lease)

@@ -40,6 +40,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import socket
 import threading
 import time
@@ -1224,6 +1225,14 @@ def _connect_hint(exc: psycopg.Error) -> str:
     words (in English; other languages get the general advice)."""
     state = exc.sqlstate or ""  # libpq gives none for a refused connection: the words tell
     text = str(exc)
+    limited = re.search(r'too many connections for (role|database) "(.*)"', text)
+    if limited is not None:  # the same SQLSTATE as max_connections: the words tell them apart
+        kind, name = limited.groups()
+        return (
+            f"the {kind} has as many sessions as its connection limit allows: raise it "
+            f"(ALTER {kind.upper()} {sql_identifier(name)} CONNECTION LIMIT <n>, or -1 for "
+            "none), or run fewer at once (each holder and waiter keeps a session)"
+        )
     if state == "53300" or "too many clients" in text or "connection slots" in text:
         return (
             "the server has no connection left: raise its max_connections, or run fewer at "

@@ -13,6 +13,9 @@ as it did (a join finds its ticket id in line, a leave finds it gone, a burial f
 marker, a claim finds the record it took).
 """
 
+import hashlib
+import re
+
 JOIN = """
 local known = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if known then return known end
@@ -111,3 +114,36 @@ for index = 4, #KEYS do redis.call('DEL', KEYS[index]) end
 redis.call('DEL', KEYS[2])
 return 1
 """
+
+# Which of the commands in ARGV the user may run, asked before the first join so that a user
+# missing a grant is refused with its name rather than let in to fail as it hands over (a
+# leave that cannot write its stream wakes nobody). ARGV holds each command as its word count
+# and its words. Answers the places (from 1) of those denied, or -1 where ACLs cannot be asked
+# from a script (``redis.acl_check_cmd`` came with Redis 7; there are no ACLs before 6). A
+# command the server does not know (renamed away) is left for its first use to report.
+CAN_RUN = """
+if not redis.acl_check_cmd then return -1 end
+local denied, at, place = {}, 1, 1
+while at <= #ARGV do
+  local count = tonumber(ARGV[at])
+  local ok, allowed = pcall(redis.acl_check_cmd, unpack(ARGV, at + 1, at + count))
+  if ok and not allowed then denied[#denied + 1] = place end
+  at, place = at + count + 1, place + 1
+end
+return denied
+"""
+
+_BY_DIGEST = {
+    hashlib.sha1(source.encode()).hexdigest(): source
+    for source in (JOIN, BURY, LEAVE, MARK, CLAIM, FORGET)
+}
+_CALL = re.compile(r"redis\.p?call\('(\w+)'")
+
+
+def command_at(digest: str, line: int) -> str | None:
+    """The command that one of these scripts calls on ``line`` (as Redis numbers the lines of
+    the script whose SHA-1 is ``digest``): the one a refusal from inside a script was about."""
+    source = _BY_DIGEST.get(digest.lower())
+    lines = source.split("\n") if source is not None else []
+    found = _CALL.search(lines[line - 1]) if 0 < line <= len(lines) else None
+    return found.group(1) if found is not None else None

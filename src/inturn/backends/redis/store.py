@@ -75,6 +75,67 @@ from .membership import GIVE_UP_AT, LeaseKeeper, RedisMembership, call
 # (also called from scripts), a ping after a failure, and INFO, which says whether the server
 # evicts keys (without it, that is not checked).
 GRANTS = "+@read +@write +@scripting +time +ping +info"
+
+
+def _commands_used(key: str) -> list[tuple[str, ...]]:
+    """Every command that joining, waiting, handing over and leaving may send, by the client
+    or from a script, with ``key`` (one of ours) where it names keys: what a user must be
+    allowed before it joins. ``INFO`` is left out: without it, eviction is not checked."""
+    other, digest_ = f"{key}:2", "0" * 40
+    return [
+        ("EVALSHA", digest_, "1", key),
+        ("EVAL", "return 1", "1", key),
+        ("SCRIPT", "LOAD", "return 1"),
+        ("SCRIPT", "EXISTS", digest_),
+        ("PING",),
+        ("TIME",),
+        ("EXISTS", key),
+        ("SET", key, "1", "PX", "1"),
+        ("INCR", key),
+        ("DEL", key),
+        ("RENAME", key, other),
+        ("PEXPIRE", key, "1"),
+        ("PTTL", key),
+        ("HSET", key, "f", "v"),
+        ("HGET", key, "f"),
+        ("HGETALL", key),
+        ("HEXISTS", key, "f"),
+        ("SADD", key, "m"),
+        ("SREM", key, "m"),
+        ("SMEMBERS", key),
+        ("ZADD", key, "1", "m"),
+        ("ZREM", key, "m"),
+        ("ZSCORE", key, "m"),
+        ("ZCARD", key),
+        ("ZRANGE", key, "0", "-1", "WITHSCORES"),
+        ("ZRANGEBYSCORE", key, "1", "1"),
+        ("XADD", key, "MAXLEN", "1", "*", "f", "v"),
+        ("XREVRANGE", key, "+", "-", "COUNT", "1"),
+        ("XREAD", "BLOCK", "1", "STREAMS", key, "0-0"),
+    ]
+
+
+def _command_name(words: Sequence[str]) -> str:
+    """A command as a message names it: ``XADD``, ``SCRIPT LOAD``."""
+    return " ".join(words[:2] if words[0] == "SCRIPT" else words[:1]).upper()
+
+
+def _rule(command: str) -> str:
+    """The ACL rule that allows ``command`` (``+xadd``, ``+script|load``)."""
+    return "+" + command.lower().replace(" ", "|")
+
+
+def _refusal(user: str, commands: Sequence[str], keys: bool, where: str, prefix: str) -> str:
+    """One line for a user denied ``commands`` (or, with ``keys``, inturn's keys): what it may
+    not do, and the ACL rule that lets it."""
+    what = f"use inturn's keys ({prefix}:*)" if keys else "run " + ", ".join(commands)
+    added = " ".join([f"~{prefix}:*", *(_rule(c) for c in commands if not keys)])
+    return (
+        f"the Redis user {user!r} may not {what} at {where}, which inturn needs: grant it with "
+        f"'ACL SETUSER {user} {added}' (inturn needs '~{prefix}:* {GRANTS}')"
+    )
+
+
 WAKE_AFTER_EXPIRY_MS = 10  # a waiter looks again this long after a watched lease could expire
 REJOIN_WINDOW = 60.0  # seconds a waiter that lost its place tries to join again
 
@@ -95,12 +156,12 @@ def _pauses(lease: float) -> Iterator[float]:
 
 
 @contextmanager
-def _translated(where: str, prefix: str) -> Iterator[None]:
+def _translated(where: str, prefix: str, user: str) -> Iterator[None]:
     """Turn redis-py's exceptions into one clear ``BackendError`` line (never the password)."""
     try:
         yield
     except rx.RedisError as exc:
-        raise _backend_error(exc, where, prefix) from None
+        raise _backend_error(exc, where, prefix, user) from None
 
 
 class _Unreachable(BackendError):
@@ -118,7 +179,7 @@ def _cut_short(exc: rx.RedisError) -> bool:
     return any(word in text for word in ("Broken pipe", "Connection reset", "closed by server"))
 
 
-def _backend_error(exc: rx.RedisError, where: str, prefix: str) -> BackendError:
+def _backend_error(exc: rx.RedisError, where: str, prefix: str, user: str = "USER") -> BackendError:
     """What ``_translated`` raises for ``exc``, for paths that avoid a context manager."""
     if isinstance(exc, rx.AuthenticationError):
         return BackendError(
@@ -150,10 +211,7 @@ def _backend_error(exc: rx.RedisError, where: str, prefix: str) -> BackendError:
     if isinstance(exc, rx.ResponseError):
         text = str(exc)
         if _denied(exc):
-            return BackendError(
-                f"the Redis user may not do what inturn needs at {where} ({text}): grant it "
-                f"'~{prefix}:* {GRANTS}' (ACL SETUSER)"
-            )
+            return BackendError(_denial(text, where, prefix, user))
         if text.startswith("READONLY"):
             return BackendError(replica)
         if "maxmemory" in text:  # OOM, also from inside a script or a pipeline
@@ -185,6 +243,32 @@ def _denied(exc: rx.RedisError) -> bool:
     """Whether the server refused a command to this user (ACL)."""
     text = str(exc)
     return "NOPERM" in text or "can't run this command" in text or "no permissions" in text
+
+
+# Where an error from inside a script happened, as Redis 7 says it ("script: <sha1>, on
+# @user_script:12.") and Redis 6 ("(call to f_<sha1>): @user_script:12: ...").
+_SCRIPT_PLACE = re.compile(
+    r"(?<![0-9a-fA-F])([0-9a-fA-F]{40})(?![0-9a-fA-F]).*?@user_script: ?(\d+)"
+)
+
+
+def _denial(text: str, where: str, prefix: str, user: str) -> str:
+    """``_refusal`` for an ACL refusal the server gave as ``text``: the command named in it,
+    or the one on the line of our script it names; else the server's words with the grants."""
+    keys = "key" in text
+    named = re.search(r"run the '([\w|]+)' command", text)
+    command = named.group(1) if named is not None else None
+    in_script = _SCRIPT_PLACE.search(text)
+    if command is None and in_script is not None:
+        command = scripts.command_at(in_script.group(1), int(in_script.group(2)))
+    if command is None and not keys:
+        return (
+            f"the Redis user {user!r} may not do what inturn needs at {where} ({text}): grant "
+            f"it with 'ACL SETUSER {user} ~{prefix}:* {GRANTS}'"
+        )
+    return _refusal(
+        user, [command.replace("|", " ").upper()] if command else [], keys, where, prefix
+    )
 
 
 def _evicts(memory: dict[str, Any]) -> str | None:
@@ -250,6 +334,7 @@ class RedisBackend(Backend):
         self.address = address
         self.lease = address.lease
         self.prefix = address.prefix
+        self.user = str(address.options.get("username") or "default")  # as ACLs name it
         base: dict[str, Any] = {
             "socket_timeout": max(5.0, 2 * address.lease),
             "socket_connect_timeout": 5.0,
@@ -282,8 +367,8 @@ class RedisBackend(Backend):
             self.quick_client, address.lease, self.listen_client, address.prefix
         )
         self.clock = ServerClock()  # tickets' times are the server's
-        self._eviction_checked = False  # the server was seen not to evict keys
-        self._eviction_lock = threading.Lock()
+        self._checked = False  # the server was seen not to evict keys, the user to have its grants
+        self._check_lock = threading.Lock()
         self.scripts = {
             name: self.client.register_script(source)
             for name, source in (
@@ -313,25 +398,36 @@ class RedisBackend(Backend):
 
     def errors(self) -> AbstractContextManager[None]:
         """Report any Redis failure inside the block as one clear ``BackendError``."""
-        return _translated(self.where, self.prefix)
+        return _translated(self.where, self.prefix, self.user)
 
     def line(self, name: str) -> RedisStore:
         return RedisStore(self, name)
 
-    def refuse_eviction(self) -> None:
-        """Refuse to join on a server that may evict keys (``_evicts``): checked once, before
-        the first join. A user whom ACLs deny ``INFO`` (or a server that renamed it away)
-        cannot be checked, and is not refused."""
-        if self._eviction_checked:
+    def check_before_join(self) -> None:
+        """Refuse to join on a server that may evict keys (``_evicts``), or as a user that
+        may not run a command inturn uses (``_commands_used``): checked once, before the first
+        join, in one round trip. A user whom ACLs deny ``INFO`` (or a server that renamed it
+        away) is not checked for eviction, nor one on a server older than Redis 7 for its
+        commands: there, a refusal names the command when it comes (``_denial``)."""
+        if self._checked:
             return
-        with self._eviction_lock, self.errors():
-            if self._eviction_checked:
+        with self._check_lock, self.errors():
+            if self._checked:
                 return
-            try:
-                memory: dict[str, Any] = self.client.info("memory")
-            except rx.ResponseError as exc:
-                if not _denied(exc) and "unknown command" not in str(exc):
-                    raise
+            key = f"{self.prefix}:{{check}}:key"
+            commands = _commands_used(key)
+            words = [word for command in commands for word in (len(command), *command)]
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.info("memory")
+                call(pipe, "EVAL", scripts.CAN_RUN, 0, *words)
+                memory, denied = pipe.execute(raise_on_error=False)
+            if isinstance(denied, rx.RedisError):
+                raise denied
+            if isinstance(denied, list) and denied:
+                self._refuse([commands[int(place) - 1] for place in denied], key)
+            if isinstance(memory, rx.RedisError):
+                if not _denied(memory) and "unknown command" not in str(memory):
+                    raise memory
                 memory = {}  # INFO denied or renamed away: not checked (see the README)
             how = _evicts(memory)
             if how is not None:
@@ -340,7 +436,14 @@ class RedisBackend(Backend):
                     f"({how}), and could drop a held turn and let a second holder in: set "
                     "maxmemory-policy noeviction on it, or use a server that does not evict"
                 )
-            self._eviction_checked = True
+            self._checked = True
+
+    def _refuse(self, denied: Sequence[tuple[str, ...]], key: str) -> NoReturn:
+        """Refuse a user denied the ``denied`` commands; denied every one that names ``key``
+        (one of ours), it is the keys that it may not use."""
+        keys = all(c in denied for c in _commands_used(key) if key in c)
+        names = list(dict.fromkeys(_command_name(c) for c in denied))
+        raise BackendError(_refusal(self.user, names, keys, self.where, self.prefix))
 
     def names(self) -> list[str]:
         with self.errors():
@@ -416,7 +519,7 @@ class RedisStore(LineStore):
     # -- LineStore
 
     def join(self, me: Ticket, patience: Patience) -> tuple[RedisMembership, View | None]:
-        self.backend.refuse_eviction()
+        self.backend.check_before_join()
         member = self._enter(me)
         try:
             self.backend.keeper.add(member)
@@ -816,7 +919,7 @@ class RedisStore(LineStore):
             pool.release(connection)
         reply = answers[0]
         if isinstance(reply, rx.ResponseError):  # refused (an ACL without @blocking, say)
-            raise _backend_error(reply, self.where, self.backend.prefix)
+            raise _backend_error(reply, self.where, self.backend.prefix, self.backend.user)
         if me is not None and answers[1:] == [1]:
             me.holding = True  # marked as the read ended
         if reply is None:
@@ -855,7 +958,9 @@ class RedisStore(LineStore):
             try:  # between waking and returning: no context manager
                 ok = not me.lost and int(self._run("mark", keys, [me.ticket_id])) == 1
             except rx.RedisError as exc:
-                raise _backend_error(exc, self.where, self.backend.prefix) from None
+                raise _backend_error(
+                    exc, self.where, self.backend.prefix, self.backend.user
+                ) from None
         # A waiter stopped (SIGSTOP) as its turn came may have been marked by the server
         # while its lease ran out and the next one took the turn: the keeper's verdict, made
         # here too, so that a race with its thread cannot start the command beside that one.
@@ -942,9 +1047,13 @@ class RedisStore(LineStore):
             time.sleep(pause)
 
     def _not_left(self, exc: rx.RedisError) -> None:
+        backend = self.backend
+        why = f"on Redis at {self.where} ({exc})"
+        if _denied(exc):  # rights taken away since the join, say: name the command
+            why = f"({_denial(str(exc), self.where, backend.prefix, backend.user)})"
         warn_once(
-            f"could not leave line {self.name!r} on Redis at {self.where} ({exc}); "
-            f"the ticket expires within {self.backend.lease:g}s"
+            f"could not leave line {self.name!r} {why}; the ticket expires within "
+            f"{backend.lease:g}s"
         )
 
     def read(self, numbers: Sequence[int], me: Membership | None = None) -> list[Ticket | None]:
