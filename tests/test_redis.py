@@ -749,6 +749,17 @@ def test_a_user_without_write_permission_is_told_which_grant_is_missing(tmp_path
         server.stop()
 
 
+def test_the_commands_checked_before_a_join_include_every_one_the_scripts_call() -> None:
+    """The list asked about before a join is written by hand: a command a script comes to call
+    must be added to it, or a user denied that command is let in to fail as it hands over."""
+    from inturn.backends.redis.store import _commands_used
+
+    sources = (scripts.JOIN, scripts.BURY, scripts.LEAVE, scripts.MARK, scripts.CLAIM)
+    called = {name.upper() for source in sources for name in scripts._CALL.findall(source)}
+    assert called, "the pattern found no command in the scripts"
+    assert called <= {words[0] for words in _commands_used("inturn:k")}
+
+
 @pytest.mark.parametrize(
     ("rules", "named"),
     [
