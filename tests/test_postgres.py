@@ -886,6 +886,90 @@ def test_the_readme_grants_are_enough_where_public_may_not_run_routines(pg_serve
             assert not after.abandoned
 
 
+def test_a_role_given_create_on_a_schema_an_admin_made_sets_inturn_up_in_it(pg_server, schema):
+    """The usual setup by a DBA: ``CREATE SCHEMA``, then ``GRANT USAGE, CREATE`` to the role
+    that runs inturn, which owns what it makes there; the schema's owner changes nothing."""
+    sql(pg_server, f"CREATE SCHEMA {schema}")
+    with role(pg_server) as name:
+        sql(pg_server, f"GRANT USAGE, CREATE ON SCHEMA {schema} TO {name}")
+        url = with_schema(url_for(pg_server, user=name), schema)
+        result = run_cli("run", "--backend", url, "x", "--", "echo", "ran")
+        assert (result.returncode, result.stdout, result.stderr) == (0, "ran\n", "")
+        with inturn.turn("x", backend=with_schema(pg_server, schema)):
+            pass
+        result = run_cli("run", "--backend", url, "x", "--", "echo", "again")
+        assert (result.returncode, result.stdout, result.stderr) == (0, "again\n", "")
+        owners = sql(
+            pg_server,
+            "SELECT DISTINCT pg_get_userbyid(proowner) FROM pg_proc"
+            " WHERE pronamespace = to_regnamespace(%s)",
+            schema,
+        )
+        assert owners == [(name,)]
+
+
+def _from_an_older_inturn(pg_server: str, schema: str, version: int) -> None:
+    """Make ``schema`` look as inturn before the routines' own marker left it, at
+    ``version``: the version only in the schema's comment."""
+    sql(pg_server, f"DROP FUNCTION IF EXISTS {schema}.schema_version()")
+    sql(
+        pg_server,
+        f"COMMENT ON SCHEMA {schema} IS"
+        f" 'inturn: lines, tickets and abandonment markers (version {version})'",
+    )
+
+
+@pytest.mark.parametrize("remedy", ["owner-runs-it", "owner-hands-them-over"])
+def test_an_upgrade_a_role_may_not_make_names_the_owner_and_what_to_run(pg_server, schema, remedy):
+    """A role with the README's grants, after an upgrade that replaces inturn's routines:
+    one line naming the role that owns them, and what either of them can do; as told, it
+    works."""
+    with hardened(pg_server, schema) as name:
+        for grant in readme_grants(schema, name):
+            sql(pg_server, grant)
+        url = with_schema(url_for(pg_server, user=name), schema)
+        result = run_cli("run", "--backend", url, "x", "--", "echo", "before")
+        assert (result.returncode, result.stdout, result.stderr) == (0, "before\n", "")
+        _from_an_older_inturn(pg_server, schema, 1)
+        owner = sql(pg_server, "SELECT current_user")[0][0]
+        line = one_error_line(url)
+        assert "GRANT CREATE ON SCHEMA" in line.split(" or have it run ")[1], line
+        assert "schema version 1 to 2): only the role that owns them may" in line, line
+        assert f"run inturn once as role {owner}, or have it run ALTER ROUTINE " in line, line
+        if remedy == "owner-runs-it":
+            with inturn.turn("x", backend=with_schema(pg_server, schema)):
+                pass
+        else:
+            sql(pg_server, line.split(" or have it run ", 1)[1])
+        result = run_cli("run", "--backend", url, "x", "--", "echo", "after")
+        assert (result.returncode, result.stdout, result.stderr) == (0, "after\n", "")
+
+
+@pytest.mark.parametrize("marker", ["schema-comment", "routine-comment"])
+def test_an_older_inturn_never_replaces_a_newer_ones_routines(pg_server, schema, marker):
+    """During a rolling upgrade, a host still on the older inturn is refused with one line,
+    even as the owner, and leaves the newer routines and their version as they were."""
+    url = with_schema(pg_server, schema)
+    with inturn.turn("x", backend=url):
+        pass
+    if marker == "schema-comment":
+        _from_an_older_inturn(pg_server, schema, 3)
+    else:
+        sql(
+            pg_server, f"COMMENT ON FUNCTION {schema}.schema_version() IS 'inturn schema version 3'"
+        )
+    kept = (
+        "SELECT obj_description(to_regnamespace(%s), 'pg_namespace'),"
+        " obj_description(p.oid, 'pg_proc'), pg_get_functiondef(p.oid) FROM pg_proc p"
+        " WHERE p.pronamespace = to_regnamespace(%s) ORDER BY p.proname"
+    )
+    before = sql(pg_server, kept, schema, schema)
+    for look in (False, True):
+        line = one_error_line(url, look=look)
+        assert "are from a newer inturn (schema version 3; this one knows 2" in line, line
+    assert sql(pg_server, kept, schema, schema) == before
+
+
 @pytest.mark.parametrize("deletes", [True, False], ids=["plain-delete-allowed", "nothing-allowed"])
 def test_a_leave_the_server_refuses_warns_and_hands_over_as_it_can(
     pg_server, schema, recwarn, deletes

@@ -34,6 +34,12 @@ from ...errors import UsageError
 
 DEFAULT_SCHEMA = "inturn"
 SCHEMA_VERSION = 2  # 2: shared turns, replaced waiters (newest_wins)
+# The version marker: a comment on this function, which whoever made the routines owns (a
+# comment, because anyone may read it; on a routine, because replacing routines takes their
+# owner anyway, and no more than that: not the schema's).
+MARKER = "schema_version"
+# The last version that releases keeping the marker on the schema (as its comment) know.
+LEGACY_VERSION = 2
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 # The routines inturn calls, which a role taking turns must be allowed to run: PUBLIC may run
@@ -104,6 +110,7 @@ class Statements:
             return sql.SQL(text).format(s=s)
 
         # -- setup
+        n = sql.Literal(schema)
         self.existing = sql.SQL(
             "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = {n}), "
             + ", ".join(
@@ -111,9 +118,17 @@ class Statements:
                 f" WHERE s.nspname = {{n}} AND c.relname = '{table}')"
                 for table in ("lines", "ticket_numbers", "tickets", "abandoned", "replaced")
             )
-            + ", coalesce((SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace"
-            " WHERE nspname = {n}) = {comment}, false)"
-        ).format(n=sql.Literal(schema), comment=sql.Literal(_comment()))
+            + ", coalesce((SELECT substring(obj_description(p.oid, 'pg_proc') FROM {marked})::int"
+            "  FROM pg_proc p JOIN pg_namespace s ON s.oid = p.pronamespace"
+            "  WHERE s.nspname = {n} AND p.proname = {marker}),"
+            " (SELECT substring(obj_description(oid, 'pg_namespace') FROM {legacy})::int"
+            "  FROM pg_namespace WHERE nspname = {n}), 0)"
+        ).format(
+            n=n,
+            marker=sql.Literal(MARKER),
+            marked=sql.Literal(r"^inturn schema version (\d+)"),
+            legacy=sql.Literal(r"^inturn: lines, tickets and .* \(version (\d+)\)"),
+        )
         self.in_recovery = sql.SQL("SELECT pg_is_in_recovery()")
         self.setup_lock = sql.SQL("SELECT pg_advisory_xact_lock({g}, 0)").format(
             g=sql.Literal(self.guard)
@@ -170,12 +185,41 @@ class Statements:
                     " by_number bigint NOT NULL)"
                 ),
             ),
-            # The functions and the version: made again whenever the version differs.
-            (6, _wait_and_look(s, self.cls)),
-            (6, _leave(s)),
-            (6, _bury(s, self.cls)),
-            (6, sql.SQL("COMMENT ON SCHEMA {s} IS {c}").format(s=s, c=sql.Literal(_comment()))),
         ]
+        # The routines and the version marker, made again by a newer inturn. Replacing a
+        # routine takes its owner; creating one, only CREATE on the schema.
+        self.routines: list[sql.Composed] = [
+            _wait_and_look(s, self.cls),
+            _leave(s),
+            _bury(s, self.cls),
+            sql.SQL(
+                "CREATE OR REPLACE FUNCTION {s}.{m}() RETURNS integer"
+                " LANGUAGE sql IMMUTABLE AS {body}"
+            ).format(s=s, m=sql.Identifier(MARKER), body=sql.Literal(f"SELECT {SCHEMA_VERSION}")),
+            sql.SQL("COMMENT ON FUNCTION {s}.{m}() IS {c}").format(
+                s=s, m=sql.Identifier(MARKER), c=sql.Literal(_marker_comment())
+            ),
+        ]
+        # inturn's routines there that the current role may not replace, with their owners.
+        self.foreign_routines = sql.SQL(
+            "SELECT p.proname, pg_get_userbyid(p.proowner) FROM pg_proc p"
+            " JOIN pg_namespace s ON s.oid = p.pronamespace"
+            " WHERE s.nspname = {n} AND p.proname = ANY({names})"
+            " AND NOT pg_has_role(p.proowner, 'USAGE') ORDER BY p.oid"
+        ).format(n=n, names=sql.Literal([*ROUTINES, MARKER]))
+        self.who_may_create = sql.SQL(
+            "SELECT current_user, has_schema_privilege(oid, 'CREATE') FROM pg_namespace"
+            " WHERE nspname = {n}"
+        ).format(n=n)
+        # The marker that inturn before the routines' own kept, on the schema: still written
+        # when the schema is the current role's, so that those releases, which compare it and
+        # make their routines again whenever it differs, leave the routines alone.
+        self.owns_schema = sql.SQL(
+            "SELECT pg_has_role(nspowner, 'USAGE') FROM pg_namespace WHERE nspname = {n}"
+        ).format(n=n)
+        self.legacy_marker = sql.SQL("COMMENT ON SCHEMA {s} IS {c}").format(
+            s=s, c=sql.Literal(_legacy_comment())
+        )
         # One row of booleans: which privilege the current role lacks (see ``missing_grants``).
         # Looked up by oid: resolving a qualified name would itself fail without USAGE.
         checks = [
@@ -370,8 +414,18 @@ class Statements:
         ).format(s=s, c=sql.Literal(self.cls))
 
 
-def _comment() -> str:
-    return f"inturn: lines, tickets and abandonment markers (version {SCHEMA_VERSION})"
+def _marker_comment() -> str:
+    return (
+        f"inturn schema version {SCHEMA_VERSION}: a newer inturn upgrades the routines here,"
+        " an older one refuses to use them"
+    )
+
+
+def _legacy_comment() -> str:
+    """What releases that kept the version on the schema compare: they know version 2 at
+    most, so a newer version must not be written there (they would make their own routines
+    again, over the newer ones)."""
+    return f"inturn: lines, tickets and abandonment markers (version {LEGACY_VERSION})"
 
 
 def _wait_and_look(s: sql.Identifier, cls: int) -> sql.Composed:

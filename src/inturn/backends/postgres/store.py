@@ -76,7 +76,15 @@ from ..base import (
 )
 from .address import Address, connect_options, parse
 from .membership import PING_TIMEOUT, Connection, PostgresMembership, disown
-from .statements import Statements, fold, missing_grants, sql_identifier, text_of
+from .statements import (
+    LEGACY_VERSION,
+    SCHEMA_VERSION,
+    Statements,
+    fold,
+    missing_grants,
+    sql_identifier,
+    text_of,
+)
 
 RECONNECT_WINDOW = 60.0
 MAX_IDLE = 2  # connections kept open per process for the next ticket or status
@@ -279,16 +287,18 @@ class PostgresBackend(Backend):
         if something is missing and this backend only looks."""
         stmts = self.stmts
         try:
-            exists = conn.execute(stmts.existing).fetchone() or ()
-            if not all(exists):
+            objects, version = self._installed(conn)
+            if not all(objects) or version != SCHEMA_VERSION:
                 if not self._create:
                     return False
                 with conn.transaction():
                     conn.execute(stmts.setup_lock)
-                    exists = conn.execute(stmts.existing).fetchone() or ()
+                    objects, version = self._installed(conn)
                     for which, statement in stmts.create:
-                        if not exists[which]:
+                        if not objects[which]:
                             conn.execute(statement)
+                    if version != SCHEMA_VERSION:
+                        self._make_routines(conn, version)
             with conn.cursor(row_factory=dict_row) as cursor:
                 row = cursor.execute(stmts.privileges).fetchone()
         except pg_errors.InsufficientPrivilege:
@@ -312,6 +322,44 @@ class PostgresBackend(Backend):
                 + "; ".join(grants)
             )
         return True
+
+    def _installed(self, conn: Connection) -> tuple[tuple[bool, ...], int]:
+        """Which of the schema and its tables are there, and the version of the routines (0:
+        none). A newer version is refused: its routines are never replaced by older ones."""
+        row = conn.execute(self.stmts.existing).fetchone()
+        assert row is not None  # a SELECT without FROM: always one row
+        objects, version = tuple(bool(v) for v in row[:-1]), int(row[-1])
+        if version > SCHEMA_VERSION:
+            raise BackendError(
+                f"the objects in schema {sql_identifier(self.stmts.schema)} at {self.where} "
+                f"are from a newer inturn (schema version {version}; this one knows "
+                f"{SCHEMA_VERSION} and does not replace newer ones): upgrade inturn here too"
+            )
+        return objects, version
+
+    def _make_routines(self, conn: Connection, version: int) -> None:
+        """Make or upgrade the routines and the version marker, in the setup transaction.
+        Replacing a routine takes its owner: another role is told who that is."""
+        stmts = self.stmts
+        foreign = [(text_of(r[0]), text_of(r[1])) for r in conn.execute(stmts.foreign_routines)]
+        if foreign:
+            user, may_create = conn.execute(stmts.who_may_create).fetchone() or ("?", False)
+            me = sql_identifier(text_of(user))
+            s = sql_identifier(stmts.schema)
+            owners = " or ".join(dict.fromkeys(sql_identifier(owner) for _, owner in foreign))
+            changes = [f"ALTER ROUTINE {s}.{name} OWNER TO {me}" for name, _ in foreign]
+            if not may_create:  # making the marker, and replacing any routine, takes it too
+                changes.append(f"GRANT CREATE ON SCHEMA {s} TO {me}")
+            raise BackendError(
+                f"role {me} may not upgrade inturn's objects in schema {s} at {self.where} "
+                f"(schema version {version} to {SCHEMA_VERSION}): only the role that owns them "
+                f"may; run inturn once as role {owners}, or have it run " + "; ".join(changes)
+            )
+        for statement in stmts.routines:
+            conn.execute(statement)
+        owns_schema = conn.execute(stmts.owns_schema).fetchone()
+        if SCHEMA_VERSION == LEGACY_VERSION and owns_schema and owns_schema[0]:
+            conn.execute(stmts.legacy_marker)
 
     def _cannot_create_message(self, conn: Connection) -> str:
         schema = sql_identifier(self.stmts.schema)
