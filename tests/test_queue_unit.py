@@ -471,3 +471,60 @@ def test_a_burst_of_waiters_asks_about_a_few_tickets_each_not_every_one_ahead():
     assert [h.membership.number for h in helds] == sorted(h.membership.number for h in helds)
     assert sum(asked) <= 6 * count, sum(asked)
     assert not world.records
+
+
+def test_a_ticket_of_other_slots_is_refused_before_it_holds_beside_one_it_never_read():
+    """Refused tickets still in line (their refusal not yet acted on) can be the oldest and
+    the nearest ones when a ticket joins, so that they vouch for its slots while a live
+    ticket between them gave another: that ticket must be read before this one holds beside
+    it, or slots=2 holds beside a run that asked for slots=1."""
+    world, store = line()
+    joined = {}
+    for name, slots in (("oldest", 2), ("single", 1), ("near", 2), ("nearest", 2)):
+        joined[name] = store().join(Ticket(0, slots=slots), Patience())[0]
+    waits = threading.Semaphore(0)
+    errors: list[BaseException] = []
+
+    def join() -> None:
+        try:
+            give_back(store(), take_turn(_Asking(world, [], waits), slots=2).membership)
+        except inturn.UsageError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=join, daemon=True)
+    thread.start()
+    if waits.acquire(timeout=WAIT):  # asleep in line: the refusals are acted on
+        for name in ("oldest", "near", "nearest"):
+            store().leave(joined[name])
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    assert len(errors) == 1 and "slots=1" in str(errors[0]), errors
+    store().leave(joined["single"])
+    assert not world.records
+
+
+class _Remote(MemoryStore):
+    """A store whose every question is a round trip: counts the liveness questions."""
+
+    remote = True
+
+    def __init__(self, world: World, asked: list[int]) -> None:
+        super().__init__(world)
+        self.asked = asked
+
+    def alive(self, numbers: Sequence[int], me: Membership | None) -> list[bool]:
+        self.asked.append(len(numbers))
+        return super().alive(numbers, me)
+
+
+def test_a_reader_on_a_server_asks_about_the_readers_ahead_in_one_question():
+    """On a server one question about many tickets costs what one about one ticket does: a
+    reader behind many readers asks once, not once for each of them."""
+    world, store = line()
+    readers = [take_turn(store(), shared=True) for _ in range(20)]
+    asked: list[int] = []
+    held = take_turn(_Remote(world, asked), shared=True, timeout=WAIT)
+    assert len(asked) == 1, asked
+    for turn in [*readers, held]:
+        give_back(store(), turn.membership)
+    assert not world.records

@@ -299,6 +299,7 @@ class _Waiter:
         self.first_seen: dict[int, float] = {}  # unclaimed marker -> when we first saw it
         self.shared_markers: set[int] = set()  # markers a look said were shared turns
         self.policed: int | None = None  # the place the arrival policies were applied to
+        self.slots_read: set[int] = set()  # tickets ahead whose slots were found to be ours
 
     def wait_for_front(self, view: View | None) -> bool:
         """Sleep until this ticket may hold the turn; True if a marker waits to be claimed.
@@ -326,6 +327,8 @@ class _Waiter:
                 view = None  # back: the look was of the old place, so look again
                 continue
             if may_hold(request, live, view.shared):
+                if not request.shared:
+                    self._refuse_other_slots(live)
                 if self._lock_delay(pending):
                     view = None
                     continue
@@ -386,7 +389,9 @@ class _Waiter:
         of the live ones in between, and this ticket asks about them itself before it ever
         holds. Every one is asked where the whole line counts: a look that told liveness
         anyway, the place in line (``on_progress``), whom a busy line names, ``max_waiting``,
-        ``newest_wins``, and a wait that might be for a turn of the asker's own."""
+        ``newest_wins``, and a wait that might be for a turn of the asker's own; and on a
+        server, where one question about them all costs one round trip as one about a single
+        ticket does."""
         store, me, request = self.store, self.me, self.request
         ahead = view.tickets
         whole = (
@@ -395,6 +400,7 @@ class _Waiter:
             or not self.blocking
             or request.max_waiting is not None
             or request.newest_wins
+            or store.remote
             or (self.deadline is None and bool(self.holdings.owned_by(store, ahead, self.asker)))
         )
         if view.alive is not None:
@@ -450,17 +456,10 @@ class _Waiter:
             return
         # The live tickets found and the oldest live one, not only the nearest: one that is
         # itself about to be refused would vouch for a slots that the others do not share.
-        # Every ticket that stays in line gave the oldest one's slots (it was checked
-        # against it, live ahead of it then), so ours must match that one's.
+        # Tickets between them stay unread here; the ones a turn is taken beside are read
+        # before it is taken.
         oldest = self._oldest_live(ahead, live)
-        checked = live if oldest is None or oldest in live else [oldest, *live]
-        for other in reversed(store.read(checked, me)):
-            if other is not None and other.slots != request.slots:
-                raise UsageError(
-                    f"line {store.name!r} is used with slots={other.slots} (by "
-                    f"{other.describe()}), not slots={request.slots}: every user of a line must "
-                    "give the same slots"
-                )
+        self._refuse_other_slots(live if oldest is None or oldest in live else [oldest, *live])
         waiting = [n for n in live if not holds_at(request.slots, live, shared, n)]
         if request.max_waiting is not None and len(waiting) >= request.max_waiting:
             raise Busy(
@@ -472,6 +471,25 @@ class _Waiter:
             for number, ticket in zip(waiting, store.read(waiting, me), strict=True):
                 if ticket is not None and ticket.newest_wins:
                     store.replace(number, me)
+
+    def _refuse_other_slots(self, numbers: Sequence[int]) -> None:
+        """Refuse the turn if any of these tickets ahead gave another slots (those not read
+        before). Read on joining for the nearest and the oldest, and again, before an
+        exclusive turn is taken, for the live tickets it is taken beside: tickets refused but
+        still in line may have vouched on joining for a ticket between them that gave
+        another slots, and must not let this one hold beside it."""
+        store, me, request = self.store, self.me, self.request
+        unread = [n for n in numbers if n not in self.slots_read]
+        if not unread:
+            return
+        for other in reversed(store.read(unread, me)):
+            if other is not None and other.slots != request.slots:
+                raise UsageError(
+                    f"line {store.name!r} is used with slots={other.slots} (by "
+                    f"{other.describe()}), not slots={request.slots}: every user of a line must "
+                    "give the same slots"
+                )
+        self.slots_read.update(unread)
 
     def _remaining(self) -> float | None:
         if self.deadline is None:
