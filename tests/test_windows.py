@@ -586,6 +586,43 @@ def test_status_json_lists_holders_then_waiters(win: Win) -> None:
     assert sorted(path.name for path in (win.folder / "seen").glob("*.ticket")) == tickets
 
 
+def test_status_prints_what_a_pipe_in_the_ansi_code_page_cannot_hold(win: Win) -> None:
+    """A Windows pipe or file takes only the ANSI code page: a line's name, a holder's command
+    and the lines folder beyond it are still printed, JSON with ``\\u`` escapes (parsed back
+    as they were), text with backslash escapes; and a holder's command is quoted as Windows
+    splits a command line, not as a POSIX shell would (``'"'"'``)."""
+    win.folder = win.folder.parent / "ユーザー" / "lines"  # as under C:\\Users\\ユーザー
+    win.env = {"INTURN_DIR": windows_path(win.folder)}
+    name = "ビルド-😀"
+    code, encoding, _ = win.run("-c", "import sys; print(sys.stdout.encoding)")
+    assert code == 0 and encoding.lower() not in ("utf-8", "utf8"), encoding
+    argument = "it's 報告.txt"
+    shown, shown_argument = (
+        text.encode(encoding, "backslashreplace").decode(encoding) for text in (name, argument)
+    )
+    assert shown != name  # the code page cannot hold it: what this test is about
+    hold = "import sys; print('in', flush=True); sys.stdin.readline()"
+    holder = win.inturn("run", name, "--", win.python, "-c", hold, argument)
+    holder.expect("in")
+    code, out, err = win.run("-m", "inturn", "status", "--json", name)
+    assert code == 0, (out, err)
+    status = json.loads(out)
+    assert status["name"] == name and str(status["where"]).startswith(windows_path(win.folder))
+    assert status["holders"][0]["command"][-1] == argument
+    code, out, err = win.run("-m", "inturn", "status", "--json")
+    assert code == 0, (out, err)
+    assert [line["name"] for line in json.loads(out)["lines"]] == [name]
+    code, out, err = win.run("-m", "inturn", "status", "--names")
+    assert (code, out) == (0, shown), err
+    code, out, err = win.run("-m", "inturn", "status")
+    assert code == 0 and shown in out, (out, err)
+    code, out, err = win.run("-m", "inturn", "status", name)
+    assert code == 0 and out.startswith(f"{shown}: 1 holding, 0 waiting"), (out, err)
+    assert f'"{shown_argument}"' in out and "'\"'\"'" not in out, out
+    holder.send()
+    exited(holder.finish(), 0)
+
+
 def test_a_held_line_whose_name_record_was_removed_is_refused_not_taken(win: Win) -> None:
     """``.name`` holds the id the line's kernel objects are named by: removed while the line
     is held, a new id would take the holder for dead. Runs and looks are refused instead, and

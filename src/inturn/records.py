@@ -203,7 +203,13 @@ def whole_number(value: object) -> int | None:
 
 def shell_words(command: Sequence[str]) -> str:
     """A command as one would type it at a shell: words with spaces or quotes quoted, so that
-    they stay apart (``shlex.join``), but letters of any script left as they are."""
+    they stay apart (``shlex.join``), but letters of any script left as they are. On Windows,
+    quoted as a Windows program splits its command line (``subprocess.list2cmdline``), which
+    is how ``cmd`` and PowerShell pass it on: a POSIX shell's ``'"'"'`` means nothing there."""
+    if sys.platform == "win32":
+        import subprocess
+
+        return subprocess.list2cmdline(command)
     import shlex
 
     return " ".join(

@@ -23,7 +23,8 @@ def open_missing_streams() -> None:
     fill_closed_standard_descriptors()
     for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
         if getattr(sys, name) is None:
-            setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 (for the process)
+            stream = open(fd, mode, errors="backslashreplace", closefd=False)  # noqa: SIM115
+            setattr(sys, name, stream)  # for the rest of the process
 
 
 def say(message: str) -> None:
@@ -57,13 +58,39 @@ def _write_out(text: str) -> None:
     except (OSError, ValueError):  # not a file (a test's StringIO)
         fd = -1
     if sys.platform == "win32" or fd < 0:  # a Windows console needs its own writer
-        stream.write(text)
+        stream.write(_within_encoding(text, stream))
         stream.flush()
         return
     stream.flush()
-    data = memoryview(text.encode(stream.encoding or "utf-8", stream.errors or "strict"))
+    data = memoryview(_encoded(text, stream.encoding or "utf-8", stream.errors or "strict"))
     while data:
         data = data[os.write(fd, data) :]
+
+
+def _encoded(text: str, encoding: str, errors: str) -> bytes:
+    """``text`` in the output's encoding; a character it cannot hold (a Windows pipe holds
+    only the ANSI code page) as a ``\\u30d3`` escape, as undecodable bytes are shown, rather
+    than no output at all."""
+    try:
+        return text.encode(encoding, errors)
+    except UnicodeEncodeError:
+        return text.encode(encoding, "backslashreplace")
+
+
+def _within_encoding(text: str, stream: TextIO) -> str:
+    """``text`` as ``stream`` can write it (see ``_encoded``); a stream with no encoding of
+    its own (a ``StringIO``) takes any text."""
+    encoding = getattr(stream, "encoding", None)
+    if not encoding:
+        return text
+    errors = stream.errors or "strict"
+    return _encoded(text, encoding, errors).decode(encoding, errors)
+
+
+def writes_utf8() -> bool:
+    """Whether stdout takes any character: else JSON comes with ``\\u`` escapes."""
+    encoding = getattr(sys.stdout, "encoding", None) or ""
+    return encoding.lower().replace("-", "").replace("_", "") == "utf8"
 
 
 def _drop_stdout() -> None:
@@ -112,12 +139,17 @@ def show_warning(
 def json_text(document: object) -> str:
     """JSON for people and scripts: readable Unicode, but a lone surrogate (a byte of a name,
     path or command that was not UTF-8) as the text ``\\xff``, as ``inturn status`` shows
-    it: a ``\\udcff`` escape would be no character at all, which strict parsers refuse."""
+    it: a ``\\udcff`` escape would be no character at all, which strict parsers refuse.
+    Where stdout is not UTF-8 (a Windows pipe, in the ANSI code page), every character
+    beyond ASCII is a ``\\u`` escape, so that any document can be printed and parsed."""
     import json  # only for --json: not at every start
 
     from ..records import escape_character
 
     text = json.dumps(document, indent=2, ensure_ascii=False)
-    return re.sub(
+    text = re.sub(
         "[\ud800-\udfff]", lambda found: json.dumps(escape_character(found.group()))[1:-1], text
     )
+    if writes_utf8():
+        return text
+    return re.sub("[^\x00-\x7f]", lambda found: json.dumps(found.group())[1:-1], text)

@@ -428,8 +428,8 @@ def _lost(held: Turn) -> str:
 
 
 def _shown(program: str) -> str:
-    """``program`` as a message names it: quoted as a shell would take it (``''``), and with
-    control characters and undecodable bytes escaped."""
+    """``program`` as a message names it: quoted as a shell would take it (``''``; ``""`` on
+    Windows), and with control characters and undecodable bytes escaped."""
     return escape_controls(shell_words([program]))
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from ..errors import MessageError, NotRunning, Timeout, UsageError
 from ..line import DEFAULT_TIMEOUT
@@ -112,14 +111,5 @@ def send(args: argparse.Namespace) -> int:
     except MessageError as exc:
         say(str(exc))
         return EXIT_FAILED
-    emit(_json(reply))
+    emit(json_text(reply))
     return 0
-
-
-def _json(reply: object) -> str:
-    """The reply as JSON: readable where the output is UTF-8; with ``\\u`` escapes where it
-    is not (a Windows pipe in the ANSI code page), so that no reply fails to print."""
-    encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "")
-    if encoding in ("utf8", "utf_8"):
-        return json_text(reply)
-    return json.dumps(reply, indent=2, ensure_ascii=True)
