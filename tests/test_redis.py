@@ -943,7 +943,7 @@ def test_a_cluster_node_or_a_sentinel_is_named_as_such(reply, named):
 
     from inturn.backends.redis.store import _backend_error
 
-    said = str(_backend_error(redis.ResponseError(reply), "redis://db:7001/0", "inturn"))
+    said = str(_backend_error(redis.ResponseError(reply), "redis://db:7001/0", "inturn", "default"))
     assert named in said and "point the url at" in said.lower() and "\n" not in said, said
 
 

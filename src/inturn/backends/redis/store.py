@@ -179,7 +179,7 @@ def _cut_short(exc: rx.RedisError) -> bool:
     return any(word in text for word in ("Broken pipe", "Connection reset", "closed by server"))
 
 
-def _backend_error(exc: rx.RedisError, where: str, prefix: str, user: str = "USER") -> BackendError:
+def _backend_error(exc: rx.RedisError, where: str, prefix: str, user: str) -> BackendError:
     """What ``_translated`` raises for ``exc``, for paths that avoid a context manager."""
     if isinstance(exc, rx.AuthenticationError):
         return BackendError(
@@ -399,6 +399,10 @@ class RedisBackend(Backend):
     def errors(self) -> AbstractContextManager[None]:
         """Report any Redis failure inside the block as one clear ``BackendError``."""
         return _translated(self.where, self.prefix, self.user)
+
+    def error(self, exc: rx.RedisError) -> BackendError:
+        """What ``errors`` raises for ``exc``, for paths that avoid a context manager."""
+        return _backend_error(exc, self.where, self.prefix, self.user)
 
     def line(self, name: str) -> RedisStore:
         return RedisStore(self, name)
@@ -919,7 +923,7 @@ class RedisStore(LineStore):
             pool.release(connection)
         reply = answers[0]
         if isinstance(reply, rx.ResponseError):  # refused (an ACL without @blocking, say)
-            raise _backend_error(reply, self.where, self.backend.prefix, self.backend.user)
+            raise self.backend.error(reply)
         if me is not None and answers[1:] == [1]:
             me.holding = True  # marked as the read ended
         if reply is None:
@@ -958,9 +962,7 @@ class RedisStore(LineStore):
             try:  # between waking and returning: no context manager
                 ok = not me.lost and int(self._run("mark", keys, [me.ticket_id])) == 1
             except rx.RedisError as exc:
-                raise _backend_error(
-                    exc, self.where, self.backend.prefix, self.backend.user
-                ) from None
+                raise self.backend.error(exc) from None
         # A waiter stopped (SIGSTOP) as its turn came may have been marked by the server
         # while its lease ran out and the next one took the turn: the keeper's verdict, made
         # here too, so that a race with its thread cannot start the command beside that one.
