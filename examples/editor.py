@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from types import FrameType
 
 import inturn
 
@@ -36,17 +37,22 @@ def on_next(message: inturn.Message) -> dict[str, object]:
     return {"opened": opened}
 
 
+def stop(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM ends the first instance as Ctrl-C does: cleanly, so the line is given back."""
+    sys.exit(0)
+
+
 def main() -> int:
     try:
         app = inturn.single_instance(NAME, on_message=on_next)
     except inturn.AlreadyRunning as running:
-        opened = running.reply["opened"] if isinstance(running.reply, dict) else []
-        print(f"already running as pid {running.pid}, which opened: {', '.join(opened)}")
+        reply: dict[str, list[str]] = running.reply or {"opened": []}  # None: not listening
+        print(f"already running as pid {running.pid}, which opened: {', '.join(reply['opened'])}")
         return 0
     except inturn.InturnError as problem:  # it did not answer, or refused
         print(f"editor: {problem}", file=sys.stderr)
         return 1
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGTERM, stop)
     open_files(sys.argv[1:], os.getcwd())
     print(f"editor {os.getpid()}: running; start it again with more files", flush=True)
     try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # ``typing.TYPE_CHECKING`` without importing ``typing``
 if TYPE_CHECKING:
+    from typing import Any
+
     from .records import LineStatus, Ticket
 
 
@@ -76,7 +78,7 @@ class AlreadyRunning(Busy):
         message: str,
         status: LineStatus | None = None,
         *,
-        reply: object = None,
+        reply: Any = None,
         pid: int | None = None,
     ) -> None:
         super().__init__(message, status)
