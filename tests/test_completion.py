@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 
 from inturn.cli.completion import short
+from inturn.cli.manual import EXAMPLES
 from inturn.cli.parser import build_parser
 
-from conftest import child_env, inturn_words, run_cli
+from conftest import HERE, child_env, inturn_words, run_cli
 from terminal import PROMPT, Pane, ensure_program
 
 HOSTILE = "$(touch {pwned})"  # a line name that would run a command if it were ever evaluated
@@ -211,3 +212,54 @@ def test_fish_completes_commands_options_and_line_names(lines, tmp_path):
         flags = {f for a in sub._actions if a.help != argparse.SUPPRESS for f in a.option_strings}
         assert offered == flags, name
     assert not lines["pwned"].exists()
+
+
+# --------------------------------------------------------------------------- installing
+
+
+def readme_install_lines() -> list[str]:
+    """The commands under "Completion and the man page" in the README, comments left out."""
+    text = (HERE.parent / "README.md").read_text()
+    block = text.split("### Completion and the man page", 1)[1]
+    block = block.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [row for row in block.splitlines() if row and not row.startswith("#")]
+
+
+def help_install_lines() -> list[str]:
+    """The commands that ``inturn completion --help`` gives as its examples."""
+    return [command for command, _ in EXAMPLES["completion"]]
+
+
+@pytest.mark.parametrize("where", ["readme", "help"])
+def test_the_install_commands_work_as_given_in_a_new_account(lines_dir, tmp_path, where):
+    """Pasted as given, each install command works in its own shell for someone whose home
+    has none of the folders it writes to, and the shell then completes from what it wrote."""
+    given = readme_install_lines() if where == "readme" else help_install_lines()
+    assert len(given) == 3, given
+    assert run_cli("run", "build", "--", "true").returncode == 0
+    home = tmp_path / "home"
+    home.mkdir()
+    env = child_env(HOME=str(home))
+    env["PATH"] = f"{script_folder()}:{env['PATH']}"
+    for variable in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "ZDOTDIR"):
+        env.pop(variable, None)
+    shells = {
+        "bash": ["bash", "--norc", "--noprofile", "-c"],
+        "zsh": [ensure_program("zsh"), "-f", "-c"],
+        "fish": [ensure_program("fish"), "-c"],  # its user folders, as a user's fish has
+    }
+    then = {  # in the same shell, what shows that completion is set up (zsh: the file below)
+        "bash": "; complete -p inturn",
+        "zsh": "",
+        "fish": "; complete -C 'inturn status bu'",
+    }
+    for shell, words in shells.items():
+        (command,) = [c for c in given if f"completion {shell}" in c]
+        done = subprocess.run(
+            [*words, command + then[shell]], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert (done.returncode, done.stderr) == (0, ""), (shell, command, done)
+        if shell == "fish":
+            assert [row.split("\t")[0] for row in done.stdout.splitlines()] == ["build"], done
+    zsh_script = home / ".zfunc" / "_inturn"
+    assert zsh_script.read_text() == run_cli("completion", "zsh").stdout

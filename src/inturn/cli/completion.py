@@ -355,7 +355,8 @@ def _bash(top: Command, commands: list[Command]) -> str:
 _ZSH = r"""#compdef inturn
 # zsh completion for inturn, made by: inturn completion zsh
 # Install: save it as _inturn in a folder of $fpath (before compinit runs), e.g.
-#   inturn completion zsh > ~/.zfunc/_inturn   with   fpath=(~/.zfunc $fpath)   in ~/.zshrc
+#   mkdir -p ~/.zfunc && inturn completion zsh > ~/.zfunc/_inturn
+#   with   fpath=(~/.zfunc $fpath)   in ~/.zshrc
 # or, for this shell only: source <(inturn completion zsh)
 
 _inturn_lines() {  # line names from inturn status --names, with the --dir/--backend/--machine typed
@@ -497,7 +498,9 @@ def _zsh(top: Command, commands: list[Command]) -> str:
 # --------------------------------------------------------------------------- fish
 
 _FISH = r"""# fish completion for inturn, made by: inturn completion fish
-# Install: inturn completion fish > ~/.config/fish/completions/inturn.fish
+# Install: mkdir -p ~/.config/fish/completions &&
+#   inturn completion fish > ~/.config/fish/completions/inturn.fish
+# or, in ~/.config/fish/config.fish: inturn completion fish | source
 
 function __inturn_spec --argument-names command
     # Two lines: the options that take a value, and what the arguments are.

@@ -40,8 +40,11 @@ EXAMPLES: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "completion": (
         ('eval "$(inturn completion bash)"', "in ~/.bashrc"),
-        ("inturn completion zsh > ~/.zfunc/_inturn", "with fpath=(~/.zfunc $fpath) in ~/.zshrc"),
-        ("inturn completion fish > ~/.config/fish/completions/inturn.fish", "once"),
+        (
+            "mkdir -p ~/.zfunc && inturn completion zsh > ~/.zfunc/_inturn",
+            "with fpath=(~/.zfunc $fpath) in ~/.zshrc",
+        ),
+        ("inturn completion fish | source", "in ~/.config/fish/config.fish"),
     ),
 }
 EXAMPLES[""] = (
