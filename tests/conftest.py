@@ -346,9 +346,10 @@ def run_cli(
     )
 
 
-def one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> str:
-    """The single ``inturn: ...`` line of an exit 2, which must name each of ``words``."""
-    assert result.returncode == 2, result
+def one_line_error(result: subprocess.CompletedProcess[str], *words: str, code: int = 2) -> str:
+    """The single ``inturn: ...`` line of an exit 2 (or ``code``: 69 for a server that is
+    unavailable), which must name each of ``words``."""
+    assert result.returncode == code, result
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("inturn: "), result.stderr
     for word in words:

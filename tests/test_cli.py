@@ -764,7 +764,7 @@ def test_explicit_options_beat_the_environment(tmp_path, monkeypatch):
     one_line_error(both, "--dir and --backend")
     monkeypatch.setenv("INTURN_BACKEND", nowhere)
     unreachable = run_cli("status", "x")  # the environment still counts when nothing beats it
-    one_line_error(unreachable, "cannot reach Redis")
+    one_line_error(unreachable, "cannot reach Redis", code=69)
 
 
 def test_the_default_folder_is_the_same_from_cron_a_service_and_a_login_shell(tmp_path):

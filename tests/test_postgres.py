@@ -31,6 +31,7 @@ from conftest import (
     Run,
     Worker,
     child_env,
+    free_port,
     in_threads,
     inturn_cmd,
     missing_component,
@@ -499,16 +500,71 @@ def test_a_server_restart_while_waiters_wait(private_cluster, workers, tmp_path)
     assert sum(r[2] == "1" for r in reports) == 1  # one holder is told it was abandoned
 
 
-def test_an_unreachable_server_is_one_clear_line_and_exit_2(tmp_path):
+def test_an_unreachable_server_is_one_clear_line_and_exit_69(tmp_path):
+    """Nobody listens on the port: the server is unavailable, not the call wrong, so a script
+    can tell "try again later" (69, EX_UNAVAILABLE) from "fix the call" (2)."""
     secret = "s3cr3t-pa55"
-    url = f"postgresql://someone:{secret}@127.0.0.1:1/ops"
+    port = free_port()
+    url = f"postgresql://someone:{secret}@127.0.0.1:{port}/ops"
+    for args in (
+        ("status", "--backend", url),
+        ("run", "--backend", url, "x", "--", "true"),
+        ("wait", "--backend", url, "x"),
+    ):
+        result = run_cli(*args)
+        line = one_line_error(result, "cannot connect to PostgreSQL at", code=69)
+        assert f"postgresql://someone@127.0.0.1:{port}/ops" in line
+        assert secret not in result.stderr + result.stdout
+
+
+def test_an_unreachable_server_raises_server_unavailable_a_backend_error():
+    url = f"postgresql://someone@127.0.0.1:{free_port()}/ops"
+    with pytest.raises(inturn.ServerUnavailable, match="cannot connect to PostgreSQL") as caught:
+        inturn.Line("x", backend=url).acquire()
+    assert isinstance(caught.value, inturn.BackendError)
+    with pytest.raises(inturn.ServerUnavailable):
+        inturn.lines(backend=url)
+
+
+def test_a_host_name_that_does_not_exist_is_a_setup_to_fix_exit_2():
+    """The resolver's answer that no such name exists is a typo to correct, not an outage."""
+    result = run_cli("status", "--backend", "postgresql://no-such-host.invalid/ops")
+    one_line_error(result, "no-such-host.invalid", code=2)
+
+
+def test_a_server_out_of_connection_slots_is_unavailable_exit_69(private_cluster):
+    """Every slot of the server's max_connections taken (by other clients, shared by all):
+    its load of the moment, so 69, try again later; the line still names the setting."""
+    private_cluster.settings += ["max_connections=4", "superuser_reserved_connections=0"]
+    private_cluster.restart()
+    others = [psycopg.connect(private_cluster.url) for _ in range(4)]
+    try:
+        result = run_cli("status", "--backend", private_cluster.url)
+        one_line_error(result, "too many clients", "max_connections", code=69)
+    finally:
+        for other in others:
+            other.close()
+    assert run_cli("status", "--backend", private_cluster.url).returncode == 0
+
+
+def test_a_wrong_password_is_a_setup_to_fix_exit_2(private_cluster):
+    """The server answers and refuses the login: no use trying again later."""
+    sql(private_cluster.url, "CREATE ROLE checked LOGIN PASSWORD 'right-pw'")
+    hba = os.path.join(private_cluster.data, "pg_hba.conf")
+    with open(hba) as rules:
+        kept = rules.read()
+    with open(hba, "w") as rules:
+        rules.write("host all checked 127.0.0.1/32 scram-sha-256\n" + kept)
+    sql(private_cluster.url, "SELECT pg_reload_conf()")
+    url = f"postgresql://checked:wrong-pw@127.0.0.1:{private_cluster.port}/postgres"
+    until(lambda: run_cli("status", "--backend", url).returncode != 0, "the rule to apply")
     for args in (("status", "--backend", url), ("run", "--backend", url, "x", "--", "true")):
         result = run_cli(*args)
-        assert result.returncode == 2
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and "cannot connect to PostgreSQL at" in lines[0], lines
-        assert "postgresql://someone@127.0.0.1:1/ops" in lines[0]
-        assert secret not in result.stderr + result.stdout
+        one_line_error(result, "password authentication failed", code=2)
+        assert "wrong-pw" not in result.stderr
+    with pytest.raises(inturn.BackendError) as caught:
+        inturn.lines(backend=url)
+    assert not isinstance(caught.value, inturn.ServerUnavailable)
 
 
 def test_a_database_that_does_not_exist_is_named_with_what_to_do(pg_server):

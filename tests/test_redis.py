@@ -33,6 +33,7 @@ from conftest import (
     Run,
     Worker,
     child_env,
+    free_port,
     inturn_cmd,
     one_line_error,
     run_cli,
@@ -233,8 +234,8 @@ def test_a_waiter_that_cannot_join_again_gives_up_with_one_clear_line(
     place, redis_base, monkeypatch
 ):
     """A waiter whose server stays silent past the window for joining again (60 s, here cut
-    short) gives up with ``BackendError`` saying why (a server out of reach, not a lost turn:
-    it never held one), and leaves nothing in line."""
+    short) gives up with ``ServerUnavailable`` (a ``BackendError``) saying why (a server out
+    of reach, not a lost turn: it never held one), and leaves nothing in line."""
     from inturn.backends.redis import store
 
     monkeypatch.setattr(store, "REJOIN_WINDOW", 0.5)
@@ -261,7 +262,7 @@ def test_a_waiter_that_cannot_join_again_gives_up_with_one_clear_line(
             thread.join(60)
             assert not thread.is_alive()
         (error,) = outcome
-        assert type(error) is inturn.BackendError, error
+        assert type(error) is inturn.ServerUnavailable, error
         said = str(error)
         assert "lost our place in line 'silent'" in said and "went unrenewed" in said, said
         assert "could not join again within 0.5s" in said and "\n" not in said, said
@@ -654,13 +655,28 @@ def test_hostile_names_are_data_never_keys(place):
 # --------------------------------------------------------------------------- bad setups
 
 
-def test_an_unreachable_server_is_one_line_and_exit_2_without_the_password(tmp_path):
+def test_an_unreachable_server_is_one_line_and_exit_69_without_the_password(tmp_path):
+    """Nobody listens on the port: unavailable (69, try again later), not a wrong call (2)."""
     secret = "s3cr3t-pw"
-    url = f"redis://someone:{secret}@127.0.0.1:1/0"
-    for args in (["run", "x", "--", "true"], ["status"], ["status", "x"]):
+    port = free_port()
+    url = f"redis://someone:{secret}@127.0.0.1:{port}/0"
+    for args in (["run", "x", "--", "true"], ["status"], ["status", "x"], ["wait", "x"]):
         result = run_cli(*args, INTURN_BACKEND=url)
-        one_line_error(result, "cannot reach Redis at redis://127.0.0.1:1/0")
+        one_line_error(result, f"cannot reach Redis at redis://127.0.0.1:{port}/0", code=69)
         assert secret not in result.stderr + result.stdout
+
+
+def test_an_unreachable_server_raises_server_unavailable_a_backend_error():
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    with pytest.raises(inturn.ServerUnavailable, match="cannot reach Redis") as caught:
+        inturn.Line("x", backend=url).acquire()
+    assert isinstance(caught.value, inturn.BackendError)
+
+
+def test_a_host_name_that_does_not_exist_is_a_setup_to_fix_exit_2():
+    """The resolver's answer that no such name exists is a typo to correct, not an outage."""
+    result = run_cli("status", INTURN_BACKEND="redis://no-such-host.invalid:6379/0")
+    one_line_error(result, "no-such-host.invalid", "correct its name", code=2)
 
 
 def test_a_wrong_password_is_refused_without_printing_it(place):
@@ -871,7 +887,8 @@ def test_a_server_that_evicts_keys_is_refused_before_anyone_joins(tmp_path, poli
 def test_a_server_with_no_room_for_more_clients_is_named_as_such(tmp_path):
     """A server at its ``maxclients`` runs, and refuses more connections: one line says so
     and what to do, rather than advising to check that it runs; and threads sharing one
-    ``Line`` give up at once, rather than retrying as in an outage without end."""
+    ``Line`` give up at once, rather than retrying as in an outage without end. It is
+    unavailable for now (exit 69): another call may find room once others leave."""
     server = RedisServer(tmp_path / "crowded", "--maxclients", "6")
     admin: Any = __import__("redis").Redis.from_url(server.url)
     fillers: list[Any] = []
@@ -905,7 +922,7 @@ def test_a_server_with_no_room_for_more_clients_is_named_as_such(tmp_path):
             fillers.append(__import__("redis").Redis.from_url(server.url))
             fillers[-1].ping()
         result = run_cli("run", "x", "--", "echo", "ran", INTURN_BACKEND=server.url)
-        one_line_error(result, "maxclients")
+        one_line_error(result, "maxclients", code=69)
     finally:
         for client in [admin, *fillers]:
             client.close()

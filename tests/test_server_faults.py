@@ -1111,13 +1111,13 @@ command()
 
 
 @pytest.mark.parametrize("server", ["postgres", "redis"])
-def test_a_waiter_whose_server_stays_away_after_it_lost_its_place_exits_2(
+def test_a_waiter_whose_server_stays_away_after_it_lost_its_place_exits_69(
     request: pytest.FixtureRequest, server: str
 ) -> None:
     """A waiter whose path to the server closes loses its place and tries to join again; when
     the server stays out of reach past that window, ``inturn run`` says so in one line and
-    exits 2, as for any server it cannot reach, on both servers: not 76, "lost the turn",
-    for a turn it never held."""
+    exits 69 (unavailable: try again later), as for any server it cannot reach, on both
+    servers: not 76, "lost the turn", for a turn it never held, nor 2, "fix the call"."""
     if server == "postgres":
         direct = request.getfixturevalue("pg_url")
         module, constant = "inturn.backends.postgres.store", "RECONNECT_WINDOW"
@@ -1139,11 +1139,42 @@ def test_a_waiter_whose_server_stays_away_after_it_lost_its_place_exits_2(
             proxy.close()  # its connections end, and no new one gets through
             _, said = waiter.communicate(timeout=REPORT_TIMEOUT)
         rows = [row for row in said.splitlines() if not row.startswith("inturn: warning: ")]
-        assert waiter.returncode == 2, (waiter.returncode, said)
+        assert waiter.returncode == 69, (waiter.returncode, said)
         assert len(rows) == 1 and rows[0].startswith("inturn: "), said
         assert "in line 'away'" in rows[0] and "could not" in rows[0] and "2s" in rows[0], said
     finally:
         proxy.close()
         if waiter is not None and waiter.poll() is None:
+            waiter.kill()
+            waiter.wait()
+
+
+def test_a_waiter_whose_postgres_server_stops_exits_69(private_cluster: Any) -> None:
+    """The server itself shuts down while one holds and one waits: the waiter's session
+    ends (the server says it is shutting down), it cannot join again within its window (2 s
+    here, 60 s as shipped) since nothing listens any more, and ``inturn run`` exits 69 with
+    one line: the server is unavailable, the call was right."""
+    url = private_cluster.url
+    holder = Run("stopped", "--backend", url)
+    holder.running()
+    argv = ["run", "--backend", url, "stopped", "--", "true"]
+    module, constant = "inturn.backends.postgres.store", "RECONNECT_WINDOW"
+    waiter = subprocess.Popen(
+        [sys.executable, "-c", WINDOW_CUT_SHORT, module, constant, *argv],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        waiting("stopped", url)
+        private_cluster.halt()
+        _, said = waiter.communicate(timeout=REPORT_TIMEOUT)
+        rows = [row for row in said.splitlines() if not row.startswith("inturn: warning: ")]
+        assert waiter.returncode == 69, (waiter.returncode, said)
+        assert len(rows) == 1 and rows[0].startswith("inturn: "), said
+        assert "in line 'stopped'" in rows[0] and "could not reconnect" in rows[0], said
+        assert holder.wait() == 76
+    finally:
+        if waiter.poll() is None:
             waiter.kill()
             waiter.wait()

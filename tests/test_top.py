@@ -298,20 +298,21 @@ def test_an_interval_too_short_or_too_long_is_refused_by_the_parser(lines_dir, i
 
 
 @pytest.mark.parametrize(
-    ("backend", "words"),
+    ("backend", "words", "code"),
     [
-        ("mysql://nowhere/x", ["unknown backend 'mysql'"]),
-        ("postgresql://127.0.0.1:{port}/test", ["cannot connect to PostgreSQL"]),
+        ("mysql://nowhere/x", ["unknown backend 'mysql'"], 2),
+        ("postgresql://127.0.0.1:{port}/test", ["cannot connect to PostgreSQL"], 69),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2_on_an_untouched_terminal(
-    lines_dir, panes, tmp_path, backend, words
+def test_bad_input_or_no_server_is_one_line_and_its_exit_code_on_an_untouched_terminal(
+    lines_dir, panes, tmp_path, backend, words, code
 ):
+    """A usage error exits 2; a server that nobody answers for, 69 (try again later)."""
     backend = backend.format(port=free_port())  # nothing listens there
     pane = Pane(tmp_path)
     panes.append(pane)
     run_top(pane, tmp_path, "top", "--backend", backend, "x")
-    assert pane.exit_code() == 2
+    assert pane.exit_code() == code
     assert_terminal_given_back(pane, tmp_path)
     rows = [r for r in pane.rows(joined=True) if r]  # a long message wraps on the main screen
     said = [r for r in rows if r.startswith("inturn: ")]
@@ -358,7 +359,7 @@ def test_an_error_while_watching_is_one_line_on_the_terminal_given_back(
         run_top(pane, tmp_path, "top", "--backend", url, "top-cut")
         pane.until(shows(holder.pid, "holding"), "the holder")
         proxy.close()  # the server is gone: connections cut, new ones refused
-        assert pane.exit_code() == 2
+        assert pane.exit_code() == 69  # unavailable: try again later
         assert_terminal_given_back(pane, tmp_path)
         shown = pane.rows(joined=True)
         print("\n".join(shown))  # the whole screen in the report if it fails (not cut short)

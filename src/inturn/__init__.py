@@ -11,6 +11,7 @@ from .errors import (
     MessageError,
     NotRunning,
     Replaced,
+    ServerUnavailable,
     Timeout,
     UsageError,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "NotRunning",
     "Progress",
     "Replaced",
+    "ServerUnavailable",
     "Ticket",
     "Timeout",
     "Turn",

@@ -64,6 +64,12 @@ class BackendError(InturnError):
     """The backend (a folder, a server) cannot be used; the message says why and what to do."""
 
 
+class ServerUnavailable(BackendError):
+    """The server does not answer, or takes no more connections for now (down, restarting,
+    shutting down, out of reach, out of connection slots): the same call may work later,
+    unlike the other ``BackendError``s, which name a setup to fix."""
+
+
 class LostTurn(InturnError):
     """The connection that held the turn was lost: another holder may now have it."""
 

@@ -12,8 +12,8 @@ import warnings
 from collections.abc import Sequence
 from contextlib import suppress
 
-from ..errors import InturnError
-from .exits import EXIT_OUTPUT_CLOSED, EXIT_USAGE, Signalled
+from ..errors import InturnError, ServerUnavailable
+from .exits import EXIT_OUTPUT_CLOSED, EXIT_UNAVAILABLE, EXIT_USAGE, Signalled
 from .output import OutputClosed, emit, open_missing_streams, say, show_warning, system_error
 from .parser import build_parser
 
@@ -64,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .status import status
 
         return status(args)
+    except ServerUnavailable as exc:  # worth trying again later: the call itself is fine
+        say(str(exc))
+        return EXIT_UNAVAILABLE
     except InturnError as exc:
         say(str(exc))
         return EXIT_USAGE

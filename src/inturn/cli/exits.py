@@ -7,8 +7,11 @@ before its turn came (the command never started); 130 when interrupted while wai
 before the command started (128+N for another signal N), given by dying of SIGINT itself (see
 ``Signalled``), as when the command died of SIGINT; 126 when the command cannot be run, 127
 when it is not found (as shells say); 141 when the output was closed early (``inturn status |
-head -1``); 2 for usage errors, unusable setups and system errors (a full disk, too many open
-files).
+head -1``); 69 when a server backend is unavailable (``ServerUnavailable``: it does not answer,
+is starting or shutting down, has no connection slot left, or a waiter that lost its place
+could not join again for 60 s): the same call may work later; 2 for usage errors, unusable
+setups (a wrong password, a missing database or grant, a host name that does not exist) and
+system errors (a full disk, too many open files).
 
 ``inturn send``: 0 when the instance answered, 1 when it answered with an error, 69 when no
 instance runs (or it does not listen, or it ended before it answered), 75 when it did not
@@ -22,6 +25,7 @@ EXIT_USAGE = 2
 EXIT_CANNOT_RUN = 126  # the command exists but cannot be run (as shells say)
 EXIT_NOT_FOUND = 127  # the command was not found (as shells say)
 EXIT_NOT_RUNNING = 69  # inturn send: no instance took the message (EX_UNAVAILABLE)
+EXIT_UNAVAILABLE = 69  # a server backend is unavailable: try again later (EX_UNAVAILABLE)
 EXIT_CONFLICT = 75
 EXIT_LOST = 76
 EXIT_REPLACED = 77

@@ -77,7 +77,13 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
         "turn came (it never started)",
     ),
     ("77", "a later --newest-wins run replaced this one; its command never started"),
-    ("69", "inturn send: no instance runs or listens, or it ended before it answered"),
+    (
+        "69",
+        "a server backend is unavailable, try again later: it does not answer, is starting "
+        "or shutting down, or has no connection left (a waiter's too, once it lost its place "
+        "and could not join again for 60 s); inturn send: also no instance runs or listens, "
+        "or it ended before it answered",
+    ),
     ("126", "the command cannot be run (not executable, a folder; on Windows, not a program)"),
     ("127", "the command was not found (or the interpreter on its #! line)"),
     (
@@ -86,7 +92,11 @@ EXIT_CODES: tuple[tuple[str, str], ...] = (
         "another signal N); for SIGINT inturn dies of the signal",
     ),
     ("141", "whoever read the output stopped reading (inturn status | head -1)"),
-    ("2", "usage error, unusable setup or system error: one inturn: line says which"),
+    (
+        "2",
+        "usage error, unusable setup (a wrong password, a missing database or grant, a host "
+        "name that does not exist) or system error: one inturn: line says which",
+    ),
 )
 
 # (variable, meaning)

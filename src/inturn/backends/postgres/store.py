@@ -54,7 +54,7 @@ from psycopg import errors as pg_errors
 from psycopg import pq
 from psycopg.rows import dict_row
 
-from ...errors import BackendError, Cancelled, LostTurn, Replaced, Timeout
+from ...errors import BackendError, Cancelled, LostTurn, Replaced, ServerUnavailable, Timeout
 from ...forks import forget_after_fork
 from ...names import decode, encode
 from ...records import Ticket, warn, warn_once
@@ -144,6 +144,76 @@ def _deadlock(exc: BaseException) -> bool:
     return isinstance(exc, pg_errors.DeadlockDetected)
 
 
+# SQLSTATEs of a server that does not take this session now, though the same call may work
+# later: a shutdown or crash (57P01, 57P02), starting up or in recovery (57P03), no connection
+# slot left (53300, unless a role's or database's own limit: see ``_unavailable``), and the
+# connection exceptions (class 08).
+UNAVAILABLE_STATES = ("57P01", "57P02", "57P03", "53300", "08")
+
+# libpq's and the server's words (in English) for the same when no SQLSTATE comes with them,
+# as when a connection fails: nobody listens, the path is down or silent, the server ended
+# the connection, or it says it cannot take one now ("the database system is starting up",
+# "... is shutting down", "... is in recovery mode", "... is not yet accepting connections").
+UNAVAILABLE_WORDS = (
+    "Connection refused",
+    "timeout expired",
+    "timed out",
+    "No route to host",
+    "Network is unreachable",
+    "Host is unreachable",
+    "Connection reset",
+    "closed the connection unexpectedly",
+    "could not receive data from server",
+    "could not send data to server",
+    "consuming input failed",
+    "EOF detected",
+    "the connection is lost",
+    "the connection is closed",
+    "the database system is ",
+    "terminating connection due to administrator command",
+    "too many clients already",
+    "remaining connection slots are reserved",
+    "Resource temporarily unavailable",
+    "Temporary failure in name resolution",
+)
+
+# Words that name a setup to fix, which beat the above when libpq tried several hosts.
+SETUP_WORDS = (
+    "authentication failed",
+    "does not exist",
+    "no pg_hba.conf entry",
+    "certificate",
+    "permission denied",
+    "too many connections for role",
+    "too many connections for database",
+)
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the server is unavailable for now (``ServerUnavailable``, exit
+    69) rather than that the setup is wrong (a password, a missing database or role, a grant,
+    a host name that does not exist, TLS: ``BackendError``, exit 2).
+
+    A role's or database's own CONNECTION LIMIT counts as setup: it is a quota its owner
+    set for these callers alone (0 or below the sessions they run, every retry fails
+    alike), and the fix is to raise it or to run fewer at once. The server's
+    max_connections, shared with every other client, is the server's load of the moment."""
+    if not isinstance(exc, psycopg.OperationalError) or _deadlock(exc):
+        return False
+    text = str(exc)
+    if any(words in text for words in SETUP_WORDS):  # so too with several hosts in the URL
+        return False
+    resolved = re.search(r"failed to resolve host .*\[Errno (-?\d+)\]", text)
+    if resolved is not None:  # only "try again" from the resolver: a name that is not, is not
+        return int(resolved.group(1)) == getattr(socket, "EAI_AGAIN", None)
+    state = exc.sqlstate or ""
+    if state:
+        return state.startswith(UNAVAILABLE_STATES)
+    if re.search(r'on socket ".*" failed: No such file or directory', text):
+        return True  # a local socket whose server is not running
+    return any(words in text for words in UNAVAILABLE_WORDS)
+
+
 class _Translate:
     """Turns psycopg errors into one-line ``BackendError``s naming the fix."""
 
@@ -161,7 +231,8 @@ class _Translate:
                 "inturn README"
             )
         if isinstance(exc, psycopg.OperationalError) and not _deadlock(exc):
-            return BackendError(f"lost the connection to {b.where}: {_reason(exc, b.address)}")
+            kind = ServerUnavailable if _unavailable(exc) else BackendError
+            return kind(f"lost the connection to {b.where}: {_reason(exc, b.address)}")
         return BackendError(f"PostgreSQL at {b.where} failed: {_reason(exc, b.address)}")
 
 
@@ -224,7 +295,8 @@ class PostgresBackend(Backend):
             conninfo = libpq_conninfo.make_conninfo(address.conninfo, **connect_options(address))
             conn = self._connect_once_more(conninfo)
         except psycopg.OperationalError as exc:
-            raise BackendError(
+            kind = ServerUnavailable if _unavailable(exc) else BackendError
+            raise kind(
                 f"cannot connect to PostgreSQL at {self.where}: {_reason(exc, address)} "
                 f"({_connect_hint(exc)})"
             ) from None
@@ -921,7 +993,8 @@ class PostgresStore(LineStore):
                 last = exc
         if deadline is not None and limit == deadline:
             return False
-        raise BackendError(
+        away = isinstance(last, ServerUnavailable) or _unavailable(last)
+        raise (ServerUnavailable if away else BackendError)(
             f"lost the connection to {self.where} while waiting in line "
             f"{self.name!r} and could not reconnect for {RECONNECT_WINDOW:g}s: "
             f"{_reason(last, self.backend.address)}"

@@ -51,7 +51,15 @@ from redis import exceptions as rx
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
-from ...errors import BackendError, Cancelled, LostTurn, Replaced, Timeout, UsageError
+from ...errors import (
+    BackendError,
+    Cancelled,
+    LostTurn,
+    Replaced,
+    ServerUnavailable,
+    Timeout,
+    UsageError,
+)
 from ...names import decode, digest, encode
 from ...records import Ticket, warn, warn_once
 from ..base import (
@@ -164,8 +172,9 @@ def _translated(where: str, prefix: str, user: str) -> Iterator[None]:
         raise _backend_error(exc, where, prefix, user) from None
 
 
-class _Unreachable(BackendError):
-    """The server did not answer (down, restarting, loading its data, out of reach)."""
+class _Unreachable(ServerUnavailable):
+    """The server did not answer (down, restarting, loading its data, out of reach): a
+    waiter that lost its place tries to join again for ``REJOIN_WINDOW``."""
 
 
 class _PlaceLost(Exception):
@@ -191,14 +200,20 @@ def _backend_error(exc: rx.RedisError, where: str, prefix: str, user: str) -> Ba
             "authority that signed it in the URL (ssl_ca_certs=PATH), and connect by a host "
             "name the certificate lists"
         )
-    if "max number of clients" in str(exc):  # it runs, and refuses more: not an outage
-        return BackendError(
+    if "max number of clients" in str(exc):
+        # It runs, and refuses more for now: not an outage to wait out within a call, but
+        # a later call may find room (as PostgreSQL's max_connections).
+        return ServerUnavailable(
             f"Redis at {where} already serves as many clients as it may ({exc}): raise its "
             "maxclients, or run fewer at once (each waiter uses a connection of its own)"
         )
     if isinstance(exc, rx.ResponseError) and _busy(exc):
         # A script that runs too long keeps every other client waiting: an outage for now.
         return _Unreachable(f"Redis at {where} does not answer: {exc}")
+    if isinstance(exc, rx.ConnectionError) and _no_such_host(exc):
+        return BackendError(
+            f"cannot reach Redis at {where} ({exc}): no such host; correct its name in the URL"
+        )
     if isinstance(exc, (rx.ConnectionError, rx.TimeoutError)):
         # A server at its maxclients may close a new connection before its refusal is read.
         room = " (and has room for more clients: maxclients)" if _cut_short(exc) else ""
@@ -231,6 +246,18 @@ def _backend_error(exc: rx.RedisError, where: str, prefix: str, user: str) -> Ba
             )
         return BackendError(f"Redis at {where} refused a command: {text}")
     return BackendError(f"Redis at {where} failed: {exc}")
+
+
+def _no_such_host(exc: BaseException) -> bool:
+    """Whether the resolver answered that the server's host name does not exist (a typo, not
+    an outage: a resolver out of reach says to try again, ``EAI_AGAIN``)."""
+    missing = {getattr(socket, name, None) for name in ("EAI_NONAME", "EAI_NODATA")} - {None}
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, socket.gaierror):
+            return cause.errno in missing
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _busy(exc: rx.RedisError) -> bool:
@@ -585,9 +612,10 @@ class RedisStore(LineStore):
         Nothing of the old place is kept: it waits for everyone now ahead, and the lock delay
         from now, since it cannot know how the turns ahead ended meanwhile. A ``newest_wins``
         ticket yields to a newer one that came meanwhile, as it would have in its place. Gives
-        up with ``Timeout`` at the owner's timeout (``give_up_at``), and with ``BackendError``
-        once the server has not answered for ``REJOIN_WINDOW`` seconds: a server out of reach,
-        as for a PostgreSQL waiter, not a lost turn, since this one never held it.
+        up with ``Timeout`` at the owner's timeout (``give_up_at``), and with
+        ``ServerUnavailable`` once the server has not answered for ``REJOIN_WINDOW`` seconds:
+        a server out of reach, as for a PostgreSQL waiter, not a lost turn, since this one
+        never held it.
         """
         why = self._lost_place(member)
         self.backend.keeper.remove(member)
@@ -613,7 +641,7 @@ class RedisStore(LineStore):
                     raise Timeout(f"{gave_up} ({why}; {exc})") from None
                 if now + wait > start + REJOIN_WINDOW:
                     again = f"could not join again within {REJOIN_WINDOW:g}s"
-                    raise BackendError(f"{why}; {again}: {exc}") from None
+                    raise ServerUnavailable(f"{why}; {again}: {exc}") from None
             sleep_or_cancel(wait, cancel, self.name)
         earlier = member.number
         self.backend.keeper.move(member, fresh)
@@ -753,7 +781,7 @@ class RedisStore(LineStore):
             return self._through_outages(member, cancel, wait_once, self.backend.lease)
         except _Unreachable as exc:
             if member is not None and member.lost and not member.holding:  # the clearer story
-                raise BackendError(f"{self._lost_place(member)}: {exc}") from None
+                raise ServerUnavailable(f"{self._lost_place(member)}: {exc}") from None
             raise
 
     def _wait(
