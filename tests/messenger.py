@@ -60,7 +60,14 @@ def main() -> int:
     parser.add_argument("--stay", action="store_true")
     parser.add_argument("--chdir", help="work in this folder (hex-encoded UTF-8)")
     parser.add_argument("--starve", action="store_true", help="use up the open files until feed")
+    parser.add_argument(
+        "--sigpipe-default", action="store_true", help="SIGPIPE kills, as in many tools"
+    )
     args = parser.parse_args()
+    if args.sigpipe_default:
+        import signal
+
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     scope = "machine" if args.machine else "user"
     if args.mode == "hold":
         return hold(args.name, args.channel or "", scope)

@@ -399,6 +399,20 @@ def test_a_hung_handler_makes_the_sender_time_out_with_a_clear_message(app):
     assert inturn.send("hung")["n"] == 3
 
 
+def test_a_sender_that_gave_up_does_not_kill_an_instance_where_sigpipe_kills(app):
+    # Many programs restore SIGPIPE's default action (it kills): the reply to a sender that
+    # stopped waiting must fail quietly, not end the instance.
+    first = app.first("sigpipe", "--hold-first", "--sigpipe-default", "--reply", "count")
+    sender = app.tool("send", "--timeout", "1", "sigpipe", "--", "x")
+    first.expect("message")
+    assert sender.wait() == 75
+    first.tell("go")  # the reply goes to a closed connection
+    first.tell("release")  # waits until that reply has gone out (or failed)
+    first.expect("released")
+    first.tell("exit")
+    assert first.wait() == 0
+
+
 def test_a_stopped_instance_makes_the_sender_time_out_and_answers_once_continued(app):
     first = app.first("stopped", "--reply", "count")
     os.kill(first.pid, signal.SIGSTOP)  # hung as a whole: it takes nothing at all

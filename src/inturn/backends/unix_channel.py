@@ -70,6 +70,11 @@ _SOL_LOCAL = 0
 _LOCAL_PEERCRED = 1
 _LOCAL_PEERPID = 2
 _XUCRED = "=IIh2x16I"
+# A write to a connection the other side has closed must fail with EPIPE, never raise SIGPIPE:
+# a program that restored its default action (as command-line tools often do) would be killed
+# by any sender that gives up waiting. Linux and FreeBSD take MSG_NOSIGNAL on each send,
+# macOS SO_NOSIGPIPE on the socket (sys/socket.h).
+_SO_NOSIGPIPE = 0x1022
 
 
 def channel_name() -> str:
@@ -198,15 +203,20 @@ def peer_of(sock: socket.socket) -> Peer:
 
 class UnixConnection(Connection):
     def __init__(self, sock: socket.socket, peer: Peer) -> None:
+        import socket
+
         self.sock = sock
         self.peer = peer
+        self._flags: int = getattr(socket, "MSG_NOSIGNAL", 0)
+        if sys.platform == "darwin":
+            sock.setsockopt(socket.SOL_SOCKET, _SO_NOSIGPIPE, 1)
 
     def send(self, data: bytes, deadline: float) -> None:
         view = memoryview(data)
         while view:
             self.sock.settimeout(_left(deadline))
             try:
-                sent = self.sock.send(view[:_CHUNK])
+                sent = self.sock.send(view[:_CHUNK], self._flags)
             except TimeoutError:
                 raise TimeoutError("the other side does not read") from None
             view = view[sent:]
