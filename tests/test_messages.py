@@ -258,6 +258,17 @@ def test_inturn_send_prints_the_reply_as_json_with_exit_code_0(app):
     }
 
 
+@pytest.mark.parametrize(
+    "arguments", [["--data", "x"], ["-v"], ["--timeout", "1"], ["--", "x"], ["--"]]
+)
+def test_inturn_send_passes_on_whatever_comes_after_the_double_dash(app, arguments):
+    first = app.first("dashes", "--reply", "echo")
+    sender = app.tool("send", "dashes", "--", *arguments)
+    assert sender.wait() == 0, sender.stderr()
+    first.expect("message")
+    assert json.loads("".join(_rest(sender)))["argv"] == ["dashes", *arguments]
+
+
 def _rest(process: Process) -> list[str]:
     rows = []
     while line := process.out.get(timeout=REPORT_TIMEOUT):

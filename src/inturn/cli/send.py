@@ -68,7 +68,15 @@ def _positive_seconds(text: str) -> float:
 def send(args: argparse.Namespace) -> int:
     usage: argparse.ArgumentParser = args.send_parser
     arguments = list(args.arguments)
-    if arguments and arguments[0] == "--":
+    # As typed: whether the parser dropped a -- before the arguments (Python versions differ).
+    # After a --, every word is the instance's, even one spelt like an option of send's.
+    words = getattr(args, "words", [])
+    separated = (
+        bool(arguments) and len(words) > len(arguments) and words[-len(arguments) - 1] == "--"
+    )
+    if separated:
+        pass
+    elif arguments and arguments[0] == "--":
         arguments = arguments[1:]
     elif arguments and arguments[0] in usage._option_string_actions:
         usage.error(
