@@ -802,6 +802,14 @@ def test_a_machine_wide_line_takes_other_users_only_with_accept_from(shared):
     first.tell("release")
     first.expect("released")
 
+    # A POSIX user name is compared as it is: another case names another account.
+    first = shared.first(alice, "team", "--reply", "echo", "--accept-from", mallory.name.upper())
+    sender = shared.run(mallory, *mallory.inturn("send", "--machine", "team", "--", "hi"))
+    assert sender.wait() == 1
+    assert "may not send (not in its accept_from)" in sender.stderr()
+    first.tell("release")
+    first.expect("released")
+
     # Named in accept_from: her message arrives, with who she really is.
     first = shared.first(alice, "team", "--reply", "echo", "--accept-from", mallory.name)
     liar = {"user": alice.name, "pid": 1}

@@ -36,6 +36,7 @@ import json
 import os
 import queue
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -195,7 +196,7 @@ class Acceptance:
             if not isinstance(name, str) or not name:
                 raise UsageError(f"accept_from must be user names or '*'; {name!r} is not one")
         self.anyone = ANYONE in names
-        self.names = frozenset(name.casefold() for name in names)
+        self.names = frozenset(_fold(name) for name in names)
 
     @property
     def others(self) -> bool:
@@ -206,7 +207,7 @@ class Acceptance:
         """Why ``peer`` may not send (None if it may)."""
         if peer.same_user or self.anyone:
             return None
-        known = {peer.user.casefold(), peer.user.rpartition("\\")[2].casefold()}
+        known = {_fold(peer.user), _fold(peer.user.rpartition("\\")[2])}
         known |= {str(peer.uid)} if peer.uid is not None else set()
         known |= {peer.sid.casefold()} if peer.sid is not None else set()
         if self.names & known:
@@ -214,6 +215,12 @@ class Acceptance:
         if self.scope != "machine":
             return f"user {peer.user} may not send: a per-user line takes its own user only"
         return f"user {peer.user} may not send (not in its accept_from)"
+
+
+def _fold(name: str) -> str:
+    """A user name as compared: Windows ignores case in them, POSIX does not (``alice`` and
+    ``Alice`` can be two accounts)."""
+    return name.casefold() if sys.platform == "win32" else name
 
 
 def describe(peer: Peer) -> str:
