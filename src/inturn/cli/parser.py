@@ -138,6 +138,14 @@ def build_parser(words: Sequence[str] = ()) -> argparse.ArgumentParser:
     return parser
 
 
+def after_double_dash(args: argparse.Namespace, trailing: Sequence[str]) -> bool:
+    """Whether ``trailing`` (a command, or a message's arguments) came after a ``--`` as
+    typed: some Python versions drop that ``--`` from what the parser keeps, and after it
+    every word is the command's own, even one spelt like one of inturn's options."""
+    words = getattr(args, "words", [])
+    return bool(trailing) and len(words) > len(trailing) and words[-len(trailing) - 1] == "--"
+
+
 def add_where(sub: argparse.ArgumentParser) -> None:
     """The options that say where the lines are."""
     sub.add_argument(

@@ -12,7 +12,7 @@ from ..line import Line, Turn
 from ..records import Progress, escape_controls, same_pids, shell_words, warn
 from .exits import EXIT_CANNOT_RUN, EXIT_LOST, EXIT_NOT_FOUND, EXIT_REPLACED, interrupted
 from .output import say, system_error
-from .parser import DEFAULT_GRACE_SECONDS, line_from
+from .parser import DEFAULT_GRACE_SECONDS, after_double_dash, line_from
 from .signals import RunSignals
 
 
@@ -51,8 +51,7 @@ def _command(usage: argparse.ArgumentParser, args: argparse.Namespace) -> list[s
     command = list(args.command)
     if command and command[0] == "--":  # kept by some Python versions, dropped by others
         command = command[1:]
-    words = getattr(args, "words", [])  # as typed: after --, a word is the command's own
-    separated = len(words) > len(command) and words[-len(command) - 1] == "--"
+    separated = after_double_dash(args, command)
     if args.command_string is not None:
         if command:
             usage.error("give either -c 'COMMAND STRING' or -- COMMAND [ARG ...], not both")

@@ -17,7 +17,7 @@ from ..line import DEFAULT_TIMEOUT
 from ..line import send as send_message
 from .exits import EXIT_CONFLICT, EXIT_FAILED, EXIT_NOT_RUNNING
 from .output import emit, json_text, say
-from .parser import Commands, Parser, _seconds, add_where, where_from
+from .parser import Commands, Parser, _seconds, add_where, after_double_dash, where_from
 
 
 def add_parser(commands: Commands[Parser]) -> argparse.ArgumentParser:
@@ -68,14 +68,8 @@ def _positive_seconds(text: str) -> float:
 def send(args: argparse.Namespace) -> int:
     usage: argparse.ArgumentParser = args.send_parser
     arguments = list(args.arguments)
-    # As typed: whether the parser dropped a -- before the arguments (Python versions differ).
-    # After a --, every word is the instance's, even one spelt like an option of send's.
-    words = getattr(args, "words", [])
-    separated = (
-        bool(arguments) and len(words) > len(arguments) and words[-len(arguments) - 1] == "--"
-    )
-    if separated:
-        pass
+    if after_double_dash(args, arguments):
+        pass  # every word is the instance's, even a -- or one spelt like send's options
     elif arguments and arguments[0] == "--":
         arguments = arguments[1:]
     elif arguments and arguments[0] in usage._option_string_actions:
