@@ -534,6 +534,35 @@ def test_in_a_pipeline_the_pager_keeps_the_terminal_and_inturn_passes_keys_on(
     assert inturn.Line("pipe").status().holders == ()
 
 
+@pytest.mark.parametrize("tostop", [False, True])
+def test_at_the_end_of_a_pipeline_the_command_gets_the_terminal_when_it_uses_it(
+    lines_dir, shell, tostop
+):
+    """``... | inturn run -- less``: the command is not in the job's process group, which
+    keeps the terminal; when it reads it (or writes to it under ``stty tostop``) it must be
+    given it, not stopped at every ``fg`` for ever. Ctrl-Z then stops the whole pipeline,
+    so that the shell sees the job stopped, and ``fg`` lets the command read on."""
+    if tostop:
+        shell.run("stty tostop")
+    command = "head -n 1; read a < /dev/tty; echo typed-$a"
+    shell.type(f"yes piped | {inturn_line('pipe-in', 'sh', '-c', command)}\n")
+    shell.expect(b"piped\r\n")  # written by the command
+    until(lambda: os.tcgetpgrp(shell.fd) != os.getpgid(shell.pid), "the job has the terminal")
+    until(lambda: len(inturn.Line("pipe-in").status().holders) == 1, "the command holds")
+    holder = inturn.Line("pipe-in").status().holders[0].pid
+    assert holder is not None
+    until(lambda: os.tcgetpgrp(shell.fd) == holder, "the command reading the terminal")
+    shell.type("\x1a")  # Ctrl-Z: to the command alone, which has the terminal
+    shell.expect(b"Stopped")  # the whole job: yes, inturn and the command
+    shell.expect(shell.PROMPT)
+    shell.type("fg\n")
+    shell.type("hello\n")
+    shell.expect(b"typed-hello\r\n")
+    shell.expect(shell.PROMPT)
+    assert b"rc=0" in shell.run("echo rc=$?")
+    assert inturn.Line("pipe-in").status().holders == ()
+
+
 # --------------------------------------------------------------------------- orphans and lost turns
 
 

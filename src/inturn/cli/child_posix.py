@@ -401,7 +401,9 @@ class _Supervision:
 
     def _hand_terminal_over(self) -> None:
         terminal = self.terminal
-        if terminal is not None and self.code is None and terminal.foreground() == os.getpgrp():
+        if terminal is None or terminal.shared or self.code is not None:
+            return
+        if terminal.foreground() == os.getpgrp():
             terminal.give(self.group)
 
     def _follow_stop(self, signum: int) -> None:
@@ -412,7 +414,9 @@ class _Supervision:
         if terminal is not None and tty_io and foreground in (self.group, os.getpgrp()):
             # It touched the terminal before it was handed the foreground (it was started
             # just before), or while inturn was in the background and has since been
-            # brought back: give it the terminal now and let it go on.
+            # brought back, or at the end of a pipeline (``... | inturn run -- less``, or
+            # any output with ``stty tostop``), where the job's group keeps the terminal
+            # until the command needs it: give it the terminal now and let it go on.
             terminal.give(self.group)
             self._continue_group()
             return
@@ -421,7 +425,9 @@ class _Supervision:
             return  # stopped on purpose by someone (SIGSTOP): not a stop of the job
         if terminal is not None:
             terminal.take_back(self.group)
-        _stop_self(signum)
+        # In a pipeline the others share inturn's group: they stop with it, or the shell,
+        # which sees a job stopped only once all of it is, would go on waiting for it.
+        _stop_self(signum, whole_group=terminal is not None and terminal.shared)
         # Running again: ``fg`` (the terminal is ours again), ``bg`` (it is not), or the stop
         # was discarded because nobody can continue this job (an orphaned process group).
         self._hand_terminal_over()
@@ -506,14 +512,19 @@ def _wake_only(signum: int, frame: FrameType | None) -> None:
     """A Python handler, so that the signal writes to the wakeup pipe; nothing else to do."""
 
 
-def _stop_self(signum: int) -> None:
-    """Stop inturn as the command was stopped, so that the shell sees the whole job stop."""
+def _stop_self(signum: int, whole_group: bool = False) -> None:
+    """Stop inturn as the command was stopped, so that the shell sees the whole job stop;
+    with ``whole_group``, the rest of inturn's process group too (a pipeline's others)."""
     if signum == signal.SIGSTOP:
         os.kill(os.getpid(), signal.SIGSTOP)
         return
     previous = signal.signal(signum, signal.SIG_DFL)
     try:
-        os.kill(os.getpid(), signum)  # delivered, and so stopping us, before kill returns
+        # Delivered, and so stopping us, before the call returns.
+        if whole_group:
+            os.killpg(os.getpgrp(), signum)  # inturn among them
+        else:
+            os.kill(os.getpid(), signum)
     finally:
         signal.signal(signum, previous)
 
@@ -521,16 +532,19 @@ def _stop_self(signum: int) -> None:
 class Terminal:
     """inturn's controlling terminal, when the command may be given its foreground."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, shared: bool = False) -> None:
         self.fd = fd
+        self.shared = shared  # with the other members of a pipeline, in inturn's group
 
     @staticmethod
     def find() -> Terminal | None:
-        """The terminal on stdin, stderr or stdout, unless inturn is part of a pipeline.
+        """The terminal on stdin, stderr or stdout, ``shared`` when inturn is part of a
+        pipeline.
 
         In ``inturn run ... | less`` the shell puts inturn and the pager in one process
         group: giving the terminal to the command would take it from the pager. Then the
-        command stays in the background and inturn passes on what the terminal sends it.
+        command stays in the background and inturn passes on what the terminal sends it;
+        only a command that reads or writes the terminal is given it (see ``_follow_stop``).
         """
         found = None
         for fd in (0, 2, 1):
@@ -540,15 +554,16 @@ class Terminal:
                     break
         if found is None:
             return None
+        shared = False
         for fd in (0, 1):
             with suppress(OSError):
                 if stat.S_ISFIFO(os.fstat(fd).st_mode):
-                    return None
+                    shared = True
         try:
             os.tcgetpgrp(found)  # fails unless it is our controlling terminal
         except OSError:
             return None
-        return Terminal(found)
+        return Terminal(found, shared)
 
     def foreground(self) -> int | None:
         try:
