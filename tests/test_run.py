@@ -563,6 +563,21 @@ def test_at_the_end_of_a_pipeline_the_command_gets_the_terminal_when_it_uses_it(
     assert inturn.Line("pipe-in").status().holders == ()
 
 
+def test_with_every_stream_redirected_the_command_still_gets_the_terminal(lines_dir, shell):
+    """``inturn run -- sudo ... < /dev/null > log 2>&1``: no standard stream is the
+    terminal, but the command may still read it (``/dev/tty``). inturn found no terminal,
+    so the command was stopped by SIGTTIN, and at every ``fg`` again."""
+    command = "read a < /dev/tty; echo typed-$a > /dev/tty"
+    shell.type(f"{inturn_line('no-streams', 'sh', '-c', command)} < /dev/null > /dev/null 2>&1\n")
+    until(lambda: len(inturn.Line("no-streams").status().holders) == 1, "the command holds")
+    holder = inturn.Line("no-streams").status().holders[0].pid
+    until(lambda: os.tcgetpgrp(shell.fd) == holder, "the command has the terminal")
+    shell.type("hello\n")
+    shell.expect(b"typed-hello\r\n")
+    shell.expect(shell.PROMPT)
+    assert b"rc=0" in shell.run("echo rc=$?")
+
+
 # --------------------------------------------------------------------------- orphans and lost turns
 
 

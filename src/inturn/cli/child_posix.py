@@ -287,8 +287,10 @@ class _Supervision:
 
     def close(self) -> None:
         self.signals.target = None
-        if self.terminal is not None and self.group:
-            self.terminal.take_back(self.group)
+        if self.terminal is not None:
+            if self.group:
+                self.terminal.take_back(self.group)
+            self.terminal.close()
         if self.sentinel is not None:
             running = self.child is not None and self.code is None
             if running:  # an error in here: the command must not run on outside its turn
@@ -532,14 +534,20 @@ def _stop_self(signum: int, whole_group: bool = False) -> None:
 class Terminal:
     """inturn's controlling terminal, when the command may be given its foreground."""
 
-    def __init__(self, fd: int, shared: bool = False) -> None:
+    def __init__(self, fd: int, shared: bool = False, owned: bool = False) -> None:
         self.fd = fd
         self.shared = shared  # with the other members of a pipeline, in inturn's group
+        self.owned = owned  # ``fd`` was opened for this (``/dev/tty``), and is closed after
+
+    def close(self) -> None:
+        if self.owned and self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     @staticmethod
     def find() -> Terminal | None:
-        """The terminal on stdin, stderr or stdout, ``shared`` when inturn is part of a
-        pipeline.
+        """The terminal on stdin, stderr or stdout (or else the controlling terminal),
+        ``shared`` when inturn is part of a pipeline.
 
         In ``inturn run ... | less`` the shell puts inturn and the pager in one process
         group: giving the terminal to the command would take it from the pager. Then the
@@ -552,8 +560,14 @@ class Terminal:
                 if os.isatty(fd):
                     found = fd
                     break
+        owned = found is None
         if found is None:
-            return None
+            # Every standard stream redirected (``< /dev/null > log 2>&1``, ``nohup``): the
+            # command may still use the controlling terminal (``sudo`` asking a password).
+            try:
+                found = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+            except OSError:  # none (cron, CI, ``setsid``)
+                return None
         shared = False
         for fd in (0, 1):
             with suppress(OSError):
@@ -562,8 +576,10 @@ class Terminal:
         try:
             os.tcgetpgrp(found)  # fails unless it is our controlling terminal
         except OSError:
+            if owned:
+                os.close(found)
             return None
-        return Terminal(found, shared)
+        return Terminal(found, shared, owned)
 
     def foreground(self) -> int | None:
         try:
