@@ -284,18 +284,21 @@ class Bouncer:
                 + (f"default_pool_size = {pool_size}\n" if pool_size else "")
                 + f"logfile = {self.home}/log\npidfile = {self.home}/pid\n"
             )
+        # Its log goes to stderr as well as to the log file: a file, since a pipe nobody
+        # reads fills up after a few hundred connections and then stops PgBouncer in a write.
+        self.errors = open(os.path.join(self.home, "stderr"), "w+b")  # noqa: SIM115 - closed in stop
         self.proc = subprocess.Popen(
             [binary, config],
             preexec_fn=become(self.owner),
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=self.errors,
             cwd=self.home,
         )
         self.url = f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
         for _ in range(200):  # until it accepts connections, or has died saying why
             if self.proc.poll() is not None:
-                assert self.proc.stderr is not None
-                raise RuntimeError(f"pgbouncer failed: {self.proc.stderr.read().decode()}")
+                self.errors.seek(0)
+                raise RuntimeError(f"pgbouncer failed: {self.errors.read().decode()}")
             with (
                 contextlib.suppress(OSError),
                 socket.create_connection(("127.0.0.1", self.port), timeout=1),
@@ -311,4 +314,5 @@ class Bouncer:
             self.proc.wait(10)
         if self.proc.poll() is None:
             self.proc.kill()
+        self.errors.close()
         shutil.rmtree(self.home, ignore_errors=True)

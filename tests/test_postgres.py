@@ -625,6 +625,16 @@ def bouncer(pg_server: str, request: pytest.FixtureRequest) -> Iterator[Bouncer]
     made.stop()
 
 
+@pytest.mark.parametrize("bouncer", ["session"], indirect=True)
+def test_the_pgbouncer_of_the_tests_serves_many_connections(bouncer):
+    """PgBouncer logs every connection to stderr too: the fixture must not let that output
+    fill a pipe nobody reads, which stops PgBouncer after a few hundred connections (a long
+    test, or a stress run through the fixture, then hangs at its next connect)."""
+    for _ in range(600):
+        with psycopg.connect(bouncer.url, connect_timeout=5) as conn:
+            conn.execute("SELECT 1")
+
+
 @pytest.mark.parametrize("bouncer", ["transaction"], indirect=True)
 def test_a_pooler_in_transaction_mode_is_refused_with_one_clear_line(bouncer, schema):
     result = run_cli("run", "--backend", with_schema(bouncer.url, schema), "pooled", "--", "true")
