@@ -489,6 +489,36 @@ def test_ctrl_c_stops_the_script_that_runs_inturn(lines_dir, workers, tmp_path, 
     assert status.waiters == () and (when == "waiting" or status.holders == ()), status
 
 
+@pytest.mark.parametrize("streams", ["terminal", "redirected"])
+def test_ctrl_z_stops_the_script_that_runs_inturn(lines_dir, tmp_path, shell, streams):
+    """A script's ``inturn run`` whose command has the terminal: Ctrl-Z reaches the command
+    alone, and inturn must stop its whole group (the script too), as the Ctrl-Z would have
+    without the handover. Stopping only itself left the script running: bash, which waits
+    for the script, saw nothing stop, and the terminal sat with the script until a second
+    Ctrl-Z. With every stream redirected (the terminal found as ``/dev/tty``), one Ctrl-Z
+    used to stop the script before the command was handed the terminal."""
+    command = "echo started $$ > /dev/tty; read a < /dev/tty; echo typed-$a > /dev/tty"
+    run = inturn_line("ctrl-z", "sh", "-c", command)
+    if streams == "redirected":
+        run += " < /dev/null > /dev/null 2>&1"
+    job = tmp_path / "job.sh"
+    job.write_text(f"{run}; echo rc=$?\n")
+    shell.type(f"bash {shlex.quote(str(job))}\n")
+    shell.expect(b"started ")
+    pid = int(shell.expect(b"\r\n").strip())
+    until(lambda: os.tcgetpgrp(shell.fd) == pid, "the command in the foreground")
+    shell.type("\x1a")  # Ctrl-Z: to the command alone
+    shell.expect(b"Stopped")  # once: the script with it
+    shell.expect(shell.PROMPT)
+    shell.type("fg\n")
+    until(lambda: os.tcgetpgrp(shell.fd) == pid, "the command in the foreground again")
+    shell.type("hello\n")
+    shell.expect(b"typed-hello\r\n")
+    shown = shell.expect(shell.PROMPT)
+    assert b"rc=0" in shown, shown
+    assert inturn.Line("ctrl-z").status().holders == ()
+
+
 def test_a_command_that_sets_the_terminal_at_once_is_never_left_stopped(lines_dir, shell):
     """It may touch the terminal before inturn hands it the foreground: it is stopped by
     SIGTTOU for a moment, and must be continued, not left stopped forever."""

@@ -10,7 +10,8 @@ signal never kills inturn while the command runs:
   started and a lost turn can stop all of it. When inturn is in the foreground of its
   terminal, the terminal's foreground goes to that group while the command runs, as a shell
   does for a job: Ctrl-C reaches the command once, and a stop of the command (Ctrl-Z) is
-  mirrored on inturn, so that the shell sees the job stopped; ``fg`` continues both.
+  mirrored on inturn's own group (inturn, and a script that runs it), so that the shell sees
+  the job stopped; ``fg`` continues both.
 * Whatever the command leaves running that kept its descriptors holds the turn with it: the
   command inherits a pipe besides the turn (``Leftovers``), and inturn gives the turn back
   only once every copy of it is closed, as on Windows, where the command's job must be empty.
@@ -427,9 +428,11 @@ class _Supervision:
             return  # stopped on purpose by someone (SIGSTOP): not a stop of the job
         if terminal is not None:
             terminal.take_back(self.group)
-        # In a pipeline the others share inturn's group: they stop with it, or the shell,
-        # which sees a job stopped only once all of it is, would go on waiting for it.
-        _stop_self(signum, whole_group=terminal is not None and terminal.shared)
+        # The rest of inturn's group stops with it, as it would have at the terminal had the
+        # command been one of them: a pipeline's others, or the script or make that runs
+        # inturn. Else the shell, which sees a job stopped only once its process (or all of
+        # a pipeline) is, would go on waiting for it, holding the terminal.
+        _stop_self(signum, whole_group=terminal is not None)
         # Running again: ``fg`` (the terminal is ours again), ``bg`` (it is not), or the stop
         # was discarded because nobody can continue this job (an orphaned process group).
         self._hand_terminal_over()
@@ -516,7 +519,8 @@ def _wake_only(signum: int, frame: FrameType | None) -> None:
 
 def _stop_self(signum: int, whole_group: bool = False) -> None:
     """Stop inturn as the command was stopped, so that the shell sees the whole job stop;
-    with ``whole_group``, the rest of inturn's process group too (a pipeline's others)."""
+    with ``whole_group``, the rest of inturn's process group too (a pipeline's others, the
+    script that runs inturn)."""
     if signum == signal.SIGSTOP:
         os.kill(os.getpid(), signal.SIGSTOP)
         return
