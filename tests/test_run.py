@@ -608,6 +608,33 @@ def test_with_every_stream_redirected_the_command_still_gets_the_terminal(lines_
     assert b"rc=0" in shell.run("echo rc=$?")
 
 
+def test_with_every_stream_redirected_the_script_keeps_the_terminal_if_inturn_dies(
+    lines_dir, tmp_path, shell
+):
+    """``inturn run -- cmd < /dev/null > log 2>&1`` in a script: the command, which most
+    likely never uses the terminal, is handed it only once it does. Handed it as it started,
+    a SIGKILL of inturn left it with the command's group: nobody gave it back to the script,
+    whose next read of the terminal stopped it, and what was typed went to the shell."""
+    command = "echo started $$ > /dev/tty; exec sleep 60"
+    run = inturn_line("no-streams-kill", "sh", "-c", command) + " < /dev/null > /dev/null 2>&1"
+    job = tmp_path / "job.sh"
+    job.write_text(f"{run}; echo rc=$?; read -r answer; echo got-$answer\n")
+    shell.type(f"bash {shlex.quote(str(job))}\n")
+    shell.expect(b"started ")
+    pid = int(shell.expect(b"\r\n").strip())
+    until(lambda: len(inturn.Line("no-streams-kill").status().holders) == 1, "the command holds")
+    with open(f"/proc/{pid}/stat") as info:
+        inturn_pid = int(info.read().rsplit(")", 1)[1].split()[1])
+    os.kill(inturn_pid, signal.SIGKILL)
+    shell.expect(b"rc=137\r\n")
+    shell.type("bob\n")
+    shown = shell.expect(b"got-")
+    assert b"Stopped" not in shown, shown
+    assert shell.expect(b"\r\n") == b"bob\r\n"
+    shell.expect(shell.PROMPT)
+    os.kill(pid, signal.SIGKILL)
+
+
 # --------------------------------------------------------------------------- orphans and lost turns
 
 

@@ -404,7 +404,7 @@ class _Supervision:
 
     def _hand_terminal_over(self) -> None:
         terminal = self.terminal
-        if terminal is None or terminal.shared or self.code is not None:
+        if terminal is None or terminal.on_demand or self.code is not None:
             return
         if terminal.foreground() == os.getpgrp():
             terminal.give(self.group)
@@ -542,6 +542,12 @@ class Terminal:
         self.fd = fd
         self.shared = shared  # with the other members of a pipeline, in inturn's group
         self.owned = owned  # ``fd`` was opened for this (``/dev/tty``), and is closed after
+        # Given to the command only once it reads or writes it (see ``_follow_stop``), not as
+        # it starts: in a pipeline, the others keep it; with every stream redirected, the
+        # command most likely never uses it, and a script that runs inturn keeps it (were
+        # inturn killed, nobody would give the foreground back to the script, whose next
+        # read of the terminal would stop it).
+        self.on_demand = shared or owned
 
     def close(self) -> None:
         if self.owned and self.fd >= 0:
@@ -557,6 +563,7 @@ class Terminal:
         group: giving the terminal to the command would take it from the pager. Then the
         command stays in the background and inturn passes on what the terminal sends it;
         only a command that reads or writes the terminal is given it (see ``_follow_stop``).
+        So too for ``/dev/tty``, found when no standard stream is a terminal.
         """
         found = None
         for fd in (0, 2, 1):
