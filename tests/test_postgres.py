@@ -608,6 +608,14 @@ def test_the_password_is_never_shown(pg_server, schema):
     assert secret not in result.stdout + result.stderr + text.stdout + text.stderr
 
 
+def test_a_short_password_is_masked_whole_not_inside_the_servers_words(pg_server):
+    """The password ``x`` hides itself, not every x of the message ("does not e***ist")."""
+    nobody = url_for(pg_server, user="inturn_no_such_role").replace("@", ":x@", 1)
+    result = run_cli("status", "--backend", nobody)
+    line = one_line_error(result, 'role "inturn_no_such_role" does not exist')
+    assert "***" not in line
+
+
 # --------------------------------------------------------------------------- waiting
 
 

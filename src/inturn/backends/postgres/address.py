@@ -58,10 +58,7 @@ class Address:
 
     def scrub(self, text: str) -> str:
         """``text`` without any password it might quote."""
-        for secret in self.secrets:
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+        return _scrubbed(text, self.secrets)
 
 
 def parse(url: str) -> Address:
@@ -163,6 +160,11 @@ def _secrets(url: str) -> tuple[str, ...]:
 
 
 def _scrubbed(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with each of ``secrets`` masked where it stands whole (not inside a word or a
+    number): a short password must not turn the server's "does not exist" into "does not
+    e***ist" when it is ``x``."""
     for secret in secrets:
-        text = text.replace(secret, "***")
+        if secret:
+            whole = rf"(?<![^\W_]){re.escape(secret)}(?![^\W_])"
+            text = re.sub(whole, "***", text)
     return text
