@@ -575,8 +575,11 @@ class Terminal:
         if found is None:
             # Every standard stream redirected (``< /dev/null > log 2>&1``, ``nohup``): the
             # command may still use the controlling terminal (``sudo`` asking a password).
+            # Only asked whose foreground it is: never read, so O_NONBLOCK, which also keeps
+            # the open from waiting for a serial line's carrier.
+            flags = os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK
             try:
-                found = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+                found = os.open("/dev/tty", flags)
             except OSError:  # none (cron, CI, ``setsid``)
                 return None
         shared = False
