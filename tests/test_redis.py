@@ -929,6 +929,26 @@ def test_a_server_with_no_room_for_more_clients_is_named_as_such(tmp_path):
         server.stop()
 
 
+def test_forget_unused_stops_when_the_server_becomes_unavailable(tmp_path):
+    """A server that stops answering part way through is not "a line left as it is": the
+    caller is told it is unavailable (exit 69 for ``inturn forget``), not given a warning per
+    line and a short list, as if those lines were in use."""
+    server = RedisServer(tmp_path / "paused")
+    admin: Any = __import__("redis").Redis.from_url(server.url)
+    url = server.url + "?lease=1"  # reads and writes give up after 5 s
+    try:
+        for name in ("a", "b"):
+            with inturn.turn(name, backend=url):
+                pass
+        admin.execute_command("CLIENT", "PAUSE", "60000", "WRITE")  # the lines are still read
+        with pytest.raises(inturn.ServerUnavailable):
+            inturn.forget_unused(backend=url)
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+        admin.close()
+        server.stop()
+
+
 def test_a_server_out_of_memory_is_named_as_such(tmp_path):
     """With ``noeviction`` (the policy inturn asks for), a full server refuses writes: one
     line says it is out of memory and what to do, not the server's words about a script."""

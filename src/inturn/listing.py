@@ -11,7 +11,7 @@ import os
 
 from .backends import check_backend, open_backend
 from .backends.base import Backend, check_scope
-from .errors import BackendError, UsageError
+from .errors import BackendError, ServerUnavailable, UsageError
 from .line import Line
 from .records import LineStatus, warn
 
@@ -41,7 +41,8 @@ def forget_unused(
 ) -> list[str]:
     """Forget (``Line.forget``) every line of one place that nobody holds or waits in, and
     return their names. A line that cannot be forgotten (a machine-wide line with another
-    user's files in it) is left as it is, with an ``InturnWarning``, and the rest go on.
+    user's files in it) is left as it is, with an ``InturnWarning``, and the rest go on; a
+    server that stops answering raises ``ServerUnavailable``, as none of the rest could go.
     The lines are found by a look, as ``lines`` finds them: where there are none, nothing is
     created (no folder, no schema)."""
     looked = _open(scope, directory, backend, create=False)
@@ -60,6 +61,8 @@ def forget_unused(
             try:
                 if line.forget():
                     forgotten.append(name)
+            except ServerUnavailable:
+                raise  # not this line's doing: none of the rest can be forgotten either
             except BackendError as exc:
                 warn(f"{exc}; left as it is")
             finally:
