@@ -858,6 +858,17 @@ def column_starts(row: str) -> list[int]:
     return [cells(row[: m.start()]) for m in re.finditer(r"\S+(?: \S+)*", row)]
 
 
+def test_a_long_command_does_not_push_how_long_it_held_off_the_row(lines_dir):
+    """The table of every line ends with the holder, whose command may be long: how long it
+    has held comes before it, within an 80-column terminal's reach."""
+    held = inturn.Line("long-command").acquire(command=("build", "x" * 100))
+    overview = run_cli("status").stdout.splitlines()
+    assert overview[0].split() == ["LINE", "HOLDING", "WAITING", "FOR", "HELD", "BY"], overview
+    (row,) = [row for row in overview if row.startswith("long-command ")]
+    assert re.fullmatch(r"long-command +1 +0 +\d+\.\ds", row[:80].split("  pid ")[0]), row
+    held.release()
+
+
 def test_status_aligns_wide_characters_and_quotes_the_command(lines_dir):
     command = ("表示する", "two words", "it's", "$HOME")
     held = [inturn.Line(name).acquire(command=command) for name in ("日本語の列", "ab")]

@@ -240,7 +240,9 @@ NAME_COLUMNS = 40
 def format_overview(statuses: list[LineStatus], where: str, now: float) -> str:
     if not statuses:
         return f"no lines in {escape_controls(where)}"
-    rows = [("LINE", "HOLDING", "WAITING", "HELD BY", "FOR")]
+    # HELD BY, whose width has no bound but the command's, comes last, as CMD does in the
+    # table of one line: before it, it would push FOR off a terminal's edge.
+    rows = [("LINE", "HOLDING", "WAITING", "FOR", "HELD BY")]
     for status in statuses:
         first = status.holders[0] if status.holders else None
         held_for = None if first is None or first.acquired_at is None else now - first.acquired_at
@@ -249,8 +251,8 @@ def format_overview(statuses: list[LineStatus], where: str, now: float) -> str:
                 fit(escape_controls(status.name), NAME_COLUMNS),
                 str(len(status.holders)),
                 str(len(status.waiters)),
-                first.describe(live=True) if first is not None else "-",
                 duration(held_for) if first is not None else "-",
+                first.describe(live=True) if first is not None else "-",
             )
         )
     widths = [max(width(r[i]) for r in rows) for i in range(len(rows[0]))]
