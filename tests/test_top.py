@@ -387,3 +387,27 @@ def test_a_long_line_name_does_not_push_the_other_columns_away(lines_dir, worker
     assert long_name not in cut and "..." in cut
     assert long_name in run_cli("status", "--json").stdout
     holder.send()
+
+
+def test_a_narrow_terminal_cuts_the_names_shorter_to_keep_the_counts_in_view(
+    lines_dir, workers, panes, tmp_path
+):
+    """Names are cut at 40 columns; on a terminal of 40 columns that would leave nothing but
+    the names: there they are cut shorter, and how many hold and wait stays on every row."""
+    holder = Worker("narrow", "--hold")
+    workers.append(holder)
+    holder.expect("acquired")
+    assert run_cli("run", "narrow-" + "n" * 60, "--", "true").returncode == 0
+    pane = Pane(tmp_path, columns=40, rows=8)
+    panes.append(pane)
+    run_top(pane, tmp_path, "top", "--interval", LONG)
+    rows = pane.until(lambda rows: any(r.split()[:1] == ["narrow"] for r in rows), "narrow")
+    assert rows[1].split()[:3] == ["LINE", "HOLDING", "WAITING"], rows
+    (row,) = [r for r in rows if r.split()[:1] == ["narrow"]]
+    assert row.split()[:3] == ["narrow", "1", "0"], rows
+    (cut,) = [r for r in rows if r.startswith("narrow-")]
+    assert cut.split()[1:3] == ["0", "0"] and "..." in cut.split()[0], rows
+    assert all(len(r) <= 40 for r in rows)
+    pane.keys("q")
+    assert pane.exit_code() == 0
+    holder.send()

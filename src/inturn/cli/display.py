@@ -237,7 +237,9 @@ def _row(place: int, ticket: Ticket, now: float) -> tuple[str, ...]:
 NAME_COLUMNS = 40
 
 
-def format_overview(statuses: list[LineStatus], where: str, now: float) -> str:
+def format_overview(
+    statuses: list[LineStatus], where: str, now: float, name_columns: int = NAME_COLUMNS
+) -> str:
     if not statuses:
         return f"no lines in {escape_controls(where)}"
     # HELD BY, whose width has no bound but the command's, comes last, as CMD does in the
@@ -248,7 +250,7 @@ def format_overview(statuses: list[LineStatus], where: str, now: float) -> str:
         held_for = None if first is None or first.acquired_at is None else now - first.acquired_at
         rows.append(
             (
-                fit(escape_controls(status.name), NAME_COLUMNS),
+                fit(escape_controls(status.name), name_columns),
                 str(len(status.holders)),
                 str(len(status.waiters)),
                 duration(held_for) if first is not None else "-",

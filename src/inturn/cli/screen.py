@@ -316,7 +316,7 @@ class View:
         right = f"q quits  {time.strftime('%H:%M:%S')}"
         left, used = fit(self.source.title(), max(0, columns - len(right) - 2))
         title = left + " " * (columns - used - len(right)) + right
-        body = self.source.rows(snapshot, time.time(), height - 1)
+        body = self.source.rows(snapshot, time.time(), height - 1, columns)
         self.terminal.draw([title, *body], columns, height)
 
 

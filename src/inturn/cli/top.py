@@ -25,7 +25,7 @@ from ..errors import Cancelled, UsageError
 from ..line import Line
 from ..listing import lines
 from ..records import LineStatus, Ticket, escape_controls
-from .display import format_line, format_overview
+from .display import NAME_COLUMNS, format_line, format_overview
 from .parser import line_from
 
 # Tickets watched at most: each is a sleeping thread here, and on a server one more session
@@ -37,6 +37,11 @@ WATCHED_REMOTE = 4
 # How long, beyond a backend's lock delay, the next holder may take to mark itself holding
 # once the turn has passed to it (it wakes, looks, and writes: well under a second).
 SETTLE_MARGIN = 1.0
+
+# The columns the table of every line needs after the names for HOLDING, WAITING and FOR
+# ("  HOLDING  WAITING  1m12s"), and the fewest a name is cut to on a narrow terminal.
+COUNT_COLUMNS = 26
+MIN_NAME_COLUMNS = 10
 
 
 def top(args: argparse.Namespace) -> int:
@@ -82,7 +87,7 @@ class Source(Protocol):
 
     def title(self) -> str: ...
 
-    def rows(self, snapshot: Any, now: float, height: int) -> list[str]: ...
+    def rows(self, snapshot: Any, now: float, height: int, columns: int) -> list[str]: ...
 
     def settling(self, snapshot: Any) -> float | None:
         """Seconds a turn now passing may still take to show its next holder (None: no turn
@@ -111,7 +116,7 @@ class OneLine:
         store = self.line.store
         return f"inturn top: {escape_controls(self.line.name)} ({escape_controls(store.where)})"
 
-    def rows(self, snapshot: LineStatus, now: float, height: int) -> list[str]:
+    def rows(self, snapshot: LineStatus, now: float, height: int, columns: int) -> list[str]:
         tickets = (*snapshot.holders, *snapshot.waiters)
         if len(tickets) + 2 <= height:  # the summary, the column names, every ticket
             shown, text = tickets, format_line(snapshot, now).splitlines()
@@ -175,8 +180,10 @@ class EveryLine:
     def title(self) -> str:
         return f"inturn top: every line ({escape_controls(self.backend.where)})"
 
-    def rows(self, snapshot: list[LineStatus], now: float, height: int) -> list[str]:
-        text = format_overview(snapshot, self.backend.where, now).splitlines()
+    def rows(self, snapshot: list[LineStatus], now: float, height: int, columns: int) -> list[str]:
+        # On a narrow terminal the names are cut shorter, so that the counts stay in view.
+        names = min(NAME_COLUMNS, max(MIN_NAME_COLUMNS, columns - COUNT_COLUMNS))
+        text = format_overview(snapshot, self.backend.where, now, names).splitlines()
         if len(text) <= height:
             return text
         kept = text[: max(1, height - 1)]
