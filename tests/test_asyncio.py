@@ -380,3 +380,31 @@ def test_a_burst_of_tasks_takes_turns_one_at_a_time_in_ticket_order(tmp_path):
     for before, after in itertools.pairwise(by_entry):
         assert after[1] >= before[2], f"ticket {after[0]} entered while {before[0]} held"
     assert_clean(inturn.Line("burst", directory=folder))
+
+
+def test_the_async_api_outside_asyncio_says_so_in_one_line(tmp_path):
+    """Driven by another event loop (trio's) or by hand, where no asyncio loop runs, every
+    way into the async API raises one error that names what it needs, not asyncio's own
+    "no running event loop" from deep inside; nothing is joined or left behind."""
+    folder = tmp_path / "lines"
+    line = inturn.Line("elsewhere", directory=folder)
+    decorated = inturn.turn("elsewhere", directory=folder)
+
+    @decorated
+    async def call() -> None:
+        raise AssertionError("the body ran")
+
+    async def block_of_turn() -> None:
+        async with inturn.turn("elsewhere", directory=folder):
+            raise AssertionError("the block ran")
+
+    async def block_of_line() -> None:
+        async with line:
+            raise AssertionError("the block ran")
+
+    for way in (block_of_turn, block_of_line, call, lambda: inturn.acquire_async(line)):
+        coroutine = way()
+        with pytest.raises(RuntimeError, match=r"must run in an asyncio task.*trio is not"):
+            coroutine.send(None)  # as another loop's scheduler would run it
+        coroutine.close()
+    assert not line.status().holders and not line.status().waiters

@@ -916,11 +916,21 @@ def _asking_from(owner: object) -> tuple[object, object]:
 
 
 def _current_task() -> object:
+    """The asyncio task the caller runs in; a clear error where there is none (another
+    event loop, such as trio's, or a coroutine driven by hand)."""
     import asyncio
 
-    task = asyncio.current_task()
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no asyncio event loop runs in this thread
+        task = None
     if task is None:
-        raise RuntimeError("async with inturn.turn(...) must run inside an asyncio task")
+        raise RuntimeError(
+            "inturn's async API (async with inturn.turn or a Line, acquire_async, a decorated "
+            "async function) must run in an asyncio task (asyncio, uvloop, or anyio on its "
+            "asyncio backend); trio is not supported: take the turn with the blocking API in "
+            "a worker thread instead"
+        )
     return task
 
 
@@ -943,8 +953,8 @@ async def acquire_async(
     """
     import asyncio  # imported here: it costs a command-line start tens of milliseconds
 
+    owner = _current_task()  # a clear error outside asyncio, before anything is asked
     loop = asyncio.get_running_loop()
-    owner = _current_task()
     cancel = CancelToken()
     future: asyncio.Future[Turn] = loop.create_future()
 
