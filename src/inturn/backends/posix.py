@@ -73,7 +73,7 @@ from .unix_channel import UnixChannels  # noqa: E402 - POSIX only, as what follo
 
 TYPE_CHECKING = False  # ``typing.TYPE_CHECKING`` without importing ``typing`` at start
 if TYPE_CHECKING:
-    from typing import ClassVar
+    from typing import Any, ClassVar
 
 TMP = "/tmp"
 MACHINE_PREFIX = "inturn:"  # machine-wide lines' files: inturn:<line>:<entry>
@@ -405,6 +405,69 @@ class PosixMembership(FolderMembership):
 # --------------------------------------------------------------------------- waiting
 
 
+def _flock_sleeping(fd: int, operation: int) -> None:
+    """``flock(fd, operation)``, which may sleep until another holder lets go.
+
+    In a program whose threads gevent made greenlets (``monkey.patch_all()``, as gevent's
+    servers do), a sleeping ``flock`` would stop every greenlet of the process, the holder of
+    the turn among them, for ever. There it sleeps in a real thread of its own instead, on a
+    duplicate of ``fd`` (the same open file, so the same lock, and a descriptor nobody closes
+    under it), while the calling greenlet waits in ``select`` (which gevent made a greenlet's
+    wait) for a byte on a pipe that says the ``flock`` returned."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("threading"):
+        fcntl.flock(fd, operation)
+        return
+    _GreenFlock(monkey, fd, operation).wait()
+
+
+class _GreenFlock:
+    """One ``flock`` in a real thread for a greenlet (see ``_flock_sleeping``). A greenlet
+    that stops waiting (a ``gevent.Timeout``, a kill, Ctrl-C) leaves the pipe's read end to
+    the thread, which closes it once its ``flock`` returns: nobody ever writes to a pipe
+    without a reader, nor closes a descriptor another still uses."""
+
+    def __init__(self, monkey: Any, fd: int, operation: int) -> None:
+        self.lock = monkey.get_original("_thread", "allocate_lock")()  # never a greenlet's
+        self.finished = self.abandoned = False
+        self.error: OSError | None = None
+        self.copy = os.dup(fd)
+        self.done_read, self.done_write = os.pipe()
+        try:
+            monkey.get_original("_thread", "start_new_thread")(self._run, (operation,))
+        except BaseException:
+            for end in (self.copy, self.done_read, self.done_write):
+                os.close(end)
+            raise
+
+    def _run(self, operation: int) -> None:
+        try:
+            fcntl.flock(self.copy, operation)
+        except OSError as exc:
+            self.error = exc
+        finally:
+            os.close(self.copy)
+            os.write(self.done_write, b"x")
+            os.close(self.done_write)
+            with self.lock:
+                self.finished = True
+                give_up = self.abandoned
+            if give_up:
+                os.close(self.done_read)
+
+    def wait(self) -> None:
+        try:
+            select.select([self.done_read], [], [])  # other greenlets run meanwhile
+        finally:
+            with self.lock:
+                mine = self.finished
+                self.abandoned = not mine
+            if mine:
+                os.close(self.done_read)
+        if self.error is not None:
+            raise self.error
+
+
 class _Watch:
     """One thread blocked in ``flock(LOCK_SH)`` on a ticket, shared by every waiter on it.
 
@@ -426,7 +489,7 @@ class _Watch:
     def _run(self, fd: int) -> None:
         clean = False
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            _flock_sleeping(fd, fcntl.LOCK_SH)
             clean = os.fstat(fd).st_nlink == 0
         except OSError:
             pass
@@ -526,7 +589,7 @@ class _GuardWait:
 
     def _run(self) -> None:
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            _flock_sleeping(self.fd, fcntl.LOCK_EX)
             got = True
         except OSError:
             got = False
@@ -803,7 +866,7 @@ class PosixStore(UnixChannels, FolderStore):
             raise GuardTaken(taken)
         if patience.deadline is None and patience.cancel is None:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)  # Ctrl-C raises KeyboardInterrupt here
+                _flock_sleeping(fd, fcntl.LOCK_EX)  # Ctrl-C raises KeyboardInterrupt here
             except BaseException:
                 os.close(fd)
                 raise
@@ -1070,7 +1133,7 @@ class PosixStore(UnixChannels, FolderStore):
                         # Private until locked: nobody else can open it in time to lock it
                         # first. A look by our own user may hold a shared lock for an instant:
                         # wait it out.
-                        fcntl.flock(fd, fcntl.LOCK_EX)
+                        _flock_sleeping(fd, fcntl.LOCK_EX)
                         write_all(fd, header_line(me))
                         if self.scope == "machine":
                             os.fchmod(fd, _readable_mode(self.scope))
@@ -1281,13 +1344,13 @@ class PosixStore(UnixChannels, FolderStore):
         clean = False
         try:
             if cancel is None:
-                fcntl.flock(fd, fcntl.LOCK_SH)  # Ctrl-C raises KeyboardInterrupt right here
+                _flock_sleeping(fd, fcntl.LOCK_SH)  # Ctrl-C raises KeyboardInterrupt right here
             else:
                 cancel.sleeping = True
                 try:
                     if cancel.cancelled:  # before ``sleeping`` was set: nobody will interrupt
                         raise Cancelled(f"stopped waiting for line {self.name!r}")
-                    fcntl.flock(fd, fcntl.LOCK_SH)
+                    _flock_sleeping(fd, fcntl.LOCK_SH)
                 finally:
                     cancel.sleeping = False
             clean = os.fstat(fd).st_nlink == 0  # removed by its owner: a clean release
