@@ -12,8 +12,9 @@ import string
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -158,6 +159,55 @@ def test_line_release_gives_back_the_callers_turn_like_a_lock(lines_dir):
 
     asyncio.run(siblings())
     assert line.status().holders == ()
+
+
+def test_a_turn_taken_in_one_notebook_cell_is_released_in_the_next(lines_dir):
+    """A notebook (ipykernel) runs each cell as an asyncio task of its own, one after
+    another on one loop: ``line.acquire()`` (or ``await inturn.acquire_async(line)``) in a
+    cell and ``line.release()`` in a later one give the turn back, as with a lock; the turn of
+    a task that has ended is its thread's. A task still running keeps its own."""
+    line = inturn.Line("cells")
+    loop = asyncio.new_event_loop()
+
+    def cell(code: Callable[[], Any]) -> Any:
+        async def run() -> Any:
+            outcome = code()
+            return await outcome if asyncio.iscoroutine(outcome) else outcome
+
+        return loop.run_until_complete(asyncio.ensure_future(run(), loop=loop))
+
+    try:
+        cell(line.acquire)
+        cell(line.release)
+        assert line.status().holders == ()
+        cell(lambda: inturn.acquire_async(line))
+        cell(line.release)
+        assert line.status().holders == ()
+        cell(line.acquire)
+        line.release()  # outside any task, in the thread that ran the cell
+        assert line.status().holders == ()
+
+        async def siblings() -> None:  # a live task's turn is still not another's
+            taken, done = asyncio.Event(), asyncio.Event()
+
+            async def taker() -> None:
+                await inturn.acquire_async(line)
+                taken.set()
+                await done.wait()
+                line.release()
+
+            async def sibling() -> None:
+                await taken.wait()
+                with pytest.raises(inturn.InturnError, match="holds no turn"):
+                    line.release()
+                done.set()
+
+            await asyncio.gather(taker(), sibling())
+
+        cell(siblings)
+        assert line.status().holders == ()
+    finally:
+        loop.close()
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX's")

@@ -154,13 +154,18 @@ class Turn:
     def held(self) -> bool:
         return self._membership is not None
 
-    def held_by(self, thread: threading.Thread, task: object) -> bool:
-        """Whether code running in ``thread`` (in asyncio ``task``, or None) holds it here."""
+    def held_by(self, thread: threading.Thread, task: object, loop: object = None) -> bool:
+        """Whether code running in ``thread`` (in asyncio ``task`` of ``loop``, or None) holds
+        it here. A turn whose task has ended falls to the thread that ran that task (to its
+        later tasks, and to its code outside any): a notebook runs each cell as a task of its
+        own, and a turn taken in one cell is released in a later one."""
         if not self.held or self._pid != forks.pid():
             return False
         if task is not None and self._owner is task:
             return True
-        return self._owner is thread and self._asked_from is task
+        if self._owner is thread:
+            return self._asked_from is task or _ended_in(self._asked_from) is not None
+        return loop is not None and _ended_in(self._owner) is loop
 
     @property
     def lost(self) -> bool:
@@ -490,10 +495,10 @@ class Line:
 
         Raises ``InturnError`` if the caller holds no turn taken through this ``Line``."""
         thread = threading.current_thread()
-        task, _ = _asking_from(thread)
+        task, loop = _asking_from(thread)
         with self._turns_lock:
             self._turns = [t for t in self._turns if t.held]
-            mine = [t for t in self._turns if t.held_by(thread, task)]
+            mine = [t for t in self._turns if t.held_by(thread, task, loop)]
         if not mine:
             raise InturnError(
                 f"release of line {self.name!r}: this thread holds no turn taken through "
@@ -913,6 +918,14 @@ def _asking_from(owner: object) -> tuple[object, object]:
     except RuntimeError:
         return None, None
     return asyncio.current_task(loop), loop
+
+
+def _ended_in(task: object) -> object:
+    """The event loop of ``task`` if it is an asyncio task that has ended, else None."""
+    asyncio = sys.modules.get("asyncio")  # not imported by code that never used it
+    if asyncio is None or not isinstance(task, asyncio.Task) or not task.done():
+        return None
+    return task.get_loop()
 
 
 def _current_task() -> object:
