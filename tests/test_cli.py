@@ -648,12 +648,35 @@ def test_status_looks_without_creating_anything(tmp_path, monkeypatch):
         ["wait", "x"],
     ):
         result = run_cli(*args, "--dir", str(missing))
-        assert result.returncode == 0 and result.stderr == "", (args, result)
+        told = f"inturn: no line 'x' in {missing}: nobody has used it (inturn status lists "
+        told += "the lines)\n"
+        asked_about_x = "x" in args and args[0] != "wait"
+        assert result.returncode == 0, (args, result)
+        assert result.stderr == (told if asked_about_x else ""), (args, result)
     assert run_cli("status", "--dir", str(missing)).stdout == f"no lines in {missing}\n"
     assert run_cli("status", "--dir", str(missing), "x").stdout == (
         "x: free (nobody holds or waits)\n"
     )
     assert not (tmp_path / "nonexistent").exists()
+
+
+def test_status_of_a_line_nobody_has_used_says_so_on_stderr(lines_dir):
+    """A typo in a name must not pass for a free line: the line is free (exit 0, the same
+    output), and stderr says that no such line exists; a line used before and empty now is
+    free without a word."""
+    run_cli("run", "deploy", "--", "true")
+    typo = run_cli("status", "deplyo")
+    assert (typo.returncode, typo.stdout) == (0, "deplyo: free (nobody holds or waits)\n")
+    assert typo.stderr == (
+        f"inturn: no line 'deplyo' in {lines_dir}: nobody has used it (inturn status lists "
+        "the lines)\n"
+    )
+    used = run_cli("status", "deploy")
+    assert (used.returncode, used.stdout, used.stderr) == (
+        0,
+        "deploy: free (nobody holds or waits)\n",
+        "",
+    )
 
 
 def test_run_makes_the_lines_folder_but_never_its_missing_parents(tmp_path, monkeypatch):

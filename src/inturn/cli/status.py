@@ -31,6 +31,8 @@ def status(args: argparse.Namespace) -> int:
             emit(json_text(status.to_json(now)))
         else:
             emit(format_line(status, now))
+        if not status.holders and not status.waiters and not getattr(args, "prune", False):
+            _tell_if_unknown(args)
         return 0
     where = where_from(args)
     if getattr(args, "prune", False):  # inturn top, printed once, has no --prune
@@ -51,6 +53,24 @@ def status(args: argparse.Namespace) -> int:
         return 0
     emit(format_overview(statuses, backend.where, now))
     return 0
+
+
+def _tell_if_unknown(args: argparse.Namespace) -> None:
+    """A line nobody has used is free, as an empty one is; say so on stderr, so that a typo
+    in its name does not pass for a free line (as ``inturn forget`` does)."""
+    where = where_from(args)
+    backend = open_backend(
+        where.backend, scope=where.scope, directory=where.directory, create=False
+    )
+    try:
+        known, place = backend.names(), backend.where
+    finally:
+        backend.close()
+    if args.name not in known:
+        say(
+            f"no line {args.name!r} in {escape_controls(place)}: nobody has used it "
+            "(inturn status lists the lines)"
+        )
 
 
 def _names(names: list[str]) -> int:
