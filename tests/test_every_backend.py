@@ -31,6 +31,7 @@ from inturn.backends import open_backend
 
 from conftest import (
     REPORT_TIMEOUT,
+    Run,
     Where,
     Worker,
     child_env,
@@ -40,6 +41,7 @@ from conftest import (
     run_async,
     run_cli,
     until,
+    until_held_by,
 )
 from observer import Recorder, assert_exclusive
 from observer import command as recording
@@ -330,6 +332,35 @@ def test_run_gives_the_command_its_turn_and_passes_its_exit_code(where):
     assert int(ppid) == proc.pid  # the command is inturn's direct child
     assert (name, abandoned) == ("job", "0") and int(ticket) >= 1
     assert inturn.Line("job").status().holders == ()
+
+
+def test_status_names_the_command_of_a_run_as_the_holder_and_tells_its_stop(where):
+    """The command of ``inturn run`` holds the turn on every backend (it inherits it, or, on
+    Redis, dies with the inturn that renews its lease): ``status`` shows its pid, not
+    inturn's, and a command stopped while inturn runs on shows as stopped."""
+    run = Run("named")
+    command = run.running()
+    assert command.ppid == run.pid
+    until_held_by(command.pid, "named")
+    os.kill(command.pid, signal.SIGSTOP)
+    try:
+        until(lambda: _state(command.pid) == "T", "the command to stop")
+        (holder,) = inturn.Line("named").status().holders
+        assert (holder.pid, holder.stopped) == (command.pid, True)
+        (shown,) = json.loads(run_cli("status", "--json", "named").stdout)["holders"]
+        assert (shown["pid"], shown["stopped"]) == (command.pid, True)
+    finally:
+        os.kill(command.pid, signal.SIGCONT)
+    until(lambda: _state(command.pid) != "T", "the command to go on")
+    assert not inturn.Line("named").status().holders[0].stopped
+    assert run.finish(0) == 0
+    assert inturn.Line("named").status().holders == ()
+
+
+def _state(pid: int) -> str:
+    """The state letter /proc gives process ``pid`` (``T``: stopped)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2]
 
 
 def test_what_the_command_leaves_running_keeps_the_turn_until_it_ends(where, tmp_path):

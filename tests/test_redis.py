@@ -38,6 +38,7 @@ from conftest import (
     one_line_error,
     run_cli,
     until,
+    until_held_by,
 )
 from redis_server import (
     RedisServer,
@@ -97,13 +98,14 @@ def test_the_command_dies_with_inturn_since_the_turn_would_end_with_it(place, wo
     within a lease, so the command must not run on outside it."""
     url = place.url(lease=1)
     holder = Run("orphan", "--backend", url)
-    holder.running()
+    command = holder.running()
+    until_held_by(command.pid, "orphan")  # as the next one is told
     holder.kill()
     assert holder.next_line() == []  # the command is gone too: nobody holds the pipe
     waiter = Worker("orphan", "--hold", env=child_env(INTURN_BACKEND=url))
     workers.append(waiter)
     _, _, abandoned, dead_pid = waiter.acquired()
-    assert abandoned == "1" and dead_pid == str(holder.pid)
+    assert abandoned == "1" and dead_pid == str(command.pid)  # the holder status showed
     waiter.send()
     assert waiter.wait() == 0
 
@@ -123,7 +125,8 @@ def test_a_holder_cut_off_from_the_server_stops_its_command_and_exits_76(
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
     try:
         holder = Run("cut", "--backend", place.url(lease=1, base=through(proxy, redis_base)))
-        holder.running()
+        command = holder.running()
+        until_held_by(command.pid, "cut")  # as the next one is told
         waiter = Worker("cut", "--hold")
         workers.append(waiter)
         waiter.expect("waiting")
@@ -139,7 +142,7 @@ def test_a_holder_cut_off_from_the_server_stops_its_command_and_exits_76(
         assert holder.wait(60) == 76
         assert "lost the turn in line 'cut'" in holder.errors()
         _, _, abandoned, dead_pid = waiter.acquired()
-        assert abandoned == "1" and dead_pid == str(holder.pid)
+        assert abandoned == "1" and dead_pid == str(command.pid)
         waiter.send()
         assert waiter.wait() == 0
     finally:
@@ -152,7 +155,8 @@ def test_a_holder_whose_lease_is_gone_leaves_as_a_dead_holder_would(place, worke
     76, and leaves the line as a death, since its turn ended uncleanly: the next holder is
     told "abandoned" rather than handed what looks like a clean release."""
     holder = Run("gone", "--backend", place.url(lease=1))
-    holder.running()
+    command = holder.running()
+    until_held_by(command.pid, "gone")  # as the next one is told
     waiter = Worker("gone", "--hold")
     workers.append(waiter)
     waiter.expect("waiting")
@@ -165,7 +169,7 @@ def test_a_holder_whose_lease_is_gone_leaves_as_a_dead_holder_would(place, worke
     assert holder.next_line() == ["signal", str(int(signal.SIGTERM))]
     assert holder.wait(60) == 76
     _, ticket, abandoned, dead_pid = waiter.acquired()
-    assert (abandoned, dead_pid) == ("1", str(holder.pid)) and int(ticket) > number
+    assert (abandoned, dead_pid) == ("1", str(command.pid)) and int(ticket) > number
     waiter.send()
     assert waiter.wait() == 0
 
@@ -349,13 +353,14 @@ def test_a_claim_whose_answer_is_lost_still_tells_the_next_holder(place, redis_b
     )
     try:
         holder = Run("lostclaim", "--backend", url)
-        holder.running()
+        command = holder.running()
+        until_held_by(command.pid, "lostclaim")  # as the next one is told
         holder.kill()  # SIGKILL: its turn is abandoned
         proxy.cut_after_reply(evalsha_of(place, scripts.CLAIM))
         with line.acquire(timeout=30) as turn:
             assert proxy.replies_dropped == 1  # the fault happened, to the claim
             assert turn.abandoned and turn.abandoned_by is not None
-            assert turn.abandoned_by.pid == holder.pid
+            assert turn.abandoned_by.pid == command.pid
         with line.acquire(timeout=30) as after:
             assert not after.abandoned
     finally:
@@ -770,7 +775,7 @@ def test_the_commands_checked_before_a_join_include_every_one_the_scripts_call()
     must be added to it, or a user denied that command is let in to fail as it hands over."""
     from inturn.backends.redis.store import _commands_used
 
-    sources = (scripts.JOIN, scripts.BURY, scripts.LEAVE, scripts.MARK, scripts.CLAIM)
+    sources = (scripts.JOIN, scripts.BURY, scripts.LEAVE, scripts.MARK, scripts.CLAIM, scripts.NOTE)
     called = {name.upper() for source in sources for name in scripts._CALL.findall(source)}
     assert called, "the pattern found no command in the scripts"
     assert called <= {words[0] for words in _commands_used("inturn:k")}

@@ -380,15 +380,16 @@ def _run_holding(
             say(f"{_lost(held)}; not starting the command")
             return EXIT_LOST
         handles = [] if args.close or membership is None else membership.inheritable_handles()
+        # A turn the command cannot inherit (a lease that only this process renews) ends when
+        # inturn dies; the command must not run on outside it.
+        bound = not args.close and not handles
         try:
             outcome = run_command(
                 command,
                 executable,
                 _child_env(held, environment),
                 handles=handles,
-                # A turn the command cannot inherit (a lease that only this process renews) ends
-                # when inturn dies; the command must not run on outside it.
-                bound=not args.close and not handles,
+                bound=bound,
                 signals=signals,
                 on_lost=held.on_lost,
                 grace=fit_grace(args.grace, held.line.store.stop_window),
@@ -400,8 +401,9 @@ def _run_holding(
                 else f"the command has ended, but processes it started still run and keep turn "
                 f"{held.ticket} of line {held.name!r} until they end (--close lets them run on "
                 "outside the turn)",
-                # A command that inherits the turn holds it if inturn dies: status then names it.
-                on_started=held.note_runner if handles else None,
+                # A command that inherits the turn (it holds it if inturn dies), or is bound to it
+                # (it dies with the turn), is the holder: status names it, and tells its stops.
+                on_started=held.note_runner if handles or bound else None,
                 on_ended=held.release,
             )
         except CannotRun as exc:

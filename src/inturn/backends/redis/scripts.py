@@ -107,6 +107,15 @@ end
 return redis.call('HGETALL', KEYS[3])
 """
 
+# Names the process that now holds a turn (the command of ``inturn run``) in the ticket's record,
+# while the ticket is in line: a record that left or was buried is not made again. KEYS:
+# tickets, ticket; ARGV: ticket id, pid.
+NOTE = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[2], 'pid', ARGV[2])
+return 1
+"""
+
 FORGET = """
 if redis.call('ZCARD', KEYS[1]) > 0 then return 0 end
 redis.call('SREM', KEYS[3], ARGV[1])
@@ -135,7 +144,7 @@ return denied
 
 _BY_DIGEST = {
     hashlib.sha1(source.encode()).hexdigest(): source
-    for source in (JOIN, BURY, LEAVE, MARK, CLAIM, FORGET)
+    for source in (JOIN, BURY, LEAVE, MARK, CLAIM, NOTE, FORGET)
 }
 _CALL = re.compile(r"redis\.p?call\('(\w+)'")
 

@@ -404,6 +404,7 @@ class RedisBackend(Backend):
                 ("leave", scripts.LEAVE),
                 ("mark", scripts.MARK),
                 ("claim", scripts.CLAIM),
+                ("note", scripts.NOTE),
                 ("forget", scripts.FORGET),
             )
         }
@@ -1003,6 +1004,19 @@ class RedisStore(LineStore):
                 raise TookNewPlace()
             raise LostTurn(self._lost_place(me))
         me.holding = True
+
+    def note_runner(self, me: Membership, pid: int) -> None:
+        """Name ``pid`` (the command of ``inturn run``, which dies with us, who renew the lease)
+        in the record, as the holder that ``status`` shows and whose stop it tells. Only the
+        record changes: the turn lives by the lease, whoever the record names. A server that
+        does not answer leaves our own pid there, which is said, not fatal to the turn."""
+        assert isinstance(me, RedisMembership)
+        keys = [self.tickets_key, self._ticket_key(me.ticket_id)]
+        try:
+            self._run("note", keys, [me.ticket_id, pid])
+        except rx.RedisError as exc:
+            problem = self.backend.error(exc)
+            warn(f"line {self.name!r} still names pid {os.getpid()} as its holder: {problem}")
 
     def claim_abandoned(self, me: Membership, patience: Patience) -> Ticket | None:
         """The first marker we may claim: a shared turn leaves those of shared holders to the
