@@ -538,16 +538,15 @@ def _stop_self(signum: int, whole_group: bool = False) -> None:
 class Terminal:
     """inturn's controlling terminal, when the command may be given its foreground."""
 
-    def __init__(self, fd: int, shared: bool = False, owned: bool = False) -> None:
+    def __init__(self, fd: int, on_demand: bool = False, owned: bool = False) -> None:
         self.fd = fd
-        self.shared = shared  # with the other members of a pipeline, in inturn's group
         self.owned = owned  # ``fd`` was opened for this (``/dev/tty``), and is closed after
         # Given to the command only once it reads or writes it (see ``_follow_stop``), not as
-        # it starts: in a pipeline, the others keep it; with every stream redirected, the
-        # command most likely never uses it, and a script that runs inturn keeps it (were
-        # inturn killed, nobody would give the foreground back to the script, whose next
-        # read of the terminal would stop it).
-        self.on_demand = shared or owned
+        # it starts: in a pipeline, whose others share inturn's group, they keep it; with every
+        # stream redirected, the command most likely never uses it, and a script that runs
+        # inturn keeps it (were inturn killed, nobody would give the foreground back to the
+        # script, whose next read of the terminal would stop it).
+        self.on_demand = on_demand
 
     def close(self) -> None:
         if self.owned and self.fd >= 0:
@@ -557,7 +556,7 @@ class Terminal:
     @staticmethod
     def find() -> Terminal | None:
         """The terminal on stdin, stderr or stdout (or else the controlling terminal),
-        ``shared`` when inturn is part of a pipeline.
+        ``on_demand`` when inturn is part of a pipeline or found it as ``/dev/tty``.
 
         In ``inturn run ... | less`` the shell puts inturn and the pager in one process
         group: giving the terminal to the command would take it from the pager. Then the
@@ -582,18 +581,18 @@ class Terminal:
                 found = os.open("/dev/tty", flags)
             except OSError:  # none (cron, CI, ``setsid``)
                 return None
-        shared = False
+        on_demand = owned
         for fd in (0, 1):
             with suppress(OSError):
                 if stat.S_ISFIFO(os.fstat(fd).st_mode):
-                    shared = True
+                    on_demand = True  # a pipeline's
         try:
             os.tcgetpgrp(found)  # fails unless it is our controlling terminal
         except OSError:
             if owned:
                 os.close(found)
             return None
-        return Terminal(found, shared, owned)
+        return Terminal(found, on_demand, owned)
 
     def foreground(self) -> int | None:
         try:
