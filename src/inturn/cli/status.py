@@ -58,19 +58,25 @@ def status(args: argparse.Namespace) -> int:
 def _tell_if_unknown(args: argparse.Namespace) -> None:
     """A line nobody has used is free, as an empty one is; say so on stderr, so that a typo
     in its name does not pass for a free line (as ``inturn forget`` does)."""
-    where = where_from(args)
-    backend = open_backend(
-        where.backend, scope=where.scope, directory=where.directory, create=False
-    )
-    try:
-        known, place = backend.names(), backend.where
-    finally:
-        backend.close()
+    known, place = _names_and_place(args)
     if args.name not in known:
         say(
             f"no line {args.name!r} in {escape_controls(place)}: nobody has used it "
             "(inturn status lists the lines)"
         )
+
+
+def _names_and_place(args: argparse.Namespace) -> tuple[set[str], str]:
+    """The names of the lines where ``args`` points, and that place for people, by a look
+    that creates nothing there."""
+    where = where_from(args)
+    backend = open_backend(
+        where.backend, scope=where.scope, directory=where.directory, create=False
+    )
+    try:
+        return set(backend.names()), backend.where
+    finally:
+        backend.close()
 
 
 def _names(names: list[str]) -> int:
@@ -102,14 +108,8 @@ def forget(args: argparse.Namespace) -> int:
     """``inturn forget NAME...``: 0 if every line was forgotten, 75 if one is in use."""
     for name in args.names:  # one that can be no line's name is a usage error, as everywhere
         check_name(name)
+    known, place = _names_and_place(args)
     where = where_from(args)
-    backend = open_backend(
-        where.backend, scope=where.scope, directory=where.directory, create=False
-    )
-    try:
-        known, place = set(backend.names()), backend.where
-    finally:
-        backend.close()
     code = 0
     for name in args.names:
         if name not in known:  # a typo would otherwise pass for done
