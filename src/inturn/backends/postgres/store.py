@@ -214,6 +214,13 @@ def _unavailable(exc: BaseException) -> bool:
     return any(words in text for words in UNAVAILABLE_WORDS)
 
 
+def _failure_kind(exc: BaseException) -> type[BackendError]:
+    """``ServerUnavailable`` for a server unavailable for now (``exc`` is one, or says so),
+    else ``BackendError``: the class of the one-line error that reports ``exc``."""
+    away = isinstance(exc, ServerUnavailable) or _unavailable(exc)
+    return ServerUnavailable if away else BackendError
+
+
 class _Translate:
     """Turns psycopg errors into one-line ``BackendError``s naming the fix."""
 
@@ -231,8 +238,9 @@ class _Translate:
                 "inturn README"
             )
         if isinstance(exc, psycopg.OperationalError) and not _deadlock(exc):
-            kind = ServerUnavailable if _unavailable(exc) else BackendError
-            return kind(f"lost the connection to {b.where}: {_reason(exc, b.address)}")
+            return _failure_kind(exc)(
+                f"lost the connection to {b.where}: {_reason(exc, b.address)}"
+            )
         return BackendError(f"PostgreSQL at {b.where} failed: {_reason(exc, b.address)}")
 
 
@@ -295,8 +303,7 @@ class PostgresBackend(Backend):
             conninfo = libpq_conninfo.make_conninfo(address.conninfo, **connect_options(address))
             conn = self._connect_once_more(conninfo)
         except psycopg.OperationalError as exc:
-            kind = ServerUnavailable if _unavailable(exc) else BackendError
-            raise kind(
+            raise _failure_kind(exc)(
                 f"cannot connect to PostgreSQL at {self.where}: {_reason(exc, address)} "
                 f"({_connect_hint(exc)})"
             ) from None
@@ -993,8 +1000,7 @@ class PostgresStore(LineStore):
                 last = exc
         if deadline is not None and limit == deadline:
             return False
-        away = isinstance(last, ServerUnavailable) or _unavailable(last)
-        raise (ServerUnavailable if away else BackendError)(
+        raise _failure_kind(last)(
             f"lost the connection to {self.where} while waiting in line "
             f"{self.name!r} and could not reconnect for {RECONNECT_WINDOW:g}s: "
             f"{_reason(last, self.backend.address)}"
