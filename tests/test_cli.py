@@ -406,6 +406,26 @@ def test_an_option_with_its_value_after_the_name_is_moved_whole(lines_dir, words
 
 
 @pytest.mark.parametrize(
+    ("words", "advice"),
+    [
+        (
+            ["--data", '{"line": 12}', "notes.txt"],
+            "inturn send --data '{\"line\": 12}' demo -- ...)",
+        ),
+        (["-w", "30", "--", "notes.txt"], "inturn send -w 30 demo -- ...)"),
+        (["-v", "notes.txt"], "inturn send -v demo -- ...)"),
+    ],
+)
+def test_an_option_of_send_after_the_name_is_moved_with_its_value(lines_dir, words, advice):
+    """As for run: followed, the advice sends (without the value, ``--data demo`` would take
+    the line's name for the data)."""
+    result = run_cli("send", "demo", *words)
+    assert result.returncode == 2 and result.stdout == ""
+    said = one_line_error(result)
+    assert f"options go before NAME ({advice}" in said, said
+
+
+@pytest.mark.parametrize(
     "words",
     [["run", "--bogus", "x", "--", "true"], ["wait", "-n", "x"], ["status", "--nope"]],
 )

@@ -73,9 +73,13 @@ def send(args: argparse.Namespace) -> int:
     elif arguments and arguments[0] == "--":
         arguments = arguments[1:]
     elif arguments and arguments[0] in usage._option_string_actions:
+        import shlex
+
+        takes_value = usage._option_string_actions[arguments[0]].nargs != 0
+        moved = arguments[: 2 if takes_value else 1]  # its value goes with it, not the name
         usage.error(
             f"{arguments[0]} comes after the line's name, where the arguments belong: options "
-            f"go before NAME (inturn send {arguments[0]} {args.name} -- ...)"
+            f"go before NAME (inturn send {shlex.join(moved)} {shlex.quote(args.name)} -- ...)"
         )
     data = None
     if args.data is not None:
