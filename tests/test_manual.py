@@ -261,6 +261,25 @@ def test_man_inturn_shows_every_command_option_exit_code_and_variable(installed)
         assert re.search(rf"^       {variable}(  |$)", environment, re.MULTILINE), variable
 
 
+@pytest.mark.parametrize("width", [60, 80, 100])
+def test_the_page_never_splits_a_word_to_be_typed(tmp_path, width):
+    """Filled to any width, the page keeps every name whole: a variable, an option or a
+    command split by hyphenation (IN-TURN_DIR, --back-end) is copied wrong."""
+    page = tmp_path / "inturn.1"
+    page.write_text(man_page(build_parser(), __version__))
+    env = child_env(MANWIDTH=str(width), LANG="C.UTF-8")
+    shown = subprocess.run(
+        [ensure_program("man", "man-db"), "-l", "-P", "cat", str(page)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    split = [row for row in shown.stdout.splitlines() if re.search(r"\w[-\u2010]$", row)]
+    assert not split, split
+
+
 def test_the_page_survives_text_that_roff_would_read_as_requests():
     parser = argparse.ArgumentParser(prog="inturn", description=".TH not a request")
     commands = parser.add_subparsers()

@@ -16,6 +16,7 @@ def man_page(parser: argparse.ArgumentParser, version: str) -> str:
     """The page, in the man(7) macros that man-db, groff and mandoc all read."""
     out = [
         f'.TH INTURN 1 "" "inturn {_escape(version)}" "User Commands"',
+        ".nh",  # no hyphenation: it split names to be typed (IN-TURN_DIR, --back-end)
         ".SH NAME",
         "inturn \\- make processes take turns: wait in line, first come first served",
         ".SH SYNOPSIS",
