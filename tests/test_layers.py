@@ -13,6 +13,7 @@ core          errors, records, rule, named_tuples, names, durations, forks, win3
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "inturn"
@@ -102,3 +103,16 @@ def test_nothing_but_the_command_imports_the_command():
         here = module_name(path)
         if layer(here) != "cli":
             assert not [t for t in imports_of(path) if t.startswith("inturn.cli")], here
+
+
+def test_architecture_names_every_module():
+    """ARCHITECTURE.md's map of the package names each module, so a new one is placed in it."""
+    text = (PACKAGE.parent.parent / "ARCHITECTURE.md").read_text()
+    tree = text[text.index("src/inturn/") : text.index("```", text.index("src/inturn/"))]
+    missing = [
+        str(path.relative_to(PACKAGE))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.stem not in ("__init__", "__main__")
+        and not re.search(rf"\b{re.escape(path.stem)}\b", tree)
+    ]
+    assert not missing, missing
