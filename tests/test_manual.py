@@ -78,7 +78,7 @@ def test_every_command_has_examples_in_its_help(lines_dir):
         assert section(result.stdout, "examples").count("  inturn") >= 1, name
 
 
-@pytest.mark.parametrize("columns", [60, 100])
+@pytest.mark.parametrize("columns", [60, 80, 100])
 def test_help_is_wrapped_to_the_terminal(lines_dir, columns):
     """Descriptions, examples, exit codes and variables fit the terminal as argparse fits the
     options (two columns short of it), a table's rows going on under its second column."""
@@ -87,6 +87,8 @@ def test_help_is_wrapped_to_the_terminal(lines_dir, columns):
         assert result.returncode == 0, name
         long = [row for row in result.stdout.splitlines() if len(row) > columns - 2]
         assert not long, (name, long)
+        split = [row for row in result.stdout.splitlines() if re.search(r"\w-$", row)]
+        assert not split, (name, split)  # an option or a word cut at its hyphen
     text = run_cli("--help", COLUMNS=str(columns)).stdout
     codes = section(text, "exit codes").splitlines()
     below = codes[codes.index(next(r for r in codes if r.startswith("  75 "))) + 1]

@@ -98,6 +98,14 @@ class WrappingFormatter(argparse.RawDescriptionHelpFormatter):
             )
         return "\n".join(lines)
 
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        """An option's help, wrapped as argparse wraps it but never at a hyphen: an option
+        named in it (``--newest-wins``) is typed whole, so it is shown whole."""
+        import textwrap
+
+        text = re.sub(r"\s+", " ", text, flags=re.ASCII).strip()  # as argparse joins it
+        return textwrap.wrap(text, width, break_on_hyphens=False)
+
 
 def _unmeasured_formatter(prog: str) -> argparse.HelpFormatter:
     """What argparse checks options with while they are added: any width will do there."""
