@@ -288,8 +288,8 @@ def _add_run(commands: Commands[Parser]) -> None:
         "-q",
         "--quiet",
         action="store_true",
-        help="say nothing but errors (exit 2, 69, 126, 127): no status line, no notes, and no line "
-        "when busy, timed out or replaced (the exit code says it)",
+        help="say nothing but errors (exit 2, 69, 76, 126, 127): no status line, no notes, and "
+        "no line when busy, timed out or replaced (the exit code says it)",
     )
     run.add_argument(
         "-v",
