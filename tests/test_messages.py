@@ -720,6 +720,23 @@ def test_bad_input_is_one_clear_line(lines_dir, app):
             assert word in result.stderr
 
 
+@pytest.mark.parametrize("url", ["postgresql://inturn@127.0.0.1:1/none", "redis://127.0.0.1:1/0"])
+def test_a_server_refuses_messages_before_it_is_reached(lines_dir, url):
+    """No server backend carries messages, so they are refused (exit 2) without connecting:
+    a server that is down must not answer 69, "try again later", for what never works."""
+    with pytest.raises(inturn.UsageError, match="cannot be sent messages"):
+        inturn.send("srv", backend=url)
+    with pytest.raises(inturn.UsageError, match="cannot be sent messages"):
+        inturn.single_instance("srv", on_message=print, backend=url)
+    result = subprocess.run(
+        inturn_cmd("send", "--backend", url, "srv", "--", "x"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    one_line_error(result, "cannot be sent messages", "use a local line")
+
+
 @pytest.mark.parametrize("server", ["pg_url", "place"])
 def test_server_backends_refuse_with_one_line(request, server):
     request.getfixturevalue(server)  # INTURN_BACKEND: this test's PostgreSQL or Redis lines

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 
 from . import forks
-from .backends import check_backend, open_backend
+from .backends import check_backend, check_messages, open_backend
 from .backends.base import (
     BUSY_PATIENCE,
     Backend,
@@ -1081,6 +1081,8 @@ def single_instance(
             "in an event loop (to hand a message to a loop, use "
             "asyncio.run_coroutine_threadsafe and wait for its result)"
         )
+    if on_message is not None:
+        check_messages(line.name, backend, line._directory)
     acceptance = Acceptance(line.scope, accept_from)
     seconds = check_timeout(timeout)
     in_line = _wait_seconds(wait)
@@ -1245,6 +1247,7 @@ def send(
     check_scope(scope)
     folder = None if directory is None else os.fspath(directory)
     check_backend(backend, folder)
+    check_messages(name, backend, folder)
     message = request(argv, current_folder() if cwd is None else cwd, data)
     seconds = check_timeout(timeout)
     opened = open_backend(backend, scope=scope, directory=folder, create=False)

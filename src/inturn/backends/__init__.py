@@ -10,7 +10,7 @@ import os
 import sys
 
 from ..errors import UsageError
-from .base import Backend
+from .base import Backend, no_channels
 from .standard_streams import fill_closed_standard_descriptors
 
 
@@ -83,6 +83,24 @@ def check_backend(backend: str | Backend | None, directory: str | None = None) -
             parse_address(address)
     except ImportError as exc:
         raise _client_missing(kind, exc) from None
+
+
+def check_messages(name: str, backend: str | Backend | None, directory: str | None) -> None:
+    """Refuse messages (``send``, ``on_message``) on a server before connecting to it: no
+    server backend carries them, and a server that is down (``ServerUnavailable``, try again
+    later) would hide that no retry can work."""
+    if isinstance(backend, Backend):
+        return  # its own ``check_channels`` says
+    address = _address(backend, directory)
+    kind = _kind(address)
+    if kind == "postgres":
+        from .postgres.address import parse
+
+        raise no_channels(name, parse(address).where)
+    if kind == "redis":
+        from .redis.address import parse_address
+
+        raise no_channels(name, parse_address(address).where)
 
 
 def _kind(address: str) -> str:

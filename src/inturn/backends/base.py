@@ -554,10 +554,7 @@ class LineStore(ABC):
         raise self._no_channels()
 
     def _no_channels(self) -> UsageError:
-        return UsageError(
-            f"line {self.name!r} lives on {self.where}, where a running instance cannot be "
-            "sent messages: use a local line for single_instance(on_message=...) and send"
-        )
+        return no_channels(self.name, self.where)
 
     def note_runner(self, me: Membership, pid: int) -> None:  # noqa: B027 - optional hook
         """Record that process ``pid``, which inherited ``me``'s turn, holds it now (where a
@@ -644,3 +641,11 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free connections or handles."""
+
+
+def no_channels(name: str, where: str) -> UsageError:
+    """The refusal of messages on a backend without channels (every server backend)."""
+    return UsageError(
+        f"line {name!r} lives on {where}, where a running instance cannot be sent messages: "
+        "use a local line for single_instance(on_message=...) and send"
+    )
