@@ -109,7 +109,8 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
     (
         "INTURN_MACHINE_DIR",
         "folder of the lines --machine shares between the users of the "
-        "machine (default /tmp: their files are named inturn:NAME:...)",
+        "machine (default /tmp, where their files are named inturn:NAME:...; "
+        "%ProgramData%\\inturn on Windows)",
     ),
     (
         "INTURN_BACKEND",
