@@ -334,6 +334,19 @@ def test_run_gives_the_command_its_turn_and_passes_its_exit_code(where):
     assert inturn.Line("job").status().holders == ()
 
 
+def test_quiet_says_nothing_of_a_grace_it_cuts(where):
+    """``--quiet`` says nothing but errors: a ``--grace`` longer than the server allows is
+    cut (and said to be, without ``-q``), which is no error."""
+    result = subprocess.run(
+        inturn_cmd("run", "-q", "--grace", "100", "job", "--", "true"),
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=120,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
 def test_status_names_the_command_of_a_run_as_the_holder_and_tells_its_stop(where):
     """The command of ``inturn run`` holds the turn on every backend (it inherits it, or, on
     Redis, dies with the inturn that renews its lease): ``status`` shows its pid, not

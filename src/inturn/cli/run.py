@@ -291,14 +291,14 @@ def find_on_path(program: str) -> str | None:
     return None
 
 
-def fit_grace(given: float | None, window: float) -> float:
+def fit_grace(given: float | None, window: float, quiet: bool) -> float:
     """The grace after a lost turn: ``--grace`` (1 s by default), cut to half the time before
     anyone else may take the turn (the store's ``stop_window``), so that the command is gone
     before the next holder starts; the other half is for learning of the loss. A grace the
-    user chose is said to be cut, once."""
+    user chose is said to be cut, once (unless ``--quiet``: it is no error)."""
     grace = DEFAULT_GRACE_SECONDS if given is None else given
     fitted = min(grace, window / 2)
-    if given is not None and fitted < given:
+    if given is not None and fitted < given and not quiet:
         warn(
             f"--grace {given:g} is cut to {fitted:g}s: the next holder after a lost turn may "
             f"start {window:g}s after it (a longer lock delay allows a longer grace)"
@@ -392,7 +392,7 @@ def _run_holding(
                 bound=bound,
                 signals=signals,
                 on_lost=held.on_lost,
-                grace=fit_grace(args.grace, held.line.store.stop_window),
+                grace=fit_grace(args.grace, held.line.store.stop_window, args.quiet),
                 say=say,
                 lost_message=lambda: f"{_lost(held)}; stopping the command",
                 keep_leftovers=not args.close,
