@@ -25,6 +25,7 @@ and exits.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import threading
@@ -191,7 +192,8 @@ def command(
     """The argv of a command for ``inturn run`` that records its own stay in ``log``.
 
     It enters, says ``inside WHO`` on stdout, beats every ``every`` seconds for ``seconds``
-    (or, with ``hold``, until a line or end of file arrives on its stdin), then exits 0.
+    (or, with ``hold``, until a line or end of file arrives on its stdin, or reading it
+    fails, as a hung-up terminal's does), then exits 0.
     ``who`` defaults to ``TICKET:PID`` from ``$INTURN_TICKET``, so rows sort by ticket.
     """
     argv = [sys.executable, str(HERE / "observer.py"), os.fspath(log)]
@@ -225,7 +227,8 @@ def _main(argv: Sequence[str]) -> int:
     if args.hold:
 
         def wait_for_stdin() -> None:
-            sys.stdin.readline()
+            with contextlib.suppress(OSError):  # a hung-up terminal (EIO) ends input too
+                sys.stdin.readline()
             done.set()
 
         threading.Thread(target=wait_for_stdin, daemon=True).start()
