@@ -24,6 +24,38 @@ def test_a_file_where_the_lines_folder_belongs(tmp_path):
     assert path.read_text() == "precious"
 
 
+@pytest.mark.parametrize("leads", ["nowhere", "to itself"])
+def test_a_link_to_no_folder_where_the_lines_folder_belongs(tmp_path, leads):
+    """A lines folder named through a symbolic link that leads to no folder (its target was
+    removed, or the link loops): one line saying so, from a run and from a look, and the
+    API's own error, not a bare ``FileNotFoundError`` or ``OSError``. Nothing is made."""
+    path = tmp_path / "lines"
+    path.symlink_to(tmp_path / "removed" if leads == "nowhere" else path)
+    for args in (("run", "x", "--", "true"), ("status",), ("status", "x")):
+        said = run_cli(*args, INTURN_DIR=str(path))
+        one_line_error(said, "symbolic link", "leads to no folder", "INTURN_DIR")
+    with pytest.raises(inturn.BackendError, match="symbolic link"):
+        inturn.Line("x", directory=path).acquire()
+    assert path.is_symlink() and not (tmp_path / "removed").exists()
+
+
+def test_a_lines_folder_under_a_folder_closed_to_the_user_is_not_said_to_be_missing(
+    users, shared_dir
+):
+    """Alice names a lines folder (or one to be made) under root's private folder: she is
+    told that a folder above is closed to her, not that it does not exist."""
+    closed = shared_dir / "closed"
+    closed.mkdir()
+    closed.chmod(0o700)
+    (closed / "lines").mkdir()
+    alice = users.alice
+    for folder in (closed / "lines", closed / "lines" / "sub"):
+        env = alice.env(INTURN_DIR=str(folder))
+        said = one_line_error(alice.run(alice.inturn("run", "x", "--", "true"), env=env))
+        assert "closed to you" in said and "does not exist" not in said, said
+    assert list((closed / "lines").iterdir()) == []
+
+
 def test_a_symlink_where_a_line_folder_belongs_is_refused_not_followed(lines_dir, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

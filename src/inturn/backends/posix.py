@@ -135,9 +135,9 @@ def prepare_root(path: str, scope: str, explicit: bool, create: bool = True) -> 
     if not create and not _exists(path):
         return  # nothing kept there yet: nothing to trust
     try:
-        if not os.path.lexists(path):
+        if not _exists(path):
             parent = os.path.dirname(path)
-            if not os.path.isdir(parent):
+            if not _is_folder(parent):
                 raise BackendError(
                     f"cannot create the lines folder {path}: its parent {parent} does not "
                     "exist (create it first, or check the path)"
@@ -157,7 +157,13 @@ def prepare_root(path: str, scope: str, explicit: bool, create: bool = True) -> 
         raise BackendError(f"cannot create the lines folder {path}: {exc.strerror}") from None
     info = os.lstat(path)
     if explicit:
-        info = os.stat(path)  # a folder the user named may be reached through a link
+        try:
+            info = os.stat(path)  # a folder the user named may be reached through a link
+        except OSError as exc:  # a link to nowhere, or a loop of links
+            raise BackendError(
+                f"{path} is a symbolic link that leads to no folder ({exc.strerror}): "
+                "point it at a folder, or set INTURN_DIR to another place"
+            ) from None
     elif stat.S_ISLNK(info.st_mode):
         raise BackendError(
             f"{path} is a symbolic link, not a folder of inturn's: remove it "
@@ -222,6 +228,16 @@ def _exists(path: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def _is_folder(path: str) -> bool:
+    """Whether ``path`` is a folder; False only when it is missing or not a folder. Any other
+    failure (a folder above closed to us, a path too long) is raised: it is not the path's
+    absence, and saying so would send the user to create what exists."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 def _read_only(path: str) -> bool:
