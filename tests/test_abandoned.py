@@ -268,3 +268,24 @@ def test_a_claim_left_without_its_marker_is_tidied(lines_dir):
     with inturn.turn("stray") as turn:
         assert not turn.abandoned
     assert not stray.exists()
+
+
+def test_a_newest_wins_waiter_killed_in_line_leaves_no_fifo_behind(lines_dir, workers):
+    """A ``newest_wins`` waiter killed in line (no cleanup of its own): the next join
+    removes its dead ticket, and the FIFO through which it could be replaced goes with it,
+    where it used to stay until the line was forgotten (one more per crash, in ``/tmp`` for
+    a machine-wide line)."""
+    holder = Worker("kicks", "--hold")
+    workers.append(holder)
+    holder.expect("acquired")
+    waiter = Worker("kicks", "--newest-wins")
+    workers.append(waiter)
+    number = int(waiter.expect("waiting", skip=("joining",))[1])
+    assert (lines_dir / "kicks" / f"{number:012d}.kick").exists()
+    waiter.proc.kill()
+    waiter.wait()
+    holder.send()
+    holder.expect("released")
+    with inturn.turn("kicks") as turn:
+        assert turn.ticket > number and not turn.abandoned
+    assert sorted(p.name for p in (lines_dir / "kicks").iterdir()) == [".line", ".name"]

@@ -1233,6 +1233,13 @@ class PosixStore(UnixChannels, FolderStore):
                 raise BackendError(f"cannot remove {self.shown}: {exc.strerror}") from None
         return True
 
+    def _bury_dead(self, number: int) -> None:
+        """As every folder's, and the FIFO of a dead ``newest_wins`` ticket goes with it:
+        nobody else would remove it, as its number is never handed out again."""
+        super()._bury_dead(number)
+        with suppress(OSError):  # gone, or another user's in a sticky folder
+            self._remove(kick_file(number))
+
     def _refuse_half_forgetting(self, dir_fd: int) -> None:
         """A line that could not be removed whole is refused before anything is removed:
         removing some of its files and stopping at one would leave a line without its name,
