@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import warnings
@@ -72,6 +73,29 @@ def test_a_symlink_where_the_counter_belongs_is_refused(lines_dir, tmp_path):
     (lines_dir / "nightly" / ".line").symlink_to(target)
     one_line_error(run_cli("run", "nightly", "--", "true"), "symbolic link")
     assert target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("kind", ["folder", "socket", "fifo"])
+def test_what_is_no_file_where_the_counter_belongs_is_named_with_the_fix(
+    lines_dir, monkeypatch, kind
+):
+    """A folder, a socket or a FIFO where a line's counter belongs: one line that names it
+    and says to remove it (a folder and a socket were only the system's "Is a directory",
+    "No such device or address"), from a run and from a forget; nothing is removed."""
+    folder = lines_dir / "nightly"
+    folder.mkdir(parents=True)
+    counter = folder / ".line"
+    if kind == "folder":
+        counter.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(counter)
+    else:
+        monkeypatch.chdir(folder)  # a socket's path is short, the test's folder may not be
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(".line")
+    for args in (("run", "nightly", "--", "true"), ("forget", "nightly")):
+        one_line_error(run_cli(*args), f"{counter} is not a regular file", "remove it")
+    assert sorted(p.name for p in folder.iterdir()) == [".line", ".name"]
 
 
 def test_a_symlink_named_like_a_ticket_is_ignored_not_followed(lines_dir, tmp_path):

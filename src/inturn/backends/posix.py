@@ -1477,6 +1477,8 @@ class PosixStore(UnixChannels, FolderStore):
 def _unusable(folder: str, entry: str, exc: OSError) -> str:
     if exc.errno == errno.ELOOP:
         return f"{folder}/{entry} is a symbolic link where inturn keeps its own file: remove it"
+    if exc.errno in (errno.EISDIR, errno.ENXIO):  # a folder, a socket
+        return f"{folder}/{entry} is not a regular file: remove it"
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return (
             f"cannot write in {folder} ({exc.strerror}): fix its permissions, "
