@@ -280,6 +280,29 @@ def test_tickets_whose_records_cannot_be_read_hold_or_wait_by_their_place_in_lin
         worker.send()
 
 
+@pytest.mark.parametrize("closed", ["folder", "name record"])
+def test_a_line_its_user_may_not_read_is_skipped_with_a_warning_not_unseen(
+    users, shared_dir, closed
+):
+    """Alice's line whose folder (or name record) she may not read, say after a chmod: the
+    listing of every line skips it with one warning line that says so, where it vanished
+    unseen (a folder) or passed for a record that holds no name."""
+    folder = shared_dir / "alice-lines"
+    alice = users.alice
+    env = alice.env(INTURN_DIR=str(folder))
+    for name in ("open", "closed"):
+        assert alice.run(alice.inturn("run", name, "--", "true"), env=env).returncode == 0
+    record = folder / "closed" / ".name"
+    (record if closed == "name record" else record.parent).chmod(0)
+    listing = alice.run(alice.inturn("status", "--json"), env=env)
+    assert listing.returncode == 0, listing
+    assert [line["name"] for line in json.loads(listing.stdout)["lines"]] == ["open"]
+    assert listing.stderr.splitlines() == [
+        f"inturn: warning: skipping {record}: you may not read it; fix its permissions (and "
+        "its folder's), or look the line up by name"
+    ]
+
+
 def test_forget_refuses_a_line_it_cannot_remove_whole_before_removing_anything(users, shared_dir):
     """A line folder its user made read-only, or one with a folder among its files: forget
     says why, and removes nothing (it removed the line's name first, then failed, hiding the

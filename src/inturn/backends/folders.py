@@ -348,10 +348,14 @@ def listed(read_name: Callable[[], str | None], record: str, file_name: str) -> 
     name = read_name()
     if name is None:
         if not os.path.lexists(record):
+            if _hidden(record):  # a line all the same, in a folder closed to us
+                warn_once(_unreadable(record))
             return None
         name = read_name()  # there after all: perhaps put back since the first read
     if name is None:
-        if os.path.lexists(record):
+        if not os.access(record, os.R_OK):
+            warn_once(_unreadable(record))
+        elif os.path.lexists(record):
             warn_once(
                 f"skipping {record}: it does not hold a line's name; look the line up by name"
             )
@@ -360,6 +364,24 @@ def listed(read_name: Callable[[], str | None], record: str, file_name: str) -> 
         return name
     warn_once(f"skipping {record}: it names line {name!r}, which is not kept there")
     return None
+
+
+def _hidden(path: str) -> bool:
+    """Whether a folder closed to us hides ``path`` (``lexists`` says no either way)."""
+    try:
+        os.lstat(path)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _unreadable(record: str) -> str:
+    return (
+        f"skipping {record}: you may not read it; fix its permissions (and its folder's), "
+        "or look the line up by name"
+    )
 
 
 # --------------------------------------------------------------------------- what both share
