@@ -453,6 +453,42 @@ def test_rewriting_the_counter_never_lets_anyone_in_or_numbers_go_back(machine, 
     assert tickets == sorted(set(tickets)), f"tickets went backwards ({rewrite}): {tickets}"
 
 
+@pytest.mark.parametrize("held", ["exclusive", "shared"])
+def test_a_file_planted_beside_a_holders_ticket_under_its_other_name_lets_nobody_in(
+    machine, runs, held
+):
+    """Mallory puts an empty file beside alice's live ticket under its other name (``.shared``
+    beside an exclusive one, ``.ticket`` beside a shared one): the ticket counted twice, once
+    as a shared turn, and a shared run went in beside the exclusive holder; or taken for the
+    planted file, it looked dead and an exclusive run went in beside the shared one."""
+    alice, mallory = machine.users
+    holder = start(runs, machine, alice, "twin", *(["--shared"] if held == "shared" else []))
+    holder.running()
+    other = "shared" if held == "exclusive" else "ticket"
+    planted = machine.file("twin", f"{holder.ticket:012d}.{other}")
+    made = as_user(
+        mallory,
+        machine,
+        """
+        import json, sys
+        open(sys.argv[1], "x").close()
+        print(json.dumps("planted"))
+        """,
+        str(planted),
+    )
+    assert made == "planted" and planted.exists()
+    if held == "exclusive":  # shown once (a shared holder is shown as the planted file says)
+        assert [t.number for t in machine.line("twin").status().holders] == [holder.ticket]
+    joiner = start(runs, machine, alice, "twin", *(["--shared"] if held == "exclusive" else []))
+    until(in_line_or_running(machine, "twin", joiner), "the other run to wait in line")
+    ran_inside = joiner.has_output()
+    assert holder.finish() == 0
+    joiner.running()
+    assert joiner.finish() == 0
+    assert_one_at_a_time(machine.log)
+    assert not ran_inside, f"a run went in beside a holder of a {held} turn"
+
+
 # --------------------------------------------------------------------------- the guard lock
 
 SIT_ON_GUARD = textwrap.dedent(

@@ -147,6 +147,7 @@ def read_entries(entries: Iterable[str]) -> Entries:
     """The tickets, markers and claims among a folder's entries; anything else is not ours."""
     tickets: list[int] = []
     shared: set[int] = set()
+    exclusive: set[int] = set()
     markers: set[int] = set()
     told: set[int] = set()
     counters = []
@@ -158,6 +159,7 @@ def read_entries(entries: Iterable[str]) -> Entries:
             continue
         if kind == "ticket":
             tickets.append(int(stem))
+            exclusive.add(int(stem))
         elif kind == "shared":
             tickets.append(int(stem))
             shared.add(int(stem))
@@ -165,6 +167,12 @@ def read_entries(entries: Iterable[str]) -> Entries:
             markers.add(int(stem))
         elif kind == "told":
             told.add(int(stem))
+    if len(exclusive | shared) != len(tickets):
+        # A number under two names (a joiner makes one: someone else put the other there,
+        # as another user may in a sticky folder) is one ticket, and an exclusive one if
+        # either name says so: a shared file beside a holder must not let readers in.
+        shared -= exclusive
+        tickets = list(exclusive | shared)
     tickets.sort()
     highest = tickets[-1] if tickets else 0
     if not (markers or told or counters):  # the common case, read at every join: no more to do

@@ -1040,10 +1040,31 @@ class PosixStore(UnixChannels, FolderStore):
         return True
 
     def _open_ticket(self, number: int) -> int | None:
-        """Ticket ``number``'s file, read-only, under its exclusive or its shared name."""
+        """Ticket ``number``'s file, read-only, under its exclusive or its shared name. A
+        joiner makes one of them; where both are there, someone else put one beside it (as
+        another user may in a sticky folder), and the one whose lock is held is the ticket:
+        a file planted beside a live ticket must not pass for it, nor make it look dead."""
         exclusive, shared = ticket_files(number)
         fd = self._open(exclusive)
-        return fd if fd is not None else self._open(shared)
+        try:
+            other = self._open(shared)
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            raise
+        if fd is None or other is None:
+            return fd if fd is not None else other
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(other)
+            return fd  # held: the exclusive name is the ticket
+        except BaseException:
+            os.close(fd)
+            os.close(other)
+            raise
+        os.close(fd)  # free (closing it drops the probe's lock): the other one, held or not
+        return other
 
     def _dead(self, number: int) -> bool:
         try:
