@@ -11,7 +11,11 @@ another process then shows that the line is free within a generous bound.
 from __future__ import annotations
 
 import atexit
+import fcntl
+import os
+import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -212,6 +216,108 @@ def test_local_interrupt_after_the_ticket_is_made_takes_it_away(lines_dir, monke
 
     fired = interrupt_once(monkeypatch, PosixStore, "_tidy_litter")
     assert_interrupted_join_leaves(fired, "made")
+
+
+def test_local_interrupt_just_after_a_threads_own_guard_is_taken_lets_it_go(lines_dir, monkeypatch):
+    """The same, for a join that takes the guard on a file of its own (another thread of the
+    process is using the one its opening keeps)."""
+    line = inturn.Line("own")
+    line.acquire().release()
+    opening = line.store._opening  # type: ignore[attr-defined]
+    real = fcntl.flock
+    fired: list[bool] = []
+
+    def flock(fd: int, operation: int) -> None:
+        real(fd, operation)
+        if operation == fcntl.LOCK_EX | fcntl.LOCK_NB and not fired:
+            fired.append(True)
+            raise KeyboardInterrupt("injected as the guard is taken")
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with opening.guard_lock, pytest.raises(KeyboardInterrupt):
+        line.acquire()
+    assert fired
+    assert_free("own")
+
+
+def hold_the_guard(lines_dir: Path, name: str) -> int:
+    """Line ``name``'s guard, locked as another process would hold it for a moment."""
+    inturn.Line(name).acquire().release()  # the line's folder and guard exist
+    guard = os.open(lines_dir / name / ".line", os.O_RDONLY)
+    fcntl.flock(guard, fcntl.LOCK_EX)
+    return guard
+
+
+def once_a_join_waits_for_the_guard(then: Callable[[], None]) -> None:
+    """Call ``then`` in a thread once a join of this process waits for a guard."""
+    before = set(threading.enumerate())
+
+    def watch() -> None:
+        deadline = time.monotonic() + float(BOUND)
+        while not any(t.name == "inturn-guard" for t in set(threading.enumerate()) - before):
+            if time.monotonic() > deadline:
+                return  # the join never waited for the guard: the test fails on its own
+            time.sleep(0.001)
+        then()
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def test_local_interrupt_while_waiting_for_the_guard_leaves_it_free(lines_dir):
+    """A timed join waits for the line's guard (held by another process for a moment) in a
+    helper thread; a Ctrl-C then must not leave that helper to take the guard for good, which
+    kept every joiner of the line waiting for as long as this process lived."""
+    guard = hold_the_guard(lines_dir, "guarded")
+    main = threading.get_ident()
+
+    def ctrl_c(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt("injected while waiting for the guard")
+
+    previous = signal.signal(signal.SIGUSR1, ctrl_c)
+    try:
+        once_a_join_waits_for_the_guard(lambda: signal.pthread_kill(main, signal.SIGUSR1))
+        with pytest.raises(KeyboardInterrupt, match="waiting for the guard"):
+            inturn.Line("guarded").acquire(timeout=float(BOUND))
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        fcntl.flock(guard, fcntl.LOCK_UN)  # the moment is over
+        os.close(guard)
+    assert_free("guarded")
+
+
+def test_local_interrupt_as_a_waited_for_guard_comes_lets_it_go(lines_dir, monkeypatch):
+    from inturn.backends.posix import _GuardWait
+
+    guard = hold_the_guard(lines_dir, "came")
+    fired = interrupt_once(monkeypatch, _GuardWait, "wait", after=True)
+    try:
+        once_a_join_waits_for_the_guard(lambda: fcntl.flock(guard, fcntl.LOCK_UN))
+        with pytest.raises(KeyboardInterrupt):
+            inturn.Line("came").acquire(timeout=float(BOUND))
+    finally:
+        os.close(guard)
+    assert fired
+    assert_free("came")
+
+
+def test_local_interrupt_just_after_the_guard_is_taken_lets_it_go(lines_dir, monkeypatch):
+    """Where a signal's handler runs most often: just after a system call returned."""
+    line = inturn.Line("taken")
+    line.acquire().release()  # its guard is open: the next join takes it at once
+    real = fcntl.flock
+    fired: list[bool] = []
+
+    def flock(fd: int, operation: int) -> None:
+        real(fd, operation)
+        if operation == fcntl.LOCK_EX | fcntl.LOCK_NB and not fired:
+            fired.append(True)
+            raise KeyboardInterrupt("injected as the guard is taken")
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with pytest.raises(KeyboardInterrupt):
+        line.acquire()
+    assert fired
+    assert_free("taken")
 
 
 def test_postgresql_interrupt_as_the_ticket_is_made_closes_its_session(pg_url, monkeypatch):

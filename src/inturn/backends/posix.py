@@ -601,7 +601,7 @@ class _GuardWait:
         self.finished = False
         self.got = False
         self.abandoned = False
-        threading.Thread(target=self._run, daemon=True, name="inturn-guard").start()
+        self.closed = False
 
     def _run(self) -> None:
         try:
@@ -611,13 +611,14 @@ class _GuardWait:
             got = False
         with self.lock:
             self.finished, self.got = True, got
-            give_up = self.abandoned
+            give_up = self.closed = self.abandoned
         if give_up:
             _unlock_and_close(self.fd)
         self.woken.set()
 
     def wait(self, patience: Patience) -> bool:
-        """True once the lock is ours; False when patience ran out (the helper closes)."""
+        """True once the lock is ours; False when patience ran out (given up)."""
+        threading.Thread(target=self._run, daemon=True, name="inturn-guard").start()
         remaining = patience.remaining()
         timeout = None if remaining is None else max(0.0, remaining)
         if patience.cancel is None:
@@ -628,11 +629,23 @@ class _GuardWait:
         with self.lock:
             if self.finished and self.got:
                 return True
-            self.abandoned = True
-            finished = self.finished
-        if finished:
-            os.close(self.fd)
+        self.give_up()
         return False
+
+    def give_up(self) -> None:
+        """Let the guard go, now if the helper has it, else as soon as it gets it: for a
+        caller that will not use it (out of patience, or stopped by an exception, such as a
+        Ctrl-C, even after ``wait`` said it was ours). Safe to call again: unlocking twice is
+        harmless, and the descriptor is closed once."""
+        with self.lock:
+            self.abandoned = True
+            close = self.finished and not self.closed
+            if close:
+                if self.got:
+                    fcntl.flock(self.fd, fcntl.LOCK_UN)
+                self.closed = True
+        if close:
+            os.close(self.fd)
 
 
 # --------------------------------------------------------------------------- one line
@@ -836,6 +849,9 @@ class PosixStore(UnixChannels, FolderStore):
         gets ``GuardTaken``.
         """
         kept = opening.guard_lock.acquire(blocking=False)
+        fd: int | None = None
+        waiting = False  # fd was handed to ``_wait_for_guard``, which closes it if it fails
+        helpers: list[_GuardWait] = []
         try:
             fd = self._kept_guard(opening) if kept else self._open_guard(opening.fd)
             if fd is not None:
@@ -843,13 +859,22 @@ class PosixStore(UnixChannels, FolderStore):
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     if kept:  # a wait that may be given up needs an open file of its own
+                        fd = None
                         kept = False
                         opening.guard_lock.release()
                         fd = self._open_guard(opening.fd)
                     if fd is not None:
-                        self._wait_for_guard(fd, patience)
+                        waiting = True
+                        self._wait_for_guard(fd, patience, helpers)
         except BaseException:
-            if kept:
+            # An exception (a Ctrl-C) may come just after the guard was taken: it is let go
+            # whether taken or not (unlocking a guard not held is harmless), or nobody could
+            # join the line for as long as this process lives.
+            if helpers:
+                helpers[0].give_up()
+            elif fd is not None and not waiting:
+                self._drop_guard(opening, fd, kept)
+            elif kept:
                 opening.guard_lock.release()
             raise
         if fd is None:
@@ -866,15 +891,20 @@ class PosixStore(UnixChannels, FolderStore):
         return None
 
     def _drop_guard(self, opening: FolderOpening, fd: int, kept: bool) -> None:
-        if kept:
+        """Unlock the guard, then give the kept file back to the opening's other threads, or
+        close our own, even if a Ctrl-C comes in between (see ``_join_here``)."""
+        try:
             fcntl.flock(fd, fcntl.LOCK_UN)
-            opening.guard_lock.release()
-        else:
-            _unlock_and_close(fd)
+        finally:
+            if kept:
+                opening.guard_lock.release()
+            else:
+                os.close(fd)
 
-    def _wait_for_guard(self, fd: int, patience: Patience) -> None:
+    def _wait_for_guard(self, fd: int, patience: Patience, helpers: list[_GuardWait]) -> None:
         """Wait for the guard another process holds, on an open file of our own (``fd``,
-        closed here if the wait fails)."""
+        closed here if the wait fails). A helper thread that waits for it is put in
+        ``helpers`` first, for the caller to give the guard up if it fails even so."""
         remaining = patience.remaining()
         taken = f"its guard {self._guard_shown()} is held by another process"
         if remaining is not None and remaining <= 0:
@@ -886,7 +916,11 @@ class PosixStore(UnixChannels, FolderStore):
             except BaseException:
                 os.close(fd)
                 raise
-        elif not _GuardWait(fd).wait(patience):  # the helper closes fd
+        else:
+            helper = _GuardWait(fd)
+            helpers.append(helper)
+            if helper.wait(patience):
+                return
             if patience.cancel is not None and patience.cancel.cancelled:
                 raise Cancelled(f"stopped waiting for line {self.name!r}")
             raise GuardTaken(taken)
@@ -1179,7 +1213,15 @@ class PosixStore(UnixChannels, FolderStore):
                         self._save_number(number + 1, guard)
                         self._tidy_litter(entries)
                     finally:
-                        self._drop_guard(opening, guard, kept)
+                        # ``_drop_guard`` written out: a Ctrl-C as a function is entered would
+                        # leave the guard held, and every joiner of the line waiting.
+                        try:
+                            fcntl.flock(guard, fcntl.LOCK_UN)
+                        finally:
+                            if kept:
+                                opening.guard_lock.release()
+                            else:
+                                os.close(guard)
             finally:
                 opening.leave()
             ahead = tuple(n for n in entries.tickets if n < number)
