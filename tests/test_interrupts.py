@@ -240,6 +240,41 @@ def test_local_interrupt_just_after_a_threads_own_guard_is_taken_lets_it_go(line
     assert_free("own")
 
 
+def asleep_on_a_lock(pid: int) -> None:
+    """Return once process ``pid`` sleeps waiting for a ``flock`` (as ``/proc/locks`` says)."""
+    deadline = time.monotonic() + float(BOUND)
+    while not any(
+        "->" in entry and " FLOCK " in entry and f" {pid} " in entry
+        for entry in Path("/proc/locks").read_text().splitlines()
+    ):
+        assert time.monotonic() < deadline, f"process {pid} never waited for a lock"
+        time.sleep(0.001)
+
+
+def test_local_release_interrupted_as_the_ticket_is_closed_frees_the_next(
+    lines_dir, monkeypatch, workers
+):
+    """A Ctrl-C as the ticket is marked closed, before its file was: the release is finished
+    by releasing again, and the waiter already asleep on the ticket's lock gets the turn."""
+    from inturn.backends.posix import PosixMembership
+
+    line = inturn.Line("closing")
+    held = line.acquire()
+    other = Worker("closing", "--timeout", BOUND)
+    workers.append(other)
+    other.expect("waiting")
+    asleep_on_a_lock(other.pid)  # it opened the ticket before the release unlinks it
+    fired = interrupt_once(monkeypatch, PosixMembership, "_fds")
+    with pytest.raises(KeyboardInterrupt):
+        held.release()
+    assert fired
+    assert not held.held
+    other.expect("acquired")
+    other.expect("released")
+    assert other.proc.wait() == 0
+    assert_free("closing")
+
+
 def hold_the_guard(lines_dir: Path, name: str) -> int:
     """Line ``name``'s guard, locked as another process would hold it for a moment."""
     inturn.Line(name).acquire().release()  # the line's folder and guard exist

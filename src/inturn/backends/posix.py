@@ -399,12 +399,16 @@ class PosixMembership(FolderMembership):
             return not self.closed
 
     def close(self) -> bool:
-        """Close the ticket (freeing its lock once no child holds a copy); False if it was."""
+        """Close the ticket (freeing its lock once no child holds a copy); False if it was.
+        Its own descriptor is closed as it is marked closed, with no point in between where a
+        Ctrl-C could come: marked but left open, it would hold the turn for as long as this
+        process lives, and a release finished by releasing again would not close it."""
         with self._lock:
             if self.closed:
                 return False
             self.closed = True
-        for fd in self._fds():
+            os.close(self.fd)
+        for fd in self._fds()[1:]:
             os.close(fd)
         return True
 
