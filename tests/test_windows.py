@@ -351,6 +351,18 @@ for code in (-1073741510, -1, -1073741819):
 """
 
 
+def test_a_run_nested_in_a_turn_of_its_own_line_says_so(win: Win) -> None:
+    """Windows has no ``/proc``; under Wine, ``/proc`` is Linux's, whose pids are not Windows
+    ones: it must not be asked whether the outer run is an ancestor, or the warning is lost."""
+    py = win.python
+    code, _, err = win.run(
+        "-m", "inturn", "run", "nest", "--", py, "-m", "inturn", "run", "-w", "1", "nest", "--",
+        py, "-c", "pass",
+    )  # fmt: skip
+    assert code == 75, err
+    assert "warning: this command runs inside turn 1 of line 'nest'" in err, err
+
+
 def test_run_passes_exit_codes_above_a_c_int(win: Win) -> None:
     """A command's exit code is a DWORD on Windows: 0xC000013A made ``inturn run`` fail with
     an OverflowError traceback and exit 1. Its parent now sees the command's own code."""

@@ -197,8 +197,10 @@ def _nested_in(name: str, line: Line) -> _Nested | None:
 
 def _is_ancestor(pid: int) -> bool:
     """Whether ``pid`` is this process or one of its ancestors, where ``/proc`` tells; without
-    it, the environment's word is taken (a ticket of this host that it names)."""
-    if not os.path.isdir("/proc/self"):
+    it, the environment's word is taken (a ticket of this host that it names). Windows has no
+    ``/proc``: there the path is a folder of the current drive (under Wine, Linux's own
+    ``/proc``, numbered by Linux pids, not Windows ones)."""
+    if sys.platform == "win32" or not os.path.isdir("/proc/self"):
         return True
     here = os.getpid()
     for _ in range(4096):  # a chain of parents, never a loop; the bound only guards a bug
