@@ -99,6 +99,24 @@ def test_waiting_on_yourself_forever_is_refused(lines_dir):
     assert line.status().holders == ()
 
 
+def test_waiting_for_the_line_you_hold_forever_is_refused(lines_dir):
+    """``line.wait()`` (the barrier) by the thread that holds the line would never end, as
+    its ``acquire()`` would not: refused alike; with a timeout it times out; another thread
+    waits until the holder releases."""
+    line = inturn.Line("barrier")
+    held = line.acquire()
+    with pytest.raises(inturn.InturnError, match="would wait for itself forever"):
+        inturn.Line("barrier").wait()
+    with pytest.raises(inturn.Timeout):
+        line.wait(timeout=0.05)
+    waited: list[inturn.LineStatus] = []
+    other = threading.Thread(target=lambda: (line.wait(), waited.append(line.status())))
+    other.start()
+    held.release()
+    other.join(REPORT_TIMEOUT)
+    assert waited and waited[0].holders == ()
+
+
 def test_line_release_gives_back_the_callers_turn_like_a_lock(lines_dir):
     """``line.acquire()`` then ``line.release()``, as with filelock, fasteners or a
     ``threading.Lock``: the turn is released though its ``Turn`` was not kept; the latest of

@@ -27,7 +27,15 @@ from .backends.base import (
 )
 from .errors import AlreadyRunning, Busy, InturnError, UsageError
 from .names import check_name
-from .queue import HOLDINGS, Held, ProgressCallback, give_back, take_turn, wait_for_everyone
+from .queue import (
+    HOLDINGS,
+    Asker,
+    Held,
+    ProgressCallback,
+    give_back,
+    take_turn,
+    wait_for_everyone,
+)
 from .records import LineStatus, Ticket
 
 TYPE_CHECKING = False  # ``typing.TYPE_CHECKING`` without importing ``typing``
@@ -544,11 +552,12 @@ class Line:
         later; raises ``Timeout`` after ``timeout`` seconds (None or negative: for ever).
         Like ``status``, it creates nothing."""
         seconds = seconds_or_forever(timeout)
+        asker = Asker(threading.current_thread(), *_asking_from(threading.current_thread()))
 
         def until_everyone_left(store: LineStore) -> None:
             now = store.status()  # a line nobody has used: nothing to wait for, or to make
             if now.holders or now.waiters:
-                wait_for_everyone(store, seconds, cancel)
+                wait_for_everyone(store, seconds, cancel, asker, HOLDINGS)
 
         self._look(until_everyone_left)
 

@@ -233,20 +233,32 @@ def _claim_patience(guard_deadline: float | None, cancel: CancelToken | None) ->
 
 
 def wait_for_everyone(
-    store: LineStore, timeout: float | None = None, cancel: CancelToken | None = None
+    store: LineStore,
+    timeout: float | None = None,
+    cancel: CancelToken | None = None,
+    asker: Asker | None = None,
+    holdings: Holdings | None = None,
 ) -> None:
     """Return once every ticket that is in line now (holding or waiting) has left or died.
 
     A barrier that takes no ticket, so it blocks no one who arrives later: it sleeps on the
-    youngest of them until it goes, then on the youngest left, and so on.
+    youngest of them until it goes, then on the youngest left, and so on. A wait with no
+    timeout for a turn that only ``asker``'s own release could end is refused, as
+    ``take_turn`` refuses it.
     """
     try:
-        _wait_until_empty(store, timeout, cancel)
+        _wait_until_empty(store, timeout, cancel, asker, holdings)
     except Timeout as exc:
         raise _timed_out(exc, timeout) from None
 
 
-def _wait_until_empty(store: LineStore, timeout: float | None, cancel: CancelToken | None) -> None:
+def _wait_until_empty(
+    store: LineStore,
+    timeout: float | None,
+    cancel: CancelToken | None,
+    asker: Asker | None,
+    holdings: Holdings | None,
+) -> None:
     deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
     view = store.look(None)
     remaining_tickets = list(view.tickets)
@@ -255,6 +267,16 @@ def _wait_until_empty(store: LineStore, timeout: float | None, cancel: CancelTok
         remaining_tickets = [n for n, ok in zip(remaining_tickets, liveness, strict=True) if ok]
         if not remaining_tickets:
             return
+        if (
+            deadline is None
+            and asker is not None
+            and holdings is not None
+            and holdings.owned_by(store, remaining_tickets, asker)
+        ):
+            raise InturnError(
+                f"this {_kind(asker)} holds a turn of line {store.name!r} and would wait for "
+                "itself forever: wait for the line after releasing it, or give a timeout"
+            )
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             raise Timeout(
