@@ -677,6 +677,15 @@ def test_a_folder_path_too_long_for_a_socket_address(tmp_path, started):
 # --------------------------------------------------------------------------- bad input
 
 
+@pytest.mark.parametrize("wait", [10**400, float("inf"), 1e300], ids=["10**400", "inf", "1e300"])
+def test_a_wait_too_long_to_end_waits_for_ever(lines_dir, wait):
+    """``wait=`` of more seconds than a float holds (or infinite) is for ever, as a timeout
+    that long is, not an ``OverflowError``."""
+    app = inturn.single_instance("long", wait=wait)
+    assert app.held
+    app.release()
+
+
 def test_bad_input_is_one_clear_line(lines_dir, app):
     with pytest.raises(inturn.UsageError, match="on_message must be a function"):
         inturn.single_instance("bad", on_message=3)  # type: ignore[arg-type]

@@ -1177,12 +1177,13 @@ def _uncaught_exception() -> bool:
 
 
 def _wait_seconds(wait: object) -> float | bool:
-    """``wait=``: False (send, do not wait), True (wait for ever, as 0.0 here) or seconds."""
+    """``wait=``: False (send, do not wait), True (wait for ever, as 0.0 here) or seconds (at
+    least ``FOREVER_SECONDS``, as a timeout that long: for ever)."""
     if isinstance(wait, bool):
         return 0.0 if wait else False
     if not isinstance(wait, (int, float)) or not wait > 0:
         raise UsageError(f"wait must be True, False or a positive number of seconds, not {wait!r}")
-    return float(wait)
+    return 0.0 if wait >= FOREVER_SECONDS else float(wait)
 
 
 def _first_or_tell(
