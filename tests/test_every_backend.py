@@ -526,6 +526,49 @@ def test_times_are_told_on_the_readers_clock_whatever_the_holders(kind, request)
             assert holder.wait(REPORT_TIMEOUT) == 0
 
 
+STEPPED_HOLDER = """
+import json, sys, time, inturn
+real, step = time.time, 0.0
+time.time = lambda: real() + step
+line = inturn.Line("stepped")
+with line.acquire():  # a session opens, and measures the server's clock
+    pass
+step = float(sys.argv[1])  # then this host's clock is set (NTP, a resumed VM)
+with line.acquire():
+    print(json.dumps(line.status().to_json()), flush=True)
+    sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "redis"])
+def test_times_stay_right_when_a_hosts_clock_is_set_after_it_connected(kind, request):
+    """A host's clock may be set while its process keeps its sessions (NTP after a boot, a
+    resumed VM): the times its next turn records are still the server's, and what it reads
+    is still told on its own clock, not a day off either way."""
+    request.getfixturevalue("pg_url" if kind == "postgresql" else "place")
+    for step in ("-86400", "86400"):
+        holder = subprocess.Popen(
+            [sys.executable, "-c", STEPPED_HOLDER, step],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+        )
+        assert holder.stdin is not None and holder.stdout is not None
+        try:
+            (own,) = json.loads(holder.stdout.readline())["holders"]
+            assert own["held_seconds"] < 60, (step, own)
+            assert abs(own["acquired_at"] - time.time() - float(step)) < 60, (step, own)
+            data = json.loads(run_cli("status", "--json", "stepped").stdout)
+            (held,) = data["holders"]
+            now = time.time()
+            assert abs(held["joined_at"] - now) < 60, (step, held)
+            assert abs(held["acquired_at"] - now) < 60, (step, held)
+        finally:
+            holder.stdin.close()
+            assert holder.wait(REPORT_TIMEOUT) == 0
+
+
 HOSTILE = [
     "../../etc/passwd",
     "a/b",

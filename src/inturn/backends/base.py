@@ -270,10 +270,6 @@ class ServerClock:
             self.offset, self._spread = offset, spread
         return self.offset
 
-    def on_server(self, ours: float) -> float:
-        """A time of ours, on the server's clock."""
-        return ours - self.offset
-
 
 class Membership(ABC):
     """The caller's own ticket: it keeps the liveness lock held until ``LineStore.leave``."""

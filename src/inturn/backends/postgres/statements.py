@@ -297,7 +297,11 @@ class Statements:
             "  SELECT number, pg_try_advisory_lock({c},"
             "         ((number - {lo}) %% {span} + {lo})::int4) AS ok FROM numbered)"
             " INSERT INTO {s}.tickets (number, line_id, lock_objid, backend_pid, record)"
-            " SELECT number, %(line_id)s, number %% {span}, pg_backend_pid(), %(record)s"
+            # The join time is the server's, which every host shares: its clock is read as the
+            # row is written, whatever our own clock did since the session measured it.
+            " SELECT number, %(line_id)s, number %% {span}, pg_backend_pid(),"
+            " '{{\"joined_at\":' || extract(epoch FROM clock_timestamp())::text || ','"
+            " || substr(%(record)s, 2)"
             " FROM locked WHERE ok RETURNING number,"
             # How many tickets this server session now holds: one (ours) unless a pooler in
             # transaction mode shares it between clients (see ``PostgresStore._join_on``).
@@ -322,14 +326,15 @@ class Statements:
             " LEFT JOIN {s}.tickets t ON t.number = n.number"
         ).format(s=s, c=sql.Literal(self.cls))
         self.read = q(
-            "SELECT number, record, acquired_at FROM {s}.tickets"
+            "SELECT number, record, acquired_at, extract(epoch FROM clock_timestamp())"
+            " FROM {s}.tickets"
             " WHERE number = ANY(%(numbers)s::bigint[])"
         )
         self.bury = q("SELECT {s}.bury(%(number)s::bigint)")
         # The turn is ours only if this session is the one that joined: behind a pooler in
         # transaction mode another server session may answer, and then no row matches.
         self.mark = q(
-            "UPDATE {s}.tickets SET acquired_at = %(when)s"
+            "UPDATE {s}.tickets SET acquired_at = extract(epoch FROM clock_timestamp())"
             " WHERE number = %(number)s AND backend_pid = pg_backend_pid() RETURNING number"
         )
         # A shared turn leaves the marker of a shared holder for the next exclusive one.

@@ -912,8 +912,7 @@ class PostgresStore(LineStore):
 
     def _join_on(self, conn: Connection, me: Ticket) -> int:
         header = me.header()
-        if me.joined_at is not None:  # on the server's clock, which every host shares
-            header["joined_at"] = self.backend.clock.on_server(me.joined_at)
+        header.pop("joined_at", None)  # the server stamps it, on the clock every host shares
         record = json.dumps(header, separators=(",", ":"), ensure_ascii=True)
         for _ in range(64):
             line_id = self._line(conn)
@@ -1174,10 +1173,7 @@ class PostgresStore(LineStore):
             raise LostTurn(f"lost the connection to {self.where} as the turn came")
         try:
             row = _despite_cancels(
-                lambda: conn.execute(
-                    self.stmts.mark,
-                    {"when": self.backend.clock.on_server(when), "number": me.number},
-                )
+                lambda: conn.execute(self.stmts.mark, {"number": me.number})
             ).fetchone()
         except psycopg.OperationalError as exc:
             if not me.holding:
@@ -1312,9 +1308,12 @@ class PostgresStore(LineStore):
         wanted = [int(n) for n in numbers]
 
         def work(conn: Connection) -> list[Ticket | None]:
+            sent = time.time()
             rows = conn.execute(self.stmts.read, {"numbers": wanted}).fetchall()
             offset = self.backend.clock.offset
-            found = {int(n): _ticket(n, record, acq, offset) for n, record, acq in rows}
+            if rows:  # measured again: our clock may have been set since the session began
+                offset = self.backend.clock.measured(sent, time.time(), float(rows[0][3]))
+            found = {int(n): _ticket(n, record, acq, offset) for n, record, acq, _ in rows}
             return [found.get(n) for n in wanted]
 
         return self._query(me, work)
