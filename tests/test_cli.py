@@ -612,6 +612,20 @@ def test_a_turn_taken_during_a_look_or_on_a_clock_ahead_shows_no_negative_time()
     assert [duration(s) for s in (-1.04, -0.01, 0.0, 2.5)] == ["0.0s", "0.0s", "0.0s", "2.5s"]
 
 
+def test_a_turn_held_for_days_is_told_in_days():
+    """A single instance holds its line for weeks: its age is told in days and hours, as a
+    duration is given (``2d``), not as hundreds of hours."""
+    from inturn.cli.display import duration
+
+    day = 86400.0
+    assert [duration(s) for s in (day - 1, day, 3 * day + 4 * 3600 + 59, 400 * day)] == [
+        "23h59m",
+        "1d00h",
+        "3d04h",
+        "400d00h",
+    ]
+
+
 @pytest.mark.parametrize("given", ["10x", "30m1h", "1h30", "m", "-5", "1e400", "nan", ""])
 def test_a_bad_duration_is_one_line_naming_it(lines_dir, given):
     result = run_cli("run", "-w", given, "bad", "--", "true")

@@ -50,8 +50,9 @@ def seconds_parameter(text: str, what: str, low: float, high: float) -> float:
 
 
 def duration(seconds: float | None) -> str:
-    """``45s``, ``1m12s``, ``2h03m``: short enough for a status line. Never negative: a
-    time taken on another host's clock may be a little ahead of ours."""
+    """``45s``, ``1m12s``, ``2h03m``, ``3d04h``: short enough for a status line, and in days
+    past one, for a turn held for weeks (a single instance) reads badly in hours. Never
+    negative: a time taken on another host's clock may be a little ahead of ours."""
     if seconds is None:
         return "-"
     seconds = max(0.0, seconds)
@@ -60,4 +61,6 @@ def duration(seconds: float | None) -> str:
         return f"{seconds:.1f}s" if seconds < 10 else f"{whole}s"
     if whole < 3600:
         return f"{whole // 60}m{whole % 60:02d}s"
-    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
