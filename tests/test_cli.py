@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -624,6 +625,39 @@ def test_a_turn_held_for_days_is_told_in_days():
         "3d04h",
         "400d00h",
     ]
+
+
+HELD_DAYS_AGO = """
+import sys, time, inturn
+real = time.time
+time.time = lambda: real() - 2 * 86400  # the turn is taken two days ago, on this clock
+with inturn.turn("old"):
+    time.time = real
+    print("holding", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_busy_names_the_day_of_a_turn_taken_on_another(lines_dir):
+    """``since 14:02:11`` alone would pass a turn held since the day before yesterday for one
+    taken this afternoon: the date is given when it is not today's."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HELD_DAYS_AGO],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        result = run_cli("run", "-n", "old", "--", "true")
+        taken = time.strftime("%Y-%m-%d", time.localtime(time.time() - 2 * 86400))
+        assert result.returncode == 75 and f" since {taken} " in result.stderr, result.stderr
+        assert "  2d00h  " in run_cli("status", "old").stdout
+    finally:
+        holder.stdin.close()
+        assert holder.wait(REPORT_TIMEOUT) == 0
 
 
 @pytest.mark.parametrize("given", ["10x", "30m1h", "1h30", "m", "-5", "1e400", "nan", ""])

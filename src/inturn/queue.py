@@ -648,9 +648,13 @@ def _full_message(
 
 
 def _since(ticket: Ticket) -> str:
+    """When the turn was taken: the time of day, and the date too when it is not today's, so
+    that a turn held since yesterday is not taken for one held since this morning."""
     if ticket.acquired_at is None:
         return ""
-    return f" since {time.strftime('%H:%M:%S', time.localtime(ticket.acquired_at))}"
+    taken = time.localtime(ticket.acquired_at)
+    shape = "%H:%M:%S" if taken[:3] == time.localtime()[:3] else "%Y-%m-%d %H:%M:%S"
+    return f" since {time.strftime(shape, taken)}"
 
 
 # How long a waiter whose time is up still waits for a server to tell who holds the line.
