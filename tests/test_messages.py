@@ -244,6 +244,14 @@ def test_replies_round_trip(app, value):
     assert inturn.send("echo", ["echo"], data=value) == value
 
 
+@pytest.mark.parametrize("timeout", [10**400, float("inf"), 1e20])
+def test_a_timeout_too_long_for_any_clock_waits_a_year_at_most(app, timeout):
+    """As ``acquire`` takes ``10**400`` for ever, a sender takes it as the longest wait it
+    allows, not as an ``OverflowError`` from ``float()``."""
+    app.first("echo", "--reply", "data")
+    assert inturn.send("echo", ["echo"], data=7, timeout=timeout) == 7
+
+
 def test_inturn_send_prints_the_reply_as_json_with_exit_code_0(app):
     first = app.first("cli", "--reply", "echo")
     sender = app.tool("send", "-v", "cli", "--", "one", "twö", "--x")

@@ -638,10 +638,11 @@ def check_data(data: Any) -> None:
 
 
 def check_timeout(timeout: object) -> float:
-    """A sender's timeout: a positive number of seconds."""
+    """A sender's timeout: a positive number of seconds, at most a year (cut before ``float``,
+    which an integer too large for one, as ``10**400``, would make an ``OverflowError``)."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise UsageError(f"timeout must be a positive number of seconds, not {timeout!r}")
-    return min(float(timeout), 365 * 24 * 3600.0)
+    return float(min(timeout, 365 * 24 * 3600.0))
 
 
 def current_folder() -> str:
