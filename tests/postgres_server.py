@@ -94,9 +94,11 @@ def become(owner: pwd.struct_passwd | None) -> Callable[[], None] | None:
 class Cluster:
     """A PostgreSQL cluster in a temporary folder, on its own port, trust auth."""
 
-    def __init__(self, tls: Certificates | None = None) -> None:
+    def __init__(self, tls: Certificates | None = None, env: dict[str, str] | None = None) -> None:
         """``tls``: take TCP connections over TLS only (the URL asks for ``verify-full``
-        against the authority's certificate), as hosted servers do."""
+        against the authority's certificate), as hosted servers do. ``env``: more variables
+        for the server's processes (a clock of its own, with libfaketime)."""
+        self.env = env or {}
         folder = server_bin()
         if folder is None:
             raise RuntimeError("no initdb/pg_ctl found (apt-get install postgresql)")
@@ -126,6 +128,7 @@ class Cluster:
         made.port = free_port()
         made.owner = unprivileged_owner(made.home)
         made.settings = []
+        made.env = {}
         made.url = f"postgresql://postgres@127.0.0.1:{made.port}/postgres"
         source = ("-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres")
         made._as_owner("pg_basebackup", "-D", made.data, "-R", "-X", "stream", *source)
@@ -155,7 +158,7 @@ class Cluster:
             text=True,
             timeout=120,
             cwd=self.home,
-            env={**os.environ, "LC_ALL": "C"},
+            env={**os.environ, "LC_ALL": "C", **self.env},
         )
         if result.returncode != 0:
             raise RuntimeError(f"{program} failed: {result.stdout}{result.stderr}")
@@ -190,10 +193,12 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def cluster(tls: Certificates | None = None) -> Iterator[Cluster]:
+def cluster(
+    tls: Certificates | None = None, env: dict[str, str] | None = None
+) -> Iterator[Cluster]:
     if server_bin() is None:
         missing("no initdb/pg_ctl to make a throwaway cluster")
-    made = Cluster(tls)
+    made = Cluster(tls, env)
     try:
         yield made
     finally:

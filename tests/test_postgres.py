@@ -11,11 +11,14 @@ that cut connections put a proxy of their own in front of the server.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -1250,3 +1253,54 @@ def test_addresses_in_messages_say_where_the_server_is(url, shown):
     from inturn.backends.postgres.address import parse
 
     assert parse(url).where == shown
+
+
+def test_a_server_clock_set_forward_does_not_end_a_wait_early():
+    """A waiter's timeout is the server's ``lock_timeout``, which PostgreSQL counts on its wall
+    clock: a server whose clock is set an hour forward must not make a waiter give up at once,
+    nor say it waited its whole timeout."""
+    from terminal import ensure_program
+
+    ensure_program("faketime")
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1"))
+    if not found:
+        missing_component("libfaketime is not installed", "apt-get install libfaketime")
+    folder = tempfile.mkdtemp(prefix="inturn-clock-")
+    os.chmod(folder, 0o755)  # the server's own user reads the offset
+    offset = os.path.join(folder, "offset")
+    with open(offset, "w") as file:
+        file.write("+0\n")
+    os.chmod(offset, 0o644)
+    clock = {
+        "LD_PRELOAD": found[0],
+        "FAKETIME_TIMESTAMP_FILE": offset,
+        "FAKETIME_NO_CACHE": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+    try:
+        with cluster(env=clock) as server:
+            line = inturn.Line("early", backend=server.url)
+            holder = line.acquire()
+            outcome: list[object] = []
+
+            def wait() -> None:
+                try:
+                    outcome.append(inturn.Line("early", backend=server.url).acquire(timeout=30))
+                except inturn.Timeout as exc:
+                    outcome.append(exc)
+
+            waiter = threading.Thread(target=wait)
+            waiter.start()
+            until(lambda: len(line.status().waiters) == 1, "the waiter to be in line")
+            with open(offset, "w") as file:
+                file.write("+3600\n")  # the server's clock is set an hour forward
+            waiter.join(5.0)
+            assert not outcome, outcome  # still waiting: its 30 s are not over
+            holder.release()
+            waiter.join(REPORT_TIMEOUT)
+            (turn,) = outcome
+            assert isinstance(turn, inturn.Turn), turn
+            turn.release()
+            line.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

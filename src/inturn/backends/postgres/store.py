@@ -1088,7 +1088,9 @@ class PostgresStore(LineStore):
             rows = conn.execute(self.stmts.wait_and_look, params).fetchall()
             return Woke(_view(rows, member, self.name))
         except pg_errors.LockNotAvailable:
-            return None  # lock_timeout: our own timeout ran out
+            # lock_timeout, which the server counts on its wall clock: one set forward ends it
+            # early, and then the rest of our own timeout is waited in a look and a wait more.
+            return Woke() if deadline is not None and time.monotonic() < deadline else None
         except pg_errors.QueryCanceled:
             if cancel is not None and cancel.cancelled:
                 raise Cancelled(f"stopped waiting for line {self.name!r}") from None
