@@ -349,3 +349,53 @@ def test_a_child_that_outlives_a_dead_holder_does_not_keep_its_turn(where: Where
         holder.kill()
         assert holder.stdin is not None
         holder.stdin.close()  # the helper, which shares it, ends
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_a_child_forked_as_a_thread_takes_and_gives_turns_keeps_no_ticket(
+    lines_dir: Path,
+) -> None:
+    """A thread takes and gives back turns as fast as it can while the parent forks: no child
+    may start with a copy of a ticket's file. A copy made as the ticket was opened (before
+    its membership was recorded) or closed (after it was marked closed) was never closed,
+    and its lock held the turn, or kept the next one waiting, for as long as the child lived."""
+    line = inturn.Line("churned")
+    line.acquire().release()  # the line's folder exists
+    folder = os.path.realpath(lines_dir / "churned")
+    stop = threading.Event()
+    cycled = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            line.acquire().release()
+            cycled.set()
+
+    def body(say: Callable[[str], None]) -> None:
+        kept = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue  # the listing's own descriptor, closed by now
+            folder_of, _, name = target.partition(" (deleted)")[0].rpartition("/")
+            if folder_of == folder and name[:12].isdigit():
+                kept.append(name)
+        say(f"kept {' '.join(kept)}" if kept else "none")
+
+    churner = threading.Thread(target=churn, daemon=True)
+    churner.start()
+    kept: list[str] = []
+    try:
+        assert cycled.wait(REPORT_TIMEOUT), "the thread never took a turn"
+        for _ in range(300):
+            with child(body) as forked:
+                report = forked.next()
+                assert forked.wait() == 0
+            if report != "none":
+                kept.append(report)
+    finally:
+        stop.set()
+        churner.join(REPORT_TIMEOUT)
+    assert not churner.is_alive(), "the thread taking turns hung"
+    assert not kept, f"{len(kept)} of 300 children kept a ticket: {kept[:3]}"
+    line.acquire(blocking=False).release()

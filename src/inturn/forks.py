@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from _thread import RLock  # what ``threading.RLock`` is, without ``threading``'s import
 from _weakrefset import WeakSet  # what ``weakref.WeakSet`` is, without ``weakref``'s import
 
 TYPE_CHECKING = False  # ``typing.TYPE_CHECKING`` without importing ``typing``
@@ -21,6 +22,12 @@ if TYPE_CHECKING:  # for the type checker only: a Protocol class costs every sta
 
 
 _registered: WeakSet[ForkAware] = WeakSet()
+# Held while a descriptor that no child may keep (a ticket's, whose lock says its owner lives)
+# is opened or closed and its owner's record of it is set: ``fork()`` waits for it, so that
+# no child is made in between with a copy that its ``after_fork_in_child`` does not close.
+# Re-entrant: a signal handler of the thread that holds it may fork. A child gets a new one:
+# use it as ``forks.fork_lock``, never a copy of the name.
+fork_lock = RLock()
 _pid = os.getpid()
 _pid_namespace: int | None = -1  # -1: not looked up yet
 
@@ -51,8 +58,17 @@ def forget_after_fork(thing: ForkAware) -> None:
     _registered.add(thing)
 
 
+def _before() -> None:
+    fork_lock.acquire()
+
+
+def _after_in_parent() -> None:
+    fork_lock.release()
+
+
 def _in_child() -> None:
-    global _pid, _pid_namespace
+    global _pid, _pid_namespace, fork_lock
+    fork_lock = RLock()  # a fork made without ``_before`` may leave it held by another thread
     _pid = os.getpid()
     _pid_namespace = -1  # a parent that called unshare(CLONE_NEWPID) has its children in another
     for thing in list(_registered):
@@ -60,4 +76,4 @@ def _in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_in_child)
+    os.register_at_fork(before=_before, after_in_parent=_after_in_parent, after_in_child=_in_child)

@@ -369,7 +369,8 @@ class PosixMembership(FolderMembership):
     listens on (open for reading, and for writing too, so that it never reads end-of-file).
     ``spent`` holds the tickets we waited on that were released cleanly: closing one right
     after waking would wait for its owner's own close of it to finish, so they are closed
-    when we leave. A forked child gets its copies closed."""
+    when we leave. A forked child gets its copies closed: they are opened, closed and
+    recorded here under ``forks.fork_lock``, so that no child is made in between."""
 
     def __init__(
         self, number: int, fd: int, shared: bool, kick: tuple[int, int] | None, file: str
@@ -382,7 +383,6 @@ class PosixMembership(FolderMembership):
         self.spent: list[int] = []
         self.pid = forks.pid()
         self.closed = False
-        self._lock = threading.Lock()
         forget_after_fork(self)
 
     def inheritable_handles(self) -> list[int]:
@@ -393,7 +393,7 @@ class PosixMembership(FolderMembership):
 
     def keep_spent(self, fd: int) -> bool:
         """Keep a released ticket we waited on, to close when we leave; False if we left."""
-        with self._lock:
+        with forks.fork_lock:
             if not self.closed:
                 self.spent.append(fd)
             return not self.closed
@@ -402,19 +402,19 @@ class PosixMembership(FolderMembership):
         """Close the ticket (freeing its lock once no child holds a copy); False if it was.
         Its own descriptor is closed as it is marked closed, with no point in between where a
         Ctrl-C could come: marked but left open, it would hold the turn for as long as this
-        process lives, and a release finished by releasing again would not close it."""
-        with self._lock:
+        process lives, and a release finished by releasing again would not close it. A child
+        forked as it is marked closed would keep a copy of it, and so the turn, until it ends."""
+        with forks.fork_lock:
             if self.closed:
                 return False
             self.closed = True
             os.close(self.fd)
-        for fd in self._fds()[1:]:
-            os.close(fd)
+            for fd in self._fds()[1:]:
+                os.close(fd)
         return True
 
     def after_fork_in_child(self) -> None:
         """The turn stays with the parent: drop this copy of its descriptors."""
-        self._lock = threading.Lock()
         if not self.closed:
             self.closed = True
             for fd in self._fds():
@@ -1202,9 +1202,12 @@ class PosixStore(UnixChannels, FolderStore):
                         self._ensure_name(dir_fd)  # the name again, if a forget was cut short
                         entries = self._entries_in(dir_fd)
                         first = self._next_number(entries, guard)
-                        fd, number, file = self._create_ticket(dir_fd, first, me.shared)
-                        made = (fd, file)
-                        membership = PosixMembership(number, fd, me.shared, None, file)
+                        # Under ``forks.fork_lock``, which takes no other lock: a child forked
+                        # in between would keep the ticket's lock, so the turn.
+                        with forks.fork_lock:
+                            fd, number, file = self._create_ticket(dir_fd, first, me.shared)
+                            made = (fd, file)
+                            membership = PosixMembership(number, fd, me.shared, None, file)
                         # Private until locked: nobody else can open it in time to lock it
                         # first. A look by our own user may hold a shared lock for an instant:
                         # wait it out.
@@ -1213,7 +1216,7 @@ class PosixStore(UnixChannels, FolderStore):
                         if self.scope == "machine":
                             os.fchmod(fd, _readable_mode(self.scope))
                         if me.newest_wins:  # before anyone sees the ticket: no kick is lost
-                            membership.kick = self._open_kick(number)
+                            self._open_kick(membership)
                         self._save_number(number + 1, guard)
                         self._tidy_litter(entries)
                     finally:
@@ -1351,21 +1354,23 @@ class PosixStore(UnixChannels, FolderStore):
                 number += 1  # a leftover or planted file: never reuse its number
         raise BackendError(f"{self.shown} is full of foreign files: clean it up")
 
-    def _open_kick(self, number: int) -> tuple[int, int]:
+    def _open_kick(self, me: PosixMembership) -> None:
         """The FIFO through which a later ``newest_wins`` arrival replaces this ticket:
         writable by every user of the line, read (and held open for writing, so that it never
-        reads end-of-file) by us only."""
-        name = self.prefix + kick_file(number)
+        reads end-of-file) by us only. Opened into ``me.kick`` under ``forks.fork_lock``, and
+        nothing else there: a thread that forks may hold the folder's locks."""
+        name = self.prefix + kick_file(me.number)
         flags = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         with self._folder() as dir_fd:
             with suppress(FileNotFoundError):
                 os.unlink(name, dir_fd=dir_fd)  # a leftover of a number never handed out
             os.mkfifo(name, _PRIVATE, dir_fd=dir_fd)
-            reader = os.open(name, os.O_RDONLY | flags, dir_fd=dir_fd)
-            writer = os.open(name, os.O_WRONLY | flags, dir_fd=dir_fd)
+            with forks.fork_lock:  # a child forked in between would keep copies of both
+                reader = os.open(name, os.O_RDONLY | flags, dir_fd=dir_fd)
+                writer = os.open(name, os.O_WRONLY | flags, dir_fd=dir_fd)
+                me.kick = (reader, writer)
         if self.scope == "machine":
             os.fchmod(reader, 0o622 | KEEP)
-        return reader, writer
 
     def replace(self, number: int, me: Membership) -> None:
         flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
