@@ -1044,6 +1044,37 @@ def test_a_server_that_renamed_info_away_is_used_unchecked(tmp_path):
         server.stop()
 
 
+@pytest.mark.parametrize(
+    ("command", "renamed"), [("RENAME", '""'), ("XADD", "xadd-for-admins"), ("EVALSHA", '""')]
+)
+def test_a_server_that_renamed_a_command_inturn_uses_is_refused_before_joining(
+    tmp_path, command, renamed
+):
+    """``rename-command`` (a common hardening step) can rename or disable a command inturn's
+    scripts call: let in, a holder could not hand over (``XADD``, so each turn would end as if
+    its holder died) and the next holder could not claim a dead one's turn (``RENAME``). It is
+    refused before it joins instead: one line naming the command, exit 2, nothing run."""
+    server = RedisServer(tmp_path / "renamed", "--rename-command", command, renamed)
+    try:
+        result = run_cli("run", "x", "--", "echo", "ran", INTURN_BACKEND=server.url)
+        one_line_error(result, f"does not know the command {command}", "rename-command")
+        assert "ran" not in result.stdout
+    finally:
+        server.stop()
+
+
+def test_a_server_that_disabled_eval_is_told_so_too(tmp_path):
+    """Without ``EVAL`` the check itself cannot run: the line says scripts do not run, and
+    names ``rename-command`` beside the Sentinel it may also be."""
+    server = RedisServer(tmp_path / "renamed", "--rename-command", "EVAL", '""')
+    try:
+        result = run_cli("run", "x", "--", "echo", "ran", INTURN_BACKEND=server.url)
+        one_line_error(result, "does not run scripts", "Sentinel", "rename-command")
+        assert "ran" not in result.stdout
+    finally:
+        server.stop()
+
+
 # A script that keeps Redis busy for this long (TIME advances inside it), in microseconds.
 SPIN = (
     "local s = redis.call('TIME') local n repeat n = redis.call('TIME') "

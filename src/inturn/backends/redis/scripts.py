@@ -129,14 +129,16 @@ return 1
 # leave that cannot write its stream wakes nobody). ARGV holds each command as its word count
 # and its words. Answers the places (from 1) of those denied, or -1 where ACLs cannot be asked
 # from a script (``redis.acl_check_cmd`` came with Redis 7; there are no ACLs before 6). A
-# command the server does not know (renamed away) is left for its first use to report.
+# command the server does not know (``rename-command`` renamed or disabled it) answers its
+# place negated: inturn would be let in to fail as it hands over or claims a dead turn.
 CAN_RUN = """
 if not redis.acl_check_cmd then return -1 end
 local denied, at, place = {}, 1, 1
 while at <= #ARGV do
   local count = tonumber(ARGV[at])
   local ok, allowed = pcall(redis.acl_check_cmd, unpack(ARGV, at + 1, at + count))
-  if ok and not allowed then denied[#denied + 1] = place end
+  if not ok then denied[#denied + 1] = -place
+  elseif not allowed then denied[#denied + 1] = place end
   at, place = at + count + 1, place + 1
 end
 return denied

@@ -123,6 +123,18 @@ def _commands_used(key: str) -> list[tuple[str, ...]]:
     ]
 
 
+def _unknown_commands(names: Sequence[str], where: str) -> str:
+    """One line for a server whose configuration renamed or disabled commands inturn uses
+    (``rename-command``): let in, it would fail as it hands over or claims a dead turn."""
+    listed = ", ".join(dict.fromkeys(names))
+    which = f"commands {listed}" if ", " in listed else f"command {listed}"
+    return (
+        f"Redis at {where} does not know the {which} that inturn needs (renamed or disabled "
+        "by rename-command in its configuration): take that rename-command out of the "
+        "server's configuration, or use another server"
+    )
+
+
 def _command_name(words: Sequence[str]) -> str:
     """A command as a message names it: ``XADD``, ``SCRIPT LOAD``."""
     return " ".join(words[:2] if words[0] == "SCRIPT" else words[:1]).upper()
@@ -242,7 +254,8 @@ def _backend_error(exc: rx.RedisError, where: str, prefix: str, user: str) -> Ba
         if "unknown command" in text and any(c in text for c in ("SCRIPT", "EVAL", "FCALL")):
             return BackendError(
                 f"Redis at {where} does not run scripts ({text}): is it a Sentinel? Point the "
-                "URL at the primary it names"
+                "URL at the primary it names (or, if its configuration renamed or disabled "
+                "scripting with rename-command, take that out)"
             )
         return BackendError(f"Redis at {where} refused a command: {text}")
     return BackendError(f"Redis at {where} failed: {exc}")
@@ -456,7 +469,11 @@ class RedisBackend(Backend):
             if isinstance(denied, rx.RedisError):
                 raise denied
             if isinstance(denied, list) and denied:
-                self._refuse([commands[int(place) - 1] for place in denied], key)
+                places = [int(place) for place in denied]
+                unknown = [_command_name(commands[-p - 1]) for p in places if p < 0]
+                if unknown:
+                    raise BackendError(_unknown_commands(unknown, self.where))
+                self._refuse([commands[p - 1] for p in places], key)
             if isinstance(memory, rx.RedisError):
                 if not _denied(memory) and "unknown command" not in str(memory):
                     raise memory
