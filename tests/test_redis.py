@@ -1108,6 +1108,46 @@ def test_a_waiter_whose_place_lapses_while_a_script_blocks_the_server_joins_agai
         server.stop()
 
 
+def test_a_server_short_of_replicas_is_unavailable_for_now(tmp_path):
+    """``min-replicas-to-write`` has the server refuse every write (``NOREPLICAS``) while too
+    few replicas are in sync, which lasts until they catch up: a server to try later, one
+    line and exit 69, not a setup to fix (exit 2)."""
+    server = RedisServer(tmp_path / "replicas", "--min-replicas-to-write", "1")
+    try:
+        result = run_cli("run", "x", "--", "echo", "ran", INTURN_BACKEND=server.url)
+        one_line_error(result, "NOREPLICAS", "min-replicas-to-write", code=69)
+        assert "ran" not in result.stdout
+    finally:
+        server.stop()
+
+
+def test_a_waiter_whose_place_lapses_while_replicas_are_missing_joins_again(tmp_path):
+    """Replicas that fall out of sync stop every lease renewal: the holder's turn is lost and
+    its command stopped (exit 76); the waiter's place is lost too, and it joins again once
+    the server takes writes, as after any outage, rather than giving up with exit 2."""
+    server = RedisServer(tmp_path / "replicas")
+    admin: Any = __import__("redis").Redis.from_url(server.url)
+    url = with_parameters(server.url, lease=1)
+    looker = inturn.Line("short", backend=url)
+    try:
+        holder = Run("short", "--backend", url)
+        holder.running()
+        waiter = Run("short", "--backend", url)
+        until(lambda: len(looker.status().waiters) == 1, "the waiter in line")
+        admin.config_set("min-replicas-to-write", 1)
+        assert holder.wait() == 76
+        until(lambda: not looker.status().waiters, "the waiter's lease gone")
+        admin.config_set("min-replicas-to-write", 0)
+        assert waiter.running().name == "short"
+        assert waiter.finish(0) == 0
+        said = waiter.errors()
+        assert "lost our place in line 'short'" in said and "back in line" in said, said
+    finally:
+        looker.close()
+        admin.close()
+        server.stop()
+
+
 @pytest.mark.parametrize("how", ["removed", "refused"])
 def test_a_lost_turn_says_why_when_the_server_told(tmp_path, how):
     """A turn lost although the server answered says what it answered: its lease gone (an

@@ -222,6 +222,13 @@ def _backend_error(exc: rx.RedisError, where: str, prefix: str, user: str) -> Ba
     if isinstance(exc, rx.ResponseError) and _busy(exc):
         # A script that runs too long keeps every other client waiting: an outage for now.
         return _Unreachable(f"Redis at {where} does not answer: {exc}")
+    if isinstance(exc, rx.ResponseError) and _no_replicas(exc):
+        # min-replicas-to-write: no writes (nor lease renewals) until replicas catch up, as
+        # for a server out of reach; a waiter tries to join again, a joiner is told to retry.
+        return _Unreachable(
+            f"Redis at {where} takes no writes for now ({exc}): fewer replicas are in sync "
+            "than its min-replicas-to-write asks for"
+        )
     if isinstance(exc, rx.ConnectionError) and _no_such_host(exc):
         return BackendError(
             f"cannot reach Redis at {where} ({exc}): no such host; correct its name in the URL"
@@ -277,6 +284,12 @@ def _busy(exc: rx.RedisError) -> bool:
     """Whether the server answered ``BUSY`` (a script runs too long), alone or in a pipeline
     (where redis-py puts the command's place before the server's words)."""
     return re.match(r"(.*caused error: )?BUSY\b", str(exc)) is not None
+
+
+def _no_replicas(exc: rx.RedisError) -> bool:
+    """Whether the server refused a write for want of replicas in sync (``NOREPLICAS``),
+    alone, in a pipeline, or from inside a script."""
+    return re.match(r"(.*caused error: )?NOREPLICAS\b", str(exc)) is not None
 
 
 def _denied(exc: rx.RedisError) -> bool:
