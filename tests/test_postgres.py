@@ -1130,6 +1130,23 @@ def test_a_roles_defaults_for_transactions_change_nothing(pg_url, tmp_path, recw
     assert tickets == sorted(tickets)  # first come, first served: nobody went to the back
 
 
+def test_a_roles_float_output_setting_changes_no_times(pg_url):
+    """``ALTER ROLE ... SET extra_float_digits = -15`` (the setting's lowest) rounds every
+    double precision sent as text to one digit: the time a turn was taken must still be
+    read exactly, or ``status`` shows a holder of a second as held for no time at all."""
+    import time
+
+    options = "-c extra_float_digits=-15"
+    line = inturn.Line("floats", backend=f"{pg_url}&options={quote(options)}")
+    try:
+        with line.acquire():
+            (holder,) = line.status().holders
+            assert holder.acquired_at is not None
+            assert abs(holder.acquired_at - time.time()) < 60, holder.acquired_at
+    finally:
+        line.close()
+
+
 @pytest.mark.parametrize("how", ["-w", "-n", "SIGTERM"])
 def test_a_join_held_up_in_the_server_keeps_the_callers_time_and_signals(private_cluster, how):
     """A synchronous standby that is gone holds every commit that wrote to a logged table

@@ -109,6 +109,9 @@ SERVER_SETTINGS = {
     "statement_timeout": "0",
     "lock_timeout": "0",
     "idle_in_transaction_session_timeout": "0",
+    # Times kept as double precision come back as text: a negative setting rounds them to
+    # a few digits (-15: one), so a turn taken a second ago would show as held for no time.
+    "extra_float_digits": "3",
 }
 SERVER_SETTINGS_14 = {
     # While a waiter blocks in the lock manager its backend reads nothing from the client;
