@@ -11,6 +11,7 @@ another process then shows that the line is free within a generous bound.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fcntl
 import os
 import signal
@@ -218,63 +219,6 @@ def test_local_interrupt_after_the_ticket_is_made_takes_it_away(lines_dir, monke
     assert_interrupted_join_leaves(fired, "made")
 
 
-def test_local_interrupt_just_after_a_threads_own_guard_is_taken_lets_it_go(lines_dir, monkeypatch):
-    """The same, for a join that takes the guard on a file of its own (another thread of the
-    process is using the one its opening keeps)."""
-    line = inturn.Line("own")
-    line.acquire().release()
-    opening = line.store._opening  # type: ignore[attr-defined]
-    real = fcntl.flock
-    fired: list[bool] = []
-
-    def flock(fd: int, operation: int) -> None:
-        real(fd, operation)
-        if operation == fcntl.LOCK_EX | fcntl.LOCK_NB and not fired:
-            fired.append(True)
-            raise KeyboardInterrupt("injected as the guard is taken")
-
-    monkeypatch.setattr(fcntl, "flock", flock)
-    with opening.guard_lock, pytest.raises(KeyboardInterrupt):
-        line.acquire()
-    assert fired
-    assert_free("own")
-
-
-def asleep_on_a_lock(pid: int) -> None:
-    """Return once process ``pid`` sleeps waiting for a ``flock`` (as ``/proc/locks`` says)."""
-    deadline = time.monotonic() + float(BOUND)
-    while not any(
-        "->" in entry and " FLOCK " in entry and f" {pid} " in entry
-        for entry in Path("/proc/locks").read_text().splitlines()
-    ):
-        assert time.monotonic() < deadline, f"process {pid} never waited for a lock"
-        time.sleep(0.001)
-
-
-def test_local_release_interrupted_as_the_ticket_is_closed_frees_the_next(
-    lines_dir, monkeypatch, workers
-):
-    """A Ctrl-C as the ticket is marked closed, before its file was: the release is finished
-    by releasing again, and the waiter already asleep on the ticket's lock gets the turn."""
-    from inturn.backends.posix import PosixMembership
-
-    line = inturn.Line("closing")
-    held = line.acquire()
-    other = Worker("closing", "--timeout", BOUND)
-    workers.append(other)
-    other.expect("waiting")
-    asleep_on_a_lock(other.pid)  # it opened the ticket before the release unlinks it
-    fired = interrupt_once(monkeypatch, PosixMembership, "_fds")
-    with pytest.raises(KeyboardInterrupt):
-        held.release()
-    assert fired
-    assert not held.held
-    other.expect("acquired")
-    other.expect("released")
-    assert other.proc.wait() == 0
-    assert_free("closing")
-
-
 def hold_the_guard(lines_dir: Path, name: str) -> int:
     """Line ``name``'s guard, locked as another process would hold it for a moment."""
     inturn.Line(name).acquire().release()  # the line's folder and guard exist
@@ -335,10 +279,14 @@ def test_local_interrupt_as_a_waited_for_guard_comes_lets_it_go(lines_dir, monke
     assert_free("came")
 
 
-def test_local_interrupt_just_after_the_guard_is_taken_lets_it_go(lines_dir, monkeypatch):
-    """Where a signal's handler runs most often: just after a system call returned."""
+@pytest.mark.parametrize("whose", ["kept", "own"])
+def test_local_interrupt_just_after_the_guard_is_taken_lets_it_go(lines_dir, monkeypatch, whose):
+    """Where a signal's handler runs most often: just after a system call returned; on the
+    guard file the line's opening keeps, or on one of the join's own (another thread of the
+    process is using the kept one)."""
     line = inturn.Line("taken")
     line.acquire().release()  # its guard is open: the next join takes it at once
+    opening = line.store._opening  # type: ignore[attr-defined]
     real = fcntl.flock
     fired: list[bool] = []
 
@@ -349,7 +297,10 @@ def test_local_interrupt_just_after_the_guard_is_taken_lets_it_go(lines_dir, mon
             raise KeyboardInterrupt("injected as the guard is taken")
 
     monkeypatch.setattr(fcntl, "flock", flock)
-    with pytest.raises(KeyboardInterrupt):
+    with (
+        opening.guard_lock if whose == "own" else contextlib.nullcontext(),
+        pytest.raises(KeyboardInterrupt),
+    ):
         line.acquire()
     assert fired
     assert_free("taken")
