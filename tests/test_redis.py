@@ -956,14 +956,15 @@ def test_forget_unused_stops_when_the_server_becomes_unavailable(tmp_path):
 
 def test_a_server_out_of_memory_is_named_as_such(tmp_path):
     """With ``noeviction`` (the policy inturn asks for), a full server refuses writes: one
-    line says it is out of memory and what to do, not the server's words about a script."""
+    line says it is out of memory and what to do, not the server's words about a script, and
+    exit 69, as for a server with no room for more clients: a later run may find room."""
     server = RedisServer(tmp_path / "full", "--maxmemory-policy", "noeviction")
     admin: Any = __import__("redis").Redis.from_url(server.url)
     try:
         admin.set("ballast", b"x" * 4_000_000)
         admin.config_set("maxmemory", "1mb")  # now below what is used: every write fails
         result = run_cli("run", "x", "--", "echo", "ran", INTURN_BACKEND=server.url)
-        one_line_error(result, "out of memory", "maxmemory")
+        one_line_error(result, "out of memory", "maxmemory", code=69)
         assert "ran" not in result.stdout
     finally:
         admin.close()

@@ -65,9 +65,9 @@ class BackendError(InturnError):
 
 
 class ServerUnavailable(BackendError):
-    """The server does not answer, or takes no more connections for now (down, restarting,
-    shutting down, out of reach, out of connection slots): the same call may work later,
-    unlike the other ``BackendError``s, which name a setup to fix."""
+    """The server does not answer, or takes no more connections or writes for now (down,
+    restarting, shutting down, out of reach, out of connection slots or memory): the same call
+    may work later, unlike the other ``BackendError``s, which name a setup to fix."""
 
 
 class LostTurn(InturnError):

@@ -8,10 +8,10 @@ before the command started (128+N for another signal N), given by dying of SIGIN
 ``Signalled``), as when the command died of SIGINT; 126 when the command cannot be run, 127
 when it is not found (as shells say); 141 when the output was closed early (``inturn status |
 head -1``); 69 when a server backend is unavailable (``ServerUnavailable``: it does not answer,
-is starting or shutting down, has no connection slot left, or a waiter that lost its place
-could not join again for 60 s): the same call may work later; 2 for usage errors, unusable
-setups (a wrong password, a missing database or grant, a host name that does not exist) and
-system errors (a full disk, too many open files).
+is starting or shutting down, has no connection slot left or memory to write in, or a waiter
+that lost its place could not join again for 60 s): the same call may work later; 2 for usage
+errors, unusable setups (a wrong password, a missing database or grant, a host name that does
+not exist) and system errors (a full disk, too many open files).
 
 ``inturn send``: 0 when the instance answered, 1 when it answered with an error, 69 when no
 instance runs (or it does not listen, or it ended before it answered), 75 when it did not

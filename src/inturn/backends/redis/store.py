@@ -249,7 +249,9 @@ def _backend_error(exc: rx.RedisError, where: str, prefix: str, user: str) -> Ba
         if text.startswith("READONLY"):
             return BackendError(replica)
         if "maxmemory" in text:  # OOM, also from inside a script or a pipeline
-            return BackendError(
+            # As a full maxclients: it runs, and refuses writes until memory is freed, which
+            # a later call may find done.
+            return ServerUnavailable(
                 f"Redis at {where} is out of memory ({text}): free some, or raise its maxmemory "
                 "(inturn writes a few hundred bytes a ticket)"
             )
