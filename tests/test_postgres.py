@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -682,6 +683,31 @@ def test_a_pooler_in_session_mode_works_when_the_url_says_so(bouncer, schema, wo
     assert int(ticket) > holder.ticket and abandoned == "0"
     waiter.send()
     assert waiter.wait() == 0
+
+
+@pytest.mark.parametrize("bouncer", ["session/1"], indirect=True)
+def test_a_pool_with_no_free_session_is_waited_for_only_as_long_as_asked(bouncer, schema):
+    """A pool in session mode whose one server session another client holds: PgBouncer keeps
+    a new client's first statement in its own queue. ``-n`` and ``-w 1`` give up on it in
+    seconds, as on a busy line, and say that the pool was full, not that a connection was
+    lost (PgBouncer's ``query_wait_timeout``, 120 s, would have said that)."""
+    holder = psycopg.connect(bouncer.url, autocommit=True)
+    try:
+        holder.execute("SELECT 1")  # the pool's only server session is this client's now
+        env = child_env(INTURN_BACKEND=with_schema(bouncer.url, schema) + "&inturn_pooler=session")
+        for wait in (["-n"], ["-w", "1"]):
+            started = time.monotonic()
+            result = subprocess.run(
+                inturn_cmd("run", *wait, "pooled", "--", "true"),
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=30,
+            )
+            assert time.monotonic() - started < 15, wait
+            one_line_error(result, "pooler", "default_pool_size", code=75)
+    finally:
+        holder.close()
 
 
 def test_sessions_are_named_for_dbas(pg_url, pg_server):

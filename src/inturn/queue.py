@@ -611,7 +611,7 @@ def _impatient(store: LineStore, blocking: bool, timeout: float | None, why: str
             ),
             timeout,
         )
-    return Busy(f"line {store.name!r} is busy: {why}", store.status())
+    return Busy(f"line {store.name!r} is busy: {why}", _status_if_reachable(store))
 
 
 def _timed_out(exc: Timeout, timeout: float | None) -> Timeout:

@@ -270,7 +270,8 @@ class PostgresBackend(Backend):
         self.clock = ServerClock()  # tickets' times are the server's
         self._role = ("", "")
         forget_after_fork(self)
-        self.put_back(self.connect())  # fail now, with a clear line, if it cannot work
+        # No session yet: a pooler with every server session taken (PgBouncer) queues a new
+        # one's first statement, and only the first use knows how long its caller may wait.
 
     @property
     def where(self) -> str:
@@ -299,8 +300,11 @@ class PostgresBackend(Backend):
 
     # -- connections
 
-    def connect(self) -> Connection:
-        """A new session, set up for inturn, on a server checked to be usable."""
+    def connect(self, patience: Patience | None = None) -> Connection:
+        """A new session, set up for inturn, on a server checked to be usable. Its set-up
+        ends at ``patience``'s cancel or time (once it has had ``BUSY_PATIENCE``): a pooler
+        that has no server session for it now (PgBouncer) holds its first statement in its
+        own queue, where a cancel request does not reach, so the connection is closed."""
         address = self.address
         try:
             conninfo = libpq_conninfo.make_conninfo(address.conninfo, **connect_options(address))
@@ -314,12 +318,44 @@ class PostgresBackend(Backend):
             raise BackendError(
                 f"cannot use PostgreSQL at {self.where}: {_reason(exc, address)}"
             ) from None
+        canceller = None
+        if patience is not None and (patience.cancel is not None or patience.deadline is not None):
+            deadline = patience.deadline
+            if deadline is not None:
+                deadline = max(deadline, time.monotonic() + BUSY_PATIENCE)
+            canceller = _Canceller(conn, patience.cancel, deadline, True, shut=True)
         try:
             self._set_up(conn)
         except BaseException:
             conn.close()
-            raise
+            if canceller is None:
+                raise
+            canceller.finish()
+            if not canceller.fired:
+                raise
+            raise self._not_set_up(patience) from None
+        if canceller is not None:
+            canceller.finish()
+            if canceller.fired:  # set up as it was ended: shut down, given up all the same
+                conn.close()
+                raise self._not_set_up(patience)
         return conn
+
+    def _not_set_up(self, patience: Patience | None) -> Exception:
+        """What a session whose set-up the caller's cancel or time ended means: the queue
+        makes ``Busy`` or ``Timeout`` of ``GuardTaken``."""
+        if patience is not None and patience.cancel is not None and patience.cancel.cancelled:
+            return Cancelled(f"stopped waiting for a session at {self.where}")
+        if not self.address.pooler_session_ok:
+            return GuardTaken(
+                f"setting up a session at {self.where} waited past the time given (a lock on "
+                "inturn's tables, or a connection pooler with no server session free)"
+            )
+        return GuardTaken(
+            f"no session at {self.where} within the time given: a connection pooler "
+            "(PgBouncer) with every server session of its pool in use keeps new clients in its "
+            "own queue; size its pool (default_pool_size) for everyone who may wait at once"
+        )
 
     @staticmethod
     def _connect_once_more(conninfo: str) -> Connection:
@@ -481,15 +517,15 @@ class PostgresBackend(Backend):
             f"ALTER ROLE {user} SET default_transaction_read_only = off"
         )
 
-    def borrow(self) -> Connection:
-        """An idle session of this process, or a new one."""
+    def borrow(self, patience: Patience | None = None) -> Connection:
+        """An idle session of this process, or a new one (``connect``)."""
         with self._lock:
             while self._idle:
                 conn = self._idle.pop()
                 if not conn.closed and conn.info.transaction_status == pq.TransactionStatus.IDLE:
                     return conn
                 conn.close()
-        return self.connect()
+        return self.connect(patience)
 
     def drop_idle(self) -> None:
         """Close the idle sessions kept for later: one turned out broken (the server ended
@@ -553,7 +589,8 @@ class _Canceller:
     ``lock_timeout`` should have ended it, so the server is frozen or the path to it silent.
     With ``cancel_at_deadline``, for a statement that has no timeout of its own on the server
     (a join, held up by a lock on inturn's tables or by synchronous replication), it is
-    cancelled as the deadline comes, as on a token.
+    cancelled as the deadline comes, as on a token. With ``shut`` as well, for a session
+    that holds nothing yet, it is shut down right after the cancel request is sent.
 
     Everything is done under a lock that the waiter takes as soon as its statement ends, so
     nothing is done once the session has moved on.
@@ -565,10 +602,12 @@ class _Canceller:
         token: CancelToken | None,
         deadline: float | None,
         cancel_at_deadline: bool = False,
+        shut: bool = False,
     ):
         self.conn = conn
         self.deadline = deadline
         self.cancel_at_deadline = cancel_at_deadline
+        self.shut = shut
         self.event = threading.Event()
         self.ended = threading.Event()
         self.lock = threading.Lock()
@@ -588,6 +627,10 @@ class _Canceller:
         if fired or self.cancel_at_deadline:
             with self.lock:
                 self.fired = not self.finished
+                if self.fired and self.shut:
+                    _cancel(self.conn)
+                    _shut_down(self.conn)
+                    return
             _cancel_until_ended(self.conn, self.lock, lambda: self.finished, self.ended)
             return
         with self.lock:
@@ -825,7 +868,7 @@ class PostgresStore(LineStore):
 
     def join(self, me: Ticket, patience: Patience) -> tuple[PostgresMembership, View | None]:
         for attempt in (1, 2):
-            conn = self.backend.borrow()
+            conn = self.backend.borrow(patience)
             # Joining is quick, unless held up in the server (a DBA's lock on inturn's tables,
             # a synchronous standby that is gone): the caller's time and cancel end it there,
             # once it has had the moment any join may take (a caller with no time to wait, -w 0
