@@ -348,6 +348,22 @@ class Shell:
     def type(self, text: str) -> None:
         os.write(self.fd, text.encode())
 
+    def running_in_foreground(self, pid: int) -> None:
+        """Wait until process ``pid``'s group has the terminal and ``pid`` is not stopped: a
+        command that read the terminal before it was handed it is stopped by SIGTTIN until
+        inturn continues it, and a Ctrl-Z typed meanwhile stops nothing more (the kernel drops
+        a stop signal that SIGCONT follows), so a test would wait for a stop that never comes."""
+
+        def running() -> bool:
+            states = []
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    stat = (task / "stat").read_text()
+                    states.append(stat[stat.rindex(")") + 2])
+            return "T" not in states
+
+        until(lambda: os.tcgetpgrp(self.fd) == pid and running(), f"{pid} in the foreground")
+
     def expect(self, marker: bytes) -> bytes:
         """Everything the terminal shows up to ``marker``; fails after REPORT_TIMEOUT."""
         deadline = time.monotonic() + REPORT_TIMEOUT
@@ -506,7 +522,7 @@ def test_ctrl_z_stops_the_script_that_runs_inturn(lines_dir, tmp_path, shell, st
     shell.type(f"bash {shlex.quote(str(job))}\n")
     shell.expect(b"started ")
     pid = int(shell.expect(b"\r\n").strip())
-    until(lambda: os.tcgetpgrp(shell.fd) == pid, "the command in the foreground")
+    shell.running_in_foreground(pid)
     shell.type("\x1a")  # Ctrl-Z: to the command alone
     shell.expect(b"Stopped")  # once: the script with it
     shell.expect(shell.PROMPT)
@@ -581,7 +597,7 @@ def test_at_the_end_of_a_pipeline_the_command_gets_the_terminal_when_it_uses_it(
     until(lambda: len(inturn.Line("pipe-in").status().holders) == 1, "the command holds")
     holder = inturn.Line("pipe-in").status().holders[0].pid
     assert holder is not None
-    until(lambda: os.tcgetpgrp(shell.fd) == holder, "the command reading the terminal")
+    shell.running_in_foreground(holder)  # reading the terminal
     shell.type("\x1a")  # Ctrl-Z: to the command alone, which has the terminal
     shell.expect(b"Stopped")  # the whole job: yes, inturn and the command
     shell.expect(shell.PROMPT)

@@ -84,7 +84,7 @@ def waiting(count: int) -> None:
 
 
 def foreground(shell: Shell, pid: int) -> None:
-    until(lambda: os.tcgetpgrp(shell.fd) == pid, f"the command {pid} to have the terminal")
+    shell.running_in_foreground(pid)
 
 
 def stopped(shell: Shell) -> None:
