@@ -488,3 +488,24 @@ def test_postgresql_interrupt_as_the_membership_is_made_ends_its_watchdog(
         until(lambda: conn.execute(query, [sessions[0]]).fetchall() == [], "the session to end")
     assert_free("watched")
     line.close()
+
+
+def test_a_second_signal_that_cancels_inside_the_first_ones_cancel_does_not_hang():
+    """``inturn run`` cancels its wait from a signal handler on the main thread; a second
+    signal can come while the first one's handler is inside the token's ``fire`` (a shell
+    hanging up sends its stopped jobs SIGHUP and SIGCONT, and then SIGHUP again): its handler
+    fires the same token there. With a plain lock the waiter slept on itself for ever."""
+    from inturn.backends.base import CancelToken
+
+    token = CancelToken(by_signal=True)
+    woken = threading.Event()
+    done = threading.Event()
+
+    def first_handler_interrupted_by_a_second() -> None:
+        with token.linked(woken), token._lock:  # as the first handler holds it in ``fire``
+            token.cancel()  # the second handler's
+        done.set()
+
+    threading.Thread(target=first_handler_interrupted_by_a_second, daemon=True).start()
+    assert done.wait(float(BOUND)), "the second cancel waited for a lock held by itself"
+    assert token.cancelled and woken.is_set()

@@ -115,7 +115,11 @@ class Fanout:
     lost turn), including events linked after it happened."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: a signal handler fires a cancel on the main thread, and a second signal
+        # may come while the first one's handler is inside ``fire`` (SIGHUP, then the SIGHUP
+        # and SIGCONT a shell sends its stopped jobs as it hangs up); a plain lock left that
+        # waiter asleep for ever on itself.
+        self._lock = threading.RLock()
         self._events: set[threading.Event] = set()
         self.fired = False
 
